@@ -1,0 +1,47 @@
+"""Service configuration: one ``Settings`` read from ``GRAFT_*`` environment variables.
+
+Only the service layers (api, services, worker, cli) read settings; the engine takes every
+option as a parameter.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Everything the HTTP service and its workers can be told from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GRAFT_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///data/graft.db",
+        description="SQLAlchemy URL; a relative SQLite path is relative to the working directory.",
+    )
+    storage_dir: Path = Field(default=Path("data/blobs"), description="Content-addressed blobs.")
+    workers: int = Field(default=1, ge=0, description="Worker processes `graft serve` starts.")
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto | cpu | cuda[:N]; auto means cuda when torch sees one.",
+    )
+    max_upload_bytes: int = Field(default=8 * 1024**3, gt=0, description="Upload size cap.")
+    lease_seconds: float = Field(default=30.0, gt=0, description="How long a claim lasts.")
+    heartbeat_seconds: float = Field(default=5.0, gt=0, description="Lease renewal period.")
+    poll_seconds: float = Field(default=0.5, gt=0, description="Idle worker poll period.")
+    max_attempts: int = Field(default=3, ge=1, description="Claims before a job is failed.")
+    inspect_timeout_seconds: float = Field(default=120.0, gt=0)
+    inspectors: int = Field(default=2, ge=1, description="Pre-started inspection processes.")
+    busy_timeout_ms: int = Field(default=30_000, ge=0, description="SQLite busy timeout.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

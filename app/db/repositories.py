@@ -1,0 +1,316 @@
+"""Every query the service makes. Repositories flush; the caller's unit of work commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import (
+    ACTIVE_STATUSES,
+    Artifact,
+    Checkpoint,
+    CheckpointFile,
+    CheckpointTensor,
+    Job,
+    JobStatus,
+)
+
+__all__ = ["ArtifactRepository", "CheckpointRepository", "JobRepository"]
+
+
+class CheckpointRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, checkpoint_id: str) -> Checkpoint | None:
+        return self.session.get(Checkpoint, checkpoint_id)
+
+    def get_by_sha256(self, sha256: str) -> Checkpoint | None:
+        return self.session.scalars(select(Checkpoint).where(Checkpoint.sha256 == sha256)).first()
+
+    def add(self, checkpoint: Checkpoint, tensors: Sequence[dict[str, Any]]) -> Checkpoint:
+        """Insert a checkpoint (with its files attached) and its tensor list."""
+        self.session.add(checkpoint)
+        self.session.flush()
+        self.session.add_all(
+            CheckpointTensor(
+                checkpoint_id=checkpoint.id,
+                position=i,
+                key=t["key"],
+                shape=list(t["shape"]),
+                dtype=t["dtype"],
+                kind=t["kind"],
+            )
+            for i, t in enumerate(tensors)
+        )
+        self.session.flush()
+        return checkpoint
+
+    def list(self, *, offset: int, limit: int) -> tuple[list[Checkpoint], int]:
+        count = self.session.scalar(select(func.count()).select_from(Checkpoint)) or 0
+        rows = self.session.scalars(
+            select(Checkpoint)
+            .order_by(Checkpoint.created_at.desc(), Checkpoint.id)
+            .offset(offset)
+            .limit(limit)
+        )
+        return list(rows), count
+
+    def tensors(
+        self, checkpoint_id: str, *, offset: int, limit: int
+    ) -> tuple[list[CheckpointTensor], int]:
+        where = CheckpointTensor.checkpoint_id == checkpoint_id
+        count = self.session.scalar(select(func.count()).where(where)) or 0
+        rows = self.session.scalars(
+            select(CheckpointTensor)
+            .where(where)
+            .order_by(CheckpointTensor.position)
+            .offset(offset)
+            .limit(limit)
+        )
+        return list(rows), count
+
+    def in_use(self, checkpoint_id: str) -> bool:
+        """Whether a queued or running job reads this checkpoint."""
+        query = select(
+            exists().where(
+                Job.status.in_(ACTIVE_STATUSES),
+                or_(Job.source_id == checkpoint_id, Job.target_checkpoint_id == checkpoint_id),
+            )
+        )
+        return bool(self.session.scalar(query))
+
+    def referenced_by_any_job(self, checkpoint_id: str) -> bool:
+        query = select(
+            exists().where(
+                or_(Job.source_id == checkpoint_id, Job.target_checkpoint_id == checkpoint_id)
+            )
+        )
+        return bool(self.session.scalar(query))
+
+    def blob_references(self, sha256: str) -> int:
+        """How many checkpoint files and artifacts point at this blob."""
+        files = self.session.scalar(
+            select(func.count()).where(CheckpointFile.sha256 == sha256)
+        )
+        artifacts = self.session.scalar(select(func.count()).where(Artifact.sha256 == sha256))
+        return (files or 0) + (artifacts or 0)
+
+    def delete(self, checkpoint: Checkpoint) -> None:
+        self.session.delete(checkpoint)
+        self.session.flush()
+
+
+class JobRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, job_id: str) -> Job | None:
+        return self.session.get(Job, job_id)
+
+    def add(self, job: Job) -> Job:
+        self.session.add(job)
+        self.session.flush()
+        return job
+
+    def list(
+        self, *, offset: int, limit: int, status: str | None = None
+    ) -> tuple[list[Job], int]:
+        where = [Job.status == status] if status else []
+        count = self.session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+        rows = self.session.scalars(
+            select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit)
+        )
+        return list(rows), count
+
+    def cancel_queued(self, job_id: str, *, now: datetime) -> bool:
+        """Cancel a job no worker holds. Returns whether it was queued."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued)
+            .values(status=JobStatus.cancelled, finished_at=now, updated_at=now, stage=None)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def request_cancel(self, job_id: str, *, now: datetime) -> bool:
+        """Ask the worker running a job to stop. Returns whether it was running."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(cancel_requested=True, updated_at=now)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def fail_exhausted(self, *, now: datetime) -> int:
+        """Fail running jobs whose lease lapsed after their last allowed attempt."""
+        result = self.session.execute(
+            update(Job)
+            .where(
+                Job.status == JobStatus.running,
+                Job.lease_expires_at < now,
+                Job.attempts >= Job.max_attempts,
+            )
+            .values(
+                status=JobStatus.failed,
+                error_type="worker-lost",
+                error_message="the worker running this job stopped (crashed or was killed) "
+                "on every attempt; check the input, then submit it again",
+                finished_at=now,
+                updated_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def cancel_abandoned(self, *, now: datetime) -> int:
+        """Finish as cancelled the running jobs whose worker died after cancel was asked."""
+        result = self.session.execute(
+            update(Job)
+            .where(
+                Job.status == JobStatus.running,
+                Job.lease_expires_at < now,
+                Job.cancel_requested.is_(True),
+            )
+            .values(
+                status=JobStatus.cancelled,
+                finished_at=now,
+                updated_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def claim(self, *, owner: str, now: datetime, lease_seconds: float) -> str | None:
+        """Take the oldest claimable job in one UPDATE. Returns its id, or None.
+
+        Claimable: queued, or running with a lapsed lease (its worker died) and attempts
+        left. The condition is repeated in the outer WHERE so that, on PostgreSQL, a
+        concurrent claimer that lost the race updates nothing; SKIP LOCKED keeps them apart.
+        """
+        claimable = and_(
+            Job.attempts < Job.max_attempts,
+            or_(
+                Job.status == JobStatus.queued,
+                and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
+            ),
+        )
+        candidate = (
+            select(Job.id)
+            .where(claimable)
+            .order_by(Job.created_at, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == candidate, claimable)
+            .values(
+                status=JobStatus.running,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+                updated_at=now,
+                stage="claimed",
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        return result.scalar_one_or_none()
+
+    def heartbeat(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        now: datetime,
+        lease_seconds: float,
+        stage: str | None = None,
+        progress: float | None = None,
+    ) -> tuple[bool, bool]:
+        """Renew the lease (and record progress) if ``owner`` still holds it.
+
+        Returns:
+            ``(held, cancel_requested)``.
+        """
+        values: dict[str, Any] = {
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "updated_at": now,
+        }
+        if stage is not None:
+            values["stage"] = stage
+        if progress is not None:
+            values["progress"] = progress
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.running)
+            .values(**values)
+            .returning(Job.cancel_requested)
+            .execution_options(synchronize_session=False)
+        )
+        row = result.first()
+        if row is None:
+            return False, False
+        return True, bool(row[0])
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        now: datetime,
+        status: JobStatus,
+        ok: bool | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        device: str | None = None,
+    ) -> bool:
+        """Complete a job, only while ``owner`` holds its lease. Returns whether it did."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.running)
+            .values(
+                status=status,
+                ok=ok,
+                error_type=error_type,
+                error_message=error_message,
+                device=device,
+                finished_at=now,
+                updated_at=now,
+                progress=1.0 if status == JobStatus.succeeded else Job.progress,
+                stage=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+class ArtifactRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, artifact: Artifact) -> Artifact:
+        self.session.add(artifact)
+        self.session.flush()
+        return artifact
+
+    def get(self, job_id: str, name: str) -> Artifact | None:
+        return self.session.scalars(
+            select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)
+        ).first()
+
+    def for_job(self, job_id: str) -> list[Artifact]:
+        return list(
+            self.session.scalars(
+                select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)
+            )
+        )

@@ -1,0 +1,226 @@
+"""A pickle reader for PyTorch checkpoints that allows less than ``torch.load(weights_only=True)``.
+
+It never imports torch and never constructs a tensor: the globals a state dict needs resolve to
+inert descriptors (which storage, which dtype, offset, shape, stride), everything else is refused
+before it can be called. The result says where every tensor's bytes live, so inspection reads
+headers only and conversion can copy bytes without deserialising anything.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+from dataclasses import dataclass
+from typing import IO, Any
+
+from app.engine.errors import UnreadableCheckpointError, UnsafeCheckpointError
+
+__all__ = ["StorageRef", "TensorRef", "load_restricted"]
+
+# torch's pickled storage class names -> canonical dtype names (torch/storage.py's map).
+STORAGE_DTYPES: dict[str, str] = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StorageRef:
+    """A storage as the pickle names it: the bytes live elsewhere (zip member, legacy record)."""
+
+    key: str
+    dtype: str
+    numel: int
+    view_offset: int = 0  # legacy storage views: element offset into the root storage
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    """A strided view of a storage; carries no data."""
+
+    storage: StorageRef
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    is_parameter: bool = False
+
+    @property
+    def dtype(self) -> str:
+        return self.storage.dtype
+
+    def extent(self) -> int:
+        """Number of storage elements from ``offset`` that the view touches."""
+        if any(s == 0 for s in self.shape):
+            return 0
+        return 1 + sum((s - 1) * st for s, st in zip(self.shape, self.stride, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class _StorageType:
+    dtype: str
+
+
+class _TensorType:
+    """Marker for ``torch.Tensor`` / ``torch.nn.Parameter`` named by ``_rebuild_from_type_v2``."""
+
+    def __init__(self, is_parameter: bool) -> None:
+        self.is_parameter = is_parameter
+
+
+def _as_int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, tuple | list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise UnreadableCheckpointError(f"tensor {what} is not a tuple of non-negative ints")
+    return tuple(value)
+
+
+def _rebuild_tensor_v2(
+    storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any, **_kw: Any
+) -> TensorRef:
+    if not isinstance(storage, StorageRef):
+        raise UnreadableCheckpointError("tensor rebuilt from something that is not a storage")
+    if not isinstance(offset, int) or offset < 0:
+        raise UnreadableCheckpointError("tensor storage offset is not a non-negative int")
+    shape = _as_int_tuple(size, "size")
+    strides = _as_int_tuple(stride, "stride")
+    if len(shape) != len(strides):
+        raise UnreadableCheckpointError("tensor size and stride have different ranks")
+    ref = TensorRef(storage, offset, shape, strides)
+    if offset + ref.extent() > storage.numel:
+        raise UnreadableCheckpointError(
+            f"tensor of shape {list(shape)} reads past the end of storage {storage.key!r}"
+        )
+    return ref
+
+
+def _rebuild_parameter(data: Any, *_rest: Any) -> TensorRef:
+    if not isinstance(data, TensorRef):
+        raise UnreadableCheckpointError("parameter rebuilt from something that is not a tensor")
+    return TensorRef(data.storage, data.offset, data.shape, data.stride, is_parameter=True)
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, _state: Any) -> TensorRef:
+    if func not in (_rebuild_tensor_v2, _rebuild_parameter) or not isinstance(
+        new_type, _TensorType
+    ):
+        raise UnsafeCheckpointError("unsafe checkpoint: tensor subclass rebuild is not allowed")
+    if not isinstance(args, tuple):
+        raise UnreadableCheckpointError("tensor rebuild arguments are not a tuple")
+    ref: TensorRef = func(*args)
+    if new_type.is_parameter:
+        return _rebuild_parameter(ref)
+    return ref
+
+
+def _size(*args: Any) -> tuple[int, ...]:
+    if len(args) == 1 and isinstance(args[0], tuple | list):
+        return tuple(args[0])
+    return tuple(args)
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch._tensor", "Tensor"): _TensorType(is_parameter=False),
+    ("torch", "Tensor"): _TensorType(is_parameter=False),
+    ("torch.nn.parameter", "Parameter"): _TensorType(is_parameter=True),
+    ("torch", "Size"): _size,
+}
+_ALLOWED.update({("torch", name): _StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: IO[bytes], *, storages: dict[str, StorageRef]) -> None:
+        super().__init__(file, encoding="utf-8")
+        self._storages = storages
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            if module.startswith("torch") and name.endswith("Storage"):
+                raise UnreadableCheckpointError(
+                    f"unsupported tensor storage '{module}.{name}' (quantized or exotic dtype)"
+                ) from None
+            raise UnsafeCheckpointError(
+                f"unsafe checkpoint: the pickle references '{module}.{name}', which a weights "
+                "file never needs; refusing to load it (nothing was executed)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+            raise UnreadableCheckpointError(f"unknown persistent id in pickle: {pid!r:.80}")
+        if len(pid) == 5:  # zip: (storage, type, key, location, numel)
+            _, stype, key, _location, numel = pid
+            view = None
+        elif len(pid) == 6:  # legacy: (storage, type, root_key, location, numel, view)
+            _, stype, key, _location, numel, view = pid
+        else:
+            raise UnreadableCheckpointError("malformed storage record in pickle")
+        if not isinstance(stype, _StorageType) or not isinstance(key, str):
+            raise UnreadableCheckpointError("malformed storage record in pickle")
+        if not isinstance(numel, int) or numel < 0:
+            raise UnreadableCheckpointError(f"storage {key!r} has an invalid size")
+        root = self._storages.get(key)
+        if root is None:
+            root = self._storages[key] = StorageRef(key, stype.dtype, numel)
+        elif root.dtype != stype.dtype or root.numel != numel:
+            raise UnreadableCheckpointError(f"storage {key!r} is declared twice, differently")
+        if view is None:
+            return root
+        if not (isinstance(view, tuple) and len(view) == 3):
+            raise UnreadableCheckpointError("malformed storage view in pickle")
+        _view_key, offset, view_numel = view
+        if not all(isinstance(v, int) and v >= 0 for v in (offset, view_numel)):
+            raise UnreadableCheckpointError("malformed storage view in pickle")
+        if offset + view_numel > numel:
+            raise UnreadableCheckpointError(f"storage view of {key!r} exceeds its storage")
+        return StorageRef(key, stype.dtype, view_numel, view_offset=offset)
+
+
+def load_restricted(
+    data: bytes | IO[bytes], *, storages: dict[str, StorageRef] | None = None
+) -> Any:
+    """Unpickle one object with the allow-list above.
+
+    Args:
+        data: the pickle bytes, or a file positioned at its start (left just past its end).
+        storages: collects every storage the pickle names, keyed by storage key.
+
+    Returns:
+        The object, with tensors replaced by :class:`TensorRef`.
+
+    Raises:
+        UnsafeCheckpointError: the pickle names a global outside the allow-list.
+        UnreadableCheckpointError: the pickle is truncated or malformed.
+    """
+    file = io.BytesIO(data) if isinstance(data, bytes) else data
+    unpickler = _RestrictedUnpickler(file, storages=storages if storages is not None else {})
+    try:
+        return unpickler.load()
+    except (UnsafeCheckpointError, UnreadableCheckpointError):
+        raise
+    except RecursionError:
+        raise UnreadableCheckpointError("pickle nests too deeply") from None
+    except MemoryError:
+        raise UnreadableCheckpointError("pickle asks for more memory than allowed") from None
+    except Exception as exc:  # pickle raises many types on corrupt input; all mean the same
+        raise UnreadableCheckpointError(
+            f"corrupt pickle ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None

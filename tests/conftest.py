@@ -1,0 +1,61 @@
+"""Shared fixtures, kept light: a migrated database (SQLite, or PostgreSQL when configured)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL")
+
+
+def _sqlite_database(path: Path):  # noqa: ANN202 - imports are lazy so engine tests need none
+    from app.db.migrate import upgrade
+    from app.db.session import Database
+
+    database = Database(f"sqlite:///{path}", busy_timeout_ms=10_000)
+    upgrade(database)
+    return database
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> Iterator[object]:
+    """A real SQLite file brought to head by Alembic."""
+    database = _sqlite_database(tmp_path / "graft.db")
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[object]:
+    """A fresh PostgreSQL schema brought to head by Alembic, dropped afterwards."""
+    if not POSTGRES_URL:
+        pytest.skip("GRAFT_TEST_POSTGRES_URL is not set (CI sets it; no PostgreSQL here)")
+    from sqlalchemy import create_engine, text
+
+    from app.db.migrate import upgrade
+    from app.db.session import Database
+
+    schema = f"graft_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    database = Database(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        upgrade(database)
+        yield database
+    finally:
+        database.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_database(request: pytest.FixtureRequest) -> object:
+    """Each repository test runs on SQLite and (when configured) on PostgreSQL."""
+    name = "sqlite_database" if request.param == "sqlite" else "postgres_database"
+    return request.getfixturevalue(name)

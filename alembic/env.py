@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from logging.config import fileConfig
 
-from alembic import context
 from sqlalchemy import Connection
 
+from alembic import context
 from app.db import models  # noqa: F401  (registers the tables on Base.metadata)
 from app.db.base import Base
 

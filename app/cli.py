@@ -23,7 +23,6 @@ cli = typer.Typer(
 )
 
 
-
 @cli.callback()
 def _root() -> None:
     """Transplant pretrained PyTorch weights into a different architecture."""
@@ -113,6 +112,192 @@ def inspect(source: SourceArg, json_: JsonOpt = False, entry: EntryOpt = "auto")
     typer.echo(json.dumps(summary, indent=2) if json_ else render_inspect(summary))
 
 
+RecipeOpt = Annotated[
+    Path | None, typer.Option("-r", "--recipe", help="Recipe file (YAML or JSON).")
+]
+TargetKwargsOpt = Annotated[
+    str | None, typer.Option("--target-kwargs", help="JSON kwargs for an arch: target.")
+]
+TargetArg = Annotated[
+    str, typer.Argument(help="Template checkpoint, .json skeleton, or arch:NAME.")
+]
+
+
+def _open_target(spec: str, kwargs: str | None) -> Any:
+    from app.engine.errors import InvalidTargetError
+    from app.engine.target import Target
+
+    if spec.startswith("arch:"):
+        raise InvalidTargetError(
+            f"{spec}: architecture targets are not built yet; pass a template checkpoint or a "
+            "skeleton (.json, see `graft skeleton`)"
+        )
+    if kwargs is not None:
+        raise InvalidTargetError("--target-kwargs applies only to arch: targets")
+    if spec.endswith(".json") and not spec.endswith(".index.json"):
+        return Target.from_skeleton(spec)
+    return Target.from_checkpoint(spec)
+
+
+class _Progress:
+    """A rich progress bar on a terminal; nothing when stderr is piped."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True)
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.__enter__()
+            self._task = self._bar.add_task("plan", total=1.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=stage, completed=fraction)
+
+
+def _run(
+    source: list[Path],
+    target: str,
+    recipe: Path | None,
+    *,
+    output: Path | None,
+    report_path: Path | None,
+    fmt: str,
+    json_: bool,
+    target_kwargs: str | None,
+    dry_run: bool,
+) -> None:
+    from app.engine.pipeline import convert
+    from app.engine.recipe import load_recipe
+    from app.engine.report import render_text
+
+    parsed = load_recipe(recipe)
+    with _open_target(target, target_kwargs) as tgt, _Progress() as progress:
+        result = convert(
+            _source_arg(source),
+            tgt,
+            parsed,
+            output=output,
+            fmt=fmt,  # type: ignore[arg-type]
+            dry_run=dry_run,
+            progress=progress,
+        )
+    if report_path is not None:
+        report_path.write_text(json.dumps(result.report, indent=2) + "\n")
+        manifest_path = report_path.with_name(report_path.stem + ".manifest.json")
+        manifest_path.write_text(json.dumps(result.manifest, indent=2) + "\n")
+    typer.echo(json.dumps(result.report, indent=2) if json_ else render_text(result.report))
+    for warning in result.report["warnings"]:
+        if warning.startswith(("nothing_loaded", "low_coverage")):
+            typer.echo(f"graft: WARNING: {warning}", err=True)
+    if not result.ok:
+        typer.echo("graft: refused by the recipe's policy (see errors above)", err=True)
+        raise typer.Exit(1)
+
+
+@cli.command()
+def plan(
+    source: Annotated[Path, typer.Argument(help="Source checkpoint or sharded set.")],
+    target: TargetArg,
+    recipe: RecipeOpt = None,
+    json_: JsonOpt = False,
+    target_kwargs: TargetKwargsOpt = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the JSON report here.")
+    ] = None,
+) -> None:
+    """Dry run: the report of what convert would do, from headers alone."""
+    _run(
+        [source],
+        target,
+        recipe,
+        output=None,
+        report_path=report,
+        fmt="safetensors",
+        json_=json_,
+        target_kwargs=target_kwargs,
+        dry_run=True,
+    )
+
+
+@cli.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Source checkpoint or sharded set.")],
+    target: TargetArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the weights.")],
+    recipe: RecipeOpt = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write the JSON report here.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="safetensors or torch.")] = "safetensors",
+    json_: JsonOpt = False,
+    target_kwargs: TargetKwargsOpt = None,
+) -> None:
+    """Convert SOURCE into TARGET's layout, verify it, and report every tensor."""
+    if fmt not in ("safetensors", "torch"):
+        raise typer.BadParameter("--format is safetensors or torch")
+    _run(
+        [source],
+        target,
+        recipe,
+        output=output,
+        report_path=report,
+        fmt=fmt,
+        json_=json_,
+        target_kwargs=target_kwargs,
+        dry_run=False,
+    )
+
+
+@cli.command()
+def skeleton(
+    factory: Annotated[
+        str, typer.Argument(help="MODULE:FACTORY, an importable nn.Module factory.")
+    ],
+    kwargs: Annotated[str, typer.Option("--kwargs", help="JSON kwargs for the factory.")] = "{}",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here, not stdout.")
+    ] = None,
+) -> None:
+    """Describe an importable nn.Module as a graft.skeleton/v1 (built on the meta device)."""
+    import importlib
+
+    import torch
+
+    from app.engine.errors import InvalidTargetError
+    from app.engine.target import skeleton_from_module
+
+    module_name, _, attr = factory.partition(":")
+    if not module_name or not attr:
+        raise InvalidTargetError(
+            f"{factory!r}: write MODULE:FACTORY, e.g. torchvision.models:resnet18"
+        )
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+        params = json.loads(kwargs)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidTargetError(f"cannot import {factory}: {exc}") from None
+    except ValueError:
+        raise InvalidTargetError("--kwargs must be a JSON object") from None
+    with torch.device("meta"):
+        model = fn(**params)
+    text = json.dumps(skeleton_from_module(model), indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
 def main() -> None:
     """Console-script entry point: known errors become one line on stderr and an exit code."""
     from app.engine.errors import GraftError
@@ -130,3 +315,44 @@ def main() -> None:
 
 
 # --- service commands (serve, worker) ---
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the HTTP API with GRAFT_WORKERS embedded worker processes (migrates on start)."""
+    import logging
+
+    import uvicorn
+
+    from app.api.main import create_app
+    from app.config import get_settings
+    from app.services.bootstrap import prepare
+    from app.worker.pool import WorkerPool
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    prepare(settings)
+    pool = WorkerPool(settings.workers)
+    pool.start()
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    finally:
+        pool.stop()
+
+
+@cli.command()
+def worker() -> None:
+    """Run one more worker process against the configured database and storage."""
+    import logging
+
+    from app.worker.main import run_worker
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_worker()

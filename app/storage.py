@@ -119,9 +119,16 @@ class BlobStore:
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
-    def stage(self) -> StagedFile:
-        """Open a new temp file to stream bytes into."""
-        return StagedFile(self._temp_name("upload"))
+    def stage(self, directory: Path | None = None, name: str | None = None) -> StagedFile:
+        """Open a new temp file to stream bytes into.
+
+        Args:
+            directory: a :meth:`workdir` to create it in (default: the temp directory).
+            name: its file name there (engines sniff formats, but names help people).
+        """
+        if directory is None:
+            return StagedFile(self._temp_name("upload"))
+        return StagedFile(directory / (name or secrets.token_hex(8)))
 
     @contextlib.contextmanager
     def workdir(self) -> Iterator[Path]:
@@ -146,7 +153,7 @@ class BlobStore:
             staged.unlink(missing_ok=True)
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, dest)
+        staged.replace(dest)
         _fsync_dir(dest.parent)
         return dest
 

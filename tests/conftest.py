@@ -12,7 +12,7 @@ import pytest
 POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL")
 
 
-def _sqlite_database(path: Path):  # noqa: ANN202 - imports are lazy so engine tests need none
+def _sqlite_database(path: Path):
     from app.db.migrate import upgrade
     from app.db.session import Database
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 13:36:05.139561
+Create Date: 2026-11-28 13:38:32.265012
 """
 
 from collections.abc import Sequence
@@ -83,7 +83,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("stage", sa.String(length=32), nullable=True),
         sa.Column("progress", sa.Float(), nullable=False),
-        sa.Column("source_id", sa.String(length=32), nullable=False),
+        sa.Column("source_id", sa.String(length=32), nullable=True),
         sa.Column("target_kind", sa.String(length=16), nullable=False),
         sa.Column("target_checkpoint_id", sa.String(length=32), nullable=True),
         sa.Column("target_spec", sa.JSON(), nullable=True),
@@ -108,18 +108,22 @@ def upgrade() -> None:
             ["source_id"],
             ["checkpoints.id"],
             name=op.f("fk_jobs_source_id_checkpoints"),
-            ondelete="RESTRICT",
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
             ["target_checkpoint_id"],
             ["checkpoints.id"],
             name=op.f("fk_jobs_target_checkpoint_id_checkpoints"),
-            ondelete="RESTRICT",
+            ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_jobs_source_id"), ["source_id"], unique=False)
         batch_op.create_index("ix_jobs_status_created_at", ["status", "created_at"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_jobs_target_checkpoint_id"), ["target_checkpoint_id"], unique=False
+        )
 
     op.create_table(
         "artifacts",
@@ -148,7 +152,9 @@ def downgrade() -> None:
 
     op.drop_table("artifacts")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_jobs_target_checkpoint_id"))
         batch_op.drop_index("ix_jobs_status_created_at")
+        batch_op.drop_index(batch_op.f("ix_jobs_source_id"))
 
     op.drop_table("jobs")
     op.drop_table("checkpoint_tensors")

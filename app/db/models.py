@@ -119,10 +119,13 @@ class Job(Base):
     stage: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
 
-    source_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="RESTRICT"))
+    # SET NULL: deleting a checkpoint (refused while active jobs use it) keeps job history.
+    source_id: Mapped[str | None] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="SET NULL"), index=True
+    )
     target_kind: Mapped[str] = mapped_column(String(16))  # checkpoint | skeleton | architecture
     target_checkpoint_id: Mapped[str | None] = mapped_column(
-        ForeignKey("checkpoints.id", ondelete="RESTRICT")
+        ForeignKey("checkpoints.id", ondelete="SET NULL"), index=True
     )
     target_spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -94,9 +94,7 @@ class CheckpointRepository:
 
     def blob_references(self, sha256: str) -> int:
         """How many checkpoint files and artifacts point at this blob."""
-        files = self.session.scalar(
-            select(func.count()).where(CheckpointFile.sha256 == sha256)
-        )
+        files = self.session.scalar(select(func.count()).where(CheckpointFile.sha256 == sha256))
         artifacts = self.session.scalar(select(func.count()).where(Artifact.sha256 == sha256))
         return (files or 0) + (artifacts or 0)
 
@@ -117,13 +115,15 @@ class JobRepository:
         self.session.flush()
         return job
 
-    def list(
-        self, *, offset: int, limit: int, status: str | None = None
-    ) -> tuple[list[Job], int]:
+    def list(self, *, offset: int, limit: int, status: str | None = None) -> tuple[list[Job], int]:
         where = [Job.status == status] if status else []
         count = self.session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
         rows = self.session.scalars(
-            select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit)
+            select(Job)
+            .where(*where)
+            .order_by(Job.created_at.desc(), Job.id)
+            .offset(offset)
+            .limit(limit)
         )
         return list(rows), count
 
@@ -259,6 +259,24 @@ class JobRepository:
         if row is None:
             return False, False
         return True, bool(row[0])
+
+    def release(self, job_id: str, *, owner: str, now: datetime) -> bool:
+        """Give a job back to the queue (graceful shutdown); the attempt is not counted."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.running)
+            .values(
+                status=JobStatus.queued,
+                attempts=Job.attempts - 1,
+                lease_owner=None,
+                lease_expires_at=None,
+                stage=None,
+                progress=0.0,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def finish(
         self,

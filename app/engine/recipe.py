@@ -65,8 +65,8 @@ __all__ = [
     "NormalInit",
     "PrefixRule",
     "Recipe",
-    "RegexRule",
     "Regex",
+    "RegexRule",
     "RenameRule",
     "Replacement",
     "ResizeRule",
@@ -584,12 +584,7 @@ class KaimingNormalInit(_Model):
 
 
 InitRule = Annotated[
-    AutoInit
-    | ConstantInit
-    | NormalInit
-    | TruncNormalInit
-    | XavierUniformInit
-    | KaimingNormalInit,
+    AutoInit | ConstantInit | NormalInit | TruncNormalInit | XavierUniformInit | KaimingNormalInit,
     Field(discriminator="fn"),
 ]
 
@@ -633,6 +628,13 @@ class Recipe(_Model):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None}
         return data
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1 in Python; it is not a version
+            raise _RuleError(f"unsupported recipe version {value!r}; this Graft reads version 1")
+        return value
 
     @field_validator("align", mode="before")
     @classmethod
@@ -691,7 +693,9 @@ def _read_recipe_file(path: Path) -> Any:
         try:
             return json.loads(text, object_pairs_hook=_json_pairs)
         except ValueError as exc:
-            raise InvalidRecipeError(f"recipe file {str(path)!r} is not valid JSON: {exc}") from None
+            raise InvalidRecipeError(
+                f"recipe file {str(path)!r} is not valid JSON: {exc}"
+            ) from None
     try:
         return yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -756,6 +760,14 @@ _TYPE_NAMES = {
     "float_type": "a number",
     "bool_type": "true or false",
     "list_type": "a list",
+}
+
+
+_BOUNDS = {  # error type -> (symbol, the ctx key holding the limit)
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
 }
 
 
@@ -824,9 +836,7 @@ def _describe(error: ErrorDetails) -> tuple[str | None, str]:
             return rule, _unknown_field(field_name, list(models[tag].model_fields), owner)
         if rule == "source":
             return rule, _unknown_field(field_name, list(SourceSpec.model_fields), "source")
-        return rule, _unknown_field(
-            field_name, list(Recipe.model_fields), "a version 1 recipe"
-        )
+        return rule, _unknown_field(field_name, list(Recipe.model_fields), "a version 1 recipe")
     if kind == "missing":
         return rule, f"missing field {name!r}"
     if kind == "rename_kind":
@@ -861,6 +871,9 @@ def _describe(error: ErrorDetails) -> tuple[str | None, str]:
         )
     if kind == "string_too_short":
         return rule, f"{name or 'value'} must not be empty"
+    if kind in _BOUNDS:
+        symbol, limit = _BOUNDS[kind]
+        return rule, f"{name or 'value'} should be {symbol} {ctx.get(limit)}, got {value!r}"
     if kind in _TYPE_NAMES:
         return rule, f"{name or 'value'} should be {_TYPE_NAMES[kind]}, got {value!r}"
     return rule, f"{name}: {error['msg']}" if name else error["msg"]

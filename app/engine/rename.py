@@ -97,21 +97,27 @@ def apply_renames(keys: Sequence[str], rules: Sequence[RenameRule]) -> dict[str,
             if not new:
                 raise InvalidRecipeError(
                     f"turns {source!r} into an empty key; give the rule a non-empty `to`, or "
-                    f"leave the key out with drop: [{key!r}] and a narrower rule",
+                    "narrow it so that it leaves this key alone",
                     rule=citation,
                 )
             changed.append((source, key, new))
-        # Free every old key first, so that rules which swap names are fine.
+        # Free every old key first: one rule may move a key onto a name another key leaves in
+        # the same step (prefix a. -> a.a. maps a.x to a.a.x while a.a.x becomes a.a.a.x).
         for _, old, _ in changed:
             del owner[old]
         for source, _, new in changed:
             other = owner.get(new)
             if other is not None:
+                moved = any(c[0] == other for c in changed)
+                clash = (
+                    f"renames both {other!r} and {source!r} to {new!r}"
+                    if moved
+                    else f"renames {source!r} to {new!r}, which source key {other!r} already "
+                    "maps to"
+                )
                 raise InvalidRecipeError(
-                    f"renames {source!r} to {new!r}, which {other!r} "
-                    f"{'also becomes' if other in (c[0] for c in changed) else 'already is'}; "
-                    "two source keys cannot share a key: make the rule narrower (anchor the "
-                    "regex, or use a key rule)",
+                    f"{clash}; two source keys cannot share a key: make the rule narrower "
+                    "(anchor the regex, or use a key rule)",
                     rule=citation,
                 )
             owner[new] = source
@@ -146,8 +152,8 @@ def filter_keys(
     dropped: dict[str, str] = {}
     for key in keys:
         hit = next((m for m in drops if m.matches(key)), None)
-        if hit is not None and hit.rule is not None:
-            dropped[key] = hit.rule
+        if hit is not None:
+            dropped[key] = hit.rule or "drop"
         elif onlys and not any(m.matches(key) for m in onlys):
             dropped[key] = "only"
         else:

@@ -1,0 +1,122 @@
+"""One place maps every error to ``application/problem+json`` (RFC 9457).
+
+``type`` is a stable slug (``unsafe-checkpoint``, ``invalid-recipe``, ``not-found`` …) that
+clients can switch on; ``detail`` says what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.engine.errors import GraftError
+from app.services.errors import ServiceError, status_for_type
+
+__all__ = ["PROBLEM_JSON", "install_error_handlers", "problem_response"]
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+_TYPE_BY_STATUS = {
+    400: "bad-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    415: "unsupported-media-type",
+    422: "validation-error",
+    503: "not-ready",
+}
+
+
+def problem_response(
+    status: int,
+    problem_type: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """Build a problem+json response."""
+    body: dict[str, Any] = {
+        "type": problem_type,
+        "title": title or problem_type.replace("-", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return problem_response(
+        exc.status, exc.type, exc.message, title=exc.title, instance=request.url.path, **exc.extra
+    )
+
+
+async def _graft_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GraftError)
+    return problem_response(
+        status_for_type(exc.type),
+        exc.type,
+        exc.message,
+        instance=request.url.path,
+        rule=getattr(exc, "rule", None),
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return problem_response(
+        422,
+        "validation-error",
+        f"{where}: {first['msg']}",
+        instance=request.url.path,
+        errors=errors,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(
+        exc.status_code,
+        _TYPE_BY_STATUS.get(exc.status_code, "http-error"),
+        str(exc.detail),
+        instance=request.url.path,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        500,
+        "internal-error",
+        "an unexpected error occurred; see the server log",
+        instance=request.url.path,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(GraftError, _graft_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,59 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.routes import architectures, checkpoints, health, jobs
+from app.config import Settings, get_settings
+from app.db.session import Database
+from app.services.inspector import InspectorPool
+from app.storage import BlobStore
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API. The schema must already be migrated (``graft serve`` does it).
+
+    Args:
+        settings: configuration; read from ``GRAFT_*`` when omitted.
+    """
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
+        store = BlobStore(settings.storage_dir)
+        store.ensure()
+        inspector = InspectorPool(
+            size=settings.inspectors, timeout=settings.inspect_timeout_seconds
+        )
+        await inspector.start()
+        app.state.settings = settings
+        app.state.database = database
+        app.state.store = store
+        app.state.inspector = inspector
+        try:
+            yield
+        finally:
+            await inspector.close()
+            database.dispose()
+
+    app = FastAPI(
+        title="Graft",
+        version="0.1.0",
+        summary="Transplant pretrained PyTorch weights into a different architecture.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (health, checkpoints, jobs, architectures):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,111 @@
+"""/v1/checkpoints: upload, list, read, tensors, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from app.api.deps import InspectorDep, ReadSession, SettingsDep, StoreDep, WriteSession
+from app.api.schemas import CheckpointPublic, CheckpointsPublic, TensorPublic, TensorsPublic
+from app.api.uploads import receive_upload
+from app.services import checkpoints as service
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one checkpoint file, or every file of a sharded set",
+                        }
+                    },
+                    "required": ["file"],
+                },
+                "example": {"file": ["resnet50.pth"]},
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "<the bytes of model.safetensors>",
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        200: {"model": CheckpointPublic, "description": "the same bytes were uploaded before"},
+        413: {"description": "larger than GRAFT_MAX_UPLOAD_BYTES"},
+        422: {"description": "unsafe or unreadable checkpoint"},
+    },
+)
+async def upload_checkpoint(
+    request: Request,
+    response: Response,
+    session: WriteSession,
+    store: StoreDep,
+    inspector: InspectorDep,
+    settings: SettingsDep,
+    filename: Annotated[str | None, Query(description="file name for a raw body")] = None,
+    entry: Annotated[str, Query(description="which dict holds the weights")] = "auto",
+) -> CheckpointPublic:
+    """Upload a checkpoint: multipart `file` part(s), or the raw body with `?filename=`."""
+    with store.workdir() as workdir:
+        files = await receive_upload(
+            request, workdir, max_bytes=settings.max_upload_bytes, filename=filename
+        )
+        checkpoint, created = await service.register_upload(
+            session, store, inspector, files, entry=entry
+        )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return CheckpointPublic.of(checkpoint)
+
+
+@router.get("")
+def list_checkpoints(
+    session: ReadSession, offset: Offset = 0, limit: Limit = 50
+) -> CheckpointsPublic:
+    """Uploaded checkpoints, newest first."""
+    items, count = service.list_checkpoints(session, offset=offset, limit=limit)
+    return CheckpointsPublic(data=[CheckpointPublic.of(c) for c in items], count=count)
+
+
+@router.get("/{checkpoint_id}")
+def get_checkpoint(checkpoint_id: str, session: ReadSession) -> CheckpointPublic:
+    return CheckpointPublic.of(service.get_checkpoint(session, checkpoint_id))
+
+
+@router.get("/{checkpoint_id}/tensors")
+def list_tensors(
+    checkpoint_id: str, session: ReadSession, offset: Offset = 0, limit: Limit = 100
+) -> TensorsPublic:
+    """Key, shape, dtype and kind of each tensor, in checkpoint order."""
+    rows, count = service.list_tensors(session, checkpoint_id, offset=offset, limit=limit)
+    return TensorsPublic(
+        data=[TensorPublic(key=t.key, shape=t.shape, dtype=t.dtype, kind=t.kind) for t in rows],
+        count=count,
+    )
+
+
+@router.delete(
+    "/{checkpoint_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "a queued or running job uses it"}},
+)
+def delete_checkpoint(checkpoint_id: str, session: WriteSession) -> None:
+    service.delete_checkpoint(session, checkpoint_id)

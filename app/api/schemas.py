@@ -1,0 +1,251 @@
+"""Request and response bodies. Separate from the SQLAlchemy models on purpose."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.db.models import Artifact, Checkpoint, Job
+
+__all__ = [
+    "ArchitecturePublic",
+    "ArchitecturesPublic",
+    "ArtifactPublic",
+    "ArtifactsPublic",
+    "CheckpointPublic",
+    "CheckpointsPublic",
+    "JobCreate",
+    "JobPublic",
+    "JobsPublic",
+    "TensorPublic",
+    "TensorsPublic",
+]
+
+
+class FilePublic(BaseModel):
+    filename: str
+    sha256: str
+    size: int
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    sha256: str
+    filename: str
+    size: int
+    format: str
+    entry: str | None
+    stripped_prefix: str | None
+    tensors: int
+    elements: int
+    bytes: int
+    by_dtype: dict[str, Any]
+    files: list[FilePublic]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> CheckpointPublic:
+        return cls(
+            id=checkpoint.id,
+            sha256=checkpoint.sha256,
+            filename=checkpoint.filename,
+            size=checkpoint.size,
+            format=checkpoint.format,
+            entry=checkpoint.entry,
+            stripped_prefix=checkpoint.stripped_prefix,
+            tensors=checkpoint.tensors,
+            elements=checkpoint.elements,
+            bytes=checkpoint.bytes,
+            by_dtype=checkpoint.by_dtype,
+            files=[
+                FilePublic(filename=f.filename, sha256=f.sha256, size=f.size)
+                for f in checkpoint.files
+            ],
+            created_at=checkpoint.created_at,
+        )
+
+
+class CheckpointsPublic(BaseModel):
+    data: list[CheckpointPublic]
+    count: int
+
+
+class TensorPublic(BaseModel):
+    key: str
+    shape: list[int]
+    dtype: str
+    kind: str
+
+
+class TensorsPublic(BaseModel):
+    data: list[TensorPublic]
+    count: int
+
+
+class CheckpointTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str = Field(description="id of an uploaded checkpoint: the target's own state_dict")
+
+
+class SkeletonTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    skeleton: dict[str, Any] = Field(description="a graft.skeleton/v1 document")
+
+
+class ArchitectureTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    architecture: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class OutputOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["safetensors", "torch"] = "safetensors"
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+
+
+class JobCreate(BaseModel):
+    """A conversion request (SPEC §5)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "source": "3f2c0c4a9b8d4e6f8a1b2c3d4e5f6a7b",
+                    "target": {"checkpoint": "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d"},
+                    "recipe": {
+                        "version": 1,
+                        "rename": [{"prefix": "backbone.", "to": "encoder."}],
+                        "drop": ["fc.*"],
+                    },
+                    "output": {"format": "safetensors", "dtype": None},
+                    "dry_run": False,
+                }
+            ]
+        },
+    )
+
+    source: str = Field(description="id of the uploaded source checkpoint")
+    target: CheckpointTarget | SkeletonTarget | ArchitectureTarget
+    recipe: dict[str, Any] | None = Field(default=None, description="a version 1 recipe (SPEC §2)")
+    output: OutputOptions = Field(default_factory=OutputOptions)
+    dry_run: bool = Field(default=False, description="produce the report only, no weights")
+
+
+class JobError(BaseModel):
+    type: str
+    message: str | None
+
+
+class JobTimings(BaseModel):
+    queued_s: float | None
+    run_s: float | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: str
+    stage: str | None
+    progress: float
+    ok: bool | None
+    source: str | None
+    target: dict[str, Any]
+    output: OutputOptions
+    dry_run: bool
+    attempts: int
+    worker: str | None
+    device: str | None
+    error: JobError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    timings: JobTimings
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        if job.target_kind == "checkpoint":
+            target: dict[str, Any] = {"checkpoint": job.target_checkpoint_id}
+        elif job.target_kind == "architecture" and job.target_spec:
+            target = dict(job.target_spec)
+        else:
+            target = {"skeleton": {"tensors": len((job.target_spec or {}).get("tensors", {}))}}
+        queued_s = run_s = None
+        if job.started_at is not None:
+            queued_s = (job.started_at - job.created_at).total_seconds()
+            if job.finished_at is not None:
+                run_s = (job.finished_at - job.started_at).total_seconds()
+        base = f"/v1/jobs/{job.id}"
+        return cls(
+            id=job.id,
+            status=job.status,
+            stage=job.stage,
+            progress=job.progress,
+            ok=job.ok,
+            source=job.source_id,
+            target=target,
+            output=OutputOptions(format=job.output_format, dtype=job.output_dtype),  # type: ignore[arg-type]
+            dry_run=job.dry_run,
+            attempts=job.attempts,
+            worker=job.lease_owner,
+            device=job.device,
+            error=JobError(type=job.error_type, message=job.error_message)
+            if job.error_type
+            else None,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            timings=JobTimings(queued_s=queued_s, run_s=run_s),
+            links={
+                "self": base,
+                "report": f"{base}/report",
+                "weights": f"{base}/weights",
+                "manifest": f"{base}/manifest",
+                "artifacts": f"{base}/artifacts",
+            },
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    filename: str
+    media_type: str
+    sha256: str
+    size: int
+    url: str
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> ArtifactPublic:
+        path = {"report-text": "report?format=text"}.get(artifact.name, artifact.name)
+        return cls(
+            name=artifact.name,
+            filename=artifact.filename,
+            media_type=artifact.media_type,
+            sha256=artifact.sha256,
+            size=artifact.size,
+            url=f"/v1/jobs/{artifact.job_id}/{path}",
+        )
+
+
+class ArtifactsPublic(BaseModel):
+    data: list[ArtifactPublic]
+    count: int
+
+
+class ArchitecturePublic(BaseModel):
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    description: str | None = None
+
+
+class ArchitecturesPublic(BaseModel):
+    data: list[ArchitecturePublic]
+    count: int

@@ -1,0 +1,199 @@
+"""Streaming upload reception: the body goes straight to staged files, hashed on the way.
+
+Multipart (``-F file=@x.pth``, several ``file`` parts for a sharded set) and raw bodies
+(``--data-binary @x.pth`` with ``?filename=``) are both parsed incrementally; the body is
+never held in memory and never copied twice. The size cap is checked against
+``Content-Length`` before reading and against the bytes actually received while reading.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from app.services.errors import BadRequestError, UploadTooLargeError
+from app.storage import StagedFile
+
+__all__ = ["receive_upload", "safe_filename"]
+
+_FLUSH_BYTES = 1 << 20
+# Slack for multipart framing when judging Content-Length against the cap.
+_MULTIPART_OVERHEAD = 64 * 1024
+_BAD_NAME = re.compile(r"[\x00-\x1f/\\]")
+
+
+def safe_filename(name: str | None, default: str = "checkpoint") -> str:
+    """The base name a client gave, made safe to use as a file name; refuse odd ones."""
+    if not name:
+        return default
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if base in {"", ".", ".."} or _BAD_NAME.search(base) or len(base) > 255:
+        raise BadRequestError(f"unusable file name {name!r}: give a plain name like model.pth")
+    return base
+
+
+def _too_large(limit: int) -> UploadTooLargeError:
+    return UploadTooLargeError(
+        f"the upload exceeds GRAFT_MAX_UPLOAD_BYTES ({limit} bytes)", limit=limit
+    )
+
+
+@dataclass
+class _Part:
+    name: str | None = None
+    filename: str | None = None
+    staged: StagedFile | None = None
+    buffer: bytearray = field(default_factory=bytearray)
+
+
+class _Receiver:
+    """Turns body chunks into staged files inside ``workdir``."""
+
+    def __init__(self, workdir: Path, limit: int) -> None:
+        self.workdir = workdir
+        self.limit = limit
+        self.received = 0
+        self.files: list[StagedFile] = []
+        self._names: set[str] = set()
+
+    def open(self, filename: str) -> StagedFile:
+        if filename in self._names:
+            raise BadRequestError(f"two files named {filename!r}: a sharded set needs unique names")
+        self._names.add(filename)
+        staged = StagedFile(self.workdir / filename)
+        self.files.append(staged)
+        return staged
+
+    def count(self, n: int) -> None:
+        self.received += n
+        if self.received > self.limit:
+            raise _too_large(self.limit)
+
+
+async def _flush(staged: StagedFile, buffer: bytearray) -> None:
+    if buffer:
+        data = bytes(buffer)
+        buffer.clear()
+        await run_in_threadpool(staged.write, data)
+
+
+async def _receive_raw(request: Request, receiver: _Receiver, filename: str) -> None:
+    staged = receiver.open(filename)
+    buffer = bytearray()
+    async for chunk in request.stream():
+        receiver.count(len(chunk))
+        buffer += chunk
+        if len(buffer) >= _FLUSH_BYTES:
+            await _flush(staged, buffer)
+    await _flush(staged, buffer)
+
+
+async def _receive_multipart(request: Request, receiver: _Receiver, boundary: bytes) -> None:
+    # The parser's callbacks are synchronous: they only record; the loop below does the I/O.
+    events: list[tuple[str, bytes]] = []
+    header: dict[str, bytes] = {"field": b"", "value": b""}
+    headers: dict[bytes, bytes] = {}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        headers[header["field"].lower()] = header["value"]
+        header["field"], header["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        events.append(("begin", headers.get(b"content-disposition", b"")))
+        headers.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        events.append(("data", bytes(data[start:end])))
+
+    def on_part_end() -> None:
+        events.append(("end", b""))
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    part = _Part()
+    body = 0
+    async for chunk in request.stream():
+        body += len(chunk)
+        if body > receiver.limit + _MULTIPART_OVERHEAD:
+            raise _too_large(receiver.limit)
+        parser.write(chunk)
+        for kind, data in events:
+            if kind == "begin":
+                _, options = parse_options_header(data)
+                part = _Part(
+                    name=options.get(b"name", b"").decode("utf-8", "replace"),
+                    filename=options.get(b"filename", b"").decode("utf-8", "replace") or None,
+                )
+                if part.name != "file":
+                    raise BadRequestError(
+                        f"unexpected form field {part.name!r}: send files as `file` parts"
+                    )
+                part.staged = receiver.open(safe_filename(part.filename))
+            elif kind == "data" and part.staged is not None:
+                receiver.count(len(data))
+                part.buffer += data
+                if len(part.buffer) >= _FLUSH_BYTES:
+                    await _flush(part.staged, part.buffer)
+            elif kind == "end" and part.staged is not None:
+                await _flush(part.staged, part.buffer)
+        events.clear()
+    parser.finalize()
+    if not receiver.files:
+        raise BadRequestError("no `file` part in the form: use -F file=@model.pth")
+
+
+async def receive_upload(
+    request: Request, workdir: Path, *, max_bytes: int, filename: str | None
+) -> list[StagedFile]:
+    """Stream the request body into staged files in ``workdir``, closed and fsynced.
+
+    Returns:
+        One staged file per uploaded file, in upload order, each with its sha256 and size.
+
+    Raises:
+        UploadTooLargeError: the body exceeds ``max_bytes`` (announced or received).
+        BadRequestError: a malformed form, a bad file name, or no file at all.
+    """
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    multipart = content_type == b"multipart/form-data"
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        slack = _MULTIPART_OVERHEAD if multipart else 0
+        if int(declared) > max_bytes + slack:
+            raise _too_large(max_bytes)
+    receiver = _Receiver(workdir, max_bytes)
+    try:
+        if multipart:
+            boundary = options.get(b"boundary")
+            if not boundary:
+                raise BadRequestError("multipart body without a boundary")
+            await _receive_multipart(request, receiver, boundary)
+        else:
+            await _receive_raw(request, receiver, safe_filename(filename))
+        for staged in receiver.files:
+            await run_in_threadpool(staged.close)
+    except BaseException:
+        for staged in receiver.files:
+            staged.discard()
+        raise
+    return receiver.files

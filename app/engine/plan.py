@@ -1,0 +1,339 @@
+"""Plan a conversion from headers alone: for every target key, what feeds it and how.
+
+The order is fixed: strip prefixes, apply renames in order, apply drop/only, then match
+renamed source keys against target keys. Shapes that differ go to the first adapt rule whose
+``match`` fits the target key, or are ``mismatched``. Target keys nothing feeds are ``kept``
+or ``initialized`` per ``missing``. No tensor data is read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app.engine.adapt import describe_adapt, describe_cast
+from app.engine.checkpoint import Source
+from app.engine.errors import InvalidRecipeError
+from app.engine.initialize import InitRecord, resolve_init
+from app.engine.meta import TensorInfo, is_floating
+from app.engine.recipe import AdaptRule, InitRule, Recipe, cite, compile_pattern
+from app.engine.rename import apply_renames, filter_keys
+from app.engine.target import Target
+
+__all__ = ["Plan", "PlanEntry", "Suggestion", "Unused", "build_plan"]
+
+Status = Literal["loaded", "adapted", "initialized", "kept", "missing"]
+UnusedReason = Literal["dropped", "unexpected", "mismatched"]
+
+# Below this share of target tensors fed by the source, a conversion is flagged loudly.
+LOW_COVERAGE = 0.5
+ALIGN_APPLY_CONFIDENCE = 0.5
+
+
+@dataclass
+class PlanEntry:
+    """One target key: its fate, and everything needed to carry it out."""
+
+    target: str
+    status: Status
+    shape: tuple[int, ...]
+    dtype: str  # the output dtype
+    module: str | None = None
+    sources: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+    source_shape: tuple[int, ...] | None = None
+    source_dtype: str | None = None
+    adapt: AdaptRule | None = None
+    init: InitRecord | None = None
+    benign: bool = False  # a num_batches_tracked the source lacks: PyTorch fills it itself
+
+    @property
+    def fed(self) -> bool:
+        return self.status in ("loaded", "adapted")
+
+
+@dataclass(frozen=True)
+class Unused:
+    """A source key that feeds nothing, and why."""
+
+    source: str
+    reason: UnusedReason
+    rule: str | None = None
+    renamed: str | None = None
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A likely source -> target match for keys left over after renames (``align``)."""
+
+    source: str
+    target: str
+    confidence: float
+    why: str
+
+
+@dataclass
+class Plan:
+    """The conversion decided, before any tensor moves."""
+
+    entries: list[PlanEntry]
+    unused: list[Unused]
+    suggestions: list[Suggestion]
+    warnings: list[str]
+    failures: list[str]  # what the recipe's policy refuses; non-empty means not ok
+    stripped_prefix: str | None
+    dtype: str = "keep"  # the output dtype policy (recipe's, or the caller's override)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _strip_helpful_prefix(source: Source, target: Target, recipe: Recipe) -> None:
+    """``strip_prefixes: auto`` also drops ``model.`` when every key has it and it helps."""
+    if recipe.source.strip_prefixes != "auto" or source.common_prefix(("model.",)) is None:
+        return
+    before = len(source.tensors.keys() & target.tensors.keys())
+    after = sum(1 for k in source.tensors if k.removeprefix("model.") in target.tensors)
+    if after > before:
+        source.strip_prefix("model.")
+
+
+def _output_dtype(stored: str, dtype: str) -> str:
+    return dtype if dtype != "keep" and is_floating(stored) else stored
+
+
+def _first_rule(rules: Sequence[AdaptRule] | Sequence[InitRule], section: str, key: str) -> int:
+    for i, rule in enumerate(rules):
+        if compile_pattern(rule.match, rule=cite(section, i)).matches(key):
+            return i
+    return -1
+
+
+def _suffix_len(a: str, b: str) -> int:
+    pa, pb = a.split("."), b.split(".")
+    n = 0
+    while n < min(len(pa), len(pb)) and pa[-1 - n] == pb[-1 - n]:
+        n += 1
+    return n
+
+
+def suggest_alignment(
+    sources: dict[str, TensorInfo], targets: dict[str, TensorInfo]
+) -> list[Suggestion]:
+    """One-to-one matches between leftover keys of equal shape.
+
+    First the longest dotted-suffix match (Detectron2's heuristic), scored by the share of
+    components that agree; then, among what is left, pairs of equal shape in file order when
+    the names say nothing.
+    """
+    candidates: list[tuple[float, int, int, str, str, str]] = []
+    src_order = {k: i for i, k in enumerate(sources)}
+    tgt_order = {k: i for i, k in enumerate(targets)}
+    for s, s_info in sources.items():
+        for t, t_info in targets.items():
+            if s_info.shape != t_info.shape:
+                continue
+            common = _suffix_len(s, t)
+            if common:
+                score = common / max(len(s.split(".")), len(t.split(".")))
+                candidates.append((score, src_order[s], tgt_order[t], s, t, "suffix+shape"))
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+    used_s: set[str] = set()
+    used_t: set[str] = set()
+    out: list[Suggestion] = []
+    for score, _, _, s, t, why in candidates:
+        if s not in used_s and t not in used_t:
+            used_s.add(s)
+            used_t.add(t)
+            out.append(Suggestion(s, t, round(score, 3), why))
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for t, info in targets.items():
+        if t not in used_t:
+            by_shape.setdefault(info.shape, []).append(t)
+    for s, info in sources.items():
+        pool = by_shape.get(info.shape)
+        if s not in used_s and pool:
+            out.append(Suggestion(s, pool.pop(0), 0.25, "shape+order"))
+    return out
+
+
+def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | None = None) -> Plan:
+    """Decide every target key's fate from headers alone.
+
+    Args:
+        source: the opened source (its wrapper prefixes already handled by ``open_source``).
+        target: the target description.
+        recipe: a validated recipe.
+        dtype: an output dtype overriding ``recipe.dtype`` (``None`` keeps the recipe's).
+
+    Returns:
+        The plan. Policy refusals (strict, ``shape_mismatch: error``, ``missing: error``) are
+        collected in ``failures``, not raised, so the report can still be written.
+
+    Raises:
+        InvalidRecipeError: a rule cannot apply (collision, empty key, an adapt op that cannot
+            produce the target shape).
+    """
+    out_dtype = dtype or recipe.dtype
+    _strip_helpful_prefix(source, target, recipe)
+    renamed = apply_renames(list(source.tensors), recipe.rename)
+    by_new = {r.key: r for r in renamed.values()}
+    kept_keys, dropped = filter_keys(list(by_new), drop=recipe.drop, only=recipe.only)
+    unused: list[Unused] = [
+        Unused(by_new[k].source, "dropped", rule, k) for k, rule in dropped.items()
+    ]
+    available = {k: by_new[k] for k in kept_keys}
+    entries: list[PlanEntry] = []
+    mismatched: list[str] = []
+    for key, info in target.tensors.items():
+        feed = available.pop(key, None)
+        entry = PlanEntry(key, "missing", info.shape, info.dtype, module=info.module)
+        if feed is not None:
+            src = source.tensors[feed.source]
+            entry.sources, entry.rules = [feed.source], list(feed.rules)
+            entry.source_shape, entry.source_dtype = src.shape, src.dtype
+            if src.shape == info.shape:
+                entry.status = "loaded"
+            else:
+                index = _first_rule(recipe.adapt, "adapt", key)
+                if index < 0:
+                    unused.append(Unused(feed.source, "mismatched", None, key))
+                    mismatched.append(
+                        f"{key}: source {list(src.shape)} vs target {list(info.shape)}"
+                    )
+                    entry.sources, entry.rules = [], []
+                    entry.source_shape = entry.source_dtype = None
+                else:
+                    rule = recipe.adapt[index]
+                    try:
+                        op = describe_adapt(
+                            rule.op,
+                            src.shape,
+                            info.shape,
+                            fill=getattr(rule, "fill", None),
+                            prefix_tokens=getattr(rule, "prefix_tokens", 1),
+                            mode=getattr(rule, "mode", "bicubic"),
+                            key=key,
+                        )
+                    except InvalidRecipeError as exc:
+                        raise InvalidRecipeError(exc.message, rule=cite("adapt", index)) from None
+                    entry.status, entry.adapt = "adapted", rule
+                    entry.rules.append(cite("adapt", index))
+                    entry.ops.append(op or rule.op)
+            if entry.fed:
+                entry.dtype = _output_dtype(src.dtype, out_dtype)
+                if (cast := describe_cast(src.dtype, entry.dtype, key=key)) is not None:
+                    entry.ops.append(cast)
+        if not entry.fed:
+            _fill_missing(entry, info, target, recipe, out_dtype)
+        entries.append(entry)
+    for key, feed in available.items():
+        unused.append(Unused(feed.source, "unexpected", None, key))
+    plan = Plan(entries, unused, [], [], [], source.stripped_prefix, out_dtype)
+    _align(plan, source, target, recipe)
+    _judge(plan, recipe, mismatched)
+    return plan
+
+
+def _fill_missing(
+    entry: PlanEntry, info: TensorInfo, target: Target, recipe: Recipe, out_dtype: str
+) -> None:
+    entry.benign = info.key.rsplit(".", 1)[-1] == "num_batches_tracked"
+    keep = target.has_values and (recipe.missing in ("auto", "keep") or entry.benign)
+    if keep:
+        entry.status = "kept"
+        entry.dtype = _output_dtype(info.dtype, out_dtype)
+        return
+    if recipe.missing in ("keep", "error") and not entry.benign:
+        entry.status = "missing"
+        return
+    index = _first_rule(recipe.init, "init", info.key)
+    if index < 0:
+        entry.status = "missing"
+        return
+    rule = recipe.init[index]
+    args = rule.model_dump(exclude={"match", "fn"})
+    try:
+        entry.init = resolve_init(
+            info.key,
+            info.shape,
+            info.dtype,
+            fn=rule.fn,
+            args=args,
+            module=info.module,
+            seed=recipe.seed,
+        )
+    except InvalidRecipeError as exc:
+        raise InvalidRecipeError(exc.message, rule=cite("init", index)) from None
+    entry.status = "initialized"
+    entry.rules = [cite("init", index)]
+    entry.ops = [f"init({entry.init.fn})"]
+    entry.dtype = _output_dtype(info.dtype, out_dtype)
+
+
+def _align(plan: Plan, source: Source, target: Target, recipe: Recipe) -> None:
+    if recipe.align == "off":
+        return
+    leftover_sources = {
+        u.source: TensorInfo(
+            u.source, source.tensors[u.source].shape, source.tensors[u.source].dtype
+        )
+        for u in plan.unused
+        if u.reason == "unexpected"
+    }
+    leftover_targets = {
+        e.target: target.tensors[e.target] for e in plan.entries if not e.fed and not e.benign
+    }
+    plan.suggestions = suggest_alignment(leftover_sources, leftover_targets)
+    if recipe.align != "apply":
+        return
+    applied = {s.target: s for s in plan.suggestions if s.confidence >= ALIGN_APPLY_CONFIDENCE}
+    for entry in plan.entries:
+        suggestion = applied.get(entry.target)
+        if suggestion is None:
+            continue
+        src = source.tensors[suggestion.source]
+        entry.status, entry.sources, entry.rules = "loaded", [suggestion.source], ["align"]
+        entry.source_shape, entry.source_dtype, entry.init = src.shape, src.dtype, None
+        entry.dtype = _output_dtype(src.dtype, plan.dtype)
+        entry.ops = [c] if (c := describe_cast(src.dtype, entry.dtype)) else []
+    used = {s.source for s in applied.values()}
+    plan.unused = [u for u in plan.unused if u.source not in used]
+    plan.suggestions = [s for s in plan.suggestions if s.target not in applied]
+
+
+def _judge(plan: Plan, recipe: Recipe, mismatched: list[str]) -> None:
+    """Collect warnings and the policy's refusals."""
+    missing = [e.target for e in plan.entries if e.status == "missing"]
+    if missing:
+        plan.failures.append(f"{len(missing)} target keys have no value: {_few(missing)}")
+    if mismatched and recipe.shape_mismatch == "error":
+        plan.failures.append(f"shape mismatch (shape_mismatch: error): {_few(mismatched)}")
+    if recipe.strict:
+        not_fed = [e.target for e in plan.entries if not e.fed and not e.benign]
+        stray = [u.source for u in plan.unused if u.reason != "dropped"]
+        if not_fed:
+            plan.failures.append(f"strict: target keys not loaded: {_few(not_fed)}")
+        if stray:
+            plan.failures.append(f"strict: source keys not used: {_few(stray)}")
+    counted = [e for e in plan.entries if not e.benign]
+    fed = sum(1 for e in counted if e.fed)
+    if counted and fed == 0:
+        plan.warnings.append(
+            f"nothing_loaded: none of the {len(counted)} target tensors came from the source; "
+            "check renames and prefixes (align: suggest lists likely matches)"
+        )
+    elif counted and fed / len(counted) < LOW_COVERAGE:
+        plan.warnings.append(
+            f"low_coverage: only {fed} of {len(counted)} target tensors came from the source"
+        )
+    for text in mismatched:
+        plan.warnings.append(f"shape_mismatch: {text}")
+
+
+def _few(keys: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" … (+{len(keys) - n} more)" if len(keys) > n else "")

@@ -1,0 +1,231 @@
+"""The report (``graft.report/v1``), its digest, the manifest, and the grouped text form."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from app.engine.checkpoint import Source
+from app.engine.execute import Execution
+from app.engine.keys import group_keys
+from app.engine.plan import Plan, PlanEntry
+from app.engine.recipe import Recipe, compile_patterns
+from app.engine.target import Target
+
+__all__ = [
+    "MANIFEST_SCHEMA",
+    "REPORT_SCHEMA",
+    "build_manifest",
+    "build_report",
+    "entries_digest",
+    "render_text",
+]
+
+REPORT_SCHEMA = "graft.report/v1"
+MANIFEST_SCHEMA = "graft.manifest/v1"
+
+
+def _entry_json(entry: PlanEntry, digest: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "target": entry.target,
+        "status": entry.status,
+        "sources": entry.sources,
+        "rules": entry.rules,
+        "ops": entry.ops,
+        "shape": list(entry.shape),
+        "source_shape": list(entry.source_shape) if entry.source_shape is not None else None,
+        "dtype": entry.dtype,
+        "sha256": digest,
+    }
+    if entry.init is not None:
+        out["init"] = {"fn": entry.init.fn, "args": entry.init.args, "seed": entry.init.seed}
+    if entry.benign:
+        out["benign"] = True
+    return out
+
+
+def entries_digest(entries: list[dict[str, Any]], unused: list[dict[str, Any]]) -> str:
+    """sha256 of the canonical JSON of the report's per-tensor parts (what the file carries)."""
+    canonical = json.dumps(
+        {"entries": entries, "unused": unused}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def build_report(
+    plan: Plan,
+    source: Source,
+    target: Target,
+    *,
+    execution: Execution | None,
+    source_sha256: str | None,
+) -> dict[str, Any]:
+    """Assemble the report of SPEC §3 from the plan and, unless dry-run, its execution."""
+    digests = execution.digests if execution else {}
+    entries = [_entry_json(e, digests.get(e.target)) for e in plan.entries]
+    unused = [
+        {"source": u.source, "reason": u.reason, "rule": u.rule}
+        | ({"renamed": u.renamed} if u.renamed and u.renamed != u.source else {})
+        for u in plan.unused
+    ]
+    counts = {s: 0 for s in ("loaded", "adapted", "initialized", "kept", "missing")}
+    for e in plan.entries:
+        counts[e.status] += 1
+    reasons = {
+        r: sum(1 for u in plan.unused if u.reason == r)
+        for r in ("dropped", "unexpected", "mismatched")
+    }
+    target_elements = sum(i.numel for i in target.tensors.values())
+    fed_elements = sum(_numel(e.shape) for e in plan.entries if e.fed)
+    summary: dict[str, Any] = {
+        "loaded": counts["loaded"],
+        "adapted": counts["adapted"],
+        "initialized": counts["initialized"],
+        "kept": counts["kept"],
+        "used": len({s for e in plan.entries if e.fed for s in e.sources}),
+        **reasons,
+        "coverage": {
+            "tensors": round((counts["loaded"] + counts["adapted"]) / max(len(plan.entries), 1), 4),
+            "elements": round(fed_elements / max(target_elements, 1), 6),
+        },
+    }
+    if counts["missing"]:
+        summary["missing"] = counts["missing"]
+    warnings = list(plan.warnings) + (execution.warnings if execution else [])
+    failures = list(plan.failures)
+    verification: dict[str, Any] | None = None
+    if execution is not None:
+        verification = {
+            "checked": execution.checked,
+            "equal": execution.equal,
+            "strict_load": execution.strict_load,
+        }
+        if execution.unequal:
+            verification["unequal"] = execution.unequal
+            failures.append(
+                f"verification: {len(execution.unequal)} tensors differ from the source"
+            )
+        if execution.strict_error:
+            verification["strict_error"] = execution.strict_error
+    report: dict[str, Any] = {
+        "schema": REPORT_SCHEMA,
+        "ok": not failures,
+        "source": {
+            "sha256": source_sha256,
+            "format": source.format,
+            "entry": source.entry,
+            "stripped_prefix": source.stripped_prefix,
+            "tensors": len(source.tensors),
+            "elements": sum(i.numel for i in source.tensors.values()),
+        },
+        "target": {
+            "kind": target.kind,
+            "name": target.name,
+            "tensors": len(target.tensors),
+            "elements": target_elements,
+        },
+        "summary": summary,
+        "entries": entries,
+        "unused": unused,
+        "suggestions": [
+            {"source": s.source, "target": s.target, "confidence": s.confidence, "why": s.why}
+            for s in plan.suggestions
+        ],
+        "warnings": warnings,
+        "verification": verification,
+    }
+    if failures:
+        report["errors"] = failures
+    return report
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def build_manifest(plan: Plan, target: Target, recipe: Recipe) -> dict[str, Any]:
+    """What the receiving side must do besides loading: frozen keys, BatchNorm in eval mode."""
+    patterns = compile_patterns(recipe.freeze, section="freeze")
+    frozen = [e.target for e in plan.entries if any(p.matches(e.target) for p in patterns)]
+    bn_eval: list[str] = []
+    if recipe.freeze_bn:
+        bn_eval = target.batchnorm_modules()
+        prefixes = tuple(f"{m}." if m else "" for m in bn_eval)
+        frozen += [
+            k
+            for k, info in target.tensors.items()
+            if info.kind == "parameter" and k.startswith(prefixes) and k not in frozen
+        ]
+    return {"schema": MANIFEST_SCHEMA, "frozen": frozen, "bn_eval": bn_eval}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%".replace(".00%", "%")
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """The grouped human form: keys collapsed as ``layer1.{0..2}.conv{1,2}.weight``."""
+    s, src, tgt = report["summary"], report["source"], report["target"]
+    lines = [
+        f"graft report: {'OK' if report['ok'] else 'FAILED'}",
+        f"source  {src['format']}, entry {src['entry'] or '(root)'}, "
+        f"stripped {src['stripped_prefix'] or '-'}, {src['tensors']} tensors"
+        + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256") else ""),
+        f"target  {tgt['kind']} {tgt.get('name', '')}, {tgt['tensors']} tensors",
+        f"target keys  loaded {s['loaded']} · adapted {s['adapted']} · initialized "
+        f"{s['initialized']} · kept {s['kept']}"
+        + (f" · MISSING {s['missing']}" if s.get("missing") else ""),
+        f"source keys  used {s['used']} · dropped {s['dropped']} · unexpected {s['unexpected']} "
+        f"· mismatched {s['mismatched']}",
+        f"coverage     {_pct(s['coverage']['tensors'])} of tensors, "
+        f"{_pct(s['coverage']['elements'])} of elements",
+    ]
+    for status in ("loaded", "adapted", "initialized", "kept", "missing"):
+        members = [e for e in report["entries"] if e["status"] == status]
+        if not members:
+            continue
+        lines += ["", f"{status} ({len(members)})"]
+        buckets: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for e in members:
+            how = (*e["rules"], *e["ops"])
+            buckets.setdefault(how, []).append(e)
+        for how, group in buckets.items():
+            by_target = {e["target"]: e for e in group}
+            for g in group_keys(list(by_target)):
+                sources = [s for k in g.keys for s in by_target[k]["sources"]]
+                origin = ""
+                if sources and sources != list(g.keys):
+                    origin = "  <- " + ", ".join(p.pattern for p in group_keys(sources))
+                detail = f"  [{', '.join(how)}]" if how else ""
+                lines.append(f"  {g.pattern}{origin}{detail}")
+    if report["unused"]:
+        lines += ["", f"unused source keys ({len(report['unused'])})"]
+        buckets_u: dict[tuple[str, str], list[str]] = {}
+        for u in report["unused"]:
+            buckets_u.setdefault((u["reason"], u["rule"] or ""), []).append(u["source"])
+        for (reason, rule), keys in buckets_u.items():
+            for g in group_keys(keys):
+                lines.append(f"  {reason:<10} {g.pattern}" + (f"  [{rule}]" if rule else ""))
+    if report["suggestions"]:
+        lines += ["", "suggestions (align)"]
+        lines += [
+            f"  {x['source']} -> {x['target']}  ({x['confidence']:.2f}, {x['why']})"
+            for x in report["suggestions"]
+        ]
+    if report["warnings"]:
+        lines += ["", "warnings"] + [f"  ! {w}" for w in report["warnings"]]
+    if report.get("errors"):
+        lines += ["", "errors"] + [f"  x {e}" for e in report["errors"]]
+    v = report.get("verification")
+    if v:
+        strict = {True: "strict load ok", False: "STRICT LOAD FAILED", None: "strict load not run"}
+        lines += [
+            "",
+            f"verification  {v['equal']}/{v['checked']} equal to the source, "
+            + strict[v["strict_load"]],
+        ]
+    return "\n".join(lines)

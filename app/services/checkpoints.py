@@ -1,0 +1,140 @@
+"""Checkpoint use cases: register an upload, read records, delete."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from anyio import to_thread
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.models import Checkpoint, CheckpointFile, CheckpointTensor
+from app.db.repositories import CheckpointRepository
+from app.services.errors import ConflictError, NotFoundError
+from app.services.inspector import InspectorPool
+from app.storage import BlobStore, StagedFile
+
+__all__ = [
+    "checkpoint_digest",
+    "delete_checkpoint",
+    "get_checkpoint",
+    "list_checkpoints",
+    "list_tensors",
+    "register_upload",
+]
+
+
+def checkpoint_digest(files: list[tuple[str, str]]) -> str:
+    """The identity of a checkpoint: a file's sha256, or for a set, that of its sorted
+    ``"<sha256>  <name>"`` lines (the ``sha256sum`` format)."""
+    if len(files) == 1:
+        return files[0][1]
+    lines = "".join(f"{sha}  {name}\n" for name, sha in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _display_name(names: list[str]) -> str:
+    for name in names:
+        if name.endswith(".index.json"):
+            return name
+    return names[0]
+
+
+def _publish(
+    session: Session, store: BlobStore, files: list[StagedFile], summary: dict[str, Any]
+) -> tuple[Checkpoint, bool]:
+    repo = CheckpointRepository(session)
+    named = [(f.path.name, f.sha256) for f in files]
+    digest = checkpoint_digest(named)
+    existing = repo.get_by_sha256(digest)
+    if existing is not None:
+        return existing, False
+    for staged in files:
+        store.publish(staged.path, staged.sha256)
+    totals = summary.get("totals", {})
+    checkpoint = Checkpoint(
+        sha256=digest,
+        filename=_display_name([n for n, _ in named]),
+        size=sum(f.size for f in files),
+        format=summary["format"],
+        entry=summary.get("entry"),
+        stripped_prefix=summary.get("stripped_prefix"),
+        tensors=int(totals.get("tensors", len(summary.get("tensors", [])))),
+        elements=int(totals.get("elements", 0)),
+        bytes=int(totals.get("bytes", 0)),
+        by_dtype=totals.get("by_dtype", {}),
+        ignored=summary.get("ignored") or [],
+        files=[
+            CheckpointFile(position=i, filename=f.path.name, sha256=f.sha256, size=f.size)
+            for i, f in enumerate(files)
+        ],
+    )
+    try:
+        with session.begin_nested():
+            repo.add(checkpoint, summary.get("tensors", []))
+    except IntegrityError:
+        # A concurrent upload of the same bytes won (PostgreSQL; SQLite serialises writers).
+        existing = repo.get_by_sha256(digest)
+        if existing is None:
+            raise
+        return existing, False
+    return checkpoint, True
+
+
+async def register_upload(
+    session: Session,
+    store: BlobStore,
+    inspector: InspectorPool,
+    files: list[StagedFile],
+    *,
+    entry: str = "auto",
+) -> tuple[Checkpoint, bool]:
+    """Inspect staged files in a child process, then publish blobs and the record.
+
+    Args:
+        files: closed staged files (names as uploaded, sha256 and size known).
+        entry: the weights entry to use (SPEC §1).
+
+    Returns:
+        ``(checkpoint, created)``; identical bytes give back the existing record.
+
+    Raises:
+        InspectionError: the engine refused the file; nothing is stored.
+    """
+    summary = await inspector.inspect([f.path for f in files], entry=entry)
+    return await to_thread.run_sync(_publish, session, store, files, summary)
+
+
+def get_checkpoint(session: Session, checkpoint_id: str) -> Checkpoint:
+    checkpoint = CheckpointRepository(session).get(checkpoint_id)
+    if checkpoint is None:
+        raise NotFoundError(f"no checkpoint with id {checkpoint_id!r}")
+    return checkpoint
+
+
+def list_checkpoints(session: Session, *, offset: int, limit: int) -> tuple[list[Checkpoint], int]:
+    return CheckpointRepository(session).list(offset=offset, limit=limit)
+
+
+def list_tensors(
+    session: Session, checkpoint_id: str, *, offset: int, limit: int
+) -> tuple[list[CheckpointTensor], int]:
+    get_checkpoint(session, checkpoint_id)
+    return CheckpointRepository(session).tensors(checkpoint_id, offset=offset, limit=limit)
+
+
+def delete_checkpoint(session: Session, checkpoint_id: str) -> None:
+    """Delete a record (its blobs stay until a sweep: they may be shared).
+
+    Raises:
+        ConflictError: a queued or running job uses it.
+    """
+    repo = CheckpointRepository(session)
+    checkpoint = get_checkpoint(session, checkpoint_id)
+    if repo.in_use(checkpoint_id):
+        raise ConflictError(
+            f"checkpoint {checkpoint_id} is used by a queued or running job; "
+            "cancel the job or wait for it to finish",
+        )
+    repo.delete(checkpoint)

@@ -1,0 +1,211 @@
+"""Checkpoint inspection in child processes, never in the API process.
+
+Untrusted uploads are parsed by the engine inside long-lived helper processes
+(``python -m app.services.inspector``), one request at a time each, speaking JSON lines
+over stdin/stdout. A child that hangs past the timeout is killed, one that dies is replaced;
+either way the upload is refused and the API process is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.services.errors import ServiceError
+
+__all__ = ["InspectionError", "InspectorPool"]
+
+logger = logging.getLogger(__name__)
+
+_LINE_LIMIT = 1 << 30
+
+
+class InspectionError(ServiceError):
+    """The engine refused the file (``type`` is the engine's problem type)."""
+
+    status = 422
+    title = "Checkpoint refused"
+
+    def __init__(self, problem_type: str, message: str) -> None:
+        super().__init__(message)
+        self.type = problem_type
+
+
+class _Child:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        if stdin is None or stdout is None:
+            raise EOFError("inspector has no pipes")
+        stdin.write(json.dumps(payload).encode() + b"\n")
+        await stdin.drain()
+        line = await stdout.readline()
+        if not line:
+            raise EOFError("inspector exited")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+
+class InspectorPool:
+    """A fixed number of inspection processes shared by all requests.
+
+    Args:
+        size: how many children run (and so how many inspections run at once).
+        timeout: seconds one inspection may take before its child is killed.
+    """
+
+    def __init__(self, *, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self._idle: asyncio.Queue[_Child] | None = None
+        self._children: set[_Child] = set()
+
+    async def _spawn(self) -> _Child:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app.services.inspector",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=_LINE_LIMIT,
+        )
+        child = _Child(process)
+        self._children.add(child)
+        return child
+
+    async def start(self) -> None:
+        self._idle = asyncio.Queue()
+        for _ in range(self.size):
+            self._idle.put_nowait(await self._spawn())
+
+    async def close(self) -> None:
+        for child in list(self._children):
+            child.kill()
+            with contextlib.suppress(Exception):
+                await child.process.wait()
+        self._children.clear()
+
+    async def _call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self._idle is None:
+            await self.start()
+        assert self._idle is not None
+        child = await self._idle.get()
+        healthy = True
+        try:
+            return await asyncio.wait_for(child.request(payload), self.timeout)
+        except TimeoutError as exc:
+            healthy = False
+            raise InspectionError(
+                "too-large", f"inspection took longer than {self.timeout:g} s and was stopped"
+            ) from exc
+        except (EOFError, BrokenPipeError, ConnectionResetError, ValueError) as exc:
+            healthy = False
+            raise InspectionError(
+                "unreadable-checkpoint", "the inspection process died reading this file"
+            ) from exc
+        finally:
+            if not healthy:
+                child.kill()
+                self._children.discard(child)
+                child = await self._spawn()
+            self._idle.put_nowait(child)
+
+    async def inspect(self, files: list[Path], *, entry: str = "auto") -> dict[str, Any]:
+        """Describe a checkpoint (one file, or the files of a sharded set).
+
+        Args:
+            files: the staged files, under the names they were uploaded with.
+            entry: which dict holds the weights (SPEC §1).
+
+        Returns:
+            The engine's ``inspect_source`` summary.
+
+        Raises:
+            InspectionError: the engine refused the file, or the child died or hung.
+        """
+        answer = await self._call(
+            {"op": "inspect", "files": [str(p) for p in files], "entry": entry}
+        )
+        if not answer.get("ok"):
+            raise InspectionError(
+                str(answer.get("type", "unreadable-checkpoint")), str(answer.get("message"))
+            )
+        result: dict[str, Any] = answer["result"]
+        return result
+
+    async def architectures(self) -> list[dict[str, Any]]:
+        """The engine's registered architectures (asked of a child: no torch import here)."""
+        answer = await self._call({"op": "architectures"})
+        if not answer.get("ok"):
+            raise InspectionError(str(answer.get("type")), str(answer.get("message")))
+        result: list[dict[str, Any]] = answer["result"]
+        return result
+
+
+# ------------------------------------------------------------------------------------------
+# The child side.
+# ------------------------------------------------------------------------------------------
+
+
+def _list_architectures() -> list[dict[str, Any]]:
+    try:
+        from app.engine import architectures as registry  # type: ignore[attr-defined]
+    except ImportError:
+        return []
+    describe = getattr(registry, "describe_architectures", None)
+    if describe is None:
+        return []
+    result: list[dict[str, Any]] = describe()
+    return result
+
+
+def _handle(request: dict[str, Any]) -> dict[str, Any]:
+    from app.engine.checkpoint import inspect_source
+    from app.engine.errors import GraftError
+
+    try:
+        if request.get("op") == "architectures":
+            return {"ok": True, "result": _list_architectures()}
+        files = [Path(p) for p in request["files"]]
+        source: Path | list[Path] = files[0] if len(files) == 1 else files
+        return {"ok": True, "result": inspect_source(source, entry=request.get("entry", "auto"))}
+    except GraftError as exc:
+        return {"ok": False, "type": exc.type, "message": exc.message}
+    except Exception as exc:  # an engine bug must not look like a crash of the pool
+        logger.exception("inspection failed")
+        return {"ok": False, "type": "unreadable-checkpoint", "message": f"cannot read: {exc}"}
+
+
+def _child_main() -> None:
+    # The protocol owns the real stdout; anything else printed goes to stderr.
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    with contextlib.suppress(Exception):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    logging.basicConfig(level=logging.WARNING)
+    import app.engine.checkpoint  # noqa: F401  (pay the torch import before the first request)
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        answer = _handle(json.loads(line))
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    _child_main()

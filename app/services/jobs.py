@@ -1,0 +1,127 @@
+"""Job use cases: create (validated), read, cancel, artifacts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import TERMINAL_STATUSES, Artifact, Job
+from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
+from app.services.errors import ConflictError, InvalidJobError, NotFoundError
+
+__all__ = ["cancel_job", "create_job", "get_artifact", "get_job", "list_jobs", "validate_recipe"]
+
+
+def validate_recipe(recipe: dict[str, Any] | None) -> None:
+    """Check a recipe with the engine's own model (pure validation, no files, no torch).
+
+    Raises:
+        InvalidRecipeError: naming the rule, e.g. ``rename[3]``.
+    """
+    from app.engine.recipe import load_recipe
+
+    load_recipe(recipe)
+
+
+def create_job(
+    session: Session,
+    *,
+    source: str,
+    target: dict[str, Any],
+    recipe: dict[str, Any] | None,
+    output_format: Literal["safetensors", "torch"],
+    output_dtype: str | None,
+    dry_run: bool,
+    max_attempts: int,
+) -> Job:
+    """Validate and queue a conversion. Workers pick it up once the caller commits.
+
+    Raises:
+        InvalidJobError: an unknown checkpoint, or an unusable target description.
+        InvalidRecipeError: from the engine, naming the rule.
+    """
+    checkpoints = CheckpointRepository(session)
+    if checkpoints.get(source) is None:
+        raise InvalidJobError(f"source: no checkpoint with id {source!r}; upload it first")
+    validate_recipe(recipe)
+    job = Job(
+        source_id=source,
+        recipe=recipe,
+        output_format=output_format,
+        output_dtype=output_dtype,
+        dry_run=dry_run,
+        max_attempts=max_attempts,
+    )
+    if "checkpoint" in target:
+        if checkpoints.get(target["checkpoint"]) is None:
+            raise InvalidJobError(
+                f"target.checkpoint: no checkpoint with id {target['checkpoint']!r}"
+            )
+        job.target_kind = "checkpoint"
+        job.target_checkpoint_id = target["checkpoint"]
+    elif "skeleton" in target:
+        skeleton = target["skeleton"]
+        if not isinstance(skeleton.get("tensors"), dict) or not skeleton["tensors"]:
+            raise InvalidJobError(
+                "target.skeleton: expected {'schema': 'graft.skeleton/v1', 'tensors': {key: "
+                "{'shape': [...], 'dtype': ...}}} with at least one tensor"
+            )
+        job.target_kind = "skeleton"
+        job.target_spec = skeleton
+    else:
+        job.target_kind = "architecture"
+        job.target_spec = {
+            "architecture": target["architecture"],
+            "kwargs": target.get("kwargs", {}),
+        }
+    return JobRepository(session).add(job)
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id!r}")
+    return job
+
+
+def list_jobs(
+    session: Session, *, offset: int, limit: int, status: str | None
+) -> tuple[list[Job], int]:
+    return JobRepository(session).list(offset=offset, limit=limit, status=status)
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Cancel a queued job now, or ask the worker running it to stop.
+
+    Raises:
+        ConflictError: the job already finished.
+    """
+    repo = JobRepository(session)
+    job = get_job(session, job_id)
+    if job.status in TERMINAL_STATUSES:
+        raise ConflictError(f"job {job_id} already {job.status}; nothing to cancel")
+    now = utcnow()
+    if not repo.cancel_queued(job_id, now=now):
+        repo.request_cancel(job_id, now=now)
+    session.refresh(job)
+    return job
+
+
+def get_artifact(session: Session, job_id: str, name: str) -> Artifact:
+    """One published artifact of a job.
+
+    Raises:
+        NotFoundError: no such job, or the job has not produced it (yet).
+    """
+    job = get_job(session, job_id)
+    artifact = ArtifactRepository(session).get(job_id, name)
+    if artifact is None:
+        hint = (
+            f"job {job_id} is {job.status}"
+            if job.status not in TERMINAL_STATUSES
+            else f"job {job_id} ({job.status}) produced no {name}"
+        )
+        raise NotFoundError(f"no {name} artifact: {hint}")
+    return artifact

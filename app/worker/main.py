@@ -1,0 +1,60 @@
+"""A worker process: ``graft worker`` or ``python -m app.worker``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+
+from app.config import Settings, get_settings
+from app.db.session import Database
+from app.storage import BlobStore
+from app.worker.runner import JobRunner
+
+__all__ = ["run_worker"]
+
+logger = logging.getLogger(__name__)
+
+# TEST ONLY: seconds a worker sleeps between stages so tests can act mid-job (kill -9,
+# cancel). Unset (0) outside tests; documented in tests/e2e/conftest.py.
+STAGE_DELAY_ENV = "GRAFT_TEST_STAGE_DELAY"
+
+
+def run_worker(settings: Settings | None = None, *, watch_parent: bool = False) -> None:
+    """Run jobs until SIGTERM/SIGINT (or, embedded, until the parent process goes away)."""
+    settings = settings or get_settings()
+    database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
+    store = BlobStore(settings.storage_dir)
+    store.ensure()
+    runner = JobRunner(
+        database,
+        store,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        poll_seconds=settings.poll_seconds,
+        device=settings.device,
+        stage_delay=float(os.environ.get(STAGE_DELAY_ENV, "0") or 0),
+    )
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("worker %s: signal %d, stopping", runner.owner, signum)
+        runner.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if watch_parent:
+        parent = os.getppid()
+
+        def _watch() -> None:
+            while not runner.stop_event.wait(1.0):
+                if os.getppid() != parent:
+                    logger.warning("worker %s: parent exited, stopping", runner.owner)
+                    runner.stop_event.set()
+
+        threading.Thread(target=_watch, daemon=True).start()
+    try:
+        runner.run()
+    finally:
+        database.dispose()

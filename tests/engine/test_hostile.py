@@ -1,0 +1,335 @@
+"""Hostile and broken files: the exact error, one line on stderr, exit 2, and no payload run.
+
+Every malicious pickle writes a canary file when unpickled; a control test proves the payloads
+are live (plain ``pickle.loads`` does write the canary), so the canary staying absent in the
+real tests means Graft never executed them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import pickle
+import re
+import shlex
+import subprocess
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from app.engine.checkpoint import open_source
+from app.engine.errors import (
+    GraftError,
+    TooLargeError,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+)
+from tests.fixtures import (
+    cli_inspect,
+    dangling_memo_pickle,
+    deep_pickle,
+    forged_legacy_file,
+    reduce_pickle,
+    replace_zip_member,
+    rezip,
+    safetensors_bytes,
+    save_hf_sharded_safetensors,
+    tiny_state_dict,
+)
+
+PY_WRITE = "open({path!r}, 'w').write('pwned')"
+
+# name -> (builds the payload pickle for a canary path, the global it must name)
+PAYLOADS: dict[str, tuple[Callable[[Path], bytes], str]] = {
+    "os.system": (
+        lambda canary: reduce_pickle(os.system, f"touch {shlex.quote(str(canary))}"),
+        r"'(posix|os)\.system'",
+    ),
+    "builtins.eval": (
+        lambda canary: reduce_pickle(builtins.eval, PY_WRITE.format(path=str(canary))),
+        r"'builtins\.eval'",
+    ),
+    "builtins.exec": (
+        lambda canary: reduce_pickle(builtins.exec, PY_WRITE.format(path=str(canary))),
+        r"'builtins\.exec'",
+    ),
+    "subprocess.Popen": (
+        lambda canary: reduce_pickle(subprocess.Popen, ["touch", str(canary)]),
+        r"'subprocess\.Popen'",
+    ),
+}
+
+
+def _real_zip(tmp_path: Path) -> Path:
+    path = tmp_path / "real.pt"
+    torch.save(tiny_state_dict(), path)
+    return path
+
+
+def _assert_cli_refuses(path: Path | str, message: str) -> None:
+    """``graft inspect`` exits 2 with one line on stderr that carries ``message``."""
+    result = cli_inspect(path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("graft: error: ")
+    assert message in lines[0]
+    assert result.stdout == ""
+
+
+# --- payloads that would run code -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PAYLOADS))
+def test_payloads_are_live_when_unpickled_naively(name: str, tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    result = pickle.loads(PAYLOADS[name][0](canary))  # the control: what torch.load(False) does
+    if isinstance(result["weight"], subprocess.Popen):
+        result["weight"].wait()
+    assert canary.read_text() in ("pwned", "")  # touch writes nothing, the others write pwned
+    assert canary.exists()
+
+
+@pytest.mark.parametrize("container", ["torch-zip", "raw-pickle"])
+@pytest.mark.parametrize("name", list(PAYLOADS))
+def test_reduce_payload_is_refused_and_never_runs(
+    name: str, container: str, tmp_path: Path
+) -> None:
+    canary = tmp_path / "canary"
+    build, global_name = PAYLOADS[name]
+    payload = build(canary)
+    path = tmp_path / "evil.pt"
+    if container == "torch-zip":
+        replace_zip_member(_real_zip(tmp_path), path, "/data.pkl", payload)
+    else:
+        path.write_bytes(payload)
+    with pytest.raises(UnsafeCheckpointError, match=rf"the pickle references {global_name}"):
+        open_source(path)
+    _assert_cli_refuses(path, "unsafe checkpoint: the pickle references")
+    assert not canary.exists()
+
+
+def test_torchscript_archive_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's own deprecation notices
+        torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(path))
+    with pytest.raises(UnsafeCheckpointError, match="this is a TorchScript archive"):
+        open_source(path)
+    _assert_cli_refuses(path, "TorchScript archive")
+
+
+def test_tensor_subclass_rebuild_is_refused(tmp_path: Path) -> None:
+    # A REDUCE of _rebuild_from_type_v2 whose function is not a tensor rebuild.
+    payload = pickle.dumps(
+        {"w": _RebuildFromType()},
+        protocol=2,
+    )
+    path = tmp_path / "subclass.pt"
+    replace_zip_member(_real_zip(tmp_path), path, "/data.pkl", payload)
+    with pytest.raises(UnsafeCheckpointError, match="tensor subclass rebuild is not allowed"):
+        open_source(path)
+
+
+class _RebuildFromType:
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return torch._tensor._rebuild_from_type_v2, (
+            torch._utils._rebuild_tensor_v2,
+            torch.Tensor,
+            None,
+            {},
+        )
+
+
+# --- broken containers -------------------------------------------------------------------------
+
+
+def test_truncated_zip(tmp_path: Path) -> None:
+    data = _real_zip(tmp_path).read_bytes()
+    path = tmp_path / "half.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnreadableCheckpointError, match="corrupt or truncated zip archive"):
+        open_source(path)
+    _assert_cli_refuses(path, "corrupt or truncated zip archive")
+
+
+def test_compressed_zip_members_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "deflated.pt"
+    rezip(_real_zip(tmp_path), path, compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(UnsafeCheckpointError, match=r"zip member '.*' is compressed"):
+        open_source(path)
+    _assert_cli_refuses(path, "is compressed")
+
+
+@pytest.mark.parametrize("container", ["torch-zip", "raw-pickle"])
+def test_dangling_memo_reference(container: str, tmp_path: Path) -> None:
+    path = tmp_path / "memo.pt"
+    if container == "torch-zip":
+        replace_zip_member(_real_zip(tmp_path), path, "/data.pkl", dangling_memo_pickle())
+    else:
+        path.write_bytes(dangling_memo_pickle())
+    with pytest.raises(UnreadableCheckpointError, match=r"corrupt pickle \(.*[Mm]emo"):
+        open_source(path)
+    _assert_cli_refuses(path, "corrupt pickle")
+
+
+def test_storage_member_missing_from_zip(tmp_path: Path) -> None:
+    src = _real_zip(tmp_path)
+    path = tmp_path / "nodata.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("/data/0"):
+                zout.writestr(info.filename, zin.read(info.filename))
+    with pytest.raises(UnreadableCheckpointError, match="storage '0' has no data member"):
+        open_source(path)
+
+
+def test_legacy_storage_claims_more_than_the_file_holds(tmp_path: Path) -> None:
+    path = tmp_path / "forged.pth"
+    forged_legacy_file(path, claimed=10**12, actual=4)
+    with pytest.raises(
+        UnreadableCheckpointError,
+        match=r"storage '0' declares 1000000000000 elements but the file holds fewer",
+    ):
+        open_source(path)
+    _assert_cli_refuses(path, "declares 1000000000000 elements")
+
+
+def test_forged_legacy_builder_is_sound(tmp_path: Path) -> None:
+    # Same builder, honest numbers: it opens and reads, so the test above fails for its claim.
+    path = tmp_path / "honest.pth"
+    forged_legacy_file(path, claimed=4, actual=4)
+    with open_source(path) as source:
+        assert source.format == "torch-legacy"
+        assert torch.equal(source.read("weight"), torch.zeros(4))
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_deeply_nested_pickle_in_a_zip(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "deep.pt"
+    replace_zip_member(_real_zip(tmp_path), path, "/data.pkl", deep_pickle(100_000, kind))
+    try:
+        open_source(path).close()
+    except GraftError as exc:
+        assert "\n" not in str(exc)
+    result = cli_inspect(path)
+    assert result.returncode in (0, 2), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "RecursionError" not in result.stderr
+    if result.returncode == 2:
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- safetensors headers -------------------------------------------------------------------------
+
+F32x1 = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+
+SAFETENSORS_CASES = {
+    "header-length-2**40": (
+        lambda: safetensors_bytes({"w": F32x1}, bytes(4), length=2**40),
+        TooLargeError,
+        r"safetensors header claims 1099511627776 bytes \(limit",
+    ),
+    "overlapping-offsets": (
+        lambda: safetensors_bytes(
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            bytes(12),
+        ),
+        UnreadableCheckpointError,
+        r"safetensors entry 'b' overlaps another or leaves a gap at byte 8",
+    ),
+    "trailing-bytes": (
+        lambda: safetensors_bytes({"w": F32x1}, bytes(4) + b"extra"),
+        UnreadableCheckpointError,
+        r"data ends at byte \d+ but the file has \d+ bytes \(truncated, or trailing bytes\)",
+    ),
+    "unknown-dtype": (
+        lambda: safetensors_bytes(
+            {"w": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, bytes(16)
+        ),
+        UnreadableCheckpointError,
+        r"safetensors entry 'w' has unknown dtype 'F128'",
+    ),
+    "billion-elements-in-4-bytes": (
+        lambda: safetensors_bytes(
+            {"w": {"dtype": "F32", "shape": [10**9], "data_offsets": [0, 4]}}, bytes(4)
+        ),
+        UnreadableCheckpointError,
+        r"shape \[1000000000\] of float32 needs 4000000000 bytes but offsets span 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SAFETENSORS_CASES))
+def test_bad_safetensors_header(case: str, tmp_path: Path) -> None:
+    build, error, message = SAFETENSORS_CASES[case]
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(build())
+    with pytest.raises(error, match=message):
+        open_source(path)
+    _assert_cli_refuses(path, "safetensors")
+
+
+def test_safetensors_builder_is_sound(tmp_path: Path) -> None:
+    path = tmp_path / "ok.safetensors"
+    path.write_bytes(safetensors_bytes({"w": F32x1}, bytes(4)))
+    with open_source(path) as source:
+        assert torch.equal(source.read("w"), torch.zeros(1))
+
+
+# --- not checkpoints at all ----------------------------------------------------------------------
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(UnreadableCheckpointError, match=r"empty\.pt is empty"):
+        open_source(path)
+    _assert_cli_refuses(path, "empty.pt is empty")
+
+
+def test_png_renamed_pth(tmp_path: Path) -> None:
+    path = tmp_path / "cat.pth"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(32))
+    with pytest.raises(
+        UnreadableCheckpointError, match=r"cat\.pth is not a checkpoint: it looks like a PNG image"
+    ):
+        open_source(path)
+    _assert_cli_refuses(path, "it looks like a PNG image")
+
+
+def test_missing_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "nope.pt"
+    with pytest.raises(UnreadableCheckpointError, match=r"cannot read nope\.pt"):
+        open_source(path)
+    _assert_cli_refuses(path, "nope.pt")
+
+
+# --- sharded sets pointing outside themselves ------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute"])
+def test_index_pointing_outside_its_directory(where: str, tmp_path: Path) -> None:
+    index = save_hf_sharded_safetensors(tiny_state_dict(), tmp_path / "set", shards=2)
+    outside = tmp_path / "outside.safetensors"  # a valid file: only the path is wrong
+    outside.write_bytes(safetensors_bytes({"fc.bias": F32x1}, bytes(4)))
+    target = "../outside.safetensors" if where == "parent" else str(outside)
+    text = index.read_text().replace('"fc.bias": "model-00002-of-00002.safetensors"', "X")
+    assert "X" in text
+    index.write_text(text.replace("X", f'"fc.bias": "{target}"'))
+    with pytest.raises(
+        UnsafeCheckpointError,
+        match=rf"weight_map sends 'fc\.bias' to '{re.escape(target)}', which is not a plain file",
+    ):
+        open_source(index)
+    _assert_cli_refuses(index, "unsafe checkpoint: weight_map sends 'fc.bias'")
+    _assert_cli_refuses(index.parent, "unsafe checkpoint: weight_map sends 'fc.bias'")

@@ -149,9 +149,9 @@ class _Reduce:
         return self.func, self.args
 
 
-def reduce_pickle(func: Any, *args: Any) -> bytes:
-    """A protocol-2 pickle of ``{"weight": func(*args)}`` (REDUCE on a global)."""
-    return pickle.dumps({"weight": _Reduce(func, args)}, protocol=2)
+def reduce_pickle(func: Any, *args: Any, protocol: int = 2) -> bytes:
+    """A pickle of ``{"weight": func(*args)}``: a global, then REDUCE calls it."""
+    return pickle.dumps({"weight": _Reduce(func, args)}, protocol=protocol)
 
 
 def dangling_memo_pickle() -> bytes:

@@ -50,7 +50,7 @@ class CheckpointRepository:
         self.session.flush()
         return checkpoint
 
-    def list(self, *, offset: int, limit: int) -> tuple[list[Checkpoint], int]:
+    def page(self, *, offset: int, limit: int) -> tuple[list[Checkpoint], int]:
         count = self.session.scalar(select(func.count()).select_from(Checkpoint)) or 0
         rows = self.session.scalars(
             select(Checkpoint)
@@ -115,7 +115,7 @@ class JobRepository:
         self.session.flush()
         return job
 
-    def list(self, *, offset: int, limit: int, status: str | None = None) -> tuple[list[Job], int]:
+    def page(self, *, offset: int, limit: int, status: str | None = None) -> tuple[list[Job], int]:
         where = [Job.status == status] if status else []
         count = self.session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
         rows = self.session.scalars(

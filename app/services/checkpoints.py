@@ -21,6 +21,7 @@ __all__ = [
     "get_checkpoint",
     "list_checkpoints",
     "list_tensors",
+    "publish_checkpoint",
     "register_upload",
 ]
 
@@ -41,9 +42,14 @@ def _display_name(names: list[str]) -> str:
     return names[0]
 
 
-def _publish(
+def publish_checkpoint(
     session: Session, store: BlobStore, files: list[StagedFile], summary: dict[str, Any]
 ) -> tuple[Checkpoint, bool]:
+    """Publish inspected, staged files and insert the record (or return the existing one).
+
+    Returns:
+        ``(checkpoint, created)``.
+    """
     repo = CheckpointRepository(session)
     named = [(f.path.name, f.sha256) for f in files]
     digest = checkpoint_digest(named)
@@ -103,7 +109,7 @@ async def register_upload(
         InspectionError: the engine refused the file; nothing is stored.
     """
     summary = await inspector.inspect([f.path for f in files], entry=entry)
-    return await to_thread.run_sync(_publish, session, store, files, summary)
+    return await to_thread.run_sync(publish_checkpoint, session, store, files, summary)
 
 
 def get_checkpoint(session: Session, checkpoint_id: str) -> Checkpoint:
@@ -114,7 +120,7 @@ def get_checkpoint(session: Session, checkpoint_id: str) -> Checkpoint:
 
 
 def list_checkpoints(session: Session, *, offset: int, limit: int) -> tuple[list[Checkpoint], int]:
-    return CheckpointRepository(session).list(offset=offset, limit=limit)
+    return CheckpointRepository(session).page(offset=offset, limit=limit)
 
 
 def list_tensors(

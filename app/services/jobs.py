@@ -89,7 +89,7 @@ def get_job(session: Session, job_id: str) -> Job:
 def list_jobs(
     session: Session, *, offset: int, limit: int, status: str | None
 ) -> tuple[list[Job], int]:
-    return JobRepository(session).list(offset=offset, limit=limit, status=status)
+    return JobRepository(session).page(offset=offset, limit=limit, status=status)
 
 
 def cancel_job(session: Session, job_id: str) -> Job:

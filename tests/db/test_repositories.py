@@ -88,7 +88,7 @@ def test_checkpoint_roundtrip_and_tensor_pages(any_database: Database) -> None:
         rows, count = repo.tensors(cid, offset=1, limit=10)
         assert count == 2
         assert [(r.key, r.shape) for r in rows] == [("b", [2])]
-        items, total = repo.list(offset=0, limit=10)
+        items, total = repo.page(offset=0, limit=10)
         assert total == 1
         assert items[0].files[0].filename == "x.pth"
         assert repo.blob_references("a" * 64) == 1

@@ -42,25 +42,34 @@ from tests.fixtures import (
     tiny_state_dict,
 )
 
-PY_WRITE = "open({path!r}, 'w').write('pwned')"
+PY_WRITE = "__import__('pathlib').Path({path!r}).write_text('pwned')"
 
-# name -> (builds the payload pickle for a canary path, the global it must name)
-PAYLOADS: dict[str, tuple[Callable[[Path], bytes], str]] = {
+# name -> (builds the payload pickle for a canary path and protocol, the global it must name).
+# Protocol 2 writes Python 2 module names (__builtin__, commands), as old torch files do.
+PAYLOADS: dict[str, tuple[Callable[[Path, int], bytes], str]] = {
     "os.system": (
-        lambda canary: reduce_pickle(os.system, f"touch {shlex.quote(str(canary))}"),
+        lambda canary, proto: reduce_pickle(
+            os.system, f"touch {shlex.quote(str(canary))}", protocol=proto
+        ),
         r"'(posix|os)\.system'",
     ),
     "builtins.eval": (
-        lambda canary: reduce_pickle(builtins.eval, PY_WRITE.format(path=str(canary))),
-        r"'builtins\.eval'",
+        lambda canary, proto: reduce_pickle(
+            builtins.eval, PY_WRITE.format(path=str(canary)), protocol=proto
+        ),
+        r"'(builtins|__builtin__)\.eval'",
     ),
     "builtins.exec": (
-        lambda canary: reduce_pickle(builtins.exec, PY_WRITE.format(path=str(canary))),
-        r"'builtins\.exec'",
+        lambda canary, proto: reduce_pickle(
+            builtins.exec, PY_WRITE.format(path=str(canary)), protocol=proto
+        ),
+        r"'(builtins|__builtin__)\.exec'",
     ),
     "subprocess.Popen": (
-        lambda canary: reduce_pickle(subprocess.Popen, ["touch", str(canary)]),
-        r"'subprocess\.Popen'",
+        lambda canary, proto: reduce_pickle(
+            subprocess.Popen, ["touch", str(canary)], protocol=proto
+        ),
+        r"'(subprocess|commands)\.Popen'",
     ),
 }
 
@@ -86,24 +95,27 @@ def _assert_cli_refuses(path: Path | str, message: str) -> None:
 # --- payloads that would run code -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
 @pytest.mark.parametrize("name", list(PAYLOADS))
-def test_payloads_are_live_when_unpickled_naively(name: str, tmp_path: Path) -> None:
+def test_payloads_are_live_when_unpickled_naively(name: str, protocol: int, tmp_path: Path) -> None:
     canary = tmp_path / "canary"
-    result = pickle.loads(PAYLOADS[name][0](canary))  # the control: what torch.load(False) does
+    result = pickle.loads(PAYLOADS[name][0](canary, protocol))  # the control: what torch.load(False) does
     if isinstance(result["weight"], subprocess.Popen):
         result["weight"].wait()
     assert canary.read_text() in ("pwned", "")  # touch writes nothing, the others write pwned
     assert canary.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
 @pytest.mark.parametrize("container", ["torch-zip", "raw-pickle"])
 @pytest.mark.parametrize("name", list(PAYLOADS))
 def test_reduce_payload_is_refused_and_never_runs(
-    name: str, container: str, tmp_path: Path
+    name: str, container: str, protocol: int, tmp_path: Path
 ) -> None:
     canary = tmp_path / "canary"
     build, global_name = PAYLOADS[name]
-    payload = build(canary)
+    payload = build(canary, protocol)
+    assert b"R" in payload  # the call goes through the REDUCE opcode
     path = tmp_path / "evil.pt"
     if container == "torch-zip":
         replace_zip_member(_real_zip(tmp_path), path, "/data.pkl", payload)
@@ -123,28 +135,6 @@ def test_torchscript_archive_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeCheckpointError, match="this is a TorchScript archive"):
         open_source(path)
     _assert_cli_refuses(path, "TorchScript archive")
-
-
-def test_tensor_subclass_rebuild_is_refused(tmp_path: Path) -> None:
-    # A REDUCE of _rebuild_from_type_v2 whose function is not a tensor rebuild.
-    payload = pickle.dumps(
-        {"w": _RebuildFromType()},
-        protocol=2,
-    )
-    path = tmp_path / "subclass.pt"
-    replace_zip_member(_real_zip(tmp_path), path, "/data.pkl", payload)
-    with pytest.raises(UnsafeCheckpointError, match="tensor subclass rebuild is not allowed"):
-        open_source(path)
-
-
-class _RebuildFromType:
-    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        return torch._tensor._rebuild_from_type_v2, (
-            torch._utils._rebuild_tensor_v2,
-            torch.Tensor,
-            None,
-            {},
-        )
 
 
 # --- broken containers -------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""An in-process app (real inspector children) over a migrated SQLite file in a tmp dir."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import warnings
+
+import pytest
+
+with warnings.catch_warnings():
+    # Starlette 1.x nudges towards httpx2 for its test client; httpx is what we ship.
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from app.config import Settings
+from app.services.bootstrap import prepare
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("graft")
+    return Settings(
+        database_url=f"sqlite:///{root / 'graft.db'}",
+        storage_dir=root / "blobs",
+        max_upload_bytes=1_000_000,
+        inspectors=1,
+        workers=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[TestClient]:
+    prepare(settings)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def stored_blobs(settings: Settings) -> list[Path]:
+    return sorted(p for p in (settings.storage_dir / "sha256").rglob("*") if p.is_file())
+
+
+def temp_entries(settings: Settings) -> list[Path]:
+    return sorted((settings.storage_dir / "tmp").iterdir())

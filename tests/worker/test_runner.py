@@ -1,0 +1,155 @@
+"""The job runner in-process against a migrated SQLite file and a real blob store."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from app.db.base import utcnow
+from app.db.models import Job
+from app.db.repositories import JobRepository
+from app.db.session import Database
+from app.engine.checkpoint import inspect_source
+from app.services.checkpoints import publish_checkpoint
+from app.storage import BlobStore, StagedFile
+from app.worker.runner import JobRunner
+
+
+def _net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+
+
+def _register(db: Database, store: BlobStore, path: Path) -> str:
+    summary = inspect_source(path)  # trusted test file: inspecting in-process is fine here
+    with store.workdir() as work:
+        staged = StagedFile(work / path.name)
+        staged.write(path.read_bytes())
+        staged.close()
+        with db.transaction() as session:
+            checkpoint, _ = publish_checkpoint(session, store, [staged], summary)
+            return checkpoint.id
+
+
+def _job(db: Database, source: str, target: str, **fields: object) -> str:
+    with db.transaction() as session:
+        job = Job(source_id=source, target_kind="checkpoint", target_checkpoint_id=target)
+        for name, value in fields.items():
+            setattr(job, name, value)
+        return JobRepository(session).add(job).id
+
+
+def _get(db: Database, job_id: str) -> Job:
+    with db.transaction(write=False) as session:
+        job = JobRepository(session).get(job_id)
+        assert job is not None
+        _ = job.artifacts
+        return job
+
+
+@pytest.fixture
+def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, BlobStore, str, str]:
+    store = BlobStore(tmp_path / "blobs")
+    store.ensure()
+    src, tgt = tmp_path / "src.pth", tmp_path / "tgt.pth"
+    torch.save(_net(0).state_dict(), src)
+    torch.save(_net(1).state_dict(), tgt)
+    return sqlite_database, store, _register(sqlite_database, store, src), _register(
+        sqlite_database, store, tgt
+    )
+
+
+def _runner(db: Database, store: BlobStore, **kw: float) -> JobRunner:
+    options = {"lease_seconds": 5.0, "heartbeat_seconds": 0.1, "poll_seconds": 0.05}
+    options.update(kw)
+    return JobRunner(db, store, device="auto", **options)  # type: ignore[arg-type]
+
+
+def test_job_succeeds_with_artifacts(setup: tuple[Database, BlobStore, str, str]) -> None:
+    db, store, source, target = setup
+    job_id = _job(db, source, target)
+    assert _runner(db, store).run_once()
+    job = _get(db, job_id)
+    assert (job.status, job.ok, job.progress, job.attempts, job.device) == (
+        "succeeded", True, 1.0, 1, "cpu"
+    )
+    names = {a.name: a for a in job.artifacts}
+    assert set(names) == {"manifest", "report", "report-text", "weights"}
+    report = json.loads(store.path(names["report"].sha256).read_bytes())
+    assert report["summary"]["loaded"] == 9
+    weights = load_file(store.path(names["weights"].sha256))
+    for key, value in _net(0).state_dict().items():
+        assert torch.equal(weights[key], value), key
+
+
+def test_dry_run_has_no_weights(setup: tuple[Database, BlobStore, str, str]) -> None:
+    db, store, source, target = setup
+    job_id = _job(db, source, target, dry_run=True)
+    assert _runner(db, store).run_once()
+    job = _get(db, job_id)
+    assert job.status == "succeeded"
+    assert {a.name for a in job.artifacts} == {"manifest", "report", "report-text"}
+
+
+def test_strict_refusal_fails_with_report(setup: tuple[Database, BlobStore, str, str]) -> None:
+    db, store, source, target = setup
+    job_id = _job(db, source, target, recipe={"version": 1, "drop": ["3.*"], "strict": True})
+    assert _runner(db, store).run_once()
+    job = _get(db, job_id)
+    assert (job.status, job.ok, job.error_type) == ("failed", False, "conversion-refused")
+    assert {a.name for a in job.artifacts} == {"manifest", "report", "report-text"}
+
+
+def test_running_job_can_be_cancelled(setup: tuple[Database, BlobStore, str, str]) -> None:
+    db, store, source, target = setup
+    job_id = _job(db, source, target)
+    runner = _runner(db, store, stage_delay=2.0)
+    thread = threading.Thread(target=runner.run_once)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while _get(db, job_id).status != "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with db.transaction() as session:
+        assert JobRepository(session).request_cancel(job_id, now=utcnow())
+    thread.join(10)
+    job = _get(db, job_id)
+    assert job.status == "cancelled"
+    assert job.artifacts == []
+
+
+def test_worker_that_lost_its_lease_cannot_complete(
+    setup: tuple[Database, BlobStore, str, str],
+) -> None:
+    db, store, source, target = setup
+    job_id = _job(db, source, target)
+    slow = _runner(db, store, stage_delay=1.0, lease_seconds=0.3, heartbeat_seconds=5.0)
+    # Heartbeats are slower than the lease: another worker takes the job over meanwhile.
+    slow.heartbeat_seconds = 100.0
+    thread = threading.Thread(target=slow.run_once)
+    thread.start()
+    time.sleep(0.6)
+    assert _runner(db, store).run_once()
+    thread.join(10)
+    job = _get(db, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert len([a for a in job.artifacts if a.name == "weights"]) == 1
+
+
+def test_bad_skeleton_fails_the_job(setup: tuple[Database, BlobStore, str, str]) -> None:
+    db, store, source, _ = setup
+    job_id = _job(db, source, source)
+    with db.transaction() as session:
+        job = JobRepository(session).get(job_id)
+        assert job is not None
+        job.target_kind, job.target_checkpoint_id = "skeleton", None
+        job.target_spec = {"tensors": {"w": {"shape": "nope"}}}
+    assert _runner(db, store).run_once()
+    job = _get(db, job_id)
+    assert (job.status, job.error_type) == ("failed", "invalid-target")

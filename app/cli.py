@@ -324,6 +324,7 @@ def serve(
 ) -> None:
     """Run the HTTP API with GRAFT_WORKERS embedded worker processes (migrates on start)."""
     import logging
+    import signal
 
     import uvicorn
 
@@ -339,6 +340,9 @@ def serve(
     prepare(settings)
     pool = WorkerPool(settings.workers)
     pool.start()
+    # uvicorn re-raises the signal that stopped it once it has shut down; a handler of our
+    # own makes that a no-op so the workers below are stopped (and release their jobs).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
     finally:

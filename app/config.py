@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, description="Claims before a job is failed.")
     inspect_timeout_seconds: float = Field(default=120.0, gt=0)
     inspectors: int = Field(default=2, ge=1, description="Pre-started inspection processes.")
+    worker_nice: int = Field(
+        default=10, ge=0, le=19, description="Niceness of worker processes: the API comes first."
+    )
     busy_timeout_ms: int = Field(default=30_000, ge=0, description="SQLite busy timeout.")
 
 

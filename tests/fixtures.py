@@ -107,7 +107,7 @@ def _split(state_dict: Mapping[str, torch.Tensor], shards: int) -> list[dict[str
 def save_hf_sharded_safetensors(
     state_dict: Mapping[str, torch.Tensor], folder: Path, shards: int = 3
 ) -> Path:
-    """``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json``; returns the index."""
+    """``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json``; returns it."""
     folder.mkdir(parents=True, exist_ok=True)
     parts = _split(state_dict, shards)
     weight_map: dict[str, str] = {}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -186,6 +186,22 @@ class JobRepository:
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
+    @staticmethod
+    def _claimable(now: datetime) -> ColumnElement[bool]:
+        return and_(
+            Job.attempts < Job.max_attempts,
+            or_(
+                Job.status == JobStatus.queued,
+                and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
+            ),
+        )
+
+    def has_work(self, *, now: datetime) -> bool:
+        """Whether a claim (or an expiry sweep) has anything to do; a cheap read that spares
+        idle workers a write transaction every poll."""
+        lapsed = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
+        return bool(self.session.scalar(select(exists().where(or_(self._claimable(now), lapsed)))))
+
     def claim(self, *, owner: str, now: datetime, lease_seconds: float) -> str | None:
         """Take the oldest claimable job in one UPDATE. Returns its id, or None.
 
@@ -193,13 +209,7 @@ class JobRepository:
         left. The condition is repeated in the outer WHERE so that, on PostgreSQL, a
         concurrent claimer that lost the race updates nothing; SKIP LOCKED keeps them apart.
         """
-        claimable = and_(
-            Job.attempts < Job.max_attempts,
-            or_(
-                Job.status == JobStatus.queued,
-                and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
-            ),
-        )
+        claimable = self._claimable(now)
         candidate = (
             select(Job.id)
             .where(claimable)

@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+from app.engine._lazy import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+else:  # torch loads on first use: planning (describe_*) never needs it
+    torch = LazyModule("torch")
+    F = LazyModule("torch.nn.functional")
 
 from app.engine.errors import InvalidRecipeError
 from app.engine.initialize import resolve_init, sample

@@ -684,7 +684,7 @@ def _shard_files(
     if isinstance(path, str | os.PathLike):
         p = Path(path)
         if p.is_dir():
-            return {c.name: c for c in sorted(p.iterdir()) if c.is_file()}
+            return _model_folder(p)
         if p.name.endswith(".index.json"):
             return {c.name: c for c in sorted(p.parent.iterdir()) if c.is_file()}
         return None
@@ -692,6 +692,28 @@ def _shard_files(
     if len(files) == 1 and not files[0].name.endswith(".index.json"):
         return None
     return {p.name: p for p in files}
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def _model_folder(folder: Path) -> dict[str, Path] | None:
+    """A Hugging Face style folder: its sharded set, or None when it holds one weights file.
+
+    Raises when the folder holds neither, or several unrelated weights files.
+    """
+    files = {c.name: c for c in sorted(folder.iterdir()) if c.is_file()}
+    if any(n.endswith(".index.json") for n in files):
+        return files
+    weights = [n for n in files if n.endswith(_WEIGHT_SUFFIXES)]
+    safetensors = [n for n in weights if n.endswith(".safetensors")]
+    chosen = safetensors if safetensors else weights
+    if len(chosen) != 1:
+        raise UnreadableCheckpointError(
+            f"{folder.name}/ holds {len(chosen)} weights files and no *.index.json; "
+            "pass the file to use"
+        )
+    return {"": files[chosen[0]]}
 
 
 def _reader_tensors(
@@ -713,6 +735,8 @@ def _reader_tensors(
 
 def _open_sharded(files: dict[str, Path]) -> Source:
     indexes = [n for n in files if n.endswith(".index.json")]
+    if len(indexes) > 1:  # a folder with both: safetensors shards are the safe, lazy choice
+        indexes = [n for n in indexes if n.endswith(".safetensors.index.json")] or indexes
     if len(indexes) != 1:
         raise UnreadableCheckpointError(
             f"a sharded set needs exactly one *.index.json, found {len(indexes)}"
@@ -821,6 +845,8 @@ def open_source(
         TooLargeError: a header or archive exceeds the reader's limits.
     """
     shards = _shard_files(path)
+    if shards is not None and "" in shards:  # a model folder holding a single weights file
+        path, shards = shards[""], None
     source = _open_sharded(shards) if shards is not None else _open_file(Path(path), entry)  # type: ignore[arg-type]
     try:
         if strip_prefixes == "auto":

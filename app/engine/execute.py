@@ -247,7 +247,6 @@ def _verify(
     progress: Progress | None,
 ) -> None:
     """Re-open what was written; every fed tensor must equal the source after its ops."""
-    import torch
 
     fed = [e for e in plan.entries if e.fed]
     with open_source(written, strip_prefixes="none") as out:
@@ -255,13 +254,28 @@ def _verify(
             expected = produce(entry, source, target, seed=seed, device=device)
             actual = out.read(entry.target)
             result.checked += 1
-            if actual.dtype == expected.dtype and torch.equal(actual, expected):
+            if _same_bits(actual, expected):
                 result.equal += 1
             else:
                 result.unequal.append(entry.target)
             if progress:
                 progress("verify", (i + 1) / max(len(fed), 1))
         result.strict_load, result.strict_error = strict_load_check(target, out)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Exact equality of dtype, shape and bytes: a NaN carried over equals itself."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(_bits(a), _bits(b))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
 
 
 def strict_load_check(target: Target, out: Source) -> tuple[bool, str | None]:

@@ -15,9 +15,14 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import torch
+from app.engine._lazy import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+else:  # torch loads on first use: planning (resolve_init) never needs it
+    torch = LazyModule("torch")
 
 from app.engine.errors import InvalidRecipeError, InvalidTargetError
 from app.engine.meta import DTYPE_SIZES, is_floating

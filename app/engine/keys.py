@@ -20,16 +20,20 @@ def _render(alternatives: tuple[str, ...]) -> str:
     if len(alternatives) == 1:
         return alternatives[0]
     if all(a.isdigit() for a in alternatives):
-        numbers = sorted(int(a) for a in alternatives)
-        if numbers == list(range(numbers[0], numbers[-1] + 1)):
-            return f"{{{numbers[0]}..{numbers[-1]}}}"
-        return "{" + ",".join(map(str, numbers)) + "}"
+        return _numbers(alternatives, shortest_range=2)
     head = _common_prefix(alternatives)
     tail = _common_prefix(tuple(a[len(head) :][::-1] for a in alternatives))[::-1]
-    middles = [a[len(head) : len(a) - len(tail)] for a in alternatives]
+    middles = tuple(a[len(head) : len(a) - len(tail)] for a in alternatives)
     if all(m.isdigit() for m in middles):
-        middles = [str(n) for n in sorted(int(m) for m in middles)]
+        return f"{head}{_numbers(middles, shortest_range=3)}{tail}"  # conv{1,2}, lin{0..4}
     return f"{head}{{{','.join(middles)}}}{tail}"
+
+
+def _numbers(texts: tuple[str, ...], *, shortest_range: int) -> str:
+    numbers = sorted(int(t) for t in texts)
+    if len(numbers) >= shortest_range and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"{{{numbers[0]}..{numbers[-1]}}}"
+    return "{" + ",".join(map(str, numbers)) + "}"
 
 
 def _common_prefix(words: tuple[str, ...]) -> str:

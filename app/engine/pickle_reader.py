@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from app.engine.errors import UnreadableCheckpointError, UnsafeCheckpointError
+from app.engine.meta import DTYPE_SIZES
 
 __all__ = ["StorageRef", "TensorRef", "load_restricted"]
 
@@ -105,6 +106,38 @@ def _rebuild_tensor_v2(
     return ref
 
 
+@dataclass(frozen=True, slots=True)
+class _Dtype:
+    """Marker for a ``torch.<dtype>`` global, as ``_rebuild_tensor_v3`` names its dtype."""
+
+    name: str
+
+
+def _rebuild_tensor_v3(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    _grad: Any,
+    _hooks: Any,
+    dtype: Any,
+    *_rest: Any,
+) -> TensorRef:
+    # Dtypes without a typed storage class (uint16/32/64, float8) are saved on an untyped byte
+    # storage, with the dtype passed separately; offset, size and stride count elements.
+    if not isinstance(storage, StorageRef) or storage.dtype != "uint8":
+        raise UnreadableCheckpointError("tensor rebuilt from something that is not a storage")
+    if not isinstance(dtype, _Dtype):
+        raise UnreadableCheckpointError("tensor rebuilt with an unknown dtype")
+    item = DTYPE_SIZES[dtype.name]
+    if storage.numel % item or storage.view_offset % item:
+        raise UnreadableCheckpointError(
+            f"storage {storage.key!r} is not a whole number of {dtype.name} elements"
+        )
+    typed = StorageRef(storage.key, dtype.name, storage.numel // item, storage.view_offset // item)
+    return _rebuild_tensor_v2(typed, offset, size, stride)
+
+
 def _rebuild_parameter(data: Any, *_rest: Any) -> TensorRef:
     if not isinstance(data, TensorRef):
         raise UnreadableCheckpointError("parameter rebuilt from something that is not a tensor")
@@ -112,7 +145,7 @@ def _rebuild_parameter(data: Any, *_rest: Any) -> TensorRef:
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, _state: Any) -> TensorRef:
-    if func not in (_rebuild_tensor_v2, _rebuild_parameter) or not isinstance(
+    if func not in (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter) or not isinstance(
         new_type, _TensorType
     ):
         raise UnsafeCheckpointError("unsafe checkpoint: tensor subclass rebuild is not allowed")
@@ -134,6 +167,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch.storage", "UntypedStorage"): _StorageType("uint8"),  # sized in bytes
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
@@ -143,6 +178,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch", "Size"): _size,
 }
 _ALLOWED.update({("torch", name): _StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()})
+_ALLOWED.update({("torch", name): _Dtype(name) for name in DTYPE_SIZES})
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

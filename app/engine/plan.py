@@ -284,9 +284,9 @@ def _align(plan: Plan, source: Source, target: Target, recipe: Recipe) -> None:
         for u in plan.unused
         if u.reason == "unexpected"
     }
-    leftover_targets = {
-        e.target: target.tensors[e.target] for e in plan.entries if not e.fed and not e.benign
-    }
+    # Benign keys (a num_batches_tracked the source lacks under this name) take part too: a
+    # renamed BatchNorm's counter must be carried over, not left as an unexpected source key.
+    leftover_targets = {e.target: target.tensors[e.target] for e in plan.entries if not e.fed}
     plan.suggestions = suggest_alignment(leftover_sources, leftover_targets)
     if recipe.align != "apply":
         return
@@ -297,6 +297,7 @@ def _align(plan: Plan, source: Source, target: Target, recipe: Recipe) -> None:
             continue
         src = source.tensors[suggestion.source]
         entry.status, entry.sources, entry.rules = "loaded", [suggestion.source], ["align"]
+        entry.benign = False
         entry.source_shape, entry.source_dtype, entry.init = src.shape, src.dtype, None
         entry.dtype = _output_dtype(src.dtype, plan.dtype)
         entry.ops = [c] if (c := describe_cast(src.dtype, entry.dtype)) else []

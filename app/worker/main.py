@@ -25,6 +25,9 @@ STAGE_DELAY_ENV = "GRAFT_TEST_STAGE_DELAY"
 def run_worker(settings: Settings | None = None, *, watch_parent: bool = False) -> None:
     """Run jobs until SIGTERM/SIGINT (or, embedded, until the parent process goes away)."""
     settings = settings or get_settings()
+    if settings.worker_nice:
+        # Conversions are batch work: on a shared host the API must keep answering first.
+        os.nice(settings.worker_nice)
     database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
     store = BlobStore(settings.storage_dir)
     store.ensure()

@@ -136,6 +136,9 @@ class JobRunner:
 
     def _claim(self) -> str | None:
         now = utcnow()
+        with self.database.transaction(write=False) as session:
+            if not JobRepository(session).has_work(now=now):
+                return None
         with self.database.transaction() as session:
             repo = JobRepository(session)
             repo.cancel_abandoned(now=now)
@@ -340,17 +343,18 @@ class JobRunner:
         output = None if spec.dry_run else work / "out" / f"{spec.job_id}.{suffix}"
         if output is not None:
             output.parent.mkdir()
-        result = convert(
-            source,
-            target,
-            recipe,
-            output=output,
-            fmt=spec.output_format,  # type: ignore[arg-type]
-            dtype=spec.output_dtype,
-            dry_run=spec.dry_run,
-            device=device,
-            progress=self._progress(state),
-        )
+        with target:
+            result = convert(
+                source,
+                target,
+                recipe,
+                output=output,
+                fmt=spec.output_format,  # type: ignore[arg-type]
+                dtype=spec.output_dtype,
+                dry_run=spec.dry_run,
+                device=device,
+                progress=self._progress(state),
+            )
         self._pause(state, "publishing")
         artifacts = [
             self._put("report", f"{spec.job_id}.report.json", _MEDIA["json"], _json(result.report)),

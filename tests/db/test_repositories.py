@@ -99,11 +99,13 @@ def test_claim_is_exclusive_and_ordered(any_database: Database) -> None:
     first, second = _job(any_database, cid), _job(any_database, cid)
     now = utcnow()
     with any_database.transaction() as session:
+        assert JobRepository(session).has_work(now=now)
         assert JobRepository(session).claim(owner="w1", now=now, lease_seconds=30) == first
     with any_database.transaction() as session:
         assert JobRepository(session).claim(owner="w2", now=now, lease_seconds=30) == second
     with any_database.transaction() as session:
         assert JobRepository(session).claim(owner="w3", now=now, lease_seconds=30) is None
+        assert not JobRepository(session).has_work(now=now)
         assert CheckpointRepository(session).in_use(cid)
 
 

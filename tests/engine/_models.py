@@ -23,6 +23,7 @@ __all__ = [
     "Block",
     "SmallNet",
     "ViTStub",
+    "assert_same",
     "entry",
     "file_sha256",
     "run",
@@ -71,13 +72,12 @@ def small_state_dict(seed: int = 0, **kwargs: Any) -> dict[str, torch.Tensor]:
     """A SmallNet state dict with every value off its default (BN stats, affine, counters)."""
     torch.manual_seed(seed)
     model = SmallNet(**kwargs)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("bn1.weight", "bn2.weight")) or ".bn" in name:
-                p.uniform_(0.5, 1.5)
     model.train()
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
             m(torch.randn(2, m.num_features, 3, 3))
             m(torch.randn(2, m.num_features, 3, 3))  # num_batches_tracked == 2
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -110,8 +110,9 @@ def run(
     output: Path | None = None,
     **kwargs: Any,
 ) -> tuple[ConversionResult, dict[str, torch.Tensor] | None]:
-    """Convert and, when a file was written, read it back with safetensors."""
-    result = convert(source, target, load_recipe(dict(recipe or {})), output=output, **kwargs)
+    """Convert (closing ``target``) and read a written safetensors output back."""
+    with target:
+        result = convert(source, target, load_recipe(dict(recipe or {})), output=output, **kwargs)
     written = None
     if result.output is not None and kwargs.get("fmt", "safetensors") == "safetensors":
         written = load_file(str(result.output))
@@ -132,3 +133,11 @@ def unused_of(report: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_same(actual: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """Every key of ``expected`` is in ``actual`` with the same dtype, shape and values."""
+    for key, value in expected.items():
+        assert key in actual, key
+        assert actual[key].dtype == value.dtype, key
+        assert torch.equal(actual[key], value), key

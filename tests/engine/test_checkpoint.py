@@ -72,9 +72,7 @@ def test_every_format_round_trips_exactly(name: str, tmp_path: Path) -> None:
         assert source.stripped_prefix is None
         if ordered:
             assert list(source.tensors) == list(TINY_EXPECTED)
-        assert {
-            k: (i.shape, i.dtype, i.kind) for k, i in source.tensors.items()
-        } == TINY_EXPECTED
+        assert {k: (i.shape, i.dtype, i.kind) for k, i in source.tensors.items()} == TINY_EXPECTED
         for key, tensor in sd.items():
             got = source.read(key)
             assert got.dtype == tensor.dtype, key
@@ -122,7 +120,9 @@ def test_sharded_set_opens_from_directory_index_or_file_list(tmp_path: Path) -> 
 def test_sharded_set_names_a_missing_shard(tmp_path: Path) -> None:
     index = save_hf_sharded_safetensors(tiny_state_dict(), tmp_path / "set", shards=3)
     (tmp_path / "set" / "model-00002-of-00003.safetensors").unlink()
-    with pytest.raises(UnreadableCheckpointError, match=r"shard 'model-00002-of-00003\.safetensors'"):
+    with pytest.raises(
+        UnreadableCheckpointError, match=r"shard 'model-00002-of-00003\.safetensors'"
+    ):
         open_source(index)
 
 
@@ -142,8 +142,12 @@ def test_nested_state_dict_with_epoch_and_optimizer(legacy: bool, tmp_path: Path
     sd = tiny_state_dict()
     model = nn.Linear(2, 2)
     opt = torch.optim.Adam(model.parameters())
-    model(torch.ones(1, 2)).sum().backward()
-    opt.step()
+    for p in model.parameters():  # what one step leaves, without paying for a backward pass
+        opt.state[p] = {
+            "step": torch.tensor(1.0),
+            "exp_avg": torch.zeros_like(p),
+            "exp_avg_sq": torch.ones_like(p),
+        }
     path = tmp_path / "ckpt.pt"
     torch.save(
         {"state_dict": sd, "epoch": 3, "optimizer": opt.state_dict()},
@@ -299,6 +303,37 @@ def test_views_and_tied_weights(legacy: bool, tmp_path: Path) -> None:
         assert source.storage_id("base") != source.storage_id("embed.weight")
 
 
+# Typed storages (v2 rebuild) and, for dtypes without one, untyped byte storages (v3 rebuild).
+EVERY_DTYPE = [
+    *(torch.float16, torch.float64, torch.int8, torch.int16, torch.uint8, torch.bool),
+    *(torch.complex64, torch.complex128),
+    *(torch.uint16, torch.uint32, torch.uint64, torch.float8_e4m3fn, torch.float8_e5m2),
+]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_every_dtype_round_trips(legacy: bool, tmp_path: Path) -> None:
+    sd: dict[str, torch.Tensor] = {}
+    for dtype in EVERY_DTYPE:
+        name = str(dtype).removeprefix("torch.")
+        base = (
+            torch.randn(3, 4, dtype=dtype)
+            if dtype.is_complex
+            else (torch.arange(12) % 7).reshape(3, 4).to(dtype)
+        )
+        sd[f"{name}.full"] = base
+        sd[f"{name}.view"] = base.t()[1:]  # offset + strided view of the same storage
+        sd[f"{name}.scalar"] = base[2, 3].clone()
+        sd[f"{name}.empty"] = torch.empty(0, 4, dtype=dtype)
+    path = tmp_path / "dtypes.pt"
+    torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
+    with open_source(path) as source:
+        assert {k: i.dtype for k, i in source.tensors.items()} == {
+            k: str(v.dtype).removeprefix("torch.") for k, v in sd.items()
+        }
+        assert_source_equals(source, sd)
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_parameter_objects_are_parameters(legacy: bool, tmp_path: Path) -> None:
     # "mask" is a buffer name; saved as an nn.Parameter, it is a parameter.
@@ -377,9 +412,7 @@ def test_real_minilm_safetensors() -> None:
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
         header = {k: f.get_slice(k) for k in keys}
-        expected = {
-            k: (tuple(s.get_shape()), s.get_dtype()) for k, s in header.items()
-        }
+        expected = {k: (tuple(s.get_shape()), s.get_dtype()) for k, s in header.items()}
     assert len(keys) == 104
     by_key = {t["key"]: t for t in summary["tensors"]}
     st_names = {"F32": "float32", "I64": "int64"}

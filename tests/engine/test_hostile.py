@@ -99,7 +99,9 @@ def _assert_cli_refuses(path: Path | str, message: str) -> None:
 @pytest.mark.parametrize("name", list(PAYLOADS))
 def test_payloads_are_live_when_unpickled_naively(name: str, protocol: int, tmp_path: Path) -> None:
     canary = tmp_path / "canary"
-    result = pickle.loads(PAYLOADS[name][0](canary, protocol))  # the control: what torch.load(False) does
+    result = pickle.loads(
+        PAYLOADS[name][0](canary, protocol)
+    )  # the control: what torch.load(False) does
     if isinstance(result["weight"], subprocess.Popen):
         result["weight"].wait()
     assert canary.read_text() in ("pwned", "")  # touch writes nothing, the others write pwned
@@ -123,7 +125,8 @@ def test_reduce_payload_is_refused_and_never_runs(
         path.write_bytes(payload)
     with pytest.raises(UnsafeCheckpointError, match=rf"the pickle references {global_name}"):
         open_source(path)
-    _assert_cli_refuses(path, "unsafe checkpoint: the pickle references")
+    if protocol == 2:  # one real process per payload and container keeps the suite quick
+        _assert_cli_refuses(path, "unsafe checkpoint: the pickle references")
     assert not canary.exists()
 
 
@@ -304,7 +307,7 @@ def test_missing_file_is_one_line_exit_2(tmp_path: Path) -> None:
     _assert_cli_refuses(path, "nope.pt")
 
 
-# --- sharded sets pointing outside themselves ------------------------------------------------------
+# --- sharded sets pointing outside themselves --------------------------------------------
 
 
 @pytest.mark.parametrize("where", ["parent", "absolute"])
@@ -321,5 +324,8 @@ def test_index_pointing_outside_its_directory(where: str, tmp_path: Path) -> Non
         match=rf"weight_map sends 'fc\.bias' to '{re.escape(target)}', which is not a plain file",
     ):
         open_source(index)
-    _assert_cli_refuses(index, "unsafe checkpoint: weight_map sends 'fc.bias'")
-    _assert_cli_refuses(index.parent, "unsafe checkpoint: weight_map sends 'fc.bias'")
+    # The index itself for one case, the set's directory for the other.
+    _assert_cli_refuses(
+        index if where == "parent" else index.parent,
+        "unsafe checkpoint: weight_map sends 'fc.bias'",
+    )

@@ -61,8 +61,11 @@ def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, BlobStor
     src, tgt = tmp_path / "src.pth", tmp_path / "tgt.pth"
     torch.save(_net(0).state_dict(), src)
     torch.save(_net(1).state_dict(), tgt)
-    return sqlite_database, store, _register(sqlite_database, store, src), _register(
-        sqlite_database, store, tgt
+    return (
+        sqlite_database,
+        store,
+        _register(sqlite_database, store, src),
+        _register(sqlite_database, store, tgt),
     )
 
 
@@ -78,7 +81,11 @@ def test_job_succeeds_with_artifacts(setup: tuple[Database, BlobStore, str, str]
     assert _runner(db, store).run_once()
     job = _get(db, job_id)
     assert (job.status, job.ok, job.progress, job.attempts, job.device) == (
-        "succeeded", True, 1.0, 1, "cpu"
+        "succeeded",
+        True,
+        1.0,
+        1,
+        "cpu",
     )
     names = {a.name: a for a in job.artifacts}
     assert set(names) == {"manifest", "report", "report-text", "weights"}
@@ -129,9 +136,10 @@ def test_worker_that_lost_its_lease_cannot_complete(
 ) -> None:
     db, store, source, target = setup
     job_id = _job(db, source, target)
-    slow = _runner(db, store, stage_delay=1.0, lease_seconds=0.3, heartbeat_seconds=5.0)
-    # Heartbeats are slower than the lease: another worker takes the job over meanwhile.
-    slow.heartbeat_seconds = 100.0
+    slow = _runner(db, store, stage_delay=1.0, lease_seconds=0.3)
+    # A stalled worker (think SIGSTOP): no heartbeats, so its lease lapses and another
+    # worker takes the job over; when it wakes up its result must be discarded.
+    slow._heartbeat = lambda *_args: None  # type: ignore[method-assign]
     thread = threading.Thread(target=slow.run_once)
     thread.start()
     time.sleep(0.6)

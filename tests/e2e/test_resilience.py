@@ -1,0 +1,134 @@
+"""Processes die; jobs do not get lost or done twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load
+
+from tests.e2e.conftest import Server
+from tests.e2e.helpers import net, saved
+
+
+def _upload(client: httpx.Client, name: str, payload: bytes) -> str:
+    r = client.post(f"/v1/checkpoints?filename={name}", content=payload)
+    assert r.status_code in (200, 201), r.text
+    return str(r.json()["id"])
+
+
+def _job(client: httpx.Client, source: str, target: str) -> str:
+    r = client.post("/v1/jobs", json={"source": source, "target": {"checkpoint": target}})
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def _until(predicate, timeout: float = 30):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError
+
+
+def _assert_converted(client: httpx.Client, job_id: str, seed: int) -> None:
+    weights = load(client.get(f"/v1/jobs/{job_id}/weights").content)
+    for key, value in net(seed).state_dict().items():
+        assert torch.equal(weights[key], value), key
+    artifacts = client.get(f"/v1/jobs/{job_id}/artifacts").json()
+    assert sorted(a["name"] for a in artifacts["data"]) == [
+        "manifest",
+        "report",
+        "report-text",
+        "weights",
+    ]
+
+
+def test_kill_9_of_a_worker_mid_job(tmp_path: Path) -> None:
+    server = Server(tmp_path, GRAFT_WORKERS="1", GRAFT_TEST_STAGE_DELAY="1.5")
+    server.start()
+    try:
+        with server.client() as client:
+            source = _upload(client, "s.pth", saved(net(7)))
+            target = _upload(client, "t.pth", saved(net(8)))
+            job_id = _job(client, source, target)
+            running = _until(
+                lambda: (
+                    (j := client.get(f"/v1/jobs/{job_id}").json())["status"] == "running"
+                    and j["worker"]
+                    and j
+                )
+            )
+            pid = int(running["worker"].split(":")[1])
+            os.kill(pid, signal.SIGKILL)
+            # The pool replaces the worker; the job comes back once the 2 s lease lapses.
+            done = server.wait(client, job_id, timeout=60)
+            assert (done["status"], done["attempts"]) == ("succeeded", 2)
+            assert not done["worker"]
+            _assert_converted(client, job_id, seed=7)
+            assert "restarting" in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_job_that_keeps_killing_workers_fails_after_bounded_attempts(tmp_path: Path) -> None:
+    server = Server(tmp_path, GRAFT_WORKERS="1", GRAFT_TEST_STAGE_DELAY="3", GRAFT_MAX_ATTEMPTS="2")
+    server.start()
+    try:
+        with server.client() as client:
+            source = _upload(client, "s.pth", saved(net(7)))
+            job_id = _job(client, source, source)
+            seen: set[str] = set()
+            for _ in range(2):
+                job = _until(
+                    lambda: (
+                        (j := client.get(f"/v1/jobs/{job_id}").json())["worker"]
+                        and j["worker"] not in seen
+                        and j
+                    ),
+                    timeout=60,
+                )
+                seen.add(job["worker"])
+                os.kill(int(job["worker"].split(":")[1]), signal.SIGKILL)
+            done = server.wait(client, job_id, timeout=60)
+            assert (done["status"], done["error"]["type"], done["attempts"]) == (
+                "failed",
+                "worker-lost",
+                2,
+            )
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("workers_before", ["0", "1"])
+def test_restart_loses_no_job(tmp_path: Path, workers_before: str) -> None:
+    # With 0 workers every job is still queued at shutdown; with 1 (and a slow stage) one is
+    # running and goes back to the queue when its worker is told to stop.
+    server = Server(tmp_path, GRAFT_WORKERS=workers_before, GRAFT_TEST_STAGE_DELAY="1")
+    server.start()
+    with server.client() as client:
+        source = _upload(client, "s.pth", saved(net(11)))
+        target = _upload(client, "t.pth", saved(net(12)))
+        jobs = [_job(client, source, target) for _ in range(3)]
+        if workers_before == "1":
+            _until(lambda: client.get(f"/v1/jobs/{jobs[0]}").json()["status"] == "running")
+    server.stop()
+    server.start(GRAFT_WORKERS="2", GRAFT_TEST_STAGE_DELAY="0")
+    try:
+        with server.client() as client:
+            for job_id in jobs:
+                done = server.wait(client, job_id, timeout=60)
+                # attempts == 1: a job running at shutdown was released, not abandoned.
+                assert (done["status"], done["attempts"]) == ("succeeded", 1)
+                _assert_converted(client, job_id, seed=11)
+        if workers_before == "1":
+            assert "released back to the queue" in server.log.read_text()
+    finally:
+        server.stop()

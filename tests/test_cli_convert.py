@@ -1,0 +1,229 @@
+"""``graft plan`` and ``graft convert``: exit codes, the written report and manifest, output
+formats, and outputs that a fresh process loads with ``strict=True``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.engine.keys import group_keys
+from app.engine.pipeline import convert
+from app.engine.recipe import load_recipe
+from app.engine.target import Target, skeleton_from_module
+from tests.engine._models import SmallNet, save_sd, save_st, small_state_dict
+from tests.fixtures import REPO_ROOT, package_file
+
+N = len(small_state_dict())
+
+
+def graft(*args: str | Path) -> Any:
+    """``graft ARGS`` in this process (stdout and stderr apart)."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def graft_process(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``graft ARGS`` as a real process, through the console entry point."""
+    return subprocess.run(
+        [sys.executable, "-c", "from app.cli import main; main()", *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def python(code: str) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter running ``code`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path, Path, dict[str, torch.Tensor]]:
+    """A DataParallel-saved source with a renamed backbone, a SmallNet skeleton, a recipe."""
+    sd = small_state_dict(0)
+    source = {"module.backbone." + k: v for k, v in sd.items()}
+    src = save_sd(source, tmp_path / "src.pt")
+    skeleton = tmp_path / "smallnet.json"
+    skeleton.write_text(json.dumps(skeleton_from_module(SmallNet())))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "version: 1\nrename:\n  - {prefix: 'backbone.', to: ''}\nstrict: true\nfreeze_bn: true\n"
+    )
+    return src, skeleton, recipe, sd
+
+
+def test_plan_prints_the_grouped_text(tmp_path: Path) -> None:
+    src, skeleton, recipe, _ = _files(tmp_path)
+
+    result = graft("plan", src, skeleton, "-r", recipe)
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "graft report: OK"
+    assert f"target keys  loaded {N} · adapted 0 · initialized 0 · kept 0" in lines
+    (convs,) = group_keys([f"layer1.{b}.conv{c}.weight" for b in (0, 1) for c in (1, 2)])
+    assert convs.pattern.startswith("layer1.{0..1}.conv")  # four keys on one line
+    assert f"  {convs.pattern}  <- backbone.{convs.pattern}  [rename[0]]" in lines
+    assert not any(line.startswith("verification") for line in lines)  # a dry run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml", "smallnet.json", "src.pt"]
+
+
+def test_plan_json_equals_the_library_dry_run(tmp_path: Path) -> None:
+    src, skeleton, recipe, _ = _files(tmp_path)
+
+    result = graft("plan", src, skeleton, "-r", recipe, "--json")
+
+    assert result.exit_code == 0, result.output
+    expected = convert(
+        src, Target.from_skeleton(skeleton), load_recipe(recipe), output=None, dry_run=True
+    )
+    assert json.loads(result.stdout) == expected.report
+    assert expected.report["source"]["stripped_prefix"] == "module."
+
+
+def test_convert_writes_weights_report_and_manifest(tmp_path: Path) -> None:
+    src, skeleton, recipe, sd = _files(tmp_path)
+    out, rep = tmp_path / "out.safetensors", tmp_path / "rep.json"
+
+    result = graft("convert", src, skeleton, "-r", recipe, "-o", out, "--report", rep)
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # piped: no progress bar
+    report = json.loads(rep.read_text())
+    assert report["schema"] == "graft.report/v1" and report["ok"] is True
+    assert report["summary"]["loaded"] == N
+    assert report["verification"] == {"checked": N, "equal": N, "strict_load": True}
+    assert result.stdout.splitlines()[-1] == (
+        f"verification  {N}/{N} equal to the source, strict load ok"
+    )
+    manifest = json.loads((tmp_path / "rep.manifest.json").read_text())
+    assert manifest["bn_eval"] == [
+        "bn1",
+        "layer1.0.bn1",
+        "layer1.0.bn2",
+        "layer1.1.bn1",
+        "layer1.1.bn2",
+    ]
+    written = load_file(str(out))
+    assert set(written) == set(sd)
+    for key, value in sd.items():
+        assert torch.equal(written[key], value), key
+
+    # ...and a fresh process builds the model and loads the file with strict=True
+    loaded = python(
+        "import torch\n"
+        "from safetensors.torch import load_file\n"
+        "from tests.engine._models import SmallNet\n"
+        "model = SmallNet()\n"
+        f"missing = model.load_state_dict(load_file({str(out)!r}), strict=True)\n"
+        "print(missing, float(model.layer1[1].bn2.running_var.sum()))\n"
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    expected_var = float(sd["layer1.1.bn2.running_var"].sum())
+    assert loaded.stdout.split() == ["<All", "keys", "matched", "successfully>", str(expected_var)]
+
+
+def test_strict_failure_exits_1_and_still_writes_the_report(tmp_path: Path) -> None:
+    src, skeleton, recipe, _ = _files(tmp_path)
+    extra = save_sd(
+        {**torch.load(src, weights_only=True), "module.aux.w": torch.ones(2)}, tmp_path / "extra.pt"
+    )
+    out, rep = tmp_path / "out.safetensors", tmp_path / "rep.json"
+
+    result = graft("convert", extra, skeleton, "-r", recipe, "-o", out, "--report", rep)
+
+    assert result.exit_code == 1
+    assert "refused by the recipe's policy" in result.stderr
+    assert not out.exists()
+    report = json.loads(rep.read_text())
+    assert report["ok"] is False
+    assert report["errors"] == ["strict: source keys not used: aux.w"]
+    assert report["verification"] is None
+    assert "  x strict: source keys not used: aux.w" in result.stdout
+
+
+def test_invalid_recipe_exits_2_with_one_line(tmp_path: Path) -> None:
+    src, skeleton, _, _ = _files(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rename": [{"prefix": "a.", "to": "b."}, {"regex": "(", "to": ""}]}))
+
+    result = graft_process("convert", src, skeleton, "-r", bad, "-o", tmp_path / "out.st")
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("graft: error: rename[1]: invalid regex '('")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.st").exists()
+
+
+def test_torch_format_output(tmp_path: Path) -> None:
+    src, skeleton, recipe, sd = _files(tmp_path)
+    pt, st = tmp_path / "out.pt", tmp_path / "out.safetensors"
+
+    assert (
+        graft("convert", src, skeleton, "-r", recipe, "-o", pt, "--format", "torch").exit_code == 0
+    )
+    assert graft("convert", src, skeleton, "-r", recipe, "-o", st).exit_code == 0
+
+    loaded = torch.load(pt, weights_only=True)
+    reference = load_file(str(st))
+    assert list(loaded) == list(reference)
+    for key, value in reference.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+        assert torch.equal(value, sd[key])
+    bad = graft("convert", src, skeleton, "-o", tmp_path / "x", "--format", "onnx")
+    assert bad.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_real_legacy_checkpoint_loads_strict_in_a_fresh_process(tmp_path: Path) -> None:
+    alex = package_file("lpips", "weights/v0.1/alex.pth")
+    if alex is None:
+        pytest.skip("lpips (ships real legacy-format weights) is not installed")
+    reference = torch.load(alex, map_location="cpu", weights_only=True)
+    template = save_st(
+        {k: torch.zeros_like(v) for k, v in reference.items()}, tmp_path / "lin.safetensors"
+    )
+    out = tmp_path / "alex.safetensors"
+
+    result = graft("convert", alex, template, "-o", out, "--report", tmp_path / "rep.json")
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "rep.json").read_text())
+    assert report["source"]["format"] == "torch-legacy"
+    assert report["verification"] == {"checked": 5, "equal": 5, "strict_load": True}
+    # LPIPS's NetLinLayer: Sequential(Dropout, Conv2d(c, 1, 1, bias=False)), five of them
+    loaded = python(
+        "import torch\n"
+        "from torch import nn\n"
+        "from safetensors.torch import load_file\n"
+        "class Lin(nn.Module):\n"
+        "    def __init__(self, c):\n"
+        "        super().__init__()\n"
+        "        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(c, 1, 1, bias=False))\n"
+        "root = nn.Module()\n"
+        "for i, c in enumerate([64, 192, 384, 256, 256]):\n"
+        "    root.add_module(f'lin{i}', Lin(c))\n"
+        f"print(root.load_state_dict(load_file({str(out)!r}), strict=True))\n"
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "<All keys matched successfully>"
+    written = load_file(str(out))
+    for key, value in reference.items():
+        assert torch.equal(written[key], value), key

@@ -85,6 +85,8 @@ class _Reader(Protocol):
 
     def storage_id(self, handle: Any) -> tuple[str, ...]: ...
 
+    def byte_range(self, handle: Any) -> tuple[Path, int, int] | None: ...
+
     def close(self) -> None: ...
 
 
@@ -125,8 +127,21 @@ class _StorageFileReader:
     format = "torch"
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._file: BinaryIO = path.open("rb")
         self._storage_offsets: dict[str, int] = {}  # storage key -> byte offset in the file
+
+    def byte_range(self, handle: TensorRef) -> tuple[Path, int, int] | None:
+        """(file, offset, length) of the tensor's bytes in C order, if they lie so in the file."""
+        expected = 1
+        for size, stride in zip(reversed(handle.shape), reversed(handle.stride), strict=True):
+            if size != 1 and stride != expected:
+                return None
+            expected *= size
+        itemsize = DTYPE_SIZES[handle.dtype]
+        start = self._storage_offsets[handle.storage.key]
+        start += (handle.storage.view_offset + handle.offset) * itemsize
+        return self._path, start, expected * itemsize
 
     def read(self, handle: TensorRef) -> torch.Tensor:
         size = DTYPE_SIZES[handle.dtype]
@@ -283,11 +298,18 @@ class _SafetensorsReader:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self.parsed = _Parsed(*self._parse_header(path))
+        infos, metadata, self._ranges = self._parse_header(path)
+        self.parsed = _Parsed(infos, metadata)
         self._handle: Any = None
 
+    def byte_range(self, handle: str) -> tuple[Path, int, int] | None:
+        start, length = self._ranges[handle]
+        return self._path, start, length
+
     @staticmethod
-    def _parse_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    def _parse_header(
+        path: Path,
+    ) -> tuple[dict[str, TensorInfo], dict[str, str], dict[str, tuple[int, int]]]:
         file_size = path.stat().st_size
         with path.open("rb") as f:
             head = f.read(8)
@@ -354,7 +376,8 @@ class _SafetensorsReader:
                 f"safetensors data ends at byte {8 + n + position} but the file has {file_size} "
                 "bytes (truncated, or trailing bytes)"
             )
-        return infos, metadata
+        ranges = {key: (8 + n + begin, end - begin) for begin, end, key in spans}
+        return infos, metadata, ranges
 
     def read(self, handle: str) -> torch.Tensor:
         if self._handle is None:
@@ -554,6 +577,11 @@ class Source:
         """Read one tensor onto the CPU, contiguous, in its stored dtype."""
         entry = self._entries[key]
         return entry.reader.read(entry.handle)
+
+    def byte_range(self, key: str) -> tuple[Path, int, int] | None:
+        """(file, offset, length) of ``key``'s bytes in C order, or None if not laid out so."""
+        entry = self._entries[key]
+        return entry.reader.byte_range(entry.handle)
 
     def storage_id(self, key: str) -> tuple[str, ...]:
         """Identity of the bytes behind ``key``: equal for tensors that share storage."""

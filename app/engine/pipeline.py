@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.engine.checkpoint import open_source
+from app.engine.checkpoint import Source, open_source
 from app.engine.execute import DIGEST_PLACEHOLDER, Execution, OutputFormat, execute_plan
-from app.engine.plan import build_plan
+from app.engine.plan import Plan, build_plan
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest
 from app.engine.target import Target
@@ -50,6 +51,10 @@ def convert(
     dry_run: bool = False,
     device: str = "cpu",
     progress: Callable[[str, float], None] | None = None,
+    max_shard_size: int | None = None,
+    verify: bool = True,
+    byte_copy: bool = True,
+    source_sha256: str | None = None,
 ) -> ConversionResult:
     """Convert ``source`` into ``target`` following ``recipe``.
 
@@ -63,6 +68,14 @@ def convert(
         dry_run: plan and report only; no tensor data is read.
         device: where shape ops run; the output is always written from the CPU.
         progress: called with (stage, fraction in 0..1).
+        max_shard_size: write Hugging Face shards of at most this many bytes into the folder
+            ``output`` (``model-0000i-of-0000N.safetensors`` + ``model.safetensors.index.json``).
+        verify: re-read the output and compare every fed tensor with the source.
+        byte_copy: copy unchanged tensors file to file without torch (``False`` forces the
+            torch path; both give byte-identical files).
+        source_sha256: the source's digest when the caller already knows it (the service
+            hashes uploads as they stream in); otherwise it is computed, in a thread beside
+            the copy. A dry run never hashes: planning reads headers only.
 
     Returns:
         The result. A policy refusal gives ``ok=False`` and a report, and writes nothing.
@@ -76,37 +89,74 @@ def convert(
             progress("plan", 0.0)
         plan = build_plan(src, target, recipe, dtype=dtype)
         manifest = build_manifest(plan, target, recipe)
-        sha = src.sha256()
         if dry_run or not plan.ok or output is None:
-            report = build_report(plan, src, target, execution=None, source_sha256=sha)
+            report = build_report(plan, src, target, execution=None, source_sha256=source_sha256)
             return ConversionResult(report["ok"] and plan.ok, report, manifest, None)
-        base_metadata = {
-            "graft.version": __version__,
-            "graft.source_sha256": sha,
-            "graft.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
-            "graft.report_sha256": DIGEST_PLACEHOLDER,
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hashing = pool.submit(src.sha256) if source_sha256 is None else None
+            return _write(
+                src, target, recipe, plan, manifest, Path(output),
+                hashing.result if hashing else lambda: source_sha256 or "",
+                fmt=fmt, device=device, progress=progress, max_shard_size=max_shard_size,
+                verify=verify, byte_copy=byte_copy,
+            )  # fmt: skip
+
+
+def _write(
+    src: Source,
+    target: Target,
+    recipe: Recipe,
+    plan: Plan,
+    manifest: dict[str, Any],
+    output: Path,
+    source_sha256: Callable[[], str],
+    *,
+    fmt: OutputFormat,
+    device: str,
+    progress: Callable[[str, float], None] | None,
+    max_shard_size: int | None,
+    verify: bool,
+    byte_copy: bool,
+) -> ConversionResult:
+    # The header comes before the data, so the metadata is written with placeholders of the
+    # final lengths and rewritten once the digests are known.
+    base_metadata = {
+        "graft.version": __version__,
+        "graft.source_sha256": DIGEST_PLACEHOLDER,
+        "graft.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
+        "graft.report_sha256": DIGEST_PLACEHOLDER,
+    }
+
+    def finalize(execution: Execution) -> dict[str, str]:
+        partial = build_report(plan, src, target, execution=execution, source_sha256=None)
+        digest = entries_digest(partial["entries"], partial["unused"])
+        return {
+            **base_metadata,
+            "graft.source_sha256": source_sha256(),
+            "graft.report_sha256": digest,
         }
 
-        def finalize(execution: Execution) -> dict[str, str]:
-            partial = build_report(plan, src, target, execution=execution, source_sha256=sha)
-            digest = entries_digest(partial["entries"], partial["unused"])
-            return {**base_metadata, "graft.report_sha256": digest}
-
-        execution = execute_plan(
-            plan,
-            src,
-            target,
-            Path(output),
-            fmt=fmt,
-            seed=recipe.seed,
-            metadata=base_metadata,
-            finalize_metadata=finalize,
-            device=device,
-            progress=progress,
-        )
-        report = build_report(plan, src, target, execution=execution, source_sha256=sha)
-        report["output"] = {
-            "format": fmt,
-            "report_sha256": entries_digest(report["entries"], report["unused"]),
-        }
-        return ConversionResult(report["ok"], report, manifest, Path(output))
+    execution = execute_plan(
+        plan,
+        src,
+        target,
+        output,
+        fmt=fmt,
+        seed=recipe.seed,
+        metadata=base_metadata,
+        finalize_metadata=finalize,
+        device=device,
+        progress=progress,
+        byte_copy=byte_copy,
+        max_shard_size=max_shard_size,
+        verify=verify,
+    )
+    report = build_report(plan, src, target, execution=execution, source_sha256=source_sha256())
+    report["output"] = {
+        "format": fmt,
+        "files": execution.files,
+        "copied": execution.copied,
+        "materialised": execution.materialised,
+        "report_sha256": entries_digest(report["entries"], report["unused"]),
+    }
+    return ConversionResult(report["ok"], report, manifest, output)

@@ -23,8 +23,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
-pytestmark = pytest.mark.e2e
-
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import REPO, Server
 from tests.e2e.helpers import net, saved
+
+pytestmark = pytest.mark.e2e
 
 
 def _upload(client: httpx.Client, name: str, payload: bytes) -> str:
@@ -107,18 +111,17 @@ def test_job_that_keeps_killing_workers_fails_after_bounded_attempts(tmp_path: P
         server.stop()
 
 
-@pytest.mark.parametrize("workers_before", ["0", "1"])
-def test_restart_loses_no_job(tmp_path: Path, workers_before: str) -> None:
-    # With 0 workers every job is still queued at shutdown; with 1 (and a slow stage) one is
-    # running and goes back to the queue when its worker is told to stop.
-    server = Server(tmp_path, GRAFT_WORKERS=workers_before, GRAFT_TEST_STAGE_DELAY="1")
+def test_restart_loses_no_job(tmp_path: Path) -> None:
+    # One worker and a slow stage: at shutdown one job is running (its worker is told to stop
+    # and gives it back to the queue) and two are still queued.
+    server = Server(tmp_path, GRAFT_WORKERS="1", GRAFT_TEST_STAGE_DELAY="1")
     server.start()
     with server.client() as client:
         source = _upload(client, "s.pth", saved(net(11)))
         target = _upload(client, "t.pth", saved(net(12)))
         jobs = [_job(client, source, target) for _ in range(3)]
-        if workers_before == "1":
-            _until(lambda: client.get(f"/v1/jobs/{jobs[0]}").json()["status"] == "running")
+        _until(lambda: client.get(f"/v1/jobs/{jobs[0]}").json()["status"] == "running")
+        assert [client.get(f"/v1/jobs/{j}").json()["status"] for j in jobs[1:]] == ["queued"] * 2
     server.stop()
     server.start(GRAFT_WORKERS="2", GRAFT_TEST_STAGE_DELAY="0")
     try:
@@ -128,7 +131,33 @@ def test_restart_loses_no_job(tmp_path: Path, workers_before: str) -> None:
                 # attempts == 1: a job running at shutdown was released, not abandoned.
                 assert (done["status"], done["attempts"]) == ("succeeded", 1)
                 _assert_converted(client, job_id, seed=11)
-        if workers_before == "1":
-            assert "released back to the queue" in server.log.read_text()
+        assert "released back to the queue" in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_graft_worker_adds_a_worker(tmp_path: Path) -> None:
+    server = Server(tmp_path, GRAFT_WORKERS="0")
+    server.start()
+    try:
+        with server.client() as client:
+            source = _upload(client, "s.pth", saved(net(21)))
+            job_id = _job(client, source, source)
+            time.sleep(0.5)
+            assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+            worker = subprocess.Popen(
+                [sys.executable, "-c", "from app.cli import main; main()", "worker"],
+                cwd=REPO,
+                env=server.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                done = server.wait(client, job_id, timeout=60)
+                assert (done["status"], done["device"]) == ("succeeded", "cpu")
+                _assert_converted(client, job_id, seed=21)
+            finally:
+                worker.terminate()
+                assert worker.wait(15) == 0
     finally:
         server.stop()

@@ -13,11 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 from safetensors.torch import load
 
 from tests.e2e.conftest import REPO, Server
 from tests.e2e.helpers import net, saved
+
+pytestmark = pytest.mark.e2e
 
 
 def _readme_walkthrough() -> str:

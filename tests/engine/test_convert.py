@@ -426,17 +426,17 @@ def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     src = save_sd(small_state_dict(0), tmp_path / "src.pt")
     folder = tmp_path / "out"
     folder.mkdir()
-    real_produce = execute.produce
+    real_write = execute._write_all
     calls = 0
 
-    def failing_produce(*args: Any, **kwargs: Any) -> torch.Tensor:
+    def failing_write(*args: Any, **kwargs: Any) -> None:
         nonlocal calls
-        calls += 1
+        calls += 1  # the 1st write is the header; both copy paths write through here
         if calls == 3:
             raise GraftError("disk on fire")  # an injected fault, not a mock of the writer
-        return real_produce(*args, **kwargs)
+        real_write(*args, **kwargs)
 
-    monkeypatch.setattr(execute, "produce", failing_produce)
+    monkeypatch.setattr(execute, "_write_all", failing_write)
 
     with pytest.raises(GraftError, match="disk on fire"):
         run(src, skeleton_of(SmallNet()), {}, folder / "new.safetensors")

@@ -40,6 +40,25 @@ def _source_arg(paths: list[Path]) -> Path | list[Path]:
     return paths[0] if len(paths) == 1 else paths
 
 
+_SIZE_UNITS = {
+    "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """``5GB`` (decimal, as Hugging Face writes it), ``500MiB`` (binary) or plain bytes."""
+    number = text.strip()
+    digits = len(number) - len(number.lstrip("0123456789."))
+    value, unit = number[:digits], number[digits:].strip().upper()
+    if not value or unit not in _SIZE_UNITS:
+        raise typer.BadParameter(f"{text!r} is not a size: write e.g. 5GB, 500MiB or 1000000")
+    size = int(float(value) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise typer.BadParameter("a size must be positive")
+    return size
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -128,10 +147,16 @@ def _open_target(spec: str, kwargs: str | None) -> Any:
     from app.engine.target import Target
 
     if spec.startswith("arch:"):
-        raise InvalidTargetError(
-            f"{spec}: architecture targets are not built yet; pass a template checkpoint or a "
-            "skeleton (.json, see `graft skeleton`)"
-        )
+        from app.config import get_settings
+
+        try:
+            parsed = json.loads(kwargs) if kwargs is not None else {}
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise InvalidTargetError(f"--target-kwargs for {spec} must be a JSON object")
+        extra = get_settings().architectures
+        return Target.from_architecture(spec.removeprefix("arch:"), parsed, extra=extra)
     if kwargs is not None:
         raise InvalidTargetError("--target-kwargs applies only to arch: targets")
     if spec.endswith(".json") and not spec.endswith(".index.json"):
@@ -176,6 +201,7 @@ def _run(
     json_: bool,
     target_kwargs: str | None,
     dry_run: bool,
+    **options: Any,
 ) -> None:
     from app.engine.pipeline import convert
     from app.engine.recipe import load_recipe
@@ -191,6 +217,7 @@ def _run(
             fmt=fmt,  # type: ignore[arg-type]
             dry_run=dry_run,
             progress=progress,
+            **options,
         )
     if report_path is not None:
         report_path.write_text(json.dumps(result.report, indent=2) + "\n")
@@ -242,6 +269,17 @@ def convert(
     fmt: Annotated[str, typer.Option("--format", help="safetensors or torch.")] = "safetensors",
     json_: JsonOpt = False,
     target_kwargs: TargetKwargsOpt = None,
+    max_shard_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-shard-size",
+            help="Write Hugging Face shards of at most this size (e.g. 5GB, 500MiB) into "
+            "the folder -o.",
+        ),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Re-read the output and compare.")
+    ] = True,
 ) -> None:
     """Convert SOURCE into TARGET's layout, verify it, and report every tensor."""
     if fmt not in ("safetensors", "torch"):
@@ -256,6 +294,8 @@ def convert(
         json_=json_,
         target_kwargs=target_kwargs,
         dry_run=False,
+        max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
+        verify=verify,
     )
 
 
@@ -298,6 +338,27 @@ def skeleton(
         output.write_text(text)
 
 
+@cli.command()
+def architectures(json_: JsonOpt = False) -> None:
+    """List the architectures arch:NAME targets can name, with their kwargs."""
+    from app.config import get_settings
+    from app.engine.architectures import describe_architectures
+
+    listed = describe_architectures(get_settings().architectures)
+    if json_:
+        typer.echo(json.dumps(listed, indent=2))
+        return
+    for arch in listed:
+        kwargs = ", ".join(
+            f"{name}={json.dumps(info['default'])}" if not info["required"] else name
+            for name, info in arch["kwargs"].items()
+        )
+        typer.echo(f"{arch['name']}  ({arch['origin']}: {arch['ref']})")
+        typer.echo(f"    kwargs: {kwargs or '-'}")
+        if arch["description"]:
+            typer.echo(f"    {arch['description']}")
+
+
 def main() -> None:
     """Console-script entry point: known errors become one line on stderr and an exit code."""
     from app.engine.errors import GraftError
@@ -330,7 +391,7 @@ def serve(
 
     from app.api.main import create_app
     from app.config import get_settings
-    from app.services.bootstrap import prepare
+    from app.services.bootstrap import bind_host, prepare
     from app.worker.pool import WorkerPool
 
     logging.basicConfig(
@@ -338,6 +399,7 @@ def serve(
     )
     settings = get_settings()
     prepare(settings)
+    host = bind_host(settings, host)  # no API keys: loopback only, and it says so
     pool = WorkerPool(settings.workers)
     pool.start()
     # uvicorn re-raises the signal that stopped it once it has shut down; a handler of our
@@ -360,3 +422,107 @@ def worker() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     run_worker()
+
+
+# --- API keys (graft keys create|list|revoke) ---
+
+keys_cli = typer.Typer(
+    help="API keys: once one exists, every request needs `Authorization: Bearer <key>`.",
+    no_args_is_help=True,
+)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _keys_database() -> Any:
+    from app.config import get_settings
+    from app.db.migrate import upgrade
+    from app.db.session import Database
+
+    settings = get_settings()
+    database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
+    upgrade(database)
+    return database
+
+
+@keys_cli.command("create")
+def keys_create(
+    owner: Annotated[
+        str, typer.Option(help="Who the key's checkpoints and jobs belong to.")
+    ] = "local",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help="read, write or admin (repeatable; default read+write)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A note to recognise the key by.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Create a key and print it. It is stored hashed and cannot be shown again."""
+    from app.services.auth import create_key
+
+    database = _keys_database()
+    try:
+        with database.transaction() as session:
+            key, token = create_key(
+                session, owner=owner, scopes=scope or ["read", "write"], name=name
+            )
+            scopes: list[str] = list(key.scopes)
+            info = {"id": key.id, "owner": key.owner, "scopes": scopes, "token": token}
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    finally:
+        database.dispose()
+    if json_:
+        typer.echo(json.dumps(info))
+        return
+    typer.echo(f"key {key.id} for owner {key.owner!r}, scopes {','.join(scopes)}")
+    typer.echo(token)
+    typer.echo("Store it now: only its hash is kept, it cannot be shown again.", err=True)
+
+
+@keys_cli.command("list")
+def keys_list(json_: JsonOpt = False) -> None:
+    """Every key: id, owner, scopes, created, revoked (never the secret)."""
+    from app.services.auth import list_keys
+
+    database = _keys_database()
+    try:
+        with database.transaction(write=False) as session:
+            rows: list[dict[str, Any]] = [
+                {
+                    "id": k.id,
+                    "owner": k.owner,
+                    "name": k.name,
+                    "scopes": k.scopes,
+                    "created_at": k.created_at.isoformat(),
+                    "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+                }
+                for k in list_keys(session)
+            ]
+    finally:
+        database.dispose()
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        typer.echo(
+            f"{row['id']}  {row['owner']:<16} {','.join(row['scopes']):<16} "
+            f"{row['created_at']}  {state}" + (f"  ({row['name']})" if row["name"] else "")
+        )
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (or token).")]) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from app.services.auth import revoke_key
+
+    database = _keys_database()
+    try:
+        with database.transaction() as session:
+            revoked = revoke_key(session, key_id)
+    finally:
+        database.dispose()
+    if not revoked:
+        typer.echo(f"graft: error: no active key {key_id!r}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"revoked {key_id}")

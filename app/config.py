@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="auto | cpu | cuda[:N]; auto means cuda when torch sees one.",
     )
+    architectures: str = Field(
+        default="",
+        description="More architecture targets, name=module:factory,... (the module must be "
+        "importable by workers); entry points in the graft.architectures group register too.",
+    )
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0, description="Upload size cap.")
     lease_seconds: float = Field(default=30.0, gt=0, description="How long a claim lasts.")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="Lease renewal period.")
@@ -42,6 +47,36 @@ class Settings(BaseSettings):
         default=10, ge=0, le=19, description="Niceness of worker processes: the API comes first."
     )
     busy_timeout_ms: int = Field(default=30_000, ge=0, description="SQLite busy timeout.")
+
+    # The sandbox: resource limits of every process that reads an uploaded file's tensors
+    # (inspection and conversion children). 0 means no limit. torch alone maps ~0.8 GiB of
+    # address space on import, plus 64 MiB of malloc arena per thread; the default leaves room
+    # for the largest tensor of a 70B model a few times over. A CUDA device needs unlimited
+    # address space, so the conversion child drops that limit when it uses one.
+    sandbox_address_space_bytes: int = Field(
+        default=16 * 1024**3, ge=0, description="RLIMIT_AS of sandbox children."
+    )
+    sandbox_cpu_seconds: int = Field(
+        default=3600, ge=0, description="RLIMIT_CPU of one conversion (inspection: its timeout)."
+    )
+    sandbox_file_bytes: int = Field(
+        default=256 * 1024**3, ge=0, description="RLIMIT_FSIZE: largest file a conversion writes."
+    )
+    sandbox_open_files: int = Field(default=256, ge=0, description="RLIMIT_NOFILE of children.")
+
+    # Hostile requests.
+    max_tensors: int = Field(default=1_000_000, gt=0, description="Tensors one upload may hold.")
+    upload_idle_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="An upload that sends nothing for this long gets 408."
+    )
+    max_ranges: int = Field(
+        default=16, ge=1, description="More ranges than this in one Range header: 416."
+    )
+    orphan_grace_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="Blobs no record references are collected at start once this old.",
+    )
 
 
 @lru_cache

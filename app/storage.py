@@ -151,6 +151,8 @@ class BlobStore:
         dest = self.path(sha256)
         if dest.is_file():
             staged.unlink(missing_ok=True)
+            # Fresh again: the start-up sweep spares young blobs whose record may be in flight.
+            os.utime(dest)
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         staged.replace(dest)
@@ -193,6 +195,17 @@ class BlobStore:
             os.link(src, dest)
         except OSError:
             shutil.copyfile(src, dest)
+
+    def blobs(self) -> Iterator[tuple[str, Path]]:
+        """Every stored blob as ``(sha256, path)``."""
+        if not self.blob_dir.is_dir():
+            return
+        for folder in self.blob_dir.iterdir():
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if len(path.name) == 64 and path.is_file():
+                    yield path.name, path
 
     def delete(self, sha256: str) -> None:
         """Remove a blob (callers make sure nothing references it)."""

@@ -25,11 +25,14 @@ PROBLEM_JSON = "application/problem+json"
 
 _TYPE_BY_STATUS = {
     400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
     409: "conflict",
     413: "too-large",
     415: "unsupported-media-type",
+    416: "range-not-satisfiable",
     422: "validation-error",
     503: "not-ready",
 }
@@ -60,8 +63,17 @@ def problem_response(
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="graft"'
     return problem_response(
-        exc.status, exc.type, exc.message, title=exc.title, instance=request.url.path, **exc.extra
+        exc.status,
+        exc.type,
+        exc.message,
+        title=exc.title,
+        instance=request.url.path,
+        headers=headers or None,
+        **exc.extra,
     )
 
 

@@ -13,6 +13,7 @@ from app.api.routes import architectures, checkpoints, health, jobs
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.services.inspector import InspectorPool
+from app.services.sandbox import Limits
 from app.storage import BlobStore
 
 __all__ = ["create_app"]
@@ -34,7 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = BlobStore(settings.storage_dir)
         store.ensure()
         inspector = InspectorPool(
-            size=settings.inspectors, timeout=settings.inspect_timeout_seconds
+            size=settings.inspectors,
+            timeout=settings.inspect_timeout_seconds,
+            limits=Limits.for_inspection(settings),
+            max_tensors=settings.max_tensors,
         )
         await inspector.start()
         app.state.settings = settings

@@ -240,10 +240,19 @@ class ArtifactsPublic(BaseModel):
     count: int
 
 
+class ArchitectureKwarg(BaseModel):
+    type: str | None = Field(description="the factory's annotation, e.g. int, int | None")
+    default: Any = None
+    required: bool = False
+
+
 class ArchitecturePublic(BaseModel):
     name: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, ArchitectureKwarg] = Field(default_factory=dict)
     description: str | None = None
+    origin: str | None = Field(
+        default=None, description="builtin | entry-point | setting | torchvision | timm"
+    )
 
 
 class ArchitecturesPublic(BaseModel):

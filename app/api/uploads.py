@@ -3,12 +3,18 @@
 Multipart (``-F file=@x.pth``, several ``file`` parts for a sharded set) and raw bodies
 (``--data-binary @x.pth`` with ``?filename=``) are both parsed incrementally; the body is
 never held in memory and never copied twice. The size cap is checked against
-``Content-Length`` before reading and against the bytes actually received while reading.
+``Content-Length`` before reading and against the bytes actually received while reading; a
+client that stops sending for ``idle_timeout`` seconds gets 408 (a slow-loris upload holds one
+coroutine and one temp file, never a thread or an inspection process). A client's file name
+is reduced to a plain base name and only ever names a file inside the upload's private
+temp folder; stored blobs are addressed by sha256.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +22,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from app.services.errors import BadRequestError, UploadTooLargeError
+from app.services.errors import BadRequestError, UploadTimeoutError, UploadTooLargeError
 from app.storage import StagedFile
 
 __all__ = ["receive_upload", "safe_filename"]
@@ -75,6 +81,21 @@ class _Receiver:
             raise _too_large(self.limit)
 
 
+async def _chunks(request: Request, idle_timeout: float | None) -> AsyncIterator[bytes]:
+    """The body's chunks; raise UploadTimeoutError when none arrives for ``idle_timeout``."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadTimeoutError(
+                f"no data received for {idle_timeout:g} s; the upload was abandoned"
+            ) from None
+        yield chunk
+
+
 async def _flush(staged: StagedFile, buffer: bytearray) -> None:
     if buffer:
         data = bytes(buffer)
@@ -82,10 +103,12 @@ async def _flush(staged: StagedFile, buffer: bytearray) -> None:
         await run_in_threadpool(staged.write, data)
 
 
-async def _receive_raw(request: Request, receiver: _Receiver, filename: str) -> None:
+async def _receive_raw(
+    request: Request, receiver: _Receiver, filename: str, idle_timeout: float | None
+) -> None:
     staged = receiver.open(filename)
     buffer = bytearray()
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, idle_timeout):
         receiver.count(len(chunk))
         buffer += chunk
         if len(buffer) >= _FLUSH_BYTES:
@@ -93,7 +116,9 @@ async def _receive_raw(request: Request, receiver: _Receiver, filename: str) -> 
     await _flush(staged, buffer)
 
 
-async def _receive_multipart(request: Request, receiver: _Receiver, boundary: bytes) -> None:
+async def _receive_multipart(
+    request: Request, receiver: _Receiver, boundary: bytes, idle_timeout: float | None
+) -> None:
     # The parser's callbacks are synchronous: they only record; the loop below does the I/O.
     events: list[tuple[str, bytes]] = []
     header: dict[str, bytes] = {"field": b"", "value": b""}
@@ -132,7 +157,7 @@ async def _receive_multipart(request: Request, receiver: _Receiver, boundary: by
     )
     part = _Part()
     body = 0
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, idle_timeout):
         body += len(chunk)
         if body > receiver.limit + _MULTIPART_OVERHEAD:
             raise _too_large(receiver.limit)
@@ -163,15 +188,24 @@ async def _receive_multipart(request: Request, receiver: _Receiver, boundary: by
 
 
 async def receive_upload(
-    request: Request, workdir: Path, *, max_bytes: int, filename: str | None
+    request: Request,
+    workdir: Path,
+    *,
+    max_bytes: int,
+    filename: str | None,
+    idle_timeout: float | None = None,
 ) -> list[StagedFile]:
     """Stream the request body into staged files in ``workdir``, closed and fsynced.
+
+    Args:
+        idle_timeout: seconds without a chunk before the upload is abandoned (None: wait).
 
     Returns:
         One staged file per uploaded file, in upload order, each with its sha256 and size.
 
     Raises:
         UploadTooLargeError: the body exceeds ``max_bytes`` (announced or received).
+        UploadTimeoutError: the client stopped sending.
         BadRequestError: a malformed form, a bad file name, or no file at all.
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
@@ -187,9 +221,9 @@ async def receive_upload(
             boundary = options.get(b"boundary")
             if not boundary:
                 raise BadRequestError("multipart body without a boundary")
-            await _receive_multipart(request, receiver, boundary)
+            await _receive_multipart(request, receiver, boundary, idle_timeout)
         else:
-            await _receive_raw(request, receiver, safe_filename(filename))
+            await _receive_raw(request, receiver, safe_filename(filename), idle_timeout)
         for staged in receiver.files:
             await run_in_threadpool(staged.close)
     except BaseException:

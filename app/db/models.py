@@ -24,7 +24,9 @@ from app.db.base import Base, UTCDateTime, new_id, utcnow
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "LOCAL_OWNER",
     "TERMINAL_STATUSES",
+    "ApiKey",
     "Artifact",
     "Checkpoint",
     "CheckpointFile",
@@ -46,14 +48,38 @@ ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
 TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+# Who owns what was made with no API keys configured (the loopback-only default).
+LOCAL_OWNER = "local"
+
+
+class ApiKey(Base):
+    """A bearer key: only the sha256 of its secret is stored; the token is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public part of the token
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Checkpoint(Base):
     """An uploaded, inspected source or template: one file or one sharded set."""
 
     __tablename__ = "checkpoints"
+    # Deduplicated per owner: the same bytes uploaded by two owners are two records (one
+    # blob), so an upload never reveals or hands over another owner's record.
+    __table_args__ = (UniqueConstraint("owner", "sha256"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(
+        String(64), default=LOCAL_OWNER, server_default=LOCAL_OWNER, index=True
+    )
     # A single file's sha256; for a sharded set, the sha256 of its sorted "name sha" lines.
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
     filename: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[str] = mapped_column(String(32))
@@ -115,6 +141,9 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(
+        String(64), default=LOCAL_OWNER, server_default=LOCAL_OWNER, index=True
+    )
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     stage: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[float] = mapped_column(Float, default=0.0)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import (
     ACTIVE_STATUSES,
+    ApiKey,
     Artifact,
     Checkpoint,
     CheckpointFile,
@@ -19,18 +20,25 @@ from app.db.models import (
     JobStatus,
 )
 
-__all__ = ["ArtifactRepository", "CheckpointRepository", "JobRepository"]
+__all__ = ["ApiKeyRepository", "ArtifactRepository", "CheckpointRepository", "JobRepository"]
+
+# ``owner=None`` in a query means every owner: workers and admins; API callers pass theirs.
 
 
 class CheckpointRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get(self, checkpoint_id: str) -> Checkpoint | None:
-        return self.session.get(Checkpoint, checkpoint_id)
+    def get(self, checkpoint_id: str, *, owner: str | None = None) -> Checkpoint | None:
+        checkpoint = self.session.get(Checkpoint, checkpoint_id)
+        if checkpoint is None or (owner is not None and checkpoint.owner != owner):
+            return None
+        return checkpoint
 
-    def get_by_sha256(self, sha256: str) -> Checkpoint | None:
-        return self.session.scalars(select(Checkpoint).where(Checkpoint.sha256 == sha256)).first()
+    def get_by_sha256(self, sha256: str, *, owner: str) -> Checkpoint | None:
+        return self.session.scalars(
+            select(Checkpoint).where(Checkpoint.sha256 == sha256, Checkpoint.owner == owner)
+        ).first()
 
     def add(self, checkpoint: Checkpoint, tensors: Sequence[dict[str, Any]]) -> Checkpoint:
         """Insert a checkpoint (with its files attached) and its tensor list."""
@@ -50,10 +58,14 @@ class CheckpointRepository:
         self.session.flush()
         return checkpoint
 
-    def page(self, *, offset: int, limit: int) -> tuple[list[Checkpoint], int]:
-        count = self.session.scalar(select(func.count()).select_from(Checkpoint)) or 0
+    def page(
+        self, *, offset: int, limit: int, owner: str | None = None
+    ) -> tuple[list[Checkpoint], int]:
+        where = [Checkpoint.owner == owner] if owner is not None else []
+        count = self.session.scalar(select(func.count()).select_from(Checkpoint).where(*where)) or 0
         rows = self.session.scalars(
             select(Checkpoint)
+            .where(*where)
             .order_by(Checkpoint.created_at.desc(), Checkpoint.id)
             .offset(offset)
             .limit(limit)
@@ -107,16 +119,23 @@ class JobRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get(self, job_id: str) -> Job | None:
-        return self.session.get(Job, job_id)
+    def get(self, job_id: str, *, owner: str | None = None) -> Job | None:
+        job = self.session.get(Job, job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            return None
+        return job
 
     def add(self, job: Job) -> Job:
         self.session.add(job)
         self.session.flush()
         return job
 
-    def page(self, *, offset: int, limit: int, status: str | None = None) -> tuple[list[Job], int]:
+    def page(
+        self, *, offset: int, limit: int, status: str | None = None, owner: str | None = None
+    ) -> tuple[list[Job], int]:
         where = [Job.status == status] if status else []
+        if owner is not None:
+            where.append(Job.owner == owner)
         count = self.session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
         rows = self.session.scalars(
             select(Job)
@@ -318,6 +337,37 @@ class JobRepository:
                 lease_expires_at=None,
             )
             .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+class ApiKeyRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, key: ApiKey) -> ApiKey:
+        self.session.add(key)
+        self.session.flush()
+        return key
+
+    def get(self, key_id: str) -> ApiKey | None:
+        return self.session.get(ApiKey, key_id)
+
+    def active(self, key_id: str) -> ApiKey | None:
+        key = self.session.get(ApiKey, key_id)
+        return key if key is not None and key.revoked_at is None else None
+
+    def any_active(self) -> bool:
+        return bool(self.session.scalar(select(exists().where(ApiKey.revoked_at.is_(None)))))
+
+    def all(self) -> list[ApiKey]:
+        return list(self.session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+    def revoke(self, key_id: str, *, now: datetime) -> bool:
+        result = self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=now)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from app.engine.errors import TooLargeError, UnreadableCheckpointError, UnsafeCheckpointError
 from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
-from app.engine.pickle_reader import StorageRef, TensorRef, load_restricted
+from app.engine.pickle_reader import StorageRef, TensorRef, check_tree, load_restricted
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +67,9 @@ _PLAIN_ENTRIES = ("state_dict", "model", "module", "net", "params")
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors header / data.pkl / legacy pickle cap
 MAX_ZIP_MEMBERS = 1_000_000
+# Tensor views may declare at most this many times the file's bytes (tied weights and
+# transposed views legitimately declare some bytes twice; stride-0 bombs declare millions).
+MAX_EXPANSION = 16
 _PICKLE_MAGIC = 0x1950A86A20F9469CFC6C
 _PICKLE_PROTOCOL = 1001
 _COPY_CHUNK = 1 << 20
@@ -119,6 +122,11 @@ def _read_exact(f: Any, offset: int, size: int, what: str) -> bytearray:
             raise UnreadableCheckpointError(f"truncated file: {what} ends early")
         got += n
     return buf
+
+
+def _check_root(root: Any, file_size: int) -> None:
+    """Depth, node and element caps on an unpickled root, walked without recursion."""
+    check_tree(root, max_tensor_bytes=max(file_size * MAX_EXPANSION, 1 << 20))
 
 
 class _StorageFileReader:
@@ -224,6 +232,7 @@ class _ZipReader(_StorageFileReader):
             raise UnreadableCheckpointError(f"cannot read data.pkl ({exc})") from None
         storages: dict[str, StorageRef] = {}
         root = load_restricted(pkl, storages=storages)
+        _check_root(root, file_size)
         for key, storage in storages.items():
             member = by_name.get(f"{prefix}/data/{key}")
             if member is None:
@@ -269,6 +278,7 @@ class _LegacyReader(_StorageFileReader):
             raise UnreadableCheckpointError("big-endian checkpoints are not supported")
         storages: dict[str, StorageRef] = {}
         root = load_restricted(f, storages=storages)
+        _check_root(root, file_size)
         keys = load_restricted(f)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise UnreadableCheckpointError("legacy checkpoint has a malformed storage table")

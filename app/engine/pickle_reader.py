@@ -17,7 +17,19 @@ from typing import IO, Any
 from app.engine.errors import UnreadableCheckpointError, UnsafeCheckpointError
 from app.engine.meta import DTYPE_SIZES
 
-__all__ = ["StorageRef", "TensorRef", "load_restricted"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "StorageRef",
+    "TensorRef",
+    "check_tree",
+    "load_restricted",
+]
+
+# Caps on the unpickled object: real checkpoints nest a few levels and hold at most a few
+# million objects (optimizer state included); anything beyond is refused, not walked.
+MAX_DEPTH = 1000
+MAX_NODES = 5_000_000
 
 # torch's pickled storage class names -> canonical dtype names (torch/storage.py's map).
 STORAGE_DTYPES: dict[str, str] = {
@@ -260,3 +272,58 @@ def load_restricted(
         raise UnreadableCheckpointError(
             f"corrupt pickle ({type(exc).__name__}: {str(exc)[:120]})"
         ) from None
+
+
+def check_tree(
+    root: Any,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_nodes: int = MAX_NODES,
+    max_tensor_bytes: int | None = None,
+) -> int:
+    """Validate an unpickled object without recursion: depth, node count, tensor bytes.
+
+    Args:
+        root: what :func:`load_restricted` returned.
+        max_depth: deepest container nesting allowed.
+        max_nodes: most objects (containers, scalars, tensors) allowed.
+        max_tensor_bytes: budget for the bytes the tensors' views declare, each distinct
+            view counted once (stride-0 views can declare far more than the file holds).
+
+    Returns:
+        The bytes the distinct tensor views declare.
+
+    Raises:
+        TooLargeError: a cap is exceeded.
+    """
+    from app.engine.errors import TooLargeError
+
+    nodes = 0
+    declared = 0
+    seen: set[int] = set()
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            raise TooLargeError(f"the pickle holds more than {max_nodes} objects")
+        if depth > max_depth:
+            raise TooLargeError(f"the pickle nests deeper than {max_depth} levels")
+        if isinstance(node, TensorRef):
+            if id(node) not in seen:
+                seen.add(id(node))
+                numel = 1
+                for size in node.shape:
+                    numel *= size
+                declared += numel * DTYPE_SIZES[node.dtype]
+                if max_tensor_bytes is not None and declared > max_tensor_bytes:
+                    raise TooLargeError(
+                        f"the tensors declare more than {max_tensor_bytes} bytes of data, far "
+                        "more than the file holds (stride-0 or overlapping views)"
+                    )
+        elif isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+            stack.extend((k, depth + 1) for k in node)
+        elif isinstance(node, list | tuple | set | frozenset):
+            stack.extend((v, depth + 1) for v in node)
+    return declared

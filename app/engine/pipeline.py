@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app import __version__
 from app.engine.checkpoint import Source, open_source
@@ -17,6 +17,9 @@ from app.engine.plan import Plan, build_plan
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest
 from app.engine.target import Target
+
+if TYPE_CHECKING:
+    from app.engine.architectures import BoundArchitecture
 
 __all__ = ["ConversionResult", "convert"]
 
@@ -55,6 +58,7 @@ def convert(
     verify: bool = True,
     byte_copy: bool = True,
     source_sha256: str | None = None,
+    source_architecture: BoundArchitecture | None = None,
 ) -> ConversionResult:
     """Convert ``source`` into ``target`` following ``recipe``.
 
@@ -70,12 +74,17 @@ def convert(
         progress: called with (stage, fraction in 0..1).
         max_shard_size: write Hugging Face shards of at most this many bytes into the folder
             ``output`` (``model-0000i-of-0000N.safetensors`` + ``model.safetensors.index.json``).
-        verify: re-read the output and compare every fed tensor with the source.
+        verify: re-read the output and compare every fed tensor with the source; for an
+            architecture target, also load it into the model on ``device`` (strict, assign)
+            and run a forward pass on the example input it declares.
         byte_copy: copy unchanged tensors file to file without torch (``False`` forces the
             torch path; both give byte-identical files).
         source_sha256: the source's digest when the caller already knows it (the service
             hashes uploads as they stream in); otherwise it is computed, in a thread beside
             the copy. A dry run never hashes: planning reads headers only.
+        source_architecture: the architecture the source checkpoint belongs to (see
+            ``app.engine.architectures.bind_architecture``). With an architecture target and
+            a recipe that only renamed keys, both models run and must agree (allclose).
 
     Returns:
         The result. A policy refusal gives ``ok=False`` and a report, and writes nothing.
@@ -94,12 +103,43 @@ def convert(
             return ConversionResult(report["ok"] and plan.ok, report, manifest, None)
         with ThreadPoolExecutor(max_workers=1) as pool:
             hashing = pool.submit(src.sha256) if source_sha256 is None else None
-            return _write(
+            result = _write(
                 src, target, recipe, plan, manifest, Path(output),
                 hashing.result if hashing else lambda: source_sha256 or "",
                 fmt=fmt, device=device, progress=progress, max_shard_size=max_shard_size,
                 verify=verify, byte_copy=byte_copy,
             )  # fmt: skip
+        _verify_on_model(result, src, target, verify, device, source_architecture, progress)
+        return result
+
+
+# Verification on the model (architecture targets) ----------------------------------------
+
+
+def _verify_on_model(
+    result: ConversionResult,
+    src: Source,
+    target: Target,
+    verify: bool,
+    device: str,
+    source_architecture: BoundArchitecture | None,
+    progress: Callable[[str, float], None] | None,
+) -> None:
+    """Run the converted weights in the target's model (see ``app.engine.verify_model``)."""
+    if not verify or target.architecture is None or result.output is None:
+        return
+    from app.engine.verify_model import verify_on_model
+
+    if progress:
+        progress("verify-model", 0.0)
+    outcome = verify_on_model(
+        result.output, target.architecture, result.report, device=device, source=src,
+        source_architecture=source_architecture,
+    )  # fmt: skip
+    outcome.apply(result.report)
+    result.ok = bool(result.report["ok"])
+    if progress:
+        progress("verify-model", 1.0)
 
 
 def _write(

@@ -36,7 +36,7 @@ def _entry_json(entry: PlanEntry, digest: str | None) -> dict[str, Any]:
         "shape": list(entry.shape),
         "source_shape": list(entry.source_shape) if entry.source_shape is not None else None,
         "dtype": entry.dtype,
-        "sha256": digest,
+        "digest": digest,
     }
     if entry.init is not None:
         out["init"] = {"fn": entry.init.fn, "args": entry.init.args, "seed": entry.init.seed}
@@ -228,4 +228,33 @@ def render_text(report: dict[str, Any]) -> str:
             f"verification  {v['equal']}/{v['checked']} equal to the source, "
             + strict[v["strict_load"]],
         ]
+        lines += _model_checks(v)
     return "\n".join(lines)
+
+
+def _model_checks(v: dict[str, Any]) -> list[str]:
+    """The forward-pass and equivalence lines of an architecture target's verification."""
+    lines: list[str] = []
+    forward = v.get("forward")
+    if forward:
+        if forward.get("ok") is None:
+            how = f"skipped ({forward.get('skipped')})"
+        elif forward.get("error"):
+            how = f"FAILED: {forward['error']}"
+        else:
+            how = (
+                f"{'ok' if forward['ok'] else 'FAILED'}: input {forward['input_shape']} -> "
+                f"{forward['output_shape']} (declared {forward['expected_shape']}), "
+                f"{'finite' if forward['finite'] else 'NaN/Inf'}"
+            )
+        lines.append(f"forward pass  {forward['architecture']} on {forward['device']}: {how}")
+    eq = v.get("equivalence")
+    if eq:
+        if not eq["run"]:
+            how = f"not run: {eq['reason']}"
+        elif eq.get("error"):
+            how = f"FAILED: {eq['error']}"
+        else:
+            how = f"{'allclose' if eq['ok'] else 'DIFFERENT'} (max |diff| {eq['max_abs_diff']})"
+        lines.append(f"equivalence   with source {eq['source_architecture']}: {how}")
+    return lines

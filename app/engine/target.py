@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from app.engine.architectures import BoundArchitecture
+
 __all__ = ["SKELETON_SCHEMA", "Target", "skeleton_from_module"]
 
 SKELETON_SCHEMA = "graft.skeleton/v1"
@@ -36,6 +38,8 @@ class Target:
         kind: ``template``, ``skeleton`` or ``architecture``.
         tensors: key -> description, in the target's own order.
         name: what to call it in reports (file name, ``skeleton``, ``arch:NAME``).
+        architecture: for a registered architecture, the model it describes (with its
+            kwargs): conversions into it are verified by running that model.
     """
 
     def __init__(
@@ -45,10 +49,12 @@ class Target:
         *,
         name: str,
         template: Source | None = None,
+        architecture: BoundArchitecture | None = None,
     ) -> None:
         self.kind = kind
         self.tensors = tensors
         self.name = name
+        self.architecture = architecture
         self._template = template
 
     @property
@@ -113,6 +119,30 @@ class Target:
     def from_module(cls, module: nn.Module, *, name: str) -> Target:
         """A live (possibly meta-device) module: exact kinds and module types."""
         return cls("architecture", _module_tensors(module), name=name)
+
+    @classmethod
+    def from_architecture(
+        cls,
+        name: str,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        extra: str | None = None,
+    ) -> Target:
+        """A registered architecture, built on the meta device (planning allocates nothing).
+
+        Args:
+            name: the architecture's registered name (see ``app.engine.architectures``).
+            kwargs: JSON-like kwargs for its factory, checked against its signature.
+            extra: more architectures, ``name=module:factory,...`` (``GRAFT_ARCHITECTURES``).
+
+        Raises:
+            InvalidTargetError: unknown architecture, bad kwargs, or a factory that fails.
+        """
+        from app.engine.architectures import bind_architecture
+
+        bound = bind_architecture(name, kwargs, extra=extra)
+        model = bound.build("meta")
+        return cls("architecture", _module_tensors(model), name=f"arch:{name}", architecture=bound)
 
 
 def _parse_skeleton(skeleton: Any) -> dict[str, TensorInfo]:

@@ -9,7 +9,7 @@ from anyio import to_thread
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Checkpoint, CheckpointFile, CheckpointTensor
+from app.db.models import LOCAL_OWNER, Checkpoint, CheckpointFile, CheckpointTensor
 from app.db.repositories import CheckpointRepository
 from app.services.errors import ConflictError, NotFoundError
 from app.services.inspector import InspectorPool
@@ -43,9 +43,16 @@ def _display_name(names: list[str]) -> str:
 
 
 def publish_checkpoint(
-    session: Session, store: BlobStore, files: list[StagedFile], summary: dict[str, Any]
+    session: Session,
+    store: BlobStore,
+    files: list[StagedFile],
+    summary: dict[str, Any],
+    *,
+    owner: str = LOCAL_OWNER,
 ) -> tuple[Checkpoint, bool]:
-    """Publish inspected, staged files and insert the record (or return the existing one).
+    """Publish inspected, staged files and insert the record (or return the owner's existing
+    one). Blobs are published before the record commits; a crash in between leaves blobs no
+    record references, which the start-up sweep collects (``app.services.bootstrap``).
 
     Returns:
         ``(checkpoint, created)``.
@@ -53,13 +60,14 @@ def publish_checkpoint(
     repo = CheckpointRepository(session)
     named = [(f.path.name, f.sha256) for f in files]
     digest = checkpoint_digest(named)
-    existing = repo.get_by_sha256(digest)
+    existing = repo.get_by_sha256(digest, owner=owner)
     if existing is not None:
         return existing, False
     for staged in files:
         store.publish(staged.path, staged.sha256)
     totals = summary.get("totals", {})
     checkpoint = Checkpoint(
+        owner=owner,
         sha256=digest,
         filename=_display_name([n for n, _ in named]),
         size=sum(f.size for f in files),
@@ -81,7 +89,7 @@ def publish_checkpoint(
             repo.add(checkpoint, summary.get("tensors", []))
     except IntegrityError:
         # A concurrent upload of the same bytes won (PostgreSQL; SQLite serialises writers).
-        existing = repo.get_by_sha256(digest)
+        existing = repo.get_by_sha256(digest, owner=owner)
         if existing is None:
             raise
         return existing, False
@@ -94,50 +102,58 @@ async def register_upload(
     inspector: InspectorPool,
     files: list[StagedFile],
     *,
+    owner: str,
     entry: str = "auto",
 ) -> tuple[Checkpoint, bool]:
     """Inspect staged files in a child process, then publish blobs and the record.
 
     Args:
         files: closed staged files (names as uploaded, sha256 and size known).
+        owner: who the record belongs to.
         entry: the weights entry to use (SPEC §1).
 
     Returns:
-        ``(checkpoint, created)``; identical bytes give back the existing record.
+        ``(checkpoint, created)``; identical bytes from the same owner give back the
+        existing record.
 
     Raises:
         InspectionError: the engine refused the file; nothing is stored.
     """
     summary = await inspector.inspect([f.path for f in files], entry=entry)
-    return await to_thread.run_sync(publish_checkpoint, session, store, files, summary)
+    return await to_thread.run_sync(
+        lambda: publish_checkpoint(session, store, files, summary, owner=owner)
+    )
 
 
-def get_checkpoint(session: Session, checkpoint_id: str) -> Checkpoint:
-    checkpoint = CheckpointRepository(session).get(checkpoint_id)
+def get_checkpoint(session: Session, checkpoint_id: str, *, owner: str | None) -> Checkpoint:
+    """One checkpoint; another owner's answers as if it did not exist."""
+    checkpoint = CheckpointRepository(session).get(checkpoint_id, owner=owner)
     if checkpoint is None:
         raise NotFoundError(f"no checkpoint with id {checkpoint_id!r}")
     return checkpoint
 
 
-def list_checkpoints(session: Session, *, offset: int, limit: int) -> tuple[list[Checkpoint], int]:
-    return CheckpointRepository(session).page(offset=offset, limit=limit)
+def list_checkpoints(
+    session: Session, *, offset: int, limit: int, owner: str | None
+) -> tuple[list[Checkpoint], int]:
+    return CheckpointRepository(session).page(offset=offset, limit=limit, owner=owner)
 
 
 def list_tensors(
-    session: Session, checkpoint_id: str, *, offset: int, limit: int
+    session: Session, checkpoint_id: str, *, offset: int, limit: int, owner: str | None
 ) -> tuple[list[CheckpointTensor], int]:
-    get_checkpoint(session, checkpoint_id)
+    get_checkpoint(session, checkpoint_id, owner=owner)
     return CheckpointRepository(session).tensors(checkpoint_id, offset=offset, limit=limit)
 
 
-def delete_checkpoint(session: Session, checkpoint_id: str) -> None:
+def delete_checkpoint(session: Session, checkpoint_id: str, *, owner: str | None) -> None:
     """Delete a record (its blobs stay until a sweep: they may be shared).
 
     Raises:
         ConflictError: a queued or running job uses it.
     """
     repo = CheckpointRepository(session)
-    checkpoint = get_checkpoint(session, checkpoint_id)
+    checkpoint = get_checkpoint(session, checkpoint_id, owner=owner)
     if repo.in_use(checkpoint_id):
         raise ConflictError(
             f"checkpoint {checkpoint_id} is used by a queued or running job; "

@@ -14,6 +14,8 @@ __all__ = [
     "InvalidJobError",
     "NotFoundError",
     "ServiceError",
+    "TooManyRangesError",
+    "UploadTimeoutError",
     "UploadTooLargeError",
     "status_for_type",
 ]
@@ -40,9 +42,12 @@ class ServiceError(Exception):
     status: int = 500
     title: str = "Service error"
 
-    def __init__(self, message: str, **extra: Any) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -76,3 +81,17 @@ class InvalidJobError(ServiceError):
     type = "invalid-job"
     status = 422
     title = "Invalid job"
+
+
+class UploadTimeoutError(ServiceError):
+    """The client stopped sending the body."""
+
+    type = "upload-timeout"
+    status = 408
+    title = "Upload timed out"
+
+
+class TooManyRangesError(ServiceError):
+    type = "too-many-ranges"
+    status = 416
+    title = "Range not satisfiable"

@@ -2,8 +2,9 @@
 
 Untrusted uploads are parsed by the engine inside long-lived helper processes
 (``python -m app.services.inspector``), one request at a time each, speaking JSON lines
-over stdin/stdout. A child that hangs past the timeout is killed, one that dies is replaced;
-either way the upload is refused and the API process is untouched.
+over stdin/stdout, under the sandbox's resource limits (``app.services.sandbox``). A child
+that hangs past the timeout is killed, one that dies (a limit hit) is replaced; either way
+the upload is refused and the API process is untouched.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.services.errors import ServiceError
+from app.services.errors import ServiceError, status_for_type
+from app.services.sandbox import Limits, apply_limits, describe_failure, renew_cpu_limit
 
 __all__ = ["InspectionError", "InspectorPool"]
 
@@ -35,6 +37,7 @@ class InspectionError(ServiceError):
     def __init__(self, problem_type: str, message: str) -> None:
         super().__init__(message)
         self.type = problem_type
+        self.status = status_for_type(problem_type)
 
 
 class _Child:
@@ -64,11 +67,22 @@ class InspectorPool:
     Args:
         size: how many children run (and so how many inspections run at once).
         timeout: seconds one inspection may take before its child is killed.
+        limits: each child's resource limits (default: none).
+        max_tensors: most tensors one checkpoint may hold.
     """
 
-    def __init__(self, *, size: int, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        timeout: float,
+        limits: Limits | None = None,
+        max_tensors: int | None = None,
+    ) -> None:
         self.size = size
         self.timeout = timeout
+        self.limits = limits or Limits()
+        self.max_tensors = max_tensors
         self._idle: asyncio.Queue[_Child] | None = None
         self._children: set[_Child] = set()
 
@@ -77,6 +91,7 @@ class InspectorPool:
             sys.executable,
             "-m",
             "app.services.inspector",
+            json.dumps(self.limits.as_dict()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=_LINE_LIMIT,
@@ -136,7 +151,12 @@ class InspectorPool:
             InspectionError: the engine refused the file, or the child died or hung.
         """
         answer = await self._call(
-            {"op": "inspect", "files": [str(p) for p in files], "entry": entry}
+            {
+                "op": "inspect",
+                "files": [str(p) for p in files],
+                "entry": entry,
+                "max_tensors": self.max_tensors,
+            }
         )
         if not answer.get("ok"):
             raise InspectionError(
@@ -145,9 +165,13 @@ class InspectorPool:
         result: dict[str, Any] = answer["result"]
         return result
 
-    async def architectures(self) -> list[dict[str, Any]]:
-        """The engine's registered architectures (asked of a child: no torch import here)."""
-        answer = await self._call({"op": "architectures"})
+    async def architectures(self, *, extra: str = "") -> list[dict[str, Any]]:
+        """The engine's registered architectures (asked of a child: no torch import here).
+
+        Args:
+            extra: more architectures, ``name=module:factory,...`` (``GRAFT_ARCHITECTURES``).
+        """
+        answer = await self._call({"op": "architectures", "extra": extra})
         if not answer.get("ok"):
             raise InspectionError(str(answer.get("type")), str(answer.get("message")))
         result: list[dict[str, Any]] = answer["result"]
@@ -159,16 +183,10 @@ class InspectorPool:
 # ------------------------------------------------------------------------------------------
 
 
-def _list_architectures() -> list[dict[str, Any]]:
-    try:
-        from app.engine import architectures as registry  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    describe = getattr(registry, "describe_architectures", None)
-    if describe is None:
-        return []
-    result: list[dict[str, Any]] = describe()
-    return result
+def _list_architectures(extra: str) -> list[dict[str, Any]]:
+    from app.engine.architectures import describe_architectures
+
+    return describe_architectures(extra)
 
 
 def _handle(request: dict[str, Any]) -> dict[str, Any]:
@@ -177,31 +195,42 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
 
     try:
         if request.get("op") == "architectures":
-            return {"ok": True, "result": _list_architectures()}
+            return {"ok": True, "result": _list_architectures(request.get("extra") or "")}
         files = [Path(p) for p in request["files"]]
         source: Path | list[Path] = files[0] if len(files) == 1 else files
-        return {"ok": True, "result": inspect_source(source, entry=request.get("entry", "auto"))}
+        summary = inspect_source(source, entry=request.get("entry", "auto"))
+        cap = request.get("max_tensors")
+        if cap is not None and len(summary["tensors"]) > cap:
+            return {
+                "ok": False,
+                "type": "too-large",
+                "message": f"the checkpoint holds {len(summary['tensors'])} tensors; "
+                f"this service accepts at most {cap} (GRAFT_MAX_TENSORS)",
+            }
+        return {"ok": True, "result": summary}
     except GraftError as exc:
         return {"ok": False, "type": exc.type, "message": exc.message}
-    except Exception as exc:  # an engine bug must not look like a crash of the pool
-        logger.exception("inspection failed")
-        return {"ok": False, "type": "unreadable-checkpoint", "message": f"cannot read: {exc}"}
+    except Exception as exc:  # a limit, or an engine bug: neither may crash the pool
+        kind, message = describe_failure(exc)
+        if kind == "internal-error":
+            logger.exception("inspection failed")
+            kind, message = "unreadable-checkpoint", f"cannot read: {exc}"
+        return {"ok": False, "type": kind, "message": message}
 
 
 def _child_main() -> None:
     # The protocol owns the real stdout; anything else printed goes to stderr.
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
-    with contextlib.suppress(Exception):
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     logging.basicConfig(level=logging.WARNING)
-    import app.engine.checkpoint  # noqa: F401  (pay the torch import before the first request)
+    import app.engine.checkpoint  # noqa: F401  (pay the imports before the first request)
 
+    limits = Limits(**json.loads(sys.argv[1])) if len(sys.argv) > 1 else Limits()
+    apply_limits(limits, renewable_cpu=True)
     for line in sys.stdin:
         if not line.strip():
             continue
+        renew_cpu_limit(limits.cpu_seconds)
         answer = _handle(json.loads(line))
         out.write(json.dumps(answer) + "\n")
         out.flush()

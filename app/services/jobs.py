@@ -35,18 +35,25 @@ def create_job(
     output_dtype: str | None,
     dry_run: bool,
     max_attempts: int,
+    owner: str,
+    checkpoint_owner: str | None = None,
 ) -> Job:
     """Validate and queue a conversion. Workers pick it up once the caller commits.
 
+    Args:
+        owner: who the job belongs to.
+        checkpoint_owner: whose checkpoints it may name (None: anyone's, for admins).
+
     Raises:
-        InvalidJobError: an unknown checkpoint, or an unusable target description.
+        InvalidJobError: an unknown (or another owner's) checkpoint, or an unusable target.
         InvalidRecipeError: from the engine, naming the rule.
     """
     checkpoints = CheckpointRepository(session)
-    if checkpoints.get(source) is None:
+    if checkpoints.get(source, owner=checkpoint_owner) is None:
         raise InvalidJobError(f"source: no checkpoint with id {source!r}; upload it first")
     validate_recipe(recipe)
     job = Job(
+        owner=owner,
         source_id=source,
         recipe=recipe,
         output_format=output_format,
@@ -55,7 +62,7 @@ def create_job(
         max_attempts=max_attempts,
     )
     if "checkpoint" in target:
-        if checkpoints.get(target["checkpoint"]) is None:
+        if checkpoints.get(target["checkpoint"], owner=checkpoint_owner) is None:
             raise InvalidJobError(
                 f"target.checkpoint: no checkpoint with id {target['checkpoint']!r}"
             )
@@ -79,27 +86,28 @@ def create_job(
     return JobRepository(session).add(job)
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    job = JobRepository(session).get(job_id)
+def get_job(session: Session, job_id: str, *, owner: str | None) -> Job:
+    """One job; another owner's answers as if it did not exist."""
+    job = JobRepository(session).get(job_id, owner=owner)
     if job is None:
         raise NotFoundError(f"no job with id {job_id!r}")
     return job
 
 
 def list_jobs(
-    session: Session, *, offset: int, limit: int, status: str | None
+    session: Session, *, offset: int, limit: int, status: str | None, owner: str | None
 ) -> tuple[list[Job], int]:
-    return JobRepository(session).page(offset=offset, limit=limit, status=status)
+    return JobRepository(session).page(offset=offset, limit=limit, status=status, owner=owner)
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, *, owner: str | None) -> Job:
     """Cancel a queued job now, or ask the worker running it to stop.
 
     Raises:
         ConflictError: the job already finished.
     """
     repo = JobRepository(session)
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, owner=owner)
     if job.status in TERMINAL_STATUSES:
         raise ConflictError(f"job {job_id} already {job.status}; nothing to cancel")
     now = utcnow()
@@ -109,13 +117,13 @@ def cancel_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def get_artifact(session: Session, job_id: str, name: str) -> Artifact:
+def get_artifact(session: Session, job_id: str, name: str, *, owner: str | None) -> Artifact:
     """One published artifact of a job.
 
     Raises:
         NotFoundError: no such job, or the job has not produced it (yet).
     """
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, owner=owner)
     artifact = ArtifactRepository(session).get(job_id, name)
     if artifact is None:
         hint = (

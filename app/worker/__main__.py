@@ -1,4 +1,4 @@
-"""``python -m app.worker [--embedded]``: one worker process."""
+"""``python -m app.worker [--embedded] [--index N]``: one worker process."""
 
 from __future__ import annotations
 
@@ -8,4 +8,6 @@ import sys
 from app.worker.main import run_worker
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-run_worker(watch_parent="--embedded" in sys.argv[1:])
+args = sys.argv[1:]
+index = int(args[args.index("--index") + 1]) if "--index" in args else 0
+run_worker(watch_parent="--embedded" in args, index=index)

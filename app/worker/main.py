@@ -10,6 +10,7 @@ from types import FrameType
 
 from app.config import Settings, get_settings
 from app.db.session import Database
+from app.services.sandbox import Limits
 from app.storage import BlobStore
 from app.worker.runner import JobRunner
 
@@ -22,8 +23,14 @@ logger = logging.getLogger(__name__)
 STAGE_DELAY_ENV = "GRAFT_TEST_STAGE_DELAY"
 
 
-def run_worker(settings: Settings | None = None, *, watch_parent: bool = False) -> None:
-    """Run jobs until SIGTERM/SIGINT (or, embedded, until the parent process goes away)."""
+def run_worker(
+    settings: Settings | None = None, *, watch_parent: bool = False, index: int = 0
+) -> None:
+    """Run jobs until SIGTERM/SIGINT (or, embedded, until the parent process goes away).
+
+    ``index`` is this worker's number on the host: with several GPUs, worker ``i`` uses GPU
+    ``i % count`` (unless ``GRAFT_DEVICE`` names one).
+    """
     settings = settings or get_settings()
     if settings.worker_nice:
         # Conversions are batch work: on a shared host the API must keep answering first.
@@ -39,6 +46,9 @@ def run_worker(settings: Settings | None = None, *, watch_parent: bool = False) 
         poll_seconds=settings.poll_seconds,
         device=settings.device,
         stage_delay=float(os.environ.get(STAGE_DELAY_ENV, "0") or 0),
+        limits=Limits.for_conversion(settings),
+        worker_index=index,
+        architectures=settings.architectures,
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

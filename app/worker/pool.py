@@ -28,12 +28,15 @@ class WorkerPool:
         self._thread = threading.Thread(target=self._supervise, name="worker-pool", daemon=True)
 
     @staticmethod
-    def _spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "app.worker", "--embedded"])
+    def _spawn(index: int) -> subprocess.Popen[bytes]:
+        # The index pins each worker to one GPU when there are several (resolve_device).
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.worker", "--embedded", "--index", str(index)]
+        )
 
     def start(self) -> None:
         with self._lock:
-            self.processes = [self._spawn() for _ in range(self.size)]
+            self.processes = [self._spawn(i) for i in range(self.size)]
         logger.info("started %d worker process(es): %s", self.size, self.pids())
         self._thread.start()
 
@@ -48,7 +51,7 @@ class WorkerPool:
                     code = process.poll()
                     if code is not None and not self._stop.is_set():
                         logger.warning("worker %d exited with %s; restarting", process.pid, code)
-                        self.processes[i] = self._spawn()
+                        self.processes[i] = self._spawn(i)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every worker (a running job goes back to the queue), then wait."""

@@ -3,7 +3,9 @@
 A worker claims one job with one UPDATE, then renews its lease from a heartbeat thread while
 the engine runs in the main thread. Progress and stage go to the database with each
 heartbeat; a cancel request or a lost lease is noticed there and stops the engine at its next
-progress call. Artifacts are published to the blob store first (atomic, content-addressed),
+progress call. The conversion itself runs in a sandbox child (``app.services.sandbox``)
+with resource limits; the worker only relays its progress and kills it on cancel. Artifacts
+are published to the blob store first (atomic, content-addressed),
 then the job is completed and its artifact rows written in one transaction, and only while
 this worker still holds the lease, so a job completes exactly once even if a worker thought
 dead comes back.
@@ -11,6 +13,7 @@ dead comes back.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ from app.db.base import utcnow
 from app.db.models import Artifact, JobStatus
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
 from app.db.session import Database
+from app.services.sandbox import Limits, SandboxError, run_sandboxed
 from app.storage import BlobStore
 
 __all__ = ["JobRunner", "resolve_device"]
@@ -34,13 +38,26 @@ __all__ = ["JobRunner", "resolve_device"]
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else as given."""
-    if device != "auto":
+def resolve_device(device: str, *, index: int = 0) -> str:
+    """The device one worker uses: ``cpu`` or ``cuda:N``.
+
+    ``auto`` is CUDA when torch sees a GPU, else the CPU. ``auto`` and ``cuda`` pin worker
+    ``index`` to GPU ``index % device_count`` so several workers spread over several GPUs;
+    ``cuda:N`` and ``cpu`` are taken as given.
+
+    Raises:
+        RuntimeError: ``cuda`` was asked for and torch sees no GPU.
+    """
+    if device == "cpu" or device.startswith("cuda:"):
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        if device == "cuda":
+            raise RuntimeError("GRAFT_DEVICE=cuda, but torch sees no CUDA device")
+        return "cpu"
+    return f"cuda:{index % count}"
 
 
 class _Abort(BaseException):
@@ -85,9 +102,12 @@ class JobRunner:
         lease_seconds: how long a claim lasts without a heartbeat.
         heartbeat_seconds: how often the lease is renewed.
         poll_seconds: idle wait between claims.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]`` (see :func:`resolve_device`).
         stage_delay: TEST ONLY (``GRAFT_TEST_STAGE_DELAY``): seconds to sleep between stages,
             so tests can kill a worker mid-job. Zero in production.
+        limits: the sandbox limits of each job's conversion child (default: none).
+        worker_index: this worker's number among those on the host (GPU pinning).
+        architectures: more architecture targets, ``name=module:factory,...``.
     """
 
     def __init__(
@@ -100,6 +120,9 @@ class JobRunner:
         poll_seconds: float,
         device: str,
         stage_delay: float = 0.0,
+        limits: Limits | None = None,
+        worker_index: int = 0,
+        architectures: str = "",
     ) -> None:
         self.database = database
         self.store = store
@@ -108,6 +131,9 @@ class JobRunner:
         self.poll_seconds = poll_seconds
         self.device = device
         self.stage_delay = stage_delay
+        self.limits = limits or Limits()
+        self.worker_index = worker_index
+        self.architectures = architectures
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stop_event = threading.Event()
 
@@ -185,7 +211,7 @@ class JobRunner:
         artifacts: list[dict[str, Any]] = []
         try:
             spec = self._load(job_id)
-            device = resolve_device(self.device)
+            device = resolve_device(self.device, index=self.worker_index)
             with self.store.workdir() as work:
                 ok, artifacts = self._convert(spec, work, state, device)
             if ok:
@@ -320,69 +346,73 @@ class JobRunner:
     def _convert(
         self, spec: _Spec, work: Path, state: _State, device: str
     ) -> tuple[bool, list[dict[str, Any]]]:
-        from app.engine.errors import InvalidTargetError
-        from app.engine.pipeline import convert
-        from app.engine.recipe import load_recipe
-        from app.engine.report import render_text
-        from app.engine.target import Target
-
+        """Materialise the inputs, convert in a sandbox child, publish what it wrote."""
         self._pause(state, "preparing")
         source = self._materialize(spec.source_files, work / "source")
-        if spec.target_kind == "checkpoint":
-            target = Target.from_checkpoint(self._materialize(spec.target_files, work / "target"))
-        elif spec.target_kind == "skeleton":
-            target = Target.from_skeleton(spec.target_spec or {})
-        else:
-            factory = getattr(Target, "from_architecture", None)
-            if factory is None:
-                raise InvalidTargetError("architecture targets are not available in this build")
-            spec_ = spec.target_spec or {}
-            target = factory(spec_["architecture"], **spec_.get("kwargs", {}))
-        recipe = load_recipe(spec.recipe)
+        target_files = (
+            self._materialize(spec.target_files, work / "target")
+            if spec.target_kind == "checkpoint"
+            else None
+        )
+        out = work / "out"
+        out.mkdir()
         suffix = "safetensors" if spec.output_format == "safetensors" else "pt"
-        output = None if spec.dry_run else work / "out" / f"{spec.job_id}.{suffix}"
-        if output is not None:
-            output.parent.mkdir()
-        with target:
-            result = convert(
-                source,
-                target,
-                recipe,
-                output=output,
-                fmt=spec.output_format,  # type: ignore[arg-type]
-                dtype=spec.output_dtype,
-                dry_run=spec.dry_run,
-                device=device,
-                progress=self._progress(state),
-            )
+        payload = {
+            "source": _as_list(source),
+            "target_kind": spec.target_kind,
+            "target_files": _as_list(target_files) if target_files is not None else None,
+            "target_spec": spec.target_spec,
+            "recipe": spec.recipe,
+            "output": None if spec.dry_run else str(out / f"{spec.job_id}.{suffix}"),
+            "output_format": spec.output_format,
+            "output_dtype": spec.output_dtype,
+            "dry_run": spec.dry_run,
+            "device": device,
+            "reports": str(out),
+            "architectures": self.architectures,
+        }
+        limits = self.limits
+        if device.startswith("cuda"):  # CUDA maps far more address space than it uses
+            limits = dataclasses.replace(limits, address_space=0)
+        progress = self._progress(state)
+        result = run_sandboxed(
+            "app.worker.runner:convert_in_sandbox",
+            payload,
+            limits=limits,
+            preload=_SANDBOX_PRELOAD,
+            on_event=lambda e: progress(str(e.get("stage")), float(e.get("fraction", 0.0))),
+            tick=lambda: self._check_abort(state),
+        )
         self._pause(state, "publishing")
         artifacts = [
-            self._put("report", f"{spec.job_id}.report.json", _MEDIA["json"], _json(result.report)),
-            self._put(
-                "report-text",
-                f"{spec.job_id}.report.txt",
-                _MEDIA["text"],
-                render_text(result.report).encode(),
-            ),
-            self._put(
-                "manifest", f"{spec.job_id}.manifest.json", _MEDIA["json"], _json(result.manifest)
-            ),
+            self._ingest(name, f"{spec.job_id}.{suffix_}", media, out / file, out)
+            for name, suffix_, media, file in _REPORT_FILES
         ]
-        if result.output is not None and not spec.dry_run:
-            sha, size = self.store.ingest(Path(result.output))
+        if result.get("output") and not spec.dry_run:
             artifacts.append(
-                {
-                    "name": "weights",
-                    "filename": Path(result.output).name,
-                    "media_type": "application/octet-stream",
-                    "sha256": sha,
-                    "size": size,
-                }
+                self._ingest(
+                    "weights",
+                    Path(result["output"]).name,
+                    "application/octet-stream",
+                    Path(result["output"]),
+                    out,
+                )
             )
-        return bool(result.ok), artifacts
+        return bool(result["ok"]), artifacts
 
-    def _put(self, name: str, filename: str, media_type: str, data: bytes) -> dict[str, Any]:
-        sha, size = self.store.put_bytes(data)
+    def _check_abort(self, state: _State) -> None:
+        with state.lock:
+            abort = state.abort
+        if abort:
+            raise _Abort(abort)
+
+    def _ingest(
+        self, name: str, filename: str, media_type: str, path: Path, folder: Path
+    ) -> dict[str, Any]:
+        # The child's word is not trusted: publish only regular files in its own folder.
+        if path.is_symlink() or path.resolve().parent != folder.resolve() or not path.is_file():
+            raise SandboxError("internal-error", f"the sandbox produced no usable {name} file")
+        sha, size = self.store.ingest(path)
         return {
             "name": name,
             "filename": filename,
@@ -398,3 +428,73 @@ class _Missing(Exception):
 
 def _json(value: Any) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=False) + "\n").encode()
+
+
+def _as_list(paths: Path | list[Path]) -> list[str]:
+    return [str(p) for p in (paths if isinstance(paths, list) else [paths])]
+
+
+# What the fork server imports once, so each job's child starts with torch loaded.
+_SANDBOX_PRELOAD = ("app.worker.runner", "app.engine.pipeline", "app.engine.target")
+
+# (artifact name, file suffix, media type, file the sandbox writes in its out folder)
+_REPORT_FILES = (
+    ("report", "report.json", _MEDIA["json"], "report.json"),
+    ("report-text", "report.txt", _MEDIA["text"], "report.txt"),
+    ("manifest", "manifest.json", _MEDIA["json"], "manifest.json"),
+)
+
+
+def convert_in_sandbox(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
+    """The child side of a job (runs under the sandbox's limits): build the target, convert,
+    write the weights and the reports into the job's folder. Returns ``{"ok", "output"}``."""
+    from app.engine.errors import InvalidTargetError
+    from app.engine.pipeline import convert
+    from app.engine.recipe import load_recipe
+    from app.engine.report import render_text
+    from app.engine.target import Target
+
+    def one_or_many(paths: list[str]) -> Path | list[Path]:
+        return Path(paths[0]) if len(paths) == 1 else [Path(p) for p in paths]
+
+    kind = payload["target_kind"]
+    if kind == "checkpoint":
+        target = Target.from_checkpoint(one_or_many(payload["target_files"]))
+    elif kind == "skeleton":
+        target = Target.from_skeleton(payload["target_spec"] or {})
+    else:
+        spec_ = payload["target_spec"] or {}
+        if not isinstance(spec_.get("architecture"), str):
+            raise InvalidTargetError("an architecture target needs an architecture name")
+        target = Target.from_architecture(
+            spec_["architecture"], spec_.get("kwargs"), extra=payload.get("architectures")
+        )
+    recipe = load_recipe(payload["recipe"])
+    last_stage, last_at = [""], [0.0]
+
+    def progress(stage: str, fraction: float) -> None:
+        # Throttled: the engine may report per tensor; the parent needs a few per second.
+        now = time.monotonic()
+        if stage != last_stage[0] or now - last_at[0] >= 0.1 or fraction >= 1.0:
+            last_stage[0], last_at[0] = stage, now
+            emit({"event": "progress", "stage": stage, "fraction": fraction})
+
+    output = payload["output"]
+    with target:
+        result = convert(
+            one_or_many(payload["source"]),
+            target,
+            recipe,
+            output=Path(output) if output else None,
+            fmt=payload["output_format"],
+            dtype=payload["output_dtype"],
+            dry_run=payload["dry_run"],
+            device=payload["device"],
+            progress=progress,
+        )
+    reports = Path(payload["reports"])
+    (reports / "report.json").write_bytes(_json(result.report))
+    (reports / "report.txt").write_bytes(render_text(result.report).encode())
+    (reports / "manifest.json").write_bytes(_json(result.manifest))
+    produced = str(result.output) if result.output is not None and not payload["dry_run"] else None
+    return {"ok": bool(result.ok), "output": produced}

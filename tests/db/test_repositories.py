@@ -84,7 +84,7 @@ def test_checkpoint_roundtrip_and_tensor_pages(any_database: Database) -> None:
     cid = _checkpoint(any_database)
     with any_database.transaction(write=False) as session:
         repo = CheckpointRepository(session)
-        assert repo.get_by_sha256("a" * 64).id == cid  # type: ignore[union-attr]
+        assert repo.get_by_sha256("a" * 64, owner="local").id == cid  # type: ignore[union-attr]
         rows, count = repo.tensors(cid, offset=1, limit=10)
         assert count == 2
         assert [(r.key, r.shape) for r in rows] == [("b", [2])]

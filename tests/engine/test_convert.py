@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 import torch
 import torch.nn.functional as F
@@ -416,7 +417,8 @@ def test_output_metadata_describes_the_conversion(tmp_path: Path) -> None:
     for e in report["entries"]:
         with safe_open(str(tmp_path / "out.safetensors"), framework="pt") as f:
             data = f.get_tensor(e["target"]).contiguous().reshape(-1).view(torch.uint8)
-        assert e["sha256"] == hashlib.sha256(data.numpy().tobytes()).hexdigest(), e["target"]
+        digest = blake3.blake3(data.numpy().tobytes()).hexdigest()
+        assert e["digest"] == f"blake3:{digest}", e["target"]
 
 
 # --- atomic writes ----------------------------------------------------------------------------

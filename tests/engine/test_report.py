@@ -3,10 +3,10 @@ human form."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+import blake3
 import torch
 
 from app.engine.keys import group_keys
@@ -31,7 +31,7 @@ ENTRY_FIELDS = {
     "shape",
     "source_shape",
     "dtype",
-    "sha256",
+    "digest",
 }
 
 
@@ -108,7 +108,7 @@ def test_report_entries(tmp_path: Path) -> None:
     for e in report["entries"]:
         assert set(e) == ENTRY_FIELDS, e["target"]
         data = out[e["target"]].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        assert e["sha256"] == hashlib.sha256(data).hexdigest(), e["target"]
+        assert e["digest"] == "blake3:" + blake3.blake3(data).hexdigest(), e["target"]
     conv = entry(report, "layer1.0.conv1.weight")
     assert conv == conv | {
         "status": "loaded",
@@ -142,9 +142,9 @@ def test_dry_run_report_has_no_digests_or_verification(tmp_path: Path) -> None:
     written, _ = _mixed(tmp_path)
 
     assert report["verification"] is None and "output" not in report
-    assert {e["sha256"] for e in report["entries"]} == {None}
+    assert {e["digest"] for e in report["entries"]} == {None}
     assert report["summary"] == written["summary"]
-    strip = ("sha256",)
+    strip = ("digest",)
     assert [{k: v for k, v in e.items() if k not in strip} for e in report["entries"]] == [
         {k: v for k, v in e.items() if k not in strip} for e in written["entries"]
     ]

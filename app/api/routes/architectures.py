@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import InspectorDep
+from app.api.deps import InspectorDep, SettingsDep
 from app.api.schemas import ArchitecturePublic, ArchitecturesPublic
 
 router = APIRouter(prefix="/v1/architectures", tags=["architectures"])
 
 
 @router.get("")
-async def list_architectures(inspector: InspectorDep) -> ArchitecturesPublic:
-    """Registered architectures and their kwargs (asked of an engine child process)."""
-    items = await inspector.architectures()
+async def list_architectures(
+    inspector: InspectorDep, settings: SettingsDep
+) -> ArchitecturesPublic:
+    """Registered architectures, their kwargs with defaults and types (asked of an engine
+    child process: built-ins, ``graft.architectures`` entry points, ``GRAFT_ARCHITECTURES``)."""
+    items = await inspector.architectures(extra=settings.architectures)
     return ArchitecturesPublic(data=[ArchitecturePublic(**a) for a in items], count=len(items))

@@ -6,7 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.api.deps import InspectorDep, ReadSession, SettingsDep, StoreDep, WriteSession
+from app.api.deps import (
+    InspectorDep,
+    ReadPrincipal,
+    ReadSession,
+    SettingsDep,
+    StoreDep,
+    WritePrincipal,
+    WriteSession,
+)
 from app.api.schemas import CheckpointPublic, CheckpointsPublic, TensorPublic, TensorsPublic
 from app.api.uploads import receive_upload
 from app.services import checkpoints as service
@@ -49,13 +57,16 @@ _UPLOAD_BODY = {
     openapi_extra=_UPLOAD_BODY,
     responses={
         200: {"model": CheckpointPublic, "description": "the same bytes were uploaded before"},
-        413: {"description": "larger than GRAFT_MAX_UPLOAD_BYTES"},
+        400: {"description": "a malformed form or an unusable file name"},
+        408: {"description": "the client stopped sending (GRAFT_UPLOAD_IDLE_TIMEOUT_SECONDS)"},
+        413: {"description": "larger than GRAFT_MAX_UPLOAD_BYTES, or too many tensors"},
         422: {"description": "unsafe or unreadable checkpoint"},
     },
 )
 async def upload_checkpoint(
     request: Request,
     response: Response,
+    principal: WritePrincipal,
     session: WriteSession,
     store: StoreDep,
     inspector: InspectorDep,
@@ -66,10 +77,14 @@ async def upload_checkpoint(
     """Upload a checkpoint: multipart `file` part(s), or the raw body with `?filename=`."""
     with store.workdir() as workdir:
         files = await receive_upload(
-            request, workdir, max_bytes=settings.max_upload_bytes, filename=filename
+            request,
+            workdir,
+            max_bytes=settings.max_upload_bytes,
+            filename=filename,
+            idle_timeout=settings.upload_idle_timeout_seconds,
         )
         checkpoint, created = await service.register_upload(
-            session, store, inspector, files, entry=entry
+            session, store, inspector, files, owner=principal.owner, entry=entry
         )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -78,24 +93,36 @@ async def upload_checkpoint(
 
 @router.get("")
 def list_checkpoints(
-    session: ReadSession, offset: Offset = 0, limit: Limit = 50
+    principal: ReadPrincipal, session: ReadSession, offset: Offset = 0, limit: Limit = 50
 ) -> CheckpointsPublic:
-    """Uploaded checkpoints, newest first."""
-    items, count = service.list_checkpoints(session, offset=offset, limit=limit)
+    """Your uploaded checkpoints, newest first."""
+    items, count = service.list_checkpoints(
+        session, offset=offset, limit=limit, owner=principal.scope_owner
+    )
     return CheckpointsPublic(data=[CheckpointPublic.of(c) for c in items], count=count)
 
 
 @router.get("/{checkpoint_id}")
-def get_checkpoint(checkpoint_id: str, session: ReadSession) -> CheckpointPublic:
-    return CheckpointPublic.of(service.get_checkpoint(session, checkpoint_id))
+def get_checkpoint(
+    checkpoint_id: str, principal: ReadPrincipal, session: ReadSession
+) -> CheckpointPublic:
+    return CheckpointPublic.of(
+        service.get_checkpoint(session, checkpoint_id, owner=principal.scope_owner)
+    )
 
 
 @router.get("/{checkpoint_id}/tensors")
 def list_tensors(
-    checkpoint_id: str, session: ReadSession, offset: Offset = 0, limit: Limit = 100
+    checkpoint_id: str,
+    principal: ReadPrincipal,
+    session: ReadSession,
+    offset: Offset = 0,
+    limit: Limit = 100,
 ) -> TensorsPublic:
     """Key, shape, dtype and kind of each tensor, in checkpoint order."""
-    rows, count = service.list_tensors(session, checkpoint_id, offset=offset, limit=limit)
+    rows, count = service.list_tensors(
+        session, checkpoint_id, offset=offset, limit=limit, owner=principal.scope_owner
+    )
     return TensorsPublic(
         data=[TensorPublic(key=t.key, shape=t.shape, dtype=t.dtype, kind=t.kind) for t in rows],
         count=count,
@@ -107,5 +134,5 @@ def list_tensors(
     status_code=status.HTTP_204_NO_CONTENT,
     responses={409: {"description": "a queued or running job uses it"}},
 )
-def delete_checkpoint(checkpoint_id: str, session: WriteSession) -> None:
-    service.delete_checkpoint(session, checkpoint_id)
+def delete_checkpoint(checkpoint_id: str, principal: WritePrincipal, session: WriteSession) -> None:
+    service.delete_checkpoint(session, checkpoint_id, owner=principal.scope_owner)

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.responses import FileResponse
 
-from app.api.deps import ReadSession, SettingsDep, StoreDep, WriteSession
+from app.api.deps import (
+    ReadPrincipal,
+    ReadSession,
+    SettingsDep,
+    StoreDep,
+    WritePrincipal,
+    WriteSession,
+)
 from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
 from app.services import jobs as service
+from app.services.errors import TooManyRangesError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -22,6 +30,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 def create_job(
     body: Annotated[JobCreate, Body()],
     response: Response,
+    principal: WritePrincipal,
     session: WriteSession,
     settings: SettingsDep,
 ) -> JobPublic:
@@ -35,6 +44,8 @@ def create_job(
         output_dtype=body.output.dtype,
         dry_run=body.dry_run,
         max_attempts=settings.max_attempts,
+        owner=principal.owner,
+        checkpoint_owner=principal.scope_owner,
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobPublic.of(job)
@@ -42,6 +53,7 @@ def create_job(
 
 @router.get("")
 def list_jobs(
+    principal: ReadPrincipal,
     session: ReadSession,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -49,24 +61,26 @@ def list_jobs(
         Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()
     ] = None,
 ) -> JobsPublic:
-    items, count = service.list_jobs(session, offset=offset, limit=limit, status=status)
+    items, count = service.list_jobs(
+        session, offset=offset, limit=limit, status=status, owner=principal.scope_owner
+    )
     return JobsPublic(data=[JobPublic.of(j) for j in items], count=count)
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, session: ReadSession) -> JobPublic:
-    return JobPublic.of(service.get_job(session, job_id))
+def get_job(job_id: str, principal: ReadPrincipal, session: ReadSession) -> JobPublic:
+    return JobPublic.of(service.get_job(session, job_id, owner=principal.scope_owner))
 
 
 @router.post("/{job_id}/cancel", responses={409: {"description": "the job already finished"}})
-def cancel_job(job_id: str, session: WriteSession) -> JobPublic:
+def cancel_job(job_id: str, principal: WritePrincipal, session: WriteSession) -> JobPublic:
     """Cancel a queued job at once; a running one stops at its next checkpoint of progress."""
-    return JobPublic.of(service.cancel_job(session, job_id))
+    return JobPublic.of(service.cancel_job(session, job_id, owner=principal.scope_owner))
 
 
 @router.get("/{job_id}/artifacts")
-def list_artifacts(job_id: str, session: ReadSession) -> ArtifactsPublic:
-    job = service.get_job(session, job_id)
+def list_artifacts(job_id: str, principal: ReadPrincipal, session: ReadSession) -> ArtifactsPublic:
+    job = service.get_job(session, job_id, owner=principal.scope_owner)
     return ArtifactsPublic(
         data=[ArtifactPublic.of(a) for a in job.artifacts], count=len(job.artifacts)
     )
@@ -79,31 +93,54 @@ def list_artifacts(job_id: str, session: ReadSession) -> ArtifactsPublic:
 )
 def get_report(
     job_id: str,
+    principal: ReadPrincipal,
     session: ReadSession,
     store: StoreDep,
     format: Annotated[Literal["json", "text"], Query()] = "json",
 ) -> FileResponse:
     """The report (schema graft.report/v1), or its grouped human form with `?format=text`."""
     artifact = service.get_artifact(
-        session, job_id, "report" if format == "json" else "report-text"
+        session,
+        job_id,
+        "report" if format == "json" else "report-text",
+        owner=principal.scope_owner,
     )
     return FileResponse(store.path(artifact.sha256), media_type=artifact.media_type)
 
 
 @router.get("/{job_id}/manifest", response_class=FileResponse)
-def get_manifest(job_id: str, session: ReadSession, store: StoreDep) -> FileResponse:
-    artifact = service.get_artifact(session, job_id, "manifest")
+def get_manifest(
+    job_id: str, principal: ReadPrincipal, session: ReadSession, store: StoreDep
+) -> FileResponse:
+    artifact = service.get_artifact(session, job_id, "manifest", owner=principal.scope_owner)
     return FileResponse(store.path(artifact.sha256), media_type=artifact.media_type)
 
 
 @router.get(
     "/{job_id}/weights",
     response_class=FileResponse,
-    responses={206: {"description": "a byte range (HTTP Range)"}},
+    responses={
+        206: {"description": "a byte range (HTTP Range)"},
+        416: {"description": "an unsatisfiable range, or more than GRAFT_MAX_RANGES ranges"},
+    },
 )
-def get_weights(job_id: str, session: ReadSession, store: StoreDep) -> FileResponse:
-    """The converted weights; supports `Range: bytes=…`."""
-    artifact = service.get_artifact(session, job_id, "weights")
+def get_weights(
+    job_id: str,
+    principal: ReadPrincipal,
+    session: ReadSession,
+    store: StoreDep,
+    settings: SettingsDep,
+    range_: Annotated[str | None, Header(alias="range", include_in_schema=False)] = None,
+) -> FileResponse:
+    """The converted weights; supports `Range: bytes=…` (at most GRAFT_MAX_RANGES ranges)."""
+    artifact = service.get_artifact(session, job_id, "weights", owner=principal.scope_owner)
+    if range_ is not None and range_.count(",") >= settings.max_ranges:
+        # Counted before anything is parsed: thousands of ranges cost one scan of the header.
+        raise TooManyRangesError(
+            f"the Range header asks for {range_.count(',') + 1} ranges; at most "
+            f"{settings.max_ranges} are served in one response",
+            headers={"Content-Range": f"bytes */{artifact.size}"},
+        )
     return FileResponse(
         store.path(artifact.sha256),
         media_type=artifact.media_type,

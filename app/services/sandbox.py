@@ -1,0 +1,271 @@
+"""The sandbox: every read of an uploaded file's tensors runs in a child process with limits.
+
+Inspection (``app.services.inspector``, long-lived children) and conversion (one child per
+job, forked from a per-worker fork server that has imported torch once) both apply the
+same :class:`Limits`: address space, CPU time, file size and open files. The engine inside
+reads pickles with its own restricted unpickler (``app.engine.pickle_reader``): it never
+calls ``torch.load``, never adds safe globals and has no unsafe fallback; the limits are the
+second wall, for what a well-formed but hostile file can still ask of a process.
+
+Messages from a child are JSON, never pickles: a child that was somehow subverted can lie
+about its result, but cannot run code in its parent.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import json
+import logging
+import math
+import multiprocessing
+import signal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from app.config import Settings
+from app.engine.errors import GraftError
+
+__all__ = ["Limits", "SandboxError", "apply_limits", "run_sandboxed"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_MESSAGE = 256 * 1024 * 1024
+_CPU_GRACE = 5  # seconds between SIGXCPU (soft limit) and SIGKILL (hard limit)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of a sandbox child; 0 means unlimited.
+
+    Attributes:
+        address_space: RLIMIT_AS in bytes (allocations past it raise MemoryError).
+        cpu_seconds: RLIMIT_CPU, counted from when the limits are applied.
+        file_size: RLIMIT_FSIZE in bytes (writes past it fail with EFBIG).
+        open_files: RLIMIT_NOFILE.
+    """
+
+    address_space: int = 0
+    cpu_seconds: int = 0
+    file_size: int = 0
+    open_files: int = 0
+
+    @classmethod
+    def for_inspection(cls, settings: Settings) -> Limits:
+        """Inspection reads headers and writes nothing: CPU bounded by its timeout."""
+        return cls(
+            address_space=settings.sandbox_address_space_bytes,
+            cpu_seconds=math.ceil(settings.inspect_timeout_seconds),
+            file_size=1024 * 1024,
+            open_files=settings.sandbox_open_files,
+        )
+
+    @classmethod
+    def for_conversion(cls, settings: Settings) -> Limits:
+        return cls(
+            address_space=settings.sandbox_address_space_bytes,
+            cpu_seconds=settings.sandbox_cpu_seconds,
+            file_size=settings.sandbox_file_bytes,
+            open_files=settings.sandbox_open_files,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _lower(resource_id: int, value: int, *, keep_hard: bool = False) -> None:
+    import resource
+
+    if value <= 0:
+        return
+    _soft, hard = resource.getrlimit(resource_id)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(resource_id, (value, hard if keep_hard else value))
+
+
+def apply_limits(limits: Limits, *, renewable_cpu: bool = False) -> None:
+    """Apply ``limits`` to the calling process (a sandbox child, never the API or a worker).
+
+    Args:
+        limits: what to apply.
+        renewable_cpu: set only the soft CPU limit, relative to the CPU used so far, so a
+            long-lived child can renew it per request (see :func:`renew_cpu_limit`).
+    """
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # A write past RLIMIT_FSIZE then fails with EFBIG (a clean error) instead of killing us.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _lower(resource.RLIMIT_AS, limits.address_space)
+    _lower(resource.RLIMIT_FSIZE, limits.file_size)
+    _lower(resource.RLIMIT_NOFILE, limits.open_files)
+    if renewable_cpu:
+        renew_cpu_limit(limits.cpu_seconds)
+    elif limits.cpu_seconds > 0:
+        soft = _cpu_used() + limits.cpu_seconds
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + _CPU_GRACE))
+
+
+def _cpu_used() -> int:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return math.ceil(usage.ru_utime + usage.ru_stime)
+
+
+def renew_cpu_limit(cpu_seconds: int) -> None:
+    """Give a long-lived child ``cpu_seconds`` more CPU time from now (soft limit only)."""
+    import resource
+
+    if cpu_seconds <= 0:
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = _cpu_used() + cpu_seconds
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+class SandboxError(GraftError):
+    """The sandboxed work failed; ``type`` is the engine's, or ``too-large`` / ``disk-full``
+    for a limit, or ``internal-error``."""
+
+    def __init__(self, problem_type: str, message: str) -> None:
+        super().__init__(message)
+        self.type = problem_type
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """``(type, message)`` for an exception raised inside a sandbox child."""
+    if isinstance(exc, GraftError):
+        return exc.type, exc.message
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "alloc" in str(exc).lower()
+    ):
+        return "too-large", "the work needed more memory than the sandbox allows"
+    if isinstance(exc, OSError) and exc.errno in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT):
+        what = "the file-size limit" if exc.errno == errno.EFBIG else "the disk"
+        return "disk-full", f"writing the output failed: it does not fit ({what}): {exc.strerror}"
+    return "internal-error", f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+# ------------------------------------------------------------------------------------------
+# One-shot children (conversions).
+# ------------------------------------------------------------------------------------------
+
+_contexts: dict[tuple[str, ...], Any] = {}
+
+
+def _context(preload: tuple[str, ...]) -> Any:
+    ctx = _contexts.get(preload)
+    if ctx is None:
+        # A fork server: forked from a clean, single-threaded process that imported the
+        # engine (torch) once, so each job starts in milliseconds and shares no DB handles.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["app.services.sandbox", *preload])
+        _contexts[preload] = ctx
+    return ctx
+
+
+def _child(
+    conn: Connection, function: str, payload: dict[str, Any], limits: dict[str, int]
+) -> None:
+    def emit(message: dict[str, Any]) -> None:
+        conn.send_bytes(json.dumps(message).encode())
+
+    try:
+        apply_limits(Limits(**limits))
+        module, name = function.split(":")
+        fn = getattr(importlib.import_module(module), name)
+        result = fn(payload, emit)
+        emit({"event": "result", "result": result})
+    except BaseException as exc:
+        kind, message = describe_failure(exc)
+        if kind == "internal-error":
+            logger.exception("sandboxed %s failed", function)
+        try:
+            emit({"event": "error", "type": kind, "message": message})
+        except Exception:
+            logger.exception("sandbox: cannot report the failure")
+    finally:
+        conn.close()
+
+
+def _exit_failure(exitcode: int | None, limits: Limits) -> SandboxError:
+    if exitcode in (-signal.SIGXCPU, -signal.SIGKILL) and limits.cpu_seconds:
+        return SandboxError(
+            "too-large",
+            f"the work was stopped by the sandbox (CPU limit {limits.cpu_seconds} s, or memory)",
+        )
+    if exitcode is not None and exitcode < 0:
+        return SandboxError(
+            "internal-error", f"the sandbox process was killed by {signal.Signals(-exitcode).name}"
+        )
+    return SandboxError("internal-error", f"the sandbox process exited with code {exitcode}")
+
+
+def run_sandboxed(
+    function: str,
+    payload: dict[str, Any],
+    *,
+    limits: Limits,
+    preload: tuple[str, ...] = (),
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    tick: Callable[[], None] | None = None,
+    poll_seconds: float = 0.1,
+) -> Any:
+    """Run ``module:function(payload, emit)`` in a fresh child under ``limits``.
+
+    Args:
+        function: ``"package.module:name"``; it receives the JSON-ready ``payload`` and an
+            ``emit(dict)`` that sends progress events to the parent.
+        payload: JSON-ready arguments.
+        limits: the child's resource limits.
+        preload: modules the fork server imports once (e.g. the engine).
+        on_event: called in the parent with each event the child emits.
+        tick: called in the parent about every ``poll_seconds``; raising from it (or from
+            ``on_event``) kills the child and propagates.
+
+    Returns:
+        The function's JSON-ready return value.
+
+    Raises:
+        SandboxError: the function raised (its ``type`` is kept), or the child died.
+    """
+    ctx = _context(preload)
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(
+        target=_child, args=(sender, function, payload, limits.as_dict()), daemon=True
+    )
+    process.start()
+    sender.close()
+    outcome: dict[str, Any] | None = None
+    try:
+        while True:
+            if receiver.poll(poll_seconds):
+                try:
+                    raw = receiver.recv_bytes(_MAX_MESSAGE)
+                except (EOFError, OSError):
+                    break
+                message = json.loads(raw)
+                if message.get("event") in ("result", "error"):
+                    outcome = message
+                elif on_event is not None:
+                    on_event(message)
+            elif tick is not None:
+                tick()
+        process.join()
+    except BaseException:
+        process.kill()
+        process.join()
+        raise
+    finally:
+        receiver.close()
+    if outcome is None:
+        raise _exit_failure(process.exitcode, limits)
+    if outcome["event"] == "error":
+        raise SandboxError(str(outcome.get("type")), str(outcome.get("message")))
+    return outcome["result"]

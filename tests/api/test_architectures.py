@@ -1,0 +1,24 @@
+"""GET /v1/architectures: the engine's registry, asked of an inspection child."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+
+def test_the_builtin_architectures_are_listed_with_typed_kwargs(client: TestClient) -> None:
+    r = client.get("/v1/architectures")
+    assert r.status_code == 200
+    body = r.json()
+    by_name = {a["name"]: a for a in body["data"]}
+    assert body["count"] == len(body["data"])
+    assert {"graft_bert", "graft_mobilenet", "graft_resnet", "graft_vit"} <= set(by_name)
+    resnet = by_name["graft_resnet"]
+    assert resnet["origin"] == "builtin"
+    assert resnet["kwargs"] == {
+        "num_classes": {"type": "int", "default": 1000, "required": False},
+        "in_chans": {"type": "int", "default": 3, "required": False},
+        "img_size": {"type": "int", "default": 224, "required": False},
+        "depth": {"type": "int", "default": 2, "required": False},
+        "width": {"type": "int", "default": 64, "required": False},
+    }
+    assert resnet["description"].startswith("Stem (conv 7x7/2, BN, max-pool)")

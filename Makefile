@@ -31,8 +31,10 @@ format: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
+# Whole-process conversion figures against cp (generates ~2.2 GB of checkpoints under data/bench
+# once). More: bench/inspect_header.py, bench/api_service.py, bench/load.py.
 bench: setup
-	$(BIN)/python bench/inspect_header.py
+	$(BIN)/python bench/convert.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

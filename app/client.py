@@ -98,6 +98,6 @@ def apply_manifest(model: nn.Module, manifest: Mapping[str, Any]) -> nn.Module:
             params[key].requires_grad_(False)
     for path in bn_eval:
         module = modules[path]
-        module.train = _StayInEval(module)  # type: ignore[method-assign]
+        module.train = _StayInEval(module)
         module.eval()
     return model

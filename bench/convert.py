@@ -38,7 +38,10 @@ NAIVE = """
 import sys, torch
 from safetensors.torch import load_file, save_file
 src, out = sys.argv[1], sys.argv[2]
-sd = load_file(src) if src.endswith(".safetensors") else torch.load(src, map_location="cpu", weights_only=True)
+if src.endswith(".safetensors"):
+    sd = load_file(src)
+else:
+    sd = torch.load(src, map_location="cpu", weights_only=True)
 save_file({"model." + k: v.contiguous() for k, v in sd.items()}, out)
 """
 
@@ -153,39 +156,45 @@ def prepare(folder: Path, big: bool) -> dict[str, dict[str, Path]]:
 @dataclass
 class Sample:
     wall: float
-    rss: int  # peak RSS, bytes (from wait4)
-    anon: int  # peak anonymous RSS, bytes (sampled from /proc every 5 ms)
+    rss: int  # peak RSS (VmHWM), bytes
+    anon: int  # peak anonymous RSS (RssAnon), bytes
+
+
+_FIELDS = {"VmHWM:": "rss", "RssAnon:": "anon"}
 
 
 def run_once(cmd: list[str]) -> Sample:
+    """Run ``cmd`` as a whole process; peaks are sampled from /proc every 2 ms.
+
+    ``ru_maxrss`` is not used: it keeps the forking parent's high-water mark across exec.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak_anon = 0
+    peak = {"rss": 0, "anon": 0}
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak_anon
         status = Path(f"/proc/{proc.pid}/status")
         while not done.is_set():
             try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("RssAnon:"):
-                        peak_anon = max(peak_anon, int(line.split()[1]) * 1024)
+                text = status.read_text()
             except (FileNotFoundError, ProcessLookupError):
                 return
-            done.wait(0.005)
+            for line in text.splitlines():
+                name = _FIELDS.get(line.split(":", 1)[0] + ":")
+                if name:
+                    peak[name] = max(peak[name], int(line.split()[1]) * 1024)
+            done.wait(0.002)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, err = proc.communicate()
     wall = time.perf_counter() - start
     done.set()
     sampler.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return Sample(wall, usage.ru_maxrss * 1024, peak_anon)
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.decode()}")
+    return Sample(wall, peak["rss"], peak["anon"])
 
 
 def main() -> None:
@@ -206,26 +215,27 @@ def main() -> None:
         if args.only and name != args.only:
             continue
         out = out_dir / "out.safetensors"
+        copy = out_dir / "copy"
+
+        def graft(command: str, source: Path, *extra: str) -> list[str]:
+            return [*GRAFT, command, str(source), *extra]
+
+        to = [str(f["target"]), "-r", str(f["recipe"])]
         rows: dict[str, list[str]] = {
-            "cp (baseline)": ["cp", str(f["zip"]), str(out_dir / "copy")],
+            "cp (baseline)": ["cp", str(f["zip"]), str(copy)],
+            "cp + sync of the copy": ["sh", "-c", f'cp "{f["zip"]}" "{copy}" && sync "{copy}"'],
             "naive load+rename+save": [sys.executable, "-c", NAIVE, str(f["zip"]), str(out)],
-            "graft convert rename-only, zip -> st": [
-                *GRAFT, "convert", str(f["zip"]), str(f["target"]), "-r", str(f["recipe"]), "-o", str(out),
-            ],
-            "  same, --no-verify": [
-                *GRAFT, "convert", str(f["zip"]), str(f["target"]), "-r", str(f["recipe"]), "-o", str(out),
-                "--no-verify",
-            ],
-            "graft convert rename-only, st -> st": [
-                *GRAFT, "convert", str(f["safetensors"]), str(f["target"]), "-r", str(f["recipe"]),
+            "graft convert rename-only, zip -> st": graft("convert", f["zip"], *to, "-o", str(out)),
+            "  same, --no-verify": graft("convert", f["zip"], *to, "-o", str(out), "--no-verify"),
+            "graft convert rename-only, st -> st": graft(
+                "convert", f["safetensors"], *to, "-o", str(out)
+            ),
+            "graft convert, one adapted tensor": graft(
+                "convert", f["zip"], str(f["adapt_target"]), "-r", str(f["adapt_recipe"]),
                 "-o", str(out),
-            ],
-            "graft convert, one adapted tensor": [
-                *GRAFT, "convert", str(f["zip"]), str(f["adapt_target"]), "-r", str(f["adapt_recipe"]),
-                "-o", str(out),
-            ],
-            "graft inspect": [*GRAFT, "inspect", str(f["zip"])],
-            "graft plan": [*GRAFT, "plan", str(f["zip"]), str(f["target"]), "-r", str(f["recipe"])],
+            ),
+            "graft inspect": graft("inspect", f["zip"]),
+            "graft plan": graft("plan", f["zip"], *to),
         }  # fmt: skip
         for path in (f["zip"], f["safetensors"]):  # warm the page cache
             with path.open("rb") as fh:
@@ -235,21 +245,22 @@ def main() -> None:
         for _ in range(args.runs):
             for label, cmd in rows.items():
                 samples[label].append(run_once(cmd))
-                for leftover in (out, out_dir / "copy"):
+                for leftover in (out, copy):
                     leftover.unlink(missing_ok=True)
         size = f["zip"].stat().st_size
         base = statistics.median(s.wall for s in samples["cp (baseline)"])
         print(f"\n{name}: {size / 1e6:.0f} MB torch zip")
-        print(
-            f"| {'command':<40} | {'wall s':>7} | {'x cp':>6} | {'peak RSS MB':>11} | {'peak anon MB':>12} |"
-        )
-        print(f"|{'-' * 42}|{'-' * 9}|{'-' * 8}|{'-' * 13}|{'-' * 14}|")
+        columns = ("wall s", "x cp", "x cp+sync", "peak RSS MB", "peak anon MB")
+        print(f"| {'command':<40} | " + " | ".join(columns) + " |")
+        print(f"|{'-' * 42}|" + "|".join("-" * (len(c) + 2) for c in columns) + "|")
+        synced = statistics.median(s.wall for s in samples["cp + sync of the copy"])
         for label, ss in samples.items():
             wall = statistics.median(s.wall for s in ss)
             rss = statistics.median(s.rss for s in ss) / 1e6
             anon = statistics.median(s.anon for s in ss) / 1e6
             print(
-                f"| {label:<40} | {wall:7.2f} | {wall / base:6.2f} | {rss:11.0f} | {anon:12.0f} |"
+                f"| {label:<40} | {wall:6.2f} | {wall / base:4.2f} | {wall / synced:9.2f} "
+                f"| {rss:11.0f} | {anon:12.0f} |"
             )
     shutil.rmtree(out_dir, ignore_errors=True)
 

@@ -76,13 +76,13 @@ class KwargInfo:
     """One keyword a factory takes: name, type as written, default, whether required."""
 
     name: str
-    type: str | None
+    type_name: str | None
     default: Any
     required: bool
     accepts: tuple[type, ...] | None = None  # JSON value types allowed; None: not checked
 
     def as_json(self) -> dict[str, Any]:
-        return {"type": self.type, "default": self.default, "required": self.required}
+        return {"type": self.type_name, "default": self.default, "required": self.required}
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,8 @@ class Architecture:
                 )
             if info is not None and not _accepts(info, value):
                 raise InvalidTargetError(
-                    f"architecture {self.name!r}: kwarg {key!r} must be {info.type}, got {value!r}"
+                    f"architecture {self.name!r}: kwarg {key!r} must be {info.type_name}, "
+                    f"got {value!r}"
                 )
         missing = [k.name for k in infos if k.required and k.name not in given]
         if missing:
@@ -407,8 +408,9 @@ def _timm_example(model: nn.Module, batch: int) -> tuple[Any, tuple[int, ...]]:
 
 def _first_conv_in_chans(model: nn.Module) -> int:
     for module in model.modules():
-        if hasattr(module, "in_channels"):
-            return int(module.in_channels)
+        chans = getattr(module, "in_channels", None)
+        if isinstance(chans, int):
+            return chans
     return 3
 
 
@@ -422,7 +424,9 @@ def _introspect(factory: Callable[..., Any], *, skip: set[str]) -> tuple[list[Kw
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
         return [], True
-    target = factory.__init__ if isinstance(factory, type) else factory
+    target: Any = factory
+    if isinstance(factory, type):
+        target = target.__init__
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # unresolvable annotations: report them as written, check nothing

@@ -232,7 +232,6 @@ class _ZipReader(_StorageFileReader):
             raise UnreadableCheckpointError(f"cannot read data.pkl ({exc})") from None
         storages: dict[str, StorageRef] = {}
         root = load_restricted(pkl, storages=storages)
-        _check_root(root, file_size)
         for key, storage in storages.items():
             member = by_name.get(f"{prefix}/data/{key}")
             if member is None:
@@ -240,6 +239,7 @@ class _ZipReader(_StorageFileReader):
             if storage.numel * DTYPE_SIZES[storage.dtype] > member.file_size:
                 raise UnreadableCheckpointError(f"storage {key!r} is larger than its zip member")
             self._storage_offsets[key] = self._member_data_offset(member)
+        _check_root(root, file_size)
         return _Parsed(root)
 
     def _member_data_offset(self, info: zipfile.ZipInfo) -> int:
@@ -278,7 +278,6 @@ class _LegacyReader(_StorageFileReader):
             raise UnreadableCheckpointError("big-endian checkpoints are not supported")
         storages: dict[str, StorageRef] = {}
         root = load_restricted(f, storages=storages)
-        _check_root(root, file_size)
         keys = load_restricted(f)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise UnreadableCheckpointError("legacy checkpoint has a malformed storage table")
@@ -300,6 +299,7 @@ class _LegacyReader(_StorageFileReader):
         missing = set(storages) - set(self._storage_offsets)
         if missing:
             raise UnreadableCheckpointError(f"storages {sorted(missing)[:3]} have no data")
+        _check_root(root, file_size)
         return _Parsed(root)
 
 

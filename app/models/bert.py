@@ -75,6 +75,8 @@ class BertLayer(nn.Module):
 
 
 class BertEmbeddings(nn.Module):
+    position_ids: torch.Tensor
+
     def __init__(self, vocab_size: int, max_len: int, type_vocab_size: int, dim: int) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, dim)

@@ -10,6 +10,7 @@ are published and fsynced, so no record ever points at a missing file.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import time
@@ -82,10 +83,8 @@ def bind_host(settings: Settings, host: str) -> str:
         logger.info("API keys are configured: every request needs `Authorization: Bearer`")
         return host
     loopback = host == "localhost"
-    try:
+    with contextlib.suppress(ValueError):  # a host name, not an address
         loopback = loopback or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
     if not loopback:
         logger.warning(
             "no API keys are configured, so the service listens on 127.0.0.1 only (not %s); "

@@ -38,6 +38,8 @@ def run_worker(
     database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
     store = BlobStore(settings.storage_dir)
     store.ensure()
+    # A worker that replaces a killed one collects the temp files its predecessor left.
+    store.cleanup_orphans()
     runner = JobRunner(
         database,
         store,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from app.config import Settings
+from app.services.bootstrap import prepare
 
 
 def test_the_builtin_architectures_are_listed_with_typed_kwargs(client: TestClient) -> None:
@@ -22,3 +28,23 @@ def test_the_builtin_architectures_are_listed_with_typed_kwargs(client: TestClie
         "width": {"type": "int", "default": 64, "required": False},
     }
     assert resnet["description"].startswith("Stem (conv 7x7/2, BN, max-pool)")
+
+
+def test_the_architectures_setting_adds_to_the_listing(settings: Settings, tmp_path: Path) -> None:
+    extra = settings.model_copy(
+        update={
+            "architectures": "tiny_b=tests.engine.test_architectures:TinyB",
+            "database_url": f"sqlite:///{tmp_path / 'graft.db'}",
+            "storage_dir": tmp_path / "blobs",
+        }
+    )
+    prepare(extra)
+    with TestClient(create_app(extra)) as client:
+        listed = {a["name"]: a for a in client.get("/v1/architectures").json()["data"]}
+    assert listed["tiny_b"] == {
+        "name": "tiny_b",
+        "kwargs": {"num_classes": {"type": "int", "default": 4, "required": False}},
+        "description": "The same function as :class:`TinyA`, named ``stem.{conv,bn}`` and "
+        "``classifier``.",
+        "origin": "setting",
+    }

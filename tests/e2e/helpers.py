@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,3 +20,23 @@ def saved(module: nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save(module.state_dict(), buf)
     return buf.getvalue()
+
+
+def assert_consistent(root: Path) -> None:
+    """Records and blobs agree, nothing is left in tmp/, no job is running past its lease."""
+    with sqlite3.connect(root / "graft.db") as conn:
+        recorded = {
+            row[0]
+            for row in conn.execute(
+                "select sha256 from checkpoint_files union select sha256 from artifacts"
+            )
+        }
+        now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+        stuck = conn.execute(
+            "select id from jobs where status = 'running' and lease_expires_at < ?", (now,)
+        ).fetchall()
+    blobs = {p.name for p in (root / "blobs" / "sha256").rglob("*") if p.is_file()}
+    assert recorded - blobs == set(), "records pointing at missing files"
+    assert blobs - recorded == set(), "published files without a record"
+    assert list((root / "blobs" / "tmp").iterdir()) == []
+    assert stuck == []

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load
 
 from tests.e2e.conftest import REPO, Server
-from tests.e2e.helpers import net, saved
+from tests.e2e.helpers import assert_consistent, net, saved
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +78,7 @@ def test_kill_9_of_a_worker_mid_job(tmp_path: Path) -> None:
             assert not done["worker"]
             _assert_converted(client, job_id, seed=7)
             assert "restarting" in server.log.read_text()
+        assert_consistent(tmp_path)
     finally:
         server.stop()
 

@@ -11,9 +11,7 @@ router = APIRouter(prefix="/v1/architectures", tags=["architectures"])
 
 
 @router.get("")
-async def list_architectures(
-    inspector: InspectorDep, settings: SettingsDep
-) -> ArchitecturesPublic:
+async def list_architectures(inspector: InspectorDep, settings: SettingsDep) -> ArchitecturesPublic:
     """Registered architectures, their kwargs with defaults and types (asked of an engine
     child process: built-ins, ``graft.architectures`` entry points, ``GRAFT_ARCHITECTURES``)."""
     items = await inspector.architectures(extra=settings.architectures)

@@ -1,0 +1,338 @@
+"""Hostile uploads and requests through the API: the exact status and problem ``type``.
+
+Inspection runs in the real sandboxed inspector children (the API process never parses an
+upload). The payloads and broken files are the engine suite's own (tests/engine/test_hostile.py);
+here they arrive over HTTP, and every malicious pickle's canary must stay absent.
+"""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from app.config import Settings
+from app.engine.recipe import load_recipe
+from app.engine.rename import apply_renames
+from tests.api.conftest import stored_blobs
+from tests.engine.test_hostile import PAYLOADS, SAFETENSORS_CASES
+from tests.fixtures import (
+    dangling_memo_pickle,
+    deep_pickle,
+    forged_legacy_file,
+    replace_zip_member,
+    rezip,
+    save_hf_sharded_safetensors,
+    tiny_state_dict,
+)
+
+MAX_TENSORS = 64
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("graft")
+    return Settings(
+        database_url=f"sqlite:///{root / 'graft.db'}",
+        storage_dir=root / "blobs",
+        max_upload_bytes=1_000_000,
+        max_tensors=MAX_TENSORS,
+        inspectors=1,
+        workers=0,
+        sandbox_address_space_bytes=2 * 1024**3,
+    )
+
+
+def _saved(obj: object) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _real_zip(tmp_path: Path) -> Path:
+    path = tmp_path / "real.pt"
+    path.write_bytes(_saved(tiny_state_dict()))
+    return path
+
+
+def _assert_problem(response, status: int, problem_type: str, detail: str = "") -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == problem_type, body
+    assert detail in body["detail"], body
+
+
+# --- payloads --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("container", ["torch-zip", "raw-pickle"])
+@pytest.mark.parametrize("name", list(PAYLOADS))
+def test_payload_pickle_upload_is_refused_and_never_runs(
+    client, settings: Settings, name: str, container: str, tmp_path: Path
+) -> None:
+    canary = tmp_path / "canary"
+    payload = PAYLOADS[name][0](canary, 2)
+    if container == "torch-zip":
+        replace_zip_member(_real_zip(tmp_path), tmp_path / "evil.pt", "/data.pkl", payload)
+        payload = (tmp_path / "evil.pt").read_bytes()
+    before = stored_blobs(settings)
+    r = client.post("/v1/checkpoints?filename=evil.pt", content=payload)
+    _assert_problem(r, 422, "unsafe-checkpoint", "the pickle references")
+    assert not canary.exists()
+    assert stored_blobs(settings) == before
+
+
+# --- archives --------------------------------------------------------------------------------
+
+
+def _torchscript(tmp_path: Path) -> bytes:
+    import warnings
+
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(path))
+    return path.read_bytes()
+
+
+def _compressed(tmp_path: Path) -> bytes:
+    rezip(_real_zip(tmp_path), tmp_path / "deflated.pt", compress_type=zipfile.ZIP_DEFLATED)
+    return (tmp_path / "deflated.pt").read_bytes()
+
+
+def _zip_bomb(tmp_path: Path) -> bytes:
+    # 50 MB of zeros deflate to ~50 kB; the reader refuses before expanding a byte.
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}.")
+        info = zipfile.ZipInfo("archive/data/1")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, bytes(50_000_000))
+    return path.read_bytes()
+
+
+def _truncated(tmp_path: Path) -> bytes:
+    data = _real_zip(tmp_path).read_bytes()
+    return data[: len(data) // 2]
+
+
+def _dangling(tmp_path: Path) -> bytes:
+    replace_zip_member(_real_zip(tmp_path), tmp_path / "m.pt", "/data.pkl", dangling_memo_pickle())
+    return (tmp_path / "m.pt").read_bytes()
+
+
+def _legacy_4gib(tmp_path: Path) -> bytes:
+    forged_legacy_file(tmp_path / "forged.pth", claimed=2**30, actual=4)  # 4 GiB of float32
+    return (tmp_path / "forged.pth").read_bytes()
+
+
+def _stride0(tmp_path: Path) -> bytes:
+    return _saved({"w": torch.zeros(1).expand(10**9)})
+
+
+def _deep(kind: str):  # type: ignore[no-untyped-def]
+    def build(tmp_path: Path) -> bytes:
+        path = tmp_path / "deep.pt"
+        replace_zip_member(_real_zip(tmp_path), path, "/data.pkl", deep_pickle(100_000, kind))
+        return path.read_bytes()
+
+    return build
+
+
+ARCHIVES = {
+    "torchscript": (_torchscript, 422, "unsafe-checkpoint", "TorchScript archive"),
+    "compressed-member": (_compressed, 422, "unsafe-checkpoint", "is compressed"),
+    "zip-bomb": (_zip_bomb, 422, "unsafe-checkpoint", "is compressed"),
+    "truncated": (_truncated, 422, "unreadable-checkpoint", "corrupt or truncated zip"),
+    "dangling-memo": (_dangling, 422, "unreadable-checkpoint", "corrupt pickle"),
+    "legacy-4GiB-storage": (
+        _legacy_4gib,
+        422,
+        "unreadable-checkpoint",
+        "declares 1073741824 elements but the file holds fewer",
+    ),
+    "stride-0-billion": (_stride0, 413, "too-large", "far more than the file holds"),
+    "100k-deep-dict": (_deep("dict"), 413, "too-large", "nests deeper than 1000 levels"),
+    "100k-deep-list": (_deep("list"), 413, "too-large", "nests deeper than 1000 levels"),
+}
+
+
+@pytest.mark.parametrize("case", list(ARCHIVES))
+def test_hostile_archive_upload(client, case: str, tmp_path: Path) -> None:
+    build, status, problem_type, detail = ARCHIVES[case]
+    data = build(tmp_path)
+    assert len(data) < 1_000_000  # every one of them is small
+    r = client.post("/v1/checkpoints?filename=x.pt", content=data)
+    _assert_problem(r, status, problem_type, detail)
+    assert client.get("/healthz").status_code == 200  # the pool replaced nothing it needed
+
+
+SAFETENSORS_STATUS = {
+    "header-length-2**40": (413, "too-large"),
+    "overlapping-offsets": (422, "unreadable-checkpoint"),
+    "trailing-bytes": (422, "unreadable-checkpoint"),
+    "unknown-dtype": (422, "unreadable-checkpoint"),
+    "billion-elements-in-4-bytes": (422, "unreadable-checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", list(SAFETENSORS_CASES))
+def test_hostile_safetensors_upload(client, case: str) -> None:
+    build, _error, _message = SAFETENSORS_CASES[case]
+    status, problem_type = SAFETENSORS_STATUS[case]
+    r = client.post("/v1/checkpoints?filename=bad.safetensors", content=build())
+    _assert_problem(r, status, problem_type, "safetensors")
+
+
+# --- sharded sets and names ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shard", ["../x", "/etc/passwd"])
+def test_index_json_pointing_outside_the_set(client, shard: str, tmp_path: Path) -> None:
+    index = save_hf_sharded_safetensors(tiny_state_dict(), tmp_path / "set", shards=2)
+    text = index.read_text().replace("model-00002-of-00002.safetensors", shard)
+    index.write_text(text)
+    files = [("file", (p.name, p.read_bytes())) for p in sorted(index.parent.iterdir())]
+    r = client.post("/v1/checkpoints", files=files)
+    _assert_problem(r, 422, "unsafe-checkpoint", f"to '{shard}', which is not a plain file")
+
+
+@pytest.mark.parametrize("how", ["multipart", "raw"])
+def test_upload_named_like_the_database_is_only_a_name(
+    client, settings: Settings, how: str
+) -> None:
+    db_path = settings.storage_dir.parent / "graft.db"
+    data = _saved({"w": torch.full((3,), float(len(how)))})
+    if how == "multipart":
+        r = client.post("/v1/checkpoints", files={"file": ("../../graft.db", data)})
+    else:
+        r = client.post("/v1/checkpoints", params={"filename": "../../graft.db"}, content=data)
+    assert r.status_code == 201, r.text
+    assert r.json()["filename"] == "graft.db"
+    assert r.json()["format"] == "torch-zip"
+    with sqlite3.connect(db_path) as conn:  # still the database, not the upload
+        assert conn.execute("select count(*) from checkpoints").fetchone()[0] >= 1
+    assert not (settings.storage_dir.parent.parent / "graft.db").exists()
+    sha = r.json()["sha256"]
+    assert (settings.storage_dir / "sha256" / sha[:2] / sha).read_bytes() == data
+
+
+def test_too_many_tensors(client) -> None:
+    data = _saved({f"t{i}": torch.zeros(1) for i in range(MAX_TENSORS + 1)})
+    r = client.post("/v1/checkpoints?filename=many.pt", content=data)
+    _assert_problem(r, 413, "too-large", f"holds {MAX_TENSORS + 1} tensors; this service")
+
+
+def test_nan_and_inf_are_accepted(client) -> None:
+    data = _saved({"w": torch.tensor([float("nan"), float("inf"), 1.0])})
+    r = client.post("/v1/checkpoints?filename=nan.pt", content=data)
+    assert r.status_code == 201, r.text
+    assert r.json()["tensors"] == 1
+
+
+# --- recipes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source_id(client) -> str:
+    r = client.post("/v1/checkpoints?filename=src.pt", content=_saved(tiny_state_dict()))
+    assert r.status_code in (200, 201), r.text
+    return str(r.json()["id"])
+
+
+@pytest.mark.parametrize(
+    ("pattern", "detail"),
+    [(r"^(a)\1$", r"backreference (\1)"), (r"(?P<x>a)(?P=x)", "named backreference")],
+)
+def test_backreference_in_a_rule_is_422(client, source_id: str, pattern: str, detail: str) -> None:
+    recipe = {"version": 1, "rename": [{"regex": pattern, "to": "b"}]}
+    r = client.post(
+        "/v1/jobs",
+        json={"source": source_id, "target": {"checkpoint": source_id}, "recipe": recipe},
+    )
+    _assert_problem(r, 422, "invalid-recipe", detail)
+    assert r.json()["rule"] == "rename[0]"
+
+
+def test_too_many_rules_is_422(client, source_id: str) -> None:
+    from app.engine.recipe import MAX_RULES
+
+    recipe = {"version": 1, "drop": [f"k{i}" for i in range(MAX_RULES + 1)]}
+    r = client.post(
+        "/v1/jobs",
+        json={"source": source_id, "target": {"checkpoint": source_id}, "recipe": recipe},
+    )
+    _assert_problem(r, 422, "invalid-recipe")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "hit"),
+    [(r"^(a|aa)+$", "a" * 60 + "b", "aaaa"), (r"(x+x+)+y", "x" * 60, "xxy")],
+)
+def test_catastrophic_regexes_run_in_linear_time(pattern: str, key: str, hit: str) -> None:
+    # A backtracking engine takes ~2**60 steps on each of these keys; RE2 is linear.
+    keys = [hit, *(f"{key}.{i}" for i in range(9_999))]
+    rules = load_recipe({"rename": [{"regex": pattern, "to": "z"}]}).rename
+    start = time.perf_counter()
+    renamed = apply_renames(keys, rules)
+    elapsed = time.perf_counter() - start
+    assert len(renamed) == 10_000
+    assert renamed[hit].key == "z"
+    assert renamed[f"{key}.7"].key == f"{key}.7"
+    assert elapsed < 0.25, elapsed
+
+
+# --- ranges (no worker here: a published artifact is enough) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights_job(client, settings: Settings, source_id: str) -> Iterator[str]:
+    from app.db.models import Artifact, Job
+    from app.db.session import Database
+    from app.storage import BlobStore
+
+    database = Database(settings.database_url)
+    store = BlobStore(settings.storage_dir)
+    sha, size = store.put_bytes(bytes(range(256)) * 64)
+    with database.transaction() as session:
+        job = Job(source_id=source_id, target_kind="checkpoint", status="succeeded")
+        session.add(job)
+        session.flush()
+        session.add(
+            Artifact(
+                job_id=job.id,
+                name="weights",
+                filename="w.safetensors",
+                media_type="application/octet-stream",
+                sha256=sha,
+                size=size,
+            )
+        )
+        job_id = job.id
+    database.dispose()
+    yield job_id
+
+
+def test_thousands_of_ranges_are_refused_cheaply(client, weights_job: str) -> None:
+    ranges = ",".join(f"{i}-{i}" for i in range(0, 6000, 2))
+    start = time.perf_counter()
+    r = client.get(f"/v1/jobs/{weights_job}/weights", headers={"Range": f"bytes={ranges}"})
+    assert time.perf_counter() - start < 1.0
+    _assert_problem(r, 416, "too-many-ranges", "asks for 3000 ranges; at most 16")
+    assert r.headers["content-range"] == "bytes */16384"
+
+
+def test_a_few_ranges_are_still_served(client, weights_job: str) -> None:
+    r = client.get(f"/v1/jobs/{weights_job}/weights", headers={"Range": "bytes=2-5"})
+    assert (r.status_code, r.content) == (206, bytes([2, 3, 4, 5]))
+    r = client.get(f"/v1/jobs/{weights_job}/weights", headers={"Range": "bytes=0-0,10-10"})
+    assert r.status_code == 206
+    assert r.headers["content-type"].startswith("multipart/byteranges")

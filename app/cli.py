@@ -142,6 +142,18 @@ TargetArg = Annotated[
 ]
 
 
+def _json_object(text: str | None, option: str) -> dict[str, Any]:
+    from app.engine.errors import InvalidTargetError
+
+    try:
+        parsed = json.loads(text) if text is not None else {}
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise InvalidTargetError(f"{option} must be a JSON object")
+    return parsed
+
+
 def _open_target(spec: str, kwargs: str | None) -> Any:
     from app.engine.errors import InvalidTargetError
     from app.engine.target import Target
@@ -149,12 +161,7 @@ def _open_target(spec: str, kwargs: str | None) -> Any:
     if spec.startswith("arch:"):
         from app.config import get_settings
 
-        try:
-            parsed = json.loads(kwargs) if kwargs is not None else {}
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise InvalidTargetError(f"--target-kwargs for {spec} must be a JSON object")
+        parsed = _json_object(kwargs, f"--target-kwargs for {spec}")
         extra = get_settings().architectures
         return Target.from_architecture(spec.removeprefix("arch:"), parsed, extra=extra)
     if kwargs is not None:
@@ -280,10 +287,38 @@ def convert(
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Re-read the output and compare.")
     ] = True,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: GRAFT_DEVICE, auto)."),
+    ] = None,
+    source_arch: Annotated[
+        str | None,
+        typer.Option(
+            "--source-arch",
+            help="The architecture the source belongs to: with an arch: target and a "
+            "rename-only recipe, both models run and must agree.",
+        ),
+    ] = None,
+    source_kwargs: Annotated[
+        str | None, typer.Option("--source-kwargs", help="JSON kwargs for --source-arch.")
+    ] = None,
 ) -> None:
     """Convert SOURCE into TARGET's layout, verify it, and report every tensor."""
+    from app.config import get_settings
+    from app.engine.architectures import bind_architecture
+
     if fmt not in ("safetensors", "torch"):
         raise typer.BadParameter("--format is safetensors or torch")
+    settings = get_settings()
+    bound = None
+    if source_arch is not None:
+        bound = bind_architecture(
+            source_arch,
+            _json_object(source_kwargs, "--source-kwargs"),
+            extra=settings.architectures,
+        )
+    elif source_kwargs is not None:
+        raise typer.BadParameter("--source-kwargs needs --source-arch")
     _run(
         [source],
         target,
@@ -296,6 +331,8 @@ def convert(
         dry_run=False,
         max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
         verify=verify,
+        device=device or settings.device,
+        source_architecture=bound,
     )
 
 

@@ -66,3 +66,22 @@ def test_bad_kwargs_and_unknown_names_exit_2_with_one_line(tmp_path: Path) -> No
     assert listed.returncode == 0, listed.stderr
     origins = {a["name"]: a["origin"] for a in json.loads(listed.stdout)}
     assert (origins["tiny_b"], origins["graft_vit"]) == ("setting", "builtin")
+
+
+def test_source_arch_proves_a_rename_only_conversion_preserves_the_function(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out.safetensors"
+    result = CliRunner().invoke(
+        cli,
+        ["convert", str(_source(tmp_path)), "arch:graft_resnet", "--target-kwargs",
+         json.dumps(RESNET), "--source-arch", "graft_resnet", "--source-kwargs",
+         json.dumps(RESNET), "--device", "cpu", "-o", str(out), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    verification = json.loads(result.stdout)["verification"]
+    assert (
+        verification["equivalence"] | {"run": True, "ok": True, "max_abs_diff": 0.0}
+        == (verification["equivalence"])
+    )
+    assert verification["forward"]["device"] == "cpu"

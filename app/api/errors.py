@@ -17,7 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.engine.errors import GraftError
 from app.services.errors import ServiceError, status_for_type
 
-__all__ = ["PROBLEM_JSON", "install_error_handlers", "problem_response"]
+__all__ = [
+    "PROBLEM_JSON",
+    "PROBLEM_RESPONSES",
+    "install_error_handlers",
+    "problem",
+    "problem_response",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +41,34 @@ _TYPE_BY_STATUS = {
     416: "range-not-satisfiable",
     422: "validation-error",
     503: "not-ready",
+}
+
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+
+
+def problem(description: str) -> dict[str, Any]:
+    """An OpenAPI response entry whose body is problem+json."""
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}}
+
+
+# Documented on every /v1 resource route: what any of them may answer besides success.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: problem("malformed request (body, form or file name)"),
+    401: problem("an API key is required (once keys exist), or it is unknown or revoked"),
+    403: problem("the key lacks the scope this needs"),
+    404: problem("no such resource, or it belongs to another owner"),
+    422: problem("invalid parameters or body, or the input was refused"),
 }
 
 

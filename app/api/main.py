@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.errors import install_error_handlers
+from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
 from app.api.routes import architectures, checkpoints, health, jobs
 from app.config import Settings, get_settings
 from app.db.session import Database
@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, checkpoints, jobs, architectures):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (checkpoints, jobs):
+        app.include_router(module.router, responses=PROBLEM_RESPONSES)
+    app.include_router(architectures.router)
     return app

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -161,7 +162,10 @@ async def _receive_multipart(
         body += len(chunk)
         if body > receiver.limit + _MULTIPART_OVERHEAD:
             raise _too_large(receiver.limit)
-        parser.write(chunk)
+        try:
+            parser.write(chunk)
+        except MultipartParseError as exc:
+            raise BadRequestError(f"malformed multipart body: {exc}") from None
         for kind, data in events:
             if kind == "begin":
                 _, options = parse_options_header(data)
@@ -182,7 +186,10 @@ async def _receive_multipart(
             elif kind == "end" and part.staged is not None:
                 await _flush(part.staged, part.buffer)
         events.clear()
-    parser.finalize()
+    try:
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadRequestError(f"malformed multipart body: {exc}") from None
     if not receiver.files:
         raise BadRequestError("no `file` part in the form: use -F file=@model.pth")
 

@@ -34,6 +34,7 @@ import blake3
 
 from app.engine.adapt import apply_adapt, cast
 from app.engine.checkpoint import SAFETENSORS_DTYPES, Source, open_source
+from app.engine.devices import resolve_device
 from app.engine.errors import GraftError
 from app.engine.initialize import key_generator, sample
 from app.engine.meta import DTYPE_SIZES, TensorInfo, is_floating
@@ -132,6 +133,7 @@ def produce(
     elif entry.fed:
         value = source.read(entry.sources[0])
         if entry.adapt is not None:
+            device = resolve_device(device)
             rule = entry.adapt
             value, _ = apply_adapt(
                 rule.op,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from app import __version__
 from app.engine.checkpoint import Source, open_source
+from app.engine.devices import resolve_device
 from app.engine.execute import DIGEST_PLACEHOLDER, Execution, OutputFormat, execute_plan
 from app.engine.plan import Plan, build_plan
 from app.engine.recipe import Recipe
@@ -70,7 +71,8 @@ def convert(
         fmt: ``safetensors`` (default, streamed) or ``torch``.
         dtype: overrides ``recipe.dtype`` when given.
         dry_run: plan and report only; no tensor data is read.
-        device: where shape ops run; the output is always written from the CPU.
+        device: where shape ops and model verification run: ``auto`` (CUDA when present),
+            ``cpu``, ``cuda``, ``cuda:N``; the output is always written from the CPU.
         progress: called with (stage, fraction in 0..1).
         max_shard_size: write Hugging Face shards of at most this many bytes into the folder
             ``output`` (``model-0000i-of-0000N.safetensors`` + ``model.safetensors.index.json``).
@@ -133,7 +135,8 @@ def _verify_on_model(
     if progress:
         progress("verify-model", 0.0)
     outcome = verify_on_model(
-        result.output, target.architecture, result.report, device=device, source=src,
+        result.output, target.architecture, result.report, device=resolve_device(device),
+        source=src,
         source_architecture=source_architecture,
     )  # fmt: skip
     outcome.apply(result.report)

@@ -30,34 +30,13 @@ from app.db.base import utcnow
 from app.db.models import Artifact, JobStatus
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
 from app.db.session import Database
+from app.engine.devices import resolve_device
 from app.services.sandbox import Limits, SandboxError, run_sandboxed
 from app.storage import BlobStore
 
 __all__ = ["JobRunner", "resolve_device"]
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str, *, index: int = 0) -> str:
-    """The device one worker uses: ``cpu`` or ``cuda:N``.
-
-    ``auto`` is CUDA when torch sees a GPU, else the CPU. ``auto`` and ``cuda`` pin worker
-    ``index`` to GPU ``index % device_count`` so several workers spread over several GPUs;
-    ``cuda:N`` and ``cpu`` are taken as given.
-
-    Raises:
-        RuntimeError: ``cuda`` was asked for and torch sees no GPU.
-    """
-    if device == "cpu" or device.startswith("cuda:"):
-        return device
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        if device == "cuda":
-            raise RuntimeError("GRAFT_DEVICE=cuda, but torch sees no CUDA device")
-        return "cpu"
-    return f"cuda:{index % count}"
 
 
 class _Abort(BaseException):

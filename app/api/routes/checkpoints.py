@@ -15,6 +15,7 @@ from app.api.deps import (
     WritePrincipal,
     WriteSession,
 )
+from app.api.errors import problem
 from app.api.schemas import CheckpointPublic, CheckpointsPublic, TensorPublic, TensorsPublic
 from app.api.uploads import receive_upload
 from app.services import checkpoints as service
@@ -57,10 +58,10 @@ _UPLOAD_BODY = {
     openapi_extra=_UPLOAD_BODY,
     responses={
         200: {"model": CheckpointPublic, "description": "the same bytes were uploaded before"},
-        400: {"description": "a malformed form or an unusable file name"},
-        408: {"description": "the client stopped sending (GRAFT_UPLOAD_IDLE_TIMEOUT_SECONDS)"},
-        413: {"description": "larger than GRAFT_MAX_UPLOAD_BYTES, or too many tensors"},
-        422: {"description": "unsafe or unreadable checkpoint"},
+        400: problem("a malformed form or an unusable file name"),
+        408: problem("the client stopped sending (GRAFT_UPLOAD_IDLE_TIMEOUT_SECONDS)"),
+        413: problem("larger than GRAFT_MAX_UPLOAD_BYTES, or too many tensors"),
+        422: problem("unsafe or unreadable checkpoint"),
     },
 )
 async def upload_checkpoint(
@@ -132,7 +133,7 @@ def list_tensors(
 @router.delete(
     "/{checkpoint_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={409: {"description": "a queued or running job uses it"}},
+    responses={409: problem("a queued or running job uses it")},
 )
 def delete_checkpoint(checkpoint_id: str, principal: WritePrincipal, session: WriteSession) -> None:
     service.delete_checkpoint(session, checkpoint_id, owner=principal.scope_owner)

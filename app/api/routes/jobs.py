@@ -15,6 +15,7 @@ from app.api.deps import (
     WritePrincipal,
     WriteSession,
 )
+from app.api.errors import problem
 from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
 from app.services import jobs as service
 from app.services.errors import TooManyRangesError
@@ -25,7 +26,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={422: {"description": "invalid recipe (names the rule) or unknown checkpoint"}},
+    responses={422: problem("invalid recipe (names the rule) or unknown checkpoint")},
 )
 def create_job(
     body: Annotated[JobCreate, Body()],
@@ -72,7 +73,7 @@ def get_job(job_id: str, principal: ReadPrincipal, session: ReadSession) -> JobP
     return JobPublic.of(service.get_job(session, job_id, owner=principal.scope_owner))
 
 
-@router.post("/{job_id}/cancel", responses={409: {"description": "the job already finished"}})
+@router.post("/{job_id}/cancel", responses={409: problem("the job already finished")})
 def cancel_job(job_id: str, principal: WritePrincipal, session: WriteSession) -> JobPublic:
     """Cancel a queued job at once; a running one stops at its next checkpoint of progress."""
     return JobPublic.of(service.cancel_job(session, job_id, owner=principal.scope_owner))
@@ -121,7 +122,7 @@ def get_manifest(
     response_class=FileResponse,
     responses={
         206: {"description": "a byte range (HTTP Range)"},
-        416: {"description": "an unsatisfiable range, or more than GRAFT_MAX_RANGES ranges"},
+        416: problem("an unsatisfiable range, or more than GRAFT_MAX_RANGES ranges"),
     },
 )
 def get_weights(

@@ -27,7 +27,9 @@ CHECKS = ",".join(
 )
 
 
-def test_openapi_fuzzing_finds_no_5xx_and_no_schema_violation(server: Server) -> None:
+def test_openapi_fuzzing_finds_no_5xx_and_no_schema_violation(
+    server: Server, tmp_path: Path
+) -> None:
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
@@ -51,5 +53,6 @@ def test_openapi_fuzzing_finds_no_5xx_and_no_schema_violation(server: Server) ->
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,  # its .schemathesis/ cache stays out of the repository
     )
     assert result.returncode == 0, result.stdout[-6000:]

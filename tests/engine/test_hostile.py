@@ -24,7 +24,6 @@ from torch import nn
 
 from app.engine.checkpoint import open_source
 from app.engine.errors import (
-    GraftError,
     TooLargeError,
     UnreadableCheckpointError,
     UnsafeCheckpointError,

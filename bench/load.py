@@ -136,6 +136,10 @@ async def _run(server: Server, clients: int, seconds: float) -> None:
         log = server.log.read_text(errors="replace")
         causes = {m: log.count(m) for m in ("database is locked", "Traceback")}
         print(f"server log: {causes}")
+        if causes["Traceback"] and "--show-log" in sys.argv:
+            print(log[log.index("Traceback") :][:6000])
+        if "--show-log" in sys.argv and "HELD" in log:
+            print(log[log.index("HELD") :][:8000])
         # Every job must end, and every success must carry exactly the source's tensors.
         wait_start = time.monotonic()
         statuses: dict[str, int] = defaultdict(int)
@@ -168,6 +172,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--show-log", action="store_true", help="print the first traceback")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(

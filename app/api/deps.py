@@ -3,9 +3,11 @@ transaction: it commits after the route returns and before the response is sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+import functools
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, Any, TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -16,6 +18,8 @@ from app.services.auth import Principal, authenticate
 from app.services.inspector import InspectorPool
 from app.storage import BlobStore
 
+T = TypeVar("T")
+
 __all__ = [
     "DatabaseDep",
     "InspectorDep",
@@ -25,6 +29,7 @@ __all__ = [
     "StoreDep",
     "WritePrincipal",
     "WriteSession",
+    "in_write_thread",
 ]
 
 
@@ -59,9 +64,39 @@ def _read_session(database: DatabaseDep) -> Iterator[Session]:
         yield session
 
 
-def _write_session(database: DatabaseDep) -> Iterator[Session]:
-    with database.transaction(write=True) as session:
+# A write transaction takes SQLite's lock at its first statement (BEGIN IMMEDIATE) and keeps
+# it until COMMIT. Under load every thread of the shared pool can sit blocked in BEGIN
+# IMMEDIATE behind that lock; if the holder then needed one more pool thread (a sync route's
+# response validation, or the commit itself) nothing would move until the busy timeout ran
+# out ("database is locked", 500s). Hence the rule for write routes: they are ``async def``,
+# do their service call in one hop (``in_write_thread``), and that hop is the last pool thread
+# the transaction uses; commit and rollback run on threads of their own.
+_FINISH_THREADS = 8
+
+
+async def in_write_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a service call that writes, in one hop of the thread pool (see above)."""
+    return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def _finish_limiter(request: Request) -> CapacityLimiter:
+    limiter: CapacityLimiter | None = getattr(request.app.state, "finish_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.finish_limiter = CapacityLimiter(_FINISH_THREADS)
+    return limiter
+
+
+async def _write_session(request: Request, database: DatabaseDep) -> AsyncIterator[Session]:
+    session = database.writer()
+    limiter = _finish_limiter(request)
+    try:
         yield session
+        await to_thread.run_sync(session.commit, limiter=limiter)
+    except BaseException:
+        await to_thread.run_sync(session.rollback, limiter=limiter)
+        raise
+    finally:
+        await to_thread.run_sync(session.close, limiter=limiter)
 
 
 ReadSession = Annotated[Session, Depends(_read_session, scope="function")]

@@ -57,14 +57,16 @@ def publish_checkpoint(
     Returns:
         ``(checkpoint, created)``.
     """
+    # Blobs first, before the transaction's first statement takes the write lock: publishing
+    # fsyncs, and content-addressed blobs are idempotent (a duplicate publishes nothing new).
+    for staged in files:
+        store.publish(staged.path, staged.sha256)
     repo = CheckpointRepository(session)
     named = [(f.path.name, f.sha256) for f in files]
     digest = checkpoint_digest(named)
     existing = repo.get_by_sha256(digest, owner=owner)
     if existing is not None:
         return existing, False
-    for staged in files:
-        store.publish(staged.path, staged.sha256)
     totals = summary.get("totals", {})
     checkpoint = Checkpoint(
         owner=owner,

@@ -14,6 +14,7 @@ from app.api.deps import (
     StoreDep,
     WritePrincipal,
     WriteSession,
+    in_write_thread,
 )
 from app.api.errors import problem
 from app.api.schemas import CheckpointPublic, CheckpointsPublic, TensorPublic, TensorsPublic
@@ -135,5 +136,9 @@ def list_tensors(
     status_code=status.HTTP_204_NO_CONTENT,
     responses={409: problem("a queued or running job uses it")},
 )
-def delete_checkpoint(checkpoint_id: str, principal: WritePrincipal, session: WriteSession) -> None:
-    service.delete_checkpoint(session, checkpoint_id, owner=principal.scope_owner)
+async def delete_checkpoint(
+    checkpoint_id: str, principal: WritePrincipal, session: WriteSession
+) -> None:
+    await in_write_thread(
+        service.delete_checkpoint, session, checkpoint_id, owner=principal.scope_owner
+    )

@@ -14,6 +14,7 @@ from app.api.deps import (
     StoreDep,
     WritePrincipal,
     WriteSession,
+    in_write_thread,
 )
 from app.api.errors import problem
 from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     status_code=status.HTTP_202_ACCEPTED,
     responses={422: problem("invalid recipe (names the rule) or unknown checkpoint")},
 )
-def create_job(
+async def create_job(
     body: Annotated[JobCreate, Body()],
     response: Response,
     principal: WritePrincipal,
@@ -36,7 +37,8 @@ def create_job(
     settings: SettingsDep,
 ) -> JobPublic:
     """Queue a conversion; poll the `Location` it returns."""
-    job = service.create_job(
+    job = await in_write_thread(
+        service.create_job,
         session,
         source=body.source,
         target=body.target.model_dump(),
@@ -74,9 +76,10 @@ def get_job(job_id: str, principal: ReadPrincipal, session: ReadSession) -> JobP
 
 
 @router.post("/{job_id}/cancel", responses={409: problem("the job already finished")})
-def cancel_job(job_id: str, principal: WritePrincipal, session: WriteSession) -> JobPublic:
+async def cancel_job(job_id: str, principal: WritePrincipal, session: WriteSession) -> JobPublic:
     """Cancel a queued job at once; a running one stops at its next checkpoint of progress."""
-    return JobPublic.of(service.cancel_job(session, job_id, owner=principal.scope_owner))
+    job = await in_write_thread(service.cancel_job, session, job_id, owner=principal.scope_owner)
+    return JobPublic.of(job)
 
 
 @router.get("/{job_id}/artifacts")

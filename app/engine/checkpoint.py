@@ -599,13 +599,15 @@ class Source:
         return (str(id(entry.reader)), *entry.reader.storage_id(entry.handle))
 
     def sha256(self) -> str:
-        """sha256 of the file; for a sharded set, of the sorted ``name sha256`` lines."""
+        """sha256 of the file; for a sharded set, that of its ``sha256sum`` listing
+        (``"<sha256>  <name>"`` lines sorted by name), as the service identifies sets."""
         if self._sha256 is None:
             if len(self.paths) == 1:
                 self._sha256 = sha256_file(self.paths[0])
             else:
-                lines = sorted(f"{p.name} {sha256_file(p)}\n" for p in self.paths)
-                self._sha256 = hashlib.sha256("".join(lines).encode()).hexdigest()
+                paths = sorted(self.paths, key=lambda p: p.name)
+                lines = "".join(f"{sha256_file(p)}  {p.name}\n" for p in paths)
+                self._sha256 = hashlib.sha256(lines.encode()).hexdigest()
         return self._sha256
 
     def close(self) -> None:

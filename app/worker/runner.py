@@ -67,9 +67,15 @@ class _Spec:
     output_format: str
     output_dtype: str | None
     dry_run: bool
+    source_sha256: str | None = None  # hashed at upload; the engine need not hash it again
 
 
 _MEDIA = {"json": "application/json", "text": "text/plain; charset=utf-8"}
+
+
+def _checkpoint_sha256(checkpoints: CheckpointRepository, checkpoint_id: str | None) -> str | None:
+    checkpoint = checkpoints.get(checkpoint_id) if checkpoint_id else None
+    return checkpoint.sha256 if checkpoint is not None else None
 
 
 class JobRunner:
@@ -179,6 +185,7 @@ class JobRunner:
                 output_format=job.output_format,
                 output_dtype=job.output_dtype,
                 dry_run=job.dry_run,
+                source_sha256=_checkpoint_sha256(checkpoints, job.source_id),
             )
 
     def _execute(self, job_id: str) -> None:
@@ -346,6 +353,7 @@ class JobRunner:
             "output_format": spec.output_format,
             "output_dtype": spec.output_dtype,
             "dry_run": spec.dry_run,
+            "source_sha256": spec.source_sha256,
             "device": device,
             "reports": str(out),
             "architectures": self.architectures,
@@ -470,6 +478,7 @@ def convert_in_sandbox(payload: dict[str, Any], emit: Callable[[dict[str, Any]],
             dry_run=payload["dry_run"],
             device=payload["device"],
             progress=progress,
+            source_sha256=payload.get("source_sha256"),
         )
     reports = Path(payload["reports"])
     (reports / "report.json").write_bytes(_json(result.report))

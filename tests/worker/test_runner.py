@@ -14,7 +14,7 @@ from torch import nn
 
 from app.db.base import utcnow
 from app.db.models import Job
-from app.db.repositories import JobRepository
+from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
 from app.engine.checkpoint import inspect_source
 from app.services.checkpoints import publish_checkpoint
@@ -91,6 +91,10 @@ def test_job_succeeds_with_artifacts(setup: tuple[Database, BlobStore, str, str]
     assert set(names) == {"manifest", "report", "report-text", "weights"}
     report = json.loads(store.path(names["report"].sha256).read_bytes())
     assert report["summary"]["loaded"] == 9
+    with db.transaction(write=False) as session:  # the digest taken at upload, not recomputed
+        uploaded = CheckpointRepository(session).get(source)
+        assert uploaded is not None
+        assert report["source"]["sha256"] == uploaded.sha256
     weights = load_file(store.path(names["weights"].sha256))
     for key, value in _net(0).state_dict().items():
         assert torch.equal(weights[key], value), key

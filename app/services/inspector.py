@@ -177,6 +177,20 @@ class InspectorPool:
         result: list[dict[str, Any]] = answer["result"]
         return result
 
+    async def check_architecture(
+        self, name: str, kwargs: dict[str, Any], *, extra: str = ""
+    ) -> None:
+        """Bind ``name`` with ``kwargs`` in a child, exactly as the worker will.
+
+        Raises:
+            InspectionError: ``invalid-target``, naming the architecture and the kwarg.
+        """
+        answer = await self._call(
+            {"op": "bind-architecture", "name": name, "kwargs": kwargs, "extra": extra}
+        )
+        if not answer.get("ok"):
+            raise InspectionError(str(answer.get("type")), str(answer.get("message")))
+
 
 # ------------------------------------------------------------------------------------------
 # The child side.
@@ -196,6 +210,13 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
     try:
         if request.get("op") == "architectures":
             return {"ok": True, "result": _list_architectures(request.get("extra") or "")}
+        if request.get("op") == "bind-architecture":
+            from app.engine.architectures import bind_architecture
+
+            bind_architecture(
+                request["name"], request.get("kwargs"), extra=request.get("extra") or ""
+            )
+            return {"ok": True, "result": None}
         files = [Path(p) for p in request["files"]]
         source: Path | list[Path] = files[0] if len(files) == 1 else files
         summary = inspect_source(source, entry=request.get("entry", "auto"))

@@ -48,3 +48,34 @@ def test_the_architectures_setting_adds_to_the_listing(settings: Settings, tmp_p
         "``classifier``.",
         "origin": "setting",
     }
+
+
+def test_an_architecture_job_is_checked_before_it_is_queued(
+    client: TestClient, tmp_path: Path
+) -> None:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    source = client.post(
+        "/v1/checkpoints", params={"filename": "src.pth"}, content=buf.getvalue()
+    ).json()["id"]
+    before = client.get("/v1/jobs").json()["count"]
+
+    def job(target: dict[str, object]) -> tuple[int, dict[str, object]]:
+        r = client.post("/v1/jobs", json={"source": source, "target": target})
+        return r.status_code, r.json()
+
+    status, body = job({"architecture": "graft_nope", "kwargs": {}})
+    assert (status, body["type"]) == (422, "invalid-target")
+    assert "graft_nope" in str(body["detail"])
+    status, body = job({"architecture": "graft_resnet", "kwargs": {"widht": 8}})
+    assert (status, body["type"]) == (422, "invalid-target")
+    assert "'widht'" in str(body["detail"])
+    status, body = job({"architecture": "graft_resnet", "kwargs": {"width": "8"}})
+    assert (status, body["type"]) == (422, "invalid-target")
+    assert client.get("/v1/jobs").json()["count"] == before  # nothing was queued
+    status, body = job({"architecture": "graft_resnet", "kwargs": {"width": 8, "depth": 1}})
+    assert status == 202

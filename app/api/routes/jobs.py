@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.responses import FileResponse
 
 from app.api.deps import (
+    InspectorDep,
     ReadPrincipal,
     ReadSession,
     SettingsDep,
@@ -35,13 +36,19 @@ async def create_job(
     principal: WritePrincipal,
     session: WriteSession,
     settings: SettingsDep,
+    inspector: InspectorDep,
 ) -> JobPublic:
     """Queue a conversion; poll the `Location` it returns."""
+    target = body.target.model_dump()
+    if "architecture" in target:  # bound in a child, as the worker will, before queueing
+        await inspector.check_architecture(
+            target["architecture"], target.get("kwargs") or {}, extra=settings.architectures
+        )
     job = await in_write_thread(
         service.create_job,
         session,
         source=body.source,
-        target=body.target.model_dump(),
+        target=target,
         recipe=body.recipe,
         output_format=body.output.format,
         output_dtype=body.output.dtype,

@@ -449,7 +449,17 @@ def serve(
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    index: Annotated[
+        int,
+        typer.Option(
+            "--index",
+            min=0,
+            help="This worker's number on the host: with several GPUs and GRAFT_DEVICE=auto "
+            "or cuda, worker i uses GPU i % count.",
+        ),
+    ] = 0,
+) -> None:
     """Run one more worker process against the configured database and storage."""
     import logging
 
@@ -458,7 +468,7 @@ def worker() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run_worker()
+    run_worker(index=index)
 
 
 # --- API keys (graft keys create|list|revoke) ---

@@ -699,8 +699,11 @@ def _read_recipe_file(path: Path) -> Any:
     try:
         return yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
+        hint = ""
+        if "escape character" in str(exc):  # "\d" inside double quotes, the usual regex slip
+            hint = "; write regexes in single quotes ('^blocks\\.(\\d+)\\.'), where \\ is literal"
         raise InvalidRecipeError(
-            f"recipe file {str(path)!r} is not valid YAML: {_one_line(str(exc))}"
+            f"recipe file {str(path)!r} is not valid YAML: {_one_line(str(exc))}{hint}"
         ) from None
 
 

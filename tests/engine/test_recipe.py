@@ -466,3 +466,10 @@ def test_compile_regex_and_replacement() -> None:
     assert parse_replacement(r"x.\g<name>.\2\\", regex) == ("x.", 1, ".", 2, "\\")
     with pytest.raises(InvalidRecipeError, match=r"^rename\[4\]: .*backreference"):
         compile_regex(r"(a)\1", rule="rename[4]")
+
+
+def test_a_regex_in_double_quotes_gets_a_hint_about_yaml_escapes(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text('version: 1\nrename:\n  - {regex: "^blocks\\.(\\d+)", to: "layers"}\n')
+    with pytest.raises(InvalidRecipeError, match=r"not valid YAML.*write regexes in single quotes"):
+        load_recipe(path)

@@ -227,3 +227,43 @@ def test_real_legacy_checkpoint_loads_strict_in_a_fresh_process(tmp_path: Path) 
     written = load_file(str(out))
     for key, value in reference.items():
         assert torch.equal(written[key], value), key
+
+
+def test_skeleton_describes_an_importable_factory_exactly(tmp_path: Path) -> None:
+    out = tmp_path / "target.json"
+    result = graft(
+        "skeleton", "tests.engine._models:SmallNet", "--kwargs", '{"in_chans": 4}', "-o", out
+    )
+    assert result.exit_code == 0, result.output
+    skeleton = json.loads(out.read_text())
+    assert skeleton == skeleton_from_module(SmallNet(in_chans=4))
+    tensors = skeleton["tensors"]
+    assert tensors["conv1.weight"] == {
+        "shape": [4, 4, 3, 3],
+        "dtype": "float32",
+        "kind": "parameter",
+        "module": "Conv2d",
+    }
+    assert tensors["bn1.running_mean"]["kind"] == "buffer"
+    assert tensors["bn1.num_batches_tracked"] == {
+        "shape": [],
+        "dtype": "int64",
+        "kind": "buffer",
+        "module": "BatchNorm2d",
+    }
+    # and it is a usable target
+    src = save_sd(small_state_dict(0), tmp_path / "src.pt")
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"adapt": [{"match": "conv1.weight", "op": "channels"}]}))
+    converted = graft("convert", src, out, "-r", recipe, "-o", tmp_path / "out.st", "--json")
+    assert converted.exit_code == 0, converted.output
+    assert json.loads(converted.stdout)["summary"]["adapted"] == 1
+
+
+def test_skeleton_of_something_unimportable_exits_2() -> None:
+    result = graft_process("skeleton", "no_such_module:Net")
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == "graft: error: cannot import no_such_module:Net: No module named 'no_such_module'\n"
+    )

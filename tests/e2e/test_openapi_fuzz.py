@@ -45,8 +45,8 @@ def test_openapi_fuzzing_finds_no_5xx_and_no_schema_violation(
             "--phases",
             "examples,coverage,fuzzing",
             "--generation-deterministic",
-            "--workers",
-            "2",
+            "--workers",  # one: hypothesis' ast.parse in two threads trips a CPython 3.11
+            "1",  # bug ("AST constructor recursion depth mismatch"), a crash of the tool
             "--request-timeout",
             "20",
         ],

@@ -183,7 +183,10 @@ def atomic_output(path: Path, *, folder: bool = False) -> Iterator[Path]:
                 old = path.with_name(f".{path.name}.graft-old-{os.getpid()}")
                 path.rename(old)
                 tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink()
             else:
                 tmp.rename(path)
         else:

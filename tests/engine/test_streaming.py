@@ -255,3 +255,12 @@ def test_verification_catches_bytes_that_reach_the_disk_wrong(
     assert result.report["verification"]["equal"] == n - 1
     assert result.report["verification"]["unequal"] == [second]
     assert result.report["errors"] == ["verification: 1 tensors differ from the source"]
+
+
+def test_sharded_output_replaces_a_file_at_the_output_path(tmp_path: Path) -> None:
+    src = _sources(tmp_path)["zip"]
+    out = tmp_path / "out"
+    out.write_bytes(b"an older single-file output")
+    result = _convert(src, skeleton_of(Wrapped()), RENAME, out, max_shard_size=10_000)
+    assert result.ok and out.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -65,7 +65,7 @@ _ST_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 DIGEST_PLACEHOLDER = "0" * 64
 CHUNK = 1 << 20  # page-aligned copy buffer; measured fastest with preadv on this class of disk
 INDEX_NAME = "model.safetensors.index.json"
-VERIFY_WINDOW = 32 << 20  # mapped at a time when verifying a large tensor
+VERIFY_WINDOW = 16 << 20  # mapped at a time when verifying a large tensor
 VERIFY_MAPPED_FROM = 2 << 20  # smaller tensors are read through the copy buffer
 
 

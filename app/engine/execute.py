@@ -348,11 +348,22 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 class _ByteCopier:
-    """Copies and compares file byte ranges through page-aligned buffers; no torch."""
+    """Copies and digests file byte ranges through page-aligned buffers; no torch.
 
-    def __init__(self, digests: _Digests | None = None) -> None:
-        self.digests = digests or _Digests()
+    The digest thread starts on the first copy: a copier that only digests (verification)
+    never needs it.
+    """
+
+    def __init__(self) -> None:
+        self._digests: _Digests | None = None
+        self._buffer = memoryview(mmap.mmap(-1, CHUNK))
         self._fds: dict[Path, int] = {}
+
+    @property
+    def digests(self) -> _Digests:
+        if self._digests is None:
+            self._digests = _Digests()
+        return self._digests
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
@@ -392,7 +403,7 @@ class _ByteCopier:
         """
         if length < VERIFY_MAPPED_FROM:
             h = _hasher()
-            buf = self.digests.buffers[0]
+            buf = self._buffer
             done = 0
             while done < length:
                 view = self._read_into(buf, path, offset + done, min(CHUNK, length - done))
@@ -415,7 +426,8 @@ class _ByteCopier:
 
     def close(self) -> None:
         # The buffers are left to the garbage collector: a traceback may still hold a slice.
-        self.digests.abort()
+        if self._digests is not None:
+            self._digests.abort()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

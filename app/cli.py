@@ -74,11 +74,6 @@ def _human_count(n: int) -> str:
     return str(n)
 
 
-def _uniform(values: list[Any], many: str) -> str:
-    distinct = {json.dumps(v) for v in values}
-    return str(values[0]) if len(distinct) == 1 else f"{many} ({len(distinct)})"
-
-
 def render_inspect(summary: dict[str, Any]) -> str:
     """The grouped human view of ``graft inspect``."""
     from app.engine.keys import group_keys
@@ -109,16 +104,23 @@ def render_inspect(summary: dict[str, Any]) -> str:
     )
     dtypes = ", ".join(f"{d} {v['tensors']}" for d, v in totals["by_dtype"].items())
     lines += [f"dtypes    {dtypes}", ""]
-    by_key = {t["key"]: t for t in summary["tensors"]}
-    groups = group_keys(list(by_key))
-    width = min(max((len(g.pattern) for g in groups), default=10), 70)
+    # Keys are grouped within each (shape, dtype, kind), so every line states one shape:
+    # ``blocks.{0..5}.attn.{key,query,value}.weight  18  [384, 384]``.
+    order = {t["key"]: i for i, t in enumerate(summary["tensors"])}
+    buckets: dict[tuple[str, str, str], list[str]] = {}
+    for t in summary["tensors"]:
+        buckets.setdefault((str(t["shape"]), t["dtype"], t["kind"]), []).append(t["key"])
+    rows = sorted(
+        ((g, shape, dtype, kind) for (shape, dtype, kind), keys in buckets.items()
+         for g in group_keys(keys)),
+        key=lambda row: order[row[0].keys[0]],
+    )  # fmt: skip
+    width = min(max((len(g.pattern) for g, *_ in rows), default=10), 70)
     lines.append(f"{'key':<{width}}  {'n':>4}  {'shape':<20} {'dtype':<9} kind")
-    for group in groups:
-        members = [by_key[k] for k in group.keys]
-        shape = _uniform([m["shape"] for m in members], "shapes")
-        dtype = _uniform([m["dtype"] for m in members], "dtypes")
-        kind = _uniform([m["kind"] for m in members], "mixed")
-        lines.append(f"{group.pattern:<{width}}  {len(members):>4}  {shape:<20} {dtype:<9} {kind}")
+    for group, shape, dtype, kind in rows:
+        lines.append(
+            f"{group.pattern:<{width}}  {len(group.keys):>4}  {shape:<20} {dtype:<9} {kind}"
+        )
     return "\n".join(lines)
 
 

@@ -120,24 +120,10 @@ def apply_adapt(
     Raises:
         InvalidRecipeError: unknown op or fill, or a layout the op does not support.
     """
-    if op == "channels":
-        return adapt_channels(
-            t,
-            target_shape,
-            fill=_need_fill(op, fill, key),
-            generator=generator,
-            key=key,
-            module=module,
-        )
-    if op == "resize":
-        return resize(
-            t,
-            target_shape,
-            fill=_need_fill(op, fill, key),
-            generator=generator,
-            key=key,
-            module=module,
-        )
+    if op in ("channels", "resize"):
+        fn = adapt_channels if op == "channels" else resize
+        fill_ = _need_fill(op, fill, key)
+        return fn(t, target_shape, fill=fill_, generator=generator, key=key, module=module)
     if op == "interpolate":
         return interpolate_pos_embed(
             t, target_shape, prefix_tokens=prefix_tokens, mode=mode, key=key

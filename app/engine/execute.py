@@ -510,9 +510,7 @@ def execute_plan(
     if fmt == "torch":
         if max_shard_size is not None:
             raise GraftError("max_shard_size applies to safetensors output only")
-        _write_torch(
-            plan, source, target, output, result, seed, device, progress, finalize_metadata
-        )
+        _write_torch(plan, source, target, output, result, seed, device, progress)
     else:
         shards = _split(plan.entries, max_shard_size)
         with atomic_output(output, folder=max_shard_size is not None) as tmp:
@@ -539,8 +537,9 @@ def _write_torch(
     seed: int,
     device: str,
     progress: Progress | None,
-    finalize_metadata: Callable[[Execution], dict[str, str]],
 ) -> None:
+    """``torch.save`` of every tensor at once (this format cannot be streamed; it carries no
+    metadata, so nothing is finalised)."""
     import torch
 
     tensors: dict[str, torch.Tensor] = {}
@@ -552,7 +551,6 @@ def _write_torch(
         tensors[entry.target] = value
         if progress:
             progress("write", (i + 1) / max(len(plan.entries), 1))
-    finalize_metadata(result)
     with atomic_output(output) as tmp:
         torch.save(tensors, tmp)
         _verify(tmp, plan, target, result, progress)

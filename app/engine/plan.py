@@ -17,7 +17,7 @@ from app.engine.checkpoint import Source
 from app.engine.errors import InvalidRecipeError
 from app.engine.initialize import InitRecord, resolve_init
 from app.engine.meta import TensorInfo, is_floating
-from app.engine.recipe import AdaptRule, InitRule, Recipe, cite, compile_pattern
+from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
 from app.engine.rename import apply_renames, filter_keys
 from app.engine.target import Target
 
@@ -105,11 +105,13 @@ def _output_dtype(stored: str, dtype: str) -> str:
     return dtype if dtype != "keep" and is_floating(stored) else stored
 
 
-def _first_rule(rules: Sequence[AdaptRule] | Sequence[InitRule], section: str, key: str) -> int:
-    for i, rule in enumerate(rules):
-        if compile_pattern(rule.match, rule=cite(section, i)).matches(key):
-            return i
-    return -1
+def _matchers(rules: Sequence[AdaptRule] | Sequence[InitRule], section: str) -> list[KeyMatcher]:
+    """Each rule's ``match``, compiled once per plan (not once per key)."""
+    return [compile_pattern(rule.match, rule=cite(section, i)) for i, rule in enumerate(rules)]
+
+
+def _first_rule(matchers: Sequence[KeyMatcher], key: str) -> int:
+    return next((i for i, m in enumerate(matchers) if m.matches(key)), -1)
 
 
 def _suffix_len(a: str, b: str) -> int:
@@ -186,6 +188,8 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
         Unused(by_new[k].source, "dropped", rule, k) for k, rule in dropped.items()
     ]
     available = {k: by_new[k] for k in kept_keys}
+    adapt_matchers = _matchers(recipe.adapt, "adapt")
+    init_matchers = _matchers(recipe.init, "init")
     entries: list[PlanEntry] = []
     mismatched: list[str] = []
     for key, info in target.tensors.items():
@@ -198,7 +202,7 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
             if src.shape == info.shape:
                 entry.status = "loaded"
             else:
-                index = _first_rule(recipe.adapt, "adapt", key)
+                index = _first_rule(adapt_matchers, key)
                 if index < 0:
                     unused.append(Unused(feed.source, "mismatched", None, key))
                     mismatched.append(
@@ -228,7 +232,7 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
                 if (cast := describe_cast(src.dtype, entry.dtype, key=key)) is not None:
                     entry.ops.append(cast)
         if not entry.fed:
-            _fill_missing(entry, info, target, recipe, out_dtype)
+            _fill_missing(entry, info, target, recipe, out_dtype, init_matchers)
         entries.append(entry)
     for key, feed in available.items():
         unused.append(Unused(feed.source, "unexpected", None, key))
@@ -239,7 +243,12 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
 
 
 def _fill_missing(
-    entry: PlanEntry, info: TensorInfo, target: Target, recipe: Recipe, out_dtype: str
+    entry: PlanEntry,
+    info: TensorInfo,
+    target: Target,
+    recipe: Recipe,
+    out_dtype: str,
+    init_matchers: Sequence[KeyMatcher],
 ) -> None:
     entry.benign = info.key.rsplit(".", 1)[-1] == "num_batches_tracked"
     keep = target.has_values and (recipe.missing in ("auto", "keep") or entry.benign)
@@ -250,7 +259,7 @@ def _fill_missing(
     if recipe.missing in ("keep", "error") and not entry.benign:
         entry.status = "missing"
         return
-    index = _first_rule(recipe.init, "init", info.key)
+    index = _first_rule(init_matchers, info.key)
     if index < 0:
         entry.status = "missing"
         return

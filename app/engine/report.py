@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from app.engine.checkpoint import Source
@@ -77,7 +78,7 @@ def build_report(
         for r in ("dropped", "unexpected", "mismatched")
     }
     target_elements = sum(i.numel for i in target.tensors.values())
-    fed_elements = sum(_numel(e.shape) for e in plan.entries if e.fed)
+    fed_elements = sum(math.prod(e.shape) for e in plan.entries if e.fed)
     summary: dict[str, Any] = {
         "loaded": counts["loaded"],
         "adapted": counts["adapted"],
@@ -138,13 +139,6 @@ def build_report(
     if failures:
         report["errors"] = failures
     return report
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def build_manifest(plan: Plan, target: Target, recipe: Recipe) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from app.db.base import utcnow
-from app.db.models import Artifact, JobStatus
+from app.db.models import Artifact, Checkpoint, JobStatus
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
 from app.db.session import Database
 from app.engine.devices import resolve_device
@@ -67,15 +67,10 @@ class _Spec:
     output_format: str
     output_dtype: str | None
     dry_run: bool
-    source_sha256: str | None = None  # hashed at upload; the engine need not hash it again
+    source_sha256: str | None = None
 
 
 _MEDIA = {"json": "application/json", "text": "text/plain; charset=utf-8"}
-
-
-def _checkpoint_sha256(checkpoints: CheckpointRepository, checkpoint_id: str | None) -> str | None:
-    checkpoint = checkpoints.get(checkpoint_id) if checkpoint_id else None
-    return checkpoint.sha256 if checkpoint is not None else None
 
 
 class JobRunner:
@@ -167,17 +162,21 @@ class JobRunner:
                 raise LookupError(job_id)
             checkpoints = CheckpointRepository(session)
 
-            def files(checkpoint_id: str | None, what: str) -> list[tuple[str, str]]:
+            def get(checkpoint_id: str | None, what: str) -> Checkpoint:
                 checkpoint = checkpoints.get(checkpoint_id) if checkpoint_id else None
                 if checkpoint is None:
                     raise _Missing(f"the {what} checkpoint was deleted")
+                return checkpoint
+
+            def files(checkpoint: Checkpoint) -> list[tuple[str, str]]:
                 return [(f.filename, f.sha256) for f in checkpoint.files]
 
+            source = get(job.source_id, "source")
             return _Spec(
                 job_id=job.id,
-                source_files=files(job.source_id, "source"),
+                source_files=files(source),
                 target_kind=job.target_kind,
-                target_files=files(job.target_checkpoint_id, "target")
+                target_files=files(get(job.target_checkpoint_id, "target"))
                 if job.target_kind == "checkpoint"
                 else [],
                 target_spec=job.target_spec,
@@ -185,7 +184,7 @@ class JobRunner:
                 output_format=job.output_format,
                 output_dtype=job.output_dtype,
                 dry_run=job.dry_run,
-                source_sha256=_checkpoint_sha256(checkpoints, job.source_id),
+                source_sha256=source.sha256,  # hashed at upload: the engine need not hash again
             )
 
     def _execute(self, job_id: str) -> None:

@@ -8,9 +8,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from app.engine.options import WriteOptions  # a light module: dataclasses only
+
+if TYPE_CHECKING:
+    from app.engine.architectures import BoundArchitecture
 
 __all__ = ["cli", "main"]
 
@@ -127,7 +132,7 @@ def render_inspect(summary: dict[str, Any]) -> str:
 @cli.command()
 def inspect(source: SourceArg, json_: JsonOpt = False, entry: EntryOpt = "auto") -> None:
     """Show formats, entry, keys, shapes, dtypes, parameters vs buffers and totals."""
-    from app.engine.checkpoint import inspect_source
+    from app.engine.readers import inspect_source
 
     summary = inspect_source(_source_arg(source), entry=entry)
     typer.echo(json.dumps(summary, indent=2) if json_ else render_inspect(summary))
@@ -206,11 +211,11 @@ def _run(
     *,
     output: Path | None,
     report_path: Path | None,
-    fmt: str,
+    options: WriteOptions,
     json_: bool,
     target_kwargs: str | None,
     dry_run: bool,
-    **options: Any,
+    source_architecture: BoundArchitecture | None = None,
 ) -> None:
     from app.engine.pipeline import convert
     from app.engine.recipe import load_recipe
@@ -223,10 +228,10 @@ def _run(
             tgt,
             parsed,
             output=output,
-            fmt=fmt,  # type: ignore[arg-type]
+            options=options,
             dry_run=dry_run,
             progress=progress,
-            **options,
+            source_architecture=source_architecture,
         )
     if report_path is not None:
         report_path.write_text(json.dumps(result.report, indent=2) + "\n")
@@ -259,7 +264,7 @@ def plan(
         recipe,
         output=None,
         report_path=report,
-        fmt="safetensors",
+        options=WriteOptions(),
         json_=json_,
         target_kwargs=target_kwargs,
         dry_run=True,
@@ -327,13 +332,15 @@ def convert(
         recipe,
         output=output,
         report_path=report,
-        fmt=fmt,
+        options=WriteOptions(
+            format=fmt,  # type: ignore[arg-type]
+            max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
+            verify=verify,
+            device=device or settings.device,
+        ),
         json_=json_,
         target_kwargs=target_kwargs,
         dry_run=False,
-        max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
-        verify=verify,
-        device=device or settings.device,
         source_architecture=bound,
     )
 

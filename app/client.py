@@ -23,10 +23,9 @@ from typing import Any
 from torch import nn
 
 from app.engine.errors import InvalidTargetError
+from app.engine.report import MANIFEST_SCHEMA
 
 __all__ = ["MANIFEST_SCHEMA", "apply_manifest", "keeps_eval"]
-
-MANIFEST_SCHEMA = "graft.manifest/v1"
 
 
 class _StayInEval:

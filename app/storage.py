@@ -18,19 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from app.engine.output.files import fsync_dir
+
 __all__ = ["BlobStore", "StagedFile"]
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -156,7 +150,7 @@ class BlobStore:
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         staged.replace(dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
     def ingest(self, path: Path) -> tuple[str, int]:

@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from app.engine.checkpoint import inspect_source
+from app.engine.readers import inspect_source
 
 MIB = 1 << 20
 

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.engine.checkpoint import inspect_source
+from app.engine.readers import inspect_source
 from tests.fixtures import cli_inspect, save_hf_sharded_safetensors, tiny_state_dict
 
 

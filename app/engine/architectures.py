@@ -5,8 +5,9 @@ Four sources, later ones overriding earlier ones of the same name (with a warnin
 1. torchvision's and timm's classification factories, when those libraries are installed,
    under the names they use (timm wins a name both have; torchvision's stays reachable as
    ``torchvision/NAME``);
-2. the reference architectures written in this project (``app.models``: ``graft_resnet``,
-   ``graft_mobilenet``, ``graft_vit``, ``graft_bert``);
+2. the reference architectures of this project (``app.zoo``: ``graft_resnet``,
+   ``graft_mobilenet``, ``graft_vit``, ``graft_bert``), registered by Graft's own distribution
+   through the entry-point group below, like any plug-in (the engine never imports the zoo);
 3. Python entry points in the group ``graft.architectures`` (``name = module:factory``): a team
    installs its model package and its models become targets;
 4. an explicit ``name=module:factory,...`` string (the service's ``GRAFT_ARCHITECTURES``),
@@ -15,7 +16,7 @@ Four sources, later ones overriding earlier ones of the same name (with a warnin
 Clients only ever name an architecture and pass JSON kwargs; they never send code. Kwargs are
 checked against the factory's signature (names, and the JSON types its annotations allow)
 before it runs. A model may declare ``example_input(batch)`` and ``example_output_shape(batch)``
-so a conversion into it can be proven by a forward pass (``app.engine.verify_model``).
+so a conversion into it can be proven by a forward pass (``app.engine.verify``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "graft.architectures"
+# The distribution whose entry points are the built-in zoo (origin ``builtin``).
+OWN_DISTRIBUTION = "graft"
 Origin = Literal["torchvision", "timm", "builtin", "entry-point", "setting"]
 ExampleFn = Callable[["nn.Module", int], tuple[Any, tuple[int, ...]]]
 
@@ -262,15 +265,8 @@ def load_registry(extra: str | None = None) -> dict[str, Architecture]:
 
     for arch in _library_architectures():
         add(arch)
-    for arch in _builtin_architectures():
+    for arch in _entry_point_architectures():
         add(arch)
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            factory = ep.load()
-        except Exception as exc:  # a broken plug-in must not take the registry down
-            logger.warning("entry point %s = %s cannot be loaded: %s", ep.name, ep.value, exc)
-            continue
-        add(_architecture(ep.name, factory, "entry-point", ep.value))
     for name, module, attr in parse_architectures(extra):
         ref = f"{module}:{attr}"
         try:
@@ -329,13 +325,20 @@ def _architecture(name: str, factory: Any, origin: Origin, ref: str) -> Architec
     return Architecture(name, factory, origin, ref, _first_line(factory))
 
 
-def _builtin_architectures() -> list[Architecture]:
-    from app.models import BUILTIN_ARCHITECTURES
-
-    return [
-        _architecture(name, cls, "builtin", f"{cls.__module__}:{cls.__qualname__}")
-        for name, cls in BUILTIN_ARCHITECTURES.items()
-    ]
+def _entry_point_architectures() -> list[Architecture]:
+    """The ``graft.architectures`` entry points: Graft's own zoo first (origin ``builtin``),
+    then every other installed distribution's, which may override a built-in name."""
+    found: list[tuple[bool, Architecture]] = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        own = ep.dist is not None and ep.dist.name == OWN_DISTRIBUTION
+        try:
+            factory = ep.load()
+        except Exception as exc:  # a broken plug-in must not take the registry down
+            logger.warning("entry point %s = %s cannot be loaded: %s", ep.name, ep.value, exc)
+            continue
+        origin: Origin = "builtin" if own else "entry-point"
+        found.append((not own, _architecture(ep.name, factory, origin, ep.value)))
+    return [arch for _, arch in sorted(found, key=lambda item: item[0])]
 
 
 _IMAGE_KWARGS = (
@@ -389,14 +392,14 @@ def _library_architectures() -> tuple[Architecture, ...]:
 
 
 def _torchvision_example(model: nn.Module, batch: int) -> tuple[Any, tuple[int, ...]]:
-    from app.models._example import example_image
+    from app.engine.examples import example_image
 
     head = [m for m in model.modules() if type(m).__name__ == "Linear"][-1]
     return example_image(batch, 3, 224), (batch, int(getattr(head, "out_features", 0)))
 
 
 def _timm_example(model: nn.Module, batch: int) -> tuple[Any, tuple[int, ...]]:
-    from app.models._example import example_image
+    from app.engine.examples import example_image
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
     _, height, _ = cfg.get("input_size", (3, 224, 224))

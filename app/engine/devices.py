@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-__all__ = ["resolve_device"]
+__all__ = ["Device", "resolve_device"]
 
 
 @functools.cache
@@ -29,3 +29,20 @@ def resolve_device(device: str, *, index: int = 0) -> str:
             raise RuntimeError("GRAFT_DEVICE=cuda, but torch sees no CUDA device")
         return "cpu"
     return f"cuda:{index % count}"
+
+
+class Device:
+    """The device one conversion asked for, resolved on first use and then kept.
+
+    The one place a conversion turns ``auto`` into a device: shape ops and model verification
+    both read :attr:`name`, and a conversion that never materialises a tensor never resolves
+    it, so it never imports torch.
+    """
+
+    def __init__(self, requested: str) -> None:
+        self.requested = requested
+
+    @functools.cached_property
+    def name(self) -> str:
+        """``cpu`` or ``cuda:N`` (see :func:`resolve_device`)."""
+        return resolve_device(self.requested)

@@ -1,4 +1,10 @@
-"""One conversion end to end: open, plan, write, verify, report. The engine's front door."""
+"""One conversion end to end: open, plan, write, verify, report. The engine's front door.
+
+read (:mod:`app.engine.readers`) -> plan (:mod:`app.engine.plan`) -> produce
+(:mod:`app.engine.produce`, :mod:`app.engine.ops`) -> write (:mod:`app.engine.write`,
+:mod:`app.engine.output`) -> verify (:mod:`app.engine.verify`) -> report
+(:mod:`app.engine.report`, built once).
+"""
 
 from __future__ import annotations
 
@@ -11,20 +17,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
-from app.engine.checkpoint import Source, open_source
-from app.engine.devices import resolve_device
-from app.engine.execute import DIGEST_PLACEHOLDER, Execution, OutputFormat, execute_plan
+from app.engine.devices import Device
+from app.engine.options import WriteOptions
+from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
+from app.engine.produce import Producer
+from app.engine.readers import open_source
 from app.engine.recipe import Recipe
-from app.engine.report import build_manifest, build_report, entries_digest
+from app.engine.report import build_manifest, build_report, entries_digest, report_entries
 from app.engine.target import Target
+from app.engine.write import Stamp, execute_plan
 
 if TYPE_CHECKING:
     from app.engine.architectures import BoundArchitecture
+    from app.engine.verify import ModelCheck
 
 __all__ = ["ConversionResult", "convert"]
 
 SourcePath = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path]
+Progress = Callable[[str, float], None]
 
 
 @dataclass
@@ -50,14 +61,9 @@ def convert(
     recipe: Recipe,
     *,
     output: Path | None,
-    fmt: OutputFormat = "safetensors",
-    dtype: str | None = None,
+    options: WriteOptions = WriteOptions(),  # noqa: B008 - frozen, so one shared default is safe
     dry_run: bool = False,
-    device: str = "cpu",
-    progress: Callable[[str, float], None] | None = None,
-    max_shard_size: int | None = None,
-    verify: bool = True,
-    byte_copy: bool = True,
+    progress: Progress | None = None,
     source_sha256: str | None = None,
     source_architecture: BoundArchitecture | None = None,
 ) -> ConversionResult:
@@ -67,20 +73,12 @@ def convert(
         source: a checkpoint path, a sharded set (directory, index, files, name -> path).
         target: what the weights must fit.
         recipe: a validated recipe (see ``load_recipe``).
-        output: where to write the weights; ignored for a dry run.
-        fmt: ``safetensors`` (default, streamed) or ``torch``.
-        dtype: overrides ``recipe.dtype`` when given.
+        output: where to write the weights (the folder of shards when
+            ``options.max_shard_size`` is set); ignored for a dry run.
+        options: how to write and verify (format, dtype over ``recipe.dtype``, device,
+            sharding, verification, byte copy); see :class:`WriteOptions`.
         dry_run: plan and report only; no tensor data is read.
-        device: where shape ops and model verification run: ``auto`` (CUDA when present),
-            ``cpu``, ``cuda``, ``cuda:N``; the output is always written from the CPU.
         progress: called with (stage, fraction in 0..1).
-        max_shard_size: write Hugging Face shards of at most this many bytes into the folder
-            ``output`` (``model-0000i-of-0000N.safetensors`` + ``model.safetensors.index.json``).
-        verify: re-read the output and compare every fed tensor with the source; for an
-            architecture target, also load it into the model on ``device`` (strict, assign)
-            and run a forward pass on the example input it declares.
-        byte_copy: copy unchanged tensors file to file without torch (``False`` forces the
-            torch path; both give byte-identical files).
         source_sha256: the source's digest when the caller already knows it (the service
             hashes uploads as they stream in); otherwise it is computed, in a thread beside
             the copy. A dry run never hashes: planning reads headers only.
@@ -98,72 +96,39 @@ def convert(
     with open_source(source, entry=recipe.source.entry, strip_prefixes=strip) as src:
         if progress:
             progress("plan", 0.0)
-        plan = build_plan(src, target, recipe, dtype=dtype)
+        plan = build_plan(src, target, recipe, dtype=options.dtype)
         manifest = build_manifest(plan, target, recipe)
         if dry_run or not plan.ok or output is None:
-            report = build_report(plan, src, target, execution=None, source_sha256=source_sha256)
+            report = build_report(plan, src, target, source_sha256=source_sha256)
             return ConversionResult(report["ok"] and plan.ok, report, manifest, None)
+        # The one place the device is named; it resolves on first use (a byte-copy
+        # conversion never does, so it never imports torch).
+        device = Device(options.device)
+        producer = Producer(src, target, recipe.seed, device)
         with ThreadPoolExecutor(max_workers=1) as pool:
             hashing = pool.submit(src.sha256) if source_sha256 is None else None
-            result = _write(
-                src, target, recipe, plan, manifest, Path(output),
-                hashing.result if hashing else lambda: source_sha256 or "",
-                fmt=fmt, device=device, progress=progress, max_shard_size=max_shard_size,
-                verify=verify, byte_copy=byte_copy,
-            )  # fmt: skip
-        _verify_on_model(result, src, target, verify, device, source_architecture, progress)
-        return result
+            sha256 = hashing.result if hashing else lambda: source_sha256 or ""
+            execution = execute_plan(
+                plan,
+                producer,
+                Path(output),
+                options=options,
+                stamp=_stamp(plan, recipe, sha256),
+                progress=progress,
+            )
+        model = None
+        if options.verify:
+            model = _verify_on_model(Path(output), plan, producer, source_architecture, progress)
+        report = build_report(
+            plan, src, target, execution=execution, model=model, source_sha256=sha256()
+        )
+        return ConversionResult(report["ok"], report, manifest, Path(output))
 
 
-# Verification on the model (architecture targets) ----------------------------------------
-
-
-def _verify_on_model(
-    result: ConversionResult,
-    src: Source,
-    target: Target,
-    verify: bool,
-    device: str,
-    source_architecture: BoundArchitecture | None,
-    progress: Callable[[str, float], None] | None,
-) -> None:
-    """Run the converted weights in the target's model (see ``app.engine.verify_model``)."""
-    if not verify or target.architecture is None or result.output is None:
-        return
-    from app.engine.verify_model import verify_on_model
-
-    if progress:
-        progress("verify-model", 0.0)
-    outcome = verify_on_model(
-        result.output, target.architecture, result.report, device=resolve_device(device),
-        source=src,
-        source_architecture=source_architecture,
-    )  # fmt: skip
-    outcome.apply(result.report)
-    result.ok = bool(result.report["ok"])
-    if progress:
-        progress("verify-model", 1.0)
-
-
-def _write(
-    src: Source,
-    target: Target,
-    recipe: Recipe,
-    plan: Plan,
-    manifest: dict[str, Any],
-    output: Path,
-    source_sha256: Callable[[], str],
-    *,
-    fmt: OutputFormat,
-    device: str,
-    progress: Callable[[str, float], None] | None,
-    max_shard_size: int | None,
-    verify: bool,
-    byte_copy: bool,
-) -> ConversionResult:
-    # The header comes before the data, so the metadata is written with placeholders of the
-    # final lengths and rewritten once the digests are known.
-    base_metadata = {
+def _stamp(plan: Plan, recipe: Recipe, source_sha256: Callable[[], str]) -> Stamp:
+    """The output's metadata: the header comes before the data, so it is written with
+    placeholders of the final lengths and completed once the digests are known."""
+    placeholder = {
         "graft.version": __version__,
         "graft.source_sha256": DIGEST_PLACEHOLDER,
         "graft.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
@@ -171,35 +136,40 @@ def _write(
     }
 
     def finalize(execution: Execution) -> dict[str, str]:
-        partial = build_report(plan, src, target, execution=execution, source_sha256=None)
-        digest = entries_digest(partial["entries"], partial["unused"])
+        entries, unused = report_entries(plan, execution.digests)
         return {
-            **base_metadata,
+            **placeholder,
             "graft.source_sha256": source_sha256(),
-            "graft.report_sha256": digest,
+            "graft.report_sha256": entries_digest(entries, unused),
         }
 
-    execution = execute_plan(
-        plan,
-        src,
-        target,
+    return Stamp(placeholder, finalize)
+
+
+def _verify_on_model(
+    output: Path,
+    plan: Plan,
+    producer: Producer,
+    source_architecture: BoundArchitecture | None,
+    progress: Progress | None,
+) -> ModelCheck | None:
+    """Run the converted weights in the target's model (see ``app.engine.verify``); ``None``
+    when the target is not an architecture."""
+    architecture = producer.target.architecture
+    if architecture is None:
+        return None
+    from app.engine.verify import verify_on_model
+
+    if progress:
+        progress("verify-model", 0.0)
+    check = verify_on_model(
         output,
-        fmt=fmt,
-        seed=recipe.seed,
-        metadata=base_metadata,
-        finalize_metadata=finalize,
-        device=device,
-        progress=progress,
-        byte_copy=byte_copy,
-        max_shard_size=max_shard_size,
-        verify=verify,
+        architecture,
+        plan,
+        device=producer.device.name,
+        source=producer.source,
+        source_architecture=source_architecture,
     )
-    report = build_report(plan, src, target, execution=execution, source_sha256=source_sha256())
-    report["output"] = {
-        "format": fmt,
-        "files": execution.files,
-        "copied": execution.copied,
-        "materialised": execution.materialised,
-        "report_sha256": entries_digest(report["entries"], report["unused"]),
-    }
-    return ConversionResult(report["ok"], report, manifest, output)
+    if progress:
+        progress("verify-model", 1.0)
+    return check

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from app.engine.adapt import describe_adapt, describe_cast
-from app.engine.checkpoint import Source
 from app.engine.errors import InvalidRecipeError
-from app.engine.initialize import InitRecord, resolve_init
 from app.engine.meta import TensorInfo, is_floating
+from app.engine.ops.adapt import describe_adapt, describe_cast
+from app.engine.ops.initialize import InitRecord, resolve_init
+from app.engine.readers import Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
-from app.engine.rename import apply_renames, filter_keys
+from app.engine.recipe.rename import apply_renames, filter_keys
 from app.engine.target import Target
 
 __all__ = ["Plan", "PlanEntry", "Suggestion", "Unused", "build_plan"]

@@ -1,18 +1,25 @@
-"""The report (``graft.report/v1``), its digest, the manifest, and the grouped text form."""
+"""The report (``graft.report/v1``), its digest, the manifest, and the grouped text form.
+
+The report is built once, from the plan, the execution and the model check, and is not edited
+afterwards.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.engine.checkpoint import Source
-from app.engine.execute import Execution
 from app.engine.keys import group_keys
 from app.engine.plan import Plan, PlanEntry
 from app.engine.recipe import Recipe, compile_patterns
 from app.engine.target import Target
+
+if TYPE_CHECKING:
+    from app.engine.output.execution import Execution
+    from app.engine.readers import Source
+    from app.engine.verify import ModelCheck
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -21,6 +28,7 @@ __all__ = [
     "build_report",
     "entries_digest",
     "render_text",
+    "report_entries",
 ]
 
 REPORT_SCHEMA = "graft.report/v1"
@@ -54,22 +62,50 @@ def entries_digest(entries: list[dict[str, Any]], unused: list[dict[str, Any]]) 
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def build_report(
-    plan: Plan,
-    source: Source,
-    target: Target,
-    *,
-    execution: Execution | None,
-    source_sha256: str | None,
-) -> dict[str, Any]:
-    """Assemble the report of SPEC §3 from the plan and, unless dry-run, its execution."""
-    digests = execution.digests if execution else {}
+def report_entries(
+    plan: Plan, digests: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The report's per-tensor parts: one entry per target key, one line per unused source key.
+
+    Args:
+        plan: the plan.
+        digests: target key -> digest of what was written (empty for a dry run).
+
+    Returns:
+        ``(entries, unused)``, as the report holds them and :func:`entries_digest` hashes them.
+    """
     entries = [_entry_json(e, digests.get(e.target)) for e in plan.entries]
     unused = [
         {"source": u.source, "reason": u.reason, "rule": u.rule}
         | ({"renamed": u.renamed} if u.renamed and u.renamed != u.source else {})
         for u in plan.unused
     ]
+    return entries, unused
+
+
+def build_report(
+    plan: Plan,
+    source: Source,
+    target: Target,
+    *,
+    execution: Execution | None = None,
+    model: ModelCheck | None = None,
+    source_sha256: str | None,
+) -> dict[str, Any]:
+    """Assemble the report of SPEC §3, once.
+
+    Args:
+        plan: the plan (entries, unused keys, suggestions, policy failures).
+        source: the opened source.
+        target: the target.
+        execution: what writing produced; ``None`` for a dry run or a refusal.
+        model: the forward-pass and equivalence checks of an architecture target, if run.
+        source_sha256: the source's digest, when known.
+
+    Returns:
+        The ``graft.report/v1`` document.
+    """
+    entries, unused = report_entries(plan, execution.digests if execution else {})
     counts = {s: 0 for s in ("loaded", "adapted", "initialized", "kept", "missing")}
     for e in plan.entries:
         counts[e.status] += 1
@@ -95,20 +131,10 @@ def build_report(
         summary["missing"] = counts["missing"]
     warnings = list(plan.warnings) + (execution.warnings if execution else [])
     failures = list(plan.failures)
-    verification: dict[str, Any] | None = None
-    if execution is not None:
-        verification = {
-            "checked": execution.checked,
-            "equal": execution.equal,
-            "strict_load": execution.strict_load,
-        }
-        if execution.unequal:
-            verification["unequal"] = execution.unequal
-            failures.append(
-                f"verification: {len(execution.unequal)} tensors differ from the source"
-            )
-        if execution.strict_error:
-            verification["strict_error"] = execution.strict_error
+    verification = _verification(execution, failures) if execution is not None else None
+    if model is not None:
+        verification = {**(verification or {}), **model.sections}
+        failures += model.failures
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "ok": not failures,
@@ -138,7 +164,31 @@ def build_report(
     }
     if failures:
         report["errors"] = failures
+    if execution is not None:
+        report["output"] = {
+            "format": execution.format,
+            "files": execution.files,
+            "copied": execution.copied,
+            "materialised": execution.materialised,
+            "report_sha256": entries_digest(entries, unused),
+        }
     return report
+
+
+def _verification(execution: Execution, failures: list[str]) -> dict[str, Any]:
+    """The output check's part of ``verification``; a tensor that differs is a failure."""
+    check = execution.check
+    verification: dict[str, Any] = {
+        "checked": check.checked if check else 0,
+        "equal": check.equal if check else 0,
+        "strict_load": check.strict_load if check else None,
+    }
+    if check and check.unequal:
+        verification["unequal"] = check.unequal
+        failures.append(f"verification: {len(check.unequal)} tensors differ from the source")
+    if check and check.strict_error:
+        verification["strict_error"] = check.strict_error
+    return verification
 
 
 def build_manifest(plan: Plan, target: Target, recipe: Recipe) -> dict[str, Any]:

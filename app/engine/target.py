@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from app.engine.checkpoint import Source, open_source
 from app.engine.errors import InvalidTargetError
 from app.engine.meta import DTYPE_SIZES, TensorInfo
+from app.engine.readers import Source, open_source
 
 if TYPE_CHECKING:
     import torch

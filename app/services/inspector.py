@@ -204,8 +204,8 @@ def _list_architectures(extra: str) -> list[dict[str, Any]]:
 
 
 def _handle(request: dict[str, Any]) -> dict[str, Any]:
-    from app.engine.checkpoint import inspect_source
     from app.engine.errors import GraftError
+    from app.engine.readers import inspect_source
 
     try:
         if request.get("op") == "architectures":
@@ -244,7 +244,7 @@ def _child_main() -> None:
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING)
-    import app.engine.checkpoint  # noqa: F401  (pay the imports before the first request)
+    import app.engine.readers  # noqa: F401  (pay the imports before the first request)
 
     limits = Limits(**json.loads(sys.argv[1])) if len(sys.argv) > 1 else Limits()
     apply_limits(limits, renewable_cpu=True)

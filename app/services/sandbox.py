@@ -3,7 +3,7 @@
 Inspection (``app.services.inspector``, long-lived children) and conversion (one child per
 job, forked from a per-worker fork server that has imported torch once) both apply the
 same :class:`Limits`: address space, CPU time, file size and open files. The engine inside
-reads pickles with its own restricted unpickler (``app.engine.pickle_reader``): it never
+reads pickles with its own restricted unpickler (``app.engine.readers.unpickler``): it never
 calls ``torch.load``, never adds safe globals and has no unsafe fallback; the limits are the
 second wall, for what a well-formed but hostile file can still ask of a process.
 

@@ -435,6 +435,7 @@ def convert_in_sandbox(payload: dict[str, Any], emit: Callable[[dict[str, Any]],
     """The child side of a job (runs under the sandbox's limits): build the target, convert,
     write the weights and the reports into the job's folder. Returns ``{"ok", "output"}``."""
     from app.engine.errors import InvalidTargetError
+    from app.engine.options import WriteOptions
     from app.engine.pipeline import convert
     from app.engine.recipe import load_recipe
     from app.engine.report import render_text
@@ -472,10 +473,12 @@ def convert_in_sandbox(payload: dict[str, Any], emit: Callable[[dict[str, Any]],
             target,
             recipe,
             output=Path(output) if output else None,
-            fmt=payload["output_format"],
-            dtype=payload["output_dtype"],
+            options=WriteOptions(
+                format=payload["output_format"],
+                dtype=payload["output_dtype"],
+                device=payload["device"],
+            ),
             dry_run=payload["dry_run"],
-            device=payload["device"],
             progress=progress,
             source_sha256=payload.get("source_sha256"),
         )

@@ -20,7 +20,7 @@ from torch import nn
 
 from app.config import Settings
 from app.engine.recipe import load_recipe
-from app.engine.rename import apply_renames
+from app.engine.recipe.rename import apply_renames
 from tests.api.conftest import stored_blobs
 from tests.engine.test_hostile import PAYLOADS, SAFETENSORS_CASES
 from tests.fixtures import (

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from app.engine.options import WriteOptions
 from app.engine.pipeline import ConversionResult, convert
 from app.engine.recipe import load_recipe
 from app.engine.target import Target, skeleton_from_module
@@ -114,7 +115,7 @@ def run(
     with target:
         result = convert(source, target, load_recipe(dict(recipe or {})), output=output, **kwargs)
     written = None
-    if result.output is not None and kwargs.get("fmt", "safetensors") == "safetensors":
+    if result.output is not None and kwargs.get("options", WriteOptions()).format == "safetensors":
         written = load_file(str(result.output))
     return result, written
 

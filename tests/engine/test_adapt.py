@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.engine.adapt import (
+from app.engine.errors import InvalidRecipeError
+from app.engine.ops.adapt import (
     adapt_channels,
     apply_adapt,
     cast,
@@ -17,8 +18,7 @@ from app.engine.adapt import (
     interpolate_pos_embed,
     resize,
 )
-from app.engine.errors import InvalidRecipeError
-from app.engine.initialize import key_generator
+from app.engine.ops.initialize import key_generator
 
 
 @pytest.fixture

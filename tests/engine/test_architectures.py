@@ -20,6 +20,7 @@ from app.engine.architectures import (
     parse_architectures,
 )
 from app.engine.errors import InvalidTargetError
+from app.engine.options import WriteOptions
 from app.engine.pipeline import ConversionResult, convert
 from app.engine.recipe import load_recipe
 from app.engine.target import Target
@@ -122,7 +123,7 @@ def test_builtins_are_listed_with_their_kwargs_defaults_and_types() -> None:
     assert {"graft_resnet", "graft_mobilenet", "graft_vit", "graft_bert"} <= set(listed)
     vit = listed["graft_vit"]
     assert vit["origin"] == "builtin"
-    assert vit["ref"] == "app.models.vit:VisionTransformer"
+    assert vit["ref"] == "app.zoo.vit:VisionTransformer"
     assert vit["kwargs"] == {
         "num_classes": {"type": "int", "default": 1000, "required": False},
         "in_chans": {"type": "int", "default": 3, "required": False},
@@ -368,7 +369,7 @@ def test_a_dry_run_and_verify_false_never_build_the_model(tmp_path: Path) -> Non
         dry = convert(src, target, load_recipe({"version": 1, "rename": A_TO_B}), output=None)
         quick = convert(
             src, target, load_recipe({"version": 1, "rename": A_TO_B}),
-            output=tmp_path / "b.safetensors", verify=False,
+            output=tmp_path / "b.safetensors", options=WriteOptions(verify=False),
         )  # fmt: skip
     assert dry.report["verification"] is None
     assert quick.report["verification"] == {"checked": 0, "equal": 0, "strict_load": None}

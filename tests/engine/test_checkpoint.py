@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from app.engine.checkpoint import inspect_source, open_source
 from app.engine.errors import UnreadableCheckpointError
+from app.engine.readers import inspect_source, open_source
 from tests.fixtures import (
     TINY_EXPECTED,
     assert_source_equals,

@@ -18,11 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-import app.engine.execute as execute
+import app.engine.output.files as output_files
 from app import __version__
-from app.engine.checkpoint import open_source
 from app.engine.errors import GraftError
-from app.engine.initialize import key_generator
+from app.engine.ops.initialize import key_generator
+from app.engine.options import WriteOptions
+from app.engine.readers import open_source
 from app.engine.recipe import load_recipe
 from app.engine.report import entries_digest
 from app.engine.target import Target
@@ -366,7 +367,11 @@ def test_bfloat16_casts_floats_and_leaves_int_buffers(tmp_path: Path) -> None:
 
     # the caller's dtype overrides the recipe's
     result, out = run(
-        src, skeleton_of(SmallNet()), {"dtype": "bfloat16"}, tmp_path / "h.st", dtype="float16"
+        src,
+        skeleton_of(SmallNet()),
+        {"dtype": "bfloat16"},
+        tmp_path / "h.st",
+        options=WriteOptions(dtype="float16"),
     )
     assert out is not None and out["conv1.weight"].dtype == torch.float16
     assert entry(result.report, "conv1.weight")["ops"] == ["cast(float32->float16)"]
@@ -382,7 +387,9 @@ def test_torch_output_equals_safetensors_output(tmp_path: Path) -> None:
     target = SmallNet(classes=7)
 
     st_result, st = run(src, skeleton_of(target), recipe, tmp_path / "out.safetensors")
-    pt_result, _ = run(src, skeleton_of(target), recipe, tmp_path / "out.pt", fmt="torch")
+    pt_result, _ = run(
+        src, skeleton_of(target), recipe, tmp_path / "out.pt", options=WriteOptions(format="torch")
+    )
 
     assert st_result.ok and pt_result.ok
     assert pt_result.report["output"]["format"] == "torch"
@@ -428,7 +435,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     src = save_sd(small_state_dict(0), tmp_path / "src.pt")
     folder = tmp_path / "out"
     folder.mkdir()
-    real_write = execute._write_all
+    real_write = output_files._write_all
     calls = 0
 
     def failing_write(*args: Any, **kwargs: Any) -> None:
@@ -438,7 +445,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
             raise GraftError("disk on fire")  # an injected fault, not a mock of the writer
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(execute, "_write_all", failing_write)
+    monkeypatch.setattr(output_files, "_write_all", failing_write)
 
     with pytest.raises(GraftError, match="disk on fire"):
         run(src, skeleton_of(SmallNet()), {}, folder / "new.safetensors")

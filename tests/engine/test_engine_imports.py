@@ -31,6 +31,7 @@ FORBIDDEN = (
     "app.worker",
     "app.storage",
     "app.cli",
+    "app.zoo",
 )
 
 
@@ -71,7 +72,9 @@ def test_the_scanner_sees_every_import_form() -> None:
 
 def test_engine_never_imports_web_database_or_settings() -> None:
     files = sorted(ENGINE.rglob("*.py"))
-    assert ENGINE / "checkpoint.py" in files and ENGINE / "pickle_reader.py" in files
+    assert (
+        ENGINE / "readers" / "opening.py" in files and ENGINE / "readers" / "unpickler.py" in files
+    )
     offenders = {
         str(f.relative_to(REPO_ROOT)): bad
         for f in files
@@ -82,7 +85,7 @@ def test_engine_never_imports_web_database_or_settings() -> None:
 
 _PROBE = """
 import json, sys
-from app.engine.checkpoint import inspect_source
+from app.engine.readers import inspect_source
 out = {p: inspect_source(p)["totals"]["tensors"] for p in sys.argv[1:]}
 out["torch_modules"] = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 print(json.dumps(out))

@@ -22,12 +22,12 @@ import pytest
 import torch
 from torch import nn
 
-from app.engine.checkpoint import open_source
 from app.engine.errors import (
     TooLargeError,
     UnreadableCheckpointError,
     UnsafeCheckpointError,
 )
+from app.engine.readers import open_source
 from tests.fixtures import (
     cli_inspect,
     dangling_memo_pickle,

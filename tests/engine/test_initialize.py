@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app.engine.errors import InvalidRecipeError, InvalidTargetError
-from app.engine.initialize import (
+from app.engine.ops.initialize import (
     InitRecord,
     initialize,
     key_generator,

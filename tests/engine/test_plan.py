@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from app.engine.checkpoint import Source, open_source
 from app.engine.plan import build_plan
+from app.engine.readers import Source, open_source
 from app.engine.recipe import load_recipe
 from tests.engine._models import (
     SmallNet,

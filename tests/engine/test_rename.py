@@ -8,7 +8,7 @@ import pytest
 
 from app.engine.errors import InvalidRecipeError
 from app.engine.recipe import RenameRule, load_recipe
-from app.engine.rename import Renamed, apply_renames, filter_keys
+from app.engine.recipe.rename import Renamed, apply_renames, filter_keys
 
 
 def _rules(*rules: dict[str, Any]) -> list[RenameRule]:

@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from app.engine.checkpoint import open_source
 from app.engine.errors import UnsafeCheckpointError
+from app.engine.options import WriteOptions
 from app.engine.pipeline import convert
+from app.engine.readers import open_source
 from app.engine.recipe import load_recipe
 from app.engine.target import Target
 from tests.engine._models import SmallNet, save_sd, save_st, skeleton_of, small_state_dict
@@ -60,7 +61,11 @@ def test_byte_copy_and_torch_paths_write_identical_files(
     in_chans = 4 if "adapt" in recipe else 3
     fast = _convert(src, skeleton_of(Wrapped(in_chans=in_chans)), recipe, tmp_path / "fast.st")
     slow = _convert(
-        src, skeleton_of(Wrapped(in_chans=in_chans)), recipe, tmp_path / "slow.st", byte_copy=False
+        src,
+        skeleton_of(Wrapped(in_chans=in_chans)),
+        recipe,
+        tmp_path / "slow.st",
+        options=WriteOptions(byte_copy=False),
     )
 
     assert fast.ok and slow.ok
@@ -132,7 +137,9 @@ def test_rename_only_conversion_never_imports_torch(tmp_path: Path, kind: str) -
 def test_sharded_output_in_hugging_face_layout(tmp_path: Path) -> None:
     src = _sources(tmp_path)["zip"]
     folder = tmp_path / "sharded"
-    result = _convert(src, skeleton_of(Wrapped()), RENAME, folder, max_shard_size=600)
+    result = _convert(
+        src, skeleton_of(Wrapped()), RENAME, folder, options=WriteOptions(max_shard_size=600)
+    )
 
     assert result.ok
     names = sorted(p.name for p in folder.iterdir())
@@ -159,7 +166,9 @@ def test_sharded_output_replaces_an_existing_folder_only_when_complete(tmp_path:
     folder = tmp_path / "sharded"
     folder.mkdir()
     (folder / "stale.safetensors").write_bytes(b"old")
-    result = _convert(src, skeleton_of(Wrapped()), RENAME, folder, max_shard_size=10_000)
+    result = _convert(
+        src, skeleton_of(Wrapped()), RENAME, folder, options=WriteOptions(max_shard_size=10_000)
+    )
     assert result.ok
     assert "stale.safetensors" not in {p.name for p in folder.iterdir()}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -230,9 +239,9 @@ def test_what_weights_only_accepts_the_reader_accepts(tmp_path: Path) -> None:
 def test_verification_catches_bytes_that_reach_the_disk_wrong(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.engine.execute as execute
+    import app.engine.output.files as output_files
 
-    real_write = execute._write_all
+    real_write = output_files._write_all
     calls = 0
 
     def corrupting_write(out: Any, data: bytes | memoryview) -> None:
@@ -244,7 +253,7 @@ def test_verification_catches_bytes_that_reach_the_disk_wrong(
             data = damaged
         real_write(out, data)
 
-    monkeypatch.setattr(execute, "_write_all", corrupting_write)
+    monkeypatch.setattr(output_files, "_write_all", corrupting_write)
     src = _sources(tmp_path)["zip"]
     result = _convert(src, skeleton_of(Wrapped()), RENAME, tmp_path / "out.st")
 
@@ -261,6 +270,8 @@ def test_sharded_output_replaces_a_file_at_the_output_path(tmp_path: Path) -> No
     src = _sources(tmp_path)["zip"]
     out = tmp_path / "out"
     out.write_bytes(b"an older single-file output")
-    result = _convert(src, skeleton_of(Wrapped()), RENAME, out, max_shard_size=10_000)
+    result = _convert(
+        src, skeleton_of(Wrapped()), RENAME, out, options=WriteOptions(max_shard_size=10_000)
+    )
     assert result.ok and out.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

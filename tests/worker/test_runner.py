@@ -16,7 +16,7 @@ from app.db.base import utcnow
 from app.db.models import Job
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
-from app.engine.checkpoint import inspect_source
+from app.engine.readers import inspect_source
 from app.services.checkpoints import publish_checkpoint
 from app.storage import BlobStore, StagedFile
 from app.worker.runner import JobRunner

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.models._example import example_image
+from app.engine.examples import example_image
 
 __all__ = ["Attention", "Mlp", "TransformerBlock", "VisionTransformer"]
 

@@ -1,4 +1,8 @@
-"""Deterministic example inputs: the same values on every device and every run."""
+"""Deterministic example inputs: the same values on every device and every run.
+
+Used by the verification of library architectures (torchvision, timm) and by the zoo; a
+plug-in's `example_input` may use them too.
+"""
 
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ else:  # torch loads on first use: planning (describe_*) never needs it
     F = LazyModule("torch.nn.functional")
 
 from app.engine.errors import InvalidRecipeError
-from app.engine.initialize import resolve_init, sample
 from app.engine.meta import DTYPE_SIZES, is_floating
+from app.engine.ops.initialize import resolve_init, sample
 
 __all__ = [
     "CHANNEL_FILLS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from app.models._example import example_image
+from app.engine.examples import example_image
 
 __all__ = ["InvertedResidual", "MobileNet"]
 

@@ -1,0 +1,38 @@
+"""What writing a plan produced: per-key digests, counts, warnings and the output check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.engine.options import OutputFormat
+    from app.engine.verify import OutputCheck
+
+__all__ = ["DIGEST_PLACEHOLDER", "Execution"]
+
+# Metadata digests are written as this first and rewritten in place once known (same length).
+DIGEST_PLACEHOLDER = "0" * 64
+
+
+@dataclass
+class Execution:
+    """What writing produced: per-key digests, warnings and the verification outcome.
+
+    Attributes:
+        format: the output format written.
+        digests: target key -> ``blake3:<hex>`` of the bytes written for it.
+        warnings: report warnings found while writing (``nan_or_inf: <key>``).
+        copied: tensors that took the byte-copy path.
+        materialised: tensors that went through torch.
+        files: output file names (one, or shards + index).
+        check: the re-read of the output, or ``None`` when verification was off.
+    """
+
+    format: OutputFormat
+    digests: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    copied: int = 0
+    materialised: int = 0
+    files: list[str] = field(default_factory=list)
+    check: OutputCheck | None = None

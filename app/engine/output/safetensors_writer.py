@@ -1,0 +1,188 @@
+"""The streaming safetensors writer: one file, or Hugging Face shards and their index.
+
+The header is known from the plan, so it is written first and the bytes follow in order:
+memory stays bounded by the largest materialised tensor plus a constant. Tensors whose bytes
+pass through unchanged (loaded, same dtype, laid out in C order in the source) are copied file
+to file without torch; the others are produced one at a time, then freed. The metadata is
+written with placeholders of the final lengths and rewritten once the digests are known.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.engine.errors import GraftError
+from app.engine.meta import DTYPE_SIZES
+from app.engine.options import WriteOptions
+from app.engine.output.digests import ByteCopier, hasher, hexdigest, tensor_bytes
+from app.engine.output.execution import Execution
+from app.engine.output.files import OutputFile, rewrite_at
+from app.engine.plan import Plan, PlanEntry
+from app.engine.produce import Producer, check_value
+from app.engine.readers import SAFETENSORS_DTYPES
+
+__all__ = ["INDEX_NAME", "Layout", "finalize_safetensors", "shard_names", "write_safetensors"]
+
+Progress = Callable[[str, float], None]
+INDEX_NAME = "model.safetensors.index.json"
+_ST_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+
+@dataclass
+class Layout:
+    """Where a safetensors output's headers are, to rewrite them with the final metadata."""
+
+    paths: list[Path]
+    shards: list[list[PlanEntry]]
+    headers: list[bytes]
+    names: list[str] | None  # shard file names, or None for a single file
+
+
+def shard_names(count: int) -> list[str]:
+    """Hugging Face shard names: ``model-00001-of-00003.safetensors`` …"""
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def write_safetensors(
+    tmp: Path,
+    plan: Plan,
+    producer: Producer,
+    options: WriteOptions,
+    metadata: dict[str, str],
+    progress: Progress | None,
+) -> tuple[Execution, Layout]:
+    """Stream every target tensor into ``tmp`` (a file, or a folder of shards).
+
+    Args:
+        tmp: the temp file, or the temp folder when ``options.max_shard_size`` is set.
+        plan: an ok plan.
+        producer: makes the tensors that cannot be byte-copied.
+        options: ``max_shard_size`` and ``byte_copy`` apply here.
+        metadata: the ``__metadata__`` with placeholders (see :func:`finalize_safetensors`).
+        progress: called with (stage, fraction).
+
+    Returns:
+        What was written, and where the headers are.
+    """
+    result = Execution(format="safetensors")
+    sharded = options.max_shard_size is not None
+    shards = _split(plan.entries, options.max_shard_size)
+    names = shard_names(len(shards)) if sharded else [tmp.name]
+    paths = [tmp / n for n in names] if sharded else [tmp]
+    headers: list[bytes] = []
+    copier = ByteCopier()
+    total, done = max(len(plan.entries), 1), 0
+    try:
+        for path, entries in zip(paths, shards, strict=True):
+            header = _header(entries, metadata)
+            headers.append(header)
+            out = OutputFile(path)
+            try:
+                out.write_all(struct.pack("<Q", len(header)) + header)
+                for entry in entries:
+                    _write_one(entry, out, producer, copier, result, options.byte_copy)
+                    done += 1
+                    if progress:
+                        progress("write", done / total)
+            finally:
+                out.close()
+        copied = [e.target for e in plan.entries if e.target not in result.digests]
+        digests, nonfinite = copier.digests.finish(copied)
+    finally:
+        copier.close()
+    result.digests.update(digests)
+    result.warnings += [f"nan_or_inf: {key}" for key in nonfinite]
+    layout = Layout(paths, shards, headers, names if sharded else None)
+    if sharded:
+        _write_index(tmp, names, shards, metadata)
+        result.files = [*names, INDEX_NAME]
+    else:
+        result.files = [tmp.name]
+    return result, layout
+
+
+def _write_one(
+    entry: PlanEntry,
+    out: OutputFile,
+    producer: Producer,
+    copier: ByteCopier,
+    result: Execution,
+    byte_copy: bool,
+) -> None:
+    """Copy one tensor's bytes through, or produce it; either way its digest is taken."""
+    span = producer.source.byte_range(entry.sources[0]) if entry.fed else None
+    if byte_copy and entry.status == "loaded" and not entry.ops and span:
+        copier.copy(*span, out, entry.target, entry.dtype)
+        result.copied += 1
+        return
+    # Materialised: hashed here, so at most one such tensor is alive.
+    value = producer.produce(entry)
+    if (warning := check_value(entry, value)) is not None:
+        result.warnings.append(warning)
+    data = tensor_bytes(value)
+    out.write_all(data)
+    h = hasher()
+    h.update(data)
+    result.digests[entry.target] = hexdigest(h)
+    result.materialised += 1
+
+
+def finalize_safetensors(folder: Path, layout: Layout, final: dict[str, str]) -> None:
+    """Rewrite every header (same length) and the index with the final metadata."""
+    for path, entries, header in zip(layout.paths, layout.shards, layout.headers, strict=True):
+        new = _header(entries, final)
+        if len(new) != len(header):
+            raise GraftError("internal error: output header changed size while finalising")
+        rewrite_at(path, 8, new)
+    if layout.names is not None:
+        _write_index(folder, layout.names, layout.shards, final)
+
+
+def _nbytes(e: PlanEntry) -> int:
+    return math.prod(e.shape) * DTYPE_SIZES[e.dtype]
+
+
+def _header(entries: list[PlanEntry], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for e in entries:
+        size = _nbytes(e)
+        header[e.target] = {
+            "dtype": _ST_CODES[e.dtype],
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return raw + b" " * (-len(raw) % 8)
+
+
+def _split(entries: list[PlanEntry], max_shard_size: int | None) -> list[list[PlanEntry]]:
+    if max_shard_size is None:
+        return [entries]
+    shards: list[list[PlanEntry]] = [[]]
+    size = 0
+    for e in entries:
+        n = _nbytes(e)
+        if shards[-1] and size + n > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(e)
+        size += n
+    return shards
+
+
+def _write_index(
+    folder: Path, names: list[str], shards: list[list[PlanEntry]], metadata: dict[str, str]
+) -> None:
+    weight_map = {
+        e.target: name for name, entries in zip(names, shards, strict=True) for e in entries
+    }
+    total = sum(_nbytes(e) for entries in shards for e in entries)
+    index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

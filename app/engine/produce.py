@@ -1,0 +1,112 @@
+"""Produce each target tensor the plan declares: read, adapt, initialise or keep, then cast.
+
+Only tensors that an op, a cast, an init or a template changes come through here; unchanged
+ones are copied file to file by the writer without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.engine.devices import Device
+from app.engine.errors import GraftError
+from app.engine.meta import is_floating
+from app.engine.ops.adapt import apply_adapt, cast
+from app.engine.ops.initialize import key_generator, sample
+from app.engine.plan import PlanEntry
+from app.engine.readers import Source
+from app.engine.target import Target
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Producer", "check_value"]
+
+
+@dataclass(frozen=True)
+class Producer:
+    """Everything producing a tensor needs besides its plan entry.
+
+    Attributes:
+        source: the opened source.
+        target: the target (``kept`` tensors are read from it).
+        seed: the recipe seed (adapt ops with random fills derive per-key generators from it).
+        device: where adapt ops run; the value always comes back on the CPU.
+    """
+
+    source: Source
+    target: Target
+    seed: int
+    device: Device
+
+    def produce(self, entry: PlanEntry) -> torch.Tensor:
+        """The value of one target key, as the plan declares it, on the CPU."""
+
+        if entry.status == "kept":
+            value = self.target.read(entry.target)
+        elif entry.status == "initialized":
+            value = _initialized(entry)
+        elif entry.fed:
+            value = self.source.read(entry.sources[0])
+            if entry.adapt is not None:
+                rule = entry.adapt
+                value, _ = apply_adapt(
+                    rule.op,
+                    value.to(self.device.name),
+                    entry.shape,
+                    fill=getattr(rule, "fill", None),
+                    prefix_tokens=getattr(rule, "prefix_tokens", 1),
+                    mode=getattr(rule, "mode", "bicubic"),
+                    generator=key_generator(self.seed, entry.target),
+                    key=entry.target,
+                    module=entry.module,
+                )
+        else:
+            raise GraftError(f"{entry.target} has no value (status {entry.status})")
+        if value.is_floating_point() and is_floating(entry.dtype):
+            value, _ = cast(value, entry.dtype, key=entry.target)
+        result: torch.Tensor = value.to("cpu")
+        return result
+
+
+def _initialized(entry: PlanEntry) -> torch.Tensor:
+    import torch
+
+    if entry.init is None:
+        raise GraftError(f"internal error: {entry.target} is initialized without an init fn")
+    if not is_floating(entry.dtype):
+        if entry.init.fn not in ("zeros", "ones"):
+            raise GraftError(
+                f"{entry.target}: cannot initialise {entry.dtype} with {entry.init.fn}"
+            )
+        value: torch.Tensor = getattr(torch, entry.init.fn)(
+            entry.shape, dtype=getattr(torch, entry.dtype)
+        )
+        return value
+    gen = key_generator(entry.init.seed, entry.target)
+    return sample(entry.init.fn, entry.init.args, entry.shape, generator=gen)
+
+
+def check_value(entry: PlanEntry, value: torch.Tensor) -> str | None:
+    """Refuse a value that is not what the plan declared; a warning when it holds NaN or Inf.
+
+    Raises:
+        GraftError: the shape or dtype differs from the plan (an internal error).
+    """
+    import torch
+
+    if tuple(value.shape) != entry.shape or str(value.dtype).removeprefix("torch.") != entry.dtype:
+        raise GraftError(
+            f"internal error: {entry.target} came out as {list(value.shape)} {value.dtype}, "
+            f"planned {list(entry.shape)} {entry.dtype}"
+        )
+    # A finite sum proves every value finite without a tensor-sized mask; only a non-finite
+    # sum (a NaN or Inf, or an overflow) takes the exact check.
+    if (
+        value.is_floating_point()
+        and not bool(torch.isfinite(value.sum()))
+        and not bool(torch.isfinite(value).all())
+    ):
+        return f"nan_or_inf: {entry.target}"
+    return None

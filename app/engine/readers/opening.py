@@ -1,0 +1,94 @@
+"""The readers' front door: open a file, a folder or a sharded set as one :class:`Source`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.engine.readers.entries import describe_value, reader_tensors
+from app.engine.readers.sharded import open_sharded, shard_files
+from app.engine.readers.sniff import open_reader
+from app.engine.readers.source import Located, Source
+
+__all__ = ["inspect_source", "open_source"]
+
+logger = logging.getLogger(__name__)
+
+
+def _open_file(path: Path, entry: str) -> Source:
+    reader = open_reader(path)
+    try:
+        chosen, found, candidates = reader_tensors(reader, entry)
+        root = reader.parsed.root
+        ignored: dict[str, str] = {}
+        if isinstance(root, dict) and chosen is not None:
+            top = chosen if chosen in root else chosen.split(".", 1)[0]
+            ignored = {str(k): describe_value(v) for k, v in root.items() if k != top}
+        lightning = isinstance(root, dict) and "pytorch-lightning_version" in root
+        if chosen is not None:
+            logger.info("%s: using entry %r of %s", path.name, chosen, candidates)
+        return Source(
+            [path],
+            reader.format,
+            [reader],
+            {k: Located(reader, handle) for k, (handle, _) in found.items()},
+            {k: info for k, (_, info) in found.items()},
+            entry=chosen,
+            candidates=candidates,
+            ignored=ignored,
+            metadata=reader.parsed.metadata,
+            lightning=lightning,
+        )
+    except BaseException:
+        reader.close()
+        raise
+
+
+def open_source(
+    path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
+    *,
+    entry: str = "auto",
+    strip_prefixes: str | Sequence[str] = "auto",
+) -> Source:
+    """Open a checkpoint and describe its tensors without reading their data.
+
+    Args:
+        path: a file; a directory or ``*.index.json`` of a sharded set; a list of the set's
+            files; or a mapping of file name -> path (for sets stored under other names).
+        entry: ``auto`` (SPEC §1 order) or a dotted path to the dict of weights.
+        strip_prefixes: ``auto`` strips ``module.`` / ``_orig_mod.`` when every key has one;
+            ``none`` strips nothing; a list strips each prefix from the keys that carry it.
+
+    Returns:
+        A :class:`Source`; close it (or use it as a context manager) when done.
+
+    Raises:
+        UnsafeCheckpointError: the file would run code, or points outside its set.
+        UnreadableCheckpointError: empty, truncated, inconsistent or not a checkpoint.
+        TooLargeError: a header or archive exceeds the reader's limits.
+    """
+    shards = shard_files(path)
+    if shards is not None and "" in shards:  # a model folder holding a single weights file
+        path, shards = shards[""], None
+    source = open_sharded(shards) if shards is not None else _open_file(Path(path), entry)  # type: ignore[arg-type]
+    try:
+        if strip_prefixes == "auto":
+            source.strip_wrapper_prefixes()
+        elif strip_prefixes != "none":
+            for prefix in strip_prefixes:
+                source.strip_prefix(prefix)
+    except BaseException:
+        source.close()
+        raise
+    return source
+
+
+def inspect_source(
+    path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path], *, entry: str = "auto"
+) -> dict[str, Any]:
+    """Open, describe and close: the data behind ``graft inspect --json``."""
+    with open_source(path, entry=entry) as source:
+        return source.describe()

@@ -1,0 +1,138 @@
+"""Safetensors files: a JSON header checked byte for byte, tensors read lazily by key."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.engine.errors import TooLargeError, UnreadableCheckpointError
+from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
+from app.engine.readers.base import MAX_HEADER_BYTES, Parsed
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["SAFETENSORS_DTYPES", "SafetensorsReader"]
+
+SAFETENSORS_DTYPES: dict[str, str] = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "C64": "complex64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+    "BOOL": "bool",
+}
+
+
+class SafetensorsReader:
+    format = "safetensors"
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        infos, metadata, self._ranges = self._parse_header(path)
+        self.parsed = Parsed(infos, metadata)
+        self._handle: Any = None
+
+    def byte_range(self, handle: str) -> tuple[Path, int, int] | None:
+        start, length = self._ranges[handle]
+        return self._path, start, length
+
+    @staticmethod
+    def _parse_header(
+        path: Path,
+    ) -> tuple[dict[str, TensorInfo], dict[str, str], dict[str, tuple[int, int]]]:
+        file_size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise UnreadableCheckpointError("truncated safetensors file (no header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                raise TooLargeError(
+                    f"safetensors header claims {n} bytes (limit {MAX_HEADER_BYTES}): corrupt"
+                )
+            if 8 + n > file_size:
+                raise UnreadableCheckpointError(
+                    f"safetensors header claims {n} bytes but the file has {file_size}"
+                )
+            raw = f.read(n)
+        try:
+            header = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            raise UnreadableCheckpointError("safetensors header is not valid JSON") from None
+        if not isinstance(header, dict):
+            raise UnreadableCheckpointError("safetensors header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise UnreadableCheckpointError("safetensors __metadata__ must map strings to strings")
+        infos: dict[str, TensorInfo] = {}
+        spans: list[tuple[int, int, str]] = []
+        for key, entry in header.items():
+            if not isinstance(entry, dict):
+                raise UnreadableCheckpointError(f"safetensors entry {key!r} is not an object")
+            dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))  # type: ignore[arg-type]
+            if dtype is None:
+                raise UnreadableCheckpointError(
+                    f"safetensors entry {key!r} has unknown dtype {entry.get('dtype')!r}"
+                )
+            shape = entry.get("shape")
+            offsets = entry.get("data_offsets")
+            if not (
+                isinstance(shape, list)
+                and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+                and isinstance(offsets, list)
+                and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            ):
+                raise UnreadableCheckpointError(f"safetensors entry {key!r} is malformed")
+            begin, end = offsets
+            if end - begin != math.prod(shape) * DTYPE_SIZES[dtype] or begin > end:
+                raise UnreadableCheckpointError(
+                    f"safetensors entry {key!r}: shape {shape} of {dtype} needs "
+                    f"{math.prod(shape) * DTYPE_SIZES[dtype]} bytes but offsets span {end - begin}"
+                )
+            spans.append((begin, end, key))
+            infos[key] = TensorInfo(key, tuple(shape), dtype, guess_kind(key, dtype))
+        position = 0
+        for begin, end, key in sorted(spans):
+            if begin != position:
+                raise UnreadableCheckpointError(
+                    f"safetensors entry {key!r} overlaps another or leaves a gap at byte {position}"
+                )
+            position = end
+        if 8 + n + position != file_size:
+            raise UnreadableCheckpointError(
+                f"safetensors data ends at byte {8 + n + position} but the file has {file_size} "
+                "bytes (truncated, or trailing bytes)"
+            )
+        ranges = {key: (8 + n + begin, end - begin) for begin, end, key in spans}
+        return infos, metadata, ranges
+
+    def read(self, handle: str) -> torch.Tensor:
+        if self._handle is None:
+            from safetensors import safe_open
+
+            self._handle = safe_open(str(self._path), framework="pt", device="cpu")
+        tensor: torch.Tensor = self._handle.get_tensor(handle)
+        return tensor
+
+    def storage_id(self, handle: str) -> tuple[str, ...]:
+        return (handle,)
+
+    def close(self) -> None:
+        self._handle = None

@@ -1,0 +1,191 @@
+"""The opened source: tensor descriptions now, tensor data on request, one reader per file."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.engine.errors import UnreadableCheckpointError
+from app.engine.meta import TensorInfo
+from app.engine.readers.base import Reader
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["WRAPPER_PREFIXES", "Located", "Source", "sha256_file"]
+
+# Prefixes that wrappers add to every key: DataParallel/DDP and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+_COPY_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed through a 1 MiB buffer."""
+    digest = hashlib.sha256()
+    buf = bytearray(_COPY_CHUNK)
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+@dataclass
+class Located:
+    """Where a (renamed) key's data lives."""
+
+    reader: Reader
+    handle: Any  # TensorRef for pickle formats, the raw key for safetensors
+
+
+class Source:
+    """An opened source checkpoint: tensor descriptions now, tensor data on request.
+
+    Attributes:
+        paths: the files making up the source (one, or index + shards).
+        format: ``torch-zip``, ``torch-legacy``, ``safetensors`` or ``hf-sharded``.
+        entry: the chosen weights entry (``None`` when the file is a flat state dict).
+        candidates: every dict of tensors found (for entry choice and the report).
+        ignored: non-tensor entries next to the weights, described but never used.
+        stripped_prefix: what was removed from every key (``module.``), if anything.
+        tensors: key -> :class:`TensorInfo`, in file order.
+        metadata: safetensors ``__metadata__`` (merged across shards).
+    """
+
+    def __init__(
+        self,
+        paths: list[Path],
+        fmt: str,
+        readers: list[Reader],
+        entries: dict[str, Located],
+        tensors: dict[str, TensorInfo],
+        *,
+        entry: str | None = None,
+        candidates: list[str] | None = None,
+        ignored: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        lightning: bool = False,
+    ) -> None:
+        self.paths = paths
+        self.format = fmt
+        self._readers = readers
+        self._entries = entries
+        self.tensors = tensors
+        self.entry = entry
+        self.candidates = candidates or []
+        self.ignored = ignored or {}
+        self.metadata = metadata or {}
+        self.lightning = lightning
+        self.stripped_prefix: str | None = None
+        self._sha256: str | None = None
+
+    # Keys and prefixes -------------------------------------------------------------------
+
+    def common_prefix(self, candidates: Sequence[str]) -> str | None:
+        """The first of ``candidates`` that every key starts with, if any."""
+        for prefix in candidates:
+            if self.tensors and all(k.startswith(prefix) for k in self.tensors):
+                return prefix
+        return None
+
+    def strip_prefix(self, prefix: str) -> None:
+        """Remove ``prefix`` from every key that has it (re-keys tensors, keeps order)."""
+        n = len(prefix)
+        tensors: dict[str, TensorInfo] = {}
+        entries: dict[str, Located] = {}
+        for key, info in self.tensors.items():
+            new = key[n:] if key.startswith(prefix) and len(key) > n else key
+            if new in tensors:
+                raise UnreadableCheckpointError(
+                    f"stripping {prefix!r} makes two keys collide on {new!r}"
+                )
+            tensors[new] = TensorInfo(new, info.shape, info.dtype, info.kind, info.module)
+            entries[new] = self._entries[key]
+        self.tensors, self._entries = tensors, entries
+        self.stripped_prefix = (self.stripped_prefix or "") + prefix
+
+    def strip_wrapper_prefixes(self) -> None:
+        """Strip ``module.`` / ``_orig_mod.`` (repeatedly) while every key carries one."""
+        while (prefix := self.common_prefix(WRAPPER_PREFIXES)) is not None:
+            self.strip_prefix(prefix)
+
+    # Data --------------------------------------------------------------------------------
+
+    def read(self, key: str) -> torch.Tensor:
+        """Read one tensor onto the CPU, contiguous, in its stored dtype."""
+        entry = self._entries[key]
+        return entry.reader.read(entry.handle)
+
+    def byte_range(self, key: str) -> tuple[Path, int, int] | None:
+        """(file, offset, length) of ``key``'s bytes in C order, or None if not laid out so."""
+        entry = self._entries[key]
+        return entry.reader.byte_range(entry.handle)
+
+    def storage_id(self, key: str) -> tuple[str, ...]:
+        """Identity of the bytes behind ``key``: equal for tensors that share storage."""
+        entry = self._entries[key]
+        return (str(id(entry.reader)), *entry.reader.storage_id(entry.handle))
+
+    def sha256(self) -> str:
+        """sha256 of the file; for a sharded set, that of its ``sha256sum`` listing
+        (``"<sha256>  <name>"`` lines sorted by name), as the service identifies sets."""
+        if self._sha256 is None:
+            if len(self.paths) == 1:
+                self._sha256 = sha256_file(self.paths[0])
+            else:
+                paths = sorted(self.paths, key=lambda p: p.name)
+                lines = "".join(f"{sha256_file(p)}  {p.name}\n" for p in paths)
+                self._sha256 = hashlib.sha256(lines.encode()).hexdigest()
+        return self._sha256
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # Description ---------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-ready inspection summary (what ``graft inspect --json`` prints)."""
+        by_dtype: dict[str, dict[str, int]] = {}
+        by_kind = {k: {"tensors": 0, "elements": 0} for k in ("parameter", "buffer")}
+        for info in self.tensors.values():
+            d = by_dtype.setdefault(info.dtype, {"tensors": 0, "elements": 0, "bytes": 0})
+            d["tensors"] += 1
+            d["elements"] += info.numel
+            d["bytes"] += info.nbytes
+            by_kind[info.kind]["tensors"] += 1
+            by_kind[info.kind]["elements"] += info.numel
+        return {
+            "schema": "graft.inspect/v1",
+            "paths": [str(p) for p in self.paths],
+            "format": self.format,
+            "entry": self.entry,
+            "candidates": self.candidates,
+            "stripped_prefix": self.stripped_prefix,
+            "common_prefix": self.common_prefix(("model.",)),
+            "lightning": self.lightning,
+            "ignored": self.ignored,
+            "metadata": self.metadata,
+            "totals": {
+                "tensors": len(self.tensors),
+                "elements": sum(i.numel for i in self.tensors.values()),
+                "bytes": sum(i.nbytes for i in self.tensors.values()),
+                "parameters": by_kind["parameter"],
+                "buffers": by_kind["buffer"],
+                "by_dtype": by_dtype,
+            },
+            "tensors": [
+                {"key": i.key, "shape": list(i.shape), "dtype": i.dtype, "kind": i.kind}
+                for i in self.tensors.values()
+            ],
+        }

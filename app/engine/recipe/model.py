@@ -1,0 +1,326 @@
+"""The recipe, version 1, as pydantic models: plain data, every rule validated where it stands.
+
+Every rule is cited by its list and index (`rename[0]`, `drop[1]`, `adapt[0]`, `init[2]`,
+`freeze[0]`), the name reports and errors use (see :func:`app.engine.recipe.patterns.cite`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from app.engine.recipe.patterns import (
+    MAX_PATTERN_LENGTH,
+    RuleError,
+    check_pattern,
+    check_user_regex,
+    compile_re2,
+    split_replacement,
+)
+
+__all__ = [
+    "ADAPT_MODELS",
+    "INIT_MODELS",
+    "MAX_RULES",
+    "RENAME_MODELS",
+    "AdaptRule",
+    "AutoInit",
+    "ChannelsRule",
+    "ConstantInit",
+    "InitRule",
+    "InterpolateRule",
+    "KaimingNormalInit",
+    "KeyRule",
+    "NormalInit",
+    "PrefixRule",
+    "Recipe",
+    "RecipeModel",
+    "RegexRule",
+    "RenameRule",
+    "ResizeRule",
+    "SourceSpec",
+    "TruncNormalInit",
+    "XavierUniformInit",
+]
+
+MAX_RULES = 1000
+
+
+_Text = Annotated[str, StringConstraints(max_length=MAX_PATTERN_LENGTH)]
+_NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATTERN_LENGTH)]
+_KeyPattern = Annotated[str, AfterValidator(check_pattern)]
+
+
+class RecipeModel(BaseModel):
+    # Strict: a recipe is JSON/YAML, so "1" is not 1 and "yes" is not true.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SourceSpec(RecipeModel):
+    """Where the weights sit inside the source, and which wrapper prefixes to strip."""
+
+    entry: _NonEmptyText = "auto"
+    strip_prefixes: Literal["auto", "none"] | list[_NonEmptyText] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @field_validator("entry")
+    @classmethod
+    def _check_entry(cls, entry: str) -> str:
+        if entry != "auto" and "" in entry.split("."):
+            raise RuleError(f"entry {entry!r} has an empty path segment; write e.g. 'model.ema'")
+        return entry
+
+    @field_validator("strip_prefixes", mode="before")
+    @classmethod
+    def _check_strip_prefixes(cls, value: Any) -> Any:
+        # Checked here so the message does not list both arms of the union.
+        if value in ("auto", "none"):
+            return value
+        if isinstance(value, str):
+            raise RuleError(
+                f"strip_prefixes is auto, none or a list of prefixes, got {value!r}; "
+                f"write [{value!r}] to strip that prefix"
+            )
+        if not isinstance(value, list):
+            raise RuleError(f"strip_prefixes is auto, none or a list of prefixes, got {value!r}")
+        if len(value) > MAX_RULES:
+            raise RuleError(f"strip_prefixes has {len(value)} entries; at most {MAX_RULES}")
+        for prefix in value:
+            if not isinstance(prefix, str) or not 0 < len(prefix) <= MAX_PATTERN_LENGTH:
+                raise RuleError(
+                    f"strip_prefixes entries are non-empty strings such as 'module.', "
+                    f"got {prefix!r}"
+                )
+        return value
+
+
+class PrefixRule(RecipeModel):
+    """Keys starting with ``prefix`` get it replaced by ``to`` (an empty prefix prepends)."""
+
+    prefix: _Text
+    to: _Text
+
+
+class RegexRule(RecipeModel):
+    """Every RE2 match of ``regex`` in the key is replaced by ``to`` (``\\1`` group refs)."""
+
+    regex: _NonEmptyText
+    to: _Text
+
+    @field_validator("regex")
+    @classmethod
+    def _check_regex(cls, regex: str) -> str:
+        check_user_regex(regex)
+        return regex
+
+    @model_validator(mode="after")
+    def _check_to(self) -> RegexRule:
+        split_replacement(self.to, compile_re2(self.regex))
+        return self
+
+
+class KeyRule(RecipeModel):
+    """The one key equal to ``key`` becomes ``to``."""
+
+    key: _NonEmptyText
+    to: _NonEmptyText
+
+
+RENAME_MODELS: dict[str, type[RecipeModel]] = {
+    "prefix": PrefixRule,
+    "regex": RegexRule,
+    "key": KeyRule,
+}
+
+
+def _rename_kind(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return next((k for k, m in RENAME_MODELS.items() if isinstance(value, m)), None)
+    if isinstance(value, Mapping):
+        kinds = [k for k in RENAME_MODELS if k in value]
+        return kinds[0] if len(kinds) == 1 else None
+    return None
+
+
+RenameRule = Annotated[
+    Annotated[PrefixRule, Tag("prefix")]
+    | Annotated[RegexRule, Tag("regex")]
+    | Annotated[KeyRule, Tag("key")],
+    Discriminator(
+        _rename_kind,
+        custom_error_type="rename_kind",
+        custom_error_message="a rename rule takes exactly one of prefix, regex, key",
+    ),
+]
+
+
+class ChannelsRule(RecipeModel):
+    """Pad or crop dim 1 (input channels) of a conv/linear weight."""
+
+    match: _KeyPattern
+    op: Literal["channels"]
+    fill: Literal["zeros", "random", "mean", "repeat"] = "repeat"
+
+
+class ResizeRule(RecipeModel):
+    """Crop or pad any dims; new slices are filled with ``fill`` (default ``zeros``)."""
+
+    match: _KeyPattern
+    op: Literal["resize"]
+    fill: Literal["zeros", "random", "mean", "normal_like"] = "zeros"
+
+
+class InterpolateRule(RecipeModel):
+    """Resample a 2-D grid of tokens (position embeddings), keeping ``prefix_tokens``."""
+
+    match: _KeyPattern
+    op: Literal["interpolate"]
+    prefix_tokens: int = Field(default=1, ge=0, le=MAX_RULES)
+    mode: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+
+
+AdaptRule = Annotated[ChannelsRule | ResizeRule | InterpolateRule, Field(discriminator="op")]
+
+ADAPT_MODELS: dict[str, type[RecipeModel]] = {
+    "channels": ChannelsRule,
+    "resize": ResizeRule,
+    "interpolate": InterpolateRule,
+}
+
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class AutoInit(RecipeModel):
+    """Pick the init by module type and key name (SPEC §2)."""
+
+    match: _KeyPattern
+    fn: Literal["auto"]
+
+
+class ConstantInit(RecipeModel):
+    """Fill with zeros or ones."""
+
+    match: _KeyPattern
+    fn: Literal["zeros", "ones"]
+
+
+class NormalInit(RecipeModel):
+    """Draw from N(mean, std²)."""
+
+    match: _KeyPattern
+    fn: Literal["normal"]
+    mean: _Finite = 0.0
+    std: _Finite = Field(default=0.02, gt=0)
+
+
+class TruncNormalInit(RecipeModel):
+    """Draw from N(mean, std²) truncated to [a, b] (absolute bounds, as torch.nn.init)."""
+
+    match: _KeyPattern
+    fn: Literal["trunc_normal"]
+    mean: _Finite = 0.0
+    std: _Finite = Field(default=0.02, gt=0)
+    a: _Finite = -2.0
+    b: _Finite = 2.0
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> TruncNormalInit:
+        if self.a >= self.b:
+            raise RuleError(f"trunc_normal needs a < b, got a={self.a}, b={self.b}")
+        return self
+
+
+class XavierUniformInit(RecipeModel):
+    """Xavier/Glorot uniform with ``gain``."""
+
+    match: _KeyPattern
+    fn: Literal["xavier_uniform"]
+    gain: _Finite = Field(default=1.0, gt=0)
+
+
+class KaimingNormalInit(RecipeModel):
+    """Kaiming/He normal; defaults follow SPEC's ``auto`` for convs (fan_out, relu)."""
+
+    match: _KeyPattern
+    fn: Literal["kaiming_normal"]
+    a: _Finite = 0.0
+    mode: Literal["fan_in", "fan_out"] = "fan_out"
+    nonlinearity: Literal["relu", "leaky_relu", "linear", "sigmoid", "tanh", "selu"] = "relu"
+
+
+InitRule = Annotated[
+    AutoInit | ConstantInit | NormalInit | TruncNormalInit | XavierUniformInit | KaimingNormalInit,
+    Field(discriminator="fn"),
+]
+
+INIT_MODELS: dict[str, type[RecipeModel]] = {
+    "auto": AutoInit,
+    "zeros": ConstantInit,
+    "ones": ConstantInit,
+    "normal": NormalInit,
+    "trunc_normal": TruncNormalInit,
+    "xavier_uniform": XavierUniformInit,
+    "kaiming_normal": KaimingNormalInit,
+}
+
+
+def _default_init() -> list[InitRule]:
+    return [AutoInit(match="*", fn="auto")]
+
+
+class Recipe(RecipeModel):
+    """A recipe, version 1 (SPEC §2). Defaults are the SPEC's; a null field means its default."""
+
+    version: Literal[1] = 1
+    source: SourceSpec = Field(default_factory=SourceSpec)
+    rename: list[RenameRule] = Field(default_factory=list, max_length=MAX_RULES)
+    drop: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
+    only: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
+    shape_mismatch: Literal["skip", "error"] = "skip"
+    adapt: list[AdaptRule] = Field(default_factory=list, max_length=MAX_RULES)
+    missing: Literal["auto", "keep", "init", "error"] = "auto"
+    init: list[InitRule] = Field(default_factory=_default_init, max_length=MAX_RULES)
+    dtype: Literal["keep", "float32", "float16", "bfloat16"] = "keep"
+    freeze: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
+    freeze_bn: bool = False
+    strict: bool = False
+    align: Literal["off", "suggest", "apply"] = "off"
+    seed: int = Field(default=0, ge=0, lt=1 << 63)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1 in Python; it is not a version
+            raise RuleError(f"unsupported recipe version {value!r}; this Graft reads version 1")
+        return value
+
+    @field_validator("align", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false; the SPEC writes `align: off`.
+        return "off" if value is False else value

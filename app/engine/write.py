@@ -1,0 +1,88 @@
+"""Carry out a plan: write every target tensor to the output atomically, then verify it.
+
+The writers live in :mod:`app.engine.output`; this module picks one from the options, runs the
+output check of :mod:`app.engine.verify` while the output is still at its temp path, and only
+then lets it appear at the output path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.engine.errors import GraftError
+from app.engine.options import WriteOptions
+from app.engine.output.execution import Execution
+from app.engine.output.files import atomic_output
+from app.engine.output.safetensors_writer import finalize_safetensors, write_safetensors
+from app.engine.output.torch_writer import write_torch
+from app.engine.plan import Plan
+from app.engine.produce import Producer
+from app.engine.verify import verify_output
+
+__all__ = ["Stamp", "execute_plan"]
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """The safetensors ``__metadata__``, written before the data and completed after it.
+
+    Attributes:
+        placeholder: the metadata with :data:`~app.engine.output.DIGEST_PLACEHOLDER` where
+            digests go (the final values have the same lengths).
+        finalize: the final metadata, once the execution's digests are known.
+    """
+
+    placeholder: dict[str, str]
+    finalize: Callable[[Execution], dict[str, str]]
+
+
+def execute_plan(
+    plan: Plan,
+    producer: Producer,
+    output: Path,
+    *,
+    options: WriteOptions,
+    stamp: Stamp,
+    progress: Progress | None = None,
+) -> Execution:
+    """Write every target tensor to ``output`` atomically, then verify it.
+
+    Args:
+        plan: an ok plan.
+        producer: the source, target, seed and device that produce each tensor.
+        output: the output file, or the output folder when ``options.max_shard_size`` is set.
+        options: the format (``safetensors`` is streamed in bounded memory; ``torch`` holds
+            every tensor at once), sharding, byte copy, and whether to verify.
+        stamp: the safetensors metadata (the torch format carries none).
+        progress: called with (stage, fraction).
+
+    Returns:
+        The digests, counts, warnings, file names and the output check.
+
+    Raises:
+        GraftError: ``max_shard_size`` with the torch format, or a write that failed (the
+            output path is then left as it was).
+    """
+    if options.format == "torch":
+        if options.max_shard_size is not None:
+            raise GraftError("max_shard_size applies to safetensors output only")
+        with atomic_output(output) as tmp:
+            result = write_torch(tmp, plan, producer, progress)
+            if options.verify:
+                result.check = verify_output(tmp, plan, producer.target, result.digests, progress)
+        result.files = [Path(output).name]
+        return result
+    with atomic_output(output, folder=options.max_shard_size is not None) as tmp:
+        result, layout = write_safetensors(
+            tmp, plan, producer, options, stamp.placeholder, progress
+        )
+        # Verification reads tensor bytes only, so it runs before the headers get their final
+        # metadata: it overlaps with the source's sha256, which that metadata waits for.
+        if options.verify:
+            result.check = verify_output(tmp, plan, producer.target, result.digests, progress)
+        finalize_safetensors(tmp, layout, stamp.finalize(result))
+    return result

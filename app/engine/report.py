@@ -106,29 +106,7 @@ def build_report(
         The ``graft.report/v1`` document.
     """
     entries, unused = report_entries(plan, execution.digests if execution else {})
-    counts = {s: 0 for s in ("loaded", "adapted", "initialized", "kept", "missing")}
-    for e in plan.entries:
-        counts[e.status] += 1
-    reasons = {
-        r: sum(1 for u in plan.unused if u.reason == r)
-        for r in ("dropped", "unexpected", "mismatched")
-    }
     target_elements = sum(i.numel for i in target.tensors.values())
-    fed_elements = sum(math.prod(e.shape) for e in plan.entries if e.fed)
-    summary: dict[str, Any] = {
-        "loaded": counts["loaded"],
-        "adapted": counts["adapted"],
-        "initialized": counts["initialized"],
-        "kept": counts["kept"],
-        "used": len({s for e in plan.entries if e.fed for s in e.sources}),
-        **reasons,
-        "coverage": {
-            "tensors": round((counts["loaded"] + counts["adapted"]) / max(len(plan.entries), 1), 4),
-            "elements": round(fed_elements / max(target_elements, 1), 6),
-        },
-    }
-    if counts["missing"]:
-        summary["missing"] = counts["missing"]
     warnings = list(plan.warnings) + (execution.warnings if execution else [])
     failures = list(plan.failures)
     verification = _verification(execution, failures) if execution is not None else None
@@ -152,7 +130,7 @@ def build_report(
             "tensors": len(target.tensors),
             "elements": target_elements,
         },
-        "summary": summary,
+        "summary": _summary(plan, target_elements),
         "entries": entries,
         "unused": unused,
         "suggestions": [
@@ -173,6 +151,33 @@ def build_report(
             "report_sha256": entries_digest(entries, unused),
         }
     return report
+
+
+def _summary(plan: Plan, target_elements: int) -> dict[str, Any]:
+    """Counts by status and by reason, and how much of the target the source fed."""
+    counts = {s: 0 for s in ("loaded", "adapted", "initialized", "kept", "missing")}
+    for e in plan.entries:
+        counts[e.status] += 1
+    reasons = {
+        r: sum(1 for u in plan.unused if u.reason == r)
+        for r in ("dropped", "unexpected", "mismatched")
+    }
+    fed_elements = sum(math.prod(e.shape) for e in plan.entries if e.fed)
+    summary: dict[str, Any] = {
+        "loaded": counts["loaded"],
+        "adapted": counts["adapted"],
+        "initialized": counts["initialized"],
+        "kept": counts["kept"],
+        "used": len({s for e in plan.entries if e.fed for s in e.sources}),
+        **reasons,
+        "coverage": {
+            "tensors": round((counts["loaded"] + counts["adapted"]) / max(len(plan.entries), 1), 4),
+            "elements": round(fed_elements / max(target_elements, 1), 6),
+        },
+    }
+    if counts["missing"]:
+        summary["missing"] = counts["missing"]
+    return summary
 
 
 def _verification(execution: Execution, failures: list[str]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Hostile uploads and requests through the API: the exact status and problem ``type``.
 
 Inspection runs in the real sandboxed inspector children (the API process never parses an
-upload). The payloads and broken files are the engine suite's own (tests/engine/test_hostile.py);
-here they arrive over HTTP, and every malicious pickle's canary must stay absent.
+upload). The payloads and broken files are the engine suite's own
+(tests/engine/readers/test_hostile.py); here they arrive over HTTP, and every malicious
+pickle's canary must stay absent.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from app.config import Settings
 from app.engine.recipe import load_recipe
 from app.engine.recipe.rename import apply_renames
 from tests.api.conftest import stored_blobs
-from tests.engine.test_hostile import PAYLOADS, SAFETENSORS_CASES
+from tests.engine.readers.test_hostile import PAYLOADS, SAFETENSORS_CASES
 from tests.fixtures import (
     dangling_memo_pickle,
     deep_pickle,

@@ -33,6 +33,8 @@ MAX_EXPANSION = 16
 
 
 class Reader(Protocol):
+    """What every format's reader answers: parsed descriptors now, one tensor's bytes on request."""
+
     format: str
     parsed: Parsed
 

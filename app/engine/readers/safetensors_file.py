@@ -38,6 +38,8 @@ SAFETENSORS_DTYPES: dict[str, str] = {
 
 
 class SafetensorsReader:
+    """A safetensors file: every header entry checked against the file before use."""
+
     format = "safetensors"
 
     def __init__(self, path: Path) -> None:

@@ -23,6 +23,8 @@ __all__ = ["ZipReader"]
 
 
 class ZipReader(StorageFileReader):
+    """A ``torch.save`` zip: members stored uncompressed, TorchScript refused."""
+
     format = "torch-zip"
 
     def __init__(self, path: Path) -> None:

@@ -14,6 +14,7 @@ from app import __version__
 from app.engine.checkpoint import Source, open_source
 from app.engine.devices import resolve_device
 from app.engine.execute import DIGEST_PLACEHOLDER, Execution, OutputFormat, execute_plan
+from app.engine.options import WriteOptions
 from app.engine.plan import Plan, build_plan
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest
@@ -50,14 +51,9 @@ def convert(
     recipe: Recipe,
     *,
     output: Path | None,
-    fmt: OutputFormat = "safetensors",
-    dtype: str | None = None,
+    options: WriteOptions = WriteOptions(),  # noqa: B008 - frozen
     dry_run: bool = False,
-    device: str = "cpu",
     progress: Callable[[str, float], None] | None = None,
-    max_shard_size: int | None = None,
-    verify: bool = True,
-    byte_copy: bool = True,
     source_sha256: str | None = None,
     source_architecture: BoundArchitecture | None = None,
 ) -> ConversionResult:
@@ -94,6 +90,8 @@ def convert(
     Raises:
         GraftError: bad or unsafe input, an invalid recipe or target.
     """
+    fmt, dtype, device = options.format, options.dtype, options.device
+    max_shard_size, verify, byte_copy = options.max_shard_size, options.verify, options.byte_copy
     strip = recipe.source.strip_prefixes
     with open_source(source, entry=recipe.source.entry, strip_prefixes=strip) as src:
         if progress:

@@ -8,14 +8,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from app.engine.options import WriteOptions  # a light module: dataclasses only
-
-if TYPE_CHECKING:
-    from app.engine.architectures import BoundArchitecture
+from app.engine.options import WriteOptions
 
 __all__ = ["cli", "main"]
 
@@ -161,21 +158,19 @@ def _json_object(text: str | None, option: str) -> dict[str, Any]:
     return parsed
 
 
-def _open_target(spec: str, kwargs: str | None) -> Any:
+def _target_spec(spec: str, kwargs: str | None) -> tuple[Any, list[Path]]:
+    """The TARGET argument as a target spec, and a checkpoint target's files."""
     from app.engine.errors import InvalidTargetError
-    from app.engine.target import Target
+    from app.engine.target_spec import parse_target_spec, read_skeleton
 
     if spec.startswith("arch:"):
-        from app.config import get_settings
-
         parsed = _json_object(kwargs, f"--target-kwargs for {spec}")
-        extra = get_settings().architectures
-        return Target.from_architecture(spec.removeprefix("arch:"), parsed, extra=extra)
+        return parse_target_spec({"architecture": spec.removeprefix("arch:"), "kwargs": parsed}), []
     if kwargs is not None:
         raise InvalidTargetError("--target-kwargs applies only to arch: targets")
     if spec.endswith(".json") and not spec.endswith(".index.json"):
-        return Target.from_skeleton(spec)
-    return Target.from_checkpoint(spec)
+        return parse_target_spec({"skeleton": read_skeleton(spec)}), []
+    return parse_target_spec({"checkpoint": spec}), [Path(spec)]
 
 
 class _Progress:
@@ -211,32 +206,34 @@ def _run(
     *,
     output: Path | None,
     report_path: Path | None,
-    options: WriteOptions,
     json_: bool,
     target_kwargs: str | None,
     dry_run: bool,
-    source_architecture: BoundArchitecture | None = None,
+    options: WriteOptions,
+    source_architecture: Any = None,
 ) -> None:
-    from app.engine.pipeline import convert
+    from app.config import get_settings
     from app.engine.recipe import load_recipe
     from app.engine.report import render_text
+    from app.services.conversion import ConversionRequest, PathSink, run_conversion
 
     parsed = load_recipe(recipe)
-    with _open_target(target, target_kwargs) as tgt, _Progress() as progress:
-        result = convert(
-            _source_arg(source),
-            tgt,
-            parsed,
-            output=output,
-            options=options,
-            dry_run=dry_run,
-            progress=progress,
-            source_architecture=source_architecture,
+    spec, files = _target_spec(target, target_kwargs)
+    request = ConversionRequest(
+        source=source,
+        target=spec,
+        target_files=files,
+        recipe=parsed,
+        options=options,
+        dry_run=dry_run,
+        source_architecture=source_architecture,
+        architectures=get_settings().architectures,
+    )
+    with _Progress() as progress:
+        # In this process: the CLI reads the user's own files, with the restricted reader.
+        result = run_conversion(
+            request, PathSink(output, report_path), limits=None, progress=progress
         )
-    if report_path is not None:
-        report_path.write_text(json.dumps(result.report, indent=2) + "\n")
-        manifest_path = report_path.with_name(report_path.stem + ".manifest.json")
-        manifest_path.write_text(json.dumps(result.manifest, indent=2) + "\n")
     typer.echo(json.dumps(result.report, indent=2) if json_ else render_text(result.report))
     for warning in result.report["warnings"]:
         if warning.startswith(("nothing_loaded", "low_coverage")):
@@ -264,10 +261,10 @@ def plan(
         recipe,
         output=None,
         report_path=report,
-        options=WriteOptions(),
         json_=json_,
         target_kwargs=target_kwargs,
         dry_run=True,
+        options=WriteOptions(),
     )
 
 
@@ -312,36 +309,34 @@ def convert(
 ) -> None:
     """Convert SOURCE into TARGET's layout, verify it, and report every tensor."""
     from app.config import get_settings
-    from app.engine.architectures import bind_architecture
+    from app.engine.target_spec import parse_target_spec
 
     if fmt not in ("safetensors", "torch"):
         raise typer.BadParameter("--format is safetensors or torch")
     settings = get_settings()
-    bound = None
+    source_architecture = None
     if source_arch is not None:
-        bound = bind_architecture(
-            source_arch,
-            _json_object(source_kwargs, "--source-kwargs"),
-            extra=settings.architectures,
-        )
+        kwargs = _json_object(source_kwargs, "--source-kwargs")
+        source_architecture = parse_target_spec({"architecture": source_arch, "kwargs": kwargs})
     elif source_kwargs is not None:
         raise typer.BadParameter("--source-kwargs needs --source-arch")
+    options = WriteOptions(
+        format=fmt,  # type: ignore[arg-type]
+        device=device or settings.device,
+        max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
+        verify=verify,
+    )
     _run(
         [source],
         target,
         recipe,
         output=output,
         report_path=report,
-        options=WriteOptions(
-            format=fmt,  # type: ignore[arg-type]
-            max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
-            verify=verify,
-            device=device or settings.device,
-        ),
         json_=json_,
         target_kwargs=target_kwargs,
         dry_run=False,
-        source_architecture=bound,
+        options=options,
+        source_architecture=source_architecture,
     )
 
 

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.session import Database
+from app.sandbox.inspector import InspectorPool
 from app.services.auth import Principal, authenticate
-from app.services.inspector import InspectorPool
 from app.storage import BlobStore
 
 T = TypeVar("T")

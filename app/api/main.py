@@ -12,8 +12,8 @@ from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
 from app.api.routes import architectures, checkpoints, health, jobs
 from app.config import Settings, get_settings
 from app.db.session import Database
-from app.services.inspector import InspectorPool
-from app.services.sandbox import Limits
+from app.sandbox.inspector import InspectorPool
+from app.services.limits import inspection_limits
 from app.storage import BlobStore
 
 __all__ = ["create_app"]
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         inspector = InspectorPool(
             size=settings.inspectors,
             timeout=settings.inspect_timeout_seconds,
-            limits=Limits.for_inspection(settings),
+            limits=inspection_limits(settings),
             max_tensors=settings.max_tensors,
         )
         await inspector.start()

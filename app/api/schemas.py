@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.models import Artifact, Checkpoint, Job
+from app.engine.target_spec import TargetSpec, parse_target_spec
 
 __all__ = [
     "ArchitecturePublic",
@@ -84,22 +85,6 @@ class TensorsPublic(BaseModel):
     count: int
 
 
-class CheckpointTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    checkpoint: str = Field(description="id of an uploaded checkpoint: the target's own state_dict")
-
-
-class SkeletonTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    skeleton: dict[str, Any] = Field(description="a graft.skeleton/v1 document")
-
-
-class ArchitectureTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    architecture: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-
 class OutputOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: Literal["safetensors", "torch"] = "safetensors"
@@ -129,7 +114,7 @@ class JobCreate(BaseModel):
     )
 
     source: str = Field(description="id of the uploaded source checkpoint")
-    target: CheckpointTarget | SkeletonTarget | ArchitectureTarget
+    target: TargetSpec
     recipe: dict[str, Any] | None = Field(default=None, description="a version 1 recipe (SPEC §2)")
     output: OutputOptions = Field(default_factory=OutputOptions)
     dry_run: bool = Field(default=False, description="produce the report only, no weights")
@@ -167,12 +152,7 @@ class JobPublic(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
-        if job.target_kind == "checkpoint":
-            target: dict[str, Any] = {"checkpoint": job.target_checkpoint_id}
-        elif job.target_kind == "architecture" and job.target_spec:
-            target = dict(job.target_spec)
-        else:
-            target = {"skeleton": {"tensors": len((job.target_spec or {}).get("tensors", {}))}}
+        target = parse_target_spec(job.target).public()
         queued_s = run_s = None
         if job.started_at is not None:
             queued_s = (job.started_at - job.created_at).total_seconds()

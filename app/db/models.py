@@ -152,11 +152,12 @@ class Job(Base):
     source_id: Mapped[str | None] = mapped_column(
         ForeignKey("checkpoints.id", ondelete="SET NULL"), index=True
     )
-    target_kind: Mapped[str] = mapped_column(String(16))  # checkpoint | skeleton | architecture
+    # The target spec, whole ({"checkpoint": id} | {"skeleton": {...}} | {"architecture": ...});
+    # a checkpoint target's id is also a foreign key, for deletion checks and blob collection.
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
     target_checkpoint_id: Mapped[str | None] = mapped_column(
         ForeignKey("checkpoints.id", ondelete="SET NULL"), index=True
     )
-    target_spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     output_format: Mapped[str] = mapped_column(String(16), default="safetensors")
     output_dtype: Mapped[str | None] = mapped_column(String(16))

@@ -7,28 +7,34 @@ parameter/buffer kinds and module types but no values. Both describe themselves 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from app.engine.errors import InvalidTargetError
-from app.engine.meta import DTYPE_SIZES, TensorInfo
-from app.engine.readers import Source, open_source
+from app.engine.meta import TensorInfo
+from app.engine.target_spec import (
+    SKELETON_SCHEMA,
+    ArchitectureTarget,
+    CheckpointTarget,
+    SkeletonTarget,
+    parse_skeleton,
+    read_skeleton,
+)
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from app.engine.architectures import BoundArchitecture
+    from app.engine.readers import Source
 
-__all__ = ["SKELETON_SCHEMA", "Target", "skeleton_from_module"]
+__all__ = ["Target", "skeleton_from_module"]
 
-SKELETON_SCHEMA = "graft.skeleton/v1"
-MAX_SKELETON_BYTES = 64 * 1024 * 1024
 
 TargetKind = Literal["template", "skeleton", "architecture"]
+CheckpointFiles = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path]
 
 
 class Target:
@@ -92,6 +98,31 @@ class Target:
     # Constructors ------------------------------------------------------------------------
 
     @classmethod
+    def from_spec(
+        cls,
+        spec: CheckpointTarget | SkeletonTarget | ArchitectureTarget,
+        *,
+        files: CheckpointFiles | None = None,
+        architectures: str | None = None,
+    ) -> Target:
+        """The target a spec describes. The one place that asks which kind a target is.
+
+        Args:
+            spec: the target as data.
+            files: a checkpoint target's files (its reference resolved by the caller: an
+                upload's blobs, or the CLI's path); ignored for the other kinds.
+            architectures: more architectures, ``name=module:factory,...``.
+
+        Raises:
+            InvalidTargetError: an unusable skeleton, architecture or checkpoint.
+        """
+        if isinstance(spec, CheckpointTarget):
+            return cls.from_checkpoint(files if files is not None else spec.checkpoint)
+        if isinstance(spec, SkeletonTarget):
+            return cls.from_skeleton(spec.skeleton)
+        return cls.from_architecture(spec.architecture, spec.kwargs, extra=architectures)
+
+    @classmethod
     def from_checkpoint(
         cls,
         path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
@@ -99,6 +130,8 @@ class Target:
         entry: str = "auto",
     ) -> Target:
         """A template: the target model's own checkpoint, in any source format."""
+        from app.engine.readers import open_source
+
         source = open_source(path, entry=entry)
         return cls("template", dict(source.tensors), name=source.paths[0].name, template=source)
 
@@ -106,14 +139,8 @@ class Target:
     def from_skeleton(cls, skeleton: Mapping[str, Any] | str | os.PathLike[str]) -> Target:
         """A skeleton (``graft.skeleton/v1``): a dict, or a path to its JSON file."""
         if not isinstance(skeleton, Mapping):
-            path = Path(skeleton)
-            if path.stat().st_size > MAX_SKELETON_BYTES:
-                raise InvalidTargetError(f"skeleton {path.name} is larger than 64 MiB")
-            try:
-                skeleton = json.loads(path.read_bytes())
-            except (UnicodeDecodeError, ValueError):
-                raise InvalidTargetError(f"skeleton {path.name} is not valid JSON") from None
-        return cls("skeleton", _parse_skeleton(skeleton), name="skeleton")
+            skeleton = read_skeleton(skeleton)
+        return cls("skeleton", parse_skeleton(skeleton), name="skeleton")
 
     @classmethod
     def from_module(cls, module: nn.Module, *, name: str) -> Target:
@@ -143,34 +170,6 @@ class Target:
         bound = bind_architecture(name, kwargs, extra=extra)
         model = bound.build("meta")
         return cls("architecture", _module_tensors(model), name=f"arch:{name}", architecture=bound)
-
-
-def _parse_skeleton(skeleton: Any) -> dict[str, TensorInfo]:
-    if not isinstance(skeleton, Mapping) or skeleton.get("schema") != SKELETON_SCHEMA:
-        raise InvalidTargetError(f'a skeleton needs "schema": "{SKELETON_SCHEMA}"')
-    entries = skeleton.get("tensors")
-    if not isinstance(entries, Mapping) or not entries:
-        raise InvalidTargetError('a skeleton needs a non-empty "tensors" object')
-    tensors: dict[str, TensorInfo] = {}
-    for key, spec in entries.items():
-        if not isinstance(key, str) or not key or not isinstance(spec, Mapping):
-            raise InvalidTargetError(f"skeleton entry {key!r} must map a key to an object")
-        shape = spec.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
-        ):
-            raise InvalidTargetError(f"skeleton entry {key!r}: shape must be a list of ints >= 0")
-        dtype = spec.get("dtype", "float32")
-        if dtype not in DTYPE_SIZES:
-            raise InvalidTargetError(f"skeleton entry {key!r}: unknown dtype {dtype!r}")
-        kind = spec.get("kind", "parameter")
-        if kind not in ("parameter", "buffer"):
-            raise InvalidTargetError(f"skeleton entry {key!r}: kind is parameter or buffer")
-        module = spec.get("module")
-        if module is not None and not isinstance(module, str):
-            raise InvalidTargetError(f"skeleton entry {key!r}: module must be a string")
-        tensors[key] = TensorInfo(key, tuple(shape), dtype, kind, module)
-    return tensors
 
 
 def _module_tensors(module: nn.Module) -> dict[str, TensorInfo]:

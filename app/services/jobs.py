@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, Artifact, Job
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
+from app.engine.target_spec import TargetSpec
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
 
 __all__ = ["cancel_job", "create_job", "get_artifact", "get_job", "list_jobs", "validate_recipe"]
@@ -29,7 +30,7 @@ def create_job(
     session: Session,
     *,
     source: str,
-    target: dict[str, Any],
+    target: TargetSpec,
     recipe: dict[str, Any] | None,
     output_format: Literal["safetensors", "torch"],
     output_dtype: str | None,
@@ -41,48 +42,35 @@ def create_job(
     """Validate and queue a conversion. Workers pick it up once the caller commits.
 
     Args:
+        target: the target spec, stored whole on the job.
         owner: who the job belongs to.
         checkpoint_owner: whose checkpoints it may name (None: anyone's, for admins).
 
     Raises:
-        InvalidJobError: an unknown (or another owner's) checkpoint, or an unusable target.
+        InvalidJobError: an unknown (or another owner's) checkpoint.
         InvalidRecipeError: from the engine, naming the rule.
+        InvalidTargetError: from the engine, naming the skeleton entry.
     """
     checkpoints = CheckpointRepository(session)
     if checkpoints.get(source, owner=checkpoint_owner) is None:
         raise InvalidJobError(f"source: no checkpoint with id {source!r}; upload it first")
     validate_recipe(recipe)
+    target.check()
+    refs = target.checkpoint_refs()
+    for ref in refs:
+        if checkpoints.get(ref, owner=checkpoint_owner) is None:
+            raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
     job = Job(
         owner=owner,
         source_id=source,
+        target=target.model_dump(mode="json"),
+        target_checkpoint_id=refs[0] if refs else None,
         recipe=recipe,
         output_format=output_format,
         output_dtype=output_dtype,
         dry_run=dry_run,
         max_attempts=max_attempts,
     )
-    if "checkpoint" in target:
-        if checkpoints.get(target["checkpoint"], owner=checkpoint_owner) is None:
-            raise InvalidJobError(
-                f"target.checkpoint: no checkpoint with id {target['checkpoint']!r}"
-            )
-        job.target_kind = "checkpoint"
-        job.target_checkpoint_id = target["checkpoint"]
-    elif "skeleton" in target:
-        skeleton = target["skeleton"]
-        if not isinstance(skeleton.get("tensors"), dict) or not skeleton["tensors"]:
-            raise InvalidJobError(
-                "target.skeleton: expected {'schema': 'graft.skeleton/v1', 'tensors': {key: "
-                "{'shape': [...], 'dtype': ...}}} with at least one tensor"
-            )
-        job.target_kind = "skeleton"
-        job.target_spec = skeleton
-    else:
-        job.target_kind = "architecture"
-        job.target_spec = {
-            "architecture": target["architecture"],
-            "kwargs": target.get("kwargs", {}),
-        }
     return JobRepository(session).add(job)
 
 

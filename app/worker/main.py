@@ -10,7 +10,7 @@ from types import FrameType
 
 from app.config import Settings, get_settings
 from app.db.session import Database
-from app.services.sandbox import Limits
+from app.services.limits import conversion_limits
 from app.storage import BlobStore
 from app.worker.runner import JobRunner
 
@@ -48,7 +48,7 @@ def run_worker(
         poll_seconds=settings.poll_seconds,
         device=settings.device,
         stage_delay=float(os.environ.get(STAGE_DELAY_ENV, "0") or 0),
-        limits=Limits.for_conversion(settings),
+        limits=conversion_limits(settings),
         worker_index=index,
         architectures=settings.architectures,
     )

@@ -68,7 +68,7 @@ def owned(client, settings: Settings, keys: dict[str, dict[str, str]]) -> dict[s
     database = Database(settings.database_url)
     sha, size = BlobStore(settings.storage_dir).put_bytes(b"weights of team a")
     with database.transaction() as session:
-        job = Job(owner="team-a", source_id=checkpoint, target_kind="checkpoint")
+        job = Job(owner="team-a", source_id=checkpoint, target={"checkpoint": checkpoint})
         job.status = "succeeded"
         session.add(job)
         session.flush()

@@ -311,7 +311,7 @@ def weights_job(client, settings: Settings, source_id: str) -> Iterator[str]:
     store = BlobStore(settings.storage_dir)
     sha, size = store.put_bytes(bytes(range(256)) * 64)
     with database.transaction() as session:
-        job = Job(source_id=source_id, target_kind="checkpoint", status="succeeded")
+        job = Job(source_id=source_id, target={"checkpoint": source_id}, status="succeeded")
         session.add(job)
         session.flush()
         session.add(

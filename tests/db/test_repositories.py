@@ -41,7 +41,7 @@ def _checkpoint(db: Database, sha: str = "a" * 64) -> str:
 
 def _job(db: Database, source: str, *, max_attempts: int = 3) -> str:
     with db.transaction() as session:
-        job = Job(source_id=source, target_kind="checkpoint", target_checkpoint_id=source)
+        job = Job(source_id=source, target={"checkpoint": source}, target_checkpoint_id=source)
         job.max_attempts = max_attempts
         return JobRepository(session).add(job).id
 

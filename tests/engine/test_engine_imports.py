@@ -1,8 +1,7 @@
-"""The engine's boundaries: no web, database or settings imports, and torch-free inspection."""
+"""Torch-free paths of the engine (its import rules are in ``tests/test_house_imports.py``)."""
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -12,76 +11,6 @@ import torch
 from safetensors.torch import save_file
 
 from tests.fixtures import REPO_ROOT, save_hf_sharded_safetensors, tiny_state_dict
-
-ENGINE = REPO_ROOT / "app" / "engine"
-
-# STYLE: "The engine never imports FastAPI, SQLAlchemy or settings", and imports point one way
-# (api, worker, cli -> services -> engine): nothing above the engine may be imported from it.
-FORBIDDEN = (
-    "fastapi",
-    "starlette",
-    "uvicorn",
-    "sqlalchemy",
-    "alembic",
-    "pydantic_settings",
-    "app.config",
-    "app.api",
-    "app.db",
-    "app.services",
-    "app.worker",
-    "app.storage",
-    "app.cli",
-    "app.zoo",
-)
-
-
-def _imported_modules(source: str) -> list[str]:
-    """Modules a file imports: relative imports resolved, ``from X import y`` also as X.y."""
-    package = ["app", "engine"]
-    names: list[str] = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            module = ".".join([*base, *(node.module or "").split(".")]).strip(".")
-            names.append(module)
-            names += [f"{module}.{alias.name}" for alias in node.names]
-    return names
-
-
-def _is_forbidden(module: str) -> bool:
-    return any(module == f or module.startswith(f + ".") for f in FORBIDDEN)
-
-
-def test_the_scanner_sees_every_import_form() -> None:
-    source = (
-        "import fastapi\nfrom app import config\nfrom ..db import session\nfrom . import keys\n"
-        "def lazy():\n    import sqlalchemy.orm\n"
-    )
-    found = _imported_modules(source)
-    assert {m for m in found if _is_forbidden(m)} == {
-        "fastapi",
-        "app.config",
-        "app.db",
-        "app.db.session",
-        "sqlalchemy.orm",
-    }
-    assert "app.engine.keys" in found
-
-
-def test_engine_never_imports_web_database_or_settings() -> None:
-    files = sorted(ENGINE.rglob("*.py"))
-    assert (
-        ENGINE / "readers" / "opening.py" in files and ENGINE / "readers" / "unpickler.py" in files
-    )
-    offenders = {
-        str(f.relative_to(REPO_ROOT)): bad
-        for f in files
-        if (bad := [m for m in _imported_modules(f.read_text()) if _is_forbidden(m)])
-    }
-    assert offenders == {}
-
 
 _PROBE = """
 import json, sys

@@ -14,8 +14,9 @@ from app.db.models import Job
 from app.db.repositories import JobRepository
 from app.db.session import Database
 from app.engine.architectures import bind_architecture
+from app.engine.devices import resolve_device
 from app.storage import BlobStore
-from app.worker.runner import JobRunner, resolve_device
+from app.worker.runner import JobRunner
 from tests.worker.test_runner import _get, _register
 
 RESNET = {"width": 8, "depth": 1, "img_size": 32}
@@ -24,7 +25,7 @@ PAIR = "tiny_b=tests.engine.test_architectures:TinyB"
 
 def _arch_job(db: Database, source: str, spec: dict[str, object], recipe: object = None) -> str:
     with db.transaction() as session:
-        job = Job(source_id=source, target_kind="architecture", target_spec=spec, recipe=recipe)
+        job = Job(source_id=source, target=spec, recipe=recipe)
         return JobRepository(session).add(job).id
 
 

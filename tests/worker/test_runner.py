@@ -40,7 +40,7 @@ def _register(db: Database, store: BlobStore, path: Path) -> str:
 
 def _job(db: Database, source: str, target: str, **fields: object) -> str:
     with db.transaction() as session:
-        job = Job(source_id=source, target_kind="checkpoint", target_checkpoint_id=target)
+        job = Job(source_id=source, target={"checkpoint": target}, target_checkpoint_id=target)
         for name, value in fields.items():
             setattr(job, name, value)
         return JobRepository(session).add(job).id
@@ -160,8 +160,8 @@ def test_bad_skeleton_fails_the_job(setup: tuple[Database, BlobStore, str, str])
     with db.transaction() as session:
         job = JobRepository(session).get(job_id)
         assert job is not None
-        job.target_kind, job.target_checkpoint_id = "skeleton", None
-        job.target_spec = {"tensors": {"w": {"shape": "nope"}}}
+        job.target_checkpoint_id = None
+        job.target = {"skeleton": {"tensors": {"w": {"shape": "nope"}}}}
     assert _runner(db, store).run_once()
     job = _get(db, job_id)
     assert (job.status, job.error_type) == ("failed", "invalid-target")

@@ -39,16 +39,15 @@ async def create_job(
     inspector: InspectorDep,
 ) -> JobPublic:
     """Queue a conversion; poll the `Location` it returns."""
-    target = body.target.model_dump()
-    if "architecture" in target:  # bound in a child, as the worker will, before queueing
-        await inspector.check_architecture(
-            target["architecture"], target.get("kwargs") or {}, extra=settings.architectures
-        )
+    architecture = body.target.architecture_ref()
+    if architecture is not None:  # bound in a child, as the worker will, before queueing
+        name, kwargs = architecture
+        await inspector.check_architecture(name, kwargs, extra=settings.architectures)
     job = await in_write_thread(
         service.create_job,
         session,
         source=body.source,
-        target=target,
+        target=body.target,
         recipe=body.recipe,
         output_format=body.output.format,
         output_dtype=body.output.dtype,

@@ -1,6 +1,6 @@
 """The sandbox: every read of an uploaded file's tensors runs in a child process with limits.
 
-Inspection (``app.services.inspector``, long-lived children) and conversion (one child per
+Inspection (``app.sandbox.inspector``, long-lived children) and conversion (one child per
 job, forked from a per-worker fork server that has imported torch once) both apply the
 same :class:`Limits`: address space, CPU time, file size and open files. The engine inside
 reads pickles with its own restricted unpickler (``app.engine.readers.unpickler``): it never
@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from app.config import Settings
 from app.engine.errors import GraftError
 
 __all__ = ["Limits", "SandboxError", "apply_limits", "run_sandboxed"]
@@ -51,25 +50,6 @@ class Limits:
     cpu_seconds: int = 0
     file_size: int = 0
     open_files: int = 0
-
-    @classmethod
-    def for_inspection(cls, settings: Settings) -> Limits:
-        """Inspection reads headers and writes nothing: CPU bounded by its timeout."""
-        return cls(
-            address_space=settings.sandbox_address_space_bytes,
-            cpu_seconds=math.ceil(settings.inspect_timeout_seconds),
-            file_size=1024 * 1024,
-            open_files=settings.sandbox_open_files,
-        )
-
-    @classmethod
-    def for_conversion(cls, settings: Settings) -> Limits:
-        return cls(
-            address_space=settings.sandbox_address_space_bytes,
-            cpu_seconds=settings.sandbox_cpu_seconds,
-            file_size=settings.sandbox_file_bytes,
-            open_files=settings.sandbox_open_files,
-        )
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -165,7 +145,7 @@ def _context(preload: tuple[str, ...]) -> Any:
         # A fork server: forked from a clean, single-threaded process that imported the
         # engine (torch) once, so each job starts in milliseconds and shares no DB handles.
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["app.services.sandbox", *preload])
+        ctx.set_forkserver_preload(["app.sandbox.runner", *preload])
         _contexts[preload] = ctx
     return ctx
 

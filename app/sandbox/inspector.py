@@ -1,8 +1,8 @@
 """Checkpoint inspection in child processes, never in the API process.
 
 Untrusted uploads are parsed by the engine inside long-lived helper processes
-(``python -m app.services.inspector``), one request at a time each, speaking JSON lines
-over stdin/stdout, under the sandbox's resource limits (``app.services.sandbox``). A child
+(``python -m app.sandbox.inspector``), one request at a time each, speaking JSON lines
+over stdin/stdout, under the sandbox's resource limits (``app.sandbox.runner``). A child
 that hangs past the timeout is killed, one that dies (a limit hit) is replaced; either way
 the upload is refused and the API process is untouched.
 """
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.services.errors import ServiceError, status_for_type
-from app.services.sandbox import Limits, apply_limits, describe_failure, renew_cpu_limit
+from app.engine.errors import GraftError
+from app.sandbox.runner import Limits, apply_limits, describe_failure, renew_cpu_limit
 
 __all__ = ["InspectionError", "InspectorPool"]
 
@@ -28,16 +28,12 @@ logger = logging.getLogger(__name__)
 _LINE_LIMIT = 1 << 30
 
 
-class InspectionError(ServiceError):
-    """The engine refused the file (``type`` is the engine's problem type)."""
-
-    status = 422
-    title = "Checkpoint refused"
+class InspectionError(GraftError):
+    """The engine refused the file, in a child (``type`` is the engine's problem type)."""
 
     def __init__(self, problem_type: str, message: str) -> None:
         super().__init__(message)
         self.type = problem_type
-        self.status = status_for_type(problem_type)
 
 
 class _Child:
@@ -90,7 +86,7 @@ class InspectorPool:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "app.services.inspector",
+            "app.sandbox.inspector",
             json.dumps(self.limits.as_dict()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

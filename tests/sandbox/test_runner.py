@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.services.sandbox import Limits, SandboxError, run_sandboxed
+from app.sandbox.runner import Limits, SandboxError, run_sandboxed
 
 GiB = 1024**3
 
@@ -38,7 +38,7 @@ def open_many(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
     return len(handles)
 
 
-HERE = "tests.services.test_sandbox"
+HERE = "tests.sandbox.test_runner"
 
 
 def test_torch_works_under_the_default_style_limits() -> None:

@@ -1,0 +1,284 @@
+"""The one seam where a request turns into a conversion: for a job's worker and for the CLI.
+
+A :class:`ConversionRequest` says what to convert (the source's files, a ``TargetSpec``, a
+recipe, :class:`~app.engine.options.WriteOptions`); a :class:`Sink` says where the results
+go. :func:`run_conversion` runs the engine either in a sandbox child with resource limits
+(jobs: the files are untrusted uploads) or in this process (the CLI, on the user's own
+files), then hands the weights, report and manifest to the sink. The request travels to
+the child as JSON and is rebuilt there as it is; the child never sees the database or the
+blob store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from app.engine.options import WriteOptions
+from app.engine.recipe import Recipe
+from app.engine.target import Target
+from app.engine.target_spec import ArchitectureTarget, TargetSpec
+from app.sandbox.runner import Limits, apply_limits, run_sandboxed
+
+__all__ = [
+    "ConversionOutcome",
+    "ConversionRequest",
+    "PathSink",
+    "Sink",
+    "convert_in_child",
+    "run_conversion",
+]
+
+Progress = Callable[[str, float], None]
+
+# What the fork server imports once, so each job's child starts with torch loaded.
+_CHILD_PRELOAD = ("app.services.conversion", "app.engine.pipeline", "app.engine.target")
+
+
+class ConversionRequest(BaseModel):
+    """Everything one conversion needs, as data (it crosses into the sandbox as JSON).
+
+    Attributes:
+        source: the source's files (one file, or the files of a sharded set).
+        target: the target as data.
+        target_files: a checkpoint target's files, resolved by the caller; else empty.
+        recipe: the validated recipe.
+        options: how to write and verify.
+        dry_run: plan and report only.
+        source_sha256: the source's digest when already known (uploads are hashed as they
+            arrive), so the engine need not hash it again.
+        source_architecture: the architecture the source belongs to (``--source-arch``).
+        device_index: this worker's number on its host; ``auto``/``cuda`` pin worker ``i``
+            to GPU ``i % count``.
+        architectures: more architectures, ``name=module:factory,...``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: list[Path]
+    target: TargetSpec
+    target_files: list[Path] = []
+    recipe: Recipe
+    options: WriteOptions = WriteOptions()
+    dry_run: bool = False
+    source_sha256: str | None = None
+    source_architecture: ArchitectureTarget | None = None
+    device_index: int = 0
+    architectures: str = ""
+
+
+@dataclass
+class ConversionOutcome:
+    """What a conversion produced.
+
+    Attributes:
+        ok: the recipe's policy accepted it and verification passed.
+        report: the ``graft.report/v1`` document.
+        manifest: what the receiving side must do besides loading.
+        weights: the written weights (a file, or a folder of shards); None for a dry run
+            or a refusal.
+        device: the device the work ran on, when it was resolved.
+    """
+
+    ok: bool
+    report: dict[str, Any]
+    manifest: dict[str, Any]
+    weights: Path | None
+    device: str | None = None
+
+
+class Sink(Protocol):
+    """Where a conversion's results go: the weights path the engine writes, then the rest."""
+
+    def weights_path(self, request: ConversionRequest) -> Path | None:
+        """Where the engine writes the weights (None: nowhere, e.g. a dry run)."""
+        ...
+
+    def reports_dir(self) -> Path | None:
+        """A folder the child may write ``report.json``, ``report.txt``, ``manifest.json`` into."""
+        ...
+
+    def publish(self, outcome: ConversionOutcome) -> None:
+        """Take what the conversion wrote (the weights, and the reports when it wrote them)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PathSink:
+    """Local paths (the CLI): the weights at ``output``, the report and manifest beside
+    ``report`` when it is given (``REPORT`` and ``REPORT``'s stem + ``.manifest.json``)."""
+
+    output: Path | None
+    report: Path | None = None
+
+    def weights_path(self, request: ConversionRequest) -> Path | None:
+        return None if request.dry_run else self.output
+
+    def reports_dir(self) -> Path | None:
+        return None
+
+    def publish(self, outcome: ConversionOutcome) -> None:
+        if self.report is None:
+            return
+        self.report.write_bytes(_json(outcome.report))
+        manifest = self.report.with_name(self.report.stem + ".manifest.json")
+        manifest.write_bytes(_json(outcome.manifest))
+
+
+def run_conversion(
+    request: ConversionRequest,
+    sink: Sink,
+    *,
+    limits: Limits | None,
+    progress: Progress | None = None,
+    tick: Callable[[], None] | None = None,
+) -> ConversionOutcome:
+    """Run one conversion and leave its results where ``sink`` says.
+
+    Args:
+        request: what to convert.
+        sink: where the weights are written, and the reports.
+        limits: run in a sandbox child under these limits; ``None`` runs in this process
+            (only for files the caller trusts as much as itself: the CLI's).
+        progress: called with (stage, fraction in 0..1).
+        tick: called about every 0.1 s while a sandbox child runs; raising from it (or from
+            ``progress``) kills the child and propagates.
+
+    Returns:
+        The outcome. A policy refusal is ``ok=False`` with a report, not an exception.
+
+    Raises:
+        GraftError: bad or unsafe input, an invalid recipe or target (in a child: a
+            ``SandboxError`` keeping the engine's problem ``type``).
+    """
+    weights = sink.weights_path(request)
+    reports = sink.reports_dir()
+    if limits is None:
+        outcome = _convert(request, weights, reports, progress)
+    else:
+        outcome = _convert_in_sandbox(request, weights, reports, limits, progress, tick)
+    sink.publish(outcome)
+    return outcome
+
+
+def _convert_in_sandbox(
+    request: ConversionRequest,
+    weights: Path | None,
+    reports: Path | None,
+    limits: Limits,
+    progress: Progress | None,
+    tick: Callable[[], None] | None,
+) -> ConversionOutcome:
+    payload = {
+        "request": request.model_dump(mode="json"),
+        "weights": str(weights) if weights is not None else None,
+        "reports": str(reports) if reports is not None else None,
+        # Applied by the child once it knows its device: CUDA maps far more address space
+        # than it uses, so a GPU child runs without this one limit.
+        "address_space": limits.address_space,
+    }
+    result = run_sandboxed(
+        "app.services.conversion:convert_in_child",
+        payload,
+        limits=dataclasses.replace(limits, address_space=0),
+        preload=_CHILD_PRELOAD,
+        on_event=(
+            (lambda e: progress(str(e.get("stage")), float(e.get("fraction", 0.0))))
+            if progress is not None
+            else None
+        ),
+        tick=tick,
+    )
+    return ConversionOutcome(
+        ok=bool(result["ok"]),
+        report=result["report"],
+        manifest=result["manifest"],
+        weights=Path(result["weights"]) if result["weights"] else None,
+        device=result["device"],
+    )
+
+
+def convert_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
+    """The sandbox child's side: rebuild the request, convert, return the outcome as JSON."""
+    request = ConversionRequest.model_validate(payload["request"])
+    last_stage, last_at = [""], [0.0]
+
+    def progress(stage: str, fraction: float) -> None:
+        # Throttled: the engine may report per tensor; the parent needs a few per second.
+        now = time.monotonic()
+        if stage != last_stage[0] or now - last_at[0] >= 0.1 or fraction >= 1.0:
+            last_stage[0], last_at[0] = stage, now
+            emit({"event": "progress", "stage": stage, "fraction": fraction})
+
+    from app.engine.devices import resolve_device
+
+    device = resolve_device(request.options.device, index=request.device_index)
+    if device == "cpu":
+        apply_limits(Limits(address_space=int(payload.get("address_space") or 0)))
+    request = request.model_copy(
+        update={"options": dataclasses.replace(request.options, device=device)}
+    )
+    weights = Path(payload["weights"]) if payload["weights"] else None
+    reports = Path(payload["reports"]) if payload["reports"] else None
+    outcome = _convert(request, weights, reports, progress)
+    outcome.device = device
+    return {
+        "ok": outcome.ok,
+        "report": outcome.report,
+        "manifest": outcome.manifest,
+        "weights": str(outcome.weights) if outcome.weights is not None else None,
+        "device": outcome.device,
+    }
+
+
+def _convert(
+    request: ConversionRequest,
+    weights: Path | None,
+    reports: Path | None,
+    progress: Progress | None,
+) -> ConversionOutcome:
+    """Build the target, convert, write the reports: where the work runs."""
+    from app.engine.architectures import bind_architecture
+    from app.engine.pipeline import convert
+
+    source_arch = None
+    if request.source_architecture is not None:
+        spec = request.source_architecture
+        source_arch = bind_architecture(spec.architecture, spec.kwargs, extra=request.architectures)
+    files = request.target_files or None
+    target = Target.from_spec(
+        request.target,
+        files=(files[0] if len(files) == 1 else files) if files else None,
+        architectures=request.architectures,
+    )
+    with target:
+        result = convert(
+            request.source[0] if len(request.source) == 1 else request.source,
+            target,
+            request.recipe,
+            output=weights,
+            options=request.options,
+            dry_run=request.dry_run,
+            progress=progress,
+            source_sha256=request.source_sha256,
+            source_architecture=source_arch,
+        )
+    if reports is not None:
+        from app.engine.report import render_text
+
+        (reports / "report.json").write_bytes(_json(result.report))
+        (reports / "report.txt").write_bytes(render_text(result.report).encode())
+        (reports / "manifest.json").write_bytes(_json(result.manifest))
+    written = result.output if result.output is not None and not request.dry_run else None
+    return ConversionOutcome(result.ok, result.report, result.manifest, written)
+
+
+def _json(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=False) + "\n").encode()

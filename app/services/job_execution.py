@@ -1,0 +1,264 @@
+"""A job's conversion: from its database row to published artifacts, for any executor.
+
+An executor (the local lease runner, or a Celery task) claims a job, keeps its lease, and
+calls :func:`execute_job`. This reads the row once, links the job's blobs into a work
+folder, runs :func:`app.services.conversion.run_conversion` in a sandbox child, and
+publishes what the child wrote to the blob store. The executor then completes the job with
+the returned :class:`JobOutcome` (only while it still holds the lease).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.db.models import Checkpoint, Job, JobStatus
+from app.db.repositories import CheckpointRepository, JobRepository
+from app.db.session import Database
+from app.engine.errors import GraftError
+from app.engine.options import WriteOptions
+from app.engine.recipe import load_recipe
+from app.engine.target_spec import TargetSpec, parse_target_spec
+from app.sandbox.runner import Limits, SandboxError
+from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
+from app.storage import BlobStore
+
+__all__ = ["BlobSink", "JobControl", "JobOutcome", "JobSettings", "execute_job"]
+
+logger = logging.getLogger(__name__)
+
+_MEDIA_JSON = "application/json"
+_MEDIA_TEXT = "text/plain; charset=utf-8"
+# (artifact name, file suffix, media type, file the child writes in the reports folder)
+_REPORT_FILES = (
+    ("report", "report.json", _MEDIA_JSON, "report.json"),
+    ("report-text", "report.txt", _MEDIA_TEXT, "report.txt"),
+    ("manifest", "manifest.json", _MEDIA_JSON, "manifest.json"),
+)
+
+
+class JobControl(Protocol):
+    """How the executor keeps watch while a job runs. Any of these may raise to stop it."""
+
+    def stage(self, name: str) -> None:
+        """A stage begins (``preparing``, ``publishing``)."""
+        ...
+
+    def progress(self, stage: str, fraction: float) -> None:
+        """Progress within the conversion (fraction in 0..1)."""
+        ...
+
+    def tick(self) -> None:
+        """Called a few times a second while the conversion child runs."""
+        ...
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What every job of one executor shares.
+
+    Attributes:
+        limits: the sandbox limits of each conversion child.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        device_index: this worker's number on its host (GPU pinning).
+        architectures: more architectures, ``name=module:factory,...``.
+    """
+
+    limits: Limits
+    device: str = "auto"
+    device_index: int = 0
+    architectures: str = ""
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended, for the executor to record.
+
+    Attributes:
+        status: ``succeeded``, ``failed`` (or ``cancelled``, decided by the executor).
+        ok: the report's verdict, when there is a report.
+        error_type, error_message: why it failed (a problem type and one line).
+        device: where the conversion ran.
+        artifacts: the published artifacts' rows (name, filename, media_type, sha256, size).
+    """
+
+    status: JobStatus = JobStatus.failed
+    ok: bool | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    device: str | None = None
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class MissingInputError(GraftError):
+    """A checkpoint the job names was deleted before it ran."""
+
+    type = "not-found"
+
+
+@dataclass
+class BlobSink:
+    """A job's results go to the blob store: the child writes into ``folder``, this
+    publishes what it wrote (only regular files in that folder) as the job's artifacts."""
+
+    store: BlobStore
+    folder: Path
+    job_id: str
+    suffix: str
+    control: JobControl
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+
+    def weights_path(self, request: ConversionRequest) -> Path | None:
+        return None if request.dry_run else self.folder / f"{self.job_id}.{self.suffix}"
+
+    def reports_dir(self) -> Path | None:
+        return self.folder
+
+    def publish(self, outcome: ConversionOutcome) -> None:
+        self.control.stage("publishing")
+        for name, suffix, media, file in _REPORT_FILES:
+            self._ingest(name, f"{self.job_id}.{suffix}", media, self.folder / file)
+        if outcome.weights is not None:
+            weights = outcome.weights
+            self._ingest("weights", weights.name, "application/octet-stream", weights)
+
+    def _ingest(self, name: str, filename: str, media_type: str, path: Path) -> None:
+        # The child's word is not trusted: publish only regular files in its own folder.
+        folder = self.folder.resolve()
+        if path.is_symlink() or path.resolve().parent != folder or not path.is_file():
+            raise SandboxError("internal-error", f"the sandbox produced no usable {name} file")
+        sha, size = self.store.ingest(path)
+        self.artifacts.append(
+            {"name": name, "filename": filename, "media_type": media_type, "sha256": sha,
+             "size": size}
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    job_id: str
+    source_files: list[tuple[str, str]]
+    target: TargetSpec
+    target_files: list[tuple[str, str]]
+    recipe: dict[str, Any] | None
+    options: WriteOptions
+    dry_run: bool
+    source_sha256: str
+
+
+def execute_job(
+    database: Database,
+    store: BlobStore,
+    job_id: str,
+    *,
+    settings: JobSettings,
+    control: JobControl,
+) -> JobOutcome:
+    """Run one claimed job's conversion and publish its artifacts.
+
+    Args:
+        database: where the job's row is read (never written here).
+        store: where the inputs come from and the artifacts go.
+        job_id: a job this executor holds the lease of.
+        settings: the executor's limits, device and architectures.
+        control: stage, progress and tick hooks; what they raise propagates (a cancel).
+
+    Returns:
+        How the job ended: ``succeeded``, or ``failed`` with a problem type and message.
+    """
+    outcome = JobOutcome()
+    try:
+        inputs = _load(database, job_id)
+        control.stage("preparing")
+        with store.workdir() as work:
+            request = _request(store, inputs, work, settings)
+            (work / "out").mkdir()
+            suffix = "safetensors" if inputs.options.format == "safetensors" else "pt"
+            sink = BlobSink(store, work / "out", inputs.job_id, suffix, control)
+            result = run_conversion(
+                request, sink, limits=settings.limits, progress=control.progress,
+                tick=control.tick,
+            )  # fmt: skip
+        outcome.ok, outcome.device, outcome.artifacts = result.ok, result.device, sink.artifacts
+        if result.ok:
+            outcome.status = JobStatus.succeeded
+        else:
+            outcome.error_type = "conversion-refused"
+            outcome.error_message = "the recipe's policy refused the conversion; see the report"
+    except GraftError as exc:
+        outcome.error_type, outcome.error_message = exc.type, exc.message
+    except Exception as exc:
+        logger.exception("job %s failed unexpectedly", job_id)
+        outcome.error_type, outcome.error_message = "internal-error", f"{type(exc).__name__}: {exc}"
+    return outcome
+
+
+def _load(database: Database, job_id: str) -> _Inputs:
+    with database.transaction(write=False) as session:
+        job = JobRepository(session).get(job_id)
+        if job is None:
+            raise LookupError(job_id)
+        checkpoints = CheckpointRepository(session)
+        source = _checkpoint(checkpoints, job.source_id, "source")
+        target = parse_target_spec(job.target)
+        target_files = [
+            _checkpoint(checkpoints, job.target_checkpoint_id, "target")
+            for _ in target.checkpoint_refs()
+        ]
+        return _Inputs(
+            job_id=job.id,
+            source_files=_files(source),
+            target=target,
+            target_files=[f for c in target_files for f in _files(c)],
+            recipe=job.recipe,
+            options=_options(job),
+            dry_run=job.dry_run,
+            source_sha256=source.sha256,  # hashed at upload: the engine need not hash again
+        )
+
+
+def _options(job: Job) -> WriteOptions:
+    return WriteOptions(format=job.output_format, dtype=job.output_dtype)  # type: ignore[arg-type]
+
+
+def _checkpoint(repo: CheckpointRepository, checkpoint_id: str | None, what: str) -> Checkpoint:
+    checkpoint = repo.get(checkpoint_id) if checkpoint_id else None
+    if checkpoint is None:
+        raise MissingInputError(f"the {what} checkpoint was deleted")
+    return checkpoint
+
+
+def _files(checkpoint: Checkpoint) -> list[tuple[str, str]]:
+    return [(f.filename, f.sha256) for f in checkpoint.files]
+
+
+def _request(
+    store: BlobStore, inputs: _Inputs, work: Path, settings: JobSettings
+) -> ConversionRequest:
+    """Link the job's blobs into ``work`` and describe the conversion over those files."""
+    return ConversionRequest(
+        source=_link(store, inputs.source_files, work / "source"),
+        target=inputs.target,
+        target_files=_link(store, inputs.target_files, work / "target"),
+        recipe=load_recipe(inputs.recipe),
+        options=WriteOptions(
+            format=inputs.options.format,
+            dtype=inputs.options.dtype,
+            device=settings.device,
+        ),
+        dry_run=inputs.dry_run,
+        source_sha256=inputs.source_sha256,
+        device_index=settings.device_index,
+        architectures=settings.architectures,
+    )
+
+
+def _link(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
+    if not files:
+        return []
+    folder.mkdir()
+    for name, sha in files:
+        store.link_into(sha, folder / name)
+    return [folder / name for name, _ in files]

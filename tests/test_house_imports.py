@@ -1,0 +1,111 @@
+"""The house's import rules, for every file under ``app/`` (STYLE: "A test holds these lines").
+
+Imports point one way: ``api``, executors (``worker``) and ``cli`` -> ``services`` ->
+``engine``, ``db``, ``storage``, ``sandbox``. The engine is pure; the sandbox imports only
+the engine; executors and the CLI reach conversions only through the job-execution service;
+routes never touch the database themselves.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import REPO_ROOT
+
+APP = REPO_ROOT / "app"
+
+
+def imports_of(path: Path) -> list[str]:
+    """Modules a file under the repository imports."""
+    return parse_imports(path.read_text(), list(path.relative_to(REPO_ROOT).parts[:-1]))
+
+
+def parse_imports(source: str, package: list[str]) -> list[str]:
+    """Modules ``source`` imports (relative to ``package``; ``from X import y`` also as X.y)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+            names.append(module)
+            names += [f"{module}.{alias.name}" for alias in node.names]
+    return names
+
+
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def offenders(files: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    found = {}
+    for f in files:
+        bad = sorted({m for m in imports_of(f) if _under(m, forbidden)})
+        if bad:
+            found[str(f.relative_to(REPO_ROOT))] = bad
+    return found
+
+
+def _files(*parts: str) -> list[Path]:
+    root = APP.joinpath(*parts)
+    files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
+    assert files and all(f.exists() for f in files), root
+    return files
+
+
+OUTER = ("app.api", "app.worker", "app.executors", "app.cli", "app.client")
+
+RULES = {
+    # The engine: torch, safetensors, re2, blake3, pydantic, PyYAML, numpy, stdlib. No web,
+    # no database, no settings, and not the zoo (it registers through entry points).
+    "engine": (
+        ("engine",),
+        (
+            "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "pydantic_settings",
+            "httpx", "celery", "boto3", "app.config", "app.db", "app.services", "app.storage",
+            "app.sandbox", "app.registry", "app.zoo", *OUTER,
+        ),
+    ),
+    # The sandbox runs engine code in children: it knows nothing above the engine.
+    "sandbox": (
+        ("sandbox",),
+        ("fastapi", "sqlalchemy", "app.config", "app.db", "app.services", "app.storage", *OUTER),
+    ),
+    # Services are used by the outer layers, never the other way round.
+    "services": (("services",), OUTER),
+    # Tables and queries know nothing of use cases or HTTP.
+    "db": (("db",), ("fastapi", "app.services", "app.sandbox", *OUTER)),
+    # Executors and the CLI reach a conversion only through the job-execution service.
+    "worker": (("worker",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
+    "cli": (("cli",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
+    # Thin routes: the database through services and dependencies only.
+    "routes": (("api", "routes"), ("sqlalchemy", "app.db", "app.engine.pipeline")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_imports_point_one_way(rule: str) -> None:
+    parts, forbidden = RULES[rule]
+    assert offenders(_files(*parts), forbidden) == {}
+
+
+def test_the_scanner_sees_every_import_form() -> None:
+    source = (
+        "import fastapi\nfrom app import config\nfrom ..db import session\nfrom . import keys\n"
+        "def lazy():\n    import sqlalchemy.orm\n"
+    )
+    found = set(parse_imports(source, ["app", "engine"]))
+    assert {"fastapi", "app.config", "app.db.session", "app.engine.keys", "sqlalchemy.orm"} <= found
+    forbidden = RULES["engine"][1]
+    assert {m for m in found if _under(m, forbidden)} == {
+        "fastapi", "app.config", "app.db", "app.db.session", "sqlalchemy.orm",
+    }  # fmt: skip
+    worker = parse_imports("from app.engine.pipeline import convert\n", ["app", "worker"])
+    assert [m for m in worker if _under(m, RULES["worker"][1])] == [
+        "app.engine.pipeline",
+        "app.engine.pipeline.convert",
+    ]

@@ -240,9 +240,11 @@ def test_https_verifies_the_host_name_while_connecting_by_address(tmp_path: Path
     # certificate check use the name, so the handshake succeeds.
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=graft.test"]
-        + ["-addext", "subjectAltName=DNS:graft.test"],
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=graft.test"),
+            *("-addext", "subjectAltName=DNS:graft.test"),
+        ],
         check=True,
         capture_output=True,
     )

@@ -88,7 +88,9 @@ def stream_to_file(
     digest = hashlib.sha256()
     size = 0
     try:
-        with client.stream("GET", url, headers=headers) as response:
+        # Redirects are followed (presigned object-store URLs); the guard checks every hop and
+        # httpx drops Authorization when a hop leaves the origin.
+        with client.stream("GET", url, headers=headers, follow_redirects=True) as response:
             if response.status_code != 200:
                 raise _status_error(response, f"GET {url}", unavailable)
             announced = response.headers.get("Content-Length")

@@ -26,9 +26,13 @@ class RegistryError(Exception):
     title: str = "Registry error"
     retryable: bool = False
 
-    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, error_code: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
+        # MLflow's own code (RESOURCE_ALREADY_EXISTS…), when the error is MLflow's answer.
+        self.error_code = error_code
         if retryable is not None:
             self.retryable = retryable
 

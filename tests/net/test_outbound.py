@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -25,77 +22,19 @@ from app.net.outbound import (
     guarded_async_client,
     guarded_client,
 )
-
-
-@dataclass
-class Server:
-    """A tiny threaded HTTP server that counts the connections it accepted."""
-
-    httpd: ThreadingHTTPServer
-    hosts: list[str] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return self.httpd.server_address[1]
-
-    @property
-    def connections(self) -> int:
-        return self.httpd.connections  # type: ignore[attr-defined]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse is visible
-
-    def do_GET(self) -> None:
-        self.server.hosts.append(self.headers["Host"])  # type: ignore[attr-defined]
-        if self.path.startswith("/redirect?to="):
-            self.send_response(302)
-            self.send_header("Location", self.path.removeprefix("/redirect?to="))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = b"ok"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _CountingServer(ThreadingHTTPServer):
-    daemon_threads = True
-    connections = 0
-
-    def verify_request(self, request: object, client_address: object) -> bool:
-        self.connections += 1
-        return True
-
-
-def _start(context: ssl.SSLContext | None = None) -> Server:
-    httpd = _CountingServer(("127.0.0.1", 0), _Handler)
-    httpd.hosts = []  # type: ignore[attr-defined]
-    if context is not None:
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return Server(httpd, httpd.hosts)  # type: ignore[attr-defined]
+from tests.net.servers import Server, serve
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    s = _start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with serve() as s:
+        yield s
 
 
 @pytest.fixture
 def other_server() -> Iterator[Server]:
-    s = _start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with serve() as s:
+        yield s
 
 
 def _policy(value: str, **kwargs: str) -> OutboundPolicy:
@@ -250,16 +189,14 @@ def test_https_verifies_the_host_name_while_connecting_by_address(tmp_path: Path
     )
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
-    tls = _start(server_context)
-    try:
-        trust = ssl.create_default_context(cafile=str(cert))
-        resolver = _resolver({"graft.test": ["127.0.0.1"]})
-        with guarded_client(_policy("graft.test"), resolver=resolver, verify=trust) as client:
-            assert client.get(f"https://graft.test:{tls.port}/").text == "ok"
+    trust = ssl.create_default_context(cafile=str(cert))
+    resolver = _resolver({"graft.test": ["127.0.0.1"]})
+    with (
+        serve(server_context) as tls,
+        guarded_client(_policy("graft.test"), resolver=resolver, verify=trust) as client,
+    ):
+        assert client.get(f"https://graft.test:{tls.port}/").text == "ok"
         assert tls.hosts == [f"graft.test:{tls.port}"]
-    finally:
-        tls.httpd.shutdown()
-        tls.httpd.server_close()
 
 
 @pytest.mark.parametrize(

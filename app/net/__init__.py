@@ -1,0 +1,1 @@
+"""Outgoing network access: every request Graft sends to another host goes through here."""

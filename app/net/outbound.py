@@ -1,0 +1,445 @@
+"""The one guard on outgoing requests: allow-listed hosts, public addresses, checked per connection.
+
+Graft fetches sources by URL, talks to an MLflow registry and delivers webhooks. Each of those
+URLs comes from a client, so each could point at the metadata service, the database or the API
+itself. Every outgoing request therefore goes through :func:`guarded_client` (or
+:func:`guarded_async_client`), whose transport:
+
+1. refuses the URL unless its scheme is ``https`` (``http`` only for a host named exactly) and
+   its host matches the allow list, before anything is resolved;
+2. on every new connection, resolves the host once, refuses the whole connection if any address
+   is loopback, private, link-local, multicast, unspecified or otherwise not global (IPv4-mapped,
+   6to4, Teredo and NAT64 forms unwrapped first), and then connects to that exact checked
+   address. Nothing is resolved twice, so DNS rebinding has no window. TLS still uses the host
+   name, so SNI and certificate checks are unchanged.
+
+Redirects are sent through the same transport by httpx, so every hop is checked again.
+
+The allow list (``GRAFT_OUTBOUND_ALLOW``) holds host names, IP literals, ``*.example.com``
+domain patterns or ``*`` (any host). A host named *exactly* may resolve to any address (the
+operator vouched for it) and may use ``http``; a host admitted only by a pattern must resolve to
+global addresses and use ``https``. The token ``mlflow`` stands for the tracking server's host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import anyio.to_thread
+import httpcore
+import httpx
+
+__all__ = [
+    "OutboundPolicy",
+    "OutboundRefusedError",
+    "Resolver",
+    "address_refusal",
+    "guarded_async_client",
+    "guarded_client",
+]
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+"""``(host, port) -> addresses``: the DNS boundary, replaceable in tests."""
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SCHEMES = ("http", "https")
+
+
+class OutboundRefusedError(Exception):
+    """An outgoing request the policy forbids; raised before any connection is made.
+
+    Attributes:
+        type: the stable problem type, ``outbound-refused``.
+        status: the HTTP status the API answers with.
+        url: the URL (or ``host:port``) that was refused.
+    """
+
+    type = "outbound-refused"
+    status = 422
+    title = "Outbound request refused"
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+
+
+def _normalise_host(host: str) -> str:
+    """Lower-case, without IPv6 brackets or a trailing dot, IDNA-encoded (as httpx sends it)."""
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses a packet to ``ip`` may really reach (mapped, 6to4, Teredo, NAT64)."""
+    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if ip in _NAT64:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
+def address_refusal(address: str | IPAddress) -> str | None:
+    """Why a connection to ``address`` is refused for a host not named exactly, or ``None``.
+
+    Args:
+        address: an IPv4 or IPv6 address (a scope id such as ``%eth0`` is ignored).
+
+    Returns:
+        A short reason (``"loopback"``, ``"private"``, …), or ``None`` for a global address.
+    """
+    if isinstance(address, str):
+        address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        for inner in _embedded_ipv4(address):
+            reason = address_refusal(inner)
+            if reason is not None:
+                return f"{reason} (embedded in {address})"
+    # Order matters only for the message: the most specific reason first.
+    checks = (
+        ("unspecified", address.is_unspecified),
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+        # is_global also excludes shared (100.64/10), documentation and benchmark ranges.
+        ("not global", not address.is_global),
+    )
+    return next((name for name, hit in checks if hit), None)
+
+
+def _system_resolver(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from exc
+    # Keep getaddrinfo's order (it ranks by preference) without duplicates.
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    """Which hosts Graft may connect to.
+
+    Attributes:
+        exact: hosts named exactly (normalised): any address, ``http`` allowed.
+        suffixes: domains from ``*.example.com`` patterns (``"example.com"``): global
+            addresses and ``https`` only.
+        any_host: ``*`` was listed: any host, global addresses and ``https`` only.
+    """
+
+    exact: frozenset[str] = frozenset()
+    suffixes: frozenset[str] = frozenset()
+    any_host: bool = False
+
+    @classmethod
+    def from_setting(cls, value: str, *, mlflow_tracking_uri: str | None = None) -> OutboundPolicy:
+        """Parse ``GRAFT_OUTBOUND_ALLOW``.
+
+        Args:
+            value: comma-separated hosts, ``*.domain`` patterns, ``*``, and ``mlflow``.
+            mlflow_tracking_uri: what ``mlflow`` stands for (its host is listed exactly).
+
+        Returns:
+            The policy.
+
+        Raises:
+            ValueError: ``mlflow`` is listed but no tracking URI is configured, or an entry is
+                not a host (a URL, a path, a port).
+        """
+        exact: set[str] = set()
+        suffixes: set[str] = set()
+        any_host = False
+        for raw in value.split(","):
+            entry = raw.strip()
+            if not entry:
+                continue
+            if entry == "*":
+                any_host = True
+            elif entry.lower() == "mlflow":
+                if not mlflow_tracking_uri:
+                    raise ValueError(
+                        "GRAFT_OUTBOUND_ALLOW lists 'mlflow' but no MLflow tracking URI is set"
+                    )
+                exact.add(_normalise_host(httpx.URL(mlflow_tracking_uri).host))
+            elif entry.startswith("*.") and len(entry) > 2:
+                suffixes.add(_normalise_host(entry[2:]))
+            elif any(c in entry for c in "/*@") or (entry.count(":") == 1):
+                raise ValueError(
+                    f"GRAFT_OUTBOUND_ALLOW entry {entry!r} is not a host: list host names, "
+                    "IP addresses, '*.domain', '*' or 'mlflow' (no scheme, path or port)"
+                )
+            else:
+                exact.add(_normalise_host(entry))
+        return cls(exact=frozenset(exact), suffixes=frozenset(suffixes), any_host=any_host)
+
+    def is_exact(self, host: str) -> bool:
+        """Whether ``host`` is named exactly (so any address and ``http`` are allowed)."""
+        return _normalise_host(host) in self.exact
+
+    def admits(self, host: str) -> bool:
+        """Whether ``host`` is on the allow list at all (exactly or by a pattern)."""
+        host = _normalise_host(host)
+        if host in self.exact or self.any_host:
+            return True
+        return any(host == s or host.endswith("." + s) for s in self.suffixes)
+
+    def check_url(self, url: httpx.URL | str) -> None:
+        """Refuse a URL by scheme and host, before anything is resolved.
+
+        Raises:
+            OutboundRefusedError: not http(s), a host off the list, or ``http`` to a host that
+                is only admitted by a pattern.
+        """
+        url = httpx.URL(url)
+        if url.scheme not in _SCHEMES:
+            raise OutboundRefusedError(
+                f"refused {url.scheme}: URL; only https (and http to hosts listed exactly in "
+                "GRAFT_OUTBOUND_ALLOW) may be fetched",
+                url=str(url),
+            )
+        if not url.host or not self.admits(url.host):
+            raise OutboundRefusedError(
+                f"host {url.host!r} is not in GRAFT_OUTBOUND_ALLOW; add it there to allow it",
+                url=str(url),
+            )
+        if url.scheme == "http" and not self.is_exact(url.host):
+            raise OutboundRefusedError(
+                f"refused http://{url.host}: plain http is allowed only to hosts listed exactly "
+                "in GRAFT_OUTBOUND_ALLOW; use https",
+                url=str(url),
+            )
+
+    def check_addresses(self, host: str, port: int, addresses: Iterable[str]) -> list[str]:
+        """The addresses to connect to, all of them checked.
+
+        Args:
+            host: the host the addresses were resolved from.
+            port: the port, for the message.
+            addresses: every address the resolver gave.
+
+        Returns:
+            The addresses, in order.
+
+        Raises:
+            OutboundRefusedError: a host not named exactly resolved to at least one non-global
+                address (one is enough: a resolver that mixes them is not to be trusted), or to
+                none at all.
+        """
+        found = list(addresses)
+        if not found:
+            raise OutboundRefusedError(f"{host} resolved to no address", url=f"{host}:{port}")
+        if self.is_exact(host):
+            return found
+        for address in found:
+            reason = address_refusal(address)
+            if reason is not None:
+                raise OutboundRefusedError(
+                    f"{host} resolves to {address}, a {reason} address; list the host exactly "
+                    "in GRAFT_OUTBOUND_ALLOW to allow it",
+                    url=f"{host}:{port}",
+                )
+        return found
+
+
+def _unbracket(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """Resolves, checks every address, then connects to a checked address by number."""
+
+    def __init__(self, policy: OutboundPolicy, resolver: Resolver) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        host = _unbracket(host)
+        addresses = self._policy.check_addresses(host, port, self._resolver(host, port))
+        # Try each checked address in the resolver's order, as a plain connect would.
+        for address in addresses[:-1]:
+            try:
+                return self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                logger.debug("connect to %s (%s) failed, trying the next address", address, host)
+        return self._inner.connect_tcp(addresses[-1], port, timeout, local_address, socket_options)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise OutboundRefusedError("unix sockets are never used for outgoing requests", url=path)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
+    """The async twin of :class:`_GuardedBackend`; resolution runs in a worker thread."""
+
+    def __init__(self, policy: OutboundPolicy, resolver: Resolver) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        host = _unbracket(host)
+        resolved = await anyio.to_thread.run_sync(self._resolver, host, port)
+        addresses = self._policy.check_addresses(host, port, resolved)
+        # Try each checked address in the resolver's order, as a plain connect would.
+        for address in addresses[:-1]:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                logger.debug("connect to %s (%s) failed, trying the next address", address, host)
+        return await self._inner.connect_tcp(
+            addresses[-1], port, timeout, local_address, socket_options
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise OutboundRefusedError("unix sockets are never used for outgoing requests", url=path)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.HTTPTransport):
+    """httpx's own transport with the URL check in front and the guarded network backend."""
+
+    def __init__(
+        self, policy: OutboundPolicy, resolver: Resolver, verify: typing.Any, limits: httpx.Limits
+    ) -> None:
+        super().__init__(verify=verify, limits=limits)
+        self._policy = policy
+        # httpx offers no network_backend argument: replace the pool it built with one that
+        # has the same settings and our backend (the pool is the only thing that connects).
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_GuardedBackend(policy, resolver),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._policy.check_url(request.url)
+        return super().handle_request(request)
+
+
+class _AsyncGuardedTransport(httpx.AsyncHTTPTransport):
+    def __init__(
+        self, policy: OutboundPolicy, resolver: Resolver, verify: typing.Any, limits: httpx.Limits
+    ) -> None:
+        super().__init__(verify=verify, limits=limits)
+        self._policy = policy
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_AsyncGuardedBackend(policy, resolver),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._policy.check_url(request.url)
+        return await super().handle_async_request(request)
+
+
+def _client_options(kwargs: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    for forbidden in ("transport", "mounts", "proxy", "trust_env"):
+        if forbidden in kwargs:
+            raise TypeError(f"guarded clients choose {forbidden} themselves")
+    # trust_env=False: an HTTP(S)_PROXY from the environment would mount a proxy transport
+    # beside ours and bypass every check.
+    return {"trust_env": False, "follow_redirects": False, **kwargs}
+
+
+def guarded_client(
+    policy: OutboundPolicy,
+    *,
+    resolver: Resolver | None = None,
+    verify: typing.Any = True,
+    limits: httpx.Limits | None = None,
+    **kwargs: typing.Any,
+) -> httpx.Client:
+    """An ``httpx.Client`` whose every request and connection is checked by ``policy``.
+
+    Args:
+        policy: the allow list.
+        resolver: ``(host, port) -> addresses``; the system resolver by default.
+        verify: TLS verification, as httpx takes it (an ``ssl.SSLContext`` for a private CA).
+        limits: connection pool limits.
+        **kwargs: other ``httpx.Client`` options (``timeout``, ``headers``,
+            ``follow_redirects``, ``max_redirects``…); redirects are off unless asked for, and
+            each hop is checked again when they are on.
+
+    Returns:
+        The client; close it (or use it as a context manager).
+
+    Raises:
+        TypeError: ``transport``, ``mounts``, ``proxy`` or ``trust_env`` was passed.
+    """
+    transport = _GuardedTransport(
+        policy, resolver or _system_resolver, verify, limits or httpx.Limits()
+    )
+    return httpx.Client(transport=transport, **_client_options(kwargs))
+
+
+def guarded_async_client(
+    policy: OutboundPolicy,
+    *,
+    resolver: Resolver | None = None,
+    verify: typing.Any = True,
+    limits: httpx.Limits | None = None,
+    **kwargs: typing.Any,
+) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` twin of :func:`guarded_client` (same arguments)."""
+    transport = _AsyncGuardedTransport(
+        policy, resolver or _system_resolver, verify, limits or httpx.Limits()
+    )
+    return httpx.AsyncClient(transport=transport, **_client_options(kwargs))

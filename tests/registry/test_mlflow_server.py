@@ -1,0 +1,265 @@
+"""The MLflow client against a real ``mlflow server`` (SQLite backend, proxied artifacts).
+
+The server comes from its own venv (``make mlflow-venv``: ``$GRAFT_TEST_MLFLOW_VENV``, by
+default ``~/.cache/graft/mlflow-3.17.2``), never from Graft's. One server serves the module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from app.net.outbound import OutboundPolicy, OutboundRefusedError
+from app.registry.errors import (
+    InvalidReferenceError,
+    RegistryError,
+    RegistryNotFoundError,
+    RegistryUnavailableError,
+)
+from app.registry.mlflow import MlflowClient
+from app.registry.mlflow_publish import find_job_version, register_version
+
+logger = logging.getLogger(__name__)
+
+VENV = Path(
+    os.environ.get("GRAFT_TEST_MLFLOW_VENV", Path.home() / ".cache/graft/mlflow-3.17.2")
+).expanduser()
+MLFLOW = VENV / "bin" / "mlflow"
+POLICY = OutboundPolicy.from_setting("127.0.0.1")
+SOURCE_SHA = "ab" * 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not MLFLOW.exists():
+        pytest.skip(f"no mlflow server at {MLFLOW}: run `make mlflow-venv` (it may have failed)")
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    log = (root / "server.log").open("wb")
+    argv = [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    argv += ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", "1"]
+    # Its own session: the server forks workers, and the whole group is stopped at the end.
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > 120:
+                pytest.fail("mlflow server not ready after 120 s")
+            time.sleep(0.25)
+        logger.info("mlflow server ready in %.1f s", time.monotonic() - started)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def client(mlflow_url: str) -> Iterator[MlflowClient]:
+    with MlflowClient(mlflow_url, policy=POLICY) as c:
+        yield c
+
+
+def _result(folder: Path, *names: str) -> dict[str, Path]:
+    """A tiny real result: safetensors weights, a report and a manifest."""
+    folder.mkdir(parents=True)
+    paths = {}
+    for i, name in enumerate(names):
+        path = folder / name
+        save_file({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3) + i}, path)
+        paths[name] = path
+    (folder / "report.json").write_text(json.dumps({"schema": "graft.report/v1", "n": 1}))
+    (folder / "manifest.json").write_text(json.dumps({"files": list(names)}))
+    return paths
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_register_then_fetch_by_version_and_alias(client: MlflowClient, tmp_path: Path) -> None:
+    weights = _result(tmp_path / "out", "model.safetensors")["model.safetensors"]
+    report = tmp_path / "out" / "report.json"
+    done = register_version(
+        client,
+        name="tiny",
+        job_id="job-1",
+        weights=[weights],
+        report=report,
+        manifest=tmp_path / "out" / "manifest.json",
+        source_sha256=SOURCE_SHA,
+        alias="prod",
+        tags={"team": "vision"},
+    )
+    assert (done.version, done.created, done.uri) == ("1", True, "models:/tiny/1")
+
+    version = client.get_model_version("tiny", "1")
+    assert version.tags == {
+        "graft.job_id": "job-1",
+        "graft.source_sha256": SOURCE_SHA,
+        "graft.report_sha256": _sha(report),
+        "team": "vision",
+    }
+    assert version.aliases == ("prod",)
+    artifacts = client.list_artifacts(client.get_download_uri("tiny", "1"))
+    assert [(f.path, f.size) for f in artifacts] == [
+        ("manifest.json", (tmp_path / "out" / "manifest.json").stat().st_size),
+        ("model.safetensors", weights.stat().st_size),
+        ("report.json", report.stat().st_size),
+    ]
+
+    for uri, folder in [("models:/tiny/1", "by-version"), ("models:/tiny@prod", "by-alias")]:
+        (tmp_path / folder).mkdir()
+        fetched = client.fetch_model(uri, tmp_path / folder, max_bytes=10**6)
+        assert fetched.version.version == "1"
+        [got] = fetched.files
+        assert got.path == tmp_path / folder / "model.safetensors"
+        assert got.path.read_bytes() == weights.read_bytes()
+        assert got.sha256 == _sha(weights)
+        assert torch.equal(load_file(got.path)["w"], load_file(weights)["w"])
+
+
+def test_retry_never_registers_twice_and_alias_moves(client: MlflowClient, tmp_path: Path) -> None:
+    paths = _result(tmp_path / "out", "model.safetensors")
+    kwargs = {
+        "name": "retried",
+        "weights": [paths["model.safetensors"]],
+        "report": tmp_path / "out" / "report.json",
+        "manifest": tmp_path / "out" / "manifest.json",
+        "source_sha256": SOURCE_SHA,
+        "alias": "champion",
+    }
+    first = register_version(client, job_id="job-a", **kwargs)  # type: ignore[arg-type]
+    again = register_version(client, job_id="job-a", **kwargs)  # type: ignore[arg-type]
+    assert (first.version, first.created) == ("1", True)
+    assert (again.version, again.created, again.run_id) == ("1", False, first.run_id)
+    listed = client.call("GET", "model-versions/search", params={"filter": "name='retried'"})
+    assert len(listed["model_versions"]) == 1
+
+    other = register_version(client, job_id="job-b", **kwargs)  # type: ignore[arg-type]
+    assert (other.version, other.created) == ("2", True)
+    assert client.resolve("models:/retried@champion").version == "2"
+    found = find_job_version(client, name="retried", job_id="job-a")
+    assert found is not None and found.version == "1"
+
+
+def test_sharded_set_round_trip(client: MlflowClient, tmp_path: Path) -> None:
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    paths = _result(tmp_path / "out", *names)
+    index = tmp_path / "out" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": names[0]}}))
+    register_version(
+        client,
+        name="sharded",
+        job_id="job-s",
+        weights=[index, *paths.values()],
+        report=tmp_path / "out" / "report.json",
+        manifest=tmp_path / "out" / "manifest.json",
+        source_sha256=SOURCE_SHA,
+    )
+    (tmp_path / "in").mkdir()
+    fetched = client.fetch_model("models:/sharded/1", tmp_path / "in", max_bytes=10**6)
+    assert [f.path.name for f in fetched.files] == [index.name, *names]
+    for f in fetched.files:
+        assert f.path.read_bytes() == (tmp_path / "out" / f.path.name).read_bytes()
+
+
+def test_several_checkpoints_need_a_path(client: MlflowClient, tmp_path: Path) -> None:
+    paths = _result(tmp_path / "out", "a.safetensors", "b.safetensors")
+    register_version(
+        client,
+        name="two",
+        job_id="job-2",
+        weights=list(paths.values()),
+        report=tmp_path / "out" / "report.json",
+        manifest=tmp_path / "out" / "manifest.json",
+        source_sha256=SOURCE_SHA,
+    )
+    (tmp_path / "in").mkdir()
+    with pytest.raises(InvalidReferenceError, match="holds 2 checkpoints"):
+        client.fetch_model("models:/two/1", tmp_path / "in", max_bytes=10**6)
+    fetched = client.fetch_model(
+        "models:/two/1", tmp_path / "in", max_bytes=10**6, path="b.safetensors"
+    )
+    assert fetched.files[0].sha256 == _sha(paths["b.safetensors"])
+
+
+@pytest.mark.parametrize("alias", ["latest", "v3"])
+def test_reserved_aliases_are_refused(client: MlflowClient, tmp_path: Path, alias: str) -> None:
+    paths = _result(tmp_path / "out", "model.safetensors")
+    with pytest.raises(InvalidReferenceError, match="reserved by MLflow"):
+        register_version(
+            client,
+            name="reserved",
+            job_id="job-r",
+            weights=list(paths.values()),
+            report=tmp_path / "out" / "report.json",
+            manifest=tmp_path / "out" / "manifest.json",
+            source_sha256=SOURCE_SHA,
+            alias=alias,
+        )
+    assert find_job_version(client, name="reserved", job_id="job-r") is None
+    # MLflow itself refuses them too; its message comes through as a registry error.
+    with pytest.raises(RegistryError, match="reserved"):
+        client.call(
+            "POST", "registered-models/alias", json={"name": "tiny", "alias": alias, "version": "1"}
+        )
+
+
+def test_not_found(client: MlflowClient, tmp_path: Path) -> None:
+    with pytest.raises(RegistryNotFoundError, match="not found") as info:
+        client.fetch_model("models:/nope/1", tmp_path, max_bytes=10)
+    assert info.value.type == "not-found"
+    with pytest.raises(RegistryNotFoundError):
+        client.resolve("models:/nope@prod")
+
+
+def test_server_down_is_registry_unavailable(tmp_path: Path) -> None:
+    down = MlflowClient(f"http://127.0.0.1:{_free_port()}", policy=POLICY, timeout=5)
+    with down, pytest.raises(RegistryUnavailableError, match="cannot reach MLflow") as info:
+        down.fetch_model("models:/tiny/1", tmp_path, max_bytes=10)
+    assert (info.value.type, info.value.retryable) == ("registry-unavailable", True)
+
+
+def test_disallowed_host_is_refused_before_any_connection(mlflow_url: str) -> None:
+    # "localhost" is the same server, but only 127.0.0.1 is listed.
+    port = httpx.URL(mlflow_url).port
+    with pytest.raises(OutboundRefusedError, match="'localhost' is not in") as info:
+        MlflowClient(f"http://localhost:{port}", policy=POLICY)
+    assert info.value.type == "outbound-refused"
+    # Admitted by "*" but resolving to loopback: refused at connection time, before connecting.
+    anywhere = MlflowClient(f"https://localhost:{port}", policy=OutboundPolicy.from_setting("*"))
+    with anywhere, pytest.raises(OutboundRefusedError, match="loopback"):
+        anywhere.resolve("models:/tiny/1")

@@ -65,7 +65,6 @@ def any_database(request: pytest.FixtureRequest) -> object:
     return request.getfixturevalue(name)
 
 
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3 server (``rclone serve s3``) over a temp folder, for the whole session."""

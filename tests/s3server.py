@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["S3Server", "rclone_binary", "serve_s3"]
 
@@ -30,9 +31,23 @@ class S3Server:
     secret_key: str
     root: Path
 
+    def client(self) -> Any:
+        """A boto3 client for this server (SigV4, path-style)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+
     def create_bucket(self, name: str) -> str:
-        """A new empty bucket (a folder of the root). Returns its name."""
-        (self.root / name).mkdir()
+        """A new empty bucket, made through the S3 API. Returns its name."""
+        self.client().create_bucket(Bucket=name)
         return name
 
 

@@ -31,7 +31,7 @@ from app.storage.base import BlobInfo, BlobIntegrityError, BlobStore, check_dige
 from app.storage.s3_upload import UploadTarget, upload_file
 from app.storage.staging import Scratch, pid_alive
 
-__all__ = ["S3Config", "S3BlobStore"]
+__all__ = ["S3BlobStore", "S3Config"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ class S3Config:
         )
 
 
+def _metadata(sha256: str) -> dict[str, str]:
+    # AWS dates every write itself; servers built on rclone date an object by its "mtime"
+    # (rclone's own convention), even when it is copied onto itself to refresh its date.
+    return {"sha256": sha256, "mtime": f"{time.time():.3f}"}
+
+
 def _is_not_found(exc: Exception) -> bool:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code")) in _NOT_FOUND
@@ -143,7 +149,7 @@ class S3BlobStore(BlobStore):
             {"Bucket": self.bucket, "Key": source},
             self.bucket,
             dest,
-            ExtraArgs={"Metadata": {"sha256": sha256}, "MetadataDirective": "REPLACE"},
+            ExtraArgs={"Metadata": _metadata(sha256), "MetadataDirective": "REPLACE"},
             Config=TransferConfig(multipart_threshold=_COPY_LIMIT, multipart_chunksize=_COPY_PART),
         )
 
@@ -220,7 +226,7 @@ class S3BlobStore(BlobStore):
         target = UploadTarget(
             self.bucket,
             temp,
-            {"sha256": sha256},
+            _metadata(sha256),
             self.config.part_size,
             self.config.upload_threads,
         )

@@ -98,9 +98,7 @@ def _multipart(client: Any, target: UploadTarget, fh: Any, part_size: int, diges
         )
     except BaseException:
         with contextlib.suppress(Exception):
-            client.abort_multipart_upload(
-                Bucket=target.bucket, Key=target.key, UploadId=upload_id
-            )
+            client.abort_multipart_upload(Bucket=target.bucket, Key=target.key, UploadId=upload_id)
         raise
     logger.debug("uploaded %s in %d parts", target.key, len(parts))
     return sent

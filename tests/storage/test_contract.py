@@ -123,7 +123,8 @@ def test_large_blob_round_trips_in_parts(store: BlobStore, tmp_path: Path) -> No
     if isinstance(store, S3BlobStore):
         # Count the parts on the wire (botocore's own event hooks; nothing is replaced).
         store._client.meta.events.register(
-            "before-parameter-build.s3.UploadPart", lambda params, **_: parts.append(params["PartNumber"])
+            "before-parameter-build.s3.UploadPart",
+            lambda params, **_: parts.append(params["PartNumber"]),
         )
     staged = store.stage()
     for offset in range(0, len(data), 1 << 20):

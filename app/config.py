@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -24,7 +24,38 @@ class Settings(BaseSettings):
         default="sqlite:///data/graft.db",
         description="SQLAlchemy URL; a relative SQLite path is relative to the working directory.",
     )
-    storage_dir: Path = Field(default=Path("data/blobs"), description="Content-addressed blobs.")
+    storage_dir: Path = Field(
+        default=Path("data/blobs"),
+        description="Content-addressed blobs; with S3 storage, only its tmp/ is used (local "
+        "temp space for uploads and work folders).",
+    )
+    storage_url: str = Field(
+        default="",
+        pattern=r"^((file|s3)://.*)?$",
+        description="file:///path or s3://bucket/prefix; empty means the file store at "
+        "storage_dir.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible server (MinIO, rclone serve s3); unset: AWS."
+    )
+    s3_region: str = Field(default="us-east-1", description="The SigV4 signing region.")
+    s3_part_size: int = Field(
+        default=16 * 1024**2, ge=5 * 1024**2, description="Multipart upload part size."
+    )
+    # The standard AWS names, unprefixed, so the credentials boto3 users already set apply.
+    # Unset, boto3 looks further (shared profile, instance role).
+    aws_access_key_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "aws_access_key_id")
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+    )
+    presigned_downloads: bool = Field(
+        default=False,
+        description="Weights downloads redirect (307) to a presigned URL when the store can "
+        "make one (S3), so the bytes bypass the API.",
+    )
     workers: int = Field(default=1, ge=0, description="Worker processes `graft serve` starts.")
     device: str = Field(
         default="auto",

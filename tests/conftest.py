@@ -1,13 +1,17 @@
-"""Shared fixtures, kept light: a migrated database (SQLite, or PostgreSQL when configured)."""
+"""Shared fixtures, kept light: a migrated database (SQLite, or PostgreSQL when configured) and
+a real S3 server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.s3server import S3Server, serve_s3
 
 POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL")
 
@@ -59,3 +63,16 @@ def any_database(request: pytest.FixtureRequest) -> object:
     """Each repository test runs on SQLite and (when configured) on PostgreSQL."""
     name = "sqlite_database" if request.param == "sqlite" else "postgres_database"
     return request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (``rclone serve s3``) over a temp folder, for the whole session."""
+    root = tmp_path_factory.mktemp("s3") / "root"
+    root.mkdir()
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(serve_s3(root))
+        except RuntimeError as exc:
+            pytest.skip(f"no S3 server: {exc}")
+        yield server

@@ -14,7 +14,7 @@ from app.config import Settings, get_settings
 from app.db.session import Database
 from app.sandbox.inspector import InspectorPool
 from app.services.limits import inspection_limits
-from app.storage import BlobStore
+from app.storage import open_store
 
 __all__ = ["create_app"]
 
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
-        store = BlobStore(settings.storage_dir)
+        store = open_store(settings)
         store.ensure()
         inspector = InspectorPool(
             size=settings.inspectors,

@@ -1,11 +1,12 @@
 """Start-up chores for ``graft serve``: migrate, recover from a crash, choose where to listen.
 
 A ``kill -9`` of the API or a worker can leave, at most: temp files and folders under the
-store's ``tmp/`` (uploads, work folders), blobs published but never recorded (the crash fell
-between publish and commit), and jobs ``running`` under a dead worker's lease. At start the
-first two are collected, and leases already past are settled by the workers' claim sweep
-(re-queued, or failed once out of attempts). Records are only committed after their blobs
-are published and fsynced, so no record ever points at a missing file.
+store's ``tmp/`` (uploads, work folders; with S3, temp keys too), blobs published but never
+recorded (the crash fell between publish and commit), and jobs ``running`` under a dead
+worker's lease. At start the first two are collected, and leases already past are settled by
+the workers' claim sweep (re-queued, or failed once out of attempts). Records are only
+committed after their blobs are published and fsynced, so no record ever points at a missing
+file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from app.db.migrate import upgrade
 from app.db.models import Artifact, CheckpointFile
 from app.db.session import Database
 from app.services.auth import keys_configured
-from app.storage import BlobStore
+from app.storage import BlobStore, open_store
 
 __all__ = ["bind_host", "collect_unreferenced_blobs", "prepare"]
 
@@ -35,7 +36,7 @@ def prepare(settings: Settings) -> None:
     database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
     try:
         upgrade(database)
-        store = BlobStore(settings.storage_dir)
+        store = open_store(settings)
         store.cleanup_orphans()
         collect_unreferenced_blobs(database, store, grace_seconds=settings.orphan_grace_seconds)
     finally:
@@ -56,15 +57,10 @@ def collect_unreferenced_blobs(
         referenced |= set(session.scalars(select(Artifact.sha256)))
     cutoff = time.time() - grace_seconds
     removed = 0
-    for sha, path in store.blobs():
-        if sha in referenced:
+    for blob in store.blobs():
+        if blob.sha256 in referenced or blob.modified > cutoff:
             continue
-        try:
-            if path.stat().st_mtime > cutoff:
-                continue
-        except FileNotFoundError:
-            continue
-        store.delete(sha)
+        store.delete(blob.sha256)
         removed += 1
     if removed:
         logger.warning("removed %d blob(s) that no record references (crash leftovers)", removed)

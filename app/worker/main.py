@@ -11,7 +11,7 @@ from types import FrameType
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.services.limits import conversion_limits
-from app.storage import BlobStore
+from app.storage import open_store
 from app.worker.runner import JobRunner
 
 __all__ = ["run_worker"]
@@ -36,7 +36,7 @@ def run_worker(
         # Conversions are batch work: on a shared host the API must keep answering first.
         os.nice(settings.worker_nice)
     database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
-    store = BlobStore(settings.storage_dir)
+    store = open_store(settings)
     store.ensure()
     # A worker that replaces a killed one collects the temp files its predecessor left.
     store.cleanup_orphans()

@@ -11,7 +11,7 @@ from app.config import Settings
 from app.db.models import Artifact, Job
 from app.db.session import Database
 from app.services.auth import create_key, revoke_key
-from app.storage import BlobStore
+from app.storage import open_store
 from tests.fixtures import tiny_state_dict
 
 
@@ -66,7 +66,7 @@ def owned(client, settings: Settings, keys: dict[str, dict[str, str]]) -> dict[s
     assert r.status_code == 202, r.text
     queued = r.json()["id"]
     database = Database(settings.database_url)
-    sha, size = BlobStore(settings.storage_dir).put_bytes(b"weights of team a")
+    sha, size = open_store(settings).put_bytes(b"weights of team a")
     with database.transaction() as session:
         job = Job(owner="team-a", source_id=checkpoint, target={"checkpoint": checkpoint})
         job.status = "succeeded"

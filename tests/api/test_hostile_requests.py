@@ -305,10 +305,10 @@ def test_catastrophic_regexes_run_in_linear_time(pattern: str, key: str, hit: st
 def weights_job(client, settings: Settings, source_id: str) -> Iterator[str]:
     from app.db.models import Artifact, Job
     from app.db.session import Database
-    from app.storage import BlobStore
+    from app.storage import open_store
 
     database = Database(settings.database_url)
-    store = BlobStore(settings.storage_dir)
+    store = open_store(settings)
     sha, size = store.put_bytes(bytes(range(256)) * 64)
     with database.transaction() as session:
         job = Job(source_id=source_id, target={"checkpoint": source_id}, status="succeeded")

@@ -15,7 +15,7 @@ from app.db.repositories import JobRepository
 from app.db.session import Database
 from app.engine.architectures import bind_architecture
 from app.engine.devices import resolve_device
-from app.storage import BlobStore
+from app.storage import FileBlobStore
 from app.worker.runner import JobRunner
 from tests.worker.test_runner import _get, _register
 
@@ -29,7 +29,7 @@ def _arch_job(db: Database, source: str, spec: dict[str, object], recipe: object
         return JobRepository(session).add(job).id
 
 
-def _runner(db: Database, store: BlobStore, **kw: object) -> JobRunner:
+def _runner(db: Database, store: FileBlobStore, **kw: object) -> JobRunner:
     return JobRunner(
         db, store, lease_seconds=5.0, heartbeat_seconds=0.1, poll_seconds=0.05, device="auto",
         **kw,  # type: ignore[arg-type]
@@ -37,8 +37,8 @@ def _runner(db: Database, store: BlobStore, **kw: object) -> JobRunner:
 
 
 @pytest.fixture
-def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, BlobStore, str]:
-    store = BlobStore(tmp_path / "blobs")
+def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, FileBlobStore, str]:
+    store = FileBlobStore(tmp_path / "blobs")
     store.ensure()
     torch.manual_seed(0)
     src = tmp_path / "resnet.safetensors"
@@ -47,7 +47,7 @@ def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, BlobStor
 
 
 def test_an_architecture_job_converts_and_runs_the_model(
-    setup: tuple[Database, BlobStore, str],
+    setup: tuple[Database, FileBlobStore, str],
 ) -> None:
     db, store, source = setup
     kwargs = {**RESNET, "in_chans": 4, "num_classes": 10}
@@ -72,7 +72,7 @@ def test_an_architecture_job_converts_and_runs_the_model(
 
 
 def test_an_unknown_architecture_or_kwarg_fails_the_job_with_its_name(
-    setup: tuple[Database, BlobStore, str],
+    setup: tuple[Database, FileBlobStore, str],
 ) -> None:
     db, store, source = setup
     unknown = _arch_job(db, source, {"architecture": "graft_resnot", "kwargs": {}})
@@ -90,7 +90,7 @@ def test_an_unknown_architecture_or_kwarg_fails_the_job_with_its_name(
 
 
 def test_the_worker_passes_the_architectures_setting_to_the_engine(
-    setup: tuple[Database, BlobStore, str], tmp_path: Path
+    setup: tuple[Database, FileBlobStore, str], tmp_path: Path
 ) -> None:
     db, store, _ = setup
     a = tmp_path / "tiny.safetensors"

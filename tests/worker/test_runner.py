@@ -18,7 +18,7 @@ from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
 from app.engine.readers import inspect_source
 from app.services.checkpoints import publish_checkpoint
-from app.storage import BlobStore, StagedFile
+from app.storage import FileBlobStore, StagedFile
 from app.worker.runner import JobRunner
 
 
@@ -27,7 +27,7 @@ def _net(seed: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
 
 
-def _register(db: Database, store: BlobStore, path: Path) -> str:
+def _register(db: Database, store: FileBlobStore, path: Path) -> str:
     summary = inspect_source(path)  # trusted test file: inspecting in-process is fine here
     with store.workdir() as work:
         staged = StagedFile(work / path.name)
@@ -55,8 +55,8 @@ def _get(db: Database, job_id: str) -> Job:
 
 
 @pytest.fixture
-def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, BlobStore, str, str]:
-    store = BlobStore(tmp_path / "blobs")
+def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, FileBlobStore, str, str]:
+    store = FileBlobStore(tmp_path / "blobs")
     store.ensure()
     src, tgt = tmp_path / "src.pth", tmp_path / "tgt.pth"
     torch.save(_net(0).state_dict(), src)
@@ -69,13 +69,13 @@ def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, BlobStor
     )
 
 
-def _runner(db: Database, store: BlobStore, **kw: float) -> JobRunner:
+def _runner(db: Database, store: FileBlobStore, **kw: float) -> JobRunner:
     options = {"lease_seconds": 5.0, "heartbeat_seconds": 0.1, "poll_seconds": 0.05}
     options.update(kw)
     return JobRunner(db, store, device="auto", **options)  # type: ignore[arg-type]
 
 
-def test_job_succeeds_with_artifacts(setup: tuple[Database, BlobStore, str, str]) -> None:
+def test_job_succeeds_with_artifacts(setup: tuple[Database, FileBlobStore, str, str]) -> None:
     db, store, source, target = setup
     job_id = _job(db, source, target)
     assert _runner(db, store).run_once()
@@ -100,7 +100,7 @@ def test_job_succeeds_with_artifacts(setup: tuple[Database, BlobStore, str, str]
         assert torch.equal(weights[key], value), key
 
 
-def test_dry_run_has_no_weights(setup: tuple[Database, BlobStore, str, str]) -> None:
+def test_dry_run_has_no_weights(setup: tuple[Database, FileBlobStore, str, str]) -> None:
     db, store, source, target = setup
     job_id = _job(db, source, target, dry_run=True)
     assert _runner(db, store).run_once()
@@ -109,7 +109,7 @@ def test_dry_run_has_no_weights(setup: tuple[Database, BlobStore, str, str]) -> 
     assert {a.name for a in job.artifacts} == {"manifest", "report", "report-text"}
 
 
-def test_strict_refusal_fails_with_report(setup: tuple[Database, BlobStore, str, str]) -> None:
+def test_strict_refusal_fails_with_report(setup: tuple[Database, FileBlobStore, str, str]) -> None:
     db, store, source, target = setup
     job_id = _job(db, source, target, recipe={"version": 1, "drop": ["3.*"], "strict": True})
     assert _runner(db, store).run_once()
@@ -118,7 +118,7 @@ def test_strict_refusal_fails_with_report(setup: tuple[Database, BlobStore, str,
     assert {a.name for a in job.artifacts} == {"manifest", "report", "report-text"}
 
 
-def test_running_job_can_be_cancelled(setup: tuple[Database, BlobStore, str, str]) -> None:
+def test_running_job_can_be_cancelled(setup: tuple[Database, FileBlobStore, str, str]) -> None:
     db, store, source, target = setup
     job_id = _job(db, source, target)
     runner = _runner(db, store, stage_delay=2.0)
@@ -136,7 +136,7 @@ def test_running_job_can_be_cancelled(setup: tuple[Database, BlobStore, str, str
 
 
 def test_worker_that_lost_its_lease_cannot_complete(
-    setup: tuple[Database, BlobStore, str, str],
+    setup: tuple[Database, FileBlobStore, str, str],
 ) -> None:
     db, store, source, target = setup
     job_id = _job(db, source, target)
@@ -154,7 +154,7 @@ def test_worker_that_lost_its_lease_cannot_complete(
     assert len([a for a in job.artifacts if a.name == "weights"]) == 1
 
 
-def test_bad_skeleton_fails_the_job(setup: tuple[Database, BlobStore, str, str]) -> None:
+def test_bad_skeleton_fails_the_job(setup: tuple[Database, FileBlobStore, str, str]) -> None:
     db, store, source, _ = setup
     job_id = _job(db, source, source)
     with db.transaction() as session:

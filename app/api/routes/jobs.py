@@ -17,6 +17,7 @@ from app.api.deps import (
     WriteSession,
     in_write_thread,
 )
+from app.api.downloads import blob_response
 from app.api.errors import problem
 from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
 from app.services import jobs as service
@@ -107,7 +108,7 @@ def get_report(
     session: ReadSession,
     store: StoreDep,
     format: Annotated[Literal["json", "text"], Query()] = "json",
-) -> FileResponse:
+) -> Response:
     """The report (schema graft.report/v1), or its grouped human form with `?format=text`."""
     artifact = service.get_artifact(
         session,
@@ -115,15 +116,15 @@ def get_report(
         "report" if format == "json" else "report-text",
         owner=principal.scope_owner,
     )
-    return FileResponse(store.path(artifact.sha256), media_type=artifact.media_type)
+    return blob_response(store, artifact)
 
 
 @router.get("/{job_id}/manifest", response_class=FileResponse)
 def get_manifest(
     job_id: str, principal: ReadPrincipal, session: ReadSession, store: StoreDep
-) -> FileResponse:
+) -> Response:
     artifact = service.get_artifact(session, job_id, "manifest", owner=principal.scope_owner)
-    return FileResponse(store.path(artifact.sha256), media_type=artifact.media_type)
+    return blob_response(store, artifact)
 
 
 @router.get(
@@ -131,6 +132,7 @@ def get_manifest(
     response_class=FileResponse,
     responses={
         206: {"description": "a byte range (HTTP Range)"},
+        307: {"description": "the presigned URL to fetch it from (GRAFT_PRESIGNED_DOWNLOADS)"},
         416: problem("an unsatisfiable range, or more than GRAFT_MAX_RANGES ranges"),
     },
 )
@@ -141,7 +143,7 @@ def get_weights(
     store: StoreDep,
     settings: SettingsDep,
     range_: Annotated[str | None, Header(alias="range", include_in_schema=False)] = None,
-) -> FileResponse:
+) -> Response:
     """The converted weights; supports `Range: bytes=…` (at most GRAFT_MAX_RANGES ranges)."""
     artifact = service.get_artifact(session, job_id, "weights", owner=principal.scope_owner)
     if range_ is not None and range_.count(",") >= settings.max_ranges:
@@ -151,9 +153,10 @@ def get_weights(
             f"{settings.max_ranges} are served in one response",
             headers={"Content-Range": f"bytes */{artifact.size}"},
         )
-    return FileResponse(
-        store.path(artifact.sha256),
-        media_type=artifact.media_type,
-        filename=artifact.filename,
-        headers={"ETag": f'"{artifact.sha256}"'},
+    return blob_response(
+        store,
+        artifact,
+        range_header=range_,
+        attachment=True,
+        presigned=settings.presigned_downloads,
     )

@@ -1,0 +1,136 @@
+"""Local temp space: staged files hashed as they are written, and private work folders.
+
+Every entry is named ``<pid>-<tag>-<random>`` so that :meth:`Scratch.cleanup_orphans` can tell
+the leftovers of dead processes (a ``kill -9`` mid-upload) from the work of live ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from app.engine.output.files import fsync_dir
+
+__all__ = ["Scratch", "StagedFile", "fsync_dir", "pid_alive"]
+
+logger = logging.getLogger(__name__)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StagedFile:
+    """A temp file being written, hashed in the same pass.
+
+    Attributes:
+        path: where the bytes are staged.
+        size: bytes written so far.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._fh: BinaryIO | None = path.open("xb")
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` to the file and the running digest."""
+        if self._fh is None:
+            raise ValueError(f"staged file {self.path} is closed")
+        self._fh.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def close(self) -> str:
+        """Flush and fsync the file; return its sha256 hex digest."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+        return self._hash.hexdigest()
+
+    @property
+    def sha256(self) -> str:
+        """The digest of the bytes written so far."""
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        """Close and delete the temp file (idempotent)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.path.unlink(missing_ok=True)
+
+
+class Scratch:
+    """A local directory of temp entries owned by live processes.
+
+    Args:
+        root: the directory (created by :meth:`ensure`).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def ensure(self) -> None:
+        """Create the directory."""
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def check(self) -> None:
+        """Raise ``OSError`` unless the directory is writable."""
+        probe = self.name("probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+
+    def name(self, tag: str) -> Path:
+        """A fresh entry name owned by this process."""
+        return self.root / f"{os.getpid()}-{tag}-{secrets.token_hex(8)}"
+
+    def stage(self, directory: Path | None = None, name: str | None = None) -> StagedFile:
+        """Open a new temp file (see :meth:`app.storage.BlobStore.stage`)."""
+        if directory is None:
+            return StagedFile(self.name("upload"))
+        return StagedFile(directory / (name or secrets.token_hex(8)))
+
+    @contextlib.contextmanager
+    def workdir(self) -> Iterator[Path]:
+        """A private temp directory, removed on exit."""
+        path = self.name("work")
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def cleanup_orphans(self) -> int:
+        """Remove entries left by processes that no longer run. Returns how many."""
+        self.ensure()
+        removed = 0
+        for entry in self.root.iterdir():
+            pid_text = entry.name.split("-", 1)[0]
+            if pid_text.isdigit() and pid_alive(int(pid_text)):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            logger.info("removed %d orphan temp entries from %s", removed, self.root)
+        return removed

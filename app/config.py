@@ -95,6 +95,26 @@ class Settings(BaseSettings):
     )
     sandbox_open_files: int = Field(default=256, ge=0, description="RLIMIT_NOFILE of children.")
 
+    # The model registry and other outgoing requests (SPEC §5.1, §6).
+    mlflow_tracking_uri: str = Field(
+        default="",
+        description="The MLflow server for models:/ sources and output.register; empty: none.",
+    )
+    mlflow_token: SecretStr | None = Field(
+        default=None, description="Bearer token sent to the MLflow tracking server only."
+    )
+    mlflow_experiment: str = Field(
+        default="graft", description="The MLflow experiment registered results are logged to."
+    )
+    outbound_allow: str = Field(
+        default="",
+        description="Hosts Graft may connect to (comma-separated; 'mlflow' is the tracking "
+        "server, '*.example.com' a domain, '*' any public host).",
+    )
+    mlflow_webhook_secret: SecretStr | None = Field(
+        default=None, description="The secret incoming MLflow webhooks are signed with."
+    )
+
     # Hostile requests.
     max_tensors: int = Field(default=1_000_000, gt=0, description="Tensors one upload may hold.")
     upload_idle_timeout_seconds: float = Field(

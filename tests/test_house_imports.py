@@ -75,6 +75,17 @@ RULES = {
         ("sandbox",),
         ("fastapi", "sqlalchemy", "app.config", "app.db", "app.services", "app.storage", *OUTER),
     ),
+    # The registry client and the outbound guard: httpx only, no service, database or web.
+    "registry": (
+        ("registry",),
+        ("fastapi", "sqlalchemy", "app.config", "app.db", "app.services", "app.storage",
+         "app.sandbox", "app.engine", *OUTER),
+    ),
+    "net": (
+        ("net",),
+        ("fastapi", "sqlalchemy", "app.config", "app.db", "app.services", "app.storage",
+         "app.sandbox", "app.engine", "app.registry", *OUTER),
+    ),
     # Services are used by the outer layers, never the other way round.
     "services": (("services",), OUTER),
     # Tables and queries know nothing of use cases or HTTP.

@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.models import Artifact, Checkpoint, Job
+from app.db.models import Artifact, Checkpoint, Job, Pipeline
 from app.engine.target_spec import TargetSpec, parse_target_spec
+from app.services.pipelines import PipelineSpec
+from app.services.references import RegisterSpec, SourceRef
 
 __all__ = [
     "ArchitecturePublic",
@@ -20,6 +22,8 @@ __all__ = [
     "JobCreate",
     "JobPublic",
     "JobsPublic",
+    "PipelinePublic",
+    "PipelinesPublic",
     "TensorPublic",
     "TensorsPublic",
 ]
@@ -89,6 +93,9 @@ class OutputOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: Literal["safetensors", "torch"] = "safetensors"
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    register: RegisterSpec | None = Field(
+        default=None, description="after success, register the result as an MLflow version"
+    )
 
 
 class JobCreate(BaseModel):
@@ -113,7 +120,10 @@ class JobCreate(BaseModel):
         },
     )
 
-    source: str = Field(description="id of the uploaded source checkpoint")
+    source: str | SourceRef = Field(
+        description='id of an uploaded checkpoint, or {"uri": "models:/NAME/VERSION" | '
+        '"models:/NAME@ALIAS" | "https://…"} fetched by the worker'
+    )
     target: TargetSpec
     recipe: dict[str, Any] | None = Field(default=None, description="a version 1 recipe (SPEC §2)")
     output: OutputOptions = Field(default_factory=OutputOptions)
@@ -123,6 +133,18 @@ class JobCreate(BaseModel):
 class JobError(BaseModel):
     type: str
     message: str | None
+
+
+class RegistryResult(BaseModel):
+    uri: str
+    version: str
+
+
+class JobResult(BaseModel):
+    registry: RegistryResult | None = None
+    source_version: str | None = Field(
+        default=None, description="the model version a models:/ source resolved to"
+    )
 
 
 class JobTimings(BaseModel):
@@ -136,7 +158,8 @@ class JobPublic(BaseModel):
     stage: str | None
     progress: float
     ok: bool | None
-    source: str | None
+    source: str | None = Field(description="the source checkpoint's id (once fetched, for a uri)")
+    source_ref: SourceRef | None = None
     target: dict[str, Any]
     output: OutputOptions
     dry_run: bool
@@ -144,6 +167,8 @@ class JobPublic(BaseModel):
     worker: str | None
     device: str | None
     error: JobError | None
+    result: JobResult | None = None
+    pipeline: str | None = Field(default=None, description="the pipeline that started it")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -166,8 +191,13 @@ class JobPublic(BaseModel):
             progress=job.progress,
             ok=job.ok,
             source=job.source_id,
+            source_ref=SourceRef.model_validate(job.source_ref) if job.source_ref else None,
             target=target,
-            output=OutputOptions(format=job.output_format, dtype=job.output_dtype),  # type: ignore[arg-type]
+            output=OutputOptions(
+                format=job.output_format,  # type: ignore[arg-type]
+                dtype=job.output_dtype,  # type: ignore[arg-type]
+                register=RegisterSpec.model_validate(job.register) if job.register else None,
+            ),
             dry_run=job.dry_run,
             attempts=job.attempts,
             worker=job.lease_owner,
@@ -175,6 +205,8 @@ class JobPublic(BaseModel):
             error=JobError(type=job.error_type, message=job.error_message)
             if job.error_type
             else None,
+            result=JobResult.model_validate(job.result) if job.result else None,
+            pipeline=job.pipeline_id,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -237,4 +269,28 @@ class ArchitecturePublic(BaseModel):
 
 class ArchitecturesPublic(BaseModel):
     data: list[ArchitecturePublic]
+    count: int
+
+
+class PipelinePublic(PipelineSpec):
+    """A stored pipeline: its definition, id and times."""
+
+    id: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> PipelinePublic:
+        return cls.model_validate(
+            {
+                **pipeline.spec,
+                "id": pipeline.id,
+                "created_at": pipeline.created_at,
+                "updated_at": pipeline.updated_at,
+            }
+        )
+
+
+class PipelinesPublic(BaseModel):
+    data: list[PipelinePublic]
     count: int

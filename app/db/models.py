@@ -33,6 +33,8 @@ __all__ = [
     "CheckpointTensor",
     "Job",
     "JobStatus",
+    "MlflowDelivery",
+    "Pipeline",
 ]
 
 
@@ -162,6 +164,15 @@ class Job(Base):
     output_format: Mapped[str] = mapped_column(String(16), default="safetensors")
     output_dtype: Mapped[str | None] = mapped_column(String(16))
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A source by reference ({"uri", "path"}); the worker fetches it and sets source_id.
+    source_ref: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # output.register as asked ({"registry", "name", "alias", "tags"}), and what came of it
+    # ({"registry": {"uri", "version"}}, plus the fetched source's resolved version).
+    register: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    pipeline_id: Mapped[str | None] = mapped_column(
+        ForeignKey("pipelines.id", ondelete="SET NULL"), index=True
+    )
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
@@ -204,3 +215,32 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
+
+
+class Pipeline(Base):
+    """A stored automation: a registry event on ``trigger_model`` starts a job from ``spec``."""
+
+    __tablename__ = "pipelines"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    # Denormalised from spec["trigger"] so that a webhook finds its pipelines by index.
+    trigger_model: Mapped[str] = mapped_column(String(255), index=True)
+    trigger_on: Mapped[str] = mapped_column(String(255))
+    # The whole pipeline as created: name, trigger, target, recipe, output, callback.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class MlflowDelivery(Base):
+    """An MLflow webhook delivery already acted on: a redelivery starts nothing again."""
+
+    __tablename__ = "mlflow_deliveries"
+
+    delivery_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    event: Mapped[str] = mapped_column(String(64))
+    jobs: Mapped[list[str]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -18,9 +18,18 @@ from app.db.models import (
     CheckpointTensor,
     Job,
     JobStatus,
+    MlflowDelivery,
+    Pipeline,
 )
 
-__all__ = ["ApiKeyRepository", "ArtifactRepository", "CheckpointRepository", "JobRepository"]
+__all__ = [
+    "ApiKeyRepository",
+    "ArtifactRepository",
+    "CheckpointRepository",
+    "DeliveryRepository",
+    "JobRepository",
+    "PipelineRepository",
+]
 
 # ``owner=None`` in a query means every owner: workers and admins; API callers pass theirs.
 
@@ -318,9 +327,19 @@ class JobRepository:
         error_type: str | None = None,
         error_message: str | None = None,
         device: str | None = None,
+        source_id: str | None = None,
+        result: dict[str, Any] | None = None,
     ) -> bool:
-        """Complete a job, only while ``owner`` holds its lease. Returns whether it did."""
-        result = self.session.execute(
+        """Complete a job, only while ``owner`` holds its lease. Returns whether it did.
+
+        ``source_id`` (a source fetched by reference) and ``result`` are written when given.
+        """
+        extra: dict[str, Any] = {}
+        if source_id is not None:
+            extra["source_id"] = source_id
+        if result is not None:
+            extra["result"] = result
+        done = self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.running)
             .values(
@@ -335,10 +354,60 @@ class JobRepository:
                 stage=None,
                 lease_owner=None,
                 lease_expires_at=None,
+                **extra,
             )
             .execution_options(synchronize_session=False)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+class PipelineRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, name: str, *, owner: str) -> Pipeline | None:
+        return self.session.scalar(
+            select(Pipeline).where(Pipeline.owner == owner, Pipeline.name == name)
+        )
+
+    def add(self, pipeline: Pipeline) -> Pipeline:
+        self.session.add(pipeline)
+        self.session.flush()
+        return pipeline
+
+    def page(self, *, offset: int, limit: int, owner: str | None) -> tuple[list[Pipeline], int]:
+        where = [Pipeline.owner == owner] if owner is not None else []
+        count = self.session.scalar(select(func.count()).select_from(Pipeline).where(*where)) or 0
+        rows = self.session.scalars(
+            select(Pipeline).where(*where).order_by(Pipeline.name).offset(offset).limit(limit)
+        )
+        return list(rows), count
+
+    def triggered_by(self, model: str) -> list[Pipeline]:
+        """Every owner's pipelines whose trigger names ``model``, oldest first."""
+        rows = self.session.scalars(
+            select(Pipeline)
+            .where(Pipeline.trigger_model == model)
+            .order_by(Pipeline.created_at, Pipeline.id)
+        )
+        return list(rows)
+
+    def delete(self, pipeline: Pipeline) -> None:
+        self.session.delete(pipeline)
+        self.session.flush()
+
+
+class DeliveryRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, delivery_id: str) -> MlflowDelivery | None:
+        return self.session.get(MlflowDelivery, delivery_id)
+
+    def add(self, delivery: MlflowDelivery) -> MlflowDelivery:
+        self.session.add(delivery)
+        self.session.flush()
+        return delivery
 
 
 class ApiKeyRepository:

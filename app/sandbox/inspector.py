@@ -21,7 +21,7 @@ from typing import Any
 from app.engine.errors import GraftError
 from app.sandbox.runner import Limits, apply_limits, describe_failure, renew_cpu_limit
 
-__all__ = ["InspectionError", "InspectorPool"]
+__all__ = ["InspectionError", "InspectorPool", "inspect_in_child"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +233,19 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
             logger.exception("inspection failed")
             kind, message = "unreadable-checkpoint", f"cannot read: {exc}"
         return {"ok": False, "type": kind, "message": message}
+
+
+def inspect_in_child(payload: dict[str, Any], emit: Any) -> dict[str, Any]:
+    """Inspect files in a one-off sandbox child (``run_sandboxed``), exactly as an upload is.
+
+    For processes without an :class:`InspectorPool` (a worker fetching a source by
+    reference). ``payload`` holds ``files``, ``entry`` and ``max_tensors``.
+
+    Returns:
+        ``{"ok": True, "result": summary}`` or ``{"ok": False, "type", "message"}``.
+    """
+    del emit  # inspection reports no progress
+    return _handle({**payload, "op": "inspect"})
 
 
 def _child_main() -> None:

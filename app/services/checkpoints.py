@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 from anyio import to_thread
 from sqlalchemy.exc import IntegrityError
@@ -26,6 +28,19 @@ __all__ = [
 ]
 
 
+class StoredFile(Protocol):
+    """A closed local file whose sha256 and size are known (a staged upload, a download)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
 def checkpoint_digest(files: list[tuple[str, str]]) -> str:
     """The identity of a checkpoint: a file's sha256, or for a set, that of its sorted
     ``"<sha256>  <name>"`` lines (the ``sha256sum`` format)."""
@@ -45,7 +60,7 @@ def _display_name(names: list[str]) -> str:
 def publish_checkpoint(
     session: Session,
     store: BlobStore,
-    files: list[StagedFile],
+    files: Sequence[StoredFile],
     summary: dict[str, Any],
     *,
     owner: str = LOCAL_OWNER,

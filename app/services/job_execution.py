@@ -9,6 +9,7 @@ the returned :class:`JobOutcome` (only while it still holds the lease).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ from app.engine.recipe import load_recipe
 from app.engine.target_spec import TargetSpec, parse_target_spec
 from app.sandbox.runner import Limits, SandboxError
 from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
+from app.services.references import RegisterSpec, RegistryConfig, SourceRef
+from app.services.registration import register_result
+from app.services.sources import fetch_source
 from app.storage import BlobStore
 
 __all__ = ["BlobSink", "JobControl", "JobOutcome", "JobSettings", "execute_job"]
@@ -64,12 +68,19 @@ class JobSettings:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         device_index: this worker's number on its host (GPU pinning).
         architectures: more architectures, ``name=module:factory,...``.
+        registry: the MLflow registry and outbound allow list (sources by reference,
+            ``output.register``).
+        inspect_limits: the sandbox limits of a fetched source's inspection.
+        max_tensors: most tensors a fetched source may hold.
     """
 
     limits: Limits
     device: str = "auto"
     device_index: int = 0
     architectures: str = ""
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    inspect_limits: Limits = field(default_factory=Limits)
+    max_tensors: int | None = None
 
 
 @dataclass
@@ -82,6 +93,8 @@ class JobOutcome:
         error_type, error_message: why it failed (a problem type and one line).
         device: where the conversion ran.
         artifacts: the published artifacts' rows (name, filename, media_type, sha256, size).
+        source_id: the checkpoint a source by reference was recorded as.
+        result: ``{"registry": {"uri", "version"}, "source_version": V}``, as far as known.
     """
 
     status: JobStatus = JobStatus.failed
@@ -90,6 +103,8 @@ class JobOutcome:
     error_message: str | None = None
     device: str | None = None
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    source_id: str | None = None
+    result: dict[str, Any] | None = None
 
 
 class MissingInputError(GraftError):
@@ -146,6 +161,9 @@ class _Inputs:
     options: WriteOptions
     dry_run: bool
     source_sha256: str
+    owner: str = ""
+    source_ref: SourceRef | None = None
+    register: RegisterSpec | None = None
 
 
 def execute_job(
@@ -173,6 +191,8 @@ def execute_job(
         inputs = _load(database, job_id)
         control.stage("preparing")
         with store.workdir() as work:
+            if inputs.source_ref is not None:
+                inputs = _fetch(inputs, database, store, work, settings, control, outcome)
             request = _request(store, inputs, work, settings)
             (work / "out").mkdir()
             suffix = "safetensors" if inputs.options.format == "safetensors" else "pt"
@@ -181,7 +201,19 @@ def execute_job(
                 request, sink, limits=settings.limits, progress=control.progress,
                 tick=control.tick,
             )  # fmt: skip
-        outcome.ok, outcome.device, outcome.artifacts = result.ok, result.device, sink.artifacts
+            outcome.ok, outcome.device, outcome.artifacts = result.ok, result.device, sink.artifacts
+            if result.ok and inputs.register is not None:
+                control.stage("registering")
+                registry = register_result(
+                    inputs.register,
+                    job_id=inputs.job_id,
+                    artifacts=sink.artifacts,
+                    source_sha256=inputs.source_sha256,
+                    store=store,
+                    work=work,
+                    config=settings.registry,
+                )
+                outcome.result = {**(outcome.result or {}), "registry": registry}
         if result.ok:
             outcome.status = JobStatus.succeeded
         else:
@@ -195,13 +227,44 @@ def execute_job(
     return outcome
 
 
+def _fetch(
+    inputs: _Inputs,
+    database: Database,
+    store: BlobStore,
+    work: Path,
+    settings: JobSettings,
+    control: JobControl,
+    outcome: JobOutcome,
+) -> _Inputs:
+    """Fetch a source by reference (every attempt: an alias may have moved) and record it."""
+    if inputs.source_ref is None:
+        return inputs
+    control.stage("fetching")
+    fetched = fetch_source(
+        inputs.source_ref,
+        owner=inputs.owner,
+        work=work,
+        database=database,
+        store=store,
+        config=settings.registry,
+        inspect_limits=settings.inspect_limits,
+        max_tensors=settings.max_tensors,
+    )
+    outcome.source_id = fetched.checkpoint_id
+    if fetched.version is not None:
+        outcome.result = {"source_version": fetched.version}
+    control.stage("preparing")
+    return dataclasses.replace(inputs, source_files=fetched.files, source_sha256=fetched.sha256)
+
+
 def _load(database: Database, job_id: str) -> _Inputs:
     with database.transaction(write=False) as session:
         job = JobRepository(session).get(job_id)
         if job is None:
             raise LookupError(job_id)
         checkpoints = CheckpointRepository(session)
-        source = _checkpoint(checkpoints, job.source_id, "source")
+        source_ref = SourceRef.model_validate(job.source_ref) if job.source_ref else None
+        source = None if source_ref else _checkpoint(checkpoints, job.source_id, "source")
         target = parse_target_spec(job.target)
         target_files = [
             _checkpoint(checkpoints, job.target_checkpoint_id, "target")
@@ -209,13 +272,17 @@ def _load(database: Database, job_id: str) -> _Inputs:
         ]
         return _Inputs(
             job_id=job.id,
-            source_files=_files(source),
+            source_files=_files(source) if source else [],
             target=target,
             target_files=[f for c in target_files for f in _files(c)],
             recipe=job.recipe,
             options=_options(job),
             dry_run=job.dry_run,
-            source_sha256=source.sha256,  # hashed at upload: the engine need not hash again
+            # Hashed at upload (or when fetched): the engine need not hash again.
+            source_sha256=source.sha256 if source else "",
+            owner=job.owner,
+            source_ref=source_ref,
+            register=RegisterSpec.model_validate(job.register) if job.register else None,
         )
 
 

@@ -11,6 +11,13 @@ from app.db.models import TERMINAL_STATUSES, Artifact, Job
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
 from app.engine.target_spec import TargetSpec
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
+from app.services.references import (
+    RegisterSpec,
+    RegistryConfig,
+    SourceRef,
+    check_register,
+    check_source_ref,
+)
 
 __all__ = ["cancel_job", "create_job", "get_artifact", "get_job", "list_jobs", "validate_recipe"]
 
@@ -29,7 +36,7 @@ def validate_recipe(recipe: dict[str, Any] | None) -> None:
 def create_job(
     session: Session,
     *,
-    source: str,
+    source: str | SourceRef,
     target: TargetSpec,
     recipe: dict[str, Any] | None,
     output_format: Literal["safetensors", "torch"],
@@ -38,6 +45,9 @@ def create_job(
     max_attempts: int,
     owner: str,
     checkpoint_owner: str | None = None,
+    register: RegisterSpec | None = None,
+    registry: RegistryConfig | None = None,
+    pipeline_id: str | None = None,
 ) -> Job:
     """Validate and queue a conversion. Workers pick it up once the caller commits.
 
@@ -45,15 +55,26 @@ def create_job(
         target: the target spec, stored whole on the job.
         owner: who the job belongs to.
         checkpoint_owner: whose checkpoints it may name (None: anyone's, for admins).
+        source: an uploaded checkpoint's id, or a reference the worker fetches.
+        register: register the result in MLflow after success.
+        registry: the configured registry and outbound allow list (for references).
+        pipeline_id: the pipeline that started the job.
 
     Raises:
-        InvalidJobError: an unknown (or another owner's) checkpoint.
+        InvalidJobError: an unknown (or another owner's) checkpoint; a reference or register
+            request that cannot work (reserved alias, no registry configured).
+        OutboundRefused: a source host the allow list does not admit (nothing connected).
         InvalidRecipeError: from the engine, naming the rule.
         InvalidTargetError: from the engine, naming the skeleton entry.
     """
     checkpoints = CheckpointRepository(session)
-    if checkpoints.get(source, owner=checkpoint_owner) is None:
+    registry = registry or RegistryConfig()
+    if isinstance(source, SourceRef):
+        check_source_ref(source, registry)
+    elif checkpoints.get(source, owner=checkpoint_owner) is None:
         raise InvalidJobError(f"source: no checkpoint with id {source!r}; upload it first")
+    if register is not None:
+        check_register(register, registry, dry_run=dry_run)
     validate_recipe(recipe)
     target.check()
     refs = target.checkpoint_refs()
@@ -62,7 +83,10 @@ def create_job(
             raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
     job = Job(
         owner=owner,
-        source_id=source,
+        source_id=source if isinstance(source, str) else None,
+        source_ref=source.model_dump(exclude_none=True) if isinstance(source, SourceRef) else None,
+        register=register.model_dump(exclude_none=True) if register is not None else None,
+        pipeline_id=pipeline_id,
         target=target.model_dump(mode="json"),
         target_checkpoint_id=refs[0] if refs else None,
         recipe=recipe,

@@ -10,7 +10,8 @@ from types import FrameType
 
 from app.config import Settings, get_settings
 from app.db.session import Database
-from app.services.limits import conversion_limits
+from app.services.limits import conversion_limits, inspection_limits
+from app.services.references import RegistryConfig
 from app.storage import open_store
 from app.worker.runner import JobRunner
 
@@ -51,6 +52,9 @@ def run_worker(
         limits=conversion_limits(settings),
         worker_index=index,
         architectures=settings.architectures,
+        registry=RegistryConfig.from_settings(settings),
+        inspect_limits=inspection_limits(settings),
+        max_tensors=settings.max_tensors,
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

@@ -25,6 +25,7 @@ from app.db.repositories import ArtifactRepository, JobRepository
 from app.db.session import Database
 from app.sandbox.runner import Limits
 from app.services.job_execution import JobOutcome, JobSettings, execute_job
+from app.services.references import RegistryConfig
 from app.storage import BlobStore
 
 __all__ = ["JobRunner"]
@@ -64,6 +65,9 @@ class JobRunner:
         limits: the sandbox limits of each job's conversion child (default: none).
         worker_index: this worker's number among those on the host (GPU pinning).
         architectures: more architecture targets, ``name=module:factory,...``.
+        registry: the MLflow registry and outbound allow list (sources by reference, register).
+        inspect_limits: sandbox limits of a fetched source's inspection.
+        max_tensors: most tensors a fetched source may hold.
     """
 
     def __init__(
@@ -79,6 +83,9 @@ class JobRunner:
         limits: Limits | None = None,
         worker_index: int = 0,
         architectures: str = "",
+        registry: RegistryConfig | None = None,
+        inspect_limits: Limits | None = None,
+        max_tensors: int | None = None,
     ) -> None:
         self.database = database
         self.store = store
@@ -90,6 +97,9 @@ class JobRunner:
         self.limits = limits or Limits()
         self.worker_index = worker_index
         self.architectures = architectures
+        self.registry = registry or RegistryConfig()
+        self.inspect_limits = inspect_limits or Limits()
+        self.max_tensors = max_tensors
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stop_event = threading.Event()
 
@@ -141,6 +151,9 @@ class JobRunner:
             device=self.device,
             device_index=self.worker_index,
             architectures=self.architectures,
+            registry=self.registry,
+            inspect_limits=self.inspect_limits,
+            max_tensors=self.max_tensors,
         )
         try:
             outcome = execute_job(
@@ -170,6 +183,8 @@ class JobRunner:
                 error_type=outcome.error_type,
                 error_message=outcome.error_message,
                 device=outcome.device,
+                source_id=outcome.source_id,
+                result=outcome.result,
             )
             if not held:
                 logger.warning("job %s: lease lost before completion; result discarded", job_id)

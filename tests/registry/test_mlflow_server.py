@@ -9,11 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,59 +26,18 @@ from app.registry.errors import (
 )
 from app.registry.mlflow import MlflowClient
 from app.registry.mlflow_publish import find_job_version, register_version
+from tests.mlflowserver import free_port, running_mlflow
 
 logger = logging.getLogger(__name__)
 
-VENV = Path(
-    os.environ.get("GRAFT_TEST_MLFLOW_VENV", Path.home() / ".cache/graft/mlflow-3.17.2")
-).expanduser()
-MLFLOW = VENV / "bin" / "mlflow"
 POLICY = OutboundPolicy.from_setting("127.0.0.1")
 SOURCE_SHA = "ab" * 32
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not MLFLOW.exists():
-        pytest.skip(f"no mlflow server at {MLFLOW}: run `make mlflow-venv` (it may have failed)")
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = (root / "server.log").open("wb")
-    argv = [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
-    argv += ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--workers", "1"]
-    # Its own session: the server forks workers, and the whole group is stopped at the end.
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > 120:
-                pytest.fail("mlflow server not ready after 120 s")
-            time.sleep(0.25)
-        logger.info("mlflow server ready in %.1f s", time.monotonic() - started)
+    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture
@@ -247,7 +201,7 @@ def test_not_found(client: MlflowClient, tmp_path: Path) -> None:
 
 
 def test_server_down_is_registry_unavailable(tmp_path: Path) -> None:
-    down = MlflowClient(f"http://127.0.0.1:{_free_port()}", policy=POLICY, timeout=5)
+    down = MlflowClient(f"http://127.0.0.1:{free_port()}", policy=POLICY, timeout=5)
     with down, pytest.raises(RegistryUnavailableError, match="cannot reach MLflow") as info:
         down.fetch_model("models:/tiny/1", tmp_path, max_bytes=10)
     assert (info.value.type, info.value.retryable) == ("registry-unavailable", True)

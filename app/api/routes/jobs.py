@@ -22,6 +22,7 @@ from app.api.errors import problem
 from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
 from app.services import jobs as service
 from app.services.errors import TooManyRangesError
+from app.services.references import RegistryConfig
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -29,7 +30,12 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={422: problem("invalid recipe (names the rule) or unknown checkpoint")},
+    responses={
+        422: problem(
+            "invalid recipe (names the rule), unknown checkpoint, unusable reference or alias, "
+            "or a source host not allowed (outbound-refused)"
+        )
+    },
 )
 async def create_job(
     body: Annotated[JobCreate, Body()],
@@ -56,6 +62,8 @@ async def create_job(
         max_attempts=settings.max_attempts,
         owner=principal.owner,
         checkpoint_owner=principal.scope_owner,
+        register=body.output.register,
+        registry=RegistryConfig.from_settings(settings),
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobPublic.of(job)

@@ -1,0 +1,112 @@
+"""/v1/pipelines: named automations started by registry events (SPEC §5.1)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Response, status
+
+from app.api.deps import (
+    InspectorDep,
+    ReadPrincipal,
+    ReadSession,
+    SettingsDep,
+    WritePrincipal,
+    WriteSession,
+    in_write_thread,
+)
+from app.api.errors import problem
+from app.api.schemas import PipelinePublic, PipelinesPublic
+from app.config import Settings
+from app.sandbox.inspector import InspectorPool
+from app.services import pipelines as service
+from app.services.pipelines import PipelineSpec
+from app.services.references import RegistryConfig
+
+router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
+
+
+async def _bind_architecture(
+    spec: PipelineSpec, inspector: InspectorPool, settings: Settings
+) -> None:
+    architecture = spec.target.architecture_ref()
+    if architecture is not None:  # bound in a child, as the worker will
+        name, kwargs = architecture
+        await inspector.check_architecture(name, kwargs, extra=settings.architectures)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        409: problem("the owner has a pipeline of that name"),
+        422: problem("registers into its own trigger model, or an invalid target or recipe"),
+    },
+)
+async def create_pipeline(
+    body: Annotated[PipelineSpec, Body()],
+    response: Response,
+    principal: WritePrincipal,
+    session: WriteSession,
+    settings: SettingsDep,
+    inspector: InspectorDep,
+) -> PipelinePublic:
+    """Store a pipeline: each matching MLflow event starts one job as its owner."""
+    await _bind_architecture(body, inspector, settings)
+    pipeline = await in_write_thread(
+        service.create_pipeline,
+        session,
+        body,
+        owner=principal.owner,
+        registry=RegistryConfig.from_settings(settings),
+        checkpoint_owner=principal.scope_owner,
+    )
+    response.headers["Location"] = f"/v1/pipelines/{pipeline.name}"
+    return PipelinePublic.of(pipeline)
+
+
+@router.get("")
+def list_pipelines(
+    principal: ReadPrincipal,
+    session: ReadSession,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> PipelinesPublic:
+    items, count = service.list_pipelines(
+        session, offset=offset, limit=limit, owner=principal.owner
+    )
+    return PipelinesPublic(data=[PipelinePublic.of(p) for p in items], count=count)
+
+
+@router.get("/{name}")
+def get_pipeline(name: str, principal: ReadPrincipal, session: ReadSession) -> PipelinePublic:
+    return PipelinePublic.of(service.get_pipeline(session, name, owner=principal.owner))
+
+
+@router.put("/{name}", responses={422: problem("as for POST, or the body names another")})
+async def replace_pipeline(
+    name: str,
+    body: Annotated[PipelineSpec, Body()],
+    principal: WritePrincipal,
+    session: WriteSession,
+    settings: SettingsDep,
+    inspector: InspectorDep,
+) -> PipelinePublic:
+    """Replace a pipeline's definition."""
+    await _bind_architecture(body, inspector, settings)
+    pipeline = await in_write_thread(
+        service.replace_pipeline,
+        session,
+        name,
+        body,
+        owner=principal.owner,
+        registry=RegistryConfig.from_settings(settings),
+        checkpoint_owner=principal.scope_owner,
+    )
+    return PipelinePublic.of(pipeline)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_pipeline(name: str, principal: WritePrincipal, session: WriteSession) -> Response:
+    await in_write_thread(service.delete_pipeline, session, name, owner=principal.owner)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,171 @@
+"""Pipelines: named, stored automations that start a job when a registry event matches.
+
+A pipeline says which MLflow model it watches (``trigger``), and what job to run for each new
+version of it (``target``, ``recipe``, ``output``). Names are unique per owner. A pipeline
+that would register its result into the very model it watches is refused: each result would
+trigger it again, forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Pipeline
+from app.db.repositories import CheckpointRepository, PipelineRepository
+from app.engine.target_spec import TargetSpec
+from app.services.errors import ConflictError, InvalidJobError, NotFoundError
+from app.services.jobs import validate_recipe
+from app.services.references import RegisterSpec, RegistryConfig, check_register
+
+__all__ = [
+    "PipelineOutput",
+    "PipelineSpec",
+    "PipelineTrigger",
+    "create_pipeline",
+    "delete_pipeline",
+    "get_pipeline",
+    "list_pipelines",
+    "replace_pipeline",
+]
+
+
+class PipelineTrigger(BaseModel):
+    """The registry event a pipeline reacts to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registry: Literal["mlflow"] = "mlflow"
+    model: str = Field(min_length=1, max_length=255, description="the registered model watched")
+    on: str = Field(
+        default="model_version_created",
+        pattern=r"^(model_version_created|alias:[^/@\s]{1,255})$",
+        description="model_version_created, or alias:ALIAS (the alias was set on a version)",
+    )
+
+
+class PipelineOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["safetensors", "torch"] = "safetensors"
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    register: RegisterSpec | None = None
+
+
+class PipelineSpec(BaseModel):
+    """A pipeline as created or replaced (SPEC §5.1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    trigger: PipelineTrigger
+    target: TargetSpec
+    recipe: dict[str, Any] | None = None
+    output: PipelineOutput = Field(default_factory=PipelineOutput)
+    callback: dict[str, Any] | None = Field(
+        default=None, description="stored with the pipeline; see the README for delivery"
+    )
+
+
+def _check(
+    session: Session, spec: PipelineSpec, *, registry: RegistryConfig, checkpoint_owner: str | None
+) -> None:
+    register = spec.output.register
+    if register is not None and register.name == spec.trigger.model:
+        raise InvalidJobError(
+            f"output.register.name {register.name!r} is the pipeline's own trigger model: "
+            "each result would start the pipeline again; register into another model"
+        )
+    validate_recipe(spec.recipe)
+    spec.target.check()
+    checkpoints = CheckpointRepository(session)
+    for ref in spec.target.checkpoint_refs():
+        if checkpoints.get(ref, owner=checkpoint_owner) is None:
+            raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
+    if register is not None:
+        check_register(register, registry, dry_run=False)
+    registry.require_mlflow("a pipeline's trigger")
+
+
+def _store(pipeline: Pipeline, spec: PipelineSpec) -> None:
+    pipeline.spec = spec.model_dump(mode="json")
+    pipeline.trigger_model = spec.trigger.model
+    pipeline.trigger_on = spec.trigger.on
+    pipeline.updated_at = utcnow()
+
+
+def create_pipeline(
+    session: Session,
+    spec: PipelineSpec,
+    *,
+    owner: str,
+    registry: RegistryConfig,
+    checkpoint_owner: str | None,
+) -> Pipeline:
+    """Store a new pipeline.
+
+    Raises:
+        ConflictError: the owner already has a pipeline of that name.
+        InvalidJobError: it registers into its own trigger model, names an unknown checkpoint,
+            or needs a registry that is not configured.
+        InvalidRecipeError, InvalidTargetError: from the engine.
+    """
+    repo = PipelineRepository(session)
+    if repo.get(spec.name, owner=owner) is not None:
+        raise ConflictError(f"a pipeline named {spec.name!r} exists; PUT replaces it")
+    _check(session, spec, registry=registry, checkpoint_owner=checkpoint_owner)
+    pipeline = Pipeline(owner=owner, name=spec.name, created_at=utcnow())
+    _store(pipeline, spec)
+    try:
+        with session.begin_nested():
+            repo.add(pipeline)
+    except IntegrityError as exc:  # a concurrent create of the same name won
+        raise ConflictError(f"a pipeline named {spec.name!r} exists; PUT replaces it") from exc
+    return pipeline
+
+
+def replace_pipeline(
+    session: Session,
+    name: str,
+    spec: PipelineSpec,
+    *,
+    owner: str,
+    registry: RegistryConfig,
+    checkpoint_owner: str | None,
+) -> Pipeline:
+    """Replace a pipeline's definition (its name stays).
+
+    Raises:
+        NotFoundError: no such pipeline of this owner.
+        InvalidJobError: the body names another pipeline, or fails :func:`create_pipeline`'s
+            checks.
+    """
+    pipeline = get_pipeline(session, name, owner=owner)
+    if spec.name != name:
+        raise InvalidJobError(f"name {spec.name!r} differs from the pipeline replaced ({name!r})")
+    _check(session, spec, registry=registry, checkpoint_owner=checkpoint_owner)
+    _store(pipeline, spec)
+    session.flush()
+    return pipeline
+
+
+def get_pipeline(session: Session, name: str, *, owner: str) -> Pipeline:
+    pipeline = PipelineRepository(session).get(name, owner=owner)
+    if pipeline is None:
+        raise NotFoundError(f"no pipeline named {name!r}")
+    return pipeline
+
+
+def list_pipelines(
+    session: Session, *, offset: int, limit: int, owner: str | None
+) -> tuple[list[Pipeline], int]:
+    return PipelineRepository(session).page(offset=offset, limit=limit, owner=owner)
+
+
+def delete_pipeline(session: Session, name: str, *, owner: str) -> None:
+    """Delete a pipeline; jobs it started stay (their ``pipeline`` becomes null)."""
+    PipelineRepository(session).delete(get_pipeline(session, name, owner=owner))

@@ -1,0 +1,169 @@
+"""Sources by reference and results registered back: the request models and their checks.
+
+A job's source is an uploaded checkpoint's id, or a reference the worker fetches
+(``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``https://…``). Its output may be
+registered back into MLflow. Everything here runs when a job is created, so a reference that
+can never work (a reserved alias, a host not allowed, no registry configured) is refused
+with a 422 before anything is queued, and before any connection is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.config import Settings
+from app.net.outbound import OutboundPolicy, OutboundRefusedError
+from app.registry.errors import InvalidReferenceError
+from app.registry.mlflow import parse_model_uri, validate_alias
+from app.services.errors import InvalidJobError, ServiceError
+
+__all__ = [
+    "OutboundRefused",
+    "RegisterSpec",
+    "RegistryConfig",
+    "SourceRef",
+    "check_register",
+    "check_source_ref",
+]
+
+
+class SourceRef(BaseModel):
+    """``"source": {"uri": …, "path": …}``: a checkpoint the worker fetches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="models:/NAME/VERSION, models:/NAME@ALIAS or an https:// URL",
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="the checkpoint among a model version's artifacts, when it holds several",
+    )
+
+
+class RegisterSpec(BaseModel):
+    """``"output": {"register": …}``: log the result as a new MLflow model version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registry: Literal["mlflow"] = "mlflow"
+    name: str = Field(min_length=1, max_length=255, description="the registered model")
+    alias: str | None = Field(default=None, description="moved to the new version")
+    tags: dict[str, str] = Field(default_factory=dict, description="more version tags")
+
+
+class OutboundRefused(ServiceError):
+    """A source or registry host the outbound allow list does not admit."""
+
+    type = "outbound-refused"
+    status = 422
+    title = "Outbound request refused"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Where sources by reference come from and results go (the service's settings).
+
+    Attributes:
+        tracking_uri: the MLflow server; empty when none is configured.
+        token: its bearer token.
+        experiment: the experiment results are logged to.
+        outbound_allow: ``GRAFT_OUTBOUND_ALLOW``.
+        max_bytes: the size cap of a fetched source (the upload cap).
+    """
+
+    tracking_uri: str = ""
+    token: str | None = None
+    experiment: str = "graft"
+    outbound_allow: str = ""
+    max_bytes: int = 8 * 1024**3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RegistryConfig:
+        return cls(
+            tracking_uri=settings.mlflow_tracking_uri,
+            token=settings.mlflow_token.get_secret_value() if settings.mlflow_token else None,
+            experiment=settings.mlflow_experiment,
+            outbound_allow=settings.outbound_allow,
+            max_bytes=settings.max_upload_bytes,
+        )
+
+    def policy(self) -> OutboundPolicy:
+        """The outbound allow list (``mlflow`` standing for the tracking server's host)."""
+        return OutboundPolicy.from_setting(
+            self.outbound_allow, mlflow_tracking_uri=self.tracking_uri or None
+        )
+
+    def require_mlflow(self, what: str) -> None:
+        """Refuse a job that needs MLflow when none is configured, or not allowed."""
+        if not self.tracking_uri:
+            raise InvalidJobError(
+                f"{what} needs an MLflow registry: set GRAFT_MLFLOW_TRACKING_URI on the server"
+            )
+        try:
+            self.policy().check_url(self.tracking_uri)
+        except OutboundRefusedError as exc:
+            raise OutboundRefused(
+                f"the MLflow tracking server is not allowed: {exc.message} "
+                "(add 'mlflow' to GRAFT_OUTBOUND_ALLOW)"
+            ) from exc
+
+
+def check_source_ref(ref: SourceRef, config: RegistryConfig) -> None:
+    """Refuse, before anything is queued or connected, a reference that cannot work.
+
+    Raises:
+        InvalidJobError: a malformed ``models:/`` URI, an unsupported scheme, no registry.
+        OutboundRefused: a host the allow list does not admit.
+    """
+    uri = ref.uri
+    if uri.startswith("models:"):
+        try:
+            parse_model_uri(uri)
+        except InvalidReferenceError as exc:
+            raise InvalidJobError(f"source.uri: {exc.message}") from exc
+        config.require_mlflow("a models:/ source")
+        return
+    if ref.path is not None:
+        raise InvalidJobError("source.path applies to models:/ sources only")
+    if uri.startswith("s3://"):
+        # Not built yet: say so plainly rather than fail later in the worker.
+        raise InvalidJobError(
+            "source.uri: s3:// sources are not supported yet; use models:/ or https://"
+        )
+    if not uri.startswith(("https://", "http://")):
+        raise InvalidJobError(
+            f"source.uri {uri[:100]!r}: use models:/NAME/VERSION, models:/NAME@ALIAS or https://"
+        )
+    try:
+        config.policy().check_url(uri)
+    except OutboundRefusedError as exc:
+        raise OutboundRefused(f"source.uri: {exc.message}") from exc
+
+
+def check_register(spec: RegisterSpec, config: RegistryConfig, *, dry_run: bool) -> None:
+    """Refuse an ``output.register`` that cannot work.
+
+    Raises:
+        InvalidJobError: a reserved or unusable alias, a ``graft.*`` tag, a dry run, no registry.
+        OutboundRefused: the tracking server is not allowed.
+    """
+    if dry_run:
+        raise InvalidJobError("output.register: a dry run produces no weights to register")
+    if "/" in spec.name or "@" in spec.name or spec.name != spec.name.strip():
+        raise InvalidJobError(f"output.register.name {spec.name!r}: no '/', '@' or outer spaces")
+    if spec.alias is not None:
+        try:
+            validate_alias(spec.alias)
+        except InvalidReferenceError as exc:
+            raise InvalidJobError(f"output.register.alias: {exc.message}") from exc
+    reserved = sorted(k for k in spec.tags if k.startswith("graft."))
+    if reserved:
+        raise InvalidJobError(f"output.register.tags: {reserved} — 'graft.*' tags are Graft's own")
+    config.require_mlflow("output.register")

@@ -1,0 +1,87 @@
+"""A real ``mlflow server`` for tests (SQLite backend, proxied artifacts, webhooks on).
+
+It runs from its own venv (``make mlflow-venv``: ``$GRAFT_TEST_MLFLOW_VENV``, by default
+``~/.cache/graft/mlflow-3.17.2``), never Graft's. Without it, tests skip with the reason.
+Webhooks may reach loopback receivers, and the server re-reads its webhook list every second
+(MLflow caches it for 60 s by default, so a new webhook would fire only after that).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+__all__ = ["MLFLOW", "free_port", "running_mlflow"]
+
+logger = logging.getLogger(__name__)
+
+VENV = Path(
+    os.environ.get("GRAFT_TEST_MLFLOW_VENV", Path.home() / ".cache/graft/mlflow-3.17.2")
+).expanduser()
+MLFLOW = VENV / "bin" / "mlflow"
+
+_WEBHOOK_ENV = {
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_mlflow(root: Path) -> Iterator[str]:
+    """Start ``mlflow server`` under ``root`` on a free port; yield its URL; stop it."""
+    if not MLFLOW.exists():
+        pytest.skip(f"no mlflow server at {MLFLOW}: run `make mlflow-venv` (it may have failed)")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    argv = [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    argv += ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", "1"]
+    # Its own session: the server forks workers, and the whole group is stopped at the end.
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **_WEBHOOK_ENV},
+    )
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > 120:
+                pytest.fail("mlflow server not ready after 120 s")
+            time.sleep(0.25)
+        logger.info("mlflow server ready in %.1f s", time.monotonic() - started)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

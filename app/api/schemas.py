@@ -90,11 +90,15 @@ class TensorsPublic(BaseModel):
 
 
 class OutputOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # ``register`` is spelled through an alias: as a field name it would shadow
+    # ``BaseModel.register`` (the ABC method).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
     format: Literal["safetensors", "torch"] = "safetensors"
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    register: RegisterSpec | None = Field(
-        default=None, description="after success, register the result as an MLflow version"
+    registration: RegisterSpec | None = Field(
+        default=None,
+        alias="register",
+        description="after success, register the result as an MLflow version",
     )
 
 

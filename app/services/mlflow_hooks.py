@@ -176,7 +176,7 @@ def _start(
         max_attempts=max_attempts,
         owner=pipeline.owner,
         checkpoint_owner=pipeline.owner,
-        register=spec.output.register,
+        register=spec.output.registration,
         registry=registry,
         pipeline_id=pipeline.id,
     )

@@ -49,11 +49,13 @@ class PipelineTrigger(BaseModel):
 
 
 class PipelineOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # ``register`` is spelled through an alias: as a field name it would shadow
+    # ``BaseModel.register`` (the ABC method).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
     format: Literal["safetensors", "torch"] = "safetensors"
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    register: RegisterSpec | None = None
+    registration: RegisterSpec | None = Field(default=None, alias="register")
 
 
 class PipelineSpec(BaseModel):
@@ -74,7 +76,7 @@ class PipelineSpec(BaseModel):
 def _check(
     session: Session, spec: PipelineSpec, *, registry: RegistryConfig, checkpoint_owner: str | None
 ) -> None:
-    register = spec.output.register
+    register = spec.output.registration
     if register is not None and register.name == spec.trigger.model:
         raise InvalidJobError(
             f"output.register.name {register.name!r} is the pipeline's own trigger model: "

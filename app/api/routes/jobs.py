@@ -62,7 +62,7 @@ async def create_job(
         max_attempts=settings.max_attempts,
         owner=principal.owner,
         checkpoint_owner=principal.scope_owner,
-        register=body.output.register,
+        register=body.output.registration,
         registry=RegistryConfig.from_settings(settings),
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"

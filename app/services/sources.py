@@ -45,7 +45,8 @@ class JobInputError(GraftError):
 def registry_failure(exc: Exception, what: str) -> JobInputError:
     """The job error for a failure of the guard, the registry or a source host."""
     if isinstance(exc, OutboundRefusedError | RegistryError | ServiceError):
-        return JobInputError(exc.type, f"{what}: {exc.message}")
+        hint = " (safe to retry: submit the job again)" if getattr(exc, "retryable", False) else ""
+        return JobInputError(exc.type, f"{what}: {exc.message}{hint}")
     raise TypeError(exc)
 
 

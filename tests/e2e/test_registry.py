@@ -232,6 +232,7 @@ def test_registry_down_fails_the_job_clearly(tmp_path: Path) -> None:
             assert job["status"] == "failed"
             assert job["error"]["type"] == "registry-unavailable"
             assert "cannot reach MLflow" in job["error"]["message"]
+            assert job["error"]["message"].endswith("(safe to retry: submit the job again)")
             assert job["source"] is None
             assert client.get("/v1/checkpoints").json()["count"] == 0  # nothing half-recorded
     finally:

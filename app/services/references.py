@@ -9,8 +9,9 @@ with a 422 before anything is queued, and before any connection is made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +20,7 @@ from app.net.outbound import OutboundPolicy, OutboundRefusedError
 from app.registry.errors import InvalidReferenceError
 from app.registry.mlflow import parse_model_uri, validate_alias
 from app.services.errors import InvalidJobError, ServiceError
+from app.services.s3_source import S3SourceConfig, parse_s3_uri
 
 __all__ = [
     "OutboundRefused",
@@ -38,7 +40,7 @@ class SourceRef(BaseModel):
     uri: str = Field(
         min_length=1,
         max_length=2048,
-        description="models:/NAME/VERSION, models:/NAME@ALIAS or an https:// URL",
+        description="models:/NAME/VERSION, models:/NAME@ALIAS, an https:// URL or s3://BUCKET/KEY",
     )
     path: str | None = Field(
         default=None,
@@ -76,6 +78,7 @@ class RegistryConfig:
         experiment: the experiment results are logged to.
         outbound_allow: ``GRAFT_OUTBOUND_ALLOW``.
         max_bytes: the size cap of a fetched source (the upload cap).
+        s3: how ``s3://`` sources are read (the blob store's S3 settings).
     """
 
     tracking_uri: str = ""
@@ -83,15 +86,27 @@ class RegistryConfig:
     experiment: str = "graft"
     outbound_allow: str = ""
     max_bytes: int = 8 * 1024**3
+    s3: S3SourceConfig = field(default_factory=S3SourceConfig)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryConfig:
+        store = urlsplit(settings.storage_url)
+        secret = settings.aws_secret_access_key
+        s3 = S3SourceConfig(
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.aws_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+            store_bucket=store.netloc if store.scheme == "s3" else None,
+            store_prefix=unquote(store.path).strip("/"),
+        )
         return cls(
             tracking_uri=settings.mlflow_tracking_uri,
             token=settings.mlflow_token.get_secret_value() if settings.mlflow_token else None,
             experiment=settings.mlflow_experiment,
             outbound_allow=settings.outbound_allow,
             max_bytes=settings.max_upload_bytes,
+            s3=s3,
         )
 
     def policy(self) -> OutboundPolicy:
@@ -133,13 +148,17 @@ def check_source_ref(ref: SourceRef, config: RegistryConfig) -> None:
     if ref.path is not None:
         raise InvalidJobError("source.path applies to models:/ sources only")
     if uri.startswith("s3://"):
-        # Not built yet: say so plainly rather than fail later in the worker.
-        raise InvalidJobError(
-            "source.uri: s3:// sources are not supported yet; use models:/ or https://"
-        )
+        try:
+            parse_s3_uri(uri, config.s3)
+        except InvalidReferenceError as exc:
+            raise InvalidJobError(f"source.uri: {exc.message}") from exc
+        except PermissionError as exc:
+            raise OutboundRefused(f"source.uri: {exc}") from exc
+        return
     if not uri.startswith(("https://", "http://")):
         raise InvalidJobError(
-            f"source.uri {uri[:100]!r}: use models:/NAME/VERSION, models:/NAME@ALIAS or https://"
+            f"source.uri {uri[:100]!r}: use models:/NAME/VERSION, models:/NAME@ALIAS, https:// "
+            "or s3://"
         )
     try:
         config.policy().check_url(uri)

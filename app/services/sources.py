@@ -27,6 +27,7 @@ from app.sandbox.runner import Limits, SandboxError, run_sandboxed
 from app.services.checkpoints import publish_checkpoint
 from app.services.errors import ServiceError
 from app.services.references import RegistryConfig, SourceRef
+from app.services.s3_source import fetch_s3
 from app.storage import BlobStore
 
 __all__ = ["FetchedSource", "JobInputError", "fetch_source", "registry_failure"]
@@ -75,6 +76,11 @@ def _download(ref: SourceRef, folder: Path, config: RegistryConfig) -> tuple[lis
         ) as client:
             fetched = client.fetch_model(ref.uri, folder, max_bytes=config.max_bytes, path=ref.path)
         return list(fetched.files), fetched.version.version
+    if ref.uri.startswith("s3://"):
+        try:
+            return [fetch_s3(ref.uri, folder, config=config.s3, max_bytes=config.max_bytes)], None
+        except PermissionError as exc:
+            raise OutboundRefusedError(str(exc), url=ref.uri) from exc
     name = posixpath.basename(httpx.URL(ref.uri).path) or "source"
     if name.startswith("."):
         name = "source" + name

@@ -169,9 +169,9 @@ def test_reserved_alias_and_unknown_scheme_refused_at_creation(graft: Server) ->
             assert "reserved" in answer.json()["detail"]
         answer = client.post("/v1/jobs", json=_job({"uri": "file:///etc/passwd"}, tensors))
         assert (answer.status_code, answer.json()["type"]) == (422, "invalid-job")
-        answer = client.post("/v1/jobs", json=_job({"uri": "s3://bucket/x.pt"}, tensors))
+        answer = client.post("/v1/jobs", json=_job({"uri": "s3://bucket/folder/"}, tensors))
         assert (answer.status_code, answer.json()["type"]) == (422, "invalid-job")
-        assert "s3:// sources are not supported yet" in answer.json()["detail"]
+        assert "s3://BUCKET/KEY naming one object" in answer.json()["detail"]
 
 
 class _Listener:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -128,6 +128,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Blobs no record references are collected at start once this old.",
     )
+
+    @model_validator(mode="after")
+    def _outbound_allow_parses(self) -> Settings:
+        # Refused at start, not at the first job: a typo in the allow list is a 500 otherwise.
+        from app.net.outbound import OutboundPolicy
+
+        OutboundPolicy.from_setting(
+            self.outbound_allow, mlflow_tracking_uri=self.mlflow_tracking_uri or None
+        )
+        return self
 
 
 @lru_cache

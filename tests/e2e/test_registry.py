@@ -142,7 +142,19 @@ def test_job_by_models_reference_registered_back_with_alias(
         assert again["source"] == job["source"]
         assert client.get("/v1/checkpoints").json()["count"] == 1
 
-    print(f"\nmodels:/ job registered back in {elapsed:.2f} s")
+    # Baseline in the same run: the same conversion from an upload, by id, not registered.
+    started = time.monotonic()
+    with graft.client() as client:
+        data = (tmp_path / "src" / "model.safetensors").read_bytes()
+        upload = client.post("/v1/checkpoints", files={"file": ("model.safetensors", data)})
+        assert upload.status_code in (200, 201), upload.text
+        assert upload.json()["id"] == job["source"]  # the fetched bytes were recorded as this
+        created = client.post("/v1/jobs", json=_job(upload.json()["id"], tensors))
+        plain = graft.wait(client, created.json()["id"])
+        assert plain["status"] == "succeeded", plain
+        assert client.get(f"/v1/jobs/{plain['id']}/weights").content == served
+    baseline = time.monotonic() - started
+    print(f"\nmodels:/ job registered back: {elapsed:.2f} s; upload + job by id: {baseline:.2f} s")
     version = registry.get_model_version_by_alias("resnet-graft", "prod")
     assert version.version == "1"
     assert version.tags["graft.job_id"] == job["id"]

@@ -15,6 +15,7 @@ from app.db.repositories import JobRepository
 from app.db.session import Database
 from app.engine.architectures import bind_architecture
 from app.engine.devices import resolve_device
+from app.engine.errors import DeviceUnavailableError
 from app.storage import FileBlobStore
 from app.worker.runner import JobRunner
 from tests.worker.test_runner import _get, _register
@@ -109,7 +110,7 @@ def test_devices_are_pinned_one_per_worker() -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         assert resolve_device("auto", index=3) == "cpu"
-        with pytest.raises(RuntimeError, match="GRAFT_DEVICE=cuda, but torch sees no CUDA"):
+        with pytest.raises(DeviceUnavailableError, match="'cuda' was asked for, but torch sees no"):
             resolve_device("cuda")
     else:
         assert [resolve_device("auto", index=i) for i in range(2 * count)] == [

@@ -1,0 +1,34 @@
+"""/v1/schemas/{name}: the published JSON Schemas of Graft's documents (public, no key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.api.errors import problem
+from app.engine.schemas import SCHEMA_NAMES, SchemaName, load_schema
+
+router = APIRouter(prefix="/v1/schemas", tags=["schemas"])
+
+_JSON_SCHEMA = "application/schema+json"
+
+
+@router.get(
+    "/{name}",
+    response_class=JSONResponse,
+    responses={
+        200: {
+            "description": "the JSON Schema (draft 2020-12)",
+            "content": {_JSON_SCHEMA: {"schema": {"type": "object"}}},
+        },
+        422: problem(f"no such schema: the names are {', '.join(SCHEMA_NAMES)}"),
+    },
+)
+async def get_schema(name: SchemaName) -> JSONResponse:
+    """The JSON Schema of ``graft.{name}/v1``: report, skeleton, manifest or inspect."""
+    body: dict[str, Any] = load_schema(name)
+    return JSONResponse(
+        body, media_type=_JSON_SCHEMA, headers={"Cache-Control": "public, max-age=3600"}
+    )

@@ -48,7 +48,7 @@ class ConvBNReLU(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    """``conv``: [1x1 expand,] 3x3 depthwise, 1x1 linear projection + BN; residual if shapes allow."""
+    """``conv``: [1x1 expand,] 3x3 depthwise, 1x1 linear projection + BN; residual if it fits."""
 
     def __init__(self, in_chans: int, out_chans: int, stride: int, expand: int) -> None:
         super().__init__()

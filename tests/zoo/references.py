@@ -98,7 +98,9 @@ def vit(sd: State, x: torch.Tensor, heads: int) -> torch.Tensor:
         scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(c // heads)
         attn = (scores.softmax(dim=-1) @ split(v)).transpose(1, 2).reshape(b, -1, c)
         x = x + F.linear(attn, sd[f"{p}.attn.proj.weight"], sd[f"{p}.attn.proj.bias"])
-        h = F.gelu(F.linear(ln(x, f"{p}.norm2"), sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"]))
+        h = F.gelu(
+            F.linear(ln(x, f"{p}.norm2"), sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"])
+        )
         x = x + F.linear(h, sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
         i += 1
     return F.linear(ln(x, "norm")[:, 0], sd["head.weight"], sd["head.bias"])

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from app.zoo.bert import BertModel
 from app.zoo.mobilenet import MobileNet
 from tests.fixtures import REPO_ROOT, package_file
+from tests.schemas import assert_valid
 from tests.zoo import references
 
 MINILM = {
@@ -50,6 +51,7 @@ def test_torchvision_mobilenet_v2_loads_into_graft_mobilenet_with_no_recipe(
     run = _graft("convert", path, "arch:graft_mobilenet", "-o", out, "--device", "cpu", "--json")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
+    assert_valid("report", report)  # written by another process: checked here
     reference = torch.load(path, map_location="cpu", weights_only=True)
     summary = report["summary"]
     assert (summary["loaded"], summary["used"]) == (len(reference), len(reference))
@@ -79,6 +81,7 @@ def test_minilm_loads_into_graft_bert_and_runs_as_transformers_bert(tmp_path: Pa
                  "-o", out, "--device", "cpu", "--json")  # fmt: skip
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
+    assert_valid("report", report)
     summary = report["summary"]
     # Every target tensor is loaded; the one source key left over is the int64 position_ids
     # buffer old transformers versions saved (BertModel itself no longer keeps it).

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine._lazy import LazyModule
 from app.engine.errors import InvalidRecipeError
-from app.engine.ops._common import Shape, as_shape, finish, who, work
+from app.engine.ops._common import as_shape, finish, who, work
 from app.engine.ops.initialize import sample
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""``kernel_resize``: a conv kernel's spatial dims to a new size, as timm's ``resample_patch_embed``.
+"""``kernel_resize``: a conv kernel to a new spatial size, as timm's ``resample_patch_embed``.
 
 This is FlexiViT's pseudo-inverse resize (Beyer et al., 2023). Resizing a patch ``x`` from the
 old size to the new one is linear, ``resize(x) = B x`` with ``B`` the matrix whose column ``i``
@@ -78,8 +78,7 @@ def check_kernel_resize(
         )
     aa = antialias and mode != "nearest"
     return (
-        f"kernel_resize({src[2]}x{src[3]}->{dst[2]}x{dst[3]}, {mode}"
-        f"{', antialias' if aa else ''})"
+        f"kernel_resize({src[2]}x{src[3]}->{dst[2]}x{dst[3]}, {mode}{', antialias' if aa else ''})"
     )
 
 
@@ -107,7 +106,9 @@ def kernel_resize(
     Raises:
         InvalidRecipeError: see :func:`check_kernel_resize`.
     """
-    description = check_kernel_resize(t.shape, target_shape, mode=mode, antialias=antialias, key=key)
+    description = check_kernel_resize(
+        t.shape, target_shape, mode=mode, antialias=antialias, key=key
+    )
     if description is None:
         return t, None
     w = work(t, key, "kernel_resize")

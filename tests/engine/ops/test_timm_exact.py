@@ -92,7 +92,12 @@ def _resample_abs_pos_embed_reference(
 
 @pytest.mark.parametrize(
     ("old", "new", "prefix"),
-    [((16, 16), (14, 14), 1), ((14, 14), (24, 24), 1), ((12, 16), (14, 20), 0), ((7, 7), (7, 5), 2)],
+    [
+        ((16, 16), (14, 14), 1),
+        ((14, 14), (24, 24), 1),
+        ((12, 16), (14, 20), 0),
+        ((7, 7), (7, 5), 2),
+    ],
 )
 def test_interpolate_is_resample_abs_pos_embed(
     old: tuple[int, int], new: tuple[int, int], prefix: int
@@ -182,9 +187,7 @@ def _resample_patch_embed_reference(
 
 
 @pytest.mark.parametrize(("old", "new"), [((16, 16), (8, 8)), ((8, 8), (14, 14)), ((4, 6), (6, 3))])
-def test_kernel_resize_is_resample_patch_embed(
-    old: tuple[int, int], new: tuple[int, int]
-) -> None:
+def test_kernel_resize_is_resample_patch_embed(old: tuple[int, int], new: tuple[int, int]) -> None:
     w = torch.randn(5, 3, *old, generator=_gen(old[0] + new[0]))
     out, op = kernel_resize(w, (5, 3, *new))
     assert op == f"kernel_resize({old[0]}x{old[1]}->{new[0]}x{new[1]}, bicubic, antialias)"

@@ -218,6 +218,22 @@ class InterpolateRule(_AdaptBase):
     grid: _Grid | None = None  # [h, w] of the target grid; default square
     source_grid: _Grid | None = None  # [h, w] of the source grid; default square
 
+    @field_validator("prefix_tokens", mode="before")
+    @classmethod
+    def _check_prefix_tokens(cls, value: Any) -> Any:
+        # Checked here so the message does not list both arms of the union.
+        counts = value.values() if isinstance(value, dict) else [value]
+        if isinstance(value, dict) and set(value) != {"source", "target"}:
+            raise RuleError(f"prefix_tokens is a count or {{source: N, target: M}}, got {value!r}")
+        for count in counts:
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise RuleError(f"prefix_tokens counts are integers, got {count!r}")
+            if count < 0:
+                raise RuleError(f"prefix_tokens should be >= 0, got {count}")
+            if count > MAX_RULES:
+                raise RuleError(f"prefix_tokens should be at most {MAX_RULES}, got {count}")
+        return value
+
 
 class KernelResizeRule(_AdaptBase):
     """Resample a conv kernel's spatial dims as timm's ``resample_patch_embed`` (FlexiViT)."""

@@ -37,7 +37,9 @@ def test_the_route_is_typed_in_openapi(client: TestClient) -> None:
     assert (param["name"], param["in"], param["schema"]["enum"]) == (
         "name", "path", list(SCHEMA_NAMES),
     )  # fmt: skip
-    assert "application/schema+json" in get["responses"]["200"]["content"]
+    assert list(get["responses"]["200"]["content"]) == ["application/schema+json"]
+    document = get["responses"]["200"]["content"]["application/schema+json"]["schema"]
+    assert document["required"] == ["$schema", "$id", "title", "type"]
     assert "security" not in get
 
 

@@ -20,7 +20,7 @@ from app.storage import FileBlobStore
 from app.worker.runner import JobRunner
 from tests.worker.test_runner import _get, _register
 
-RESNET = {"width": 8, "depth": 1, "img_size": 32}
+RESNET = {"depth": 18, "img_size": 32}
 PAIR = "tiny_b=tests.engine.test_architectures:TinyB"
 
 
@@ -62,14 +62,14 @@ def test_an_architecture_job_converts_and_runs_the_model(
     assert report["target"] == {
         "kind": "architecture",
         "name": "arch:graft_resnet",
-        "tensors": 74,
+        "tensors": 122,
         "elements": report["target"]["elements"],
     }
     forward = report["verification"]["forward"]
     assert (forward["ok"], forward["strict_load"], forward["device"]) == (True, True, "cpu")
     assert forward["output_shape"] == [2, 10]
     weights = load_file(store.path(artifacts["weights"].sha256))
-    assert weights["conv1.weight"].shape == (8, 4, 7, 7)
+    assert weights["conv1.weight"].shape == (64, 4, 7, 7)
 
 
 def test_an_unknown_architecture_or_kwarg_fails_the_job_with_its_name(
@@ -86,7 +86,7 @@ def test_an_unknown_architecture_or_kwarg_fails_the_job_with_its_name(
     assert (second.status, second.error_type) == ("failed", "invalid-target")
     assert second.error_message == (
         "architecture 'graft_resnet' has no kwarg 'widht'; it takes "
-        "num_classes, in_chans, img_size, depth, width"
+        "depth, num_classes, in_chans, img_size"
     )
 
 

@@ -314,10 +314,10 @@ def convert(
     if fmt not in ("safetensors", "torch"):
         raise typer.BadParameter("--format is safetensors or torch")
     settings = get_settings()
-    if device is not None:
-        from app.engine.devices import check_device
+    from app.engine.devices import check_device
 
-        check_device(device)  # before any work: a missing GPU is bad input (exit 2)
+    # Before any work: a missing GPU (--device or GRAFT_DEVICE) is bad input, exit 2.
+    check_device(device or settings.device)
     source_architecture = None
     if source_arch is not None:
         kwargs = _json_object(source_kwargs, "--source-kwargs")

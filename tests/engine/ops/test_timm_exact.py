@@ -14,17 +14,22 @@ file, independently of ``app.engine.ops``, from what timm documents:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from app.engine.errors import InvalidRecipeError
 from app.engine.ops.adapt import adapt_channels, apply_adapt, describe_adapt
-from app.engine.ops.initialize import sample
+from app.engine.ops.initialize import key_generator, sample
 from app.engine.ops.interpolate import interpolate_pos_embed
 from app.engine.ops.kernel import kernel_resize
+from app.engine.pipeline import convert
+from app.engine.recipe import load_recipe
+from app.engine.target import Target
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -219,3 +224,30 @@ def test_kernel_resize_through_the_dispatcher_and_its_refusals() -> None:
         describe_adapt("kernel_resize", (2, 3, 4, 4), (2, 3, 2, 2), fill="zeros")
     with pytest.raises(InvalidRecipeError, match=r"kernels of 1 to 4096 cells"):
         describe_adapt("kernel_resize", (1, 1, 80, 80), (1, 1, 8, 8))
+
+
+def test_a_conversion_adds_register_tokens_from_the_key_s_seeded_stream(tmp_path: Path) -> None:
+    pe = torch.randn(1, 1 + 4 * 4, 8, generator=_gen(11))
+    save_file({"pos_embed": pe}, str(tmp_path / "src.safetensors"))
+    skeleton = {
+        "schema": "graft.skeleton/v1",
+        "tensors": {"pos_embed": {"shape": [1, 1 + 4 + 6 * 6, 8]}},
+    }
+    rule = {"match": "pos_embed", "op": "interpolate", "prefix_tokens": {"source": 1, "target": 5}}
+    with Target.from_skeleton(skeleton) as target:
+        result = convert(
+            tmp_path / "src.safetensors", target,
+            load_recipe({"version": 1, "adapt": [rule], "seed": 7}),
+            output=tmp_path / "out.safetensors",
+        )  # fmt: skip
+    (entry,) = result.report["entries"]
+    assert (entry["status"], entry["rules"]) == ("adapted", ["adapt[0]"])
+    assert entry["ops"] == [
+        "interpolate(4x4->6x6, prefix_tokens=1->5 (+4 initialized), bicubic, antialias)"
+    ]
+    out = load_file(str(tmp_path / "out.safetensors"))["pos_embed"]
+    expected, _ = interpolate_pos_embed(
+        pe, (1, 41, 8), prefix_tokens={"source": 1, "target": 5},
+        generator=key_generator(7, "pos_embed"),
+    )  # fmt: skip
+    assert torch.equal(out, expected)

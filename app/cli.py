@@ -314,6 +314,10 @@ def convert(
     if fmt not in ("safetensors", "torch"):
         raise typer.BadParameter("--format is safetensors or torch")
     settings = get_settings()
+    from app.engine.devices import check_device
+
+    # Before any work: a missing GPU (--device or GRAFT_DEVICE) is bad input, exit 2.
+    check_device(device or settings.device)
     source_architecture = None
     if source_arch is not None:
         kwargs = _json_object(source_kwargs, "--source-kwargs")
@@ -390,6 +394,10 @@ def architectures(json_: JsonOpt = False) -> None:
         typer.echo(json.dumps(listed, indent=2))
         return
     for arch in listed:
+        if not arch.get("available", True):
+            typer.echo(f"{arch['name']}  ({arch['origin']}: {arch['ref']})  UNAVAILABLE")
+            typer.echo(f"    {arch['error']}")
+            continue
         kwargs = ", ".join(
             f"{name}={json.dumps(info['default'])}" if not info["required"] else name
             for name, info in arch["kwargs"].items()

@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.s3server import S3Server, serve_s3
+from tests.schemas import validate_everything
 
 POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _documents_fit_their_schemas() -> Iterator[None]:
+    """Every report and manifest a test produces is validated against its JSON Schema."""
+    yield from validate_everything()
 
 
 def _sqlite_database(path: Path):

@@ -16,7 +16,7 @@ from app.cli import cli
 from app.engine.architectures import bind_architecture
 from tests.fixtures import REPO_ROOT
 
-RESNET = {"width": 8, "depth": 1, "img_size": 32}
+RESNET = {"depth": 18, "img_size": 32}
 
 
 def _source(tmp_path: Path) -> Path:
@@ -41,7 +41,7 @@ def test_convert_into_an_architecture_runs_its_forward_pass(tmp_path: Path) -> N
     assert report["target"]["kind"] == "architecture"
     assert report["summary"]["initialized"] == 2
     assert report["verification"]["forward"]["output_shape"] == [2, 10]
-    assert load_file(str(out))["fc.weight"].shape == (10, 64)
+    assert load_file(str(out))["fc.weight"].shape == (10, 512)
 
 
 def test_bad_kwargs_and_unknown_names_exit_2_with_one_line(tmp_path: Path) -> None:
@@ -61,11 +61,28 @@ def test_bad_kwargs_and_unknown_names_exit_2_with_one_line(tmp_path: Path) -> No
     )  # fmt: skip
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("graft: error: architecture 'graft_resnet' has no kwarg")
-    env["GRAFT_ARCHITECTURES"] = "tiny_b=tests.engine.test_architectures:TinyB"
+    env["GRAFT_ARCHITECTURES"] = "tiny_b=tests.engine.test_architectures:TinyB,gone=no_mod:f"
     listed = graft("architectures", "--json")
     assert listed.returncode == 0, listed.stderr
     origins = {a["name"]: a["origin"] for a in json.loads(listed.stdout)}
     assert (origins["tiny_b"], origins["graft_vit"]) == ("setting", "builtin")
+    # A plug-in whose import fails is listed, with its reason, instead of a traceback.
+    text = graft("architectures")
+    assert text.returncode == 0 and "Traceback" not in text.stderr
+    assert "gone  (setting: no_mod:f)  UNAVAILABLE\n" in text.stdout
+    assert "    ModuleNotFoundError: No module named 'no_mod'\n" in text.stdout
+    # A missing GPU is bad input: one line, exit 2, before any work.
+    if not torch.cuda.is_available():
+        cuda = graft("convert", str(src), "arch:graft_resnet", "--device", "cuda", "-o", "x")
+        assert (cuda.returncode, cuda.stderr) == (
+            2,
+            "graft: error: device 'cuda' was asked for, but torch sees no CUDA device; "
+            "use --device cpu or auto\n",
+        )
+    bad = graft("convert", str(src), "arch:graft_resnet", "--device", "gpu", "-o", "x")
+    assert (bad.returncode, bad.stderr) == (
+        2, "graft: error: device 'gpu' is not auto, cpu, cuda or cuda:N (e.g. cuda:0)\n",
+    )  # fmt: skip
 
 
 def test_source_arch_proves_a_rename_only_conversion_preserves_the_function(

@@ -18,7 +18,7 @@ from app.engine.pipeline import convert
 from app.engine.recipe import load_recipe
 from app.engine.target import Target
 
-RESNET = {"width": 4, "depth": 1, "img_size": 32, "num_classes": 3}
+RESNET = {"depth": 18, "img_size": 32, "num_classes": 3}
 
 
 def _model() -> nn.Module:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
-from app.api.routes import architectures, checkpoints, health, hooks, jobs, pipelines
+from app.api.routes import architectures, checkpoints, health, hooks, jobs, pipelines, schemas
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.sandbox.inspector import InspectorPool
@@ -62,4 +62,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (checkpoints, jobs, pipelines, hooks):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(architectures.router)
+    app.include_router(schemas.router)
     return app

@@ -269,6 +269,10 @@ class ArchitecturePublic(BaseModel):
     origin: str | None = Field(
         default=None, description="builtin | entry-point | setting | torchvision | timm"
     )
+    available: bool = Field(
+        default=True, description="false when the architecture's import failed (see error)"
+    )
+    error: str | None = Field(default=None, description="why it is unavailable, one line")
 
 
 class ArchitecturesPublic(BaseModel):

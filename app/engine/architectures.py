@@ -43,6 +43,7 @@ __all__ = [
     "Architecture",
     "BoundArchitecture",
     "KwargInfo",
+    "Unavailable",
     "bind_architecture",
     "describe_architectures",
     "get_architecture",
@@ -131,6 +132,8 @@ class Architecture:
             "description": self.description,
             "origin": self.origin,
             "ref": self.ref,
+            "available": True,
+            "error": None,
         }
 
     def bind(self, kwargs: Mapping[str, Any] | None = None) -> BoundArchitecture:
@@ -165,6 +168,25 @@ class Architecture:
                 f"architecture {self.name!r} needs kwarg(s) {', '.join(missing)}"
             )
         return BoundArchitecture(self, given)
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A registered architecture that cannot be used: its import failed.
+
+    Listed with its reason instead of taking the whole registry down (a broken torchvision,
+    a plug-in with a missing dependency).
+    """
+
+    name: str
+    origin: Origin
+    ref: str
+    reason: str
+
+    def describe(self) -> dict[str, Any]:
+        """The listing's form: no kwargs, ``available: false`` and the one-line ``error``."""
+        return {"name": self.name, "kwargs": {}, "description": None, "origin": self.origin,
+                "ref": self.ref, "available": False, "error": self.reason}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -243,40 +265,49 @@ def parse_architectures(spec: str | None) -> list[tuple[str, str, str]]:
 
 
 def load_registry(extra: str | None = None) -> dict[str, Architecture]:
-    """Every registered architecture, by name.
+    """Every usable registered architecture, by name.
 
     Args:
         extra: ``name=module:factory,...`` registered last (the service's
             ``GRAFT_ARCHITECTURES``).
 
     Raises:
-        InvalidTargetError: ``extra`` is malformed or names something that cannot be imported.
+        InvalidTargetError: ``extra`` is malformed.
     """
-    registry: dict[str, Architecture] = {}
+    return _scan(extra)[0]
 
-    def add(arch: Architecture) -> None:
-        previous = registry.get(arch.name)
+
+def _scan(extra: str | None) -> tuple[dict[str, Architecture], dict[str, Unavailable]]:
+    """The usable architectures and, by name, those whose import failed."""
+    registry: dict[str, Architecture] = {}
+    broken: dict[str, Unavailable] = {}
+
+    def add(arch: Architecture | Unavailable) -> None:
+        previous = registry.get(arch.name) or broken.get(arch.name)
         if previous is not None and previous.origin != arch.origin:
             logger.warning(
                 "architecture %r from %s (%s) replaces the one from %s (%s)",
                 arch.name, arch.origin, arch.ref, previous.origin, previous.ref,
             )  # fmt: skip
-        registry[arch.name] = arch
+        registry.pop(arch.name, None)
+        broken.pop(arch.name, None)
+        if isinstance(arch, Unavailable):
+            broken[arch.name] = arch
+        else:
+            registry[arch.name] = arch
 
-    for arch in _library_architectures():
-        add(arch)
-    for arch in _entry_point_architectures():
-        add(arch)
+    library, library_broken = _library_architectures()
+    for item in (*library, *library_broken, *_entry_point_architectures()):
+        add(item)
     for name, module, attr in parse_architectures(extra):
         ref = f"{module}:{attr}"
         try:
             factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise InvalidTargetError(
-                f"architecture {name!r} = {ref} cannot be imported: {exc}"
-            ) from None
+        except Exception as exc:  # a broken plug-in is listed as unavailable, not raised
+            add(Unavailable(name, "setting", ref, _reason(exc)))
+            continue
         add(_architecture(name, factory, "setting", ref))
-    return registry
+    return registry, broken
 
 
 def get_architecture(name: str, *, extra: str | None = None) -> Architecture:
@@ -285,8 +316,12 @@ def get_architecture(name: str, *, extra: str | None = None) -> Architecture:
     Raises:
         InvalidTargetError: no architecture has that name (the message lists close ones).
     """
-    registry = load_registry(extra)
+    registry, broken = _scan(extra)
     arch = registry.get(name)
+    if arch is None and name in broken:
+        raise InvalidTargetError(
+            f"architecture {name!r} ({broken[name].ref}) is unavailable: {broken[name].reason}"
+        )
     if arch is None:
         import difflib
 
@@ -306,12 +341,22 @@ def bind_architecture(
 
 
 def describe_architectures(extra: str | None = None) -> list[dict[str, Any]]:
-    """Every architecture as JSON, sorted by name (what ``GET /v1/architectures`` serves)."""
-    registry = load_registry(extra)
-    return [registry[name].describe() for name in sorted(registry)]
+    """Every architecture as JSON, sorted by name (what ``GET /v1/architectures`` serves).
+
+    Those whose import failed are listed too, with ``available: false`` and the reason.
+    """
+    registry, broken = _scan(extra)
+    listed: dict[str, Architecture | Unavailable] = {**registry, **broken}
+    return [listed[name].describe() for name in sorted(listed)]
 
 
 # Registration helpers ------------------------------------------------------------------------
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the exception's type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else 'import failed'}"
 
 
 def _first_line(obj: Any) -> str | None:
@@ -325,18 +370,20 @@ def _architecture(name: str, factory: Any, origin: Origin, ref: str) -> Architec
     return Architecture(name, factory, origin, ref, _first_line(factory))
 
 
-def _entry_point_architectures() -> list[Architecture]:
+def _entry_point_architectures() -> list[Architecture | Unavailable]:
     """The ``graft.architectures`` entry points: Graft's own zoo first (origin ``builtin``),
-    then every other installed distribution's, which may override a built-in name."""
-    found: list[tuple[bool, Architecture]] = []
+    then every other installed distribution's, which may override a built-in name. One whose
+    import fails is ``Unavailable``, with the reason."""
+    found: list[tuple[bool, Architecture | Unavailable]] = []
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         own = ep.dist is not None and ep.dist.name == OWN_DISTRIBUTION
+        origin: Origin = "builtin" if own else "entry-point"
         try:
             factory = ep.load()
         except Exception as exc:  # a broken plug-in must not take the registry down
             logger.warning("entry point %s = %s cannot be loaded: %s", ep.name, ep.value, exc)
+            found.append((not own, Unavailable(ep.name, origin, ep.value, _reason(exc))))
             continue
-        origin: Origin = "builtin" if own else "entry-point"
         found.append((not own, _architecture(ep.name, factory, origin, ep.value)))
     return [arch for _, arch in sorted(found, key=lambda item: item[0])]
 
@@ -347,14 +394,30 @@ _IMAGE_KWARGS = (
 )
 
 
+def _import_library(name: str, broken: list[Unavailable]) -> Any:
+    """``import name``: ``None`` when it is not installed; when its import fails, ``None`` and
+    an ``Unavailable`` entry saying why (a torchvision built for another torch, say)."""
+    library = name.partition(".")[0]
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == library:
+            return None  # not installed: nothing to list
+        broken.append(Unavailable(library, _LIBRARY_ORIGIN[name], name, _reason(exc)))
+    except Exception as exc:
+        broken.append(Unavailable(library, _LIBRARY_ORIGIN[name], name, _reason(exc)))
+    return None
+
+
+_LIBRARY_ORIGIN: dict[str, Origin] = {"torchvision.models": "torchvision", "timm": "timm"}
+
+
 @functools.cache
-def _library_architectures() -> tuple[Architecture, ...]:
+def _library_architectures() -> tuple[tuple[Architecture, ...], tuple[Unavailable, ...]]:
     """torchvision's and timm's classification models, when installed (an optional extra)."""
     found: dict[str, Architecture] = {}
-    try:
-        import torchvision.models as tvm
-    except ImportError:
-        tvm = None
+    broken: list[Unavailable] = []
+    tvm = _import_library("torchvision.models", broken)
     if tvm is not None:
         for name in tvm.list_models(module=tvm):
             found[name] = Architecture(
@@ -366,10 +429,7 @@ def _library_architectures() -> tuple[Architecture, ...]:
                 example=_torchvision_example,
                 open_kwargs=_IMAGE_KWARGS[:1],
             )
-    try:
-        import timm
-    except ImportError:
-        timm = None
+    timm = _import_library("timm", broken)
     if timm is not None:
         for name in timm.list_models():
             if name in found:
@@ -388,7 +448,7 @@ def _library_architectures() -> tuple[Architecture, ...]:
                 example=_timm_example,
                 open_kwargs=_IMAGE_KWARGS,
             )
-    return tuple(found.values())
+    return tuple(found.values()), tuple(broken)
 
 
 def _torchvision_example(model: nn.Module, batch: int) -> tuple[Any, tuple[int, ...]]:

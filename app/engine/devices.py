@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import functools
+import re
 
-__all__ = ["Device", "resolve_device"]
+from app.engine.errors import DeviceUnavailableError
+
+__all__ = ["Device", "check_device", "resolve_device"]
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 @functools.cache
@@ -17,7 +22,7 @@ def resolve_device(device: str, *, index: int = 0) -> str:
     tensor is actually materialised, so a byte-copy conversion never imports torch.
 
     Raises:
-        RuntimeError: ``cuda`` was asked for and torch sees no GPU.
+        DeviceUnavailableError: ``cuda`` was asked for and torch sees no GPU.
     """
     if device == "cpu" or device.startswith("cuda:"):
         return device
@@ -26,9 +31,37 @@ def resolve_device(device: str, *, index: int = 0) -> str:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         if device == "cuda":
-            raise RuntimeError("GRAFT_DEVICE=cuda, but torch sees no CUDA device")
+            raise DeviceUnavailableError(_no_cuda(device))
         return "cpu"
     return f"cuda:{index % count}"
+
+
+def check_device(device: str) -> None:
+    """Refuse, before any work, a device name that is malformed or names a missing GPU.
+
+    ``auto`` and ``cpu`` never import torch; ``cuda`` and ``cuda:N`` ask torch whether that GPU
+    is there.
+
+    Raises:
+        DeviceUnavailableError: not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, or no such GPU.
+    """
+    if not _DEVICE.fullmatch(device):
+        raise DeviceUnavailableError(
+            f"device {device!r} is not auto, cpu, cuda or cuda:N (e.g. cuda:0)"
+        )
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise DeviceUnavailableError(_no_cuda(device, count))
+
+
+def _no_cuda(device: str, count: int = 0) -> str:
+    seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+    return f"device {device!r} was asked for, but torch sees {seen}; use --device cpu or auto"
 
 
 class Device:

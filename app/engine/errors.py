@@ -7,6 +7,7 @@ a stable ``type`` (the problem+json slug the API serves) and the CLI exit code i
 from __future__ import annotations
 
 __all__ = [
+    "DeviceUnavailableError",
     "GraftError",
     "InvalidRecipeError",
     "InvalidTargetError",
@@ -63,6 +64,12 @@ class InvalidTargetError(GraftError):
     """The target (template, skeleton, architecture) cannot be used."""
 
     type = "invalid-target"
+
+
+class DeviceUnavailableError(GraftError):
+    """The device asked for (``cuda``, ``cuda:N``) is not there, or is not a device name."""
+
+    type = "device-unavailable"
 
 
 class PolicyError(GraftError):

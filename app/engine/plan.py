@@ -214,13 +214,7 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
                     rule = recipe.adapt[index]
                     try:
                         op = describe_adapt(
-                            rule.op,
-                            src.shape,
-                            info.shape,
-                            fill=getattr(rule, "fill", None),
-                            prefix_tokens=getattr(rule, "prefix_tokens", 1),
-                            mode=getattr(rule, "mode", "bicubic"),
-                            key=key,
+                            rule.op, src.shape, info.shape, key=key, **rule.options()
                         )
                     except InvalidRecipeError as exc:
                         raise InvalidRecipeError(exc.message, rule=cite("adapt", index)) from None
@@ -264,7 +258,7 @@ def _fill_missing(
         entry.status = "missing"
         return
     rule = recipe.init[index]
-    args = rule.model_dump(exclude={"match", "fn"})
+    args = rule.model_dump(exclude={"match", "fn"}, exclude_none=True)
     try:
         entry.init = resolve_init(
             info.key,

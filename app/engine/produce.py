@@ -55,12 +55,10 @@ class Producer:
                     rule.op,
                     value.to(self.device.name),
                     entry.shape,
-                    fill=getattr(rule, "fill", None),
-                    prefix_tokens=getattr(rule, "prefix_tokens", 1),
-                    mode=getattr(rule, "mode", "bicubic"),
                     generator=key_generator(self.seed, entry.target),
                     key=entry.target,
                     module=entry.module,
+                    **rule.options(),
                 )
         else:
             raise GraftError(f"{entry.target} has no value (status {entry.status})")

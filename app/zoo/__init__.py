@@ -5,16 +5,16 @@ They register like any plug-in, through the ``graft.architectures`` entry points
 
 Each model declares a deterministic ``example_input(batch)`` and the shape its forward pass
 returns for it (``example_output_shape(batch)``), so a conversion into it can be proven by
-running it (see ``app.engine.verify``). Module names follow the libraries they imitate
-(torchvision's ResNet, timm's MobileNet and ViT, Hugging Face's BERT), so real checkpoints of
-those families map onto them with few or no renames.
+running it (see ``app.engine.verify``). Each reproduces its namesake's state-dict layout and
+forward pass exactly (torchvision's ResNet and MobileNetV2, timm's ViT, transformers'
+``BertModel``), so published checkpoints of those families load with no recipe.
 """
 
 from __future__ import annotations
 
-from app.zoo.bert import BertEncoder
+from app.zoo.bert import BertModel
 from app.zoo.mobilenet import MobileNet
 from app.zoo.resnet import ResNet
 from app.zoo.vit import VisionTransformer
 
-__all__ = ["BertEncoder", "MobileNet", "ResNet", "VisionTransformer"]
+__all__ = ["BertModel", "MobileNet", "ResNet", "VisionTransformer"]

@@ -1,4 +1,12 @@
-"""A BERT-style encoder with a classification head, named like Hugging Face's ``BertModel``."""
+"""transformers' ``BertModel``: the same state-dict keys and the same forward pass.
+
+Written in this project from the published architecture (Devlin et al., 2019) as Hugging Face
+lays it out: ``embeddings.{word,position,token_type}_embeddings`` + ``embeddings.LayerNorm``,
+``encoder.layer.N.{attention.self.{query,key,value}, attention.output.{dense,LayerNorm},
+intermediate.dense, output.{dense,LayerNorm}}``, ``pooler.dense``; post-norm layers, exact GELU.
+The kwargs are ``BertConfig``'s names. ``forward`` returns the last hidden state; ``pooler``
+turns it into ``BertModel``'s ``pooler_output``.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +16,27 @@ from torch import nn
 
 from app.engine.examples import example_ids
 
-__all__ = ["BertEncoder", "BertLayer"]
+__all__ = ["BertEmbeddings", "BertLayer", "BertModel", "BertPooler"]
 
 
 class BertSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
+    """Scaled dot-product attention over ``query`` / ``key`` / ``value`` projections."""
+
+    def __init__(self, hidden: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, c = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(
-            heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), attn_mask=mask
         )
         return out.transpose(1, 2).reshape(b, n, c)
 
@@ -34,128 +44,172 @@ class BertSelfAttention(nn.Module):
 class BertOutput(nn.Module):
     """``LayerNorm(dense(x) + residual)``: post-norm, as BERT does."""
 
-    def __init__(self, dim_in: int, dim: int) -> None:
+    def __init__(self, dim_in: int, hidden: int, eps: float) -> None:
         super().__init__()
-        self.dense = nn.Linear(dim_in, dim)
-        self.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
+        self.dense = nn.Linear(dim_in, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        out: torch.Tensor = self.LayerNorm(self.dense(x) + residual)
+        return out
 
 
 class BertAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, hidden: int, num_heads: int, eps: float) -> None:
         super().__init__()
-        self.self = BertSelfAttention(dim, num_heads)
-        self.output = BertOutput(dim, dim)
+        self.self = BertSelfAttention(hidden, num_heads)
+        self.output = BertOutput(hidden, hidden, eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(x), x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        out: torch.Tensor = self.output(self.self(x, mask), x)
+        return out
 
 
 class BertIntermediate(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, hidden: int, intermediate: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(dim, hidden)
+        self.dense = nn.Linear(hidden, intermediate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.dense(x))
 
 
 class BertLayer(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.attention = BertAttention(dim, num_heads)
-        self.intermediate = BertIntermediate(dim, dim * 4)
-        self.output = BertOutput(dim * 4, dim)
+    """Attention, then the feed-forward block, each with its residual and LayerNorm."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attention(x)
-        return self.output(self.intermediate(x), x)
+    def __init__(self, hidden: int, num_heads: int, intermediate: int, eps: float) -> None:
+        super().__init__()
+        self.attention = BertAttention(hidden, num_heads, eps)
+        self.intermediate = BertIntermediate(hidden, intermediate)
+        self.output = BertOutput(intermediate, hidden, eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention(x, mask)
+        out: torch.Tensor = self.output(self.intermediate(x), x)
+        return out
 
 
 class BertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm."""
+
     position_ids: torch.Tensor
 
-    def __init__(self, vocab_size: int, max_len: int, type_vocab_size: int, dim: int) -> None:
+    def __init__(
+        self, vocab_size: int, max_positions: int, type_vocab_size: int, hidden: int, eps: float
+    ) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(vocab_size, dim)
-        self.position_embeddings = nn.Embedding(max_len, dim)
-        self.token_type_embeddings = nn.Embedding(type_vocab_size, dim)
-        self.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
+        self.word_embeddings = nn.Embedding(vocab_size, hidden)
+        self.position_embeddings = nn.Embedding(max_positions, hidden)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
         # Not in the state dict (as in transformers): rebuilt by the constructor on any device.
-        self.register_buffer("position_ids", torch.arange(max_len).unsqueeze(0), persistent=False)
+        self.register_buffer(
+            "position_ids", torch.arange(max_positions).unsqueeze(0), persistent=False
+        )
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         positions = self.position_ids[:, : input_ids.shape[1]]
-        types = torch.zeros_like(input_ids)
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
-        return self.LayerNorm(x + self.token_type_embeddings(types))
+        out: torch.Tensor = self.LayerNorm(x + self.token_type_embeddings(token_type_ids))
+        return out
 
 
-class BertEncoderStack(nn.Module):
-    def __init__(self, dim: int, num_heads: int, depth: int) -> None:
+class BertEncoder(nn.Module):
+    def __init__(self, layers: list[BertLayer]) -> None:
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(dim, num_heads) for _ in range(depth))
+        self.layer = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         for layer in self.layer:
-            x = layer(x)
+            x = layer(x, mask)
         return x
 
 
 class BertPooler(nn.Module):
-    def __init__(self, dim: int) -> None:
+    """``tanh(dense(hidden[:, 0]))``: the [CLS] token's pooled output."""
+
+    def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(dim, dim)
+        self.dense = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(x[:, 0]))
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
 
 
-class BertEncoder(nn.Module):
-    """Embeddings, ``depth`` post-norm layers, a tanh pooler on [CLS], a ``classifier``.
+class BertModel(nn.Module):
+    """transformers' ``BertModel`` (with its pooler), configured by ``BertConfig``'s names.
 
     Args:
-        num_classes: outputs of the ``classifier``.
         vocab_size: rows of the word embedding.
-        depth: encoder layers.
-        width: hidden size; a multiple of ``num_heads``.
-        num_heads: attention heads; by default one per 64 channels.
-        max_len: rows of the position embedding (longest input).
-        seq_len: length of the example input (at most ``max_len``).
+        hidden_size: token width; a multiple of ``num_attention_heads``.
+        num_hidden_layers: encoder layers.
+        num_attention_heads: attention heads.
+        intermediate_size: the feed-forward block's width.
+        max_position_embeddings: rows of the position embedding (the longest input).
+        type_vocab_size: rows of the token-type embedding.
+        layer_norm_eps: every LayerNorm's epsilon.
+        seq_len: length of the example input (Graft's, at most ``max_position_embeddings``).
     """
 
     def __init__(
         self,
-        num_classes: int = 2,
         vocab_size: int = 30522,
-        depth: int = 12,
-        width: int = 768,
-        num_heads: int | None = None,
-        max_len: int = 512,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
         seq_len: int = 16,
     ) -> None:
         super().__init__()
-        num_heads = num_heads or max(1, width // 64)
-        if width % num_heads:
-            raise ValueError(f"width {width} is not a multiple of num_heads {num_heads}")
-        if not 1 <= seq_len <= max_len:
-            raise ValueError(f"seq_len {seq_len} must be in 1..max_len ({max_len})")
-        if min(num_classes, vocab_size, depth, width, num_heads) < 1:
-            raise ValueError("every size must be >= 1")
-        self.num_classes, self.vocab_size, self.seq_len = num_classes, vocab_size, seq_len
-        self.embeddings = BertEmbeddings(vocab_size, max_len, 2, width)
-        self.encoder = BertEncoderStack(width, num_heads, depth)
-        self.pooler = BertPooler(width)
-        self.classifier = nn.Linear(width, num_classes)
+        sizes = (vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
+                 intermediate_size, max_position_embeddings, type_vocab_size)  # fmt: skip
+        if min(sizes) < 1 or not layer_norm_eps > 0:
+            raise ValueError("every size must be >= 1 and layer_norm_eps > 0")
+        if hidden_size % num_attention_heads:
+            raise ValueError(
+                f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
+                f"{num_attention_heads}"
+            )
+        if not 1 <= seq_len <= max_position_embeddings:
+            raise ValueError(f"seq_len {seq_len} must be in 1..{max_position_embeddings}")
+        self.vocab_size, self.hidden_size, self.seq_len = vocab_size, hidden_size, seq_len
+        self.embeddings = BertEmbeddings(
+            vocab_size, max_position_embeddings, type_vocab_size, hidden_size, layer_norm_eps
+        )
+        layers = [
+            BertLayer(hidden_size, num_attention_heads, intermediate_size, layer_norm_eps)
+            for _ in range(num_hidden_layers)
+        ]
+        self.encoder = BertEncoder(layers)
+        self.pooler = BertPooler(hidden_size)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.encoder(self.embeddings(input_ids))
-        return self.classifier(self.pooler(x))
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The last hidden state ``[batch, length, hidden_size]`` (``BertModel``'s first output).
+
+        Args:
+            input_ids: token ids ``[batch, length]``.
+            attention_mask: 1 for tokens to attend to, 0 for padding; default all ones.
+            token_type_ids: segment ids; default all zeros.
+        """
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        mask = None
+        if attention_mask is not None:
+            # Padding keys are masked out for every query, as transformers' extended mask does.
+            mask = attention_mask[:, None, None, :].to(torch.bool)
+        out: torch.Tensor = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        return out
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         return example_ids(batch, self.seq_len, self.vocab_size)
 
     def example_output_shape(self, batch: int = 2) -> tuple[int, ...]:
-        return (batch, self.num_classes)
+        return (batch, self.seq_len, self.hidden_size)

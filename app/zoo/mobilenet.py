@@ -1,4 +1,10 @@
-"""A MobileNet-style CNN (inverted residuals, depthwise convs), named like timm's MobileNetV2."""
+"""torchvision's ``mobilenet_v2``: the same state-dict keys and the same forward pass.
+
+Written in this project from the published architecture (Sandler et al., 2018, table 2: an
+inverted-residual bottleneck per row, ReLU6, a linear projection), with torchvision's layout
+(``features.N``, ``classifier.1``) and its rounding of channel counts to multiples of 8, so
+torchvision's ImageNet checkpoint loads with no recipe and ``strict=True``.
+"""
 
 from __future__ import annotations
 
@@ -7,75 +13,100 @@ from torch import nn
 
 from app.engine.examples import example_image
 
-__all__ = ["InvertedResidual", "MobileNet"]
+__all__ = ["ConvBNReLU", "InvertedResidual", "MobileNet", "make_divisible"]
+
+# (expansion t, output channels c, repeats n, first stride s), the paper's table 2.
+_SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never down by more than 10%."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class ConvBNReLU(nn.Sequential):
+    """``0``: conv (no bias, "same" padding), ``1``: BatchNorm, ``2``: ReLU6."""
+
+    def __init__(
+        self, in_chans: int, out_chans: int, kernel: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
+        super().__init__(
+            nn.Conv2d(in_chans, out_chans, kernel, stride, (kernel - 1) // 2, groups=groups,
+                      bias=False),
+            nn.BatchNorm2d(out_chans),
+            nn.ReLU6(inplace=True),
+        )  # fmt: skip
 
 
 class InvertedResidual(nn.Module):
-    """1x1 expand, 3x3 depthwise, 1x1 project (linear), residual when shapes allow."""
+    """``conv``: [1x1 expand,] 3x3 depthwise, 1x1 linear projection + BN; residual if it fits."""
 
-    def __init__(self, in_chans: int, out_chans: int, stride: int, expand: int = 4) -> None:
+    def __init__(self, in_chans: int, out_chans: int, stride: int, expand: int) -> None:
         super().__init__()
-        mid = in_chans * expand
-        self.conv_pw = nn.Conv2d(in_chans, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.conv_dw = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.conv_pwl = nn.Conv2d(mid, out_chans, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_chans)
-        self.act = nn.ReLU6(inplace=True)
-        self.has_skip = stride == 1 and in_chans == out_chans
+        hidden = round(in_chans * expand)
+        self.use_res_connect = stride == 1 and in_chans == out_chans
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(ConvBNReLU(in_chans, hidden, kernel=1))
+        layers += [
+            ConvBNReLU(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, out_chans, 1, bias=False),
+            nn.BatchNorm2d(out_chans),
+        ]
+        self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act(self.bn1(self.conv_pw(x)))
-        out = self.act(self.bn2(self.conv_dw(out)))
-        out = self.bn3(self.conv_pwl(out))
-        return out + x if self.has_skip else out
+        out: torch.Tensor = self.conv(x)
+        return x + out if self.use_res_connect else out
 
 
 class MobileNet(nn.Module):
-    """Stem conv 3x3/2 + BN, ``depth`` inverted-residual blocks, 1x1 head conv, ``classifier``.
+    """torchvision's ``mobilenet_v2``: ``features`` (stem, 17 blocks, 1x1 conv), ``classifier``.
 
     Args:
-        num_classes: outputs of the ``classifier``.
-        in_chans: input image channels.
+        num_classes: outputs of ``classifier.1``.
+        in_chans: input image channels (torchvision's are 3; others are Graft's extension:
+            only ``features.0.0`` changes).
+        width_mult: scales every layer's channels (rounded to multiples of 8).
         img_size: side of the example input.
-        depth: inverted-residual blocks; every other one halves the resolution (at most 4 times).
-        width: channels after the stem; each downsampling block doubles them.
     """
 
     def __init__(
         self,
         num_classes: int = 1000,
         in_chans: int = 3,
+        width_mult: float = 1.0,
         img_size: int = 224,
-        depth: int = 6,
-        width: int = 32,
     ) -> None:
         super().__init__()
-        if min(num_classes, in_chans, depth, width) < 1 or img_size < 32:
-            raise ValueError("num_classes, in_chans, depth and width must be >= 1, img_size >= 32")
+        if min(num_classes, in_chans) < 1 or not width_mult > 0 or img_size < 32:
+            raise ValueError("num_classes, in_chans >= 1, width_mult > 0 and img_size >= 32")
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
-        self.conv_stem = nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.act = nn.ReLU6(inplace=True)
-        blocks: list[nn.Module] = []
-        chans = width
-        for i in range(depth):
-            down = i % 2 == 0 and i // 2 < 4
-            out = chans * 2 if down else chans
-            blocks.append(InvertedResidual(chans, out, 2 if down else 1))
-            chans = out
-        self.blocks = nn.Sequential(*blocks)
-        self.num_features = chans * 4
-        self.conv_head = nn.Conv2d(chans, self.num_features, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(self.num_features)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(self.num_features, num_classes)
+        chans = make_divisible(32 * width_mult)
+        last = make_divisible(1280 * max(1.0, width_mult))
+        layers: list[nn.Module] = [ConvBNReLU(in_chans, chans, stride=2)]
+        for expand, c, repeats, stride in _SETTINGS:
+            out = make_divisible(c * width_mult)
+            for i in range(repeats):
+                layers.append(InvertedResidual(chans, out, stride if i == 0 else 1, expand))
+                chans = out
+        layers.append(ConvBNReLU(chans, last, kernel=1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.act(self.bn1(self.conv_stem(x))))
-        x = self.act(self.bn2(self.conv_head(x)))
-        return self.classifier(torch.flatten(self.global_pool(x), 1))
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        out: torch.Tensor = self.classifier(torch.flatten(x, 1))
+        return out
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         return example_image(batch, self.in_chans, self.img_size)

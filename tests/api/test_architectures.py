@@ -21,19 +21,19 @@ def test_the_builtin_architectures_are_listed_with_typed_kwargs(client: TestClie
     resnet = by_name["graft_resnet"]
     assert resnet["origin"] == "builtin"
     assert resnet["kwargs"] == {
+        "depth": {"type": "int", "default": 50, "required": False},
         "num_classes": {"type": "int", "default": 1000, "required": False},
         "in_chans": {"type": "int", "default": 3, "required": False},
         "img_size": {"type": "int", "default": 224, "required": False},
-        "depth": {"type": "int", "default": 2, "required": False},
-        "width": {"type": "int", "default": 64, "required": False},
     }
-    assert resnet["description"].startswith("Stem (conv 7x7/2, BN, max-pool)")
+    assert (resnet["available"], resnet["error"]) == (True, None)
+    assert resnet["description"].startswith("torchvision's ``resnet{depth}``")
 
 
 def test_the_architectures_setting_adds_to_the_listing(settings: Settings, tmp_path: Path) -> None:
     extra = settings.model_copy(
         update={
-            "architectures": "tiny_b=tests.engine.test_architectures:TinyB",
+            "architectures": "tiny_b=tests.engine.test_architectures:TinyB,gone=no_mod:f",
             "database_url": f"sqlite:///{tmp_path / 'graft.db'}",
             "storage_dir": tmp_path / "blobs",
         }
@@ -47,7 +47,14 @@ def test_the_architectures_setting_adds_to_the_listing(settings: Settings, tmp_p
         "description": "The same function as :class:`TinyA`, named ``stem.{conv,bn}`` and "
         "``classifier``.",
         "origin": "setting",
+        "available": True,
+        "error": None,
     }
+    # A plug-in whose import fails is listed as unavailable with its reason, not a 500.
+    assert listed["gone"] == {
+        "name": "gone", "kwargs": {}, "description": None, "origin": "setting",
+        "available": False, "error": "ModuleNotFoundError: No module named 'no_mod'",
+    }  # fmt: skip
 
 
 def test_an_architecture_job_is_checked_before_it_is_queued(
@@ -74,8 +81,8 @@ def test_an_architecture_job_is_checked_before_it_is_queued(
     status, body = job({"architecture": "graft_resnet", "kwargs": {"widht": 8}})
     assert (status, body["type"]) == (422, "invalid-target")
     assert "'widht'" in str(body["detail"])
-    status, body = job({"architecture": "graft_resnet", "kwargs": {"width": "8"}})
+    status, body = job({"architecture": "graft_resnet", "kwargs": {"depth": "18"}})
     assert (status, body["type"]) == (422, "invalid-target")
     assert client.get("/v1/jobs").json()["count"] == before  # nothing was queued
-    status, body = job({"architecture": "graft_resnet", "kwargs": {"width": 8, "depth": 1}})
+    status, body = job({"architecture": "graft_resnet", "kwargs": {"depth": 18}})
     assert status == 202

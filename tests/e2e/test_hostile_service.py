@@ -22,6 +22,7 @@ from torch import nn
 
 from tests.e2e.conftest import Server
 from tests.e2e.helpers import assert_consistent, net, saved
+from tests.schemas import assert_valid
 
 pytestmark = pytest.mark.e2e
 
@@ -88,6 +89,7 @@ def test_nan_and_inf_convert_with_a_warning(limited: Server) -> None:
         job = limited.wait(client, _job(client, source, source))
         assert job["status"] == "succeeded"
         report = client.get(f"/v1/jobs/{job['id']}/report").json()
+        assert_valid("report", report)  # served by another process: checked here
         assert "nan_or_inf: w" in report["warnings"]
         weights = load(client.get(f"/v1/jobs/{job['id']}/weights").content)
         assert torch.equal(weights["w"].isnan(), state["w"].isnan())

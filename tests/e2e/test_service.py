@@ -19,6 +19,7 @@ from safetensors.torch import load
 
 from tests.e2e.conftest import REPO, Server
 from tests.e2e.helpers import net, saved
+from tests.schemas import assert_valid
 
 pytestmark = pytest.mark.e2e
 
@@ -143,6 +144,7 @@ def test_twenty_concurrent_uploads_and_jobs(server: Server) -> None:
             done = server.wait(client, job.json()["id"], timeout=150)
             weights = client.get(f"/v1/jobs/{done['id']}/weights").content
             report = client.get(f"/v1/jobs/{done['id']}/report").json()
+            assert_valid("report", report)  # served by another process: checked here
             return i, {"job": done, "report": report}, weights
 
     with ThreadPoolExecutor(20) as pool:

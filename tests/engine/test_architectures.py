@@ -32,7 +32,11 @@ PAIR = (
     "tiny_b=tests.engine.test_architectures:TinyB,"
     "tiny_wrong=tests.engine.test_architectures:TinyWrongShape"
 )
-RESNET = {"width": 8, "depth": 1, "img_size": 32}
+RESNET = {"depth": 18, "img_size": 32}
+BERT = {
+    "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "intermediate_size": 64,
+}  # fmt: skip
 
 
 class TinyA(nn.Module):
@@ -124,19 +128,26 @@ def test_builtins_are_listed_with_their_kwargs_defaults_and_types() -> None:
     vit = listed["graft_vit"]
     assert vit["origin"] == "builtin"
     assert vit["ref"] == "app.zoo.vit:VisionTransformer"
+    assert (vit["available"], vit["error"]) == (True, None)
     assert vit["kwargs"] == {
+        "img_size": {"type": "int", "default": 224, "required": False},
+        "patch_size": {"type": "int", "default": 16, "required": False},
+        "embed_dim": {"type": "int", "default": 768, "required": False},
+        "depth": {"type": "int", "default": 12, "required": False},
+        "num_heads": {"type": "int", "default": 12, "required": False},
+        "mlp_ratio": {"type": "float", "default": 4.0, "required": False},
         "num_classes": {"type": "int", "default": 1000, "required": False},
         "in_chans": {"type": "int", "default": 3, "required": False},
-        "img_size": {"type": "int", "default": 224, "required": False},
-        "depth": {"type": "int", "default": 12, "required": False},
-        "width": {"type": "int", "default": 192, "required": False},
-        "patch_size": {"type": "int", "default": 16, "required": False},
-        "num_heads": {"type": "int | None", "default": None, "required": False},
     }
-    assert set(listed["graft_bert"]["kwargs"]) >= {"vocab_size", "depth", "width", "num_classes"}
-    assert set(listed["graft_mobilenet"]["kwargs"]) == {
-        "num_classes", "in_chans", "img_size", "depth", "width",
+    assert set(listed["graft_bert"]["kwargs"]) == {
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        "intermediate_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+        "seq_len",
     }  # fmt: skip
+    assert set(listed["graft_mobilenet"]["kwargs"]) == {
+        "num_classes", "in_chans", "width_mult", "img_size",
+    }  # fmt: skip
+    assert listed["graft_resnet"]["kwargs"]["depth"]["default"] == 50
 
 
 def test_library_factories_register_only_when_installed() -> None:
@@ -152,8 +163,17 @@ def test_setting_string_registers_and_is_validated() -> None:
     assert registry["tiny_b"].ref == "tests.engine.test_architectures:TinyB"
     with pytest.raises(InvalidTargetError, match=r"'oops': write name=module:factory"):
         load_registry("oops")
-    with pytest.raises(InvalidTargetError, match=r"architecture 'gone' = no_such_mod:f cannot"):
-        load_registry("gone=no_such_mod:f")
+    # A setting whose import fails is listed as unavailable, with its reason, not raised.
+    assert "gone" not in load_registry("gone=no_such_mod:f")
+    listed = {a["name"]: a for a in describe_architectures("gone=no_such_mod:f")}
+    assert listed["gone"] == {
+        "name": "gone", "kwargs": {}, "description": None, "origin": "setting",
+        "ref": "no_such_mod:f", "available": False,
+        "error": "ModuleNotFoundError: No module named 'no_such_mod'",
+    }  # fmt: skip
+    assert listed["graft_vit"]["available"] is True
+    with pytest.raises(InvalidTargetError, match=r"'gone' \(no_such_mod:f\) is unavailable: "):
+        get_architecture("gone", extra="gone=no_such_mod:f")
 
 
 def test_unknown_architecture_and_bad_kwargs_name_the_culprit() -> None:
@@ -161,8 +181,10 @@ def test_unknown_architecture_and_bad_kwargs_name_the_culprit() -> None:
         InvalidTargetError, match=r"unknown architecture 'graft_resnt'.*graft_resnet"
     ):
         get_architecture("graft_resnt")
-    with pytest.raises(InvalidTargetError, match=r"'graft_resnet' has no kwarg 'widht'"):
-        Target.from_architecture("graft_resnet", {"widht": 8})
+    with pytest.raises(InvalidTargetError, match=r"'graft_resnet' has no kwarg 'width'"):
+        Target.from_architecture("graft_resnet", {"width": 8})
+    with pytest.raises(InvalidTargetError, match=r"'graft_resnet'.*depth 20 is not one of 18, 34"):
+        Target.from_architecture("graft_resnet", {"depth": 20})
     with pytest.raises(InvalidTargetError, match=r"'graft_vit': kwarg 'img_size' must be int"):
         Target.from_architecture("graft_vit", {"img_size": "384"})
     with pytest.raises(InvalidTargetError, match=r"'graft_vit': kwarg 'depth' must be int"):
@@ -172,28 +194,30 @@ def test_unknown_architecture_and_bad_kwargs_name_the_culprit() -> None:
 
 
 def test_planning_builds_on_the_meta_device_with_exact_kinds() -> None:
-    # 2.8 billion parameters: built for real this would take 11 GB; on meta it takes nothing.
-    big = Target.from_architecture("graft_resnet", {"width": 1024})
-    assert sum(i.numel for i in big.tensors.values()) > 2_800_000_000
-    target = Target.from_architecture("graft_bert", {"vocab_size": 50, "depth": 1, "width": 32})
+    # 9.7 billion parameters: built for real this would take 39 GB; on meta it takes nothing.
+    big = Target.from_architecture("graft_vit", {"embed_dim": 4096, "depth": 48, "num_heads": 32})
+    assert sum(i.numel for i in big.tensors.values()) > 9_600_000_000
+    target = Target.from_architecture("graft_bert", BERT)
     assert target.kind == "architecture" and target.name == "arch:graft_bert"
-    assert target.architecture is not None and target.architecture.kwargs == {
-        "vocab_size": 50, "depth": 1, "width": 32,
-    }  # fmt: skip
+    assert target.architecture is not None and target.architecture.kwargs == BERT
     info = target.tensors["embeddings.word_embeddings.weight"]
-    assert (info.shape, info.kind, info.module) == ((50, 32), "parameter", "Embedding")
+    assert (info.shape, info.kind, info.module) == ((64, 32), "parameter", "Embedding")
     assert "embeddings.position_ids" not in target.tensors  # non-persistent buffer
-    bn = Target.from_architecture("graft_mobilenet", {"width": 8, "depth": 1})
-    assert bn.tensors["bn1.running_var"].kind == "buffer"
-    assert bn.tensors["bn1.num_batches_tracked"].dtype == "int64"
-    assert bn.tensors["blocks.0.conv_dw.weight"].module == "Conv2d"
+    bn = Target.from_architecture("graft_mobilenet", {"width_mult": 0.5})
+    assert bn.tensors["features.0.1.running_var"].kind == "buffer"
+    assert bn.tensors["features.0.1.num_batches_tracked"].dtype == "int64"
+    assert bn.tensors["features.1.conv.0.0.weight"].module == "Conv2d"
+    assert bn.tensors["features.1.conv.0.0.weight"].shape == (16, 1, 3, 3)  # depthwise
+    assert bn.tensors["classifier.1.weight"].shape == (1000, 1280)
 
 
 # Verification on the model ----------------------------------------------------------------------
 
 
 def test_resnet_into_four_channels_and_ten_classes(tmp_path: Path) -> None:
-    source = _randomized(bind_architecture("graft_resnet", RESNET).build("cpu"), 1)
+    # torchvision's own init (kaiming fan_out): all-positive random weights overflow 18 layers.
+    torch.manual_seed(1)
+    source = bind_architecture("graft_resnet", RESNET).build("cpu")
     src = _save(source, tmp_path / "src.safetensors")
     target = Target.from_architecture("graft_resnet", {**RESNET, "in_chans": 4, "num_classes": 10})
     recipe = {
@@ -207,7 +231,7 @@ def test_resnet_into_four_channels_and_ten_classes(tmp_path: Path) -> None:
     entries = {e["target"]: e for e in report["entries"]}
     assert entries["conv1.weight"]["status"] == "adapted"
     assert entries["conv1.weight"]["ops"] == ["channels(3->4, fill=repeat)"]
-    assert entries["conv1.weight"]["shape"] == [8, 4, 7, 7]
+    assert entries["conv1.weight"]["shape"] == [64, 4, 7, 7]
     assert {k: entries[k]["status"] for k in ("fc.weight", "fc.bias")} == dict.fromkeys(
         ("fc.weight", "fc.bias"), "initialized"
     )
@@ -216,7 +240,7 @@ def test_resnet_into_four_channels_and_ten_classes(tmp_path: Path) -> None:
     out = load_file(str(tmp_path / "out.safetensors"))
     w = source.state_dict()["conv1.weight"]
     assert torch.equal(out["conv1.weight"], torch.cat([w, w], dim=1)[:, :4] * (3 / 4))
-    assert out["fc.weight"].shape == (10, 8 * 8)
+    assert out["fc.weight"].shape == (10, 512)
     forward = report["verification"]["forward"]
     assert {k: v for k, v in forward.items() if k != "seconds"} == {
         "architecture": "graft_resnet",
@@ -319,7 +343,7 @@ def test_a_wrong_output_shape_fails_the_conversion(tmp_path: Path) -> None:
 
 
 def test_vit_from_224_to_384_interpolates_the_position_embedding(tmp_path: Path) -> None:
-    vit = {"width": 32, "depth": 2, "patch_size": 16, "num_classes": 10}
+    vit = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 16, "num_classes": 10}
     source = bind_architecture("graft_vit", {**vit, "img_size": 224}).build("cpu")
     src = _save(source, tmp_path / "vit.safetensors")
     target = Target.from_architecture("graft_vit", {**vit, "img_size": 384})
@@ -343,7 +367,7 @@ def test_vit_from_224_to_384_interpolates_the_position_embedding(tmp_path: Path)
 
 
 def test_half_precision_output_is_checked_in_float32_on_cpu(tmp_path: Path) -> None:
-    bert = {"vocab_size": 64, "depth": 1, "width": 32, "num_classes": 3}
+    bert = BERT
     src = _save(bind_architecture("graft_bert", bert).build("cpu"), tmp_path / "bert.safetensors")
     result = _convert(
         src,
@@ -354,11 +378,11 @@ def test_half_precision_output_is_checked_in_float32_on_cpu(tmp_path: Path) -> N
     )
     verification = result.report["verification"]
     assert result.ok
-    assert load_file(str(tmp_path / "half.safetensors"))["classifier.weight"].dtype == (
+    assert load_file(str(tmp_path / "half.safetensors"))["pooler.dense.weight"].dtype == (
         torch.bfloat16
     )
     assert verification["forward"]["compute_dtype"] == "float32"
-    assert verification["forward"]["output_shape"] == [2, 3]
+    assert verification["forward"]["output_shape"] == [2, 16, 32]
     assert verification["equivalence"]["run"] is False
     assert verification["equivalence"]["reason"].endswith("went through cast(float32->bfloat16)")
 
@@ -413,6 +437,8 @@ def test_an_installed_package_registers_through_its_entry_point(
             "description": "A demo model shipped by a team.",
             "origin": "entry-point",
             "ref": "graft_demo_models:Demo",
+            "available": True,
+            "error": None,
         }
         src = tmp_path / "demo.safetensors"
         save_file({"body.weight": torch.ones(7, 3), "body.bias": torch.zeros(7)}, str(src))
@@ -422,3 +448,82 @@ def test_an_installed_package_registers_through_its_entry_point(
         assert result.ok and result.report["verification"]["forward"]["output_shape"] == [2, 7]
     sys.modules.pop("graft_demo_models", None)
     assert "demo_net" not in load_registry()
+
+
+def test_a_plugin_whose_import_fails_is_listed_as_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plug-in built against another torch: its import raises, not with ImportError.
+    (tmp_path / "graft_broken_models.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist\\nmore detail')\n"
+    )
+    dist = tmp_path / "graft_broken_models-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: graft-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[graft.architectures]\nbroken_net = graft_broken_models:Net\n"
+    )
+    with monkeypatch.context() as patch:
+        patch.syspath_prepend(str(tmp_path))
+        listed = {a["name"]: a for a in describe_architectures()}
+        assert listed["broken_net"] == {
+            "name": "broken_net", "kwargs": {}, "description": None, "origin": "entry-point",
+            "ref": "graft_broken_models:Net", "available": False,
+            "error": "RuntimeError: operator torchvision::nms does not exist",
+        }  # fmt: skip
+        assert listed["graft_resnet"]["available"] is True  # the rest still registers
+        assert "broken_net" not in load_registry()
+        with pytest.raises(InvalidTargetError, match=r"'broken_net' .* is unavailable: Runtime"):
+            Target.from_architecture("broken_net")
+    sys.modules.pop("graft_broken_models", None)
+
+
+def test_vit_to_a_smaller_patch_resizes_the_kernel_and_the_grid(tmp_path: Path) -> None:
+    vit = {"embed_dim": 32, "depth": 1, "num_heads": 2, "num_classes": 0, "img_size": 64}
+    torch.manual_seed(3)
+    source = bind_architecture("graft_vit", {**vit, "patch_size": 16}).build("cpu")
+    src = _save(source, tmp_path / "vit16.safetensors")
+    recipe = {
+        "adapt": [
+            {"match": "patch_embed.proj.weight", "op": "kernel_resize"},
+            {"match": "pos_embed", "op": "interpolate", "prefix_tokens": {"source": 1,
+                                                                          "target": 1}},
+        ],
+        "strict": True,
+    }  # fmt: skip
+    target = Target.from_architecture("graft_vit", {**vit, "patch_size": 8})
+    result = _convert(src, target, recipe, tmp_path / "vit8.safetensors")
+    assert result.ok, result.report.get("errors")
+    entries = {e["target"]: e for e in result.report["entries"]}
+    assert entries["patch_embed.proj.weight"]["ops"] == [
+        "kernel_resize(16x16->8x8, bicubic, antialias)"
+    ]
+    assert entries["pos_embed"]["ops"] == [
+        "interpolate(4x4->8x8, prefix_tokens=1, bicubic, antialias)"
+    ]
+    assert result.report["summary"]["adapted"] == 2
+    assert result.report["verification"]["forward"]["output_shape"] == [2, 32]
+
+
+def test_init_auto_and_an_explicit_trunc_normal_cut_at_the_same_two_std(tmp_path: Path) -> None:
+    # Both draw trunc_normal std .02 cut at mean ± 2 std (±0.04), never timm's absolute ±2.
+    skeleton = {
+        "schema": "graft.skeleton/v1",
+        "tensors": {"head.weight": {"shape": [64, 64], "module": "Linear"}},
+    }
+    reports = []
+    for init in ([{"match": "*", "fn": "auto"}], [{"match": "*", "fn": "trunc_normal"}]):
+        src = tmp_path / "empty.safetensors"
+        save_file({"other": torch.zeros(1)}, str(src))
+        with Target.from_skeleton(skeleton) as target:
+            result = convert(
+                src, target, load_recipe({"version": 1, "init": init}),
+                output=tmp_path / f"{init[0]['fn']}.safetensors",
+            )  # fmt: skip
+        reports.append(result.report["entries"][0]["init"])
+    assert reports[0] == reports[1] == {
+        "fn": "trunc_normal", "args": {"mean": 0.0, "std": 0.02, "a": -0.04, "b": 0.04}, "seed": 0,
+    }  # fmt: skip
+    auto = load_file(str(tmp_path / "auto.safetensors"))["head.weight"]
+    explicit = load_file(str(tmp_path / "trunc_normal.safetensors"))["head.weight"]
+    assert torch.equal(auto, explicit) and float(auto.abs().max()) <= 0.04

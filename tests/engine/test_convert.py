@@ -332,12 +332,14 @@ def test_pos_embed_14_to_16_grid_with_class_token(tmp_path: Path) -> None:
     assert result.ok
     pos = entry(result.report, "pos_embed")
     assert pos["status"] == "adapted"
-    assert pos["ops"] == ["interpolate(14x14->16x16, prefix_tokens=1, bicubic)"]
+    assert pos["ops"] == ["interpolate(14x14->16x16, prefix_tokens=1, bicubic, antialias)"]
     assert (pos["source_shape"], pos["shape"]) == ([1, 197, 8], [1, 257, 8])
     assert out is not None
     pe = sd["pos_embed"]
     grid = pe[:, 1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
-    resampled = F.interpolate(grid, size=(16, 16), mode="bicubic", align_corners=False)
+    resampled = F.interpolate(
+        grid, size=(16, 16), mode="bicubic", align_corners=False, antialias=True
+    )
     reference = resampled.permute(0, 2, 3, 1).reshape(1, 256, 8)
     assert torch.equal(out["pos_embed"][:, :1], pe[:, :1])  # the class token, untouched
     assert torch.equal(out["pos_embed"][:, 1:], reference)

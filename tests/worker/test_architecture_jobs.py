@@ -15,11 +15,12 @@ from app.db.repositories import JobRepository
 from app.db.session import Database
 from app.engine.architectures import bind_architecture
 from app.engine.devices import resolve_device
+from app.engine.errors import DeviceUnavailableError
 from app.storage import FileBlobStore
 from app.worker.runner import JobRunner
 from tests.worker.test_runner import _get, _register
 
-RESNET = {"width": 8, "depth": 1, "img_size": 32}
+RESNET = {"depth": 18, "img_size": 32}
 PAIR = "tiny_b=tests.engine.test_architectures:TinyB"
 
 
@@ -61,14 +62,14 @@ def test_an_architecture_job_converts_and_runs_the_model(
     assert report["target"] == {
         "kind": "architecture",
         "name": "arch:graft_resnet",
-        "tensors": 74,
+        "tensors": 122,
         "elements": report["target"]["elements"],
     }
     forward = report["verification"]["forward"]
     assert (forward["ok"], forward["strict_load"], forward["device"]) == (True, True, "cpu")
     assert forward["output_shape"] == [2, 10]
     weights = load_file(store.path(artifacts["weights"].sha256))
-    assert weights["conv1.weight"].shape == (8, 4, 7, 7)
+    assert weights["conv1.weight"].shape == (64, 4, 7, 7)
 
 
 def test_an_unknown_architecture_or_kwarg_fails_the_job_with_its_name(
@@ -85,7 +86,7 @@ def test_an_unknown_architecture_or_kwarg_fails_the_job_with_its_name(
     assert (second.status, second.error_type) == ("failed", "invalid-target")
     assert second.error_message == (
         "architecture 'graft_resnet' has no kwarg 'widht'; it takes "
-        "num_classes, in_chans, img_size, depth, width"
+        "depth, num_classes, in_chans, img_size"
     )
 
 
@@ -109,7 +110,7 @@ def test_devices_are_pinned_one_per_worker() -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         assert resolve_device("auto", index=3) == "cpu"
-        with pytest.raises(RuntimeError, match="GRAFT_DEVICE=cuda, but torch sees no CUDA"):
+        with pytest.raises(DeviceUnavailableError, match="'cuda' was asked for, but torch sees no"):
             resolve_device("cuda")
     else:
         assert [resolve_device("auto", index=i) for i in range(2 * count)] == [

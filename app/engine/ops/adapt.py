@@ -8,26 +8,34 @@ Ops compute in float32 (float64 stays float64), return the input's dtype, never 
 their input, and raise ``InvalidRecipeError`` naming the key on layouts they do not support; a
 caller that knows the rule (``adapt[2]``) re-raises with it. ``describe_adapt`` runs the same checks
 on shapes alone, so planning, which never reads tensor data, reports exactly what execution does.
+``interpolate`` lives in :mod:`app.engine.ops.interpolate`, ``kernel_resize`` in
+:mod:`app.engine.ops.kernel`; this module dispatches to them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.engine._lazy import LazyModule
 
 if TYPE_CHECKING:
     import torch
-    import torch.nn.functional as F
 else:  # torch loads on first use: planning (describe_*) never needs it
     torch = LazyModule("torch")
-    F = LazyModule("torch.nn.functional")
 
 from app.engine.errors import InvalidRecipeError
 from app.engine.meta import DTYPE_SIZES, is_floating
+from app.engine.ops._common import Shape
+from app.engine.ops._common import as_shape as _shape
+from app.engine.ops._common import dtype_name as _dtype_name
+from app.engine.ops._common import finish as _finish
+from app.engine.ops._common import who as _who
+from app.engine.ops._common import work as _work
 from app.engine.ops.initialize import resolve_init, sample
+from app.engine.ops.interpolate import INTERPOLATE_MODES, check_interpolate, interpolate_pos_embed
+from app.engine.ops.kernel import check_kernel_resize, kernel_resize
 
 __all__ = [
     "CHANNEL_FILLS",
@@ -40,15 +48,20 @@ __all__ = [
     "describe_adapt",
     "describe_cast",
     "interpolate_pos_embed",
+    "kernel_resize",
     "resize",
 ]
 
-OPS = ("channels", "resize", "interpolate")
+OPS = ("channels", "resize", "interpolate", "kernel_resize")
 CHANNEL_FILLS = ("zeros", "random", "mean", "repeat")
 RESIZE_FILLS = ("zeros", "random", "mean", "normal_like")
-INTERPOLATE_MODES = ("bicubic", "bilinear", "nearest")
-
-Shape = tuple[int, ...]
+# The options each op takes besides shapes, key, generator and module (a rule's fields).
+_OPTIONS = {
+    "channels": ("fill",),
+    "resize": ("fill",),
+    "interpolate": ("prefix_tokens", "mode", "antialias", "grid", "source_grid"),
+    "kernel_resize": ("mode", "antialias"),
+}
 
 
 def describe_adapt(
@@ -56,10 +69,8 @@ def describe_adapt(
     source_shape: Sequence[int],
     target_shape: Sequence[int],
     *,
-    fill: str | None = None,
-    prefix_tokens: int = 1,
-    mode: str = "bicubic",
     key: str | None = None,
+    **options: Any,
 ) -> str | None:
     """Check an adapt op against shapes alone and describe it, as ``apply_adapt`` would.
 
@@ -67,25 +78,26 @@ def describe_adapt(
         op: one of ``OPS``.
         source_shape: the incoming tensor's shape.
         target_shape: the shape the target expects.
-        fill: the fill for ``channels`` / ``resize``.
-        prefix_tokens: leading tokens ``interpolate`` keeps unchanged.
-        mode: ``interpolate``'s resampling mode.
         key: the target key, for error messages.
+        **options: the rule's options for that op: ``fill`` (``channels``, ``resize``);
+            ``prefix_tokens``, ``mode``, ``antialias``, ``grid``, ``source_grid``
+            (``interpolate``); ``mode``, ``antialias`` (``kernel_resize``).
 
     Returns:
         The report's op description, or ``None`` when the shapes already agree.
 
     Raises:
-        InvalidRecipeError: unknown op or fill, or a layout the op does not support.
+        InvalidRecipeError: unknown op, option or fill, or a layout the op does not support.
     """
+    _check_options(op, options, key)
     src, dst = _shape(source_shape), _shape(target_shape)
     if op == "channels":
-        return _check_channels(src, dst, _need_fill(op, fill, key), key)
+        return _check_channels(src, dst, _need_fill(op, options.get("fill"), key), key)
     if op == "resize":
-        return _check_resize(src, dst, _need_fill(op, fill, key), key)
+        return _check_resize(src, dst, _need_fill(op, options.get("fill"), key), key)
     if op == "interpolate":
-        return _check_interpolate(src, dst, prefix_tokens, mode, key)[0]
-    raise InvalidRecipeError(f"{_who(key)}: unknown adapt op {op!r}; use one of {', '.join(OPS)}")
+        return check_interpolate(src, dst, key=key, **options).description
+    return check_kernel_resize(src, dst, key=key, **options)
 
 
 def apply_adapt(
@@ -93,12 +105,10 @@ def apply_adapt(
     t: torch.Tensor,
     target_shape: Sequence[int],
     *,
-    fill: str | None = None,
-    prefix_tokens: int = 1,
-    mode: str = "bicubic",
     generator: torch.Generator | None = None,
     key: str | None = None,
     module: str | None = None,
+    **options: Any,
 ) -> tuple[torch.Tensor, str | None]:
     """Run the adapt op a rule names.
 
@@ -106,29 +116,39 @@ def apply_adapt(
         op: one of ``OPS``.
         t: the incoming tensor.
         target_shape: the shape the target expects.
-        fill: the fill for ``channels`` / ``resize``.
-        prefix_tokens: leading tokens ``interpolate`` keeps unchanged.
-        mode: ``interpolate``'s resampling mode.
-        generator: the stream for ``random`` / ``normal_like`` fills
+        generator: the stream for ``random`` / ``normal_like`` fills and new prefix tokens
             (``initialize.key_generator(seed, key)``).
         key: the target key, for error messages and for ``random``'s choice of init.
         module: the target module type (``Conv2d``), for ``random``'s choice of init.
+        **options: the rule's options, as for :func:`describe_adapt`.
 
     Returns:
         The adapted tensor and its description (``t`` itself and ``None`` when nothing changed).
 
     Raises:
-        InvalidRecipeError: unknown op or fill, or a layout the op does not support.
+        InvalidRecipeError: unknown op, option or fill, or a layout the op does not support.
     """
+    _check_options(op, options, key)
     if op in ("channels", "resize"):
         fn = adapt_channels if op == "channels" else resize
-        fill_ = _need_fill(op, fill, key)
-        return fn(t, target_shape, fill=fill_, generator=generator, key=key, module=module)
+        fill = _need_fill(op, options.get("fill"), key)
+        return fn(t, target_shape, fill=fill, generator=generator, key=key, module=module)
     if op == "interpolate":
-        return interpolate_pos_embed(
-            t, target_shape, prefix_tokens=prefix_tokens, mode=mode, key=key
+        return interpolate_pos_embed(t, target_shape, generator=generator, key=key, **options)
+    return kernel_resize(t, target_shape, key=key, **options)
+
+
+def _check_options(op: str, options: dict[str, Any], key: str | None) -> None:
+    allowed = _OPTIONS.get(op)
+    if allowed is None:
+        raise InvalidRecipeError(
+            f"{_who(key)}: unknown adapt op {op!r}; use one of {', '.join(OPS)}"
         )
-    raise InvalidRecipeError(f"{_who(key)}: unknown adapt op {op!r}; use one of {', '.join(OPS)}")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise InvalidRecipeError(
+            f"{_who(key)}: adapt op {op} takes {', '.join(allowed)}, not {', '.join(unknown)}"
+        )
 
 
 def adapt_channels(
@@ -142,12 +162,18 @@ def adapt_channels(
 ) -> tuple[torch.Tensor, str | None]:
     """Pad or crop dim 1 (input channels) of a linear (rank 2) or conv (rank 3-5) weight.
 
-    More target channels: the source channels are kept and the new ones are ``zeros``,
-    ``random`` (the layer's ``auto`` init: kaiming_normal fan_out for a conv, trunc_normal .02
-    for a linear) or ``mean`` (the mean of the source channels). ``repeat`` tiles the source
-    channels, crops to the target count and rescales the whole weight by src/dst, as timm's
-    ``adapt_input_conv`` does, so a constant input gives the same activation. Fewer target
-    channels keep the first N (``repeat`` rescales those by src/dst too).
+    ``repeat`` is timm's ``adapt_input_conv``: to one channel it sums the source channels (an
+    RGB stem becomes a grey one that gives the same activation for a grey image); to any other
+    count it tiles the source channels, crops to the target count and rescales the whole weight
+    by src/dst. With a 3-channel source (timm's only case) the values are exactly timm's. The
+    rescaling keeps an input whose channels are all equal giving the same activation only when
+    dst is a multiple of src (3 -> 6); otherwise (3 -> 4) the response changes by a channel's
+    share. Fewer target channels than source (but more than one) keep the first N, rescaled.
+
+    The other fills keep the source channels and crop to the first N when there are fewer target
+    channels. With more, the new ones are ``zeros``, ``random`` (the layer's ``auto`` init:
+    kaiming_normal fan_out for a conv, trunc_normal .02 for a linear) or ``mean`` (the mean of
+    the source channels).
 
     Args:
         t: the source weight.
@@ -170,7 +196,9 @@ def adapt_channels(
         return t, None
     w = _work(t, key, "channels")
     src, dst = w.shape[1], target[1]
-    if fill == "repeat":
+    if fill == "repeat" and dst == 1:
+        out = w.sum(dim=1, keepdim=True)
+    elif fill == "repeat":
         reps = math.ceil(dst / src)
         tiled = w.repeat(1, reps, *([1] * (w.dim() - 2)))
         out = tiled[:, :dst] * (src / dst)
@@ -246,61 +274,6 @@ def resize(
         )
         out = drawn.to(device=w.device, dtype=w.dtype)
     out[overlap] = kept
-    return _finish(out, t), description
-
-
-def interpolate_pos_embed(
-    t: torch.Tensor,
-    target_shape: Sequence[int],
-    *,
-    prefix_tokens: int = 1,
-    mode: str = "bicubic",
-    key: str | None = None,
-) -> tuple[torch.Tensor, str | None]:
-    """Resample a ViT-style absolute position embedding to a new square grid.
-
-    The first ``prefix_tokens`` tokens (class / distillation tokens) are kept exactly; the rest
-    form a square grid that ``F.interpolate`` resamples (``align_corners=False``, no antialias),
-    as timm's ``resample_abs_pos_embed`` does.
-
-    Args:
-        t: the embedding, ``[1, N, C]`` or ``[N, C]``.
-        target_shape: the target shape, same rank and channel count.
-        prefix_tokens: leading tokens that are not part of the grid (same count on both sides).
-        mode: one of ``INTERPOLATE_MODES``.
-        key: the target key, for messages.
-
-    Returns:
-        The resampled embedding in ``t``'s dtype and e.g.
-        ``interpolate(14x14->16x16, prefix_tokens=1, bicubic)``; ``t`` itself and ``None`` when
-        the shapes already agree.
-
-    Raises:
-        InvalidRecipeError: an unsupported rank or mode, differing channels, or a token count
-            that is not ``prefix_tokens`` plus a square grid.
-    """
-    target = _shape(target_shape)
-    description, src_side, dst_side = _check_interpolate(
-        _shape(t.shape), target, prefix_tokens, mode, key
-    )
-    if description is None:
-        return t, None
-    w = _work(t, key, "interpolate")
-    batched = w if w.dim() == 3 else w.unsqueeze(0)
-    channels = batched.shape[-1]
-    prefix, grid = batched[:, :prefix_tokens], batched[:, prefix_tokens:]
-    grid = grid.reshape(1, src_side, src_side, channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(
-        grid,
-        size=(dst_side, dst_side),
-        mode=mode,
-        align_corners=False if mode in ("bilinear", "bicubic") else None,
-        antialias=False,
-    )
-    grid = grid.permute(0, 2, 3, 1).reshape(1, dst_side * dst_side, channels)
-    out = torch.cat([prefix, grid], dim=1)
-    if t.dim() == 2:
-        out = out.squeeze(0)
     return _finish(out, t), description
 
 
@@ -400,54 +373,6 @@ def _check_resize(src: Shape, dst: Shape, fill: str, key: str | None) -> str | N
     return f"resize({list(src)}->{list(dst)}, fill={fill})"
 
 
-def _check_interpolate(
-    src: Shape, dst: Shape, prefix_tokens: int, mode: str, key: str | None
-) -> tuple[str | None, int, int]:
-    if mode not in INTERPOLATE_MODES:
-        raise InvalidRecipeError(
-            f"{_who(key)}: unknown interpolate mode {mode!r}; "
-            f"use one of {', '.join(INTERPOLATE_MODES)}"
-        )
-    if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
-        raise InvalidRecipeError(
-            f"{_who(key)}: prefix_tokens must be a non-negative integer, got {prefix_tokens!r}"
-        )
-    if src == dst:
-        return None, 0, 0
-    if len(src) != len(dst) or len(src) not in (2, 3) or (len(src) == 3 and src[0] != dst[0]):
-        raise InvalidRecipeError(
-            f"{_who(key)}: interpolate takes a position embedding [1, N, C] or [N, C] on both "
-            f"sides, got {list(src)} -> {list(dst)}"
-        )
-    if len(src) == 3 and src[0] != 1:
-        raise InvalidRecipeError(
-            f"{_who(key)}: interpolate takes a position embedding [1, N, C], got {list(src)}"
-        )
-    if src[-1] != dst[-1]:
-        raise InvalidRecipeError(
-            f"{_who(key)}: interpolate keeps the channels, got {src[-1]} -> {dst[-1]}; "
-            "adapt the embedding width with resize"
-        )
-    src_side = _grid_side(src[-2], prefix_tokens, "source", key)
-    dst_side = _grid_side(dst[-2], prefix_tokens, "target", key)
-    description = (
-        f"interpolate({src_side}x{src_side}->{dst_side}x{dst_side}, "
-        f"prefix_tokens={prefix_tokens}, {mode})"
-    )
-    return description, src_side, dst_side
-
-
-def _grid_side(tokens: int, prefix_tokens: int, side: str, key: str | None) -> int:
-    cells = tokens - prefix_tokens
-    root = math.isqrt(cells) if cells > 0 else 0
-    if cells <= 0 or root * root != cells:
-        raise InvalidRecipeError(
-            f"{_who(key)}: the {side} has {tokens} tokens, which is not {prefix_tokens} prefix "
-            "token(s) plus a square grid; set prefix_tokens to the number of class/dist tokens"
-        )
-    return root
-
-
 def _need_fill(op: str, fill: str | None, key: str | None) -> str:
     if fill is None:
         fills = CHANNEL_FILLS if op == "channels" else RESIZE_FILLS
@@ -476,32 +401,3 @@ def _init_like(
     record = resolve_init(key or "weight", shape, "float32", module=module)
     drawn = sample(record.fn, record.args, shape, generator=gen)
     return drawn.to(device=w.device, dtype=w.dtype)
-
-
-def _work(t: torch.Tensor, key: str | None, op: str) -> torch.Tensor:
-    """``t`` in the dtype the op computes in: float32, or float64 to keep its precision."""
-    if not t.is_floating_point():
-        raise InvalidRecipeError(
-            f"{_who(key)}: {op} adapts floating tensors only, got {_dtype_name(t.dtype)}"
-        )
-    return t if t.dtype == torch.float64 else t.to(torch.float32)
-
-
-def _finish(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Back to ``t``'s dtype, contiguous, and never sharing ``t``'s memory (crops are views)."""
-    out = out.to(t.dtype).contiguous()
-    if out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
-        out = out.clone()
-    return out
-
-
-def _shape(shape: Sequence[int]) -> Shape:
-    return tuple(int(d) for d in shape)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _who(key: str | None) -> str:
-    return repr(key) if key else "tensor"

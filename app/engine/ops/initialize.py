@@ -4,6 +4,11 @@
 key from its header alone (what planning records); ``initialize`` draws the tensor. ``auto``
 follows SPEC §2: by module type when the target knows it, else by key name and rank.
 
+One truncation convention: ``trunc_normal`` is cut at mean ± 2 std unless the rule gives
+absolute bounds ``a`` and ``b``, and ``auto``'s trunc_normal draws are the same (std .02, cut
+at ±0.04). timm's ``trunc_normal_(std=.02)`` keeps torch's absolute ±2, no cut at that std;
+Graft chose the relative cut and uses it everywhere.
+
 Random draws depend on ``(seed, key)`` only, never on the order keys are processed: each key gets
 its own CPU ``torch.Generator`` seeded from ``sha256(f"{seed}:{key}")``. Values are drawn in
 float32 and then cast, so the same inputs give bit-identical tensors on the same torch build.

@@ -42,9 +42,11 @@ __all__ = [
     "InitRule",
     "InterpolateRule",
     "KaimingNormalInit",
+    "KernelResizeRule",
     "KeyRule",
     "NormalInit",
     "PrefixRule",
+    "PrefixTokens",
     "Recipe",
     "RecipeModel",
     "RegexRule",
@@ -172,7 +174,13 @@ RenameRule = Annotated[
 ]
 
 
-class ChannelsRule(RecipeModel):
+class _AdaptBase(RecipeModel):
+    def options(self) -> dict[str, Any]:
+        """The op's options: every field but ``match`` and ``op`` (``apply_adapt``'s kwargs)."""
+        return self.model_dump(exclude={"match", "op"})
+
+
+class ChannelsRule(_AdaptBase):
     """Pad or crop dim 1 (input channels) of a conv/linear weight."""
 
     match: _KeyPattern
@@ -180,7 +188,7 @@ class ChannelsRule(RecipeModel):
     fill: Literal["zeros", "random", "mean", "repeat"] = "repeat"
 
 
-class ResizeRule(RecipeModel):
+class ResizeRule(_AdaptBase):
     """Crop or pad any dims; new slices are filled with ``fill`` (default ``zeros``)."""
 
     match: _KeyPattern
@@ -188,21 +196,63 @@ class ResizeRule(RecipeModel):
     fill: Literal["zeros", "random", "mean", "normal_like"] = "zeros"
 
 
-class InterpolateRule(RecipeModel):
-    """Resample a 2-D grid of tokens (position embeddings), keeping ``prefix_tokens``."""
+class PrefixTokens(RecipeModel):
+    """Different prefix-token counts on each side (e.g. a class token, then 4 registers)."""
+
+    source: int = Field(ge=0, le=MAX_RULES)
+    target: int = Field(ge=0, le=MAX_RULES)
+
+
+_Side = Annotated[int, Field(ge=1, le=1 << 16)]
+_Grid = Annotated[list[_Side], Field(min_length=2, max_length=2)]
+
+
+class InterpolateRule(_AdaptBase):
+    """Resample a 2-D grid of tokens (position embeddings) as timm's ``resample_abs_pos_embed``."""
 
     match: _KeyPattern
     op: Literal["interpolate"]
-    prefix_tokens: int = Field(default=1, ge=0, le=MAX_RULES)
+    prefix_tokens: Annotated[int, Field(ge=0, le=MAX_RULES)] | PrefixTokens = 1
     mode: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    antialias: bool = True
+    grid: _Grid | None = None  # [h, w] of the target grid; default square
+    source_grid: _Grid | None = None  # [h, w] of the source grid; default square
+
+    @field_validator("prefix_tokens", mode="before")
+    @classmethod
+    def _check_prefix_tokens(cls, value: Any) -> Any:
+        # Checked here so the message does not list both arms of the union.
+        counts = value.values() if isinstance(value, dict) else [value]
+        if isinstance(value, dict) and set(value) != {"source", "target"}:
+            raise RuleError(f"prefix_tokens is a count or {{source: N, target: M}}, got {value!r}")
+        for count in counts:
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise RuleError(f"prefix_tokens counts are integers, got {count!r}")
+            if count < 0:
+                raise RuleError(f"prefix_tokens should be >= 0, got {count}")
+            if count > MAX_RULES:
+                raise RuleError(f"prefix_tokens should be at most {MAX_RULES}, got {count}")
+        return value
 
 
-AdaptRule = Annotated[ChannelsRule | ResizeRule | InterpolateRule, Field(discriminator="op")]
+class KernelResizeRule(_AdaptBase):
+    """Resample a conv kernel's spatial dims as timm's ``resample_patch_embed`` (FlexiViT)."""
+
+    match: _KeyPattern
+    op: Literal["kernel_resize"]
+    mode: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    antialias: bool = True
+
+
+AdaptRule = Annotated[
+    ChannelsRule | ResizeRule | InterpolateRule | KernelResizeRule, Field(discriminator="op")
+]
 
 ADAPT_MODELS: dict[str, type[RecipeModel]] = {
     "channels": ChannelsRule,
     "resize": ResizeRule,
     "interpolate": InterpolateRule,
+    "kernel_resize": KernelResizeRule,
 }
 
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -232,19 +282,25 @@ class NormalInit(RecipeModel):
 
 
 class TruncNormalInit(RecipeModel):
-    """Draw from N(mean, std²) truncated to [a, b] (absolute bounds, as torch.nn.init)."""
+    """Draw from N(mean, std²) truncated to [a, b].
+
+    ``a`` and ``b`` are absolute bounds, as in ``torch.nn.init``; left out, they are
+    mean ± 2 std, the same cut-off ``fn: auto`` uses, so the two never disagree.
+    """
 
     match: _KeyPattern
     fn: Literal["trunc_normal"]
     mean: _Finite = 0.0
     std: _Finite = Field(default=0.02, gt=0)
-    a: _Finite = -2.0
-    b: _Finite = 2.0
+    a: _Finite | None = None
+    b: _Finite | None = None
 
     @model_validator(mode="after")
     def _check_bounds(self) -> TruncNormalInit:
-        if self.a >= self.b:
-            raise RuleError(f"trunc_normal needs a < b, got a={self.a}, b={self.b}")
+        a = self.mean - 2 * self.std if self.a is None else self.a
+        b = self.mean + 2 * self.std if self.b is None else self.b
+        if a >= b:
+            raise RuleError(f"trunc_normal needs a < b, got a={a}, b={b}")
         return self
 
 

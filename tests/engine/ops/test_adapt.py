@@ -33,10 +33,17 @@ def test_channels_repeat_tiles_crops_and_rescales(conv: torch.Tensor) -> None:
     assert torch.equal(out, expected)
 
 
-def test_channels_repeat_fewer_crops_and_rescales(conv: torch.Tensor) -> None:
+def test_channels_repeat_to_one_channel_sums(conv: torch.Tensor) -> None:
     out, op = adapt_channels(conv, (8, 1, 5, 5), fill="repeat")
     assert op == "channels(3->1, fill=repeat)"
-    assert torch.equal(out, conv[:, :1] * 3.0)
+    assert torch.equal(out, conv.sum(dim=1, keepdim=True))
+
+
+def test_channels_repeat_fewer_crops_and_rescales() -> None:
+    w = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    out, op = adapt_channels(w, (8, 2, 3, 3), fill="repeat")
+    assert op == "channels(4->2, fill=repeat)"
+    assert torch.equal(out, w[:, :2] * 2.0)
 
 
 def test_channels_zeros(conv: torch.Tensor) -> None:
@@ -183,18 +190,18 @@ def test_resize_refuses() -> None:
 def test_interpolate_keeps_prefix_and_matches_reference() -> None:
     pe = torch.randn(1, 1 + 14 * 14, 32)
     out, op = interpolate_pos_embed(pe, (1, 1 + 16 * 16, 32), prefix_tokens=1)
-    assert op == "interpolate(14x14->16x16, prefix_tokens=1, bicubic)"
+    assert op == "interpolate(14x14->16x16, prefix_tokens=1, bicubic, antialias)"
     assert out.shape == (1, 257, 32)
     assert torch.equal(out[:, :1], pe[:, :1])
     grid = pe[:, 1:].reshape(1, 14, 14, 32).permute(0, 3, 1, 2)
-    ref = F.interpolate(grid, size=(16, 16), mode="bicubic", align_corners=False)
+    ref = F.interpolate(grid, size=(16, 16), mode="bicubic", align_corners=False, antialias=True)
     assert torch.equal(out[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 256, 32))
 
 
 def test_interpolate_two_dim_without_prefix_and_bf16() -> None:
     pe = torch.randn(16, 8).to(torch.bfloat16)
     out, op = interpolate_pos_embed(pe, (36, 8), prefix_tokens=0, mode="bilinear")
-    assert op == "interpolate(4x4->6x6, prefix_tokens=0, bilinear)"
+    assert op == "interpolate(4x4->6x6, prefix_tokens=0, bilinear, antialias)"
     assert out.shape == (36, 8) and out.dtype == torch.bfloat16
 
 

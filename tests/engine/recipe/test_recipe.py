@@ -321,7 +321,10 @@ def test_unknown_op() -> None:
     error = _error({"adapt": [{"match": "x", "op": "foo"}]})
 
     assert error.rule == "adapt[0]"
-    assert str(error) == "adapt[0]: unknown op 'foo' (expected channels, resize, interpolate)"
+    assert (
+        str(error)
+        == "adapt[0]: unknown op 'foo' (expected channels, resize, interpolate, kernel_resize)"
+    )
 
 
 def test_missing_op() -> None:
@@ -423,7 +426,7 @@ def test_several_errors_in_one_message() -> None:
 
     assert error.rule == "adapt[0]"  # fields are checked in SPEC order
     assert str(error) == (
-        "adapt[0]: unknown op 'foo' (expected channels, resize, interpolate); "
+        "adapt[0]: unknown op 'foo' (expected channels, resize, interpolate, kernel_resize); "
         "dtype: unknown value 'x' (expected keep, float32, float16, bfloat16)"
     )
 
@@ -473,3 +476,40 @@ def test_a_regex_in_double_quotes_gets_a_hint_about_yaml_escapes(tmp_path: Path)
     path.write_text('version: 1\nrename:\n  - {regex: "^blocks\\.(\\d+)", to: "layers"}\n')
     with pytest.raises(InvalidRecipeError, match=r"not valid YAML.*write regexes in single quotes"):
         load_recipe(path)
+
+
+def test_interpolate_and_kernel_resize_rules() -> None:
+    recipe = load_recipe(
+        {
+            "adapt": [
+                {"match": "pos_embed", "op": "interpolate", "grid": [12, 16],
+                 "prefix_tokens": {"source": 1, "target": 5}, "antialias": False},
+                {"match": "patch_embed.proj.weight", "op": "kernel_resize", "mode": "bilinear"},
+            ]
+        }
+    )  # fmt: skip
+    interpolate, kernel = recipe.adapt
+    assert interpolate.options() == {
+        "prefix_tokens": {"source": 1, "target": 5}, "mode": "bicubic", "antialias": False,
+        "grid": [12, 16], "source_grid": None,
+    }  # fmt: skip
+    assert kernel.options() == {"mode": "bilinear", "antialias": True}
+    assert load_recipe({"adapt": [{"match": "p", "op": "interpolate"}]}).adapt[0].options() == {
+        "prefix_tokens": 1, "mode": "bicubic", "antialias": True, "grid": None,
+        "source_grid": None,
+    }  # fmt: skip
+    with pytest.raises(InvalidRecipeError, match=r"^adapt\[0\]: grid: List should have at least 2"):
+        load_recipe({"adapt": [{"match": "p", "op": "interpolate", "grid": [14]}]})
+    with pytest.raises(InvalidRecipeError, match=r"^adapt\[0\]: prefix_tokens is a count or \{so"):
+        load_recipe({"adapt": [{"match": "p", "op": "interpolate", "prefix_tokens": {"n": 1}}]})
+    with pytest.raises(InvalidRecipeError, match=r"^adapt\[0\]: unknown field 'fill'"):
+        load_recipe({"adapt": [{"match": "p", "op": "kernel_resize", "fill": "zeros"}]})
+
+
+def test_trunc_normal_bounds_default_to_two_std_and_are_checked() -> None:
+    (rule,) = load_recipe({"init": [{"match": "*", "fn": "trunc_normal", "std": 0.1}]}).init
+    assert rule.model_dump(exclude_none=True) == {
+        "match": "*", "fn": "trunc_normal", "mean": 0.0, "std": 0.1,
+    }  # fmt: skip
+    with pytest.raises(InvalidRecipeError, match=r"trunc_normal needs a < b, got a=1.0, b=0.2"):
+        load_recipe({"init": [{"match": "*", "fn": "trunc_normal", "std": 0.1, "a": 1.0}]})

@@ -150,6 +150,10 @@ class BlobStore(abc.ABC):
         """Every stored blob, in no particular order."""
 
     @abc.abstractmethod
+    def modified(self, sha256: str) -> float | None:
+        """When the blob was last published (or re-published), or None if it is absent."""
+
+    @abc.abstractmethod
     def link_into(self, sha256: str, dest: Path) -> None:
         """Make the blob's bytes a local file at ``dest`` (a link, a copy or a download).
 

@@ -114,6 +114,13 @@ class FileBlobStore(BlobStore):
                     continue
                 yield BlobInfo(path.name, stat.st_size, stat.st_mtime)
 
+    def modified(self, sha256: str) -> float | None:
+        """The blob's modification time (refreshed by every publish), or None."""
+        try:
+            return self.path(sha256).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def delete(self, sha256: str) -> None:
         """Remove a blob (callers make sure nothing references it)."""
         self.path(sha256).unlink(missing_ok=True)

@@ -25,6 +25,7 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from app.engine.errors import GraftError
@@ -114,7 +115,7 @@ def renew_cpu_limit(cpu_seconds: int) -> None:
 def _address_space() -> int:
     """This process's mapped address space in bytes (Linux), or 0 when unknown."""
     try:
-        with open("/proc/self/statm") as fh:
+        with Path("/proc/self/statm").open() as fh:
             return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0

@@ -101,18 +101,16 @@ class SafetensorsReader:
             offsets = entry.get("data_offsets")
             if not (
                 isinstance(shape, list)
-                and all(
-                    isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= _INT64_MAX
-                    for s in shape
-                )
+                and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
                 and isinstance(offsets, list)
                 and len(offsets) == 2
                 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             ):
                 raise UnreadableCheckpointError(f"safetensors entry {key!r} is malformed")
-            if math.prod(shape) > _INT64_MAX:
+            # The library (and torch) hold sizes as int64: a larger one is a forged header.
+            if any(s > _INT64_MAX for s in shape) or math.prod(shape) > _INT64_MAX:
                 raise UnreadableCheckpointError(
-                    f"safetensors entry {key!r}: shape {shape} has more than 2**63 elements"
+                    f"safetensors entry {key!r}: shape {shape} does not fit in int64"
                 )
             begin, end = offsets
             if end - begin != math.prod(shape) * DTYPE_SIZES[dtype] or begin > end:

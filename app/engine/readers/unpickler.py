@@ -82,9 +82,20 @@ class TensorRef:
         return 1 + sum((s - 1) * st for s, st in zip(self.shape, self.stride, strict=True))
 
 
+def _refuse_state(self: object, _state: Any) -> None:
+    # A frozen slotted dataclass gets a __setstate__ that writes its fields anyway (for
+    # pickling); pickle's BUILD would use it to rewrite a marker every later load shares.
+    raise UnsafeCheckpointError(
+        f"unsafe checkpoint: the pickle tries to modify {type(self).__name__.lstrip('_')}, "
+        "which a weights file never does"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _StorageType:
     dtype: str
+
+    __setstate__ = _refuse_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,8 @@ class _TensorType:
 
     is_parameter: bool
 
+    __setstate__ = _refuse_state
+
 
 @dataclass(frozen=True, slots=True)
 class _Global:
@@ -105,6 +118,8 @@ class _Global:
     ``__defaults__`` (a bare function would take either, for every later load)."""
 
     fn: Callable[..., Any]
+
+    __setstate__ = _refuse_state
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -150,6 +165,8 @@ class _Dtype:
     """Marker for a ``torch.<dtype>`` global, as ``_rebuild_tensor_v3`` names its dtype."""
 
     name: str
+
+    __setstate__ = _refuse_state
 
 
 def _rebuild_tensor_v3(

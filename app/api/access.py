@@ -73,7 +73,15 @@ async def _problem(
 ) -> None:
     title = problem_type.replace("-", " ").capitalize()
     body = json.dumps(
-        {"type": problem_type, "title": title, "status": status, "detail": detail, "instance": path}
+        {
+            "type": problem_type,
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": path,
+        },
+        separators=(",", ":"),  # as every other problem+json the API sends
+        ensure_ascii=False,
     ).encode()
     raw = [
         (b"content-type", _PROBLEM_JSON),

@@ -14,6 +14,7 @@ candidate that is still young is kept and retried on the next tick.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -77,6 +78,11 @@ class BlobCollector:
         with self._lock:
             self._pending.update(digests)
 
+    def _referenced(self, digest: str) -> bool:
+        # Asked again right before deleting: a record committed since the first look keeps it.
+        with self.database.transaction(write=False) as session:
+            return bool(CheckpointRepository(session).referenced_blobs([digest]))
+
     def pending(self) -> int:
         with self._lock:
             return len(self._pending)
@@ -100,15 +106,15 @@ class BlobCollector:
             modified = self.store.modified(digest)
             if modified is None:
                 continue  # already gone
-            if modified > cutoff:
+            if modified >= cutoff:
                 young.add(digest)
                 continue
-            # Re-checked right before deleting: a record committed since the first look keeps it.
-            with self.database.transaction(write=False) as session:
-                if CheckpointRepository(session).referenced_blobs([digest]):
-                    continue
-            self.store.delete(digest)
-            removed += 1
+            if self.store.collect(
+                digest, claimed_since=cutoff, referenced=functools.partial(self._referenced, digest)
+            ):
+                removed += 1
+            elif self.store.modified(digest) is not None:
+                young.add(digest)  # claimed meanwhile: looked at again (and dropped if referenced)
         if young:
             self.add(young)
         if removed:

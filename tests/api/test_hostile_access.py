@@ -217,3 +217,30 @@ def test_a_skeleton_over_the_tensor_cap_is_413(auto: tuple[TestClient, Settings]
     r = client.post("/v1/jobs", json=_job(_skeleton(SKELETON_CAP)))
     assert r.status_code == 422, r.text
     assert r.json()["type"] == "invalid-job"
+
+
+# --- item 5: the concurrent-upload caps (the per-owner one is exercised end to end) -----------
+
+
+def test_upload_slots_cap_each_owner_and_the_total() -> None:
+    from app.api.uploads import UploadSlots
+    from app.services.errors import TooManyUploadsError
+
+    slots = UploadSlots(total=3, per_owner=2)
+    with slots.claim("a"), slots.claim("a"):
+        with (
+            pytest.raises(TooManyUploadsError, match="2 uploads of yours") as caught,
+            slots.claim("a"),
+        ):
+            pass
+        assert caught.value.headers == {"Retry-After": "5"}
+        with slots.claim("b"):
+            with (
+                pytest.raises(TooManyUploadsError, match="receiving 3 uploads already"),
+                slots.claim("c"),
+            ):
+                pass
+            assert slots.active == 3
+    assert slots.active == 0  # released, errors included
+    with slots.claim("c"):
+        assert slots.active == 1

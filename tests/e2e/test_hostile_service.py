@@ -53,6 +53,8 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         GRAFT_SANDBOX_ADDRESS_SPACE_BYTES=str(4 * 1024**3),
         GRAFT_UPLOAD_IDLE_TIMEOUT_SECONDS="1",
         GRAFT_ORPHAN_GRACE_SECONDS="0",
+        # 20 stalled uploads of one owner below: each must reach its idle timeout, none 429.
+        GRAFT_MAX_UPLOADS_PER_OWNER="32",
     )
     srv.start()
     yield srv

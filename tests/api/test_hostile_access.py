@@ -28,6 +28,11 @@ from app.services.bootstrap import bind_host, prepare
 SKELETON_CAP = 50
 
 
+def _tiny_safetensors() -> bytes:
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    return len(header).to_bytes(8, "little") + header + bytes(4)
+
+
 def _settings(root: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": f"sqlite:///{root / 'graft.db'}",
@@ -244,3 +249,17 @@ def test_upload_slots_cap_each_owner_and_the_total() -> None:
     assert slots.active == 0  # released, errors included
     with slots.claim("c"):
         assert slots.active == 1
+
+
+def test_inspection_runs_under_its_own_memory_budget(tmp_path: Path) -> None:
+    from tests.fixtures import deep_pickle
+
+    # 100,000 nested lists need ~6 MB to unpickle; with the default budget the depth cap
+    # refuses them (413 "nests deeper"), with a 1 MiB budget memory runs out first.
+    settings = _settings(tmp_path, sandbox_inspect_memory_bytes=1024**2)
+    with _client(settings) as client:
+        r = client.post("/v1/checkpoints?filename=deep.pt", content=deep_pickle(100_000))
+        assert r.status_code in (413, 422), r.text
+        assert "memory" in r.json()["detail"], r.json()
+        ok = client.post("/v1/checkpoints?filename=ok.safetensors", content=_tiny_safetensors())
+        assert ok.status_code == 201, ok.text  # the same child, a fresh budget

@@ -43,7 +43,7 @@ def _checkpoint(session: Any, sha: str) -> Checkpoint:
     return checkpoint
 
 
-def test_lapsed_leases_are_settled(sqlite_database: Any, tmp_path: Path) -> None:
+def test_lapsed_leases_are_settled(any_database: Any, tmp_path: Path) -> None:
     store = _store(tmp_path)
     sha, _ = store.put_bytes(b"1234")
     now = utcnow()
@@ -55,7 +55,7 @@ def test_lapsed_leases_are_settled(sqlite_database: Any, tmp_path: Path) -> None
         "alive": {"attempts": 1, "lease_expires_at": future},
     }
     ids: dict[str, str] = {}
-    with sqlite_database.transaction() as session:
+    with any_database.transaction() as session:
         source = _checkpoint(session, sha)
         for name, values in rows.items():
             job = Job(
@@ -69,9 +69,9 @@ def test_lapsed_leases_are_settled(sqlite_database: Any, tmp_path: Path) -> None
             session.add(job)
             session.flush()
             ids[name] = job.id
-    sweep = reap_leases(sqlite_database)
+    sweep = reap_leases(any_database)
     assert (sweep.requeued, sweep.failed, sweep.cancelled) == (1, 1, 1)
-    with sqlite_database.transaction(write=False) as session:
+    with any_database.transaction(write=False) as session:
         state = {n: session.get(Job, i) for n, i in ids.items()}
         assert {n: str(j.status) for n, j in state.items()} == {
             "retry": "queued",
@@ -81,19 +81,19 @@ def test_lapsed_leases_are_settled(sqlite_database: Any, tmp_path: Path) -> None
         }
         assert state["retry"].lease_owner is None and state["retry"].attempts == 1
         assert state["exhausted"].error_type == "worker-lost"
-    assert reap_leases(sqlite_database) == type(sweep)(0, 0, 0)
+    assert reap_leases(any_database) == type(sweep)(0, 0, 0)
 
 
 def test_blobs_are_collected_only_when_unreferenced_and_unclaimed(
-    sqlite_database: Any, tmp_path: Path
+    any_database: Any, tmp_path: Path
 ) -> None:
     store = _store(tmp_path)
     kept, freed, young = (store.put_bytes(data)[0] for data in (b"kept", b"freed", b"young"))
-    with sqlite_database.transaction() as session:
+    with any_database.transaction() as session:
         _checkpoint(session, kept)
     _age(store, kept, 300)
     _age(store, freed, 300)
-    collector = BlobCollector(sqlite_database, store, claim_seconds=60)
+    collector = BlobCollector(any_database, store, claim_seconds=60)
     collector.add([kept, freed, young])
     assert collector.collect() == 1
     assert store.modified(freed) is None

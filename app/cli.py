@@ -436,9 +436,8 @@ def serve(
     import logging
     import signal
 
-    import uvicorn
-
     from app.api.main import create_app
+    from app.api.server import run
     from app.config import get_settings
     from app.services.bootstrap import bind_host, prepare
     from app.worker.pool import WorkerPool
@@ -448,14 +447,21 @@ def serve(
     )
     settings = get_settings()
     prepare(settings)
-    host = bind_host(settings, host)  # no API keys: loopback only, and it says so
+    # local mode: loopback only, and it says so; beyond loopback: keys, always.
+    host, auth = bind_host(settings, host)
+    settings = settings.model_copy(update={"auth": auth})
     pool = WorkerPool(settings.workers)
     pool.start()
     # uvicorn re-raises the signal that stopped it once it has shut down; a handler of our
     # own makes that a no-op so the workers below are stopped (and release their jobs).
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        run(
+            create_app(settings),
+            host=host,
+            port=port,
+            header_timeout=settings.header_timeout_seconds,
+        )
     finally:
         pool.stop()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,6 +88,11 @@ class Settings(BaseSettings):
     sandbox_address_space_bytes: int = Field(
         default=16 * 1024**3, ge=0, description="RLIMIT_AS of sandbox children."
     )
+    sandbox_inspect_memory_bytes: int = Field(
+        default=1024**3,
+        ge=0,
+        description="Address space one inspection may add (it reads headers, never data).",
+    )
     sandbox_cpu_seconds: int = Field(
         default=3600, ge=0, description="RLIMIT_CPU of one conversion (inspection: its timeout)."
     )
@@ -114,8 +120,48 @@ class Settings(BaseSettings):
     mlflow_webhook_secret: SecretStr | None = Field(
         default=None, description="The secret incoming MLflow webhooks are signed with."
     )
+    auth: Literal["auto", "keys", "local"] = Field(
+        default="auto",
+        description="auto: keys required once any key was ever created; keys: always; local: "
+        "never (loopback only). A server bound beyond loopback always requires keys.",
+    )
 
     # Hostile requests.
+    max_json_bytes: int = Field(
+        default=4 * 1024**2,
+        gt=0,
+        description="Largest request body that is not an upload (JSON: jobs with skeletons).",
+    )
+    max_json_depth: int = Field(default=32, ge=4, description="Deepest nesting of a JSON body.")
+    max_skeleton_tensors: int = Field(
+        default=100_000, gt=0, description="Entries one skeleton target may hold."
+    )
+    max_uploads: int = Field(default=64, ge=1, description="Uploads received at once, in all.")
+    max_uploads_per_owner: int = Field(
+        default=16, ge=1, description="Uploads one owner may send at once."
+    )
+    upload_min_bytes_per_second: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="Average upload rate required once the grace period is over (0: none).",
+    )
+    upload_rate_grace_seconds: float = Field(
+        default=10.0, gt=0, description="How long an upload may run before its rate counts."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time a client has to send a request's headers."
+    )
+    blob_claim_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="A blob published or re-claimed this recently is never collected: an "
+        "upload or job may be about to commit a record for it.",
+    )
+    maintenance_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Period of `graft serve`'s reaper (lapsed leases, unreferenced blobs); 0: off.",
+    )
     max_tensors: int = Field(default=1_000_000, gt=0, description="Tensors one upload may hold.")
     upload_idle_timeout_seconds: float = Field(
         default=60.0, gt=0, description="An upload that sends nothing for this long gets 408."

@@ -3,9 +3,18 @@
 errors, then waits for every job to end and verifies each succeeded job's weights tensor by
 tensor against the model it came from, and audits storage against the database.
 
-    .venv/bin/python bench/load.py --clients 50 --seconds 30
+Then the hostile phases (issue 12), each against the same server unless said otherwise:
+``--stalled N`` uploads that send their headers and 4 bytes, then nothing (what they cost
+the API: memory, descriptors, temp folders; how many were refused at once, and how long
+until every one was answered); ``--deletes N`` checkpoints of 8 MiB uploaded then deleted
+(disk freed, and how fast); and a server with no workers where ``--leases N`` running jobs
+lose their worker (how fast the API's timer settles them). Memory (API and inspectors,
+current and peak) is read from /proc before and after each phase.
 
-Baseline in the same run: the p50/p99 of ``GET /healthz`` on the idle server.
+    .venv/bin/python bench/load.py --clients 50 --seconds 30 --stalled 200
+
+Baseline in the same run: the p50/p99 of ``GET /healthz`` on the idle server, and the
+footprint of the idle server.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.hostile import deletes_phase, leases_phase, stalled_phase  # noqa: E402
+from bench.probes import footprint  # noqa: E402
 from tests.e2e.conftest import TERMINAL, Server  # noqa: E402
 from tests.e2e.helpers import assert_consistent  # noqa: E402
 
@@ -100,6 +111,11 @@ async def _client(
             errors[f"{action} {type(exc).__name__}"] += 1
 
 
+def _footprint(server: Server, label: str) -> None:
+    assert server.process is not None
+    print(f"[{label}] {footprint(server.process.pid, server.root / 'blobs' / 'tmp').line()}")
+
+
 async def _run(server: Server, clients: int, seconds: float) -> None:
     import torch
     from safetensors.torch import load
@@ -115,6 +131,7 @@ async def _run(server: Server, clients: int, seconds: float) -> None:
             start = time.perf_counter()
             await http.get("/healthz")
             idle.append(time.perf_counter() - start)
+        _footprint(server, "idle")
         deadline = time.monotonic() + seconds
         rngs = [random.Random(i) for i in range(clients)]
         started = time.perf_counter()
@@ -133,6 +150,7 @@ async def _run(server: Server, clients: int, seconds: float) -> None:
                 f"  p99 {_pct(values, 0.99):7.1f} ms  mean {statistics.fmean(values) * 1000:.1f} ms"
             )
         print(f"errors: {dict(errors) or 'none'}")
+        _footprint(server, f"after {clients} clients")
         log = server.log.read_text(errors="replace")
         causes = {m: log.count(m) for m in ("database is locked", "Traceback")}
         print(f"server log: {causes}")
@@ -173,6 +191,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--show-log", action="store_true", help="print the first traceback")
+    parser.add_argument("--stalled", type=int, default=200, help="stalled uploads (0: skip)")
+    parser.add_argument("--deletes", type=int, default=20, help="8 MiB uploads deleted")
+    parser.add_argument("--leases", type=int, default=20, help="jobs whose worker dies")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(
@@ -181,14 +202,24 @@ def main() -> None:
             GRAFT_LEASE_SECONDS="30",
             GRAFT_HEARTBEAT_SECONDS="2",
             GRAFT_ORPHAN_GRACE_SECONDS="0",
+            GRAFT_BLOB_CLAIM_SECONDS="2",
+            GRAFT_MAX_UPLOAD_BYTES=str(64 * 1024**2),
         )
         server.start()
         try:
             asyncio.run(_run(server, args.clients, args.seconds))
+            if args.stalled:
+                asyncio.run(stalled_phase(server, args.stalled))
+                _footprint(server, "after the stalled uploads were answered")
+            if args.deletes:
+                asyncio.run(deletes_phase(server, args.deletes))
         finally:
             server.stop()
         assert_consistent(Path(tmp))
         print("storage audit: every record has its blob, every blob its record, tmp/ empty")
+    if args.leases:
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(leases_phase(Path(tmp), args.leases))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.api.access import PRINCIPAL_SCOPE_KEY
 from app.config import Settings
 from app.db.session import Database
 from app.sandbox.inspector import InspectorPool
@@ -105,19 +106,25 @@ WriteSession = Annotated[Session, Depends(_write_session, scope="function")]
 
 _bearer = HTTPBearer(
     auto_error=False,
-    description="An API key from `graft keys create`; not needed while no key exists "
-    "(the service then listens on loopback only).",
+    description="An API key from `graft keys create`; not needed in `local` mode "
+    "(GRAFT_AUTH; the service then listens on loopback only).",
 )
 
 
 def _principal(
     request: Request,
     database: DatabaseDep,
+    settings: SettingsDep,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Principal:
-    # The header is parsed here, not by HTTPBearer, so a malformed one gets our 401.
+    # AccessMiddleware authenticated the request before its body was read; a public route
+    # that asks for a principal anyway gets the same check here. The header is parsed by us,
+    # not by HTTPBearer, so a malformed one gets our 401.
+    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if principal is not None:
+        return principal
     with database.transaction(write=False) as session:
-        return authenticate(session, request.headers.get("authorization"))
+        return authenticate(session, request.headers.get("authorization"), mode=settings.auth)
 
 
 def _reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:

@@ -1,23 +1,42 @@
 """Blob downloads from any store: a local file, ranged reads streamed from S3, or a redirect.
 
-A store with local files hands them to :class:`~fastapi.responses.FileResponse`, which serves
-``Range`` itself. For a remote store the ranges are parsed here, the same way, and each is
-streamed from the store with one ranged read; nothing is held whole in memory.
+A whole local file goes to :class:`~fastapi.responses.FileResponse`. Any ``Range`` is parsed
+here, for every store, so that errors are problem+json (400 malformed, 416 unsatisfiable) and
+a range in a unit other than ``bytes`` is ignored (RFC 9110 §14.2: the whole file, 200); each
+range is then streamed from the store with one ranged read, nothing held whole in memory.
+``HEAD`` gets exactly the ``GET`` headers and no body; :func:`download_route` registers both.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
-from fastapi import HTTPException
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from app.storage import BlobStore
 
-__all__ = ["Downloadable", "blob_response", "parse_ranges"]
+__all__ = ["Downloadable", "blob_response", "download_route", "parse_ranges"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def download_route(router: APIRouter, path: str, **kwargs: Any) -> Callable[[F], F]:
+    """Register ``GET path`` (documented) and ``HEAD path`` (same handler, kept out of the
+    OpenAPI document so operation ids stay unique). The handler passes
+    ``head=request.method == "HEAD"`` to :func:`blob_response`."""
+
+    def register(endpoint: F) -> F:
+        router.add_api_route(path, endpoint, methods=["GET"], **kwargs)
+        head_kwargs = {k: v for k, v in kwargs.items() if k not in ("responses", "summary")}
+        head_kwargs["include_in_schema"] = False
+        router.add_api_route(path, endpoint, methods=["HEAD"], **head_kwargs)
+        return endpoint
+
+    return register
 
 
 class Downloadable(Protocol):
@@ -40,6 +59,7 @@ def blob_response(
     range_header: str | None = None,
     attachment: bool = False,
     presigned: bool = False,
+    head: bool = False,
 ) -> Response:
     """The response that serves ``blob``.
 
@@ -49,6 +69,10 @@ def blob_response(
         range_header: the request's ``Range``, if any.
         attachment: download as ``blob.filename``, with the digest as ``ETag``.
         presigned: redirect (307) to a presigned URL when the store can make one.
+        head: a ``HEAD`` request: the same status and headers, no body.
+
+    Raises:
+        HTTPException: 400 for a malformed ``bytes`` range, 416 for an unsatisfiable one.
     """
     headers = {"ETag": f'"{blob.sha256}"'} if attachment else {}
     filename = blob.filename if attachment else None
@@ -56,21 +80,27 @@ def blob_response(
         url = store.presigned_url(blob.sha256, filename=blob.filename, media_type=blob.media_type)
         if url is not None:
             return RedirectResponse(url, status_code=307)
+    ranges = parse_ranges(range_header, blob.size) if range_header else None
     path = store.local_path(blob.sha256)
-    if path is not None:
-        return FileResponse(path, media_type=blob.media_type, filename=filename, headers=headers)
+    if path is not None and ranges is None:
+        # FileResponse answers HEAD with its GET headers itself; _FileResponse hides a Range
+        # header we chose to ignore (another unit) from it.
+        return _FileResponse(path, media_type=blob.media_type, filename=filename, headers=headers)
     headers["Accept-Ranges"] = "bytes"
     if filename is not None:
         headers["Content-Disposition"] = f"attachment; filename*=utf-8''{quote(filename)}"
-    ranges = parse_ranges(range_header, blob.size) if range_header else []
     if not ranges:
         headers["Content-Length"] = str(blob.size)
+        if head:
+            return Response(None, 200, headers, media_type=blob.media_type)
         body = store.iter_range(blob.sha256, 0, blob.size)
         return StreamingResponse(body, media_type=blob.media_type, headers=headers)
     if len(ranges) == 1:
         start, stop = ranges[0]
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{blob.size}"
         headers["Content-Length"] = str(stop - start)
+        if head:
+            return Response(None, 206, headers, media_type=blob.media_type)
         body = store.iter_range(blob.sha256, start, stop)
         return StreamingResponse(body, 206, headers, media_type=blob.media_type)
     boundary = secrets.token_hex(13)
@@ -78,12 +108,20 @@ def blob_response(
     closing = f"--{boundary}--".encode("latin-1")
     length = sum(len(head) + stop - start + 2 for head, start, stop in parts) + len(closing)
     headers["Content-Length"] = str(length)
+    media_type = f"multipart/byteranges; boundary={boundary}"
+    if head:
+        return Response(None, 206, headers, media_type=media_type)
     return StreamingResponse(
-        _multipart(store, blob.sha256, parts, closing),
-        206,
-        headers,
-        media_type=f"multipart/byteranges; boundary={boundary}",
+        _multipart(store, blob.sha256, parts, closing), 206, headers, media_type=media_type
     )
+
+
+class _FileResponse(FileResponse):
+    """A whole file, whatever ``Range`` the request carries (ranges are served above)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"range"]
+        await super().__call__({**scope, "headers": headers}, receive, send)
 
 
 def _part_header(boundary: str, blob: Downloadable, start: int, stop: int) -> bytes:
@@ -103,30 +141,37 @@ def _multipart(
     yield closing
 
 
-def parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
-    """Parse ``Range: bytes=…`` into sorted, merged half-open ``(start, stop)`` ranges, as
-    Starlette's ``FileResponse`` does, so both stores answer alike.
+def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
+    """Parse ``Range: bytes=…`` into sorted, merged half-open ``(start, stop)`` ranges.
+
+    Returns:
+        The ranges, or None when the header names another unit (ignored: the whole file).
 
     Raises:
-        HTTPException: 400 for a malformed header; 416 (with ``Content-Range: bytes */size``)
-            when a range starts past the end.
+        HTTPException: 400 for a malformed ``bytes`` range; 416 (with
+            ``Content-Range: bytes */size``) when a range starts past the end.
     """
     unit, sep, spec = header.partition("=")
-    if not sep or unit.strip().lower() != "bytes":
+    if not sep:
         raise HTTPException(400, "the Range header must be `bytes=start-end[, …]`")
+    if unit.strip().lower() != "bytes":
+        return None
     ranges: list[tuple[int, int]] = []
     for part in spec.split(","):
-        first, dash, last = part.strip().partition("-")
-        if not dash or not (first.strip() or last.strip()):
-            continue  # as Starlette: empty or dashless parts are ignored
-        try:
-            if first.strip():
-                start = int(first)
-                stop = int(last) + 1 if last.strip() and int(last) < size else size
-            else:
-                start, stop = max(size - int(last), 0), size
-        except ValueError:
-            continue
+        first, dash, last = (p.strip() for p in part.strip().partition("-"))
+        if not part.strip():
+            continue  # "bytes=0-1," : an empty item is harmless
+        if (
+            not dash
+            or not (first or last)
+            or not ((first + last).isascii() and (first + last).isdigit())
+        ):
+            raise HTTPException(400, f"malformed byte range {part.strip()!r:.40}")
+        if first:
+            start = int(first)
+            stop = int(last) + 1 if last and int(last) < size else size
+        else:
+            start, stop = max(size - int(last), 0), size
         ranges.append((start, stop))
     if not ranges:
         raise HTTPException(400, "the Range header names no range")

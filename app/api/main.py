@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 
+from app.api.access import AccessMiddleware
 from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
-from app.api.routes import architectures, checkpoints, health, hooks, jobs, pipelines, schemas
+from app.api.routes import (
+    architectures,
+    auth,
+    checkpoints,
+    health,
+    hooks,
+    jobs,
+    pipelines,
+    schemas,
+)
+from app.api.uploads import UploadSlots
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.sandbox.inspector import InspectorPool
-from app.services.limits import inspection_limits
+from app.services.limits import inspection_limits, inspection_memory_budget
+from app.services.maintenance import BlobCollector, reap_leases
 from app.storage import open_store
 
 __all__ = ["create_app"]
@@ -39,15 +54,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout=settings.inspect_timeout_seconds,
             limits=inspection_limits(settings),
             max_tensors=settings.max_tensors,
+            memory_budget=inspection_memory_budget(settings),
         )
         await inspector.start()
         app.state.settings = settings
         app.state.database = database
         app.state.store = store
         app.state.inspector = inspector
+        app.state.uploads = UploadSlots(
+            total=settings.max_uploads, per_owner=settings.max_uploads_per_owner
+        )
+        app.state.blob_collector = BlobCollector(
+            database, store, claim_seconds=settings.blob_claim_seconds
+        )
+        maintenance = None
+        if settings.maintenance_seconds > 0:
+            maintenance = asyncio.create_task(_maintain(app, settings.maintenance_seconds))
         try:
             yield
         finally:
+            if maintenance is not None:
+                maintenance.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await maintenance
             await inspector.close()
             database.dispose()
 
@@ -58,9 +87,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(AccessMiddleware, max_body_bytes=settings.max_json_bytes)
     app.include_router(health.router)
+    app.include_router(auth.router)
     for module in (checkpoints, jobs, pipelines, hooks):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(architectures.router)
     app.include_router(schemas.router)
     return app
+
+
+async def _maintain(app: FastAPI, period: float) -> None:
+    """Reap lapsed leases and collect unreferenced blobs every ``period`` seconds, so neither
+    waits for a worker to poll or for the next start."""
+    collector: BlobCollector = app.state.blob_collector
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await to_thread.run_sync(reap_leases, app.state.database)
+            await to_thread.run_sync(collector.collect)
+        except Exception:  # a locked database or a store hiccup: try again next tick
+            logger.exception("maintenance pass failed; retrying next period")

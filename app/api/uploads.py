@@ -5,16 +5,22 @@ Multipart (``-F file=@x.pth``, several ``file`` parts for a sharded set) and raw
 never held in memory and never copied twice. The size cap is checked against
 ``Content-Length`` before reading and against the bytes actually received while reading; a
 client that stops sending for ``idle_timeout`` seconds gets 408 (a slow-loris upload holds one
-coroutine and one temp file, never a thread or an inspection process). A client's file name
-is reduced to a plain base name and only ever names a file inside the upload's private
-temp folder; stored blobs are addressed by sha256.
+coroutine and one temp file, never a thread or an inspection process), and once a grace
+period is over the average rate must stay above a floor, so a trickle is refused too.
+:class:`UploadSlots` caps how many uploads are received at once, per owner and in all (429).
+A client's file name is checked (a plain base name of at most 255 bytes in UTF-8) and kept
+as the checkpoint's file name only: staged files are named ``part-<n>``, and stored blobs
+are addressed by sha256.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import AsyncIterator
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,25 +29,101 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from app.services.errors import BadRequestError, UploadTimeoutError, UploadTooLargeError
+from app.services.errors import (
+    BadRequestError,
+    TooManyUploadsError,
+    UploadTimeoutError,
+    UploadTooLargeError,
+)
 from app.storage import StagedFile
 
-__all__ = ["receive_upload", "safe_filename"]
+__all__ = ["UploadPace", "UploadSlots", "receive_upload", "safe_filename"]
 
 _FLUSH_BYTES = 1 << 20
 # Slack for multipart framing when judging Content-Length against the cap.
 _MULTIPART_OVERHEAD = 64 * 1024
-_BAD_NAME = re.compile(r"[\x00-\x1f/\\]")
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+# File systems limit a name to 255 bytes, not characters: 200 x "é" is 400 bytes.
+_MAX_NAME_BYTES = 255
+_RETRY_AFTER_SECONDS = 5
 
 
 def safe_filename(name: str | None, default: str = "checkpoint") -> str:
-    """The base name a client gave, made safe to use as a file name; refuse odd ones."""
+    """The base name a client gave, checked; refuse odd ones (400)."""
     if not name:
         return default
     base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if base in {"", ".", ".."} or _BAD_NAME.search(base) or len(base) > 255:
-        raise BadRequestError(f"unusable file name {name!r}: give a plain name like model.pth")
+    if base in {"", ".", ".."} or _BAD_NAME.search(base):
+        raise BadRequestError(f"unusable file name {name!r:.80}: give a plain name like model.pth")
+    try:
+        encoded = base.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        raise BadRequestError("the file name is not valid UTF-8") from None
+    if len(encoded) > _MAX_NAME_BYTES:
+        raise BadRequestError(
+            f"the file name is {len(encoded)} bytes in UTF-8; at most {_MAX_NAME_BYTES} are allowed"
+        )
     return base
+
+
+class UploadSlots:
+    """How many uploads are being received, in all and per owner; beyond a cap, 429.
+
+    Args:
+        total: most uploads received at once.
+        per_owner: most one owner may send at once.
+    """
+
+    def __init__(self, *, total: int, per_owner: int) -> None:
+        self.total = total
+        self.per_owner = per_owner
+        self._by_owner: Counter[str] = Counter()
+
+    @property
+    def active(self) -> int:
+        return sum(self._by_owner.values())
+
+    @contextlib.contextmanager
+    def claim(self, owner: str) -> Iterator[None]:
+        """Hold a slot while the body is received (one event loop: no lock needed).
+
+        Raises:
+            TooManyUploadsError: a cap is reached (429 with ``Retry-After``).
+        """
+        if self._by_owner[owner] >= self.per_owner:
+            raise TooManyUploadsError(
+                f"{self.per_owner} uploads of yours are already in progress "
+                "(GRAFT_MAX_UPLOADS_PER_OWNER); retry when one has finished",
+                headers={"Retry-After": str(_RETRY_AFTER_SECONDS)},
+            )
+        if self.active >= self.total:
+            raise TooManyUploadsError(
+                f"the service is receiving {self.total} uploads already (GRAFT_MAX_UPLOADS); "
+                "retry shortly",
+                headers={"Retry-After": str(_RETRY_AFTER_SECONDS)},
+            )
+        self._by_owner[owner] += 1
+        try:
+            yield
+        finally:
+            self._by_owner[owner] -= 1
+            if not self._by_owner[owner]:
+                del self._by_owner[owner]
+
+
+@dataclass(frozen=True)
+class UploadPace:
+    """How slow an upload may be.
+
+    Attributes:
+        idle_timeout: seconds without a chunk before the upload is abandoned (None: wait).
+        min_rate: bytes per second the average must reach once ``grace`` is over (0: none).
+        grace: seconds before the rate counts (a connection's slow start, a proxy's buffer).
+    """
+
+    idle_timeout: float | None = None
+    min_rate: float = 0.0
+    grace: float = 10.0
 
 
 def _too_large(limit: int) -> UploadTooLargeError:
@@ -72,7 +154,7 @@ class _Receiver:
         if filename in self._names:
             raise BadRequestError(f"two files named {filename!r}: a sharded set needs unique names")
         self._names.add(filename)
-        staged = StagedFile(self.workdir / filename)
+        staged = StagedFile(self.workdir / f"part-{len(self.files)}", name=filename)
         self.files.append(staged)
         return staged
 
@@ -82,18 +164,33 @@ class _Receiver:
             raise _too_large(self.limit)
 
 
-async def _chunks(request: Request, idle_timeout: float | None) -> AsyncIterator[bytes]:
-    """The body's chunks; raise UploadTimeoutError when none arrives for ``idle_timeout``."""
+async def _chunks(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
+    """The body's chunks; raise UploadTimeoutError when none arrives for the idle timeout, or
+    when, past the grace period, the average rate falls under the floor."""
     stream = request.stream().__aiter__()
+    started = time.monotonic()
+    received = 0
     while True:
+        wait = pace.idle_timeout
+        if pace.min_rate > 0:
+            # The moment the average would fall under the floor if nothing more arrived.
+            due = started + max(pace.grace, received / pace.min_rate) - time.monotonic()
+            wait = max(due, 0.001) if wait is None else min(wait, max(due, 0.001))
         try:
-            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
+            chunk = await asyncio.wait_for(anext(stream), wait)
         except StopAsyncIteration:
             return
         except TimeoutError:
+            elapsed = time.monotonic() - started
+            if pace.idle_timeout is not None and wait == pace.idle_timeout:
+                raise UploadTimeoutError(
+                    f"no data received for {pace.idle_timeout:g} s; the upload was abandoned"
+                ) from None
             raise UploadTimeoutError(
-                f"no data received for {idle_timeout:g} s; the upload was abandoned"
+                f"the upload averaged {received / elapsed:.0f} bytes/s after {elapsed:.0f} s; "
+                f"at least {pace.min_rate:.0f} are needed (GRAFT_UPLOAD_MIN_BYTES_PER_SECOND)"
             ) from None
+        received += len(chunk)
         yield chunk
 
 
@@ -105,11 +202,11 @@ async def _flush(staged: StagedFile, buffer: bytearray) -> None:
 
 
 async def _receive_raw(
-    request: Request, receiver: _Receiver, filename: str, idle_timeout: float | None
+    request: Request, receiver: _Receiver, filename: str, pace: UploadPace
 ) -> None:
     staged = receiver.open(filename)
     buffer = bytearray()
-    async for chunk in _chunks(request, idle_timeout):
+    async for chunk in _chunks(request, pace):
         receiver.count(len(chunk))
         buffer += chunk
         if len(buffer) >= _FLUSH_BYTES:
@@ -118,7 +215,7 @@ async def _receive_raw(
 
 
 async def _receive_multipart(
-    request: Request, receiver: _Receiver, boundary: bytes, idle_timeout: float | None
+    request: Request, receiver: _Receiver, boundary: bytes, pace: UploadPace
 ) -> None:
     # The parser's callbacks are synchronous: they only record; the loop below does the I/O.
     events: list[tuple[str, bytes]] = []
@@ -158,7 +255,7 @@ async def _receive_multipart(
     )
     part = _Part()
     body = 0
-    async for chunk in _chunks(request, idle_timeout):
+    async for chunk in _chunks(request, pace):
         body += len(chunk)
         if body > receiver.limit + _MULTIPART_OVERHEAD:
             raise _too_large(receiver.limit)
@@ -200,12 +297,12 @@ async def receive_upload(
     *,
     max_bytes: int,
     filename: str | None,
-    idle_timeout: float | None = None,
+    pace: UploadPace | None = None,
 ) -> list[StagedFile]:
     """Stream the request body into staged files in ``workdir``, closed and fsynced.
 
     Args:
-        idle_timeout: seconds without a chunk before the upload is abandoned (None: wait).
+        pace: how slow the client may be (default: no limit).
 
     Returns:
         One staged file per uploaded file, in upload order, each with its sha256 and size.
@@ -223,14 +320,15 @@ async def receive_upload(
         if int(declared) > max_bytes + slack:
             raise _too_large(max_bytes)
     receiver = _Receiver(workdir, max_bytes)
+    pace = pace or UploadPace()
     try:
         if multipart:
             boundary = options.get(b"boundary")
             if not boundary:
                 raise BadRequestError("multipart body without a boundary")
-            await _receive_multipart(request, receiver, boundary, idle_timeout)
+            await _receive_multipart(request, receiver, boundary, pace)
         else:
-            await _receive_raw(request, receiver, safe_filename(filename), idle_timeout)
+            await _receive_raw(request, receiver, safe_filename(filename), pace)
         for staged in receiver.files:
             await run_in_threadpool(staged.close)
     except BaseException:

@@ -119,6 +119,15 @@ class CheckpointRepository:
         artifacts = self.session.scalar(select(func.count()).where(Artifact.sha256 == sha256))
         return (files or 0) + (artifacts or 0)
 
+    def referenced_blobs(self, candidates: Sequence[str]) -> set[str]:
+        """Which of these blob digests a checkpoint file or an artifact still references."""
+        wanted = list(candidates)
+        files = self.session.scalars(
+            select(CheckpointFile.sha256).where(CheckpointFile.sha256.in_(wanted))
+        )
+        artifacts = self.session.scalars(select(Artifact.sha256).where(Artifact.sha256.in_(wanted)))
+        return set(files) | set(artifacts)
+
     def delete(self, checkpoint: Checkpoint) -> None:
         self.session.delete(checkpoint)
         self.session.flush()
@@ -211,6 +220,29 @@ class JobRepository:
                 lease_owner=None,
                 lease_expires_at=None,
             )
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def requeue_lapsed(self, *, now: datetime) -> int:
+        """Put back in the queue the running jobs whose lease lapsed with attempts left (their
+        worker died); the attempt it used stays counted."""
+        result = self.session.execute(
+            update(Job)
+            .where(
+                Job.status == JobStatus.running,
+                Job.lease_expires_at < now,
+                Job.attempts < Job.max_attempts,
+                Job.cancel_requested.is_not(True),
+            )
+            .values(
+                status=JobStatus.queued,
+                lease_owner=None,
+                lease_expires_at=None,
+                stage=None,
+                progress=0.0,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -428,6 +460,11 @@ class ApiKeyRepository:
 
     def any_active(self) -> bool:
         return bool(self.session.scalar(select(exists().where(ApiKey.revoked_at.is_(None)))))
+
+    def any_ever(self) -> bool:
+        """Whether a key was ever created: revoked keys keep their row (revoking sets
+        ``revoked_at``; nothing deletes a key), so this never turns false again."""
+        return bool(self.session.scalar(select(exists().where(ApiKey.id.is_not(None)))))
 
     def all(self) -> list[ApiKey]:
         return list(self.session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))

@@ -44,6 +44,11 @@ class DownloadedFile:
     size: int
     sha256: str
 
+    @property
+    def name(self) -> str:
+        """The file's name in its checkpoint: the downloaded file's own."""
+        return self.path.name
+
 
 def _status_error(
     response: httpx.Response, what: str, unavailable: type[RegistryError]

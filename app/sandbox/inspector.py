@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.errors import GraftError
-from app.sandbox.runner import Limits, apply_limits, describe_failure, renew_cpu_limit
+from app.sandbox.runner import (
+    Limits,
+    apply_limits,
+    describe_failure,
+    memory_budget,
+    renew_cpu_limit,
+)
 
 __all__ = ["InspectionError", "InspectorPool", "inspect_in_child"]
 
@@ -65,6 +71,9 @@ class InspectorPool:
         timeout: seconds one inspection may take before its child is killed.
         limits: each child's resource limits (default: none).
         max_tensors: most tensors one checkpoint may hold.
+        memory_budget: address space one inspection may add to its child (0: only
+            ``limits``). Inspection reads headers, never tensor data, so this is far below
+            what a conversion gets.
     """
 
     def __init__(
@@ -74,8 +83,10 @@ class InspectorPool:
         timeout: float,
         limits: Limits | None = None,
         max_tensors: int | None = None,
+        memory_budget: int = 0,
     ) -> None:
         self.size = size
+        self.memory_budget = memory_budget
         self.timeout = timeout
         self.limits = limits or Limits()
         self.max_tensors = max_tensors
@@ -133,11 +144,15 @@ class InspectorPool:
                 child = await self._spawn()
             self._idle.put_nowait(child)
 
-    async def inspect(self, files: list[Path], *, entry: str = "auto") -> dict[str, Any]:
+    async def inspect(
+        self, files: list[Path], *, names: list[str] | None = None, entry: str = "auto"
+    ) -> dict[str, Any]:
         """Describe a checkpoint (one file, or the files of a sharded set).
 
         Args:
-            files: the staged files, under the names they were uploaded with.
+            files: the staged files.
+            names: the names they were uploaded with (default: their own), so a sharded
+                set's index can name its shards whatever they are staged as.
             entry: which dict holds the weights (SPEC §1).
 
         Returns:
@@ -150,8 +165,10 @@ class InspectorPool:
             {
                 "op": "inspect",
                 "files": [str(p) for p in files],
+                "names": names or [p.name for p in files],
                 "entry": entry,
                 "max_tensors": self.max_tensors,
+                "memory_budget": self.memory_budget,
             }
         )
         if not answer.get("ok"):
@@ -214,8 +231,20 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
             )
             return {"ok": True, "result": None}
         files = [Path(p) for p in request["files"]]
-        source: Path | list[Path] = files[0] if len(files) == 1 else files
-        summary = inspect_source(source, entry=request.get("entry", "auto"))
+        names = request.get("names") or [p.name for p in files]
+        source: Path | dict[str, Path] = (
+            files[0] if len(files) == 1 else dict(zip(names, files, strict=True))
+        )
+        with memory_budget(int(request.get("memory_budget") or 0)):
+            summary = inspect_source(source, entry=request.get("entry", "auto"))
+        if not summary["tensors"]:
+            # An upload is only worth a record if it holds weights: an empty header, or a
+            # pickle of an empty dict, is refused like any unreadable file.
+            return {
+                "ok": False,
+                "type": "unreadable-checkpoint",
+                "message": "the checkpoint holds no tensors",
+            }
         cap = request.get("max_tensors")
         if cap is not None and len(summary["tensors"]) > cap:
             return {

@@ -13,21 +13,24 @@ about its result, but cannot run code in its parent.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import json
 import logging
 import math
 import multiprocessing
+import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from app.engine.errors import GraftError
 
-__all__ = ["Limits", "SandboxError", "apply_limits", "run_sandboxed"]
+__all__ = ["Limits", "SandboxError", "apply_limits", "memory_budget", "run_sandboxed"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,40 @@ def renew_cpu_limit(cpu_seconds: int) -> None:
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _address_space() -> int:
+    """This process's mapped address space in bytes (Linux), or 0 when unknown."""
+    try:
+        with Path("/proc/self/statm").open() as fh:
+            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@contextlib.contextmanager
+def memory_budget(extra_bytes: int) -> Iterator[None]:
+    """Cap the address space at what is mapped now plus ``extra_bytes``, for the block only.
+
+    A long-lived child (an inspector) may have imported torch for another kind of request;
+    counting from its current size gives every request the same budget. Only the soft limit
+    moves, so it is raised back to the hard limit afterwards. 0 means no budget.
+    """
+    import resource
+
+    current = _address_space()
+    if extra_bytes <= 0 or current == 0:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    budget = current + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        budget = min(budget, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (budget, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 class SandboxError(GraftError):

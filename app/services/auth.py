@@ -5,8 +5,11 @@ random bytes of which only the sha256 is stored, compared in constant time. The 
 shown once, at creation. Scopes: ``read`` (GET), ``write`` (upload, create, cancel, delete;
 implies read), ``admin`` (implies both, and sees every owner's resources).
 
-With no active key in the database the service runs in its embedded default: every request
-acts for the ``local`` owner, and ``graft serve`` binds to loopback only.
+Authentication is a mode, never a side effect of how many keys are active (``GRAFT_AUTH``):
+``local`` (no keys; ``graft serve`` binds to loopback only), ``keys`` (every non-public
+request needs a valid key, even while none exists), or ``auto`` (the default): ``local`` until
+the first key is created, ``keys`` from then on for good. Revoking every key therefore locks
+the service rather than opening it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy.orm import Session
 
@@ -26,6 +30,7 @@ from app.services.errors import ServiceError
 
 __all__ = [
     "SCOPES",
+    "AuthMode",
     "ForbiddenError",
     "Principal",
     "UnauthorizedError",
@@ -33,8 +38,11 @@ __all__ = [
     "create_key",
     "keys_configured",
     "list_keys",
+    "resolve_mode",
     "revoke_key",
 ]
+
+AuthMode = Literal["keys", "local"]
 
 SCOPES = ("read", "write", "admin")
 _IMPLIED = {"read": {"read"}, "write": {"read", "write"}, "admin": {"read", "write", "admin"}}
@@ -90,8 +98,20 @@ def _digest(secret: str) -> str:
 
 
 def keys_configured(session: Session) -> bool:
-    """Whether any unrevoked key exists (then every request must present one)."""
+    """Whether any unrevoked key exists."""
     return ApiKeyRepository(session).any_active()
+
+
+def resolve_mode(session: Session, configured: str) -> AuthMode:
+    """The effective mode for ``GRAFT_AUTH`` (``auto``, ``keys`` or ``local``).
+
+    Args:
+        session: a read transaction.
+        configured: the setting; ``auto`` means ``keys`` once any key was ever created.
+    """
+    if configured in ("keys", "local"):
+        return "keys" if configured == "keys" else "local"
+    return "keys" if ApiKeyRepository(session).any_ever() else "local"
 
 
 def create_key(
@@ -130,14 +150,20 @@ def revoke_key(session: Session, key_id: str) -> bool:
     return ApiKeyRepository(session).revoke(match.group(1) if match else key_id, now=utcnow())
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
+def authenticate(session: Session, authorization: str | None, *, mode: str = "auto") -> Principal:
     """The principal for an ``Authorization`` header.
 
+    Args:
+        session: a read transaction.
+        authorization: the header, if sent.
+        mode: ``GRAFT_AUTH`` (``auto``, ``keys`` or ``local``), or an already resolved mode.
+
     Raises:
-        UnauthorizedError: keys exist and the header is missing, malformed, unknown or revoked.
+        UnauthorizedError: keys are required and the header is missing, malformed, unknown
+            or revoked.
     """
     repo = ApiKeyRepository(session)
-    if not repo.any_active():
+    if resolve_mode(session, mode) == "local":
         return LOCAL
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

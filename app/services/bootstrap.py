@@ -22,10 +22,10 @@ from app.config import Settings
 from app.db.migrate import upgrade
 from app.db.models import Artifact, CheckpointFile
 from app.db.session import Database
-from app.services.auth import keys_configured
+from app.services.auth import AuthMode, resolve_mode
 from app.storage import BlobStore, open_store
 
-__all__ = ["bind_host", "collect_unreferenced_blobs", "prepare"]
+__all__ = ["bind_host", "collect_unreferenced_blobs", "is_loopback", "prepare"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,30 +67,44 @@ def collect_unreferenced_blobs(
     return removed
 
 
-def bind_host(settings: Settings, host: str) -> str:
-    """Where ``graft serve`` may listen: anywhere once API keys exist, else loopback only."""
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names a loopback interface only."""
+    with contextlib.suppress(ValueError):  # a host name, not an address
+        return ipaddress.ip_address(host).is_loopback
+    return host == "localhost"
+
+
+def bind_host(settings: Settings, host: str) -> tuple[str, str]:
+    """Where ``graft serve`` may listen, and the ``GRAFT_AUTH`` value it must run with.
+
+    ``local`` mode (or ``auto`` before any key was created) listens on loopback only,
+    whatever ``host`` says. A server that listens beyond loopback runs in ``keys`` mode: it
+    never accepts an anonymous request, even if every key is later revoked.
+
+    Returns:
+        ``(host, auth)``.
+    """
     database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
     try:
         with database.transaction(write=False) as session:
-            secured = keys_configured(session)
+            mode: AuthMode = resolve_mode(session, settings.auth)
     finally:
         database.dispose()
-    if secured:
-        logger.info("API keys are configured: every request needs `Authorization: Bearer`")
-        return host
-    loopback = host == "localhost"
-    with contextlib.suppress(ValueError):  # a host name, not an address
-        loopback = loopback or ipaddress.ip_address(host).is_loopback
-    if not loopback:
+    if mode == "keys":
+        logger.info("authentication is on: every request needs `Authorization: Bearer`")
+        return host, settings.auth if is_loopback(host) else "keys"
+    if not is_loopback(host):
         logger.warning(
-            "no API keys are configured, so the service listens on 127.0.0.1 only (not %s); "
-            "create one with `graft keys create` to serve other hosts",
+            "no API key was ever created (GRAFT_AUTH=%s), so the service listens on 127.0.0.1 "
+            "only (not %s); create one with `graft keys create` to serve other hosts",
+            settings.auth,
             host,
         )
-        return "127.0.0.1"
+        return "127.0.0.1", settings.auth
     logger.warning(
-        "no API keys are configured: listening on %s (loopback only) without authentication; "
-        "`graft keys create` turns authentication on",
+        "listening on %s (loopback only) without authentication (GRAFT_AUTH=%s); "
+        "`graft keys create` turns authentication on for good",
         host,
+        settings.auth,
     )
-    return host
+    return host, settings.auth

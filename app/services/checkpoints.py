@@ -40,6 +40,11 @@ class StoredFile(Protocol):
     @property
     def size(self) -> int: ...
 
+    @property
+    def name(self) -> str:
+        """The file's name in its checkpoint (never used as a path by the store)."""
+        ...
+
 
 def checkpoint_digest(files: list[tuple[str, str]]) -> str:
     """The identity of a checkpoint: a file's sha256, or for a set, that of its sorted
@@ -77,7 +82,7 @@ def publish_checkpoint(
     for staged in files:
         store.publish(staged.path, staged.sha256)
     repo = CheckpointRepository(session)
-    named = [(f.path.name, f.sha256) for f in files]
+    named = [(f.name, f.sha256) for f in files]
     digest = checkpoint_digest(named)
     existing = repo.get_by_sha256(digest, owner=owner)
     if existing is not None:
@@ -97,7 +102,7 @@ def publish_checkpoint(
         by_dtype=totals.get("by_dtype", {}),
         ignored=summary.get("ignored") or [],
         files=[
-            CheckpointFile(position=i, filename=f.path.name, sha256=f.sha256, size=f.size)
+            CheckpointFile(position=i, filename=f.name, sha256=f.sha256, size=f.size)
             for i, f in enumerate(files)
         ],
     )
@@ -136,7 +141,9 @@ async def register_upload(
     Raises:
         InspectionError: the engine refused the file; nothing is stored.
     """
-    summary = await inspector.inspect([f.path for f in files], entry=entry)
+    summary = await inspector.inspect(
+        [f.path for f in files], names=[f.name for f in files], entry=entry
+    )
     return await to_thread.run_sync(
         lambda: publish_checkpoint(session, store, files, summary, owner=owner)
     )
@@ -163,8 +170,12 @@ def list_tensors(
     return CheckpointRepository(session).tensors(checkpoint_id, offset=offset, limit=limit)
 
 
-def delete_checkpoint(session: Session, checkpoint_id: str, *, owner: str | None) -> None:
-    """Delete a record (its blobs stay until a sweep: they may be shared).
+def delete_checkpoint(session: Session, checkpoint_id: str, *, owner: str | None) -> list[str]:
+    """Delete a record. Its blobs may be shared, so they are not deleted here: once this
+    commits, hand the returned digests to ``maintenance.BlobCollector``.
+
+    Returns:
+        The digests of the checkpoint's files.
 
     Raises:
         ConflictError: a queued or running job uses it.
@@ -176,4 +187,6 @@ def delete_checkpoint(session: Session, checkpoint_id: str, *, owner: str | None
             f"checkpoint {checkpoint_id} is used by a queued or running job; "
             "cancel the job or wait for it to finish",
         )
+    digests = [f.sha256 for f in checkpoint.files]
     repo.delete(checkpoint)
+    return digests

@@ -13,8 +13,10 @@ __all__ = [
     "ConflictError",
     "InvalidJobError",
     "NotFoundError",
+    "PayloadTooLargeError",
     "ServiceError",
     "TooManyRangesError",
+    "TooManyUploadsError",
     "UploadTimeoutError",
     "UploadTooLargeError",
     "status_for_type",
@@ -73,6 +75,22 @@ class UploadTooLargeError(ServiceError):
     type = "too-large"
     status = 413
     title = "Upload too large"
+
+
+class PayloadTooLargeError(ServiceError):
+    """A request body (a skeleton, a recipe) beyond a size, count or nesting cap."""
+
+    type = "too-large"
+    status = 413
+    title = "Request too large"
+
+
+class TooManyUploadsError(ServiceError):
+    """The concurrent-upload cap (per owner or in all); carries ``Retry-After``."""
+
+    type = "too-many-uploads"
+    status = 429
+    title = "Too many uploads"
 
 
 class InvalidJobError(ServiceError):

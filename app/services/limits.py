@@ -7,7 +7,7 @@ import math
 from app.config import Settings
 from app.sandbox.runner import Limits
 
-__all__ = ["conversion_limits", "inspection_limits"]
+__all__ = ["conversion_limits", "inspection_limits", "inspection_memory_budget"]
 
 
 def inspection_limits(settings: Settings) -> Limits:
@@ -28,3 +28,8 @@ def conversion_limits(settings: Settings) -> Limits:
         file_size=settings.sandbox_file_bytes,
         open_files=settings.sandbox_open_files,
     )
+
+
+def inspection_memory_budget(settings: Settings) -> int:
+    """Address space one inspection may add to its child: headers only, never tensor data."""
+    return settings.sandbox_inspect_memory_bytes

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +139,22 @@ class BlobStore(abc.ABC):
     def delete(self, sha256: str) -> None:
         """Remove a blob if present (callers make sure nothing references it)."""
 
+    def collect(self, sha256: str, *, claimed_since: float, referenced: Callable[[], bool]) -> bool:
+        """Delete a blob nobody claims: not published at or after ``claimed_since`` (every
+        publish refreshes the date) and not ``referenced()`` (asked last, just before).
+
+        This default checks, then deletes; :class:`~app.storage.file.FileBlobStore` moves the
+        blob aside first, which leaves a publish no window to miss.
+
+        Returns:
+            Whether it was deleted.
+        """
+        modified = self.modified(sha256)
+        if modified is None or modified >= claimed_since or referenced():
+            return False
+        self.delete(sha256)
+        return True
+
     # --- reading --------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -148,6 +164,10 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def blobs(self) -> Iterator[BlobInfo]:
         """Every stored blob, in no particular order."""
+
+    @abc.abstractmethod
+    def modified(self, sha256: str) -> float | None:
+        """When the blob was last published (or re-published), or None if it is absent."""
 
     @abc.abstractmethod
     def link_into(self, sha256: str, dest: Path) -> None:

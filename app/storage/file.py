@@ -8,10 +8,11 @@ and :meth:`FileBlobStore.cleanup_orphans` removes temp entries whose owning proc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.storage.base import BlobInfo, BlobStore, check_digest
@@ -68,10 +69,14 @@ class FileBlobStore(BlobStore):
         """Rename a local file to its content address atomically (fsynced first)."""
         dest = self.path(sha256)
         if dest.is_file():
-            staged.unlink(missing_ok=True)
-            # Fresh again: the start-up sweep spares young blobs whose record may be in flight.
-            os.utime(dest)
-            return
+            # Fresh again: collection spares young blobs whose record may be in flight.
+            try:
+                os.utime(dest)
+            except FileNotFoundError:
+                pass  # collected in between: publish this copy instead
+            else:
+                staged.unlink(missing_ok=True)
+                return
         # Engine output arrives unsynced; the rename must not outrun the bytes.
         with staged.open("rb") as fh:
             os.fsync(fh.fileno())
@@ -113,6 +118,36 @@ class FileBlobStore(BlobStore):
                 except FileNotFoundError:  # deleted while listing
                     continue
                 yield BlobInfo(path.name, stat.st_size, stat.st_mtime)
+
+    def modified(self, sha256: str) -> float | None:
+        """The blob's modification time (refreshed by every publish), or None."""
+        try:
+            return self.path(sha256).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def collect(self, sha256: str, *, claimed_since: float, referenced: Callable[[], bool]) -> bool:
+        """Delete a blob nobody claims (see :meth:`BlobStore.collect`), race-free.
+
+        The blob is first renamed into the temp space, then its date and its references are
+        checked. A publish that refreshed it before the move shows in the date, and it is put
+        back; a publish after the move finds no blob and publishes its own copy.
+        """
+        path = self.path(sha256)
+        try:
+            if path.stat().st_mtime >= claimed_since:
+                return False
+            trash = self.scratch.name("gc")
+            path.rename(trash)
+        except FileNotFoundError:
+            return False
+        if trash.stat().st_mtime >= claimed_since or referenced():
+            with contextlib.suppress(FileExistsError):  # published again meanwhile: same bytes
+                os.link(trash, path)
+            trash.unlink()
+            return False
+        trash.unlink()
+        return not path.exists()  # published anew while aside: that copy stays
 
     def delete(self, sha256: str) -> None:
         """Remove a blob (callers make sure nothing references it)."""

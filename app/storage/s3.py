@@ -253,6 +253,11 @@ class S3BlobStore(BlobStore):
         """Whether the blob is stored."""
         return self._head(self.key(sha256)) is not None
 
+    def modified(self, sha256: str) -> float | None:
+        """The object's LastModified (refreshed by every publish), or None."""
+        head = self._head(self.key(sha256))
+        return None if head is None else float(head["LastModified"].timestamp())
+
     def blobs(self) -> Iterator[BlobInfo]:
         """Every stored blob."""
         base = f"{self.prefix}blobs/"

@@ -39,11 +39,14 @@ class StagedFile:
 
     Attributes:
         path: where the bytes are staged.
+        name: the file's name in its checkpoint (a client's name is only ever this, never a
+            path component); defaults to the path's.
         size: bytes written so far.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, name: str | None = None) -> None:
         self.path = path
+        self.name = name or path.name
         self.size = 0
         self._hash = hashlib.sha256()
         self._fh: BinaryIO | None = path.open("xb")

@@ -23,13 +23,20 @@ from app.config import Settings
 from app.engine.recipe import load_recipe
 from app.engine.recipe.rename import apply_renames
 from tests.api.conftest import stored_blobs
-from tests.engine.readers.test_hostile import PAYLOADS, SAFETENSORS_CASES
+from tests.engine.readers.test_hostile import (
+    _BUILD_ON_SHARED,
+    IMPOSSIBLE_SAFETENSORS,
+    PAYLOADS,
+    SAFETENSORS_CASES,
+    _zip_with_size,
+)
 from tests.fixtures import (
     dangling_memo_pickle,
     deep_pickle,
     forged_legacy_file,
     replace_zip_member,
     rezip,
+    safetensors_bytes,
     save_hf_sharded_safetensors,
     tiny_state_dict,
 )
@@ -48,6 +55,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         inspectors=1,
         workers=0,
         sandbox_address_space_bytes=2 * 1024**3,
+        blob_claim_seconds=0,
+        maintenance_seconds=0,
     )
 
 
@@ -344,3 +353,208 @@ def test_a_few_ranges_are_still_served(client, weights_job: str) -> None:
     r = client.get(f"/v1/jobs/{weights_job}/weights", headers={"Range": "bytes=0-0,10-10"})
     assert r.status_code == 206
     assert r.headers["content-type"].startswith("multipart/byteranges")
+
+
+# --- issue 12 ---------------------------------------------------------------------------------
+
+
+def test_a_9_byte_memo_bomb_upload_is_refused(client) -> None:
+    r = client.post(
+        "/v1/checkpoints?filename=m.pt",
+        content=b"\x80\x02Nr" + (5 * 10**7).to_bytes(4, "little") + b".",
+    )
+    _assert_problem(r, 422, "unreadable-checkpoint", "memo index 50000000")
+
+
+@pytest.mark.parametrize("case", list(_BUILD_ON_SHARED))
+def test_one_hostile_upload_cannot_affect_the_next(client, case: str) -> None:
+    r = client.post("/v1/checkpoints?filename=evil.pt", content=_BUILD_ON_SHARED[case])
+    assert r.status_code == 422, r.text
+    # The same inspector child (this module runs one) reads the next upload as it should.
+    running_mean = torch.arange(3, dtype=torch.float32) + len(case)
+    running_mean.note = "kept"  # type: ignore[attr-defined]
+    r = client.post(
+        "/v1/checkpoints?filename=bn.pt",
+        content=_saved({"bn.running_mean": running_mean, "conv.weight": torch.ones(2)}),
+    )
+    assert r.status_code == 201, r.text
+    tensors = client.get(f"/v1/checkpoints/{r.json()['id']}/tensors").json()["data"]
+    assert {t["key"]: (t["kind"], t["dtype"]) for t in tensors} == {
+        "bn.running_mean": ("buffer", "float32"),
+        "conv.weight": ("parameter", "float32"),
+    }
+
+
+@pytest.mark.parametrize("case", list(IMPOSSIBLE_SAFETENSORS))
+def test_impossible_safetensors_upload(client, case: str) -> None:
+    build, _error, _message = IMPOSSIBLE_SAFETENSORS[case]
+    status, problem_type = {"dim-2**70": (422, "unreadable-checkpoint")}.get(
+        case, (413, "too-large")
+    )
+    r = client.post("/v1/checkpoints?filename=bad.safetensors", content=build())
+    _assert_problem(r, status, problem_type, "safetensors")
+
+
+def test_dims_beyond_int64_in_a_torch_zip_upload(client, tmp_path: Path) -> None:
+    data = _zip_with_size(tmp_path, (0, 2**70)).read_bytes()
+    r = client.post("/v1/checkpoints?filename=shape.pt", content=data)
+    _assert_problem(r, 422, "unreadable-checkpoint", "int64")
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        pytest.param(
+            lambda: b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "holds no tensors", id="safetensors-{}"
+        ),
+        pytest.param(
+            lambda: safetensors_bytes({"__metadata__": {"format": "pt"}}, b""),
+            "holds no tensors",
+            id="safetensors-metadata-only",
+        ),
+        pytest.param(lambda: _saved({}), "no dict of tensors", id="torch-zip-empty-dict"),
+    ],
+)
+def test_an_upload_with_no_tensors_is_422(client, settings: Settings, payload, detail: str) -> None:  # type: ignore[no-untyped-def]
+    before = stored_blobs(settings)
+    r = client.post("/v1/checkpoints?filename=empty.safetensors", content=payload())
+    _assert_problem(r, 422, "unreadable-checkpoint", detail)
+    assert stored_blobs(settings) == before
+
+
+@pytest.mark.parametrize("name", ["é" * 200, "\U0001f600" * 100, "a" * 256])
+@pytest.mark.parametrize("how", ["multipart", "raw"])
+def test_a_file_name_over_255_bytes_is_400(client, settings: Settings, name: str, how: str) -> None:
+    data = _saved({"w": torch.zeros(1)})
+    if how == "multipart":
+        r = client.post("/v1/checkpoints", files={"file": (name, data)})
+    else:
+        r = client.post("/v1/checkpoints", params={"filename": name}, content=data)
+    _assert_problem(r, 400, "bad-request", "bytes in UTF-8; at most 255")
+    assert list((settings.storage_dir / "tmp").iterdir()) == []
+
+
+def test_a_255_byte_name_is_kept_but_never_a_path(client, settings: Settings) -> None:
+    name = "é" * 125 + "x.pt"  # 254 bytes
+    r = client.post(
+        "/v1/checkpoints", params={"filename": name}, content=_saved({"w": torch.ones(2)})
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["filename"] == name
+    assert r.json()["files"][0]["filename"] == name
+
+
+def test_a_sharded_set_is_inspected_under_its_uploaded_names(client, tmp_path: Path) -> None:
+    index = save_hf_sharded_safetensors(tiny_state_dict(3), tmp_path / "set", shards=2)
+    files = [("file", (p.name, p.read_bytes())) for p in sorted(index.parent.iterdir())]
+    r = client.post("/v1/checkpoints", files=files)
+    assert r.status_code == 201, r.text
+    assert r.json()["format"] == "hf-sharded"
+    assert sorted(f["filename"] for f in r.json()["files"]) == sorted(
+        p.name for p in index.parent.iterdir()
+    )
+
+
+# --- Range and HEAD (item 8) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "problem_type", "detail"),
+    [
+        ("bytes=10-5", 400, "bad-request", "ends before it starts"),
+        ("bytes=abc", 400, "bad-request", "malformed byte range 'abc'"),
+        ("bytes=1-x", 400, "bad-request", "malformed byte range"),
+        ("bytes", 400, "bad-request", "must be `bytes=start-end"),
+        ("bytes=99999-", 416, "range-not-satisfiable", "starts past the end (16384 bytes)"),
+    ],
+)
+def test_range_errors_are_problem_json(
+    client, weights_job: str, header: str, status: int, problem_type: str, detail: str
+) -> None:
+    r = client.get(f"/v1/jobs/{weights_job}/weights", headers={"Range": header})
+    _assert_problem(r, status, problem_type, detail)
+    if status == 416:
+        assert r.headers["content-range"] == "bytes */16384"
+
+
+def test_a_range_in_another_unit_is_ignored(client, weights_job: str) -> None:
+    r = client.get(f"/v1/jobs/{weights_job}/weights", headers={"Range": "items=0-1"})
+    assert r.status_code == 200, r.text
+    assert r.content == bytes(range(256)) * 64
+    assert "content-range" not in r.headers
+
+
+@pytest.mark.parametrize("range_header", [None, "bytes=2-5", "bytes=0-0,10-10", "items=0-1"])
+def test_head_on_a_download_has_the_get_headers_and_no_body(
+    client, weights_job: str, range_header: str | None
+) -> None:
+    headers = {"Range": range_header} if range_header else {}
+    got = client.get(f"/v1/jobs/{weights_job}/weights", headers=headers)
+    head = client.head(f"/v1/jobs/{weights_job}/weights", headers=headers)
+    assert head.status_code == got.status_code
+    assert head.content == b""
+    skip = {"date", "content-type"}  # multipart boundaries are random per response
+    assert {k: v for k, v in head.headers.items() if k not in skip} == {
+        k: v for k, v in got.headers.items() if k not in skip
+    }
+    assert head.headers["content-length"] == str(len(got.content))
+
+
+@pytest.mark.parametrize("artifact", ["report", "manifest"])
+def test_head_on_every_download_route(client, weights_job: str, artifact: str) -> None:
+    # No such artifact on this job: HEAD answers like GET (404), not 405.
+    got = client.get(f"/v1/jobs/{weights_job}/{artifact}")
+    head = client.head(f"/v1/jobs/{weights_job}/{artifact}")
+    assert (got.status_code, head.status_code) == (404, 404)
+    assert head.content == b""
+
+
+# --- disk (item 9) -----------------------------------------------------------------------------
+
+
+def _blob(settings: Settings, sha: str) -> Path:
+    return settings.storage_dir / "sha256" / sha[:2] / sha
+
+
+def test_delete_frees_the_blob_at_once(client, settings: Settings) -> None:
+    r = client.post(
+        "/v1/checkpoints?filename=gone.pt", content=_saved({"w": torch.full((5,), 7.0)})
+    )
+    assert r.status_code == 201, r.text
+    sha = r.json()["sha256"]
+    assert _blob(settings, sha).is_file()
+    assert client.delete(f"/v1/checkpoints/{r.json()['id']}").status_code == 204
+    assert not _blob(settings, sha).exists()  # before the fix: kept until the next start
+
+
+def test_delete_keeps_a_blob_another_record_references(client, settings: Settings) -> None:
+    from app.db.models import Artifact, Job
+    from app.db.session import Database
+
+    data = _saved({"w": torch.full((5,), 8.0)})
+    r = client.post("/v1/checkpoints?filename=shared.pt", content=data)
+    assert r.status_code == 201, r.text
+    sha, checkpoint = r.json()["sha256"], r.json()["id"]
+    other = client.post("/v1/checkpoints?filename=other.pt", content=_saved({"w": torch.ones(1)}))
+    database = Database(settings.database_url)
+    with database.transaction() as session:  # a job output with the very same bytes
+        job = Job(
+            source_id=other.json()["id"],
+            target={"checkpoint": other.json()["id"]},
+            status="succeeded",
+        )
+        session.add(job)
+        session.flush()
+        session.add(
+            Artifact(
+                job_id=job.id,
+                name="weights",
+                filename="w.pt",
+                media_type="application/octet-stream",
+                sha256=sha,
+                size=len(data),
+            )
+        )
+    database.dispose()
+    assert client.delete(f"/v1/checkpoints/{checkpoint}").status_code == 204
+    assert _blob(settings, sha).read_bytes() == data

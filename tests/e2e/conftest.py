@@ -33,8 +33,9 @@ def free_port() -> int:
 class Server:
     """One ``graft serve`` on a data directory; restartable on the same data."""
 
-    def __init__(self, root: Path, **env: str) -> None:
+    def __init__(self, root: Path, *, host: str | None = None, **env: str) -> None:
         self.root = root
+        self.host = host
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -64,6 +65,7 @@ class Server:
                     "serve",
                     "--port",
                     str(self.port),
+                    *(["--host", self.host] if self.host else []),
                 ],
                 cwd=REPO,
                 env=self.env,

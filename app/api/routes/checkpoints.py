@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 
 from app.api.deps import (
     InspectorDep,
@@ -18,8 +18,9 @@ from app.api.deps import (
 )
 from app.api.errors import problem
 from app.api.schemas import CheckpointPublic, CheckpointsPublic, TensorPublic, TensorsPublic
-from app.api.uploads import receive_upload
+from app.api.uploads import UploadPace, UploadSlots, receive_upload
 from app.services import checkpoints as service
+from app.services.maintenance import BlobCollector
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 
@@ -60,9 +61,10 @@ _UPLOAD_BODY = {
     responses={
         200: {"model": CheckpointPublic, "description": "the same bytes were uploaded before"},
         400: problem("a malformed form or an unusable file name"),
-        408: problem("the client stopped sending (GRAFT_UPLOAD_IDLE_TIMEOUT_SECONDS)"),
+        408: problem("the client stopped sending, or sends too slowly"),
         413: problem("larger than GRAFT_MAX_UPLOAD_BYTES, or too many tensors"),
-        422: problem("unsafe or unreadable checkpoint"),
+        422: problem("unsafe or unreadable checkpoint, or one with no tensors"),
+        429: problem("too many uploads at once (per owner or in all); see Retry-After"),
     },
 )
 async def upload_checkpoint(
@@ -77,14 +79,18 @@ async def upload_checkpoint(
     entry: Annotated[str, Query(description="which dict holds the weights")] = "auto",
 ) -> CheckpointPublic:
     """Upload a checkpoint: multipart `file` part(s), or the raw body with `?filename=`."""
+    slots: UploadSlots = request.app.state.uploads
+    pace = UploadPace(
+        idle_timeout=settings.upload_idle_timeout_seconds,
+        min_rate=settings.upload_min_bytes_per_second,
+        grace=settings.upload_rate_grace_seconds,
+    )
     with store.workdir() as workdir:
-        files = await receive_upload(
-            request,
-            workdir,
-            max_bytes=settings.max_upload_bytes,
-            filename=filename,
-            idle_timeout=settings.upload_idle_timeout_seconds,
-        )
+        # The slot covers receiving the body only: inspection has its own queue.
+        with slots.claim(principal.owner):
+            files = await receive_upload(
+                request, workdir, max_bytes=settings.max_upload_bytes, filename=filename, pace=pace
+            )
         checkpoint, created = await service.register_upload(
             session, store, inspector, files, owner=principal.owner, entry=entry
         )
@@ -137,8 +143,17 @@ def list_tensors(
     responses={409: problem("a queued or running job uses it")},
 )
 async def delete_checkpoint(
-    checkpoint_id: str, principal: WritePrincipal, session: WriteSession
+    checkpoint_id: str,
+    request: Request,
+    principal: WritePrincipal,
+    session: WriteSession,
+    background: BackgroundTasks,
 ) -> None:
-    await in_write_thread(
+    """Delete a checkpoint; its blobs are freed once nothing else references them."""
+    digests = await in_write_thread(
         service.delete_checkpoint, session, checkpoint_id, owner=principal.scope_owner
     )
+    # Runs after the response, so after the session dependency has committed the delete.
+    collector: BlobCollector = request.app.state.blob_collector
+    collector.add(digests)
+    background.add_task(in_write_thread, collector.collect)

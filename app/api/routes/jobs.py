@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from app.api.deps import (
@@ -17,11 +17,12 @@ from app.api.deps import (
     WriteSession,
     in_write_thread,
 )
-from app.api.downloads import blob_response
+from app.api.downloads import blob_response, download_route
 from app.api.errors import problem
 from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
 from app.services import jobs as service
 from app.services.errors import TooManyRangesError
+from app.services.payloads import check_depth, check_skeleton_size
 from app.services.references import RegistryConfig
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -31,10 +32,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     responses={
+        413: problem("a body over GRAFT_MAX_JSON_BYTES, too deep, or too large a skeleton"),
         422: problem(
             "invalid recipe (names the rule), unknown checkpoint, unusable reference or alias, "
             "or a source host not allowed (outbound-refused)"
-        )
+        ),
     },
 )
 async def create_job(
@@ -46,6 +48,10 @@ async def create_job(
     inspector: InspectorDep,
 ) -> JobPublic:
     """Queue a conversion; poll the `Location` it returns."""
+    check_depth(body, max_depth=settings.max_json_depth)
+    check_skeleton_size(
+        getattr(body.target, "skeleton", None), max_tensors=settings.max_skeleton_tensors
+    )
     architecture = body.target.architecture_ref()
     if architecture is not None:  # bound in a child, as the worker will, before queueing
         name, kwargs = architecture
@@ -105,13 +111,15 @@ def list_artifacts(job_id: str, principal: ReadPrincipal, session: ReadSession) 
     )
 
 
-@router.get(
+@download_route(
+    router,
     "/{job_id}/report",
     response_class=FileResponse,
     responses={200: {"content": {"application/json": {}, "text/plain": {}}}},
 )
 def get_report(
     job_id: str,
+    request: Request,
     principal: ReadPrincipal,
     session: ReadSession,
     store: StoreDep,
@@ -124,18 +132,19 @@ def get_report(
         "report" if format == "json" else "report-text",
         owner=principal.scope_owner,
     )
-    return blob_response(store, artifact)
+    return blob_response(store, artifact, head=request.method == "HEAD")
 
 
-@router.get("/{job_id}/manifest", response_class=FileResponse)
+@download_route(router, "/{job_id}/manifest", response_class=FileResponse)
 def get_manifest(
-    job_id: str, principal: ReadPrincipal, session: ReadSession, store: StoreDep
+    job_id: str, request: Request, principal: ReadPrincipal, session: ReadSession, store: StoreDep
 ) -> Response:
     artifact = service.get_artifact(session, job_id, "manifest", owner=principal.scope_owner)
-    return blob_response(store, artifact)
+    return blob_response(store, artifact, head=request.method == "HEAD")
 
 
-@router.get(
+@download_route(
+    router,
     "/{job_id}/weights",
     response_class=FileResponse,
     responses={
@@ -146,6 +155,7 @@ def get_manifest(
 )
 def get_weights(
     job_id: str,
+    request: Request,
     principal: ReadPrincipal,
     session: ReadSession,
     store: StoreDep,
@@ -167,4 +177,5 @@ def get_weights(
         range_header=range_,
         attachment=True,
         presigned=settings.presigned_downloads,
+        head=request.method == "HEAD",
     )

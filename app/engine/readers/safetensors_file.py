@@ -10,12 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine.errors import TooLargeError, UnreadableCheckpointError
 from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
-from app.engine.readers.base import MAX_HEADER_BYTES, Parsed
+from app.engine.readers.base import Parsed
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SAFETENSORS_DTYPES", "SafetensorsReader"]
+__all__ = ["SAFETENSORS_DTYPES", "SAFETENSORS_MAX_HEADER_BYTES", "SafetensorsReader"]
+
+# The safetensors library's own cap (MAX_HEADER_SIZE): a larger header is one it refuses.
+SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
+_INT64_MAX = 2**63 - 1
 
 SAFETENSORS_DTYPES: dict[str, str] = {
     "F64": "float64",
@@ -62,9 +66,10 @@ class SafetensorsReader:
             if len(head) < 8:
                 raise UnreadableCheckpointError("truncated safetensors file (no header length)")
             (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES:
+            if n > SAFETENSORS_MAX_HEADER_BYTES:
                 raise TooLargeError(
-                    f"safetensors header claims {n} bytes (limit {MAX_HEADER_BYTES}): corrupt"
+                    f"safetensors header claims {n} bytes (limit {SAFETENSORS_MAX_HEADER_BYTES}, "
+                    "as the safetensors library): corrupt"
                 )
             if 8 + n > file_size:
                 raise UnreadableCheckpointError(
@@ -102,6 +107,11 @@ class SafetensorsReader:
                 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             ):
                 raise UnreadableCheckpointError(f"safetensors entry {key!r} is malformed")
+            # The library (and torch) hold sizes as int64: a larger one is a forged header.
+            if any(s > _INT64_MAX for s in shape) or math.prod(shape) > _INT64_MAX:
+                raise UnreadableCheckpointError(
+                    f"safetensors entry {key!r}: shape {shape} does not fit in int64"
+                )
             begin, end = offsets
             if end - begin != math.prod(shape) * DTYPE_SIZES[dtype] or begin > end:
                 raise UnreadableCheckpointError(

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -79,23 +82,62 @@ class TensorRef:
         return 1 + sum((s - 1) * st for s, st in zip(self.shape, self.stride, strict=True))
 
 
+def _refuse_state(self: object, _state: Any) -> None:
+    # A frozen slotted dataclass gets a __setstate__ that writes its fields anyway (for
+    # pickling); pickle's BUILD would use it to rewrite a marker every later load shares.
+    raise UnsafeCheckpointError(
+        f"unsafe checkpoint: the pickle tries to modify {type(self).__name__.lstrip('_')}, "
+        "which a weights file never does"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _StorageType:
     dtype: str
 
+    __setstate__ = _refuse_state
 
+
+@dataclass(frozen=True, slots=True)
 class _TensorType:
-    """Marker for ``torch.Tensor`` / ``torch.nn.Parameter`` named by ``_rebuild_from_type_v2``."""
+    """Marker for ``torch.Tensor`` / ``torch.nn.Parameter`` named by ``_rebuild_from_type_v2``.
 
-    def __init__(self, is_parameter: bool) -> None:
-        self.is_parameter = is_parameter
+    Frozen and slotted like every object the allow-list hands out: they are shared by every
+    load in a long-lived inspector, so a pickle's BUILD on one must fail, not change how the
+    next upload is read.
+    """
+
+    is_parameter: bool
+
+    __setstate__ = _refuse_state
+
+
+@dataclass(frozen=True, slots=True)
+class _Global:
+    """An allow-listed function, wrapped so that BUILD cannot reach its ``__dict__`` or its
+    ``__defaults__`` (a bare function would take either, for every later load)."""
+
+    fn: Callable[..., Any]
+
+    __setstate__ = _refuse_state
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+# torch sizes, strides and offsets are int64: a larger value cannot be a real tensor.
+_INT64_MAX = 2**63 - 1
 
 
 def _as_int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, tuple | list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _INT64_MAX for v in value
     ):
-        raise UnreadableCheckpointError(f"tensor {what} is not a tuple of non-negative ints")
+        raise UnreadableCheckpointError(
+            f"tensor {what} is not a tuple of non-negative int64 values"
+        )
+    if what == "size" and math.prod(value) > _INT64_MAX:
+        raise UnreadableCheckpointError(f"tensor size {list(value)} has more than 2**63 elements")
     return tuple(value)
 
 
@@ -104,7 +146,7 @@ def _rebuild_tensor_v2(
 ) -> TensorRef:
     if not isinstance(storage, StorageRef):
         raise UnreadableCheckpointError("tensor rebuilt from something that is not a storage")
-    if not isinstance(offset, int) or offset < 0:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= _INT64_MAX:
         raise UnreadableCheckpointError("tensor storage offset is not a non-negative int")
     shape = _as_int_tuple(size, "size")
     strides = _as_int_tuple(stride, "stride")
@@ -123,6 +165,8 @@ class _Dtype:
     """Marker for a ``torch.<dtype>`` global, as ``_rebuild_tensor_v3`` names its dtype."""
 
     name: str
+
+    __setstate__ = _refuse_state
 
 
 def _rebuild_tensor_v3(
@@ -157,8 +201,11 @@ def _rebuild_parameter(data: Any, *_rest: Any) -> TensorRef:
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, _state: Any) -> TensorRef:
-    if func not in (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter) or not isinstance(
-        new_type, _TensorType
+    rebuilders = (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
+    if (
+        not isinstance(func, _Global)
+        or func.fn not in rebuilders
+        or not isinstance(new_type, _TensorType)
     ):
         raise UnsafeCheckpointError("unsafe checkpoint: tensor subclass rebuild is not allowed")
     if not isinstance(args, tuple):
@@ -175,28 +222,68 @@ def _size(*args: Any) -> tuple[int, ...]:
     return tuple(args)
 
 
+# Every value is immutable (a type, or a frozen slotted object): see _TensorType.
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_tensor_v2"): _Global(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_tensor"): _Global(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_tensor_v3"): _Global(_rebuild_tensor_v3),
     ("torch.storage", "UntypedStorage"): _StorageType("uint8"),  # sized in bytes
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch._utils", "_rebuild_parameter"): _Global(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Global(_rebuild_parameter),
+    ("torch._tensor", "_rebuild_from_type_v2"): _Global(_rebuild_from_type_v2),
     ("torch._tensor", "Tensor"): _TensorType(is_parameter=False),
     ("torch", "Tensor"): _TensorType(is_parameter=False),
     ("torch.nn.parameter", "Parameter"): _TensorType(is_parameter=True),
-    ("torch", "Size"): _size,
+    ("torch", "Size"): _Global(_size),
 }
 _ALLOWED.update({("torch", name): _StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()})
 _ALLOWED.update({("torch", name): _Dtype(name) for name in DTYPE_SIZES})
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+def _memo_put(index: int) -> Callable[[Any], None]:
+    """A PUT handler that refuses a memo index beyond the pickle's own length.
+
+    CPython's C unpickler zero-fills a memo table up to the index it is given, 16 bytes per
+    slot: a 9-byte pickle with ``LONG_BINPUT 2**31`` costs 32 GiB. Here the memo is a dict
+    (one entry per PUT the file really holds), and an index larger than the bytes read so
+    far, which no pickler writes (each memoised object costs bytes), is refused outright.
+    """
+
+    def put(self: Any) -> None:  # pickle._Unpickler's state: read, readline, memo, stack
+        if index == 1:
+            raw = self.readline()[:-1]
+            if not raw.isdigit():
+                raise UnreadableCheckpointError("corrupt pickle (PUT without an index)")
+            slot = int(raw)
+        elif index == 2:
+            slot = self.read(1)[0]
+        else:
+            (slot,) = struct.unpack("<I", self.read(4))
+        if slot > self._source.tell():
+            raise UnreadableCheckpointError(
+                f"corrupt pickle: memo index {slot} at byte {self._source.tell()} (no pickler "
+                "numbers its memo beyond its own length)"
+            )
+        self.memo[slot] = self.stack[-1]
+
+    return put
+
+
+# The pure-Python unpickler: its memo is a dict, and its opcode table can be extended (the C
+# one can be neither). Headers are small, so its speed is not what inspection waits on.
+class _RestrictedUnpickler(pickle._Unpickler):
+    dispatch = {
+        **pickle._Unpickler.dispatch,
+        pickle.PUT[0]: _memo_put(1),
+        pickle.BINPUT[0]: _memo_put(2),
+        pickle.LONG_BINPUT[0]: _memo_put(5),
+    }
+
     def __init__(self, file: IO[bytes], *, storages: dict[str, StorageRef]) -> None:
         super().__init__(file, encoding="utf-8")
         self._storages = storages
+        self._source = file
 
     def find_class(self, module: str, name: str) -> Any:
         try:

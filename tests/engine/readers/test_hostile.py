@@ -12,7 +12,9 @@ import os
 import pickle
 import re
 import shlex
+import struct
 import subprocess
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from app.engine.errors import (
     UnsafeCheckpointError,
 )
 from app.engine.readers import open_source
+from app.engine.readers.unpickler import load_restricted
 from tests.fixtures import (
     cli_inspect,
     dangling_memo_pickle,
@@ -331,3 +334,133 @@ def test_index_pointing_outside_its_directory(where: str, tmp_path: Path) -> Non
         index if where == "parent" else index.parent,
         "unsafe checkpoint: weight_map sends 'fc.bias'",
     )
+
+
+# --- issue 12: memory bombs, shared markers, impossible shapes, empty files ------------------
+
+
+def _peak_rss_of_load(payload: bytes) -> tuple[str, int]:
+    """Load ``payload`` with the restricted unpickler in a fresh process: (outcome, peak kB)."""
+    code = (
+        "import resource, sys\n"
+        "from app.engine.readers.unpickler import load_restricted\n"
+        "try:\n"
+        "    load_restricted(sys.stdin.buffer.read()); outcome = 'loaded'\n"
+        "except Exception as exc:\n"
+        "    outcome = f'{type(exc).__name__}: {exc}'\n"
+        "print(outcome); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], input=payload, capture_output=True, timeout=120, check=True
+    )
+    outcome, peak = result.stdout.decode().strip().splitlines()
+    return outcome, int(peak)
+
+
+@pytest.mark.parametrize("opcode", [b"r", b"q", b"p"])
+def test_a_huge_memo_index_is_refused_without_allocating(opcode: bytes) -> None:
+    # PROTO 2, NONE, PUT at index 5*10**7 (or the largest BINPUT index), STOP: 9 bytes that
+    # made CPython's unpickler zero-fill an 820 MB memo table.
+    index = 5 * 10**7
+    if opcode == b"r":
+        put = b"r" + struct.pack("<I", index)
+    elif opcode == b"q":
+        put, index = b"q\xff", 255
+    else:
+        put = b"p%d\n" % index
+    outcome, peak_kb = _peak_rss_of_load(b"\x80\x02N" + put + b".")
+    assert outcome.startswith(f"UnreadableCheckpointError: corrupt pickle: memo index {index}")
+    baseline, baseline_kb = _peak_rss_of_load(b"\x80\x02N.")  # the same process, a harmless load
+    assert baseline == "loaded"
+    assert peak_kb < baseline_kb + 50_000, (peak_kb, baseline_kb)
+
+
+def test_sequential_memo_indices_still_load() -> None:
+    value = load_restricted(pickle.dumps({"a": [1, 2], "b": (3,)}, protocol=2))
+    assert value == {"a": [1, 2], "b": (3,)}
+
+
+# BUILD on an allow-listed object: each of these mutated a marker every later load shares.
+_BUILD_ON_SHARED = {
+    "tensor-marker-dict-state": b"\x80\x02ctorch\nTensor\n}X\x0c\x00\x00\x00is_parameter\x88sb.",
+    "tensor-marker-setstate": b"\x80\x02ctorch._tensor\nTensor\n\x88\x85b.",
+    "storage-dtype": b"\x80\x02ctorch\nFloatStorage\nX\x07\x00\x00\x00float64\x85b.",
+    "rebuild-function": b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nctorch\nSize\n\x85b.",
+}
+
+
+def _buffer_with_attribute(tmp_path: Path) -> Path:
+    # A tensor with Python attributes is saved through _rebuild_from_type_v2(…, torch.Tensor, …),
+    # the path that consults the shared Tensor marker.
+    running_mean = torch.arange(3, dtype=torch.float32)
+    running_mean.note = "kept"  # type: ignore[attr-defined]
+    path = tmp_path / "bn.pt"
+    torch.save({"bn.running_mean": running_mean, "conv.weight": torch.ones(2)}, path)
+    return path
+
+
+@pytest.mark.parametrize("case", list(_BUILD_ON_SHARED))
+def test_one_hostile_pickle_cannot_change_how_the_next_is_read(case: str, tmp_path: Path) -> None:
+    with pytest.raises((UnsafeCheckpointError, UnreadableCheckpointError)):
+        load_restricted(_BUILD_ON_SHARED[case])
+    with open_source(_buffer_with_attribute(tmp_path)) as source:
+        described = {t["key"]: (t["kind"], t["dtype"]) for t in source.describe()["tensors"]}
+        assert torch.equal(source.read("bn.running_mean"), torch.arange(3, dtype=torch.float32))
+    assert described == {
+        "bn.running_mean": ("buffer", "float32"),
+        "conv.weight": ("parameter", "float32"),
+    }
+
+
+def test_marker_build_is_refused_as_unsafe() -> None:
+    with pytest.raises(UnsafeCheckpointError, match="tries to modify TensorType"):
+        load_restricted(_BUILD_ON_SHARED["tensor-marker-dict-state"])
+
+
+def _zip_with_size(tmp_path: Path, size: tuple[int, ...]) -> Path:
+    """A torch zip whose one tensor claims ``size`` (stride 1s, storage of 0 elements)."""
+    path = tmp_path / "shape.pt"
+    torch.save({"w": torch.zeros(0, 2)}, path)
+    with zipfile.ZipFile(path) as zf:
+        pkl = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    # (0, 2) is pickled as BININT1 0, BININT1 2, TUPLE2: put a LONG1 of 2**70 in its place.
+    forged = pkl.replace(
+        b"K\x00K\x02\x86", b"K\x00\x8a\x09" + (2**70).to_bytes(9, "little") + b"\x86"
+    )
+    assert forged != pkl
+    out = tmp_path / "forged.pt"
+    replace_zip_member(path, out, "/data.pkl", forged)
+    return out
+
+
+def test_dims_beyond_int64_in_a_torch_zip(tmp_path: Path) -> None:
+    path = _zip_with_size(tmp_path, (0, 2**70))
+    with pytest.raises(UnreadableCheckpointError, match="not a tuple of non-negative int64"):
+        open_source(path)
+    _assert_cli_refuses(path, "int64")
+
+
+IMPOSSIBLE_SAFETENSORS = {
+    "dim-2**70": (
+        lambda: safetensors_bytes(
+            {"w": {"dtype": "F32", "shape": [0, 2**70], "data_offsets": [0, 0]}}, b""
+        ),
+        UnreadableCheckpointError,
+        r"safetensors entry 'w': shape \[0, 1180591620717411303424\] does not fit in int64",
+    ),
+    "header-over-the-library-cap": (
+        lambda: safetensors_bytes({"w": F32x1}, bytes(4), length=100_000_001),
+        TooLargeError,
+        r"safetensors header claims 100000001 bytes \(limit 100000000, as the safetensors",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPOSSIBLE_SAFETENSORS))
+def test_impossible_safetensors(case: str, tmp_path: Path) -> None:
+    build, error, message = IMPOSSIBLE_SAFETENSORS[case]
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(build())
+    with pytest.raises(error, match=message):
+        open_source(path)
+    _assert_cli_refuses(path, "safetensors")

@@ -1,0 +1,122 @@
+"""Housekeeping that ``graft serve`` runs on a timer: lapsed leases and unreferenced blobs.
+
+Leases: a job whose worker died stays ``running`` until its lease lapses; the reaper then
+re-queues it (attempts left), fails it as ``worker-lost`` (none left) or finishes it as
+``cancelled`` (a cancel was asked), whether or not any worker is polling.
+
+Blobs: deleting a record frees its blobs once nothing references them. A blob is content
+addressed and may be shared, and an upload or a job publishes its blob *before* committing
+the record that references it, so a blob is collected only when (1) no checkpoint file or
+artifact references it and (2) it was not published or re-claimed in the last
+``claim_seconds`` (every publish of an existing blob refreshes its modification time). A
+candidate that is still young is kept and retried on the next tick.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from app.db.base import utcnow
+from app.db.repositories import CheckpointRepository, JobRepository
+from app.db.session import Database
+from app.storage import BlobStore
+
+__all__ = ["BlobCollector", "LeaseSweep", "reap_leases"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeaseSweep:
+    """What one pass over lapsed leases did."""
+
+    requeued: int
+    failed: int
+    cancelled: int
+
+
+def reap_leases(database: Database) -> LeaseSweep:
+    """Settle every running job whose lease has lapsed (see the module docstring)."""
+    now = utcnow()
+    with database.transaction(write=False) as session:
+        if not JobRepository(session).has_work(now=now):
+            return LeaseSweep(0, 0, 0)
+    with database.transaction() as session:
+        repo = JobRepository(session)
+        cancelled = repo.cancel_abandoned(now=now)
+        failed = repo.fail_exhausted(now=now)
+        requeued = repo.requeue_lapsed(now=now)
+    sweep = LeaseSweep(requeued, failed, cancelled)
+    if requeued or failed or cancelled:
+        logger.warning("lapsed leases: %s", sweep)
+    return sweep
+
+
+class BlobCollector:
+    """Blobs that may have lost their last reference, collected once safe to.
+
+    Args:
+        database: where references are looked up.
+        store: where the blobs live.
+        claim_seconds: a blob modified this recently may be claimed by a commit in flight.
+    """
+
+    def __init__(self, database: Database, store: BlobStore, *, claim_seconds: float) -> None:
+        self.database = database
+        self.store = store
+        self.claim_seconds = claim_seconds
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, digests: Iterable[str]) -> None:
+        """Remember blobs whose record was just deleted (after that deletion commits)."""
+        with self._lock:
+            self._pending.update(digests)
+
+    def _referenced(self, digest: str) -> bool:
+        # Asked again right before deleting: a record committed since the first look keeps it.
+        with self.database.transaction(write=False) as session:
+            return bool(CheckpointRepository(session).referenced_blobs([digest]))
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def collect(self) -> int:
+        """Delete the pending blobs nothing references and nobody claimed lately.
+
+        Returns:
+            How many blobs were deleted.
+        """
+        with self._lock:
+            candidates, self._pending = self._pending, set()
+        if not candidates:
+            return 0
+        with self.database.transaction(write=False) as session:
+            live = CheckpointRepository(session).referenced_blobs(sorted(candidates))
+        young: set[str] = set()
+        removed = 0
+        cutoff = time.time() - self.claim_seconds
+        for digest in sorted(candidates - live):
+            modified = self.store.modified(digest)
+            if modified is None:
+                continue  # already gone
+            if modified >= cutoff:
+                young.add(digest)
+                continue
+            if self.store.collect(
+                digest, claimed_since=cutoff, referenced=functools.partial(self._referenced, digest)
+            ):
+                removed += 1
+            elif self.store.modified(digest) is not None:
+                young.add(digest)  # claimed meanwhile: looked at again (and dropped if referenced)
+        if young:
+            self.add(young)
+        if removed:
+            logger.info("collected %d unreferenced blob(s)", removed)
+        return removed

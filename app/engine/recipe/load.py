@@ -26,6 +26,7 @@ from app.engine.recipe.model import (
     SourceSpec,
 )
 from app.engine.recipe.patterns import cite
+from app.engine.recipe.tensor_rules import TRANSFORM_MODELS
 
 __all__ = ["MAX_RECIPE_FILE_BYTES", "load_recipe"]
 
@@ -134,13 +135,16 @@ def load_recipe(obj: Recipe | Mapping[str, Any] | str | Path | None) -> Recipe:
 # Turning pydantic's errors into one message that cites rules
 
 
-_LIST_SECTIONS = frozenset({"rename", "drop", "only", "adapt", "init", "freeze"})
+_LIST_SECTIONS = frozenset(
+    {"rename", "drop", "only", "split", "merge", "copy", "transform", "adapt", "init", "freeze"}
+)
 
 # Tagged sections: (what the tag is called, tag -> model, an example rule).
 _TAGGED: dict[str, tuple[str, dict[str, type[RecipeModel]], str]] = {
     "rename": ("kind", RENAME_MODELS, "{prefix: 'backbone.', to: 'encoder.'}"),
     "adapt": ("op", ADAPT_MODELS, "{match: 'conv1.weight', op: channels}"),
     "init": ("fn", INIT_MODELS, "{match: '*', fn: auto}"),
+    "transform": ("op", TRANSFORM_MODELS, "{match: '*.c_attn.weight', op: transpose}"),
 }
 
 _TYPE_NAMES = {

@@ -318,6 +318,7 @@ class JobRepository:
         error_type: str | None = None,
         error_message: str | None = None,
         device: str | None = None,
+        warnings: list[str] | None = None,
     ) -> bool:
         """Complete a job, only while ``owner`` holds its lease. Returns whether it did."""
         result = self.session.execute(
@@ -329,6 +330,7 @@ class JobRepository:
                 error_type=error_type,
                 error_message=error_message,
                 device=device,
+                warnings=warnings,
                 finished_at=now,
                 updated_at=now,
                 progress=1.0 if status == JobStatus.succeeded else Job.progress,

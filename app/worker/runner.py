@@ -170,6 +170,7 @@ class JobRunner:
                 error_type=outcome.error_type,
                 error_message=outcome.error_message,
                 device=outcome.device,
+                warnings=outcome.warnings,
             )
             if not held:
                 logger.warning("job %s: lease lost before completion; result discarded", job_id)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli_recipe import recipe_cli
 from app.engine.options import WriteOptions
 
 __all__ = ["cli", "main"]
@@ -502,6 +503,7 @@ keys_cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(recipe_cli, name="recipe")
 
 
 def _keys_database() -> Any:

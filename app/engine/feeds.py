@@ -191,9 +191,7 @@ def _merge_feed(
             why = (
                 f"it was left out by {left_out[key]}" if key in left_out else "no source key has it"
             )
-            raise InvalidRecipeError(
-                f"part {key!r} of {target!r} is missing: {why}", rule=rule
-            )
+            raise InvalidRecipeError(f"part {key!r} of {target!r} is missing: {why}", rule=rule)
     for key in keys:
         take(key, rule)
     sources = [available[k].source for k in keys]

@@ -116,7 +116,9 @@ def _output_dtype(stored: str, dtype: str) -> str:
     return dtype if dtype != "keep" and is_floating(stored) else stored
 
 
-def _matchers(rules: Sequence[AdaptRule] | Sequence[InitRule], section: str) -> list[KeyMatcher]:
+def _matchers(
+    rules: Sequence[AdaptRule] | Sequence[InitRule] | Sequence[TransformRule], section: str
+) -> list[KeyMatcher]:
     """Each rule's ``match``, compiled once per plan (not once per key)."""
     return [compile_pattern(rule.match, rule=cite(section, i)) for i, rule in enumerate(rules)]
 

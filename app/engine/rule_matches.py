@@ -86,9 +86,7 @@ def count_rules(
     ):
         counts = count_matches(keys, patterns, section=section)
         implicit = section == "init" and implicit_init
-        out += [
-            RuleMatch(cite(section, i), n, patterns[i], implicit) for i, n in enumerate(counts)
-        ]
+        out += [RuleMatch(cite(section, i), n, patterns[i], implicit) for i, n in enumerate(counts)]
     return out
 
 
@@ -96,7 +94,7 @@ def _rename_pattern(rule: RenameRule) -> str:
     if isinstance(rule, PrefixRule):
         return f"prefix {rule.prefix!r}"
     if isinstance(rule, RegexRule):
-        return f"regex {rule.regex!r}"
+        return f"regex {rule.regex}"
     return f"key {rule.key!r}"
 
 

@@ -30,8 +30,17 @@ N = len(small_state_dict())  # 32 tensors: 5 convs, 5 BatchNorms x 5, fc weight 
 
 def _summary(**counts: int) -> dict[str, int]:
     base = dict.fromkeys(
-        ("loaded", "adapted", "tied", "initialized", "kept", "used", "dropped", "unexpected",
-         "mismatched"),
+        (
+            "loaded",
+            "adapted",
+            "tied",
+            "initialized",
+            "kept",
+            "used",
+            "dropped",
+            "unexpected",
+            "mismatched",
+        ),
         0,
     )
     return base | counts

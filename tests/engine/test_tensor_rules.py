@@ -105,7 +105,11 @@ def test_merge_q_k_v_into_fused_qkv_keeps_order_and_shapes(tmp_path: Path) -> No
     recipe = {
         "merge": [
             {
-                "from": [r"re:layers\.(\d+)\.q\.(weight|bias)", r"layers.\1.k.\2", r"layers.\1.v.\2"],
+                "from": [
+                    r"re:layers\.(\d+)\.q\.(weight|bias)",
+                    r"layers.\1.k.\2",
+                    r"layers.\1.v.\2",
+                ],
                 "to": r"blocks.\1.attn.qkv.\2",
                 "dim": 0,
             }
@@ -183,7 +187,11 @@ def test_copy_feeds_a_tied_key_and_counts_its_source_once(tmp_path: Path) -> Non
     assert (summary["loaded"], summary["tied"], summary["used"]) == (1, 1, 1)
     assert summary["coverage"]["tensors"] == 1.0
     tied = entry(report, "lm_head.weight")
-    assert (tied["status"], tied["sources"], tied["rules"]) == ("tied", ["embed.weight"], ["copy[0]"])
+    assert (tied["status"], tied["sources"], tied["rules"]) == (
+        "tied",
+        ["embed.weight"],
+        ["copy[0]"],
+    )
     assert entry(report, "embed.weight")["status"] == "loaded"
     assert report["verification"]["equal"] == 2
     assert out is not None
@@ -267,9 +275,12 @@ def test_transforms_apply_after_split_in_order(tmp_path: Path) -> None:
 
 
 def _plan_error(src: Path, model: nn.Module, recipe: dict) -> InvalidRecipeError:
-    with open_source(src) as source, skeleton_of(model) as target:
-        with pytest.raises(InvalidRecipeError) as caught:
-            build_plan(source, target, load_recipe(recipe))
+    with (
+        open_source(src) as source,
+        skeleton_of(model) as target,
+        pytest.raises(InvalidRecipeError) as caught,
+    ):
+        build_plan(source, target, load_recipe(recipe))
     return caught.value
 
 
@@ -289,7 +300,11 @@ def test_merge_part_dropped_names_the_rule(tmp_path: Path) -> None:
         "drop": ["layers.1.k.bias"],
         "merge": [
             {
-                "from": [r"re:layers\.(\d+)\.q\.(weight|bias)", r"layers.\1.k.\2", r"layers.\1.v.\2"],
+                "from": [
+                    r"re:layers\.(\d+)\.q\.(weight|bias)",
+                    r"layers.\1.k.\2",
+                    r"layers.\1.v.\2",
+                ],
                 "to": r"blocks.\1.attn.qkv.\2",
             }
         ],
@@ -349,7 +364,7 @@ def test_a_rule_matching_nothing_is_refused_and_named(tmp_path: Path) -> None:
 def test_matched_counts_selection_not_change(tmp_path: Path) -> None:
     """A rename that selects keys but leaves them as they were, an adapt rule whose key already
     has the right shape, overlapping drops: all matched."""
-    sd, src = _fused_state(tmp_path)
+    _, src = _fused_state(tmp_path)
     recipe = {
         **SPLIT_QKV,
         "rename": [

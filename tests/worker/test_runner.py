@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from app.api.schemas import JobPublic
 from app.db.base import utcnow
 from app.db.models import Job
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
 from app.engine.readers import inspect_source
-from app.api.schemas import JobPublic
 from app.services.checkpoints import publish_checkpoint
 from app.storage import FileBlobStore, StagedFile
 from app.worker.runner import JobRunner

@@ -26,7 +26,14 @@ from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer, check_value
 from app.engine.readers import SAFETENSORS_DTYPES
 
-__all__ = ["INDEX_NAME", "SINGLE_NAME", "Layout", "finalize_safetensors", "shard_names", "write_safetensors"]
+__all__ = [
+    "INDEX_NAME",
+    "SINGLE_NAME",
+    "Layout",
+    "finalize_safetensors",
+    "shard_names",
+    "write_safetensors",
+]
 
 Progress = Callable[[str, float], None]
 INDEX_NAME = "model.safetensors.index.json"

@@ -87,7 +87,8 @@ def invert_recipe(recipe: Recipe, *, source: dict[str, TensorInfo] | None = None
     out: dict[str, Any] = {"version": 1}
     if renaming:
         out["rename"] = [
-            _invert_rename(rule, cite("rename", i)) for i, rule in reversed(list(enumerate(recipe.rename)))
+            _invert_rename(rule, cite("rename", i))
+            for i, rule in reversed(list(enumerate(recipe.rename)))
         ]
         if source is not None:
             notes.append(_prove_renames(recipe.rename, out["rename"], list(source)))
@@ -231,7 +232,9 @@ def _template(pieces: Sequence[str | int], numbering: dict[int, int]) -> str:
     return "".join(out)
 
 
-def _mirror(shape: _Shape, template: str, others: Sequence[str], rule: str) -> tuple[str, list[str]]:
+def _mirror(
+    shape: _Shape, template: str, others: Sequence[str], rule: str
+) -> tuple[str, list[str]]:
     """Swap a regex and its templates: ``template`` becomes the regex (each of ``shape``'s groups
     used exactly once in it), the regex and ``others`` become templates of the new groups."""
     parsed = split_replacement(template, compile_re2(_rebuild(shape)))
@@ -242,9 +245,7 @@ def _mirror(shape: _Shape, template: str, others: Sequence[str], rule: str) -> t
             rule=rule,
         )
     numbering = {old: new for new, old in enumerate(refs, start=1)}
-    regex = "".join(
-        _escape(p) if isinstance(p, str) else f"({shape.groups[p]})" for p in parsed
-    )
+    regex = "".join(_escape(p) if isinstance(p, str) else f"({shape.groups[p]})" for p in parsed)
     regex = ("^" if shape.start else "") + regex + ("$" if shape.end else "")
     compile_regex(regex, rule=rule)
     mirrored = [_template(shape.pieces, numbering)]
@@ -255,7 +256,9 @@ def _mirror(shape: _Shape, template: str, others: Sequence[str], rule: str) -> t
 
 
 def _rebuild(shape: _Shape) -> str:
-    return "".join(_escape(p) if isinstance(p, str) else f"({shape.groups[p]})" for p in shape.pieces)
+    return "".join(
+        _escape(p) if isinstance(p, str) else f"({shape.groups[p]})" for p in shape.pieces
+    )
 
 
 # --- each kind of rule ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from app.engine.recipe.patterns import (
     RuleError,
     check_pattern,
     check_user_regex,
+    compile_re2,
     split_replacement,
 )
 
@@ -82,22 +83,12 @@ def compile_names(first: str, others: list[str]) -> NamePattern:
         RuleError: a bad regex, or a reference to a group the first name lacks (a plain first
             name has no groups, so the others are plain names too).
     """
-    if first.startswith("re:"):
-        regex: Regex | None = check_user_regex(first[3:])
-    else:
-        regex = None
-    groups = _NoGroups() if regex is None else regex
+    regex = check_user_regex(first[3:]) if first.startswith("re:") else None
+    groups = compile_re2("") if regex is None else regex  # a plain name has no groups
     templates = []
     for name in others:
         templates.append(split_replacement(name, groups))
     return NamePattern(regex, first, tuple(templates))
-
-
-class _NoGroups:
-    """The group table of a plain (non-regex) first name: none."""
-
-    groups = 0
-    groupindex: dict[str, int] = {}  # noqa: RUF012 - read-only stand-in for a regex's
 
 
 class SplitRule(RecipeModel):

@@ -403,3 +403,45 @@ def test_explicit_init_rule_matching_nothing_is_unmatched(tmp_path: Path) -> Non
     result, _ = run(src, skeleton_of(SplitNet()), recipe, tmp_path / "x.safetensors")
     assert not result.ok
     assert [e.split(" (")[0] for e in result.report["errors"]] == ["unmatched: init[0]"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        (
+            {"split": [{"form": "a", "to": ["b", "c"]}]},
+            "split[0]: missing field 'from'; split[0]: unknown field 'form'; did you mean 'from'? "
+            "split takes from, to, dim, sizes",
+        ),
+        (
+            {"split": [{"from": "a", "to": ["b", "c"], "sizes": [1]}]},
+            "split[0]: sizes has 1 entries but `to` names 2 keys; give one size per key",
+        ),
+        (
+            {"merge": [{"from": [r"re:a(\d)", r"b\2"], "to": "c"}]},
+            r"merge[0]: name 'b\\2' refers to group \2 but the regex has 1 capturing group(s); "
+            "add (...) around the part to keep",
+        ),
+        ({"copy": [{"from": "a"}]}, "copy[0]: missing field 'to'"),
+        (
+            {"transform": [{"match": "a", "op": "flip"}]},
+            "transform[0]: unknown op 'flip' (expected transpose, slice, reshape)",
+        ),
+        (
+            {"transform": [{"match": "a", "op": "reshape", "shape": [-1, -1]}]},
+            "transform[0]: shape [-1, -1] has more than one -1; at most one dim is inferred",
+        ),
+    ],
+)
+def test_invalid_rules_are_named_when_the_recipe_loads(recipe: dict, message: str) -> None:
+    with pytest.raises(InvalidRecipeError) as caught:
+        load_recipe(recipe)
+    assert str(caught.value) == message
+
+
+def test_recipe_with_new_rules_round_trips_through_json() -> None:
+    recipe = load_recipe({**SPLIT_QKV, "copy": [{"from": "a", "to": "b"}], "unmatched": "warn"})
+    dumped = recipe.model_dump(mode="json")
+    assert dumped["split"][0]["from"] == SPLIT_QKV["split"][0]["from"]
+    assert dumped["copy"] == [{"from": "a", "to": "b"}]
+    assert load_recipe(dumped) == recipe

@@ -87,7 +87,10 @@ def compile_names(first: str, others: list[str]) -> NamePattern:
     groups = compile_re2("") if regex is None else regex  # a plain name has no groups
     templates = []
     for name in others:
-        templates.append(split_replacement(name, groups))
+        try:
+            templates.append(split_replacement(name, groups))
+        except RuleError as exc:
+            raise RuleError(f"name {name!r} " + str(exc).removeprefix("`to` ")) from None
     return NamePattern(regex, first, tuple(templates))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from app.engine.errors import InvalidRecipeError
 from app.engine.meta import TensorInfo
@@ -19,7 +18,7 @@ from app.engine.ops.multi import Part, describe_merge, describe_split
 from app.engine.recipe import Recipe, cite
 from app.engine.recipe.patterns import RuleError
 from app.engine.recipe.rename import Renamed
-from app.engine.recipe.tensor_rules import NamePattern, compile_names
+from app.engine.recipe.tensor_rules import NamePattern, SplitRule, compile_names
 
 __all__ = ["Feed", "Feeds", "plan_feeds"]
 
@@ -110,39 +109,9 @@ def plan_feeds(
             excluded, or a shape does not fit; the error names the rule.
     """
     feeds = Feeds()
-    taken: dict[str, str] = {}  # renamed key -> the split/merge rule that consumed it
-
-    def take(key: str, rule: str) -> None:
-        if key in taken:
-            raise InvalidRecipeError(
-                f"{key!r} is already taken by {taken[key]}; a key can be split or merged once",
-                rule=rule,
-            )
-        taken[key] = rule
-
+    taken = _Taken()
     for index, split in enumerate(recipe.split):
-        rule = cite("split", index)
-        names = _names(split.from_, split.to, rule)
-        count = 0
-        for key, renamed in available.items():
-            if (match := names.match(key)) is None:
-                continue
-            take(key, rule)
-            count += 1
-            info = infos[renamed.source]
-            try:
-                parts = describe_split(info.shape, split.dim, len(split.to), split.sizes, key=key)
-            except InvalidRecipeError as exc:
-                raise InvalidRecipeError(exc.message, rule=rule) from None
-            n = len(parts)
-            for i, part in enumerate(parts):
-                shape = tuple(part[2] if d == part[0] else s for d, s in enumerate(info.shape))
-                feeds.add(
-                    Feed(names.expand(i, match), [renamed.source], [*renamed.rules, rule],
-                         shape, info.dtype, rule, part=part, source_shape=info.shape,
-                         op=f"split({part[0]}, {i + 1}/{n})")
-                )  # fmt: skip
-        feeds.matched[rule] = count
+        _split_feeds(feeds, split, cite("split", index), available, infos, taken)
     for index, merge in enumerate(recipe.merge):
         rule = cite("merge", index)
         names = _names(merge.from_[0], [*merge.from_[1:], merge.to], rule)
@@ -152,11 +121,11 @@ def plan_feeds(
                 continue
             keys = [key] + [names.expand(i, match) for i in range(len(merge.from_) - 1)]
             feeds.add(_merge_feed(keys, names.expand(len(merge.from_) - 1, match), merge.dim,
-                                  rule, available, left_out, infos, take))  # fmt: skip
+                                  rule, available, left_out, infos, taken))  # fmt: skip
             count += 1
         feeds.matched[rule] = count
     for key, renamed in available.items():
-        if key not in taken:
+        if key not in taken.by:
             info = infos[renamed.source]
             feeds.add(Feed(key, [renamed.source], list(renamed.rules), info.shape, info.dtype,
                            _origin(renamed), source_shape=info.shape, plain=True))  # fmt: skip
@@ -176,6 +145,52 @@ def plan_feeds(
     return feeds
 
 
+@dataclass
+class _Taken:
+    """The renamed keys a split or merge consumed, and which rule did."""
+
+    by: dict[str, str] = field(default_factory=dict)
+
+    def take(self, key: str, rule: str) -> None:
+        if key in self.by:
+            raise InvalidRecipeError(
+                f"{key!r} is already taken by {self.by[key]}; a key can be split or merged once",
+                rule=rule,
+            )
+        self.by[key] = rule
+
+
+def _split_feeds(
+    feeds: Feeds,
+    split: SplitRule,
+    rule: str,
+    available: Mapping[str, Renamed],
+    infos: Mapping[str, TensorInfo],
+    taken: _Taken,
+) -> None:
+    """The parts of every key ``split`` matches, one feed each."""
+    names = _names(split.from_, split.to, rule)
+    count = 0
+    for key, renamed in available.items():
+        if (match := names.match(key)) is None:
+            continue
+        taken.take(key, rule)
+        count += 1
+        info = infos[renamed.source]
+        try:
+            parts = describe_split(info.shape, split.dim, len(split.to), split.sizes, key=key)
+        except InvalidRecipeError as exc:
+            raise InvalidRecipeError(exc.message, rule=rule) from None
+        for i, part in enumerate(parts):
+            shape = tuple(part[2] if d == part[0] else s for d, s in enumerate(info.shape))
+            feeds.add(
+                Feed(names.expand(i, match), [renamed.source], [*renamed.rules, rule], shape,
+                     info.dtype, rule, part=part, source_shape=info.shape,
+                     op=f"split({part[0]}, {i + 1}/{len(parts)})")
+            )  # fmt: skip
+    feeds.matched[rule] = count
+
+
 def _merge_feed(
     keys: list[str],
     target: str,
@@ -184,7 +199,7 @@ def _merge_feed(
     available: Mapping[str, Renamed],
     left_out: Mapping[str, str],
     infos: Mapping[str, TensorInfo],
-    take: Any,
+    taken: _Taken,
 ) -> Feed:
     for key in keys:
         if key not in available:
@@ -193,7 +208,7 @@ def _merge_feed(
             )
             raise InvalidRecipeError(f"part {key!r} of {target!r} is missing: {why}", rule=rule)
     for key in keys:
-        take(key, rule)
+        taken.take(key, rule)
     sources = [available[k].source for k in keys]
     shapes = [infos[s].shape for s in sources]
     dtypes = {infos[s].dtype for s in sources}

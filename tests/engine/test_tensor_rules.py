@@ -87,6 +87,8 @@ def test_split_fused_qkv_into_q_k_v(tmp_path: Path) -> None:
     assert q["shape"] == [DIM, DIM] and q["source_shape"] == [3 * DIM, DIM]
     assert entry(report, "layers.0.v.bias")["ops"] == ["split(0, 3/3)"]
     assert report["verification"] == {"checked": 16, "equal": 16, "strict_load": True}
+    assert report["output"]["files"] == ["split.safetensors"]  # the final name, not the temp's
+    assert not [p.name for p in tmp_path.iterdir() if "graft-tmp" in p.name]
     assert out is not None
     for i in range(2):
         for part, name in enumerate("qkv"):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -134,3 +135,81 @@ def test_recipe_invert_refuses_what_cannot_be_inverted_by_name(tmp_path: Path) -
         2,
         "graft: error: drop[0]: drop rules cannot be inverted (they lose or duplicate tensors)\n",
     )
+
+
+QKV = r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$"
+
+
+def _fused_skeleton(source: dict[str, torch.Tensor]) -> dict[str, object]:
+    """MiniLM with each layer's query, key and value fused into one ``qkv`` projection."""
+    tensors: dict[str, object] = {}
+    for key, value in source.items():
+        shape, name = list(value.shape), key
+        if (m := re.match(QKV, key)) is not None:
+            if m.group(2) != "query":
+                continue
+            shape[0] *= 3
+            name = f"encoder.layer.{m.group(1)}.attention.self.qkv.{m.group(3)}"
+        tensors[name] = {"shape": shape, "dtype": str(value.dtype).removeprefix("torch.")}
+    return {"schema": "graft.skeleton/v1", "tensors": tensors}
+
+
+def test_merge_qkv_of_the_real_minilm_and_split_it_back_bit_exact(tmp_path: Path) -> None:
+    path = minilm_path()
+    with safe_open(str(path), framework="pt") as f:
+        source = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    forward = tmp_path / "fuse.json"
+    forward.write_text(
+        json.dumps(
+            {
+                "merge": [
+                    {
+                        "from": [
+                            r"re:encoder\.layer\.(\d+)\.attention\.self\.query\.(weight|bias)",
+                            r"encoder.layer.\1.attention.self.key.\2",
+                            r"encoder.layer.\1.attention.self.value.\2",
+                        ],
+                        "to": r"encoder.layer.\1.attention.self.qkv.\2",
+                        "dim": 0,
+                    }
+                ],
+                "strict": True,
+            }
+        )
+    )
+    skeleton = tmp_path / "fused.json"
+    skeleton.write_text(json.dumps(_fused_skeleton(source)))
+    fused = tmp_path / "fused.safetensors"
+
+    there = graft("convert", path, skeleton, "-r", forward, "-o", fused, "--json")
+
+    assert there.exit_code == 0, there.output
+    report = json.loads(there.stdout)
+    summary = report["summary"]
+    assert (summary["loaded"], summary["used"], summary["unexpected"]) == (
+        80,
+        104,
+        0,
+    )  # 104 - 36 parts + 12 fused
+    assert {r["rule"]: r["matched"] for r in report["rules"]}["merge[0]"] == 12
+    qkv = load_file(str(fused))["encoder.layer.3.attention.self.qkv.weight"]
+    parts = [
+        source[f"encoder.layer.3.attention.self.{n}.weight"] for n in ("query", "key", "value")
+    ]
+    assert torch.equal(qkv, torch.cat(parts))
+
+    back = tmp_path / "split.yaml"
+    inverted = graft_process("recipe", "invert", forward, "--source", path, "-o", back)
+    assert inverted.returncode == 0, inverted.stderr
+    assert yaml.safe_load(back.read_text())["split"][0]["to"] == [
+        r"encoder.layer.\1.attention.self.query.\2",
+        r"encoder.layer.\1.attention.self.key.\2",
+        r"encoder.layer.\1.attention.self.value.\2",
+    ]
+    again = tmp_path / "again.safetensors"
+    result = graft("convert", fused, path, "-r", back, "-o", again)
+    assert result.exit_code == 0, result.output
+    round_trip = load_file(str(again))
+    assert set(round_trip) == set(source)
+    for key, value in source.items():
+        assert torch.equal(round_trip[key], value), key

@@ -7,8 +7,9 @@ becomes ``^layers\\.(\\d+)\\.`` → ``blocks.\\1.``), each group used once in ``
 becomes a ``merge`` and back, with the names' groups carried the same way. ``transpose`` is its
 own inverse; ``reshape`` needs the shape it started from, which only the source's header
 knows. A conversion always renames before it splits or merges and transforms last, so a recipe
-that renames *and* splits, merges or transforms cannot be turned around rule by rule: that mix
-is refused, as is every other rule, by name.
+that renames *and* splits, merges or transforms (or transforms what it splits) cannot be turned
+around rule by rule; given the source, it is reversed key by key instead
+(:mod:`app.engine.invert_by_key`). Every other rule is refused, by name.
 
 Given the source, the renames are proved one-to-one on its keys: forward, then back, gives
 every key again.
@@ -69,19 +70,18 @@ def invert_recipe(recipe: Recipe, *, source: dict[str, TensorInfo] | None = None
     renaming = bool(recipe.rename)
     others = [*_cites("split", recipe.split), *_cites("merge", recipe.merge)]
     others += _cites("transform", recipe.transform)
-    if renaming and others:
+    mixed = recipe.transform and (recipe.split or recipe.merge)
+    if (renaming and others) or mixed:
+        if source is not None:  # every key's fate is known: reverse it key by key
+            from app.engine.invert_by_key import invert_by_key
+
+            by_key, note = invert_by_key(recipe, source)
+            return Inversion({**by_key, **_settings(recipe)}, [note])
         raise InvalidRecipeError(
-            "cannot be inverted together with rename rules: a conversion renames before it "
-            "splits, merges or transforms, so the reverse would have to run them the other "
-            "way round; invert the renames and the rest as two recipes",
-            rule=others[0],
-        )
-    if recipe.transform and (recipe.split or recipe.merge):
-        raise InvalidRecipeError(
-            "cannot be inverted together with split or merge rules: a conversion transforms "
-            "after it splits or merges, so the reverse would have to run them the other way "
-            "round; invert them as two recipes",
-            rule=cite("transform", 0),
+            "cannot be inverted rule by rule: a conversion renames first and transforms last, "
+            "so the reverse would have to run them the other way round; give --source to "
+            "write the reverse key by key",
+            rule=others[0] if renaming else cite("transform", 0),
         )
     notes: list[str] = []
     out: dict[str, Any] = {"version": 1}
@@ -101,11 +101,17 @@ def invert_recipe(recipe: Recipe, *, source: dict[str, TensorInfo] | None = None
             _invert_transform(recipe.transform, i, source)
             for i in reversed(range(len(recipe.transform)))
         ]
+    return Inversion({**out, **_settings(recipe)}, notes)
+
+
+def _settings(recipe: Recipe) -> dict[str, Any]:
+    """The policy settings the reverse keeps (those not at their defaults)."""
+    out: dict[str, Any] = {}
     for name in ("strict", "unmatched", "allow_empty", "seed"):
         value = getattr(recipe, name)
         if value != Recipe.model_fields[name].default:
             out[name] = value
-    return Inversion(out, notes)
+    return out
 
 
 def _cites(section: str, rules: Sequence[Any]) -> list[str]:

@@ -68,7 +68,7 @@ def test_regex_groups_are_renumbered_in_the_order_to_uses_them() -> None:
         (
             {**QKV_SPLIT, "rename": [{"prefix": "x.", "to": "blocks."}]},
             "split[0]",
-            "together with rename rules",
+            "give --source to write the reverse key by key",
         ),
     ],
 )
@@ -167,3 +167,75 @@ def test_transpose_and_reshape_there_and_back_is_bit_exact(tmp_path: Path) -> No
     )
     assert result.ok, result.report.get("errors")
     _same(tmp_path / "again.safetensors", sd)
+
+
+class Wide(SplitNet):
+    """q, k, v; proj stored as a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for layer in self.layers:
+            layer.proj = nn.Conv2d(8, 8, 1)
+
+
+def test_rename_split_and_transform_reverse_key_by_key_bit_exact(tmp_path: Path) -> None:
+    """The README's fused-qkv recipe plus a transpose and a reshape: the reverse cannot be
+    written rule by rule, so with the source it is written key by key, and round trips."""
+    torch.manual_seed(7)
+    sd = {k: v.clone() for k, v in FusedNet().state_dict().items()}
+    src = save_sd(sd, tmp_path / "fused.pt")
+    recipe = {
+        "rename": [{"regex": r"^blocks\.(\d+)\.attn\.", "to": r"layers.\1."}],
+        "split": [
+            {
+                "from": r"re:layers\.(\d+)\.qkv\.(weight|bias)",
+                "to": [r"layers.\1.q.\2", r"layers.\1.k.\2", r"layers.\1.v.\2"],
+            }
+        ],
+        "transform": [
+            {"match": "*.proj.weight", "op": "transpose"},
+            {"match": "*.proj.weight", "op": "reshape", "shape": [8, 8, 1, 1]},
+        ],
+        "strict": True,
+    }
+    there, _ = run(src, skeleton_of(Wide()), recipe, tmp_path / "there.safetensors")
+    assert there.ok, there.report.get("errors")
+
+    with pytest.raises(InvalidRecipeError, match="give --source") as caught:
+        invert_recipe(load_recipe(recipe))
+    assert caught.value.rule == "split[0]"
+    inversion = invert_recipe(load_recipe(recipe), source=_tensors(src))
+
+    back = inversion.recipe
+    assert inversion.notes[0].startswith("proved: the renames map the source's 8 keys")
+    assert back["rename"] == [
+        {"key": f"layers.{i}.proj.{leaf}", "to": f"blocks.{i}.attn.proj.{leaf}"}
+        for i in range(2)
+        for leaf in ("weight", "bias")
+    ]
+    assert back["merge"][0] == {
+        "from": ["layers.0.q.weight", "layers.0.k.weight", "layers.0.v.weight"],
+        "to": "blocks.0.attn.qkv.weight",
+        "dim": 0,
+    }
+    assert back["transform"][:2] == [
+        {"match": "blocks.0.attn.proj.weight", "op": "reshape", "shape": [8, 8]},
+        {"match": "blocks.0.attn.proj.weight", "op": "transpose"},
+    ]
+    result, _ = run(
+        tmp_path / "there.safetensors",
+        Target.from_checkpoint(save_st(sd, tmp_path / "fused-template.safetensors")),
+        back,
+        tmp_path / "again.safetensors",
+    )
+    assert result.ok, result.report.get("errors")
+    _same(tmp_path / "again.safetensors", sd)
+
+
+def test_transform_of_a_split_key_cannot_be_reversed(tmp_path: Path) -> None:
+    torch.manual_seed(8)
+    src = save_sd(FusedNet().state_dict(), tmp_path / "fused.pt")
+    recipe = {**QKV_SPLIT, "transform": [{"match": "*.q.weight", "op": "transpose"}]}
+    with pytest.raises(InvalidRecipeError, match="which a split or merge makes") as caught:
+        invert_recipe(load_recipe(recipe), source=_tensors(src))
+    assert caught.value.rule == "transform[0]"

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli_recipe import recipe_cli
 from app.engine.options import WriteOptions
 
 __all__ = ["cli", "main"]
@@ -25,8 +26,23 @@ cli = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from app import __version__
+
+        typer.echo(f"graft {__version__}")
+        raise typer.Exit()
+
+
 @cli.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Transplant pretrained PyTorch weights into a different architecture."""
 
 
@@ -238,7 +254,12 @@ def _run(
     for warning in result.report["warnings"]:
         if warning.startswith(("nothing_loaded", "low_coverage")):
             typer.echo(f"graft: WARNING: {warning}", err=True)
+    for warning in result.report["warnings"]:
+        if warning.startswith("unmatched"):
+            typer.echo(f"graft: WARNING: {warning}", err=True)
     if not result.ok:
+        for error in result.report.get("errors", []):
+            typer.echo(f"graft: refused: {error}", err=True)
         typer.echo("graft: refused by the recipe's policy (see errors above)", err=True)
         raise typer.Exit(1)
 
@@ -496,6 +517,7 @@ keys_cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(recipe_cli, name="recipe")
 
 
 def _keys_database() -> Any:

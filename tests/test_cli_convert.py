@@ -76,7 +76,7 @@ def test_plan_prints_the_grouped_text(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "graft report: OK"
-    assert f"target keys  loaded {N} · adapted 0 · initialized 0 · kept 0" in lines
+    assert f"target keys  loaded {N} · adapted 0 · tied 0 · initialized 0 · kept 0" in lines
     (convs,) = group_keys([f"layer1.{b}.conv{c}.weight" for b in (0, 1) for c in (1, 2)])
     assert convs.pattern.startswith("layer1.{0..1}.conv")  # four keys on one line
     assert f"  {convs.pattern}  <- backbone.{convs.pattern}  [rename[0]]" in lines

@@ -93,6 +93,7 @@ RULES = {
     # Executors and the CLI reach a conversion only through the job-execution service.
     "worker": (("worker",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
     "cli": (("cli",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
+    "cli_recipe": (("cli_recipe",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
     # Thin routes: the database through services and dependencies only.
     "routes": (("api", "routes"), ("sqlalchemy", "app.db", "app.engine.pipeline")),
 }  # fmt: skip

@@ -170,6 +170,9 @@ class JobPublic(BaseModel):
     attempts: int
     worker: str | None
     device: str | None
+    warnings: list[str] = Field(
+        default_factory=list, description="the report's warnings (nothing_loaded, unmatched: …)"
+    )
     error: JobError | None
     result: JobResult | None = None
     pipeline: str | None = Field(default=None, description="the pipeline that started it")
@@ -206,6 +209,7 @@ class JobPublic(BaseModel):
             attempts=job.attempts,
             worker=job.lease_owner,
             device=job.device,
+            warnings=list(job.warnings or []),
             error=JobError(type=job.error_type, message=job.error_message)
             if job.error_type
             else None,

@@ -184,6 +184,8 @@ class Job(Base):
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     ok: Mapped[bool | None] = mapped_column(Boolean)
+    # The report's warnings, so a client polling the job sees them without the report.
+    warnings: Mapped[list[str] | None] = mapped_column(JSON)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -361,6 +361,7 @@ class JobRepository:
         device: str | None = None,
         source_id: str | None = None,
         result: dict[str, Any] | None = None,
+        warnings: list[str] | None = None,
     ) -> bool:
         """Complete a job, only while ``owner`` holds its lease. Returns whether it did.
 
@@ -380,6 +381,7 @@ class JobRepository:
                 error_type=error_type,
                 error_message=error_message,
                 device=device,
+                warnings=warnings,
                 finished_at=now,
                 updated_at=now,
                 progress=1.0 if status == JobStatus.succeeded else Job.progress,

@@ -129,6 +129,8 @@ def _stamp(plan: Plan, recipe: Recipe, source_sha256: Callable[[], str]) -> Stam
     """The output's metadata: the header comes before the data, so it is written with
     placeholders of the final lengths and completed once the digests are known."""
     placeholder = {
+        # What `transformers` (4.x) and `safetensors` loaders check: the file holds torch tensors.
+        "format": "pt",
         "graft.version": __version__,
         "graft.source_sha256": DIGEST_PLACEHOLDER,
         "graft.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),

@@ -1,9 +1,11 @@
 """Plan a conversion from headers alone: for every target key, what feeds it and how.
 
-The order is fixed: strip prefixes, apply renames in order, apply drop/only, then match
-renamed source keys against target keys. Shapes that differ go to the first adapt rule whose
-``match`` fits the target key, or are ``mismatched``. Target keys nothing feeds are ``kept``
-or ``initialized`` per ``missing``. No tensor data is read here.
+The order is fixed (SPEC §2.1): strip prefixes, apply renames in order, apply drop/only, form
+the split/merge/copy groups (:mod:`app.engine.feeds`), then match what they feed against
+target keys and apply every matching ``transform`` in order. Shapes that still differ go to
+the first adapt rule whose ``match`` fits the target key, or are ``mismatched``. Target keys
+nothing feeds are ``kept`` or ``initialized`` per ``missing``. Every rule's match count is
+kept (:mod:`app.engine.rule_matches`). No tensor data is read here.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from app.engine.errors import InvalidRecipeError
+from app.engine.feeds import Feed, plan_feeds
 from app.engine.meta import TensorInfo, is_floating
 from app.engine.ops.adapt import describe_adapt, describe_cast
 from app.engine.ops.initialize import InitRecord, resolve_init
+from app.engine.ops.multi import Part, describe_transform
 from app.engine.readers import Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
-from app.engine.recipe.rename import apply_renames, filter_keys
+from app.engine.recipe.rename import filter_keys, rename_keys
+from app.engine.recipe.tensor_rules import TransformRule
+from app.engine.rule_matches import RuleMatch, count_rules, judge_rules
 from app.engine.target import Target
 
 __all__ = ["Plan", "PlanEntry", "Suggestion", "Unused", "build_plan"]
 
-Status = Literal["loaded", "adapted", "initialized", "kept", "missing"]
+Status = Literal["loaded", "adapted", "tied", "initialized", "kept", "missing"]
 UnusedReason = Literal["dropped", "unexpected", "mismatched"]
 
 # Below this share of target tensors fed by the source, a conversion is flagged loudly.
@@ -48,10 +54,14 @@ class PlanEntry:
     adapt: AdaptRule | None = None
     init: InitRecord | None = None
     benign: bool = False  # a num_batches_tracked the source lacks: PyTorch fills it itself
+    part: Part | None = None  # split: the part of the source taken
+    merge_dim: int | None = None  # merge: the sources are concatenated along this dim
+    source_shapes: list[tuple[int, ...]] | None = None  # merge: each source's shape
+    transforms: list[TransformRule] = field(default_factory=list)
 
     @property
     def fed(self) -> bool:
-        return self.status in ("loaded", "adapted")
+        return self.status in ("loaded", "adapted", "tied")
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,7 @@ class Plan:
     failures: list[str]  # what the recipe's policy refuses; non-empty means not ok
     stripped_prefix: str | None
     dtype: str = "keep"  # the output dtype policy (recipe's, or the caller's override)
+    rules: list[RuleMatch] = field(default_factory=list)  # every recipe rule, with `matched`
 
     @property
     def ok(self) -> bool:
@@ -105,7 +116,9 @@ def _output_dtype(stored: str, dtype: str) -> str:
     return dtype if dtype != "keep" and is_floating(stored) else stored
 
 
-def _matchers(rules: Sequence[AdaptRule] | Sequence[InitRule], section: str) -> list[KeyMatcher]:
+def _matchers(
+    rules: Sequence[AdaptRule] | Sequence[InitRule] | Sequence[TransformRule], section: str
+) -> list[KeyMatcher]:
     """Each rule's ``match``, compiled once per plan (not once per key)."""
     return [compile_pattern(rule.match, rule=cite(section, i)) for i, rule in enumerate(rules)]
 
@@ -181,59 +194,104 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
     """
     out_dtype = dtype or recipe.dtype
     _strip_helpful_prefix(source, target, recipe)
-    renamed = apply_renames(list(source.tensors), recipe.rename)
-    by_new = {r.key: r for r in renamed.values()}
+    renaming = rename_keys(list(source.tensors), recipe.rename)
+    by_new = {r.key: r for r in renaming.renamed.values()}
     kept_keys, dropped = filter_keys(list(by_new), drop=recipe.drop, only=recipe.only)
     unused: list[Unused] = [
         Unused(by_new[k].source, "dropped", rule, k) for k, rule in dropped.items()
     ]
     available = {k: by_new[k] for k in kept_keys}
+    feeds = plan_feeds(available, dropped, source.tensors, recipe)
+    pending = dict(feeds.by_target)
     adapt_matchers = _matchers(recipe.adapt, "adapt")
     init_matchers = _matchers(recipe.init, "init")
+    transform_matchers = _matchers(recipe.transform, "transform")
     entries: list[PlanEntry] = []
     mismatched: list[str] = []
     for key, info in target.tensors.items():
-        feed = available.pop(key, None)
+        feed = pending.pop(key, None)
         entry = PlanEntry(key, "missing", info.shape, info.dtype, module=info.module)
         if feed is not None:
-            src = source.tensors[feed.source]
-            entry.sources, entry.rules = [feed.source], list(feed.rules)
-            entry.source_shape, entry.source_dtype = src.shape, src.dtype
-            if src.shape == info.shape:
-                entry.status = "loaded"
+            shape = _feed(entry, feed, recipe.transform, transform_matchers)
+            if shape == info.shape:
+                entry.status = "tied" if feed.tied else "loaded"
             else:
                 index = _first_rule(adapt_matchers, key)
                 if index < 0:
-                    unused.append(Unused(feed.source, "mismatched", None, key))
-                    mismatched.append(
-                        f"{key}: source {list(src.shape)} vs target {list(info.shape)}"
-                    )
-                    entry.sources, entry.rules = [], []
-                    entry.source_shape = entry.source_dtype = None
+                    unused += [Unused(s, "mismatched", None, key) for s in feed.sources]
+                    mismatched.append(f"{key}: source {list(shape)} vs target {list(info.shape)}")
+                    _unfeed(entry)
                 else:
-                    rule = recipe.adapt[index]
-                    try:
-                        op = describe_adapt(
-                            rule.op, src.shape, info.shape, key=key, **rule.options()
-                        )
-                    except InvalidRecipeError as exc:
-                        raise InvalidRecipeError(exc.message, rule=cite("adapt", index)) from None
-                    entry.status, entry.adapt = "adapted", rule
-                    entry.rules.append(cite("adapt", index))
-                    entry.ops.append(op or rule.op)
+                    _adapt(entry, recipe.adapt[index], index, shape, info.shape)
             if entry.fed:
-                entry.dtype = _output_dtype(src.dtype, out_dtype)
-                if (cast := describe_cast(src.dtype, entry.dtype, key=key)) is not None:
+                entry.dtype = _output_dtype(feed.dtype, out_dtype)
+                if (cast := describe_cast(feed.dtype, entry.dtype, key=key)) is not None:
                     entry.ops.append(cast)
         if not entry.fed:
             _fill_missing(entry, info, target, recipe, out_dtype, init_matchers)
         entries.append(entry)
-    for key, feed in available.items():
-        unused.append(Unused(feed.source, "unexpected", None, key))
+    fed_sources = {s for e in entries if e.fed for s in e.sources}
+    reported = {u.source for u in unused}
+    for key, feed in pending.items():
+        for src in feed.sources:
+            if src not in fed_sources and src not in reported:
+                reported.add(src)
+                unused.append(Unused(src, "unexpected", None, key))
     plan = Plan(entries, unused, [], [], [], source.stripped_prefix, out_dtype)
+    plan.rules = count_rules(recipe, renaming.matched, list(by_new), feeds.matched, target)
     _align(plan, source, target, recipe)
     _judge(plan, recipe, mismatched)
+    judge_rules(plan.rules, recipe, plan.failures, plan.warnings)
     return plan
+
+
+def _feed(
+    entry: PlanEntry,
+    feed: Feed,
+    transforms: Sequence[TransformRule],
+    matchers: Sequence[KeyMatcher],
+) -> tuple[int, ...]:
+    """Record what feeds ``entry`` and apply every matching transform; the shape it ends with."""
+    entry.sources, entry.rules = list(feed.sources), list(feed.rules)
+    entry.part, entry.merge_dim, entry.source_shapes = feed.part, feed.merge_dim, feed.source_shapes
+    entry.source_dtype = feed.dtype
+    entry.source_shape = feed.source_shape
+    entry.ops = [feed.op] if feed.op else []
+    shape = feed.shape
+    for index, matcher in enumerate(matchers):
+        if not matcher.matches(entry.target):
+            continue
+        rule = transforms[index]
+        try:
+            shape, op = describe_transform(rule, shape, key=entry.target)
+        except InvalidRecipeError as exc:
+            raise InvalidRecipeError(exc.message, rule=cite("transform", index)) from None
+        entry.transforms.append(rule)
+        entry.rules.append(cite("transform", index))
+        entry.ops.append(op)
+    return shape
+
+
+def _unfeed(entry: PlanEntry) -> None:
+    entry.sources, entry.rules, entry.ops, entry.transforms = [], [], [], []
+    entry.source_shape = entry.source_dtype = None
+    entry.part = entry.merge_dim = entry.source_shapes = None
+
+
+def _adapt(
+    entry: PlanEntry,
+    rule: AdaptRule,
+    index: int,
+    shape: tuple[int, ...],
+    target_shape: tuple[int, ...],
+) -> None:
+    try:
+        op = describe_adapt(rule.op, shape, target_shape, key=entry.target, **rule.options())
+    except InvalidRecipeError as exc:
+        raise InvalidRecipeError(exc.message, rule=cite("adapt", index)) from None
+    entry.status, entry.adapt = "adapted", rule
+    entry.rules.append(cite("adapt", index))
+    entry.ops.append(op or rule.op)
 
 
 def _fill_missing(
@@ -325,6 +383,11 @@ def _judge(plan: Plan, recipe: Recipe, mismatched: list[str]) -> None:
             plan.failures.append(f"strict: source keys not used: {_few(stray)}")
     counted = [e for e in plan.entries if not e.benign]
     fed = sum(1 for e in counted if e.fed)
+    if not recipe.allow_empty and not any(e.fed for e in plan.entries):
+        plan.failures.append(
+            "empty: nothing was loaded or adapted from the source (allow_empty: false); check "
+            "renames, prefixes and only/drop, or set allow_empty: true to initialise on purpose"
+        )
     if counted and fed == 0:
         plan.warnings.append(
             f"nothing_loaded: none of the {len(counted)} target tensors came from the source; "

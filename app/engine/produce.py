@@ -14,6 +14,7 @@ from app.engine.errors import GraftError
 from app.engine.meta import is_floating
 from app.engine.ops.adapt import apply_adapt, cast
 from app.engine.ops.initialize import key_generator, sample
+from app.engine.ops.multi import apply_transform, merge_parts, split_part
 from app.engine.plan import PlanEntry
 from app.engine.readers import Source
 from app.engine.target import Target
@@ -48,7 +49,7 @@ class Producer:
         elif entry.status == "initialized":
             value = _initialized(entry)
         elif entry.fed:
-            value = self.source.read(entry.sources[0])
+            value = self._fed(entry)
             if entry.adapt is not None:
                 rule = entry.adapt
                 value, _ = apply_adapt(
@@ -66,6 +67,19 @@ class Producer:
             value, _ = cast(value, entry.dtype, key=entry.target)
         result: torch.Tensor = value.to("cpu")
         return result
+
+    def _fed(self, entry: PlanEntry) -> torch.Tensor:
+        """The source's value for ``entry`` after its split or merge and its transforms."""
+        if entry.merge_dim is not None:
+            # The parts are read one after another; the merged tensor is this output's value.
+            value = merge_parts([self.source.read(s) for s in entry.sources], entry.merge_dim)
+        else:
+            value = self.source.read(entry.sources[0])
+            if entry.part is not None:
+                value = split_part(value, entry.part)
+        for rule in entry.transforms:
+            value = apply_transform(rule, value)
+        return value
 
 
 def _initialized(entry: PlanEntry) -> torch.Tensor:

@@ -47,6 +47,8 @@ def _entry_json(entry: PlanEntry, digest: str | None) -> dict[str, Any]:
         "dtype": entry.dtype,
         "digest": digest,
     }
+    if entry.source_shapes is not None:
+        out["source_shapes"] = [list(s) for s in entry.source_shapes]
     if entry.init is not None:
         out["init"] = {"fn": entry.init.fn, "args": entry.init.args, "seed": entry.init.seed}
     if entry.benign:
@@ -137,6 +139,7 @@ def build_report(
             {"source": s.source, "target": s.target, "confidence": s.confidence, "why": s.why}
             for s in plan.suggestions
         ],
+        "rules": [r.as_json() for r in plan.rules],
         "warnings": warnings,
         "verification": verification,
     }
@@ -155,7 +158,7 @@ def build_report(
 
 def _summary(plan: Plan, target_elements: int) -> dict[str, Any]:
     """Counts by status and by reason, and how much of the target the source fed."""
-    counts = {s: 0 for s in ("loaded", "adapted", "initialized", "kept", "missing")}
+    counts = {s: 0 for s in ("loaded", "adapted", "tied", "initialized", "kept", "missing")}
     for e in plan.entries:
         counts[e.status] += 1
     reasons = {
@@ -166,12 +169,16 @@ def _summary(plan: Plan, target_elements: int) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "loaded": counts["loaded"],
         "adapted": counts["adapted"],
+        "tied": counts["tied"],
         "initialized": counts["initialized"],
         "kept": counts["kept"],
         "used": len({s for e in plan.entries if e.fed for s in e.sources}),
         **reasons,
         "coverage": {
-            "tensors": round((counts["loaded"] + counts["adapted"]) / max(len(plan.entries), 1), 4),
+            "tensors": round(
+                (counts["loaded"] + counts["adapted"] + counts["tied"]) / max(len(plan.entries), 1),
+                4,
+            ),
             "elements": round(fed_elements / max(target_elements, 1), 6),
         },
     }
@@ -225,7 +232,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"stripped {src['stripped_prefix'] or '-'}, {src['tensors']} tensors"
         + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256") else ""),
         f"target  {tgt['kind']} {tgt.get('name', '')}, {tgt['tensors']} tensors",
-        f"target keys  loaded {s['loaded']} · adapted {s['adapted']} · initialized "
+        f"target keys  loaded {s['loaded']} · adapted {s['adapted']} · tied {s.get('tied', 0)} · "
+        "initialized "
         f"{s['initialized']} · kept {s['kept']}"
         + (f" · MISSING {s['missing']}" if s.get("missing") else ""),
         f"source keys  used {s['used']} · dropped {s['dropped']} · unexpected {s['unexpected']} "
@@ -233,7 +241,7 @@ def render_text(report: dict[str, Any]) -> str:
         f"coverage     {_pct(s['coverage']['tensors'])} of tensors, "
         f"{_pct(s['coverage']['elements'])} of elements",
     ]
-    for status in ("loaded", "adapted", "initialized", "kept", "missing"):
+    for status in ("loaded", "adapted", "tied", "initialized", "kept", "missing"):
         members = [e for e in report["entries"] if e["status"] == status]
         if not members:
             continue
@@ -259,6 +267,14 @@ def render_text(report: dict[str, Any]) -> str:
         for (reason, rule), keys in buckets_u.items():
             for g in group_keys(keys):
                 lines.append(f"  {reason:<10} {g.pattern}" + (f"  [{rule}]" if rule else ""))
+    unmatched = [r for r in report.get("rules", []) if not r["matched"]]
+    if report.get("rules"):
+        lines += ["", f"rules ({len(report['rules'])}, {len(unmatched)} matched nothing)"]
+        lines += [
+            f"  {r['rule']:<12} {r['matched']:>6}  {r['pattern']}"
+            + ("  <- MATCHED NOTHING" if not r["matched"] else "")
+            for r in report["rules"]
+        ]
     if report["suggestions"]:
         lines += ["", "suggestions (align)"]
         lines += [

@@ -85,4 +85,6 @@ def execute_plan(
         if options.verify:
             result.check = verify_output(tmp, plan, producer.target, result.digests, progress)
         finalize_safetensors(tmp, layout, stamp.finalize(result))
+    if options.max_shard_size is None:
+        result.files = [Path(output).name]  # the final name, never the temp file's
     return result

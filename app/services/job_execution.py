@@ -92,6 +92,7 @@ class JobOutcome:
         ok: the report's verdict, when there is a report.
         error_type, error_message: why it failed (a problem type and one line).
         device: where the conversion ran.
+        warnings: the report's warnings (``None`` when there is no report).
         artifacts: the published artifacts' rows (name, filename, media_type, sha256, size).
         source_id: the checkpoint a source by reference was recorded as.
         result: ``{"registry": {"uri", "version"}, "source_version": V}``, as far as known.
@@ -102,6 +103,7 @@ class JobOutcome:
     error_type: str | None = None
     error_message: str | None = None
     device: str | None = None
+    warnings: list[str] | None = None
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     source_id: str | None = None
     result: dict[str, Any] | None = None
@@ -202,6 +204,7 @@ def execute_job(
                 tick=control.tick,
             )  # fmt: skip
             outcome.ok, outcome.device, outcome.artifacts = result.ok, result.device, sink.artifacts
+            outcome.warnings = [str(w) for w in result.report.get("warnings", [])]
             if result.ok and inputs.register is not None:
                 control.stage("registering")
                 registry = register_result(
@@ -217,8 +220,16 @@ def execute_job(
         if result.ok:
             outcome.status = JobStatus.succeeded
         else:
+            # strict, shape_mismatch, missing, unmatched rules, allow_empty: all the policy's.
             outcome.error_type = "conversion-refused"
-            outcome.error_message = "the recipe's policy refused the conversion; see the report"
+            errors = [str(e) for e in result.report.get("errors", [])]
+            outcome.error_message = (
+                f"the recipe's policy refused the conversion: {errors[0]}"
+                + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
+                + "; see the report"
+                if errors
+                else "the recipe's policy refused the conversion; see the report"
+            )
     except GraftError as exc:
         outcome.error_type, outcome.error_message = exc.type, exc.message
     except Exception as exc:

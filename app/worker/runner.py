@@ -185,6 +185,7 @@ class JobRunner:
                 device=outcome.device,
                 source_id=outcome.source_id,
                 result=outcome.result,
+                warnings=outcome.warnings,
             )
             if not held:
                 logger.warning("job %s: lease lost before completion; result discarded", job_id)

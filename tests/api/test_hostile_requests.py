@@ -303,8 +303,9 @@ def test_catastrophic_regexes_run_in_linear_time(pattern: str, key: str, hit: st
     assert renamed[hit].key == "z"
     assert renamed[f"{key}.7"].key == f"{key}.7"
     # ~50 ms of matching on an idle core on top of the machinery's ~30 ms; a backtracking
-    # engine would not return at all. The bound leaves room for a loaded CI machine.
-    assert elapsed - baseline < 0.75, (elapsed, baseline)
+    # engine would need ~2**60 steps (it would not return at all), so a bound this loose still
+    # tells the two apart on a loaded machine, where the timing itself means little.
+    assert elapsed - baseline < 15, (elapsed, baseline)
 
 
 # --- ranges (no worker here: a published artifact is enough) ---------------------------------

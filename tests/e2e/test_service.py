@@ -121,6 +121,43 @@ def test_sharded_upload_and_range(server: Server, tmp_path: Path) -> None:
         assert part.headers["content-range"] == f"bytes 8-99/{len(full.content)}"
 
 
+def test_refusals_and_warnings_reach_the_job(server: Server) -> None:
+    """A typo'd rule fails the job as conversion-refused (the report still served, the rule
+    named); with `unmatched: warn` it succeeds and GET /v1/jobs/{id} shows the warning."""
+    with server.client() as client:
+        source = client.post("/v1/checkpoints?filename=s.pth", content=saved(net(7))).json()
+        target = client.post("/v1/checkpoints?filename=t.pth", content=saved(net(8, 5))).json()
+
+        def job(recipe: dict[str, object]) -> dict[str, object]:
+            body = {
+                "source": source["id"],
+                "target": {"checkpoint": target["id"]},
+                "recipe": recipe,
+            }
+            created = client.post("/v1/jobs", json=body)
+            assert created.status_code == 202, created.text
+            return server.wait(client, created.json()["id"])
+
+        typo = {"version": 1, "drop": ["3.*", "4.wieght"]}
+        refused = job(typo)
+        assert refused["status"] == "failed"
+        assert refused["error"]["type"] == "conversion-refused"
+        assert "unmatched: drop[1] (4.wieght) matched no key" in refused["error"]["message"]
+        report = client.get(f"/v1/jobs/{refused['id']}/report").json()
+        assert report["ok"] is False
+        assert {r["rule"]: r["matched"] for r in report["rules"]} == {
+            "drop[0]": 2, "drop[1]": 0, "init[0]": 9,
+        }  # fmt: skip
+        assert client.get(f"/v1/jobs/{refused['id']}/weights").status_code == 404
+
+        warned = job({**typo, "unmatched": "warn"})
+        assert warned["status"] == "succeeded"
+        polled = client.get(f"/v1/jobs/{warned['id']}").json()
+        assert polled["warnings"] == [
+            "unmatched: drop[1] (4.wieght) matched no key; check it for a typo"
+        ]
+
+
 def test_twenty_concurrent_uploads_and_jobs(server: Server) -> None:
     template = saved(net(1000, classes=5))
     # Built up front: torch's global seed is not thread-safe.

@@ -411,7 +411,9 @@ def test_output_metadata_describes_the_conversion(tmp_path: Path) -> None:
     with safe_open(str(tmp_path / "out.safetensors"), framework="pt") as f:
         metadata = f.metadata()
     report = result.report
+    assert metadata["format"] == "pt"  # transformers 4.x and safetensors loaders require it
     assert set(metadata) == {
+        "format",
         "graft.source_sha256",
         "graft.recipe",
         "graft.report_sha256",

@@ -30,7 +30,17 @@ N = len(small_state_dict())  # 32 tensors: 5 convs, 5 BatchNorms x 5, fc weight 
 
 def _summary(**counts: int) -> dict[str, int]:
     base = dict.fromkeys(
-        ("loaded", "adapted", "initialized", "kept", "used", "dropped", "unexpected", "mismatched"),
+        (
+            "loaded",
+            "adapted",
+            "tied",
+            "initialized",
+            "kept",
+            "used",
+            "dropped",
+            "unexpected",
+            "mismatched",
+        ),
         0,
     )
     return base | counts
@@ -324,11 +334,23 @@ def test_nothing_loaded_is_flagged(tmp_path: Path) -> None:
     src = save_sd({"other." + k: v for k, v in sd.items()}, tmp_path / "src.pt")
     template = small_state_dict(1)
 
+    # allow_empty: false (the default) refuses a conversion that loads nothing.
+    refused, none = run(
+        src, template_of(template, tmp_path / "t.safetensors"), {}, tmp_path / "no.safetensors"
+    )
+    assert not refused.ok and none is None
+    assert [e.split(":")[0] for e in refused.report["errors"]] == ["empty"]
+    assert refused.report["warnings"][0].startswith("nothing_loaded")
+
     result, out = run(
-        src, template_of(template, tmp_path / "t.safetensors"), {}, tmp_path / "out.safetensors"
+        src,
+        template_of(template, tmp_path / "t.safetensors"),
+        {"allow_empty": True},
+        tmp_path / "out.safetensors",
     )
 
     report = result.report
+    assert result.ok
     assert _counts(report) == _summary(kept=N, unexpected=N)
     assert report["summary"]["coverage"] == {"tensors": 0.0, "elements": 0.0}
     assert len(report["warnings"]) == 1
@@ -339,7 +361,7 @@ def test_nothing_loaded_is_flagged(tmp_path: Path) -> None:
     strict, _ = run(
         src,
         template_of(template, tmp_path / "t.safetensors"),
-        {"strict": True},
+        {"strict": True, "allow_empty": True},
         tmp_path / "strict.safetensors",
     )
     assert not strict.ok and strict.report["warnings"][0].startswith("nothing_loaded")

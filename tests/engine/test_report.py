@@ -67,6 +67,7 @@ def test_report_schema_and_counts(tmp_path: Path) -> None:
         "entries",
         "unused",
         "suggestions",
+        "rules",
         "warnings",
         "verification",
         "output",
@@ -80,6 +81,7 @@ def test_report_schema_and_counts(tmp_path: Path) -> None:
     assert {k: v for k, v in summary.items() if k != "coverage"} == {
         "loaded": N - 3,  # everything but fc.*, bn1.running_var (absent) and extra.scale
         "adapted": 1,
+        "tied": 0,
         "initialized": 0,
         "kept": 2,  # fc.bias (its source dropped) and extra.scale
         "used": N - 2,
@@ -192,7 +194,7 @@ def test_text_report_groups_keys(tmp_path: Path) -> None:
 
     lines = text.splitlines()
     assert lines[0] == "graft report: OK"
-    assert f"target keys  loaded {N} · adapted 0 · initialized 0 · kept 0" in lines
+    assert f"target keys  loaded {N} · adapted 0 · tied 0 · initialized 0 · kept 0" in lines
     assert f"source keys  used {N} · dropped 0 · unexpected 0 · mismatched 0" in lines
     assert "coverage     100% of tensors, 100% of elements" in lines
     assert f"loaded ({N})" in lines

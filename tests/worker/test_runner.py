@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from app.api.schemas import JobPublic
 from app.db.base import utcnow
 from app.db.models import Job
 from app.db.repositories import CheckpointRepository, JobRepository
@@ -116,6 +117,43 @@ def test_strict_refusal_fails_with_report(setup: tuple[Database, FileBlobStore, 
     job = _get(db, job_id)
     assert (job.status, job.ok, job.error_type) == ("failed", False, "conversion-refused")
     assert {a.name for a in job.artifacts} == {"manifest", "report", "report-text"}
+
+
+def test_unmatched_rule_and_empty_conversion_fail_as_refusals(
+    setup: tuple[Database, FileBlobStore, str, str],
+) -> None:
+    db, store, source, target = setup
+    typo = _job(db, source, target, recipe={"version": 1, "drop": ["3.wieght"]})
+    empty = _job(db, source, target, recipe={"version": 1, "only": ["3.*"], "drop": ["3.*"]})
+    runner = _runner(db, store)
+    assert runner.run_once() and runner.run_once()
+
+    job = _get(db, typo)
+    assert (job.status, job.ok, job.error_type) == ("failed", False, "conversion-refused")
+    assert job.error_message == (
+        "the recipe's policy refused the conversion: unmatched: drop[0] (3.wieght) matched no "
+        "key; check it for a typo (unmatched: error; `unmatched: warn` lets it pass); see the "
+        "report"
+    )
+    assert {a.name for a in job.artifacts} == {"manifest", "report", "report-text"}
+    job = _get(db, empty)
+    assert (job.status, job.error_type) == ("failed", "conversion-refused")
+    assert job.error_message is not None and "refused the conversion: empty:" in job.error_message
+    assert job.warnings is not None and job.warnings[0].startswith("nothing_loaded")
+    public = JobPublic.of(job)
+    assert public.warnings == job.warnings
+    assert public.error is not None and public.error.type == "conversion-refused"
+
+
+def test_warnings_are_on_the_job(setup: tuple[Database, FileBlobStore, str, str]) -> None:
+    db, store, source, target = setup
+    recipe = {"version": 1, "drop": ["3.*", "fc.*"], "unmatched": "warn"}
+    job_id = _job(db, source, target, recipe=recipe)
+    assert _runner(db, store).run_once()
+    job = _get(db, job_id)
+    assert (job.status, job.ok) == ("succeeded", True)
+    assert job.warnings == ["unmatched: drop[1] (fc.*) matched no key; check it for a typo"]
+    assert JobPublic.of(job).model_dump()["warnings"] == job.warnings
 
 
 def test_running_job_can_be_cancelled(setup: tuple[Database, FileBlobStore, str, str]) -> None:

@@ -26,10 +26,18 @@ from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer, check_value
 from app.engine.readers import SAFETENSORS_DTYPES
 
-__all__ = ["INDEX_NAME", "Layout", "finalize_safetensors", "shard_names", "write_safetensors"]
+__all__ = [
+    "INDEX_NAME",
+    "SINGLE_NAME",
+    "Layout",
+    "finalize_safetensors",
+    "shard_names",
+    "write_safetensors",
+]
 
 Progress = Callable[[str, float], None]
 INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
 _ST_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
@@ -72,7 +80,9 @@ def write_safetensors(
     result = Execution(format="safetensors")
     sharded = options.max_shard_size is not None
     shards = _split(plan.entries, options.max_shard_size)
-    names = shard_names(len(shards)) if sharded else [tmp.name]
+    # As `save_pretrained`: a set that fits in one shard is a lone `model.safetensors`.
+    indexed = sharded and len(shards) > 1
+    names = shard_names(len(shards)) if indexed else [SINGLE_NAME if sharded else tmp.name]
     paths = [tmp / n for n in names] if sharded else [tmp]
     headers: list[bytes] = []
     copier = ByteCopier()
@@ -97,12 +107,12 @@ def write_safetensors(
         copier.close()
     result.digests.update(digests)
     result.warnings += [f"nan_or_inf: {key}" for key in nonfinite]
-    layout = Layout(paths, shards, headers, names if sharded else None)
-    if sharded:
+    layout = Layout(paths, shards, headers, names if indexed else None)
+    if indexed:
         _write_index(tmp, names, shards, metadata)
         result.files = [*names, INDEX_NAME]
     else:
-        result.files = [tmp.name]
+        result.files = names  # the caller names a single file's final path
     return result, layout
 
 
@@ -116,7 +126,7 @@ def _write_one(
 ) -> None:
     """Copy one tensor's bytes through, or produce it; either way its digest is taken."""
     span = producer.source.byte_range(entry.sources[0]) if entry.fed else None
-    if byte_copy and entry.status == "loaded" and not entry.ops and span:
+    if byte_copy and entry.status in ("loaded", "tied") and not entry.ops and span:
         copier.copy(*span, out, entry.target, entry.dtype)
         result.copied += 1
         return

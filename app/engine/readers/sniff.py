@@ -24,6 +24,10 @@ def _sniff(path: Path) -> str:
         head = f.read(16)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "torch-zip"
+    # safetensors first: a header of 640..1535 bytes starts with the bytes 80 02..05, which
+    # is also how a pickle starts; a legacy torch pickle never has "{" at offset 8.
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "torch-legacy"
     if len(head) >= 9 and head[8:9] == b"{":

@@ -26,6 +26,7 @@ from app.engine.recipe.model import (
     SourceSpec,
 )
 from app.engine.recipe.patterns import cite
+from app.engine.recipe.tensor_rules import TRANSFORM_MODELS, CopyRule, MergeRule, SplitRule
 
 __all__ = ["MAX_RECIPE_FILE_BYTES", "load_recipe"]
 
@@ -134,14 +135,26 @@ def load_recipe(obj: Recipe | Mapping[str, Any] | str | Path | None) -> Recipe:
 # Turning pydantic's errors into one message that cites rules
 
 
-_LIST_SECTIONS = frozenset({"rename", "drop", "only", "adapt", "init", "freeze"})
+_LIST_SECTIONS = frozenset(
+    {"rename", "drop", "only", "split", "merge", "copy", "transform", "adapt", "init", "freeze"}
+)
 
 # Tagged sections: (what the tag is called, tag -> model, an example rule).
 _TAGGED: dict[str, tuple[str, dict[str, type[RecipeModel]], str]] = {
     "rename": ("kind", RENAME_MODELS, "{prefix: 'backbone.', to: 'encoder.'}"),
     "adapt": ("op", ADAPT_MODELS, "{match: 'conv1.weight', op: channels}"),
     "init": ("fn", INIT_MODELS, "{match: '*', fn: auto}"),
+    "transform": ("op", TRANSFORM_MODELS, "{match: '*.c_attn.weight', op: transpose}"),
 }
+
+# Sections whose rules have one shape (no tag).
+_UNTAGGED: dict[str, type[RecipeModel]] = {"split": SplitRule, "merge": MergeRule, "copy": CopyRule}
+
+
+def _fields(model: type[RecipeModel]) -> list[str]:
+    """A model's field names as a recipe writes them (``from``, ``copy``)."""
+    return [info.alias or name for name, info in model.model_fields.items()]
+
 
 _TYPE_NAMES = {
     "string_type": "a string",
@@ -222,10 +235,12 @@ def _describe(error: ErrorDetails) -> tuple[str | None, str]:
         if section in _TAGGED and tag is not None:
             word, models, _ = _TAGGED[section]
             owner = f"a {tag} rule" if section == "rename" else f"{word} {tag}"
-            return rule, _unknown_field(field_name, list(models[tag].model_fields), owner)
+            return rule, _unknown_field(field_name, _fields(models[tag]), owner)
         if rule == "source":
-            return rule, _unknown_field(field_name, list(SourceSpec.model_fields), "source")
-        return rule, _unknown_field(field_name, list(Recipe.model_fields), "a version 1 recipe")
+            return rule, _unknown_field(field_name, _fields(SourceSpec), "source")
+        if section in _UNTAGGED and rule != section:
+            return rule, _unknown_field(field_name, _fields(_UNTAGGED[section]), f"{section}")
+        return rule, _unknown_field(field_name, _fields(Recipe), "a version 1 recipe")
     if kind == "missing":
         return rule, f"missing field {name!r}"
     if kind == "rename_kind":

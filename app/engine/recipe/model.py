@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     StringConstraints,
@@ -21,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.engine.recipe.model_base import RecipeModel
 from app.engine.recipe.patterns import (
     MAX_PATTERN_LENGTH,
     RuleError,
@@ -29,9 +29,11 @@ from app.engine.recipe.patterns import (
     compile_re2,
     split_replacement,
 )
+from app.engine.recipe.tensor_rules import CopyRule, MergeRule, SplitRule, TransformRule
 
 __all__ = [
     "ADAPT_MODELS",
+    "DEFAULT_INIT",
     "INIT_MODELS",
     "MAX_RULES",
     "RENAME_MODELS",
@@ -63,11 +65,6 @@ MAX_RULES = 1000
 _Text = Annotated[str, StringConstraints(max_length=MAX_PATTERN_LENGTH)]
 _NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATTERN_LENGTH)]
 _KeyPattern = Annotated[str, AfterValidator(check_pattern)]
-
-
-class RecipeModel(BaseModel):
-    # Strict: a recipe is JSON/YAML, so "1" is not 1 and "yes" is not true.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class SourceSpec(RecipeModel):
@@ -338,8 +335,12 @@ INIT_MODELS: dict[str, type[RecipeModel]] = {
 }
 
 
+# The init list a recipe has when it does not write one: never reported as unmatched.
+DEFAULT_INIT = AutoInit(match="*", fn="auto")
+
+
 def _default_init() -> list[InitRule]:
-    return [AutoInit(match="*", fn="auto")]
+    return [DEFAULT_INIT]
 
 
 class Recipe(RecipeModel):
@@ -350,6 +351,11 @@ class Recipe(RecipeModel):
     rename: list[RenameRule] = Field(default_factory=list, max_length=MAX_RULES)
     drop: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
     only: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
+    split: list[SplitRule] = Field(default_factory=list, max_length=MAX_RULES)
+    merge: list[MergeRule] = Field(default_factory=list, max_length=MAX_RULES)
+    # `copy` would shadow BaseModel.copy: the field is `copy_` in code, `copy` in documents.
+    copy_: list[CopyRule] = Field(default_factory=list, alias="copy", max_length=MAX_RULES)
+    transform: list[TransformRule] = Field(default_factory=list, max_length=MAX_RULES)
     shape_mismatch: Literal["skip", "error"] = "skip"
     adapt: list[AdaptRule] = Field(default_factory=list, max_length=MAX_RULES)
     missing: Literal["auto", "keep", "init", "error"] = "auto"
@@ -359,6 +365,8 @@ class Recipe(RecipeModel):
     freeze_bn: bool = False
     strict: bool = False
     align: Literal["off", "suggest", "apply"] = "off"
+    unmatched: Literal["error", "warn"] = "error"
+    allow_empty: bool = False
     seed: int = Field(default=0, ge=0, lt=1 << 63)
 
     @model_validator(mode="before")

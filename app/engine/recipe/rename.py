@@ -32,7 +32,7 @@ from app.engine.recipe import (
     parse_replacement,
 )
 
-__all__ = ["Renamed", "apply_renames", "filter_keys"]
+__all__ = ["Renamed", "apply_renames", "count_matches", "filter_keys", "rename_keys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,22 +54,48 @@ def _expand(replacement: Replacement, match: Any) -> str:
     return "".join(p if isinstance(p, str) else (match.group(p) or "") for p in replacement)
 
 
-def _rewriter(rule: RenameRule, citation: str) -> Callable[[str], str]:
-    """A function mapping a key to its new key under ``rule`` (the same key when it misses)."""
+def _rewriter(rule: RenameRule, citation: str) -> Callable[[str], tuple[str, bool]]:
+    """A function mapping a key to its new key under ``rule`` (the same key when it misses),
+    and whether the rule's pattern selected the key (even when ``to`` leaves it as it was)."""
     if isinstance(rule, PrefixRule):
         prefix, to = rule.prefix, rule.to
-        return lambda key: to + key[len(prefix) :] if key.startswith(prefix) else key
+        return lambda key: (
+            (to + key[len(prefix) :], True) if key.startswith(prefix) else (key, False)
+        )
     if isinstance(rule, KeyRule):
         source, target = rule.key, rule.to
-        return lambda key: target if key == source else key
+        return lambda key: (target, True) if key == source else (key, False)
     if isinstance(rule, RegexRule):
         regex = compile_regex(rule.regex, rule=citation)
         replacement = parse_replacement(rule.to, regex, rule=citation)
-        return lambda key: regex.subn(lambda m: _expand(replacement, m), key)[0]
+
+        def rewrite(key: str) -> tuple[str, bool]:
+            new, count = regex.subn(lambda m: _expand(replacement, m), key)
+            return new, count > 0
+
+        return rewrite
     raise InvalidRecipeError(f"unknown rename rule {rule!r}", rule=citation)
 
 
+@dataclass(frozen=True)
+class RenameOutcome:
+    """Where every source key ends up, and how many keys each rule selected.
+
+    Attributes:
+        renamed: for each source key, in input order, where it ends up.
+        matched: for each rule, in order, the keys its pattern selected when it ran.
+    """
+
+    renamed: dict[str, Renamed]
+    matched: list[int]
+
+
 def apply_renames(keys: Sequence[str], rules: Sequence[RenameRule]) -> dict[str, Renamed]:
+    """Rename every source key through the ordered rules (see :func:`rename_keys`)."""
+    return rename_keys(keys, rules).renamed
+
+
+def rename_keys(keys: Sequence[str], rules: Sequence[RenameRule]) -> RenameOutcome:
     """Rename every source key through the ordered rules.
 
     Args:
@@ -77,7 +103,8 @@ def apply_renames(keys: Sequence[str], rules: Sequence[RenameRule]) -> dict[str,
         rules: the recipe's ``rename`` list, whole (positions give the citations).
 
     Returns:
-        For each source key, in input order, where it ends up and which rules fired.
+        For each source key, in input order, where it ends up and which rules fired; and for
+        each rule the number of keys it selected.
 
     Raises:
         InvalidRecipeError: a rule turns a key into the empty string, or maps two source keys
@@ -86,12 +113,15 @@ def apply_renames(keys: Sequence[str], rules: Sequence[RenameRule]) -> dict[str,
     current: dict[str, str] = {k: k for k in keys}  # source key -> key so far
     owner: dict[str, str] = {k: k for k in keys}  # key so far -> source key
     fired: dict[str, list[str]] = {k: [] for k in keys}
+    matched: list[int] = []
     for index, rule in enumerate(rules):
         citation = cite("rename", index)
         rewrite = _rewriter(rule, citation)
         changed: list[tuple[str, str, str]] = []
+        selected = 0
         for source, key in current.items():
-            new = rewrite(key)
+            new, hit = rewrite(key)
+            selected += hit
             if new == key:
                 continue
             if not new:
@@ -123,7 +153,24 @@ def apply_renames(keys: Sequence[str], rules: Sequence[RenameRule]) -> dict[str,
             owner[new] = source
             current[source] = new
             fired[source].append(citation)
-    return {k: Renamed(k, current[k], tuple(fired[k])) for k in keys}
+        matched.append(selected)
+    renamed = {k: Renamed(k, current[k], tuple(fired[k])) for k in keys}
+    return RenameOutcome(renamed, matched)
+
+
+def count_matches(keys: Iterable[str], patterns: Sequence[str], *, section: str) -> list[int]:
+    """How many of ``keys`` each pattern of a recipe list (``drop``, ``only``, ``freeze``,
+    ``adapt``…) selects, each counted on its own: overlaps count for every pattern.
+
+    Raises:
+        InvalidRecipeError: a pattern does not compile (naming ``section[i]``).
+    """
+    matchers = compile_patterns(patterns, section=section)
+    counts = [0] * len(matchers)
+    for key in keys:
+        for i, m in enumerate(matchers):
+            counts[i] += m.matches(key)
+    return counts
 
 
 def filter_keys(

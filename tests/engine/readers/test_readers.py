@@ -438,3 +438,18 @@ def test_real_minilm_safetensors() -> None:
     with open_source(path) as source, safe_open(str(path), framework="pt") as f:
         for key in picks:
             assert torch.equal(source.read(key), f.get_tensor(key)), key
+
+
+def test_safetensors_whose_header_length_looks_like_a_pickle_opcode(tmp_path: Path) -> None:
+    """A header of 640..1535 bytes starts with 80 02..05, the way a pickle does."""
+    tensors = {f"layer.{i}.weight": torch.full((2,), float(i)) for i in range(4)}
+    path = tmp_path / "w.safetensors"
+    for pad in range(800):
+        save_file(tensors, str(path), metadata={"pad": "x" * pad})
+        if int.from_bytes(path.read_bytes()[:8], "little") == 640:  # 80 02 00 ...
+            break
+    else:
+        pytest.fail("could not make a 640-byte header")
+    with open_source(path) as source:
+        assert source.format == "safetensors"
+        assert torch.equal(source.read("layer.1.weight"), torch.full((2,), 1.0))

@@ -72,6 +72,10 @@ def test_defaults_are_the_specs() -> None:
         "rename": [],
         "drop": [],
         "only": [],
+        "split": [],
+        "merge": [],
+        "copy": [],
+        "transform": [],
         "shape_mismatch": "skip",
         "adapt": [],
         "missing": "auto",
@@ -81,6 +85,8 @@ def test_defaults_are_the_specs() -> None:
         "freeze_bn": False,
         "strict": False,
         "align": "off",
+        "unmatched": "error",
+        "allow_empty": False,
         "seed": 0,
     }
     assert load_recipe({}) == recipe

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import anyio
 from fastapi import FastAPI
 
 from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
@@ -13,6 +15,7 @@ from app.api.routes import architectures, checkpoints, health, jobs
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.sandbox.inspector import InspectorPool
+from app.services.dispatch import redispatch_unsent
 from app.services.limits import inspection_limits
 from app.storage import open_store
 
@@ -45,9 +48,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = database
         app.state.store = store
         app.state.inspector = inspector
+        app.state.dispatcher = dispatcher = _dispatcher(settings)
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                if dispatcher is not None:
+                    tasks.start_soon(_sweep_unsent, database, dispatcher, settings)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
+            if dispatcher is not None:
+                dispatcher.close()
             await inspector.close()
             database.dispose()
 
@@ -63,3 +73,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(architectures.router)
     return app
+
+
+def _dispatcher(settings: Settings) -> Any:
+    """The Celery dispatcher, or None with the local executor (workers poll the database)."""
+    if settings.executor != "celery":
+        return None
+    from app.executors.celery_app import CeleryDispatcher
+
+    return CeleryDispatcher(settings)
+
+
+async def _sweep_unsent(database: Database, dispatcher: Any, settings: Settings) -> None:
+    """Send again the jobs whose send failed (the broker was down), once it is back."""
+    while True:
+        await anyio.sleep(settings.dispatch_sweep_seconds)
+        try:
+            sent = await anyio.to_thread.run_sync(
+                lambda: redispatch_unsent(database, dispatcher, age=settings.dispatch_sweep_seconds)
+            )
+        except Exception:
+            logger.exception("re-sending unsent jobs failed; retrying")
+            continue
+        if sent:
+            logger.info("re-sent %d job(s) to the broker", sent)

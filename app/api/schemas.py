@@ -118,6 +118,11 @@ class JobCreate(BaseModel):
     recipe: dict[str, Any] | None = Field(default=None, description="a version 1 recipe (SPEC §2)")
     output: OutputOptions = Field(default_factory=OutputOptions)
     dry_run: bool = Field(default=False, description="produce the report only, no weights")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="where to run: cuda -> a GPU worker, cpu -> a CPU worker, auto -> a GPU "
+        "worker when one is alive (Celery executor; the local workers use GRAFT_DEVICE)",
+    )
 
 
 class JobError(BaseModel):
@@ -143,6 +148,8 @@ class JobPublic(BaseModel):
     attempts: int
     worker: str | None
     device: str | None
+    requested_device: str
+    queue: str | None
     error: JobError | None
     created_at: datetime
     started_at: datetime | None
@@ -172,6 +179,8 @@ class JobPublic(BaseModel):
             attempts=job.attempts,
             worker=job.lease_owner,
             device=job.device,
+            requested_device=job.requested_device,
+            queue=job.queue,
             error=JobError(type=job.error_type, message=job.error_message)
             if job.error_type
             else None,

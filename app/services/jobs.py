@@ -38,6 +38,7 @@ def create_job(
     max_attempts: int,
     owner: str,
     checkpoint_owner: str | None = None,
+    device: str = "auto",
 ) -> Job:
     """Validate and queue a conversion. Workers pick it up once the caller commits.
 
@@ -45,6 +46,7 @@ def create_job(
         target: the target spec, stored whole on the job.
         owner: who the job belongs to.
         checkpoint_owner: whose checkpoints it may name (None: anyone's, for admins).
+        device: ``auto``, ``cpu`` or ``cuda``: where it asks to run (routing).
 
     Raises:
         InvalidJobError: an unknown (or another owner's) checkpoint.
@@ -70,6 +72,7 @@ def create_job(
         output_dtype=output_dtype,
         dry_run=dry_run,
         max_attempts=max_attempts,
+        requested_device=device,
     )
     return JobRepository(session).add(job)
 

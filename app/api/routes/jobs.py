@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Response, status
+import anyio
+from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Response, status
 from fastapi.responses import FileResponse
 
 from app.api.deps import (
+    DatabaseDep,
+    DispatcherDep,
     InspectorDep,
     ReadPrincipal,
     ReadSession,
@@ -20,6 +23,7 @@ from app.api.deps import (
 from app.api.downloads import blob_response
 from app.api.errors import problem
 from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
+from app.services import dispatch
 from app.services import jobs as service
 from app.services.errors import TooManyRangesError
 
@@ -38,6 +42,9 @@ async def create_job(
     session: WriteSession,
     settings: SettingsDep,
     inspector: InspectorDep,
+    database: DatabaseDep,
+    dispatcher: DispatcherDep,
+    background: BackgroundTasks,
 ) -> JobPublic:
     """Queue a conversion; poll the `Location` it returns."""
     architecture = body.target.architecture_ref()
@@ -56,7 +63,10 @@ async def create_job(
         max_attempts=settings.max_attempts,
         owner=principal.owner,
         checkpoint_owner=principal.scope_owner,
+        device=body.device,
     )
+    if dispatcher is not None:  # sent once the job is committed (after the response)
+        background.add_task(dispatch.dispatch_job, database, dispatcher, job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobPublic.of(job)
 
@@ -83,10 +93,31 @@ def get_job(job_id: str, principal: ReadPrincipal, session: ReadSession) -> JobP
 
 
 @router.post("/{job_id}/cancel", responses={409: problem("the job already finished")})
-async def cancel_job(job_id: str, principal: WritePrincipal, session: WriteSession) -> JobPublic:
+async def cancel_job(
+    job_id: str,
+    principal: WritePrincipal,
+    session: WriteSession,
+    settings: SettingsDep,
+    database: DatabaseDep,
+    dispatcher: DispatcherDep,
+    background: BackgroundTasks,
+) -> JobPublic:
     """Cancel a queued job at once; a running one stops at its next checkpoint of progress."""
     job = await in_write_thread(service.cancel_job, session, job_id, owner=principal.scope_owner)
+    if dispatcher is not None and job.status == "running":
+        background.add_task(
+            _revoke_later, database, dispatcher, job_id, grace=3 * settings.heartbeat_seconds + 2
+        )
     return JobPublic.of(job)
+
+
+async def _revoke_later(
+    database: DatabaseDep, dispatcher: dispatch.Dispatcher, job_id: str, *, grace: float
+) -> None:
+    """The cancel's fallback: a worker that did not notice the flag within a few heartbeats
+    has its task terminated."""
+    await anyio.sleep(grace)
+    await anyio.to_thread.run_sync(dispatch.revoke_if_still_running, database, dispatcher, job_id)
 
 
 @router.get("/{job_id}/artifacts")

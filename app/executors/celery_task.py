@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import secrets
 import socket
@@ -56,6 +57,7 @@ _process: _Process | None = None
 def _resources() -> _Process:
     global _process
     if _process is None or _process.pid != os.getpid():
+        _adopt_pool_process()
         settings = get_settings()
         database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
         store = open_store(settings)
@@ -79,6 +81,18 @@ def _resources() -> _Process:
             stop_event=threading.Event(),
         )
     return _process
+
+
+def _adopt_pool_process() -> None:
+    """Let a Celery (billiard) pool process start the sandbox's children.
+
+    Billiard marks its pool processes daemonic, and multiprocessing refuses children to a
+    daemon; the sandbox starts one child per job and always reaps it itself. Billiard's
+    authentication key also refuses the stdlib pickler the fork server uses: rewrap it.
+    """
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    config["daemon"] = False
+    config["authkey"] = multiprocessing.process.AuthenticationString(bytes(config["authkey"]))
 
 
 def run_job(task: Any, job_id: str) -> str:

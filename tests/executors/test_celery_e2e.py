@@ -102,7 +102,9 @@ def _ran_on(stack: Stack, job_id: str) -> list[int]:
 def test_routing_by_device(stack: Stack, client: httpx.Client, checkpoints: dict[int, str]) -> None:
     cuda = _submit(client, checkpoints, 1, "cuda")
     done = _finished(client, cuda)
-    assert (done["status"], done["queue"], done["requested_device"]) == ("succeeded", "gpu", "cuda")
+    assert (done["status"], done["queue"], done["requested_device"]) == (
+        "succeeded", "gpu", "cuda",
+    ), (done, stack.workers[0].log.read_text()[-3000:])  # fmt: skip
     assert done["device"] == "cpu"  # worker A consumes `gpu` but runs on the CPU
     assert _ran_on(stack, cuda) == [0]  # only worker A consumes `gpu`
     _assert_bit_exact(client, cuda, 1)
@@ -190,10 +192,10 @@ def test_s3_round_trip_without_a_shared_disk(stack: Stack, client: httpx.Client)
         for page in stack.s3.client().get_paginator("list_objects_v2").paginate(Bucket=stack.bucket)
         for o in page.get("Contents", [])
     }
-    assert any(k.endswith(weights["sha256"]) for k in keys), sorted(keys)[:5]
+    sha = weights["sha256"]
+    assert f"graft/blobs/{sha[:2]}/{sha[2:]}" in keys, sorted(keys)[:5]
     r = client.get(f"/v1/jobs/{jobs[0]['id']}/weights", headers={"Range": "bytes=0-7"})
     assert r.status_code == 206 and len(r.content) == 8
     # The workers kept nothing: no published blob lives on their disks.
     for worker in stack.workers:
-        assert not [p for p in Path(worker.root).rglob("*") if p.is_file() and
-                    p.name == weights["sha256"]]  # fmt: skip
+        assert not [p for p in Path(worker.root).rglob("*") if p.name in (sha, sha[2:])]

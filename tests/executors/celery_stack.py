@@ -9,7 +9,6 @@ deleted at the end.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -119,14 +118,17 @@ class Worker:
         return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
-        """kill -9 the worker and its pool process (the one running the job)."""
+        """kill -9 the worker. Its pool process (the one running the job) dies with it:
+        Celery sets PR_SET_PDEATHSIG=SIGKILL on it; checked here."""
         assert self.process is not None
         children = _children(self.pid)
         os.kill(self.pid, signal.SIGKILL)
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
         self.process.wait()
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{c}").exists() and parent_of(c) == self.pid for c in children):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pool processes {children} outlived their worker")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -125,7 +125,7 @@ class Worker:
         os.kill(self.pid, signal.SIGKILL)
         self.process.wait()
         deadline = time.monotonic() + 5
-        while any(Path(f"/proc/{c}").exists() and parent_of(c) == self.pid for c in children):
+        while any(_running(c) for c in children):
             if time.monotonic() > deadline:
                 raise AssertionError(f"pool processes {children} outlived their worker")
             time.sleep(0.05)
@@ -151,6 +151,14 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def parent_of(pid: int) -> int | None:

@@ -173,7 +173,7 @@ class Stack:
     server: Server
     workers: list[Worker]
     database_url: str
-    s3: S3Server
+    s3: S3Server | None
     bucket: str
     prefix: str
 
@@ -188,10 +188,28 @@ class Stack:
 
 
 @contextmanager
-def celery_stack(tmp: Path, s3: S3Server, *, stage_delay: str = "1") -> Iterator[Stack]:
-    """The whole deployment: API + worker A (queues gpu,cpu) + worker B (queue cpu)."""
+def celery_stack(
+    tmp: Path,
+    s3: S3Server | None,
+    *,
+    queues: tuple[str, ...] = ("gpu,cpu", "cpu"),
+    stage_delay: str = "1",
+    **overrides: str,
+) -> Iterator[Stack]:
+    """The whole deployment: the API, and one worker per entry of ``queues`` (default:
+    worker A on gpu,cpu and worker B on cpu). Without ``s3``, blobs go to a folder they all
+    share (the bench's like-for-like comparison with the local executor)."""
     prefix = f"graft-test-{secrets.token_hex(4)}"
-    bucket = s3.create_bucket(f"celery-{secrets.token_hex(4)}")
+    bucket = s3.create_bucket(f"celery-{secrets.token_hex(4)}") if s3 else ""
+    if s3:
+        storage = {
+            "GRAFT_STORAGE_URL": f"s3://{bucket}/graft",
+            "GRAFT_S3_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_ACCESS_KEY_ID": s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        }
+    else:
+        storage = {"GRAFT_STORAGE_DIR": str(tmp / "blobs")}  # fmt: skip
     with postgres_database() as database_url:
         env = {
             **os.environ,
@@ -199,23 +217,20 @@ def celery_stack(tmp: Path, s3: S3Server, *, stage_delay: str = "1") -> Iterator
             "GRAFT_BROKER_URL": BROKER_URL,
             "GRAFT_QUEUE_PREFIX": prefix,
             "GRAFT_DATABASE_URL": database_url,
-            "GRAFT_STORAGE_URL": f"s3://{bucket}/graft",
-            "GRAFT_S3_ENDPOINT_URL": s3.endpoint_url,
-            "AWS_ACCESS_KEY_ID": s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            **storage,
             "GRAFT_DEVICE": "cpu",
             "GRAFT_LEASE_SECONDS": "3",
             "GRAFT_HEARTBEAT_SECONDS": "0.5",
             "GRAFT_DISPATCH_SWEEP_SECONDS": "2",
             "GRAFT_WORKER_NICE": "0",
+            **overrides,
         }
-        server = Server(tmp / "api", **{k: v for k, v in env.items() if k.startswith("GRAFT_")})
+        server = Server(tmp / "api")
         server.env.update(env)
         server.env["GRAFT_WORKERS"] = "0"
         worker_env = {**env, "GRAFT_TEST_STAGE_DELAY": stage_delay}
         workers = [
-            Worker(tmp / "worker-a", worker_env, "gpu,cpu"),
-            Worker(tmp / "worker-b", worker_env, "cpu"),
+            Worker(tmp / f"worker-{chr(ord('a') + i)}", worker_env, q) for i, q in enumerate(queues)
         ]
         try:
             server.root.mkdir(parents=True, exist_ok=True)

@@ -187,6 +187,7 @@ def test_s3_round_trip_without_a_shared_disk(stack: Stack, client: httpx.Client)
     assert jobs
     artifacts = client.get(f"/v1/jobs/{jobs[0]['id']}/artifacts").json()["data"]
     weights = next(a for a in artifacts if a["name"] == "weights")
+    assert stack.s3 is not None
     keys = {
         o["Key"]
         for page in stack.s3.client().get_paginator("list_objects_v2").paginate(Bucket=stack.bucket)

@@ -309,12 +309,20 @@ class JobRepository:
         self.session.execute(update(Job).where(Job.id == job_id).values(queue=queue))
 
     def undispatched(self, *, before: datetime, limit: int = 100) -> list[str]:
-        """Queued jobs never sent to a broker (the send failed): the oldest first."""
+        """Jobs no message will bring to a worker, the oldest first: queued but never sent
+        (the send failed), or running with a lease that lapsed before ``before`` and
+        attempts left (their task ended without finishing them, e.g. the database was
+        away when it tried)."""
+        never_sent = and_(
+            Job.status == JobStatus.queued, Job.queue.is_(None), Job.created_at < before
+        )
+        orphaned = and_(
+            Job.status == JobStatus.running,
+            Job.lease_expires_at < before,
+            Job.attempts < Job.max_attempts,
+        )
         rows = self.session.scalars(
-            select(Job.id)
-            .where(Job.status == JobStatus.queued, Job.queue.is_(None), Job.created_at < before)
-            .order_by(Job.created_at)
-            .limit(limit)
+            select(Job.id).where(or_(never_sent, orphaned)).order_by(Job.created_at).limit(limit)
         )
         return list(rows)
 

@@ -3,7 +3,8 @@
 With the local executor nothing is sent (workers claim from the database). With Celery the
 database row stays the truth and the message carries only the job id, so sending twice is
 harmless: the task claims the row or finds nothing to do. A job whose send failed (the
-broker was down) keeps ``queue`` NULL and is sent again by :func:`redispatch_unsent`.
+broker was down) keeps ``queue`` NULL, and a running job whose task ended without
+finishing it keeps a lapsed lease; :func:`redispatch_unsent` sends both again.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def dispatch_job(database: Database, dispatcher: Dispatcher, job_id: str) -> str
     try:
         with database.transaction(write=False) as session:
             job = JobRepository(session).get(job_id)
-            if job is None or job.status != JobStatus.queued:
+            if job is None or job.status not in (JobStatus.queued, JobStatus.running):
                 return None
             requested = job.requested_device
         queue = route(database, requested)
@@ -79,13 +80,20 @@ def dispatch_job(database: Database, dispatcher: Dispatcher, job_id: str) -> str
 
 
 def redispatch_unsent(database: Database, dispatcher: Dispatcher, *, age: float) -> int:
-    """Send again the queued jobs older than ``age`` seconds that were never sent.
+    """Recover what no message will bring to a worker: finish the jobs whose worker died
+    (cancelled if asked, ``worker-lost`` when out of attempts), then send again the queued
+    jobs never sent and the running jobs whose lease lapsed ``age`` seconds ago.
 
     Returns:
         How many were sent now.
     """
+    now = utcnow()
+    with database.transaction() as session:
+        repo = JobRepository(session)
+        repo.cancel_abandoned(now=now)
+        repo.fail_exhausted(now=now)
     with database.transaction(write=False) as session:
-        ids = JobRepository(session).undispatched(before=utcnow() - timedelta(seconds=age))
+        ids = JobRepository(session).undispatched(before=now - timedelta(seconds=age))
     return sum(dispatch_job(database, dispatcher, job_id) is not None for job_id in ids)
 
 

@@ -157,3 +157,22 @@ def test_celery_refuses_sqlite(url: str) -> None:
         check_celery_settings(settings)
     with pytest.raises(ExecutorConfigError, match="GRAFT_BROKER_URL"):
         check_celery_settings(Settings(database_url="postgresql+psycopg://x@h/db"))
+
+
+def test_recovery_resends_orphans_and_fails_the_exhausted(any_database: Database) -> None:
+    db = any_database
+    orphan, exhausted, live = _job(db), _job(db, max_attempts=1), _job(db)
+    past = utcnow() - timedelta(seconds=120)
+    with db.transaction() as session:
+        repo = JobRepository(session)
+        for job_id in (orphan, exhausted):  # claimed, then their task ended unfinished
+            assert repo.claim_job(job_id, owner="a", now=past, lease_seconds=10).kind == "claimed"
+        assert repo.claim_job(live, owner="b", now=utcnow(), lease_seconds=60).kind == "claimed"
+        repo.set_queue(live, "cpu")
+    dispatcher = RecordingDispatcher()
+    assert redispatch_unsent(db, dispatcher, age=15) == 1
+    assert dispatcher.sent == [(orphan, "cpu")]
+    with db.transaction(write=False) as session:
+        failed = JobRepository(session).get(exhausted)
+        assert failed is not None
+        assert (failed.status, failed.error_type) == ("failed", "worker-lost")

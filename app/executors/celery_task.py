@@ -17,6 +17,7 @@ import secrets
 import socket
 import threading
 from dataclasses import dataclass
+from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]
 from typing import Any
 
 from app.config import get_settings
@@ -92,7 +93,7 @@ def _adopt_pool_process() -> None:
     """
     config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
     config["daemon"] = False
-    config["authkey"] = multiprocessing.process.AuthenticationString(bytes(config["authkey"]))
+    config["authkey"] = AuthenticationString(bytes(config["authkey"]))
 
 
 def run_job(task: Any, job_id: str) -> str:

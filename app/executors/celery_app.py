@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 QUEUES = ("gpu", "cpu")
 TASK_NAME = "graft.run_job"
+_VISIBILITY_MARGIN = 600  # seconds beyond the hard time limit
 
 
 def queue_name(prefix: str, queue: str) -> str:
@@ -64,6 +65,12 @@ def make_celery(settings: Settings, *, with_task: bool = False) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=False,
     )
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Redis redelivers an unacknowledged message after visibility_timeout, running or
+        # not: keep it above the longest a job may run (the hard time limit).
+        celery.conf.broker_transport_options = {
+            "visibility_timeout": settings.task_time_limit_seconds + _VISIBILITY_MARGIN
+        }
     if with_task:
         from app.executors.celery_task import run_job
 

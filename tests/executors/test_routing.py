@@ -176,3 +176,21 @@ def test_recovery_resends_orphans_and_fails_the_exhausted(any_database: Database
         failed = JobRepository(session).get(exhausted)
         assert failed is not None
         assert (failed.status, failed.error_type) == ("failed", "worker-lost")
+
+
+def test_celery_settings_that_make_a_crash_safe() -> None:
+    from app.config import Settings
+    from app.executors.celery_app import make_celery
+
+    amqp = make_celery(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//",
+                                queue_prefix="run1", task_time_limit_seconds=3600))  # fmt: skip
+    conf = amqp.conf
+    assert (conf.task_acks_late, conf.task_reject_on_worker_lost) == (True, True)
+    assert (conf.worker_prefetch_multiplier, conf.task_time_limit) == (1, 3600)
+    assert sorted(q.name for q in conf.task_queues) == ["run1.cpu", "run1.gpu"]
+    assert {q.exchange.name for q in conf.task_queues} == {"run1.jobs"}
+    assert (conf.control_exchange, conf.event_exchange) == ("run1.control", "run1.events")
+    assert "visibility_timeout" not in (conf.broker_transport_options or {})
+    redis = make_celery(Settings(broker_url="redis://127.0.0.1:6379/0",
+                                 task_time_limit_seconds=3600))  # fmt: skip
+    assert redis.conf.broker_transport_options == {"visibility_timeout": 4200}

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,11 +194,13 @@ def celery_stack(
     *,
     queues: tuple[str, ...] = ("gpu,cpu", "cpu"),
     stage_delay: str = "1",
+    rewrite: Callable[[dict[str, str]], None] | None = None,
     **overrides: str,
 ) -> Iterator[Stack]:
     """The whole deployment: the API, and one worker per entry of ``queues`` (default:
     worker A on gpu,cpu and worker B on cpu). Without ``s3``, blobs go to a folder they all
-    share (the bench's like-for-like comparison with the local executor)."""
+    share (the bench's like-for-like comparison with the local executor). ``rewrite`` may
+    change the environment before anything starts."""
     prefix = f"graft-test-{secrets.token_hex(4)}"
     bucket = s3.create_bucket(f"celery-{secrets.token_hex(4)}") if s3 else ""
     if s3:
@@ -225,6 +227,8 @@ def celery_stack(
             "GRAFT_WORKER_NICE": "0",
             **overrides,
         }
+        if rewrite is not None:  # e.g. route the services through proxies that can be cut
+            rewrite(env)
         server = Server(tmp / "api")
         server.env.update(env)
         server.env["GRAFT_WORKERS"] = "0"

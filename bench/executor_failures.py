@@ -187,17 +187,25 @@ def _scenarios(stack: Any, client: httpx.Client, proxies: dict[str, Proxy]) -> N
     running(job_id)
     t0 = time.monotonic()
     proxies["s3"].cut()
-    show("S3 down mid-job", terminal(job_id, 90), t0)
+    time.sleep(8)
+    j = job(job_id)
+    print(
+        f"S3 down mid-job, 8 s later: job {j['status']} (attempts {j['attempts']}, "
+        f"error {(j.get('error') or {}).get('type')})"
+    )
     r = client.post("/v1/checkpoints?filename=x.pth", content=saved(net(9)))
     print(
         f"S3 down: upload -> {r.status_code} {r.headers.get('content-type')} "
         f"{r.json().get('type') if r.headers.get('content-type', '').endswith('json') else ''}"
     )
-    r = client.get("/readyz")
-    print(f"S3 down: /readyz -> {r.status_code}")
+    r = httpx.get(f"{stack.server.url}/readyz", timeout=30)  # a fresh connection
+    print(f"S3 down: /readyz -> {r.status_code} {r.json().get('checks')}")
+    time.sleep(10)
+    j = job(job_id)
+    print(f"S3 down 10 s more: job {j['status']} (attempts {j['attempts']})")
+    t0 = time.monotonic()
     proxies["s3"].restore()
-    job_id = submit().json()["id"]
-    show("S3 back: next job", terminal(job_id), time.monotonic())
+    show("S3 back", terminal(job_id), t0)
 
     # 4. Database down while a job runs, for 10 s (past the 3 s lease).
     job_id = submit().json()["id"]

@@ -24,7 +24,13 @@ from app.config import get_settings
 from app.db.base import utcnow
 from app.db.repositories import JobRepository
 from app.db.session import Database
-from app.executors.lease import LeaseTiming, run_held_job, sweep_lapsed
+from app.executors.lease import (
+    Disposition,
+    LeaseTiming,
+    run_held_job,
+    storage_reachable,
+    sweep_lapsed,
+)
 from app.services.job_execution import JobSettings
 from app.services.limits import conversion_limits
 from app.storage import BlobStore, open_store
@@ -101,8 +107,13 @@ def run_job(task: Any, job_id: str) -> str:
 
     Returns:
         What happened (``finished``, ``lease-lost``, ``released`` or ``gone``), for the log.
+        A job that failed while the storage was unreachable is retried instead.
     """
     res = _resources()
+    if not storage_reachable(res.store):
+        # Claiming now would spend an attempt on a job that cannot read its inputs.
+        logger.warning("job %s: the storage is unreachable; retrying later", job_id)
+        raise task.retry(countdown=math.ceil(res.timing.lease_seconds + _RETRY_MARGIN))
     sweep_lapsed(res.database)
     with res.database.transaction() as session:
         claim = JobRepository(session).claim_job(
@@ -125,4 +136,7 @@ def run_job(task: Any, job_id: str) -> str:
         settings=res.settings,
         stop_event=res.stop_event,
     )
+    if disposition is Disposition.storage_down:
+        # Come back once the lease this attempt leaves behind has lapsed.
+        raise task.retry(countdown=math.ceil(res.timing.lease_seconds + _RETRY_MARGIN))
     return disposition.value

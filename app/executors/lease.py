@@ -25,7 +25,7 @@ from app.db.session import Database
 from app.services.job_execution import JobOutcome, JobSettings, execute_job
 from app.storage import BlobStore
 
-__all__ = ["Disposition", "LeaseTiming", "run_held_job", "sweep_lapsed"]
+__all__ = ["Disposition", "LeaseTiming", "run_held_job", "storage_reachable", "sweep_lapsed"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ class Disposition(enum.StrEnum):
     finished = "finished"  # completed (succeeded, failed or cancelled) under the lease
     lease_lost = "lease-lost"  # another worker owns it now; nothing was recorded
     released = "released"  # given back to the queue (this worker is stopping)
+    # Failed while the blob store was unreachable: nothing recorded, the lease left to lapse
+    # so the job runs again (the attempt counts; GRAFT_MAX_ATTEMPTS bounds the retries).
+    storage_down = "storage-down"
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,19 @@ def run_held_job(
     finally:
         done.set()
         beat.join()
+    if outcome.error_type == "internal-error" and not storage_reachable(store):
+        logger.warning("job %s failed while the storage is unreachable; it will run again", job_id)
+        return Disposition.storage_down
     return _finish(database, job_id, owner, outcome)
+
+
+def storage_reachable(store: BlobStore) -> bool:
+    """Whether the blob store answers now (its readiness probe)."""
+    try:
+        store.check()
+    except Exception:
+        return False
+    return True
 
 
 def _finish(database: Database, job_id: str, owner: str, outcome: JobOutcome) -> Disposition:

@@ -78,8 +78,10 @@ def delete_broker_names(prefix: str) -> None:
         channel = conn.channel()
         for queue in ("gpu", "cpu"):
             channel.queue_delete(f"{prefix}.{queue}")
-        for exchange in ("jobs", "control", "events"):
+        # Celery's broadcast (revoke) exchange is `<control_exchange>.pidbox`.
+        for exchange in ("jobs", "control", "control.pidbox", "events"):
             channel.exchange_delete(f"{prefix}.{exchange}")
+        channel.exchange_delete(f"reply.{prefix}.control.pidbox")
 
 
 @dataclass

@@ -440,16 +440,10 @@ def serve(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = get_settings()
+    if settings.executor == "celery":
+        _check_celery(settings)
     prepare(settings)
     host = bind_host(settings, host)  # no API keys: loopback only, and it says so
-    if settings.executor == "celery":
-        from app.executors.celery_worker import ExecutorConfigError, check_celery_settings
-
-        try:
-            check_celery_settings(settings)
-        except ExecutorConfigError as exc:
-            typer.echo(f"graft: error: {exc}", err=True)
-            raise typer.Exit(2) from exc
     # With Celery the workers are `graft worker --executor celery` processes elsewhere.
     pool = WorkerPool(settings.workers if settings.executor == "local" else 0)
     pool.start()
@@ -506,6 +500,19 @@ def worker(
         run_worker(index=index)
         return
     _celery_worker(settings, queues, device)
+
+
+def _check_celery(settings: Any) -> None:
+    try:
+        from app.executors.celery_worker import ExecutorConfigError, check_celery_settings
+    except ImportError as exc:  # the `celery` extra is not installed
+        typer.echo(f"graft: error: {exc}; install graft[celery]", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        check_celery_settings(settings)
+    except ExecutorConfigError as exc:
+        typer.echo(f"graft: error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _celery_worker(settings: Any, queues: str, device: str | None) -> None:

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 # SPEC §6: ``auto`` goes to ``gpu`` when a GPU worker heartbeated within this window.
 GPU_WORKER_WINDOW = timedelta(minutes=1)
+_FORGET_WORKERS = timedelta(days=1)
 
 
 class Dispatcher(Protocol):
@@ -92,6 +93,9 @@ def redispatch_unsent(database: Database, dispatcher: Dispatcher, *, age: float)
         repo = JobRepository(session)
         repo.cancel_abandoned(now=now)
         repo.fail_exhausted(now=now)
+        # Workers killed without a goodbye leave their record; routing ignores it after a
+        # minute, and it is forgotten after a day.
+        WorkerRepository(session).prune(before=now - _FORGET_WORKERS)
     with database.transaction(write=False) as session:
         ids = JobRepository(session).undispatched(before=now - timedelta(seconds=age))
     return sum(dispatch_job(database, dispatcher, job_id) is not None for job_id in ids)

@@ -40,3 +40,18 @@ def test_refused_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("graft: error: "), result.stderr
     assert message in lines[0]
+
+
+def test_serve_with_celery_refuses_sqlite(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from app.cli import main; main()", "serve", "--port", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "GRAFT_EXECUTOR": "celery", "GRAFT_DATABASE_URL": "sqlite:///g.db",
+             "GRAFT_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "graft: error: the celery executor needs a database every host can reach: "
+        "GRAFT_DATABASE_URL is SQLite; use PostgreSQL (postgresql+psycopg://user@host/graft)"
+    ]
+    assert not (tmp_path / "g.db").exists()  # refused before anything was made

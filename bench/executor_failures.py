@@ -7,6 +7,7 @@ servers. An OOM kill is a SIGKILL of the pool process running the job, or of its
 child, which is what the kernel's OOM killer sends. Each scenario prints what a client saw.
 
     .venv/bin/python bench/executor_failures.py
+    .venv/bin/python bench/executor_failures.py --time-limit   # Celery's hard time limit
 """
 
 from __future__ import annotations
@@ -98,7 +99,35 @@ def _until(predicate: Any, timeout: float) -> Any:
     return None
 
 
+def time_limit() -> None:
+    """A job longer than GRAFT_TASK_TIME_LIMIT_SECONDS (3 s here; each job sleeps 4 s)."""
+    with tempfile.TemporaryDirectory(prefix="graft-limit-") as tmp_name, celery_stack(
+        Path(tmp_name), None, queues=("gpu,cpu",), stage_delay="4",
+        GRAFT_TASK_TIME_LIMIT_SECONDS="3", GRAFT_MAX_ATTEMPTS="2",
+    ) as stack, stack.server.client() as client:  # fmt: skip
+        ids = []
+        for seed in (1, 2):
+            r = client.post(f"/v1/checkpoints?filename=m{seed}.pth", content=saved(net(seed)))
+            ids.append(r.json()["id"])
+        body = {"source": ids[0], "target": {"checkpoint": ids[1]}, "device": "cpu"}
+        t0 = time.monotonic()
+        job_id = client.post("/v1/jobs", json=body).json()["id"]
+        done = _until(lambda: (j := client.get(f"/v1/jobs/{job_id}").json())["status"]
+                      in ("succeeded", "failed", "cancelled") and j, 120)  # fmt: skip
+        if done is None:
+            print("time limit: job not finished after 120 s")
+            return
+        error = (done.get("error") or {}).get("type")
+        print(
+            f"time limit 3 s, job of 8 s: {done['status']} (attempts {done['attempts']}, "
+            f"error {error}) after {time.monotonic() - t0:.1f} s"
+        )
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--time-limit"]:
+        time_limit()
+        return
     proxies: dict[str, Proxy] = {}
 
     def rewrite(env: dict[str, str]) -> None:

@@ -200,3 +200,44 @@ def test_s3_round_trip_without_a_shared_disk(stack: Stack, client: httpx.Client)
     # The workers kept nothing: no published blob lives on their disks.
     for worker in stack.workers:
         assert not [p for p in Path(worker.root).rglob("*") if p.name in (sha, sha[2:])]
+
+
+def test_revoke_terminates_a_running_task(
+    stack: Stack, client: httpx.Client, checkpoints: dict[int, str]
+) -> None:
+    """The cancel's fallback, for a worker that does not honour the flag: the API revokes
+    the task with terminate=True. Here the revoke comes first, so nothing cooperative can
+    win the race; the flag then lets the recovery sweep record the job as cancelled."""
+    from app.config import Settings
+    from app.db.base import utcnow
+    from app.db.repositories import JobRepository
+    from app.db.session import Database
+    from app.executors.celery_app import CeleryDispatcher
+
+    job_id = _submit(client, checkpoints, 3, "cuda")  # worker A only
+    owner = _running(client, job_id)["worker"]
+    dispatcher = CeleryDispatcher(
+        Settings(broker_url=stack.workers[0].env["GRAFT_BROKER_URL"], queue_prefix=stack.prefix)
+    )
+    database = Database(stack.database_url)
+    try:
+        dispatcher.revoke(job_id)
+        _until(lambda: f"Terminating {job_id}" in stack.workers[0].log.read_text(), 10)
+        pool = int(owner.split(":")[1])
+        _until(lambda: not Path(f"/proc/{pool}").exists() or _zombie(pool), 10)
+        with database.transaction() as session:
+            assert JobRepository(session).request_cancel(job_id, now=utcnow())
+        done = _finished(client, job_id, timeout=30)  # the lease lapses, the sweep records it
+        assert (done["status"], done["attempts"]) == ("cancelled", 1)
+    finally:
+        dispatcher.close()
+        database.dispose()
+    following = _submit(client, checkpoints, 4, "cuda")  # a new pool process takes it
+    assert _finished(client, following)["status"] == "succeeded"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

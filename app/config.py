@@ -58,6 +58,32 @@ class Settings(BaseSettings):
         "make one (S3), so the bytes bypass the API.",
     )
     workers: int = Field(default=1, ge=0, description="Worker processes `graft serve` starts.")
+    executor: Literal["local", "celery"] = Field(
+        default="local",
+        description="local: workers claim jobs from the database; celery: jobs are sent to "
+        "Celery workers through broker_url (needs PostgreSQL, and S3 storage across hosts).",
+    )
+    broker_url: str = Field(
+        default="",
+        description="The Celery broker, e.g. amqp://guest:guest@127.0.0.1:5672// (RabbitMQ).",
+    )
+    queue_prefix: str = Field(
+        default="graft",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Queues are <prefix>.gpu and <prefix>.cpu, the exchange <prefix>.jobs.",
+    )
+    task_time_limit_seconds: int = Field(
+        default=6 * 3600,
+        gt=0,
+        description="Celery's hard task_time_limit: a job still running then is killed (and "
+        "retried while attempts remain). Keep it under RabbitMQ's consumer_timeout.",
+    )
+    dispatch_sweep_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="With Celery, how often the API re-sends queued jobs whose send failed "
+        "(broker down when they were created).",
+    )
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",

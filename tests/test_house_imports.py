@@ -1,6 +1,6 @@
 """The house's import rules, for every file under ``app/`` (STYLE: "A test holds these lines").
 
-Imports point one way: ``api``, executors (``worker``) and ``cli`` -> ``services`` ->
+Imports point one way: ``api``, executors (``worker``, ``executors``) and ``cli`` -> ``services`` ->
 ``engine``, ``db``, ``storage``, ``sandbox``. The engine is pure; the sandbox imports only
 the engine; executors and the CLI reach conversions only through the job-execution service;
 routes never touch the database themselves.
@@ -87,11 +87,16 @@ RULES = {
          "app.sandbox", "app.engine", "app.registry", *OUTER),
     ),
     # Services are used by the outer layers, never the other way round.
-    "services": (("services",), OUTER),
+    "services": (("services",), ("celery", "kombu", *OUTER)),
     # Tables and queries know nothing of use cases or HTTP.
     "db": (("db",), ("fastapi", "app.services", "app.sandbox", *OUTER)),
     # Executors and the CLI reach a conversion only through the job-execution service.
     "worker": (("worker",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
+    "executors": (
+        ("executors",),
+        ("fastapi", "app.api", "app.cli", "app.engine.pipeline",
+         "app.sandbox.runner.run_sandboxed"),
+    ),
     "cli": (("cli",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
     "cli_recipe": (("cli_recipe",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
     # Thin routes: the database through services and dependencies only.

@@ -17,12 +17,14 @@ from app.config import Settings
 from app.db.session import Database
 from app.sandbox.inspector import InspectorPool
 from app.services.auth import Principal, authenticate
+from app.services.dispatch import Dispatcher
 from app.storage import BlobStore
 
 T = TypeVar("T")
 
 __all__ = [
     "DatabaseDep",
+    "DispatcherDep",
     "InspectorDep",
     "ReadPrincipal",
     "ReadSession",
@@ -54,7 +56,14 @@ def _inspector(request: Request) -> InspectorPool:
     return inspector
 
 
+def _dispatcher(request: Request) -> Dispatcher | None:
+    dispatcher: Dispatcher | None = getattr(request.app.state, "dispatcher", None)
+    return dispatcher
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
+# None with the local executor: its workers claim jobs from the database themselves.
+DispatcherDep = Annotated[Dispatcher | None, Depends(_dispatcher)]
 DatabaseDep = Annotated[Database, Depends(_database)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
 InspectorDep = Annotated[InspectorPool, Depends(_inspector)]

@@ -7,7 +7,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import anyio
 from anyio import to_thread
 from fastapi import FastAPI
 
@@ -27,6 +29,7 @@ from app.api.uploads import UploadSlots
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.sandbox.inspector import InspectorPool
+from app.services.dispatch import redispatch_unsent
 from app.services.limits import inspection_limits, inspection_memory_budget
 from app.services.maintenance import BlobCollector, reap_leases
 from app.storage import open_store
@@ -70,13 +73,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         maintenance = None
         if settings.maintenance_seconds > 0:
             maintenance = asyncio.create_task(_maintain(app, settings.maintenance_seconds))
+        app.state.dispatcher = dispatcher = _dispatcher(settings)
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                if dispatcher is not None:
+                    tasks.start_soon(_sweep_unsent, database, dispatcher, settings)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
             if maintenance is not None:
                 maintenance.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await maintenance
+            if dispatcher is not None:
+                dispatcher.close()
             await inspector.close()
             database.dispose()
 
@@ -108,3 +118,27 @@ async def _maintain(app: FastAPI, period: float) -> None:
             await to_thread.run_sync(collector.collect)
         except Exception:  # a locked database or a store hiccup: try again next tick
             logger.exception("maintenance pass failed; retrying next period")
+
+
+def _dispatcher(settings: Settings) -> Any:
+    """The Celery dispatcher, or None with the local executor (workers poll the database)."""
+    if settings.executor != "celery":
+        return None
+    from app.executors.celery_app import CeleryDispatcher
+
+    return CeleryDispatcher(settings)
+
+
+async def _sweep_unsent(database: Database, dispatcher: Any, settings: Settings) -> None:
+    """Send again the jobs whose send failed (the broker was down), once it is back."""
+    while True:
+        await anyio.sleep(settings.dispatch_sweep_seconds)
+        try:
+            sent = await anyio.to_thread.run_sync(
+                lambda: redispatch_unsent(database, dispatcher, age=settings.dispatch_sweep_seconds)
+            )
+        except Exception:
+            logger.exception("re-sending unsent jobs failed; retrying")
+            continue
+        if sent:
+            logger.info("re-sent %d job(s) to the broker", sent)

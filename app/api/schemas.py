@@ -132,6 +132,11 @@ class JobCreate(BaseModel):
     recipe: dict[str, Any] | None = Field(default=None, description="a version 1 recipe (SPEC §2)")
     output: OutputOptions = Field(default_factory=OutputOptions)
     dry_run: bool = Field(default=False, description="produce the report only, no weights")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="where to run: cuda -> a GPU worker, cpu -> a CPU worker, auto -> a GPU "
+        "worker when one is alive (Celery executor; the local workers use GRAFT_DEVICE)",
+    )
 
 
 class JobError(BaseModel):
@@ -173,6 +178,8 @@ class JobPublic(BaseModel):
     warnings: list[str] = Field(
         default_factory=list, description="the report's warnings (nothing_loaded, unmatched: …)"
     )
+    requested_device: str
+    queue: str | None
     error: JobError | None
     result: JobResult | None = None
     pipeline: str | None = Field(default=None, description="the pipeline that started it")
@@ -210,6 +217,8 @@ class JobPublic(BaseModel):
             worker=job.lease_owner,
             device=job.device,
             warnings=list(job.warnings or []),
+            requested_device=job.requested_device,
+            queue=job.queue,
             error=JobError(type=job.error_type, message=job.error_message)
             if job.error_type
             else None,

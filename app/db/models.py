@@ -24,6 +24,7 @@ from app.db.base import Base, UTCDateTime, new_id, utcnow
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "DEVICES",
     "LOCAL_OWNER",
     "TERMINAL_STATUSES",
     "ApiKey",
@@ -35,6 +36,7 @@ __all__ = [
     "JobStatus",
     "MlflowDelivery",
     "Pipeline",
+    "Worker",
 ]
 
 
@@ -48,6 +50,10 @@ class JobStatus(enum.StrEnum):
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
 TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+# What a job may ask to run on (SPEC §5): ``auto`` goes to a GPU worker when one is alive.
+DEVICES = ("auto", "cpu", "cuda")
 
 
 # Who owns what was made with no API keys configured (the loopback-only default).
@@ -180,6 +186,11 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     device: Mapped[str | None] = mapped_column(String(16))
+    # Routing (the Celery executor): what the job asked for, the queue it was sent to (None
+    # until it was sent), and the worker that claimed it last (kept after it finishes).
+    requested_device: Mapped[str] = mapped_column(String(8), default="auto", server_default="auto")
+    queue: Mapped[str | None] = mapped_column(String(16))
+    last_worker: Mapped[str | None] = mapped_column(String(128))
 
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -246,3 +257,22 @@ class MlflowDelivery(Base):
     event: Mapped[str] = mapped_column(String(64))
     jobs: Mapped[list[str]] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Worker(Base):
+    """A worker process that recorded itself: its queues, its devices and its last heartbeat.
+
+    ``auto`` jobs are routed to the ``gpu`` queue only while some worker with a CUDA device
+    has heartbeated recently (SPEC §6).
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    executor: Mapped[str] = mapped_column(String(16))
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    devices: Mapped[list[str]] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -20,6 +21,7 @@ from app.db.models import (
     JobStatus,
     MlflowDelivery,
     Pipeline,
+    Worker,
 )
 
 __all__ = [
@@ -27,8 +29,10 @@ __all__ = [
     "ArtifactRepository",
     "CheckpointRepository",
     "DeliveryRepository",
+    "JobClaim",
     "JobRepository",
     "PipelineRepository",
+    "WorkerRepository",
 ]
 
 # ``owner=None`` in a query means every owner: workers and admins; API callers pass theirs.
@@ -289,11 +293,74 @@ class JobRepository:
                 started_at=func.coalesce(Job.started_at, now),
                 updated_at=now,
                 stage="claimed",
+                last_worker=owner,
             )
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         )
         return result.scalar_one_or_none()
+
+    def claim_job(
+        self, job_id: str, *, owner: str, now: datetime, lease_seconds: float
+    ) -> JobClaim:
+        """Take one named job (a message from a broker named it), if it is claimable.
+
+        Returns:
+            ``claimed``; ``busy`` with the seconds until the holder's lease lapses (a
+            redelivery while the previous holder is alive); ``gone`` when there is nothing to
+            do (finished, cancelled, unknown, or out of attempts).
+        """
+        claimable = and_(Job.id == job_id, self._claimable(now))
+        result = self.session.execute(
+            update(Job)
+            .where(claimable)
+            .values(
+                status=JobStatus.running,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+                updated_at=now,
+                stage="claimed",
+                last_worker=owner,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        if result.scalar_one_or_none() is not None:
+            return JobClaim("claimed")
+        row = self.session.execute(
+            select(Job.status, Job.lease_expires_at, Job.attempts, Job.max_attempts).where(
+                Job.id == job_id
+            )
+        ).first()
+        if row is None or row.status != JobStatus.running or row.lease_expires_at is None:
+            return JobClaim("gone")
+        if row.lease_expires_at >= now:
+            return JobClaim("busy", (row.lease_expires_at - now).total_seconds())
+        return JobClaim("gone")  # lapsed with no attempts left: fail_exhausted's business
+
+    def set_queue(self, job_id: str, queue: str) -> None:
+        """Record the queue a job was sent to."""
+        self.session.execute(update(Job).where(Job.id == job_id).values(queue=queue))
+
+    def undispatched(self, *, before: datetime, limit: int = 100) -> list[str]:
+        """Jobs no message will bring to a worker, the oldest first: queued but never sent
+        (the send failed), or running with a lease that lapsed before ``before`` and
+        attempts left (their task ended without finishing them, e.g. the database was
+        away when it tried)."""
+        never_sent = and_(
+            Job.status == JobStatus.queued, Job.queue.is_(None), Job.created_at < before
+        )
+        orphaned = and_(
+            Job.status == JobStatus.running,
+            Job.lease_expires_at < before,
+            Job.attempts < Job.max_attempts,
+        )
+        rows = self.session.scalars(
+            select(Job.id).where(or_(never_sent, orphaned)).order_by(Job.created_at).limit(limit)
+        )
+        return list(rows)
 
     def heartbeat(
         self,
@@ -442,6 +509,54 @@ class DeliveryRepository:
         self.session.add(delivery)
         self.session.flush()
         return delivery
+
+
+@dataclass(frozen=True)
+class JobClaim:
+    """The answer to a claim of one named job (see :meth:`JobRepository.claim_job`)."""
+
+    kind: Literal["claimed", "busy", "gone"]
+    retry_in: float = 0.0
+
+
+class WorkerRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def record(self, worker: Worker) -> None:
+        """Insert a worker, or refresh the one with its id."""
+        self.session.merge(worker)
+        self.session.flush()
+
+    def beat(self, worker_id: str, *, now: datetime) -> bool:
+        """Record a heartbeat. Returns whether the worker is recorded."""
+        result = self.session.execute(
+            update(Worker).where(Worker.id == worker_id).values(heartbeat_at=now)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def remove(self, worker_id: str) -> None:
+        self.session.execute(delete(Worker).where(Worker.id == worker_id))
+
+    def alive(self, *, since: datetime) -> list[Worker]:
+        """Workers that heartbeated at or after ``since``."""
+        return list(
+            self.session.scalars(
+                select(Worker).where(Worker.heartbeat_at >= since).order_by(Worker.id)
+            )
+        )
+
+    def gpu_alive(self, *, since: datetime) -> bool:
+        """Whether a worker with a CUDA device that consumes ``gpu`` heartbeated since."""
+        return any(
+            "gpu" in w.queues and any(d.startswith("cuda") for d in w.devices)
+            for w in self.alive(since=since)
+        )
+
+    def prune(self, *, before: datetime) -> int:
+        """Forget workers silent since ``before`` (they died without saying goodbye)."""
+        result = self.session.execute(delete(Worker).where(Worker.heartbeat_at < before))
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 class ApiKeyRepository:

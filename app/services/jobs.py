@@ -48,6 +48,7 @@ def create_job(
     register: RegisterSpec | None = None,
     registry: RegistryConfig | None = None,
     pipeline_id: str | None = None,
+    device: str = "auto",
 ) -> Job:
     """Validate and queue a conversion. Workers pick it up once the caller commits.
 
@@ -59,6 +60,7 @@ def create_job(
         register: register the result in MLflow after success.
         registry: the configured registry and outbound allow list (for references).
         pipeline_id: the pipeline that started the job.
+        device: ``auto``, ``cpu`` or ``cuda``: where it asks to run (routing).
 
     Raises:
         InvalidJobError: an unknown (or another owner's) checkpoint; a reference or register
@@ -94,6 +96,7 @@ def create_job(
         output_dtype=output_dtype,
         dry_run=dry_run,
         max_attempts=max_attempts,
+        requested_device=device,
     )
     return JobRepository(session).add(job)
 

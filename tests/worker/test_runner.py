@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from app.db.models import Job
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
 from app.engine.readers import inspect_source
+from app.executors import lease
 from app.services.checkpoints import publish_checkpoint
 from app.storage import FileBlobStore, StagedFile
 from app.worker.runner import JobRunner
@@ -174,14 +176,20 @@ def test_running_job_can_be_cancelled(setup: tuple[Database, FileBlobStore, str,
 
 
 def test_worker_that_lost_its_lease_cannot_complete(
-    setup: tuple[Database, FileBlobStore, str, str],
+    setup: tuple[Database, FileBlobStore, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db, store, source, target = setup
     job_id = _job(db, source, target)
     slow = _runner(db, store, stage_delay=1.0, lease_seconds=0.3)
     # A stalled worker (think SIGSTOP): no heartbeats, so its lease lapses and another
     # worker takes the job over; when it wakes up its result must be discarded.
-    slow._heartbeat = lambda *_args: None  # type: ignore[method-assign]
+    real = lease._heartbeat
+
+    def stalled(database: Database, job: str, owner: str, *rest: Any) -> None:
+        if owner != slow.owner:
+            real(database, job, owner, *rest)
+
+    monkeypatch.setattr(lease, "_heartbeat", stalled)
     thread = threading.Thread(target=slow.run_once)
     thread.start()
     time.sleep(0.6)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DatabaseDep, StoreDep
+from app.api.deps import DatabaseDep, DispatcherDep, StoreDep
 from app.api.errors import problem_response
 
 router = APIRouter(tags=["health"])
@@ -19,10 +19,14 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "database or storage unreachable"}})
-async def readyz(database: DatabaseDep, store: StoreDep) -> JSONResponse:
-    """The database answers and the storage directory is writable."""
+async def readyz(database: DatabaseDep, store: StoreDep, dispatcher: DispatcherDep) -> JSONResponse:
+    """The database answers, the storage is writable and (with Celery) the broker answers."""
     checks: dict[str, str] = {}
-    for name, probe in (("database", database.ping), ("storage", store.check)):
+    probes = [("database", database.ping), ("storage", store.check)]
+    ping = getattr(dispatcher, "ping", None)
+    if ping is not None:
+        probes.append(("broker", ping))
+    for name, probe in probes:
         try:
             await run_in_threadpool(probe)
             checks[name] = "ok"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response, status
+import anyio
+from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from app.api.deps import (
+    DatabaseDep,
+    DispatcherDep,
     InspectorDep,
     ReadPrincipal,
     ReadSession,
@@ -20,6 +23,7 @@ from app.api.deps import (
 from app.api.downloads import blob_response, download_route
 from app.api.errors import problem
 from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
+from app.services import dispatch
 from app.services import jobs as service
 from app.services.errors import TooManyRangesError
 from app.services.payloads import check_depth, check_skeleton_size
@@ -46,6 +50,9 @@ async def create_job(
     session: WriteSession,
     settings: SettingsDep,
     inspector: InspectorDep,
+    database: DatabaseDep,
+    dispatcher: DispatcherDep,
+    background: BackgroundTasks,
 ) -> JobPublic:
     """Queue a conversion; poll the `Location` it returns."""
     check_depth(body, max_depth=settings.max_json_depth)
@@ -70,7 +77,10 @@ async def create_job(
         checkpoint_owner=principal.scope_owner,
         register=body.output.registration,
         registry=RegistryConfig.from_settings(settings),
+        device=body.device,
     )
+    if dispatcher is not None:  # sent once the job is committed (after the response)
+        background.add_task(dispatch.dispatch_job, database, dispatcher, job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobPublic.of(job)
 
@@ -97,10 +107,31 @@ def get_job(job_id: str, principal: ReadPrincipal, session: ReadSession) -> JobP
 
 
 @router.post("/{job_id}/cancel", responses={409: problem("the job already finished")})
-async def cancel_job(job_id: str, principal: WritePrincipal, session: WriteSession) -> JobPublic:
+async def cancel_job(
+    job_id: str,
+    principal: WritePrincipal,
+    session: WriteSession,
+    settings: SettingsDep,
+    database: DatabaseDep,
+    dispatcher: DispatcherDep,
+    background: BackgroundTasks,
+) -> JobPublic:
     """Cancel a queued job at once; a running one stops at its next checkpoint of progress."""
     job = await in_write_thread(service.cancel_job, session, job_id, owner=principal.scope_owner)
+    if dispatcher is not None and job.status == "running":
+        background.add_task(
+            _revoke_later, database, dispatcher, job_id, grace=3 * settings.heartbeat_seconds + 2
+        )
     return JobPublic.of(job)
+
+
+async def _revoke_later(
+    database: DatabaseDep, dispatcher: dispatch.Dispatcher, job_id: str, *, grace: float
+) -> None:
+    """The cancel's fallback: a worker that did not notice the flag within a few heartbeats
+    has its task terminated."""
+    await anyio.sleep(grace)
+    await anyio.to_thread.run_sync(dispatch.revoke_if_still_running, database, dispatcher, job_id)
 
 
 @router.get("/{job_id}/artifacts")

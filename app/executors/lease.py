@@ -1,0 +1,253 @@
+"""Holding a job: heartbeat, the job-execution hooks, and finishing under the lease.
+
+Every executor does the same once it has claimed a job (one UPDATE that sets the lease and
+counts the attempt): it renews the lease from a heartbeat thread while
+:func:`app.services.job_execution.execute_job` runs, and records stage and progress with each
+beat. A cancel request or a lost lease is noticed there and stops the job at its next
+progress call or tick. The job is then completed, and its artifact rows written, in one
+transaction and only while this worker still holds the lease, so a job completes exactly
+once even if a worker thought dead comes back. How the job was claimed (the oldest claimable
+row, or the one a broker message named) is the executor's business.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from app.db.base import utcnow
+from app.db.models import Artifact, JobStatus
+from app.db.repositories import ArtifactRepository, JobRepository
+from app.db.session import Database
+from app.services.job_execution import JobOutcome, JobSettings, execute_job
+from app.storage import BlobStore
+
+__all__ = ["Disposition", "LeaseTiming", "run_held_job", "storage_reachable", "sweep_lapsed"]
+
+logger = logging.getLogger(__name__)
+
+
+class Disposition(enum.StrEnum):
+    """How holding a job ended."""
+
+    finished = "finished"  # completed (succeeded, failed or cancelled) under the lease
+    lease_lost = "lease-lost"  # another worker owns it now; nothing was recorded
+    released = "released"  # given back to the queue (this worker is stopping)
+    # Failed while the blob store was unreachable: nothing recorded, the lease left to lapse
+    # so the job runs again (the attempt counts; GRAFT_MAX_ATTEMPTS bounds the retries).
+    storage_down = "storage-down"
+
+
+@dataclass(frozen=True)
+class LeaseTiming:
+    """Attributes:
+    lease_seconds: how long a claim lasts without a heartbeat.
+    heartbeat_seconds: how often the lease is renewed (at most a third of the lease).
+    stage_delay: TEST ONLY (``GRAFT_TEST_STAGE_DELAY``): seconds to sleep at each stage, so
+        tests can act mid-job. Zero in production.
+    """
+
+    lease_seconds: float
+    heartbeat_seconds: float
+    stage_delay: float = 0.0
+
+    @property
+    def beat(self) -> float:
+        return min(self.heartbeat_seconds, self.lease_seconds / 3)
+
+
+class _Abort(BaseException):
+    """Raised inside the job's control hooks to stop the conversion."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # cancelled | lease-lost | stopping
+
+
+@dataclass
+class _State:
+    stage: str = "preparing"
+    progress: float = 0.0
+    abort: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def sweep_lapsed(database: Database) -> None:
+    """Finish the jobs whose worker died: cancelled if a cancel was asked, failed
+    (``worker-lost``) if that was their last attempt."""
+    now = utcnow()
+    with database.transaction() as session:
+        repo = JobRepository(session)
+        repo.cancel_abandoned(now=now)
+        failed = repo.fail_exhausted(now=now)
+    if failed:
+        logger.warning("failed %d job(s) that exhausted their attempts", failed)
+
+
+def run_held_job(
+    database: Database,
+    store: BlobStore,
+    job_id: str,
+    *,
+    owner: str,
+    timing: LeaseTiming,
+    settings: JobSettings,
+    stop_event: threading.Event,
+) -> Disposition:
+    """Run a job ``owner`` has just claimed, keep its lease, and record how it ended.
+
+    Args:
+        database: the shared database.
+        store: the shared blob store.
+        job_id: the claimed job.
+        owner: the lease holder's name (as written by the claim).
+        timing: lease and heartbeat periods.
+        settings: the executor's limits, device and architectures.
+        stop_event: set when the worker is stopping; the job is then given back.
+
+    Returns:
+        How it ended (see :class:`Disposition`).
+    """
+    state = _State()
+    done = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat,
+        args=(database, job_id, owner, timing, state, done, stop_event),
+        name=f"heartbeat-{job_id}",
+        daemon=True,
+    )
+    beat.start()
+    try:
+        outcome = execute_job(
+            database, store, job_id, settings=settings, control=_Control(state, timing)
+        )
+    except _Abort as abort:
+        if abort.reason == "lease-lost":
+            logger.warning("job %s: lease lost; another worker owns it now", job_id)
+            return Disposition.lease_lost
+        if abort.reason == "stopping":
+            _release(database, job_id, owner)
+            return Disposition.released
+        outcome = JobOutcome(status=JobStatus.cancelled)
+    finally:
+        done.set()
+        beat.join()
+    if outcome.error_type == "internal-error" and not storage_reachable(store):
+        logger.warning("job %s failed while the storage is unreachable; it will run again", job_id)
+        return Disposition.storage_down
+    return _finish(database, job_id, owner, outcome)
+
+
+def storage_reachable(store: BlobStore) -> bool:
+    """Whether the blob store answers now (its readiness probe)."""
+    try:
+        store.check()
+    except Exception:
+        return False
+    return True
+
+
+def _finish(database: Database, job_id: str, owner: str, outcome: JobOutcome) -> Disposition:
+    with database.transaction() as session:
+        held = JobRepository(session).finish(
+            job_id,
+            owner=owner,
+            now=utcnow(),
+            status=outcome.status,
+            ok=outcome.ok,
+            error_type=outcome.error_type,
+            error_message=outcome.error_message,
+            device=outcome.device,
+            source_id=outcome.source_id,
+            result=outcome.result,
+            warnings=outcome.warnings,
+        )
+        if not held:
+            logger.warning("job %s: lease lost before completion; result discarded", job_id)
+            session.rollback()
+            return Disposition.lease_lost
+        repo = ArtifactRepository(session)
+        for artifact in outcome.artifacts:
+            repo.add(Artifact(job_id=job_id, **artifact))
+    logger.info("job %s %s", job_id, outcome.status)
+    return Disposition.finished
+
+
+def _release(database: Database, job_id: str, owner: str) -> None:
+    with database.transaction() as session:
+        JobRepository(session).release(job_id, owner=owner, now=utcnow())
+    logger.info("job %s released back to the queue", job_id)
+
+
+def _heartbeat(
+    database: Database,
+    job_id: str,
+    owner: str,
+    timing: LeaseTiming,
+    state: _State,
+    done: threading.Event,
+    stop_event: threading.Event,
+) -> None:
+    while True:
+        with state.lock:
+            stage, progress = state.stage, state.progress
+        try:
+            with database.transaction() as session:
+                held, cancel = JobRepository(session).heartbeat(
+                    job_id,
+                    owner=owner,
+                    now=utcnow(),
+                    lease_seconds=timing.lease_seconds,
+                    stage=stage,
+                    progress=progress,
+                )
+        except Exception:
+            # The database may come back before the lease lapses; if not, the finish is
+            # refused and another worker runs the job again.
+            logger.exception("job %s: heartbeat failed; retrying", job_id)
+        else:
+            with state.lock:
+                if not held:
+                    state.abort = "lease-lost"
+                elif cancel:
+                    state.abort = state.abort or "cancelled"
+        if stop_event.is_set():
+            with state.lock:
+                state.abort = state.abort or "stopping"
+        if done.wait(timing.beat):
+            return
+
+
+class _Control:
+    """The job-execution service's hooks: record stage and progress, stop on an abort."""
+
+    def __init__(self, state: _State, timing: LeaseTiming) -> None:
+        self.state = state
+        self.timing = timing
+
+    def tick(self) -> None:
+        with self.state.lock:
+            abort = self.state.abort
+        if abort:
+            raise _Abort(abort)
+
+    def progress(self, stage: str, fraction: float) -> None:
+        with self.state.lock:
+            self.state.stage = stage
+            self.state.progress = round(0.05 + 0.9 * max(0.0, min(1.0, fraction)), 4)
+        self.tick()
+
+    def stage(self, name: str) -> None:
+        """Mark a stage; with the test-only delay, sleep there while staying abortable."""
+        with self.state.lock:
+            self.state.stage = name
+        deadline = time.monotonic() + self.timing.stage_delay
+        while True:
+            self.tick()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(0.05, remaining))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
@@ -11,8 +12,17 @@ from app.db.models import TERMINAL_STATUSES, Artifact, Job
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
 from app.engine.target_spec import TargetSpec
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
+from app.storage import BlobStore
 
-__all__ = ["cancel_job", "create_job", "get_artifact", "get_job", "list_jobs", "validate_recipe"]
+__all__ = [
+    "cancel_job",
+    "create_job",
+    "get_artifact",
+    "get_job",
+    "list_jobs",
+    "read_report",
+    "validate_recipe",
+]
 
 
 def validate_recipe(recipe: dict[str, Any] | None) -> None:
@@ -121,3 +131,14 @@ def get_artifact(session: Session, job_id: str, name: str, *, owner: str | None)
         )
         raise NotFoundError(f"no {name} artifact: {hint}")
     return artifact
+
+
+def read_report(session: Session, store: BlobStore, job_id: str, *, owner: str | None) -> Any:
+    """A job's report, parsed (reports are small beside weights: a few MB at most).
+
+    Raises:
+        NotFoundError: no such job, or no report yet.
+    """
+    artifact = get_artifact(session, job_id, "report", owner=owner)
+    data = b"".join(store.iter_range(artifact.sha256, 0, artifact.size))
+    return json.loads(data)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DatabaseDep, StoreDep
+from app.api.deps import DatabaseDep, SettingsDep, StoreDep
 from app.api.errors import problem_response
+from app.services.warmth import markers_dir, warm_workers
 
 router = APIRouter(tags=["health"])
 
@@ -18,9 +19,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "database or storage unreachable"}})
-async def readyz(database: DatabaseDep, store: StoreDep) -> JSONResponse:
-    """The database answers and the storage directory is writable."""
+@router.get(
+    "/readyz",
+    responses={503: {"description": "database or storage unreachable, or no worker warm yet"}},
+)
+async def readyz(
+    request: Request, database: DatabaseDep, store: StoreDep, settings: SettingsDep
+) -> JSONResponse:
+    """The database answers, the storage directory is writable, and, with embedded workers,
+    at least one of them is warm (torch imported, sandbox fork server ready)."""
     checks: dict[str, str] = {}
     for name, probe in (("database", database.ping), ("storage", store.check)):
         try:
@@ -28,6 +35,9 @@ async def readyz(database: DatabaseDep, store: StoreDep) -> JSONResponse:
             checks[name] = "ok"
         except Exception as exc:
             checks[name] = f"error: {exc}"
-    if any(v != "ok" for v in checks.values()):
+    if getattr(request.app.state, "embedded_workers", 0):
+        warm = warm_workers(markers_dir(settings.storage_dir))
+        checks["workers"] = f"ok: {warm} warm" if warm else "warming up"
+    if any(not v.startswith("ok") for v in checks.values()):
         return problem_response(503, "not-ready", "a dependency is unreachable", checks=checks)
     return JSONResponse({"status": "ok", "checks": checks})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from app.api.deps import (
     InspectorDep,
@@ -20,6 +20,7 @@ from app.api.deps import (
 from app.api.downloads import blob_response
 from app.api.errors import problem
 from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
+from app.engine.report import group_report
 from app.services import jobs as service
 from app.services.errors import TooManyRangesError
 
@@ -107,9 +108,13 @@ def get_report(
     principal: ReadPrincipal,
     session: ReadSession,
     store: StoreDep,
-    format: Annotated[Literal["json", "text"], Query()] = "json",
+    format: Annotated[Literal["json", "text", "groups"], Query()] = "json",
 ) -> Response:
-    """The report (schema graft.report/v1), or its grouped human form with `?format=text`."""
+    """The report (schema graft.report/v1), its grouped human form with `?format=text`, or
+    with `?format=groups` its keys grouped as data (what the text form and web app show)."""
+    if format == "groups":
+        report = service.read_report(session, store, job_id, owner=principal.scope_owner)
+        return JSONResponse(group_report(report))
     artifact = service.get_artifact(
         session,
         job_id,

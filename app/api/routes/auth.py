@@ -23,13 +23,14 @@ class AuthPublic(BaseModel):
     )
 
 
-# Optional endpoints, by the route that provides them. Read off the app's own routes rather
-# than probed by the pages: Chromium logs every failed fetch as a console error.
+# Optional endpoints, by the path that provides them. Read off the app's own OpenAPI document
+# (built once, then cached by FastAPI) rather than probed by the pages: Chromium logs every
+# failed fetch as a console error.
 _CAPABILITIES = {"job-events": "/v1/jobs/{job_id}/events", "plans": "/v1/plans"}
 
 
 def _capabilities(request: Request) -> list[str]:
-    paths = {getattr(route, "path", None) for route in request.app.routes}
+    paths = request.app.openapi().get("paths", {})
     return sorted(name for name, path in _CAPABILITIES.items() if path in paths)
 
 

@@ -48,11 +48,8 @@ def create_link(
     )
 
 
-@router.api_route(
-    "/v1/links/{token}",
-    methods=["GET", "HEAD"],
-    responses={404: problem("an unknown, forged or expired link")},
-)
+@router.head("/v1/links/{token}", include_in_schema=False)
+@router.get("/v1/links/{token}", responses={404: problem("an unknown, forged or expired link")})
 def follow_link(token: str, request: Request, session: ReadSession, store: StoreDep) -> Response:
     """Public: the artifact a signed link names (weights as an attachment, Range supported)."""
     job_id, artifact_name = verify_link(_secret(request), token)

@@ -122,7 +122,7 @@ export function formPage(params) {
       if (!(await validate())) return;
       planOut.replaceChildren(h("p", { class: "muted" }, "Planning…"));
       const report = await api("/v1/plans", { method: "POST", json: b });
-      planOut.replaceChildren(...planView(report));
+      planOut.replaceChildren(h("div", {}, planView(report)));
     } catch (err) { planOut.replaceChildren(errorBox(err)); }
   });
   form.addEventListener("submit", async (e) => {

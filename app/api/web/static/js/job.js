@@ -17,7 +17,7 @@ export function jobPage(id) {
     if (isTerminal(job.status) && !shown) {
       shown = true;
       report.replaceChildren(h("p", { class: "muted" }, "Loading the report…"));
-      try { report.replaceChildren(...(await renderReport(job))); }
+      try { report.replaceChildren(h("div", {}, await renderReport(job))); }
       catch (err) { report.replaceChildren(errorBox(err)); }
     }
   });

@@ -48,7 +48,7 @@ export function pagedTable({ columns, rows, row, size = 100, empty = "Nothing to
       h("button", { class: "secondary", disabled: page === 0, onclick: () => { page--; render(); } }, "Previous"),
       h("span", { "data-testid": "page" }, `page ${page + 1} of ${pages} (${rows.length} rows)`),
       h("button", { class: "secondary", disabled: page >= pages - 1, onclick: () => { page++; render(); } }, "Next"))
-      : h("div", { class: "muted", "data-testid": "rowcount" }, `${rows.length} rows`);
+      : h("div", { class: "muted", "data-testid": "rowcount" }, `${rows.length} ${rows.length === 1 ? "row" : "rows"}`);
     wrap.replaceChildren(table, pager);
   };
   render();

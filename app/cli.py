@@ -25,6 +25,26 @@ cli = typer.Typer(
 )
 
 
+def _hide_flag_types() -> None:
+    """Show no ``<bool>`` label beside flags (``--json``, ``--verify/--no-verify``, ``--help``):
+    a flag takes no value, so the label only misleads. Typer labels every option's type and
+    offers no switch for flags, hence this one override of its help rendering."""
+    from typer.core import TyperOption
+
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "_graft", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else show(self, ctx)
+
+    display_type_rich._graft = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
+
 @cli.callback()
 def _root() -> None:
     """Transplant pretrained PyTorch weights into a different architecture."""
@@ -421,7 +441,7 @@ def main() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[
-        int | None, typer.Option(help="Port to listen on [default: GRAFT_PORT, else 8000].")
+        int | None, typer.Option(help="Port to listen on (default: GRAFT_PORT, else 8000).")
     ] = None,
 ) -> None:
     """Run the HTTP API with GRAFT_WORKERS embedded worker processes (migrates on start)."""

@@ -302,9 +302,8 @@ def render_text(report: dict[str, Any]) -> str:
                 lines.append(f"  {g['pattern']}{origin}{detail}")
     if report["unused"]:
         lines += ["", f"unused source keys ({len(report['unused'])})"]
-        width = max(len(u["reason"]) for u in groups["unused"])
         lines += [
-            f"  {u['reason']:<{width}}  {u['pattern']}" + (f"  [{u['rule']}]" if u["rule"] else "")
+            f"  {u['reason']:<10} {u['pattern']}" + (f"  [{u['rule']}]" if u["rule"] else "")
             for u in groups["unused"]
         ]
     if report["suggestions"]:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from app.services.links import sign_link, verify_link
 from app.services.errors import NotFoundError
+from app.services.links import sign_link, verify_link
 from tests.api.conftest import TestClient
 
 

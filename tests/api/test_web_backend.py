@@ -4,6 +4,7 @@ inspect, signed links, static pages and the friendlier validation errors."""
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -154,7 +155,7 @@ def test_a_target_typo_is_one_sentence(client: TestClient, ids: dict[str, str]) 
 
 
 def test_a_missing_content_type_gets_a_hint(client: TestClient, ids: dict[str, str]) -> None:
-    body = '{"source": "%s", "target": {"checkpoint": "%s"}}' % (ids["source"], ids["target"])
+    body = json.dumps({"source": ids["source"], "target": {"checkpoint": ids["target"]}})
     r = client.post(
         "/v1/jobs", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
     )

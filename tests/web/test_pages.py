@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from tests.e2e.conftest import REPO, Server
 from tests.e2e.helpers import net, saved
@@ -78,6 +80,7 @@ def test_job_page_matches_the_report(watched: Watched, seeded: dict[str, Any]) -
     assert [rows.nth(i).locator("td.key").first.inner_text() for i in range(rows.count())] == [
         g["pattern"] for g in groups["entries"]
     ]
+    assert "null" not in page.locator("#report").inner_text()
     screenshot(page, "job")
     # Filter by status: only the kept groups (the target's own head) remain.
     page.select_option("#entry-status", "kept")
@@ -149,6 +152,7 @@ def test_form_plans_then_runs_a_conversion(
     }
     assert counts == {"loaded": "7", "kept": "2", "dropped": "2"}
     assert page.locator("#plan tbody tr").count() == 9
+    assert "null" not in page.locator("#plan").inner_text()
     screenshot(page, "new-conversion")
     with web_server.client() as client:  # a dry run never clutters the job list
         assert client.get("/v1/jobs").json()["count"] == jobs_before
@@ -173,6 +177,38 @@ def test_recipe_errors_show_at_the_rule_they_name(watched: Watched) -> None:
     assert "bad" in (item.get_attribute("class") or "")
     assert page.locator("#rule-outline li.bad").count() == 1
     assert page.locator("#recipe-error").inner_text().startswith("rename[1]")
+
+
+def test_a_10000_entry_plan_stays_responsive(
+    watched: Watched, web_server: Server, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "wide.safetensors"
+    save_file({f"k{i}": torch.full((1,), float(i)) for i in range(10_000)}, str(path))
+    with web_server.client() as client:
+        wide = client.post(
+            "/v1/checkpoints", params={"filename": "wide.safetensors"}, content=path.read_bytes()
+        ).json()
+    page = watched.page
+    page.goto(f"/#/new?source={wide['id']}")
+    page.locator(f"#source option[value='{wide['id']}'][selected]").wait_for(state="attached")
+    page.select_option("#target-checkpoint", wide["id"])
+    page.click("#plan-button")
+    page.locator("#plan-counts").wait_for()
+    assert page.locator("#plan-counts [data-count='loaded'] .n").inner_text() == "10000"
+    rows = page.locator("#plan tbody tr")
+    assert rows.count() == 100  # paged: the DOM never holds 10,000 rows
+    assert page.locator("#plan [data-testid='page']").inner_text() == "page 1 of 100 (10000 rows)"
+    started = time.monotonic()
+    page.click("#plan .pager button:has-text('Next')")
+    page.locator("#plan [data-testid='page']", has_text="page 2 of 100").wait_for()
+    assert time.monotonic() - started < 2.0
+    with web_server.client() as client:
+        plan = client.post(
+            "/v1/plans", json={"source": wide["id"], "target": {"checkpoint": wide["id"]}}
+        ).json()
+    assert rows.first.locator("td.key").first.inner_text() == plan["entries"][100]["target"]
 
 
 def test_docs_load_swagger_ui_from_this_server(watched: Watched) -> None:

@@ -166,6 +166,39 @@ def test_form_plans_then_runs_a_conversion(
     assert job["status"] == "succeeded" and job["target"] == {"checkpoint": target["id"]}
 
 
+def test_form_uploads_a_source_and_plans_into_an_architecture(
+    watched: Watched, web_server: Server, tmp_path: Path
+) -> None:
+    page = watched.page
+    path = tmp_path / "uploaded.pth"
+    path.write_bytes(saved(net(7, 10)))
+    page.goto("/#/new")
+    page.locator("#source option").first.wait_for(state="attached")
+    page.set_input_files("#source-upload", str(path))
+    page.get_by_text("Uploaded uploaded.pth: 9 tensors.").wait_for()
+    chosen = page.eval_on_selector("#source", "s => s.options[s.selectedIndex].text")
+    assert chosen.startswith("uploaded.pth — 9 tensors")
+    source_id = page.eval_on_selector("#source", "s => s.value")
+    page.check("input[name=target-kind][value=architecture]")
+    assert page.locator("#target-checkpoint").is_hidden()
+    page.locator("#target-architecture option[value='graft_mobilenet']").wait_for(state="attached")
+    page.select_option("#target-architecture", "graft_mobilenet")
+    page.fill("#target-kwargs", '{"num_classes": 10}')
+    page.fill("#recipe", "")
+    page.click("#plan-button")
+    page.locator("#plan-counts").wait_for(timeout=90_000)
+    with web_server.client() as client:
+        plan = client.post(
+            "/v1/plans",
+            json={"source": source_id,
+                  "target": {"architecture": "graft_mobilenet", "kwargs": {"num_classes": 10}}},
+        ).json()  # fmt: skip
+    for key in ("loaded", "initialized", "unexpected"):
+        shown = page.locator(f"#plan-counts [data-count='{key}'] .n").inner_text()
+        assert shown == str(plan["summary"][key]), key
+    assert plan["summary"]["initialized"] == plan["target"]["tensors"] > 0
+
+
 def test_recipe_errors_show_at_the_rule_they_name(watched: Watched) -> None:
     page = watched.page
     watched.allowed.append("status of 422")  # the validation answer itself

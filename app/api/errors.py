@@ -125,7 +125,7 @@ async def _graft_error(request: Request, exc: Exception) -> JSONResponse:
 def _sentence(error: dict[str, Any]) -> str:
     """One sentence naming the field: ``target must have one of …; got 'architecure'``."""
     loc = [str(p) for p in error.get("loc", ())]
-    where = ".".join(loc[1:] if loc[:1] == ["body"] else loc)
+    where = ".".join(loc[1:] if loc[:1] == ["body"] and len(loc) > 1 else loc)
     message = str(error.get("msg", "invalid"))
     if error.get("type") == "invalid_target":
         # The discriminator names the three kinds; say what was sent instead.

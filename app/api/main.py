@@ -75,6 +75,6 @@ def create_app(settings: Settings | None = None, *, embedded_workers: int = 0) -
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(architectures.router)
     app.include_router(auth.router)
-    app.include_router(links.router)
+    app.include_router(links.router, responses=PROBLEM_RESPONSES)
     install_web(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -80,7 +81,8 @@ def test_job_page_matches_the_report(watched: Watched, seeded: dict[str, Any]) -
     assert [rows.nth(i).locator("td.key").first.inner_text() for i in range(rows.count())] == [
         g["pattern"] for g in groups["entries"]
     ]
-    assert "null" not in page.locator("#report").inner_text()
+    text = page.locator("#report").inner_text()
+    assert "null" not in text and "[object" not in text
     screenshot(page, "job")
     # Filter by status: only the kept groups (the target's own head) remain.
     page.select_option("#entry-status", "kept")
@@ -110,6 +112,30 @@ def test_job_page_matches_the_report(watched: Watched, seeded: dict[str, Any]) -
         page.click("[data-download='report']")
     path = info.value.path()
     assert json.loads(Path(path).read_text()) == report
+
+
+def test_rules_with_no_match_are_highlighted(watched: Watched, seeded: dict[str, Any]) -> None:
+    """The report's `rules` (SPEC 2.1, from the engine's rule accounting) as the page shows
+    them. This branch's engine does not write the field yet, so the browser is handed a report
+    with it, at the network boundary; everything else is the live server's."""
+    page = watched.page
+    job_id = seeded["job"]["id"]
+    rules = [{"rule": "drop[0]", "matched": 2}, {"rule": "rename[0]", "matched": 0}]
+    report = {**seeded["report"], "rules": rules}
+    page.route(
+        re.compile(rf".*/v1/jobs/{job_id}/report$"),
+        lambda route: route.fulfill(json=report),
+    )
+    page.goto(f"/#/jobs/{job_id}")
+    page.locator("#summary").wait_for()
+    table = page.locator("#rules")
+    table.wait_for()
+    rows = table.locator("tbody tr")
+    assert rows.count() == 2
+    assert rows.nth(0).inner_text().split("\t")[:2] == ["drop[0]", "2"]
+    assert "unmatched" not in (rows.nth(0).get_attribute("class") or "")
+    assert rows.nth(1).get_attribute("class") == "unmatched"
+    assert "unmatched: this rule selected no key" in rows.nth(1).inner_text()
 
 
 def test_checkpoint_page_is_the_grouped_inspect_view(

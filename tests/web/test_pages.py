@@ -289,8 +289,13 @@ def test_with_keys_the_pages_ask_once_and_download_through_links(
     token = json.loads(created.stdout)["token"]
     assert httpx.get(f"{web_server.url}/v1/auth").json()["mode"] == "keys"
     page = watched.page
+    watched.allowed.append("status of 401")  # the refused key's answer
     page.goto("/")
     page.locator("#key-form").wait_for()
+    page.fill("#api-key", "graft_0123456789abcdef_" + "x" * 40)
+    page.click("#key-form button")
+    page.get_by_text("That key was refused (unknown or revoked). Enter another.").wait_for()
+    assert page.evaluate("sessionStorage.getItem('graft.key')") is None
     page.fill("#api-key", token)
     page.click("#key-form button")
     job_id = seeded["job"]["id"]
@@ -308,3 +313,8 @@ def test_with_keys_the_pages_ask_once_and_download_through_links(
             f"/v1/jobs/{job_id}/weights", headers={"Authorization": f"Bearer {token}"}
         ).content
     assert Path(download.path()).read_bytes() == weights
+    # The link itself needs no key, for GET and HEAD alike; the API without one is refused.
+    head = httpx.head(download.url)
+    assert (head.status_code, int(head.headers["content-length"])) == (200, len(weights))
+    assert httpx.get(download.url).content == weights
+    assert httpx.get(f"{web_server.url}/v1/jobs/{job_id}/weights").status_code == 401

@@ -30,8 +30,8 @@ export function jobsPage(params) {
       const jobs = await api(`/v1/jobs?limit=200${q}`);
       if (!alive) return;
       body.replaceChildren(render(jobs));
-      // Live: refresh while anything shown can still change.
-      if (jobs.data.some((j) => !isTerminal(j.status))) timer = setTimeout(load, 1000);
+      // Live: every second while a job shown can still change, else every five (new jobs).
+      timer = setTimeout(load, jobs.data.some((j) => !isTerminal(j.status)) ? 1000 : 5000);
     } catch (err) { body.replaceChildren(errorBox(err)); }
   };
   load();

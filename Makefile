@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml requirements-fixtures.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-fixtures.txt
 	touch $(STAMP)
 
+# `make serve PORT=8080` (or GRAFT_PORT=8080 make serve) picks the port; default 8000.
 serve: setup
-	$(BIN)/graft serve
+	$(BIN)/graft serve $(if $(PORT),--port $(PORT))
 
 lint: setup
 	$(BIN)/ruff format --check app tests bench

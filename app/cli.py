@@ -35,6 +35,26 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _hide_flag_types() -> None:
+    """Show no ``<bool>`` label beside flags (``--json``, ``--verify/--no-verify``, ``--help``):
+    a flag takes no value, so the label only misleads. Typer labels every option's type and
+    offers no switch for flags, hence this one override of its help rendering."""
+    from typer.core import TyperOption
+
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "_graft", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else show(self, ctx)
+
+    display_type_rich._graft = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
+
 @cli.callback()
 def _root(
     version: Annotated[
@@ -95,7 +115,7 @@ def _human_count(n: int) -> str:
 
 def render_inspect(summary: dict[str, Any]) -> str:
     """The grouped human view of ``graft inspect``."""
-    from app.engine.keys import group_keys
+    from app.engine.keys import group_tensors
 
     totals = summary["totals"]
     lines = [
@@ -123,22 +143,19 @@ def render_inspect(summary: dict[str, Any]) -> str:
     )
     dtypes = ", ".join(f"{d} {v['tensors']}" for d, v in totals["by_dtype"].items())
     lines += [f"dtypes    {dtypes}", ""]
-    # Keys are grouped within each (shape, dtype, kind), so every line states one shape:
-    # ``blocks.{0..5}.attn.{key,query,value}.weight  18  [384, 384]``.
-    order = {t["key"]: i for i, t in enumerate(summary["tensors"])}
-    buckets: dict[tuple[str, str, str], list[str]] = {}
-    for t in summary["tensors"]:
-        buckets.setdefault((str(t["shape"]), t["dtype"], t["kind"]), []).append(t["key"])
-    rows = sorted(
-        ((g, shape, dtype, kind) for (shape, dtype, kind), keys in buckets.items()
-         for g in group_keys(keys)),
-        key=lambda row: order[row[0].keys[0]],
-    )  # fmt: skip
-    width = min(max((len(g.pattern) for g, *_ in rows), default=10), 70)
-    lines.append(f"{'key':<{width}}  {'n':>4}  {'shape':<20} {'dtype':<9} kind")
-    for group, shape, dtype, kind in rows:
+    # Keys are grouped within each (shape, dtype, kind), so every line states one shape;
+    # columns are as wide as their widest cell, so long grouped keys never push them out.
+    rows = group_tensors(summary["tensors"])
+    width = max((len(r["pattern"]) for r in rows), default=3)
+    shape_width = max((len(str(r["shape"])) for r in rows), default=5)
+    count_width = max((len(str(len(r["keys"]))) for r in rows), default=1)
+    lines.append(
+        f"{'key':<{width}}  {'n':>{count_width}}  {'shape':<{shape_width}}  {'dtype':<9}  kind"
+    )
+    for r in rows:
         lines.append(
-            f"{group.pattern:<{width}}  {len(group.keys):>4}  {shape:<20} {dtype:<9} {kind}"
+            f"{r['pattern']:<{width}}  {len(r['keys']):>{count_width}}  "
+            f"{r['shape']!s:<{shape_width}}  {r['dtype']:<9}  {r['kind']}"
         )
     return "\n".join(lines)
 
@@ -251,7 +268,8 @@ def _run(
         result = run_conversion(
             request, PathSink(output, report_path), limits=None, progress=progress
         )
-    typer.echo(json.dumps(result.report, indent=2) if json_ else render_text(result.report))
+    text = json.dumps(result.report, indent=2) + "\n" if json_ else render_text(result.report)
+    typer.echo(text, nl=False)
     for warning in result.report["warnings"]:
         if warning.startswith(("nothing_loaded", "low_coverage")):
             typer.echo(f"graft: WARNING: {warning}", err=True)
@@ -452,7 +470,9 @@ def main() -> None:
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default: GRAFT_PORT, else 8000).")
+    ] = None,
 ) -> None:
     """Run the HTTP API with GRAFT_WORKERS embedded worker processes (migrates on start)."""
     import logging
@@ -462,6 +482,7 @@ def serve(
     from app.api.server import run
     from app.config import get_settings
     from app.services.bootstrap import bind_host, prepare
+    from app.services.warmth import clear_marks, markers_dir
     from app.worker.pool import WorkerPool
 
     logging.basicConfig(
@@ -471,20 +492,22 @@ def serve(
     if settings.executor == "celery":
         _check_celery(settings)
     prepare(settings)
+    clear_marks(markers_dir(settings.storage_dir))
     # local mode: loopback only, and it says so; beyond loopback: keys, always.
     host, auth = bind_host(settings, host)
     settings = settings.model_copy(update={"auth": auth})
     # With Celery the workers are `graft worker --executor celery` processes elsewhere.
-    pool = WorkerPool(settings.workers if settings.executor == "local" else 0)
+    embedded = settings.workers if settings.executor == "local" else 0
+    pool = WorkerPool(embedded)
     pool.start()
     # uvicorn re-raises the signal that stopped it once it has shut down; a handler of our
     # own makes that a no-op so the workers below are stopped (and release their jobs).
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         run(
-            create_app(settings),
+            create_app(settings, embedded_workers=embedded),
             host=host,
-            port=port,
+            port=port if port is not None else settings.port,
             header_timeout=settings.header_timeout_seconds,
         )
     finally:

@@ -195,6 +195,12 @@ class Settings(BaseSettings):
     max_ranges: int = Field(
         default=16, ge=1, description="More ranges than this in one Range header: 416."
     )
+    link_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of signed download links (POST /v1/links); unset, a random one "
+        "per API process, so links stop working when the service restarts.",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="The port `graft serve` uses.")
     orphan_grace_seconds: float = Field(
         default=900.0,
         ge=0,

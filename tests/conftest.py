@@ -44,7 +44,10 @@ def sqlite_database(tmp_path: Path) -> Iterator[object]:
 def postgres_database() -> Iterator[object]:
     """A fresh PostgreSQL schema brought to head by Alembic, dropped afterwards."""
     if not POSTGRES_URL:
-        pytest.skip("GRAFT_TEST_POSTGRES_URL is not set (CI sets it; no PostgreSQL here)")
+        pytest.skip(
+            "GRAFT_TEST_POSTGRES_URL is not set, so the PostgreSQL tests do not run; .ci/run "
+            "sets it (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+        )
     from sqlalchemy import create_engine, text
 
     from app.db.migrate import upgrade

@@ -51,18 +51,32 @@ def test_text_view_groups_keys_and_totals(tmp_path: Path) -> None:
         "tensors   32  elements 415  bytes 1.6 KiB  (parameters 29 / 406, buffers 3 / 9)"
     )
     assert lines[4] == "dtypes    float32 31, int64 1"
-    # one line per shape, keys grouped within it
+    # one line per shape, keys grouped within it; every column as wide as its widest cell
     assert lines[6:] == [
-        "key                                    n  shape                dtype     kind",
-        "conv1.weight                           1  [4, 3, 3, 3]         float32   parameter",
-        "bn1.{weight,bias}                      2  [4]                  float32   parameter",
-        "bn1.running_{mean,var}                 2  [4]                  float32   buffer",
-        "bn1.num_batches_tracked                1  []                   int64     buffer",
-        "layer{1,2}.{0..2}.conv{1,2}.weight    12  [4, 4, 1, 1]         float32   parameter",
-        "layer{1,2}.{0..2}.conv{1,2}.bias      12  [4]                  float32   parameter",
-        "fc.weight                              1  [10, 4]              float32   parameter",
-        "fc.bias                                1  [10]                 float32   parameter",
+        "key                                  n  shape         dtype      kind",
+        "conv1.weight                         1  [4, 3, 3, 3]  float32    parameter",
+        "bn1.{weight,bias}                    2  [4]           float32    parameter",
+        "bn1.running_{mean,var}               2  [4]           float32    buffer",
+        "bn1.num_batches_tracked              1  []            int64      buffer",
+        "layer{1,2}.{0..2}.conv{1,2}.weight  12  [4, 4, 1, 1]  float32    parameter",
+        "layer{1,2}.{0..2}.conv{1,2}.bias    12  [4]           float32    parameter",
+        "fc.weight                            1  [10, 4]       float32    parameter",
+        "fc.bias                              1  [10]          float32    parameter",
     ]
+
+
+def test_text_view_aligns_long_grouped_keys(tmp_path: Path) -> None:
+    path = tmp_path / "long.pt"
+    long = "encoder." * 12
+    torch.save({f"{long}blocks.{i}.weight": torch.zeros(3, i + 1) for i in range(2)} |
+               {"x": torch.zeros(1)}, path)  # fmt: skip
+    result = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    table = result.stdout.splitlines()[6:]
+    assert len(table) == 4 and len(table[1]) > 100
+    # The shape column starts at the same place on every line, the longest key included.
+    starts = {line.index("[") for line in table[1:]}
+    assert len(starts) == 1 and table[0].index("shape") == starts.pop()
 
 
 def test_text_view_of_a_lightning_checkpoint(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ PRINCIPAL_SCOPE_KEY = "graft.principal"
 PUBLIC_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/v1/auth"}
 )
-PUBLIC_PREFIXES = ("/static/", "/v1/schemas/", "/v1/links/")
+PUBLIC_PREFIXES = ("/web/", "/v1/schemas/", "/v1/links/")
 # Public by path and method: authenticated by something other than an API key.
 PUBLIC_ROUTES = frozenset({("POST", "/v1/hooks/mlflow")})  # X-MLflow-Signature
 # Bodies streamed to disk by their route, under GRAFT_MAX_UPLOAD_BYTES, never buffered here.

@@ -122,20 +122,39 @@ async def _graft_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _sentence(error: dict[str, Any]) -> str:
+    """One sentence naming the field: ``target must have one of …; got 'architecure'``."""
+    loc = [str(p) for p in error.get("loc", ())]
+    where = ".".join(loc[1:] if loc[:1] == ["body"] and len(loc) > 1 else loc)
+    message = str(error.get("msg", "invalid"))
+    if error.get("type") == "invalid_target":
+        # The discriminator names the three kinds; say what was sent instead.
+        given = error.get("input")
+        got = (
+            ", ".join(repr(k) for k in given) or "an empty object"
+            if isinstance(given, dict)
+            else f"a {type(given).__name__}, not an object"
+        )
+        return f"{message}; got {got}"
+    return f"{where}: {message}" if where else message
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    raw = exc.errors()
     errors = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-        for e in exc.errors()
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in raw
     ]
-    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(p) for p in first["loc"])
+    detail = _sentence(raw[0]) if raw else "invalid request"
+    content_type = request.headers.get("content-type", "")
+    if raw and list(raw[0].get("loc", ()))[:1] == ["body"] and "json" not in content_type:
+        # The usual cause of "Input should be a valid dictionary": curl -d without a header.
+        detail += (
+            f" (the body was sent as {content_type or 'no content type'}; "
+            "send JSON with `content-type: application/json`)"
+        )
     return problem_response(
-        422,
-        "validation-error",
-        f"{where}: {first['msg']}",
-        instance=request.url.path,
-        errors=errors,
+        422, "validation-error", detail, instance=request.url.path, errors=errors
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,9 +23,12 @@ from app.api.routes import (
     health,
     hooks,
     jobs,
+    links,
     pipelines,
+    plans,
     schemas,
 )
+from app.api.routes.web import install_web
 from app.api.uploads import UploadSlots
 from app.config import Settings, get_settings
 from app.db.session import Database
@@ -39,11 +43,13 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, embedded_workers: int = 0) -> FastAPI:
     """Build the API. The schema must already be migrated (``graft serve`` does it).
 
     Args:
         settings: configuration; read from ``GRAFT_*`` when omitted.
+        embedded_workers: how many worker processes run beside it (``graft serve``); then
+            ``/readyz`` also waits for one of them to be warm.
     """
     settings = settings or get_settings()
 
@@ -74,6 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.maintenance_seconds > 0:
             maintenance = asyncio.create_task(_maintain(app, settings.maintenance_seconds))
         app.state.dispatcher = dispatcher = _dispatcher(settings)
+        # Signed links: the configured secret, else one per process (links then end with it).
+        secret = settings.link_secret
+        app.state.link_secret = (
+            secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
+        )
         try:
             async with anyio.create_task_group() as tasks:
                 if dispatcher is not None:
@@ -95,15 +106,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Transplant pretrained PyTorch weights into a different architecture.",
         lifespan=lifespan,
+        docs_url=None,  # served from vendored files by app.api.routes.web
+        redoc_url=None,  # ReDoc would load from a CDN
     )
+    app.state.embedded_workers = embedded_workers
     install_error_handlers(app)
     app.add_middleware(AccessMiddleware, max_body_bytes=settings.max_json_bytes)
     app.include_router(health.router)
     app.include_router(auth.router)
-    for module in (checkpoints, jobs, pipelines, hooks):
+    for module in (checkpoints, jobs, plans, pipelines, hooks):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(architectures.router)
     app.include_router(schemas.router)
+    app.include_router(links.router, responses=PROBLEM_RESPONSES)
+    install_web(app)
     return app
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["KeyGroup", "group_keys"]
+__all__ = ["KeyGroup", "group_keys", "group_tensors"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +90,26 @@ def group_keys(keys: Sequence[str]) -> list[KeyGroup]:
         for pattern, ks in patterns.items()
     ]
     return sorted(groups, key=lambda g: order[g.keys[0]])
+
+
+def group_tensors(tensors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Group an inspection's tensors within each (shape, dtype, kind), in checkpoint order, so
+    every group states one shape: ``blocks.{0..5}.attn.{key,query,value}.weight  [384, 384]``.
+
+    Args:
+        tensors: ``{"key", "shape", "dtype", "kind"}`` rows (``graft.inspect/v1``'s tensors).
+
+    Returns:
+        ``{"pattern", "keys", "shape", "dtype", "kind"}`` rows, ordered by first key.
+    """
+    order = {t["key"]: i for i, t in enumerate(tensors)}
+    buckets: dict[tuple[tuple[int, ...], str, str], list[str]] = {}
+    for t in tensors:
+        buckets.setdefault((tuple(t["shape"]), t["dtype"], t["kind"]), []).append(t["key"])
+    rows = [
+        {"pattern": g.pattern, "keys": list(g.keys), "shape": list(shape), "dtype": dtype,
+         "kind": kind}
+        for (shape, dtype, kind), keys in buckets.items()
+        for g in group_keys(keys)
+    ]  # fmt: skip
+    return sorted(rows, key=lambda row: order[row["keys"][0]])

@@ -27,6 +27,7 @@ __all__ = [
     "build_manifest",
     "build_report",
     "entries_digest",
+    "group_report",
     "render_text",
     "report_entries",
 ]
@@ -223,15 +224,69 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%".replace(".00%", "%")
 
 
+def group_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The report's keys grouped for humans, as data: what the text form and the web app show.
+
+    Target entries are bucketed by status, then by the rules and ops that fired, then
+    collapsed as ``layer1.{0..2}.conv{1,2}.weight``; unused source keys by reason and rule.
+
+    Args:
+        report: a ``graft.report/v1`` document.
+
+    Returns:
+        ``{"entries": [{"status", "pattern", "sources", "how", "keys"}],
+        "unused": [{"reason", "rule", "pattern", "keys"}]}``, in the text form's order.
+    """
+    entries: list[dict[str, Any]] = []
+    for status in _TARGET_STATUSES:
+        buckets: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for e in report["entries"]:
+            if e["status"] == status:
+                buckets.setdefault((*e["rules"], *e["ops"]), []).append(e)
+        for how, group in buckets.items():
+            by_target = {e["target"]: e for e in group}
+            for g in group_keys(list(by_target)):
+                sources = [s for k in g.keys for s in by_target[k]["sources"]]
+                origin = [p.pattern for p in group_keys(sources)] if sources != list(g.keys) else []
+                entries.append(
+                    {"status": status, "pattern": g.pattern, "sources": origin,
+                     "how": list(how), "keys": list(g.keys)}
+                )  # fmt: skip
+    unused: list[dict[str, Any]] = []
+    buckets_u: dict[tuple[str, str], list[str]] = {}
+    for u in report["unused"]:
+        buckets_u.setdefault((u["reason"], u["rule"] or ""), []).append(u["source"])
+    for (reason, rule), keys in buckets_u.items():
+        unused += [
+            {"reason": reason, "rule": rule or None, "pattern": g.pattern, "keys": list(g.keys)}
+            for g in group_keys(keys)
+        ]
+    return {"entries": entries, "unused": unused}
+
+
+_TARGET_STATUSES = ("loaded", "adapted", "tied", "initialized", "kept", "missing")
+
+
+def _target_line(target: dict[str, Any]) -> str:
+    # A skeleton's name is "skeleton": say the kind once, and the name only when it adds one.
+    name = target.get("name") or ""
+    label = target["kind"] if name in ("", target["kind"]) else f"{target['kind']} {name}"
+    return f"target  {label}, {target['tensors']} tensors"
+
+
 def render_text(report: dict[str, Any]) -> str:
-    """The grouped human form: keys collapsed as ``layer1.{0..2}.conv{1,2}.weight``."""
-    s, src, tgt = report["summary"], report["source"], report["target"]
+    """The grouped human form: keys collapsed as ``layer1.{0..2}.conv{1,2}.weight``.
+
+    Returns:
+        The text, ending with a newline.
+    """
+    s, src = report["summary"], report["source"]
     lines = [
         f"graft report: {'OK' if report['ok'] else 'FAILED'}",
         f"source  {src['format']}, entry {src['entry'] or '(root)'}, "
         f"stripped {src['stripped_prefix'] or '-'}, {src['tensors']} tensors"
         + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256") else ""),
-        f"target  {tgt['kind']} {tgt.get('name', '')}, {tgt['tensors']} tensors",
+        _target_line(report["target"]),
         f"target keys  loaded {s['loaded']} · adapted {s['adapted']} · tied {s.get('tied', 0)} · "
         "initialized "
         f"{s['initialized']} · kept {s['kept']}"
@@ -241,32 +296,23 @@ def render_text(report: dict[str, Any]) -> str:
         f"coverage     {_pct(s['coverage']['tensors'])} of tensors, "
         f"{_pct(s['coverage']['elements'])} of elements",
     ]
-    for status in ("loaded", "adapted", "tied", "initialized", "kept", "missing"):
+    groups = group_report(report)
+    for status in _TARGET_STATUSES:
         members = [e for e in report["entries"] if e["status"] == status]
         if not members:
             continue
         lines += ["", f"{status} ({len(members)})"]
-        buckets: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for e in members:
-            how = (*e["rules"], *e["ops"])
-            buckets.setdefault(how, []).append(e)
-        for how, group in buckets.items():
-            by_target = {e["target"]: e for e in group}
-            for g in group_keys(list(by_target)):
-                sources = [s for k in g.keys for s in by_target[k]["sources"]]
-                origin = ""
-                if sources and sources != list(g.keys):
-                    origin = "  <- " + ", ".join(p.pattern for p in group_keys(sources))
-                detail = f"  [{', '.join(how)}]" if how else ""
-                lines.append(f"  {g.pattern}{origin}{detail}")
+        for g in groups["entries"]:
+            if g["status"] == status:
+                origin = "  <- " + ", ".join(g["sources"]) if g["sources"] else ""
+                detail = f"  [{', '.join(g['how'])}]" if g["how"] else ""
+                lines.append(f"  {g['pattern']}{origin}{detail}")
     if report["unused"]:
         lines += ["", f"unused source keys ({len(report['unused'])})"]
-        buckets_u: dict[tuple[str, str], list[str]] = {}
-        for u in report["unused"]:
-            buckets_u.setdefault((u["reason"], u["rule"] or ""), []).append(u["source"])
-        for (reason, rule), keys in buckets_u.items():
-            for g in group_keys(keys):
-                lines.append(f"  {reason:<10} {g.pattern}" + (f"  [{rule}]" if rule else ""))
+        lines += [
+            f"  {u['reason']:<10} {u['pattern']}" + (f"  [{u['rule']}]" if u["rule"] else "")
+            for u in groups["unused"]
+        ]
     unmatched = [r for r in report.get("rules", []) if not r["matched"]]
     if report.get("rules"):
         lines += ["", f"rules ({len(report['rules'])}, {len(unmatched)} matched nothing)"]
@@ -294,7 +340,7 @@ def render_text(report: dict[str, Any]) -> str:
             + strict[v["strict_load"]],
         ]
         lines += _model_checks(v)
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _model_checks(v: dict[str, Any]) -> list[str]:

@@ -37,9 +37,10 @@ _LINE_LIMIT = 1 << 30
 class InspectionError(GraftError):
     """The engine refused the file, in a child (``type`` is the engine's problem type)."""
 
-    def __init__(self, problem_type: str, message: str) -> None:
+    def __init__(self, problem_type: str, message: str, *, rule: str | None = None) -> None:
         super().__init__(message)
         self.type = problem_type
+        self.rule = rule
 
 
 class _Child:
@@ -190,6 +191,49 @@ class InspectorPool:
         result: list[dict[str, Any]] = answer["result"]
         return result
 
+    async def plan(
+        self,
+        source: list[Path],
+        target: dict[str, Any],
+        *,
+        target_files: list[Path],
+        recipe: dict[str, Any] | None,
+        extra: str = "",
+    ) -> dict[str, Any]:
+        """A dry run, from headers alone: the report a conversion would produce.
+
+        Args:
+            source: the source's staged files.
+            target: the target spec as data (checkpoint, skeleton or architecture).
+            target_files: a checkpoint target's staged files; else empty.
+            recipe: the recipe as data (None: the defaults).
+            extra: more architectures, ``name=module:factory,...``.
+
+        Returns:
+            The ``graft.report/v1`` document of the dry run (``ok`` false when the recipe's
+            policy would refuse the conversion).
+
+        Raises:
+            InspectionError: an invalid recipe or target, an unreadable or unsafe file, or
+                a plan that ran past the timeout.
+        """
+        answer = await self._call(
+            {
+                "op": "plan",
+                "files": [str(p) for p in source],
+                "target": target,
+                "target_files": [str(p) for p in target_files],
+                "recipe": recipe,
+                "extra": extra,
+            }
+        )
+        if not answer.get("ok"):
+            raise InspectionError(
+                str(answer.get("type")), str(answer.get("message")), rule=answer.get("rule")
+            )
+        result: dict[str, Any] = answer["result"]
+        return result
+
     async def check_architecture(
         self, name: str, kwargs: dict[str, Any], *, extra: str = ""
     ) -> None:
@@ -216,6 +260,30 @@ def _list_architectures(extra: str) -> list[dict[str, Any]]:
     return describe_architectures(extra)
 
 
+def _plan(request: dict[str, Any]) -> dict[str, Any]:
+    """A dry run in this child: header-only, nothing written."""
+    from app.engine.pipeline import convert
+    from app.engine.recipe import load_recipe
+    from app.engine.target import Target
+    from app.engine.target_spec import parse_target_spec
+
+    recipe = load_recipe(request.get("recipe"))
+    spec = parse_target_spec(request["target"])
+    files = [Path(p) for p in request.get("target_files") or []]
+    target_files = (files[0] if len(files) == 1 else files) if files else None
+    source = [Path(p) for p in request["files"]]
+    target = Target.from_spec(spec, files=target_files, architectures=request.get("extra") or "")
+    with target:
+        result = convert(
+            source[0] if len(source) == 1 else source,
+            target,
+            recipe,
+            output=None,
+            dry_run=True,
+        )
+    return result.report
+
+
 def _handle(request: dict[str, Any]) -> dict[str, Any]:
     from app.engine.errors import GraftError
     from app.engine.readers import inspect_source
@@ -230,6 +298,8 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
                 request["name"], request.get("kwargs"), extra=request.get("extra") or ""
             )
             return {"ok": True, "result": None}
+        if request.get("op") == "plan":
+            return {"ok": True, "result": _plan(request)}
         files = [Path(p) for p in request["files"]]
         names = request.get("names") or [p.name for p in files]
         source: Path | dict[str, Path] = (
@@ -255,7 +325,9 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
             }
         return {"ok": True, "result": summary}
     except GraftError as exc:
-        return {"ok": False, "type": exc.type, "message": exc.message}
+        answer = {"ok": False, "type": exc.type, "message": exc.message}
+        rule = getattr(exc, "rule", None)
+        return answer | ({"rule": rule} if rule else {})
     except Exception as exc:  # a limit, or an engine bug: neither may crash the pool
         kind, message = describe_failure(exc)
         if kind == "internal-error":

@@ -34,12 +34,14 @@ __all__ = [
     "Sink",
     "convert_in_child",
     "run_conversion",
+    "warm_up",
 ]
 
 Progress = Callable[[str, float], None]
 
-# What the fork server imports once, so each job's child starts with torch loaded.
-_CHILD_PRELOAD = ("app.services.conversion", "app.engine.pipeline", "app.engine.target")
+# What the fork server imports once, so each job's child starts with torch loaded. (The
+# engine imports torch lazily, so it is named here: a fresh import costs seconds.)
+_CHILD_PRELOAD = ("torch", "app.services.conversion", "app.engine.pipeline", "app.engine.target")
 
 
 class ConversionRequest(BaseModel):
@@ -203,6 +205,27 @@ def _convert_in_sandbox(
         weights=Path(result["weights"]) if result["weights"] else None,
         device=result["device"],
     )
+
+
+def warm_up() -> float:
+    """Start the conversion fork server (torch imported) and run one child through it, so
+    the first job costs what the tenth does.
+
+    Returns:
+        Seconds it took.
+    """
+    started = time.monotonic()
+    run_sandboxed(
+        "app.services.conversion:ready_in_child", {}, limits=Limits(), preload=_CHILD_PRELOAD
+    )
+    return time.monotonic() - started
+
+
+def ready_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
+    """A warm-up child's work: touch torch's tensor machinery once, return nothing."""
+    import torch
+
+    return int(torch.zeros(1).numel())
 
 
 def convert_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:

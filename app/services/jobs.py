@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
@@ -18,8 +19,17 @@ from app.services.references import (
     check_register,
     check_source_ref,
 )
+from app.storage import BlobStore
 
-__all__ = ["cancel_job", "create_job", "get_artifact", "get_job", "list_jobs", "validate_recipe"]
+__all__ = [
+    "cancel_job",
+    "create_job",
+    "get_artifact",
+    "get_job",
+    "list_jobs",
+    "read_report",
+    "validate_recipe",
+]
 
 
 def validate_recipe(recipe: dict[str, Any] | None) -> None:
@@ -148,3 +158,14 @@ def get_artifact(session: Session, job_id: str, name: str, *, owner: str | None)
         )
         raise NotFoundError(f"no {name} artifact: {hint}")
     return artifact
+
+
+def read_report(session: Session, store: BlobStore, job_id: str, *, owner: str | None) -> Any:
+    """A job's report, parsed (reports are small beside weights: a few MB at most).
+
+    Raises:
+        NotFoundError: no such job, or no report yet.
+    """
+    artifact = get_artifact(session, job_id, "report", owner=owner)
+    data = b"".join(store.iter_range(artifact.sha256, 0, artifact.size))
+    return json.loads(data)

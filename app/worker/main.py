@@ -10,8 +10,10 @@ from types import FrameType
 
 from app.config import Settings, get_settings
 from app.db.session import Database
+from app.services.conversion import warm_up
 from app.services.limits import conversion_limits, inspection_limits
 from app.services.references import RegistryConfig
+from app.services.warmth import mark_warm, markers_dir
 from app.storage import open_store
 from app.worker.runner import JobRunner
 
@@ -73,6 +75,10 @@ def run_worker(
                     runner.stop_event.set()
 
         threading.Thread(target=_watch, daemon=True).start()
+    # Warm before the first claim: the fork server imports torch once, here, not in job one.
+    seconds = warm_up()
+    mark_warm(markers_dir(settings.storage_dir))
+    logger.info("worker %s: warm in %.1f s", runner.owner, seconds)
     try:
         runner.run()
     finally:

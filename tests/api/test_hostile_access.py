@@ -140,7 +140,7 @@ def test_a_server_beyond_loopback_always_requires_keys(
 def test_public_routes_are_listed_in_one_place() -> None:
     assert {"/healthz", "/readyz", "/", "/docs", "/openapi.json", "/v1/auth"} <= PUBLIC_PATHS
     for method, path in [
-        ("GET", "/static/app.js"),
+        ("GET", "/web/app.js"),
         ("GET", "/v1/schemas/report"),
         ("GET", "/v1/links/abc"),
         ("POST", "/v1/hooks/mlflow"),

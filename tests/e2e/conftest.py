@@ -72,7 +72,8 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 60
+        # Ready means a worker is warm (torch imported): on a loaded 2-core CI box, ~20-40 s.
+        deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"graft serve exited:\n{self.log.read_text()[-4000:]}")

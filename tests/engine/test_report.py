@@ -219,3 +219,11 @@ def test_text_report_of_a_refusal(tmp_path: Path) -> None:
     assert "  unexpected aux.weight" in text
     assert "errors\n  x strict: source keys not used: aux.weight" in text
     assert "verification" not in text  # nothing was written, nothing verified
+
+
+def test_text_report_ends_with_a_newline_and_names_the_target_once(tmp_path: Path) -> None:
+    src = save_sd(small_state_dict(0), tmp_path / "src.pt")
+    result, _ = run(src, skeleton_of(SmallNet()), {}, tmp_path / "out.safetensors")
+    text = render_text(result.report)
+    assert text.endswith("\n") and not text.endswith("\n\n")
+    assert text.splitlines()[2] == f"target  skeleton, {N} tensors"

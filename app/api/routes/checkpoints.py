@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 
@@ -20,6 +20,7 @@ from app.api.errors import problem
 from app.api.schemas import CheckpointPublic, CheckpointsPublic, TensorPublic, TensorsPublic
 from app.api.uploads import UploadPace, UploadSlots, receive_upload
 from app.services import checkpoints as service
+from app.services import plans as plans_service
 from app.services.maintenance import BlobCollector
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
@@ -135,6 +136,28 @@ def list_tensors(
         data=[TensorPublic(key=t.key, shape=t.shape, dtype=t.dtype, kind=t.kind) for t in rows],
         count=count,
     )
+
+
+@router.get("/{checkpoint_id}/inspect", responses={404: problem("no such checkpoint")})
+async def inspect_checkpoint(
+    checkpoint_id: str,
+    principal: ReadPrincipal,
+    session: ReadSession,
+    store: StoreDep,
+    inspector: InspectorDep,
+    groups: Annotated[
+        bool, Query(description="add `groups`: keys grouped per shape, dtype and kind")
+    ] = False,
+) -> dict[str, Any]:
+    """The `graft.inspect/v1` document (read again in a sandboxed child)."""
+    summary = await plans_service.inspect_checkpoint(
+        session, store, inspector, checkpoint_id, owner=principal.scope_owner
+    )
+    if groups:
+        from app.engine.keys import group_tensors
+
+        summary["groups"] = group_tensors(summary["tensors"])
+    return summary
 
 
 @router.delete(

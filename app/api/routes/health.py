@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DatabaseDep, DispatcherDep, StoreDep
+from app.api.deps import DatabaseDep, DispatcherDep, SettingsDep, StoreDep
 from app.api.errors import problem_response
+from app.services.warmth import markers_dir, warm_workers
 
 router = APIRouter(tags=["health"])
 
@@ -18,9 +19,19 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "database or storage unreachable"}})
-async def readyz(database: DatabaseDep, store: StoreDep, dispatcher: DispatcherDep) -> JSONResponse:
-    """The database answers, the storage is writable and (with Celery) the broker answers."""
+@router.get(
+    "/readyz",
+    responses={503: {"description": "database, storage or broker unreachable, or no worker warm"}},
+)
+async def readyz(
+    request: Request,
+    database: DatabaseDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+) -> JSONResponse:
+    """The database answers, the storage is writable, with Celery the broker answers, and,
+    with embedded workers, at least one of them is warm (torch imported, fork server ready)."""
     checks: dict[str, str] = {}
     probes = [("database", database.ping), ("storage", store.check)]
     ping = getattr(dispatcher, "ping", None)
@@ -32,6 +43,9 @@ async def readyz(database: DatabaseDep, store: StoreDep, dispatcher: DispatcherD
             checks[name] = "ok"
         except Exception as exc:
             checks[name] = f"error: {exc}"
-    if any(v != "ok" for v in checks.values()):
+    if getattr(request.app.state, "embedded_workers", 0):
+        warm = warm_workers(markers_dir(settings.storage_dir))
+        checks["workers"] = f"ok: {warm} warm" if warm else "warming up"
+    if any(not v.startswith("ok") for v in checks.values()):
         return problem_response(503, "not-ready", "a dependency is unreachable", checks=checks)
     return JSONResponse({"status": "ok", "checks": checks})

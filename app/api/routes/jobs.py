@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Request, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from app.api.deps import (
     DatabaseDep,
@@ -154,9 +154,16 @@ def get_report(
     principal: ReadPrincipal,
     session: ReadSession,
     store: StoreDep,
-    format: Annotated[Literal["json", "text"], Query()] = "json",
+    format: Annotated[Literal["json", "text", "groups"], Query()] = "json",
 ) -> Response:
-    """The report (schema graft.report/v1), or its grouped human form with `?format=text`."""
+    """The report (schema graft.report/v1), its grouped human form with `?format=text`, or
+    with `?format=groups` its keys grouped as data (what the text form and web app show)."""
+    if format == "groups":
+        # Imported here: the report module pulls in the readers, which the API never needs.
+        from app.engine.report import group_report
+
+        report = service.read_report(session, store, job_id, owner=principal.scope_owner)
+        return JSONResponse(group_report(report))
     artifact = service.get_artifact(
         session,
         job_id,

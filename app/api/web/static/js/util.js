@@ -1,0 +1,56 @@
+// Small DOM helpers: build elements without innerHTML, so no key name is ever markup.
+
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+export const badge = (status) => h("span", { class: `badge s-${status}` }, status);
+export const pct = (x) => `${(100 * x).toFixed(2).replace(/\.00$/, "")}%`;
+export const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
+
+export function mount(...nodes) {
+  const main = document.getElementById("main");
+  main.replaceChildren(...nodes);
+  return main;
+}
+
+export function errorBox(err) {
+  const p = err && err.problem ? err.problem : {};
+  return h("div", { class: "alert", role: "alert" },
+    h("strong", {}, p.title || "Error"), " ", err.message || String(err),
+    p.type ? h("span", { class: "muted" }, ` (${p.type})`) : null);
+}
+
+// A table that shows `size` rows at a time: a 10,000-entry report stays responsive.
+export function pagedTable({ columns, rows, row, size = 100, empty = "Nothing to show.", label }) {
+  const wrap = h("div", {});
+  let page = 0;
+  const render = () => {
+    const pages = Math.max(1, Math.ceil(rows.length / size));
+    page = Math.min(page, pages - 1);
+    const slice = rows.slice(page * size, (page + 1) * size);
+    const table = h("table", { "aria-label": label },
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, slice.length ? slice.map(row)
+        : h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, empty))));
+    const pager = pages > 1 ? h("div", { class: "pager" },
+      h("button", { class: "secondary", disabled: page === 0, onclick: () => { page--; render(); } }, "Previous"),
+      h("span", { "data-testid": "page" }, `page ${page + 1} of ${pages} (${rows.length} rows)`),
+      h("button", { class: "secondary", disabled: page >= pages - 1, onclick: () => { page++; render(); } }, "Next"))
+      : h("div", { class: "muted", "data-testid": "rowcount" }, `${rows.length} ${rows.length === 1 ? "row" : "rows"}`);
+    wrap.replaceChildren(table, pager);
+  };
+  render();
+  return wrap;
+}

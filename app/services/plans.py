@@ -1,0 +1,125 @@
+"""Dry runs for the web app's form: the plan of a conversion, computed at once, never a job.
+
+The source (and a checkpoint target) are uploads, so the plan runs where every upload is
+read: in an inspection child, under its resource limits and its timeout. Planning reads
+headers only, so it takes about as long as an inspection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Checkpoint
+from app.db.repositories import CheckpointRepository
+from app.engine.target_spec import TargetSpec
+from app.sandbox.inspector import InspectorPool
+from app.services.errors import InvalidJobError, NotFoundError
+from app.services.jobs import validate_recipe
+from app.storage import BlobStore
+
+__all__ = ["inspect_checkpoint", "plan_conversion", "resolve_plan_inputs"]
+
+
+def _files(checkpoint: Checkpoint) -> list[tuple[str, str]]:
+    return [(f.filename, f.sha256) for f in checkpoint.files]
+
+
+def resolve_plan_inputs(
+    session: Session,
+    *,
+    source: str,
+    target: TargetSpec,
+    recipe: dict[str, Any] | None,
+    owner: str | None,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Check what a plan names and return the ``(name, sha256)`` files of source and target.
+
+    Raises:
+        InvalidJobError: an unknown (or another owner's) checkpoint.
+        InvalidRecipeError: naming the rule.
+        InvalidTargetError: naming the skeleton entry.
+    """
+    checkpoints = CheckpointRepository(session)
+    found = checkpoints.get(source, owner=owner)
+    if found is None:
+        raise InvalidJobError(f"source: no checkpoint with id {source!r}; upload it first")
+    validate_recipe(recipe)
+    target.check()
+    target_files: list[tuple[str, str]] = []
+    for ref in target.checkpoint_refs():
+        template = checkpoints.get(ref, owner=owner)
+        if template is None:
+            raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
+        target_files += _files(template)
+    return _files(found), target_files
+
+
+def _link(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
+    if not files:
+        return []
+    folder.mkdir()
+    for name, sha in files:
+        store.link_into(sha, folder / name)
+    return [folder / name for name, _ in files]
+
+
+async def plan_conversion(
+    store: BlobStore,
+    inspector: InspectorPool,
+    *,
+    source_files: list[tuple[str, str]],
+    target: TargetSpec,
+    target_files: list[tuple[str, str]],
+    recipe: dict[str, Any] | None,
+    architectures: str = "",
+) -> dict[str, Any]:
+    """The dry-run report of converting the source into the target with the recipe.
+
+    Args:
+        store: where the checkpoints' blobs are.
+        inspector: the pool of sandboxed inspection children that plans.
+        source_files, target_files: from :func:`resolve_plan_inputs`.
+        target: the target spec.
+        recipe: the recipe as data.
+        architectures: more architectures, ``name=module:factory,...``.
+
+    Returns:
+        The ``graft.report/v1`` document of the dry run.
+    """
+    with store.workdir() as work:
+        return await inspector.plan(
+            _link(store, source_files, work / "source"),
+            target.model_dump(mode="json"),
+            target_files=_link(store, target_files, work / "target"),
+            recipe=recipe,
+            extra=architectures,
+        )
+
+
+async def inspect_checkpoint(
+    session: Session,
+    store: BlobStore,
+    inspector: InspectorPool,
+    checkpoint_id: str,
+    *,
+    owner: str | None,
+) -> dict[str, Any]:
+    """The ``graft.inspect/v1`` document of an uploaded checkpoint, read again in a child.
+
+    Raises:
+        NotFoundError: no such checkpoint, or another owner's.
+    """
+    checkpoint = CheckpointRepository(session).get(checkpoint_id, owner=owner)
+    if checkpoint is None:
+        raise NotFoundError(f"no checkpoint with id {checkpoint_id!r}")
+    files, entry = _files(checkpoint), checkpoint.entry
+    with store.workdir() as work:
+        paths = _link(store, files, work / "files")
+        summary = await inspector.inspect(paths, entry=entry or "auto")
+    # The child saw work-folder paths; the document names the files as they were uploaded.
+    summary["paths"] = [name for name, _ in files]
+    summary["id"] = checkpoint.id
+    return summary

@@ -1,0 +1,94 @@
+"""First job against tenth: does a fresh ``graft serve`` make its first conversion wait?
+
+Starts ``graft serve`` (one embedded worker) from a source tree, waits for ``/readyz``, then
+runs ten identical small conversions one after another and prints how long each took from
+``POST /v1/jobs`` to a terminal status. Give it a second tree (e.g. a ``git worktree`` of an
+older commit) to measure a baseline in the same run::
+
+    .venv/bin/python bench/first_job.py . /tmp/graft-base
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from torch import nn
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _saved(classes: int) -> bytes:
+    torch.manual_seed(classes)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, classes))
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    return buf.getvalue()
+
+
+def measure(tree: Path, runs: int = 10) -> tuple[float, list[float]]:
+    """Seconds from start to ready, and each job's seconds from submit to done."""
+    root = Path(tempfile.mkdtemp(prefix="graft-first-job-"))
+    port = _free_port()
+    env = {**os.environ, "GRAFT_DATABASE_URL": f"sqlite:///{root / 'graft.db'}",
+           "GRAFT_STORAGE_DIR": str(root / "blobs"), "GRAFT_WORKERS": "1",
+           "GRAFT_DEVICE": "cpu", "GRAFT_POLL_SECONDS": "0.05"}  # fmt: skip
+    started = time.monotonic()
+    with (root / "serve.log").open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-c", "from app.cli import main; main()", "serve",
+             "--port", str(port)],
+            cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        ready = time.monotonic() - started
+        with httpx.Client(base_url=url, timeout=120) as client:
+            src = client.post("/v1/checkpoints?filename=a.pth", content=_saved(10)).json()["id"]
+            tgt = client.post("/v1/checkpoints?filename=b.pth", content=_saved(5)).json()["id"]
+            times = []
+            for _ in range(runs):
+                t0 = time.monotonic()
+                body = {"source": src, "target": {"checkpoint": tgt}, "recipe": {"drop": ["3.*"]}}
+                job = client.post("/v1/jobs", json=body).json()
+                while job["status"] not in ("succeeded", "failed", "cancelled"):
+                    time.sleep(0.02)
+                    job = client.get(f"/v1/jobs/{job['id']}").json()
+                assert job["status"] == "succeeded", job
+                times.append(time.monotonic() - t0)
+        return ready, times
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+
+
+def main() -> None:
+    for tree in sys.argv[1:] or ["."]:
+        ready, times = measure(Path(tree).resolve())
+        median = sorted(times[1:])[len(times[1:]) // 2]
+        print(f"{tree}: ready after {ready:.1f} s; first job {times[0]:.2f} s, tenth "
+              f"{times[-1]:.2f} s, median of 2-10 {median:.2f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The endpoints the web app's form and pages use: auth mode, plans, recipe validation,
+inspect, signed links, static pages and the friendlier validation errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from app.services.errors import NotFoundError
+from app.services.links import sign_link, verify_link
+from tests.api.conftest import TestClient
+
+
+def _saved(module: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getvalue()
+
+
+def _net(classes: int) -> nn.Module:
+    torch.manual_seed(classes)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, classes))
+
+
+@pytest.fixture(scope="module")
+def ids(client: TestClient) -> dict[str, str]:
+    src = client.post("/v1/checkpoints?filename=pre.pth", content=_saved(_net(10)))
+    tgt = client.post("/v1/checkpoints?filename=tgt.pth", content=_saved(_net(5)))
+    assert src.status_code == tgt.status_code == 201
+    return {"source": src.json()["id"], "target": tgt.json()["id"]}
+
+
+def test_auth_mode_is_public_and_lists_capabilities(client: TestClient) -> None:
+    body = client.get("/v1/auth").json()
+    assert body == {"mode": "local", "capabilities": ["plans"]}
+
+
+def test_plan_is_the_dry_run_report_and_never_a_job(
+    client: TestClient, ids: dict[str, str]
+) -> None:
+    jobs_before = client.get("/v1/jobs").json()["count"]
+    r = client.post(
+        "/v1/plans",
+        json={
+            "source": ids["source"],
+            "target": {"checkpoint": ids["target"]},
+            "recipe": {"version": 1, "drop": ["3.*"]},
+        },
+    )
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["schema"] == "graft.report/v1" and report["ok"] is True
+    s = report["summary"]
+    assert (s["loaded"], s["kept"], s["dropped"], s["unexpected"]) == (7, 2, 2, 0)
+    assert {e["target"]: e["status"] for e in report["entries"]}["3.weight"] == "kept"
+    assert client.get("/v1/jobs").json()["count"] == jobs_before
+
+
+def test_plan_refusals_are_problems(client: TestClient, ids: dict[str, str]) -> None:
+    bad = {"version": 1, "rename": [{"regex": "(", "to": "x"}]}
+    r = client.post(
+        "/v1/plans", json={"source": ids["source"], "target": {"checkpoint": ids["target"]},
+                           "recipe": bad},
+    )  # fmt: skip
+    assert (r.status_code, r.json()["type"], r.json()["rule"]) == (
+        422,
+        "invalid-recipe",
+        "rename[0]",
+    )
+    r = client.post("/v1/plans", json={"source": "nope", "target": {"checkpoint": ids["target"]}})
+    assert (r.status_code, r.json()["type"]) == (422, "invalid-job")
+    r = client.post(
+        "/v1/plans", json={"source": ids["source"], "target": {"architecture": "no_such_arch"}}
+    )
+    assert (r.status_code, r.json()["type"]) == (422, "invalid-target")
+    assert r.json()["title"] == "Invalid target"
+
+
+def test_recipe_validate_normalises_or_names_the_rule(client: TestClient) -> None:
+    r = client.post("/v1/recipes/validate", json={"version": 1, "drop": ["fc.*"]})
+    assert r.status_code == 200
+    recipe = r.json()["recipe"]
+    assert recipe["drop"] == ["fc.*"] and recipe["missing"] == "auto" and recipe["seed"] == 0
+    r = client.post(
+        "/v1/recipes/validate",
+        json={"version": 1, "rename": [{"prefix": "a.", "to": "b."}, {"regex": "(", "to": "x"}]},
+    )
+    assert (r.status_code, r.json()["type"], r.json()["rule"]) == (
+        422,
+        "invalid-recipe",
+        "rename[1]",
+    )
+
+
+def test_inspect_is_the_inspect_document(client: TestClient, ids: dict[str, str]) -> None:
+    doc = client.get(f"/v1/checkpoints/{ids['source']}/inspect").json()
+    assert doc["schema"] == "graft.inspect/v1"
+    assert doc["paths"] == ["pre.pth"] and doc["totals"]["tensors"] == 9
+    assert "groups" not in doc
+    grouped = client.get(f"/v1/checkpoints/{ids['source']}/inspect?groups=true").json()
+    assert grouped["groups"][0] == {
+        "pattern": "0.weight", "keys": ["0.weight"], "shape": [8, 3, 3, 3], "dtype": "float32",
+        "kind": "parameter",
+    }  # fmt: skip
+    assert client.get("/v1/checkpoints/nope/inspect").json()["type"] == "not-found"
+
+
+def test_links_need_an_artifact_and_refuse_forgeries(client: TestClient) -> None:
+    r = client.post("/v1/links", json={"job": "nope", "artifact": "weights"})
+    assert (r.status_code, r.json()["type"]) == (404, "not-found")
+    r = client.post("/v1/links", json={"job": "nope", "artifact": "secrets"})
+    assert r.status_code == 422
+    for token in ("x", "a.weights.1.sig", "a.weights.99999999999.forged"):
+        r = client.get(f"/v1/links/{token}")
+        assert (r.status_code, r.json()["type"]) == (404, "not-found")
+
+
+def test_link_tokens_expire_and_bind_their_fields() -> None:
+    secret = b"k" * 32
+    link = sign_link(secret, "job1", "report", now=1000)
+    assert link.expires_at == 1600
+    assert verify_link(secret, link.token, now=1599) == ("job1", "report")
+    with pytest.raises(NotFoundError):
+        verify_link(secret, link.token, now=1601)
+    with pytest.raises(NotFoundError):
+        verify_link(b"other" * 8, link.token, now=1000)
+    with pytest.raises(NotFoundError):
+        verify_link(secret, link.token.replace("report", "weights"), now=1000)
+
+
+def test_pages_and_docs_are_served_locally(client: TestClient) -> None:
+    index = client.get("/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert "/web/js/main.js" in index.text
+    docs = client.get("/docs").text
+    assert "https://" not in docs and "swagger-ui-5" in docs
+    for asset in re.findall(r'(?:src|href)="(/web/[^"]+)"', docs + index.text):
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/redoc").status_code == 404
+
+
+def test_a_target_typo_is_one_sentence(client: TestClient, ids: dict[str, str]) -> None:
+    r = client.post(
+        "/v1/jobs", json={"source": ids["source"], "target": {"architecure": "graft_resnet"}}
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"] == (
+        "target must have one of checkpoint, skeleton, architecture; got 'architecure'"
+    )
+
+
+def test_a_missing_content_type_gets_a_hint(client: TestClient, ids: dict[str, str]) -> None:
+    body = json.dumps({"source": ids["source"], "target": {"checkpoint": ids["target"]}})
+    r = client.post(
+        "/v1/jobs", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 422
+    assert r.json()["type"] == "validation-error"
+    assert "send JSON with `content-type: application/json`" in r.json()["detail"]
+
+
+def test_readyz_without_embedded_workers_needs_no_warm_worker(client: TestClient) -> None:
+    assert client.get("/readyz").json()["checks"] == {"database": "ok", "storage": "ok"}

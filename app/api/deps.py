@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.session import Database
+from app.net.outbound import OutboundPolicy
 from app.sandbox.inspector import InspectorPool
 from app.services.auth import Principal, authenticate
 from app.storage import BlobStore
@@ -23,6 +24,7 @@ T = TypeVar("T")
 __all__ = [
     "DatabaseDep",
     "InspectorDep",
+    "OutboundDep",
     "ReadPrincipal",
     "ReadSession",
     "SettingsDep",
@@ -48,6 +50,11 @@ def _store(request: Request) -> BlobStore:
     return store
 
 
+def _outbound(request: Request) -> OutboundPolicy:
+    policy: OutboundPolicy = request.app.state.outbound
+    return policy
+
+
 def _inspector(request: Request) -> InspectorPool:
     inspector: InspectorPool = request.app.state.inspector
     return inspector
@@ -57,6 +64,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 DatabaseDep = Annotated[Database, Depends(_database)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
 InspectorDep = Annotated[InspectorPool, Depends(_inspector)]
+OutboundDep = Annotated[OutboundPolicy, Depends(_outbound)]
 
 
 def _read_session(database: DatabaseDep) -> Iterator[Session]:

@@ -59,9 +59,11 @@ class CheckpointRepository:
         return checkpoint
 
     def page(
-        self, *, offset: int, limit: int, owner: str | None = None
+        self, *, offset: int, limit: int, owner: str | None = None, sha256: str | None = None
     ) -> tuple[list[Checkpoint], int]:
         where = [Checkpoint.owner == owner] if owner is not None else []
+        if sha256 is not None:
+            where.append(Checkpoint.sha256 == sha256)
         count = self.session.scalar(select(func.count()).select_from(Checkpoint).where(*where)) or 0
         rows = self.session.scalars(
             select(Checkpoint)
@@ -164,8 +166,12 @@ class JobRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def fail_exhausted(self, *, now: datetime) -> int:
-        """Fail running jobs whose lease lapsed after their last allowed attempt."""
+    def fail_exhausted(self, *, now: datetime) -> list[str]:
+        """Fail running jobs whose lease lapsed after their last allowed attempt.
+
+        Returns:
+            Their ids (their status events and webhooks are recorded by the caller).
+        """
         result = self.session.execute(
             update(Job)
             .where(
@@ -183,11 +189,17 @@ class JobRepository:
                 lease_owner=None,
                 lease_expires_at=None,
             )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return list(result.scalars())
 
-    def cancel_abandoned(self, *, now: datetime) -> int:
-        """Finish as cancelled the running jobs whose worker died after cancel was asked."""
+    def cancel_abandoned(self, *, now: datetime) -> list[str]:
+        """Finish as cancelled the running jobs whose worker died after cancel was asked.
+
+        Returns:
+            Their ids.
+        """
         result = self.session.execute(
             update(Job)
             .where(
@@ -202,8 +214,10 @@ class JobRepository:
                 lease_owner=None,
                 lease_expires_at=None,
             )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return list(result.scalars())
 
     @staticmethod
     def _claimable(now: datetime) -> ColumnElement[bool]:

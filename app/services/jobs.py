@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
@@ -10,9 +11,20 @@ from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, Artifact, Job
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
 from app.engine.target_spec import TargetSpec
+from app.net.outbound import OutboundPolicy
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
+from app.services.job_events import JobRenderer, record_status
+from app.services.webhooks import check_callback
 
-__all__ = ["cancel_job", "create_job", "get_artifact", "get_job", "list_jobs", "validate_recipe"]
+__all__ = [
+    "JobHooks",
+    "cancel_job",
+    "create_job",
+    "get_artifact",
+    "get_job",
+    "list_jobs",
+    "validate_recipe",
+]
 
 
 def validate_recipe(recipe: dict[str, Any] | None) -> None:
@@ -38,6 +50,7 @@ def create_job(
     max_attempts: int,
     owner: str,
     checkpoint_owner: str | None = None,
+    hooks: JobHooks | None = None,
 ) -> Job:
     """Validate and queue a conversion. Workers pick it up once the caller commits.
 
@@ -45,11 +58,13 @@ def create_job(
         target: the target spec, stored whole on the job.
         owner: who the job belongs to.
         checkpoint_owner: whose checkpoints it may name (None: anyone's, for admins).
+        hooks: its callback, and how to record its ``queued`` status event.
 
     Raises:
         InvalidJobError: an unknown (or another owner's) checkpoint.
         InvalidRecipeError: from the engine, naming the rule.
         InvalidTargetError: from the engine, naming the skeleton entry.
+        CallbackRefusedError: a callback host off the allow list, or no signing secret.
     """
     checkpoints = CheckpointRepository(session)
     if checkpoints.get(source, owner=checkpoint_owner) is None:
@@ -71,7 +86,36 @@ def create_job(
         dry_run=dry_run,
         max_attempts=max_attempts,
     )
-    return JobRepository(session).add(job)
+    if hooks is not None and hooks.callback is not None:
+        check_callback(
+            session,
+            hooks.callback["url"],
+            owner,
+            policy=hooks.outbound,
+            local_secret=hooks.local_secret,
+        )
+        job.callback = hooks.callback
+    JobRepository(session).add(job)
+    if hooks is not None:
+        record_status(session, job, hooks.render)
+    return job
+
+
+@dataclass(frozen=True)
+class JobHooks:
+    """What a job tells the outside world: its webhook and its status events.
+
+    Attributes:
+        render: builds the job's public document (status events, webhooks).
+        outbound: the allow list the callback URL must pass.
+        local_secret: GRAFT_WEBHOOK_SECRET (owner ``local``'s, unless one is stored).
+        callback: ``{"url", "events"}``, or None.
+    """
+
+    render: JobRenderer
+    outbound: OutboundPolicy
+    local_secret: str | None = None
+    callback: dict[str, Any] | None = None
 
 
 def get_job(session: Session, job_id: str, *, owner: str | None) -> Job:
@@ -88,8 +132,13 @@ def list_jobs(
     return JobRepository(session).page(offset=offset, limit=limit, status=status, owner=owner)
 
 
-def cancel_job(session: Session, job_id: str, *, owner: str | None) -> Job:
+def cancel_job(
+    session: Session, job_id: str, *, owner: str | None, render: JobRenderer | None = None
+) -> Job:
     """Cancel a queued job now, or ask the worker running it to stop.
+
+    A queued job's ``cancelled`` status event (and webhook) is recorded here, with
+    ``render``; a running job's by its worker when it stops.
 
     Raises:
         ConflictError: the job already finished.
@@ -99,9 +148,12 @@ def cancel_job(session: Session, job_id: str, *, owner: str | None) -> Job:
     if job.status in TERMINAL_STATUSES:
         raise ConflictError(f"job {job_id} already {job.status}; nothing to cancel")
     now = utcnow()
-    if not repo.cancel_queued(job_id, now=now):
+    cancelled = repo.cancel_queued(job_id, now=now)
+    if not cancelled:
         repo.request_cancel(job_id, now=now)
     session.refresh(job)
+    if cancelled and render is not None:
+        record_status(session, job, render)
     return job
 
 

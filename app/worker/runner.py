@@ -7,6 +7,11 @@ heartbeat; a cancel request or a lost lease is noticed there and stops the job a
 progress call or tick. The job is then completed and its artifact rows written in one
 transaction, and only while this worker still holds the lease, so a job completes exactly
 once even if a worker thought dead comes back.
+
+Each status change is also recorded as a job event, in the transaction that makes it, and a
+terminal one puts the job's webhooks in the outbox there too (``services.job_events``).
+Progress events are recorded from the progress path, at most every
+``progress_event_seconds``.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import Artifact, JobStatus
+from app.db.models import Artifact, Job, JobStatus
 from app.db.repositories import ArtifactRepository, JobRepository
 from app.db.session import Database
 from app.sandbox.runner import Limits
+from app.services.job_events import JobRenderer, Progress, record_progress, record_status
 from app.services.job_execution import JobOutcome, JobSettings, execute_job
 from app.storage import BlobStore
 
@@ -46,6 +55,8 @@ class _State:
     progress: float = 0.0
     abort: str | None = None
     dirty: bool = True
+    counts: dict[str, int] = field(default_factory=dict)
+    last_event_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -64,6 +75,9 @@ class JobRunner:
         limits: the sandbox limits of each job's conversion child (default: none).
         worker_index: this worker's number among those on the host (GPU pinning).
         architectures: more architecture targets, ``name=module:factory,...``.
+        render: builds a job's public document, for its status events and webhooks
+            (default: the API's ``JobPublic``).
+        progress_event_seconds: least time between two stored progress events of a job.
     """
 
     def __init__(
@@ -79,6 +93,8 @@ class JobRunner:
         limits: Limits | None = None,
         worker_index: int = 0,
         architectures: str = "",
+        render: JobRenderer | None = None,
+        progress_event_seconds: float = 0.5,
     ) -> None:
         self.database = database
         self.store = store
@@ -90,6 +106,8 @@ class JobRunner:
         self.limits = limits or Limits()
         self.worker_index = worker_index
         self.architectures = architectures
+        self.render = render or _api_document
+        self.progress_event_seconds = progress_event_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stop_event = threading.Event()
 
@@ -123,11 +141,19 @@ class JobRunner:
                 return None
         with self.database.transaction() as session:
             repo = JobRepository(session)
-            repo.cancel_abandoned(now=now)
+            cancelled = repo.cancel_abandoned(now=now)
             failed = repo.fail_exhausted(now=now)
             if failed:
-                logger.warning("failed %d job(s) that exhausted their attempts", failed)
-            return repo.claim(owner=self.owner, now=now, lease_seconds=self.lease_seconds)
+                logger.warning("failed %d job(s) that exhausted their attempts", len(failed))
+            claimed = repo.claim(owner=self.owner, now=now, lease_seconds=self.lease_seconds)
+            for job_id in [*cancelled, *failed, *([claimed] if claimed else [])]:
+                self._record_status(session, job_id)
+            return claimed
+
+    def _record_status(self, session: Session, job_id: str) -> None:
+        job = session.get(Job, job_id, populate_existing=True)
+        if job is not None:
+            record_status(session, job, self.render)
 
     # -- one job -----------------------------------------------------------------------------
 
@@ -144,7 +170,11 @@ class JobRunner:
         )
         try:
             outcome = execute_job(
-                self.database, self.store, job_id, settings=settings, control=_Control(self, state)
+                self.database,
+                self.store,
+                job_id,
+                settings=settings,
+                control=_Control(self, state, job_id),
             )
         except _Abort as abort:
             if abort.reason == "lease-lost":
@@ -178,11 +208,13 @@ class JobRunner:
             repo = ArtifactRepository(session)
             for artifact in outcome.artifacts:
                 repo.add(Artifact(job_id=job_id, **artifact))
+            self._record_status(session, job_id)
         logger.info("job %s %s", job_id, outcome.status)
 
     def _release(self, job_id: str) -> None:
         with self.database.transaction() as session:
-            JobRepository(session).release(job_id, owner=self.owner, now=utcnow())
+            if JobRepository(session).release(job_id, owner=self.owner, now=utcnow()):
+                self._record_status(session, job_id)
         logger.info("job %s released back to the queue", job_id)
 
     # -- heartbeat and progress --------------------------------------------------------------
@@ -216,12 +248,20 @@ class JobRunner:
                 return
 
 
+def _api_document(job: Job) -> dict[str, Any]:
+    # The job's document is the API's JobPublic: the same bytes GET /v1/jobs/{id} answers.
+    from app.api.schemas import job_document
+
+    return job_document(job)
+
+
 class _Control:
     """The job-execution service's hooks: record stage and progress, stop on an abort."""
 
-    def __init__(self, runner: JobRunner, state: _State) -> None:
+    def __init__(self, runner: JobRunner, state: _State, job_id: str) -> None:
         self.runner = runner
         self.state = state
+        self.job_id = job_id
 
     def tick(self) -> None:
         with self.state.lock:
@@ -230,10 +270,34 @@ class _Control:
             raise _Abort(abort)
 
     def progress(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
         with self.state.lock:
             self.state.stage = stage
             self.state.progress = round(0.05 + 0.9 * max(0.0, min(1.0, fraction)), 4)
+            due = now - self.state.last_event_at >= self.runner.progress_event_seconds
+            if due:
+                self.state.last_event_at = now
+                event = Progress(stage=stage, progress=self.state.progress, **self.state.counts)
+        if due:
+            self._store(event)
         self.tick()
+
+    def counts(self, *, tensors_done: int, tensors_total: int, bytes_done: int) -> None:
+        """The latest counts, sent with the next progress event."""
+        with self.state.lock:
+            self.state.counts = {
+                "tensors_done": tensors_done,
+                "tensors_total": tensors_total,
+                "bytes_done": bytes_done,
+            }
+
+    def _store(self, event: Progress) -> None:
+        # Best effort: a lost progress event is harmless, a failed job because of one is not.
+        try:
+            with self.runner.database.transaction() as session:
+                record_progress(session, self.job_id, event)
+        except Exception:
+            logger.exception("job %s: could not record a progress event", self.job_id)
 
     def stage(self, name: str) -> None:
         """Mark a stage; with the test-only delay, sleep there while staying abortable."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
+from anyio import to_thread
 from fastapi import APIRouter, Body, Header, Query, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api.deps import (
+    DatabaseDep,
     InspectorDep,
+    OutboundDep,
     ReadPrincipal,
     ReadSession,
     SettingsDep,
@@ -19,9 +24,21 @@ from app.api.deps import (
 )
 from app.api.downloads import blob_response
 from app.api.errors import problem
-from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
+from app.api.schemas import (
+    ArtifactPublic,
+    ArtifactsPublic,
+    DeliveriesPublic,
+    DeliveryPublic,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    job_document,
+)
+from app.config import Settings
+from app.services import job_events as events_service
 from app.services import jobs as service
-from app.services.errors import TooManyRangesError
+from app.services import webhooks as webhooks_service
+from app.services.errors import BadRequestError, TooManyRangesError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -38,8 +55,9 @@ async def create_job(
     session: WriteSession,
     settings: SettingsDep,
     inspector: InspectorDep,
+    outbound: OutboundDep,
 ) -> JobPublic:
-    """Queue a conversion; poll the `Location` it returns."""
+    """Queue a conversion; poll the `Location` it returns, or follow its `/events`."""
     architecture = body.target.architecture_ref()
     if architecture is not None:  # bound in a child, as the worker will, before queueing
         name, kwargs = architecture
@@ -56,6 +74,12 @@ async def create_job(
         max_attempts=settings.max_attempts,
         owner=principal.owner,
         checkpoint_owner=principal.scope_owner,
+        hooks=service.JobHooks(
+            render=job_document,
+            outbound=outbound,
+            local_secret=_secret(settings),
+            callback=body.callback.model_dump() if body.callback else None,
+        ),
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobPublic.of(job)
@@ -85,8 +109,77 @@ def get_job(job_id: str, principal: ReadPrincipal, session: ReadSession) -> JobP
 @router.post("/{job_id}/cancel", responses={409: problem("the job already finished")})
 async def cancel_job(job_id: str, principal: WritePrincipal, session: WriteSession) -> JobPublic:
     """Cancel a queued job at once; a running one stops at its next checkpoint of progress."""
-    job = await in_write_thread(service.cancel_job, session, job_id, owner=principal.scope_owner)
+    job = await in_write_thread(
+        service.cancel_job, session, job_id, owner=principal.scope_owner, render=job_document
+    )
     return JobPublic.of(job)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the job's events"},
+        204: {"description": "Last-Event-ID is the terminal event: nothing more will come"},
+    },
+)
+async def job_events(
+    job_id: str,
+    principal: ReadPrincipal,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(alias="last-event-id")] = None,
+) -> Response:
+    """Server-Sent Events: `progress` and `status`, replayed from after `Last-Event-ID` (from
+    the start without it); the stream ends after the terminal status."""
+    after = _event_id(last_event_id)
+    owner = principal.scope_owner
+    more = await to_thread.run_sync(
+        lambda: events_service.open_stream(database, job_id, owner=owner, last_event_id=after)
+    )
+    if not more:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    events = events_service.follow_events(
+        database, job_id, after=after, poll_seconds=settings.events_poll_seconds
+    )
+    return StreamingResponse(
+        _sse(events),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{job_id}/deliveries")
+def list_deliveries(
+    job_id: str, principal: ReadPrincipal, session: ReadSession
+) -> DeliveriesPublic:
+    """The job's webhooks and every attempt to deliver them."""
+    service.get_job(session, job_id, owner=principal.scope_owner)
+    items = webhooks_service.deliveries_for_job(session, job_id)
+    return DeliveriesPublic(
+        data=[DeliveryPublic.model_validate(d) for d in items], count=len(items)
+    )
+
+
+def _secret(settings: Settings) -> str | None:
+    return settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+
+
+def _event_id(value: str | None) -> int:
+    if value is None or not value.strip():
+        return 0
+    if not value.strip().isdigit():
+        raise BadRequestError("Last-Event-ID must be an event id from this stream")
+    return int(value)
+
+
+async def _sse(events: AsyncIterator[events_service.StoredEvent | None]) -> AsyncIterator[str]:
+    async for event in events:
+        if event is None:
+            yield ": keep-alive\n\n"
+            continue
+        data = json.dumps(event.data, separators=(",", ":"))
+        yield f"id: {event.seq}\nevent: {event.event}\ndata: {data}\n\n"
 
 
 @router.get("/{job_id}/artifacts")

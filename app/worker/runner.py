@@ -57,6 +57,7 @@ class _State:
     dirty: bool = True
     counts: dict[str, int] = field(default_factory=dict)
     last_event_at: float = 0.0
+    event_stage: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -274,13 +275,20 @@ class _Control:
         with self.state.lock:
             self.state.stage = stage
             self.state.progress = round(0.05 + 0.9 * max(0.0, min(1.0, fraction)), 4)
-            due = now - self.state.last_event_at >= self.runner.progress_event_seconds
-            if due:
-                self.state.last_event_at = now
-                event = Progress(stage=stage, progress=self.state.progress, **self.state.counts)
-        if due:
+            event = self._due_event(stage, now)
+        if event is not None:
             self._store(event)
         self.tick()
+
+    def _due_event(self, stage: str, now: float) -> Progress | None:
+        """A progress event to store: at each new stage, else at most every
+        ``progress_event_seconds``. Called with the state's lock held."""
+        state = self.state
+        changed = stage != state.event_stage
+        if not changed and now - state.last_event_at < self.runner.progress_event_seconds:
+            return None
+        state.last_event_at, state.event_stage = now, stage
+        return Progress(stage=stage, progress=state.progress, **state.counts)
 
     def counts(self, *, tensors_done: int, tensors_total: int, bytes_done: int) -> None:
         """The latest counts, sent with the next progress event."""
@@ -303,6 +311,9 @@ class _Control:
         """Mark a stage; with the test-only delay, sleep there while staying abortable."""
         with self.state.lock:
             self.state.stage = name
+            event = self._due_event(name, time.monotonic())
+        if event is not None:
+            self._store(event)
         deadline = time.monotonic() + self.runner.stage_delay
         while True:
             self.tick()

@@ -10,6 +10,7 @@ See :mod:`app.services.idempotency` for the semantics.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from anyio import to_thread
@@ -47,8 +48,15 @@ def _owner(database: Database, authorization: str | None) -> str | None:
 class _Capture:
     """Feeds the fingerprint from the request body and keeps the response as it is sent."""
 
-    def __init__(self, receive: Receive, send: Send, print_: service.Fingerprint) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        print_: service.Fingerprint,
+        before_end: Callable[[_Capture], Awaitable[None]],
+    ) -> None:
         self._receive, self._send, self.print_ = receive, send, print_
+        self.before_end = before_end
         self.body_complete = False
         self.status: int | None = None
         self.headers: list[list[str]] = []
@@ -76,6 +84,10 @@ class _Capture:
             self.size += len(body)
             if self.size <= _MAX_STORED_BODY:
                 self.chunks.append(body)
+            if not message.get("more_body", False):
+                # Recorded before the last byte goes out: a client that retries the moment
+                # it has the answer must find it stored, not "in progress".
+                await self.before_end(self)
         await self._send(message)
 
     def storable(self) -> service.StoredResponse | None:
@@ -129,20 +141,29 @@ class IdempotencyMiddleware:
         key: str,
         print_: service.Fingerprint,
     ) -> None:
-        capture = _Capture(receive, send, print_)
-        if _header(scope, b"content-length") in (None, "0") and not _header(
-            scope, b"transfer-encoding"
-        ):
-            capture.body_complete = True  # nothing to read: the route may never ask
-        response: service.StoredResponse | None = None
-        try:
-            await self.app(scope, capture.receive, capture.send)
+        done = False
+
+        async def record(capture: _Capture) -> None:
+            nonlocal done
             response = capture.storable()
-        finally:
             digest = print_.hexdigest() if response is not None else None
             await to_thread.run_sync(
                 lambda: service.finish(database, owner, key, print_=digest, response=response)
             )
+            done = True
+
+        capture = _Capture(receive, send, print_, record)
+        if _header(scope, b"content-length") in (None, "0") and not _header(
+            scope, b"transfer-encoding"
+        ):
+            capture.body_complete = True  # nothing to read: the route may never ask
+        try:
+            await self.app(scope, capture.receive, capture.send)
+        finally:
+            if not done:  # no complete response (an exception, a client gone): free the key
+                await to_thread.run_sync(
+                    lambda: service.finish(database, owner, key, print_=None, response=None)
+                )
 
     async def _again(
         self,

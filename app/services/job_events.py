@@ -112,12 +112,19 @@ def open_stream(database: Database, job_id: str, *, owner: str | None, last_even
         NotFoundError: no such job, or another owner's.
     """
     with database.transaction(write=False) as session:
-        if JobRepository(session).get(job_id, owner=owner) is None:
+        job = JobRepository(session).get(job_id, owner=owner)
+        if job is None:
             raise NotFoundError(f"no job with id {job_id!r}")
         if last_event_id <= 0:
             return True
-        event = JobEventRepository(session).get(job_id, last_event_id)
-        return not (event is not None and event.terminal)
+        events = JobEventRepository(session)
+        event = events.get(job_id, last_event_id)
+        if event is not None and event.terminal:
+            return False
+        # A finished job has all its events: past the last one, nothing more will come.
+        return not (
+            job.status in TERMINAL_STATUSES and not events.after(job_id, last_event_id, limit=1)
+        )
 
 
 def events_after(session: Session, job_id: str, seq: int) -> list[StoredEvent]:
@@ -138,7 +145,7 @@ async def follow_events(
     """
     seq, idle = after, 0.0
     while True:
-        events = await to_thread.run_sync(_read_after, database, job_id, seq)
+        events, finished = await to_thread.run_sync(_read_after, database, job_id, seq)
         for event in events:
             yield event
             seq = event.seq
@@ -147,6 +154,8 @@ async def follow_events(
         if events:
             idle = 0.0
             continue
+        if finished:  # its terminal event was before ``after``, or it predates events
+            return
         await asyncio.sleep(poll_seconds)
         idle += poll_seconds
         if idle >= _KEEPALIVE_SECONDS:
@@ -154,6 +163,10 @@ async def follow_events(
             yield None
 
 
-def _read_after(database: Database, job_id: str, seq: int) -> list[StoredEvent]:
+def _read_after(database: Database, job_id: str, seq: int) -> tuple[list[StoredEvent], bool]:
+    """The events after ``seq`` and whether the job had finished, in one snapshot (a job's
+    terminal status and its terminal event are committed together)."""
     with database.transaction(write=False) as session:
-        return events_after(session, job_id, seq)
+        job = JobRepository(session).get(job_id)
+        finished = job is None or job.status in TERMINAL_STATUSES
+        return events_after(session, job_id, seq), finished

@@ -173,7 +173,7 @@ def test_each_owner_signs_with_their_own_secret(sqlite_database: Database) -> No
 
 def test_callbacks_are_checked_when_the_job_is_created(sqlite_database: Database) -> None:
     with sqlite_database.transaction() as session:
-        with pytest.raises(CallbackRefusedError, match="'example.com' is not in GRAFT_OUTBOUND"):
+        with pytest.raises(CallbackRefusedError, match=r"'example\.com' is not in GRAFT_OUTBOUND"):
             check_callback(
                 session, "https://example.com/h", "local", policy=LOOPBACK, local_secret=SECRET
             )

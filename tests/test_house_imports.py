@@ -82,6 +82,13 @@ RULES = {
     # Executors and the CLI reach a conversion only through the job-execution service.
     "worker": (("worker",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
     "cli": (("cli",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
+    # The client talks HTTP: nothing of the server's insides (the manifest helper may use the
+    # engine's schema names).
+    "client": (
+        ("client",),
+        ("fastapi", "sqlalchemy", "app.api", "app.db", "app.services", "app.worker",
+         "app.sandbox", "app.storage", "app.config", "app.cli"),
+    ),
     # Thin routes: the database through services and dependencies only.
     "routes": (("api", "routes"), ("sqlalchemy", "app.db", "app.engine.pipeline")),
 }  # fmt: skip

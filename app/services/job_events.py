@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from sqlalchemy.orm import Session
 
 from app.db.events import JobEventRepository
@@ -41,6 +41,8 @@ __all__ = [
 
 # A comment line this often keeps proxies from closing a quiet stream.
 _KEEPALIVE_SECONDS = 15.0
+_POLL_THREADS = 4
+_LIMITER: CapacityLimiter | None = None
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +146,11 @@ async def follow_events(
     thread is held between polls: each poll is one short read on the thread pool.
     """
     seq, idle = after, 0.0
+    limiter = _poll_limiter()
     while True:
-        events, finished = await to_thread.run_sync(_read_after, database, job_id, seq)
+        events, finished = await to_thread.run_sync(
+            _read_after, database, job_id, seq, limiter=limiter
+        )
         for event in events:
             yield event
             seq = event.seq
@@ -161,6 +166,15 @@ async def follow_events(
         if idle >= _KEEPALIVE_SECONDS:
             idle = 0.0
             yield None
+
+
+def _poll_limiter() -> CapacityLimiter:
+    # Every stream's polls share a few threads: a thousand open streams cost a thousand
+    # idle coroutines, not a thousand (or the default pool's forty) threads.
+    global _LIMITER
+    if _LIMITER is None:
+        _LIMITER = CapacityLimiter(_POLL_THREADS)
+    return _LIMITER
 
 
 def _read_after(database: Database, job_id: str, seq: int) -> tuple[list[StoredEvent], bool]:

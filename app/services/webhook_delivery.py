@@ -17,7 +17,7 @@ import httpx
 from anyio import to_thread
 
 from app.db.base import utcnow
-from app.db.events import WebhookRepository
+from app.db.events import IdempotencyRepository, WebhookRepository
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy, OutboundRefusedError, Resolver, guarded_async_client
 from app.services.webhooks import DeliveryPolicy, attempt_outcome, owner_secret, webhook_headers
@@ -27,6 +27,7 @@ __all__ = ["DeliveryLoop"]
 logger = logging.getLogger(__name__)
 
 _BATCH = 20
+_PURGE_SECONDS = 3600.0
 
 
 @dataclass
@@ -72,14 +73,26 @@ class DeliveryLoop:
         async with guarded_async_client(
             self.outbound, resolver=self.resolver, timeout=self.policy.timeout_seconds
         ) as client:
+            purged_at = 0.0
             while True:
                 try:
                     await self.run_once(client)
+                    if time.monotonic() - purged_at >= _PURGE_SECONDS:
+                        # Housekeeping that needs the same kind of clock: expired
+                        # idempotency records (a live key is never purged, only replaced).
+                        purged_at = time.monotonic()
+                        await to_thread.run_sync(self._purge)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     logger.exception("webhook delivery loop error; retrying")
                 await asyncio.sleep(self.poll_seconds)
+
+    def _purge(self) -> None:
+        with self.database.transaction() as session:
+            purged = IdempotencyRepository(session).purge(now=utcnow())
+        if purged:
+            logger.info("purged %d expired idempotency key(s)", purged)
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Attempt every due delivery once. Returns how many were attempted."""

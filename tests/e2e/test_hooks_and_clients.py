@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -370,3 +371,35 @@ def test_graft_submit_end_to_end(
     missing = _submit(hooks_server, tmp_path / "nope.pth", models["target"], cwd=tmp_path)
     assert missing.returncode == 2
     assert "nope.pth" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_graft_submit_shows_a_progress_bar_on_a_terminal(
+    hooks_server: Server, models: dict[str, Path], tmp_path: Path
+) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from app.cli import main; main()", "submit",
+         str(models["source"]), str(models["target"]), "-o", "tty.safetensors",
+         "--server", hooks_server.url],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "100"},
+        stdin=slave, stdout=slave, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert process.wait(180) == 0, output.decode(errors="replace")
+    text = output.decode(errors="replace")
+    assert "━" in text  # rich's bar
+    assert "publishing" in text  # the stage, from the job's progress events
+    assert re.search(r"job [0-9a-f]{32}: succeeded", text)
+    assert (tmp_path / "tty.safetensors").exists()

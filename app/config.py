@@ -201,6 +201,34 @@ class Settings(BaseSettings):
         "per API process, so links stop working when the service restarts.",
     )
     port: int = Field(default=8000, ge=1, le=65535, description="The port `graft serve` uses.")
+    # Outgoing requests, webhooks, idempotency, live progress (SPEC §5.1, §6).
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Owner local's webhook signing secret (whsec_<base64>); POST "
+        "/v1/webhooks/secret sets one per owner.",
+    )
+    webhook_max_age_seconds: float = Field(
+        default=24 * 3600.0, gt=0, description="How long a webhook is retried before it fails."
+    )
+    webhook_backoff_seconds: float = Field(
+        default=5.0, gt=0, description="First retry delay; doubled each attempt, with jitter."
+    )
+    webhook_max_backoff_seconds: float = Field(
+        default=3600.0, gt=0, description="The longest delay between two attempts."
+    )
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, description="One attempt's limit.")
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the delivery loop looks for due webhooks."
+    )
+    idempotency_ttl_seconds: float = Field(
+        default=24 * 3600.0, gt=0, description="How long an Idempotency-Key is remembered."
+    )
+    progress_event_seconds: float = Field(
+        default=0.5, gt=0, description="Least time between two stored progress events of a job."
+    )
+    events_poll_seconds: float = Field(
+        default=0.25, gt=0, description="How often an SSE stream looks for new events."
+    )
     orphan_grace_seconds: float = Field(
         default=900.0,
         ge=0,

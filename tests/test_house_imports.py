@@ -99,6 +99,13 @@ RULES = {
     ),
     "cli": (("cli",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
     "cli_recipe": (("cli_recipe",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
+    # The client talks HTTP: nothing of the server's insides (the manifest helper may use the
+    # engine's schema names).
+    "client": (
+        ("client",),
+        ("fastapi", "sqlalchemy", "app.api", "app.db", "app.services", "app.worker",
+         "app.sandbox", "app.storage", "app.config", "app.cli"),
+    ),
     # Thin routes: the database through services and dependencies only.
     "routes": (("api", "routes"), ("sqlalchemy", "app.db", "app.engine.pipeline")),
 }  # fmt: skip

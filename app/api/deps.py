@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app.api.access import PRINCIPAL_SCOPE_KEY
 from app.config import Settings
 from app.db.session import Database
+from app.net.outbound import OutboundPolicy
 from app.sandbox.inspector import InspectorPool
 from app.services.auth import Principal, authenticate
 from app.services.dispatch import Dispatcher
@@ -26,6 +27,7 @@ __all__ = [
     "DatabaseDep",
     "DispatcherDep",
     "InspectorDep",
+    "OutboundDep",
     "ReadPrincipal",
     "ReadSession",
     "SettingsDep",
@@ -51,6 +53,11 @@ def _store(request: Request) -> BlobStore:
     return store
 
 
+def _outbound(request: Request) -> OutboundPolicy:
+    policy: OutboundPolicy = request.app.state.outbound
+    return policy
+
+
 def _inspector(request: Request) -> InspectorPool:
     inspector: InspectorPool = request.app.state.inspector
     return inspector
@@ -67,6 +74,7 @@ DispatcherDep = Annotated[Dispatcher | None, Depends(_dispatcher)]
 DatabaseDep = Annotated[Database, Depends(_database)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
 InspectorDep = Annotated[InspectorPool, Depends(_inspector)]
+OutboundDep = Annotated[OutboundPolicy, Depends(_outbound)]
 
 
 def _read_session(database: DatabaseDep) -> Iterator[Session]:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from app.api.access import AccessMiddleware
 from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
+from app.api.idempotency import IdempotencyMiddleware
 from app.api.routes import (
     architectures,
     auth,
@@ -27,15 +28,20 @@ from app.api.routes import (
     pipelines,
     plans,
     schemas,
+    webhooks,
 )
 from app.api.routes.web import install_web
+from app.api.schemas import job_document
 from app.api.uploads import UploadSlots
 from app.config import Settings, get_settings
 from app.db.session import Database
+from app.net.outbound import OutboundPolicy
 from app.sandbox.inspector import InspectorPool
 from app.services.dispatch import redispatch_unsent
 from app.services.limits import inspection_limits, inspection_memory_budget
 from app.services.maintenance import BlobCollector, reap_leases
+from app.services.webhook_delivery import DeliveryLoop
+from app.services.webhooks import DeliveryPolicy
 from app.storage import open_store
 
 __all__ = ["create_app"]
@@ -52,6 +58,10 @@ def create_app(settings: Settings | None = None, *, embedded_workers: int = 0) -
             ``/readyz`` also waits for one of them to be warm.
     """
     settings = settings or get_settings()
+    # Parsed here so that a bad GRAFT_OUTBOUND_ALLOW stops the start, with its reason.
+    outbound = OutboundPolicy.from_setting(
+        settings.outbound_allow, mlflow_tracking_uri=settings.mlflow_tracking_uri or None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +95,8 @@ def create_app(settings: Settings | None = None, *, embedded_workers: int = 0) -
         app.state.link_secret = (
             secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
         )
+        app.state.outbound = outbound
+        deliveries = asyncio.create_task(_delivery_loop(database, outbound, settings).run())
         try:
             async with anyio.create_task_group() as tasks:
                 if dispatcher is not None:
@@ -98,6 +110,9 @@ def create_app(settings: Settings | None = None, *, embedded_workers: int = 0) -
                     await maintenance
             if dispatcher is not None:
                 dispatcher.close()
+            deliveries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deliveries
             await inspector.close()
             database.dispose()
 
@@ -111,10 +126,13 @@ def create_app(settings: Settings | None = None, *, embedded_workers: int = 0) -
     )
     app.state.embedded_workers = embedded_workers
     install_error_handlers(app)
+    # Middleware added last runs first: the key is checked (and oversized bodies refused)
+    # before the idempotency layer reads the owner and hashes the body.
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(AccessMiddleware, max_body_bytes=settings.max_json_bytes)
     app.include_router(health.router)
     app.include_router(auth.router)
-    for module in (checkpoints, jobs, plans, pipelines, hooks):
+    for module in (checkpoints, jobs, plans, pipelines, hooks, webhooks):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(architectures.router)
     app.include_router(schemas.router)
@@ -130,7 +148,7 @@ async def _maintain(app: FastAPI, period: float) -> None:
     while True:
         await asyncio.sleep(period)
         try:
-            await to_thread.run_sync(reap_leases, app.state.database)
+            await to_thread.run_sync(reap_leases, app.state.database, job_document)
             await to_thread.run_sync(collector.collect)
         except Exception:  # a locked database or a store hiccup: try again next tick
             logger.exception("maintenance pass failed; retrying next period")
@@ -158,3 +176,22 @@ async def _sweep_unsent(database: Database, dispatcher: Any, settings: Settings)
             continue
         if sent:
             logger.info("re-sent %d job(s) to the broker", sent)
+
+
+def _delivery_loop(
+    database: Database, outbound: OutboundPolicy, settings: Settings
+) -> DeliveryLoop:
+    """The webhook outbox's sender: one asyncio task in the API process (``graft serve``)."""
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    return DeliveryLoop(
+        database,
+        outbound=outbound,
+        policy=DeliveryPolicy(
+            max_age_seconds=settings.webhook_max_age_seconds,
+            backoff_seconds=settings.webhook_backoff_seconds,
+            max_backoff_seconds=settings.webhook_max_backoff_seconds,
+            timeout_seconds=settings.webhook_timeout_seconds,
+        ),
+        local_secret=secret,
+        poll_seconds=settings.webhook_poll_seconds,
+    )

@@ -17,8 +17,11 @@ __all__ = [
     "ArchitecturesPublic",
     "ArtifactPublic",
     "ArtifactsPublic",
+    "Callback",
     "CheckpointPublic",
     "CheckpointsPublic",
+    "DeliveriesPublic",
+    "DeliveryPublic",
     "JobCreate",
     "JobPublic",
     "JobsPublic",
@@ -26,6 +29,8 @@ __all__ = [
     "PipelinesPublic",
     "TensorPublic",
     "TensorsPublic",
+    "WebhookSecretPublic",
+    "job_document",
 ]
 
 
@@ -102,6 +107,18 @@ class OutputOptions(BaseModel):
     )
 
 
+WebhookEvent = Literal["succeeded", "failed", "cancelled"]
+_ALL_EVENTS: tuple[WebhookEvent, ...] = ("succeeded", "failed", "cancelled")
+
+
+class Callback(BaseModel):
+    """Where to send the job's completion webhooks, and for which statuses."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, max_length=2000, description="https URL (allow-listed host)")
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(_ALL_EVENTS), min_length=1)
+
+
 class JobCreate(BaseModel):
     """A conversion request (SPEC §5)."""
 
@@ -136,6 +153,9 @@ class JobCreate(BaseModel):
         default="auto",
         description="where to run: cuda -> a GPU worker, cpu -> a CPU worker, auto -> a GPU "
         "worker when one is alive (Celery executor; the local workers use GRAFT_DEVICE)",
+    )
+    callback: Callback | None = Field(
+        default=None, description="a signed webhook (Standard Webhooks) when the job finishes"
     )
 
 
@@ -187,6 +207,7 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     timings: JobTimings
+    callback: dict[str, Any] | None = None
     links: dict[str, str]
 
     @classmethod
@@ -228,14 +249,22 @@ class JobPublic(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             timings=JobTimings(queued_s=queued_s, run_s=run_s),
+            callback=job.callback,
             links={
                 "self": base,
                 "report": f"{base}/report",
                 "weights": f"{base}/weights",
                 "manifest": f"{base}/manifest",
                 "artifacts": f"{base}/artifacts",
+                "events": f"{base}/events",
+                "deliveries": f"{base}/deliveries",
             },
         )
+
+
+def job_document(job: Job) -> dict[str, Any]:
+    """The job as ``GET /v1/jobs/{id}`` shows it, as JSON data (status events, webhooks)."""
+    return JobPublic.of(job).model_dump(mode="json")
 
 
 class JobsPublic(BaseModel):
@@ -267,6 +296,36 @@ class ArtifactPublic(BaseModel):
 class ArtifactsPublic(BaseModel):
     data: list[ArtifactPublic]
     count: int
+
+
+class AttemptPublic(BaseModel):
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class DeliveryPublic(BaseModel):
+    """One webhook message (``id`` is its ``webhook-id``) and its delivery attempts."""
+
+    id: str
+    event: str
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: list[AttemptPublic]
+    next_attempt_at: datetime | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class DeliveriesPublic(BaseModel):
+    data: list[DeliveryPublic]
+    count: int
+
+
+class WebhookSecretPublic(BaseModel):
+    secret: str = Field(description="whsec_<base64>: shown once; verify webhook-signature with it")
 
 
 class ArchitectureKwarg(BaseModel):

@@ -72,9 +72,11 @@ class CheckpointRepository:
         return checkpoint
 
     def page(
-        self, *, offset: int, limit: int, owner: str | None = None
+        self, *, offset: int, limit: int, owner: str | None = None, sha256: str | None = None
     ) -> tuple[list[Checkpoint], int]:
         where = [Checkpoint.owner == owner] if owner is not None else []
+        if sha256 is not None:
+            where.append(Checkpoint.sha256 == sha256)
         count = self.session.scalar(select(func.count()).select_from(Checkpoint).where(*where)) or 0
         rows = self.session.scalars(
             select(Checkpoint)
@@ -186,8 +188,12 @@ class JobRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def fail_exhausted(self, *, now: datetime) -> int:
-        """Fail running jobs whose lease lapsed after their last allowed attempt."""
+    def fail_exhausted(self, *, now: datetime) -> list[str]:
+        """Fail running jobs whose lease lapsed after their last allowed attempt.
+
+        Returns:
+            Their ids (their status events and webhooks are recorded by the caller).
+        """
         result = self.session.execute(
             update(Job)
             .where(
@@ -205,11 +211,17 @@ class JobRepository:
                 lease_owner=None,
                 lease_expires_at=None,
             )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return list(result.scalars())
 
-    def cancel_abandoned(self, *, now: datetime) -> int:
-        """Finish as cancelled the running jobs whose worker died after cancel was asked."""
+    def cancel_abandoned(self, *, now: datetime) -> list[str]:
+        """Finish as cancelled the running jobs whose worker died after cancel was asked.
+
+        Returns:
+            Their ids.
+        """
         result = self.session.execute(
             update(Job)
             .where(
@@ -224,8 +236,10 @@ class JobRepository:
                 lease_owner=None,
                 lease_expires_at=None,
             )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return list(result.scalars())
 
     def requeue_lapsed(self, *, now: datetime) -> int:
         """Put back in the queue the running jobs whose lease lapsed with attempts left (their

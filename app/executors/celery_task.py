@@ -27,10 +27,12 @@ from app.db.session import Database
 from app.executors.lease import (
     Disposition,
     LeaseTiming,
+    default_events,
     run_held_job,
     storage_reachable,
     sweep_lapsed,
 )
+from app.services.job_events import record_statuses
 from app.services.job_execution import JobSettings
 from app.services.limits import conversion_limits, inspection_limits
 from app.services.references import RegistryConfig
@@ -123,6 +125,8 @@ def run_job(task: Any, job_id: str) -> str:
         claim = JobRepository(session).claim_job(
             job_id, owner=res.owner, now=utcnow(), lease_seconds=res.timing.lease_seconds
         )
+        if claim.kind == "claimed":
+            record_statuses(session, [job_id], default_events().render)
     if claim.kind == "busy":
         countdown = math.ceil(claim.retry_in + _RETRY_MARGIN)
         logger.info("job %s: held by a live lease; retrying in %d s", job_id, countdown)

@@ -17,15 +17,29 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.db.base import utcnow
-from app.db.models import Artifact, JobStatus
+from app.db.models import Artifact, Job, JobStatus
 from app.db.repositories import ArtifactRepository, JobRepository
 from app.db.session import Database
+from app.services.job_events import (
+    JobEventsConfig,
+    Progress,
+    record_progress,
+    record_statuses,
+)
 from app.services.job_execution import JobOutcome, JobSettings, execute_job
 from app.storage import BlobStore
 
-__all__ = ["Disposition", "LeaseTiming", "run_held_job", "storage_reachable", "sweep_lapsed"]
+__all__ = [
+    "Disposition",
+    "LeaseTiming",
+    "default_events",
+    "run_held_job",
+    "storage_reachable",
+    "sweep_lapsed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,19 +86,35 @@ class _State:
     stage: str = "preparing"
     progress: float = 0.0
     abort: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    last_event_at: float = 0.0
+    event_stage: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def sweep_lapsed(database: Database) -> None:
+def _api_document(job: Job) -> dict[str, Any]:
+    # A job's document is the API's JobPublic: the same bytes GET /v1/jobs/{id} answers.
+    from app.api.schemas import job_document
+
+    return job_document(job)
+
+
+def default_events() -> JobEventsConfig:
+    """Status events and webhook bodies rendered as the API renders a job."""
+    return JobEventsConfig(render=_api_document)
+
+
+def sweep_lapsed(database: Database, events: JobEventsConfig | None = None) -> None:
     """Finish the jobs whose worker died: cancelled if a cancel was asked, failed
-    (``worker-lost``) if that was their last attempt."""
+    (``worker-lost``) if that was their last attempt; each with its status event."""
     now = utcnow()
     with database.transaction() as session:
         repo = JobRepository(session)
-        repo.cancel_abandoned(now=now)
+        cancelled = repo.cancel_abandoned(now=now)
         failed = repo.fail_exhausted(now=now)
+        record_statuses(session, [*cancelled, *failed], (events or default_events()).render)
     if failed:
-        logger.warning("failed %d job(s) that exhausted their attempts", failed)
+        logger.warning("failed %d job(s) that exhausted their attempts", len(failed))
 
 
 def run_held_job(
@@ -96,6 +126,7 @@ def run_held_job(
     timing: LeaseTiming,
     settings: JobSettings,
     stop_event: threading.Event,
+    events: JobEventsConfig | None = None,
 ) -> Disposition:
     """Run a job ``owner`` has just claimed, keep its lease, and record how it ended.
 
@@ -107,10 +138,12 @@ def run_held_job(
         timing: lease and heartbeat periods.
         settings: the executor's limits, device and architectures.
         stop_event: set when the worker is stopping; the job is then given back.
+        events: how status and progress events are recorded (default: the API's document).
 
     Returns:
         How it ended (see :class:`Disposition`).
     """
+    events = events or default_events()
     state = _State()
     done = threading.Event()
     beat = threading.Thread(
@@ -122,14 +155,18 @@ def run_held_job(
     beat.start()
     try:
         outcome = execute_job(
-            database, store, job_id, settings=settings, control=_Control(state, timing)
+            database,
+            store,
+            job_id,
+            settings=settings,
+            control=_Control(state, timing, database, job_id, events),
         )
     except _Abort as abort:
         if abort.reason == "lease-lost":
             logger.warning("job %s: lease lost; another worker owns it now", job_id)
             return Disposition.lease_lost
         if abort.reason == "stopping":
-            _release(database, job_id, owner)
+            _release(database, job_id, owner, events)
             return Disposition.released
         outcome = JobOutcome(status=JobStatus.cancelled)
     finally:
@@ -138,7 +175,7 @@ def run_held_job(
     if outcome.error_type == "internal-error" and not storage_reachable(store):
         logger.warning("job %s failed while the storage is unreachable; it will run again", job_id)
         return Disposition.storage_down
-    return _finish(database, job_id, owner, outcome)
+    return _finish(database, job_id, owner, outcome, events)
 
 
 def storage_reachable(store: BlobStore) -> bool:
@@ -150,7 +187,9 @@ def storage_reachable(store: BlobStore) -> bool:
     return True
 
 
-def _finish(database: Database, job_id: str, owner: str, outcome: JobOutcome) -> Disposition:
+def _finish(
+    database: Database, job_id: str, owner: str, outcome: JobOutcome, events: JobEventsConfig
+) -> Disposition:
     with database.transaction() as session:
         held = JobRepository(session).finish(
             job_id,
@@ -172,13 +211,17 @@ def _finish(database: Database, job_id: str, owner: str, outcome: JobOutcome) ->
         repo = ArtifactRepository(session)
         for artifact in outcome.artifacts:
             repo.add(Artifact(job_id=job_id, **artifact))
+        session.flush()
+        # The terminal status event, and the job's webhooks in the outbox, with the finish.
+        record_statuses(session, [job_id], events.render)
     logger.info("job %s %s", job_id, outcome.status)
     return Disposition.finished
 
 
-def _release(database: Database, job_id: str, owner: str) -> None:
+def _release(database: Database, job_id: str, owner: str, events: JobEventsConfig) -> None:
     with database.transaction() as session:
-        JobRepository(session).release(job_id, owner=owner, now=utcnow())
+        if JobRepository(session).release(job_id, owner=owner, now=utcnow()):
+            record_statuses(session, [job_id], events.render)
     logger.info("job %s released back to the queue", job_id)
 
 
@@ -222,11 +265,22 @@ def _heartbeat(
 
 
 class _Control:
-    """The job-execution service's hooks: record stage and progress, stop on an abort."""
+    """The job-execution service's hooks: record stage, progress and progress events (at each
+    new stage, else at most every ``progress_event_seconds``), stop on an abort."""
 
-    def __init__(self, state: _State, timing: LeaseTiming) -> None:
+    def __init__(
+        self,
+        state: _State,
+        timing: LeaseTiming,
+        database: Database,
+        job_id: str,
+        events: JobEventsConfig,
+    ) -> None:
         self.state = state
         self.timing = timing
+        self.database = database
+        self.job_id = job_id
+        self.events = events
 
     def tick(self) -> None:
         with self.state.lock:
@@ -238,12 +292,25 @@ class _Control:
         with self.state.lock:
             self.state.stage = stage
             self.state.progress = round(0.05 + 0.9 * max(0.0, min(1.0, fraction)), 4)
+            event = self._due_event(stage, time.monotonic())
+        self._store(event)
         self.tick()
+
+    def counts(self, *, tensors_done: int, tensors_total: int, bytes_done: int) -> None:
+        """The latest counts, sent with the next progress event."""
+        with self.state.lock:
+            self.state.counts = {
+                "tensors_done": tensors_done,
+                "tensors_total": tensors_total,
+                "bytes_done": bytes_done,
+            }
 
     def stage(self, name: str) -> None:
         """Mark a stage; with the test-only delay, sleep there while staying abortable."""
         with self.state.lock:
             self.state.stage = name
+            event = self._due_event(name, time.monotonic())
+        self._store(event)
         deadline = time.monotonic() + self.timing.stage_delay
         while True:
             self.tick()
@@ -251,3 +318,23 @@ class _Control:
             if remaining <= 0:
                 break
             time.sleep(min(0.05, remaining))
+
+    def _due_event(self, stage: str, now: float) -> Progress | None:
+        """The progress event to store now, if one is due. Called with the state's lock held."""
+        state = self.state
+        if stage == state.event_stage and now - state.last_event_at < (
+            self.events.progress_event_seconds
+        ):
+            return None
+        state.last_event_at, state.event_stage = now, stage
+        return Progress(stage=stage, progress=state.progress, **state.counts)
+
+    def _store(self, event: Progress | None) -> None:
+        if event is None:
+            return
+        # Best effort: a lost progress event is harmless, a job failed because of one is not.
+        try:
+            with self.database.transaction() as session:
+                record_progress(session, self.job_id, event)
+        except Exception:
+            logger.exception("job %s: could not record a progress event", self.job_id)

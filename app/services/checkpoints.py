@@ -158,9 +158,12 @@ def get_checkpoint(session: Session, checkpoint_id: str, *, owner: str | None) -
 
 
 def list_checkpoints(
-    session: Session, *, offset: int, limit: int, owner: str | None
+    session: Session, *, offset: int, limit: int, owner: str | None, sha256: str | None = None
 ) -> tuple[list[Checkpoint], int]:
-    return CheckpointRepository(session).page(offset=offset, limit=limit, owner=owner)
+    """A page of checkpoints, newest first; ``sha256`` keeps only that content's record(s)."""
+    return CheckpointRepository(session).page(
+        offset=offset, limit=limit, owner=owner, sha256=sha256.lower() if sha256 else None
+    )
 
 
 def list_tensors(

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from app.engine.options import WriteOptions
+from app.engine.progress import CountingProgress
 from app.engine.recipe import Recipe
 from app.engine.target import Target
 from app.engine.target_spec import ArchitectureTarget, TargetSpec
@@ -191,11 +192,7 @@ def _convert_in_sandbox(
         payload,
         limits=dataclasses.replace(limits, address_space=0),
         preload=_CHILD_PRELOAD,
-        on_event=(
-            (lambda e: progress(str(e.get("stage")), float(e.get("fraction", 0.0))))
-            if progress is not None
-            else None
-        ),
+        on_event=(lambda e: _relay(progress, e)) if progress is not None else None,
         tick=tick,
     )
     return ConversionOutcome(
@@ -228,17 +225,45 @@ def ready_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], Non
     return int(torch.zeros(1).numel())
 
 
+def _relay(progress: Progress, event: dict[str, Any]) -> None:
+    """A child's progress event, handed to the parent's callback (counts when it takes them)."""
+    if "tensors_done" in event and isinstance(progress, CountingProgress):
+        progress.counts(
+            tensors_done=int(event["tensors_done"]),
+            tensors_total=int(event["tensors_total"]),
+            bytes_done=int(event["bytes_done"]),
+        )
+    progress(str(event.get("stage")), float(event.get("fraction", 0.0)))
+
+
+class _ChildProgress:
+    """The child's progress callback: throttled (the engine may report per tensor; the
+    parent needs a few events per second), carrying the latest counts."""
+
+    def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
+        self.emit = emit
+        self.last_stage = ""
+        self.last_at = 0.0
+        self.latest: dict[str, int] = {}
+
+    def counts(self, *, tensors_done: int, tensors_total: int, bytes_done: int) -> None:
+        self.latest = {
+            "tensors_done": tensors_done,
+            "tensors_total": tensors_total,
+            "bytes_done": bytes_done,
+        }
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if stage != self.last_stage or now - self.last_at >= 0.1 or fraction >= 1.0:
+            self.last_stage, self.last_at = stage, now
+            self.emit({"event": "progress", "stage": stage, "fraction": fraction, **self.latest})
+
+
 def convert_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
     """The sandbox child's side: rebuild the request, convert, return the outcome as JSON."""
     request = ConversionRequest.model_validate(payload["request"])
-    last_stage, last_at = [""], [0.0]
-
-    def progress(stage: str, fraction: float) -> None:
-        # Throttled: the engine may report per tensor; the parent needs a few per second.
-        now = time.monotonic()
-        if stage != last_stage[0] or now - last_at[0] >= 0.1 or fraction >= 1.0:
-            last_stage[0], last_at[0] = stage, now
-            emit({"event": "progress", "stage": stage, "fraction": fraction})
+    progress = _ChildProgress(emit)
 
     from app.engine.devices import resolve_device
 

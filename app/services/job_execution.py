@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +58,26 @@ class JobControl(Protocol):
     def tick(self) -> None:
         """Called a few times a second while the conversion child runs."""
         ...
+
+
+class _CountingControl:
+    """``control.progress`` as the engine's progress callback, with counts when the control
+    records them (an optional ``counts(tensors_done=, tensors_total=, bytes_done=)`` hook)."""
+
+    def __init__(self, control: JobControl) -> None:
+        self.control = control
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        self.control.progress(stage, fraction)
+
+    def counts(self, *, tensors_done: int, tensors_total: int, bytes_done: int) -> None:
+        self.control.counts(  # type: ignore[attr-defined]
+            tensors_done=tensors_done, tensors_total=tensors_total, bytes_done=bytes_done
+        )
+
+
+def _progress_of(control: JobControl) -> Callable[[str, float], None]:
+    return _CountingControl(control) if hasattr(control, "counts") else control.progress
 
 
 @dataclass(frozen=True)
@@ -200,7 +221,7 @@ def execute_job(
             suffix = "safetensors" if inputs.options.format == "safetensors" else "pt"
             sink = BlobSink(store, work / "out", inputs.job_id, suffix, control)
             result = run_conversion(
-                request, sink, limits=settings.limits, progress=control.progress,
+                request, sink, limits=settings.limits, progress=_progress_of(control),
                 tick=control.tick,
             )  # fmt: skip
             outcome.ok, outcome.device, outcome.artifacts = result.ok, result.device, sink.artifacts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
@@ -11,7 +12,9 @@ from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, Artifact, Job
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
 from app.engine.target_spec import TargetSpec
+from app.net.outbound import OutboundPolicy
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
+from app.services.job_events import JobRenderer, record_status
 from app.services.references import (
     RegisterSpec,
     RegistryConfig,
@@ -19,9 +22,11 @@ from app.services.references import (
     check_register,
     check_source_ref,
 )
+from app.services.webhooks import check_callback
 from app.storage import BlobStore
 
 __all__ = [
+    "JobHooks",
     "cancel_job",
     "create_job",
     "get_artifact",
@@ -59,6 +64,7 @@ def create_job(
     registry: RegistryConfig | None = None,
     pipeline_id: str | None = None,
     device: str = "auto",
+    hooks: JobHooks | None = None,
 ) -> Job:
     """Validate and queue a conversion. Workers pick it up once the caller commits.
 
@@ -71,6 +77,7 @@ def create_job(
         registry: the configured registry and outbound allow list (for references).
         pipeline_id: the pipeline that started the job.
         device: ``auto``, ``cpu`` or ``cuda``: where it asks to run (routing).
+        hooks: its callback, and how to record its ``queued`` status event.
 
     Raises:
         InvalidJobError: an unknown (or another owner's) checkpoint; a reference or register
@@ -78,6 +85,7 @@ def create_job(
         OutboundRefused: a source host the allow list does not admit (nothing connected).
         InvalidRecipeError: from the engine, naming the rule.
         InvalidTargetError: from the engine, naming the skeleton entry.
+        CallbackRefusedError: a callback host off the allow list, or no signing secret.
     """
     checkpoints = CheckpointRepository(session)
     registry = registry or RegistryConfig()
@@ -108,7 +116,36 @@ def create_job(
         max_attempts=max_attempts,
         requested_device=device,
     )
-    return JobRepository(session).add(job)
+    if hooks is not None and hooks.callback is not None:
+        check_callback(
+            session,
+            hooks.callback["url"],
+            owner,
+            policy=hooks.outbound,
+            local_secret=hooks.local_secret,
+        )
+        job.callback = hooks.callback
+    JobRepository(session).add(job)
+    if hooks is not None:
+        record_status(session, job, hooks.render)
+    return job
+
+
+@dataclass(frozen=True)
+class JobHooks:
+    """What a job tells the outside world: its webhook and its status events.
+
+    Attributes:
+        render: builds the job's public document (status events, webhooks).
+        outbound: the allow list the callback URL must pass.
+        local_secret: GRAFT_WEBHOOK_SECRET (owner ``local``'s, unless one is stored).
+        callback: ``{"url", "events"}``, or None.
+    """
+
+    render: JobRenderer
+    outbound: OutboundPolicy
+    local_secret: str | None = None
+    callback: dict[str, Any] | None = None
 
 
 def get_job(session: Session, job_id: str, *, owner: str | None) -> Job:
@@ -125,8 +162,13 @@ def list_jobs(
     return JobRepository(session).page(offset=offset, limit=limit, status=status, owner=owner)
 
 
-def cancel_job(session: Session, job_id: str, *, owner: str | None) -> Job:
+def cancel_job(
+    session: Session, job_id: str, *, owner: str | None, render: JobRenderer | None = None
+) -> Job:
     """Cancel a queued job now, or ask the worker running it to stop.
+
+    A queued job's ``cancelled`` status event (and webhook) is recorded here, with
+    ``render``; a running job's by its worker when it stops.
 
     Raises:
         ConflictError: the job already finished.
@@ -136,9 +178,12 @@ def cancel_job(session: Session, job_id: str, *, owner: str | None) -> Job:
     if job.status in TERMINAL_STATUSES:
         raise ConflictError(f"job {job_id} already {job.status}; nothing to cancel")
     now = utcnow()
-    if not repo.cancel_queued(job_id, now=now):
+    cancelled = repo.cancel_queued(job_id, now=now)
+    if not cancelled:
         repo.request_cancel(job_id, now=now)
     session.refresh(job)
+    if cancelled and render is not None:
+        record_status(session, job, render)
     return job
 
 

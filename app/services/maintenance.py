@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from app.db.base import utcnow
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
+from app.services.job_events import JobRenderer, record_statuses
 from app.storage import BlobStore
 
 __all__ = ["BlobCollector", "LeaseSweep", "reap_leases"]
@@ -40,7 +41,7 @@ class LeaseSweep:
     cancelled: int
 
 
-def reap_leases(database: Database) -> LeaseSweep:
+def reap_leases(database: Database, render: JobRenderer | None = None) -> LeaseSweep:
     """Settle every running job whose lease has lapsed (see the module docstring)."""
     now = utcnow()
     with database.transaction(write=False) as session:
@@ -51,7 +52,9 @@ def reap_leases(database: Database) -> LeaseSweep:
         cancelled = repo.cancel_abandoned(now=now)
         failed = repo.fail_exhausted(now=now)
         requeued = repo.requeue_lapsed(now=now)
-    sweep = LeaseSweep(requeued, failed, cancelled)
+        if render is not None:  # their terminal status events, and webhooks, with the change
+            record_statuses(session, [*cancelled, *failed], render)
+    sweep = LeaseSweep(requeued, len(failed), len(cancelled))
     if requeued or failed or cancelled:
         logger.warning("lapsed leases: %s", sweep)
     return sweep

@@ -4,6 +4,9 @@ A worker claims one job with one UPDATE (``JobRepository.claim``: queued, or run
 lapsed lease and attempts left), then holds it with :func:`app.executors.lease.run_held_job`
 (heartbeat, cancel, finish under the lease), which the Celery executor shares. The conversion
 is the job-execution service's business.
+
+Each status change is also recorded as a job event, in the transaction that makes it, and a
+terminal one puts the job's webhooks in the outbox there too (``services.job_events``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import threading
 from app.db.base import utcnow
 from app.db.repositories import JobRepository
 from app.db.session import Database
-from app.executors.lease import LeaseTiming, run_held_job, sweep_lapsed
+from app.executors.lease import LeaseTiming, default_events, run_held_job, sweep_lapsed
 from app.sandbox.runner import Limits
+from app.services.job_events import JobEventsConfig, JobRenderer, record_statuses
 from app.services.job_execution import JobSettings
 from app.services.references import RegistryConfig
 from app.storage import BlobStore
@@ -46,6 +50,9 @@ class JobRunner:
         registry: the MLflow registry and outbound allow list (sources by reference, register).
         inspect_limits: sandbox limits of a fetched source's inspection.
         max_tensors: most tensors a fetched source may hold.
+        render: builds a job's public document, for its status events and webhooks
+            (default: the API's ``JobPublic``).
+        progress_event_seconds: least time between two stored progress events of a job.
     """
 
     def __init__(
@@ -64,6 +71,8 @@ class JobRunner:
         registry: RegistryConfig | None = None,
         inspect_limits: Limits | None = None,
         max_tensors: int | None = None,
+        render: JobRenderer | None = None,
+        progress_event_seconds: float = 0.5,
     ) -> None:
         self.database = database
         self.store = store
@@ -79,6 +88,10 @@ class JobRunner:
             registry=registry or RegistryConfig(),
             inspect_limits=inspect_limits or Limits(),
             max_tensors=max_tensors,
+        )
+        self.events = JobEventsConfig(
+            render=render or default_events().render,
+            progress_event_seconds=progress_event_seconds,
         )
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stop_event = threading.Event()
@@ -109,6 +122,7 @@ class JobRunner:
             timing=self.timing,
             settings=self.settings,
             stop_event=self.stop_event,
+            events=self.events,
         )
         return True
 
@@ -117,8 +131,10 @@ class JobRunner:
         with self.database.transaction(write=False) as session:
             if not JobRepository(session).has_work(now=now):
                 return None
-        sweep_lapsed(self.database)
+        sweep_lapsed(self.database, self.events)
         with self.database.transaction() as session:
-            return JobRepository(session).claim(
-                owner=self.owner, now=utcnow(), lease_seconds=self.lease_seconds
-            )
+            repo = JobRepository(session)
+            claimed = repo.claim(owner=self.owner, now=utcnow(), lease_seconds=self.lease_seconds)
+            if claimed is not None:
+                record_statuses(session, [claimed], self.events.render)
+            return claimed

@@ -139,7 +139,7 @@ def test_attempts_are_bounded(any_database: Database) -> None:
     with any_database.transaction() as session:
         repo = JobRepository(session)
         assert repo.claim(owner="w", now=now, lease_seconds=1) is None
-        assert repo.fail_exhausted(now=now) == 1
+        assert len(repo.fail_exhausted(now=now)) == 1
     with any_database.transaction(write=False) as session:
         job = JobRepository(session).get(job_id)
         assert job is not None

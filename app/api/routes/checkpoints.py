@@ -102,11 +102,19 @@ async def upload_checkpoint(
 
 @router.get("")
 def list_checkpoints(
-    principal: ReadPrincipal, session: ReadSession, offset: Offset = 0, limit: Limit = 50
+    principal: ReadPrincipal,
+    session: ReadSession,
+    offset: Offset = 0,
+    limit: Limit = 50,
+    sha256: Annotated[
+        str | None,
+        Query(pattern="^[0-9a-fA-F]{64}$", description="only the upload with this content"),
+    ] = None,
 ) -> CheckpointsPublic:
-    """Your uploaded checkpoints, newest first."""
+    """Your uploaded checkpoints, newest first; `?sha256=` finds one by content (clients
+    check it before uploading)."""
     items, count = service.list_checkpoints(
-        session, offset=offset, limit=limit, owner=principal.scope_owner
+        session, offset=offset, limit=limit, owner=principal.scope_owner, sha256=sha256
     )
     return CheckpointsPublic(data=[CheckpointPublic.of(c) for c in items], count=count)
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import anyio
+from anyio import to_thread
 from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Request, Response, status
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from app.api.deps import (
     DatabaseDep,
     DispatcherDep,
     InspectorDep,
+    OutboundDep,
     ReadPrincipal,
     ReadSession,
     SettingsDep,
@@ -22,10 +26,22 @@ from app.api.deps import (
 )
 from app.api.downloads import blob_response, download_route
 from app.api.errors import problem
-from app.api.schemas import ArtifactPublic, ArtifactsPublic, JobCreate, JobPublic, JobsPublic
+from app.api.schemas import (
+    ArtifactPublic,
+    ArtifactsPublic,
+    DeliveriesPublic,
+    DeliveryPublic,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    job_document,
+)
+from app.config import Settings
 from app.services import dispatch
+from app.services import job_events as events_service
 from app.services import jobs as service
-from app.services.errors import TooManyRangesError
+from app.services import webhooks as webhooks_service
+from app.services.errors import BadRequestError, TooManyRangesError
 from app.services.payloads import check_depth, check_skeleton_size
 from app.services.references import RegistryConfig
 
@@ -53,8 +69,9 @@ async def create_job(
     database: DatabaseDep,
     dispatcher: DispatcherDep,
     background: BackgroundTasks,
+    outbound: OutboundDep,
 ) -> JobPublic:
-    """Queue a conversion; poll the `Location` it returns."""
+    """Queue a conversion; poll the `Location` it returns, or follow its `/events`."""
     check_depth(body, max_depth=settings.max_json_depth)
     check_skeleton_size(
         getattr(body.target, "skeleton", None), max_tensors=settings.max_skeleton_tensors
@@ -78,6 +95,12 @@ async def create_job(
         register=body.output.registration,
         registry=RegistryConfig.from_settings(settings),
         device=body.device,
+        hooks=service.JobHooks(
+            render=job_document,
+            outbound=outbound,
+            local_secret=_secret(settings),
+            callback=body.callback.model_dump() if body.callback else None,
+        ),
     )
     if dispatcher is not None:  # sent once the job is committed (after the response)
         background.add_task(dispatch.dispatch_job, database, dispatcher, job.id)
@@ -117,7 +140,9 @@ async def cancel_job(
     background: BackgroundTasks,
 ) -> JobPublic:
     """Cancel a queued job at once; a running one stops at its next checkpoint of progress."""
-    job = await in_write_thread(service.cancel_job, session, job_id, owner=principal.scope_owner)
+    job = await in_write_thread(
+        service.cancel_job, session, job_id, owner=principal.scope_owner, render=job_document
+    )
     if dispatcher is not None and job.status == "running":
         background.add_task(
             _revoke_later, database, dispatcher, job_id, grace=3 * settings.heartbeat_seconds + 2
@@ -132,6 +157,73 @@ async def _revoke_later(
     has its task terminated."""
     await anyio.sleep(grace)
     await anyio.to_thread.run_sync(dispatch.revoke_if_still_running, database, dispatcher, job_id)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the job's events"},
+        204: {"description": "Last-Event-ID is the terminal event: nothing more will come"},
+    },
+)
+async def job_events(
+    job_id: str,
+    principal: ReadPrincipal,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(alias="last-event-id")] = None,
+) -> Response:
+    """Server-Sent Events: `progress` and `status`, replayed from after `Last-Event-ID` (from
+    the start without it); the stream ends after the terminal status."""
+    after = _event_id(last_event_id)
+    owner = principal.scope_owner
+    more = await to_thread.run_sync(
+        lambda: events_service.open_stream(database, job_id, owner=owner, last_event_id=after)
+    )
+    if not more:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    events = events_service.follow_events(
+        database, job_id, after=after, poll_seconds=settings.events_poll_seconds
+    )
+    return StreamingResponse(
+        _sse(events),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{job_id}/deliveries")
+def list_deliveries(
+    job_id: str, principal: ReadPrincipal, session: ReadSession
+) -> DeliveriesPublic:
+    """The job's webhooks and every attempt to deliver them."""
+    service.get_job(session, job_id, owner=principal.scope_owner)
+    items = webhooks_service.deliveries_for_job(session, job_id)
+    return DeliveriesPublic(
+        data=[DeliveryPublic.model_validate(d) for d in items], count=len(items)
+    )
+
+
+def _secret(settings: Settings) -> str | None:
+    return settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+
+
+def _event_id(value: str | None) -> int:
+    if value is None or not value.strip():
+        return 0
+    if not value.strip().isdigit():
+        raise BadRequestError("Last-Event-ID must be an event id from this stream")
+    return int(value)
+
+
+async def _sse(events: AsyncIterator[events_service.StoredEvent | None]) -> AsyncIterator[str]:
+    async for event in events:
+        if event is None:
+            yield ": keep-alive\n\n"
+            continue
+        data = json.dumps(event.data, separators=(",", ":"))
+        yield f"id: {event.seq}\nevent: {event.event}\ndata: {data}\n\n"
 
 
 @router.get("/{job_id}/artifacts")

@@ -88,6 +88,11 @@ class OutputFile:
             _start_writeback(self._fd, self._flushed, self._written - self._flushed)
             self._flushed = self._written
 
+    @property
+    def written(self) -> int:
+        """Bytes written so far."""
+        return self._written
+
     def close(self) -> None:
         self.file.close()
 

@@ -24,6 +24,7 @@ from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile, rewrite_at
 from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer, check_value
+from app.engine.progress import report_tensor
 from app.engine.readers import SAFETENSORS_DTYPES
 
 __all__ = [
@@ -86,7 +87,7 @@ def write_safetensors(
     paths = [tmp / n for n in names] if sharded else [tmp]
     headers: list[bytes] = []
     copier = ByteCopier()
-    total, done = max(len(plan.entries), 1), 0
+    total, done, previous_files = len(plan.entries), 0, 0
     try:
         for path, entries in zip(paths, shards, strict=True):
             header = _header(entries, metadata)
@@ -97,9 +98,15 @@ def write_safetensors(
                 for entry in entries:
                     _write_one(entry, out, producer, copier, result, options.byte_copy)
                     done += 1
-                    if progress:
-                        progress("write", done / total)
+                    report_tensor(
+                        progress,
+                        "write",
+                        done=done,
+                        total=total,
+                        bytes_done=previous_files + out.written,
+                    )
             finally:
+                previous_files += out.written
                 out.close()
         copied = [e.target for e in plan.entries if e.target not in result.digests]
         digests, nonfinite = copier.digests.finish(copied)

@@ -13,6 +13,7 @@ from app.engine.output.digests import tensor_digest
 from app.engine.output.execution import Execution
 from app.engine.plan import Plan
 from app.engine.produce import Producer, check_value
+from app.engine.progress import report_tensor
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +33,7 @@ def write_torch(
 
     result = Execution(format="torch")
     tensors: dict[str, torch.Tensor] = {}
+    produced = 0
     for i, entry in enumerate(plan.entries):
         value = producer.produce(entry)
         if (warning := check_value(entry, value)) is not None:
@@ -39,7 +41,8 @@ def write_torch(
         result.digests[entry.target] = tensor_digest(value)
         result.materialised += 1
         tensors[entry.target] = value
-        if progress:
-            progress("write", (i + 1) / max(len(plan.entries), 1))
+        produced += value.numel() * value.element_size()
+        # torch.save writes at the end: bytes_done counts the tensor bytes produced so far.
+        report_tensor(progress, "write", done=i + 1, total=len(plan.entries), bytes_done=produced)
     torch.save(tensors, tmp)
     return result

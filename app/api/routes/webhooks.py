@@ -1,0 +1,19 @@
+"""/v1/webhooks: the caller's webhook signing secret."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.api.deps import WritePrincipal, WriteSession, in_write_thread
+from app.api.schemas import WebhookSecretPublic
+from app.services import webhooks as service
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+
+@router.post("/secret", status_code=status.HTTP_201_CREATED)
+async def rotate_secret(principal: WritePrincipal, session: WriteSession) -> WebhookSecretPublic:
+    """Create or rotate your webhook signing secret and return it, once. Webhooks sent from
+    now on (retries included) are signed with it."""
+    secret = await in_write_thread(service.rotate_secret, session, principal.owner)
+    return WebhookSecretPublic(secret=secret)

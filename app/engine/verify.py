@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from app.engine.architectures import BoundArchitecture
 from app.engine.errors import GraftError
 from app.engine.meta import TensorInfo
-from app.engine.output.digests import ByteCopier, tensor_digest
+from app.engine.output.digests import digest_range, tensor_digest
 from app.engine.plan import Plan, PlanEntry
 from app.engine.readers import Source, open_source
 from app.engine.target import Target
@@ -91,28 +91,25 @@ def verify_output(
     """
     check = OutputCheck()
     fed = [e for e in plan.entries if e.fed]
-    copier = ByteCopier()
-    try:
-        with open_source(written, strip_prefixes="none") as out:
-            for i, entry in enumerate(fed):
-                check.checked += 1
-                if _same(entry, out, copier, digests):
-                    check.equal += 1
-                else:
-                    check.unequal.append(entry.target)
-                if progress:
-                    progress("verify", (i + 1) / max(len(fed), 1))
-            check.strict_load, check.strict_error = strict_load_check(target, out.tensors)
-    finally:
-        copier.close()
+    with open_source(written, strip_prefixes="none") as out:
+        for i, entry in enumerate(fed):
+            check.checked += 1
+            if _same(entry, out, digests):
+                check.equal += 1
+            else:
+                check.unequal.append(entry.target)
+            if progress:
+                progress("verify", (i + 1) / max(len(fed), 1))
+        check.strict_load, check.strict_error = strict_load_check(target, out.tensors)
     return check
 
 
-def _same(entry: PlanEntry, out: Source, copier: ByteCopier, digests: Mapping[str, str]) -> bool:
+def _same(entry: PlanEntry, out: Source, digests: Mapping[str, str]) -> bool:
     """Do the written bytes equal the source after its declared ops?
 
-    Every tensor's digest was taken as its bytes went out: straight from the source range
-    for a byte copy, from the tensor the declared ops produced otherwise. Verification reads
+    Every tensor's digest was taken as its bytes went out: from the source range it was
+    copied from (in the kernel) for a byte copy, from the tensor the declared ops produced
+    otherwise. Verification reads
     the output back and digests it again, so it checks what is on disk in one read, without
     a second pass over the source or a second run of the ops (which would only re-check
     their determinism) and without holding a second copy of a large tensor.
@@ -120,7 +117,7 @@ def _same(entry: PlanEntry, out: Source, copier: ByteCopier, digests: Mapping[st
     span = out.byte_range(entry.target)
     if span is None:  # torch-format output: tensors are read back through the reader
         return tensor_digest(out.read(entry.target)) == digests[entry.target]
-    return copier.digest_range(*span) == digests[entry.target]
+    return digest_range(*span)[0] == digests[entry.target]
 
 
 def strict_load_check(target: Target, written: dict[str, TensorInfo]) -> tuple[bool, str | None]:

@@ -55,8 +55,8 @@ def execute_plan(
         plan: an ok plan.
         producer: the source, target, seed and device that produce each tensor.
         output: the output file, or the output folder when ``options.max_shard_size`` is set.
-        options: the format (``safetensors`` is streamed in bounded memory; ``torch`` holds
-            every tensor at once), sharding, byte copy, and whether to verify.
+        options: the format (both are streamed in bounded memory, unchanged tensors copied
+            in the kernel), sharding, byte copy, and whether to verify.
         stamp: the safetensors metadata (the torch format carries none).
         progress: called with (stage, fraction).
 
@@ -71,7 +71,7 @@ def execute_plan(
         if options.max_shard_size is not None:
             raise GraftError("max_shard_size applies to safetensors output only")
         with atomic_output(output) as tmp:
-            result = write_torch(tmp, plan, producer, progress)
+            result = write_torch(tmp, plan, producer, options, progress)
             if options.verify:
                 result.check = verify_output(tmp, plan, producer.target, result.digests, progress)
         result.files = [Path(output).name]

@@ -26,6 +26,7 @@ class Execution:
         copied: tensors that took the byte-copy path.
         materialised: tensors that went through torch.
         files: output file names (one, or shards + index).
+        copy_methods: bytes byte-copied per method (``reflink``, ``kernel``, ``buffered``).
         check: the re-read of the output, or ``None`` when verification was off.
     """
 
@@ -35,4 +36,5 @@ class Execution:
     copied: int = 0
     materialised: int = 0
     files: list[str] = field(default_factory=list)
+    copy_methods: dict[str, int] = field(default_factory=dict)
     check: OutputCheck | None = None

@@ -7,9 +7,11 @@ Generates synthetic checkpoints of realistic shape once (cached under ``--dir``)
 - ``big``: a ~6 GB fp16 transformer (only with ``--big``).
 
 Then runs every command as a whole process, interleaved (A B C … A B C …) so drift hits all
-alike, and prints, per row, the median wall time, peak RSS, peak anonymous RSS (RSS alone
-misleads on mmap paths: mapped file pages count in it) and the ratio of medians to ``cp`` of
-the same file in the same run. The page cache is warm: every file is read once before timing.
+alike, and prints one table: per row the median wall time and CPU time (user + sys), their
+ratios to a durable copy (``cp`` then ``sync FILE``: Graft fsyncs its output too), to plain
+``cp`` and to the naive approach (``torch.load`` + rename + ``save_file``), all measured in
+the same run, peak RSS and peak anonymous RSS (RSS alone misleads on mmap paths: mapped file
+pages count in it). The page cache is warm: every file is read once before timing.
 
     .venv/bin/python bench/convert.py [--runs 3] [--big] [--dir data/bench]
 """
@@ -24,6 +26,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFT = [sys.executable, "-c", "from app.cli import main; main()"]
-NAIVE = """
+NAIVE_SCRIPT = """
 import sys, torch
 from safetensors.torch import load_file, save_file
 src, out = sys.argv[1], sys.argv[2]
@@ -156,6 +159,7 @@ def prepare(folder: Path, big: bool) -> dict[str, dict[str, Path]]:
 @dataclass
 class Sample:
     wall: float
+    cpu: float  # user + sys of the process and its children, seconds
     rss: int  # peak RSS (VmHWM), bytes
     anon: int  # peak anonymous RSS (RssAnon), bytes
 
@@ -164,37 +168,43 @@ _FIELDS = {"VmHWM:": "rss", "RssAnon:": "anon"}
 
 
 def run_once(cmd: list[str]) -> Sample:
-    """Run ``cmd`` as a whole process; peaks are sampled from /proc every 2 ms.
+    """Run ``cmd`` as a whole process; peaks are sampled from /proc every 2 ms, CPU time
+    (user + sys) comes from ``wait4``'s rusage of that process alone.
 
     ``ru_maxrss`` is not used: it keeps the forking parent's high-water mark across exec.
     """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = {"rss": 0, "anon": 0}
-    done = threading.Event()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        peak = {"rss": 0, "anon": 0}
+        done = threading.Event()
 
-    def sample() -> None:
-        status = Path(f"/proc/{proc.pid}/status")
-        while not done.is_set():
-            try:
-                text = status.read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                return
-            for line in text.splitlines():
-                name = _FIELDS.get(line.split(":", 1)[0] + ":")
-                if name:
-                    peak[name] = max(peak[name], int(line.split()[1]) * 1024)
-            done.wait(0.002)
+        def sample() -> None:
+            status = Path(f"/proc/{proc.pid}/status")
+            while not done.is_set():
+                try:
+                    text = status.read_text()
+                except (FileNotFoundError, ProcessLookupError):
+                    return
+                for line in text.splitlines():
+                    name = _FIELDS.get(line.split(":", 1)[0] + ":")
+                    if name:
+                        peak[name] = max(peak[name], int(line.split()[1]) * 1024)
+                done.wait(0.002)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.decode()}")
-    return Sample(wall, peak["rss"], peak["anon"])
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(
+                f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.read().decode()}"
+            )
+    return Sample(wall, usage.ru_utime + usage.ru_stime, peak["rss"], peak["anon"])
 
 
 def main() -> None:
@@ -211,58 +221,86 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
         f"python {platform.python_version()}; warm page cache; {args.runs} runs, median"
     )
+    header = ("set", "command", "wall s", "CPU s", "x durable", "x cp", "x cp CPU", "x naive",
+              "peak RSS MB", "anon MB")  # fmt: skip
+    table = [header]
     for name, f in sets.items():
         if args.only and name != args.only:
             continue
-        out = out_dir / "out.safetensors"
-        copy = out_dir / "copy"
-
-        def graft(command: str, source: Path, *extra: str) -> list[str]:
-            return [*GRAFT, command, str(source), *extra]
-
-        to = [str(f["target"]), "-r", str(f["recipe"])]
-        rows: dict[str, list[str]] = {
-            "cp (baseline)": ["cp", str(f["zip"]), str(copy)],
-            "cp + sync of the copy": ["sh", "-c", f'cp "{f["zip"]}" "{copy}" && sync "{copy}"'],
-            "naive load+rename+save": [sys.executable, "-c", NAIVE, str(f["zip"]), str(out)],
-            "graft convert rename-only, zip -> st": graft("convert", f["zip"], *to, "-o", str(out)),
-            "  same, --no-verify": graft("convert", f["zip"], *to, "-o", str(out), "--no-verify"),
-            "graft convert rename-only, st -> st": graft(
-                "convert", f["safetensors"], *to, "-o", str(out)
-            ),
-            "graft convert, one adapted tensor": graft(
-                "convert", f["zip"], str(f["adapt_target"]), "-r", str(f["adapt_recipe"]),
-                "-o", str(out),
-            ),
-            "graft inspect": graft("inspect", f["zip"]),
-            "graft plan": graft("plan", f["zip"], *to),
-        }  # fmt: skip
-        for path in (f["zip"], f["safetensors"]):  # warm the page cache
-            with path.open("rb") as fh:
-                while fh.read(1 << 24):
-                    pass
-        samples: dict[str, list[Sample]] = {k: [] for k in rows}
-        for _ in range(args.runs):
-            for label, cmd in rows.items():
-                samples[label].append(run_once(cmd))
-                for leftover in (out, copy):
-                    leftover.unlink(missing_ok=True)
+        samples = _measure(f, out_dir, args.runs)
         size = f["zip"].stat().st_size
-        base = statistics.median(s.wall for s in samples["cp (baseline)"])
-        print(f"\n{name}: {size / 1e6:.0f} MB torch zip")
-        columns = ("wall s", "x cp", "x cp+sync", "peak RSS MB", "peak anon MB")
-        print(f"| {'command':<40} | " + " | ".join(columns) + " |")
-        print(f"|{'-' * 42}|" + "|".join("-" * (len(c) + 2) for c in columns) + "|")
-        synced = statistics.median(s.wall for s in samples["cp + sync of the copy"])
-        for label, ss in samples.items():
-            wall = statistics.median(s.wall for s in ss)
-            rss = statistics.median(s.rss for s in ss) / 1e6
-            anon = statistics.median(s.anon for s in ss) / 1e6
-            print(
-                f"| {label:<40} | {wall:6.2f} | {wall / base:4.2f} | {wall / synced:9.2f} "
-                f"| {rss:11.0f} | {anon:12.0f} |"
-            )
+        table += _rows(f"{name} ({size / 1e9:.2f} GB)", samples)
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    for i, row in enumerate(table):
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _measure(f: dict[str, Path], out_dir: Path, runs: int) -> dict[str, list[Sample]]:
+    """Every command of one checkpoint set, interleaved ``runs`` times."""
+    out = out_dir / "out.safetensors"
+    out_pt = out_dir / "out.pt"
+    copy = out_dir / "copy"
+
+    def graft(source: Path, *extra: str) -> list[str]:
+        return [*GRAFT, "convert", str(source), str(f["target"]), "-r", str(f["recipe"]), *extra]
+
+    rows: dict[str, list[str]] = {
+        CP: ["cp", str(f["zip"]), str(copy)],
+        DURABLE: ["sh", "-c", f'cp "{f["zip"]}" "{copy}" && sync "{copy}"'],
+        NAIVE: [sys.executable, "-c", NAIVE_SCRIPT, str(f["zip"]), str(out)],
+        "convert rename-only zip->st (verified)": graft(f["zip"], "-o", str(out)),
+        "  same, --no-verify": graft(f["zip"], "-o", str(out), "--no-verify"),
+        "  same, --sha256": graft(f["zip"], "-o", str(out), "--sha256"),
+        "convert rename-only st->st (verified)": graft(f["safetensors"], "-o", str(out)),
+        "  same, --no-verify ": graft(f["safetensors"], "-o", str(out), "--no-verify"),
+        "convert rename-only zip->torch (verified)": graft(
+            f["zip"], "-o", str(out_pt), "--format", "torch"
+        ),
+        "convert, one adapted tensor (verified)": [
+            *GRAFT, "convert", str(f["zip"]), str(f["adapt_target"]), "-r",
+            str(f["adapt_recipe"]), "-o", str(out),
+        ],
+        "inspect": [*GRAFT, "inspect", str(f["zip"])],
+        "plan": [*GRAFT, "plan", str(f["zip"]), str(f["target"]), "-r", str(f["recipe"])],
+    }  # fmt: skip
+    for path in (f["zip"], f["safetensors"]):  # warm the page cache
+        with path.open("rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    samples: dict[str, list[Sample]] = {k: [] for k in rows}
+    for _ in range(runs):
+        for label, cmd in rows.items():
+            samples[label].append(run_once(cmd))
+            for leftover in (out, out_pt, copy):
+                leftover.unlink(missing_ok=True)
+    return samples
+
+
+CP = "cp (baseline)"
+DURABLE = "cp + sync FILE (durable baseline)"
+NAIVE = "naive: torch.load + rename + save_file"
+
+
+def _rows(name: str, samples: dict[str, list[Sample]]) -> list[tuple[str, ...]]:
+    """Medians, and ratios of medians to the baselines measured in the same run."""
+
+    def med(label: str, field: str) -> float:
+        return statistics.median(getattr(s, field) for s in samples[label])
+
+    cp, cp_cpu, durable = med(CP, "wall"), med(CP, "cpu"), med(DURABLE, "wall")
+    naive = med(NAIVE, "wall")
+    rows = []
+    for label in samples:
+        wall, cpu = med(label, "wall"), med(label, "cpu")
+        rows.append(
+            (name, label.strip(), f"{wall:.2f}", f"{cpu:.2f}", f"{wall / durable:.2f}",
+             f"{wall / cp:.2f}", f"{cpu / cp_cpu:.2f}", f"{wall / naive:.2f}",
+             f"{med(label, 'rss') / 1e6:.0f}", f"{med(label, 'anon') / 1e6:.0f}")
+        )  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

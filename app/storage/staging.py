@@ -48,7 +48,7 @@ class StagedFile:
         self._hash = hashlib.sha256()
         self._fh: BinaryIO | None = path.open("xb")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         """Append ``data`` to the file and the running digest."""
         if self._fh is None:
             raise ValueError(f"staged file {self.path} is closed")

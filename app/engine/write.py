@@ -73,7 +73,7 @@ def execute_plan(
         with atomic_output(output) as tmp:
             result = write_torch(tmp, plan, producer, options, progress)
             if options.verify:
-                result.check = verify_output(tmp, plan, producer.target, result.digests, progress)
+                _verify(tmp, plan, producer, result, progress)
         result.files = [Path(output).name]
         return result
     with atomic_output(output, folder=options.max_shard_size is not None) as tmp:
@@ -83,6 +83,16 @@ def execute_plan(
         # Verification reads tensor bytes only, so it runs before the headers get their final
         # metadata: it overlaps with the source's sha256, which that metadata waits for.
         if options.verify:
-            result.check = verify_output(tmp, plan, producer.target, result.digests, progress)
+            _verify(tmp, plan, producer, result, progress)
         finalize_safetensors(tmp, layout, stamp.finalize(result))
     return result
+
+
+def _verify(
+    written: Path, plan: Plan, producer: Producer, result: Execution, progress: Progress | None
+) -> None:
+    """Re-read the output; byte-copied tensors get their digests and NaN check here."""
+    check = verify_output(written, plan, producer.target, result, progress)
+    result.digests.update(check.digests)
+    result.warnings += [f"nan_or_inf: {key}" for key in check.nonfinite]
+    result.check = check

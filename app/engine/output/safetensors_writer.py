@@ -21,7 +21,7 @@ from pathlib import Path
 from app.engine.errors import GraftError
 from app.engine.meta import DTYPE_SIZES
 from app.engine.options import WriteOptions
-from app.engine.output.digests import RangeDigests, hasher, hexdigest, tensor_bytes
+from app.engine.output.digests import hasher, hexdigest, tensor_bytes
 from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile, rewrite_at
 from app.engine.output.kernel_copy import KernelCopier
@@ -66,8 +66,8 @@ def write_safetensors(
         plan: an ok plan.
         producer: makes the tensors that cannot be byte-copied.
         options: ``max_shard_size``, ``byte_copy``, ``copy_methods`` and ``verify`` apply
-            here (without verification, byte-copied tensors are neither digested nor scanned
-            for NaN: no pass over their bytes at all).
+            here. Byte-copied tensors are digested and scanned for NaN by verification, in
+            its one read of the output; without it, nothing passes over their bytes at all.
         metadata: the ``__metadata__`` with placeholders (see :func:`finalize_safetensors`).
         progress: called with (stage, fraction).
 
@@ -80,7 +80,7 @@ def write_safetensors(
     names = shard_names(len(shards)) if sharded else [tmp.name]
     paths = [tmp / n for n in names] if sharded else [tmp]
     headers: list[bytes] = []
-    runs = _Runs(KernelCopier(options.copy_methods), RangeDigests() if options.verify else None)
+    runs = _Runs(KernelCopier(options.copy_methods))
     total, done = max(len(plan.entries), 1), 0
     try:
         for path, entries in zip(paths, shards, strict=True):
@@ -97,11 +97,10 @@ def write_safetensors(
                 runs.flush(out)
             finally:
                 out.close()
-        digests, nonfinite = runs.finish()
     finally:
         runs.close()
-    result.digests.update(digests)
-    result.warnings += [f"nan_or_inf: {key}" for key in nonfinite]
+    if not options.verify:  # nothing will compare them
+        result.copied_from.clear()
     result.copy_methods = {str(k): v for k, v in runs.copier.used.items()}
     layout = Layout(paths, shards, headers, names if sharded else None)
     if sharded:
@@ -120,9 +119,8 @@ class _Runs:
     is its own call (a few hundred, still all in the kernel).
     """
 
-    def __init__(self, copier: KernelCopier, digests: RangeDigests | None) -> None:
+    def __init__(self, copier: KernelCopier) -> None:
         self.copier = copier
-        self.digests = digests
         self._fds: dict[Path, int] = {}
         self._path: Path | None = None
         self._start = 0
@@ -144,12 +142,7 @@ class _Runs:
         self._path = None
         self._start = self._end = 0
 
-    def finish(self) -> tuple[dict[str, str], list[str]]:
-        return self.digests.finish() if self.digests is not None else ({}, [])
-
     def close(self) -> None:
-        if self.digests is not None:
-            self.digests.abort()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -163,13 +156,12 @@ def _write_one(
     result: Execution,
     byte_copy: bool,
 ) -> None:
-    """Copy one tensor's bytes through, or produce it; either way its digest is taken
-    (for a byte copy, only when verifying)."""
+    """Copy one tensor's bytes through, or produce it and take its digest (a byte copy's
+    digest is taken by verification, from the written range)."""
     span = producer.source.byte_range(entry.sources[0]) if entry.fed else None
     if byte_copy and entry.status == "loaded" and not entry.ops and span:
         runs.add(out, *span)
-        if runs.digests is not None:
-            runs.digests.submit(entry.target, *span, entry.dtype)
+        result.copied_from[entry.target] = span
         result.copied += 1
         return
     runs.flush(out)

@@ -52,9 +52,9 @@ def write_torch(
         return _write_with_torch_save(tmp, plan, producer, progress)
     result = Execution(format="torch")
     copier = KernelCopier(options.copy_methods)
-    # CRCs of copied records are taken from the source ranges on this thread too: the zip
-    # needs them even when nothing is verified.
-    digests = _CrcDigests(verify=options.verify)
+    # The zip needs the CRC of every record, verified or not: those of copied records are
+    # taken from their source ranges on a second thread while the kernel copies.
+    digests = _Crcs()
     out = OutputFile(tmp)
     try:
         zip_ = ZipRecords(out)
@@ -65,13 +65,15 @@ def write_torch(
                 path, offset, length = span
                 out.copy_from(copier, digests.fd(path), offset, length)
                 digests.submit(entry.target, index, path, offset, length, entry.dtype)
+                if options.verify:
+                    result.copied_from[entry.target] = span
                 result.copied += 1
             else:
                 crc = _write_produced(entry, out, producer, result)
                 zip_.set_crc(index, crc)
             if progress:
                 progress("write", (i + 1) / max(len(plan.entries), 1))
-        found, nonfinite, crcs = digests.finish()
+        crcs = digests.finish()
         for index, crc in crcs.items():
             zip_.set_crc(index, crc)
         pkl = state_dict_pickle([(e.target, e.dtype, e.shape) for e in plan.entries])
@@ -83,8 +85,6 @@ def write_torch(
     finally:
         digests.close()
         out.close()
-    result.digests.update(found)
-    result.warnings += [f"nan_or_inf: {key}" for key in nonfinite]
     result.copy_methods = {str(k): v for k, v in copier.used.items()}
     return result
 
@@ -105,11 +105,11 @@ def _write_produced(
     return zlib.crc32(data)
 
 
-class _CrcDigests:
-    """Source ranges' CRC-32 (always) and digests (when verifying), on a second thread."""
+class _Crcs:
+    """Source ranges' CRC-32, on a second thread."""
 
-    def __init__(self, *, verify: bool) -> None:
-        self._digests = RangeDigests(crc=True, digest=verify)
+    def __init__(self) -> None:
+        self._digests = RangeDigests(crc=True, digest=False)
         self._indexes: dict[str, int] = {}
         self._fds: dict[Path, int] = {}
 
@@ -124,10 +124,9 @@ class _CrcDigests:
         self._indexes[key] = index
         self._digests.submit(key, path, offset, size, dtype)
 
-    def finish(self) -> tuple[dict[str, str], list[str], dict[int, int]]:
-        digests, nonfinite = self._digests.finish()
-        crcs = {self._indexes[k]: c for k, c in self._digests.crcs.items()}
-        return digests, nonfinite, crcs
+    def finish(self) -> dict[int, int]:
+        self._digests.finish()
+        return {self._indexes[k]: c for k, c in self._digests.crcs.items()}
 
     def close(self) -> None:
         import os

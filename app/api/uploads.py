@@ -101,28 +101,30 @@ async def _chunks(request: Request, idle_timeout: float | None) -> AsyncIterator
 class _Pipe:
     """Writes and hashes a staged file on a worker thread while the loop keeps receiving.
 
-    One batch is in flight at a time: the loop fills the next buffer while the thread writes
-    and hashes the last one (``hashlib`` and ``write`` release the GIL on large buffers), so
-    receiving, hashing and writing overlap instead of taking turns.
+    One batch is in flight at a time: the loop collects the next chunks while the thread
+    writes (one ``writev``, no join) and hashes the last ones (``hashlib`` and ``writev``
+    release the GIL), so receiving, hashing and writing overlap instead of taking turns.
     """
 
     def __init__(self, staged: StagedFile) -> None:
         self.staged = staged
-        self.buffer = bytearray()
+        self.chunks: list[bytes] = []
+        self.size = 0
         self._pending: asyncio.Future[None] | None = None
 
     async def add(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= _FLUSH_BYTES:
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size >= _FLUSH_BYTES:
             await self.flush()
 
     async def flush(self) -> None:
-        """Hand the buffer to the thread (after the previous batch is written)."""
+        """Hand the collected chunks to the thread (after the previous batch is written)."""
         await self.drain()
-        if self.buffer:
-            batch, self.buffer = self.buffer, bytearray()
+        if self.chunks:
+            batch, self.chunks, self.size = self.chunks, [], 0
             loop = asyncio.get_running_loop()
-            self._pending = loop.run_in_executor(None, self.staged.write, batch)
+            self._pending = loop.run_in_executor(None, self.staged.write_many, batch)
 
     async def drain(self) -> None:
         """Wait for the batch in flight."""

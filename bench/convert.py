@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--big", action="store_true", help="also a ~6 GB fp16 checkpoint")
     parser.add_argument("--dir", type=Path, default=ROOT / "data" / "bench")
-    parser.add_argument("--only", default=None, help="run only this checkpoint set")
+    parser.add_argument("--only", default=None, help="run only this checkpoint set (or `service`)")
     parser.add_argument("--no-service", action="store_true", help="skip the upload/API rows")
     args = parser.parse_args()
     sets = prepare(args.dir, args.big)
@@ -233,7 +233,7 @@ def main() -> None:
         samples = _measure(f, out_dir, args.runs, full=not name.startswith("big"))
         size = f["zip"].stat().st_size
         table += _rows(f"{name} ({size / 1e9:.2f} GB)", samples)
-    if not args.no_service:
+    if not args.no_service and args.only in (None, "service"):
         table += _service_rows(args.dir, out_dir, args.runs)
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     for i, row in enumerate(table):
@@ -353,13 +353,14 @@ def _rows(
         return statistics.median(getattr(s, field) for s in samples[label])
 
     cp, cp_cpu, durable = med(CP, "wall"), med(CP, "cpu"), med(DURABLE, "wall")
-    naive_wall = med(NAIVE, "wall") if naive and NAIVE in samples else math.nan
+    naive_wall = med(NAIVE, "wall") if naive and NAIVE in samples else math.nan  # shown as -
     rows = []
     for label in samples:
         wall, cpu = med(label, "wall"), med(label, "cpu")
         rows.append(
             (name, label.strip(), f"{wall:.2f}", f"{cpu:.2f}", f"{wall / durable:.2f}",
-             f"{wall / cp:.2f}", f"{cpu / cp_cpu:.2f}", f"{wall / naive_wall:.2f}",
+             f"{wall / cp:.2f}", f"{cpu / cp_cpu:.2f}",
+             f"{wall / naive_wall:.2f}" if math.isfinite(naive_wall) else "-",
              f"{med(label, 'rss') / 1e6:.0f}", f"{med(label, 'anon') / 1e6:.0f}")
         )  # fmt: skip
     return rows

@@ -231,3 +231,24 @@ def test_the_cli_identifies_the_source_by_blake3_unless_asked_for_sha256(tmp_pat
 
 def _env() -> dict[str, str]:
     return {**os.environ, "GRAFT_DEVICE": "cpu"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_byte_copied_nan_or_inf_is_reported(tmp_path: Path, dtype: torch.dtype) -> None:
+    sd = {
+        "ok": torch.tensor([1.0, 65504.0, -2.5]).to(dtype),
+        "inf": torch.tensor([1.0, float("inf")]).to(dtype),
+        "nan": torch.tensor([float("nan"), 0.0, 3.0]).to(dtype),
+    }
+    src = save_st(sd, tmp_path / "src.safetensors")
+    skeleton = {
+        "schema": "graft.skeleton/v1",
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(dtype)[6:]} for k, v in sd.items()},
+    }
+    with Target.from_skeleton(skeleton) as target:
+        result = convert(src, target, load_recipe({}), output=tmp_path / "out.st")
+    assert result.report["output"]["copied"] == 3
+    assert sorted(w for w in result.report["warnings"] if w.startswith("nan_or_inf")) == [
+        "nan_or_inf: inf",
+        "nan_or_inf: nan",
+    ]

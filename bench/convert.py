@@ -7,9 +7,11 @@ Generates synthetic checkpoints of realistic shape once (cached under ``--dir``)
 - ``big``: a ~6 GB fp16 transformer (only with ``--big``).
 
 Then runs every command as a whole process, interleaved (A B C … A B C …) so drift hits all
-alike, and prints, per row, the median wall time, peak RSS, peak anonymous RSS (RSS alone
-misleads on mmap paths: mapped file pages count in it) and the ratio of medians to ``cp`` of
-the same file in the same run. The page cache is warm: every file is read once before timing.
+alike, and prints one table: per row the median wall time and CPU time (user + sys), their
+ratios to a durable copy (``cp`` then ``sync FILE``: Graft fsyncs its output too), to plain
+``cp`` and to the naive approach (``torch.load`` + rename + ``save_file``), all measured in
+the same run, peak RSS and peak anonymous RSS (RSS alone misleads on mmap paths: mapped file
+pages count in it). The page cache is warm: every file is read once before timing.
 
     .venv/bin/python bench/convert.py [--runs 3] [--big] [--dir data/bench]
 """
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,8 +37,9 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 GRAFT = [sys.executable, "-c", "from app.cli import main; main()"]
-NAIVE = """
+NAIVE_SCRIPT = """
 import sys, torch
 from safetensors.torch import load_file, save_file
 src, out = sys.argv[1], sys.argv[2]
@@ -156,6 +161,7 @@ def prepare(folder: Path, big: bool) -> dict[str, dict[str, Path]]:
 @dataclass
 class Sample:
     wall: float
+    cpu: float  # user + sys of the process and its children, seconds
     rss: int  # peak RSS (VmHWM), bytes
     anon: int  # peak anonymous RSS (RssAnon), bytes
 
@@ -164,37 +170,43 @@ _FIELDS = {"VmHWM:": "rss", "RssAnon:": "anon"}
 
 
 def run_once(cmd: list[str]) -> Sample:
-    """Run ``cmd`` as a whole process; peaks are sampled from /proc every 2 ms.
+    """Run ``cmd`` as a whole process; peaks are sampled from /proc every 2 ms, CPU time
+    (user + sys) comes from ``wait4``'s rusage of that process alone.
 
     ``ru_maxrss`` is not used: it keeps the forking parent's high-water mark across exec.
     """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = {"rss": 0, "anon": 0}
-    done = threading.Event()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        peak = {"rss": 0, "anon": 0}
+        done = threading.Event()
 
-    def sample() -> None:
-        status = Path(f"/proc/{proc.pid}/status")
-        while not done.is_set():
-            try:
-                text = status.read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                return
-            for line in text.splitlines():
-                name = _FIELDS.get(line.split(":", 1)[0] + ":")
-                if name:
-                    peak[name] = max(peak[name], int(line.split()[1]) * 1024)
-            done.wait(0.002)
+        def sample() -> None:
+            status = Path(f"/proc/{proc.pid}/status")
+            while not done.is_set():
+                try:
+                    text = status.read_text()
+                except (FileNotFoundError, ProcessLookupError):
+                    return
+                for line in text.splitlines():
+                    name = _FIELDS.get(line.split(":", 1)[0] + ":")
+                    if name:
+                        peak[name] = max(peak[name], int(line.split()[1]) * 1024)
+                done.wait(0.002)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.decode()}")
-    return Sample(wall, peak["rss"], peak["anon"])
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(
+                f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.read().decode()}"
+            )
+    return Sample(wall, usage.ru_utime + usage.ru_stime, peak["rss"], peak["anon"])
 
 
 def main() -> None:
@@ -202,7 +214,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--big", action="store_true", help="also a ~6 GB fp16 checkpoint")
     parser.add_argument("--dir", type=Path, default=ROOT / "data" / "bench")
-    parser.add_argument("--only", default=None, help="run only this checkpoint set")
+    parser.add_argument("--only", default=None, help="run only this checkpoint set (or `service`)")
+    parser.add_argument("--no-service", action="store_true", help="skip the upload/API rows")
     args = parser.parse_args()
     sets = prepare(args.dir, args.big)
     out_dir = args.dir / "out"
@@ -211,58 +224,146 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
         f"python {platform.python_version()}; warm page cache; {args.runs} runs, median"
     )
+    header = ("set", "command", "wall s", "CPU s", "x durable", "x cp", "x cp CPU", "x naive",
+              "peak RSS MB", "anon MB")  # fmt: skip
+    table = [header]
     for name, f in sets.items():
         if args.only and name != args.only:
             continue
-        out = out_dir / "out.safetensors"
-        copy = out_dir / "copy"
+        samples = _measure(f, out_dir, args.runs, full=not name.startswith("big"))
+        size = f["zip"].stat().st_size
+        table += _rows(f"{name} ({size / 1e9:.2f} GB)", samples)
+    if not args.no_service and args.only in (None, "service"):
+        table += _service_rows(args.dir, out_dir, args.runs)
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    for i, row in enumerate(table):
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    shutil.rmtree(out_dir, ignore_errors=True)
 
-        def graft(command: str, source: Path, *extra: str) -> list[str]:
-            return [*GRAFT, command, str(source), *extra]
 
-        to = [str(f["target"]), "-r", str(f["recipe"])]
-        rows: dict[str, list[str]] = {
-            "cp (baseline)": ["cp", str(f["zip"]), str(copy)],
-            "cp + sync of the copy": ["sh", "-c", f'cp "{f["zip"]}" "{copy}" && sync "{copy}"'],
-            "naive load+rename+save": [sys.executable, "-c", NAIVE, str(f["zip"]), str(out)],
-            "graft convert rename-only, zip -> st": graft("convert", f["zip"], *to, "-o", str(out)),
-            "  same, --no-verify": graft("convert", f["zip"], *to, "-o", str(out), "--no-verify"),
-            "graft convert rename-only, st -> st": graft(
-                "convert", f["safetensors"], *to, "-o", str(out)
-            ),
-            "graft convert, one adapted tensor": graft(
-                "convert", f["zip"], str(f["adapt_target"]), "-r", str(f["adapt_recipe"]),
-                "-o", str(out),
-            ),
-            "graft inspect": graft("inspect", f["zip"]),
-            "graft plan": graft("plan", f["zip"], *to),
-        }  # fmt: skip
-        for path in (f["zip"], f["safetensors"]):  # warm the page cache
-            with path.open("rb") as fh:
-                while fh.read(1 << 24):
-                    pass
+def _measure(
+    f: dict[str, Path], out_dir: Path, runs: int, *, full: bool = True
+) -> dict[str, list[Sample]]:
+    """Every command of one checkpoint set, interleaved ``runs`` times (``full=False``: the
+    baselines and the rename-only conversions only, for the 6 GB set)."""
+    out = out_dir / "out.safetensors"
+    out_pt = out_dir / "out.pt"
+    copy = out_dir / "copy"
+
+    def graft(source: Path, *extra: str) -> list[str]:
+        return [*GRAFT, "convert", str(source), str(f["target"]), "-r", str(f["recipe"]), *extra]
+
+    rows: dict[str, list[str]] = {
+        CP: ["cp", str(f["zip"]), str(copy)],
+        DURABLE: ["sh", "-c", f'cp "{f["zip"]}" "{copy}" && sync "{copy}"'],
+        NAIVE: [sys.executable, "-c", NAIVE_SCRIPT, str(f["zip"]), str(out)],
+        "convert rename-only zip->st (verified)": graft(f["zip"], "-o", str(out)),
+        "  same, --no-verify": graft(f["zip"], "-o", str(out), "--no-verify"),
+        "  same, --sha256": graft(f["zip"], "-o", str(out), "--sha256"),
+        "convert rename-only st->st (verified)": graft(f["safetensors"], "-o", str(out)),
+        "  same, --no-verify ": graft(f["safetensors"], "-o", str(out), "--no-verify"),
+        "convert rename-only zip->torch (verified)": graft(
+            f["zip"], "-o", str(out_pt), "--format", "torch"
+        ),
+        "convert, one adapted tensor (verified)": [
+            *GRAFT, "convert", str(f["zip"]), str(f["adapt_target"]), "-r",
+            str(f["adapt_recipe"]), "-o", str(out),
+        ],
+        "inspect": [*GRAFT, "inspect", str(f["zip"])],
+        "plan": [*GRAFT, "plan", str(f["zip"]), str(f["target"]), "-r", str(f["recipe"])],
+    }  # fmt: skip
+    if not full:
+        keep = (CP, DURABLE, "convert rename-only zip->st (verified)", "  same, --no-verify")
+        rows = {k: v for k, v in rows.items() if k in keep}
+    for path in (f["zip"], f["safetensors"]):  # warm the page cache
+        with path.open("rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    samples: dict[str, list[Sample]] = {k: [] for k in rows}
+    for _ in range(runs):
+        for label, cmd in rows.items():
+            samples[label].append(run_once(cmd))
+            for leftover in (out, out_pt, copy):
+                leftover.unlink(missing_ok=True)
+    return samples
+
+
+def _service_rows(folder: Path, out_dir: Path, runs: int) -> list[tuple[str, ...]]:
+    """Uploads of 1 GB (raw, multipart) against copies of the same file, and the API end to
+    end for a 10 MB conversion, on one warm ``graft serve``."""
+    from uploads import api_roundtrips, make_checkpoint, upload_commands
+
+    from tests.e2e.conftest import Server
+
+    source = folder / "upload-1g.safetensors"
+    make_checkpoint(source, 1024)
+    small = folder / "e2e-10m.safetensors"
+    skeleton = make_checkpoint(small, 10)
+    copy = out_dir / "copy"
+    srv = out_dir / "srv"
+    srv.mkdir(exist_ok=True)
+    server = Server(srv, GRAFT_WORKERS="1", GRAFT_MAX_UPLOAD_BYTES=str(2 << 30))
+    server.start()
+    try:
+        rows = {
+            CP: ["cp", str(source), str(copy)],
+            DURABLE: ["sh", "-c", f'cp "{source}" "{copy}" && sync "{copy}"'],
+            **upload_commands(server.url, source),
+        }
+        with source.open("rb") as fh:  # warm the page cache
+            while fh.read(1 << 24):
+                pass
         samples: dict[str, list[Sample]] = {k: [] for k in rows}
-        for _ in range(args.runs):
+        for _ in range(runs):
             for label, cmd in rows.items():
                 samples[label].append(run_once(cmd))
-                for leftover in (out, copy):
-                    leftover.unlink(missing_ok=True)
-        size = f["zip"].stat().st_size
-        base = statistics.median(s.wall for s in samples["cp (baseline)"])
-        print(f"\n{name}: {size / 1e6:.0f} MB torch zip")
-        columns = ("wall s", "x cp", "x cp+sync", "peak RSS MB", "peak anon MB")
-        print(f"| {'command':<40} | " + " | ".join(columns) + " |")
-        print(f"|{'-' * 42}|" + "|".join("-" * (len(c) + 2) for c in columns) + "|")
-        synced = statistics.median(s.wall for s in samples["cp + sync of the copy"])
-        for label, ss in samples.items():
-            wall = statistics.median(s.wall for s in ss)
-            rss = statistics.median(s.rss for s in ss) / 1e6
-            anon = statistics.median(s.anon for s in ss) / 1e6
-            print(
-                f"| {label:<40} | {wall:6.2f} | {wall / base:4.2f} | {wall / synced:9.2f} "
-                f"| {rss:11.0f} | {anon:12.0f} |"
-            )
-    shutil.rmtree(out_dir, ignore_errors=True)
+                copy.unlink(missing_ok=True)
+        first = api_roundtrips(server, small, skeleton, 1)[0]  # the first job after /readyz
+        e2e = api_roundtrips(server, small, skeleton, 10 * runs)
+    finally:
+        server.stop()
+    # curl's CPU is not the server's: the upload rows carry wall-clock ratios only
+    table = [
+        (*r[:3], "-", r[4], r[5], "-", "-", "-", "-") if "upload" in r[1] else (*r[:7], "-", *r[8:])
+        for r in _rows("upload (1.07 GB)", samples, naive=False)
+    ]
+    p50, p90 = statistics.median(e2e), sorted(e2e)[int(0.9 * len(e2e))]
+    table += [
+        ("API e2e (10 MB)", f"upload+job+download, warm p50 (p90 {p90:.2f} s)", f"{p50:.2f}",
+         "-", "-", "-", "-", "-", "-", "-"),
+        ("API e2e (10 MB)", "the first job after /readyz", f"{first:.2f}",
+         "-", "-", "-", "-", "-", "-", "-"),
+    ]  # fmt: skip
+    return table
+
+
+CP = "cp (baseline)"
+DURABLE = "cp + sync FILE (durable baseline)"
+NAIVE = "naive: torch.load + rename + save_file"
+
+
+def _rows(
+    name: str, samples: dict[str, list[Sample]], *, naive: bool = True
+) -> list[tuple[str, ...]]:
+    """Medians, and ratios of medians to the baselines measured in the same run."""
+
+    def med(label: str, field: str) -> float:
+        return statistics.median(getattr(s, field) for s in samples[label])
+
+    cp, cp_cpu, durable = med(CP, "wall"), med(CP, "cpu"), med(DURABLE, "wall")
+    naive_wall = med(NAIVE, "wall") if naive and NAIVE in samples else math.nan  # shown as -
+    rows = []
+    for label in samples:
+        wall, cpu = med(label, "wall"), med(label, "cpu")
+        rows.append(
+            (name, label.strip(), f"{wall:.2f}", f"{cpu:.2f}", f"{wall / durable:.2f}",
+             f"{wall / cp:.2f}", f"{cpu / cp_cpu:.2f}",
+             f"{wall / naive_wall:.2f}" if math.isfinite(naive_wall) else "-",
+             f"{med(label, 'rss') / 1e6:.0f}", f"{med(label, 'anon') / 1e6:.0f}")
+        )  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from python_multipart.exceptions import MultipartParseError
@@ -39,7 +39,8 @@ from app.storage import StagedFile
 
 __all__ = ["UploadPace", "UploadSlots", "receive_upload", "safe_filename"]
 
-_FLUSH_BYTES = 1 << 20
+# Bytes handed to the writer thread at a time: one hop per 8 MiB, not per chunk (~64 KiB).
+_FLUSH_BYTES = 8 << 20
 # Slack for multipart framing when judging Content-Length against the cap.
 _MULTIPART_OVERHEAD = 64 * 1024
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -137,7 +138,6 @@ class _Part:
     name: str | None = None
     filename: str | None = None
     staged: StagedFile | None = None
-    buffer: bytearray = field(default_factory=bytearray)
 
 
 class _Receiver:
@@ -194,24 +194,60 @@ async def _chunks(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _flush(staged: StagedFile, buffer: bytearray) -> None:
-    if buffer:
-        data = bytes(buffer)
-        buffer.clear()
-        await run_in_threadpool(staged.write, data)
+class _Pipe:
+    """Writes and hashes a staged file on a worker thread while the loop keeps receiving.
+
+    One batch is in flight at a time: the loop collects the next chunks while the thread
+    writes (one ``writev``, no join) and hashes the last ones (``hashlib`` and ``writev``
+    release the GIL), so receiving, hashing and writing overlap instead of taking turns.
+    """
+
+    def __init__(self, staged: StagedFile) -> None:
+        self.staged = staged
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self._pending: asyncio.Future[None] | None = None
+
+    async def add(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size >= _FLUSH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Hand the collected chunks to the thread (after the previous batch is written)."""
+        await self.drain()
+        if self.chunks:
+            batch, self.chunks, self.size = self.chunks, [], 0
+            loop = asyncio.get_running_loop()
+            self._pending = loop.run_in_executor(None, self.staged.write_many, batch)
+
+    async def drain(self) -> None:
+        """Wait for the batch in flight."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    async def settle(self) -> None:
+        """Wait for the batch in flight, whatever it raises: the upload already failed, and
+        the file must not be discarded under the thread still writing it."""
+        with contextlib.suppress(Exception):
+            await self.drain()
 
 
 async def _receive_raw(
     request: Request, receiver: _Receiver, filename: str, pace: UploadPace
 ) -> None:
-    staged = receiver.open(filename)
-    buffer = bytearray()
-    async for chunk in _chunks(request, pace):
-        receiver.count(len(chunk))
-        buffer += chunk
-        if len(buffer) >= _FLUSH_BYTES:
-            await _flush(staged, buffer)
-    await _flush(staged, buffer)
+    pipe = _Pipe(receiver.open(filename))
+    try:
+        async for chunk in _chunks(request, pace):
+            receiver.count(len(chunk))
+            await pipe.add(chunk)
+        await pipe.flush()
+    except BaseException:
+        await pipe.settle()
+        raise
+    await pipe.drain()
 
 
 async def _receive_multipart(
@@ -254,35 +290,42 @@ async def _receive_multipart(
         },
     )
     part = _Part()
+    pipe: _Pipe | None = None
     body = 0
-    async for chunk in _chunks(request, pace):
-        body += len(chunk)
-        if body > receiver.limit + _MULTIPART_OVERHEAD:
-            raise _too_large(receiver.limit)
-        try:
-            parser.write(chunk)
-        except MultipartParseError as exc:
-            raise BadRequestError(f"malformed multipart body: {exc}") from None
-        for kind, data in events:
-            if kind == "begin":
-                _, options = parse_options_header(data)
-                part = _Part(
-                    name=options.get(b"name", b"").decode("utf-8", "replace"),
-                    filename=options.get(b"filename", b"").decode("utf-8", "replace") or None,
-                )
-                if part.name != "file":
-                    raise BadRequestError(
-                        f"unexpected form field {part.name!r}: send files as `file` parts"
+    try:
+        async for chunk in _chunks(request, pace):
+            body += len(chunk)
+            if body > receiver.limit + _MULTIPART_OVERHEAD:
+                raise _too_large(receiver.limit)
+            try:
+                parser.write(chunk)
+            except MultipartParseError as exc:
+                raise BadRequestError(f"malformed multipart body: {exc}") from None
+            for kind, data in events:
+                if kind == "begin":
+                    _, options = parse_options_header(data)
+                    part = _Part(
+                        name=options.get(b"name", b"").decode("utf-8", "replace"),
+                        filename=options.get(b"filename", b"").decode("utf-8", "replace") or None,
                     )
-                part.staged = receiver.open(safe_filename(part.filename))
-            elif kind == "data" and part.staged is not None:
-                receiver.count(len(data))
-                part.buffer += data
-                if len(part.buffer) >= _FLUSH_BYTES:
-                    await _flush(part.staged, part.buffer)
-            elif kind == "end" and part.staged is not None:
-                await _flush(part.staged, part.buffer)
-        events.clear()
+                    if part.name != "file":
+                        raise BadRequestError(
+                            f"unexpected form field {part.name!r}: send files as `file` parts"
+                        )
+                    part.staged = receiver.open(safe_filename(part.filename))
+                    pipe = _Pipe(part.staged)
+                elif kind == "data" and pipe is not None:
+                    receiver.count(len(data))
+                    await pipe.add(data)
+                elif kind == "end" and pipe is not None:
+                    await pipe.flush()
+                    await pipe.drain()
+                    pipe = None
+            events.clear()
+    except BaseException:
+        if pipe is not None:
+            await pipe.settle()
+        raise
     try:
         parser.finalize()
     except MultipartParseError as exc:

@@ -22,7 +22,7 @@ from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
 from app.engine.produce import Producer
-from app.engine.readers import open_source
+from app.engine.readers import Source, open_source
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest, report_entries
 from app.engine.target import Target
@@ -80,7 +80,8 @@ def convert(
         dry_run: plan and report only; no tensor data is read.
         progress: called with (stage, fraction in 0..1).
         source_sha256: the source's digest when the caller already knows it (the service
-            hashes uploads as they stream in); otherwise it is computed, in a thread beside
+            hashes uploads as they stream in); otherwise ``options.source_digest`` says which
+            digest identifies the source (BLAKE3 by default), computed in a thread beside
             the copy. A dry run never hashes: planning reads headers only.
         source_architecture: the architecture the source checkpoint belongs to (see
             ``app.engine.architectures.bind_architecture``). With an architecture target and
@@ -105,45 +106,76 @@ def convert(
         # conversion never does, so it never imports torch).
         device = Device(options.device)
         producer = Producer(src, target, recipe.seed, device)
+        identity = _identity(src, options, source_sha256)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            hashing = pool.submit(src.sha256) if source_sha256 is None else None
-            sha256 = hashing.result if hashing else lambda: source_sha256 or ""
+            # The source's identity is hashed beside the copy (the copy runs in the kernel
+            # and BLAKE3 releases the GIL); the output's metadata waits for it.
+            hashing = pool.submit(identity[1]) if identity else None
+            digest = hashing.result if hashing else str
             execution = execute_plan(
                 plan,
                 producer,
                 Path(output),
                 options=options,
-                stamp=_stamp(plan, recipe, sha256),
+                stamp=_stamp(plan, recipe, identity[0] if identity else None, digest),
                 progress=progress,
             )
         model = None
         if options.verify:
             model = _verify_on_model(Path(output), plan, producer, source_architecture, progress)
+        kind = identity[0] if identity else None
         report = build_report(
-            plan, src, target, execution=execution, model=model, source_sha256=sha256()
+            plan,
+            src,
+            target,
+            execution=execution,
+            model=model,
+            source_sha256=digest() if kind == "sha256" else None,
+            source_blake3=digest() if kind == "blake3" else None,
         )
         return ConversionResult(report["ok"], report, manifest, Path(output))
 
 
-def _stamp(plan: Plan, recipe: Recipe, source_sha256: Callable[[], str]) -> Stamp:
+def _identity(
+    src: Source, options: WriteOptions, known_sha256: str | None
+) -> tuple[str, Callable[[], str]] | None:
+    """Which digest identifies the source, and how to get it: the caller's sha256 when it
+    has one (uploads are hashed as they stream in), else ``options.source_digest``."""
+    if known_sha256:
+        return "sha256", lambda: known_sha256
+    if options.source_digest == "sha256":
+        return "sha256", src.sha256
+    if options.source_digest == "blake3":
+        return "blake3", src.blake3
+    return None
+
+
+def _stamp(
+    plan: Plan, recipe: Recipe, identity: str | None, source_digest: Callable[[], str]
+) -> Stamp:
     """The output's metadata: the header comes before the data, so it is written with
-    placeholders of the final lengths and completed once the digests are known."""
+    placeholders of the final lengths and completed once the digests are known.
+
+    ``graft.source_sha256`` or ``graft.source_blake3`` names the source (both are 64 hex
+    digits); neither when the conversion took no source identity (``--no-verify``)."""
     placeholder = {
         # What `transformers` (4.x) and `safetensors` loaders check: the file holds torch tensors.
         "format": "pt",
         "graft.version": __version__,
-        "graft.source_sha256": DIGEST_PLACEHOLDER,
+    }
+    if identity is not None:
+        placeholder[f"graft.source_{identity}"] = DIGEST_PLACEHOLDER
+    placeholder |= {
         "graft.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
         "graft.report_sha256": DIGEST_PLACEHOLDER,
     }
 
     def finalize(execution: Execution) -> dict[str, str]:
         entries, unused = report_entries(plan, execution.digests)
-        return {
-            **placeholder,
-            "graft.source_sha256": source_sha256(),
-            "graft.report_sha256": entries_digest(entries, unused),
-        }
+        final = {**placeholder, "graft.report_sha256": entries_digest(entries, unused)}
+        if identity is not None:
+            final[f"graft.source_{identity}"] = source_digest()
+        return final
 
     return Stamp(placeholder, finalize)
 

@@ -94,6 +94,7 @@ def build_report(
     execution: Execution | None = None,
     model: ModelCheck | None = None,
     source_sha256: str | None,
+    source_blake3: str | None = None,
 ) -> dict[str, Any]:
     """Assemble the report of SPEC §3, once.
 
@@ -104,6 +105,7 @@ def build_report(
         execution: what writing produced; ``None`` for a dry run or a refusal.
         model: the forward-pass and equivalence checks of an architecture target, if run.
         source_sha256: the source's digest, when known.
+        source_blake3: the source's BLAKE3 (``b3sum``), the identity when no sha256 is known.
 
     Returns:
         The ``graft.report/v1`` document.
@@ -112,8 +114,10 @@ def build_report(
     target_elements = sum(i.numel for i in target.tensors.values())
     warnings = list(plan.warnings) + (execution.warnings if execution else [])
     failures = list(plan.failures)
-    verification = _verification(execution, failures) if execution is not None else None
-    if model is not None:
+    verification: dict[str, Any] | str | None = None
+    if execution is not None:
+        verification = _verification(execution, failures)
+    if model is not None and not isinstance(verification, str):
         verification = {**(verification or {}), **model.sections}
         failures += model.failures
     report: dict[str, Any] = {
@@ -121,6 +125,7 @@ def build_report(
         "ok": not failures,
         "source": {
             "sha256": source_sha256,
+            **({"blake3": source_blake3} if source_blake3 and not source_sha256 else {}),
             "format": source.format,
             "entry": source.entry,
             "stripped_prefix": source.stripped_prefix,
@@ -152,6 +157,7 @@ def build_report(
             "files": execution.files,
             "copied": execution.copied,
             "materialised": execution.materialised,
+            "copy_methods": execution.copy_methods,
             "report_sha256": entries_digest(entries, unused),
         }
     return report
@@ -188,9 +194,12 @@ def _summary(plan: Plan, target_elements: int) -> dict[str, Any]:
     return summary
 
 
-def _verification(execution: Execution, failures: list[str]) -> dict[str, Any]:
-    """The output check's part of ``verification``; a tensor that differs is a failure."""
+def _verification(execution: Execution, failures: list[str]) -> dict[str, Any] | str:
+    """The output check's part of ``verification``; a tensor that differs is a failure.
+    ``skipped`` when the output was not re-read (``--no-verify``)."""
     check = execution.check
+    if check is None:
+        return "skipped"
     verification: dict[str, Any] = {
         "checked": check.checked if check else 0,
         "equal": check.equal if check else 0,
@@ -285,7 +294,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"graft report: {'OK' if report['ok'] else 'FAILED'}",
         f"source  {src['format']}, entry {src['entry'] or '(root)'}, "
         f"stripped {src['stripped_prefix'] or '-'}, {src['tensors']} tensors"
-        + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256") else ""),
+        + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256") else "")
+        + (f", blake3 {src['blake3'][:12]}…" if src.get("blake3") else ""),
         _target_line(report["target"]),
         f"target keys  loaded {s['loaded']} · adapted {s['adapted']} · tied {s.get('tied', 0)} · "
         "initialized "
@@ -332,7 +342,9 @@ def render_text(report: dict[str, Any]) -> str:
     if report.get("errors"):
         lines += ["", "errors"] + [f"  x {e}" for e in report["errors"]]
     v = report.get("verification")
-    if v:
+    if v == "skipped":
+        lines += ["", "verification  skipped (--no-verify)"]
+    elif v:
         strict = {True: "strict load ok", False: "STRICT LOAD FAILED", None: "strict load not run"}
         lines += [
             "",

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from app.engine.architectures import BoundArchitecture
 from app.engine.errors import GraftError
 from app.engine.meta import TensorInfo
-from app.engine.output.digests import ByteCopier, tensor_digest
+from app.engine.output.digests import compare_range, digest_range, tensor_digest
+from app.engine.output.execution import Execution
 from app.engine.plan import Plan, PlanEntry
 from app.engine.readers import Source, open_source
 from app.engine.target import Target
@@ -60,6 +61,8 @@ class OutputCheck:
         unequal: the target keys that did not.
         strict_load: whether the whole would load strictly into the target's layout.
         strict_error: why not, when it would not.
+        digests: the digests of byte-copied tensors, taken from the written ranges.
+        nonfinite: byte-copied tensors holding NaN or Inf.
     """
 
     checked: int = 0
@@ -67,23 +70,30 @@ class OutputCheck:
     unequal: list[str] = field(default_factory=list)
     strict_load: bool | None = None
     strict_error: str | None = None
+    digests: dict[str, str] = field(default_factory=dict)
+    nonfinite: list[str] = field(default_factory=list)
 
 
 def verify_output(
     written: Path,
     plan: Plan,
     target: Target,
-    digests: Mapping[str, str],
+    execution: Execution,
     progress: Callable[[str, float], None] | None,
 ) -> OutputCheck:
     """Re-open what was written; every fed tensor must be the bytes the plan produced (see
     ``_same``), and the whole must load strictly into the target's layout.
 
+    A byte-copied tensor (``execution.copied_from``) is compared with the source range it
+    was copied from, in the same read that digests it; every other one is compared with the
+    digest taken as it was written.
+
     Args:
         written: the written file or folder (still at its temp path).
         plan: the plan it was written from.
         target: the target whose layout it must fit.
-        digests: target key -> the digest taken as its bytes went out.
+        execution: what writing produced: the digests of produced tensors, and the source
+            ranges of byte-copied ones.
         progress: called with (stage, fraction).
 
     Returns:
@@ -91,36 +101,41 @@ def verify_output(
     """
     check = OutputCheck()
     fed = [e for e in plan.entries if e.fed]
-    copier = ByteCopier()
-    try:
-        with open_source(written, strip_prefixes="none") as out:
-            for i, entry in enumerate(fed):
-                check.checked += 1
-                if _same(entry, out, copier, digests):
-                    check.equal += 1
-                else:
-                    check.unequal.append(entry.target)
-                if progress:
-                    progress("verify", (i + 1) / max(len(fed), 1))
-            check.strict_load, check.strict_error = strict_load_check(target, out.tensors)
-    finally:
-        copier.close()
+    with open_source(written, strip_prefixes="none") as out:
+        for i, entry in enumerate(fed):
+            check.checked += 1
+            if _same(entry, out, execution, check):
+                check.equal += 1
+            else:
+                check.unequal.append(entry.target)
+            if progress:
+                progress("verify", (i + 1) / max(len(fed), 1))
+        check.strict_load, check.strict_error = strict_load_check(target, out.tensors)
     return check
 
 
-def _same(entry: PlanEntry, out: Source, copier: ByteCopier, digests: Mapping[str, str]) -> bool:
+def _same(entry: PlanEntry, out: Source, execution: Execution, check: OutputCheck) -> bool:
     """Do the written bytes equal the source after its declared ops?
 
-    Every tensor's digest was taken as its bytes went out: straight from the source range
-    for a byte copy, from the tensor the declared ops produced otherwise. Verification reads
-    the output back and digests it again, so it checks what is on disk in one read, without
-    a second pass over the source or a second run of the ops (which would only re-check
-    their determinism) and without holding a second copy of a large tensor.
+    A byte copy is compared with its source range directly (``memcmp`` of the page cache)
+    while the written range is digested: one read of each, one BLAKE3 pass. Every other
+    tensor's digest was taken from the tensor the declared ops produced, as it was written;
+    its written range is digested again and compared, so verification checks what is on
+    disk without a second run of the ops (which would only re-check their determinism) and
+    without holding a second copy of a large tensor.
     """
     span = out.byte_range(entry.target)
-    if span is None:  # torch-format output: tensors are read back through the reader
-        return tensor_digest(out.read(entry.target)) == digests[entry.target]
-    return copier.digest_range(*span) == digests[entry.target]
+    copied = execution.copied_from.get(entry.target)
+    if copied is not None and span is not None:
+        digest, finite, equal = compare_range(span, copied, entry.dtype)
+        check.digests[entry.target] = digest
+        if not finite:
+            check.nonfinite.append(entry.target)
+        return equal
+    expected = execution.digests.get(entry.target)
+    if span is None:  # a format whose tensors are not laid out in C order: read them back
+        return tensor_digest(out.read(entry.target)) == expected
+    return digest_range(*span)[0] == expected
 
 
 def strict_load_check(target: Target, written: dict[str, TensorInfo]) -> tuple[bool, str | None]:

@@ -55,8 +55,8 @@ def execute_plan(
         plan: an ok plan.
         producer: the source, target, seed and device that produce each tensor.
         output: the output file, or the output folder when ``options.max_shard_size`` is set.
-        options: the format (``safetensors`` is streamed in bounded memory; ``torch`` holds
-            every tensor at once), sharding, byte copy, and whether to verify.
+        options: the format (both are streamed in bounded memory, unchanged tensors copied
+            in the kernel), sharding, byte copy, and whether to verify.
         stamp: the safetensors metadata (the torch format carries none).
         progress: called with (stage, fraction).
 
@@ -71,9 +71,9 @@ def execute_plan(
         if options.max_shard_size is not None:
             raise GraftError("max_shard_size applies to safetensors output only")
         with atomic_output(output) as tmp:
-            result = write_torch(tmp, plan, producer, progress)
+            result = write_torch(tmp, plan, producer, options, progress)
             if options.verify:
-                result.check = verify_output(tmp, plan, producer.target, result.digests, progress)
+                _verify(tmp, plan, producer, result, progress)
         result.files = [Path(output).name]
         return result
     with atomic_output(output, folder=options.max_shard_size is not None) as tmp:
@@ -83,8 +83,18 @@ def execute_plan(
         # Verification reads tensor bytes only, so it runs before the headers get their final
         # metadata: it overlaps with the source's sha256, which that metadata waits for.
         if options.verify:
-            result.check = verify_output(tmp, plan, producer.target, result.digests, progress)
+            _verify(tmp, plan, producer, result, progress)
         finalize_safetensors(tmp, layout, stamp.finalize(result))
     if options.max_shard_size is None:
         result.files = [Path(output).name]  # the final name, never the temp file's
     return result
+
+
+def _verify(
+    written: Path, plan: Plan, producer: Producer, result: Execution, progress: Progress | None
+) -> None:
+    """Re-read the output; byte-copied tensors get their digests and NaN check here."""
+    check = verify_output(written, plan, producer.target, result, progress)
+    result.digests.update(check.digests)
+    result.warnings += [f"nan_or_inf: {key}" for key in check.nonfinite]
+    result.check = check

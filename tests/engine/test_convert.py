@@ -439,17 +439,21 @@ def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     src = save_sd(small_state_dict(0), tmp_path / "src.pt")
     folder = tmp_path / "out"
     folder.mkdir()
-    real_write = output_files._write_all
     calls = 0
 
-    def failing_write(*args: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1  # the 1st write is the header; both copy paths write through here
-        if calls == 3:
-            raise GraftError("disk on fire")  # an injected fault, not a mock of the writer
-        real_write(*args, **kwargs)
+    def failing(real: Any) -> Any:
+        def inject(*args: Any, **kwargs: Any) -> None:
+            nonlocal calls
+            calls += 1  # the 1st is the header; both copy paths go through these two
+            if calls == 3:
+                raise GraftError("disk on fire")  # an injected fault, not a mock of the writer
+            real(*args, **kwargs)
 
-    monkeypatch.setattr(output_files, "_write_all", failing_write)
+        return inject
+
+    out_file = output_files.OutputFile
+    monkeypatch.setattr(out_file, "write_all", failing(out_file.write_all))
+    monkeypatch.setattr(out_file, "copy_from", failing(out_file.copy_from))
 
     with pytest.raises(GraftError, match="disk on fire"):
         run(src, skeleton_of(SmallNet()), {}, folder / "new.safetensors")

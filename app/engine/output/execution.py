@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from app.engine.options import OutputFormat
     from app.engine.verify import OutputCheck
 
@@ -26,6 +28,10 @@ class Execution:
         copied: tensors that took the byte-copy path.
         materialised: tensors that went through torch.
         files: output file names (one, or shards + index).
+        copy_methods: bytes byte-copied per method (``reflink``, ``kernel``, ``buffered``).
+        copied_from: target key -> (file, offset, length) of the source range a byte-copied
+            tensor came from, kept when verifying: verification digests the written range
+            and compares it with this one.
         check: the re-read of the output, or ``None`` when verification was off.
     """
 
@@ -35,4 +41,6 @@ class Execution:
     copied: int = 0
     materialised: int = 0
     files: list[str] = field(default_factory=list)
+    copy_methods: dict[str, int] = field(default_factory=dict)
+    copied_from: dict[str, tuple[Path, int, int]] = field(default_factory=dict)
     check: OutputCheck | None = None

@@ -15,6 +15,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from app.engine.output.kernel_copy import KernelCopier
+
 __all__ = ["OutputFile", "atomic_output", "fsync_dir", "rewrite_at"]
 
 
@@ -71,27 +73,47 @@ class OutputFile:
 
     Without it every dirty page waits for the final fsync; with it the disk works while the
     copy goes on (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``: start, don't wait).
+    Writes are positional (``pwrite``), so bytes copied in the kernel and bytes written from
+    memory interleave without a file position to keep in step.
+
+    Attributes:
+        path: the file.
+        position: bytes written so far (the offset of the next write).
     """
 
     WRITEBACK_EVERY = 64 << 20
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.file = path.open("wb", buffering=0)
-        self._fd = self.file.fileno()
-        self._written = 0
+        self.fd = self.file.fileno()
+        self.position = 0
         self._flushed = 0
 
     def write_all(self, data: bytes | memoryview) -> None:
-        _write_all(self.file, data)
-        self._written += len(data)
-        if self._written - self._flushed >= self.WRITEBACK_EVERY:
-            _start_writeback(self._fd, self._flushed, self._written - self._flushed)
-            self._flushed = self._written
+        """Append ``data``."""
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], self.position + done)
+        self._advance(len(view))
+
+    def copy_from(self, copier: KernelCopier, src: int, offset: int, length: int) -> None:
+        """Append ``length`` bytes of the open file ``src`` at ``offset``, in the kernel when
+        it agrees (see :class:`KernelCopier`)."""
+        copier.copy(src, offset, self.fd, self.position, length)
+        self._advance(length)
+
+    def _advance(self, n: int) -> None:
+        self.position += n
+        if self.position - self._flushed >= self.WRITEBACK_EVERY:
+            _start_writeback(self.fd, self._flushed, self.position - self._flushed)
+            self._flushed = self.position
 
     @property
     def written(self) -> int:
-        """Bytes written so far."""
-        return self._written
+        """Bytes written so far (the same as :attr:`position`)."""
+        return self.position
 
     def close(self) -> None:
         self.file.close()

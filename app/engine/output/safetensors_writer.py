@@ -3,14 +3,16 @@
 The header is known from the plan, so it is written first and the bytes follow in order:
 memory stays bounded by the largest materialised tensor plus a constant. Tensors whose bytes
 pass through unchanged (loaded, same dtype, laid out in C order in the source) are copied file
-to file without torch; the others are produced one at a time, then freed. The metadata is
-written with placeholders of the final lengths and rewritten once the digests are known.
+to file in the kernel, adjacent ones as one range, without torch; the others are produced one
+at a time, then freed. The metadata is written with placeholders of the final lengths and
+rewritten once the digests are known.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,9 +21,10 @@ from pathlib import Path
 from app.engine.errors import GraftError
 from app.engine.meta import DTYPE_SIZES
 from app.engine.options import WriteOptions
-from app.engine.output.digests import ByteCopier, hasher, hexdigest, tensor_bytes
+from app.engine.output.digests import hasher, hexdigest, tensor_bytes
 from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile, rewrite_at
+from app.engine.output.kernel_copy import KernelCopier
 from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer, check_value
 from app.engine.progress import report_tensor
@@ -71,7 +74,9 @@ def write_safetensors(
         tmp: the temp file, or the temp folder when ``options.max_shard_size`` is set.
         plan: an ok plan.
         producer: makes the tensors that cannot be byte-copied.
-        options: ``max_shard_size`` and ``byte_copy`` apply here.
+        options: ``max_shard_size``, ``byte_copy``, ``copy_methods`` and ``verify`` apply
+            here. Byte-copied tensors are digested and scanned for NaN by verification, in
+            its one read of the output; without it, nothing passes over their bytes at all.
         metadata: the ``__metadata__`` with placeholders (see :func:`finalize_safetensors`).
         progress: called with (stage, fraction).
 
@@ -86,8 +91,8 @@ def write_safetensors(
     names = shard_names(len(shards)) if indexed else [SINGLE_NAME if sharded else tmp.name]
     paths = [tmp / n for n in names] if sharded else [tmp]
     headers: list[bytes] = []
-    copier = ByteCopier()
-    total, done, previous_files = len(plan.entries), 0, 0
+    runs = _Runs(KernelCopier(options.copy_methods))
+    total, done, previous_files = max(len(plan.entries), 1), 0, 0
     try:
         for path, entries in zip(paths, shards, strict=True):
             header = _header(entries, metadata)
@@ -96,7 +101,7 @@ def write_safetensors(
             try:
                 out.write_all(struct.pack("<Q", len(header)) + header)
                 for entry in entries:
-                    _write_one(entry, out, producer, copier, result, options.byte_copy)
+                    _write_one(entry, out, producer, runs, result, options.byte_copy)
                     done += 1
                     report_tensor(
                         progress,
@@ -105,15 +110,15 @@ def write_safetensors(
                         total=total,
                         bytes_done=previous_files + out.written,
                     )
+                runs.flush(out)
             finally:
                 previous_files += out.written
                 out.close()
-        copied = [e.target for e in plan.entries if e.target not in result.digests]
-        digests, nonfinite = copier.digests.finish(copied)
     finally:
-        copier.close()
-    result.digests.update(digests)
-    result.warnings += [f"nan_or_inf: {key}" for key in nonfinite]
+        runs.close()
+    if not options.verify:  # nothing will compare them
+        result.copied_from.clear()
+    result.copy_methods = {str(k): v for k, v in runs.copier.used.items()}
     layout = Layout(paths, shards, headers, names if indexed else None)
     if indexed:
         _write_index(tmp, names, shards, metadata)
@@ -123,20 +128,60 @@ def write_safetensors(
     return result, layout
 
 
+class _Runs:
+    """Byte-copied tensors whose source ranges follow each other, copied as one range.
+
+    A safetensors source lays tensors end to end, so a rename-only conversion is a handful
+    of ``copy_file_range`` calls; a torch zip puts a record header between tensors, so each
+    is its own call (a few hundred, still all in the kernel).
+    """
+
+    def __init__(self, copier: KernelCopier) -> None:
+        self.copier = copier
+        self._fds: dict[Path, int] = {}
+        self._path: Path | None = None
+        self._start = 0
+        self._end = 0
+
+    def add(self, out: OutputFile, path: Path, offset: int, length: int) -> None:
+        if self._path != path or offset != self._end:
+            self.flush(out)
+            self._path, self._start = path, offset
+        self._end = offset + length
+
+    def flush(self, out: OutputFile) -> None:
+        """Copy the pending run (before anything else is appended to ``out``)."""
+        if self._path is not None and self._end > self._start:
+            fd = self._fds.get(self._path)
+            if fd is None:
+                fd = self._fds[self._path] = os.open(self._path, os.O_RDONLY)
+            out.copy_from(self.copier, fd, self._start, self._end - self._start)
+        self._path = None
+        self._start = self._end = 0
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 def _write_one(
     entry: PlanEntry,
     out: OutputFile,
     producer: Producer,
-    copier: ByteCopier,
+    runs: _Runs,
     result: Execution,
     byte_copy: bool,
 ) -> None:
-    """Copy one tensor's bytes through, or produce it; either way its digest is taken."""
+    """Copy one tensor's bytes through, or produce it and take its digest (a byte copy's
+    digest is taken by verification, from the written range)."""
     span = producer.source.byte_range(entry.sources[0]) if entry.fed else None
     if byte_copy and entry.status in ("loaded", "tied") and not entry.ops and span:
-        copier.copy(*span, out, entry.target, entry.dtype)
+        runs.add(out, *span)
+        result.copied_from[entry.target] = span
         result.copied += 1
         return
+    runs.flush(out)
     # Materialised: hashed here, so at most one such tensor is alive.
     value = producer.produce(entry)
     if (warning := check_value(entry, value)) is not None:

@@ -1,17 +1,28 @@
-"""The torch output format: ``torch.save`` of a dict, which holds every tensor at once.
+"""The torch output format, streamed: a zip whose ``data/N`` records are written tensor by
+tensor (unchanged ones copied in the kernel), and the pickle last.
 
-This format cannot be streamed, and it carries no metadata, so nothing is finalised.
+It loads with ``torch.load(weights_only=True)``, like ``torch.save`` of the same dict, and
+memory stays bounded as for safetensors. A dtype ``torch.save`` pickles without a typed
+storage class (float8, uint16-64) takes the old path: every tensor produced, then
+``torch.save`` of the dict.
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.engine.output.digests import tensor_digest
+from app.engine.meta import DTYPE_SIZES
+from app.engine.options import WriteOptions
+from app.engine.output.digests import RangeDigests, hasher, hexdigest, tensor_bytes, tensor_digest
 from app.engine.output.execution import Execution
-from app.engine.plan import Plan
+from app.engine.output.files import OutputFile
+from app.engine.output.kernel_copy import KernelCopier
+from app.engine.output.torch_zip_writer import STORAGE_TYPES, ZipRecords, state_dict_pickle
+from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer, check_value
 from app.engine.progress import report_tensor
 
@@ -20,15 +31,117 @@ if TYPE_CHECKING:
 
 __all__ = ["write_torch"]
 
+Progress = Callable[[str, float], None]
+
 
 def write_torch(
-    tmp: Path, plan: Plan, producer: Producer, progress: Callable[[str, float], None] | None
+    tmp: Path, plan: Plan, producer: Producer, options: WriteOptions, progress: Progress | None
 ) -> Execution:
-    """Produce every target tensor, digest it, and ``torch.save`` the dict to ``tmp``.
+    """Write every target tensor to ``tmp`` as a torch zip checkpoint.
+
+    Args:
+        tmp: the temp file.
+        plan: an ok plan.
+        producer: makes the tensors that cannot be byte-copied.
+        options: ``byte_copy``, ``copy_methods`` and ``verify`` apply, as for safetensors.
+        progress: called with (stage, fraction).
 
     Returns:
         What was written (``files`` is left to the caller, which knows the final name).
     """
+    if any(e.dtype not in STORAGE_TYPES for e in plan.entries):
+        return _write_with_torch_save(tmp, plan, producer, progress)
+    result = Execution(format="torch")
+    copier = KernelCopier(options.copy_methods)
+    # The zip needs the CRC of every record, verified or not: those of copied records are
+    # taken from their source ranges on a second thread while the kernel copies.
+    digests = _Crcs()
+    out = OutputFile(tmp)
+    try:
+        zip_ = ZipRecords(out)
+        for i, entry in enumerate(plan.entries):
+            index = zip_.begin(f"data/{i}", math.prod(entry.shape) * DTYPE_SIZES[entry.dtype])
+            span = producer.source.byte_range(entry.sources[0]) if entry.fed else None
+            if options.byte_copy and entry.status == "loaded" and not entry.ops and span:
+                path, offset, length = span
+                out.copy_from(copier, digests.fd(path), offset, length)
+                digests.submit(entry.target, index, path, offset, length, entry.dtype)
+                if options.verify:
+                    result.copied_from[entry.target] = span
+                result.copied += 1
+            else:
+                crc = _write_produced(entry, out, producer, result)
+                zip_.set_crc(index, crc)
+            if progress:
+                progress("write", (i + 1) / max(len(plan.entries), 1))
+        crcs = digests.finish()
+        for index, crc in crcs.items():
+            zip_.set_crc(index, crc)
+        pkl = state_dict_pickle([(e.target, e.dtype, e.shape) for e in plan.entries])
+        zip_.write("data.pkl", pkl)
+        zip_.write(".format_version", b"1")
+        zip_.write("byteorder", b"little")
+        zip_.write("version", b"3\n")
+        zip_.close()
+    finally:
+        digests.close()
+        out.close()
+    result.copy_methods = {str(k): v for k, v in copier.used.items()}
+    return result
+
+
+def _write_produced(
+    entry: PlanEntry, out: OutputFile, producer: Producer, result: Execution
+) -> int:
+    """Produce, check, write and digest one tensor; returns its CRC-32."""
+    value = producer.produce(entry)
+    if (warning := check_value(entry, value)) is not None:
+        result.warnings.append(warning)
+    data = tensor_bytes(value)
+    out.write_all(data)
+    h = hasher()
+    h.update(data)
+    result.digests[entry.target] = hexdigest(h)
+    result.materialised += 1
+    return zlib.crc32(data)
+
+
+class _Crcs:
+    """Source ranges' CRC-32, on a second thread."""
+
+    def __init__(self) -> None:
+        self._digests = RangeDigests(crc=True, digest=False)
+        self._indexes: dict[str, int] = {}
+        self._fds: dict[Path, int] = {}
+
+    def fd(self, path: Path) -> int:
+        import os
+
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
+
+    def submit(self, key: str, index: int, path: Path, offset: int, size: int, dtype: str) -> None:
+        self._indexes[key] = index
+        self._digests.submit(key, path, offset, size, dtype)
+
+    def finish(self) -> dict[int, int]:
+        self._digests.finish()
+        return {self._indexes[k]: c for k, c in self._digests.crcs.items()}
+
+    def close(self) -> None:
+        import os
+
+        self._digests.abort()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _write_with_torch_save(
+    tmp: Path, plan: Plan, producer: Producer, progress: Progress | None
+) -> Execution:
+    """Produce every target tensor, digest it, and ``torch.save`` the dict to ``tmp``."""
     import torch
 
     result = Execution(format="torch")

@@ -82,6 +82,7 @@ class Source:
         self.lightning = lightning
         self.stripped_prefix: str | None = None
         self._sha256: str | None = None
+        self._blake3: str | None = None
 
     # Keys and prefixes -------------------------------------------------------------------
 
@@ -141,6 +142,24 @@ class Source:
                 lines = "".join(f"{sha256_file(p)}  {p.name}\n" for p in paths)
                 self._sha256 = hashlib.sha256(lines.encode()).hexdigest()
         return self._sha256
+
+    def blake3(self) -> str:
+        """BLAKE3 of the file (what ``b3sum`` prints), hashed on every core from the page
+        cache; for a sharded set, that of its ``b3sum`` listing (``"<blake3>  <name>"``
+        lines sorted by name). About 4x cheaper than :meth:`sha256` on one core, and
+        parallel, so it is the CLI's default identity."""
+        from app.engine.output.digests import file_blake3
+
+        if self._blake3 is None:
+            if len(self.paths) == 1:
+                self._blake3 = file_blake3(self.paths[0])
+            else:
+                import blake3
+
+                paths = sorted(self.paths, key=lambda p: p.name)
+                lines = "".join(f"{file_blake3(p)}  {p.name}\n" for p in paths)
+                self._blake3 = blake3.blake3(lines.encode()).hexdigest()
+        return self._blake3
 
     def close(self) -> None:
         for reader in self._readers:

@@ -1,0 +1,116 @@
+"""Upload and end-to-end service rows for ``make bench``, against a real ``graft serve``.
+
+- ``curl -T`` (raw body, streamed) and ``curl -F`` (multipart) of a 1 GB safetensors file to
+  ``POST /v1/checkpoints``, timed to the response, alternated with a durable copy
+  (``cp`` + ``sync FILE``) and a plain ``cp`` of the same file;
+- the API end to end for a 10 MB conversion: upload, job, poll until succeeded, download,
+  repeated on the warm server (p50 and p90).
+
+Used by ``bench/convert.py``; alone: ``.venv/bin/python bench/uploads.py``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.conftest import Server  # noqa: E402  (the e2e server harness)
+
+__all__ = ["api_roundtrips", "make_checkpoint", "upload_commands"]
+
+
+def make_checkpoint(path: Path, size_mb: int) -> dict[str, Any]:
+    """A safetensors file of ``size_mb`` in 64 MiB float32 tensors (or one smaller), and
+    the skeleton it fits."""
+    import torch
+    from safetensors.torch import save_file
+
+    rows = max(1, min(size_mb, 64) * 1024 * 1024 // 4 // 1024)
+    count = max(1, size_mb // 64)
+    gen = torch.Generator().manual_seed(0)
+    tensors = {f"blocks.{i}.weight": torch.randn(rows, 1024, generator=gen) for i in range(count)}
+    if not path.exists():
+        save_file(tensors, str(path))
+    return {
+        "schema": "graft.skeleton/v1",
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": "float32", "kind": "parameter", "module": "Linear"}
+            for k, v in tensors.items()
+        },
+    }
+
+
+def upload_commands(url: str, source: Path) -> dict[str, list[str]]:
+    """The curl command lines of the two upload rows."""
+    endpoint = f"{url}/v1/checkpoints"
+    return {
+        "upload raw body 1 GB (curl -T, to the 201)": [
+            "curl", "-sSf", "-o", "/dev/null", "-X", "POST", "-T", str(source),
+            "-H", "Content-Type: application/octet-stream",
+            f"{endpoint}?filename={source.name}",
+        ],
+        "upload multipart 1 GB (curl -F, to the 201)": [
+            "curl", "-sSf", "-o", "/dev/null", "-F", f"file=@{source}", endpoint,
+        ],
+    }  # fmt: skip
+
+
+def api_roundtrips(server: Server, source: Path, skeleton: dict[str, Any], n: int) -> list[float]:
+    """Seconds per end-to-end conversion: upload, job, poll to succeeded, download."""
+    seconds: list[float] = []
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        for _ in range(n):
+            start = time.perf_counter()
+            with source.open("rb") as fh:
+                r = client.post(f"/v1/checkpoints?filename={source.name}", content=fh.read())
+            r.raise_for_status()
+            job = client.post(
+                "/v1/jobs", json={"source": r.json()["id"], "target": {"skeleton": skeleton}}
+            )
+            job.raise_for_status()
+            job_id = job.json()["id"]
+            while (status := client.get(f"/v1/jobs/{job_id}").json()["status"]) in (
+                "queued",
+                "running",
+            ):
+                time.sleep(0.02)
+            if status != "succeeded":
+                raise SystemExit(f"the e2e job {job_id} ended {status}")
+            client.get(f"/v1/jobs/{job_id}/weights").raise_for_status()
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main() -> None:
+    import tempfile
+
+    from convert import run_once  # type: ignore[import-not-found]
+
+    with tempfile.TemporaryDirectory(dir=REPO / "data") as tmp:
+        root = Path(tmp)
+        source = root / "upload.safetensors"
+        make_checkpoint(source, 1024)
+        small = root / "small.safetensors"
+        skeleton = make_checkpoint(small, 10)
+        server = Server(root / "srv", GRAFT_WORKERS="1", GRAFT_MAX_UPLOAD_BYTES=str(2 << 30))
+        (root / "srv").mkdir()
+        server.start()
+        try:
+            for label, cmd in upload_commands(server.url, source).items():
+                print(label, run_once(cmd))
+            times = api_roundtrips(server, small, skeleton, 10)
+            print("e2e 10 MB p50", statistics.median(times))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

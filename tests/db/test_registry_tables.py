@@ -1,4 +1,4 @@
-"""Pipelines, processed MLflow deliveries and job results (migration 0006), on SQLite and
+"""Pipelines, processed MLflow deliveries and job results (migration 0004), on SQLite and
 PostgreSQL."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_finish_records_the_fetched_source_and_the_registry_result(
         assert job is not None and job.pipeline_id is None  # the job outlives its pipeline
 
 
-def test_migration_0006_downgrades_and_upgrades_again(tmp_path: Path) -> None:
+def test_migration_0004_downgrades_and_upgrades_again(tmp_path: Path) -> None:
     database = Database(f"sqlite:///{tmp_path / 'g.db'}")
     try:
         upgrade(database)

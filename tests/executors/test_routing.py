@@ -131,7 +131,7 @@ def test_revoke_only_a_job_still_running_after_cancel(any_database: Database) ->
     assert dispatcher.revoked == [job_id]
 
 
-def test_migration_0005_goes_down_and_up(any_database: Database) -> None:
+def test_migration_0006_goes_down_and_up(any_database: Database) -> None:
     db = any_database
     config = alembic_config()
     with db.engine.begin() as connection:

@@ -1,7 +1,7 @@
 """jobs keep their report's warnings
 
-Revision ID: 0008
-Revises: 0006
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30 13:00:00.000000
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0006"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

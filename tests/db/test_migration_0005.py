@@ -1,4 +1,4 @@
-"""Migration 0008 (the jobs' report warnings) goes down and up again on SQLite and PostgreSQL."""
+"""Migration 0005 (the jobs' report warnings) goes down and up again on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """workers record themselves; jobs keep the device asked for and the queue they went to
 
-Revision ID: 0005
-Revises: 0008
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-30 13:00:00.000000
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0008"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

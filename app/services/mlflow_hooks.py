@@ -11,6 +11,7 @@ in the same transaction as the jobs, so a redelivery starts nothing new.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ from app.db.repositories import DeliveryRepository, PipelineRepository
 from app.engine.errors import GraftError
 from app.services.auth import UnauthorizedError
 from app.services.errors import BadRequestError, ServiceError
-from app.services.jobs import create_job
+from app.services.jobs import JobHooks, create_job
 from app.services.pipelines import PipelineSpec
 from app.services.references import RegistryConfig, SourceRef
 
@@ -105,6 +106,7 @@ def handle_delivery(
     body: bytes,
     registry: RegistryConfig,
     max_attempts: int,
+    hooks: JobHooks | None = None,
 ) -> HookOutcome:
     """Start one job per matching pipeline, once per delivery id.
 
@@ -114,6 +116,7 @@ def handle_delivery(
         body: the signed JSON body.
         registry: the configured registry (the jobs' sources are ``models:/NAME/VERSION``).
         max_attempts: claims before a job whose worker keeps dying is failed.
+        hooks: how jobs record their status events; each job gets its pipeline's callback.
 
     Returns:
         The jobs started, or for a delivery seen before, those it had started.
@@ -139,7 +142,9 @@ def handle_delivery(
                 continue
             try:
                 with session.begin_nested():
-                    jobs.append(_start(session, pipeline, model, version, registry, max_attempts))
+                    jobs.append(
+                        _start(session, pipeline, model, version, registry, max_attempts, hooks)
+                    )
             except (ServiceError, GraftError) as exc:
                 # One broken pipeline (its target checkpoint deleted…) must not block the rest.
                 logger.warning("pipeline %s/%s: no job: %s", pipeline.owner, pipeline.name, exc)
@@ -162,8 +167,12 @@ def _start(
     version: str,
     registry: RegistryConfig,
     max_attempts: int,
+    hooks: JobHooks | None,
 ) -> str:
     spec = PipelineSpec.model_validate(pipeline.spec)
+    if hooks is not None:  # the pipeline's own callback, signed with its owner's secret
+        callback = spec.callback if spec.callback and spec.callback.get("url") else None
+        hooks = dataclasses.replace(hooks, callback=callback)
     job = create_job(
         session,
         # Pinned to the version the event names, not an alias that may move before it runs.
@@ -179,5 +188,6 @@ def _start(
         register=spec.output.registration,
         registry=registry,
         pipeline_id=pipeline.id,
+        hooks=hooks,
     )
     return job.id

@@ -69,7 +69,8 @@ class PipelineSpec(BaseModel):
     recipe: dict[str, Any] | None = None
     output: PipelineOutput = Field(default_factory=PipelineOutput)
     callback: dict[str, Any] | None = Field(
-        default=None, description="stored with the pipeline; see the README for delivery"
+        default=None,
+        description="{url, events}: each job the pipeline starts sends its signed webhooks there",
     )
 
 

@@ -11,9 +11,11 @@ import time
 from fastapi import APIRouter, Request, status
 from pydantic import BaseModel
 
-from app.api.deps import SettingsDep, WriteSession, in_write_thread
+from app.api.deps import OutboundDep, SettingsDep, WriteSession, in_write_thread
 from app.api.errors import problem
+from app.api.schemas import job_document
 from app.services.errors import UploadTooLargeError
+from app.services.jobs import JobHooks
 from app.services.mlflow_hooks import handle_delivery, verify_signature
 from app.services.references import RegistryConfig
 
@@ -48,7 +50,9 @@ async def _body(request: Request) -> bytes:
         400: problem("the body is not an MLflow event"),
     },
 )
-async def mlflow_hook(request: Request, session: WriteSession, settings: SettingsDep) -> HookResult:
+async def mlflow_hook(
+    request: Request, session: WriteSession, settings: SettingsDep, outbound: OutboundDep
+) -> HookResult:
     """An MLflow registry event: each matching pipeline starts one job (once per delivery)."""
     body = await _body(request)
     secret = settings.mlflow_webhook_secret
@@ -68,6 +72,13 @@ async def mlflow_hook(request: Request, session: WriteSession, settings: Setting
         body=body,
         registry=RegistryConfig.from_settings(settings),
         max_attempts=settings.max_attempts,
+        hooks=JobHooks(
+            render=job_document,
+            outbound=outbound,
+            local_secret=(
+                settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+            ),
+        ),
     )
     return HookResult(
         delivery_id=outcome.delivery_id,

@@ -37,7 +37,7 @@ def ids(client: TestClient) -> dict[str, str]:
 
 def test_auth_mode_is_public_and_lists_capabilities(client: TestClient) -> None:
     body = client.get("/v1/auth").json()
-    assert body == {"mode": "local", "capabilities": ["plans"]}
+    assert body == {"mode": "local", "capabilities": ["job-events", "plans"]}
 
 
 def test_plan_is_the_dry_run_report_and_never_a_job(

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.graft-installed
 
-.PHONY: setup serve test lint format bench clean mlflow-venv
+.PHONY: setup serve test lint format bench clean mlflow-venv chromium
 
 setup: $(STAMP)
 
@@ -29,8 +29,16 @@ format: setup
 	$(BIN)/ruff format app tests bench
 	$(BIN)/ruff check --fix app tests bench
 
-test: lint mlflow-venv
+test: lint mlflow-venv chromium
 	GRAFT_TEST_MLFLOW_VENV=$(MLFLOW_VENV) $(BIN)/python -m pytest -q
+
+# The web app's browser tests drive Debian's Chromium (Playwright cannot download browsers
+# here). Installed once per machine when apt-get can; otherwise those tests skip, saying why.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium: could not install Debian's chromium; the browser tests will skip"; \
+	fi
 
 # A real `mlflow server` for tests/registry, in its own cached venv outside .venv: Graft never
 # depends on mlflow, and mlflow's dependencies never touch Graft's. Full mlflow (the server

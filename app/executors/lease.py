@@ -17,12 +17,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from app.db.base import utcnow
-from app.db.models import Artifact, Job, JobStatus
+from app.db.models import Artifact, JobStatus
 from app.db.repositories import ArtifactRepository, JobRepository
 from app.db.session import Database
+from app.services.job_document import job_document
 from app.services.job_events import (
     JobEventsConfig,
     Progress,
@@ -92,16 +92,9 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _api_document(job: Job) -> dict[str, Any]:
-    # A job's document is the API's JobPublic: the same bytes GET /v1/jobs/{id} answers.
-    from app.api.schemas import job_document
-
-    return job_document(job)
-
-
 def default_events() -> JobEventsConfig:
     """Status events and webhook bodies rendered as the API renders a job."""
-    return JobEventsConfig(render=_api_document)
+    return JobEventsConfig(render=job_document)
 
 
 def sweep_lapsed(database: Database, events: JobEventsConfig | None = None) -> None:

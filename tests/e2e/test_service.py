@@ -170,7 +170,8 @@ def test_twenty_concurrent_uploads_and_jobs(server: Server) -> None:
         with httpx.Client(base_url=server.url, timeout=120) as client:
             source = client.post("/v1/checkpoints", files={"file": (f"m{i}.pth", sources[i])})
             target = client.post("/v1/checkpoints?filename=t.pth", content=template)
-            assert source.status_code == 201, source.text
+            # Same bytes as an earlier upload (another test of this module) answer 200 with it.
+            assert source.status_code in (200, 201), source.text
             assert target.status_code in (200, 201), target.text
             job = client.post(
                 "/v1/jobs",

@@ -17,7 +17,8 @@ def test_no_module_outside_the_guard_opens_its_own_http_client() -> None:
     offenders = [
         f"{path.relative_to(APP.parent)}:{n}: {line.strip()}"
         for path in sorted(APP.rglob("*.py"))
-        if path.parent.name != "net"
+        # app/client is the user's side: it talks to the Graft server the user names.
+        if path.parent.name not in ("net", "client")
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if _RAW_CLIENT.search(line)
     ]

@@ -21,12 +21,12 @@ from pathlib import Path
 from app.engine.errors import GraftError
 from app.engine.meta import DTYPE_SIZES
 from app.engine.options import WriteOptions
-from app.engine.output.digests import hasher, hexdigest, tensor_bytes
 from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile, rewrite_at
 from app.engine.output.kernel_copy import KernelCopier
+from app.engine.output.produced import write_produced
 from app.engine.plan import Plan, PlanEntry
-from app.engine.produce import Producer, check_value
+from app.engine.produce import Producer
 from app.engine.progress import report_tensor
 from app.engine.readers import SAFETENSORS_DTYPES
 
@@ -182,16 +182,7 @@ def _write_one(
         result.copied += 1
         return
     runs.flush(out)
-    # Materialised: hashed here, so at most one such tensor is alive.
-    value = producer.produce(entry)
-    if (warning := check_value(entry, value)) is not None:
-        result.warnings.append(warning)
-    data = tensor_bytes(value)
-    out.write_all(data)
-    h = hasher()
-    h.update(data)
-    result.digests[entry.target] = hexdigest(h)
-    result.materialised += 1
+    write_produced(entry, out, producer, result)
 
 
 def finalize_safetensors(folder: Path, layout: Layout, final: dict[str, str]) -> None:

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 
 from app.engine.meta import DTYPE_SIZES
 from app.engine.options import WriteOptions
-from app.engine.output.digests import RangeDigests, hasher, hexdigest, tensor_bytes, tensor_digest
+from app.engine.output.digests import RangeDigests, tensor_digest
 from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile
 from app.engine.output.kernel_copy import KernelCopier
+from app.engine.output.produced import write_produced
 from app.engine.output.torch_zip_writer import STORAGE_TYPES, ZipRecords, state_dict_pickle
-from app.engine.plan import Plan, PlanEntry
+from app.engine.plan import Plan
 from app.engine.produce import Producer, check_value
 from app.engine.progress import report_tensor
 
@@ -70,7 +71,7 @@ def write_torch(
                     result.copied_from[entry.target] = span
                 result.copied += 1
             else:
-                crc = _write_produced(entry, out, producer, result)
+                crc = zlib.crc32(write_produced(entry, out, producer, result))
                 zip_.set_crc(index, crc)
             if progress:
                 progress("write", (i + 1) / max(len(plan.entries), 1))
@@ -88,22 +89,6 @@ def write_torch(
         out.close()
     result.copy_methods = {str(k): v for k, v in copier.used.items()}
     return result
-
-
-def _write_produced(
-    entry: PlanEntry, out: OutputFile, producer: Producer, result: Execution
-) -> int:
-    """Produce, check, write and digest one tensor; returns its CRC-32."""
-    value = producer.produce(entry)
-    if (warning := check_value(entry, value)) is not None:
-        result.warnings.append(warning)
-    data = tensor_bytes(value)
-    out.write_all(data)
-    h = hasher()
-    h.update(data)
-    result.digests[entry.target] = hexdigest(h)
-    result.materialised += 1
-    return zlib.crc32(data)
 
 
 class _Crcs:

@@ -299,16 +299,7 @@ class JobRepository:
         result = self.session.execute(
             update(Job)
             .where(Job.id == candidate, claimable)
-            .values(
-                status=JobStatus.running,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Job.attempts + 1,
-                started_at=func.coalesce(Job.started_at, now),
-                updated_at=now,
-                stage="claimed",
-                last_worker=owner,
-            )
+            .values(_claim_values(owner, now, lease_seconds))
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         )
@@ -328,16 +319,7 @@ class JobRepository:
         result = self.session.execute(
             update(Job)
             .where(claimable)
-            .values(
-                status=JobStatus.running,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Job.attempts + 1,
-                started_at=func.coalesce(Job.started_at, now),
-                updated_at=now,
-                stage="claimed",
-                last_worker=owner,
-            )
+            .values(_claim_values(owner, now, lease_seconds))
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         )
@@ -629,3 +611,17 @@ class ArtifactRepository:
                 select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)
             )
         )
+
+
+def _claim_values(owner: str, now: datetime, lease_seconds: float) -> dict[str, Any]:
+    """What a claim writes: the lease, one more attempt, the start time (first claim only)."""
+    return {
+        "status": JobStatus.running,
+        "lease_owner": owner,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "attempts": Job.attempts + 1,
+        "started_at": func.coalesce(Job.started_at, now),
+        "updated_at": now,
+        "stage": "claimed",
+        "last_worker": owner,
+    }

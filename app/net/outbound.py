@@ -348,6 +348,16 @@ class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def _pool_options(verify: typing.Any, limits: httpx.Limits) -> dict[str, typing.Any]:
+    """The settings httpx gives the pool it builds, for the guarded pool that replaces it."""
+    return {
+        "ssl_context": httpx.create_ssl_context(verify=verify),
+        "max_connections": limits.max_connections,
+        "max_keepalive_connections": limits.max_keepalive_connections,
+        "keepalive_expiry": limits.keepalive_expiry,
+    }
+
+
 class _GuardedTransport(httpx.HTTPTransport):
     """httpx's own transport with the URL check in front and the guarded network backend."""
 
@@ -359,11 +369,7 @@ class _GuardedTransport(httpx.HTTPTransport):
         # httpx offers no network_backend argument: replace the pool it built with one that
         # has the same settings and our backend (the pool is the only thing that connects).
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_GuardedBackend(policy, resolver),
+            **_pool_options(verify, limits), network_backend=_GuardedBackend(policy, resolver)
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -378,10 +384,7 @@ class _AsyncGuardedTransport(httpx.AsyncHTTPTransport):
         super().__init__(verify=verify, limits=limits)
         self._policy = policy
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
+            **_pool_options(verify, limits),
             network_backend=_AsyncGuardedBackend(policy, resolver),
         )
 

@@ -172,6 +172,37 @@ def register_version(
         RegistryUnavailableError: MLflow failed; the whole call is safe to repeat.
         RegistryError: MLflow refused a request.
     """
+    extra = _checked_inputs(alias, tags, weights)
+    existing = find_job_version(client, name=name, job_id=job_id)
+    if existing is not None:
+        logger.info("job %s already registered %s; not registering again", job_id, existing.uri)
+        if alias is not None:
+            _set_alias(client, name, alias, existing.version)
+        return RegisteredVersion(name, existing.version, existing.run_id, created=False)
+
+    uploads = [(p.name, p) for p in weights] + [
+        ("report.json", report),
+        ("manifest.json", manifest),
+    ]
+    run_id, folder = _log_finished_run(client, experiment, job_id, uploads)
+    _ensure_registered_model(client, name)
+    version_tags = {
+        **extra,
+        JOB_TAG: job_id,
+        "graft.source_sha256": source_sha256,
+        "graft.report_sha256": _sha256(report),
+    }
+    version = _create_version(client, name, job_id, run_id, folder, version_tags)
+    if alias is not None:
+        _set_alias(client, name, alias, version.version)
+    logger.info("job %s registered %s", job_id, version.uri)
+    return RegisteredVersion(name, version.version, run_id, created=True)
+
+
+def _checked_inputs(
+    alias: str | None, tags: Mapping[str, str] | None, weights: Sequence[Path]
+) -> dict[str, str]:
+    """Refuse a reserved alias, ``graft.*`` tags and clashing file names; the extra tags."""
     if alias is not None:
         validate_alias(alias)
     extra = dict(tags or {})
@@ -180,21 +211,16 @@ def register_version(
     names = [p.name for p in weights]
     if not names or len(set(names)) != len(names) or {"report.json", "manifest.json"} & set(names):
         raise InvalidReferenceError(f"weights must be distinct files besides the report: {names}")
+    return extra
 
-    existing = find_job_version(client, name=name, job_id=job_id)
-    if existing is not None:
-        logger.info("job %s already registered %s; not registering again", job_id, existing.uri)
-        if alias is not None:
-            _set_alias(client, name, alias, existing.version)
-        return RegisteredVersion(name, existing.version, existing.run_id, created=False)
 
+def _log_finished_run(
+    client: MlflowClient, experiment: str, job_id: str, uploads: Sequence[tuple[str, Path]]
+) -> tuple[str, str]:
+    """Upload the files to the job's run and finish it; its id and the artifact folder."""
     experiment_id = _experiment_id(client, experiment)
     run_id, artifact_uri = _job_run(client, experiment_id, job_id)
     folder = f"{artifact_uri.rstrip('/')}/{ARTIFACT_FOLDER}"
-    uploads = [(p.name, p) for p in weights] + [
-        ("report.json", report),
-        ("manifest.json", manifest),
-    ]
     for target, path in uploads:
         client.upload_artifact(folder, target, path)
     client.call(
@@ -202,14 +228,17 @@ def register_version(
         "runs/update",
         json={"run_id": run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)},
     )
+    return run_id, folder
 
-    _ensure_registered_model(client, name)
-    version_tags = {
-        **extra,
-        JOB_TAG: job_id,
-        "graft.source_sha256": source_sha256,
-        "graft.report_sha256": _sha256(report),
-    }
+
+def _create_version(
+    client: MlflowClient,
+    name: str,
+    job_id: str,
+    run_id: str,
+    folder: str,
+    tags: Mapping[str, str],
+) -> ModelVersion:
     body = client.call(
         "POST",
         "model-versions/create",
@@ -217,15 +246,11 @@ def register_version(
             "name": name,
             "source": folder,
             "run_id": run_id,
-            "tags": [{"key": k, "value": v} for k, v in version_tags.items()],
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
             "description": f"Converted by Graft, job {job_id}",
         },
     )
-    version = ModelVersion.from_json(body.get("model_version", {}))
-    if alias is not None:
-        _set_alias(client, name, alias, version.version)
-    logger.info("job %s registered %s", job_id, version.uri)
-    return RegisteredVersion(name, version.version, run_id, created=True)
+    return ModelVersion.from_json(body.get("model_version", {}))
 
 
 def _set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:

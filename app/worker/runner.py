@@ -77,7 +77,6 @@ class JobRunner:
         self.database = database
         self.store = store
         self.timing = LeaseTiming(lease_seconds, heartbeat_seconds, stage_delay)
-        self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.device = device
         self.settings = JobSettings(
@@ -134,7 +133,9 @@ class JobRunner:
         sweep_lapsed(self.database, self.events)
         with self.database.transaction() as session:
             repo = JobRepository(session)
-            claimed = repo.claim(owner=self.owner, now=utcnow(), lease_seconds=self.lease_seconds)
+            claimed = repo.claim(
+                owner=self.owner, now=utcnow(), lease_seconds=self.timing.lease_seconds
+            )
             if claimed is not None:
                 record_statuses(session, [claimed], self.events.render)
             return claimed

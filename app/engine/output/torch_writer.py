@@ -21,10 +21,10 @@ from app.engine.output.digests import RangeCrcs, tensor_digest
 from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile
 from app.engine.output.kernel_copy import KernelCopier
-from app.engine.output.produced import write_produced
+from app.engine.output.produced import produce_checked, write_produced
 from app.engine.output.torch_zip_writer import STORAGE_TYPES, ZipRecords, state_dict_pickle
 from app.engine.plan import Plan
-from app.engine.produce import Producer, check_value
+from app.engine.produce import Producer
 from app.engine.progress import report_tensor
 
 if TYPE_CHECKING:
@@ -123,11 +123,8 @@ def _write_with_torch_save(
     tensors: dict[str, torch.Tensor] = {}
     produced = 0
     for i, entry in enumerate(plan.entries):
-        value = producer.produce(entry)
-        if (warning := check_value(entry, value)) is not None:
-            result.warnings.append(warning)
+        value = produce_checked(entry, producer, result)
         result.digests[entry.target] = tensor_digest(value)
-        result.materialised += 1
         tensors[entry.target] = value
         produced += value.numel() * value.element_size()
         # torch.save writes at the end: bytes_done counts the tensor bytes produced so far.

@@ -1,9 +1,9 @@
 """Per-tensor digests (BLAKE3) and finiteness of file ranges and tensors; no torch.
 
 Tensors whose bytes pass through unchanged are copied in the kernel
-(:mod:`app.engine.output.kernel_copy`) and never enter Python; their source ranges are
-digested on a second thread from the page cache, and verification digests the written
-ranges in place, the same way, and compares.
+(:mod:`app.engine.output.kernel_copy`) and never enter Python; verification digests and scans
+their written ranges in place and compares them with the source ranges. A torch zip's copied
+records get their CRC-32 from the source ranges on a second thread (:class:`RangeCrcs`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DIGEST_ALGORITHM",
-    "RangeDigests",
+    "RangeCrcs",
     "all_finite",
     "compare_range",
     "digest_range",
@@ -189,61 +189,45 @@ def file_blake3(path: Path) -> str:
     return digest_range(path, 0, size)[0].removeprefix(f"{DIGEST_ALGORITHM}:")
 
 
-class RangeDigests:
-    """Digests and finiteness of source ranges, taken on a second thread while the kernel
-    copies them: the digest of a byte-copied tensor is that of the bytes it was copied from,
-    and verification later compares it with the output's.
+class RangeCrcs:
+    """CRC-32 of source ranges, taken on a second thread while the kernel copies them: a zip
+    record needs its CRC, and a byte-copied record's bytes never enter Python otherwise.
 
-    The thread reads the page cache (the copy just pulled those pages in), and BLAKE3 and
-    numpy release the GIL, so hashing overlaps the copy on a second core.
+    The thread reads the page cache (the copy just pulled those pages in), and zlib releases
+    the GIL, so the CRC overlaps the copy on a second core. Digests and the NaN scan of
+    byte-copied tensors are verification's, in its one read of the output.
     """
 
-    def __init__(self, *, digest: bool = True, crc: bool = False) -> None:
-        self._digest, self._crc = digest, crc
-        self._work: queue.SimpleQueue[tuple[str, Path, int, int, str] | None]
-        self._work = queue.SimpleQueue()
-        self._digests: dict[str, str] = {}
-        self.crcs: dict[str, int] = {}
-        self._nonfinite: list[str] = []
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue[tuple[int, Path, int, int] | None] = queue.SimpleQueue()
+        self._crcs: dict[int, int] = {}
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="graft-digests", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="graft-crcs", daemon=True)
         self._thread.start()
 
-    def submit(self, key: str, path: Path, offset: int, length: int, dtype: str) -> None:
-        """Queue the range holding ``key``'s bytes."""
-        self._work.put((key, path, offset, length, dtype))
+    def submit(self, index: int, path: Path, offset: int, length: int) -> None:
+        """Queue the range holding record ``index``'s bytes."""
+        self._work.put((index, path, offset, length))
 
     def _run(self) -> None:
         while (item := self._work.get()) is not None:
             if self._error is not None:
                 continue
-            key, path, offset, length, dtype = item
+            index, path, offset, length = item
             try:
-                digest, finite, crc = scan_range(
-                    path,
-                    offset,
-                    length,
-                    # No digest, no scan for NaN: without verification, only the CRC.
-                    dtype=dtype if self._digest else None,
-                    digest=self._digest,
-                    crc=self._crc,
-                )
+                _, _, crc = scan_range(path, offset, length, digest=False, crc=True)
             except BaseException as exc:  # re-raised in the writer by finish()
                 self._error = exc
                 continue
-            if digest is not None:
-                self._digests[key] = digest
             if crc is not None:
-                self.crcs[key] = crc
-            if not finite:
-                self._nonfinite.append(key)
+                self._crcs[index] = crc
 
-    def finish(self) -> tuple[dict[str, str], list[str]]:
-        """Wait for the queue; return each key's digest and the keys holding NaN or Inf."""
+    def finish(self) -> dict[int, int]:
+        """Wait for the queue; return each record index's CRC-32."""
         self.abort()
         if self._error is not None:
             raise self._error
-        return self._digests, self._nonfinite
+        return self._crcs
 
     def abort(self) -> None:
         """Stop the thread (idempotent)."""

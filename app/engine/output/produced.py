@@ -14,9 +14,22 @@ from app.engine.output.files import OutputFile
 from app.engine.plan import PlanEntry
 
 if TYPE_CHECKING:
+    import torch
+
     from app.engine.produce import Producer
 
-__all__ = ["write_produced"]
+__all__ = ["produce_checked", "write_produced"]
+
+
+def produce_checked(entry: PlanEntry, producer: Producer, result: Execution) -> torch.Tensor:
+    """Produce ``entry``'s tensor, screen it (a NaN/Inf warning into ``result``) and count it."""
+    from app.engine.produce import check_value
+
+    value = producer.produce(entry)
+    if (warning := check_value(entry, value)) is not None:
+        result.warnings.append(warning)
+    result.materialised += 1
+    return value
 
 
 def write_produced(
@@ -27,15 +40,9 @@ def write_produced(
     Returns:
         The bytes written (for a caller that also needs, say, their CRC-32).
     """
-    from app.engine.produce import check_value
-
-    value = producer.produce(entry)
-    if (warning := check_value(entry, value)) is not None:
-        result.warnings.append(warning)
-    data = tensor_bytes(value)
+    data = tensor_bytes(produce_checked(entry, producer, result))
     out.write_all(data)
     h = hasher()
     h.update(data)
     result.digests[entry.target] = hexdigest(h)
-    result.materialised += 1
     return data

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 from app.engine.meta import DTYPE_SIZES
 from app.engine.options import WriteOptions
-from app.engine.output.digests import RangeDigests, tensor_digest
+from app.engine.output.digests import RangeCrcs, tensor_digest
 from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile
 from app.engine.output.kernel_copy import KernelCopier
-from app.engine.output.produced import write_produced
+from app.engine.output.produced import produce_checked, write_produced
 from app.engine.output.torch_zip_writer import STORAGE_TYPES, ZipRecords, state_dict_pickle
 from app.engine.plan import Plan
-from app.engine.produce import Producer, check_value
+from app.engine.produce import Producer
 from app.engine.progress import report_tensor
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def write_torch(
     copier = KernelCopier(options.copy_methods)
     # The zip needs the CRC of every record, verified or not: those of copied records are
     # taken from their source ranges on a second thread while the kernel copies.
-    digests = _Crcs()
+    crcs = _Crcs()
     out = OutputFile(tmp)
     try:
         zip_ = ZipRecords(out)
@@ -65,8 +65,8 @@ def write_torch(
             span = producer.source.byte_range(entry.sources[0]) if entry.fed else None
             if options.byte_copy and entry.status == "loaded" and not entry.ops and span:
                 path, offset, length = span
-                out.copy_from(copier, digests.fd(path), offset, length)
-                digests.submit(entry.target, index, path, offset, length, entry.dtype)
+                out.copy_from(copier, crcs.fd(path), offset, length)
+                crcs.ranges.submit(index, path, offset, length)
                 if options.verify:
                     result.copied_from[entry.target] = span
                 result.copied += 1
@@ -75,8 +75,7 @@ def write_torch(
                 zip_.set_crc(index, crc)
             if progress:
                 progress("write", (i + 1) / max(len(plan.entries), 1))
-        crcs = digests.finish()
-        for index, crc in crcs.items():
+        for index, crc in crcs.ranges.finish().items():
             zip_.set_crc(index, crc)
         pkl = state_dict_pickle([(e.target, e.dtype, e.shape) for e in plan.entries])
         zip_.write("data.pkl", pkl)
@@ -85,18 +84,17 @@ def write_torch(
         zip_.write("version", b"3\n")
         zip_.close()
     finally:
-        digests.close()
+        crcs.close()
         out.close()
     result.copy_methods = {str(k): v for k, v in copier.used.items()}
     return result
 
 
 class _Crcs:
-    """Source ranges' CRC-32, on a second thread."""
+    """Copied records' CRC-32 (:class:`RangeCrcs`), and the source files they are copied from."""
 
     def __init__(self) -> None:
-        self._digests = RangeDigests(crc=True, digest=False)
-        self._indexes: dict[str, int] = {}
+        self.ranges = RangeCrcs()
         self._fds: dict[Path, int] = {}
 
     def fd(self, path: Path) -> int:
@@ -106,18 +104,10 @@ class _Crcs:
             self._fds[path] = os.open(path, os.O_RDONLY)
         return self._fds[path]
 
-    def submit(self, key: str, index: int, path: Path, offset: int, size: int, dtype: str) -> None:
-        self._indexes[key] = index
-        self._digests.submit(key, path, offset, size, dtype)
-
-    def finish(self) -> dict[int, int]:
-        self._digests.finish()
-        return {self._indexes[k]: c for k, c in self._digests.crcs.items()}
-
     def close(self) -> None:
         import os
 
-        self._digests.abort()
+        self.ranges.abort()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -133,11 +123,8 @@ def _write_with_torch_save(
     tensors: dict[str, torch.Tensor] = {}
     produced = 0
     for i, entry in enumerate(plan.entries):
-        value = producer.produce(entry)
-        if (warning := check_value(entry, value)) is not None:
-            result.warnings.append(warning)
+        value = produce_checked(entry, producer, result)
         result.digests[entry.target] = tensor_digest(value)
-        result.materialised += 1
         tensors[entry.target] = value
         produced += value.numel() * value.element_size()
         # torch.save writes at the end: bytes_done counts the tensor bytes produced so far.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,12 +135,7 @@ class Source:
         """sha256 of the file; for a sharded set, that of its ``sha256sum`` listing
         (``"<sha256>  <name>"`` lines sorted by name), as the service identifies sets."""
         if self._sha256 is None:
-            if len(self.paths) == 1:
-                self._sha256 = sha256_file(self.paths[0])
-            else:
-                paths = sorted(self.paths, key=lambda p: p.name)
-                lines = "".join(f"{sha256_file(p)}  {p.name}\n" for p in paths)
-                self._sha256 = hashlib.sha256(lines.encode()).hexdigest()
+            self._sha256 = self._set_digest(sha256_file, lambda b: hashlib.sha256(b).hexdigest())
         return self._sha256
 
     def blake3(self) -> str:
@@ -148,18 +143,23 @@ class Source:
         cache; for a sharded set, that of its ``b3sum`` listing (``"<blake3>  <name>"``
         lines sorted by name). About 4x cheaper than :meth:`sha256` on one core, and
         parallel, so it is the CLI's default identity."""
+        import blake3
+
         from app.engine.output.digests import file_blake3
 
         if self._blake3 is None:
-            if len(self.paths) == 1:
-                self._blake3 = file_blake3(self.paths[0])
-            else:
-                import blake3
-
-                paths = sorted(self.paths, key=lambda p: p.name)
-                lines = "".join(f"{file_blake3(p)}  {p.name}\n" for p in paths)
-                self._blake3 = blake3.blake3(lines.encode()).hexdigest()
+            self._blake3 = self._set_digest(file_blake3, lambda b: blake3.blake3(b).hexdigest())
         return self._blake3
+
+    def _set_digest(
+        self, of_file: Callable[[Path], str], of_listing: Callable[[bytes], str]
+    ) -> str:
+        """``of_file`` of the one file; for a sharded set, ``of_listing`` of the
+        ``"<digest>  <name>"`` lines sorted by name (what ``sha256sum``/``b3sum`` print)."""
+        if len(self.paths) == 1:
+            return of_file(self.paths[0])
+        paths = sorted(self.paths, key=lambda p: p.name)
+        return of_listing("".join(f"{of_file(p)}  {p.name}\n" for p in paths).encode())
 
     def close(self) -> None:
         for reader in self._readers:

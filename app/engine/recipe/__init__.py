@@ -5,20 +5,8 @@ The models here are plain data; behaviour lives in small functions (`load_recipe
 Every rule is cited by its list and index (`rename[0]`, `drop[1]`, `adapt[0]`, `init[2]`,
 `freeze[0]`), the name reports and errors use.
 
-Key patterns (`drop`, `only`, `freeze`, `adapt[].match`, `init[].match`) are either
-
-* a glob, matched against the *whole* key, fnmatch-style and case-sensitive: ``*`` matches any
-  run of characters **including dots** (so ``layer1.*`` covers ``layer1.0.conv1.weight``;
-  ``**`` means the same as ``*``), ``?`` one character, ``[abc]`` / ``[!abc]`` / ``[a-z]`` a
-  character class; or
-* ``re:<RE2>``, an RE2 regular expression that must match the whole key (full match, like the
-  glob). Write ``re:.*norm.*`` to find a substring.
-
-Globs are translated to RE2 too: user input never reaches Python's backtracking ``re``.
-
-Regex rename rules use RE2 syntax; their ``to`` is literal text except ``\\1``..``\\9`` and
-``\\g<name>`` / ``\\g<N>`` (a group of the regex, the empty string when it did not take part)
-and ``\\\\`` (one backslash). A reference to a group the regex lacks is refused up front.
+Key patterns (`drop`, `only`, `freeze`, `adapt[].match`, `init[].match`: globs or ``re:``
+RE2 patterns) and regex renames are described in :mod:`app.engine.recipe.patterns`.
 """
 
 from app.engine.recipe.load import MAX_RECIPE_FILE_BYTES, load_recipe

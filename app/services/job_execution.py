@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from app.db.models import Checkpoint, Job, JobStatus
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
-from app.engine.errors import GraftError
+from app.engine.errors import GraftError, PolicyError
 from app.engine.options import WriteOptions
 from app.engine.recipe import load_recipe
 from app.engine.target_spec import TargetSpec, parse_target_spec
@@ -242,7 +242,7 @@ def execute_job(
             outcome.status = JobStatus.succeeded
         else:
             # strict, shape_mismatch, missing, unmatched rules, allow_empty: all the policy's.
-            outcome.error_type = "conversion-refused"
+            outcome.error_type = PolicyError.type
             errors = [str(e) for e in result.report.get("errors", [])]
             outcome.error_message = (
                 f"the recipe's policy refused the conversion: {errors[0]}"

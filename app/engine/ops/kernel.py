@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from app.engine._lazy import LazyModule
 from app.engine.errors import InvalidRecipeError
 from app.engine.ops._common import Shape, as_shape, finish, who, work
+from app.engine.ops.interpolate import INTERPOLATE_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +29,8 @@ else:  # torch loads on first use: planning (check_kernel_resize) never needs it
 
 __all__ = ["KERNEL_MODES", "check_kernel_resize", "kernel_resize", "resize_matrix"]
 
-KERNEL_MODES = ("bicubic", "bilinear", "nearest")
+# The resampling modes of the pseudo-inverse are those of the position-embedding resample.
+KERNEL_MODES = INTERPOLATE_MODES
 # pinv of a (h·w)² matrix: 64x64 kernels already mean a 4096² SVD; refuse beyond that.
 _MAX_CELLS = 64 * 64
 

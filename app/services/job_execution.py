@@ -25,6 +25,7 @@ from app.engine.recipe import load_recipe
 from app.engine.target_spec import TargetSpec, parse_target_spec
 from app.sandbox.runner import Limits, SandboxError
 from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
+from app.services.plans import link_blobs
 from app.services.references import RegisterSpec, RegistryConfig, SourceRef
 from app.services.registration import register_result
 from app.services.sources import fetch_source
@@ -338,9 +339,9 @@ def _request(
 ) -> ConversionRequest:
     """Link the job's blobs into ``work`` and describe the conversion over those files."""
     return ConversionRequest(
-        source=_link(store, inputs.source_files, work / "source"),
+        source=link_blobs(store, inputs.source_files, work / "source"),
         target=inputs.target,
-        target_files=_link(store, inputs.target_files, work / "target"),
+        target_files=link_blobs(store, inputs.target_files, work / "target"),
         recipe=load_recipe(inputs.recipe),
         options=WriteOptions(
             format=inputs.options.format,
@@ -352,12 +353,3 @@ def _request(
         device_index=settings.device_index,
         architectures=settings.architectures,
     )
-
-
-def _link(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
-    if not files:
-        return []
-    folder.mkdir()
-    for name, sha in files:
-        store.link_into(sha, folder / name)
-    return [folder / name for name, _ in files]

@@ -20,7 +20,7 @@ from app.services.errors import InvalidJobError, NotFoundError
 from app.services.jobs import validate_recipe
 from app.storage import BlobStore
 
-__all__ = ["inspect_checkpoint", "plan_conversion", "resolve_plan_inputs"]
+__all__ = ["inspect_checkpoint", "link_blobs", "plan_conversion", "resolve_plan_inputs"]
 
 
 def _files(checkpoint: Checkpoint) -> list[tuple[str, str]]:
@@ -57,7 +57,8 @@ def resolve_plan_inputs(
     return _files(found), target_files
 
 
-def _link(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
+def link_blobs(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
+    """Link each ``(name, sha256)`` blob into a new ``folder`` under its name; its paths."""
     if not files:
         return []
     folder.mkdir()
@@ -91,9 +92,9 @@ async def plan_conversion(
     """
     with store.workdir() as work:
         return await inspector.plan(
-            _link(store, source_files, work / "source"),
+            link_blobs(store, source_files, work / "source"),
             target.model_dump(mode="json"),
-            target_files=_link(store, target_files, work / "target"),
+            target_files=link_blobs(store, target_files, work / "target"),
             recipe=recipe,
             extra=architectures,
         )
@@ -117,7 +118,7 @@ async def inspect_checkpoint(
         raise NotFoundError(f"no checkpoint with id {checkpoint_id!r}")
     files, entry = _files(checkpoint), checkpoint.entry
     with store.workdir() as work:
-        paths = _link(store, files, work / "files")
+        paths = link_blobs(store, files, work / "files")
         summary = await inspector.inspect(paths, entry=entry or "auto")
     # The child saw work-folder paths; the document names the files as they were uploaded.
     summary["paths"] = [name for name, _ in files]

@@ -24,6 +24,7 @@ from app.engine.options import WriteOptions
 from app.engine.recipe import load_recipe
 from app.engine.target_spec import TargetSpec, parse_target_spec
 from app.sandbox.runner import Limits, SandboxError
+from app.services.checkpoints import checkpoint_files
 from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
 from app.services.plans import link_blobs
 from app.services.references import RegisterSpec, RegistryConfig, SourceRef
@@ -305,9 +306,9 @@ def _load(database: Database, job_id: str) -> _Inputs:
         ]
         return _Inputs(
             job_id=job.id,
-            source_files=_files(source) if source else [],
+            source_files=checkpoint_files(source) if source else [],
             target=target,
-            target_files=[f for c in target_files for f in _files(c)],
+            target_files=[f for c in target_files for f in checkpoint_files(c)],
             recipe=job.recipe,
             options=_options(job),
             dry_run=job.dry_run,
@@ -328,10 +329,6 @@ def _checkpoint(repo: CheckpointRepository, checkpoint_id: str | None, what: str
     if checkpoint is None:
         raise MissingInputError(f"the {what} checkpoint was deleted")
     return checkpoint
-
-
-def _files(checkpoint: Checkpoint) -> list[tuple[str, str]]:
-    return [(f.filename, f.sha256) for f in checkpoint.files]
 
 
 def _request(

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app.api.access import PRINCIPAL_SCOPE_KEY
 from app.config import Settings
 from app.db.session import Database
+from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
 from app.sandbox.inspector import InspectorPool
 from app.services.auth import Principal, authenticate
@@ -34,7 +35,9 @@ __all__ = [
     "StoreDep",
     "WritePrincipal",
     "WriteSession",
+    "check_target_architecture",
     "in_write_thread",
+    "local_webhook_secret",
 ]
 
 
@@ -95,6 +98,21 @@ _FINISH_THREADS = 8
 async def in_write_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a service call that writes, in one hop of the thread pool (see above)."""
     return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+async def check_target_architecture(
+    target: TargetSpec, inspector: InspectorPool, settings: Settings
+) -> None:
+    """Bind a target's named architecture in a child, as the worker will (none: nothing)."""
+    architecture = target.architecture_ref()
+    if architecture is not None:
+        name, kwargs = architecture
+        await inspector.check_architecture(name, kwargs, extra=settings.architectures)
+
+
+def local_webhook_secret(settings: Settings) -> str | None:
+    """GRAFT_WEBHOOK_SECRET, owner ``local``'s webhook secret (unless one is stored)."""
+    return settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
 
 
 def _finish_limiter(request: Request) -> CapacityLimiter:

@@ -15,6 +15,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from app.api.access import AccessMiddleware
+from app.api.deps import local_webhook_secret
 from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
 from app.api.idempotency import IdempotencyMiddleware
 from app.api.routes import (
@@ -182,7 +183,6 @@ def _delivery_loop(
     database: Database, outbound: OutboundPolicy, settings: Settings
 ) -> DeliveryLoop:
     """The webhook outbox's sender: one asyncio task in the API process (``graft serve``)."""
-    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     return DeliveryLoop(
         database,
         outbound=outbound,
@@ -192,6 +192,6 @@ def _delivery_loop(
             max_backoff_seconds=settings.webhook_max_backoff_seconds,
             timeout_seconds=settings.webhook_timeout_seconds,
         ),
-        local_secret=secret,
+        local_secret=local_webhook_secret(settings),
         poll_seconds=settings.webhook_poll_seconds,
     )

@@ -19,6 +19,7 @@ from app.storage import BlobStore, StagedFile
 
 __all__ = [
     "checkpoint_digest",
+    "checkpoint_files",
     "delete_checkpoint",
     "get_checkpoint",
     "list_checkpoints",
@@ -44,6 +45,11 @@ class StoredFile(Protocol):
     def name(self) -> str:
         """The file's name in its checkpoint (never used as a path by the store)."""
         ...
+
+
+def checkpoint_files(checkpoint: Checkpoint) -> list[tuple[str, str]]:
+    """A stored checkpoint's ``(name, sha256)`` files."""
+    return [(f.filename, f.sha256) for f in checkpoint.files]
 
 
 def checkpoint_digest(files: list[tuple[str, str]]) -> str:

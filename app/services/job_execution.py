@@ -24,7 +24,9 @@ from app.engine.options import WriteOptions
 from app.engine.recipe import load_recipe
 from app.engine.target_spec import TargetSpec, parse_target_spec
 from app.sandbox.runner import Limits, SandboxError
+from app.services.checkpoints import checkpoint_files
 from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
+from app.services.plans import link_blobs
 from app.services.references import RegisterSpec, RegistryConfig, SourceRef
 from app.services.registration import register_result
 from app.services.sources import fetch_source
@@ -304,9 +306,9 @@ def _load(database: Database, job_id: str) -> _Inputs:
         ]
         return _Inputs(
             job_id=job.id,
-            source_files=_files(source) if source else [],
+            source_files=checkpoint_files(source) if source else [],
             target=target,
-            target_files=[f for c in target_files for f in _files(c)],
+            target_files=[f for c in target_files for f in checkpoint_files(c)],
             recipe=job.recipe,
             options=_options(job),
             dry_run=job.dry_run,
@@ -329,18 +331,14 @@ def _checkpoint(repo: CheckpointRepository, checkpoint_id: str | None, what: str
     return checkpoint
 
 
-def _files(checkpoint: Checkpoint) -> list[tuple[str, str]]:
-    return [(f.filename, f.sha256) for f in checkpoint.files]
-
-
 def _request(
     store: BlobStore, inputs: _Inputs, work: Path, settings: JobSettings
 ) -> ConversionRequest:
     """Link the job's blobs into ``work`` and describe the conversion over those files."""
     return ConversionRequest(
-        source=_link(store, inputs.source_files, work / "source"),
+        source=link_blobs(store, inputs.source_files, work / "source"),
         target=inputs.target,
-        target_files=_link(store, inputs.target_files, work / "target"),
+        target_files=link_blobs(store, inputs.target_files, work / "target"),
         recipe=load_recipe(inputs.recipe),
         options=WriteOptions(
             format=inputs.options.format,
@@ -352,12 +350,3 @@ def _request(
         device_index=settings.device_index,
         architectures=settings.architectures,
     )
-
-
-def _link(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
-    if not files:
-        return []
-    folder.mkdir()
-    for name, sha in files:
-        store.link_into(sha, folder / name)
-    return [folder / name for name, _ in files]

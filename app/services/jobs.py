@@ -9,7 +9,7 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import TERMINAL_STATUSES, Artifact, Job
+from app.db.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
 from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
@@ -28,6 +28,7 @@ from app.storage import BlobStore
 __all__ = [
     "JobHooks",
     "cancel_job",
+    "check_target",
     "create_job",
     "get_artifact",
     "get_job",
@@ -46,6 +47,25 @@ def validate_recipe(recipe: dict[str, Any] | None) -> None:
     from app.engine.recipe import load_recipe
 
     load_recipe(recipe)
+
+
+def check_target(
+    checkpoints: CheckpointRepository, target: TargetSpec, *, owner: str | None
+) -> list[Checkpoint]:
+    """Check a target spec and find the checkpoints it names (``owner``'s, unless None).
+
+    Raises:
+        InvalidTargetError: naming the skeleton entry.
+        InvalidJobError: an unknown (or another owner's) checkpoint.
+    """
+    target.check()
+    found = []
+    for ref in target.checkpoint_refs():
+        checkpoint = checkpoints.get(ref, owner=owner)
+        if checkpoint is None:
+            raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
+        found.append(checkpoint)
+    return found
 
 
 def create_job(
@@ -96,11 +116,7 @@ def create_job(
     if register is not None:
         check_register(register, registry, dry_run=dry_run)
     validate_recipe(recipe)
-    target.check()
-    refs = target.checkpoint_refs()
-    for ref in refs:
-        if checkpoints.get(ref, owner=checkpoint_owner) is None:
-            raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
+    templates = check_target(checkpoints, target, owner=checkpoint_owner)
     job = Job(
         owner=owner,
         source_id=source if isinstance(source, str) else None,
@@ -108,7 +124,7 @@ def create_job(
         register=register.model_dump(exclude_none=True) if register is not None else None,
         pipeline_id=pipeline_id,
         target=target.model_dump(mode="json"),
-        target_checkpoint_id=refs[0] if refs else None,
+        target_checkpoint_id=templates[0].id if templates else None,
         recipe=recipe,
         output_format=output_format,
         output_dtype=output_dtype,

@@ -19,7 +19,7 @@ from app.db.models import Pipeline
 from app.db.repositories import CheckpointRepository, PipelineRepository
 from app.engine.target_spec import TargetSpec
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
-from app.services.jobs import validate_recipe
+from app.services.jobs import check_target, validate_recipe
 from app.services.references import RegisterSpec, RegistryConfig, check_register
 
 __all__ = [
@@ -84,11 +84,7 @@ def _check(
             "each result would start the pipeline again; register into another model"
         )
     validate_recipe(spec.recipe)
-    spec.target.check()
-    checkpoints = CheckpointRepository(session)
-    for ref in spec.target.checkpoint_refs():
-        if checkpoints.get(ref, owner=checkpoint_owner) is None:
-            raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
+    check_target(CheckpointRepository(session), spec.target, owner=checkpoint_owner)
     if register is not None:
         check_register(register, registry, dry_run=False)
     registry.require_mlflow("a pipeline's trigger")

@@ -12,19 +12,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.db.models import Checkpoint
 from app.db.repositories import CheckpointRepository
 from app.engine.target_spec import TargetSpec
 from app.sandbox.inspector import InspectorPool
+from app.services.checkpoints import checkpoint_files
 from app.services.errors import InvalidJobError, NotFoundError
-from app.services.jobs import validate_recipe
+from app.services.jobs import check_target, validate_recipe
 from app.storage import BlobStore
 
-__all__ = ["inspect_checkpoint", "plan_conversion", "resolve_plan_inputs"]
-
-
-def _files(checkpoint: Checkpoint) -> list[tuple[str, str]]:
-    return [(f.filename, f.sha256) for f in checkpoint.files]
+__all__ = ["inspect_checkpoint", "link_blobs", "plan_conversion", "resolve_plan_inputs"]
 
 
 def resolve_plan_inputs(
@@ -47,17 +43,14 @@ def resolve_plan_inputs(
     if found is None:
         raise InvalidJobError(f"source: no checkpoint with id {source!r}; upload it first")
     validate_recipe(recipe)
-    target.check()
-    target_files: list[tuple[str, str]] = []
-    for ref in target.checkpoint_refs():
-        template = checkpoints.get(ref, owner=owner)
-        if template is None:
-            raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
-        target_files += _files(template)
-    return _files(found), target_files
+    templates = check_target(checkpoints, target, owner=owner)
+    return checkpoint_files(found), [
+        f for template in templates for f in checkpoint_files(template)
+    ]
 
 
-def _link(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
+def link_blobs(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
+    """Link each ``(name, sha256)`` blob into a new ``folder`` under its name; its paths."""
     if not files:
         return []
     folder.mkdir()
@@ -91,9 +84,9 @@ async def plan_conversion(
     """
     with store.workdir() as work:
         return await inspector.plan(
-            _link(store, source_files, work / "source"),
+            link_blobs(store, source_files, work / "source"),
             target.model_dump(mode="json"),
-            target_files=_link(store, target_files, work / "target"),
+            target_files=link_blobs(store, target_files, work / "target"),
             recipe=recipe,
             extra=architectures,
         )
@@ -115,9 +108,9 @@ async def inspect_checkpoint(
     checkpoint = CheckpointRepository(session).get(checkpoint_id, owner=owner)
     if checkpoint is None:
         raise NotFoundError(f"no checkpoint with id {checkpoint_id!r}")
-    files, entry = _files(checkpoint), checkpoint.entry
+    files, entry = checkpoint_files(checkpoint), checkpoint.entry
     with store.workdir() as work:
-        paths = _link(store, files, work / "files")
+        paths = link_blobs(store, files, work / "files")
         summary = await inspector.inspect(paths, entry=entry or "auto")
     # The child saw work-folder paths; the document names the files as they were uploaded.
     summary["paths"] = [name for name, _ in files]

@@ -24,7 +24,7 @@ from app.registry.download import DownloadedFile, fetch_url
 from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
 from app.sandbox.runner import Limits, SandboxError, run_sandboxed
-from app.services.checkpoints import publish_checkpoint
+from app.services.checkpoints import checkpoint_files, publish_checkpoint
 from app.services.errors import ServiceError
 from app.services.references import RegistryConfig, SourceRef
 from app.services.s3_source import fetch_s3
@@ -150,7 +150,7 @@ def fetch_source(
         fetched = FetchedSource(
             checkpoint_id=checkpoint.id,
             sha256=checkpoint.sha256,
-            files=[(f.filename, f.sha256) for f in checkpoint.files],
+            files=checkpoint_files(checkpoint),
             version=version,
         )
     logger.info(

@@ -11,7 +11,13 @@ import time
 from fastapi import APIRouter, Request, status
 from pydantic import BaseModel
 
-from app.api.deps import OutboundDep, SettingsDep, WriteSession, in_write_thread
+from app.api.deps import (
+    OutboundDep,
+    SettingsDep,
+    WriteSession,
+    in_write_thread,
+    local_webhook_secret,
+)
 from app.api.errors import problem
 from app.api.schemas import job_document
 from app.services.errors import UploadTooLargeError
@@ -75,9 +81,7 @@ async def mlflow_hook(
         hooks=JobHooks(
             render=job_document,
             outbound=outbound,
-            local_secret=(
-                settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-            ),
+            local_secret=local_webhook_secret(settings),
         ),
     )
     return HookResult(

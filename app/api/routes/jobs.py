@@ -22,7 +22,9 @@ from app.api.deps import (
     StoreDep,
     WritePrincipal,
     WriteSession,
+    check_target_architecture,
     in_write_thread,
+    local_webhook_secret,
 )
 from app.api.downloads import blob_response, download_route
 from app.api.errors import problem
@@ -36,7 +38,6 @@ from app.api.schemas import (
     JobsPublic,
     job_document,
 )
-from app.config import Settings
 from app.services import dispatch
 from app.services import job_events as events_service
 from app.services import jobs as service
@@ -76,10 +77,7 @@ async def create_job(
     check_skeleton_size(
         getattr(body.target, "skeleton", None), max_tensors=settings.max_skeleton_tensors
     )
-    architecture = body.target.architecture_ref()
-    if architecture is not None:  # bound in a child, as the worker will, before queueing
-        name, kwargs = architecture
-        await inspector.check_architecture(name, kwargs, extra=settings.architectures)
+    await check_target_architecture(body.target, inspector, settings)  # before queueing
     job = await in_write_thread(
         service.create_job,
         session,
@@ -98,7 +96,7 @@ async def create_job(
         hooks=service.JobHooks(
             render=job_document,
             outbound=outbound,
-            local_secret=_secret(settings),
+            local_secret=local_webhook_secret(settings),
             callback=body.callback.model_dump() if body.callback else None,
         ),
     )
@@ -203,10 +201,6 @@ def list_deliveries(
     return DeliveriesPublic(
         data=[DeliveryPublic.model_validate(d) for d in items], count=len(items)
     )
-
-
-def _secret(settings: Settings) -> str | None:
-    return settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
 
 
 def _event_id(value: str | None) -> int:

@@ -13,26 +13,16 @@ from app.api.deps import (
     SettingsDep,
     WritePrincipal,
     WriteSession,
+    check_target_architecture,
     in_write_thread,
 )
 from app.api.errors import problem
 from app.api.schemas import PipelinePublic, PipelinesPublic
-from app.config import Settings
-from app.sandbox.inspector import InspectorPool
 from app.services import pipelines as service
 from app.services.pipelines import PipelineSpec
 from app.services.references import RegistryConfig
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
-
-
-async def _bind_architecture(
-    spec: PipelineSpec, inspector: InspectorPool, settings: Settings
-) -> None:
-    architecture = spec.target.architecture_ref()
-    if architecture is not None:  # bound in a child, as the worker will
-        name, kwargs = architecture
-        await inspector.check_architecture(name, kwargs, extra=settings.architectures)
 
 
 @router.post(
@@ -52,7 +42,7 @@ async def create_pipeline(
     inspector: InspectorDep,
 ) -> PipelinePublic:
     """Store a pipeline: each matching MLflow event starts one job as its owner."""
-    await _bind_architecture(body, inspector, settings)
+    await check_target_architecture(body.target, inspector, settings)
     pipeline = await in_write_thread(
         service.create_pipeline,
         session,
@@ -93,7 +83,7 @@ async def replace_pipeline(
     inspector: InspectorDep,
 ) -> PipelinePublic:
     """Replace a pipeline's definition."""
-    await _bind_architecture(body, inspector, settings)
+    await check_target_architecture(body.target, inspector, settings)
     pipeline = await in_write_thread(
         service.replace_pipeline,
         session,

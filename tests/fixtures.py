@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -240,6 +241,18 @@ def package_file(package: str, relative: str) -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     return path if path.is_file() else None
+
+
+def published_file(package: str, relative: str) -> Path:
+    """``package_file``, or a skip when the package (a real published checkpoint that
+    requirements-fixtures.txt installs) is absent."""
+    path = package_file(package, relative)
+    if path is None:
+        pytest.skip(
+            f"{package} is not installed (make setup installs requirements-fixtures.txt); "
+            f"{relative} is the real checkpoint this test reads"
+        )
+    return path
 
 
 # --- the CLI as a real process ---------------------------------------------------------------

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -20,7 +19,7 @@ from app.engine.pipeline import convert
 from app.engine.recipe import load_recipe
 from app.engine.target import Target, skeleton_from_module
 from tests.engine._models import SmallNet, save_sd, save_st, small_state_dict
-from tests.fixtures import REPO_ROOT, package_file
+from tests.fixtures import REPO_ROOT, published_file
 
 N = len(small_state_dict())
 
@@ -193,9 +192,7 @@ def test_torch_format_output(tmp_path: Path) -> None:
 
 
 def test_real_legacy_checkpoint_loads_strict_in_a_fresh_process(tmp_path: Path) -> None:
-    alex = package_file("lpips", "weights/v0.1/alex.pth")
-    if alex is None:
-        pytest.skip("lpips (ships real legacy-format weights) is not installed")
+    alex = published_file("lpips", "weights/v0.1/alex.pth")
     reference = torch.load(alex, map_location="cpu", weights_only=True)
     template = save_st(
         {k: torch.zeros_like(v) for k, v in reference.items()}, tmp_path / "lin.safetensors"

@@ -43,3 +43,31 @@ def stored_blobs(settings: Settings) -> list[Path]:
 
 def temp_entries(settings: Settings) -> list[Path]:
     return sorted((settings.storage_dir / "tmp").iterdir())
+
+
+def published_job(
+    settings: Settings, source_id: str, sha: str, size: int, filename: str = "w.safetensors"
+) -> str:
+    """A succeeded job whose ``weights`` artifact is the stored blob ``sha``: enough for the
+    download routes, with no worker. Returns the job's id."""
+    from app.db.models import Artifact, Job
+    from app.db.session import Database
+
+    database = Database(settings.database_url)
+    with database.transaction() as session:
+        job = Job(source_id=source_id, target={"checkpoint": source_id}, status="succeeded")
+        session.add(job)
+        session.flush()
+        session.add(
+            Artifact(
+                job_id=job.id,
+                name="weights",
+                filename=filename,
+                media_type="application/octet-stream",
+                sha256=sha,
+                size=size,
+            )
+        )
+        job_id = str(job.id)
+    database.dispose()
+    return job_id

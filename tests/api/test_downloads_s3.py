@@ -16,7 +16,7 @@ from app.api.main import create_app
 from app.config import Settings
 from app.services.bootstrap import prepare
 from app.storage import S3BlobStore, open_store
-from tests.api.conftest import TestClient
+from tests.api.conftest import TestClient, published_job
 from tests.fixtures import tiny_state_dict
 from tests.s3server import S3Server
 
@@ -48,34 +48,12 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def job_id(client: TestClient, settings: Settings) -> str:
-    from app.db.models import Artifact, Job
-    from app.db.session import Database
-
     buf = io.BytesIO()
     torch.save(tiny_state_dict(), buf)
     r = client.post("/v1/checkpoints?filename=src.pt", content=buf.getvalue())
     assert r.status_code == 201, r.text
     sha, size = open_store(settings).put_bytes(WEIGHTS)
-    database = Database(settings.database_url)
-    with database.transaction() as session:
-        job = Job(
-            source_id=r.json()["id"], target={"checkpoint": r.json()["id"]}, status="succeeded"
-        )
-        session.add(job)
-        session.flush()
-        session.add(
-            Artifact(
-                job_id=job.id,
-                name="weights",
-                filename="w.safetensors",
-                media_type="application/octet-stream",
-                sha256=sha,
-                size=size,
-            )
-        )
-        created = str(job.id)
-    database.dispose()
-    return created
+    return published_job(settings, r.json()["id"], sha, size)
 
 
 def test_uploads_land_in_the_bucket(client: TestClient, settings: Settings) -> None:

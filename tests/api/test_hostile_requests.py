@@ -12,7 +12,6 @@ import io
 import sqlite3
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from torch import nn
 from app.config import Settings
 from app.engine.recipe import load_recipe
 from app.engine.recipe.rename import apply_renames
-from tests.api.conftest import stored_blobs
+from tests.api.conftest import published_job, stored_blobs
 from tests.engine.readers.test_hostile import (
     _BUILD_ON_SHARED,
     IMPOSSIBLE_SAFETENSORS,
@@ -312,31 +311,11 @@ def test_catastrophic_regexes_run_in_linear_time(pattern: str, key: str, hit: st
 
 
 @pytest.fixture(scope="module")
-def weights_job(client, settings: Settings, source_id: str) -> Iterator[str]:
-    from app.db.models import Artifact, Job
-    from app.db.session import Database
+def weights_job(client, settings: Settings, source_id: str) -> str:
     from app.storage import open_store
 
-    database = Database(settings.database_url)
-    store = open_store(settings)
-    sha, size = store.put_bytes(bytes(range(256)) * 64)
-    with database.transaction() as session:
-        job = Job(source_id=source_id, target={"checkpoint": source_id}, status="succeeded")
-        session.add(job)
-        session.flush()
-        session.add(
-            Artifact(
-                job_id=job.id,
-                name="weights",
-                filename="w.safetensors",
-                media_type="application/octet-stream",
-                sha256=sha,
-                size=size,
-            )
-        )
-        job_id = job.id
-    database.dispose()
-    yield job_id
+    sha, size = open_store(settings).put_bytes(bytes(range(256)) * 64)
+    return published_job(settings, source_id, sha, size)
 
 
 def test_thousands_of_ranges_are_refused_cheaply(client, weights_job: str) -> None:
@@ -529,33 +508,12 @@ def test_delete_frees_the_blob_at_once(client, settings: Settings) -> None:
 
 
 def test_delete_keeps_a_blob_another_record_references(client, settings: Settings) -> None:
-    from app.db.models import Artifact, Job
-    from app.db.session import Database
-
     data = _saved({"w": torch.full((5,), 8.0)})
     r = client.post("/v1/checkpoints?filename=shared.pt", content=data)
     assert r.status_code == 201, r.text
     sha, checkpoint = r.json()["sha256"], r.json()["id"]
     other = client.post("/v1/checkpoints?filename=other.pt", content=_saved({"w": torch.ones(1)}))
-    database = Database(settings.database_url)
-    with database.transaction() as session:  # a job output with the very same bytes
-        job = Job(
-            source_id=other.json()["id"],
-            target={"checkpoint": other.json()["id"]},
-            status="succeeded",
-        )
-        session.add(job)
-        session.flush()
-        session.add(
-            Artifact(
-                job_id=job.id,
-                name="weights",
-                filename="w.pt",
-                media_type="application/octet-stream",
-                sha256=sha,
-                size=len(data),
-            )
-        )
-    database.dispose()
+    # a job output with the very same bytes
+    published_job(settings, other.json()["id"], sha, len(data), filename="w.pt")
     assert client.delete(f"/v1/checkpoints/{checkpoint}").status_code == 204
     assert _blob(settings, sha).read_bytes() == data

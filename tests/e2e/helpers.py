@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
+
+
+def until(predicate: Callable[[], T | None], timeout: float = 30) -> T:
+    """The first truthy value ``predicate`` returns, polled every 50 ms; TimeoutError after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError
 
 
 def net(seed: int, classes: int = 10) -> nn.Module:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load
 
 from tests.e2e.conftest import REPO, Server
-from tests.e2e.helpers import assert_consistent, net, saved
+from tests.e2e.helpers import assert_consistent, net, saved, until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,16 +30,6 @@ def _job(client: httpx.Client, source: str, target: str) -> str:
     r = client.post("/v1/jobs", json={"source": source, "target": {"checkpoint": target}})
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
-
-
-def _until(predicate, timeout: float = 30):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError
 
 
 def _assert_converted(client: httpx.Client, job_id: str, seed: int) -> None:
@@ -63,7 +53,7 @@ def test_kill_9_of_a_worker_mid_job(tmp_path: Path) -> None:
             source = _upload(client, "s.pth", saved(net(7)))
             target = _upload(client, "t.pth", saved(net(8)))
             job_id = _job(client, source, target)
-            running = _until(
+            running = until(
                 lambda: (
                     (j := client.get(f"/v1/jobs/{job_id}").json())["status"] == "running"
                     and j["worker"]
@@ -92,7 +82,7 @@ def test_job_that_keeps_killing_workers_fails_after_bounded_attempts(tmp_path: P
             job_id = _job(client, source, source)
             seen: set[str] = set()
             for _ in range(2):
-                job = _until(
+                job = until(
                     lambda: (
                         (j := client.get(f"/v1/jobs/{job_id}").json())["worker"]
                         and j["worker"] not in seen
@@ -121,7 +111,7 @@ def test_restart_loses_no_job(tmp_path: Path) -> None:
         source = _upload(client, "s.pth", saved(net(11)))
         target = _upload(client, "t.pth", saved(net(12)))
         jobs = [_job(client, source, target) for _ in range(3)]
-        _until(lambda: client.get(f"/v1/jobs/{jobs[0]}").json()["status"] == "running")
+        until(lambda: client.get(f"/v1/jobs/{jobs[0]}").json()["status"] == "running")
         assert [client.get(f"/v1/jobs/{j}").json()["status"] for j in jobs[1:]] == ["queued"] * 2
     server.stop()
     server.start(GRAFT_WORKERS="2", GRAFT_TEST_STAGE_DELAY="0")

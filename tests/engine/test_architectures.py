@@ -402,6 +402,15 @@ def test_a_dry_run_and_verify_false_never_build_the_model(tmp_path: Path) -> Non
 # Entry points -----------------------------------------------------------------------------------
 
 
+def _installed(site: Path, module: str, distribution: str, entry_point: str) -> None:
+    """Make ``site`` hold an installed distribution declaring one ``graft.architectures``
+    entry point (the module itself is written by the caller)."""
+    dist = site / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[graft.architectures]\n{entry_point}\n")
+
+
 def test_an_installed_package_registers_through_its_entry_point(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -422,11 +431,8 @@ def test_an_installed_package_registers_through_its_entry_point(
         "    def example_output_shape(self, batch=2):\n"
         "        return (batch, self.body.out_features)\n"
     )
-    dist = tmp_path / "graft_demo_models-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: graft-demo-models\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[graft.architectures]\ndemo_net = graft_demo_models:Demo\n"
+    _installed(
+        tmp_path, "graft_demo_models", "graft-demo-models", "demo_net = graft_demo_models:Demo"
     )
     with monkeypatch.context() as patch:
         patch.syspath_prepend(str(tmp_path))
@@ -457,11 +463,8 @@ def test_a_plugin_whose_import_fails_is_listed_as_unavailable(
     (tmp_path / "graft_broken_models.py").write_text(
         "raise RuntimeError('operator torchvision::nms does not exist\\nmore detail')\n"
     )
-    dist = tmp_path / "graft_broken_models-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: graft-broken\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[graft.architectures]\nbroken_net = graft_broken_models:Net\n"
+    _installed(
+        tmp_path, "graft_broken_models", "graft-broken", "broken_net = graft_broken_models:Net"
     )
     with monkeypatch.context() as patch:
         patch.syspath_prepend(str(tmp_path))

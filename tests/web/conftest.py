@@ -18,9 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.e2e.conftest import Server
+from tests.fixtures import REPO_ROOT
 
 CHROMIUM = os.environ.get("GRAFT_TEST_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 FLAGS = [
     "--headless",
     "--no-sandbox",

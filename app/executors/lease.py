@@ -30,6 +30,7 @@ from app.services.job_events import (
     record_statuses,
 )
 from app.services.job_execution import JobOutcome, JobSettings, execute_job
+from app.services.maintenance import finish_lapsed
 from app.storage import BlobStore
 
 __all__ = [
@@ -100,12 +101,9 @@ def default_events() -> JobEventsConfig:
 def sweep_lapsed(database: Database, events: JobEventsConfig | None = None) -> None:
     """Finish the jobs whose worker died: cancelled if a cancel was asked, failed
     (``worker-lost``) if that was their last attempt; each with its status event."""
-    now = utcnow()
+    render = (events or default_events()).render
     with database.transaction() as session:
-        repo = JobRepository(session)
-        cancelled = repo.cancel_abandoned(now=now)
-        failed = repo.fail_exhausted(now=now)
-        record_statuses(session, [*cancelled, *failed], (events or default_events()).render)
+        _, failed = finish_lapsed(session, now=utcnow(), render=render)
     if failed:
         logger.warning("failed %d job(s) that exhausted their attempts", len(failed))
 

@@ -20,6 +20,9 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.repositories import CheckpointRepository, JobRepository
@@ -27,7 +30,7 @@ from app.db.session import Database
 from app.services.job_events import JobRenderer, record_statuses
 from app.storage import BlobStore
 
-__all__ = ["BlobCollector", "LeaseSweep", "reap_leases"]
+__all__ = ["BlobCollector", "LeaseSweep", "finish_lapsed", "reap_leases"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,20 @@ class LeaseSweep:
     cancelled: int
 
 
+def finish_lapsed(
+    session: Session, *, now: datetime, render: JobRenderer | None
+) -> tuple[list[str], list[str]]:
+    """Finish the running jobs whose worker died and that will not run again: cancelled if a
+    cancel was asked, failed (``worker-lost``) after their last attempt; each with its status
+    event and webhooks (unless ``render`` is None). Returns ``(cancelled, failed)`` ids."""
+    repo = JobRepository(session)
+    cancelled = repo.cancel_abandoned(now=now)
+    failed = repo.fail_exhausted(now=now)
+    if render is not None:
+        record_statuses(session, [*cancelled, *failed], render)
+    return cancelled, failed
+
+
 def reap_leases(database: Database, render: JobRenderer | None = None) -> LeaseSweep:
     """Settle every running job whose lease has lapsed (see the module docstring)."""
     now = utcnow()
@@ -48,12 +65,9 @@ def reap_leases(database: Database, render: JobRenderer | None = None) -> LeaseS
         if not JobRepository(session).has_work(now=now):
             return LeaseSweep(0, 0, 0)
     with database.transaction() as session:
-        repo = JobRepository(session)
-        cancelled = repo.cancel_abandoned(now=now)
-        failed = repo.fail_exhausted(now=now)
-        requeued = repo.requeue_lapsed(now=now)
-        if render is not None:  # their terminal status events, and webhooks, with the change
-            record_statuses(session, [*cancelled, *failed], render)
+        cancelled, failed = finish_lapsed(session, now=now, render=render)
+        # Attempts left: back to the queue (a local worker's claim would also take them).
+        requeued = JobRepository(session).requeue_lapsed(now=now)
     sweep = LeaseSweep(requeued, len(failed), len(cancelled))
     if requeued or failed or cancelled:
         logger.warning("lapsed leases: %s", sweep)

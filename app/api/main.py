@@ -41,8 +41,8 @@ from app.sandbox.inspector import InspectorPool
 from app.services.dispatch import redispatch_unsent
 from app.services.limits import inspection_limits, inspection_memory_budget
 from app.services.maintenance import BlobCollector, reap_leases
-from app.services.webhook_delivery import DeliveryLoop
-from app.services.webhooks import DeliveryPolicy
+from app.services.webhooks.delivery import DeliveryLoop
+from app.services.webhooks.outbox import DeliveryPolicy
 from app.storage import open_store
 
 __all__ = ["create_app"]

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.db.models import Artifact, Checkpoint, Pipeline
 from app.engine.target_spec import TargetSpec
 from app.services.job_document import JobPublic, OutputOptions, job_document
-from app.services.pipelines import PipelineSpec
-from app.services.references import SourceRef
+from app.services.sources.references import SourceRef
+from app.services.webhooks.pipelines import PipelineSpec
 
 __all__ = [
     "ArchitecturePublic",

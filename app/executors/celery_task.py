@@ -35,7 +35,7 @@ from app.executors.lease import (
 from app.services.job_events import record_statuses
 from app.services.job_execution import JobSettings
 from app.services.limits import conversion_limits, inspection_limits
-from app.services.references import RegistryConfig
+from app.services.sources.references import RegistryConfig
 from app.storage import BlobStore, open_store
 
 __all__ = ["STAGE_DELAY_ENV", "run_job"]

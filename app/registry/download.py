@@ -1,4 +1,4 @@
-"""Streamed downloads with sha256 and a size cap, and ``fetch_url`` for sources by URL.
+"""Streamed downloads with sha256 and a size cap (the registry client's and URL sources').
 
 A download is written to ``<dest>.part`` and renamed into place only once complete, so a
 failure never leaves a file that looks whole. The size cap is enforced on the announced
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 
-from app.net.outbound import OutboundPolicy, Resolver, guarded_client
 from app.registry.errors import (
     RegistryError,
     RegistryNotFoundError,
@@ -22,7 +21,7 @@ from app.registry.errors import (
     SourceUnavailableError,
 )
 
-__all__ = ["DownloadedFile", "fetch_url", "stream_to_file"]
+__all__ = ["MAX_REDIRECTS", "DownloadedFile", "stream_to_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,45 +118,3 @@ def stream_to_file(
         raise
     logger.info("fetched %s (%d bytes) to %s", url, size, dest)
     return DownloadedFile(path=dest, size=size, sha256=digest.hexdigest())
-
-
-def fetch_url(
-    url: str,
-    dest: Path,
-    *,
-    max_bytes: int,
-    policy: OutboundPolicy,
-    timeout: float = 60.0,
-    resolver: Resolver | None = None,
-) -> DownloadedFile:
-    """Fetch a source given by URL, through the outbound guard.
-
-    ``https`` URLs (``http`` only to hosts listed exactly) on allow-listed hosts; redirects are
-    followed up to five hops, each checked again.
-
-    Args:
-        url: the source.
-        dest: where to write it.
-        max_bytes: the size cap.
-        policy: the outbound allow list.
-        timeout: connect and read timeout, seconds.
-        resolver: DNS override, for tests.
-
-    Returns:
-        The downloaded file with its sha256.
-
-    Raises:
-        OutboundRefusedError: before any connection, for a scheme, host or address not allowed.
-        SourceUnavailableError: the host failed (``retryable`` tells whether to try again).
-        RegistryNotFoundError: 404.
-        SourceTooLargeError: over ``max_bytes``.
-    """
-    policy.check_url(url)  # a clear refusal before any client is even built
-    with guarded_client(
-        policy,
-        resolver=resolver,
-        timeout=timeout,
-        follow_redirects=True,
-        max_redirects=MAX_REDIRECTS,
-    ) as client:
-        return stream_to_file(client, url, dest, max_bytes=max_bytes)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.models import Job
 from app.engine.target_spec import parse_target_spec
-from app.services.references import RegisterSpec, SourceRef
+from app.services.sources.references import RegisterSpec, SourceRef
 
 __all__ = ["JobError", "JobPublic", "JobResult", "JobTimings", "OutputOptions", "job_document"]
 

@@ -26,7 +26,7 @@ from app.db.models import TERMINAL_STATUSES, Job
 from app.db.repositories import JobRepository
 from app.db.session import Database
 from app.services.errors import NotFoundError
-from app.services.webhooks import enqueue_webhooks
+from app.services.webhooks.outbox import enqueue_webhooks
 
 __all__ = [
     "JobEventsConfig",

@@ -27,9 +27,9 @@ from app.sandbox.runner import Limits, SandboxError
 from app.services.checkpoints import checkpoint_files
 from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
 from app.services.plans import link_blobs
-from app.services.references import RegisterSpec, RegistryConfig, SourceRef
 from app.services.registration import register_result
-from app.services.sources import fetch_source
+from app.services.sources.fetch import fetch_source
+from app.services.sources.references import RegisterSpec, RegistryConfig, SourceRef
 from app.storage import BlobStore
 
 __all__ = ["BlobSink", "JobControl", "JobOutcome", "JobSettings", "execute_job"]

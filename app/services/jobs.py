@@ -15,14 +15,14 @@ from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
 from app.services.job_events import JobRenderer, record_status
-from app.services.references import (
+from app.services.sources.references import (
     RegisterSpec,
     RegistryConfig,
     SourceRef,
     check_register,
     check_source_ref,
 )
-from app.services.webhooks import check_callback
+from app.services.webhooks.outbox import check_callback
 from app.storage import BlobStore
 
 __all__ = [

@@ -18,8 +18,8 @@ from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
 from app.registry.mlflow_publish import register_version
 from app.services.errors import ServiceError
-from app.services.references import RegisterSpec, RegistryConfig
-from app.services.sources import JobInputError, registry_failure
+from app.services.sources.fetch import JobInputError, registry_failure
+from app.services.sources.references import RegisterSpec, RegistryConfig
 from app.storage import BlobStore
 
 __all__ = ["register_result"]

@@ -12,7 +12,7 @@ from app.config import Settings, get_settings
 from app.db.session import Database
 from app.services.conversion import warm_up
 from app.services.limits import conversion_limits, inspection_limits
-from app.services.references import RegistryConfig
+from app.services.sources.references import RegistryConfig
 from app.services.warmth import mark_warm, markers_dir
 from app.storage import open_store
 from app.worker.runner import JobRunner

@@ -24,7 +24,7 @@ from app.executors.lease import LeaseTiming, default_events, run_held_job, sweep
 from app.sandbox.runner import Limits
 from app.services.job_events import JobEventsConfig, JobRenderer, record_statuses
 from app.services.job_execution import JobSettings
-from app.services.references import RegistryConfig
+from app.services.sources.references import RegistryConfig
 from app.storage import BlobStore
 
 __all__ = ["JobRunner"]

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from app.net.outbound import OutboundPolicy, OutboundRefusedError
-from app.registry.download import fetch_url
 from app.registry.errors import (
     RegistryNotFoundError,
     SourceTooLargeError,
     SourceUnavailableError,
 )
 from app.registry.mlflow import MlflowClient
+from app.services.sources.http import fetch_url
 from tests.net.servers import Server, serve
 
 LOCAL = OutboundPolicy.from_setting("127.0.0.1")

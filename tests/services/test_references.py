@@ -12,8 +12,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.services.auth import UnauthorizedError
 from app.services.errors import InvalidJobError
-from app.services.mlflow_hooks import verify_signature
-from app.services.references import (
+from app.services.sources.references import (
     OutboundRefused,
     RegisterSpec,
     RegistryConfig,
@@ -21,7 +20,8 @@ from app.services.references import (
     check_register,
     check_source_ref,
 )
-from app.services.s3_source import S3SourceConfig
+from app.services.sources.s3 import S3SourceConfig
+from app.services.webhooks.incoming import verify_signature
 
 CONFIG = RegistryConfig(
     tracking_uri="http://127.0.0.1:5000",

@@ -18,8 +18,8 @@ from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy, OutboundRefusedError, guarded_async_client
 from app.services.job_events import record_status
-from app.services.webhook_delivery import DeliveryLoop
-from app.services.webhooks import (
+from app.services.webhooks.delivery import DeliveryLoop
+from app.services.webhooks.outbox import (
     CallbackRefusedError,
     DeliveryPolicy,
     backoff_seconds,

@@ -22,8 +22,8 @@ from app.api.errors import problem
 from app.api.schemas import job_document
 from app.services.errors import UploadTooLargeError
 from app.services.jobs import JobHooks
-from app.services.mlflow_hooks import handle_delivery, verify_signature
-from app.services.references import RegistryConfig
+from app.services.sources.references import RegistryConfig
+from app.services.webhooks.incoming import handle_delivery, verify_signature
 
 router = APIRouter(prefix="/v1/hooks", tags=["hooks"])
 

@@ -41,10 +41,10 @@ from app.api.schemas import (
 from app.services import dispatch
 from app.services import job_events as events_service
 from app.services import jobs as service
-from app.services import webhooks as webhooks_service
 from app.services.errors import BadRequestError, TooManyRangesError
 from app.services.payloads import check_depth, check_skeleton_size
-from app.services.references import RegistryConfig
+from app.services.sources.references import RegistryConfig
+from app.services.webhooks import outbox as webhooks_service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -18,9 +18,9 @@ from app.api.deps import (
 )
 from app.api.errors import problem
 from app.api.schemas import PipelinePublic, PipelinesPublic
-from app.services import pipelines as service
-from app.services.pipelines import PipelineSpec
-from app.services.references import RegistryConfig
+from app.services.sources.references import RegistryConfig
+from app.services.webhooks import pipelines as service
+from app.services.webhooks.pipelines import PipelineSpec
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from app.api.deps import WritePrincipal, WriteSession, in_write_thread
 from app.api.schemas import WebhookSecretPublic
-from app.services import webhooks as service
+from app.services.webhooks import outbox as service
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

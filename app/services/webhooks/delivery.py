@@ -20,7 +20,12 @@ from app.db.base import utcnow
 from app.db.events import IdempotencyRepository, WebhookRepository
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy, OutboundRefusedError, Resolver, guarded_async_client
-from app.services.webhooks import DeliveryPolicy, attempt_outcome, owner_secret, webhook_headers
+from app.services.webhooks.outbox import (
+    DeliveryPolicy,
+    attempt_outcome,
+    owner_secret,
+    webhook_headers,
+)
 
 __all__ = ["DeliveryLoop"]
 

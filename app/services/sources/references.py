@@ -20,7 +20,7 @@ from app.net.outbound import OutboundPolicy, OutboundRefusedError
 from app.registry.errors import InvalidReferenceError
 from app.registry.mlflow import parse_model_uri, validate_alias
 from app.services.errors import InvalidJobError, ServiceError
-from app.services.s3_source import S3SourceConfig, parse_s3_uri
+from app.services.sources.s3 import S3SourceConfig, parse_s3_uri
 
 __all__ = [
     "OutboundRefused",

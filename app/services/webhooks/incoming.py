@@ -28,8 +28,8 @@ from app.engine.errors import GraftError
 from app.services.auth import UnauthorizedError
 from app.services.errors import BadRequestError, ServiceError
 from app.services.jobs import JobHooks, create_job
-from app.services.pipelines import PipelineSpec
-from app.services.references import RegistryConfig, SourceRef
+from app.services.sources.references import RegistryConfig, SourceRef
+from app.services.webhooks.pipelines import PipelineSpec
 
 __all__ = ["MAX_SKEW_SECONDS", "HookOutcome", "handle_delivery", "verify_signature"]
 

@@ -20,14 +20,15 @@ import httpx
 from app.db.session import Database
 from app.engine.errors import GraftError
 from app.net.outbound import OutboundRefusedError
-from app.registry.download import DownloadedFile, fetch_url
+from app.registry.download import DownloadedFile
 from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
 from app.sandbox.runner import Limits, SandboxError, run_sandboxed
 from app.services.checkpoints import checkpoint_files, publish_checkpoint
 from app.services.errors import ServiceError
-from app.services.references import RegistryConfig, SourceRef
-from app.services.s3_source import fetch_s3
+from app.services.sources.http import fetch_url
+from app.services.sources.references import RegistryConfig, SourceRef
+from app.services.sources.s3 import fetch_s3
 from app.storage import BlobStore
 
 __all__ = ["FetchedSource", "JobInputError", "fetch_source", "registry_failure"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from app.db.base import utcnow
-from app.db.events import IdempotencyRepository
+from app.db.repositories import IdempotencyRepository
 from app.db.session import Database
 from app.services.errors import ServiceError
 

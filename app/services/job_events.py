@@ -21,7 +21,7 @@ from typing import Any
 from anyio import CapacityLimiter, to_thread
 from sqlalchemy.orm import Session
 
-from app.db.events import JobEventRepository
+from app.db.repositories import JobEventRepository
 from app.db.models import TERMINAL_STATUSES, Job
 from app.db.repositories import JobRepository
 from app.db.session import Database

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from app.db.base import utcnow
-from app.db.events import IdempotencyRepository, JobEventRepository
+from app.db.repositories import IdempotencyRepository, JobEventRepository
 from app.db.session import Database
 from tests.db.test_repositories import _checkpoint, _job
 

@@ -91,7 +91,7 @@ def test_checkpoint_roundtrip_and_tensor_pages(any_database: Database) -> None:
         items, total = repo.page(offset=0, limit=10)
         assert total == 1
         assert items[0].files[0].filename == "x.pth"
-        assert repo.blob_references("a" * 64) == 1
+        assert repo.referenced_blobs(["a" * 64, "f" * 64]) == {"a" * 64}
 
 
 def test_claim_is_exclusive_and_ordered(any_database: Database) -> None:

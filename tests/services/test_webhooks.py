@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 from app.db.base import utcnow
-from app.db.events import WebhookRepository
+from app.db.repositories import WebhookRepository
 from app.db.models import Checkpoint, CheckpointFile, Job, JobStatus
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database

@@ -17,7 +17,7 @@ import httpx
 from anyio import to_thread
 
 from app.db.base import utcnow
-from app.db.events import IdempotencyRepository, WebhookRepository
+from app.db.repositories import IdempotencyRepository, WebhookRepository
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy, OutboundRefusedError, Resolver, guarded_async_client
 from app.services.webhooks.outbox import (

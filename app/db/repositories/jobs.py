@@ -1,142 +1,25 @@
-"""Every query the service makes. Repositories flush; the caller's unit of work commits."""
+"""Queries for jobs: pages, cancellation, claims and leases, and finishing.
+
+``owner=None`` in a query means every owner: workers and admins; API callers pass theirs.
+Repositories flush; the caller's unit of work commits.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
-    ACTIVE_STATUSES,
-    ApiKey,
-    Artifact,
-    Checkpoint,
-    CheckpointFile,
-    CheckpointTensor,
     Job,
     JobStatus,
-    MlflowDelivery,
-    Pipeline,
-    Worker,
 )
+from app.db.repositories._page import page
 
-__all__ = [
-    "ApiKeyRepository",
-    "ArtifactRepository",
-    "CheckpointRepository",
-    "DeliveryRepository",
-    "JobClaim",
-    "JobRepository",
-    "PipelineRepository",
-    "WorkerRepository",
-]
-
-# ``owner=None`` in a query means every owner: workers and admins; API callers pass theirs.
-
-
-class CheckpointRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def get(self, checkpoint_id: str, *, owner: str | None = None) -> Checkpoint | None:
-        checkpoint = self.session.get(Checkpoint, checkpoint_id)
-        if checkpoint is None or (owner is not None and checkpoint.owner != owner):
-            return None
-        return checkpoint
-
-    def get_by_sha256(self, sha256: str, *, owner: str) -> Checkpoint | None:
-        return self.session.scalars(
-            select(Checkpoint).where(Checkpoint.sha256 == sha256, Checkpoint.owner == owner)
-        ).first()
-
-    def add(self, checkpoint: Checkpoint, tensors: Sequence[dict[str, Any]]) -> Checkpoint:
-        """Insert a checkpoint (with its files attached) and its tensor list."""
-        self.session.add(checkpoint)
-        self.session.flush()
-        self.session.add_all(
-            CheckpointTensor(
-                checkpoint_id=checkpoint.id,
-                position=i,
-                key=t["key"],
-                shape=list(t["shape"]),
-                dtype=t["dtype"],
-                kind=t["kind"],
-            )
-            for i, t in enumerate(tensors)
-        )
-        self.session.flush()
-        return checkpoint
-
-    def page(
-        self, *, offset: int, limit: int, owner: str | None = None, sha256: str | None = None
-    ) -> tuple[list[Checkpoint], int]:
-        where = [Checkpoint.owner == owner] if owner is not None else []
-        if sha256 is not None:
-            where.append(Checkpoint.sha256 == sha256)
-        count = self.session.scalar(select(func.count()).select_from(Checkpoint).where(*where)) or 0
-        rows = self.session.scalars(
-            select(Checkpoint)
-            .where(*where)
-            .order_by(Checkpoint.created_at.desc(), Checkpoint.id)
-            .offset(offset)
-            .limit(limit)
-        )
-        return list(rows), count
-
-    def tensors(
-        self, checkpoint_id: str, *, offset: int, limit: int
-    ) -> tuple[list[CheckpointTensor], int]:
-        where = CheckpointTensor.checkpoint_id == checkpoint_id
-        count = self.session.scalar(select(func.count()).where(where)) or 0
-        rows = self.session.scalars(
-            select(CheckpointTensor)
-            .where(where)
-            .order_by(CheckpointTensor.position)
-            .offset(offset)
-            .limit(limit)
-        )
-        return list(rows), count
-
-    def in_use(self, checkpoint_id: str) -> bool:
-        """Whether a queued or running job reads this checkpoint."""
-        query = select(
-            exists().where(
-                Job.status.in_(ACTIVE_STATUSES),
-                or_(Job.source_id == checkpoint_id, Job.target_checkpoint_id == checkpoint_id),
-            )
-        )
-        return bool(self.session.scalar(query))
-
-    def referenced_by_any_job(self, checkpoint_id: str) -> bool:
-        query = select(
-            exists().where(
-                or_(Job.source_id == checkpoint_id, Job.target_checkpoint_id == checkpoint_id)
-            )
-        )
-        return bool(self.session.scalar(query))
-
-    def blob_references(self, sha256: str) -> int:
-        """How many checkpoint files and artifacts point at this blob."""
-        files = self.session.scalar(select(func.count()).where(CheckpointFile.sha256 == sha256))
-        artifacts = self.session.scalar(select(func.count()).where(Artifact.sha256 == sha256))
-        return (files or 0) + (artifacts or 0)
-
-    def referenced_blobs(self, candidates: Sequence[str]) -> set[str]:
-        """Which of these blob digests a checkpoint file or an artifact still references."""
-        wanted = list(candidates)
-        files = self.session.scalars(
-            select(CheckpointFile.sha256).where(CheckpointFile.sha256.in_(wanted))
-        )
-        artifacts = self.session.scalars(select(Artifact.sha256).where(Artifact.sha256.in_(wanted)))
-        return set(files) | set(artifacts)
-
-    def delete(self, checkpoint: Checkpoint) -> None:
-        self.session.delete(checkpoint)
-        self.session.flush()
+__all__ = ["JobClaim", "JobRepository"]
 
 
 class JobRepository:
@@ -160,15 +43,8 @@ class JobRepository:
         where = [Job.status == status] if status else []
         if owner is not None:
             where.append(Job.owner == owner)
-        count = self.session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
-        rows = self.session.scalars(
-            select(Job)
-            .where(*where)
-            .order_by(Job.created_at.desc(), Job.id)
-            .offset(offset)
-            .limit(limit)
-        )
-        return list(rows), count
+        order = (Job.created_at.desc(), Job.id)
+        return page(self.session, Job, where=where, order_by=order, offset=offset, limit=limit)
 
     def cancel_queued(self, job_id: str, *, now: datetime) -> bool:
         """Cancel a job no worker holds. Returns whether it was queued."""
@@ -458,159 +334,12 @@ class JobRepository:
         return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
-class PipelineRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def get(self, name: str, *, owner: str) -> Pipeline | None:
-        return self.session.scalar(
-            select(Pipeline).where(Pipeline.owner == owner, Pipeline.name == name)
-        )
-
-    def add(self, pipeline: Pipeline) -> Pipeline:
-        self.session.add(pipeline)
-        self.session.flush()
-        return pipeline
-
-    def page(self, *, offset: int, limit: int, owner: str | None) -> tuple[list[Pipeline], int]:
-        where = [Pipeline.owner == owner] if owner is not None else []
-        count = self.session.scalar(select(func.count()).select_from(Pipeline).where(*where)) or 0
-        rows = self.session.scalars(
-            select(Pipeline).where(*where).order_by(Pipeline.name).offset(offset).limit(limit)
-        )
-        return list(rows), count
-
-    def triggered_by(self, model: str) -> list[Pipeline]:
-        """Every owner's pipelines whose trigger names ``model``, oldest first."""
-        rows = self.session.scalars(
-            select(Pipeline)
-            .where(Pipeline.trigger_model == model)
-            .order_by(Pipeline.created_at, Pipeline.id)
-        )
-        return list(rows)
-
-    def delete(self, pipeline: Pipeline) -> None:
-        self.session.delete(pipeline)
-        self.session.flush()
-
-
-class DeliveryRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def get(self, delivery_id: str) -> MlflowDelivery | None:
-        return self.session.get(MlflowDelivery, delivery_id)
-
-    def add(self, delivery: MlflowDelivery) -> MlflowDelivery:
-        self.session.add(delivery)
-        self.session.flush()
-        return delivery
-
-
 @dataclass(frozen=True)
 class JobClaim:
     """The answer to a claim of one named job (see :meth:`JobRepository.claim_job`)."""
 
     kind: Literal["claimed", "busy", "gone"]
     retry_in: float = 0.0
-
-
-class WorkerRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def record(self, worker: Worker) -> None:
-        """Insert a worker, or refresh the one with its id."""
-        self.session.merge(worker)
-        self.session.flush()
-
-    def beat(self, worker_id: str, *, now: datetime) -> bool:
-        """Record a heartbeat. Returns whether the worker is recorded."""
-        result = self.session.execute(
-            update(Worker).where(Worker.id == worker_id).values(heartbeat_at=now)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    def remove(self, worker_id: str) -> None:
-        self.session.execute(delete(Worker).where(Worker.id == worker_id))
-
-    def alive(self, *, since: datetime) -> list[Worker]:
-        """Workers that heartbeated at or after ``since``."""
-        return list(
-            self.session.scalars(
-                select(Worker).where(Worker.heartbeat_at >= since).order_by(Worker.id)
-            )
-        )
-
-    def gpu_alive(self, *, since: datetime) -> bool:
-        """Whether a worker with a CUDA device that consumes ``gpu`` heartbeated since."""
-        return any(
-            "gpu" in w.queues and any(d.startswith("cuda") for d in w.devices)
-            for w in self.alive(since=since)
-        )
-
-    def prune(self, *, before: datetime) -> int:
-        """Forget workers silent since ``before`` (they died without saying goodbye)."""
-        result = self.session.execute(delete(Worker).where(Worker.heartbeat_at < before))
-        return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-class ApiKeyRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, key: ApiKey) -> ApiKey:
-        self.session.add(key)
-        self.session.flush()
-        return key
-
-    def get(self, key_id: str) -> ApiKey | None:
-        return self.session.get(ApiKey, key_id)
-
-    def active(self, key_id: str) -> ApiKey | None:
-        key = self.session.get(ApiKey, key_id)
-        return key if key is not None and key.revoked_at is None else None
-
-    def any_active(self) -> bool:
-        return bool(self.session.scalar(select(exists().where(ApiKey.revoked_at.is_(None)))))
-
-    def any_ever(self) -> bool:
-        """Whether a key was ever created: revoked keys keep their row (revoking sets
-        ``revoked_at``; nothing deletes a key), so this never turns false again."""
-        return bool(self.session.scalar(select(exists().where(ApiKey.id.is_not(None)))))
-
-    def all(self) -> list[ApiKey]:
-        return list(self.session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
-
-    def revoke(self, key_id: str, *, now: datetime) -> bool:
-        result = self.session.execute(
-            update(ApiKey)
-            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-class ArtifactRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, artifact: Artifact) -> Artifact:
-        self.session.add(artifact)
-        self.session.flush()
-        return artifact
-
-    def get(self, job_id: str, name: str) -> Artifact | None:
-        return self.session.scalars(
-            select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)
-        ).first()
-
-    def for_job(self, job_id: str) -> list[Artifact]:
-        return list(
-            self.session.scalars(
-                select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)
-            )
-        )
 
 
 def _claim_values(owner: str, now: datetime, lease_seconds: float) -> dict[str, Any]:

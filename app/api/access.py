@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db.session import Database
+from app.api.app_context import context_of
 from app.services.auth import Principal, authenticate, resolve_mode
 from app.services.errors import ServiceError
 
@@ -127,11 +126,11 @@ class AccessMiddleware:
         await self._capped(scope, receive, send)
 
     async def _authenticate(self, scope: Scope) -> Principal:
-        app_state: Any = scope["app"].state
-        database: Database = app_state.database
-        configured: str = app_state.settings.auth
+        context = context_of(scope["app"])
+        database = context.database
+        configured = context.settings.auth
         # In auto mode, "keys" is final once seen: remember it and skip the look-up.
-        if configured == "auto" and getattr(app_state, "auth_keys_seen", False):
+        if configured == "auto" and context.auth.keys_seen:
             configured = "keys"
         authorization = None
         for name, value in scope["headers"]:
@@ -142,7 +141,7 @@ class AccessMiddleware:
         def check() -> Principal:
             with database.transaction(write=False) as session:
                 if configured == "auto" and resolve_mode(session, "auto") == "keys":
-                    app_state.auth_keys_seen = True
+                    context.auth.keys_seen = True
                 return authenticate(session, authorization, mode=configured)
 
         return await to_thread.run_sync(check)

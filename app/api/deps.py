@@ -7,12 +7,13 @@ import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
-from anyio import CapacityLimiter, to_thread
+from anyio import to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.api.access import PRINCIPAL_SCOPE_KEY
+from app.api.app_context import AppContext, app_context
 from app.config import Settings
 from app.db.session import Database
 from app.engine.target_spec import TargetSpec
@@ -25,6 +26,7 @@ from app.storage import BlobStore
 T = TypeVar("T")
 
 __all__ = [
+    "ContextDep",
     "DatabaseDep",
     "DispatcherDep",
     "InspectorDep",
@@ -42,35 +44,30 @@ __all__ = [
 
 
 def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return app_context(request).settings
 
 
 def _database(request: Request) -> Database:
-    database: Database = request.app.state.database
-    return database
+    return app_context(request).database
 
 
 def _store(request: Request) -> BlobStore:
-    store: BlobStore = request.app.state.store
-    return store
+    return app_context(request).store
 
 
 def _outbound(request: Request) -> OutboundPolicy:
-    policy: OutboundPolicy = request.app.state.outbound
-    return policy
+    return app_context(request).outbound
 
 
 def _inspector(request: Request) -> InspectorPool:
-    inspector: InspectorPool = request.app.state.inspector
-    return inspector
+    return app_context(request).inspector
 
 
 def _dispatcher(request: Request) -> Dispatcher | None:
-    dispatcher: Dispatcher | None = getattr(request.app.state, "dispatcher", None)
-    return dispatcher
+    return app_context(request).dispatcher
 
 
+ContextDep = Annotated[AppContext, Depends(app_context)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 # None with the local executor: its workers claim jobs from the database themselves.
 DispatcherDep = Annotated[Dispatcher | None, Depends(_dispatcher)]
@@ -91,8 +88,8 @@ def _read_session(database: DatabaseDep) -> Iterator[Session]:
 # response validation, or the commit itself) nothing would move until the busy timeout ran
 # out ("database is locked", 500s). Hence the rule for write routes: they are ``async def``,
 # do their service call in one hop (``in_write_thread``), and that hop is the last pool thread
-# the transaction uses; commit and rollback run on threads of their own.
-_FINISH_THREADS = 8
+# the transaction uses; commit and rollback run on threads of their own
+# (``AppContext.finish_limiter``).
 
 
 async def in_write_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -115,16 +112,9 @@ def local_webhook_secret(settings: Settings) -> str | None:
     return settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
 
 
-def _finish_limiter(request: Request) -> CapacityLimiter:
-    limiter: CapacityLimiter | None = getattr(request.app.state, "finish_limiter", None)
-    if limiter is None:
-        limiter = request.app.state.finish_limiter = CapacityLimiter(_FINISH_THREADS)
-    return limiter
-
-
 async def _write_session(request: Request, database: DatabaseDep) -> AsyncIterator[Session]:
     session = database.writer()
-    limiter = _finish_limiter(request)
+    limiter = app_context(request).finish_limiter
     try:
         yield session
         await to_thread.run_sync(session.commit, limiter=limiter)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.app_context import context_of
 from app.api.errors import problem_response
 from app.db.session import Database
 from app.services import idempotency as service
@@ -112,8 +112,8 @@ class IdempotencyMiddleware:
         if key is None:
             await self.app(scope, receive, send)
             return
-        state: Any = scope["app"].state
-        database: Database = state.database
+        context = context_of(scope["app"])
+        database = context.database
         if not key.strip() or len(key) > service.MAX_KEY_LENGTH:
             detail = f"Idempotency-Key must be 1 to {service.MAX_KEY_LENGTH} characters"
             await problem_response(400, "bad-request", detail)(scope, receive, send)
@@ -125,7 +125,7 @@ class IdempotencyMiddleware:
         print_ = service.fingerprint(
             scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1")
         )
-        ttl = state.settings.idempotency_ttl_seconds
+        ttl = context.settings.idempotency_ttl_seconds
         if await to_thread.run_sync(lambda: service.begin(database, owner, key, ttl_seconds=ttl)):
             await self._first(scope, receive, send, database, owner, key, print_)
         else:

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 
+from app.api.app_context import app_context
 from app.api.deps import (
     InspectorDep,
     ReadPrincipal,
@@ -18,10 +19,9 @@ from app.api.deps import (
 )
 from app.api.errors import problem
 from app.api.schemas import CheckpointPublic, CheckpointsPublic, TensorPublic, TensorsPublic
-from app.api.uploads import UploadPace, UploadSlots, receive_upload
+from app.api.uploads import UploadPace, receive_upload
 from app.services import checkpoints as service
 from app.services import plans as plans_service
-from app.services.maintenance import BlobCollector
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 
@@ -80,7 +80,7 @@ async def upload_checkpoint(
     entry: Annotated[str, Query(description="which dict holds the weights")] = "auto",
 ) -> CheckpointPublic:
     """Upload a checkpoint: multipart `file` part(s), or the raw body with `?filename=`."""
-    slots: UploadSlots = request.app.state.uploads
+    slots = app_context(request).uploads
     pace = UploadPace(
         idle_timeout=settings.upload_idle_timeout_seconds,
         min_rate=settings.upload_min_bytes_per_second,
@@ -185,6 +185,6 @@ async def delete_checkpoint(
         service.delete_checkpoint, session, checkpoint_id, owner=principal.scope_owner
     )
     # Runs after the response, so after the session dependency has committed the delete.
-    collector: BlobCollector = request.app.state.blob_collector
+    collector = app_context(request).blob_collector
     collector.add(digests)
     background.add_task(in_write_thread, collector.collect)

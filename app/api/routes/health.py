@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.api.app_context import app_context
 from app.api.deps import DatabaseDep, DispatcherDep, SettingsDep, StoreDep
 from app.api.errors import problem_response
 from app.services.warmth import markers_dir, warm_workers
@@ -43,7 +44,7 @@ async def readyz(
             checks[name] = "ok"
         except Exception as exc:
             checks[name] = f"error: {exc}"
-    if getattr(request.app.state, "embedded_workers", 0):
+    if app_context(request).embedded_workers:
         warm = warm_workers(markers_dir(settings.storage_dir))
         checks["workers"] = f"ok: {warm} warm" if warm else "warming up"
     if any(not v.startswith("ok") for v in checks.values()):

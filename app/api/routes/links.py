@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.app_context import app_context
 from app.api.deps import ReadPrincipal, ReadSession, StoreDep
 from app.api.downloads import blob_response
 from app.api.errors import problem
@@ -29,8 +30,7 @@ class LinkPublic(BaseModel):
 
 
 def _secret(request: Request) -> bytes:
-    secret: bytes = request.app.state.link_secret
-    return secret
+    return app_context(request).link_secret
 
 
 @router.post("/v1/links", responses={404: problem("no such job or artifact")})

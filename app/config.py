@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.engine.architectures import ArchitectureRef, parse_architectures
+from app.engine.errors import InvalidTargetError
 
 __all__ = ["Settings", "get_settings"]
 
@@ -89,10 +92,11 @@ class Settings(BaseSettings):
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="auto | cpu | cuda[:N]; auto means cuda when torch sees one.",
     )
-    architectures: str = Field(
-        default="",
+    architectures: Annotated[tuple[ArchitectureRef, ...], NoDecode] = Field(
+        default=(),
         description="More architecture targets, name=module:factory,... (the module must be "
-        "importable by workers); entry points in the graft.architectures group register too.",
+        "importable by workers); entry points in the graft.architectures group register too. "
+        "Parsed once, here, into (name, module, factory) triples.",
     )
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0, description="Upload size cap.")
     lease_seconds: float = Field(default=30.0, gt=0, description="How long a claim lasts.")
@@ -234,6 +238,17 @@ class Settings(BaseSettings):
         ge=0,
         description="Blobs no record references are collected at start once this old.",
     )
+
+    @field_validator("architectures", mode="before")
+    @classmethod
+    def _parse_architectures(cls, value: object) -> object:
+        # The one place the GRAFT_ARCHITECTURES string is parsed; a malformed one stops the start.
+        if isinstance(value, str):
+            try:
+                return tuple(parse_architectures(value))
+            except InvalidTargetError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
 
     @model_validator(mode="after")
     def _outbound_allow_parses(self) -> Settings:

@@ -10,8 +10,9 @@ Four sources, later ones overriding earlier ones of the same name (with a warnin
    through the entry-point group below, like any plug-in (the engine never imports the zoo);
 3. Python entry points in the group ``graft.architectures`` (``name = module:factory``): a team
    installs its model package and its models become targets;
-4. an explicit ``name=module:factory,...`` string (the service's ``GRAFT_ARCHITECTURES``),
-   passed in as ``extra``: the engine reads no settings.
+4. explicit ``(name, module, factory)`` triples (the service's ``GRAFT_ARCHITECTURES``, parsed
+   once at start by :func:`parse_architectures`), passed in as ``extra``: the engine reads no
+   settings.
 
 Clients only ever name an architecture and pass JSON kwargs; they never send code. Kwargs are
 checked against the factory's signature (names, and the JSON types its annotations allow)
@@ -27,7 +28,7 @@ import inspect
 import logging
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Architecture",
+    "ArchitectureRef",
     "BoundArchitecture",
     "KwargInfo",
     "Unavailable",
@@ -52,6 +54,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# One architecture named by configuration: (name, module, factory attribute).
+ArchitectureRef = tuple[str, str, str]
 
 ENTRY_POINT_GROUP = "graft.architectures"
 # The distribution whose entry points are the built-in zoo (origin ``builtin``).
@@ -242,13 +247,15 @@ class BoundArchitecture:
         return None
 
 
-def parse_architectures(spec: str | None) -> list[tuple[str, str, str]]:
+def parse_architectures(spec: str | None) -> list[ArchitectureRef]:
     """Parse ``name=module:factory,...`` (``GRAFT_ARCHITECTURES``) into (name, module, attr).
+
+    Called once, where the settings are read; the engine's other functions take the result.
 
     Raises:
         InvalidTargetError: an item is not of that form.
     """
-    items: list[tuple[str, str, str]] = []
+    items: list[ArchitectureRef] = []
     for raw in (spec or "").split(","):
         item = raw.strip()
         if not item:
@@ -264,20 +271,19 @@ def parse_architectures(spec: str | None) -> list[tuple[str, str, str]]:
     return items
 
 
-def load_registry(extra: str | None = None) -> dict[str, Architecture]:
+def load_registry(extra: Sequence[ArchitectureRef] = ()) -> dict[str, Architecture]:
     """Every usable registered architecture, by name.
 
     Args:
-        extra: ``name=module:factory,...`` registered last (the service's
-            ``GRAFT_ARCHITECTURES``).
-
-    Raises:
-        InvalidTargetError: ``extra`` is malformed.
+        extra: (name, module, factory) triples registered last (the service's
+            ``GRAFT_ARCHITECTURES``, see :func:`parse_architectures`).
     """
     return _scan(extra)[0]
 
 
-def _scan(extra: str | None) -> tuple[dict[str, Architecture], dict[str, Unavailable]]:
+def _scan(
+    extra: Sequence[ArchitectureRef],
+) -> tuple[dict[str, Architecture], dict[str, Unavailable]]:
     """The usable architectures and, by name, those whose import failed."""
     registry: dict[str, Architecture] = {}
     broken: dict[str, Unavailable] = {}
@@ -299,7 +305,7 @@ def _scan(extra: str | None) -> tuple[dict[str, Architecture], dict[str, Unavail
     library, library_broken = _library_architectures()
     for item in (*library, *library_broken, *_entry_point_architectures()):
         add(item)
-    for name, module, attr in parse_architectures(extra):
+    for name, module, attr in extra:
         ref = f"{module}:{attr}"
         try:
             factory = getattr(importlib.import_module(module), attr)
@@ -310,7 +316,7 @@ def _scan(extra: str | None) -> tuple[dict[str, Architecture], dict[str, Unavail
     return registry, broken
 
 
-def get_architecture(name: str, *, extra: str | None = None) -> Architecture:
+def get_architecture(name: str, *, extra: Sequence[ArchitectureRef] = ()) -> Architecture:
     """One architecture by name.
 
     Raises:
@@ -334,13 +340,16 @@ def get_architecture(name: str, *, extra: str | None = None) -> Architecture:
 
 
 def bind_architecture(
-    name: str, kwargs: Mapping[str, Any] | None = None, *, extra: str | None = None
+    name: str,
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    extra: Sequence[ArchitectureRef] = (),
 ) -> BoundArchitecture:
     """Look ``name`` up and check ``kwargs`` against it (see :meth:`Architecture.bind`)."""
     return get_architecture(name, extra=extra).bind(kwargs)
 
 
-def describe_architectures(extra: str | None = None) -> list[dict[str, Any]]:
+def describe_architectures(extra: Sequence[ArchitectureRef] = ()) -> list[dict[str, Any]]:
     """Every architecture as JSON, sorted by name (what ``GET /v1/architectures`` serves).
 
     Those whose import failed are listed too, with ``available: false`` and the reason.

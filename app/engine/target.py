@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from app.engine.architectures import BoundArchitecture
+    from app.engine.architectures import ArchitectureRef, BoundArchitecture
     from app.engine.readers import Source
 
 __all__ = ["Target", "skeleton_from_module"]
@@ -103,7 +103,7 @@ class Target:
         spec: CheckpointTarget | SkeletonTarget | ArchitectureTarget,
         *,
         files: CheckpointFiles | None = None,
-        architectures: str | None = None,
+        architectures: Sequence[ArchitectureRef] = (),
     ) -> Target:
         """The target a spec describes. The one place that asks which kind a target is.
 
@@ -111,7 +111,7 @@ class Target:
             spec: the target as data.
             files: a checkpoint target's files (its reference resolved by the caller: an
                 upload's blobs, or the CLI's path); ignored for the other kinds.
-            architectures: more architectures, ``name=module:factory,...``.
+            architectures: more architectures, (name, module, factory) triples.
 
         Raises:
             InvalidTargetError: an unusable skeleton, architecture or checkpoint.
@@ -153,14 +153,14 @@ class Target:
         name: str,
         kwargs: Mapping[str, Any] | None = None,
         *,
-        extra: str | None = None,
+        extra: Sequence[ArchitectureRef] = (),
     ) -> Target:
         """A registered architecture, built on the meta device (planning allocates nothing).
 
         Args:
             name: the architecture's registered name (see ``app.engine.architectures``).
             kwargs: JSON-like kwargs for its factory, checked against its signature.
-            extra: more architectures, ``name=module:factory,...`` (``GRAFT_ARCHITECTURES``).
+            extra: more architectures, (name, module, factory) triples (``GRAFT_ARCHITECTURES``).
 
         Raises:
             InvalidTargetError: unknown architecture, bad kwargs, or a factory that fails.

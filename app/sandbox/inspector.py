@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app.engine.architectures import ArchitectureRef
 from app.engine.errors import GraftError
 from app.sandbox.runner import (
     Limits,
@@ -179,11 +181,11 @@ class InspectorPool:
         result: dict[str, Any] = answer["result"]
         return result
 
-    async def architectures(self, *, extra: str = "") -> list[dict[str, Any]]:
+    async def architectures(self, *, extra: Sequence[ArchitectureRef] = ()) -> list[dict[str, Any]]:
         """The engine's registered architectures (asked of a child: no torch import here).
 
         Args:
-            extra: more architectures, ``name=module:factory,...`` (``GRAFT_ARCHITECTURES``).
+            extra: more architectures, (name, module, factory) triples (``GRAFT_ARCHITECTURES``).
         """
         answer = await self._call({"op": "architectures", "extra": extra})
         if not answer.get("ok"):
@@ -198,7 +200,7 @@ class InspectorPool:
         *,
         target_files: list[Path],
         recipe: dict[str, Any] | None,
-        extra: str = "",
+        extra: Sequence[ArchitectureRef] = (),
     ) -> dict[str, Any]:
         """A dry run, from headers alone: the report a conversion would produce.
 
@@ -207,7 +209,7 @@ class InspectorPool:
             target: the target spec as data (checkpoint, skeleton or architecture).
             target_files: a checkpoint target's staged files; else empty.
             recipe: the recipe as data (None: the defaults).
-            extra: more architectures, ``name=module:factory,...``.
+            extra: more architectures, (name, module, factory) triples.
 
         Returns:
             The ``graft.report/v1`` document of the dry run (``ok`` false when the recipe's
@@ -235,7 +237,7 @@ class InspectorPool:
         return result
 
     async def check_architecture(
-        self, name: str, kwargs: dict[str, Any], *, extra: str = ""
+        self, name: str, kwargs: dict[str, Any], *, extra: Sequence[ArchitectureRef] = ()
     ) -> None:
         """Bind ``name`` with ``kwargs`` in a child, exactly as the worker will.
 
@@ -254,7 +256,12 @@ class InspectorPool:
 # ------------------------------------------------------------------------------------------
 
 
-def _list_architectures(extra: str) -> list[dict[str, Any]]:
+def _extra(request: dict[str, Any]) -> tuple[ArchitectureRef, ...]:
+    """The request's architecture triples, back from JSON's lists."""
+    return tuple((name, module, attr) for name, module, attr in request.get("extra") or ())
+
+
+def _list_architectures(extra: Sequence[ArchitectureRef]) -> list[dict[str, Any]]:
     from app.engine.architectures import describe_architectures
 
     return describe_architectures(extra)
@@ -272,7 +279,7 @@ def _plan(request: dict[str, Any]) -> dict[str, Any]:
     files = [Path(p) for p in request.get("target_files") or []]
     target_files = (files[0] if len(files) == 1 else files) if files else None
     source = [Path(p) for p in request["files"]]
-    target = Target.from_spec(spec, files=target_files, architectures=request.get("extra") or "")
+    target = Target.from_spec(spec, files=target_files, architectures=_extra(request))
     with target:
         result = convert(
             source[0] if len(source) == 1 else source,
@@ -290,13 +297,11 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
 
     try:
         if request.get("op") == "architectures":
-            return {"ok": True, "result": _list_architectures(request.get("extra") or "")}
+            return {"ok": True, "result": _list_architectures(_extra(request))}
         if request.get("op") == "bind-architecture":
             from app.engine.architectures import bind_architecture
 
-            bind_architecture(
-                request["name"], request.get("kwargs"), extra=request.get("extra") or ""
-            )
+            bind_architecture(request["name"], request.get("kwargs"), extra=_extra(request))
             return {"ok": True, "result": None}
         if request.get("op") == "plan":
             return {"ok": True, "result": _plan(request)}

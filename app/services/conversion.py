@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from app.engine.architectures import ArchitectureRef
 from app.engine.options import WriteOptions
 from app.engine.progress import CountingProgress
 from app.engine.recipe import Recipe
@@ -60,7 +61,7 @@ class ConversionRequest(BaseModel):
         source_architecture: the architecture the source belongs to (``--source-arch``).
         device_index: this worker's number on its host; ``auto``/``cuda`` pin worker ``i``
             to GPU ``i % count``.
-        architectures: more architectures, ``name=module:factory,...``.
+        architectures: more architectures, (name, module, factory) triples.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -74,7 +75,7 @@ class ConversionRequest(BaseModel):
     source_sha256: str | None = None
     source_architecture: ArchitectureTarget | None = None
     device_index: int = 0
-    architectures: str = ""
+    architectures: tuple[ArchitectureRef, ...] = ()
 
 
 @dataclass

@@ -21,9 +21,8 @@ from typing import Any
 from anyio import CapacityLimiter, to_thread
 from sqlalchemy.orm import Session
 
-from app.db.repositories import JobEventRepository
 from app.db.models import TERMINAL_STATUSES, Job
-from app.db.repositories import JobRepository
+from app.db.repositories import JobEventRepository, JobRepository
 from app.db.session import Database
 from app.services.errors import NotFoundError
 from app.services.webhooks.outbox import enqueue_webhooks

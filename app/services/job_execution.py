@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from app.db.models import Checkpoint, Job, JobStatus
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
+from app.engine.architectures import ArchitectureRef
 from app.engine.errors import GraftError, PolicyError
 from app.engine.options import WriteOptions
 from app.engine.recipe import load_recipe
@@ -90,7 +91,7 @@ class JobSettings:
         limits: the sandbox limits of each conversion child.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         device_index: this worker's number on its host (GPU pinning).
-        architectures: more architectures, ``name=module:factory,...``.
+        architectures: more architectures, (name, module, factory) triples.
         registry: the MLflow registry and outbound allow list (sources by reference,
             ``output.register``).
         inspect_limits: the sandbox limits of a fetched source's inspection.
@@ -100,7 +101,7 @@ class JobSettings:
     limits: Limits
     device: str = "auto"
     device_index: int = 0
-    architectures: str = ""
+    architectures: tuple[ArchitectureRef, ...] = ()
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     inspect_limits: Limits = field(default_factory=Limits)
     max_tensors: int | None = None

@@ -7,12 +7,14 @@ headers only, so it takes about as long as an inspection.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.db.repositories import CheckpointRepository
+from app.engine.architectures import ArchitectureRef
 from app.engine.target_spec import TargetSpec
 from app.sandbox.inspector import InspectorPool
 from app.services.checkpoints import checkpoint_files
@@ -67,7 +69,7 @@ async def plan_conversion(
     target: TargetSpec,
     target_files: list[tuple[str, str]],
     recipe: dict[str, Any] | None,
-    architectures: str = "",
+    architectures: Sequence[ArchitectureRef] = (),
 ) -> dict[str, Any]:
     """The dry-run report of converting the source into the target with the recipe.
 
@@ -77,7 +79,7 @@ async def plan_conversion(
         source_files, target_files: from :func:`resolve_plan_inputs`.
         target: the target spec.
         recipe: the recipe as data.
-        architectures: more architectures, ``name=module:factory,...``.
+        architectures: more architectures, (name, module, factory) triples.
 
     Returns:
         The ``graft.report/v1`` document of the dry run.

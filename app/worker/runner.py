@@ -20,6 +20,7 @@ import threading
 from app.db.base import utcnow
 from app.db.repositories import JobRepository
 from app.db.session import Database
+from app.engine.architectures import ArchitectureRef
 from app.executors.lease import LeaseTiming, default_events, run_held_job, sweep_lapsed
 from app.sandbox.runner import Limits
 from app.services.job_events import JobEventsConfig, JobRenderer, record_statuses
@@ -46,7 +47,7 @@ class JobRunner:
             so tests can kill a worker mid-job. Zero in production.
         limits: the sandbox limits of each job's conversion child (default: none).
         worker_index: this worker's number among those on the host (GPU pinning).
-        architectures: more architecture targets, ``name=module:factory,...``.
+        architectures: more architecture targets, (name, module, factory) triples.
         registry: the MLflow registry and outbound allow list (sources by reference, register).
         inspect_limits: sandbox limits of a fetched source's inspection.
         max_tensors: most tensors a fetched source may hold.
@@ -67,7 +68,7 @@ class JobRunner:
         stage_delay: float = 0.0,
         limits: Limits | None = None,
         worker_index: int = 0,
-        architectures: str = "",
+        architectures: tuple[ArchitectureRef, ...] = (),
         registry: RegistryConfig | None = None,
         inspect_limits: Limits | None = None,
         max_tensors: int | None = None,

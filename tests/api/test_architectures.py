@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from app.config import Settings
+from app.engine.architectures import parse_architectures
 from app.services.bootstrap import prepare
 
 
@@ -33,7 +34,9 @@ def test_the_builtin_architectures_are_listed_with_typed_kwargs(client: TestClie
 def test_the_architectures_setting_adds_to_the_listing(settings: Settings, tmp_path: Path) -> None:
     extra = settings.model_copy(
         update={
-            "architectures": "tiny_b=tests.engine.test_architectures:TinyB,gone=no_mod:f",
+            "architectures": tuple(
+                parse_architectures("tiny_b=tests.engine.test_architectures:TinyB,gone=no_mod:f")
+            ),
             "database_url": f"sqlite:///{tmp_path / 'graft.db'}",
             "storage_dir": tmp_path / "blobs",
         }

@@ -27,11 +27,12 @@ from app.engine.target import Target
 
 # Two architectures computing the same function under different module names, registered the
 # way a service does it (GRAFT_ARCHITECTURES) with this module as their home.
-PAIR = (
+PAIR = parse_architectures(
     "tiny_a=tests.engine.test_architectures:TinyA,"
     "tiny_b=tests.engine.test_architectures:TinyB,"
     "tiny_wrong=tests.engine.test_architectures:TinyWrongShape"
 )
+GONE = parse_architectures("gone=no_such_mod:f")
 RESNET = {"depth": 18, "img_size": 32}
 BERT = {
     "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -164,8 +165,8 @@ def test_setting_string_registers_and_is_validated() -> None:
     with pytest.raises(InvalidTargetError, match=r"'oops': write name=module:factory"):
         load_registry("oops")
     # A setting whose import fails is listed as unavailable, with its reason, not raised.
-    assert "gone" not in load_registry("gone=no_such_mod:f")
-    listed = {a["name"]: a for a in describe_architectures("gone=no_such_mod:f")}
+    assert "gone" not in load_registry(GONE)
+    listed = {a["name"]: a for a in describe_architectures(GONE)}
     assert listed["gone"] == {
         "name": "gone", "kwargs": {}, "description": None, "origin": "setting",
         "ref": "no_such_mod:f", "available": False,
@@ -173,7 +174,7 @@ def test_setting_string_registers_and_is_validated() -> None:
     }  # fmt: skip
     assert listed["graft_vit"]["available"] is True
     with pytest.raises(InvalidTargetError, match=r"'gone' \(no_such_mod:f\) is unavailable: "):
-        get_architecture("gone", extra="gone=no_such_mod:f")
+        get_architecture("gone", extra=GONE)
 
 
 def test_unknown_architecture_and_bad_kwargs_name_the_culprit() -> None:

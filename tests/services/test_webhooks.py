@@ -12,9 +12,8 @@ from datetime import timedelta
 import pytest
 
 from app.db.base import utcnow
-from app.db.repositories import WebhookRepository
 from app.db.models import Checkpoint, CheckpointFile, Job, JobStatus
-from app.db.repositories import CheckpointRepository, JobRepository
+from app.db.repositories import CheckpointRepository, JobRepository, WebhookRepository
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy, OutboundRefusedError, guarded_async_client
 from app.services.job_events import record_status

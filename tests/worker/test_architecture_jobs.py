@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from app.db.models import Job
 from app.db.repositories import JobRepository
 from app.db.session import Database
-from app.engine.architectures import bind_architecture
+from app.engine.architectures import bind_architecture, parse_architectures
 from app.engine.devices import resolve_device
 from app.engine.errors import DeviceUnavailableError
 from app.storage import FileBlobStore
@@ -21,7 +21,7 @@ from app.worker.runner import JobRunner
 from tests.worker.test_runner import _get, _register
 
 RESNET = {"depth": 18, "img_size": 32}
-PAIR = "tiny_b=tests.engine.test_architectures:TinyB"
+PAIR = tuple(parse_architectures("tiny_b=tests.engine.test_architectures:TinyB"))
 
 
 def _arch_job(db: Database, source: str, spec: dict[str, object], recipe: object = None) -> str:

@@ -30,8 +30,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.repositories import WebhookRepository
 from app.db.models import LOCAL_OWNER, Job, WebhookAttempt, WebhookDelivery
+from app.db.repositories import WebhookRepository
 from app.net.outbound import OutboundPolicy, OutboundRefusedError
 from app.services.errors import ServiceError
 

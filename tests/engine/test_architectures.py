@@ -163,7 +163,7 @@ def test_setting_string_registers_and_is_validated() -> None:
     assert registry["tiny_b"].origin == "setting"
     assert registry["tiny_b"].ref == "tests.engine.test_architectures:TinyB"
     with pytest.raises(InvalidTargetError, match=r"'oops': write name=module:factory"):
-        load_registry("oops")
+        parse_architectures("oops")
     # A setting whose import fails is listed as unavailable, with its reason, not raised.
     assert "gone" not in load_registry(GONE)
     listed = {a["name"]: a for a in describe_architectures(GONE)}

@@ -8,13 +8,14 @@ give each flag an empty metavar as their help is drawn, and change nothing else.
 
 from __future__ import annotations
 
-import click
+from typing import Any
+
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 __all__ = ["GraftCommand", "GraftGroup"]
 
 
-def _untyped_flags(params: list[click.Parameter]) -> list[click.Parameter]:
+def _untyped_flags(params: list[Any]) -> list[Any]:
     for param in params:
         if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
             param.metavar = ""
@@ -24,7 +25,7 @@ def _untyped_flags(params: list[click.Parameter]) -> list[click.Parameter]:
 class GraftCommand(TyperCommand):
     """A ``graft`` command whose help shows no type beside a flag."""
 
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+    def get_params(self, ctx: Any) -> list[Any]:  # Typer's own (vendored) click types
         """The command's parameters, the help option included, flags with an empty metavar."""
         return _untyped_flags(super().get_params(ctx))
 
@@ -32,6 +33,6 @@ class GraftCommand(TyperCommand):
 class GraftGroup(TyperGroup):
     """A ``graft`` command group whose help shows no type beside a flag."""
 
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+    def get_params(self, ctx: Any) -> list[Any]:  # Typer's own (vendored) click types
         """The group's parameters, the help option included, flags with an empty metavar."""
         return _untyped_flags(super().get_params(ctx))

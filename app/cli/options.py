@@ -22,6 +22,7 @@ EntryOpt = Annotated[str, typer.Option("--entry", help="Weights entry: auto or a
 
 
 def source_arg(paths: list[Path]) -> Path | list[Path]:
+    """One SOURCE path as itself, several (a sharded set's files) as the list."""
     return paths[0] if len(paths) == 1 else paths
 
 
@@ -37,6 +38,15 @@ TargetArg = Annotated[
 
 
 def json_object(text: str | None, option: str) -> dict[str, Any]:
+    """An option's JSON object text, parsed (``{}`` when the option is absent).
+
+    Args:
+        text: The option's value, or None when it was not given.
+        option: How the error names the option (``--source-kwargs``).
+
+    Raises:
+        InvalidTargetError: The text is not a JSON object.
+    """
     from app.engine.errors import InvalidTargetError
 
     try:
@@ -49,7 +59,12 @@ def json_object(text: str | None, option: str) -> dict[str, Any]:
 
 
 def target_spec(spec: str, kwargs: str | None) -> tuple[Any, list[Path]]:
-    """The TARGET argument as a target spec, and a checkpoint target's files."""
+    """The TARGET argument as a target spec, and a checkpoint target's files.
+
+    Args:
+        spec: A template checkpoint, a ``.json`` skeleton, or ``arch:NAME``.
+        kwargs: ``--target-kwargs`` (JSON), for an ``arch:`` target only.
+    """
     from app.engine.errors import InvalidTargetError
     from app.engine.target_spec import parse_target_spec, read_skeleton
 

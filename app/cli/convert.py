@@ -73,6 +73,52 @@ def _run(
         raise typer.Exit(1)
 
 
+MaxShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-shard-size",
+        help="Write Hugging Face shards of at most this size (e.g. 5GB, 500MiB) into "
+        "the folder -o.",
+    ),
+]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify/--no-verify",
+        help="Digest every tensor and re-read the output to compare (default). "
+        "--no-verify takes no digests and no source identity: the fastest copy.",
+    ),
+]
+Sha256Opt = Annotated[
+    bool,
+    typer.Option(
+        "--sha256",
+        help="Identify the source by its sha256 (one more pass, on one core) instead of "
+        "its BLAKE3 (b3sum), the default.",
+    ),
+]
+SourceArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--source-arch",
+        help="The architecture the source belongs to: with an arch: target and a "
+        "rename-only recipe, both models run and must agree.",
+    ),
+]
+
+
+def _source_architecture(name: str | None, kwargs: str | None) -> Any:
+    """``--source-arch`` and ``--source-kwargs`` as a target spec (None without them)."""
+    from app.engine.target_spec import parse_target_spec
+
+    if name is not None:
+        parsed = json_object(kwargs, "--source-kwargs")
+        return parse_target_spec({"architecture": name, "kwargs": parsed})
+    if kwargs is not None:
+        raise typer.BadParameter("--source-kwargs needs --source-arch")
+    return None
+
+
 def plan(
     source: Annotated[Path, typer.Argument(help="Source checkpoint or sharded set.")],
     target: TargetArg,
@@ -108,63 +154,28 @@ def convert(
     fmt: Annotated[str, typer.Option("--format", help="safetensors or torch.")] = "safetensors",
     json_: JsonOpt = False,
     target_kwargs: TargetKwargsOpt = None,
-    max_shard_size: Annotated[
-        str | None,
-        typer.Option(
-            "--max-shard-size",
-            help="Write Hugging Face shards of at most this size (e.g. 5GB, 500MiB) into "
-            "the folder -o.",
-        ),
-    ] = None,
-    verify: Annotated[
-        bool,
-        typer.Option(
-            "--verify/--no-verify",
-            help="Digest every tensor and re-read the output to compare (default). "
-            "--no-verify takes no digests and no source identity: the fastest copy.",
-        ),
-    ] = True,
-    sha256: Annotated[
-        bool,
-        typer.Option(
-            "--sha256",
-            help="Identify the source by its sha256 (one more pass, on one core) instead of "
-            "its BLAKE3 (b3sum), the default.",
-        ),
-    ] = False,
+    max_shard_size: MaxShardOpt = None,
+    verify: VerifyOpt = True,
+    sha256: Sha256Opt = False,
     device: Annotated[
         str | None,
         typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: GRAFT_DEVICE, auto)."),
     ] = None,
-    source_arch: Annotated[
-        str | None,
-        typer.Option(
-            "--source-arch",
-            help="The architecture the source belongs to: with an arch: target and a "
-            "rename-only recipe, both models run and must agree.",
-        ),
-    ] = None,
+    source_arch: SourceArchOpt = None,
     source_kwargs: Annotated[
         str | None, typer.Option("--source-kwargs", help="JSON kwargs for --source-arch.")
     ] = None,
 ) -> None:
     """Convert SOURCE into TARGET's layout, verify it, and report every tensor."""
     from app.config import get_settings
-    from app.engine.target_spec import parse_target_spec
+    from app.engine.devices import check_device
 
     if fmt not in ("safetensors", "torch"):
         raise typer.BadParameter("--format is safetensors or torch")
     settings = get_settings()
-    from app.engine.devices import check_device
-
     # Before any work: a missing GPU (--device or GRAFT_DEVICE) is bad input, exit 2.
     check_device(device or settings.device)
-    source_architecture = None
-    if source_arch is not None:
-        kwargs = json_object(source_kwargs, "--source-kwargs")
-        source_architecture = parse_target_spec({"architecture": source_arch, "kwargs": kwargs})
-    elif source_kwargs is not None:
-        raise typer.BadParameter("--source-kwargs needs --source-arch")
+    source_architecture = _source_architecture(source_arch, source_kwargs)
     options = WriteOptions(
         format=fmt,  # type: ignore[arg-type]
         device=device or settings.device,

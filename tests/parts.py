@@ -8,6 +8,7 @@ it fails them, naming the part, so CI can never pass with a whole area untested.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from types import ModuleType
 from typing import NoReturn
@@ -46,7 +47,7 @@ def import_part(module: str, name: str, how: str) -> ModuleType:
         how: How to install it.
     """
     try:
-        return __import__(module, fromlist=["_"])
+        return importlib.import_module(module)
     except ImportError as exc:
         require_part(name, f"{module} is not importable ({exc}); {how}")
 

@@ -11,10 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.parts import DEFAULT_POSTGRES_URL, postgres_url, require_part
 from tests.s3server import S3Server, serve_s3
 from tests.schemas import validate_everything
 
-POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL")
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Default ``GRAFT_TEST_POSTGRES_URL`` to the local server when it answers, for this
+    process and the servers and workers the tests start."""
+    url = postgres_url()
+    if url:
+        os.environ.setdefault("GRAFT_TEST_POSTGRES_URL", url)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -43,10 +50,11 @@ def sqlite_database(tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def postgres_database() -> Iterator[object]:
     """A fresh PostgreSQL schema brought to head by Alembic, dropped afterwards."""
-    if not POSTGRES_URL:
-        pytest.skip(
-            "GRAFT_TEST_POSTGRES_URL is not set, so the PostgreSQL tests do not run; .ci/run "
-            "sets it (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+    url = postgres_url()
+    if not url:
+        require_part(
+            "PostgreSQL",
+            f"GRAFT_TEST_POSTGRES_URL is not set and nothing answers at {DEFAULT_POSTGRES_URL}",
         )
     from sqlalchemy import create_engine, text
 
@@ -54,10 +62,10 @@ def postgres_database() -> Iterator[object]:
     from app.db.session import Database
 
     schema = f"graft_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
+    admin = create_engine(url)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    database = Database(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
+    database = Database(url, connect_args={"options": f"-csearch_path={schema}"})
     try:
         upgrade(database)
         yield database
@@ -84,5 +92,5 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         try:
             server = stack.enter_context(serve_s3(root))
         except RuntimeError as exc:
-            pytest.skip(f"no S3 server: {exc}")
+            require_part("S3 server (rclone serve s3)", str(exc))
         yield server

@@ -18,10 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
+
+from tests.parts import require_part
 
 __all__ = [
     "REPO_ROOT",
@@ -248,9 +249,10 @@ def published_file(package: str, relative: str) -> Path:
     requirements-fixtures.txt installs) is absent."""
     path = package_file(package, relative)
     if path is None:
-        pytest.skip(
+        require_part(
+            package,
             f"{package} is not installed (make setup installs requirements-fixtures.txt); "
-            f"{relative} is the real checkpoint this test reads"
+            f"{relative} is the real checkpoint this test reads",
         )
     return path
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.parts import require_part
+
 __all__ = ["MLFLOW", "free_port", "running_mlflow"]
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ def free_port() -> int:
 def running_mlflow(root: Path) -> Iterator[str]:
     """Start ``mlflow server`` under ``root`` on a free port; yield its URL; stop it."""
     if not MLFLOW.exists():
-        pytest.skip(f"no mlflow server at {MLFLOW}: run `make mlflow-venv` (it may have failed)")
+        require_part("MLflow", f"no mlflow server at {MLFLOW}: run `make mlflow-venv`")
     port = free_port()
     log = (root / "server.log").open("wb")
     argv = [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]

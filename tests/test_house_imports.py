@@ -98,7 +98,6 @@ RULES = {
          "app.sandbox.runner.run_sandboxed"),
     ),
     "cli": (("cli",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
-    "cli_recipe": (("cli_recipe",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
     # The client talks HTTP: nothing of the server's insides (the manifest helper may use the
     # engine's schema names).
     "client": (

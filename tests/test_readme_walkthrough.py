@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import REPO, free_port
+from tests.e2e.helpers import wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -49,18 +49,13 @@ def _serve(command: list[str], root: Path, port: int, **extra: str) -> subproces
             command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError((root / "serve.log").read_text()[-3000:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    _stop(process)
-    raise RuntimeError(f"not ready:\n{(root / 'serve.log').read_text()[-3000:]}")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, root / "serve.log")
+    except RuntimeError:
+        if process.poll() is None:
+            _stop(process)
+        raise
+    return process
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

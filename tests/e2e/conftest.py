@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.helpers import wait_ready
+
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -72,18 +74,7 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        # Ready means a worker is warm (torch imported): on a loaded 2-core CI box, ~20-40 s.
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"graft serve exited:\n{self.log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"graft serve did not become ready:\n{self.log.read_text()[-4000:]}")
+        wait_ready(self.url, self.process, self.log)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import torch
 from torch import nn
 
 T = TypeVar("T")
+
+# Ready means a worker is warm (torch imported): ~21 s before /readyz on a loaded 2-core
+# machine, more under xdist. Generous, since waiting returns as soon as the server is ready.
+READY_SECONDS = 180
 
 
 def until(predicate: Callable[[], T | None], timeout: float = 30) -> T:
@@ -26,6 +32,65 @@ def until(predicate: Callable[[], T | None], timeout: float = 30) -> T:
             return value
         time.sleep(0.05)
     raise TimeoutError
+
+
+def settled(check: Callable[[], object], timeout: float = 30) -> None:
+    """Run ``check`` (which asserts) until it passes, every 50 ms; after ``timeout`` seconds
+    its last AssertionError is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.05)
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = READY_SECONDS
+) -> None:
+    """Return once ``url``/readyz answers 200; RuntimeError at once if ``process`` exits, or
+    after ``timeout`` seconds, with the end of ``log``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"graft serve exited:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(
+        f"graft serve did not become ready in {timeout} s:\n{log.read_text()[-4000:]}"
+    )
+
+
+def children(pid: int) -> set[int]:
+    """The ids of ``pid``'s living child processes (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def gone(pids: set[int]) -> bool:
+    """True once none of ``pids`` is alive (a zombie counts as gone)."""
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            return False
+    return True
 
 
 def net(seed: int, classes: int = 10) -> nn.Module:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from app.client import GraftClient, IdempotencyConflictError, InvalidRequestError
 from tests.e2e.conftest import REPO, Server
-from tests.e2e.helpers import net, saved
+from tests.e2e.helpers import net, saved, until
 from tests.webhook_receiver import verify, webhook_receiver
 
 pytestmark = pytest.mark.e2e
@@ -142,7 +142,7 @@ def test_a_crash_before_delivery_loses_no_webhook(tmp_path: Path, models: dict[s
             assert srv.process is not None
             srv.process.kill()
             srv.process.wait()
-            time.sleep(1.0)
+            # Only the API process delivers, and it is gone: nothing can arrive from now on.
             assert receiver.received == []
             srv.start(GRAFT_WEBHOOK_POLL_SECONDS="0.1")
             (got,) = receiver.wait(1)
@@ -233,7 +233,8 @@ def test_a_stored_4xx_is_replayed_and_a_duplicate_in_flight_gets_409(
         thread = threading.Thread(target=upload)
         thread.start()
         started.wait(10)
-        time.sleep(0.3)
+        # The server is receiving it (its key is taken): the upload's workdir exists.
+        until(lambda: any((hooks_server.root / "blobs" / "tmp").iterdir()))
         with hooks_server.client() as other:
             duplicate = other.post(
                 "/v1/checkpoints", params={"filename": "s.pth"}, content=data, headers=slow_key

@@ -21,7 +21,7 @@ from safetensors.torch import load
 from torch import nn
 
 from tests.e2e.conftest import Server
-from tests.e2e.helpers import assert_consistent, net, saved
+from tests.e2e.helpers import assert_consistent, children, gone, net, saved, settled, until
 from tests.schemas import assert_valid
 
 pytestmark = pytest.mark.e2e
@@ -132,8 +132,7 @@ def test_slow_uploads_time_out_and_do_not_block_others(limited: Server) -> None:
     finally:
         for sock in sockets:
             sock.close()
-    time.sleep(0.3)
-    assert_consistent(limited.root)
+    settled(lambda: assert_consistent(limited.root))
 
 
 def test_kill_9_of_the_api_mid_upload(tmp_path: Path) -> None:
@@ -144,9 +143,10 @@ def test_kill_9_of_the_api_mid_upload(tmp_path: Path) -> None:
         job = server.wait(client, _job(client, kept, kept))
         assert job["status"] == "succeeded"
     sock = _stalled_upload(server, 5_000_000, bytes(2_000_000))
-    time.sleep(0.5)  # the first 2 MB are staged in tmp/ now
+    until(lambda: any((tmp_path / "blobs" / "tmp").iterdir()))  # the first 2 MB are staged
     assert any((tmp_path / "blobs" / "tmp").iterdir())
     assert server.process is not None
+    workers = children(server.process.pid)
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait()
     sock.close()
@@ -154,7 +154,7 @@ def test_kill_9_of_the_api_mid_upload(tmp_path: Path) -> None:
     orphan = tmp_path / "blobs" / "sha256" / "ab" / ("ab" * 32)
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_bytes(b"published, never recorded")
-    time.sleep(1.5)  # embedded workers notice their parent is gone
+    until(lambda: gone(workers), timeout=60)  # embedded workers notice their parent is gone
     server.start()
     try:
         assert not orphan.exists()
@@ -266,6 +266,10 @@ def test_headers_sent_one_line_at_a_time_are_cut_off(strict) -> None:  # type: i
         assert client.get("/healthz").status_code == 200
 
 
+def _assert_empty(folder: Path) -> None:
+    assert list(folder.iterdir()) == []
+
+
 def _upload_head(headers: dict[str, str], length: int) -> bytes:
     auth = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     return (
@@ -297,15 +301,15 @@ def test_a_trickling_upload_gets_408_once_the_grace_is_over(strict) -> None:  # 
         assert time.monotonic() - start < 5
     finally:
         sock.close()
-    time.sleep(0.3)
-    assert list((server.root / "blobs" / "tmp").iterdir()) == []
+    settled(lambda: _assert_empty(server.root / "blobs" / "tmp"))
 
 
 def test_concurrent_uploads_over_the_owner_cap_get_429(strict) -> None:  # type: ignore[no-untyped-def]
     server, headers = strict
     stalled = [_raw(server, _upload_head(headers, 10_000) + b"PK") for _ in range(2)]
     try:
-        time.sleep(0.3)  # both are being received now
+        # Both are being received now: each has a staged file.
+        until(lambda: len(list((server.root / "blobs" / "tmp").iterdir())) == 2)
         with server.client() as client:
             r = client.post(
                 "/v1/checkpoints?filename=third.pth", content=saved(net(7)), headers=headers
@@ -322,8 +326,7 @@ def test_concurrent_uploads_over_the_owner_cap_get_429(strict) -> None:  # type:
     finally:
         for sock in stalled:
             sock.close()
-    time.sleep(0.3)
-    assert list((server.root / "blobs" / "tmp").iterdir()) == []
+    settled(lambda: _assert_empty(server.root / "blobs" / "tmp"))
     with server.client() as client:  # the slots were given back
         r = client.post(
             "/v1/checkpoints?filename=again.pth", content=saved(net(7)), headers=headers

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Server
+from tests.parts import require_part
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +33,7 @@ def test_openapi_fuzzing_finds_no_5xx_and_no_schema_violation(
 ) -> None:
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     if exe is None:
-        pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
+        require_part("schemathesis", "not installed (pip install -e '.[dev]')")
     result = subprocess.run(
         [
             exe,

@@ -28,6 +28,7 @@ from app.net.outbound import OutboundPolicy
 from app.registry.mlflow import MlflowClient
 from app.registry.mlflow_publish import register_version
 from tests.e2e.conftest import Server
+from tests.e2e.helpers import until
 from tests.mlflowserver import free_port, running_mlflow
 
 SECRET = "mlflow-hook-secret"
@@ -216,8 +217,12 @@ def test_disallowed_host_refused_before_any_connection(graft: Server) -> None:
             answer = client.post("/v1/jobs", json=_job({"uri": uri}, tensors))
             assert answer.status_code == 422, answer.text
             assert answer.json()["type"] == "outbound-refused"
-    time.sleep(0.5)
-    assert listener.accepted == 0
+    # The positive event: a marker connection of our own, made after both refusals. Accepts
+    # come in arrival order, so once the marker is accepted any connection the server had
+    # opened would have been counted before it.
+    socket.create_connection(("127.0.0.1", listener.port)).close()
+    until(lambda: listener.accepted >= 1, timeout=30)
+    assert listener.accepted - 1 == 0
     listener.sock.close()
 
 
@@ -362,14 +367,17 @@ def test_pipeline_fires_on_a_real_mlflow_webhook(
     tensors = _weights(6)
     started = time.monotonic()
     _seed(registry, tmp_path / "live", name="m-live", tensors=tensors)
-    deadline = time.monotonic() + 120
-    version = None
-    while time.monotonic() < deadline:
+
+    def converted() -> Any:
         try:
-            version = registry.get_model_version_by_alias("m-live-out", "auto")
-            break
+            return registry.get_model_version_by_alias("m-live-out", "auto")
         except Exception:
-            time.sleep(0.3)
+            return None
+
+    try:
+        version = until(converted, timeout=120)
+    except TimeoutError:
+        version = None
     elapsed = time.monotonic() - started
     assert version is not None, (graft.root / "server.log").read_text()[-3000:]
     print(f"\nMLflow version -> webhook -> pipeline job -> converted version: {elapsed:.2f} s")

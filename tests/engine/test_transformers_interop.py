@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,8 +20,9 @@ from app.engine.recipe import load_recipe
 from app.engine.recipe.invert import invert_recipe
 from app.engine.target import Target
 from tests.engine._models import run
+from tests.parts import import_part
 
-transformers = pytest.importorskip("transformers")
+transformers: Any = import_part("transformers", "transformers", "make setup installs it")
 
 FORWARD = {"rename": [{"regex": r"^encoder\.layer\.(\d+)\.", "to": r"blocks.\1."}], "strict": True}
 

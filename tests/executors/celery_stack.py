@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e.conftest import Server
+from tests.e2e.helpers import READY_SECONDS
 from tests.s3server import S3Server
 
 BROKER_URL = os.environ.get("GRAFT_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -105,7 +106,7 @@ class Worker:
                  "--executor", "celery", "--queues", self.queues],
                 cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + READY_SECONDS  # it imports torch too
         while "ready." not in self.log.read_text():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"celery worker did not start:\n{self.log.read_text()[-3000:]}")

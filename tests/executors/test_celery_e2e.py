@@ -19,6 +19,7 @@ from safetensors.torch import load
 
 from tests.e2e.helpers import net, saved, until
 from tests.executors.celery_stack import Stack, celery_stack, unreachable_reason
+from tests.parts import require_part
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.e2e
 def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Stack]:
     reason = unreachable_reason()
     if reason:
-        pytest.skip(reason)
+        require_part("the Celery stack (RabbitMQ, PostgreSQL)", reason)
     with celery_stack(tmp_path_factory.mktemp("celery"), s3_server) as running:
         yield running
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -92,16 +94,24 @@ def _finish(db: Database, job_id: str, status: JobStatus) -> None:
         record_status(session, job, lambda j: {"id": j.id, "status": j.status})
 
 
-def _deliver(db: Database, policy: DeliveryPolicy, rounds: int, wait: float = 0.0) -> None:
+def _deliver(
+    db: Database, policy: DeliveryPolicy, rounds: int, done: Callable[[], bool] | None = None
+) -> None:
+    """``rounds`` delivery rounds; with ``done``, rounds until it is true (30 s at most)."""
     loop = DeliveryLoop(
         db, outbound=LOOPBACK, policy=policy, local_secret=SECRET, poll_seconds=0.01
     )
 
     async def run() -> None:
         async with guarded_async_client(LOOPBACK, timeout=5) as client:
-            for _ in range(rounds):
+            if done is None:
+                for _ in range(rounds):
+                    await loop.run_once(client)
+                return
+            deadline = time.monotonic() + 30
+            while not done() and time.monotonic() < deadline:
                 await loop.run_once(client)
-                await asyncio.sleep(wait)
+                await asyncio.sleep(0.02)  # a poll: the retry is due after its backoff
 
     asyncio.run(run())
 
@@ -113,7 +123,7 @@ def test_a_terminal_status_is_delivered_signed_retried_and_listed(any_database: 
         job_id = _job(db, {"url": receiver.url, "events": ["succeeded", "failed"]})
         _finish(db, job_id, JobStatus.succeeded)
         fast = DeliveryPolicy(backoff_seconds=0.05, max_backoff_seconds=0.1)
-        _deliver(db, fast, rounds=6, wait=0.15)
+        _deliver(db, fast, rounds=0, done=lambda: len(receiver.received) >= 2)
         got = receiver.wait(2)
     assert len(got) == 2
     assert [r.status for r in got] == [503, 204]

@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.conftest import Server
 from tests.fixtures import REPO_ROOT
+from tests.parts import import_part, require_part
 
 CHROMIUM = os.environ.get("GRAFT_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
@@ -43,9 +44,9 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    sync_api: Any = import_part("playwright.sync_api", "Playwright", "make setup installs it")
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (.ci/run does it)")
+        require_part("Chromium", f"none at {CHROMIUM}: `make chromium` installs Debian's")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         yield browser

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from app.executors import lease
 from app.services.checkpoints import publish_checkpoint
 from app.storage import FileBlobStore, StagedFile
 from app.worker.runner import JobRunner
+from tests.e2e.helpers import until
 
 
 def _net(seed: int) -> nn.Module:
@@ -164,9 +164,7 @@ def test_running_job_can_be_cancelled(setup: tuple[Database, FileBlobStore, str,
     runner = _runner(db, store, stage_delay=2.0)
     thread = threading.Thread(target=runner.run_once)
     thread.start()
-    deadline = time.monotonic() + 10
-    while _get(db, job_id).status != "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
+    until(lambda: _get(db, job_id).status == "running", timeout=60)
     with db.transaction() as session:
         assert JobRepository(session).request_cancel(job_id, now=utcnow())
     thread.join(10)
@@ -192,7 +190,14 @@ def test_worker_that_lost_its_lease_cannot_complete(
     monkeypatch.setattr(lease, "_heartbeat", stalled)
     thread = threading.Thread(target=slow.run_once)
     thread.start()
-    time.sleep(0.6)
+
+    def lapsed() -> bool:
+        # The slow worker holds the job and its lease has run out: the takeover can begin.
+        job = _get(db, job_id)
+        expires = job.lease_expires_at
+        return job.lease_owner == slow.owner and expires is not None and expires < utcnow()
+
+    until(lapsed, timeout=60)
     assert _runner(db, store).run_once()
     thread.join(10)
     job = _get(db, job_id)

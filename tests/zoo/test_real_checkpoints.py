@@ -12,14 +12,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from app.zoo.bert import BertModel
 from app.zoo.mobilenet import MobileNet
 from tests.fixtures import REPO_ROOT, published_file
+from tests.parts import import_part
 from tests.schemas import assert_valid
 from tests.zoo import references
 
@@ -85,7 +86,7 @@ def test_minilm_loads_into_graft_bert_and_runs_as_transformers_bert(tmp_path: Pa
     assert report["verification"]["strict_load"] is True
     assert report["verification"]["forward"]["output_shape"] == [2, 16, 384]
 
-    transformers = pytest.importorskip("transformers")
+    transformers: Any = import_part("transformers", "transformers", "make setup installs it")
     config = transformers.BertConfig.from_pretrained(str(path.parent))
     assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (
         384, 6, 1536,

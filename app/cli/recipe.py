@@ -8,12 +8,16 @@ from typing import Annotated
 
 import typer
 
+from app.cli.help_format import GraftCommand, GraftGroup
+
 __all__ = ["recipe_cli"]
 
-recipe_cli = typer.Typer(help="Work with recipes: invert one.", no_args_is_help=True)
+recipe_cli = typer.Typer(
+    cls=GraftGroup, help="Work with recipes: invert one.", no_args_is_help=True
+)
 
 
-@recipe_cli.command()
+@recipe_cli.command(cls=GraftCommand)
 def invert(
     recipe: Annotated[Path, typer.Argument(help="The recipe (.yaml, .yml or .json).")],
     source: Annotated[

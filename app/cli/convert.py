@@ -1,0 +1,199 @@
+"""``graft plan`` and ``graft convert``: a conversion in this process, through the one seam."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.cli.options import (
+    JsonOpt,
+    RecipeOpt,
+    TargetArg,
+    TargetKwargsOpt,
+    json_object,
+    target_spec,
+)
+from app.cli.progress import TerminalProgress
+from app.cli.sizes import parse_size
+from app.engine.options import WriteOptions
+
+__all__ = ["convert", "plan"]
+
+
+def _run(
+    source: list[Path],
+    target: str,
+    recipe: Path | None,
+    *,
+    output: Path | None,
+    report_path: Path | None,
+    json_: bool,
+    target_kwargs: str | None,
+    dry_run: bool,
+    options: WriteOptions,
+    source_architecture: Any = None,
+) -> None:
+    from app.config import get_settings
+    from app.engine.recipe import load_recipe
+    from app.engine.report import render_text
+    from app.services.conversion import ConversionRequest, PathSink, run_conversion
+
+    parsed = load_recipe(recipe)
+    spec, files = target_spec(target, target_kwargs)
+    request = ConversionRequest(
+        source=source,
+        target=spec,
+        target_files=files,
+        recipe=parsed,
+        options=options,
+        dry_run=dry_run,
+        source_architecture=source_architecture,
+        architectures=get_settings().architectures,
+    )
+    with TerminalProgress() as progress:
+        # In this process: the CLI reads the user's own files, with the restricted reader.
+        result = run_conversion(
+            request, PathSink(output, report_path), limits=None, progress=progress
+        )
+    text = json.dumps(result.report, indent=2) + "\n" if json_ else render_text(result.report)
+    typer.echo(text, nl=False)
+    for warning in result.report["warnings"]:
+        if warning.startswith(("nothing_loaded", "low_coverage")):
+            typer.echo(f"graft: WARNING: {warning}", err=True)
+    for warning in result.report["warnings"]:
+        if warning.startswith("unmatched"):
+            typer.echo(f"graft: WARNING: {warning}", err=True)
+    if not result.ok:
+        for error in result.report.get("errors", []):
+            typer.echo(f"graft: refused: {error}", err=True)
+        typer.echo("graft: refused by the recipe's policy (see errors above)", err=True)
+        raise typer.Exit(1)
+
+
+MaxShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-shard-size",
+        help="Write Hugging Face shards of at most this size (e.g. 5GB, 500MiB) into "
+        "the folder -o.",
+    ),
+]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify/--no-verify",
+        help="Digest every tensor and re-read the output to compare (default). "
+        "--no-verify takes no digests and no source identity: the fastest copy.",
+    ),
+]
+Sha256Opt = Annotated[
+    bool,
+    typer.Option(
+        "--sha256",
+        help="Identify the source by its sha256 (one more pass, on one core) instead of "
+        "its BLAKE3 (b3sum), the default.",
+    ),
+]
+SourceArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--source-arch",
+        help="The architecture the source belongs to: with an arch: target and a "
+        "rename-only recipe, both models run and must agree.",
+    ),
+]
+
+
+def _source_architecture(name: str | None, kwargs: str | None) -> Any:
+    """``--source-arch`` and ``--source-kwargs`` as a target spec (None without them)."""
+    from app.engine.target_spec import parse_target_spec
+
+    if name is not None:
+        parsed = json_object(kwargs, "--source-kwargs")
+        return parse_target_spec({"architecture": name, "kwargs": parsed})
+    if kwargs is not None:
+        raise typer.BadParameter("--source-kwargs needs --source-arch")
+    return None
+
+
+def plan(
+    source: Annotated[Path, typer.Argument(help="Source checkpoint or sharded set.")],
+    target: TargetArg,
+    recipe: RecipeOpt = None,
+    json_: JsonOpt = False,
+    target_kwargs: TargetKwargsOpt = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the JSON report here.")
+    ] = None,
+) -> None:
+    """Dry run: the report of what convert would do, from headers alone."""
+    _run(
+        [source],
+        target,
+        recipe,
+        output=None,
+        report_path=report,
+        json_=json_,
+        target_kwargs=target_kwargs,
+        dry_run=True,
+        options=WriteOptions(),
+    )
+
+
+def convert(
+    source: Annotated[Path, typer.Argument(help="Source checkpoint or sharded set.")],
+    target: TargetArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the weights.")],
+    recipe: RecipeOpt = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write the JSON report here.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="safetensors or torch.")] = "safetensors",
+    json_: JsonOpt = False,
+    target_kwargs: TargetKwargsOpt = None,
+    max_shard_size: MaxShardOpt = None,
+    verify: VerifyOpt = True,
+    sha256: Sha256Opt = False,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: GRAFT_DEVICE, auto)."),
+    ] = None,
+    source_arch: SourceArchOpt = None,
+    source_kwargs: Annotated[
+        str | None, typer.Option("--source-kwargs", help="JSON kwargs for --source-arch.")
+    ] = None,
+) -> None:
+    """Convert SOURCE into TARGET's layout, verify it, and report every tensor."""
+    from app.config import get_settings
+    from app.engine.devices import check_device
+
+    if fmt not in ("safetensors", "torch"):
+        raise typer.BadParameter("--format is safetensors or torch")
+    settings = get_settings()
+    # Before any work: a missing GPU (--device or GRAFT_DEVICE) is bad input, exit 2.
+    check_device(device or settings.device)
+    source_architecture = _source_architecture(source_arch, source_kwargs)
+    options = WriteOptions(
+        format=fmt,  # type: ignore[arg-type]
+        device=device or settings.device,
+        max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
+        verify=verify,
+        # The cheapest honest identity: BLAKE3 runs on every core from the page cache the
+        # copy just filled; --no-verify promises no pass over the data at all.
+        source_digest="sha256" if sha256 else ("blake3" if verify else "none"),
+    )
+    _run(
+        [source],
+        target,
+        recipe,
+        output=output,
+        report_path=report,
+        json_=json_,
+        target_kwargs=target_kwargs,
+        dry_run=False,
+        options=options,
+        source_architecture=source_architecture,
+    )

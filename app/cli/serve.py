@@ -1,0 +1,134 @@
+"""The service commands: ``graft serve`` (the HTTP API) and ``graft worker``."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["serve", "worker"]
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default: GRAFT_PORT, else 8000).")
+    ] = None,
+) -> None:
+    """Run the HTTP API with GRAFT_WORKERS embedded worker processes (migrates on start)."""
+    import logging
+    import signal
+
+    from app.api.main import create_app
+    from app.api.server import run
+    from app.config import get_settings
+    from app.services.bootstrap import bind_host, prepare
+    from app.services.warmth import clear_marks, markers_dir
+    from app.worker.pool import WorkerPool
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    if settings.executor == "celery":
+        _check_celery(settings)
+    prepare(settings)
+    clear_marks(markers_dir(settings.storage_dir))
+    # local mode: loopback only, and it says so; beyond loopback: keys, always.
+    host, auth = bind_host(settings, host)
+    settings = settings.model_copy(update={"auth": auth})
+    # With Celery the workers are `graft worker --executor celery` processes elsewhere.
+    embedded = settings.workers if settings.executor == "local" else 0
+    pool = WorkerPool(embedded)
+    pool.start()
+    # uvicorn re-raises the signal that stopped it once it has shut down; a handler of our
+    # own makes that a no-op so the workers below are stopped (and release their jobs).
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        run(
+            create_app(settings, embedded_workers=embedded),
+            host=host,
+            port=port if port is not None else settings.port,
+            header_timeout=settings.header_timeout_seconds,
+        )
+    finally:
+        pool.stop()
+
+
+def worker(
+    index: Annotated[
+        int,
+        typer.Option(
+            "--index",
+            min=0,
+            help="This worker's number on the host: with several GPUs and GRAFT_DEVICE=auto "
+            "or cuda, worker i uses GPU i % count.",
+        ),
+    ] = 0,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="local (claim jobs from the database) or celery; default GRAFT_EXECUTOR."
+        ),
+    ] = None,
+    queues: Annotated[
+        str, typer.Option(help="celery: the queues to consume, gpu and/or cpu.")
+    ] = "gpu,cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(help="celery: cpu, cuda or cuda:N (pins one GPU); default GRAFT_DEVICE."),
+    ] = None,
+) -> None:
+    """Run one more worker process against the configured database and storage."""
+    import logging
+
+    from app.config import get_settings
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    chosen = executor or settings.executor
+    if chosen not in ("local", "celery"):
+        typer.echo(f"graft: error: --executor takes local or celery, not {chosen!r}", err=True)
+        raise typer.Exit(2)
+    if chosen == "local":
+        from app.worker.main import run_worker
+
+        run_worker(index=index)
+        return
+    _celery_worker(settings, queues, device)
+
+
+def _check_celery(settings: Any) -> None:
+    try:
+        from app.executors.celery_worker import ExecutorConfigError, check_celery_settings
+    except ImportError as exc:  # the `celery` extra is not installed
+        typer.echo(f"graft: error: {exc}; install graft[celery]", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        check_celery_settings(settings)
+    except ExecutorConfigError as exc:
+        typer.echo(f"graft: error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _celery_worker(settings: Any, queues: str, device: str | None) -> None:
+    try:
+        from app.executors.celery_worker import (
+            ExecutorConfigError,
+            parse_queues,
+            run_celery_worker,
+        )
+    except ImportError as exc:  # the `celery` extra is not installed
+        typer.echo(f"graft: error: {exc}; install graft[celery]", err=True)
+        raise typer.Exit(2) from exc
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        typer.echo(f"graft: error: --device takes cpu, cuda or cuda:N, not {device!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        run_celery_worker(settings, queues=parse_queues(queues), device=device)
+    except ExecutorConfigError as exc:
+        typer.echo(f"graft: error: {exc}", err=True)
+        raise typer.Exit(2) from exc

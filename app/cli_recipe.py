@@ -33,7 +33,7 @@ def invert(
 
     from app.engine.readers import open_source
     from app.engine.recipe import load_recipe
-    from app.engine.recipe.invert import invert_recipe
+    from app.engine.invert import invert_recipe
 
     parsed = load_recipe(recipe)
     tensors = None

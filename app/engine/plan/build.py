@@ -1,11 +1,11 @@
 """Plan a conversion from headers alone: for every target key, what feeds it and how.
 
 The order is fixed (SPEC §2.1): strip prefixes, apply renames in order, apply drop/only, form
-the split/merge/copy groups (:mod:`app.engine.feeds`), then match what they feed against
+the split/merge/copy groups (:mod:`app.engine.plan.feeds`), then match what they feed against
 target keys and apply every matching ``transform`` in order. Shapes that still differ go to
 the first adapt rule whose ``match`` fits the target key, or are ``mismatched``. Target keys
 nothing feeds are ``kept`` or ``initialized`` per ``missing``. Every rule's match count is
-kept (:mod:`app.engine.rule_matches`). No tensor data is read here.
+kept (:mod:`app.engine.plan.rule_matches`). No tensor data is read here.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from app.engine.errors import InvalidRecipeError
-from app.engine.feeds import Feed, plan_feeds
 from app.engine.meta import TensorInfo, is_floating
 from app.engine.ops.adapt import describe_adapt, describe_cast
 from app.engine.ops.initialize import InitRecord, resolve_init
 from app.engine.ops.multi import Part, describe_transform
+from app.engine.plan.feeds import Feed, plan_feeds
+from app.engine.plan.rule_matches import RuleMatch, count_rules, judge_rules
 from app.engine.readers import Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
 from app.engine.recipe.rename import filter_keys, rename_keys
 from app.engine.recipe.tensor_rules import TransformRule
-from app.engine.rule_matches import RuleMatch, count_rules, judge_rules
 from app.engine.target import Target
 
 __all__ = ["Plan", "PlanEntry", "Suggestion", "Unused", "build_plan"]

@@ -15,6 +15,7 @@ import typer
 
 from app.cli_recipe import recipe_cli
 from app.engine.options import WriteOptions
+from app.engine.progress import ProgressEvent
 
 __all__ = ["cli", "main"]
 
@@ -228,7 +229,11 @@ class _Progress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
-    def __call__(self, stage: str, fraction: float) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
+        self.show(event.stage, event.fraction)
+
+    def show(self, stage: str, fraction: float) -> None:
+        """Show ``stage`` at ``fraction`` (the client reports a remote job's progress so)."""
         if self._bar is not None:
             self._bar.update(self._task, description=stage, completed=fraction)
 
@@ -516,7 +521,7 @@ def submit(
     with GraftClient(server, api_key=key) as client, _Progress() as progress:
         result = run_submit(
             client, source, target, recipe=recipe, target_kwargs=kwargs, output=output,
-            register=register, progress=progress,
+            register=register, progress=progress.show,
         )  # fmt: skip
     job = result.job or {}
     if job:

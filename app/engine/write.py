@@ -19,11 +19,10 @@ from app.engine.output.safetensors_writer import finalize_safetensors, write_saf
 from app.engine.output.torch_writer import write_torch
 from app.engine.plan import Plan
 from app.engine.produce import Producer
+from app.engine.progress import Progress
 from app.engine.verify import verify_output
 
 __all__ = ["Stamp", "execute_plan"]
-
-Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def execute_plan(
         options: the format (both are streamed in bounded memory, unchanged tensors copied
             in the kernel), sharding, byte copy, and whether to verify.
         stamp: the safetensors metadata (the torch format carries none).
-        progress: called with (stage, fraction).
+        progress: called with a ``ProgressEvent``.
 
     Returns:
         The digests, counts, warnings, file names and the output check.

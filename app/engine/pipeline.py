@@ -44,7 +44,8 @@ class ConversionResult:
 
     Attributes:
         ok: the recipe's policy accepted it and verification passed.
-        report: the ``graft.report/v1`` document.
+        report: the ``graft.report/v1`` document (:meth:`Report.to_json`; read it back,
+            typed, with :meth:`Report.from_json`).
         manifest: frozen keys and BatchNorm layers to keep in eval mode.
         output: the written file, or ``None`` for a dry run or a refusal.
     """
@@ -98,10 +99,10 @@ def convert(
         if progress:
             progress(ProgressEvent("plan", 0.0))
         plan = build_plan(src, target, recipe, dtype=options.dtype)
-        manifest = build_manifest(plan, target, recipe)
+        manifest = build_manifest(plan, target, recipe).to_json()
         if dry_run or not plan.ok or output is None:
             report = build_report(plan, src, target, source_sha256=source_sha256)
-            return ConversionResult(report["ok"] and plan.ok, report, manifest, None)
+            return ConversionResult(report.ok and plan.ok, report.to_json(), manifest, None)
         # The one place the device is named; it resolves on first use (a byte-copy
         # conversion never does, so it never imports torch).
         device = Device(options.device)
@@ -133,7 +134,7 @@ def convert(
             source_sha256=digest() if kind == "sha256" else None,
             source_blake3=digest() if kind == "blake3" else None,
         )
-        return ConversionResult(report["ok"], report, manifest, Path(output))
+        return ConversionResult(report.ok, report.to_json(), manifest, Path(output))
 
 
 def _identity(

@@ -21,6 +21,7 @@ from app.engine.plan import Plan
 from app.engine.produce import Producer
 from app.engine.progress import Progress
 from app.engine.verify import verify_output
+from app.engine.warning import Warning
 
 __all__ = ["Stamp", "execute_plan"]
 
@@ -95,5 +96,5 @@ def _verify(
     """Re-read the output; byte-copied tensors get their digests and NaN check here."""
     check = verify_output(written, plan, producer.target, result, progress)
     result.digests.update(check.digests)
-    result.warnings += [f"nan_or_inf: {key}" for key in check.nonfinite]
+    result.warnings += [Warning(kind="nan_or_inf", message=key) for key in check.nonfinite]
     result.check = check

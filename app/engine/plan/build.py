@@ -26,6 +26,7 @@ from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, com
 from app.engine.recipe.rename import filter_keys, rename_keys
 from app.engine.recipe.tensor_rules import TransformRule
 from app.engine.target import Target
+from app.engine.warning import Warning
 
 __all__ = ["Plan", "PlanEntry", "Suggestion", "Unused", "build_plan"]
 
@@ -91,7 +92,7 @@ class Plan:
     entries: list[PlanEntry]
     unused: list[Unused]
     suggestions: list[Suggestion]
-    warnings: list[str]
+    warnings: list[Warning]
     failures: list[str]  # what the recipe's policy refuses; non-empty means not ok
     stripped_prefix: str | None
     dtype: str = "keep"  # the output dtype policy (recipe's, or the caller's override)
@@ -390,15 +391,21 @@ def _judge(plan: Plan, recipe: Recipe, mismatched: list[str]) -> None:
         )
     if counted and fed == 0:
         plan.warnings.append(
-            f"nothing_loaded: none of the {len(counted)} target tensors came from the source; "
-            "check renames and prefixes (align: suggest lists likely matches)"
+            Warning(
+                kind="nothing_loaded",
+                message=f"none of the {len(counted)} target tensors came from the source; "
+                "check renames and prefixes (align: suggest lists likely matches)",
+            )
         )
     elif counted and fed / len(counted) < LOW_COVERAGE:
         plan.warnings.append(
-            f"low_coverage: only {fed} of {len(counted)} target tensors came from the source"
+            Warning(
+                kind="low_coverage",
+                message=f"only {fed} of {len(counted)} target tensors came from the source",
+            )
         )
     for text in mismatched:
-        plan.warnings.append(f"shape_mismatch: {text}")
+        plan.warnings.append(Warning(kind="shape_mismatch", message=text))
 
 
 def _few(keys: Sequence[str], n: int = 5) -> str:

@@ -22,6 +22,7 @@ from app.engine.errors import GraftError, PolicyError
 from app.engine.options import WriteOptions
 from app.engine.progress import ProgressEvent
 from app.engine.recipe import load_recipe
+from app.engine.report import Report
 from app.engine.target_spec import TargetSpec, parse_target_spec
 from app.sandbox.runner import Limits, SandboxError
 from app.services.checkpoints import checkpoint_files
@@ -207,7 +208,8 @@ def execute_job(
                 tick=control.tick,
             )  # fmt: skip
             outcome.ok, outcome.device, outcome.artifacts = result.ok, result.device, sink.artifacts
-            outcome.warnings = [str(w) for w in result.report.get("warnings", [])]
+            report = Report.from_json(result.report)
+            outcome.warnings = [str(w) for w in report.warnings]
             if result.ok and inputs.register is not None:
                 control.stage("registering")
                 registry = register_result(
@@ -225,7 +227,7 @@ def execute_job(
         else:
             # strict, shape_mismatch, missing, unmatched rules, allow_empty: all the policy's.
             outcome.error_type = PolicyError.type
-            errors = [str(e) for e in result.report.get("errors", [])]
+            errors = report.errors or []
             outcome.error_message = (
                 f"the recipe's policy refused the conversion: {errors[0]}"
                 + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")

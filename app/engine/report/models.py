@@ -26,8 +26,10 @@ __all__ = [
     "MANIFEST_SCHEMA",
     "REPORT_SCHEMA",
     "AlignSuggestion",
+    "Count",
     "Coverage",
     "Entry",
+    "Fraction",
     "EntryStatus",
     "InitRecordJson",
     "Manifest",
@@ -35,6 +37,7 @@ __all__ = [
     "Report",
     "ReportSource",
     "ReportTarget",
+    "Shape",
     "RuleCount",
     "SourceFormat",
     "Summary",
@@ -57,12 +60,21 @@ EntryStatus = Literal["loaded", "adapted", "tied", "initialized", "kept", "missi
 UnusedReason = Literal["dropped", "unexpected", "mismatched"]
 
 
+def _schema_extra(schema: dict[str, Any], cls: type[Any]) -> None:
+    """The published schema requires only what every v1 document has had: fields added
+    since (``_added_later``) are written by this Graft but optional in the schema."""
+    later = getattr(cls, "_added_later", frozenset())
+    if "required" in schema and later:
+        schema["required"] = [name for name in schema["required"] if name not in later]
+
+
 class _Document(BaseModel):
     """A frozen part of a document; the fields named in ``_omitted_when_none`` are left out
     of its JSON when they are ``None`` (the others are written, ``null`` included)."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, populate_by_name=True, json_schema_extra=_schema_extra)
     _omitted_when_none: ClassVar[frozenset[str]] = frozenset()
+    _added_later: ClassVar[frozenset[str]] = frozenset()
 
     @model_serializer(mode="wrap")
     def _omit(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
@@ -82,6 +94,7 @@ WarningText = Annotated[
 class ReportSource(_Document):
     """The source: its identity, format, chosen entry, and size."""
 
+    _added_later = frozenset({"sha256", "stripped_prefix"})
     _omitted_when_none = frozenset({"blake3"})
     sha256: Hex64 | None
     blake3: Hex64 | None = None
@@ -95,6 +108,7 @@ class ReportSource(_Document):
 class ReportTarget(_Document):
     """The target: its kind, name, and size."""
 
+    _added_later = frozenset({"name"})
     kind: Literal["template", "skeleton", "architecture"]
     name: str | None
     tensors: Count
@@ -111,6 +125,7 @@ class Coverage(_Document):
 class Summary(_Document):
     """Target keys by status, source keys by fate, and the coverage."""
 
+    _added_later = frozenset({"tied"})
     _omitted_when_none = frozenset({"missing"})
     loaded: Count
     adapted: Count
@@ -136,6 +151,7 @@ class InitRecordJson(_Document):
 class Entry(_Document):
     """One target key: its status, what fed it, the rules and ops that ran, its digest."""
 
+    _added_later = frozenset({"source_shape", "digest"})
     _omitted_when_none = frozenset({"source_shapes", "init", "benign"})
     target: Annotated[str, Field(min_length=1)]
     status: EntryStatus
@@ -154,6 +170,7 @@ class Entry(_Document):
 class UnusedKey(_Document):
     """One source key that fed nothing, why, and the rule that decided it."""
 
+    _added_later = frozenset({"rule"})
     _omitted_when_none = frozenset({"renamed"})
     source: str
     reason: UnusedReason
@@ -173,6 +190,7 @@ class AlignSuggestion(_Document):
 class RuleCount(_Document):
     """One recipe rule, cited, with the keys (or groups) it matched."""
 
+    _added_later = frozenset({"pattern"})
     rule: Annotated[str, Field(pattern=r"^[a-z_]+\[[0-9]+\]$")]
     matched: Count
     pattern: str
@@ -194,6 +212,7 @@ class Verification(_Document):
 class OutputSummary(_Document):
     """What was written: the format, the files, how tensors got there, the entries' digest."""
 
+    _added_later = frozenset({"copied", "materialised", "copy_methods", "report_sha256"})
     format: str
     files: list[Annotated[str, Field(min_length=1)]]
     copied: Count
@@ -204,8 +223,10 @@ class OutputSummary(_Document):
 
 class Report(_Document):
     """A conversion's report (SPEC §3): every target key and every unused source key
-    accounted for."""
+    accounted for. Objects allow properties beyond those listed, so a newer Graft's additions
+    validate; the listed ones are pinned."""
 
+    _added_later = frozenset({"rules"})
     _omitted_when_none = frozenset({"errors", "output"})
     schema_: Literal["graft.report/v1"] = Field(default=REPORT_SCHEMA, alias="schema")
     ok: bool
@@ -237,8 +258,10 @@ class Manifest(_Document):
     modules to keep in eval mode."""
 
     schema_: Literal["graft.manifest/v1"] = Field(default=MANIFEST_SCHEMA, alias="schema")
-    frozen: list[Annotated[str, Field(min_length=1)]]
-    bn_eval: list[str]
+    frozen: Annotated[
+        list[Annotated[str, Field(min_length=1)]], Field(json_schema_extra={"uniqueItems": True})
+    ]
+    bn_eval: Annotated[list[str], Field(json_schema_extra={"uniqueItems": True})]
 
     def to_json(self) -> dict[str, Any]:
         """The ``graft.manifest/v1`` document."""

@@ -29,16 +29,16 @@ __all__ = [
     "Count",
     "Coverage",
     "Entry",
-    "Fraction",
     "EntryStatus",
+    "Fraction",
     "InitRecordJson",
     "Manifest",
     "OutputSummary",
     "Report",
     "ReportSource",
     "ReportTarget",
-    "Shape",
     "RuleCount",
+    "Shape",
     "SourceFormat",
     "Summary",
     "UnusedKey",
@@ -63,7 +63,7 @@ UnusedReason = Literal["dropped", "unexpected", "mismatched"]
 def _schema_extra(schema: dict[str, Any], cls: type[Any]) -> None:
     """The published schema requires only what every v1 document has had: fields added
     since (``_added_later``) are written by this Graft but optional in the schema."""
-    later = getattr(cls, "_added_later", frozenset())
+    later: frozenset[str] = getattr(cls, "_added_later", frozenset())
     if "required" in schema and later:
         schema["required"] = [name for name in schema["required"] if name not in later]
 

@@ -88,4 +88,3 @@ class InspectDocument(_Part):
     metadata: dict[str, Any] | None = None
     totals: InspectTotals
     tensors: list[InspectTensor]
-

@@ -37,7 +37,9 @@ def _validator(name: str) -> Draft202012Validator:
 
 
 def assert_valid(name: str, document: Any) -> None:
-    """Fail with every violation listed when ``document`` does not fit schema ``name``."""
+    """Fail with every violation listed when ``document`` (or a typed document's JSON form)
+    does not fit schema ``name``."""
+    document = document.to_json() if hasattr(document, "to_json") else document
     errors = sorted(_validator(name).iter_errors(document), key=lambda e: list(e.path))
     if errors:
         lines = [f"  at /{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:20]]
@@ -54,12 +56,12 @@ def validate_everything() -> Iterator[None]:
     build_report, build_manifest = pipeline.build_report, pipeline.build_manifest
     from_sandbox = conversion._convert_in_sandbox
 
-    def report(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def report(*args: Any, **kwargs: Any) -> Any:
         built = build_report(*args, **kwargs)
         assert_valid("report", built)
         return built
 
-    def manifest(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def manifest(*args: Any, **kwargs: Any) -> Any:
         built = build_manifest(*args, **kwargs)
         assert_valid("manifest", built)
         return built

@@ -38,7 +38,7 @@ def _run(
 ) -> None:
     from app.config import get_settings
     from app.engine.recipe import load_recipe
-    from app.engine.report import render_text
+    from app.engine.report import Report, render_text
     from app.services.conversion import ConversionRequest, PathSink, run_conversion
 
     parsed = load_recipe(recipe)
@@ -60,12 +60,12 @@ def _run(
         )
     text = json.dumps(result.report, indent=2) + "\n" if json_ else render_text(result.report)
     typer.echo(text, nl=False)
-    for warning in result.report["warnings"]:
-        if warning.startswith(("nothing_loaded", "low_coverage")):
-            typer.echo(f"graft: WARNING: {warning}", err=True)
-    for warning in result.report["warnings"]:
-        if warning.startswith("unmatched"):
-            typer.echo(f"graft: WARNING: {warning}", err=True)
+    warnings = Report.from_json(result.report).warnings
+    # The loud ones first: a conversion that fed little of the target, then rules that missed.
+    for kinds in (("nothing_loaded", "low_coverage"), ("unmatched",)):
+        for warning in warnings:
+            if warning.kind in kinds:
+                typer.echo(f"graft: WARNING: {warning}", err=True)
     if not result.ok:
         for error in result.report.get("errors", []):
             typer.echo(f"graft: refused: {error}", err=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from app.engine.progress import ProgressEvent
+
 __all__ = ["TerminalProgress"]
 
 
@@ -29,6 +31,10 @@ class TerminalProgress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
-    def __call__(self, stage: str, fraction: float) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
+        self.show(event.stage, event.fraction)
+
+    def show(self, stage: str, fraction: float) -> None:
+        """Show ``stage`` at ``fraction`` (the client reports a remote job's progress so)."""
         if self._bar is not None:
             self._bar.update(self._task, description=stage, completed=fraction)

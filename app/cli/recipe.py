@@ -35,9 +35,9 @@ def invert(
     """Write the reverse of an invertible recipe (renames, split, merge, transpose, reshape)."""
     import yaml
 
+    from app.engine.invert import invert_recipe
     from app.engine.readers import open_source
     from app.engine.recipe import load_recipe
-    from app.engine.recipe.invert import invert_recipe
 
     parsed = load_recipe(recipe)
     tensors = None

@@ -48,7 +48,7 @@ def submit(
     with GraftClient(server, api_key=key) as client, TerminalProgress() as progress:
         result = run_submit(
             client, source, target, recipe=recipe, target_kwargs=kwargs, output=output,
-            register=register, progress=progress,
+            register=register, progress=progress.show,
         )  # fmt: skip
     job = result.job or {}
     if job:

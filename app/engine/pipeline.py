@@ -22,6 +22,7 @@ from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
 from app.engine.produce import Producer
+from app.engine.progress import Progress, ProgressEvent
 from app.engine.readers import Source, open_source
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest, report_entries
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["ConversionResult", "convert"]
 
 SourcePath = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path]
-Progress = Callable[[str, float], None]
 
 
 @dataclass
@@ -44,7 +44,8 @@ class ConversionResult:
 
     Attributes:
         ok: the recipe's policy accepted it and verification passed.
-        report: the ``graft.report/v1`` document.
+        report: the ``graft.report/v1`` document (:meth:`Report.to_json`; read it back,
+            typed, with :meth:`Report.from_json`).
         manifest: frozen keys and BatchNorm layers to keep in eval mode.
         output: the written file, or ``None`` for a dry run or a refusal.
     """
@@ -78,7 +79,7 @@ def convert(
         options: how to write and verify (format, dtype over ``recipe.dtype``, device,
             sharding, verification, byte copy); see :class:`WriteOptions`.
         dry_run: plan and report only; no tensor data is read.
-        progress: called with (stage, fraction in 0..1).
+        progress: called with a ``ProgressEvent`` as the conversion moves on.
         source_sha256: the source's digest when the caller already knows it (the service
             hashes uploads as they stream in); otherwise ``options.source_digest`` says which
             digest identifies the source (BLAKE3 by default), computed in a thread beside
@@ -96,12 +97,12 @@ def convert(
     strip = recipe.source.strip_prefixes
     with open_source(source, entry=recipe.source.entry, strip_prefixes=strip) as src:
         if progress:
-            progress("plan", 0.0)
+            progress(ProgressEvent("plan", 0.0))
         plan = build_plan(src, target, recipe, dtype=options.dtype)
-        manifest = build_manifest(plan, target, recipe)
+        manifest = build_manifest(plan, target, recipe).to_json()
         if dry_run or not plan.ok or output is None:
             report = build_report(plan, src, target, source_sha256=source_sha256)
-            return ConversionResult(report["ok"] and plan.ok, report, manifest, None)
+            return ConversionResult(report.ok and plan.ok, report.to_json(), manifest, None)
         # The one place the device is named; it resolves on first use (a byte-copy
         # conversion never does, so it never imports torch).
         device = Device(options.device)
@@ -133,7 +134,7 @@ def convert(
             source_sha256=digest() if kind == "sha256" else None,
             source_blake3=digest() if kind == "blake3" else None,
         )
-        return ConversionResult(report["ok"], report, manifest, Path(output))
+        return ConversionResult(report.ok, report.to_json(), manifest, Path(output))
 
 
 def _identity(
@@ -195,7 +196,7 @@ def _verify_on_model(
     from app.engine.verify import verify_on_model
 
     if progress:
-        progress("verify-model", 0.0)
+        progress(ProgressEvent("verify-model", 0.0))
     check = verify_on_model(
         output,
         architecture,
@@ -205,5 +206,5 @@ def _verify_on_model(
         source_architecture=source_architecture,
     )
     if progress:
-        progress("verify-model", 1.0)
+        progress(ProgressEvent("verify-model", 1.0))
     return check

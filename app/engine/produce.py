@@ -18,6 +18,7 @@ from app.engine.ops.multi import apply_transform, merge_parts, split_part
 from app.engine.plan import PlanEntry
 from app.engine.readers import Source
 from app.engine.target import Target
+from app.engine.warning import Warning
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +101,7 @@ def _initialized(entry: PlanEntry) -> torch.Tensor:
     return sample(entry.init.fn, entry.init.args, entry.shape, generator=gen)
 
 
-def check_value(entry: PlanEntry, value: torch.Tensor) -> str | None:
+def check_value(entry: PlanEntry, value: torch.Tensor) -> Warning | None:
     """Refuse a value that is not what the plan declared; a warning when it holds NaN or Inf.
 
     Raises:
@@ -124,5 +125,5 @@ def check_value(entry: PlanEntry, value: torch.Tensor) -> str | None:
         and not bool(torch.isfinite(value.sum()))
         and not bool(torch.isfinite(value).all())
     ):
-        return f"nan_or_inf: {entry.target}"
+        return Warning(kind="nan_or_inf", message=entry.target)
     return None

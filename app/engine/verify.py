@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from app.engine.meta import TensorInfo
 from app.engine.output.digests import compare_range, digest_range, tensor_digest
 from app.engine.output.execution import Execution
 from app.engine.plan import Plan, PlanEntry
+from app.engine.progress import Progress, ProgressEvent
 from app.engine.readers import Source, open_source
 from app.engine.target import Target
 
@@ -79,7 +80,7 @@ def verify_output(
     plan: Plan,
     target: Target,
     execution: Execution,
-    progress: Callable[[str, float], None] | None,
+    progress: Progress | None,
 ) -> OutputCheck:
     """Re-open what was written; every fed tensor must be the bytes the plan produced (see
     ``_same``), and the whole must load strictly into the target's layout.
@@ -94,7 +95,7 @@ def verify_output(
         target: the target whose layout it must fit.
         execution: what writing produced: the digests of produced tensors, and the source
             ranges of byte-copied ones.
-        progress: called with (stage, fraction).
+        progress: told how far the check is.
 
     Returns:
         The counts, the keys that differ, and the strict-load outcome.
@@ -109,7 +110,7 @@ def verify_output(
             else:
                 check.unequal.append(entry.target)
             if progress:
-                progress("verify", (i + 1) / max(len(fed), 1))
+                progress(ProgressEvent("verify", (i + 1) / max(len(fed), 1)))
         check.strict_load, check.strict_error = strict_load_check(target, out.tensors)
     return check
 

@@ -19,11 +19,11 @@ from app.engine.output.safetensors_writer import finalize_safetensors, write_saf
 from app.engine.output.torch_writer import write_torch
 from app.engine.plan import Plan
 from app.engine.produce import Producer
+from app.engine.progress import Progress
 from app.engine.verify import verify_output
+from app.engine.warning import Warning
 
 __all__ = ["Stamp", "execute_plan"]
-
-Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def execute_plan(
         options: the format (both are streamed in bounded memory, unchanged tensors copied
             in the kernel), sharding, byte copy, and whether to verify.
         stamp: the safetensors metadata (the torch format carries none).
-        progress: called with (stage, fraction).
+        progress: called with a ``ProgressEvent``.
 
     Returns:
         The digests, counts, warnings, file names and the output check.
@@ -96,5 +96,5 @@ def _verify(
     """Re-read the output; byte-copied tensors get their digests and NaN check here."""
     check = verify_output(written, plan, producer.target, result, progress)
     result.digests.update(check.digests)
-    result.warnings += [f"nan_or_inf: {key}" for key in check.nonfinite]
+    result.warnings += [Warning(kind="nan_or_inf", message=key) for key in check.nonfinite]
     result.check = check

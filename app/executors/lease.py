@@ -12,6 +12,7 @@ row, or the one a broker message named) is the executor's business.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import threading
@@ -22,6 +23,7 @@ from app.db.base import utcnow
 from app.db.models import Artifact, JobStatus
 from app.db.repositories import ArtifactRepository, JobRepository
 from app.db.session import Database
+from app.engine.progress import ProgressEvent
 from app.services.job_document import job_document
 from app.services.job_events import (
     JobEventsConfig,
@@ -279,22 +281,16 @@ class _Control:
         if abort:
             raise _Abort(abort)
 
-    def progress(self, stage: str, fraction: float) -> None:
+    def progress(self, event: ProgressEvent) -> None:
+        """Record the stage and fraction; the latest counts go with the next progress event."""
         with self.state.lock:
-            self.state.stage = stage
-            self.state.progress = round(0.05 + 0.9 * max(0.0, min(1.0, fraction)), 4)
-            event = self._due_event(stage, time.monotonic())
-        self._store(event)
+            if event.counts is not None:
+                self.state.counts = dataclasses.asdict(event.counts)
+            self.state.stage = event.stage
+            self.state.progress = round(0.05 + 0.9 * max(0.0, min(1.0, event.fraction)), 4)
+            due = self._due_event(event.stage, time.monotonic())
+        self._store(due)
         self.tick()
-
-    def counts(self, *, tensors_done: int, tensors_total: int, bytes_done: int) -> None:
-        """The latest counts, sent with the next progress event."""
-        with self.state.lock:
-            self.state.counts = {
-                "tensors_done": tensors_done,
-                "tensors_total": tensors_total,
-                "bytes_done": bytes_done,
-            }
 
     def stage(self, name: str) -> None:
         """Mark a stage; with the test-only delay, sleep there while staying abortable."""

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from app.engine.architectures import ArchitectureRef
 from app.engine.options import WriteOptions
-from app.engine.progress import CountingProgress
+from app.engine.progress import Progress, ProgressEvent, TensorCounts
 from app.engine.recipe import Recipe
 from app.engine.target import Target
 from app.engine.target_spec import ArchitectureTarget, TargetSpec
@@ -39,7 +39,6 @@ __all__ = [
     "warm_up",
 ]
 
-Progress = Callable[[str, float], None]
 
 # What the fork server imports once, so each job's child starts with torch loaded. (The
 # engine imports torch lazily, so it is named here: a fresh import costs seconds.)
@@ -227,14 +226,8 @@ def ready_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], Non
 
 
 def _relay(progress: Progress, event: dict[str, Any]) -> None:
-    """A child's progress event, handed to the parent's callback (counts when it takes them)."""
-    if "tensors_done" in event and isinstance(progress, CountingProgress):
-        progress.counts(
-            tensors_done=int(event["tensors_done"]),
-            tensors_total=int(event["tensors_total"]),
-            bytes_done=int(event["bytes_done"]),
-        )
-    progress(str(event.get("stage")), float(event.get("fraction", 0.0)))
+    """A child's progress message, handed to the parent's callback as the event it was."""
+    progress(ProgressEvent.from_json(event))
 
 
 class _ChildProgress:
@@ -245,20 +238,16 @@ class _ChildProgress:
         self.emit = emit
         self.last_stage = ""
         self.last_at = 0.0
-        self.latest: dict[str, int] = {}
+        self.latest: TensorCounts | None = None
 
-    def counts(self, *, tensors_done: int, tensors_total: int, bytes_done: int) -> None:
-        self.latest = {
-            "tensors_done": tensors_done,
-            "tensors_total": tensors_total,
-            "bytes_done": bytes_done,
-        }
-
-    def __call__(self, stage: str, fraction: float) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
+        self.latest = event.counts or self.latest
         now = time.monotonic()
+        stage, fraction = event.stage, event.fraction
         if stage != self.last_stage or now - self.last_at >= 0.1 or fraction >= 1.0:
             self.last_stage, self.last_at = stage, now
-            self.emit({"event": "progress", "stage": stage, "fraction": fraction, **self.latest})
+            sent = ProgressEvent(stage, fraction, self.latest)
+            self.emit({"event": "progress", **sent.to_json()})
 
 
 def convert_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:

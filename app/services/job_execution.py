@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +21,9 @@ from app.db.session import Database
 from app.engine.architectures import ArchitectureRef
 from app.engine.errors import GraftError, PolicyError
 from app.engine.options import WriteOptions
+from app.engine.progress import ProgressEvent
 from app.engine.recipe import load_recipe
+from app.engine.report import Report
 from app.engine.target_spec import TargetSpec, parse_target_spec
 from app.sandbox.runner import Limits, SandboxError
 from app.services.checkpoints import checkpoint_files
@@ -54,33 +55,13 @@ class JobControl(Protocol):
         """A stage begins (``preparing``, ``publishing``)."""
         ...
 
-    def progress(self, stage: str, fraction: float) -> None:
-        """Progress within the conversion (fraction in 0..1)."""
+    def progress(self, event: ProgressEvent) -> None:
+        """Progress within the conversion (its fraction in 0..1, counts while writing)."""
         ...
 
     def tick(self) -> None:
         """Called a few times a second while the conversion child runs."""
         ...
-
-
-class _CountingControl:
-    """``control.progress`` as the engine's progress callback, with counts when the control
-    records them (an optional ``counts(tensors_done=, tensors_total=, bytes_done=)`` hook)."""
-
-    def __init__(self, control: JobControl) -> None:
-        self.control = control
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        self.control.progress(stage, fraction)
-
-    def counts(self, *, tensors_done: int, tensors_total: int, bytes_done: int) -> None:
-        self.control.counts(  # type: ignore[attr-defined]
-            tensors_done=tensors_done, tensors_total=tensors_total, bytes_done=bytes_done
-        )
-
-
-def _progress_of(control: JobControl) -> Callable[[str, float], None]:
-    return _CountingControl(control) if hasattr(control, "counts") else control.progress
 
 
 @dataclass(frozen=True)
@@ -224,11 +205,12 @@ def execute_job(
             suffix = "safetensors" if inputs.options.format == "safetensors" else "pt"
             sink = BlobSink(store, work / "out", inputs.job_id, suffix, control)
             result = run_conversion(
-                request, sink, limits=settings.limits, progress=_progress_of(control),
+                request, sink, limits=settings.limits, progress=control.progress,
                 tick=control.tick,
             )  # fmt: skip
             outcome.ok, outcome.device, outcome.artifacts = result.ok, result.device, sink.artifacts
-            outcome.warnings = [str(w) for w in result.report.get("warnings", [])]
+            report = Report.from_json(result.report)
+            outcome.warnings = [str(w) for w in report.warnings]
             if result.ok and inputs.register is not None:
                 control.stage("registering")
                 registry = register_result(
@@ -246,7 +228,7 @@ def execute_job(
         else:
             # strict, shape_mismatch, missing, unmatched rules, allow_empty: all the policy's.
             outcome.error_type = PolicyError.type
-            errors = [str(e) for e in result.report.get("errors", [])]
+            errors = report.errors or []
             outcome.error_message = (
                 f"the recipe's policy refused the conversion: {errors[0]}"
                 + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")

@@ -15,9 +15,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from app.engine.invert import invert_recipe
 from app.engine.options import WriteOptions
 from app.engine.recipe import load_recipe
-from app.engine.recipe.invert import invert_recipe
 from app.engine.target import Target
 from tests.engine._models import run
 from tests.parts import import_part

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     from app.engine.options import OutputFormat
     from app.engine.verify import OutputCheck
+    from app.engine.warning import Warning
 
 __all__ = ["DIGEST_PLACEHOLDER", "Execution"]
 
@@ -37,7 +38,7 @@ class Execution:
 
     format: OutputFormat
     digests: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Warning] = field(default_factory=list)
     copied: int = 0
     materialised: int = 0
     files: list[str] = field(default_factory=list)

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from app.engine.output.kernel_copy import KernelCopier
 from app.engine.output.produced import write_produced
 from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer
-from app.engine.progress import report_tensor
+from app.engine.progress import Progress, report_tensor
 from app.engine.readers import SAFETENSORS_DTYPES
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "write_safetensors",
 ]
 
-Progress = Callable[[str, float], None]
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 _ST_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
@@ -78,7 +76,7 @@ def write_safetensors(
             here. Byte-copied tensors are digested and scanned for NaN by verification, in
             its one read of the output; without it, nothing passes over their bytes at all.
         metadata: the ``__metadata__`` with placeholders (see :func:`finalize_safetensors`).
-        progress: called with (stage, fraction).
+        progress: called with a ``ProgressEvent``.
 
     Returns:
         What was written, and where the headers are.

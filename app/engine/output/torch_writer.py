@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,14 +24,12 @@ from app.engine.output.produced import produce_checked, write_produced
 from app.engine.output.torch_zip_writer import STORAGE_TYPES, ZipRecords, state_dict_pickle
 from app.engine.plan import Plan
 from app.engine.produce import Producer
-from app.engine.progress import report_tensor
+from app.engine.progress import Progress, ProgressEvent, report_tensor
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["write_torch"]
-
-Progress = Callable[[str, float], None]
 
 
 def write_torch(
@@ -45,7 +42,7 @@ def write_torch(
         plan: an ok plan.
         producer: makes the tensors that cannot be byte-copied.
         options: ``byte_copy``, ``copy_methods`` and ``verify`` apply, as for safetensors.
-        progress: called with (stage, fraction).
+        progress: called with a ``ProgressEvent``.
 
     Returns:
         What was written (``files`` is left to the caller, which knows the final name).
@@ -74,7 +71,7 @@ def write_torch(
                 crc = zlib.crc32(write_produced(entry, out, producer, result))
                 zip_.set_crc(index, crc)
             if progress:
-                progress("write", (i + 1) / max(len(plan.entries), 1))
+                progress(ProgressEvent("write", (i + 1) / max(len(plan.entries), 1)))
         for index, crc in crcs.ranges.finish().items():
             zip_.set_crc(index, crc)
         pkl = state_dict_pickle([(e.target, e.dtype, e.shape) for e in plan.entries])

@@ -4,7 +4,7 @@
 ``re:<RE2>`` with groups (a full match), the other names refer to those groups as ``\\1``…;
 a plain name is one exact key. ``transform`` rules match target keys with a key pattern
 (glob or ``re:``), like ``adapt``. Everything here is validated where it stands; planning
-(:mod:`app.engine.feeds`) checks the rules against the real keys and shapes.
+(:mod:`app.engine.plan.feeds`) checks the rules against the real keys and shapes.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from app.engine.errors import InvalidRecipeError
+from app.engine.invert import invert_recipe
 from app.engine.readers import open_source
 from app.engine.recipe import load_recipe
-from app.engine.recipe.invert import invert_recipe
 from app.engine.target import Target
 from tests.engine._models import run, save_sd, save_st, skeleton_of
 from tests.engine.test_tensor_rules import SPLIT_QKV, FusedNet, SplitNet

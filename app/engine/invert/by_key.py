@@ -1,7 +1,7 @@
 """The reverse of a recipe, key by key, from the source's header.
 
 A conversion renames before it splits or merges, so a recipe that does both cannot be turned
-around rule by rule (:mod:`app.engine.recipe.invert`). Given the source, though, every key's
+around rule by rule (:mod:`app.engine.invert`). Given the source, though, every key's
 fate is known from its header: the reverse is written with one exact rule per key (a ``key``
 rename back to its source name, a ``merge`` of each split's parts, a ``split`` of each merged
 key with its parts' sizes, and each transpose or reshape undone on its key), which a conversion
@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.engine.errors import InvalidRecipeError
-from app.engine.feeds import Feed, plan_feeds
 from app.engine.meta import TensorInfo
 from app.engine.ops.multi import describe_transform
+from app.engine.plan.feeds import Feed, plan_feeds
 from app.engine.recipe import Recipe, cite, compile_pattern
 from app.engine.recipe.rename import rename_keys
 from app.engine.recipe.tensor_rules import ReshapeTransform, TransformRule, TransposeTransform

@@ -1,11 +1,11 @@
 """Plan a conversion from headers alone: for every target key, what feeds it and how.
 
 The order is fixed (SPEC §2.1): strip prefixes, apply renames in order, apply drop/only, form
-the split/merge/copy groups (:mod:`app.engine.feeds`), then match what they feed against
+the split/merge/copy groups (:mod:`app.engine.plan.feeds`), then match what they feed against
 target keys and apply every matching ``transform`` in order. Shapes that still differ go to
 the first adapt rule whose ``match`` fits the target key, or are ``mismatched``. Target keys
 nothing feeds are ``kept`` or ``initialized`` per ``missing``. Every rule's match count is
-kept (:mod:`app.engine.rule_matches`). No tensor data is read here.
+kept (:mod:`app.engine.plan.rule_matches`). No tensor data is read here.
 """
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from app.engine.errors import InvalidRecipeError
-from app.engine.feeds import Feed, plan_feeds
 from app.engine.meta import TensorInfo, is_floating
 from app.engine.ops.adapt import describe_adapt, describe_cast
 from app.engine.ops.initialize import InitRecord, resolve_init
 from app.engine.ops.multi import Part, describe_transform
+from app.engine.plan.feeds import Feed, plan_feeds
+from app.engine.plan.rule_matches import RuleMatch, count_rules, judge_rules
 from app.engine.readers import Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
 from app.engine.recipe.rename import filter_keys, rename_keys
 from app.engine.recipe.tensor_rules import TransformRule
-from app.engine.rule_matches import RuleMatch, count_rules, judge_rules
 from app.engine.target import Target
+from app.engine.warning import Warning
 
 __all__ = ["Plan", "PlanEntry", "Suggestion", "Unused", "build_plan"]
 
@@ -91,7 +92,7 @@ class Plan:
     entries: list[PlanEntry]
     unused: list[Unused]
     suggestions: list[Suggestion]
-    warnings: list[str]
+    warnings: list[Warning]
     failures: list[str]  # what the recipe's policy refuses; non-empty means not ok
     stripped_prefix: str | None
     dtype: str = "keep"  # the output dtype policy (recipe's, or the caller's override)
@@ -390,15 +391,21 @@ def _judge(plan: Plan, recipe: Recipe, mismatched: list[str]) -> None:
         )
     if counted and fed == 0:
         plan.warnings.append(
-            f"nothing_loaded: none of the {len(counted)} target tensors came from the source; "
-            "check renames and prefixes (align: suggest lists likely matches)"
+            Warning(
+                kind="nothing_loaded",
+                message=f"none of the {len(counted)} target tensors came from the source; "
+                "check renames and prefixes (align: suggest lists likely matches)",
+            )
         )
     elif counted and fed / len(counted) < LOW_COVERAGE:
         plan.warnings.append(
-            f"low_coverage: only {fed} of {len(counted)} target tensors came from the source"
+            Warning(
+                kind="low_coverage",
+                message=f"only {fed} of {len(counted)} target tensors came from the source",
+            )
         )
     for text in mismatched:
-        plan.warnings.append(f"shape_mismatch: {text}")
+        plan.warnings.append(Warning(kind="shape_mismatch", message=text))
 
 
 def _few(keys: Sequence[str], n: int = 5) -> str:

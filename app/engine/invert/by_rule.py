@@ -9,7 +9,7 @@ own inverse; ``reshape`` needs the shape it started from, which only the source'
 knows. A conversion always renames before it splits or merges and transforms last, so a recipe
 that renames *and* splits, merges or transforms (or transforms what it splits) cannot be turned
 around rule by rule; given the source, it is reversed key by key instead
-(:mod:`app.engine.invert_by_key`). Every other rule is refused, by name.
+(:mod:`app.engine.invert.by_key`). Every other rule is refused, by name.
 
 Given the source, the renames are proved one-to-one on its keys: forward, then back, gives
 every key again.
@@ -22,9 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.errors import InvalidRecipeError
+from app.engine.invert.by_key import invert_by_key
 from app.engine.meta import TensorInfo
+from app.engine.ops.multi import describe_transform
+from app.engine.recipe.load import load_recipe
 from app.engine.recipe.model import DEFAULT_INIT, KeyRule, PrefixRule, Recipe, RegexRule, RenameRule
-from app.engine.recipe.patterns import cite, compile_re2, compile_regex, split_replacement
+from app.engine.recipe.patterns import (
+    cite,
+    compile_pattern,
+    compile_re2,
+    compile_regex,
+    split_replacement,
+)
 from app.engine.recipe.rename import rename_keys
 from app.engine.recipe.tensor_rules import (
     MergeRule,
@@ -32,6 +41,7 @@ from app.engine.recipe.tensor_rules import (
     SplitRule,
     TransformRule,
     TransposeTransform,
+    compile_names,
 )
 
 __all__ = ["Inversion", "invert_recipe"]
@@ -73,8 +83,6 @@ def invert_recipe(recipe: Recipe, *, source: dict[str, TensorInfo] | None = None
     mixed = recipe.transform and (recipe.split or recipe.merge)
     if (renaming and others) or mixed:
         if source is not None:  # every key's fate is known: reverse it key by key
-            from app.engine.invert_by_key import invert_by_key
-
             by_key, note = invert_by_key(recipe, source)
             return Inversion({**by_key, **_settings(recipe)}, [note])
         raise InvalidRecipeError(
@@ -285,8 +293,6 @@ def _invert_rename(rule: RenameRule, citation: str) -> dict[str, str]:
 def _prove_renames(
     forward: Sequence[RenameRule], inverse: list[dict[str, str]], keys: list[str]
 ) -> str:
-    from app.engine.recipe.load import load_recipe
-
     back_rules = load_recipe({"rename": inverse}).rename
     there = rename_keys(keys, forward).renamed
     renamed = [there[k].key for k in keys]
@@ -336,8 +342,6 @@ def _merge_sizes(
     """The parts' sizes along the merge dim, the same in every group of the source."""
     if source is None:
         return None
-    from app.engine.recipe.tensor_rules import compile_names
-
     names = compile_names(rule.from_[0], list(rule.from_[1:]))
     found: set[tuple[int, ...]] = set()
     for key in source:
@@ -388,9 +392,6 @@ def _shape_before(
     rules: Sequence[TransformRule], index: int, key: str, shape: tuple[int, ...]
 ) -> tuple[int, ...] | None:
     """``key``'s shape just before ``rules[index]``, or ``None`` when that rule misses it."""
-    from app.engine.ops.multi import describe_transform
-    from app.engine.recipe.patterns import compile_pattern
-
     for i, rule in enumerate(rules[: index + 1]):
         if not compile_pattern(rule.match).matches(key):
             continue

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from app.engine.recipe import PrefixRule, Recipe, RegexRule, RenameRule, cite
 from app.engine.recipe.model import DEFAULT_INIT
 from app.engine.recipe.rename import count_matches
+from app.engine.warning import Warning
 
 if TYPE_CHECKING:
     from app.engine.target import Target
@@ -99,15 +100,18 @@ def _rename_pattern(rule: RenameRule) -> str:
 
 
 def judge_rules(
-    rules: Sequence[RuleMatch], recipe: Recipe, failures: list[str], warnings: list[str]
+    rules: Sequence[RuleMatch], recipe: Recipe, failures: list[str], warnings: list[Warning]
 ) -> None:
     """Apply ``unmatched``: a refusal (``error``) or a warning (``warn``) per rule that matched
     nothing, naming the rule."""
     for match in rules:
         if match.matched or match.implicit:
             continue
-        text = f"unmatched: {match.rule} ({match.pattern}) matched no key; check it for a typo"
+        warning = Warning(
+            kind="unmatched",
+            message=f"{match.rule} ({match.pattern}) matched no key; check it for a typo",
+        )
         if recipe.unmatched == "error":
-            failures.append(f"{text} (unmatched: error; `unmatched: warn` lets it pass)")
+            failures.append(f"{warning} (unmatched: error; `unmatched: warn` lets it pass)")
         else:
-            warnings.append(text)
+            warnings.append(warning)

@@ -466,7 +466,7 @@ def architectures(json_: JsonOpt = False) -> None:
 
 def main() -> None:
     """Console-script entry point: known errors become one line on stderr and an exit code."""
-    from app.engine.errors import GraftError
+    from app.errors import GraftError
 
     try:
         cli()

@@ -3,9 +3,12 @@
 Each carries the stable problem ``type``, an HTTP status for the API, and ``retryable``: whether
 running the same job again may succeed (the worker uses it to decide between a retry and a
 failure). Refusals by the outbound guard are :class:`app.net.outbound.OutboundRefusedError`.
+All are :class:`app.errors.GraftError` subclasses.
 """
 
 from __future__ import annotations
+
+from app.errors import GraftError
 
 __all__ = [
     "InvalidReferenceError",
@@ -17,20 +20,19 @@ __all__ = [
 ]
 
 
-class RegistryError(Exception):
+class RegistryError(GraftError):
     """Base class; also raised as is when the registry refuses a request (4xx) for a reason
     Graft did not anticipate (a bad token, a parameter it rejects): its message is quoted."""
 
-    type: str = "registry-error"
-    status: int = 502
-    title: str = "Registry error"
+    type = "registry-error"
+    status = 502
+    title = "Registry error"
     retryable: bool = False
 
     def __init__(
         self, message: str, *, retryable: bool | None = None, error_code: str = ""
     ) -> None:
         super().__init__(message)
-        self.message = message
         # MLflow's own code (RESOURCE_ALREADY_EXISTS…), when the error is MLflow's answer.
         self.error_code = error_code
         if retryable is not None:

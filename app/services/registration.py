@@ -13,13 +13,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from app.errors import InternalError
 from app.net.outbound import OutboundRefusedError
 from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
 from app.registry.mlflow_publish import register_version
 from app.services.errors import ServiceError
 from app.services.references import RegisterSpec, RegistryConfig
-from app.services.sources import JobInputError, registry_failure
+from app.services.sources import registry_failure
 from app.storage import BlobStore
 
 __all__ = ["register_result"]
@@ -52,12 +53,12 @@ def register_result(
         ``{"uri": "models:/NAME/V", "version": "V"}``.
 
     Raises:
-        JobInputError: ``registry-unavailable`` (safe to retry), ``outbound-refused``,
+        GraftError: ``registry-unavailable`` (safe to retry), ``outbound-refused``,
             ``registry-error`` or ``invalid-job``.
     """
     by_name = {a["name"]: a for a in artifacts}
     if "weights" not in by_name:
-        raise JobInputError("internal-error", "the job produced no weights to register")
+        raise InternalError("the job produced no weights to register")
     folder = work / "register"
     folder.mkdir()
     suffix = Path(by_name["weights"]["filename"]).suffix or ".safetensors"

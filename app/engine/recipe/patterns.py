@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import re2
 
-from app.engine.errors import InvalidRecipeError
+from app.engine.errors import GraftError, InvalidRecipeError
 
 __all__ = [
     "MAX_PATTERN_LENGTH",
@@ -47,8 +47,11 @@ __all__ = [
 MAX_PATTERN_LENGTH = 1000
 
 
-class RuleError(ValueError):
-    """A rule is invalid; raised inside validators so pydantic records where it happened."""
+class RuleError(GraftError, ValueError):
+    """A rule is invalid; raised inside validators so pydantic records where it happened
+    (hence a ``ValueError`` too), then reported as :class:`InvalidRecipeError` naming the rule."""
+
+    type = InvalidRecipeError.type
 
 
 class Regex(Protocol):

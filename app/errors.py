@@ -6,6 +6,8 @@ there is to say about it: ``type`` (the stable problem+json slug clients switch 
 with). One handler (``app.api.errors``) maps any of them to problem+json and one mapping
 (``app.cli.main``) to an exit code; nothing looks a status up by slug or sets a type at run time.
 
+A slug that more than one layer raises has one class here (``not-found``, ``too-large``,
+``invalid-job``); a layer's own kind of it subclasses that class (and may say a better title).
 This module imports nothing from the app, so the engine may use it and stay pure.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Self
 
-__all__ = ["GraftError", "InternalError"]
+__all__ = ["GraftError", "InternalError", "InvalidJobError", "NotFoundError", "TooLargeError"]
 
 
 class GraftError(Exception):
@@ -66,3 +68,26 @@ class InternalError(GraftError):
 
     type = "internal-error"
     status = 500
+
+
+class NotFoundError(GraftError):
+    """No such resource (a checkpoint, a job, a model version), or another owner's."""
+
+    type = "not-found"
+    status = 404
+    title = "Not found"
+
+
+class TooLargeError(GraftError):
+    """A size limit was exceeded (a header, an expansion, an element budget, a body, a source)."""
+
+    type = "too-large"
+    status = 413
+
+
+class InvalidJobError(GraftError):
+    """A job request that names checkpoints, targets or references that cannot be used."""
+
+    type = "invalid-job"
+    status = 422
+    title = "Invalid job"

@@ -49,7 +49,7 @@ def _exception_classes() -> dict[str, type[BaseException]]:
 def test_every_exception_class_under_app_derives_from_the_one_base() -> None:
     classes = _exception_classes()
     assert "app.engine.errors.UnsafeCheckpointError" in classes  # the walk saw the engine
-    assert "app.services.errors.NotFoundError" in classes  # … and the services
+    assert "app.services.errors.ConflictError" in classes  # … and the services
     assert sorted(n for n, c in classes.items() if not issubclass(c, GraftError)) == []
 
 
@@ -98,3 +98,14 @@ def test_a_child_s_recipe_error_keeps_its_rule_without_naming_it_twice() -> None
     assert error.message == "rename[1]: bad pattern"
     assert error.rule == "rename[1]"
     assert error.extra == {"rule": "rename[1]"}
+
+
+def test_each_slug_has_one_root_class() -> None:
+    by_type: dict[str, list[type[BaseException]]] = {}
+    for cls in _exception_classes().values():
+        assert issubclass(cls, GraftError)
+        by_type.setdefault(cls.type, []).append(cls)
+    for slug, classes in by_type.items():
+        roots = [c for c in classes if not any(b.type == slug for b in c.__mro__[1:]
+                                               if issubclass(b, GraftError))]  # fmt: skip
+        assert len(roots) == 1, (slug, roots)

@@ -2,12 +2,13 @@
 
 Every message names the key, rule or file at fault and says how to fix it. Each class carries
 a stable ``type`` (the problem+json slug the API serves), its HTTP status and the CLI exit code
-it maps to. ``GraftError`` is re-exported here: the engine raises it for its own internal faults.
+it maps to. ``GraftError`` is re-exported here (the engine raises it for its own internal
+faults), and so is ``TooLargeError``, whose slug other layers raise too.
 """
 
 from __future__ import annotations
 
-from app.errors import GraftError
+from app.errors import GraftError, TooLargeError
 
 __all__ = [
     "DeviceUnavailableError",
@@ -33,13 +34,6 @@ class UnreadableCheckpointError(GraftError):
 
     type = "unreadable-checkpoint"
     status = 422
-
-
-class TooLargeError(GraftError):
-    """A size limit was exceeded (header, expansion, element budget)."""
-
-    type = "too-large"
-    status = 413
 
 
 class InvalidRecipeError(GraftError):

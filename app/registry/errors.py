@@ -8,7 +8,7 @@ All are :class:`app.errors.GraftError` subclasses.
 
 from __future__ import annotations
 
-from app.errors import GraftError
+from app.errors import GraftError, InvalidJobError, NotFoundError, TooLargeError
 
 __all__ = [
     "InvalidReferenceError",
@@ -57,7 +57,7 @@ class SourceUnavailableError(RegistryError):
     retryable = True
 
 
-class RegistryNotFoundError(RegistryError):
+class RegistryNotFoundError(RegistryError, NotFoundError):
     """The model, version, alias or artifact does not exist."""
 
     type = "not-found"
@@ -65,7 +65,7 @@ class RegistryNotFoundError(RegistryError):
     title = "Not found"
 
 
-class InvalidReferenceError(RegistryError):
+class InvalidReferenceError(RegistryError, InvalidJobError):
     """A reference Graft cannot use: a malformed ``models:/`` URI, a reserved alias, a version
     whose artifacts hold no checkpoint or several."""
 
@@ -74,7 +74,7 @@ class InvalidReferenceError(RegistryError):
     title = "Invalid job"
 
 
-class SourceTooLargeError(RegistryError):
+class SourceTooLargeError(RegistryError, TooLargeError):
     """The source is larger than the size cap."""
 
     type = "too-large"

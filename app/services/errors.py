@@ -1,11 +1,12 @@
 """The service layer's errors: :class:`app.errors.GraftError` subclasses with their HTTP status.
 
 One handler in ``app.api.errors`` serves these, the engine's and every other layer's alike.
+``NotFoundError`` and ``InvalidJobError`` are the house's (``app.errors``), re-exported here.
 """
 
 from __future__ import annotations
 
-from app.errors import GraftError
+from app.errors import GraftError, InvalidJobError, NotFoundError, TooLargeError
 
 __all__ = [
     "BadRequestError",
@@ -29,12 +30,6 @@ class ServiceError(GraftError):
     title = "Service error"
 
 
-class NotFoundError(ServiceError):
-    type = "not-found"
-    status = 404
-    title = "Not found"
-
-
 class ConflictError(ServiceError):
     type = "conflict"
     status = 409
@@ -47,13 +42,13 @@ class BadRequestError(ServiceError):
     title = "Bad request"
 
 
-class UploadTooLargeError(ServiceError):
+class UploadTooLargeError(ServiceError, TooLargeError):
     type = "too-large"
     status = 413
     title = "Upload too large"
 
 
-class PayloadTooLargeError(ServiceError):
+class PayloadTooLargeError(ServiceError, TooLargeError):
     """A request body (a skeleton, a recipe) beyond a size, count or nesting cap."""
 
     type = "too-large"
@@ -67,14 +62,6 @@ class TooManyUploadsError(ServiceError):
     type = "too-many-uploads"
     status = 429
     title = "Too many uploads"
-
-
-class InvalidJobError(ServiceError):
-    """A job request that names checkpoints or targets that cannot be used."""
-
-    type = "invalid-job"
-    status = 422
-    title = "Invalid job"
 
 
 class UploadTimeoutError(ServiceError):

@@ -133,7 +133,7 @@ def check_source_ref(ref: SourceRef, config: RegistryConfig) -> None:
         try:
             parse_model_uri(uri)
         except InvalidReferenceError as exc:
-            raise InvalidJobError(f"source.uri: {exc.message}") from exc
+            raise exc.prefixed("source.uri") from exc
         config.require_mlflow("a models:/ source")
         return
     if ref.path is not None:
@@ -142,7 +142,7 @@ def check_source_ref(ref: SourceRef, config: RegistryConfig) -> None:
         try:
             parse_s3_uri(uri, config.s3)
         except InvalidReferenceError as exc:
-            raise InvalidJobError(f"source.uri: {exc.message}") from exc
+            raise exc.prefixed("source.uri") from exc
         except PermissionError as exc:
             raise OutboundRefusedError(f"source.uri: {exc}", url=uri) from exc
         return
@@ -172,7 +172,7 @@ def check_register(spec: RegisterSpec, config: RegistryConfig, *, dry_run: bool)
         try:
             validate_alias(spec.alias)
         except InvalidReferenceError as exc:
-            raise InvalidJobError(f"output.register.alias: {exc.message}") from exc
+            raise exc.prefixed("output.register.alias") from exc
     reserved = sorted(k for k in spec.tags if k.startswith("graft."))
     if reserved:
         raise InvalidJobError(f"output.register.tags: {reserved} — 'graft.*' tags are Graft's own")

@@ -18,7 +18,7 @@ from app.net.outbound import OutboundRefusedError
 from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
 from app.registry.mlflow_publish import register_version
-from app.services.errors import ServiceError
+from app.services.errors import InvalidJobError, ServiceError
 from app.services.references import RegisterSpec, RegistryConfig
 from app.services.sources import registry_failure
 from app.storage import BlobStore
@@ -82,7 +82,7 @@ def register_result(
                 tags=spec.tags,
                 experiment=config.experiment,
             )
-    except (OutboundRefusedError, RegistryError, ServiceError) as exc:
+    except (OutboundRefusedError, RegistryError, ServiceError, InvalidJobError) as exc:
         raise registry_failure(exc, f"registering the result as {spec.name}") from exc
     logger.info("job %s: result is %s (new: %s)", job_id, done.uri, done.created)
     return {"uri": done.uri, "version": done.version}

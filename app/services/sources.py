@@ -26,7 +26,7 @@ from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
 from app.sandbox.runner import Limits, error_from_child, run_sandboxed
 from app.services.checkpoints import checkpoint_files, publish_checkpoint
-from app.services.errors import ServiceError
+from app.services.errors import InvalidJobError, ServiceError
 from app.services.references import RegistryConfig, SourceRef
 from app.services.s3_source import fetch_s3
 from app.storage import BlobStore
@@ -134,7 +134,7 @@ def fetch_source(
     folder.mkdir()
     try:
         files, version = _download(ref, folder, config)
-    except (OutboundRefusedError, RegistryError, ServiceError) as exc:
+    except (OutboundRefusedError, RegistryError, ServiceError, InvalidJobError) as exc:
         raise registry_failure(exc, f"fetching {ref.uri}") from exc
     summary = _inspect(files, inspect_limits, max_tensors)
     with database.transaction() as session:

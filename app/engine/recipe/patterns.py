@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import re2
 
-from app.engine.errors import GraftError, InvalidRecipeError
+from app.engine.errors import InvalidRecipeError
 
 __all__ = [
     "MAX_PATTERN_LENGTH",
@@ -47,11 +47,10 @@ __all__ = [
 MAX_PATTERN_LENGTH = 1000
 
 
-class RuleError(GraftError, ValueError):
+class RuleError(InvalidRecipeError, ValueError):
     """A rule is invalid; raised inside validators so pydantic records where it happened
-    (hence a ``ValueError`` too), then reported as :class:`InvalidRecipeError` naming the rule."""
-
-    type = InvalidRecipeError.type
+    (hence a ``ValueError`` too), then raised again as :class:`InvalidRecipeError` naming
+    the rule."""
 
 
 class Regex(Protocol):

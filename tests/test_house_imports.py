@@ -60,6 +60,9 @@ def _files(*parts: str) -> list[Path]:
 OUTER = ("app.api", "app.worker", "app.executors", "app.cli", "app.client")
 
 RULES = {
+    # The one error base (``app/errors.py``) imports nothing of the app, so every layer, the
+    # engine included, may subclass it.
+    "errors": (("errors",), ("app",)),
     # The engine: torch, safetensors, re2, blake3, pydantic, PyYAML, numpy, stdlib. No web,
     # no database, no settings, and not the zoo (it registers through entry points).
     "engine": (

@@ -14,8 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.engine.errors import GraftError
-from app.services.errors import ServiceError, status_for_type
+from app.errors import GraftError
 
 __all__ = [
     "PROBLEM_JSON",
@@ -95,8 +94,9 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
+async def _graft_error(request: Request, exc: Exception) -> JSONResponse:
+    """Any error of the house: its class gives the status, type and title."""
+    assert isinstance(exc, GraftError)
     headers = dict(exc.headers)
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="graft"'
@@ -104,21 +104,10 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
         exc.status,
         exc.type,
         exc.message,
-        title=exc.title,
+        title=exc.problem_title(),
         instance=request.url.path,
         headers=headers or None,
         **exc.extra,
-    )
-
-
-async def _graft_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, GraftError)
-    return problem_response(
-        status_for_type(exc.type),
-        exc.type,
-        exc.message,
-        instance=request.url.path,
-        rule=getattr(exc, "rule", None),
     )
 
 
@@ -180,7 +169,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(GraftError, _graft_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -68,7 +68,7 @@ cli.add_typer(recipe_cli, name="recipe")
 
 def main() -> None:
     """Console-script entry point: known errors become one line on stderr and an exit code."""
-    from app.engine.errors import GraftError
+    from app.errors import GraftError
 
     try:
         cli()

@@ -20,6 +20,7 @@ from app.db.base import utcnow
 from app.db.models import Worker
 from app.db.repositories import WorkerRepository
 from app.db.session import Database
+from app.errors import GraftError
 from app.executors.celery_app import QUEUES, make_celery, queue_name
 from app.storage import open_store
 
@@ -30,8 +31,11 @@ logger = logging.getLogger(__name__)
 _BEAT_SECONDS = 15.0  # well inside the one-minute window `auto` routing looks at
 
 
-class ExecutorConfigError(ValueError):
+class ExecutorConfigError(GraftError):
     """The configuration cannot run this executor; the message says what to set."""
+
+    type = "executor-misconfigured"
+    status = 500
 
 
 def check_celery_settings(settings: Settings) -> None:

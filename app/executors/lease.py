@@ -24,6 +24,7 @@ from app.db.models import Artifact, JobStatus
 from app.db.repositories import ArtifactRepository, JobRepository
 from app.db.session import Database
 from app.engine.progress import ProgressEvent
+from app.errors import InternalError
 from app.services.job_document import job_document
 from app.services.job_events import (
     JobEventsConfig,
@@ -165,7 +166,7 @@ def run_held_job(
     finally:
         done.set()
         beat.join()
-    if outcome.error_type == "internal-error" and not storage_reachable(store):
+    if outcome.error_type == InternalError.type and not storage_reachable(store):
         logger.warning("job %s failed while the storage is unreachable; it will run again", job_id)
         return Disposition.storage_down
     return _finish(database, job_id, owner, outcome, events)

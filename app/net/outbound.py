@@ -34,6 +34,8 @@ import anyio.to_thread
 import httpcore
 import httpx
 
+from app.errors import GraftError
+
 __all__ = [
     "OutboundPolicy",
     "OutboundRefusedError",
@@ -53,13 +55,14 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SCHEMES = ("http", "https")
 
 
-class OutboundRefusedError(Exception):
+class OutboundRefusedError(GraftError):
     """An outgoing request the policy forbids; raised before any connection is made.
 
+    The one class for it in every layer: a service that knows more (``source.uri``) says so
+    with :meth:`~app.errors.GraftError.prefixed`, keeping the class.
+
     Attributes:
-        type: the stable problem type, ``outbound-refused``.
-        status: the HTTP status the API answers with.
-        url: the URL (or ``host:port``) that was refused.
+        url: the URL (or ``host:port``) that was refused (for logs; not in the problem body).
     """
 
     type = "outbound-refused"
@@ -68,7 +71,6 @@ class OutboundRefusedError(Exception):
 
     def __init__(self, message: str, *, url: str) -> None:
         super().__init__(message)
-        self.message = message
         self.url = url
 
 

@@ -3,9 +3,12 @@
 Each carries the stable problem ``type``, an HTTP status for the API, and ``retryable``: whether
 running the same job again may succeed (the worker uses it to decide between a retry and a
 failure). Refusals by the outbound guard are :class:`app.net.outbound.OutboundRefusedError`.
+All are :class:`app.errors.GraftError` subclasses.
 """
 
 from __future__ import annotations
+
+from app.errors import GraftError, InvalidJobError, NotFoundError, TooLargeError
 
 __all__ = [
     "InvalidReferenceError",
@@ -17,20 +20,19 @@ __all__ = [
 ]
 
 
-class RegistryError(Exception):
+class RegistryError(GraftError):
     """Base class; also raised as is when the registry refuses a request (4xx) for a reason
     Graft did not anticipate (a bad token, a parameter it rejects): its message is quoted."""
 
-    type: str = "registry-error"
-    status: int = 502
-    title: str = "Registry error"
+    type = "registry-error"
+    status = 502
+    title = "Registry error"
     retryable: bool = False
 
     def __init__(
         self, message: str, *, retryable: bool | None = None, error_code: str = ""
     ) -> None:
         super().__init__(message)
-        self.message = message
         # MLflow's own code (RESOURCE_ALREADY_EXISTS…), when the error is MLflow's answer.
         self.error_code = error_code
         if retryable is not None:
@@ -55,7 +57,7 @@ class SourceUnavailableError(RegistryError):
     retryable = True
 
 
-class RegistryNotFoundError(RegistryError):
+class RegistryNotFoundError(RegistryError, NotFoundError):
     """The model, version, alias or artifact does not exist."""
 
     type = "not-found"
@@ -63,7 +65,7 @@ class RegistryNotFoundError(RegistryError):
     title = "Not found"
 
 
-class InvalidReferenceError(RegistryError):
+class InvalidReferenceError(RegistryError, InvalidJobError):
     """A reference Graft cannot use: a malformed ``models:/`` URI, a reserved alias, a version
     whose artifacts hold no checkpoint or several."""
 
@@ -72,7 +74,7 @@ class InvalidReferenceError(RegistryError):
     title = "Invalid job"
 
 
-class SourceTooLargeError(RegistryError):
+class SourceTooLargeError(RegistryError, TooLargeError):
     """The source is larger than the size cap."""
 
     type = "too-large"

@@ -20,29 +20,29 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.architectures import ArchitectureRef
-from app.engine.errors import GraftError
+from app.engine.errors import GraftError, TooLargeError, UnreadableCheckpointError
+from app.errors import InternalError
 from app.sandbox.runner import (
     Limits,
     apply_limits,
     describe_failure,
+    error_from_child,
     memory_budget,
     renew_cpu_limit,
 )
 
-__all__ = ["InspectionError", "InspectorPool", "inspect_in_child"]
+__all__ = ["InspectorPool", "inspect_in_child"]
 
 logger = logging.getLogger(__name__)
 
 _LINE_LIMIT = 1 << 30
 
 
-class InspectionError(GraftError):
-    """The engine refused the file, in a child (``type`` is the engine's problem type)."""
-
-    def __init__(self, problem_type: str, message: str, *, rule: str | None = None) -> None:
-        super().__init__(message)
-        self.type = problem_type
-        self.rule = rule
+def _refusal(error: GraftError) -> dict[str, Any]:
+    """A child's answer for a refusal: the error's type and message, and its rule if any."""
+    answer: dict[str, Any] = {"ok": False, "type": error.type, "message": error.message}
+    rule = error.extra.get("rule")
+    return answer | ({"rule": rule} if rule else {})
 
 
 class _Child:
@@ -132,13 +132,13 @@ class InspectorPool:
             return await asyncio.wait_for(child.request(payload), self.timeout)
         except TimeoutError as exc:
             healthy = False
-            raise InspectionError(
-                "too-large", f"inspection took longer than {self.timeout:g} s and was stopped"
+            raise TooLargeError(
+                f"inspection took longer than {self.timeout:g} s and was stopped"
             ) from exc
         except (EOFError, BrokenPipeError, ConnectionResetError, ValueError) as exc:
             healthy = False
-            raise InspectionError(
-                "unreadable-checkpoint", "the inspection process died reading this file"
+            raise UnreadableCheckpointError(
+                "the inspection process died reading this file"
             ) from exc
         finally:
             if not healthy:
@@ -162,7 +162,7 @@ class InspectorPool:
             The engine's ``inspect_source`` summary.
 
         Raises:
-            InspectionError: the engine refused the file, or the child died or hung.
+            GraftError: the engine refused the file, or the child died or hung.
         """
         answer = await self._call(
             {
@@ -175,8 +175,8 @@ class InspectorPool:
             }
         )
         if not answer.get("ok"):
-            raise InspectionError(
-                str(answer.get("type", "unreadable-checkpoint")), str(answer.get("message"))
+            raise error_from_child(
+                answer.get("type", UnreadableCheckpointError.type), answer.get("message")
             )
         result: dict[str, Any] = answer["result"]
         return result
@@ -189,7 +189,7 @@ class InspectorPool:
         """
         answer = await self._call({"op": "architectures", "extra": extra})
         if not answer.get("ok"):
-            raise InspectionError(str(answer.get("type")), str(answer.get("message")))
+            raise error_from_child(answer.get("type"), answer.get("message"))
         result: list[dict[str, Any]] = answer["result"]
         return result
 
@@ -216,7 +216,7 @@ class InspectorPool:
             policy would refuse the conversion).
 
         Raises:
-            InspectionError: an invalid recipe or target, an unreadable or unsafe file, or
+            GraftError: an invalid recipe or target, an unreadable or unsafe file, or
                 a plan that ran past the timeout.
         """
         answer = await self._call(
@@ -230,8 +230,8 @@ class InspectorPool:
             }
         )
         if not answer.get("ok"):
-            raise InspectionError(
-                str(answer.get("type")), str(answer.get("message")), rule=answer.get("rule")
+            raise error_from_child(
+                answer.get("type"), answer.get("message"), rule=answer.get("rule")
             )
         result: dict[str, Any] = answer["result"]
         return result
@@ -242,13 +242,13 @@ class InspectorPool:
         """Bind ``name`` with ``kwargs`` in a child, exactly as the worker will.
 
         Raises:
-            InspectionError: ``invalid-target``, naming the architecture and the kwarg.
+            GraftError: ``invalid-target``, naming the architecture and the kwarg.
         """
         answer = await self._call(
             {"op": "bind-architecture", "name": name, "kwargs": kwargs, "extra": extra}
         )
         if not answer.get("ok"):
-            raise InspectionError(str(answer.get("type")), str(answer.get("message")))
+            raise error_from_child(answer.get("type"), answer.get("message"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -292,7 +292,6 @@ def _plan(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _handle(request: dict[str, Any]) -> dict[str, Any]:
-    from app.engine.errors import GraftError
     from app.engine.readers import inspect_source
 
     try:
@@ -315,30 +314,22 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
         if not summary["tensors"]:
             # An upload is only worth a record if it holds weights: an empty header, or a
             # pickle of an empty dict, is refused like any unreadable file.
-            return {
-                "ok": False,
-                "type": "unreadable-checkpoint",
-                "message": "the checkpoint holds no tensors",
-            }
+            return _refusal(UnreadableCheckpointError("the checkpoint holds no tensors"))
         cap = request.get("max_tensors")
         if cap is not None and len(summary["tensors"]) > cap:
-            return {
-                "ok": False,
-                "type": "too-large",
-                "message": f"the checkpoint holds {len(summary['tensors'])} tensors; "
-                f"this service accepts at most {cap} (GRAFT_MAX_TENSORS)",
-            }
+            return _refusal(
+                TooLargeError(
+                    f"the checkpoint holds {len(summary['tensors'])} tensors; "
+                    f"this service accepts at most {cap} (GRAFT_MAX_TENSORS)"
+                )
+            )
         return {"ok": True, "result": summary}
-    except GraftError as exc:
-        answer = {"ok": False, "type": exc.type, "message": exc.message}
-        rule = getattr(exc, "rule", None)
-        return answer | ({"rule": rule} if rule else {})
-    except Exception as exc:  # a limit, or an engine bug: neither may crash the pool
-        kind, message = describe_failure(exc)
-        if kind == "internal-error":
+    except Exception as exc:  # a refusal, a limit, or an engine bug: none may crash the pool
+        error = describe_failure(exc)
+        if isinstance(error, InternalError):
             logger.exception("inspection failed")
-            kind, message = "unreadable-checkpoint", f"cannot read: {exc}"
-        return {"ok": False, "type": kind, "message": message}
+            error = UnreadableCheckpointError(f"cannot read: {exc}")
+        return _refusal(error)
 
 
 def inspect_in_child(payload: dict[str, Any], emit: Any) -> dict[str, Any]:

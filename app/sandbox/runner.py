@@ -28,9 +28,27 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from app.engine.errors import GraftError
+from app.engine.errors import (
+    DeviceUnavailableError,
+    GraftError,
+    InvalidRecipeError,
+    InvalidTargetError,
+    PolicyError,
+    TooLargeError,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+)
+from app.errors import InternalError
 
-__all__ = ["Limits", "SandboxError", "apply_limits", "memory_budget", "run_sandboxed"]
+__all__ = [
+    "DiskFullError",
+    "Limits",
+    "apply_limits",
+    "describe_failure",
+    "error_from_child",
+    "memory_budget",
+    "run_sandboxed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -146,27 +164,59 @@ def memory_budget(extra_bytes: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-class SandboxError(GraftError):
-    """The sandboxed work failed; ``type`` is the engine's, or ``too-large`` / ``disk-full``
-    for a limit, or ``internal-error``."""
+class DiskFullError(GraftError):
+    """The output did not fit: the sandbox's file-size limit, or the disk itself."""
 
-    def __init__(self, problem_type: str, message: str) -> None:
-        super().__init__(message)
-        self.type = problem_type
+    type = "disk-full"
 
 
-def describe_failure(exc: BaseException) -> tuple[str, str]:
-    """``(type, message)`` for an exception raised inside a sandbox child."""
+# What a child may report, by the type it sends (messages are JSON: the type is the class's
+# wire name). Anything else a child claims is an internal error.
+_FROM_CHILD: dict[str, type[GraftError]] = {
+    cls.type: cls
+    for cls in (
+        GraftError,
+        UnsafeCheckpointError,
+        UnreadableCheckpointError,
+        TooLargeError,
+        InvalidRecipeError,
+        InvalidTargetError,
+        DeviceUnavailableError,
+        PolicyError,
+        DiskFullError,
+        InternalError,
+    )
+}
+
+
+def error_from_child(kind: object, message: object, *, rule: object = None) -> GraftError:
+    """The error a child reported (``type``, ``message``, maybe ``rule``), as its class again.
+
+    Args:
+        kind: the ``type`` the child sent.
+        message: its message.
+        rule: the recipe rule at fault, when the child named one.
+    """
+    error = _FROM_CHILD.get(str(kind), InternalError)(str(message))
+    if rule is not None:
+        error.extra["rule"] = str(rule)
+        if isinstance(error, InvalidRecipeError):
+            error.rule = str(rule)
+    return error
+
+
+def describe_failure(exc: BaseException) -> GraftError:
+    """The error to report for an exception raised inside a sandbox child."""
     if isinstance(exc, GraftError):
-        return exc.type, exc.message
+        return exc
     if isinstance(exc, MemoryError) or (
         isinstance(exc, RuntimeError) and "alloc" in str(exc).lower()
     ):
-        return "too-large", "the work needed more memory than the sandbox allows"
+        return TooLargeError("the work needed more memory than the sandbox allows")
     if isinstance(exc, OSError) and exc.errno in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT):
         what = "the file-size limit" if exc.errno == errno.EFBIG else "the disk"
-        return "disk-full", f"writing the output failed: it does not fit ({what}): {exc.strerror}"
-    return "internal-error", f"{type(exc).__name__}: {str(exc)[:300]}"
+        return DiskFullError(f"writing the output failed: it does not fit ({what}): {exc.strerror}")
+    return InternalError(f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -200,28 +250,25 @@ def _child(
         result = fn(payload, emit)
         emit({"event": "result", "result": result})
     except BaseException as exc:
-        kind, message = describe_failure(exc)
-        if kind == "internal-error":
+        error = describe_failure(exc)
+        if isinstance(error, InternalError):
             logger.exception("sandboxed %s failed", function)
         try:
-            emit({"event": "error", "type": kind, "message": message})
+            emit({"event": "error", "type": error.type, "message": error.message})
         except Exception:
             logger.exception("sandbox: cannot report the failure")
     finally:
         conn.close()
 
 
-def _exit_failure(exitcode: int | None, limits: Limits) -> SandboxError:
+def _exit_failure(exitcode: int | None, limits: Limits) -> GraftError:
     if exitcode in (-signal.SIGXCPU, -signal.SIGKILL) and limits.cpu_seconds:
-        return SandboxError(
-            "too-large",
+        return TooLargeError(
             f"the work was stopped by the sandbox (CPU limit {limits.cpu_seconds} s, or memory)",
         )
     if exitcode is not None and exitcode < 0:
-        return SandboxError(
-            "internal-error", f"the sandbox process was killed by {signal.Signals(-exitcode).name}"
-        )
-    return SandboxError("internal-error", f"the sandbox process exited with code {exitcode}")
+        return InternalError(f"the sandbox process was killed by {signal.Signals(-exitcode).name}")
+    return InternalError(f"the sandbox process exited with code {exitcode}")
 
 
 def run_sandboxed(
@@ -250,7 +297,8 @@ def run_sandboxed(
         The function's JSON-ready return value.
 
     Raises:
-        SandboxError: the function raised (its ``type`` is kept), or the child died.
+        GraftError: the function raised (the same class again, by its ``type``),
+            ``TooLargeError``/``DiskFullError`` for a limit, ``InternalError`` if the child died.
     """
     ctx = _context(preload)
     receiver, sender = ctx.Pipe(duplex=False)
@@ -284,5 +332,5 @@ def run_sandboxed(
     if outcome is None:
         raise _exit_failure(process.exitcode, limits)
     if outcome["event"] == "error":
-        raise SandboxError(str(outcome.get("type")), str(outcome.get("message")))
+        raise error_from_child(outcome.get("type"), outcome.get("message"))
     return outcome["result"]

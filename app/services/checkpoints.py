@@ -145,7 +145,7 @@ async def register_upload(
         existing record.
 
     Raises:
-        InspectionError: the engine refused the file; nothing is stored.
+        GraftError: the engine refused the file; nothing is stored.
     """
     summary = await inspector.inspect(
         [f.path for f in files], names=[f.name for f in files], entry=entry

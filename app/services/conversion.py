@@ -159,7 +159,7 @@ def run_conversion(
 
     Raises:
         GraftError: bad or unsafe input, an invalid recipe or target (in a child: a
-            ``SandboxError`` keeping the engine's problem ``type``).
+            the same error class again, by its problem ``type``).
     """
     weights = sink.weights_path(request)
     reports = sink.reports_dir()

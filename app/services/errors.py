@@ -1,12 +1,12 @@
-"""The service layer's errors. Each carries the HTTP status and the stable problem ``type``.
+"""The service layer's errors: :class:`app.errors.GraftError` subclasses with their HTTP status.
 
-Engine errors (``GraftError``) keep their own ``type``; :func:`status_for_type` gives their
-HTTP status, so one handler in ``app.api.errors`` serves both.
+One handler in ``app.api.errors`` serves these, the engine's and every other layer's alike.
+``NotFoundError`` and ``InvalidJobError`` are the house's (``app.errors``), re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from app.errors import GraftError, InvalidJobError, NotFoundError, TooLargeError
 
 __all__ = [
     "BadRequestError",
@@ -19,44 +19,15 @@ __all__ = [
     "TooManyUploadsError",
     "UploadTimeoutError",
     "UploadTooLargeError",
-    "status_for_type",
 ]
 
-_STATUS_BY_TYPE = {
-    "unsafe-checkpoint": 422,
-    "unreadable-checkpoint": 422,
-    "invalid-recipe": 422,
-    "invalid-target": 422,
-    "conversion-refused": 422,
-    "too-large": 413,
-}
 
+class ServiceError(GraftError):
+    """Base class of the use cases' refusals: ``type`` and ``status`` go into problem+json."""
 
-def status_for_type(problem_type: str) -> int:
-    """HTTP status for an engine error type (422 when unknown: the input was refused)."""
-    return _STATUS_BY_TYPE.get(problem_type, 422)
-
-
-class ServiceError(Exception):
-    """Base class: ``type`` and ``status`` go straight into problem+json."""
-
-    type: str = "service-error"
-    status: int = 500
-    title: str = "Service error"
-
-    def __init__(
-        self, message: str, *, headers: dict[str, str] | None = None, **extra: Any
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers or {}
-        self.extra = extra
-
-
-class NotFoundError(ServiceError):
-    type = "not-found"
-    status = 404
-    title = "Not found"
+    type = "service-error"
+    status = 500
+    title = "Service error"
 
 
 class ConflictError(ServiceError):
@@ -71,13 +42,13 @@ class BadRequestError(ServiceError):
     title = "Bad request"
 
 
-class UploadTooLargeError(ServiceError):
+class UploadTooLargeError(ServiceError, TooLargeError):
     type = "too-large"
     status = 413
     title = "Upload too large"
 
 
-class PayloadTooLargeError(ServiceError):
+class PayloadTooLargeError(ServiceError, TooLargeError):
     """A request body (a skeleton, a recipe) beyond a size, count or nesting cap."""
 
     type = "too-large"
@@ -91,14 +62,6 @@ class TooManyUploadsError(ServiceError):
     type = "too-many-uploads"
     status = 429
     title = "Too many uploads"
-
-
-class InvalidJobError(ServiceError):
-    """A job request that names checkpoints or targets that cannot be used."""
-
-    type = "invalid-job"
-    status = 422
-    title = "Invalid job"
 
 
 class UploadTimeoutError(ServiceError):

@@ -19,15 +19,17 @@ from app.db.models import Checkpoint, Job, JobStatus
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
 from app.engine.architectures import ArchitectureRef
-from app.engine.errors import GraftError, PolicyError
+from app.engine.errors import PolicyError
 from app.engine.options import WriteOptions
 from app.engine.progress import ProgressEvent
 from app.engine.recipe import load_recipe
 from app.engine.report import Report
 from app.engine.target_spec import TargetSpec, parse_target_spec
-from app.sandbox.runner import Limits, SandboxError
+from app.errors import GraftError, InternalError
+from app.sandbox.runner import Limits
 from app.services.checkpoints import checkpoint_files
 from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
+from app.services.errors import NotFoundError
 from app.services.plans import link_blobs
 from app.services.registration import register_result
 from app.services.sources.fetch import fetch_source
@@ -114,12 +116,6 @@ class JobOutcome:
     result: dict[str, Any] | None = None
 
 
-class MissingInputError(GraftError):
-    """A checkpoint the job names was deleted before it ran."""
-
-    type = "not-found"
-
-
 @dataclass
 class BlobSink:
     """A job's results go to the blob store: the child writes into ``folder``, this
@@ -150,7 +146,7 @@ class BlobSink:
         # The child's word is not trusted: publish only regular files in its own folder.
         folder = self.folder.resolve()
         if path.is_symlink() or path.resolve().parent != folder or not path.is_file():
-            raise SandboxError("internal-error", f"the sandbox produced no usable {name} file")
+            raise InternalError(f"the sandbox produced no usable {name} file")
         sha, size = self.store.ingest(path)
         self.artifacts.append(
             {"name": name, "filename": filename, "media_type": media_type, "sha256": sha,
@@ -240,7 +236,8 @@ def execute_job(
         outcome.error_type, outcome.error_message = exc.type, exc.message
     except Exception as exc:
         logger.exception("job %s failed unexpectedly", job_id)
-        outcome.error_type, outcome.error_message = "internal-error", f"{type(exc).__name__}: {exc}"
+        error = InternalError(f"{type(exc).__name__}: {exc}")
+        outcome.error_type, outcome.error_message = error.type, error.message
     return outcome
 
 
@@ -310,7 +307,7 @@ def _options(job: Job) -> WriteOptions:
 def _checkpoint(repo: CheckpointRepository, checkpoint_id: str | None, what: str) -> Checkpoint:
     checkpoint = repo.get(checkpoint_id) if checkpoint_id else None
     if checkpoint is None:
-        raise MissingInputError(f"the {what} checkpoint was deleted")
+        raise NotFoundError(f"the {what} checkpoint was deleted")
     return checkpoint
 
 

@@ -102,10 +102,10 @@ def create_job(
     Raises:
         InvalidJobError: an unknown (or another owner's) checkpoint; a reference or register
             request that cannot work (reserved alias, no registry configured).
-        OutboundRefused: a source host the allow list does not admit (nothing connected).
+        OutboundRefusedError: a source host the allow list does not admit (nothing connected).
         InvalidRecipeError: from the engine, naming the rule.
         InvalidTargetError: from the engine, naming the skeleton entry.
-        CallbackRefusedError: a callback host off the allow list, or no signing secret.
+        OutboundRefusedError: a callback host off the allow list, or no signing secret.
     """
     checkpoints = CheckpointRepository(session)
     registry = registry or RegistryConfig()

@@ -13,12 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from app.errors import InternalError
 from app.net.outbound import OutboundRefusedError
 from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
 from app.registry.mlflow_publish import register_version
-from app.services.errors import ServiceError
-from app.services.sources.fetch import JobInputError, registry_failure
+from app.services.errors import InvalidJobError, ServiceError
+from app.services.sources.fetch import registry_failure
 from app.services.sources.references import RegisterSpec, RegistryConfig
 from app.storage import BlobStore
 
@@ -52,12 +53,12 @@ def register_result(
         ``{"uri": "models:/NAME/V", "version": "V"}``.
 
     Raises:
-        JobInputError: ``registry-unavailable`` (safe to retry), ``outbound-refused``,
+        GraftError: ``registry-unavailable`` (safe to retry), ``outbound-refused``,
             ``registry-error`` or ``invalid-job``.
     """
     by_name = {a["name"]: a for a in artifacts}
     if "weights" not in by_name:
-        raise JobInputError("internal-error", "the job produced no weights to register")
+        raise InternalError("the job produced no weights to register")
     folder = work / "register"
     folder.mkdir()
     suffix = Path(by_name["weights"]["filename"]).suffix or ".safetensors"
@@ -81,7 +82,7 @@ def register_result(
                 tags=spec.tags,
                 experiment=config.experiment,
             )
-    except (OutboundRefusedError, RegistryError, ServiceError) as exc:
+    except (OutboundRefusedError, RegistryError, ServiceError, InvalidJobError) as exc:
         raise registry_failure(exc, f"registering the result as {spec.name}") from exc
     logger.info("job %s: result is %s (new: %s)", job_id, done.uri, done.created)
     return {"uri": done.uri, "version": done.version}

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.errors import InternalError
 from app.storage.staging import Scratch, StagedFile
 
 __all__ = ["BlobInfo", "BlobIntegrityError", "BlobStore", "check_digest"]
@@ -37,8 +38,9 @@ def check_digest(sha256: str) -> str:
     return sha256
 
 
-class BlobIntegrityError(OSError):
-    """Bytes did not match the digest or size they were published or read under."""
+class BlobIntegrityError(InternalError, OSError):
+    """Bytes did not match the digest or size they were published or read under (an
+    ``internal-error`` to clients; an ``OSError`` to storage code, as any failed read)."""
 
 
 @dataclass(frozen=True, slots=True)

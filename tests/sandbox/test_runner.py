@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from app.sandbox.runner import Limits, SandboxError, run_sandboxed
+from app.engine.errors import TooLargeError
+from app.errors import InternalError
+from app.sandbox.runner import DiskFullError, Limits, run_sandboxed
 
 GiB = 1024**3
 
@@ -52,14 +54,14 @@ def test_torch_works_under_the_default_style_limits() -> None:
 
 
 def test_a_4_gib_allocation_fails_cleanly_under_the_address_space_limit() -> None:
-    with pytest.raises(SandboxError, match="more memory than the sandbox allows") as info:
+    with pytest.raises(TooLargeError, match="more memory than the sandbox allows") as info:
         run_sandboxed(f"{HERE}:allocate", {"bytes": 4 * GiB}, limits=Limits(address_space=2 * GiB))
     assert info.value.type == "too-large"
 
 
 def test_a_write_past_the_file_size_limit_is_disk_full(tmp_path: Path) -> None:
     path = tmp_path / "big.bin"
-    with pytest.raises(SandboxError, match=r"does not fit \(the file-size limit\)") as info:
+    with pytest.raises(DiskFullError, match=r"does not fit \(the file-size limit\)") as info:
         run_sandboxed(
             f"{HERE}:write", {"path": str(path), "chunks": 32}, limits=Limits(file_size=1 << 20)
         )
@@ -68,7 +70,7 @@ def test_a_write_past_the_file_size_limit_is_disk_full(tmp_path: Path) -> None:
 
 
 def test_a_cpu_hog_is_stopped_by_the_cpu_limit() -> None:
-    with pytest.raises(SandboxError, match=r"stopped by the sandbox \(CPU limit 1 s") as info:
+    with pytest.raises(TooLargeError, match=r"stopped by the sandbox \(CPU limit 1 s") as info:
         run_sandboxed(f"{HERE}:spin", {}, limits=Limits(cpu_seconds=1))
     assert info.value.type == "too-large"
 
@@ -76,7 +78,7 @@ def test_a_cpu_hog_is_stopped_by_the_cpu_limit() -> None:
 def test_open_files_are_capped(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x")
-    with pytest.raises(SandboxError, match="Too many open files") as info:
+    with pytest.raises(InternalError, match="Too many open files") as info:
         run_sandboxed(
             f"{HERE}:open_many", {"path": str(path), "count": 100}, limits=Limits(open_files=32)
         )

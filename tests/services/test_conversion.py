@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from app.engine.errors import UnreadableCheckpointError
 from app.engine.options import WriteOptions
 from app.engine.recipe import load_recipe
 from app.engine.target import skeleton_from_module
 from app.engine.target_spec import parse_target_spec
-from app.sandbox.runner import Limits, SandboxError
+from app.sandbox.runner import Limits
 from app.services.conversion import ConversionOutcome, ConversionRequest, PathSink, run_conversion
 from tests.engine._models import SmallNet, save_sd
 
@@ -101,6 +102,6 @@ def test_a_dry_run_writes_no_weights(tmp_path: Path) -> None:
 def test_an_engine_refusal_in_the_child_keeps_its_type(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint at all")
     request = _request(tmp_path, source=[tmp_path / "bad.pt"])
-    with pytest.raises(SandboxError) as caught:
+    with pytest.raises(UnreadableCheckpointError) as caught:
         run_conversion(request, FolderSink(tmp_path), limits=Limits())
     assert caught.value.type == "unreadable-checkpoint"

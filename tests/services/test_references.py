@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
+from app.net.outbound import OutboundRefusedError
 from app.services.auth import UnauthorizedError
 from app.services.errors import InvalidJobError
 from app.services.sources.references import (
-    OutboundRefused,
     RegisterSpec,
     RegistryConfig,
     SourceRef,
@@ -44,9 +44,9 @@ def test_usable_references_pass(uri: str) -> None:
     [
         ("models:/m/Staging", InvalidJobError, "stages are not supported"),
         ("file:///etc/passwd", InvalidJobError, "use models:/"),
-        ("https://evil.example.net/a.pt", OutboundRefused, "evil.example.net"),
-        ("http://169.254.169.254/latest", OutboundRefused, "169.254.169.254"),
-        ("s3://store/graft/blobs/ab/cd", OutboundRefused, "own blob store"),
+        ("https://evil.example.net/a.pt", OutboundRefusedError, "evil.example.net"),
+        ("http://169.254.169.254/latest", OutboundRefusedError, "169.254.169.254"),
+        ("s3://store/graft/blobs/ab/cd", OutboundRefusedError, "own blob store"),
         ("s3://bucket", InvalidJobError, "naming one object"),
     ],
 )
@@ -58,7 +58,7 @@ def test_unusable_references_are_refused(uri: str, error: type[Exception], match
 def test_models_uri_needs_a_configured_registry() -> None:
     with pytest.raises(InvalidJobError, match="GRAFT_MLFLOW_TRACKING_URI"):
         check_source_ref(SourceRef(uri="models:/m/1"), RegistryConfig())
-    with pytest.raises(OutboundRefused, match="add 'mlflow' to GRAFT_OUTBOUND_ALLOW"):
+    with pytest.raises(OutboundRefusedError, match="add 'mlflow' to GRAFT_OUTBOUND_ALLOW"):
         check_source_ref(
             SourceRef(uri="models:/m/1"), RegistryConfig(tracking_uri="http://127.0.0.1:5000")
         )

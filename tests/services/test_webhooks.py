@@ -21,7 +21,6 @@ from app.net.outbound import OutboundPolicy, OutboundRefusedError, guarded_async
 from app.services.job_events import record_status
 from app.services.webhooks.delivery import DeliveryLoop
 from app.services.webhooks.outbox import (
-    CallbackRefusedError,
     DeliveryPolicy,
     backoff_seconds,
     check_callback,
@@ -182,11 +181,11 @@ def test_each_owner_signs_with_their_own_secret(sqlite_database: Database) -> No
 
 def test_callbacks_are_checked_when_the_job_is_created(sqlite_database: Database) -> None:
     with sqlite_database.transaction() as session:
-        with pytest.raises(CallbackRefusedError, match=r"'example\.com' is not in GRAFT_OUTBOUND"):
+        with pytest.raises(OutboundRefusedError, match=r"'example\.com' is not in GRAFT_OUTBOUND"):
             check_callback(
                 session, "https://example.com/h", "local", policy=LOOPBACK, local_secret=SECRET
             )
-        with pytest.raises(CallbackRefusedError, match="no webhook signing secret"):
+        with pytest.raises(OutboundRefusedError, match="no webhook signing secret"):
             check_callback(
                 session, "http://127.0.0.1/h", "bob", policy=LOOPBACK, local_secret=SECRET
             )

@@ -47,8 +47,10 @@ __all__ = [
 MAX_PATTERN_LENGTH = 1000
 
 
-class RuleError(ValueError):
-    """A rule is invalid; raised inside validators so pydantic records where it happened."""
+class RuleError(InvalidRecipeError, ValueError):
+    """A rule is invalid; raised inside validators so pydantic records where it happened
+    (hence a ``ValueError`` too), then raised again as :class:`InvalidRecipeError` naming
+    the rule."""
 
 
 class Regex(Protocol):

@@ -6,10 +6,9 @@
 - :mod:`.fetch`: :func:`fetch_source`, which fetches any reference and records the checkpoint.
 """
 
-from app.services.sources.fetch import FetchedSource, JobInputError, fetch_source, registry_failure
+from app.services.sources.fetch import FetchedSource, fetch_source, registry_failure
 from app.services.sources.http import fetch_url
 from app.services.sources.references import (
-    OutboundRefused,
     RegisterSpec,
     RegistryConfig,
     SourceRef,
@@ -20,8 +19,6 @@ from app.services.sources.s3 import S3SourceConfig, fetch_s3, parse_s3_uri
 
 __all__ = [
     "FetchedSource",
-    "JobInputError",
-    "OutboundRefused",
     "RegisterSpec",
     "RegistryConfig",
     "S3SourceConfig",

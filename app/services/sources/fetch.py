@@ -18,38 +18,30 @@ from typing import Any
 import httpx
 
 from app.db.session import Database
-from app.engine.errors import GraftError
+from app.engine.errors import UnreadableCheckpointError
+from app.errors import GraftError
 from app.net.outbound import OutboundRefusedError
 from app.registry.download import DownloadedFile
 from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
-from app.sandbox.runner import Limits, SandboxError, run_sandboxed
+from app.sandbox.runner import Limits, error_from_child, run_sandboxed
 from app.services.checkpoints import checkpoint_files, publish_checkpoint
-from app.services.errors import ServiceError
+from app.services.errors import InvalidJobError, ServiceError
 from app.services.sources.http import fetch_url
 from app.services.sources.references import RegistryConfig, SourceRef
 from app.services.sources.s3 import fetch_s3
 from app.storage import BlobStore
 
-__all__ = ["FetchedSource", "JobInputError", "fetch_source", "registry_failure"]
+__all__ = ["FetchedSource", "fetch_source", "registry_failure"]
 
 logger = logging.getLogger(__name__)
 
 
-class JobInputError(GraftError):
-    """A job's source or registry step failed; ``type`` is the problem type the job shows."""
-
-    def __init__(self, problem_type: str, message: str) -> None:
-        super().__init__(message)
-        self.type = problem_type
-
-
-def registry_failure(exc: Exception, what: str) -> JobInputError:
-    """The job error for a failure of the guard, the registry or a source host."""
-    if isinstance(exc, OutboundRefusedError | RegistryError | ServiceError):
-        hint = " (safe to retry: submit the job again)" if getattr(exc, "retryable", False) else ""
-        return JobInputError(exc.type, f"{what}: {exc.message}{hint}")
-    raise TypeError(exc)
+def registry_failure(exc: GraftError, what: str) -> GraftError:
+    """The job's error for a failure of the guard, the registry or a source host: the same
+    error, saying what was being done (and whether running the job again may succeed)."""
+    hint = " (safe to retry: submit the job again)" if getattr(exc, "retryable", False) else ""
+    return exc.prefixed(what, suffix=hint)
 
 
 @dataclass(frozen=True)
@@ -97,11 +89,11 @@ def _inspect(files: list[DownloadedFile], limits: Limits, max_tensors: int | Non
             limits=limits,
             preload=("app.engine.readers",),
         )
-    except SandboxError as exc:
-        raise JobInputError("unreadable-checkpoint", f"inspection failed: {exc.message}") from exc
+    except GraftError as exc:
+        raise UnreadableCheckpointError(f"inspection failed: {exc.message}") from exc
     if not answer.get("ok"):
-        raise JobInputError(
-            str(answer.get("type", "unreadable-checkpoint")),
+        raise error_from_child(
+            answer.get("type", UnreadableCheckpointError.type),
             f"the fetched source was refused: {answer.get('message')}",
         )
     return answer["result"]
@@ -134,7 +126,7 @@ def fetch_source(
         The recorded checkpoint.
 
     Raises:
-        JobInputError: ``outbound-refused``, ``registry-unavailable`` / ``source-unavailable``
+        GraftError: ``outbound-refused``, ``registry-unavailable`` / ``source-unavailable``
             (safe to retry), ``not-found``, ``invalid-job``, ``too-large``,
             ``unsafe-checkpoint`` (a pickled ``nn.Module``, as ``mlflow.pytorch`` saves),
             ``unreadable-checkpoint``.
@@ -143,7 +135,7 @@ def fetch_source(
     folder.mkdir()
     try:
         files, version = _download(ref, folder, config)
-    except (OutboundRefusedError, RegistryError, ServiceError) as exc:
+    except (OutboundRefusedError, RegistryError, ServiceError, InvalidJobError) as exc:
         raise registry_failure(exc, f"fetching {ref.uri}") from exc
     summary = _inspect(files, inspect_limits, max_tensors)
     with database.transaction() as session:

@@ -19,11 +19,10 @@ from app.config import Settings
 from app.net.outbound import OutboundPolicy, OutboundRefusedError
 from app.registry.errors import InvalidReferenceError
 from app.registry.mlflow import parse_model_uri, validate_alias
-from app.services.errors import InvalidJobError, ServiceError
+from app.services.errors import InvalidJobError
 from app.services.sources.s3 import S3SourceConfig, parse_s3_uri
 
 __all__ = [
-    "OutboundRefused",
     "RegisterSpec",
     "RegistryConfig",
     "SourceRef",
@@ -58,14 +57,6 @@ class RegisterSpec(BaseModel):
     name: str = Field(min_length=1, max_length=255, description="the registered model")
     alias: str | None = Field(default=None, description="moved to the new version")
     tags: dict[str, str] = Field(default_factory=dict, description="more version tags")
-
-
-class OutboundRefused(ServiceError):
-    """A source or registry host the outbound allow list does not admit."""
-
-    type = "outbound-refused"
-    status = 422
-    title = "Outbound request refused"
 
 
 @dataclass(frozen=True)
@@ -124,9 +115,9 @@ class RegistryConfig:
         try:
             self.policy().check_url(self.tracking_uri)
         except OutboundRefusedError as exc:
-            raise OutboundRefused(
-                f"the MLflow tracking server is not allowed: {exc.message} "
-                "(add 'mlflow' to GRAFT_OUTBOUND_ALLOW)"
+            raise exc.prefixed(
+                "the MLflow tracking server is not allowed",
+                suffix=" (add 'mlflow' to GRAFT_OUTBOUND_ALLOW)",
             ) from exc
 
 
@@ -135,14 +126,14 @@ def check_source_ref(ref: SourceRef, config: RegistryConfig) -> None:
 
     Raises:
         InvalidJobError: a malformed ``models:/`` URI, an unsupported scheme, no registry.
-        OutboundRefused: a host the allow list does not admit.
+        OutboundRefusedError: a host the allow list does not admit.
     """
     uri = ref.uri
     if uri.startswith("models:"):
         try:
             parse_model_uri(uri)
         except InvalidReferenceError as exc:
-            raise InvalidJobError(f"source.uri: {exc.message}") from exc
+            raise exc.prefixed("source.uri") from exc
         config.require_mlflow("a models:/ source")
         return
     if ref.path is not None:
@@ -151,9 +142,9 @@ def check_source_ref(ref: SourceRef, config: RegistryConfig) -> None:
         try:
             parse_s3_uri(uri, config.s3)
         except InvalidReferenceError as exc:
-            raise InvalidJobError(f"source.uri: {exc.message}") from exc
+            raise exc.prefixed("source.uri") from exc
         except PermissionError as exc:
-            raise OutboundRefused(f"source.uri: {exc}") from exc
+            raise OutboundRefusedError(f"source.uri: {exc}", url=uri) from exc
         return
     if not uri.startswith(("https://", "http://")):
         raise InvalidJobError(
@@ -163,7 +154,7 @@ def check_source_ref(ref: SourceRef, config: RegistryConfig) -> None:
     try:
         config.policy().check_url(uri)
     except OutboundRefusedError as exc:
-        raise OutboundRefused(f"source.uri: {exc.message}") from exc
+        raise exc.prefixed("source.uri") from exc
 
 
 def check_register(spec: RegisterSpec, config: RegistryConfig, *, dry_run: bool) -> None:
@@ -171,7 +162,7 @@ def check_register(spec: RegisterSpec, config: RegistryConfig, *, dry_run: bool)
 
     Raises:
         InvalidJobError: a reserved or unusable alias, a ``graft.*`` tag, a dry run, no registry.
-        OutboundRefused: the tracking server is not allowed.
+        OutboundRefusedError: the tracking server is not allowed.
     """
     if dry_run:
         raise InvalidJobError("output.register: a dry run produces no weights to register")
@@ -181,7 +172,7 @@ def check_register(spec: RegisterSpec, config: RegistryConfig, *, dry_run: bool)
         try:
             validate_alias(spec.alias)
         except InvalidReferenceError as exc:
-            raise InvalidJobError(f"output.register.alias: {exc.message}") from exc
+            raise exc.prefixed("output.register.alias") from exc
     reserved = sorted(k for k in spec.tags if k.startswith("graft."))
     if reserved:
         raise InvalidJobError(f"output.register.tags: {reserved} — 'graft.*' tags are Graft's own")

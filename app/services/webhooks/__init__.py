@@ -12,7 +12,6 @@ itself uses the outbox (import :mod:`.incoming` and :mod:`.pipelines` by their f
 from app.services.webhooks.delivery import DeliveryLoop
 from app.services.webhooks.outbox import (
     WEBHOOK_EVENTS,
-    CallbackRefusedError,
     DeliveryPolicy,
     backoff_seconds,
     check_callback,
@@ -27,7 +26,6 @@ from app.services.webhooks.outbox import (
 
 __all__ = [
     "WEBHOOK_EVENTS",
-    "CallbackRefusedError",
     "DeliveryLoop",
     "DeliveryPolicy",
     "backoff_seconds",

@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from app.db.models import MlflowDelivery, Pipeline
 from app.db.repositories import DeliveryRepository, PipelineRepository
-from app.engine.errors import GraftError
+from app.errors import GraftError
 from app.services.auth import UnauthorizedError
-from app.services.errors import BadRequestError, ServiceError
+from app.services.errors import BadRequestError
 from app.services.jobs import JobHooks, create_job
 from app.services.sources.references import RegistryConfig, SourceRef
 from app.services.webhooks.pipelines import PipelineSpec
@@ -145,7 +145,7 @@ def handle_delivery(
                     jobs.append(
                         _start(session, pipeline, model, version, registry, max_attempts, hooks)
                     )
-            except (ServiceError, GraftError) as exc:
+            except GraftError as exc:
                 # One broken pipeline (its target checkpoint deleted…) must not block the rest.
                 logger.warning("pipeline %s/%s: no job: %s", pipeline.owner, pipeline.name, exc)
     try:

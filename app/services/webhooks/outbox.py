@@ -33,11 +33,9 @@ from app.db.base import utcnow
 from app.db.models import LOCAL_OWNER, Job, WebhookAttempt, WebhookDelivery
 from app.db.repositories import WebhookRepository
 from app.net.outbound import OutboundPolicy, OutboundRefusedError
-from app.services.errors import ServiceError
 
 __all__ = [
     "WEBHOOK_EVENTS",
-    "CallbackRefusedError",
     "DeliveryPolicy",
     "backoff_seconds",
     "check_callback",
@@ -54,14 +52,6 @@ logger = logging.getLogger(__name__)
 
 WEBHOOK_EVENTS = ("succeeded", "failed", "cancelled")
 _PREFIX = "whsec_"
-
-
-class CallbackRefusedError(ServiceError):
-    """A callback URL the outbound allow list refuses, or one no secret can sign for."""
-
-    type = "outbound-refused"
-    status = 422
-    title = "Outbound request refused"
 
 
 def new_secret() -> str:
@@ -122,17 +112,18 @@ def check_callback(
     """Refuse, at job creation, a callback that could never be delivered.
 
     Raises:
-        CallbackRefusedError: the host is not allowed (checked by scheme and name here; the
+        OutboundRefusedError: the host is not allowed (checked by scheme and name here; the
             address is checked again on every connection), or the owner has no secret.
     """
     try:
         policy.check_url(url)
     except OutboundRefusedError as exc:
-        raise CallbackRefusedError(f"callback.url: {exc.message}") from None
+        raise exc.prefixed("callback.url") from None
     if owner_secret(session, owner, local_secret=local_secret) is None:
-        raise CallbackRefusedError(
+        raise OutboundRefusedError(
             "callback: you have no webhook signing secret yet; create one with "
-            "POST /v1/webhooks/secret (owner local: or set GRAFT_WEBHOOK_SECRET)"
+            "POST /v1/webhooks/secret (owner local: or set GRAFT_WEBHOOK_SECRET)",
+            url=url,
         )
 
 

@@ -32,7 +32,6 @@ from app.api.routes import (
     webhooks,
 )
 from app.api.routes.web import install_web
-from app.api.schemas import job_document
 from app.api.uploads import UploadSlots
 from app.config import Settings, get_settings
 from app.db.session import Database
@@ -149,7 +148,7 @@ async def _maintain(app: FastAPI, period: float) -> None:
     while True:
         await asyncio.sleep(period)
         try:
-            await to_thread.run_sync(reap_leases, app.state.database, job_document)
+            await to_thread.run_sync(reap_leases, app.state.database)
             await to_thread.run_sync(collector.collect)
         except Exception:  # a locked database or a store hiccup: try again next tick
             logger.exception("maintenance pass failed; retrying next period")
@@ -159,7 +158,7 @@ def _dispatcher(settings: Settings) -> Any:
     """The Celery dispatcher, or None with the local executor (workers poll the database)."""
     if settings.executor != "celery":
         return None
-    from app.executors.celery_app import CeleryDispatcher
+    from app.executors.celery import CeleryDispatcher
 
     return CeleryDispatcher(settings)
 

@@ -19,7 +19,6 @@ from app.api.deps import (
     local_webhook_secret,
 )
 from app.api.errors import problem
-from app.api.schemas import job_document
 from app.services.errors import UploadTooLargeError
 from app.services.jobs import JobHooks
 from app.services.mlflow_hooks import handle_delivery, verify_signature
@@ -79,7 +78,6 @@ async def mlflow_hook(
         registry=RegistryConfig.from_settings(settings),
         max_attempts=settings.max_attempts,
         hooks=JobHooks(
-            render=job_document,
             outbound=outbound,
             local_secret=local_webhook_secret(settings),
         ),

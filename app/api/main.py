@@ -37,9 +37,9 @@ from app.config import Settings, get_settings
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy
 from app.sandbox.inspector import InspectorPool
-from app.services.dispatch import redispatch_unsent
+from app.services.jobs.dispatch import redispatch_unsent
+from app.services.jobs.maintenance import BlobCollector, reap_leases
 from app.services.limits import inspection_limits, inspection_memory_budget
-from app.services.maintenance import BlobCollector, reap_leases
 from app.services.webhook_delivery import DeliveryLoop
 from app.services.webhooks import DeliveryPolicy
 from app.storage import open_store

@@ -45,7 +45,7 @@ from app.db.repositories import JobRepository, WorkerRepository
 from app.db.session import Database
 from app.executors.lease import Disposition, run_held_job, storage_reachable, sweep_lapsed
 from app.executors.runtime import JobRuntime, worker_owner
-from app.services.job_events import record_statuses
+from app.services.jobs.events import record_statuses
 from app.storage import open_store
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Every executor does the same once it has claimed a job (one UPDATE that sets the lease and
 counts the attempt): it renews the lease from a heartbeat thread while
-:func:`app.services.job_execution.execute_job` runs, and records stage and progress with each
+:func:`app.services.jobs.execution.execute_job` runs, and records stage and progress with each
 beat. A cancel request or a lost lease is noticed there and stops the job at its next
 progress call or tick. The job is then completed, and its artifact rows written, in one
 transaction and only while this worker still holds the lease, so a job completes exactly
@@ -23,9 +23,9 @@ from app.db.models import Artifact, JobStatus
 from app.db.repositories import ArtifactRepository, JobRepository
 from app.db.session import Database
 from app.executors.runtime import JobRuntime
-from app.services.job_events import Progress, record_progress, record_statuses
-from app.services.job_execution import JobOutcome, execute_job
-from app.services.maintenance import finish_lapsed
+from app.services.jobs.events import Progress, record_progress, record_statuses
+from app.services.jobs.execution import JobOutcome, execute_job
+from app.services.jobs.maintenance import finish_lapsed
 from app.storage import BlobStore
 
 __all__ = ["Disposition", "run_held_job", "storage_reachable", "sweep_lapsed"]

@@ -6,7 +6,7 @@ lapsed lease and attempts left), then holds it with :func:`app.executors.lease.r
 is the job-execution service's business.
 
 Each status change is also recorded as a job event, in the transaction that makes it, and a
-terminal one puts the job's webhooks in the outbox there too (``services.job_events``).
+terminal one puts the job's webhooks in the outbox there too (``services.jobs.events``).
 
 :func:`run_worker` is one worker process (``graft worker``, ``python -m app.worker``);
 :class:`WorkerPool` keeps the ones ``graft serve`` embeds alive.
@@ -28,7 +28,7 @@ from app.db.repositories import JobRepository
 from app.executors.lease import run_held_job, sweep_lapsed
 from app.executors.runtime import JobRuntime, worker_owner
 from app.services.conversion import warm_up
-from app.services.job_events import record_statuses
+from app.services.jobs.events import record_statuses
 from app.services.warmth import mark_warm, markers_dir
 
 __all__ = ["JobRunner", "WorkerPool", "run_worker"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.db.session import Database
 from app.executors.hooks import StageHook, installed_stage_hooks
-from app.services.job_execution import JobSettings
+from app.services.jobs.execution import JobSettings
 from app.services.limits import conversion_limits, inspection_limits
 from app.services.references import RegistryConfig
 from app.storage import BlobStore, open_store

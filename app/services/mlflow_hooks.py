@@ -27,7 +27,7 @@ from app.db.repositories import DeliveryRepository, PipelineRepository
 from app.engine.errors import GraftError
 from app.services.auth import UnauthorizedError
 from app.services.errors import BadRequestError, ServiceError
-from app.services.jobs import JobHooks, create_job
+from app.services.jobs.service import JobHooks, create_job
 from app.services.pipelines import PipelineSpec
 from app.services.references import RegistryConfig, SourceRef
 

@@ -24,7 +24,7 @@ from app.executors.local import JobRunner
 from app.executors.runtime import JobRuntime
 from app.sandbox.runner import Limits
 from app.services.checkpoints import publish_checkpoint
-from app.services.job_execution import JobSettings
+from app.services.jobs.execution import JobSettings
 from app.storage import FileBlobStore, StagedFile
 from tests.plugins.stage_delay import pause_at_stages
 

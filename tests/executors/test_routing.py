@@ -14,7 +14,12 @@ from app.db.migrate import alembic_config
 from app.db.models import Checkpoint, CheckpointFile, Job, Worker
 from app.db.repositories import CheckpointRepository, JobRepository, WorkerRepository
 from app.db.session import Database
-from app.services.dispatch import dispatch_job, redispatch_unsent, revoke_if_still_running, route
+from app.services.jobs.dispatch import (
+    dispatch_job,
+    redispatch_unsent,
+    revoke_if_still_running,
+    route,
+)
 
 
 class RecordingDispatcher:

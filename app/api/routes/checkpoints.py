@@ -21,7 +21,7 @@ from app.api.schemas import CheckpointPublic, CheckpointsPublic, TensorPublic, T
 from app.api.uploads import UploadPace, UploadSlots, receive_upload
 from app.services import checkpoints as service
 from app.services import plans as plans_service
-from app.services.maintenance import BlobCollector
+from app.services.jobs.maintenance import BlobCollector
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 

@@ -20,7 +20,7 @@ from app.api.deps import (
 )
 from app.api.errors import problem
 from app.services.errors import UploadTooLargeError
-from app.services.jobs import JobHooks
+from app.services.jobs.service import JobHooks
 from app.services.mlflow_hooks import handle_delivery, verify_signature
 from app.services.references import RegistryConfig
 

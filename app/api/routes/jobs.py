@@ -37,11 +37,10 @@ from app.api.schemas import (
     JobPublic,
     JobsPublic,
 )
-from app.services import dispatch
-from app.services import job_events as events_service
-from app.services import jobs as service
 from app.services import webhooks as webhooks_service
 from app.services.errors import BadRequestError, TooManyRangesError
+from app.services.jobs import dispatch, service
+from app.services.jobs import events as events_service
 from app.services.payloads import check_depth, check_skeleton_size
 from app.services.references import RegistryConfig
 

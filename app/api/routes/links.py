@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import ReadPrincipal, ReadSession, StoreDep
 from app.api.downloads import blob_response
 from app.api.errors import problem
-from app.services import jobs as jobs_service
+from app.services.jobs import service as jobs_service
 from app.services.links import sign_link, verify_link
 
 router = APIRouter(tags=["links"])

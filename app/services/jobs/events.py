@@ -6,7 +6,7 @@ and progress as ``event: progress``; the API streams them from the database
 missed. A terminal status also puts the job's webhooks in the outbox, in the same
 transaction that finishes the job, so neither is ever recorded without the other.
 
-Both carry the job's public document, built by :func:`app.services.job_document.job_document`
+Both carry the job's public document, built by :func:`app.services.jobs.document.job_document`
 (the API's schema, defined in the services so that executors need no HTTP types).
 """
 
@@ -26,7 +26,7 @@ from app.db.models import TERMINAL_STATUSES, Job
 from app.db.repositories import JobRepository
 from app.db.session import Database
 from app.services.errors import NotFoundError
-from app.services.job_document import job_document
+from app.services.jobs.document import job_document
 from app.services.webhooks import enqueue_webhooks
 
 __all__ = [
@@ -46,6 +46,7 @@ _POLL_THREADS = 4
 _LIMITER: CapacityLimiter | None = None
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Progress:

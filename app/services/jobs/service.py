@@ -14,7 +14,7 @@ from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRep
 from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
-from app.services.job_events import record_status
+from app.services.jobs.events import record_status
 from app.services.references import (
     RegisterSpec,
     RegistryConfig,

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
-from app.services.job_events import record_statuses
+from app.services.jobs.events import record_statuses
 from app.storage import BlobStore
 
 __all__ = ["BlobCollector", "LeaseSweep", "finish_lapsed", "reap_leases"]

@@ -20,9 +20,9 @@ from app.config import Settings
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy
 from app.sandbox.inspector import InspectorPool
-from app.services.dispatch import Dispatcher
+from app.services.jobs.dispatch import Dispatcher
+from app.services.jobs.maintenance import BlobCollector
 from app.services.limits import inspection_limits, inspection_memory_budget
-from app.services.maintenance import BlobCollector
 from app.storage import BlobStore, open_store
 
 __all__ = ["AppContext", "AuthMemo", "app_context", "context_of", "open_context"]
@@ -125,7 +125,7 @@ def _dispatcher(settings: Settings) -> Any:
     """The Celery dispatcher, or None with the local executor (workers poll the database)."""
     if settings.executor != "celery":
         return None
-    from app.executors.celery_app import CeleryDispatcher
+    from app.executors.celery import CeleryDispatcher
 
     return CeleryDispatcher(settings)
 

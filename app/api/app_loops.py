@@ -18,9 +18,8 @@ from anyio import to_thread
 
 from app.api.app_context import AppContext
 from app.api.deps import local_webhook_secret
-from app.api.schemas import job_document
-from app.services.dispatch import Dispatcher, redispatch_unsent
-from app.services.maintenance import reap_leases
+from app.services.jobs.dispatch import Dispatcher, redispatch_unsent
+from app.services.jobs.maintenance import reap_leases
 from app.services.webhooks.delivery import DeliveryLoop
 from app.services.webhooks.outbox import DeliveryPolicy
 
@@ -58,7 +57,7 @@ async def _maintain(context: AppContext, period: float) -> None:
     while True:
         await asyncio.sleep(period)
         try:
-            await to_thread.run_sync(reap_leases, context.database, job_document)
+            await to_thread.run_sync(reap_leases, context.database)
             await to_thread.run_sync(context.blob_collector.collect)
         except Exception:  # a locked database or a store hiccup: try again next tick
             logger.exception("maintenance pass failed; retrying next period")

@@ -20,7 +20,7 @@ from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
 from app.sandbox.inspector import InspectorPool
 from app.services.auth import Principal, authenticate
-from app.services.dispatch import Dispatcher
+from app.services.jobs.dispatch import Dispatcher
 from app.storage import BlobStore
 
 T = TypeVar("T")

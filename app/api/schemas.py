@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.models import Artifact, Checkpoint, Pipeline
 from app.engine.target_spec import TargetSpec
-from app.services.job_document import JobPublic, OutputOptions, job_document
+from app.services.jobs.document import JobPublic, OutputOptions, job_document
 from app.services.sources.references import SourceRef
 from app.services.webhooks.pipelines import PipelineSpec
 

@@ -23,9 +23,9 @@ def serve(
     from app.api.main import create_app
     from app.api.server import run
     from app.config import get_settings
+    from app.executors.local import WorkerPool
     from app.services.bootstrap import bind_host, prepare
     from app.services.warmth import clear_marks, markers_dir
-    from app.worker.pool import WorkerPool
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -94,7 +94,7 @@ def worker(
         typer.echo(f"graft: error: --executor takes local or celery, not {chosen!r}", err=True)
         raise typer.Exit(2)
     if chosen == "local":
-        from app.worker.main import run_worker
+        from app.executors.local import run_worker
 
         run_worker(index=index)
         return
@@ -103,7 +103,7 @@ def worker(
 
 def _check_celery(settings: Any) -> None:
     try:
-        from app.executors.celery_worker import ExecutorConfigError, check_celery_settings
+        from app.executors.celery import ExecutorConfigError, check_celery_settings
     except ImportError as exc:  # the `celery` extra is not installed
         typer.echo(f"graft: error: {exc}; install graft[celery]", err=True)
         raise typer.Exit(2) from exc
@@ -116,7 +116,7 @@ def _check_celery(settings: Any) -> None:
 
 def _celery_worker(settings: Any, queues: str, device: str | None) -> None:
     try:
-        from app.executors.celery_worker import (
+        from app.executors.celery import (
             ExecutorConfigError,
             parse_queues,
             run_celery_worker,

@@ -2,7 +2,7 @@
 
 Every executor does the same once it has claimed a job (one UPDATE that sets the lease and
 counts the attempt): it renews the lease from a heartbeat thread while
-:func:`app.services.job_execution.execute_job` runs, and records stage and progress with each
+:func:`app.services.jobs.execution.execute_job` runs, and records stage and progress with each
 beat. A cancel request or a lost lease is noticed there and stops the job at its next
 progress call or tick. The job is then completed, and its artifact rows written, in one
 transaction and only while this worker still holds the lease, so a job completes exactly
@@ -25,25 +25,13 @@ from app.db.repositories import ArtifactRepository, JobRepository
 from app.db.session import Database
 from app.engine.progress import ProgressEvent
 from app.errors import InternalError
-from app.services.job_document import job_document
-from app.services.job_events import (
-    JobEventsConfig,
-    Progress,
-    record_progress,
-    record_statuses,
-)
-from app.services.job_execution import JobOutcome, JobSettings, execute_job
-from app.services.maintenance import finish_lapsed
+from app.executors.runtime import JobRuntime
+from app.services.jobs.events import Progress, record_progress, record_statuses
+from app.services.jobs.execution import JobOutcome, execute_job
+from app.services.jobs.maintenance import finish_lapsed
 from app.storage import BlobStore
 
-__all__ = [
-    "Disposition",
-    "LeaseTiming",
-    "default_events",
-    "run_held_job",
-    "storage_reachable",
-    "sweep_lapsed",
-]
+__all__ = ["Disposition", "run_held_job", "storage_reachable", "sweep_lapsed"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,24 +45,6 @@ class Disposition(enum.StrEnum):
     # Failed while the blob store was unreachable: nothing recorded, the lease left to lapse
     # so the job runs again (the attempt counts; GRAFT_MAX_ATTEMPTS bounds the retries).
     storage_down = "storage-down"
-
-
-@dataclass(frozen=True)
-class LeaseTiming:
-    """Attributes:
-    lease_seconds: how long a claim lasts without a heartbeat.
-    heartbeat_seconds: how often the lease is renewed (at most a third of the lease).
-    stage_delay: TEST ONLY (``GRAFT_TEST_STAGE_DELAY``): seconds to sleep at each stage, so
-        tests can act mid-job. Zero in production.
-    """
-
-    lease_seconds: float
-    heartbeat_seconds: float
-    stage_delay: float = 0.0
-
-    @property
-    def beat(self) -> float:
-        return min(self.heartbeat_seconds, self.lease_seconds / 3)
 
 
 class _Abort(BaseException):
@@ -96,53 +66,35 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def default_events() -> JobEventsConfig:
-    """Status events and webhook bodies rendered as the API renders a job."""
-    return JobEventsConfig(render=job_document)
-
-
-def sweep_lapsed(database: Database, events: JobEventsConfig | None = None) -> None:
+def sweep_lapsed(database: Database) -> None:
     """Finish the jobs whose worker died: cancelled if a cancel was asked, failed
     (``worker-lost``) if that was their last attempt; each with its status event."""
-    render = (events or default_events()).render
     with database.transaction() as session:
-        _, failed = finish_lapsed(session, now=utcnow(), render=render)
+        _, failed = finish_lapsed(session, now=utcnow())
     if failed:
         logger.warning("failed %d job(s) that exhausted their attempts", len(failed))
 
 
 def run_held_job(
-    database: Database,
-    store: BlobStore,
-    job_id: str,
-    *,
-    owner: str,
-    timing: LeaseTiming,
-    settings: JobSettings,
-    stop_event: threading.Event,
-    events: JobEventsConfig | None = None,
+    runtime: JobRuntime, job_id: str, *, owner: str, stop_event: threading.Event
 ) -> Disposition:
     """Run a job ``owner`` has just claimed, keep its lease, and record how it ended.
 
     Args:
-        database: the shared database.
-        store: the shared blob store.
+        runtime: the database, store, job settings and lease timing.
         job_id: the claimed job.
         owner: the lease holder's name (as written by the claim).
-        timing: lease and heartbeat periods.
-        settings: the executor's limits, device and architectures.
         stop_event: set when the worker is stopping; the job is then given back.
-        events: how status and progress events are recorded (default: the API's document).
 
     Returns:
         How it ended (see :class:`Disposition`).
     """
-    events = events or default_events()
+    database = runtime.database
     state = _State()
     done = threading.Event()
     beat = threading.Thread(
         target=_heartbeat,
-        args=(database, job_id, owner, timing, state, done, stop_event),
+        args=(runtime, job_id, owner, state, done, stop_event),
         name=f"heartbeat-{job_id}",
         daemon=True,
     )
@@ -150,26 +102,26 @@ def run_held_job(
     try:
         outcome = execute_job(
             database,
-            store,
+            runtime.store,
             job_id,
-            settings=settings,
-            control=_Control(state, timing, database, job_id, events),
+            settings=runtime.jobs,
+            control=_Control(state, runtime, job_id),
         )
     except _Abort as abort:
         if abort.reason == "lease-lost":
             logger.warning("job %s: lease lost; another worker owns it now", job_id)
             return Disposition.lease_lost
         if abort.reason == "stopping":
-            _release(database, job_id, owner, events)
+            _release(database, job_id, owner)
             return Disposition.released
         outcome = JobOutcome(status=JobStatus.cancelled)
     finally:
         done.set()
         beat.join()
-    if outcome.error_type == InternalError.type and not storage_reachable(store):
+    if outcome.error_type == InternalError.type and not storage_reachable(runtime.store):
         logger.warning("job %s failed while the storage is unreachable; it will run again", job_id)
         return Disposition.storage_down
-    return _finish(database, job_id, owner, outcome, events)
+    return _finish(database, job_id, owner, outcome)
 
 
 def storage_reachable(store: BlobStore) -> bool:
@@ -181,9 +133,7 @@ def storage_reachable(store: BlobStore) -> bool:
     return True
 
 
-def _finish(
-    database: Database, job_id: str, owner: str, outcome: JobOutcome, events: JobEventsConfig
-) -> Disposition:
+def _finish(database: Database, job_id: str, owner: str, outcome: JobOutcome) -> Disposition:
     with database.transaction() as session:
         held = JobRepository(session).finish(
             job_id,
@@ -207,23 +157,22 @@ def _finish(
             repo.add(Artifact(job_id=job_id, **artifact))
         session.flush()
         # The terminal status event, and the job's webhooks in the outbox, with the finish.
-        record_statuses(session, [job_id], events.render)
+        record_statuses(session, [job_id])
     logger.info("job %s %s", job_id, outcome.status)
     return Disposition.finished
 
 
-def _release(database: Database, job_id: str, owner: str, events: JobEventsConfig) -> None:
+def _release(database: Database, job_id: str, owner: str) -> None:
     with database.transaction() as session:
         if JobRepository(session).release(job_id, owner=owner, now=utcnow()):
-            record_statuses(session, [job_id], events.render)
+            record_statuses(session, [job_id])
     logger.info("job %s released back to the queue", job_id)
 
 
 def _heartbeat(
-    database: Database,
+    runtime: JobRuntime,
     job_id: str,
     owner: str,
-    timing: LeaseTiming,
     state: _State,
     done: threading.Event,
     stop_event: threading.Event,
@@ -232,12 +181,12 @@ def _heartbeat(
         with state.lock:
             stage, progress = state.stage, state.progress
         try:
-            with database.transaction() as session:
+            with runtime.database.transaction() as session:
                 held, cancel = JobRepository(session).heartbeat(
                     job_id,
                     owner=owner,
                     now=utcnow(),
-                    lease_seconds=timing.lease_seconds,
+                    lease_seconds=runtime.lease_seconds,
                     stage=stage,
                     progress=progress,
                 )
@@ -254,7 +203,7 @@ def _heartbeat(
         if stop_event.is_set():
             with state.lock:
                 state.abort = state.abort or "stopping"
-        if done.wait(timing.beat):
+        if done.wait(runtime.beat):
             return
 
 
@@ -262,19 +211,10 @@ class _Control:
     """The job-execution service's hooks: record stage, progress and progress events (at each
     new stage, else at most every ``progress_event_seconds``), stop on an abort."""
 
-    def __init__(
-        self,
-        state: _State,
-        timing: LeaseTiming,
-        database: Database,
-        job_id: str,
-        events: JobEventsConfig,
-    ) -> None:
+    def __init__(self, state: _State, runtime: JobRuntime, job_id: str) -> None:
         self.state = state
-        self.timing = timing
-        self.database = database
+        self.runtime = runtime
         self.job_id = job_id
-        self.events = events
 
     def tick(self) -> None:
         with self.state.lock:
@@ -294,24 +234,20 @@ class _Control:
         self.tick()
 
     def stage(self, name: str) -> None:
-        """Mark a stage; with the test-only delay, sleep there while staying abortable."""
+        """Mark a stage and run the stage hooks (which call :meth:`tick` while they wait)."""
         with self.state.lock:
             self.state.stage = name
             event = self._due_event(name, time.monotonic())
         self._store(event)
-        deadline = time.monotonic() + self.timing.stage_delay
-        while True:
-            self.tick()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(0.05, remaining))
+        for hook in self.runtime.stage_hooks:
+            hook(name, self.tick)
+        self.tick()
 
     def _due_event(self, stage: str, now: float) -> Progress | None:
         """The progress event to store now, if one is due. Called with the state's lock held."""
         state = self.state
         if stage == state.event_stage and now - state.last_event_at < (
-            self.events.progress_event_seconds
+            self.runtime.progress_event_seconds
         ):
             return None
         state.last_event_at, state.event_stage = now, stage
@@ -322,7 +258,7 @@ class _Control:
             return
         # Best effort: a lost progress event is harmless, a job failed because of one is not.
         try:
-            with self.database.transaction() as session:
+            with self.runtime.database.transaction() as session:
                 record_progress(session, self.job_id, event)
         except Exception:
             logger.exception("job %s: could not record a progress event", self.job_id)

@@ -19,7 +19,7 @@ from app.engine.target_spec import TargetSpec
 from app.sandbox.inspector import InspectorPool
 from app.services.checkpoints import checkpoint_files
 from app.services.errors import InvalidJobError, NotFoundError
-from app.services.jobs import check_target, validate_recipe
+from app.services.jobs.service import check_target, validate_recipe
 from app.storage import BlobStore
 
 __all__ = ["inspect_checkpoint", "link_blobs", "plan_conversion", "resolve_plan_inputs"]

@@ -1,1 +1,2 @@
-"""Workers: the job runner, the process entry point and the pool ``graft serve`` embeds."""
+"""``python -m app.worker``: the entry point of a local worker process (the executor itself
+is :mod:`app.executors.local`)."""

@@ -1,11 +1,11 @@
-"""``python -m app.worker [--embedded] [--index N]``: one worker process."""
+"""``python -m app.worker [--embedded] [--index N]``: one local worker process."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from app.worker.main import run_worker
+from app.executors.local import run_worker
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 args = sys.argv[1:]

@@ -8,7 +8,8 @@ import sys
 
 def test_api_process_does_not_import_torch() -> None:
     code = (
-        "import sys, app.api.main, app.services.jobs as j; j.validate_recipe({'version': 1});"
+        "import sys, app.api.main, app.services.jobs.service as j;"
+        "j.validate_recipe({'version': 1});"
         "heavy = ('torch', 'safetensors', 'app.engine.readers');"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )

@@ -1,8 +1,8 @@
 """Real ``graft serve`` processes (uvicorn + worker processes) on free ports.
 
-Test-only knob: ``GRAFT_TEST_STAGE_DELAY`` (seconds) makes workers sleep between stages, so a
+Test-only knob: ``GRAFT_TEST_STAGE_DELAY`` (seconds) makes workers pause at each stage, so a
 test can kill a worker or restart the server while a job is mid-flight. It is read only by
-``app.worker.main`` and is never set outside tests.
+the test plugin ``tests/plugins/sitecustomize.py``, on the servers' ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import wait_ready
+from tests.plugins import pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -42,6 +43,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
+            "PYTHONPATH": pythonpath(),
             "GRAFT_DATABASE_URL": f"sqlite:///{root / 'graft.db'}",
             "GRAFT_STORAGE_DIR": str(root / "blobs"),
             "GRAFT_WORKERS": "2",

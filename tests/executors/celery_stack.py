@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tests.e2e.conftest import Server
 from tests.e2e.helpers import READY_SECONDS
+from tests.plugins import pythonpath
 from tests.s3server import S3Server
 
 BROKER_URL = os.environ.get("GRAFT_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -218,6 +219,7 @@ def celery_stack(
     with postgres_database() as database_url:
         env = {
             **os.environ,
+            "PYTHONPATH": pythonpath(),
             "GRAFT_EXECUTOR": "celery",
             "GRAFT_BROKER_URL": BROKER_URL,
             "GRAFT_QUEUE_PREFIX": prefix,

@@ -203,7 +203,7 @@ def test_revoke_terminates_a_running_task(
     from app.db.base import utcnow
     from app.db.repositories import JobRepository
     from app.db.session import Database
-    from app.executors.celery_app import CeleryDispatcher
+    from app.executors.celery import CeleryDispatcher
 
     job_id = _submit(client, checkpoints, 3, "cuda")  # worker A only
     owner = _running(client, job_id)["worker"]

@@ -14,7 +14,12 @@ from app.db.migrate import alembic_config
 from app.db.models import Checkpoint, CheckpointFile, Job, Worker
 from app.db.repositories import CheckpointRepository, JobRepository, WorkerRepository
 from app.db.session import Database
-from app.services.dispatch import dispatch_job, redispatch_unsent, revoke_if_still_running, route
+from app.services.jobs.dispatch import (
+    dispatch_job,
+    redispatch_unsent,
+    revoke_if_still_running,
+    route,
+)
 
 
 class RecordingDispatcher:
@@ -150,7 +155,7 @@ def test_migration_0006_goes_down_and_up(any_database: Database) -> None:
 @pytest.mark.parametrize("url", ["sqlite:///graft.db", "sqlite:////tmp/x.db"])
 def test_celery_refuses_sqlite(url: str) -> None:
     from app.config import Settings
-    from app.executors.celery_worker import ExecutorConfigError, check_celery_settings
+    from app.executors.celery import ExecutorConfigError, check_celery_settings
 
     settings = Settings(database_url=url, broker_url="amqp://guest:guest@127.0.0.1:5672//")
     with pytest.raises(ExecutorConfigError, match="GRAFT_DATABASE_URL is SQLite"):
@@ -180,7 +185,7 @@ def test_recovery_resends_orphans_and_fails_the_exhausted(any_database: Database
 
 def test_celery_settings_that_make_a_crash_safe() -> None:
     from app.config import Settings
-    from app.executors.celery_app import make_celery
+    from app.executors.celery import make_celery
 
     amqp = make_celery(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//",
                                 queue_prefix="run1", task_time_limit_seconds=3600))  # fmt: skip

@@ -18,13 +18,13 @@ from app.db.models import Checkpoint, CheckpointFile, Job, JobStatus
 from app.db.repositories import CheckpointRepository, JobRepository, WebhookRepository
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy, OutboundRefusedError, guarded_async_client
-from app.services.job_events import record_status
 from app.services.webhooks.delivery import DeliveryLoop
 from app.services.webhooks.outbox import (
     DeliveryPolicy,
     backoff_seconds,
     check_callback,
     deliveries_for_job,
+    enqueue_webhooks,
     new_secret,
     rotate_secret,
     sign,
@@ -90,7 +90,7 @@ def _finish(db: Database, job_id: str, status: JobStatus) -> None:
         assert job is not None
         job.status, job.finished_at = status, utcnow()
         session.flush()
-        record_status(session, job, lambda j: {"id": j.id, "status": j.status})
+        enqueue_webhooks(session, job, {"id": job.id, "status": job.status})
 
 
 def _deliver(

@@ -19,9 +19,8 @@ from app.api.deps import (
     local_webhook_secret,
 )
 from app.api.errors import problem
-from app.api.schemas import job_document
 from app.services.errors import UploadTooLargeError
-from app.services.jobs import JobHooks
+from app.services.jobs.service import JobHooks
 from app.services.sources.references import RegistryConfig
 from app.services.webhooks.incoming import handle_delivery, verify_signature
 
@@ -79,7 +78,6 @@ async def mlflow_hook(
         registry=RegistryConfig.from_settings(settings),
         max_attempts=settings.max_attempts,
         hooks=JobHooks(
-            render=job_document,
             outbound=outbound,
             local_secret=local_webhook_secret(settings),
         ),

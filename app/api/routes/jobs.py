@@ -36,12 +36,10 @@ from app.api.schemas import (
     JobCreate,
     JobPublic,
     JobsPublic,
-    job_document,
 )
-from app.services import dispatch
-from app.services import job_events as events_service
-from app.services import jobs as service
 from app.services.errors import BadRequestError, TooManyRangesError
+from app.services.jobs import dispatch, service
+from app.services.jobs import events as events_service
 from app.services.payloads import check_depth, check_skeleton_size
 from app.services.sources.references import RegistryConfig
 from app.services.webhooks import outbox as webhooks_service
@@ -94,7 +92,6 @@ async def create_job(
         registry=RegistryConfig.from_settings(settings),
         device=body.device,
         hooks=service.JobHooks(
-            render=job_document,
             outbound=outbound,
             local_secret=local_webhook_secret(settings),
             callback=body.callback.model_dump() if body.callback else None,
@@ -138,9 +135,7 @@ async def cancel_job(
     background: BackgroundTasks,
 ) -> JobPublic:
     """Cancel a queued job at once; a running one stops at its next checkpoint of progress."""
-    job = await in_write_thread(
-        service.cancel_job, session, job_id, owner=principal.scope_owner, render=job_document
-    )
+    job = await in_write_thread(service.cancel_job, session, job_id, owner=principal.scope_owner)
     if dispatcher is not None and job.status == "running":
         background.add_task(
             _revoke_later, database, dispatcher, job_id, grace=3 * settings.heartbeat_seconds + 2

@@ -12,7 +12,7 @@ from app.api.app_context import app_context
 from app.api.deps import ReadPrincipal, ReadSession, StoreDep
 from app.api.downloads import blob_response
 from app.api.errors import problem
-from app.services import jobs as jobs_service
+from app.services.jobs import service as jobs_service
 from app.services.links import sign_link, verify_link
 
 router = APIRouter(tags=["links"])

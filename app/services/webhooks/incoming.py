@@ -27,7 +27,7 @@ from app.db.repositories import DeliveryRepository, PipelineRepository
 from app.errors import GraftError
 from app.services.auth import UnauthorizedError
 from app.services.errors import BadRequestError
-from app.services.jobs import JobHooks, create_job
+from app.services.jobs.service import JobHooks, create_job
 from app.services.sources.references import RegistryConfig, SourceRef
 from app.services.webhooks.pipelines import PipelineSpec
 

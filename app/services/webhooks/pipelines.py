@@ -19,7 +19,7 @@ from app.db.models import Pipeline
 from app.db.repositories import CheckpointRepository, PipelineRepository
 from app.engine.target_spec import TargetSpec
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
-from app.services.jobs import check_target, validate_recipe
+from app.services.jobs.service import check_target, validate_recipe
 from app.services.sources.references import RegisterSpec, RegistryConfig, check_register
 
 __all__ = [

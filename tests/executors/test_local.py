@@ -19,10 +19,14 @@ from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
 from app.engine.readers import inspect_source
 from app.executors import lease
+from app.executors.local import JobRunner
+from app.executors.runtime import JobRuntime
+from app.sandbox.runner import Limits
 from app.services.checkpoints import publish_checkpoint
+from app.services.jobs.execution import JobSettings
 from app.storage import FileBlobStore, StagedFile
-from app.worker.runner import JobRunner
 from tests.e2e.helpers import until
+from tests.plugins.stage_delay import pause_at_stages
 
 
 def _net(seed: int) -> nn.Module:
@@ -72,10 +76,25 @@ def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, FileBlob
     )
 
 
-def _runner(db: Database, store: FileBlobStore, **kw: float) -> JobRunner:
-    options = {"lease_seconds": 5.0, "heartbeat_seconds": 0.1, "poll_seconds": 0.05}
-    options.update(kw)
-    return JobRunner(db, store, device="auto", **options)  # type: ignore[arg-type]
+def _runner(
+    db: Database,
+    store: FileBlobStore,
+    *,
+    stage_delay: float = 0.0,
+    lease_seconds: float = 5.0,
+    architectures: str = "",
+) -> JobRunner:
+    """A runner on device ``auto``; ``stage_delay`` pauses each job at each stage."""
+    runtime = JobRuntime(
+        db,
+        store,
+        JobSettings(limits=Limits(), device="auto", architectures=architectures),
+        lease_seconds=lease_seconds,
+        heartbeat_seconds=0.1,
+        poll_seconds=0.05,
+        stage_hooks=(pause_at_stages(stage_delay),) if stage_delay else (),
+    )
+    return JobRunner(runtime)
 
 
 def test_job_succeeds_with_artifacts(setup: tuple[Database, FileBlobStore, str, str]) -> None:

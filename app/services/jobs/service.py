@@ -14,7 +14,7 @@ from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRep
 from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
-from app.services.job_events import JobRenderer, record_status
+from app.services.jobs.events import record_status
 from app.services.sources.references import (
     RegisterSpec,
     RegistryConfig,
@@ -97,7 +97,7 @@ def create_job(
         registry: the configured registry and outbound allow list (for references).
         pipeline_id: the pipeline that started the job.
         device: ``auto``, ``cpu`` or ``cuda``: where it asks to run (routing).
-        hooks: its callback, and how to record its ``queued`` status event.
+        hooks: its callback and the allow list it must pass.
 
     Raises:
         InvalidJobError: an unknown (or another owner's) checkpoint; a reference or register
@@ -142,8 +142,7 @@ def create_job(
         )
         job.callback = hooks.callback
     JobRepository(session).add(job)
-    if hooks is not None:
-        record_status(session, job, hooks.render)
+    record_status(session, job)
     return job
 
 
@@ -152,13 +151,11 @@ class JobHooks:
     """What a job tells the outside world: its webhook and its status events.
 
     Attributes:
-        render: builds the job's public document (status events, webhooks).
         outbound: the allow list the callback URL must pass.
         local_secret: GRAFT_WEBHOOK_SECRET (owner ``local``'s, unless one is stored).
         callback: ``{"url", "events"}``, or None.
     """
 
-    render: JobRenderer
     outbound: OutboundPolicy
     local_secret: str | None = None
     callback: dict[str, Any] | None = None
@@ -178,13 +175,11 @@ def list_jobs(
     return JobRepository(session).page(offset=offset, limit=limit, status=status, owner=owner)
 
 
-def cancel_job(
-    session: Session, job_id: str, *, owner: str | None, render: JobRenderer | None = None
-) -> Job:
+def cancel_job(session: Session, job_id: str, *, owner: str | None) -> Job:
     """Cancel a queued job now, or ask the worker running it to stop.
 
-    A queued job's ``cancelled`` status event (and webhook) is recorded here, with
-    ``render``; a running job's by its worker when it stops.
+    A queued job's ``cancelled`` status event (and webhook) is recorded here; a running
+    job's by its worker when it stops.
 
     Raises:
         ConflictError: the job already finished.
@@ -198,8 +193,8 @@ def cancel_job(
     if not cancelled:
         repo.request_cancel(job_id, now=now)
     session.refresh(job)
-    if cancelled and render is not None:
-        record_status(session, job, render)
+    if cancelled:
+        record_status(session, job)
     return job
 
 

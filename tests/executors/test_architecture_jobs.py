@@ -17,8 +17,7 @@ from app.engine.architectures import bind_architecture, parse_architectures
 from app.engine.devices import resolve_device
 from app.engine.errors import DeviceUnavailableError
 from app.storage import FileBlobStore
-from app.worker.runner import JobRunner
-from tests.worker.test_runner import _get, _register
+from tests.executors.test_local import _get, _register, _runner
 
 RESNET = {"depth": 18, "img_size": 32}
 PAIR = tuple(parse_architectures("tiny_b=tests.engine.test_architectures:TinyB"))
@@ -28,13 +27,6 @@ def _arch_job(db: Database, source: str, spec: dict[str, object], recipe: object
     with db.transaction() as session:
         job = Job(source_id=source, target=spec, recipe=recipe)
         return JobRepository(session).add(job).id
-
-
-def _runner(db: Database, store: FileBlobStore, **kw: object) -> JobRunner:
-    return JobRunner(
-        db, store, lease_seconds=5.0, heartbeat_seconds=0.1, poll_seconds=0.05, device="auto",
-        **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 from app.db.base import utcnow
 from app.db.models import Checkpoint, CheckpointFile, Job
-from app.services.maintenance import BlobCollector, reap_leases
+from app.services.jobs.maintenance import BlobCollector, reap_leases
 from app.storage.file import FileBlobStore
 
 

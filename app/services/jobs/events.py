@@ -6,15 +6,15 @@ and progress as ``event: progress``; the API streams them from the database
 missed. A terminal status also puts the job's webhooks in the outbox, in the same
 transaction that finishes the job, so neither is ever recorded without the other.
 
-The job's public document is the API's schema; the layers that finish jobs (the worker, the
-API's cancel) pass a ``render`` function that builds it, so this module needs no HTTP types.
+Both carry the job's public document, built by :func:`app.services.jobs.document.job_document`
+(the API's schema, defined in the services so that executors need no HTTP types).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +25,10 @@ from app.db.models import TERMINAL_STATUSES, Job
 from app.db.repositories import JobEventRepository, JobRepository
 from app.db.session import Database
 from app.services.errors import NotFoundError
+from app.services.jobs.document import job_document
 from app.services.webhooks.outbox import enqueue_webhooks
 
 __all__ = [
-    "JobEventsConfig",
-    "JobRenderer",
     "Progress",
     "StoredEvent",
     "events_after",
@@ -46,9 +45,6 @@ _POLL_THREADS = 4
 _LIMITER: CapacityLimiter | None = None
 
 logger = logging.getLogger(__name__)
-
-JobRenderer = Callable[[Job], dict[str, Any]]
-"""Builds a job's public document (``GET /v1/jobs/{id}``), for status events and webhooks."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ class Progress:
         }
 
 
-def record_status(session: Session, job: Job, render: JobRenderer) -> int:
+def record_status(session: Session, job: Job) -> int:
     """Record the job's current status as an event; a terminal one also queues its webhooks.
 
     Call it in the transaction that changed the status, after the change was flushed.
@@ -79,12 +75,11 @@ def record_status(session: Session, job: Job, render: JobRenderer) -> int:
     Args:
         session: that transaction.
         job: the job, as it now is (refreshed).
-        render: builds the job's public document.
 
     Returns:
         The event's sequence number.
     """
-    document = render(job)
+    document = job_document(job)
     terminal = job.status in TERMINAL_STATUSES
     seq = JobEventRepository(session).append(job.id, "status", document, terminal=terminal)
     if terminal:
@@ -92,25 +87,12 @@ def record_status(session: Session, job: Job, render: JobRenderer) -> int:
     return seq
 
 
-def record_statuses(session: Session, job_ids: list[str], render: JobRenderer) -> None:
+def record_statuses(session: Session, job_ids: list[str]) -> None:
     """:func:`record_status` for each job, as it now is in this transaction."""
     for job_id in job_ids:
         job = session.get(Job, job_id, populate_existing=True)
         if job is not None:
-            record_status(session, job, render)
-
-
-@dataclass(frozen=True)
-class JobEventsConfig:
-    """How an executor records a job's events.
-
-    Attributes:
-        render: builds a job's public document (status events, webhook bodies).
-        progress_event_seconds: least time between two stored progress events of a job.
-    """
-
-    render: JobRenderer
-    progress_event_seconds: float = 0.5
+            record_status(session, job)
 
 
 def record_progress(session: Session, job_id: str, progress: Progress) -> int:

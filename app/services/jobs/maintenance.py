@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
-from app.services.job_events import JobRenderer, record_statuses
+from app.services.jobs.events import record_statuses
 from app.storage import BlobStore
 
 __all__ = ["BlobCollector", "LeaseSweep", "finish_lapsed", "reap_leases"]
@@ -44,28 +44,25 @@ class LeaseSweep:
     cancelled: int
 
 
-def finish_lapsed(
-    session: Session, *, now: datetime, render: JobRenderer | None
-) -> tuple[list[str], list[str]]:
+def finish_lapsed(session: Session, *, now: datetime) -> tuple[list[str], list[str]]:
     """Finish the running jobs whose worker died and that will not run again: cancelled if a
     cancel was asked, failed (``worker-lost``) after their last attempt; each with its status
-    event and webhooks (unless ``render`` is None). Returns ``(cancelled, failed)`` ids."""
+    event and webhooks. Returns ``(cancelled, failed)`` ids."""
     repo = JobRepository(session)
     cancelled = repo.cancel_abandoned(now=now)
     failed = repo.fail_exhausted(now=now)
-    if render is not None:
-        record_statuses(session, [*cancelled, *failed], render)
+    record_statuses(session, [*cancelled, *failed])
     return cancelled, failed
 
 
-def reap_leases(database: Database, render: JobRenderer | None = None) -> LeaseSweep:
+def reap_leases(database: Database) -> LeaseSweep:
     """Settle every running job whose lease has lapsed (see the module docstring)."""
     now = utcnow()
     with database.transaction(write=False) as session:
         if not JobRepository(session).has_work(now=now):
             return LeaseSweep(0, 0, 0)
     with database.transaction() as session:
-        cancelled, failed = finish_lapsed(session, now=now, render=render)
+        cancelled, failed = finish_lapsed(session, now=now)
         # Attempts left: back to the queue (a local worker's claim would also take them).
         requeued = JobRepository(session).requeue_lapsed(now=now)
     sweep = LeaseSweep(requeued, len(failed), len(cancelled))

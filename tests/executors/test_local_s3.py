@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from app.db.session import Database
+from tests.executors.test_local import _get, _job, _net, _register, _runner
 from tests.s3server import S3Server
 from tests.storage.conftest import s3_store
-from tests.worker.test_runner import _get, _job, _net, _register, _runner
 
 
 def test_job_on_s3_storage(sqlite_database: Database, s3_server: S3Server, tmp_path: Path) -> None:

@@ -1,0 +1,185 @@
+"""The local executor: worker processes that claim the oldest claimable job from the database.
+
+A worker claims one job with one UPDATE (``JobRepository.claim``: queued, or running with a
+lapsed lease and attempts left), then holds it with :func:`app.executors.lease.run_held_job`
+(heartbeat, cancel, finish under the lease), which the Celery executor shares. The conversion
+is the job-execution service's business.
+
+Each status change is also recorded as a job event, in the transaction that makes it, and a
+terminal one puts the job's webhooks in the outbox there too (``services.jobs.events``).
+
+:func:`run_worker` is one worker process (``graft worker``, ``python -m app.worker``);
+:class:`WorkerPool` keeps the ones ``graft serve`` embeds alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from types import FrameType
+
+from app.config import Settings, get_settings
+from app.db.base import utcnow
+from app.db.repositories import JobRepository
+from app.executors.lease import run_held_job, sweep_lapsed
+from app.executors.runtime import JobRuntime, worker_owner
+from app.services.conversion import warm_up
+from app.services.jobs.events import record_statuses
+from app.services.warmth import mark_warm, markers_dir
+
+__all__ = ["JobRunner", "WorkerPool", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """Runs jobs from the database until told to stop.
+
+    Args:
+        runtime: the database, store, job settings and lease timing.
+    """
+
+    def __init__(self, runtime: JobRuntime) -> None:
+        self.runtime = runtime
+        self.owner = worker_owner()
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        """Claim and run jobs until :attr:`stop_event` is set."""
+        logger.info("worker %s started (device %s)", self.owner, self.runtime.jobs.device)
+        while not self.stop_event.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                logger.exception("worker loop error; retrying")
+                worked = False
+            if not worked:
+                self.stop_event.wait(self.runtime.poll_seconds)
+        logger.info("worker %s stopped", self.owner)
+
+    def run_once(self) -> bool:
+        """Claim one job and run it. Returns whether there was one."""
+        job_id = self._claim()
+        if job_id is None:
+            return False
+        run_held_job(self.runtime, job_id, owner=self.owner, stop_event=self.stop_event)
+        return True
+
+    def _claim(self) -> str | None:
+        database = self.runtime.database
+        with database.transaction(write=False) as session:
+            if not JobRepository(session).has_work(now=utcnow()):
+                return None
+        sweep_lapsed(database)
+        with database.transaction() as session:
+            claimed = JobRepository(session).claim(
+                owner=self.owner, now=utcnow(), lease_seconds=self.runtime.lease_seconds
+            )
+            if claimed is not None:
+                record_statuses(session, [claimed])
+            return claimed
+
+
+def run_worker(
+    settings: Settings | None = None, *, watch_parent: bool = False, index: int = 0
+) -> None:
+    """Run jobs until SIGTERM/SIGINT (or, embedded, until the parent process goes away).
+
+    Args:
+        settings: default :func:`get_settings`.
+        watch_parent: stop when the parent process (``graft serve``) goes away.
+        index: this worker's number on the host: with several GPUs, worker ``i`` uses GPU
+            ``i % count`` (unless ``GRAFT_DEVICE`` names one).
+    """
+    settings = settings or get_settings()
+    if settings.worker_nice:
+        # Conversions are batch work: on a shared host the API must keep answering first.
+        os.nice(settings.worker_nice)
+    runtime = JobRuntime.from_settings(settings, device_index=index)
+    # A worker that replaces a killed one collects the temp files its predecessor left.
+    runtime.store.cleanup_orphans()
+    runner = JobRunner(runtime)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("worker %s: signal %d, stopping", runner.owner, signum)
+        runner.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if watch_parent:
+        threading.Thread(target=_watch_parent, args=(runner, os.getppid()), daemon=True).start()
+    # Warm before the first claim: the fork server imports torch once, here, not in job one.
+    seconds = warm_up()
+    mark_warm(markers_dir(settings.storage_dir))
+    logger.info("worker %s: warm in %.1f s", runner.owner, seconds)
+    try:
+        runner.run()
+    finally:
+        runtime.database.dispose()
+
+
+def _watch_parent(runner: JobRunner, parent: int) -> None:
+    while not runner.stop_event.wait(1.0):
+        if os.getppid() != parent:
+            logger.warning("worker %s: parent exited, stopping", runner.owner)
+            runner.stop_event.set()
+
+
+class WorkerPool:
+    """Keeps ``size`` worker processes alive (a killed worker is replaced after ``backoff``).
+
+    The jobs of a dead worker are not its replacement's business: they come back through
+    lease expiry, to whichever worker claims them.
+    """
+
+    def __init__(self, size: int, *, backoff: float = 1.0) -> None:
+        self.size = size
+        self.backoff = backoff
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._supervise, name="worker-pool", daemon=True)
+
+    @staticmethod
+    def _spawn(index: int) -> subprocess.Popen[bytes]:
+        # The index pins each worker to one GPU when there are several (resolve_device).
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.worker", "--embedded", "--index", str(index)]
+        )
+
+    def start(self) -> None:
+        with self._lock:
+            self.processes = [self._spawn(i) for i in range(self.size)]
+        logger.info("started %d worker process(es): %s", self.size, self.pids())
+        self._thread.start()
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p in self.processes]
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(self.backoff):
+            with self._lock:
+                for i, process in enumerate(self.processes):
+                    code = process.poll()
+                    if code is not None and not self._stop.is_set():
+                        logger.warning("worker %d exited with %s; restarting", process.pid, code)
+                        self.processes[i] = self._spawn(i)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every worker (a running job goes back to the queue), then wait."""
+        self._stop.set()
+        with self._lock:
+            for process in self.processes:
+                if process.poll() is None:
+                    process.terminate()
+            for process in self.processes:
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

@@ -17,6 +17,7 @@ from app.db.base import utcnow
 from app.db.models import Job
 from app.db.repositories import CheckpointRepository, JobRepository
 from app.db.session import Database
+from app.engine.architectures import ArchitectureRef
 from app.engine.readers import inspect_source
 from app.executors import lease
 from app.executors.local import JobRunner
@@ -82,7 +83,7 @@ def _runner(
     *,
     stage_delay: float = 0.0,
     lease_seconds: float = 5.0,
-    architectures: str = "",
+    architectures: tuple[ArchitectureRef, ...] = (),
 ) -> JobRunner:
     """A runner on device ``auto``; ``stage_delay`` pauses each job at each stage."""
     runtime = JobRuntime(

@@ -17,9 +17,9 @@ from app.config import Settings
 from app.db.session import Database
 from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
-from app.sandbox.inspector import InspectorPool
 from app.services.auth import Principal, authenticate
 from app.services.dispatch import Dispatcher
+from app.services.inspection import InspectorPool
 from app.storage import BlobStore
 
 T = TypeVar("T")

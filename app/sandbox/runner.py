@@ -1,11 +1,11 @@
-"""The sandbox: every read of an uploaded file's tensors runs in a child process with limits.
+"""The sandbox: run a function in a child process with resource limits.
 
-Inspection (``app.sandbox.inspector``, long-lived children) and conversion (one child per
-job, forked from a per-worker fork server that has imported torch once) both apply the
-same :class:`Limits`: address space, CPU time, file size and open files. The engine inside
-reads pickles with its own restricted unpickler (``app.engine.readers.unpickler``): it never
-calls ``torch.load``, never adds safe globals and has no unsafe fallback; the limits are the
-second wall, for what a well-formed but hostile file can still ask of a process.
+One-shot children (:func:`run_sandboxed`, forked from a fork server that imported the
+caller's ``preload`` once) and long-lived ones (``app.sandbox.pool``) apply the same
+:class:`Limits`: address space, CPU time, file size and open files. The function run is
+named by the caller (``"module:name"``, or a top-level function); this package knows no use
+case. The engine's readers have their own restricted unpickler; the limits are the second
+wall, for what a well-formed but hostile file can still ask of a process.
 
 Messages from a child are JSON, never pickles: a child that was somehow subverted can lie
 about its result, but cannot run code in its parent.
@@ -30,7 +30,20 @@ from typing import Any
 
 from app.engine.errors import GraftError
 
-__all__ = ["Limits", "SandboxError", "apply_limits", "memory_budget", "run_sandboxed"]
+__all__ = [
+    "Limits",
+    "SandboxError",
+    "SandboxFunction",
+    "apply_limits",
+    "describe_failure",
+    "error_from_answer",
+    "failure_answer",
+    "function_ref",
+    "memory_budget",
+    "renew_cpu_limit",
+    "resolve_function",
+    "run_sandboxed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +160,39 @@ def memory_budget(extra_bytes: int) -> Iterator[None]:
 
 
 class SandboxError(GraftError):
-    """The sandboxed work failed; ``type`` is the engine's, or ``too-large`` / ``disk-full``
-    for a limit, or ``internal-error``."""
+    """The sandboxed work failed; ``type`` is the function's error's, or ``too-large`` /
+    ``disk-full`` for a limit, or ``internal-error``; ``rule`` is kept when the error named
+    one."""
 
-    def __init__(self, problem_type: str, message: str) -> None:
+    def __init__(self, problem_type: str, message: str, *, rule: str | None = None) -> None:
         super().__init__(message)
         self.type = problem_type
+        self.rule = rule
+
+
+# What a child runs: ``function(payload, emit)``, with JSON-ready payload and result.
+SandboxFunction = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], Any]
+
+
+def function_ref(function: SandboxFunction | str) -> str:
+    """``"module:name"`` of a top-level function (kept as is when already a string).
+
+    Raises:
+        ValueError: a lambda, a nested function or a method: a child cannot import it.
+    """
+    if isinstance(function, str):
+        return function
+    name = function.__qualname__
+    if "<" in name or "." in name:
+        raise ValueError(f"a sandbox runs top-level functions only, not {name}")
+    return f"{function.__module__}:{name}"
+
+
+def resolve_function(ref: str) -> SandboxFunction:
+    """The function ``"module:name"`` names (imported in the child)."""
+    module, name = ref.split(":")
+    function: SandboxFunction = getattr(importlib.import_module(module), name)
+    return function
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:
@@ -167,6 +207,14 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
         what = "the file-size limit" if exc.errno == errno.EFBIG else "the disk"
         return "disk-full", f"writing the output failed: it does not fit ({what}): {exc.strerror}"
     return "internal-error", f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def failure_answer(exc: BaseException) -> dict[str, Any]:
+    """The JSON a child sends its parent for ``exc``: ``type``, ``message`` (and ``rule``)."""
+    kind, message = describe_failure(exc)
+    rule = getattr(exc, "rule", None)
+    answer: dict[str, Any] = {"type": kind, "message": message}
+    return answer | ({"rule": rule} if isinstance(rule, str) and rule else {})
 
 
 # ------------------------------------------------------------------------------------------
@@ -195,16 +243,14 @@ def _child(
 
     try:
         apply_limits(Limits(**limits))
-        module, name = function.split(":")
-        fn = getattr(importlib.import_module(module), name)
-        result = fn(payload, emit)
+        result = resolve_function(function)(payload, emit)
         emit({"event": "result", "result": result})
     except BaseException as exc:
-        kind, message = describe_failure(exc)
-        if kind == "internal-error":
+        answer = failure_answer(exc)
+        if answer["type"] == "internal-error":
             logger.exception("sandboxed %s failed", function)
         try:
-            emit({"event": "error", "type": kind, "message": message})
+            emit({"event": "error", **answer})
         except Exception:
             logger.exception("sandbox: cannot report the failure")
     finally:
@@ -225,7 +271,7 @@ def _exit_failure(exitcode: int | None, limits: Limits) -> SandboxError:
 
 
 def run_sandboxed(
-    function: str,
+    function: SandboxFunction | str,
     payload: dict[str, Any],
     *,
     limits: Limits,
@@ -234,10 +280,10 @@ def run_sandboxed(
     tick: Callable[[], None] | None = None,
     poll_seconds: float = 0.1,
 ) -> Any:
-    """Run ``module:function(payload, emit)`` in a fresh child under ``limits``.
+    """Run ``function(payload, emit)`` in a fresh child under ``limits``.
 
     Args:
-        function: ``"package.module:name"``; it receives the JSON-ready ``payload`` and an
+        function: a top-level function, or ``"package.module:name"``; it receives the JSON-ready ``payload`` and an
             ``emit(dict)`` that sends progress events to the parent.
         payload: JSON-ready arguments.
         limits: the child's resource limits.
@@ -255,7 +301,9 @@ def run_sandboxed(
     ctx = _context(preload)
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(
-        target=_child, args=(sender, function, payload, limits.as_dict()), daemon=True
+        target=_child,
+        args=(sender, function_ref(function), payload, limits.as_dict()),
+        daemon=True,
     )
     process.start()
     sender.close()
@@ -284,5 +332,15 @@ def run_sandboxed(
     if outcome is None:
         raise _exit_failure(process.exitcode, limits)
     if outcome["event"] == "error":
-        raise SandboxError(str(outcome.get("type")), str(outcome.get("message")))
+        raise error_from_answer(outcome)
     return outcome["result"]
+
+
+def error_from_answer(answer: dict[str, Any]) -> SandboxError:
+    """The :class:`SandboxError` a child's failure answer (:func:`failure_answer`) stands for."""
+    rule = answer.get("rule")
+    return SandboxError(
+        str(answer.get("type")),
+        str(answer.get("message")),
+        rule=rule if isinstance(rule, str) else None,
+    )

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from app.db.models import LOCAL_OWNER, Checkpoint, CheckpointFile, CheckpointTensor
 from app.db.repositories import CheckpointRepository
-from app.sandbox.inspector import InspectorPool
 from app.services.errors import ConflictError, NotFoundError
+from app.services.inspection import InspectorPool
 from app.storage import BlobStore, StagedFile
 
 __all__ = [
@@ -145,7 +145,7 @@ async def register_upload(
         existing record.
 
     Raises:
-        InspectionError: the engine refused the file; nothing is stored.
+        SandboxError: the engine refused the file; nothing is stored.
     """
     summary = await inspector.inspect(
         [f.path for f in files], names=[f.name for f in files], entry=entry

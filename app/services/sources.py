@@ -91,7 +91,7 @@ def _download(ref: SourceRef, folder: Path, config: RegistryConfig) -> tuple[lis
 def _inspect(files: list[DownloadedFile], limits: Limits, max_tensors: int | None) -> Any:
     try:
         answer = run_sandboxed(
-            "app.sandbox.inspector:inspect_in_child",
+            "app.services.inspection:inspect_in_child",
             {"files": [str(f.path) for f in files], "entry": "auto", "max_tensors": max_tensors},
             limits=limits,
             preload=("app.engine.readers",),

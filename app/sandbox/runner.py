@@ -283,8 +283,8 @@ def run_sandboxed(
     """Run ``function(payload, emit)`` in a fresh child under ``limits``.
 
     Args:
-        function: a top-level function, or ``"package.module:name"``; it receives the JSON-ready ``payload`` and an
-            ``emit(dict)`` that sends progress events to the parent.
+        function: a top-level function, or ``"package.module:name"``; it receives the
+            JSON-ready ``payload`` and an ``emit(dict)`` that sends events to the parent.
         payload: JSON-ready arguments.
         limits: the child's resource limits.
         preload: modules the fork server imports once (e.g. the engine).

@@ -19,7 +19,7 @@ from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
 from app.services.auth import Principal, authenticate
 from app.services.dispatch import Dispatcher
-from app.services.inspection import InspectorPool
+from app.services.inspector import InspectorPool
 from app.storage import BlobStore
 
 T = TypeVar("T")

@@ -38,7 +38,7 @@ from app.config import Settings, get_settings
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy
 from app.services.dispatch import redispatch_unsent
-from app.services.inspection import InspectorPool
+from app.services.inspector import InspectorPool
 from app.services.limits import inspection_limits, inspection_memory_budget
 from app.services.maintenance import BlobCollector, reap_leases
 from app.services.webhook_delivery import DeliveryLoop

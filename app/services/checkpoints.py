@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.db.models import LOCAL_OWNER, Checkpoint, CheckpointFile, CheckpointTensor
 from app.db.repositories import CheckpointRepository
 from app.services.errors import ConflictError, NotFoundError
-from app.services.inspection import InspectorPool
+from app.services.inspector import InspectorPool
 from app.storage import BlobStore, StagedFile
 
 __all__ = [

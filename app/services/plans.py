@@ -19,7 +19,7 @@ from app.engine.target_spec import TargetSpec
 from app.services.checkpoints import checkpoint_files
 from app.services.conversion import ConversionRequest
 from app.services.errors import InvalidJobError, NotFoundError
-from app.services.inspection import InspectorPool
+from app.services.inspector import InspectorPool
 from app.services.jobs import check_target, validate_recipe
 from app.storage import BlobStore
 

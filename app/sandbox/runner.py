@@ -138,7 +138,7 @@ def _address_space() -> int:
 def memory_budget(extra_bytes: int) -> Iterator[None]:
     """Cap the address space at what is mapped now plus ``extra_bytes``, for the block only.
 
-    A long-lived child (an inspector) may have imported torch for another kind of request;
+    A long-lived child (a pooled one) may have imported torch for another kind of call;
     counting from its current size gives every request the same budget. Only the soft limit
     moves, so it is raised back to the hard limit afterwards. 0 means no budget.
     """

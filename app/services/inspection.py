@@ -1,8 +1,8 @@
 """What an inspection child runs: read a checkpoint's headers, list or bind architectures.
 
-These run in sandbox children only (pooled ones, :class:`~app.services.inspector.
-InspectorPool`; or a one-shot one, for a worker fetching a source by reference), never in
-the API process. They import the engine alone, so a child pays no other import.
+These run in sandbox children only, never in the API process: pooled ones (the API's
+:class:`~app.services.inspector.InspectorPool`), or a one-shot one (a worker fetching a
+source by reference). They import the engine alone, so a child pays no other import.
 """
 
 from __future__ import annotations

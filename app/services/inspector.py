@@ -62,12 +62,15 @@ class InspectorPool:
 
     @property
     def timeout(self) -> float:
+        """Seconds one inspection (or plan) may take."""
         return self.pool.timeout
 
     async def start(self) -> None:
+        """Start the children (the API's lifespan does, before the first request)."""
         await self.pool.start()
 
     async def close(self) -> None:
+        """Kill the children."""
         await self.pool.close()
 
     @contextlib.contextmanager

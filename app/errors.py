@@ -17,6 +17,10 @@ from typing import Any, ClassVar, Self
 
 __all__ = ["GraftError", "InternalError", "InvalidJobError", "NotFoundError", "TooLargeError"]
 
+# The first (root) class defined for each slug: how an error that crossed a process boundary
+# as JSON (a sandbox child's answer) becomes its class again.
+_BY_TYPE: dict[str, type[GraftError]] = {}
+
 
 class GraftError(Exception):
     """Base class of every error Graft raises on purpose.
@@ -42,8 +46,36 @@ class GraftError(Exception):
         self.headers = headers or {}
         self.extra = extra
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _BY_TYPE.setdefault(cls.type, cls)
+
     def __str__(self) -> str:
         return self.message
+
+    def to_payload(self) -> dict[str, Any]:
+        """The error as JSON for another process: ``type``, ``message`` and ``rule`` if any."""
+        rule = self.extra.get("rule")
+        payload: dict[str, Any] = {"type": self.type, "message": self.message}
+        return payload | ({"rule": rule} if isinstance(rule, str) and rule else {})
+
+    @staticmethod
+    def from_payload(payload: dict[str, Any], *, default: str = "internal-error") -> GraftError:
+        """The error :meth:`to_payload` wrote, as its class again (an unknown type is internal).
+
+        Args:
+            payload: ``type`` (``default`` when absent), ``message`` and maybe ``rule``.
+            default: the type of a payload that names none.
+        """
+        cls = _BY_TYPE.get(str(payload.get("type", default)), InternalError)
+        error = cls.__new__(cls)
+        GraftError.__init__(error, str(payload.get("message")))
+        rule = payload.get("rule")
+        if isinstance(rule, str) and rule:
+            error.extra["rule"] = rule
+            if hasattr(cls, "rule"):  # a class that keeps the rule as an attribute too
+                error.rule = rule  # type: ignore[attr-defined]
+        return error
 
     @classmethod
     def problem_title(cls) -> str:

@@ -70,7 +70,7 @@ class Footprint:
 def footprint(api_pid: int, tmp_dir: Path) -> Footprint:
     """Read the API process, its inspector children and the store's temp folder."""
     api = _status(api_pid)
-    inspectors = [_status(c) for c in _children(api_pid) if "app.sandbox.inspector" in _cmdline(c)]
+    inspectors = [_status(c) for c in _children(api_pid) if "app.sandbox.pool" in _cmdline(c)]
     try:
         temp = len(list(tmp_dir.iterdir()))
     except OSError:

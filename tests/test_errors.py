@@ -79,9 +79,9 @@ def test_prefixed_keeps_the_class_and_its_fields() -> None:
      ("no-such-type", "InternalError")],
 )  # fmt: skip
 def test_a_child_s_error_comes_back_as_its_class(kind: str, expected: str) -> None:
-    from app.sandbox.runner import error_from_child
+    import app.sandbox.runner  # noqa: F401  (defines DiskFullError)
 
-    error = error_from_child(kind, "why")
+    error = GraftError.from_payload({"type": kind, "message": "why"})
     assert type(error).__name__ == expected
     assert error.message == "why"
     assert isinstance(error, GraftError)
@@ -91,9 +91,10 @@ def test_a_child_s_error_comes_back_as_its_class(kind: str, expected: str) -> No
 
 def test_a_child_s_recipe_error_keeps_its_rule_without_naming_it_twice() -> None:
     from app.engine.errors import InvalidRecipeError
-    from app.sandbox.runner import error_from_child
 
-    error = error_from_child("invalid-recipe", "rename[1]: bad pattern", rule="rename[1]")
+    error = GraftError.from_payload(
+        {"type": "invalid-recipe", "message": "rename[1]: bad pattern", "rule": "rename[1]"}
+    )
     assert isinstance(error, InvalidRecipeError)
     assert error.message == "rename[1]: bad pattern"
     assert error.rule == "rename[1]"

@@ -19,7 +19,7 @@ from app.api.uploads import UploadSlots
 from app.config import Settings
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy
-from app.sandbox.inspector import InspectorPool
+from app.services.inspector import InspectorPool
 from app.services.jobs.dispatch import Dispatcher
 from app.services.jobs.maintenance import BlobCollector
 from app.services.limits import inspection_limits, inspection_memory_budget

@@ -18,8 +18,8 @@ from app.config import Settings
 from app.db.session import Database
 from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
-from app.sandbox.inspector import InspectorPool
 from app.services.auth import Principal, authenticate
+from app.services.inspector import InspectorPool
 from app.services.jobs.dispatch import Dispatcher
 from app.storage import BlobStore
 

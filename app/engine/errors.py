@@ -41,6 +41,7 @@ class InvalidRecipeError(GraftError):
 
     type = "invalid-recipe"
     status = 422
+    rule: str | None = None
 
     def __init__(self, message: str, *, rule: str | None = None) -> None:
         super().__init__(f"{rule}: {message}" if rule else message, rule=rule)

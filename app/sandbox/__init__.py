@@ -1,6 +1,7 @@
 """Child processes with resource limits: every read of an untrusted file happens here.
 
-``runner`` forks one child per task (conversions) from a fork server; ``inspector`` keeps
-long-lived children for header inspection. Both import only the engine: callers pass the
-function to run by name, so this package never reaches up into the services that use it.
+``runner`` forks one child per call (conversions) from a fork server; ``pool`` keeps
+long-lived children for calls that must answer at once. Both run a function the caller
+names (a top-level ``function(payload, emit)``) and know no use case: this package never
+reaches up into the services that use it.
 """

@@ -1,11 +1,11 @@
-"""The sandbox: every read of an uploaded file's tensors runs in a child process with limits.
+"""The sandbox: run a function in a child process with resource limits.
 
-Inspection (``app.sandbox.inspector``, long-lived children) and conversion (one child per
-job, forked from a per-worker fork server that has imported torch once) both apply the
-same :class:`Limits`: address space, CPU time, file size and open files. The engine inside
-reads pickles with its own restricted unpickler (``app.engine.readers.unpickler``): it never
-calls ``torch.load``, never adds safe globals and has no unsafe fallback; the limits are the
-second wall, for what a well-formed but hostile file can still ask of a process.
+One-shot children (:func:`run_sandboxed`, forked from a fork server that imported the
+caller's ``preload`` once) and long-lived ones (``app.sandbox.pool``) apply the same
+:class:`Limits`: address space, CPU time, file size and open files. The function run is
+named by the caller (``"module:name"``, or a top-level function); this package knows no use
+case. The engine's readers have their own restricted unpickler; the limits are the second
+wall, for what a well-formed but hostile file can still ask of a process.
 
 Messages from a child are JSON, never pickles: a child that was somehow subverted can lie
 about its result, but cannot run code in its parent.
@@ -28,25 +28,20 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from app.engine.errors import (
-    DeviceUnavailableError,
-    GraftError,
-    InvalidRecipeError,
-    InvalidTargetError,
-    PolicyError,
-    TooLargeError,
-    UnreadableCheckpointError,
-    UnsafeCheckpointError,
-)
-from app.errors import InternalError
+from app.errors import GraftError, InternalError, TooLargeError
 
 __all__ = [
     "DiskFullError",
     "Limits",
+    "SandboxFunction",
     "apply_limits",
     "describe_failure",
-    "error_from_child",
+    "error_from_answer",
+    "failure_answer",
+    "function_ref",
     "memory_budget",
+    "renew_cpu_limit",
+    "resolve_function",
     "run_sandboxed",
 ]
 
@@ -143,7 +138,7 @@ def _address_space() -> int:
 def memory_budget(extra_bytes: int) -> Iterator[None]:
     """Cap the address space at what is mapped now plus ``extra_bytes``, for the block only.
 
-    A long-lived child (an inspector) may have imported torch for another kind of request;
+    A long-lived child (a pooled one) may have imported torch for another kind of call;
     counting from its current size gives every request the same budget. Only the soft limit
     moves, so it is raised back to the hard limit afterwards. 0 means no budget.
     """
@@ -170,39 +165,29 @@ class DiskFullError(GraftError):
     type = "disk-full"
 
 
-# What a child may report, by the type it sends (messages are JSON: the type is the class's
-# wire name). Anything else a child claims is an internal error.
-_FROM_CHILD: dict[str, type[GraftError]] = {
-    cls.type: cls
-    for cls in (
-        GraftError,
-        UnsafeCheckpointError,
-        UnreadableCheckpointError,
-        TooLargeError,
-        InvalidRecipeError,
-        InvalidTargetError,
-        DeviceUnavailableError,
-        PolicyError,
-        DiskFullError,
-        InternalError,
-    )
-}
+# What a child runs: ``function(payload, emit)``, with JSON-ready payload and result.
+SandboxFunction = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], Any]
 
 
-def error_from_child(kind: object, message: object, *, rule: object = None) -> GraftError:
-    """The error a child reported (``type``, ``message``, maybe ``rule``), as its class again.
+def function_ref(function: SandboxFunction | str) -> str:
+    """``"module:name"`` of a top-level function (kept as is when already a string).
 
-    Args:
-        kind: the ``type`` the child sent.
-        message: its message.
-        rule: the recipe rule at fault, when the child named one.
+    Raises:
+        ValueError: a lambda, a nested function or a method: a child cannot import it.
     """
-    error = _FROM_CHILD.get(str(kind), InternalError)(str(message))
-    if rule is not None:
-        error.extra["rule"] = str(rule)
-        if isinstance(error, InvalidRecipeError):
-            error.rule = str(rule)
-    return error
+    if isinstance(function, str):
+        return function
+    name = function.__qualname__
+    if "<" in name or "." in name:
+        raise ValueError(f"a sandbox runs top-level functions only, not {name}")
+    return f"{function.__module__}:{name}"
+
+
+def resolve_function(ref: str) -> SandboxFunction:
+    """The function ``"module:name"`` names (imported in the child)."""
+    module, name = ref.split(":")
+    function: SandboxFunction = getattr(importlib.import_module(module), name)
+    return function
 
 
 def describe_failure(exc: BaseException) -> GraftError:
@@ -217,6 +202,11 @@ def describe_failure(exc: BaseException) -> GraftError:
         what = "the file-size limit" if exc.errno == errno.EFBIG else "the disk"
         return DiskFullError(f"writing the output failed: it does not fit ({what}): {exc.strerror}")
     return InternalError(f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def failure_answer(exc: BaseException) -> dict[str, Any]:
+    """The JSON a child sends its parent for ``exc``: ``type``, ``message`` (and ``rule``)."""
+    return describe_failure(exc).to_payload()
 
 
 # ------------------------------------------------------------------------------------------
@@ -245,16 +235,14 @@ def _child(
 
     try:
         apply_limits(Limits(**limits))
-        module, name = function.split(":")
-        fn = getattr(importlib.import_module(module), name)
-        result = fn(payload, emit)
+        result = resolve_function(function)(payload, emit)
         emit({"event": "result", "result": result})
     except BaseException as exc:
-        error = describe_failure(exc)
-        if isinstance(error, InternalError):
+        answer = failure_answer(exc)
+        if answer["type"] == InternalError.type:
             logger.exception("sandboxed %s failed", function)
         try:
-            emit({"event": "error", "type": error.type, "message": error.message})
+            emit({"event": "error", **answer})
         except Exception:
             logger.exception("sandbox: cannot report the failure")
     finally:
@@ -272,7 +260,7 @@ def _exit_failure(exitcode: int | None, limits: Limits) -> GraftError:
 
 
 def run_sandboxed(
-    function: str,
+    function: SandboxFunction | str,
     payload: dict[str, Any],
     *,
     limits: Limits,
@@ -281,11 +269,11 @@ def run_sandboxed(
     tick: Callable[[], None] | None = None,
     poll_seconds: float = 0.1,
 ) -> Any:
-    """Run ``module:function(payload, emit)`` in a fresh child under ``limits``.
+    """Run ``function(payload, emit)`` in a fresh child under ``limits``.
 
     Args:
-        function: ``"package.module:name"``; it receives the JSON-ready ``payload`` and an
-            ``emit(dict)`` that sends progress events to the parent.
+        function: a top-level function, or ``"package.module:name"``; it receives the
+            JSON-ready ``payload`` and an ``emit(dict)`` that sends events to the parent.
         payload: JSON-ready arguments.
         limits: the child's resource limits.
         preload: modules the fork server imports once (e.g. the engine).
@@ -297,13 +285,14 @@ def run_sandboxed(
         The function's JSON-ready return value.
 
     Raises:
-        GraftError: the function raised (the same class again, by its ``type``),
-            ``TooLargeError``/``DiskFullError`` for a limit, ``InternalError`` if the child died.
+        GraftError: the function raised (as its class again), or the child died.
     """
     ctx = _context(preload)
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(
-        target=_child, args=(sender, function, payload, limits.as_dict()), daemon=True
+        target=_child,
+        args=(sender, function_ref(function), payload, limits.as_dict()),
+        daemon=True,
     )
     process.start()
     sender.close()
@@ -332,5 +321,10 @@ def run_sandboxed(
     if outcome is None:
         raise _exit_failure(process.exitcode, limits)
     if outcome["event"] == "error":
-        raise error_from_child(outcome.get("type"), outcome.get("message"))
+        raise error_from_answer(outcome)
     return outcome["result"]
+
+
+def error_from_answer(answer: dict[str, Any]) -> GraftError:
+    """The error a child's failure answer (:func:`failure_answer`) stands for, as its class."""
+    return GraftError.from_payload(answer)

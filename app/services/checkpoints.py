@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from app.db.models import LOCAL_OWNER, Checkpoint, CheckpointFile, CheckpointTensor
 from app.db.repositories import CheckpointRepository
-from app.sandbox.inspector import InspectorPool
 from app.services.errors import ConflictError, NotFoundError
+from app.services.inspector import InspectorPool
 from app.storage import BlobStore, StagedFile
 
 __all__ = [

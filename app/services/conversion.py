@@ -1,12 +1,13 @@
-"""The one seam where a request turns into a conversion: for a job's worker and for the CLI.
+"""The one seam where a request turns into a conversion, a dry run or a plan.
 
 A :class:`ConversionRequest` says what to convert (the source's files, a ``TargetSpec``, a
-recipe, :class:`~app.engine.options.WriteOptions`); a :class:`Sink` says where the results
-go. :func:`run_conversion` runs the engine either in a sandbox child with resource limits
-(jobs: the files are untrusted uploads) or in this process (the CLI, on the user's own
-files), then hands the weights, report and manifest to the sink. The request travels to
-the child as JSON and is rebuilt there as it is; the child never sees the database or the
-blob store.
+recipe, :class:`~app.engine.options.WriteOptions`; ``dry_run`` for a plan); a :class:`Sink`
+says where the results go. :func:`run_conversion` runs the engine in a one-shot sandbox
+child with resource limits (jobs: the files are untrusted uploads) or in this process (the
+CLI, on the user's own files); :func:`run_conversion_pooled` runs the same child function in
+a warm pooled child (the API's plans, answered at once). Either way the sink gets the
+weights, report and manifest. The request travels to the child as JSON and is rebuilt there
+as it is; the child never sees the database or the blob store.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from app.engine.progress import Progress, ProgressEvent, TensorCounts
 from app.engine.recipe import Recipe
 from app.engine.target import Target
 from app.engine.target_spec import ArchitectureTarget, TargetSpec
+from app.sandbox.pool import ChildPool
 from app.sandbox.runner import Limits, apply_limits, run_sandboxed
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "Sink",
     "convert_in_child",
     "run_conversion",
+    "run_conversion_pooled",
     "warm_up",
 ]
 
@@ -171,6 +174,49 @@ def run_conversion(
     return outcome
 
 
+async def run_conversion_pooled(
+    request: ConversionRequest, sink: Sink, *, pool: ChildPool
+) -> ConversionOutcome:
+    """:func:`run_conversion` in one of ``pool``'s warm children, under its limits and timeout.
+
+    For work that must answer at once and reads headers only (a dry run): no progress, and
+    the child's address space is the pool's.
+
+    Raises:
+        SandboxError: as :func:`run_conversion` in a child; ``ChildTimeoutError`` or
+            ``ChildLostError`` when the child hung or died.
+    """
+    weights = sink.weights_path(request)
+    reports = sink.reports_dir()
+    result = await pool.call(convert_in_child, _child_payload(request, weights, reports, 0))
+    outcome = _child_outcome(result)
+    sink.publish(outcome)
+    return outcome
+
+
+def _child_payload(
+    request: ConversionRequest, weights: Path | None, reports: Path | None, address_space: int
+) -> dict[str, Any]:
+    return {
+        "request": request.model_dump(mode="json"),
+        "weights": str(weights) if weights is not None else None,
+        "reports": str(reports) if reports is not None else None,
+        # Applied by the child once it knows its device: CUDA maps far more address space
+        # than it uses, so a GPU child runs without this one limit.
+        "address_space": address_space,
+    }
+
+
+def _child_outcome(result: dict[str, Any]) -> ConversionOutcome:
+    return ConversionOutcome(
+        ok=bool(result["ok"]),
+        report=result["report"],
+        manifest=result["manifest"],
+        weights=Path(result["weights"]) if result["weights"] else None,
+        device=result["device"],
+    )
+
+
 def _convert_in_sandbox(
     request: ConversionRequest,
     weights: Path | None,
@@ -179,29 +225,15 @@ def _convert_in_sandbox(
     progress: Progress | None,
     tick: Callable[[], None] | None,
 ) -> ConversionOutcome:
-    payload = {
-        "request": request.model_dump(mode="json"),
-        "weights": str(weights) if weights is not None else None,
-        "reports": str(reports) if reports is not None else None,
-        # Applied by the child once it knows its device: CUDA maps far more address space
-        # than it uses, so a GPU child runs without this one limit.
-        "address_space": limits.address_space,
-    }
     result = run_sandboxed(
-        "app.services.conversion:convert_in_child",
-        payload,
+        convert_in_child,
+        _child_payload(request, weights, reports, limits.address_space),
         limits=dataclasses.replace(limits, address_space=0),
         preload=_CHILD_PRELOAD,
         on_event=(lambda e: _relay(progress, e)) if progress is not None else None,
         tick=tick,
     )
-    return ConversionOutcome(
-        ok=bool(result["ok"]),
-        report=result["report"],
-        manifest=result["manifest"],
-        weights=Path(result["weights"]) if result["weights"] else None,
-        device=result["device"],
-    )
+    return _child_outcome(result)
 
 
 def warm_up() -> float:
@@ -212,9 +244,7 @@ def warm_up() -> float:
         Seconds it took.
     """
     started = time.monotonic()
-    run_sandboxed(
-        "app.services.conversion:ready_in_child", {}, limits=Limits(), preload=_CHILD_PRELOAD
-    )
+    run_sandboxed(ready_in_child, {}, limits=Limits(), preload=_CHILD_PRELOAD)
     return time.monotonic() - started
 
 
@@ -258,8 +288,8 @@ def convert_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], N
     from app.engine.devices import resolve_device
 
     device = resolve_device(request.options.device, index=request.device_index)
-    if device == "cpu":
-        apply_limits(Limits(address_space=int(payload.get("address_space") or 0)))
+    if device == "cpu" and payload.get("address_space"):
+        apply_limits(Limits(address_space=int(payload["address_space"])))
     request = request.model_copy(
         update={"options": dataclasses.replace(request.options, device=device)}
     )

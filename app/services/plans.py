@@ -1,8 +1,9 @@
 """Dry runs for the web app's form: the plan of a conversion, computed at once, never a job.
 
-The source (and a checkpoint target) are uploads, so the plan runs where every upload is
-read: in an inspection child, under its resource limits and its timeout. Planning reads
-headers only, so it takes about as long as an inspection.
+A plan is a dry-run :class:`~app.services.conversion.ConversionRequest`. The source (and a
+checkpoint target) are uploads, so it runs where every upload is read: in an inspection
+child, under its resource limits and its timeout. Planning reads headers only, so it takes
+about as long as an inspection.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from sqlalchemy.orm import Session
 
 from app.db.repositories import CheckpointRepository
 from app.engine.architectures import ArchitectureRef
+from app.engine.recipe import load_recipe
 from app.engine.target_spec import TargetSpec
-from app.sandbox.inspector import InspectorPool
 from app.services.checkpoints import checkpoint_files
+from app.services.conversion import ConversionRequest
 from app.services.errors import InvalidJobError, NotFoundError
+from app.services.inspector import InspectorPool
 from app.services.jobs.service import check_target, validate_recipe
 from app.storage import BlobStore
 
@@ -85,13 +88,16 @@ async def plan_conversion(
         The ``graft.report/v1`` document of the dry run.
     """
     with store.workdir() as work:
-        return await inspector.plan(
-            link_blobs(store, source_files, work / "source"),
-            target.model_dump(mode="json"),
+        request = ConversionRequest(
+            source=link_blobs(store, source_files, work / "source"),
+            target=target,
             target_files=link_blobs(store, target_files, work / "target"),
-            recipe=recipe,
-            extra=architectures,
+            recipe=load_recipe(recipe),
+            dry_run=True,
+            architectures=tuple(architectures),
         )
+        outcome = await inspector.plan(request)
+    return outcome.report
 
 
 async def inspect_checkpoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,15 @@ from app.engine.options import WriteOptions
 from app.engine.recipe import load_recipe
 from app.engine.target import skeleton_from_module
 from app.engine.target_spec import parse_target_spec
+from app.sandbox.pool import ChildPool
 from app.sandbox.runner import Limits
-from app.services.conversion import ConversionOutcome, ConversionRequest, PathSink, run_conversion
+from app.services.conversion import (
+    ConversionOutcome,
+    ConversionRequest,
+    PathSink,
+    run_conversion,
+    run_conversion_pooled,
+)
 from tests.engine._models import SmallNet, save_sd
 
 RECIPE = {
@@ -105,3 +113,18 @@ def test_an_engine_refusal_in_the_child_keeps_its_type(tmp_path: Path) -> None:
     with pytest.raises(UnreadableCheckpointError) as caught:
         run_conversion(request, FolderSink(tmp_path), limits=Limits())
     assert caught.value.type == "unreadable-checkpoint"
+
+
+def test_a_pooled_dry_run_reports_as_a_one_shot_one(tmp_path: Path) -> None:
+    request = _request(tmp_path, dry_run=True)
+    one_shot = run_conversion(request, PathSink(None), limits=Limits())
+
+    async def pooled() -> ConversionOutcome:
+        pool = ChildPool(size=1, timeout=60.0)
+        try:
+            return await run_conversion_pooled(request, PathSink(None), pool=pool)
+        finally:
+            await pool.close()
+
+    outcome = asyncio.run(pooled())
+    assert outcome == one_shot and outcome.weights is None

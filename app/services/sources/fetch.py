@@ -24,7 +24,7 @@ from app.net.outbound import OutboundRefusedError
 from app.registry.download import DownloadedFile
 from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
-from app.sandbox.runner import Limits, error_from_child, run_sandboxed
+from app.sandbox.runner import Limits, run_sandboxed
 from app.services.checkpoints import checkpoint_files, publish_checkpoint
 from app.services.errors import InvalidJobError, ServiceError
 from app.services.sources.http import fetch_url
@@ -84,7 +84,7 @@ def _download(ref: SourceRef, folder: Path, config: RegistryConfig) -> tuple[lis
 def _inspect(files: list[DownloadedFile], limits: Limits, max_tensors: int | None) -> Any:
     try:
         answer = run_sandboxed(
-            "app.sandbox.inspector:inspect_in_child",
+            "app.services.inspection:inspect_in_child",
             {"files": [str(f.path) for f in files], "entry": "auto", "max_tensors": max_tensors},
             limits=limits,
             preload=("app.engine.readers",),
@@ -92,9 +92,9 @@ def _inspect(files: list[DownloadedFile], limits: Limits, max_tensors: int | Non
     except GraftError as exc:
         raise UnreadableCheckpointError(f"inspection failed: {exc.message}") from exc
     if not answer.get("ok"):
-        raise error_from_child(
-            answer.get("type", UnreadableCheckpointError.type),
-            f"the fetched source was refused: {answer.get('message')}",
+        raise GraftError.from_payload(
+            {**answer, "message": f"the fetched source was refused: {answer.get('message')}"},
+            default=UnreadableCheckpointError.type,
         )
     return answer["result"]
 

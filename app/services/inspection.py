@@ -1,0 +1,104 @@
+"""What an inspection child runs: read a checkpoint's headers, list or bind architectures.
+
+These run in sandbox children only, never in the API process: pooled ones (the API's
+:class:`~app.services.inspector.InspectorPool`), or a one-shot one (a worker fetching a
+source by reference). They import the engine alone, so a child pays no other import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from app.engine.architectures import ArchitectureRef
+from app.engine.errors import GraftError, UnreadableCheckpointError
+from app.errors import InternalError
+from app.sandbox.runner import describe_failure, failure_answer
+
+__all__ = ["architectures_in_child", "bind_in_child", "inspect_in_child"]
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+@contextlib.contextmanager
+def _unexpected_is_unreadable() -> Iterator[None]:
+    """A limit keeps its type; an engine bug reading a file means the file is unreadable."""
+    try:
+        yield
+    except GraftError:
+        raise
+    except Exception as exc:
+        if not isinstance(describe_failure(exc), InternalError):
+            raise
+        logger.exception("inspection failed")
+        raise UnreadableCheckpointError(f"cannot read: {exc}") from exc
+
+
+def _extra(payload: dict[str, Any]) -> tuple[ArchitectureRef, ...]:
+    """The payload's architecture triples, back from JSON's lists."""
+    return tuple((name, module, attr) for name, module, attr in payload.get("extra") or ())
+
+
+def architectures_in_child(payload: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
+    """The engine's registered architectures, with ``payload["extra"]`` ones."""
+    from app.engine.architectures import describe_architectures
+
+    with _unexpected_is_unreadable():
+        return describe_architectures(_extra(payload))
+
+
+def bind_in_child(payload: dict[str, Any], emit: Emit) -> None:
+    """Bind ``payload["name"]`` with ``payload["kwargs"]`` (an error says what is wrong)."""
+    from app.engine.architectures import bind_architecture
+
+    with _unexpected_is_unreadable():
+        bind_architecture(payload["name"], payload.get("kwargs"), extra=_extra(payload))
+
+
+def _summary(payload: dict[str, Any]) -> dict[str, Any]:
+    from app.engine.readers import inspect_source
+
+    files = [Path(p) for p in payload["files"]]
+    names = payload.get("names") or [p.name for p in files]
+    source: Path | dict[str, Path] = (
+        files[0] if len(files) == 1 else dict(zip(names, files, strict=True))
+    )
+    summary: dict[str, Any] = inspect_source(source, entry=payload.get("entry", "auto"))
+    return summary
+
+
+def inspect_in_child(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    """Inspect ``payload["files"]`` (``names``, ``entry``, ``max_tensors`` optional).
+
+    Returns:
+        ``{"ok": True, "result": summary}`` or ``{"ok": False, "type", "message"}``: a
+        refusal is an answer, so a one-shot child and a pooled one report it alike.
+    """
+    del emit  # inspection reports no progress
+    try:
+        with _unexpected_is_unreadable():
+            summary = _summary(payload)
+    except Exception as exc:
+        return {"ok": False, **failure_answer(exc)}
+    if not summary["tensors"]:
+        # An upload is only worth a record if it holds weights: an empty header, or a
+        # pickle of an empty dict, is refused like any unreadable file.
+        return {
+            "ok": False,
+            "type": "unreadable-checkpoint",
+            "message": "the checkpoint holds no tensors",
+        }
+    cap = payload.get("max_tensors")
+    if cap is not None and len(summary["tensors"]) > cap:
+        return {
+            "ok": False,
+            "type": "too-large",
+            "message": f"the checkpoint holds {len(summary['tensors'])} tensors; "
+            f"this service accepts at most {cap} (GRAFT_MAX_TENSORS)",
+        }
+    return {"ok": True, "result": summary}

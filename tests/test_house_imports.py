@@ -1,9 +1,11 @@
 """The house's import rules, for every file under ``app/`` (STYLE: "A test holds these lines").
 
-Imports point one way: ``api``, executors (``worker``, ``executors``) and ``cli`` -> ``services`` ->
-``engine``, ``db``, ``storage``, ``sandbox``. The engine is pure; the sandbox imports only
-the engine; executors and the CLI reach conversions only through the job-execution service;
-routes never touch the database themselves.
+Imports point one way: ``api``, ``executors`` (with ``worker``, its thin ``python -m`` entry)
+and ``cli`` -> ``services`` -> ``engine``, ``db``, ``storage``, ``sandbox``. The engine is pure;
+the sandbox is generic (it runs a function in a limited child and knows no use case: it
+imports nothing of the app but the error base); executors own job running (no one else holds
+a lease or executes a job); routes never touch the database themselves; there is one error
+root (``app/errors.py``, importing nothing of the app).
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ RULES = {
             "app.sandbox", "app.registry", "app.zoo", *OUTER,
         ),
     ),
-    # The sandbox runs engine code in children: it knows nothing above the engine.
+    # The sandbox is generic: it runs a function in a limited child process and knows no
+    # use case, so nothing of the app but the one error base.
     "sandbox": (
         ("sandbox",),
-        ("fastapi", "sqlalchemy", "app.config", "app.db", "app.services", "app.storage", *OUTER),
+        ("fastapi", "sqlalchemy", "torch", "app.config", "app.db", "app.engine", "app.services",
+         "app.storage", "app.registry", "app.net", "app.zoo", *OUTER),
     ),
     # The registry client and the outbound guard: httpx only, no service, database or web.
     "registry": (
@@ -93,8 +97,17 @@ RULES = {
     "services": (("services",), ("celery", "kombu", *OUTER)),
     # Tables and queries know nothing of use cases or HTTP.
     "db": (("db",), ("fastapi", "app.services", "app.sandbox", *OUTER)),
-    # Executors and the CLI reach a conversion only through the job-execution service.
-    "worker": (("worker",), ("app.engine.pipeline", "app.sandbox.runner.run_sandboxed")),
+    # Executors own job running: nothing else holds a lease or runs a job's execution, and
+    # ``app.worker`` is only the ``python -m app.worker`` entry into the local executor.
+    "executors-own-jobs": (
+        ("api",),
+        ("app.executors.lease", "app.executors.runtime", "app.services.jobs.execution"),
+    ),
+    "services-run-no-jobs": (
+        ("services",),
+        ("app.executors", "app.services.jobs.execution.execute_job"),
+    ),
+    "worker": (("worker",), ("app.engine", "app.services", "app.sandbox", "app.db")),
     "executors": (
         ("executors",),
         ("fastapi", "app.api", "app.cli", "app.engine.pipeline",
@@ -135,3 +148,5 @@ def test_the_scanner_sees_every_import_form() -> None:
         "app.engine.pipeline",
         "app.engine.pipeline.convert",
     ]
+    sandbox = parse_imports("from app.services.inspection import x\n", ["app", "sandbox"])
+    assert [m for m in sandbox if _under(m, RULES["sandbox"][1])] != []

@@ -41,7 +41,7 @@ def _functions(tree: ast.AST) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef
 
 def _parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     args = node.args
-    named = [a for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+    named = [*args.posonlyargs, *args.args, *args.kwonlyargs]
     count = len([a for a in named if a.arg not in ("self", "cls")])
     return count + (args.vararg is not None) + (args.kwarg is not None)
 

@@ -250,11 +250,17 @@ async def _receive_raw(
     await pipe.drain()
 
 
-async def _receive_multipart(
-    request: Request, receiver: _Receiver, boundary: bytes, pace: UploadPace
-) -> None:
-    # The parser's callbacks are synchronous: they only record; the loop below does the I/O.
-    events: list[tuple[str, bytes]] = []
+def _multipart_parser(boundary: bytes, events: list[tuple[str, bytes]]) -> MultipartParser:
+    """Build a parser whose callbacks only record `(kind, data)` events.
+
+    Args:
+        boundary: The multipart boundary from the Content-Type header.
+        events: The list the callbacks append to: `begin` (with the part's
+            Content-Disposition), `data` and `end`.
+
+    Returns:
+        The parser, ready to be written to.
+    """
     header: dict[str, bytes] = {"field": b"", "value": b""}
     headers: dict[bytes, bytes] = {}
 
@@ -278,7 +284,7 @@ async def _receive_multipart(
     def on_part_end() -> None:
         events.append(("end", b""))
 
-    parser = MultipartParser(
+    return MultipartParser(
         boundary,
         {
             "on_header_field": on_header_field,
@@ -289,6 +295,14 @@ async def _receive_multipart(
             "on_part_end": on_part_end,
         },
     )
+
+
+async def _receive_multipart(
+    request: Request, receiver: _Receiver, boundary: bytes, pace: UploadPace
+) -> None:
+    # The parser's callbacks are synchronous: they only record; the loop below does the I/O.
+    events: list[tuple[str, bytes]] = []
+    parser = _multipart_parser(boundary, events)
     part = _Part()
     pipe: _Pipe | None = None
     body = 0

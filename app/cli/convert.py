@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,42 +24,59 @@ from app.engine.options import WriteOptions
 __all__ = ["convert", "plan"]
 
 
-def _run(
-    source: list[Path],
-    target: str,
-    recipe: Path | None,
-    *,
-    output: Path | None,
-    report_path: Path | None,
-    json_: bool,
-    target_kwargs: str | None,
-    dry_run: bool,
-    options: WriteOptions,
-    source_architecture: Any = None,
-) -> None:
+@dataclass(frozen=True)
+class _RunOptions:
+    """What one ``plan`` or ``convert`` invocation asks for, parsed from its options.
+
+    Attributes:
+        source: The source checkpoint paths.
+        target: The target as typed (``arch:NAME``, a skeleton file, ...).
+        recipe: The recipe file, or None for the default.
+        output: Where to write the weights (None for a dry run).
+        report_path: Where to also write the JSON report, if anywhere.
+        json_: Print the report as JSON rather than text.
+        target_kwargs: The target's JSON kwargs, as typed.
+        dry_run: Plan from headers alone; write nothing.
+        options: The write options.
+        source_architecture: The source's architecture spec, for a parity check.
+    """
+
+    source: list[Path]
+    target: str
+    recipe: Path | None
+    output: Path | None
+    report_path: Path | None
+    json_: bool
+    target_kwargs: str | None
+    dry_run: bool
+    options: WriteOptions
+    source_architecture: Any = None
+
+
+def _run(run: _RunOptions) -> None:
     from app.config import get_settings
     from app.engine.recipe import load_recipe
     from app.engine.report import Report, render_text
     from app.services.conversion import ConversionRequest, PathSink, run_conversion
 
-    parsed = load_recipe(recipe)
-    spec, files = target_spec(target, target_kwargs)
+    parsed = load_recipe(run.recipe)
+    spec, files = target_spec(run.target, run.target_kwargs)
     request = ConversionRequest(
-        source=source,
+        source=run.source,
         target=spec,
         target_files=files,
         recipe=parsed,
-        options=options,
-        dry_run=dry_run,
-        source_architecture=source_architecture,
+        options=run.options,
+        dry_run=run.dry_run,
+        source_architecture=run.source_architecture,
         architectures=get_settings().architectures,
     )
     with TerminalProgress() as progress:
         # In this process: the CLI reads the user's own files, with the restricted reader.
         result = run_conversion(
-            request, PathSink(output, report_path), limits=None, progress=progress
+            request, PathSink(run.output, run.report_path), limits=None, progress=progress
         )
-    text = json.dumps(result.report, indent=2) + "\n" if json_ else render_text(result.report)
+    text = json.dumps(result.report, indent=2) + "\n" if run.json_ else render_text(result.report)
     typer.echo(text, nl=False)
     warnings = Report.from_json(result.report).warnings
     # The loud ones first: a conversion that fed little of the target, then rules that missed.
@@ -131,15 +149,17 @@ def plan(
 ) -> None:
     """Dry run: the report of what convert would do, from headers alone."""
     _run(
-        [source],
-        target,
-        recipe,
-        output=None,
-        report_path=report,
-        json_=json_,
-        target_kwargs=target_kwargs,
-        dry_run=True,
-        options=WriteOptions(),
+        _RunOptions(
+            source=[source],
+            target=target,
+            recipe=recipe,
+            output=None,
+            report_path=report,
+            json_=json_,
+            target_kwargs=target_kwargs,
+            dry_run=True,
+            options=WriteOptions(),
+        )
     )
 
 
@@ -186,14 +206,16 @@ def convert(
         source_digest="sha256" if sha256 else ("blake3" if verify else "none"),
     )
     _run(
-        [source],
-        target,
-        recipe,
-        output=output,
-        report_path=report,
-        json_=json_,
-        target_kwargs=target_kwargs,
-        dry_run=False,
-        options=options,
-        source_architecture=source_architecture,
+        _RunOptions(
+            source=[source],
+            target=target,
+            recipe=recipe,
+            output=output,
+            report_path=report,
+            json_=json_,
+            target_kwargs=target_kwargs,
+            dry_run=False,
+            options=options,
+            source_architecture=source_architecture,
+        )
     )

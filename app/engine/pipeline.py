@@ -33,9 +33,27 @@ if TYPE_CHECKING:
     from app.engine.architectures import BoundArchitecture
     from app.engine.verify import ModelCheck
 
-__all__ = ["ConversionResult", "convert"]
+__all__ = ["ConversionResult", "KnownSource", "convert"]
 
 SourcePath = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path]
+
+
+@dataclass(frozen=True)
+class KnownSource:
+    """What the caller already knows of the source, beyond its files.
+
+    Attributes:
+        sha256: the source's digest when the caller already knows it (the service hashes
+            uploads as they stream in); otherwise ``options.source_digest`` says which
+            digest identifies the source (BLAKE3 by default), computed in a thread beside
+            the copy. A dry run never hashes: planning reads headers only.
+        architecture: the architecture the source checkpoint belongs to (see
+            ``app.engine.architectures.bind_architecture``). With an architecture target and
+            a recipe that only renamed keys, both models run and must agree (allclose).
+    """
+
+    sha256: str | None = None
+    architecture: BoundArchitecture | None = None
 
 
 @dataclass
@@ -65,8 +83,7 @@ def convert(
     options: WriteOptions = WriteOptions(),  # noqa: B008 - frozen, so one shared default is safe
     dry_run: bool = False,
     progress: Progress | None = None,
-    source_sha256: str | None = None,
-    source_architecture: BoundArchitecture | None = None,
+    known: KnownSource = KnownSource(),
 ) -> ConversionResult:
     """Convert ``source`` into ``target`` following ``recipe``.
 
@@ -80,13 +97,8 @@ def convert(
             sharding, verification, byte copy); see :class:`WriteOptions`.
         dry_run: plan and report only; no tensor data is read.
         progress: called with a ``ProgressEvent`` as the conversion moves on.
-        source_sha256: the source's digest when the caller already knows it (the service
-            hashes uploads as they stream in); otherwise ``options.source_digest`` says which
-            digest identifies the source (BLAKE3 by default), computed in a thread beside
-            the copy. A dry run never hashes: planning reads headers only.
-        source_architecture: the architecture the source checkpoint belongs to (see
-            ``app.engine.architectures.bind_architecture``). With an architecture target and
-            a recipe that only renamed keys, both models run and must agree (allclose).
+        known: what the caller already knows of the source: its sha256 and the
+            architecture it belongs to (see :class:`KnownSource`).
 
     Returns:
         The result. A policy refusal gives ``ok=False`` and a report, and writes nothing.
@@ -101,13 +113,13 @@ def convert(
         plan = build_plan(src, target, recipe, dtype=options.dtype)
         manifest = build_manifest(plan, target, recipe).to_json()
         if dry_run or not plan.ok or output is None:
-            report = build_report(plan, src, target, source_sha256=source_sha256)
+            report = build_report(plan, src, target, source_sha256=known.sha256)
             return ConversionResult(report.ok and plan.ok, report.to_json(), manifest, None)
         # The one place the device is named; it resolves on first use (a byte-copy
         # conversion never does, so it never imports torch).
         device = Device(options.device)
         producer = Producer(src, target, recipe.seed, device)
-        identity = _identity(src, options, source_sha256)
+        identity = _identity(src, options, known.sha256)
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The source's identity is hashed beside the copy (the copy runs in the kernel
             # and BLAKE3 releases the GIL); the output's metadata waits for it.
@@ -123,7 +135,7 @@ def convert(
             )
         model = None
         if options.verify:
-            model = _verify_on_model(Path(output), plan, producer, source_architecture, progress)
+            model = _verify_on_model(Path(output), plan, producer, known.architecture, progress)
         kind = identity[0] if identity else None
         report = build_report(
             plan,

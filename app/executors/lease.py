@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from app.db.base import utcnow
 from app.db.models import Artifact, JobStatus
-from app.db.repositories import ArtifactRepository, JobRepository
+from app.db.repositories import ArtifactRepository, JobEnd, JobRepository
 from app.db.session import Database
 from app.engine.progress import ProgressEvent
 from app.errors import InternalError
@@ -139,14 +139,16 @@ def _finish(database: Database, job_id: str, owner: str, outcome: JobOutcome) ->
             job_id,
             owner=owner,
             now=utcnow(),
-            status=outcome.status,
-            ok=outcome.ok,
-            error_type=outcome.error_type,
-            error_message=outcome.error_message,
-            device=outcome.device,
-            source_id=outcome.source_id,
-            result=outcome.result,
-            warnings=outcome.warnings,
+            end=JobEnd(
+                status=outcome.status,
+                ok=outcome.ok,
+                error_type=outcome.error_type,
+                error_message=outcome.error_message,
+                device=outcome.device,
+                source_id=outcome.source_id,
+                result=outcome.result,
+                warnings=outcome.warnings,
+            ),
         )
         if not held:
             logger.warning("job %s: lease lost before completion; result discarded", job_id)

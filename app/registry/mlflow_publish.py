@@ -27,7 +27,13 @@ from pathlib import Path
 from app.registry.errors import InvalidReferenceError, RegistryError, RegistryNotFoundError
 from app.registry.mlflow import MlflowClient, ModelVersion, validate_alias
 
-__all__ = ["ARTIFACT_FOLDER", "RegisteredVersion", "find_job_version", "register_version"]
+__all__ = [
+    "ARTIFACT_FOLDER",
+    "RegisteredVersion",
+    "VersionRequest",
+    "find_job_version",
+    "register_version",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,23 +141,11 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             raise
 
 
-def register_version(
-    client: MlflowClient,
-    *,
-    name: str,
-    job_id: str,
-    weights: Sequence[Path],
-    report: Path,
-    manifest: Path,
-    source_sha256: str,
-    alias: str | None = None,
-    tags: Mapping[str, str] | None = None,
-    experiment: str = "graft",
-) -> RegisteredVersion:
-    """Log a job's result to MLflow and register it as a version of ``name``, once.
+@dataclass(frozen=True)
+class VersionRequest:
+    """One job's result to register as a version of a registered model.
 
-    Args:
-        client: the registry.
+    Attributes:
         name: the registered model.
         job_id: the job; the idempotency key (tag ``graft.job_id``).
         weights: ``model.safetensors``, or the shards and their ``*.index.json``; uploaded
@@ -162,6 +156,25 @@ def register_version(
         alias: moved to the version; ``latest`` and ``v<N>`` are refused.
         tags: more version tags; ``graft.*`` keys are Graft's and are refused here.
         experiment: where the run is logged (``GRAFT_MLFLOW_EXPERIMENT``).
+    """
+
+    name: str
+    job_id: str
+    weights: Sequence[Path]
+    report: Path
+    manifest: Path
+    source_sha256: str
+    alias: str | None = None
+    tags: Mapping[str, str] | None = None
+    experiment: str = "graft"
+
+
+def register_version(client: MlflowClient, request: VersionRequest) -> RegisteredVersion:
+    """Log a job's result to MLflow and register it as a version of ``name``, once.
+
+    Args:
+        client: the registry.
+        request: what to register, under which name, alias and tags.
 
     Returns:
         The version, with ``created`` False when a previous attempt had registered it.
@@ -172,7 +185,8 @@ def register_version(
         RegistryUnavailableError: MLflow failed; the whole call is safe to repeat.
         RegistryError: MLflow refused a request.
     """
-    extra = _checked_inputs(alias, tags, weights)
+    name, job_id, alias = request.name, request.job_id, request.alias
+    extra = _checked_inputs(alias, request.tags, request.weights)
     existing = find_job_version(client, name=name, job_id=job_id)
     if existing is not None:
         logger.info("job %s already registered %s; not registering again", job_id, existing.uri)
@@ -180,17 +194,17 @@ def register_version(
             _set_alias(client, name, alias, existing.version)
         return RegisteredVersion(name, existing.version, existing.run_id, created=False)
 
-    uploads = [(p.name, p) for p in weights] + [
-        ("report.json", report),
-        ("manifest.json", manifest),
+    uploads = [(p.name, p) for p in request.weights] + [
+        ("report.json", request.report),
+        ("manifest.json", request.manifest),
     ]
-    run_id, folder = _log_finished_run(client, experiment, job_id, uploads)
+    run_id, folder = _log_finished_run(client, request.experiment, job_id, uploads)
     _ensure_registered_model(client, name)
     version_tags = {
         **extra,
         JOB_TAG: job_id,
-        "graft.source_sha256": source_sha256,
-        "graft.report_sha256": _sha256(report),
+        "graft.source_sha256": request.source_sha256,
+        "graft.report_sha256": _sha256(request.report),
     }
     version = _create_version(client, name, job_id, run_id, folder, version_tags)
     if alias is not None:

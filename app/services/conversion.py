@@ -314,7 +314,7 @@ def _convert(
 ) -> ConversionOutcome:
     """Build the target, convert, write the reports: where the work runs."""
     from app.engine.architectures import bind_architecture
-    from app.engine.pipeline import convert
+    from app.engine.pipeline import KnownSource, convert
 
     source_arch = None
     if request.source_architecture is not None:
@@ -335,8 +335,7 @@ def _convert(
             options=request.options,
             dry_run=request.dry_run,
             progress=progress,
-            source_sha256=request.source_sha256,
-            source_architecture=source_arch,
+            known=KnownSource(sha256=request.source_sha256, architecture=source_arch),
         )
     if reports is not None:
         from app.engine.report import render_text

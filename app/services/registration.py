@@ -17,7 +17,7 @@ from app.errors import InternalError
 from app.net.outbound import OutboundRefusedError
 from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
-from app.registry.mlflow_publish import register_version
+from app.registry.mlflow_publish import VersionRequest, register_version
 from app.services.errors import InvalidJobError, ServiceError
 from app.services.sources.fetch import registry_failure
 from app.services.sources.references import RegisterSpec, RegistryConfig
@@ -72,15 +72,17 @@ def register_result(
         ) as client:
             done = register_version(
                 client,
-                name=spec.name,
-                job_id=job_id,
-                weights=[folder / paths["weights"]],
-                report=folder / paths["report"],
-                manifest=folder / paths["manifest"],
-                source_sha256=source_sha256,
-                alias=spec.alias,
-                tags=spec.tags,
-                experiment=config.experiment,
+                VersionRequest(
+                    name=spec.name,
+                    job_id=job_id,
+                    weights=[folder / paths["weights"]],
+                    report=folder / paths["report"],
+                    manifest=folder / paths["manifest"],
+                    source_sha256=source_sha256,
+                    alias=spec.alias,
+                    tags=spec.tags,
+                    experiment=config.experiment,
+                ),
             )
     except (OutboundRefusedError, RegistryError, ServiceError, InvalidJobError) as exc:
         raise registry_failure(exc, f"registering the result as {spec.name}") from exc

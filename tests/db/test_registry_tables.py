@@ -13,7 +13,12 @@ from alembic import command
 from app.db.base import utcnow
 from app.db.migrate import alembic_config, upgrade
 from app.db.models import Job, JobStatus, MlflowDelivery, Pipeline
-from app.db.repositories import DeliveryRepository, JobRepository, PipelineRepository
+from app.db.repositories import (
+    DeliveryRepository,
+    JobEnd,
+    JobRepository,
+    PipelineRepository,
+)
 from app.db.session import Database
 
 
@@ -72,7 +77,10 @@ def test_finish_records_the_fetched_source_and_the_registry_result(
     result = {"registry": {"uri": "models:/out/3", "version": "3"}, "source_version": "1"}
     with any_database.transaction() as session:
         assert JobRepository(session).finish(
-            job_id, owner="w", now=now, status=JobStatus.succeeded, ok=True, result=result
+            job_id,
+            owner="w",
+            now=now,
+            end=JobEnd(status=JobStatus.succeeded, ok=True, result=result),
         )
     with any_database.transaction() as session:
         job = JobRepository(session).get(job_id)

@@ -9,7 +9,7 @@ from sqlalchemy import inspect, text
 
 from app.db.base import utcnow
 from app.db.models import Checkpoint, CheckpointFile, Job, JobStatus
-from app.db.repositories import CheckpointRepository, JobRepository
+from app.db.repositories import CheckpointRepository, JobEnd, JobRepository
 from app.db.session import Database
 
 
@@ -120,8 +120,12 @@ def test_expired_lease_is_reclaimed_and_old_owner_cannot_finish(any_database: Da
         repo = JobRepository(session)
         assert repo.claim(owner="alive", now=later, lease_seconds=30) == job_id
         assert repo.heartbeat(job_id, owner="dead", now=later, lease_seconds=30) == (False, False)
-        assert not repo.finish(job_id, owner="dead", now=later, status=JobStatus.succeeded)
-        assert repo.finish(job_id, owner="alive", now=later, status=JobStatus.succeeded, ok=True)
+        assert not repo.finish(
+            job_id, owner="dead", now=later, end=JobEnd(status=JobStatus.succeeded)
+        )
+        assert repo.finish(
+            job_id, owner="alive", now=later, end=JobEnd(status=JobStatus.succeeded, ok=True)
+        )
     with any_database.transaction(write=False) as session:
         job = JobRepository(session).get(job_id)
         assert job is not None

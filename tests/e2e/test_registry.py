@@ -26,7 +26,7 @@ from torch import nn
 
 from app.net.outbound import OutboundPolicy
 from app.registry.mlflow import MlflowClient
-from app.registry.mlflow_publish import register_version
+from app.registry.mlflow_publish import VersionRequest, register_version
 from tests.e2e.conftest import Server
 from tests.e2e.helpers import until
 from tests.mlflowserver import free_port, running_mlflow
@@ -93,13 +93,15 @@ def _seed(
     (folder / "manifest.json").write_text("{}")
     done = register_version(
         registry,
-        name=name,
-        job_id=f"seed-{uuid.uuid4().hex}",
-        weights=[weights],
-        report=folder / "report.json",
-        manifest=folder / "manifest.json",
-        source_sha256="00" * 32,
-        alias=alias,
+        VersionRequest(
+            name=name,
+            job_id=f"seed-{uuid.uuid4().hex}",
+            weights=[weights],
+            report=folder / "report.json",
+            manifest=folder / "manifest.json",
+            source_sha256="00" * 32,
+            alias=alias,
+        ),
     )
     return done.version
 

@@ -21,7 +21,7 @@ from app.engine.architectures import (
 )
 from app.engine.errors import InvalidTargetError
 from app.engine.options import WriteOptions
-from app.engine.pipeline import ConversionResult, convert
+from app.engine.pipeline import ConversionResult, KnownSource, convert
 from app.engine.recipe import load_recipe
 from app.engine.target import Target
 
@@ -269,7 +269,7 @@ def test_a_pure_rename_between_two_architectures_keeps_the_function(tmp_path: Pa
         target,
         {"rename": A_TO_B, "strict": True},
         tmp_path / "b.safetensors",
-        source_architecture=bind_architecture("tiny_a", extra=PAIR),
+        known=KnownSource(architecture=bind_architecture("tiny_a", extra=PAIR)),
     )
     assert result.ok
     assert result.report["summary"]["loaded"] == 9 and result.report["unused"] == []
@@ -295,7 +295,7 @@ def test_equivalence_catches_a_rename_that_swaps_two_tensors(tmp_path: Path) -> 
         Target.from_architecture("tiny_b", extra=PAIR),
         {"rename": swap},
         tmp_path / "b.safetensors",
-        source_architecture=bind_architecture("tiny_a", extra=PAIR),
+        known=KnownSource(architecture=bind_architecture("tiny_a", extra=PAIR)),
     )
     equivalence = result.report["verification"]["equivalence"]
     assert result.ok is False and result.report["ok"] is False
@@ -315,7 +315,7 @@ def test_equivalence_is_not_claimed_when_the_recipe_did_more_than_rename(tmp_pat
         Target.from_architecture("tiny_b", {"num_classes": 5}, extra=PAIR),
         {"rename": A_TO_B, "adapt": [{"match": "classifier.*", "op": "resize", "fill": "zeros"}]},
         tmp_path / "b.safetensors",
-        source_architecture=bind_architecture("tiny_a", extra=PAIR),
+        known=KnownSource(architecture=bind_architecture("tiny_a", extra=PAIR)),
     )
     assert result.ok
     assert result.report["verification"]["equivalence"] == {
@@ -375,7 +375,7 @@ def test_half_precision_output_is_checked_in_float32_on_cpu(tmp_path: Path) -> N
         Target.from_architecture("graft_bert", bert),
         {"dtype": "bfloat16"},
         tmp_path / "half.safetensors",
-        source_architecture=bind_architecture("graft_bert", bert),
+        known=KnownSource(architecture=bind_architecture("graft_bert", bert)),
     )
     verification = result.report["verification"]
     assert result.ok

@@ -25,7 +25,7 @@ from app.registry.errors import (
     RegistryUnavailableError,
 )
 from app.registry.mlflow import MlflowClient
-from app.registry.mlflow_publish import find_job_version, register_version
+from app.registry.mlflow_publish import VersionRequest, find_job_version, register_version
 from tests.mlflowserver import free_port, running_mlflow
 
 logger = logging.getLogger(__name__)
@@ -68,14 +68,16 @@ def test_register_then_fetch_by_version_and_alias(client: MlflowClient, tmp_path
     report = tmp_path / "out" / "report.json"
     done = register_version(
         client,
-        name="tiny",
-        job_id="job-1",
-        weights=[weights],
-        report=report,
-        manifest=tmp_path / "out" / "manifest.json",
-        source_sha256=SOURCE_SHA,
-        alias="prod",
-        tags={"team": "vision"},
+        VersionRequest(
+            name="tiny",
+            job_id="job-1",
+            weights=[weights],
+            report=report,
+            manifest=tmp_path / "out" / "manifest.json",
+            source_sha256=SOURCE_SHA,
+            alias="prod",
+            tags={"team": "vision"},
+        ),
     )
     assert (done.version, done.created, done.uri) == ("1", True, "models:/tiny/1")
 
@@ -115,14 +117,14 @@ def test_retry_never_registers_twice_and_alias_moves(client: MlflowClient, tmp_p
         "source_sha256": SOURCE_SHA,
         "alias": "champion",
     }
-    first = register_version(client, job_id="job-a", **kwargs)  # type: ignore[arg-type]
-    again = register_version(client, job_id="job-a", **kwargs)  # type: ignore[arg-type]
+    first = register_version(client, VersionRequest(job_id="job-a", **kwargs))  # type: ignore[arg-type]
+    again = register_version(client, VersionRequest(job_id="job-a", **kwargs))  # type: ignore[arg-type]
     assert (first.version, first.created) == ("1", True)
     assert (again.version, again.created, again.run_id) == ("1", False, first.run_id)
     listed = client.call("GET", "model-versions/search", params={"filter": "name='retried'"})
     assert len(listed["model_versions"]) == 1
 
-    other = register_version(client, job_id="job-b", **kwargs)  # type: ignore[arg-type]
+    other = register_version(client, VersionRequest(job_id="job-b", **kwargs))  # type: ignore[arg-type]
     assert (other.version, other.created) == ("2", True)
     assert client.resolve("models:/retried@champion").version == "2"
     found = find_job_version(client, name="retried", job_id="job-a")
@@ -136,12 +138,14 @@ def test_sharded_set_round_trip(client: MlflowClient, tmp_path: Path) -> None:
     index.write_text(json.dumps({"weight_map": {"w": names[0]}}))
     register_version(
         client,
-        name="sharded",
-        job_id="job-s",
-        weights=[index, *paths.values()],
-        report=tmp_path / "out" / "report.json",
-        manifest=tmp_path / "out" / "manifest.json",
-        source_sha256=SOURCE_SHA,
+        VersionRequest(
+            name="sharded",
+            job_id="job-s",
+            weights=[index, *paths.values()],
+            report=tmp_path / "out" / "report.json",
+            manifest=tmp_path / "out" / "manifest.json",
+            source_sha256=SOURCE_SHA,
+        ),
     )
     (tmp_path / "in").mkdir()
     fetched = client.fetch_model("models:/sharded/1", tmp_path / "in", max_bytes=10**6)
@@ -154,12 +158,14 @@ def test_several_checkpoints_need_a_path(client: MlflowClient, tmp_path: Path) -
     paths = _result(tmp_path / "out", "a.safetensors", "b.safetensors")
     register_version(
         client,
-        name="two",
-        job_id="job-2",
-        weights=list(paths.values()),
-        report=tmp_path / "out" / "report.json",
-        manifest=tmp_path / "out" / "manifest.json",
-        source_sha256=SOURCE_SHA,
+        VersionRequest(
+            name="two",
+            job_id="job-2",
+            weights=list(paths.values()),
+            report=tmp_path / "out" / "report.json",
+            manifest=tmp_path / "out" / "manifest.json",
+            source_sha256=SOURCE_SHA,
+        ),
     )
     (tmp_path / "in").mkdir()
     with pytest.raises(InvalidReferenceError, match="holds 2 checkpoints"):
@@ -176,13 +182,15 @@ def test_reserved_aliases_are_refused(client: MlflowClient, tmp_path: Path, alia
     with pytest.raises(InvalidReferenceError, match="reserved by MLflow"):
         register_version(
             client,
-            name="reserved",
-            job_id="job-r",
-            weights=list(paths.values()),
-            report=tmp_path / "out" / "report.json",
-            manifest=tmp_path / "out" / "manifest.json",
-            source_sha256=SOURCE_SHA,
-            alias=alias,
+            VersionRequest(
+                name="reserved",
+                job_id="job-r",
+                weights=list(paths.values()),
+                report=tmp_path / "out" / "report.json",
+                manifest=tmp_path / "out" / "manifest.json",
+                source_sha256=SOURCE_SHA,
+                alias=alias,
+            ),
         )
     assert find_job_version(client, name="reserved", job_id="job-r") is None
     # MLflow itself refuses them too; its message comes through as a registry error.

@@ -19,7 +19,32 @@ from app.db.models import (
 )
 from app.db.repositories._page import page
 
-__all__ = ["JobClaim", "JobRepository"]
+__all__ = ["JobClaim", "JobEnd", "JobRepository"]
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job ended, as :meth:`JobRepository.finish` records it.
+
+    Attributes:
+        status: The terminal status.
+        ok: The report's verdict, when there is a report.
+        error_type: Why it failed: a problem type slug.
+        error_message: Why it failed: one line.
+        device: Where the conversion ran.
+        source_id: The checkpoint a source by reference was recorded as.
+        result: ``{"registry": {"uri", "version"}, "source_version": V}``, as far as known.
+        warnings: The report's warnings (None when there is no report).
+    """
+
+    status: JobStatus
+    ok: bool | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    device: str | None = None
+    source_id: str | None = None
+    result: dict[str, Any] | None = None
+    warnings: list[str] | None = None
 
 
 class JobRepository:
@@ -287,43 +312,36 @@ class JobRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def finish(
-        self,
-        job_id: str,
-        *,
-        owner: str,
-        now: datetime,
-        status: JobStatus,
-        ok: bool | None = None,
-        error_type: str | None = None,
-        error_message: str | None = None,
-        device: str | None = None,
-        source_id: str | None = None,
-        result: dict[str, Any] | None = None,
-        warnings: list[str] | None = None,
-    ) -> bool:
-        """Complete a job, only while ``owner`` holds its lease. Returns whether it did.
+    def finish(self, job_id: str, *, owner: str, now: datetime, end: JobEnd) -> bool:
+        """Complete a job, only while ``owner`` holds its lease.
 
-        ``source_id`` (a source fetched by reference) and ``result`` are written when given.
+        Args:
+            job_id: The job.
+            owner: The lease holder finishing it; another owner finishes nothing.
+            now: The finish time.
+            end: How it ended; its ``source_id`` and ``result`` are written when given.
+
+        Returns:
+            Whether the job was finished (False: the lease was lost).
         """
         extra: dict[str, Any] = {}
-        if source_id is not None:
-            extra["source_id"] = source_id
-        if result is not None:
-            extra["result"] = result
+        if end.source_id is not None:
+            extra["source_id"] = end.source_id
+        if end.result is not None:
+            extra["result"] = end.result
         done = self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.running)
             .values(
-                status=status,
-                ok=ok,
-                error_type=error_type,
-                error_message=error_message,
-                device=device,
-                warnings=warnings,
+                status=end.status,
+                ok=end.ok,
+                error_type=end.error_type,
+                error_message=end.error_message,
+                device=end.device,
+                warnings=end.warnings,
                 finished_at=now,
                 updated_at=now,
-                progress=1.0 if status == JobStatus.succeeded else Job.progress,
+                progress=1.0 if end.status == JobStatus.succeeded else Job.progress,
                 stage=None,
                 lease_owner=None,
                 lease_expires_at=None,

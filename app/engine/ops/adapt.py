@@ -34,7 +34,12 @@ from app.engine.ops._common import finish as _finish
 from app.engine.ops._common import who as _who
 from app.engine.ops._common import work as _work
 from app.engine.ops.initialize import resolve_init, sample
-from app.engine.ops.interpolate import INTERPOLATE_MODES, check_interpolate, interpolate_pos_embed
+from app.engine.ops.interpolate import (
+    INTERPOLATE_MODES,
+    InterpolateOptions,
+    check_interpolate,
+    interpolate_pos_embed,
+)
 from app.engine.ops.kernel import check_kernel_resize, kernel_resize
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "INTERPOLATE_MODES",
     "OPS",
     "RESIZE_FILLS",
+    "InterpolateOptions",
     "adapt_channels",
     "apply_adapt",
     "cast",
@@ -134,7 +140,8 @@ def apply_adapt(
         fill = _need_fill(op, options.get("fill"), key)
         return fn(t, target_shape, fill=fill, generator=generator, key=key, module=module)
     if op == "interpolate":
-        return interpolate_pos_embed(t, target_shape, generator=generator, key=key, **options)
+        grid = InterpolateOptions(**options)
+        return interpolate_pos_embed(t, target_shape, grid, generator=generator, key=key)
     return kernel_resize(t, target_shape, key=key, **options)
 
 

@@ -31,7 +31,13 @@ else:  # torch loads on first use: planning (check_interpolate) never needs it
     torch = LazyModule("torch")
     F = LazyModule("torch.nn.functional")
 
-__all__ = ["INTERPOLATE_MODES", "GridPlan", "check_interpolate", "interpolate_pos_embed"]
+__all__ = [
+    "INTERPOLATE_MODES",
+    "GridPlan",
+    "InterpolateOptions",
+    "check_interpolate",
+    "interpolate_pos_embed",
+]
 
 INTERPOLATE_MODES = ("bicubic", "bilinear", "nearest")
 # A new prefix token is drawn as a ViT draws its cls_token: trunc_normal .02, cut at ±2 std.
@@ -130,15 +136,30 @@ def check_interpolate(
     return GridPlan(description, src_prefix, dst_prefix, src_hw, dst_hw, aa)
 
 
+@dataclass(frozen=True)
+class InterpolateOptions:
+    """A rule's ``interpolate`` options: how the tokens are read as a grid and resampled.
+
+    Attributes:
+        prefix_tokens: see :func:`check_interpolate`.
+        mode: one of ``INTERPOLATE_MODES``.
+        antialias: antialias when downsampling (``bicubic`` / ``bilinear``).
+        grid: the target grid ``[h, w]``; default a square.
+        source_grid: the source grid ``[h, w]``; default a square.
+    """
+
+    prefix_tokens: int | Mapping[str, int] = 1
+    mode: str = "bicubic"
+    antialias: bool = True
+    grid: Sequence[int] | None = None
+    source_grid: Sequence[int] | None = None
+
+
 def interpolate_pos_embed(
     t: torch.Tensor,
     target_shape: Sequence[int],
+    options: InterpolateOptions = InterpolateOptions(),
     *,
-    prefix_tokens: int | Mapping[str, int] = 1,
-    mode: str = "bicubic",
-    antialias: bool = True,
-    grid: Sequence[int] | None = None,
-    source_grid: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     key: str | None = None,
 ) -> tuple[torch.Tensor, str | None]:
@@ -147,11 +168,7 @@ def interpolate_pos_embed(
     Args:
         t: the embedding, ``[1, N, C]`` or ``[N, C]``.
         target_shape: the target shape.
-        prefix_tokens: see :func:`check_interpolate`.
-        mode: one of ``INTERPOLATE_MODES``.
-        antialias: antialias when downsampling (``bicubic`` / ``bilinear``).
-        grid: the target grid ``[h, w]``; default a square.
-        source_grid: the source grid ``[h, w]``; default a square.
+        options: the grid, prefix and resampling options (timm's defaults when left out).
         generator: the stream new target prefix tokens are drawn from; needed only then.
         key: the target key, for messages.
 
@@ -164,8 +181,8 @@ def interpolate_pos_embed(
         InvalidRecipeError: see :func:`check_interpolate`.
     """
     plan = check_interpolate(
-        t.shape, target_shape, prefix_tokens=prefix_tokens, mode=mode, antialias=antialias,
-        grid=grid, source_grid=source_grid, key=key,
+        t.shape, target_shape, prefix_tokens=options.prefix_tokens, mode=options.mode,
+        antialias=options.antialias, grid=options.grid, source_grid=options.source_grid, key=key,
     )  # fmt: skip
     if plan.description is None:
         return t, None
@@ -188,8 +205,8 @@ def interpolate_pos_embed(
         cells = F.interpolate(
             cells,
             size=(dh, dw),
-            mode=mode,
-            align_corners=None if mode == "nearest" else False,
+            mode=options.mode,
+            align_corners=None if options.mode == "nearest" else False,
             antialias=plan.antialias,
         )
         cells = cells.permute(0, 2, 3, 1).reshape(1, dh * dw, channels)

@@ -11,7 +11,7 @@ from typing import Any
 from app.engine.readers.entries import describe_value, reader_tensors
 from app.engine.readers.sharded import open_sharded, shard_files
 from app.engine.readers.sniff import open_reader
-from app.engine.readers.source import Located, Source
+from app.engine.readers.source import Located, Source, SourceExtras
 
 __all__ = ["inspect_source", "open_source"]
 
@@ -36,11 +36,13 @@ def _open_file(path: Path, entry: str) -> Source:
             [reader],
             {k: Located(reader, handle) for k, (handle, _) in found.items()},
             {k: info for k, (_, info) in found.items()},
-            entry=chosen,
-            candidates=candidates,
-            ignored=ignored,
-            metadata=reader.parsed.metadata,
-            lightning=lightning,
+            SourceExtras(
+                entry=chosen,
+                candidates=candidates,
+                ignored=ignored,
+                metadata=reader.parsed.metadata,
+                lightning=lightning,
+            ),
         )
     except BaseException:
         reader.close()

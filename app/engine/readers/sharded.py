@@ -13,7 +13,7 @@ from app.engine.meta import TensorInfo
 from app.engine.readers.base import MAX_HEADER_BYTES, Reader
 from app.engine.readers.entries import reader_tensors
 from app.engine.readers.sniff import open_reader
-from app.engine.readers.source import Located, Source
+from app.engine.readers.source import Located, Source, SourceExtras
 
 __all__ = ["open_sharded", "shard_files"]
 
@@ -115,4 +115,5 @@ def open_sharded(files: dict[str, Path]) -> Source:
             reader.close()
         raise
     paths = [index_path, *(files[s] for s in readers)]
-    return Source(paths, "hf-sharded", list(readers.values()), entries, tensors, metadata=metadata)
+    extras = SourceExtras(metadata=metadata)
+    return Source(paths, "hf-sharded", list(readers.values()), entries, tensors, extras)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from app.engine.readers.base import Reader
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["WRAPPER_PREFIXES", "Located", "Source", "sha256_file"]
+__all__ = ["WRAPPER_PREFIXES", "Located", "Source", "SourceExtras", "sha256_file"]
 
 # Prefixes that wrappers add to every key: DataParallel/DDP and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -42,6 +42,25 @@ class Located:
     handle: Any  # TensorRef for pickle formats, the raw key for safetensors
 
 
+@dataclass(frozen=True)
+class SourceExtras:
+    """What a reader found around the weights, described for the report.
+
+    Attributes:
+        entry: the chosen weights entry (``None`` when the file is a flat state dict).
+        candidates: every dict of tensors found (for entry choice and the report).
+        ignored: non-tensor entries next to the weights, described but never used.
+        metadata: safetensors ``__metadata__`` (merged across shards).
+        lightning: the file is a PyTorch Lightning checkpoint.
+    """
+
+    entry: str | None = None
+    candidates: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    lightning: bool = False
+
+
 class Source:
     """An opened source checkpoint: tensor descriptions now, tensor data on request.
 
@@ -63,23 +82,19 @@ class Source:
         readers: list[Reader],
         entries: dict[str, Located],
         tensors: dict[str, TensorInfo],
-        *,
-        entry: str | None = None,
-        candidates: list[str] | None = None,
-        ignored: dict[str, str] | None = None,
-        metadata: dict[str, str] | None = None,
-        lightning: bool = False,
+        extras: SourceExtras | None = None,
     ) -> None:
+        extras = extras or SourceExtras()
         self.paths = paths
         self.format = fmt
         self._readers = readers
         self._entries = entries
         self.tensors = tensors
-        self.entry = entry
-        self.candidates = candidates or []
-        self.ignored = ignored or {}
-        self.metadata = metadata or {}
-        self.lightning = lightning
+        self.entry = extras.entry
+        self.candidates = extras.candidates
+        self.ignored = extras.ignored
+        self.metadata = extras.metadata
+        self.lightning = extras.lightning
         self.stripped_prefix: str | None = None
         self._sha256: str | None = None
         self._blake3: str | None = None

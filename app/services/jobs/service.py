@@ -27,6 +27,7 @@ from app.storage import BlobStore
 
 __all__ = [
     "JobHooks",
+    "JobRequest",
     "cancel_job",
     "check_target",
     "create_job",
@@ -68,36 +69,56 @@ def check_target(
     return found
 
 
+@dataclass(frozen=True)
+class JobRequest:
+    """One conversion to queue, as the API or a pipeline asks for it.
+
+    Attributes:
+        source: an uploaded checkpoint's id, or a reference the worker fetches.
+        target: the target spec, stored whole on the job.
+        recipe: the recipe document (None: the default recipe).
+        output_format: ``safetensors`` or ``torch``.
+        output_dtype: the output dtype over the recipe's, if any.
+        dry_run: plan and report only.
+        owner: who the job belongs to.
+        checkpoint_owner: whose checkpoints it may name (None: anyone's, for admins).
+        register: register the result in MLflow after success.
+        pipeline_id: the pipeline that started the job.
+        device: ``auto``, ``cpu`` or ``cuda``: where it asks to run (routing).
+    """
+
+    source: str | SourceRef
+    target: TargetSpec
+    recipe: dict[str, Any] | None
+    output_format: Literal["safetensors", "torch"]
+    output_dtype: str | None
+    dry_run: bool
+    owner: str
+    checkpoint_owner: str | None = None
+    register: RegisterSpec | None = None
+    pipeline_id: str | None = None
+    device: str = "auto"
+
+
 def create_job(
     session: Session,
+    request: JobRequest,
     *,
-    source: str | SourceRef,
-    target: TargetSpec,
-    recipe: dict[str, Any] | None,
-    output_format: Literal["safetensors", "torch"],
-    output_dtype: str | None,
-    dry_run: bool,
     max_attempts: int,
-    owner: str,
-    checkpoint_owner: str | None = None,
-    register: RegisterSpec | None = None,
     registry: RegistryConfig | None = None,
-    pipeline_id: str | None = None,
-    device: str = "auto",
     hooks: JobHooks | None = None,
 ) -> Job:
     """Validate and queue a conversion. Workers pick it up once the caller commits.
 
     Args:
-        target: the target spec, stored whole on the job.
-        owner: who the job belongs to.
-        checkpoint_owner: whose checkpoints it may name (None: anyone's, for admins).
-        source: an uploaded checkpoint's id, or a reference the worker fetches.
-        register: register the result in MLflow after success.
+        session: the unit of work; the caller commits.
+        request: what to convert, for whom.
+        max_attempts: how many times a worker may claim it (GRAFT_MAX_ATTEMPTS).
         registry: the configured registry and outbound allow list (for references).
-        pipeline_id: the pipeline that started the job.
-        device: ``auto``, ``cpu`` or ``cuda``: where it asks to run (routing).
         hooks: its callback and the allow list it must pass.
+
+    Returns:
+        The queued job.
 
     Raises:
         InvalidJobError: an unknown (or another owner's) checkpoint; a reference or register
@@ -107,6 +128,8 @@ def create_job(
         InvalidTargetError: from the engine, naming the skeleton entry.
         OutboundRefusedError: a callback host off the allow list, or no signing secret.
     """
+    source, register, owner = request.source, request.register, request.owner
+    checkpoint_owner = request.checkpoint_owner
     checkpoints = CheckpointRepository(session)
     registry = registry or RegistryConfig()
     if isinstance(source, SourceRef):
@@ -114,23 +137,23 @@ def create_job(
     elif checkpoints.get(source, owner=checkpoint_owner) is None:
         raise InvalidJobError(f"source: no checkpoint with id {source!r}; upload it first")
     if register is not None:
-        check_register(register, registry, dry_run=dry_run)
-    validate_recipe(recipe)
-    templates = check_target(checkpoints, target, owner=checkpoint_owner)
+        check_register(register, registry, dry_run=request.dry_run)
+    validate_recipe(request.recipe)
+    templates = check_target(checkpoints, request.target, owner=checkpoint_owner)
     job = Job(
         owner=owner,
         source_id=source if isinstance(source, str) else None,
         source_ref=source.model_dump(exclude_none=True) if isinstance(source, SourceRef) else None,
         register=register.model_dump(exclude_none=True) if register is not None else None,
-        pipeline_id=pipeline_id,
-        target=target.model_dump(mode="json"),
+        pipeline_id=request.pipeline_id,
+        target=request.target.model_dump(mode="json"),
         target_checkpoint_id=templates[0].id if templates else None,
-        recipe=recipe,
-        output_format=output_format,
-        output_dtype=output_dtype,
-        dry_run=dry_run,
+        recipe=request.recipe,
+        output_format=request.output_format,
+        output_dtype=request.output_dtype,
+        dry_run=request.dry_run,
         max_attempts=max_attempts,
-        requested_device=device,
+        requested_device=request.device,
     )
     if hooks is not None and hooks.callback is not None:
         check_callback(

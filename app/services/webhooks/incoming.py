@@ -27,7 +27,7 @@ from app.db.repositories import DeliveryRepository, PipelineRepository
 from app.errors import GraftError
 from app.services.auth import UnauthorizedError
 from app.services.errors import BadRequestError
-from app.services.jobs.service import JobHooks, create_job
+from app.services.jobs.service import JobHooks, JobRequest, create_job
 from app.services.sources.references import RegistryConfig, SourceRef
 from app.services.webhooks.pipelines import PipelineSpec
 
@@ -173,8 +173,7 @@ def _start(
     if hooks is not None:  # the pipeline's own callback, signed with its owner's secret
         callback = spec.callback if spec.callback and spec.callback.get("url") else None
         hooks = dataclasses.replace(hooks, callback=callback)
-    job = create_job(
-        session,
+    request = JobRequest(
         # Pinned to the version the event names, not an alias that may move before it runs.
         source=SourceRef(uri=f"models:/{model}/{version}"),
         target=spec.target,
@@ -182,12 +181,10 @@ def _start(
         output_format=spec.output.format,
         output_dtype=spec.output.dtype,
         dry_run=False,
-        max_attempts=max_attempts,
         owner=pipeline.owner,
         checkpoint_owner=pipeline.owner,
         register=spec.output.registration,
-        registry=registry,
         pipeline_id=pipeline.id,
-        hooks=hooks,
     )
+    job = create_job(session, request, max_attempts=max_attempts, registry=registry, hooks=hooks)
     return job.id

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from app.engine.errors import InvalidRecipeError
 from app.engine.ops.adapt import (
+    InterpolateOptions,
     adapt_channels,
     apply_adapt,
     cast,
@@ -189,7 +190,7 @@ def test_resize_refuses() -> None:
 
 def test_interpolate_keeps_prefix_and_matches_reference() -> None:
     pe = torch.randn(1, 1 + 14 * 14, 32)
-    out, op = interpolate_pos_embed(pe, (1, 1 + 16 * 16, 32), prefix_tokens=1)
+    out, op = interpolate_pos_embed(pe, (1, 1 + 16 * 16, 32), InterpolateOptions(prefix_tokens=1))
     assert op == "interpolate(14x14->16x16, prefix_tokens=1, bicubic, antialias)"
     assert out.shape == (1, 257, 32)
     assert torch.equal(out[:, :1], pe[:, :1])
@@ -200,7 +201,9 @@ def test_interpolate_keeps_prefix_and_matches_reference() -> None:
 
 def test_interpolate_two_dim_without_prefix_and_bf16() -> None:
     pe = torch.randn(16, 8).to(torch.bfloat16)
-    out, op = interpolate_pos_embed(pe, (36, 8), prefix_tokens=0, mode="bilinear")
+    out, op = interpolate_pos_embed(
+        pe, (36, 8), InterpolateOptions(prefix_tokens=0, mode="bilinear")
+    )
     assert op == "interpolate(4x4->6x6, prefix_tokens=0, bilinear, antialias)"
     assert out.shape == (36, 8) and out.dtype == torch.bfloat16
 
@@ -210,11 +213,11 @@ def test_interpolate_refuses() -> None:
     with pytest.raises(InvalidRecipeError, match=r"'pos_embed': the target has 200 tokens"):
         interpolate_pos_embed(pe, (1, 200, 8), key="pos_embed")
     with pytest.raises(InvalidRecipeError, match=r"the source has 197 tokens, which is not 2"):
-        interpolate_pos_embed(pe, (1, 258, 8), prefix_tokens=2)
+        interpolate_pos_embed(pe, (1, 258, 8), InterpolateOptions(prefix_tokens=2))
     with pytest.raises(InvalidRecipeError, match=r"keeps the channels, got 8 -> 16"):
         interpolate_pos_embed(pe, (1, 257, 16))
     with pytest.raises(InvalidRecipeError, match=r"unknown interpolate mode 'cubic'"):
-        interpolate_pos_embed(pe, (1, 257, 8), mode="cubic")
+        interpolate_pos_embed(pe, (1, 257, 8), InterpolateOptions(mode="cubic"))
     with pytest.raises(InvalidRecipeError, match=r"\[1, N, C\] or \[N, C\]"):
         interpolate_pos_embed(torch.randn(1, 1, 197, 8), (1, 1, 257, 8))
 

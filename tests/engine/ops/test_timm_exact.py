@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from app.engine.errors import InvalidRecipeError
 from app.engine.ops.adapt import adapt_channels, apply_adapt, describe_adapt
 from app.engine.ops.initialize import key_generator, sample
-from app.engine.ops.interpolate import interpolate_pos_embed
+from app.engine.ops.interpolate import InterpolateOptions, interpolate_pos_embed
 from app.engine.ops.kernel import kernel_resize
 from app.engine.pipeline import convert
 from app.engine.recipe import load_recipe
@@ -110,9 +110,12 @@ def test_interpolate_is_resample_abs_pos_embed(
     channels = 6
     pe = torch.randn(1, prefix + old[0] * old[1], channels, generator=_gen(sum(old)))
     out, op = interpolate_pos_embed(
-        pe, (1, prefix + new[0] * new[1], channels), prefix_tokens=prefix,
-        grid=list(new) if new[0] != new[1] else None,
-        source_grid=list(old) if old[0] != old[1] else None,
+        pe, (1, prefix + new[0] * new[1], channels),
+        InterpolateOptions(
+            prefix_tokens=prefix,
+            grid=list(new) if new[0] != new[1] else None,
+            source_grid=list(old) if old[0] != old[1] else None,
+        ),
     )  # fmt: skip
     assert op == (
         f"interpolate({old[0]}x{old[1]}->{new[0]}x{new[1]}, prefix_tokens={prefix}, bicubic, "
@@ -125,7 +128,7 @@ def test_interpolate_is_resample_abs_pos_embed(
 def test_interpolate_antialias_is_on_by_default_and_matters_when_downsampling() -> None:
     pe = torch.randn(1, 1 + 16 * 16, 8, generator=_gen(3))
     on, _ = interpolate_pos_embed(pe, (1, 1 + 14 * 14, 8))
-    off, op = interpolate_pos_embed(pe, (1, 1 + 14 * 14, 8), antialias=False)
+    off, op = interpolate_pos_embed(pe, (1, 1 + 14 * 14, 8), InterpolateOptions(antialias=False))
     assert op == "interpolate(16x16->14x14, prefix_tokens=1, bicubic)"
     reference_off = _resample_abs_pos_embed_reference(pe, (14, 14), (16, 16), 1, antialias=False)
     torch.testing.assert_close(off, reference_off, rtol=0, atol=1e-6)
@@ -135,7 +138,10 @@ def test_interpolate_antialias_is_on_by_default_and_matters_when_downsampling() 
 def test_interpolate_different_prefix_counts_keep_drop_and_initialise() -> None:
     pe = torch.randn(1, 1 + 4 * 4, 8, generator=_gen(4))
     more, op = interpolate_pos_embed(
-        pe, (1, 5 + 6 * 6, 8), prefix_tokens={"source": 1, "target": 5}, generator=_gen(9)
+        pe,
+        (1, 5 + 6 * 6, 8),
+        InterpolateOptions(prefix_tokens={"source": 1, "target": 5}),
+        generator=_gen(9),
     )
     assert op == "interpolate(4x4->6x6, prefix_tokens=1->5 (+4 initialized), bicubic, antialias)"
     assert torch.equal(more[:, :1], pe[:, :1])
@@ -146,11 +152,15 @@ def test_interpolate_different_prefix_counts_keep_drop_and_initialise() -> None:
     ref = _resample_abs_pos_embed_reference(pe, (6, 6), (4, 4), 1)
     torch.testing.assert_close(more[:, 5:], ref[:, 1:], rtol=0, atol=1e-6)
     two = torch.randn(1, 2 + 9, 8, generator=_gen(5))
-    fewer, op = interpolate_pos_embed(two, (1, 1 + 9, 8), prefix_tokens={"source": 2, "target": 1})
+    fewer, op = interpolate_pos_embed(
+        two, (1, 1 + 9, 8), InterpolateOptions(prefix_tokens={"source": 2, "target": 1})
+    )
     assert op == "interpolate(3x3->3x3, prefix_tokens=2->1 (1 dropped), bicubic, antialias)"
     assert torch.equal(fewer, torch.cat([two[:, :1], two[:, 2:]], dim=1))
     with pytest.raises(TypeError, match="pass a generator"):
-        interpolate_pos_embed(pe, (1, 2 + 16, 8), prefix_tokens={"source": 1, "target": 2})
+        interpolate_pos_embed(
+            pe, (1, 2 + 16, 8), InterpolateOptions(prefix_tokens={"source": 1, "target": 2})
+        )
 
 
 def test_interpolate_refuses_grids_that_do_not_fit() -> None:
@@ -159,7 +169,9 @@ def test_interpolate_refuses_grids_that_do_not_fit() -> None:
                        r"source_grid: \[h, w\]"):  # fmt: skip
         interpolate_pos_embed(pe, (1, 1 + 14 * 14, 4), key="pos_embed")
     with pytest.raises(InvalidRecipeError, match=r"not 1 prefix token\(s\) plus a 10x10 grid"):
-        interpolate_pos_embed(pe, (1, 197, 4), source_grid=[12, 16], grid=[10, 10])
+        interpolate_pos_embed(
+            pe, (1, 197, 4), InterpolateOptions(source_grid=[12, 16], grid=[10, 10])
+        )
     with pytest.raises(InvalidRecipeError, match=r"prefix_tokens is a count or \{source"):
         describe_adapt("interpolate", (1, 5, 4), (1, 10, 4), prefix_tokens={"src": 1})
 
@@ -247,7 +259,7 @@ def test_a_conversion_adds_register_tokens_from_the_key_s_seeded_stream(tmp_path
     ]
     out = load_file(str(tmp_path / "out.safetensors"))["pos_embed"]
     expected, _ = interpolate_pos_embed(
-        pe, (1, 41, 8), prefix_tokens={"source": 1, "target": 5},
+        pe, (1, 41, 8), InterpolateOptions(prefix_tokens={"source": 1, "target": 5}),
         generator=key_generator(7, "pos_embed"),
     )  # fmt: skip
     assert torch.equal(out, expected)

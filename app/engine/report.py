@@ -142,7 +142,8 @@ def build_report(
         "entries": entries,
         "unused": unused,
         "suggestions": [
-            {"source": s.source, "target": s.target, "confidence": s.confidence, "why": s.why}
+            {"source": s.source, "target": s.target, "confidence": s.confidence, "why": s.why,
+             "ops": s.ops, "ambiguous": s.ambiguous, "candidates": s.candidates}
             for s in plan.suggestions
         ],
         "rules": [r.as_json() for r in plan.rules],

@@ -1,0 +1,226 @@
+"""Matching leftover source keys to leftover target keys: units first, then fused tensors.
+
+Rounds of: score every compatible unit pair (:mod:`app.engine.align.score`), solve the optimal
+one-to-one assignment per connected group of candidates, and apply the pairs that reach the
+threshold *and* beat every rival (same row or column) by a clear margin. Applied units leave
+the pool, so the next round sees fewer rivals (a lone leftover of a shape is then unique).
+What stays is tried as a fused tensor: one source split into k sibling targets, or k sibling
+sources merged into one target. Nothing that ties is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.engine.align.assign import forced_pairs, linear_sum_assignment
+from app.engine.align.evidence import Tensor, Unit, idf_weights, name_similarity
+from app.engine.align.score import Evidence, combine, compatible, gather, why
+
+__all__ = ["MARGIN", "Candidate", "Match", "match_units"]
+
+# A rival within this much of the best match makes it ambiguous.
+MARGIN = 0.1
+_ROUNDS = 6
+_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A source key that could feed a target key, and how likely."""
+
+    source: str
+    confidence: float
+
+
+@dataclass
+class Match:
+    """One target key and what would feed it.
+
+    Attributes:
+        target: the target key.
+        sources: the source key(s) feeding it (several for a merge; empty when none fits).
+        confidence: in [0, 1].
+        why: the evidence in words.
+        ops: ``transpose``, ``split(dim=D, i/k)`` or ``merge(dim=D)``.
+        ambiguous: a rival is as likely: never applied.
+        applied: reached the threshold with no rival close.
+        candidates: the best sources for it, best first.
+        group: for a split, every target of the source in order; for a merge, the sources.
+        dim: the split/merge dim.
+    """
+
+    target: str
+    sources: tuple[str, ...]
+    confidence: float
+    why: str
+    ops: tuple[str, ...] = ()
+    ambiguous: bool = False
+    applied: bool = False
+    candidates: list[Candidate] = field(default_factory=list)
+    group: tuple[str, ...] = ()
+    dim: int | None = None
+
+
+def _signature(unit: Unit, transposed: bool) -> tuple[tuple[int, ...], ...] | None:
+    shapes = [t.shape for k, t in unit.tensors.items() if k != "num_batches_tracked"]
+    two_d = [i for i, s in enumerate(shapes) if len(s) == 2 and s[0] != s[1]]
+    if transposed:
+        if len(two_d) != 1:
+            return None
+        shapes[two_d[0]] = shapes[two_d[0]][::-1]
+    return tuple(sorted(shapes))
+
+
+def _score_matrix(
+    sources: Sequence[Unit], targets: Sequence[Unit], idf: Mapping[str, float]
+) -> tuple[np.ndarray, dict[tuple[int, int], Evidence]]:
+    buckets: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for j, unit in enumerate(targets):
+        buckets.setdefault(_signature(unit, False) or (), []).append(j)
+    fits: dict[tuple[int, int], bool] = {}
+    for i, unit in enumerate(sources):
+        for transposed in (False, True):
+            sig = _signature(unit, transposed)
+            for j in buckets.get(sig, []) if sig is not None else []:
+                t = compatible(unit, targets[j])
+                if t is not None:
+                    fits[(i, j)] = t
+    eq = np.zeros((len(sources), len(targets)), dtype=bool)
+    for i, j in fits:
+        eq[i, j] = True
+    forced = forced_pairs(eq)
+    row_count, col_count = eq.sum(axis=1), eq.sum(axis=0)
+    score = np.full(eq.shape, -np.inf)
+    evidence: dict[tuple[int, int], Evidence] = {}
+    for (i, j), t in fits.items():
+        unique = bool(row_count[i] == 1 and col_count[j] == 1)
+        e = gather(sources[i], targets[j], idf, order=(i, j) in forced, unique=unique, t=t)
+        evidence[(i, j)] = e
+        score[i, j] = combine(e)
+    return score, evidence
+
+
+def _components(score: np.ndarray) -> list[tuple[list[int], list[int]]]:
+    """Groups of rows and columns linked by some allowed pair."""
+    n, m = score.shape
+    parent = list(range(n + m))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    rows, cols = np.nonzero(np.isfinite(score))
+    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
+        parent[find(i)] = find(n + j)
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    for i in sorted(set(rows.tolist())):
+        groups.setdefault(find(i), ([], []))[0].append(i)
+    for j in sorted(set(cols.tolist())):
+        groups.setdefault(find(n + j), ([], []))[1].append(j)
+    return list(groups.values())
+
+
+@dataclass
+class _Pair:
+    source: Unit
+    target: Unit
+    evidence: Evidence
+    confidence: float
+    rival: float
+    rivals: list[tuple[float, Unit]]
+
+
+def _round(
+    sources: Sequence[Unit], targets: Sequence[Unit], idf: Mapping[str, float]
+) -> list[_Pair]:
+    """One round: the optimal assignment, each pair with its best rival."""
+    score, evidence = _score_matrix(sources, targets, idf)
+    out: list[_Pair] = []
+    for rows, cols in _components(score):
+        sub = score[np.ix_(rows, cols)]
+        for r, c in linear_sum_assignment(sub):
+            i, j = rows[r], cols[c]
+            p = float(score[i, j])
+            row = [float(score[i, k]) for k in cols if k != j and np.isfinite(score[i, k])]
+            col = [(float(score[k, j]), k) for k in rows if k != i and np.isfinite(score[k, j])]
+            rival = max(row + [s for s, _ in col], default=0.0)
+            ranked = sorted([(p, i), *col], key=lambda x: -x[0])[:_SHOWN]
+            rivals = [(s, sources[k]) for s, k in ranked]
+            out.append(_Pair(sources[i], targets[j], evidence[(i, j)], p, rival, rivals))
+    return out
+
+
+def _key_matches(pair: _Pair, *, applied: bool, ambiguous: bool) -> list[Match]:
+    out = []
+    for leaf, tensor in pair.target.tensors.items():
+        src = _counterpart(pair.source, leaf)
+        if src is None:
+            continue
+        # canonical shapes hold a TF kernel as PyTorch would: it needs a transpose to get there
+        flipped = len(tensor.shape) == 2 and src.shape != tensor.shape
+        ops = ("transpose",) if flipped != src.kernel else ()
+        candidates = []
+        for score, unit in pair.rivals:
+            other = _counterpart(unit, leaf)
+            if other is not None:
+                candidates.append(Candidate(other.key, round(score, 3)))
+        out.append(
+            Match(
+                tensor.key, (src.key,), round(pair.confidence, 3), why(pair.evidence), ops,
+                ambiguous=ambiguous, applied=applied, candidates=candidates,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _counterpart(unit: Unit, leaf: str) -> Tensor | None:
+    src = unit.tensors.get(leaf)
+    if src is None and len(unit.tensors) == 1 and leaf != "num_batches_tracked":
+        (src,) = unit.tensors.values()
+    return src
+
+
+def match_units(
+    sources: Sequence[Unit], targets: Sequence[Unit], *, min_confidence: float
+) -> tuple[list[Match], dict[str, Match], list[Unit], list[Unit]]:
+    """Match units in rounds.
+
+    Returns:
+        The applied key matches, the proposed ones (not applied, by target key), and the
+        source and target units that no applied match took.
+    """
+    idf = idf_weights([*sources, *targets])
+    left_s, left_t = list(sources), list(targets)
+    matches: list[Match] = []
+    last: list[_Pair] = []
+    for _ in range(_ROUNDS):
+        last = _round(left_s, left_t, idf)
+        good = [
+            p for p in last if p.confidence >= min_confidence and p.confidence - p.rival >= MARGIN
+        ]
+        if not good:
+            break
+        for pair in good:
+            matches += _key_matches(pair, applied=True, ambiguous=False)
+        taken_s = {id(p.source) for p in good}
+        taken_t = {id(p.target) for p in good}
+        left_s = [u for u in left_s if id(u) not in taken_s]
+        left_t = [u for u in left_t if id(u) not in taken_t]
+    else:
+        last = _round(left_s, left_t, idf)
+    proposals: dict[str, Match] = {}
+    for pair in last:
+        ambiguous = pair.confidence - pair.rival < MARGIN
+        for m in _key_matches(pair, applied=False, ambiguous=ambiguous):
+            proposals[m.target] = m
+    return matches, proposals, left_s, left_t
+
+
+def name_score(a: Unit, b: Unit, idf: Mapping[str, float]) -> float:
+    """The names' similarity alone (for fused tensors and candidates)."""
+    return name_similarity(a.tokens, b.tokens, idf)

@@ -99,17 +99,23 @@ def resnet18_tv_to_detectron2() -> Pair:
         for b in range(2):
             s, d = f"layer{stage + 1}.{b}", f"res{stage + 2}.{b}"
             inp = chans if b == 0 else planes
+            if b == 0 and stage:  # Detectron2 defines the shortcut first
+                p.add(f"{s}.downsample.0.weight", (planes, chans, 1, 1), f"{d}.shortcut.weight",
+                      (planes, chans, 1, 1))  # fmt: skip
+                p.bn(f"{s}.downsample.1", f"{d}.shortcut.norm", planes)
             p.add(f"{s}.conv1.weight", (planes, inp, 3, 3), f"{d}.conv1.weight", (planes, inp, 3, 3))
             p.bn(f"{s}.bn1", f"{d}.conv1.norm", planes)
             p.add(f"{s}.conv2.weight", (planes, planes, 3, 3), f"{d}.conv2.weight",
                   (planes, planes, 3, 3))  # fmt: skip
             p.bn(f"{s}.bn2", f"{d}.conv2.norm", planes)
-            if b == 0 and stage:
-                p.add(f"{s}.downsample.0.weight", (planes, chans, 1, 1), f"{d}.shortcut.weight",
-                      (planes, chans, 1, 1))  # fmt: skip
-                p.bn(f"{s}.downsample.1", f"{d}.shortcut.norm", planes)
         chans = planes
     p.linear("fc", "linear", 1000, 512)
+    # torchvision registers the downsample last in each block
+    first: dict[str, int] = {}
+    for i, key in enumerate(p.source):
+        first.setdefault(key.split(".")[0] + "." + key.split(".")[1], i)
+    p.source = dict(sorted(p.source.items(), key=lambda kv: (
+        first[kv[0].split(".")[0] + "." + kv[0].split(".")[1]], "downsample" in kv[0])))
     return p
 
 

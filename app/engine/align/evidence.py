@@ -56,7 +56,7 @@ _TOKENS: dict[str, str] = {
     "dense": "fc", "linear": "fc", "fc": "fc", "lin": "fc",
     "embeddings": "embed", "embedding": "embed", "embed": "embed", "emb": "embed",
     "layers": "layer", "layer": "layer", "blocks": "layer", "block": "layer", "h": "layer",
-    "resblocks": "layer",
+    "resblocks": "layer", "shortcut": "downsample", "bn": "norm",
 }  # fmt: skip
 
 # Canonical leaves: the tensor names a module registers. Anything else is a bare parameter.

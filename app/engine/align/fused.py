@@ -34,7 +34,7 @@ def _parts(units: Sequence[Unit]) -> dict[tuple[str, str, tuple[int, ...]], list
 
 
 def _fused_dim(whole: tuple[int, ...], part: tuple[int, ...], k: int) -> int | None:
-    if len(whole) != len(part):
+    if len(whole) != len(part) or len(whole) > 2:  # only Linear weights and biases fuse
         return None
     dims = [d for d, (a, b) in enumerate(zip(whole, part, strict=True)) if a != b]
     if len(dims) == 1 and whole[dims[0]] == k * part[dims[0]]:

@@ -10,6 +10,7 @@ sources merged into one target. Nothing that ties is applied.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,13 +18,22 @@ import numpy as np
 
 from app.engine.align.assign import forced_pairs, linear_sum_assignment
 from app.engine.align.evidence import Tensor, Unit, idf_weights, name_similarity
-from app.engine.align.score import Evidence, combine, compatible, gather, why
+from app.engine.align.score import (
+    P_ORDER,
+    P_ORDER_WEAK,
+    Evidence,
+    combine,
+    compatible,
+    gather,
+    why,
+)
 
 __all__ = ["MARGIN", "Candidate", "Match", "match_units"]
 
 # A rival within this much of the best match makes it ambiguous.
 MARGIN = 0.1
 _ROUNDS = 6
+ORDER_COVERAGE = 0.97  # share of units order must pin for it to count fully
 _SHOWN = 3
 
 
@@ -74,9 +84,17 @@ def _signature(unit: Unit, transposed: bool) -> tuple[tuple[int, ...], ...] | No
     return tuple(sorted(shapes))
 
 
-def _score_matrix(
-    sources: Sequence[Unit], targets: Sequence[Unit], idf: Mapping[str, float]
-) -> tuple[np.ndarray, dict[tuple[int, int], Evidence]]:
+@dataclass
+class _Context:
+    """What the complete layouts say, computed once before the rounds."""
+
+    idf: Mapping[str, float]
+    order: dict[tuple[int, int], float]  # (id(source unit), id(target unit)) -> belief
+    offsets: dict[int, tuple[int, ...]]  # depth of the layer numbers -> the usual shift
+
+
+def _fits(sources: Sequence[Unit], targets: Sequence[Unit]) -> dict[tuple[int, int], bool]:
+    """Compatible pairs (by shape and leaf), each with whether it needs a transpose."""
     buckets: dict[tuple[tuple[int, ...], ...], list[int]] = {}
     for j, unit in enumerate(targets):
         buckets.setdefault(_signature(unit, False) or (), []).append(j)
@@ -88,16 +106,48 @@ def _score_matrix(
                 t = compatible(unit, targets[j])
                 if t is not None:
                     fits[(i, j)] = t
+    return fits
+
+
+def _context(sources: Sequence[Unit], targets: Sequence[Unit]) -> _Context:
+    idf = idf_weights([*sources, *targets])
+    fits = _fits(sources, targets)
     eq = np.zeros((len(sources), len(targets)), dtype=bool)
     for i, j in fits:
         eq[i, j] = True
     forced = forced_pairs(eq)
-    row_count, col_count = eq.sum(axis=1), eq.sum(axis=0)
-    score = np.full(eq.shape, -np.inf)
+    # Order is strong evidence only when the two layouts list (nearly) all modules alike.
+    coverage = len(forced) / max(len(sources), len(targets), 1)
+    strength = P_ORDER if coverage >= ORDER_COVERAGE else P_ORDER_WEAK
+    order = {(id(sources[i]), id(targets[j])): strength for i, j in forced}
+    votes: dict[int, Counter[tuple[int, ...]]] = {}
+    for i, j in fits:
+        a, b = sources[i].numbers, targets[j].numbers
+        if a and len(a) == len(b):
+            diff = tuple(y - x for x, y in zip(a, b, strict=True))
+            weight = name_similarity(sources[i].tokens, targets[j].tokens, idf) + 0.05
+            votes.setdefault(len(a), Counter())[diff] += weight
+    offsets = {depth: c.most_common(1)[0][0] for depth, c in votes.items()}
+    return _Context(idf, order, offsets)
+
+
+def _score_matrix(
+    sources: Sequence[Unit], targets: Sequence[Unit], ctx: _Context
+) -> tuple[np.ndarray, dict[tuple[int, int], Evidence]]:
+    fits = _fits(sources, targets)
+    rows: Counter[int] = Counter(i for i, _ in fits)
+    cols: Counter[int] = Counter(j for _, j in fits)
+    score = np.full((len(sources), len(targets)), -np.inf)
     evidence: dict[tuple[int, int], Evidence] = {}
     for (i, j), t in fits.items():
-        unique = bool(row_count[i] == 1 and col_count[j] == 1)
-        e = gather(sources[i], targets[j], idf, order=(i, j) in forced, unique=unique, t=t)
+        s, u = sources[i], targets[j]
+        e = gather(
+            s, u, ctx.idf,
+            order=ctx.order.get((id(s), id(u)), 0.0),
+            unique=rows[i] == 1 and cols[j] == 1,
+            transpose=t,
+            offset=ctx.offsets.get(len(s.numbers)),
+        )  # fmt: skip
         evidence[(i, j)] = e
         score[i, j] = combine(e)
     return score, evidence
@@ -135,11 +185,9 @@ class _Pair:
     rivals: list[tuple[float, Unit]]
 
 
-def _round(
-    sources: Sequence[Unit], targets: Sequence[Unit], idf: Mapping[str, float]
-) -> list[_Pair]:
+def _round(sources: Sequence[Unit], targets: Sequence[Unit], ctx: _Context) -> list[_Pair]:
     """One round: the optimal assignment, each pair with its best rival."""
-    score, evidence = _score_matrix(sources, targets, idf)
+    score, evidence = _score_matrix(sources, targets, ctx)
     out: list[_Pair] = []
     for rows, cols in _components(score):
         sub = score[np.ix_(rows, cols)]
@@ -194,12 +242,12 @@ def match_units(
         The applied key matches, the proposed ones (not applied, by target key), and the
         source and target units that no applied match took.
     """
-    idf = idf_weights([*sources, *targets])
+    ctx = _context(sources, targets)
     left_s, left_t = list(sources), list(targets)
     matches: list[Match] = []
     last: list[_Pair] = []
     for _ in range(_ROUNDS):
-        last = _round(left_s, left_t, idf)
+        last = _round(left_s, left_t, ctx)
         good = [
             p for p in last if p.confidence >= min_confidence and p.confidence - p.rival >= MARGIN
         ]
@@ -212,7 +260,7 @@ def match_units(
         left_s = [u for u in left_s if id(u) not in taken_s]
         left_t = [u for u in left_t if id(u) not in taken_t]
     else:
-        last = _round(left_s, left_t, idf)
+        last = _round(left_s, left_t, ctx)
     proposals: dict[str, Match] = {}
     for pair in last:
         ambiguous = pair.confidence - pair.rival < MARGIN

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 from app.engine.align.evidence import Unit, name_similarity
 
-__all__ = ["Evidence", "combine", "compatible", "gather", "why"]
+__all__ = ["P_ORDER", "P_ORDER_WEAK", "Evidence", "combine", "compatible", "gather", "numbers", "why"]
 
 # How much each piece of evidence alone makes a match believable.
-P_ORDER = 0.92
+P_ORDER = 0.92  # the layouts list their modules in the same order (nearly all of them)
+P_ORDER_WEAK = 0.5  # the orders agree only in part
 P_NAME = 0.95
 P_NUMBERS = 0.5
+P_NUMBERS_DEEP = 0.7  # several levels of numbering agree (stage, block, conv)
 NUMBERS_DISAGREE = 0.3  # a different layer number keeps this share of the belief
 
 
@@ -28,10 +30,11 @@ class Evidence:
     """What speaks for (and against) one source unit standing for one target unit."""
 
     name: float
-    numbers: int  # 1 equal, -1 same depth but different, 0 nothing to compare
-    order: bool
+    numbers: int  # 1 agree (up to the layout's usual renumbering), -1 disagree, 0 no comparison
+    order: float  # belief from order alone: 0, or P_ORDER_WEAK / P_ORDER (see match.py)
     unique: bool
     transpose: bool
+    depth: int = 0  # how many layer numbers were compared
 
 
 def compatible(source: Unit, target: Unit) -> bool | None:
@@ -58,30 +61,42 @@ def compatible(source: Unit, target: Unit) -> bool | None:
     return None
 
 
-def _numbers(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+def numbers(a: tuple[int, ...], b: tuple[int, ...], offset: tuple[int, ...] | None) -> int:
+    """Layer numbers: 1 when ``b - a`` is the layout's usual shift (``layer1`` -> ``res2``),
+    -1 when the depth is the same but the shift is not, 0 when they cannot be compared."""
     if not a or not b or len(a) != len(b):
         return 0
-    return 1 if a == b else -1
+    diff = tuple(y - x for x, y in zip(a, b, strict=True))
+    return 1 if diff == (offset or tuple(0 for _ in a)) else -1
 
 
 def gather(
-    source: Unit, target: Unit, idf: Mapping[str, float], *, order: bool, unique: bool, t: bool
+    source: Unit,
+    target: Unit,
+    idf: Mapping[str, float],
+    *,
+    order: float,
+    unique: bool,
+    transpose: bool,
+    offset: tuple[int, ...] | None,
 ) -> Evidence:
     """The evidence for one compatible pair."""
     name = name_similarity(source.tokens, target.tokens, idf)
-    return Evidence(name, _numbers(source.numbers, target.numbers), order, unique, t)
+    agree = numbers(source.numbers, target.numbers, offset)
+    return Evidence(name, agree, order, unique, transpose, len(source.numbers))
 
 
 def combine(e: Evidence) -> float:
     """One probability in [0, 1] from every piece of evidence."""
     doubt = 1.0
-    if e.order or e.unique:
-        doubt *= 1 - P_ORDER
-    doubt *= 1 - P_NAME * e.name * e.name
+    doubt *= 1 - (P_ORDER if e.unique else e.order)
+    doubt *= 1 - P_NAME * e.name
     if e.numbers > 0:
-        doubt *= 1 - P_NUMBERS
+        doubt *= 1 - (P_NUMBERS_DEEP if e.depth > 1 else P_NUMBERS)
     belief = 1 - doubt
-    if e.numbers < 0:
+    # Numbering schemes differ between layouts (layer1 -> res2); where the order of the
+    # whole layout already pins the pair, other numbers are no evidence against it.
+    if e.numbers < 0 and not (e.order >= P_ORDER or e.unique):
         belief *= NUMBERS_DISAGREE
     return belief
 
@@ -96,6 +111,6 @@ def why(e: Evidence) -> str:
     if e.unique:
         parts.append("unique shape")
     elif e.order:
-        parts.append("order")
+        parts.append("order" if e.order >= P_ORDER else "order (partial)")
     parts.append("shape^T" if e.transpose else "shape")
     return " + ".join(parts)

@@ -45,12 +45,12 @@ class Pair:
         self.add(f"{src}.num_batches_tracked", (), f"{tgt}.num_batches_tracked", ())
 
     def linear(self, src: str, tgt: str, out: int, inp: int, *, bias: bool = True,
-               transpose: bool = False, src_leaf: str = "weight") -> None:  # fmt: skip
+               transpose: bool = False, src_leaf: str = "weight", sep: str = ".") -> None:  # fmt: skip
         s_shape = (inp, out) if transpose else (out, inp)
         ops = ("transpose",) if transpose else ()
-        self.add(f"{src}.{src_leaf}", s_shape, f"{tgt}.weight", (out, inp), ops)
+        self.add(f"{src}{sep}{src_leaf}", s_shape, f"{tgt}.weight", (out, inp), ops)
         if bias:
-            self.add(f"{src}.bias", (out,), f"{tgt}.bias", (out,))
+            self.add(f"{src}{sep}bias", (out,), f"{tgt}.bias", (out,))
 
 
 def _div8(v: float) -> int:
@@ -132,19 +132,19 @@ def bert_tf_to_hf(layers: int = 2, hidden: int = 32, inter: int = 64) -> Pair:
         s, d = f"bert/encoder/layer_{i}", f"bert.encoder.layer.{i}"
         for name in ("query", "key", "value"):
             p.linear(f"{s}/attention/self/{name}", f"{d}.attention.self.{name}", hidden, hidden,
-                     transpose=True, src_leaf="kernel")  # fmt: skip
+                     transpose=True, src_leaf="kernel", sep="/")  # fmt: skip
         for src, dst, out, inp in (
             ("attention/output/dense", "attention.output.dense", hidden, hidden),
             ("intermediate/dense", "intermediate.dense", inter, hidden),
             ("output/dense", "output.dense", hidden, inter),
         ):
-            p.linear(f"{s}/{src}", f"{d}.{dst}", out, inp, transpose=True, src_leaf="kernel")
+            p.linear(f"{s}/{src}", f"{d}.{dst}", out, inp, transpose=True, src_leaf="kernel", sep="/")
         for src, dst in (("attention/output/LayerNorm", "attention.output.LayerNorm"),
                          ("output/LayerNorm", "output.LayerNorm")):  # fmt: skip
             p.add(f"{s}/{src}/gamma", (hidden,), f"{d}.{dst}.weight", (hidden,))
             p.add(f"{s}/{src}/beta", (hidden,), f"{d}.{dst}.bias", (hidden,))
     p.linear("bert/pooler/dense", "bert.pooler.dense", hidden, hidden, transpose=True,
-             src_leaf="kernel")  # fmt: skip
+             src_leaf="kernel", sep="/")  # fmt: skip
     # TF checkpoints list variables alphabetically
     p.source = dict(sorted(p.source.items()))
     return p

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.engine.align.compact import compact_rules
-from app.engine.align.evidence import build_units, idf_weights, name_similarity, path_evidence
+from app.engine.align.evidence import Unit, build_units, name_similarity, path_evidence
 from app.engine.align.fused import match_fused
-from app.engine.align.match import Candidate, Match, match_units
+from app.engine.align.match import Candidate, Context, Match, context, match_units
 from app.engine.meta import TensorInfo
 from app.engine.recipe import Recipe, load_recipe
 from app.engine.recipe.rename import rename_keys
@@ -23,6 +23,7 @@ from app.engine.recipe.rename import rename_keys
 __all__ = ["AlignResult", "align", "match_keys"]
 
 _SHOWN = 3
+_PASSES = 3  # unit rounds, then fused tensors, again while fused matches free modules
 
 
 def match_keys(
@@ -43,10 +44,24 @@ def match_keys(
         ``ambiguous``), or with no source (``sources`` empty) but its best candidates.
     """
     units_s, units_t = build_units(sources), build_units(targets)
-    applied, proposals, left_s, left_t = match_units(units_s, units_t, min_confidence=min_confidence)
-    idf = idf_weights([*units_s, *units_t])
-    fused = match_fused(left_s, left_t, idf, min_confidence=min_confidence)
-    _unapply_conflicts(fused)
+    ctx = context(units_s, units_t)
+    left_s, left_t = units_s, units_t
+    applied: list[Match] = []
+    proposals: dict[str, Match] = {}
+    fused: list[Match] = []
+    for _ in range(_PASSES):
+        got, proposals, left_s, left_t = match_units(
+            left_s, left_t, ctx, min_confidence=min_confidence
+        )
+        applied += got
+        fused = match_fused(left_s, left_t, ctx.idf, min_confidence=min_confidence)
+        _unapply_conflicts(fused)
+        done = [m for m in fused if m.applied]
+        if not done:
+            break
+        applied += done
+        fused = [m for m in fused if not m.applied]
+        left_s, left_t = _consume(left_s, left_t, done, ctx)
     by_target: dict[str, Match] = {m.target: m for m in applied}
     for m in fused:
         current = by_target.get(m.target) or proposals.get(m.target)
@@ -65,6 +80,31 @@ def match_keys(
     return out
 
 
+def _consume(
+    sources: list[Unit], targets: list[Unit], done: list[Match], ctx: Context
+) -> tuple[list[Unit], list[Unit]]:
+    """The units left once applied fused matches took their keys; their modules vote."""
+    used_s = {s for m in done for s in m.sources}
+    used_t = {m.target for m in done}
+    owner_s = {t.key: u.path for u in sources for t in u.tensors.values()}
+    owner_t = {t.key: u.path for u in targets for t in u.tensors.values()}
+    for m in done:
+        for s in m.sources:
+            ctx.learn(owner_s[s], owner_t[m.target])
+    return _without(sources, used_s), _without(targets, used_t)
+
+
+def _without(units: list[Unit], used: set[str]) -> list[Unit]:
+    out = []
+    for unit in units:
+        rest = {leaf: t for leaf, t in unit.tensors.items() if t.key not in used}
+        if len(rest) == len(unit.tensors):
+            out.append(unit)
+        elif rest and set(rest) != {"num_batches_tracked"}:
+            out.append(replace(unit, tensors=rest))
+    return out
+
+
 def _better(a: Match, b: Match) -> bool:
     return a.confidence > b.confidence
 
@@ -72,12 +112,11 @@ def _better(a: Match, b: Match) -> bool:
 def _unapply_conflicts(fused: list[Match]) -> None:
     """Two fused matches that claim one key: neither is applied (they are a tie)."""
     claims: Counter[str] = Counter()
+    groups = {(m.sources, m.group) for m in fused if m.applied}
+    for sources, group in groups:
+        claims.update(set(sources) | set(group))
     for m in fused:
-        if m.applied:
-            claims[m.target] += 1
-            claims.update(set(m.sources) - {m.target})
-    for m in fused:
-        if m.applied and any(claims[k] > 1 for k in (m.target, *m.sources)):
+        if m.applied and any(claims[k] > 1 for k in (*m.sources, *m.group)):
             m.applied, m.ambiguous = False, True
 
 

@@ -20,6 +20,7 @@ from app.engine.meta import TensorInfo
 __all__ = [
     "LEAVES",
     "Tensor",
+    "ancestors",
     "Unit",
     "build_units",
     "idf_weights",
@@ -156,13 +157,20 @@ def build_units(tensors: Mapping[str, TensorInfo]) -> list[Unit]:
     return list(units.values())
 
 
+def ancestors(path: str, depth: int = 2) -> list[str]:
+    """The enclosing modules of a unit's path, nearest first (``a.b.c`` -> ``a.b``, ``a``)."""
+    cuts = [m.start() for m in _SPLIT.finditer(path)]
+    return [path[:c] for c in reversed(cuts)][:depth]
+
+
 def idf_weights(units: Sequence[Unit]) -> dict[str, float]:
     """Inverse document frequency of each token over all units (rare tokens say more)."""
     df: Counter[str] = Counter()
     for unit in units:
         df.update(set(unit.tokens))
     n = max(len(units), 1)
-    return {token: math.log(1 + n / count) for token, count in df.items()}
+    # A token every unit has says nothing (weight ~0); a rare one says a lot.
+    return {token: math.log((n + 1) / count) for token, count in df.items()}
 
 
 def name_similarity(a: Counter[str], b: Counter[str], idf: Mapping[str, float]) -> float:

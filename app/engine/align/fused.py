@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from app.engine.align.evidence import Tensor, Unit, name_similarity, path_evidence
-from app.engine.align.match import MARGIN, Candidate, Match
+from app.engine.align.match import Candidate, Match, close
 
 __all__ = ["match_fused"]
 
@@ -113,7 +113,8 @@ def _one_way(
             fits.sort(key=lambda f: -f[0])
             belief, why, dim, parts = fits[0]
             rival = fits[1][0] if len(fits) > 1 else 0.0
-            applied = belief >= min_confidence and belief - rival >= MARGIN
+            ambiguous = close(belief, rival)
+            applied = belief >= min_confidence and not ambiguous
             names = tuple(p.key for p in parts)
             confidence = round(belief, 3)
             if split:
@@ -121,14 +122,14 @@ def _one_way(
                     op = f"split(dim={dim}, {i + 1}/{len(parts)})"
                     out.append(
                         Match(part.key, (whole.key,), confidence, why, (op,),
-                              ambiguous=belief - rival < MARGIN, applied=applied,
+                              ambiguous=ambiguous, applied=applied,
                               candidates=[Candidate(whole.key, confidence)], group=names,
                               dim=dim)
                     )  # fmt: skip
             else:
                 out.append(
                     Match(whole.key, names, confidence, why, (f"merge(dim={dim})",),
-                          ambiguous=belief - rival < MARGIN, applied=applied,
+                          ambiguous=ambiguous, applied=applied,
                           candidates=[Candidate(n, confidence) for n in names], group=names,
                           dim=dim)
                 )  # fmt: skip

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.engine.align.assign import forced_pairs, linear_sum_assignment
-from app.engine.align.evidence import Tensor, Unit, idf_weights, name_similarity
+from app.engine.align.evidence import Tensor, Unit, ancestors, idf_weights, name_similarity
 from app.engine.align.score import (
     P_ORDER,
     P_ORDER_WEAK,
@@ -28,13 +28,20 @@ from app.engine.align.score import (
     why,
 )
 
-__all__ = ["MARGIN", "Candidate", "Match", "match_units"]
+__all__ = ["Candidate", "Context", "Match", "close", "context", "match_units"]
 
-# A rival within this much of the best match makes it ambiguous.
-MARGIN = 0.1
+# A rival is close when it is within this much of the best match, or when its doubt (1 - p)
+# is less than DOUBT_RATIO times the best one's: the evidence does not tell them apart.
+MARGIN = 0.05
+DOUBT_RATIO = 3.0
 _ROUNDS = 6
 ORDER_COVERAGE = 0.97  # share of units order must pin for it to count fully
 _SHOWN = 3
+
+
+def close(best: float, rival: float) -> bool:
+    """Whether a rival comes close to the best match (then the best is not applied)."""
+    return best - rival < MARGIN or (1 - rival) < DOUBT_RATIO * (1 - best)
 
 
 @dataclass(frozen=True)
@@ -85,12 +92,30 @@ def _signature(unit: Unit, transposed: bool) -> tuple[tuple[int, ...], ...] | No
 
 
 @dataclass
-class _Context:
-    """What the complete layouts say, computed once before the rounds."""
+class Context:
+    """What the complete layouts say (computed once), and which modules are matched so far."""
 
     idf: Mapping[str, float]
     order: dict[tuple[int, int], float]  # (id(source unit), id(target unit)) -> belief
     offsets: dict[int, tuple[int, ...]]  # depth of the layer numbers -> the usual shift
+    family: dict[str, Counter[str]] = field(default_factory=dict)  # enclosing module votes
+
+    def learn(self, source_path: str, target_path: str) -> None:
+        """Record an applied match: its enclosing modules vote for each other."""
+        for a in ancestors(source_path):
+            for b in ancestors(target_path):
+                self.family.setdefault(a, Counter())[b] += 1
+
+    def related(self, source: Unit, target: Unit) -> bool:
+        """Whether an enclosing module of ``source`` is matched to one of ``target``'s."""
+        theirs = ancestors(target.path)
+        for a in ancestors(source.path):
+            votes = self.family.get(a)
+            if votes:
+                top = max(votes.values())
+                if top >= 2 and any(votes.get(b, 0) == top for b in theirs):
+                    return True
+        return False
 
 
 def _fits(sources: Sequence[Unit], targets: Sequence[Unit]) -> dict[tuple[int, int], bool]:
@@ -109,7 +134,8 @@ def _fits(sources: Sequence[Unit], targets: Sequence[Unit]) -> dict[tuple[int, i
     return fits
 
 
-def _context(sources: Sequence[Unit], targets: Sequence[Unit]) -> _Context:
+def context(sources: Sequence[Unit], targets: Sequence[Unit]) -> Context:
+    """The evidence the complete layouts give: token weights, order, renumbering."""
     idf = idf_weights([*sources, *targets])
     fits = _fits(sources, targets)
     eq = np.zeros((len(sources), len(targets)), dtype=bool)
@@ -128,11 +154,11 @@ def _context(sources: Sequence[Unit], targets: Sequence[Unit]) -> _Context:
             weight = name_similarity(sources[i].tokens, targets[j].tokens, idf) + 0.05
             votes.setdefault(len(a), Counter())[diff] += weight
     offsets = {depth: c.most_common(1)[0][0] for depth, c in votes.items()}
-    return _Context(idf, order, offsets)
+    return Context(idf, order, offsets)
 
 
 def _score_matrix(
-    sources: Sequence[Unit], targets: Sequence[Unit], ctx: _Context
+    sources: Sequence[Unit], targets: Sequence[Unit], ctx: Context
 ) -> tuple[np.ndarray, dict[tuple[int, int], Evidence]]:
     fits = _fits(sources, targets)
     rows: Counter[int] = Counter(i for i, _ in fits)
@@ -147,6 +173,7 @@ def _score_matrix(
             unique=rows[i] == 1 and cols[j] == 1,
             transpose=t,
             offset=ctx.offsets.get(len(s.numbers)),
+            family=ctx.related(s, u),
         )  # fmt: skip
         evidence[(i, j)] = e
         score[i, j] = combine(e)
@@ -185,7 +212,7 @@ class _Pair:
     rivals: list[tuple[float, Unit]]
 
 
-def _round(sources: Sequence[Unit], targets: Sequence[Unit], ctx: _Context) -> list[_Pair]:
+def _round(sources: Sequence[Unit], targets: Sequence[Unit], ctx: Context) -> list[_Pair]:
     """One round: the optimal assignment, each pair with its best rival."""
     score, evidence = _score_matrix(sources, targets, ctx)
     out: list[_Pair] = []
@@ -234,7 +261,7 @@ def _counterpart(unit: Unit, leaf: str) -> Tensor | None:
 
 
 def match_units(
-    sources: Sequence[Unit], targets: Sequence[Unit], *, min_confidence: float
+    sources: Sequence[Unit], targets: Sequence[Unit], ctx: Context, *, min_confidence: float
 ) -> tuple[list[Match], dict[str, Match], list[Unit], list[Unit]]:
     """Match units in rounds.
 
@@ -242,19 +269,19 @@ def match_units(
         The applied key matches, the proposed ones (not applied, by target key), and the
         source and target units that no applied match took.
     """
-    ctx = _context(sources, targets)
     left_s, left_t = list(sources), list(targets)
     matches: list[Match] = []
     last: list[_Pair] = []
     for _ in range(_ROUNDS):
         last = _round(left_s, left_t, ctx)
         good = [
-            p for p in last if p.confidence >= min_confidence and p.confidence - p.rival >= MARGIN
+            p for p in last if p.confidence >= min_confidence and not close(p.confidence, p.rival)
         ]
         if not good:
             break
         for pair in good:
             matches += _key_matches(pair, applied=True, ambiguous=False)
+            ctx.learn(pair.source.path, pair.target.path)
         taken_s = {id(p.source) for p in good}
         taken_t = {id(p.target) for p in good}
         left_s = [u for u in left_s if id(u) not in taken_s]
@@ -263,7 +290,7 @@ def match_units(
         last = _round(left_s, left_t, ctx)
     proposals: dict[str, Match] = {}
     for pair in last:
-        ambiguous = pair.confidence - pair.rival < MARGIN
+        ambiguous = close(pair.confidence, pair.rival)
         for m in _key_matches(pair, applied=False, ambiguous=ambiguous):
             proposals[m.target] = m
     return matches, proposals, left_s, left_t

@@ -21,7 +21,8 @@ P_ORDER = 0.92  # the layouts list their modules in the same order (nearly all o
 P_ORDER_WEAK = 0.5  # the orders agree only in part
 P_NAME = 0.95
 P_NUMBERS = 0.5
-P_NUMBERS_DEEP = 0.7  # several levels of numbering agree (stage, block, conv)
+P_NUMBERS_DEEP = 0.7
+P_FAMILY = 0.6  # the enclosing modules are already matched to each other  # several levels of numbering agree (stage, block, conv)
 NUMBERS_DISAGREE = 0.3  # a different layer number keeps this share of the belief
 
 
@@ -35,6 +36,7 @@ class Evidence:
     unique: bool
     transpose: bool
     depth: int = 0  # how many layer numbers were compared
+    family: bool = False  # their enclosing modules were already matched to each other
 
 
 def compatible(source: Unit, target: Unit) -> bool | None:
@@ -79,11 +81,12 @@ def gather(
     unique: bool,
     transpose: bool,
     offset: tuple[int, ...] | None,
+    family: bool,
 ) -> Evidence:
     """The evidence for one compatible pair."""
     name = name_similarity(source.tokens, target.tokens, idf)
     agree = numbers(source.numbers, target.numbers, offset)
-    return Evidence(name, agree, order, unique, transpose, len(source.numbers))
+    return Evidence(name, agree, order, unique, transpose, len(source.numbers), family)
 
 
 def combine(e: Evidence) -> float:
@@ -93,6 +96,8 @@ def combine(e: Evidence) -> float:
     doubt *= 1 - P_NAME * e.name
     if e.numbers > 0:
         doubt *= 1 - (P_NUMBERS_DEEP if e.depth > 1 else P_NUMBERS)
+    if e.family:
+        doubt *= 1 - P_FAMILY
     belief = 1 - doubt
     # Numbering schemes differ between layouts (layer1 -> res2); where the order of the
     # whole layout already pins the pair, other numbers are no evidence against it.
@@ -108,6 +113,8 @@ def why(e: Evidence) -> str:
         parts.append("layer")
     if e.numbers < 0:
         parts.append("layer differs")
+    if e.family:
+        parts.append("family")
     if e.unique:
         parts.append("unique shape")
     elif e.order:

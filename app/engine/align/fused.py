@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from app.engine.align.evidence import Tensor, Unit, name_similarity, path_evidence
-from app.engine.align.match import Candidate, Match, close
+from app.engine.align.match import TIE, Candidate, Match, close
 
 __all__ = ["match_fused"]
 
@@ -31,6 +31,19 @@ def _parts(units: Sequence[Unit]) -> dict[tuple[str, str, tuple[int, ...]], list
             if leaf != "num_batches_tracked":
                 groups.setdefault((parent, leaf, tensor.shape), []).append(tensor)
     return {k: v for k, v in groups.items() if len(v) >= 2}
+
+
+def _windows(
+    siblings: list[Tensor], whole: tuple[int, ...], part: tuple[int, ...]
+) -> list[list[Tensor]]:
+    """Runs of consecutive siblings (file order) as many as ``whole`` holds ``part`` s."""
+    if len(whole) != len(part) or not all(part):
+        return []
+    ratios = {a // b for a, b in zip(whole, part, strict=True) if a != b and a % b == 0}
+    if len(ratios) != 1:
+        return []
+    (k,) = ratios
+    return [siblings[i : i + k] for i in range(len(siblings) - k + 1)] if k >= 2 else []
 
 
 def _fused_dim(whole: tuple[int, ...], part: tuple[int, ...], k: int) -> int | None:
@@ -103,18 +116,21 @@ def _one_way(
     for unit in wholes:
         for leaf, whole in unit.tensors.items():
             fits = []
-            for (_, p_leaf, shape), parts in groups.items():
-                dim = _fused_dim(whole.shape, shape, len(parts))
-                if dim is not None and p_leaf == leaf and not whole.kernel:
-                    belief, why = _score(whole, unit, parts, idf)
-                    fits.append((belief, why, dim, parts))
+            for (_, p_leaf, shape), siblings in groups.items():
+                if p_leaf != leaf or whole.kernel:
+                    continue
+                for parts in _windows(siblings, whole.shape, shape):
+                    dim = _fused_dim(whole.shape, shape, len(parts))
+                    if dim is not None:
+                        belief, why = _score(whole, unit, parts, idf)
+                        fits.append((belief, why, dim, parts))
             if not fits:
                 continue
             fits.sort(key=lambda f: -f[0])
             belief, why, dim, parts = fits[0]
             rival = fits[1][0] if len(fits) > 1 else 0.0
-            ambiguous = close(belief, rival)
-            applied = belief >= min_confidence and not ambiguous
+            ambiguous = belief - rival < TIE
+            applied = belief >= min_confidence and not close(belief, rival)
             names = tuple(p.key for p in parts)
             confidence = round(belief, 3)
             if split:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,10 @@ __all__ = ["Candidate", "Context", "Match", "close", "context", "match_units"]
 # is less than DOUBT_RATIO times the best one's: the evidence does not tell them apart.
 MARGIN = 0.05
 DOUBT_RATIO = 3.0
+TIE = 0.1  # a rival this close is reported as a tie (``ambiguous``)
 _ROUNDS = 6
-ORDER_COVERAGE = 0.97  # share of units order must pin for it to count fully
+ORDER_COVERAGE = 0.97
+_DEPTH = 3  # how many enclosing modules take part in family evidence  # share of units order must pin for it to count fully
 _SHOWN = 3
 
 
@@ -102,20 +105,42 @@ class Context:
 
     def learn(self, source_path: str, target_path: str) -> None:
         """Record an applied match: its enclosing modules vote for each other."""
-        for a in ancestors(source_path):
-            for b in ancestors(target_path):
+        for a in ancestors(source_path, _DEPTH):
+            for b in ancestors(target_path, _DEPTH):
                 self.family.setdefault(a, Counter())[b] += 1
 
-    def related(self, source: Unit, target: Unit) -> bool:
-        """Whether an enclosing module of ``source`` is matched to one of ``target``'s."""
-        theirs = ancestors(target.path)
-        for a in ancestors(source.path):
+    def related(self, source: Unit, target: Unit) -> list[tuple[str, str]]:
+        """The enclosing modules of ``source`` matched to enclosing modules of ``target``."""
+        theirs = ancestors(target.path, _DEPTH)
+        out = []
+        for a in ancestors(source.path, _DEPTH):
             votes = self.family.get(a)
             if votes:
                 top = max(votes.values())
-                if top >= 2 and any(votes.get(b, 0) == top for b in theirs):
-                    return True
-        return False
+                out += [(a, b) for b in theirs if votes.get(b, 0) >= max(2, top / 2)]
+        return out
+
+
+def _ranks(units: Sequence[Unit], transposed: bool) -> dict[tuple[str, Any], list[int]]:
+    """(enclosing module, signature) -> the units under it with that signature, in order."""
+    out: dict[tuple[str, Any], list[int]] = {}
+    for i, unit in enumerate(units):
+        sig = _signature(unit, transposed)
+        for a in ancestors(unit.path, _DEPTH):
+            out.setdefault((a, sig), []).append(i)
+    return out
+
+
+def _local_order(
+    pairs: list[tuple[str, str]], i: int, j: int, sig_s: Any, sig_t: Any,
+    ranks_s: dict[tuple[str, Any], list[int]], ranks_t: dict[tuple[str, Any], list[int]],
+) -> bool:  # fmt: skip
+    """Whether, inside matched modules, ``i`` is the n-th of its kind as ``j`` is (of as many)."""
+    for a, b in pairs:
+        mine, theirs = ranks_s.get((a, sig_s), []), ranks_t.get((b, sig_t), [])
+        if mine and len(mine) == len(theirs) and mine.index(i) == theirs.index(j):
+            return True
+    return False
 
 
 def _fits(sources: Sequence[Unit], targets: Sequence[Unit]) -> dict[tuple[int, int], bool]:
@@ -165,15 +190,22 @@ def _score_matrix(
     cols: Counter[int] = Counter(j for _, j in fits)
     score = np.full((len(sources), len(targets)), -np.inf)
     evidence: dict[tuple[int, int], Evidence] = {}
+    ranks_s = {t: _ranks(sources, t) for t in (False, True)}
+    ranks_t = _ranks(targets, False)
     for (i, j), t in fits.items():
         s, u = sources[i], targets[j]
+        family = ctx.related(s, u)
+        local = bool(family) and _local_order(
+            family, i, j, _signature(s, t), _signature(u, False), ranks_s[t], ranks_t
+        )
         e = gather(
             s, u, ctx.idf,
             order=ctx.order.get((id(s), id(u)), 0.0),
             unique=rows[i] == 1 and cols[j] == 1,
             transpose=t,
             offset=ctx.offsets.get(len(s.numbers)),
-            family=ctx.related(s, u),
+            family=bool(family),
+            local=local,
         )  # fmt: skip
         evidence[(i, j)] = e
         score[i, j] = combine(e)
@@ -290,7 +322,7 @@ def match_units(
         last = _round(left_s, left_t, ctx)
     proposals: dict[str, Match] = {}
     for pair in last:
-        ambiguous = close(pair.confidence, pair.rival)
+        ambiguous = pair.confidence - pair.rival < TIE
         for m in _key_matches(pair, applied=False, ambiguous=ambiguous):
             proposals[m.target] = m
     return matches, proposals, left_s, left_t

@@ -22,7 +22,8 @@ P_ORDER_WEAK = 0.5  # the orders agree only in part
 P_NAME = 0.95
 P_NUMBERS = 0.5
 P_NUMBERS_DEEP = 0.7
-P_FAMILY = 0.6  # the enclosing modules are already matched to each other  # several levels of numbering agree (stage, block, conv)
+P_FAMILY = 0.6  # the enclosing modules are already matched to each other
+P_LOCAL = 0.75  # and inside them, the n-th module of its kind to the n-th (of as many)  # several levels of numbering agree (stage, block, conv)
 NUMBERS_DISAGREE = 0.3  # a different layer number keeps this share of the belief
 
 
@@ -37,6 +38,7 @@ class Evidence:
     transpose: bool
     depth: int = 0  # how many layer numbers were compared
     family: bool = False  # their enclosing modules were already matched to each other
+    local: bool = False  # inside those modules, the n-th of its kind on both sides
 
 
 def compatible(source: Unit, target: Unit) -> bool | None:
@@ -82,11 +84,12 @@ def gather(
     transpose: bool,
     offset: tuple[int, ...] | None,
     family: bool,
+    local: bool,
 ) -> Evidence:
     """The evidence for one compatible pair."""
     name = name_similarity(source.tokens, target.tokens, idf)
     agree = numbers(source.numbers, target.numbers, offset)
-    return Evidence(name, agree, order, unique, transpose, len(source.numbers), family)
+    return Evidence(name, agree, order, unique, transpose, len(source.numbers), family, local)
 
 
 def combine(e: Evidence) -> float:
@@ -98,6 +101,8 @@ def combine(e: Evidence) -> float:
         doubt *= 1 - (P_NUMBERS_DEEP if e.depth > 1 else P_NUMBERS)
     if e.family:
         doubt *= 1 - P_FAMILY
+    if e.local:
+        doubt *= 1 - P_LOCAL
     belief = 1 - doubt
     # Numbering schemes differ between layouts (layer1 -> res2); where the order of the
     # whole layout already pins the pair, other numbers are no evidence against it.
@@ -114,7 +119,7 @@ def why(e: Evidence) -> str:
     if e.numbers < 0:
         parts.append("layer differs")
     if e.family:
-        parts.append("family")
+        parts.append("family" + (" + local order" if e.local else ""))
     if e.unique:
         parts.append("unique shape")
     elif e.order:

@@ -46,6 +46,7 @@ _SEGMENTS: dict[str, str] = {
     "lm_head": "head", "self_attn": "attn", "feed_forward": "mlp",
     "moving_mean": "running_mean", "moving_variance": "running_var",
     "layer_norm": "norm", "layernorm": "norm",
+    "layernorm_before": "norm1", "layernorm_after": "norm2", "ln_1": "norm1", "ln_2": "norm2",
 }  # fmt: skip
 
 # Tokens (after splitting a segment on ``_``) that mean one thing.
@@ -103,7 +104,9 @@ class Unit:
 def _segment_tokens(segment: str) -> list[str]:
     lowered = segment.lower()
     if lowered in _SEGMENTS:
-        return [_SEGMENTS[lowered]]
+        lowered = _SEGMENTS[lowered]
+        if "_" not in lowered and not _EDGE.search(lowered):
+            return [lowered]
     out: list[str] = []
     for part in lowered.split("_"):
         for piece in _EDGE.split(part):

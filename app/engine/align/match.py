@@ -135,10 +135,12 @@ def _local_order(
     pairs: list[tuple[str, str]], i: int, j: int, sig_s: Any, sig_t: Any,
     ranks_s: dict[tuple[str, Any], list[int]], ranks_t: dict[tuple[str, Any], list[int]],
 ) -> bool:  # fmt: skip
-    """Whether, inside matched modules, ``i`` is the n-th of its kind as ``j`` is (of as many)."""
+    """Whether, inside matched modules, ``i`` and ``j`` are the only ones of their kind."""
     for a, b in pairs:
         mine, theirs = ranks_s.get((a, sig_s), []), ranks_t.get((b, sig_t), [])
-        if mine and len(mine) == len(theirs) and mine.index(i) == theirs.index(j):
+        # Only the one module of its kind left on both sides: an order inside a module is
+        # not trusted (Detectron2 defines a block's shortcut first, torchvision last).
+        if mine == [i] and theirs == [j]:
             return True
     return False
 

@@ -23,7 +23,7 @@ P_NAME = 0.95
 P_NUMBERS = 0.5
 P_NUMBERS_DEEP = 0.7
 P_FAMILY = 0.6  # the enclosing modules are already matched to each other
-P_LOCAL = 0.75  # and inside them, the n-th module of its kind to the n-th (of as many)  # several levels of numbering agree (stage, block, conv)
+P_LOCAL = 0.75  # and inside them, the only module of its kind left on each side  # several levels of numbering agree (stage, block, conv)
 NUMBERS_DISAGREE = 0.3  # a different layer number keeps this share of the belief
 
 
@@ -119,7 +119,7 @@ def why(e: Evidence) -> str:
     if e.numbers < 0:
         parts.append("layer differs")
     if e.family:
-        parts.append("family" + (" + local order" if e.local else ""))
+        parts.append("family" + (" + only one left" if e.local else ""))
     if e.unique:
         parts.append("unique shape")
     elif e.order:

@@ -21,6 +21,7 @@ __all__ = [
     "LEAVES",
     "Tensor",
     "ancestors",
+    "common_module",
     "Unit",
     "build_units",
     "idf_weights",
@@ -164,6 +165,18 @@ def ancestors(path: str, depth: int = 2) -> list[str]:
     """The enclosing modules of a unit's path, nearest first (``a.b.c`` -> ``a.b``, ``a``)."""
     cuts = [m.start() for m in _SPLIT.finditer(path)]
     return [path[:c] for c in reversed(cuts)][:depth]
+
+
+def common_module(paths: Sequence[str]) -> str:
+    """The deepest module enclosing (or equal to) every path; ``""`` when they share none."""
+    split = [_SPLIT.split(p) for p in paths]
+    n = 0
+    while all(len(parts) > n and parts[n] == split[0][n] for parts in split):
+        n += 1
+    if n == 0:
+        return ""
+    cuts = [0, *(m.start() for m in _SPLIT.finditer(paths[0])), len(paths[0])]
+    return paths[0][: cuts[n]]
 
 
 def idf_weights(units: Sequence[Unit]) -> dict[str, float]:

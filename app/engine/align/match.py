@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from app.engine.align.assign import forced_pairs, linear_sum_assignment
-from app.engine.align.evidence import Tensor, Unit, ancestors, idf_weights, name_similarity
+from app.engine.align.evidence import (
+    Tensor,
+    Unit,
+    ancestors,
+    common_module,
+    idf_weights,
+    name_similarity,
+)
 from app.engine.align.score import (
     P_ORDER,
     P_ORDER_WEAK,
@@ -38,7 +45,8 @@ DOUBT_RATIO = 3.0
 TIE = 0.1  # a rival this close is reported as a tie (``ambiguous``)
 _ROUNDS = 6
 ORDER_COVERAGE = 0.97
-_DEPTH = 3  # how many enclosing modules take part in family evidence  # share of units order must pin for it to count fully
+_DEPTH = 3  # how many enclosing modules take part in family evidence
+FAMILY_SHARE = 0.6  # an enclosing module's matches must mostly agree to count as evidence  # share of units order must pin for it to count fully
 _SHOWN = 3
 
 
@@ -101,24 +109,25 @@ class Context:
     idf: Mapping[str, float]
     order: dict[tuple[int, int], float]  # (id(source unit), id(target unit)) -> belief
     offsets: dict[int, tuple[int, ...]]  # depth of the layer numbers -> the usual shift
-    family: dict[str, Counter[str]] = field(default_factory=dict)  # enclosing module votes
+    family: dict[str, list[str]] = field(default_factory=dict)  # module -> matched targets
 
     def learn(self, source_path: str, target_path: str) -> None:
-        """Record an applied match: its enclosing modules vote for each other."""
-        for a in ancestors(source_path, _DEPTH):
-            for b in ancestors(target_path, _DEPTH):
-                self.family.setdefault(a, Counter())[b] += 1
+        """Record an applied match under each enclosing module of its source."""
+        up = ancestors(target_path, _DEPTH)
+        for k, a in enumerate(ancestors(source_path, _DEPTH)):
+            if k < len(up):  # as many levels up on the target side
+                self.family.setdefault(a, []).append(up[k])
 
     def related(self, source: Unit, target: Unit) -> list[tuple[str, str]]:
-        """The enclosing modules of ``source`` matched to enclosing modules of ``target``."""
-        theirs = ancestors(target.path, _DEPTH)
-        out = []
+        """``[(a, b)]`` when the nearest enclosing module ``a`` of ``source`` with matches has
+        them all inside ``b`` (their deepest common module), and ``b`` encloses ``target``."""
         for a in ancestors(source.path, _DEPTH):
-            votes = self.family.get(a)
-            if votes:
-                top = max(votes.values())
-                out += [(a, b) for b in theirs if votes.get(b, 0) >= max(2, top / 2)]
-        return out
+            matched = self.family.get(a, [])
+            if not matched:
+                continue
+            b = common_module(matched)
+            return [(a, b)] if b and b in ancestors(target.path, 64) else []
+        return []
 
 
 def _ranks(units: Sequence[Unit], transposed: bool) -> dict[tuple[str, Any], list[int]]:

@@ -109,6 +109,7 @@ class Context:
     idf: Mapping[str, float]
     order: dict[tuple[int, int], float]  # (id(source unit), id(target unit)) -> belief
     offsets: dict[int, tuple[int, ...]]  # depth of the layer numbers -> the usual shift
+    first: int = 0  # the usual shift of the leading number alone
     family: dict[str, list[str]] = field(default_factory=dict)  # module -> matched targets
 
     def learn(self, source_path: str, target_path: str) -> None:
@@ -126,7 +127,11 @@ class Context:
             if not matched:
                 continue
             b = common_module(matched)
-            return [(a, b)] if b and b in ancestors(target.path, 64) else []
+            theirs = ancestors(target.path, 64)
+            if b not in theirs and len(set(matched)) == 1:
+                # every match so far went to one module: ``a`` may be that module's parent
+                b = next(iter(ancestors(b, 1)), "")
+            return [(a, b)] if b and b in theirs else []
         return []
 
 
@@ -190,7 +195,10 @@ def context(sources: Sequence[Unit], targets: Sequence[Unit]) -> Context:
             weight = name_similarity(sources[i].tokens, targets[j].tokens, idf) + 0.05
             votes.setdefault(len(a), Counter())[diff] += weight
     offsets = {depth: c.most_common(1)[0][0] for depth, c in votes.items()}
-    return Context(idf, order, offsets)
+    # the leading number's shift: that of the depth with the most evidence
+    busiest = max(votes, key=lambda d: sum(votes[d].values()), default=None)
+    first = offsets[busiest][0] if busiest is not None else 0
+    return Context(idf, order, offsets, first)
 
 
 def _score_matrix(
@@ -215,6 +223,7 @@ def _score_matrix(
             unique=rows[i] == 1 and cols[j] == 1,
             transpose=t,
             offset=ctx.offsets.get(len(s.numbers)),
+            first=ctx.first,
             family=bool(family),
             local=local,
         )  # fmt: skip

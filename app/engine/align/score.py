@@ -65,11 +65,18 @@ def compatible(source: Unit, target: Unit) -> bool | None:
     return None
 
 
-def numbers(a: tuple[int, ...], b: tuple[int, ...], offset: tuple[int, ...] | None) -> int:
+def numbers(
+    a: tuple[int, ...], b: tuple[int, ...], offset: tuple[int, ...] | None, first: int = 0
+) -> int:
     """Layer numbers: 1 when ``b - a`` is the layout's usual shift (``layer1`` -> ``res2``),
     -1 when the depth is the same but the shift is not, 0 when they cannot be compared."""
-    if not a or not b or len(a) != len(b):
+    if not a or not b:
         return 0
+    if len(a) != len(b):
+        if min(len(a), len(b)) > 1:
+            return 0
+        # one side has a single number, the layer index: compare the leading numbers
+        return 1 if b[0] - a[0] == first else -1
     diff = tuple(y - x for x, y in zip(a, b, strict=True))
     return 1 if diff == (offset or tuple(0 for _ in a)) else -1
 
@@ -83,12 +90,13 @@ def gather(
     unique: bool,
     transpose: bool,
     offset: tuple[int, ...] | None,
+    first: int,
     family: bool,
     local: bool,
 ) -> Evidence:
     """The evidence for one compatible pair."""
     name = name_similarity(source.tokens, target.tokens, idf)
-    agree = numbers(source.numbers, target.numbers, offset)
+    agree = numbers(source.numbers, target.numbers, offset, first)
     return Evidence(name, agree, order, unique, transpose, len(source.numbers), family, local)
 
 

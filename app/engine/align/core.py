@@ -62,6 +62,7 @@ def match_keys(
         applied += done
         fused = [m for m in fused if not m.applied]
         left_s, left_t = _consume(left_s, left_t, done, ctx)
+    _doubt_square(applied, sources)
     by_target: dict[str, Match] = {m.target: m for m in applied}
     for m in fused:
         current = by_target.get(m.target) or proposals.get(m.target)
@@ -103,6 +104,28 @@ def _without(units: list[Unit], used: set[str]) -> list[Unit]:
         elif rest and set(rest) != {"num_batches_tracked"}:
             out.append(replace(unit, tensors=rest))
     return out
+
+
+def _doubt_square(applied: list[Match], sources: Mapping[str, TensorInfo]) -> None:
+    """A layout that stores some 2-D weights transposed (GPT-2's ``Conv1D``) may store the
+    square ones transposed too, and no shape can tell: those are not applied."""
+    inferred = any(
+        "transpose" in m.ops and _leaf(m.sources[0]) != "kernel" for m in applied if m.sources
+    )
+    if not inferred:
+        return
+    for m in applied:
+        if len(m.sources) != 1 or m.group or "transpose" in m.ops:
+            continue
+        shape = sources[m.sources[0]].shape
+        if len(shape) == 2 and shape[0] == shape[1] and _leaf(m.sources[0]) != "kernel":
+            m.applied = False
+            m.confidence = min(m.confidence, 0.5)
+            m.why += " + square: other 2-D weights here are transposed, this one may be too"
+
+
+def _leaf(key: str) -> str:
+    return key.replace("/", ".").rsplit(".", 1)[-1].lower()
 
 
 def _better(a: Match, b: Match) -> bool:

@@ -9,6 +9,7 @@ TF-style ``kernel`` leaves are stored transposed, as PyTorch would hold them.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -21,6 +22,7 @@ __all__ = [
     "LEAVES",
     "Tensor",
     "ancestors",
+    "common_mass",
     "common_module",
     "Unit",
     "build_units",
@@ -161,8 +163,12 @@ def build_units(tensors: Mapping[str, TensorInfo]) -> list[Unit]:
     return list(units.values())
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def ancestors(path: str, depth: int = 2) -> list[str]:
-    """The enclosing modules of a unit's path, nearest first (``a.b.c`` -> ``a.b``, ``a``)."""
+    """The enclosing modules of a unit's path, nearest first (``a.b.c`` -> ``a.b``, ``a``).
+
+    Cached: callers must not change the list.
+    """
     cuts = [m.start() for m in _SPLIT.finditer(path)]
     return [path[:c] for c in reversed(cuts)][:depth]
 
@@ -191,10 +197,17 @@ def idf_weights(units: Sequence[Unit]) -> dict[str, float]:
 
 def name_similarity(a: Counter[str], b: Counter[str], idf: Mapping[str, float]) -> float:
     """IDF-weighted Dice similarity of two token multisets, in [0, 1]."""
-    total = sum(idf.get(t, 1.0) * c for t, c in a.items()) + sum(
-        idf.get(t, 1.0) * c for t, c in b.items()
-    )
-    if total == 0:
-        return 0.0
-    common = sum(idf.get(t, 1.0) * min(c, b[t]) for t, c in a.items() if t in b)
-    return 2 * common / total
+    total = common_mass(a, a, idf) + common_mass(b, b, idf)
+    return 2 * common_mass(a, b, idf) / total if total else 0.0
+
+
+def common_mass(a: Counter[str], b: Counter[str], idf: Mapping[str, float]) -> float:
+    """The IDF-weighted size of the tokens two multisets share."""
+    if len(a) > len(b):
+        a, b = b, a
+    common = 0.0
+    for t, c in a.items():
+        other = b.get(t)
+        if other:
+            common += idf.get(t, 1.0) * min(c, other)
+    return common

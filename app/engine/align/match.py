@@ -22,6 +22,7 @@ from app.engine.align.evidence import (
     Tensor,
     Unit,
     ancestors,
+    common_mass,
     common_module,
     idf_weights,
     name_similarity,
@@ -110,6 +111,26 @@ class Context:
     order: dict[tuple[int, int], float]  # (id(source unit), id(target unit)) -> belief
     offsets: dict[int, tuple[int, ...]]  # depth of the layer numbers -> the usual shift
     first: int = 0  # the usual shift of the leading number alone
+    names: dict[tuple[int, int], float] = field(default_factory=dict)  # cache by unit ids
+    masses: dict[int, float] = field(default_factory=dict)
+
+    def name(self, source: Unit, target: Unit) -> float:
+        """The names' similarity (cached: rounds ask again)."""
+        key = (id(source), id(target))
+        value = self.names.get(key)
+        if value is None:
+            total = self._mass(source) + self._mass(target)
+            value = 0.0
+            if total:
+                value = 2 * common_mass(source.tokens, target.tokens, self.idf) / total
+            self.names[key] = value
+        return value
+
+    def _mass(self, unit: Unit) -> float:
+        value = self.masses.get(id(unit))
+        if value is None:
+            value = self.masses[id(unit)] = common_mass(unit.tokens, unit.tokens, self.idf)
+        return value
     family: dict[str, list[str]] = field(default_factory=dict)  # module -> matched targets
 
     def learn(self, source_path: str, target_path: str) -> None:
@@ -165,14 +186,23 @@ def _fits(sources: Sequence[Unit], targets: Sequence[Unit]) -> dict[tuple[int, i
     for j, unit in enumerate(targets):
         buckets.setdefault(_signature(unit, False) or (), []).append(j)
     fits: dict[tuple[int, int], bool] = {}
+    seen: dict[tuple[Any, Any], bool | None] = {}  # compatibility depends on leaves and shapes
+    layouts = [_layout(u) for u in targets]
     for i, unit in enumerate(sources):
+        mine = _layout(unit)
         for transposed in (False, True):
             sig = _signature(unit, transposed)
             for j in buckets.get(sig, []) if sig is not None else []:
-                t = compatible(unit, targets[j])
-                if t is not None:
-                    fits[(i, j)] = t
+                key = (mine, layouts[j])
+                if key not in seen:
+                    seen[key] = compatible(unit, targets[j])
+                if seen[key] is not None:
+                    fits[(i, j)] = bool(seen[key])
     return fits
+
+
+def _layout(unit: Unit) -> tuple[tuple[str, tuple[int, ...], bool], ...]:
+    return tuple((leaf, t.shape, t.kernel) for leaf, t in sorted(unit.tensors.items()))
 
 
 def context(sources: Sequence[Unit], targets: Sequence[Unit]) -> Context:
@@ -187,18 +217,20 @@ def context(sources: Sequence[Unit], targets: Sequence[Unit]) -> Context:
     coverage = len(forced) / max(len(sources), len(targets), 1)
     strength = P_ORDER if coverage >= ORDER_COVERAGE else P_ORDER_WEAK
     order = {(id(sources[i]), id(targets[j])): strength for i, j in forced}
+    ctx = Context(idf, {}, {})
     votes: dict[int, Counter[tuple[int, ...]]] = {}
     for i, j in fits:
         a, b = sources[i].numbers, targets[j].numbers
         if a and len(a) == len(b):
             diff = tuple(y - x for x, y in zip(a, b, strict=True))
-            weight = name_similarity(sources[i].tokens, targets[j].tokens, idf) + 0.05
+            weight = ctx.name(sources[i], targets[j]) + 0.05
             votes.setdefault(len(a), Counter())[diff] += weight
     offsets = {depth: c.most_common(1)[0][0] for depth, c in votes.items()}
     # the leading number's shift: that of the depth with the most evidence
     busiest = max(votes, key=lambda d: sum(votes[d].values()), default=None)
-    first = offsets[busiest][0] if busiest is not None else 0
-    return Context(idf, order, offsets, first)
+    ctx.order, ctx.offsets = order, offsets
+    ctx.first = offsets[busiest][0] if busiest is not None else 0
+    return ctx
 
 
 def _score_matrix(
@@ -218,7 +250,8 @@ def _score_matrix(
             family, i, j, _signature(s, t), _signature(u, False), ranks_s[t], ranks_t
         )
         e = gather(
-            s, u, ctx.idf,
+            s, u,
+            name=ctx.name(s, u),
             order=ctx.order.get((id(s), id(u)), 0.0),
             unique=rows[i] == 1 and cols[j] == 1,
             transpose=t,

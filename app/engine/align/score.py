@@ -9,10 +9,9 @@ shapes, or the same with its one 2-D weight transposed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.engine.align.evidence import Unit, name_similarity
+from app.engine.align.evidence import Unit
 
 __all__ = ["P_ORDER", "P_ORDER_WEAK", "Evidence", "combine", "compatible", "gather", "numbers", "why"]
 
@@ -84,8 +83,8 @@ def numbers(
 def gather(
     source: Unit,
     target: Unit,
-    idf: Mapping[str, float],
     *,
+    name: float,
     order: float,
     unique: bool,
     transpose: bool,
@@ -94,8 +93,7 @@ def gather(
     family: bool,
     local: bool,
 ) -> Evidence:
-    """The evidence for one compatible pair."""
-    name = name_similarity(source.tokens, target.tokens, idf)
+    """The evidence for one compatible pair (``name``: the names' similarity)."""
     agree = numbers(source.numbers, target.numbers, offset, first)
     return Evidence(name, agree, order, unique, transpose, len(source.numbers), family, local)
 

@@ -88,6 +88,7 @@ def _renames(pairs: Sequence[Pair], universe: Sequence[str]) -> list[tuple[dict[
     rules: list[tuple[dict[str, str], float, int]] = []
     for (_, _, leaf), members in families.items():
         confidence = min(c for _, _, c in members)
+        leaf = leaf and len({_pieces(s)[-1] for s, _, _ in members}) > 1
         written = _written_family(members, leaf, universe) if len(members) > 1 else None
         if written is None:
             rules += [({"key": s, "to": t}, c, 1) for s, t, c in members]
@@ -191,7 +192,7 @@ def compact_rules(
             )
     renamed = dict(wanted)
     _append(doc, "rename", rules, confidences)
-    _fused(doc, applied, renamed, confidences)
+    _fused(doc, applied, renamed, confidences, [renamed.get(k, k) for k in source_keys])
     transposed = [m.target for m in applied if "transpose" in m.ops]
     lowest = {m.target: m.confidence for m in applied}
     transforms = [
@@ -210,11 +211,54 @@ def _lowest(pattern: str, keys: Sequence[str], lowest: dict[str, float]) -> floa
     return min(lowest[k] for k in keys if compiled.fullmatch(k))
 
 
+def _split_rules(
+    splits: dict[str, list[Match]], renamed: dict[str, str], universe: Sequence[str]
+) -> list[tuple[dict[str, Any], float, int]]:
+    """Splits, a family (same names but numbers and leaf) as one ``re:`` rule."""
+    families: dict[Any, list[tuple[str, list[Match]]]] = {}
+    for source, ms in splits.items():
+        whole = renamed.get(source, source)
+        key = tuple(_family_key(whole, m.target)[:2] for m in ms), ms[0].dim
+        families.setdefault(key, []).append((whole, ms))
+    out: list[tuple[dict[str, Any], float, int]] = []
+    for members in families.values():
+        confidence = min(m.confidence for _, ms in members for m in ms)
+        rule = _split_family(members, universe) if len(members) > 1 else None
+        if rule is not None:
+            out.append((rule, confidence, sum(len(ms) for _, ms in members)))
+            continue
+        for whole, ms in members:
+            rule = {"from": whole, "to": [m.target for m in ms], "dim": ms[0].dim}
+            out.append((rule, min(m.confidence for m in ms), len(ms)))
+    return out
+
+
+def _split_family(
+    members: Sequence[tuple[str, list[Match]]], universe: Sequence[str]
+) -> dict[str, Any] | None:
+    leaf = len({_pieces(w)[-1] for w, _ in members}) > 1
+    written = []
+    for i in range(len(members[0][1])):
+        pairs = [(whole, ms[i].target, 1.0) for whole, ms in members]
+        rule = _family_rule(pairs, leaf, False)
+        if rule is None:
+            return None
+        written.append(rule)
+    regex = written[0][0]
+    if any(r != regex for r, _ in written):
+        return None
+    compiled = re.compile(regex)
+    if {k for k in universe if compiled.fullmatch(k)} != {w for w, _ in members}:
+        return None
+    return {"from": "re:" + regex, "to": [to for _, to in written], "dim": members[0][1][0].dim}
+
+
 def _fused(
     doc: dict[str, Any],
     applied: Sequence[Match],
     renamed: dict[str, str],
     confidences: dict[str, tuple[float, int]],
+    universe: Sequence[str],
 ) -> None:
     splits: dict[str, list[Match]] = {}
     merges: list[Match] = []
@@ -223,11 +267,7 @@ def _fused(
             splits.setdefault(m.sources[0], []).append(m)
         elif m.group:
             merges.append(m)
-    split_rules = [
-        ({"from": renamed.get(s, s), "to": list(ms[0].group), "dim": ms[0].dim},
-         min(m.confidence for m in ms), len(ms))
-        for s, ms in splits.items()
-    ]  # fmt: skip
+    split_rules = _split_rules(splits, renamed, universe)
     merge_rules = [
         ({"from": [renamed.get(s, s) for s in m.sources], "to": m.target, "dim": m.dim},
          m.confidence, len(m.sources))

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli_align import register as register_align
 from app.cli_recipe import recipe_cli
 from app.engine.options import WriteOptions
 
@@ -170,7 +171,8 @@ def inspect(source: SourceArg, json_: JsonOpt = False, entry: EntryOpt = "auto")
 
 
 RecipeOpt = Annotated[
-    Path | None, typer.Option("-r", "--recipe", help="Recipe file (YAML or JSON).")
+    Path | None,
+    typer.Option("-r", "--recipe", help="Recipe file (YAML or JSON), or builtin:NAME."),
 ]
 TargetKwargsOpt = Annotated[
     str | None, typer.Option("--target-kwargs", help="JSON kwargs for an arch: target.")
@@ -665,6 +667,7 @@ keys_cli = typer.Typer(
 )
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(recipe_cli, name="recipe")
+register_align(cli)
 
 
 def _keys_database() -> Any:

@@ -117,8 +117,8 @@ def load_recipe(obj: Recipe | Mapping[str, Any] | str | Path | None) -> Recipe:
         return Recipe()
     if isinstance(obj, Recipe):
         return obj
-    if isinstance(obj, str) and obj.startswith("builtin:"):
-        obj = _builtin(obj)
+    if isinstance(obj, str | Path) and str(obj).startswith("builtin:"):
+        obj = _builtin(str(obj))
     data = _read_recipe_file(Path(obj)) if isinstance(obj, str | Path) else obj
     if data is None:  # an empty file
         return Recipe()

@@ -198,7 +198,11 @@ def _fits(sources: Sequence[Unit], targets: Sequence[Unit]) -> dict[tuple[int, i
                     seen[key] = compatible(unit, targets[j])
                 if seen[key] is not None:
                     fits[(i, j)] = bool(seen[key])
-    return fits
+    # A transpose is a fallback: a unit with a candidate as it is takes no transposed one
+    # (``w2`` [d, 4d] is ``down_proj``, not ``up_proj`` [4d, d] turned over).
+    as_is_s = {i for (i, _), t in fits.items() if not t}
+    as_is_t = {j for (_, j), t in fits.items() if not t}
+    return {(i, j): t for (i, j), t in fits.items() if not t or (i not in as_is_s and j not in as_is_t)}
 
 
 def _layout(unit: Unit) -> tuple[tuple[str, tuple[int, ...], bool], ...]:

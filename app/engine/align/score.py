@@ -20,9 +20,9 @@ P_ORDER = 0.92  # the layouts list their modules in the same order (nearly all o
 P_ORDER_WEAK = 0.5  # the orders agree only in part
 P_NAME = 0.95
 P_NUMBERS = 0.5
-P_NUMBERS_DEEP = 0.7
+P_NUMBERS_DEEP = 0.7  # several levels of numbering agree (stage, block, conv)
 P_FAMILY = 0.6  # the enclosing modules are already matched to each other
-P_LOCAL = 0.75  # and inside them, the only module of its kind left on each side  # several levels of numbering agree (stage, block, conv)
+P_LOCAL = 0.75  # and inside them, the only module of its kind left on each side
 NUMBERS_DISAGREE = 0.3  # a different layer number keeps this share of the belief
 
 

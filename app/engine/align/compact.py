@@ -43,42 +43,39 @@ def _escape(text: str) -> str:
 
 
 def _family_rule(pairs: Sequence[Pair], leaf: bool, alternatives: bool) -> tuple[str, str] | None:
-    """The (regex, to) of one family, or ``None`` when back-references cannot express it."""
-    sp = _pieces(pairs[0][0])
-    tp = _pieces(pairs[0][1])
-    s_slots = [i for i, p in enumerate(sp) if p.isdigit()]
-    t_slots = [i for i, p in enumerate(tp) if p.isdigit()]
-    if leaf:
-        s_slots.append(len(sp) - 1)
-        t_slots.append(len(tp) - 1)
-    values = [[_pieces(s)[i] for s, _, _ in pairs] for i in s_slots]
+    """The (regex, to) of one family, or ``None`` when back-references cannot express it.
+
+    A numbered segment that varies becomes a group (``(\\d+)``, or the numbers seen when
+    ``alternatives``); one that does not stays literal; the shared leaf is a group of leaves.
+    """
+    sp, tp = _pieces(pairs[0][0]), _pieces(pairs[0][1])
+    slots = [i for i, p in enumerate(sp) if p.isdigit()] + ([len(sp) - 1] if leaf else [])
+    columns = {i: [_pieces(s)[i] for s, _, _ in pairs] for i in slots}
+    grouped = [i for i in slots if len(set(columns[i])) > 1]
     regex = []
     for i, piece in enumerate(sp):
-        if i in s_slots:
-            column = values[s_slots.index(i)]
-            if piece.isdigit():
-                seen = sorted(set(column), key=int)
-                regex.append("(" + "|".join(seen) + ")" if alternatives else r"(\d+)")
-            else:
-                regex.append("(" + "|".join(sorted(set(column))) + ")")
-        else:
+        if i not in grouped:
             regex.append(_escape(piece))
-    to = []
-    for i, piece in enumerate(tp):
-        if i not in t_slots:
-            to.append(piece.replace("\\", "\\\\"))
-            continue
-        wanted = [_pieces(t)[i] for _, t, _ in pairs]
-        group = next(
-            (g for g, column in enumerate(values) if column == wanted), None
-        )  # the source slot carrying this number for every member
-        if group is None:
-            if len(set(wanted)) != 1:
-                return None
-            to.append(wanted[0])
+        elif piece.isdigit() and not alternatives:
+            regex.append(r"(\d+)")
         else:
+            regex.append("(" + "|".join(sorted(set(columns[i]), key=_natural)) + ")")
+    to = []
+    t_slots = [i for i, p in enumerate(tp) if p.isdigit()] + ([len(tp) - 1] if leaf else [])
+    for i, piece in enumerate(tp):
+        wanted = [_pieces(t)[i] for _, t, _ in pairs]
+        group = next((g for g, j in enumerate(grouped) if columns[j] == wanted), None)
+        if i in t_slots and group is not None:
             to.append(f"\\{group + 1}")
+        elif len(set(wanted)) == 1:
+            to.append(piece.replace("\\", "\\\\"))
+        else:
+            return None
     return "^" + "".join(regex) + "$", "".join(to)
+
+
+def _natural(text: str) -> tuple[int, str]:
+    return (int(text), "") if text.isdigit() else (1 << 30, text)
 
 
 def _renames(pairs: Sequence[Pair], universe: Sequence[str]) -> list[tuple[dict[str, str], float, int]]:

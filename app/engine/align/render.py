@@ -48,7 +48,8 @@ def render_yaml(result: AlignResult, *, header: str = "") -> str:
             lines.append(f"{field}:")
             for i, rule in enumerate(value):
                 note = result.confidences.get(f"{field}[{i}]")
-                comment = f"  # confidence {note[0]:.3f} ({note[1]} keys)" if note else ""
+                keys = f"{note[1]} key" + ("s" if note[1] != 1 else "") if note else ""
+                comment = f"  # confidence {note[0]:.3f} ({keys})" if note else ""
                 lines.append(f"  - {_flow(rule)}{comment}")
         else:
             lines.append(f"{field}: {_flow(value)}")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.engine.align import align  # noqa: E402
-from app.engine.align.core import _header_source  # noqa: E402
-from app.engine.plan import PlanEntry, build_plan  # noqa: E402
-from app.engine.recipe import load_recipe  # noqa: E402
-from app.engine.target import Target  # noqa: E402
-from bench.align_pairs import PAIRS, Pair  # noqa: E402
+from app.engine.align import align
+from app.engine.align.core import _header_source
+from app.engine.plan import PlanEntry, build_plan
+from app.engine.recipe import load_recipe
+from app.engine.target import Target
+from bench.align_pairs import PAIRS, Pair
 
 __all__ = ["Row", "run_pair"]
 
@@ -51,7 +51,9 @@ def _what(entry: PlanEntry) -> tuple[tuple[str, ...], bool, int | None, bool]:
     return tuple(entry.sources), transposed, part, entry.merge_dim is not None
 
 
-def _truth(sources: tuple[str, ...], ops: tuple[str, ...]) -> tuple[tuple[str, ...], bool, int | None, bool]:
+def _truth(
+    sources: tuple[str, ...], ops: tuple[str, ...]
+) -> tuple[tuple[str, ...], bool, int | None, bool]:
     part = None
     for op in ops:
         if op.startswith("split"):

@@ -45,7 +45,8 @@ class Pair:
         self.add(f"{src}.num_batches_tracked", (), f"{tgt}.num_batches_tracked", ())
 
     def linear(self, src: str, tgt: str, out: int, inp: int, *, bias: bool = True,
-               transpose: bool = False, src_leaf: str = "weight", sep: str = ".") -> None:  # fmt: skip
+               transpose: bool = False, src_leaf: str = "weight",
+               sep: str = ".") -> None:  # fmt: skip
         s_shape = (inp, out) if transpose else (out, inp)
         ops = ("transpose",) if transpose else ()
         self.add(f"{src}{sep}{src_leaf}", s_shape, f"{tgt}.weight", (out, inp), ops)
@@ -61,7 +62,15 @@ def _div8(v: float) -> int:
 def mobilenetv2_tv_to_timm() -> Pair:
     """torchvision ``mobilenet_v2`` -> timm ``mobilenetv2_100``: names share nothing."""
     p = Pair("mobilenetv2 torchvision->timm (order+shape)")
-    settings = [(1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1)]
+    settings = [
+        (1, 16, 1),
+        (6, 24, 2),
+        (6, 32, 3),
+        (6, 64, 4),
+        (6, 96, 3),
+        (6, 160, 3),
+        (6, 320, 1),
+    ]
     p.add("features.0.0.weight", (32, 3, 3, 3), "conv_stem.weight", (32, 3, 3, 3))
     p.bn("features.0.1", "bn1", 32)
     chans, f = 32, 1
@@ -69,7 +78,9 @@ def mobilenetv2_tv_to_timm() -> Pair:
         for i in range(n):
             hidden, s, d = chans * t, f"features.{f}.conv", f"blocks.{stage}.{i}"
             if t == 1:
-                p.add(f"{s}.0.0.weight", (hidden, 1, 3, 3), f"{d}.conv_dw.weight", (hidden, 1, 3, 3))
+                p.add(
+                    f"{s}.0.0.weight", (hidden, 1, 3, 3), f"{d}.conv_dw.weight", (hidden, 1, 3, 3)
+                )
                 p.bn(f"{s}.0.1", f"{d}.bn1", hidden)
                 p.add(f"{s}.1.weight", (c, hidden, 1, 1), f"{d}.conv_pw.weight", (c, hidden, 1, 1))
                 p.bn(f"{s}.2", f"{d}.bn2", c)
@@ -77,7 +88,9 @@ def mobilenetv2_tv_to_timm() -> Pair:
                 p.add(f"{s}.0.0.weight", (hidden, chans, 1, 1), f"{d}.conv_pw.weight",
                       (hidden, chans, 1, 1))  # fmt: skip
                 p.bn(f"{s}.0.1", f"{d}.bn1", hidden)
-                p.add(f"{s}.1.0.weight", (hidden, 1, 3, 3), f"{d}.conv_dw.weight", (hidden, 1, 3, 3))
+                p.add(
+                    f"{s}.1.0.weight", (hidden, 1, 3, 3), f"{d}.conv_dw.weight", (hidden, 1, 3, 3)
+                )
                 p.bn(f"{s}.1.1", f"{d}.bn2", hidden)
                 p.add(f"{s}.2.weight", (c, hidden, 1, 1), f"{d}.conv_pwl.weight", (c, hidden, 1, 1))
                 p.bn(f"{s}.3", f"{d}.bn3", c)
@@ -103,7 +116,9 @@ def resnet18_tv_to_detectron2() -> Pair:
                 p.add(f"{s}.downsample.0.weight", (planes, chans, 1, 1), f"{d}.shortcut.weight",
                       (planes, chans, 1, 1))  # fmt: skip
                 p.bn(f"{s}.downsample.1", f"{d}.shortcut.norm", planes)
-            p.add(f"{s}.conv1.weight", (planes, inp, 3, 3), f"{d}.conv1.weight", (planes, inp, 3, 3))
+            p.add(
+                f"{s}.conv1.weight", (planes, inp, 3, 3), f"{d}.conv1.weight", (planes, inp, 3, 3)
+            )
             p.bn(f"{s}.bn1", f"{d}.conv1.norm", planes)
             p.add(f"{s}.conv2.weight", (planes, planes, 3, 3), f"{d}.conv2.weight",
                   (planes, planes, 3, 3))  # fmt: skip
@@ -114,8 +129,15 @@ def resnet18_tv_to_detectron2() -> Pair:
     first: dict[str, int] = {}
     for i, key in enumerate(p.source):
         first.setdefault(key.split(".")[0] + "." + key.split(".")[1], i)
-    p.source = dict(sorted(p.source.items(), key=lambda kv: (
-        first[kv[0].split(".")[0] + "." + kv[0].split(".")[1]], "downsample" in kv[0])))
+    p.source = dict(
+        sorted(
+            p.source.items(),
+            key=lambda kv: (
+                first[kv[0].split(".")[0] + "." + kv[0].split(".")[1]],
+                "downsample" in kv[0],
+            ),
+        )
+    )
     return p
 
 
@@ -125,7 +147,9 @@ def bert_tf_to_hf(layers: int = 2, hidden: int = 32, inter: int = 64) -> Pair:
     e, h = "bert/embeddings", "bert.embeddings"
     p.add(f"{e}/word_embeddings", (99, hidden), f"{h}.word_embeddings.weight", (99, hidden))
     p.add(f"{e}/position_embeddings", (64, hidden), f"{h}.position_embeddings.weight", (64, hidden))
-    p.add(f"{e}/token_type_embeddings", (2, hidden), f"{h}.token_type_embeddings.weight", (2, hidden))
+    p.add(
+        f"{e}/token_type_embeddings", (2, hidden), f"{h}.token_type_embeddings.weight", (2, hidden)
+    )
     p.add(f"{e}/LayerNorm/gamma", (hidden,), f"{h}.LayerNorm.weight", (hidden,))
     p.add(f"{e}/LayerNorm/beta", (hidden,), f"{h}.LayerNorm.bias", (hidden,))
     for i in range(layers):
@@ -138,7 +162,9 @@ def bert_tf_to_hf(layers: int = 2, hidden: int = 32, inter: int = 64) -> Pair:
             ("intermediate/dense", "intermediate.dense", inter, hidden),
             ("output/dense", "output.dense", hidden, inter),
         ):
-            p.linear(f"{s}/{src}", f"{d}.{dst}", out, inp, transpose=True, src_leaf="kernel", sep="/")
+            p.linear(
+                f"{s}/{src}", f"{d}.{dst}", out, inp, transpose=True, src_leaf="kernel", sep="/"
+            )
         for src, dst in (("attention/output/LayerNorm", "attention.output.LayerNorm"),
                          ("output/LayerNorm", "output.LayerNorm")):  # fmt: skip
             p.add(f"{s}/{src}/gamma", (hidden,), f"{d}.{dst}.weight", (hidden,))
@@ -188,8 +214,8 @@ def vit_fused_to_split(layers: int = 4, dim: int = 48) -> Pair:
     p = Pair("vit timm->transformers (fused qkv)")
     p.add("cls_token", (1, 1, dim), "embeddings.cls_token", (1, 1, dim))
     p.add("pos_embed", (1, 17, dim), "embeddings.position_embeddings", (1, 17, dim))
-    p.add("patch_embed.proj.weight", (dim, 3, 16, 16), "embeddings.patch_embeddings.projection.weight",
-          (dim, 3, 16, 16))  # fmt: skip
+    p.add("patch_embed.proj.weight", (dim, 3, 16, 16),
+          "embeddings.patch_embeddings.projection.weight", (dim, 3, 16, 16))  # fmt: skip
     p.add("patch_embed.proj.bias", (dim,), "embeddings.patch_embeddings.projection.bias", (dim,))
     for i in range(layers):
         s, d = f"blocks.{i}", f"encoder.layer.{i}"
@@ -222,7 +248,9 @@ def split_to_fused(layers: int = 4, dim: int = 48) -> Pair:
             p.source[part] = TensorInfo(part, (dim, dim), "float32")
         p.add(parts, None, f"{d}.qkv.weight", (3 * dim, dim), ("merge(dim=0)",))
         p.linear(f"{s}.o_proj", f"{d}.proj", dim, dim, bias=False)
-        p.add(f"model.layers.{i}.input_layernorm.weight", (dim,), f"blocks.{i}.norm1.weight", (dim,))
+        p.add(
+            f"model.layers.{i}.input_layernorm.weight", (dim,), f"blocks.{i}.norm1.weight", (dim,)
+        )
     return p
 
 
@@ -252,7 +280,7 @@ def gpt2_conv1d_to_linear(layers: int = 3, dim: int = 32) -> Pair:
 
 
 def convnext_timm_to_hf(dim: int = 16) -> Pair:
-    """timm ConvNeXt -> transformers ConvNeXt (``conv_dw``->``dwconv``, ``mlp.fc1``->``pwconv1``)."""
+    """timm ConvNeXt -> transformers ConvNeXt (``conv_dw``/``dwconv``, ``fc1``/``pwconv1``)."""
     p = Pair("convnext timm->transformers")
     p.add("stem.0.weight", (dim, 3, 4, 4), "embeddings.patch_embeddings.weight", (dim, 3, 4, 4))
     p.add("stem.0.bias", (dim,), "embeddings.patch_embeddings.bias", (dim,))

@@ -58,8 +58,16 @@ def test_align_exits_1_and_lists_ties_when_keys_stay_unresolved(tmp_path: Path) 
     source = tmp_path / "src.safetensors"
     save_file({k: torch.zeros(v.shape) for k, v in pair.source.items()}, str(source))
     skeleton = tmp_path / "target.json"
-    skeleton.write_text(json.dumps({"schema": "graft.skeleton/v1", "tensors": {
-        k: {"shape": list(v.shape), "dtype": "float32"} for k, v in pair.target.items()}}))
+    skeleton.write_text(
+        json.dumps(
+            {
+                "schema": "graft.skeleton/v1",
+                "tensors": {
+                    k: {"shape": list(v.shape), "dtype": "float32"} for k, v in pair.target.items()
+                },
+            }
+        )
+    )
     recipe = tmp_path / "recipe.json"
 
     run = graft_process("align", source, skeleton, "-o", recipe, "--json")
@@ -67,10 +75,16 @@ def test_align_exits_1_and_lists_ties_when_keys_stay_unresolved(tmp_path: Path) 
     assert run.returncode == 1, run.stderr
     assert "  ? tail.left.weight TIE <- " in run.stderr
     document = json.loads(run.stdout)
-    assert {u["target"] for u in document["unresolved"]} == {"tail.left.weight", "tail.right.weight"}
+    assert {u["target"] for u in document["unresolved"]} == {
+        "tail.left.weight",
+        "tail.right.weight",
+    }
     written = json.loads(recipe.read_text())
     assert written["strict"] is True and written["rename"][0]["x-confidence"] >= 0.9
-    assert {u["target"] for u in written["x-unresolved"]} == {"tail.left.weight", "tail.right.weight"}
+    assert {u["target"] for u in written["x-unresolved"]} == {
+        "tail.left.weight",
+        "tail.right.weight",
+    }
 
 
 def test_recipes_lists_the_builtins_and_convert_takes_one(tmp_path: Path) -> None:

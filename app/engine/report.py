@@ -142,8 +142,15 @@ def build_report(
         "entries": entries,
         "unused": unused,
         "suggestions": [
-            {"source": s.source, "target": s.target, "confidence": s.confidence, "why": s.why,
-             "ops": s.ops, "ambiguous": s.ambiguous, "candidates": s.candidates}
+            {
+                "source": s.source,
+                "target": s.target,
+                "confidence": s.confidence,
+                "why": s.why,
+                "ops": s.ops,
+                "ambiguous": s.ambiguous,
+                "candidates": s.candidates,
+            }
             for s in plan.suggestions
         ],
         "rules": [r.as_json() for r in plan.rules],

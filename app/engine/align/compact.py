@@ -78,7 +78,9 @@ def _natural(text: str) -> tuple[int, str]:
     return (int(text), "") if text.isdigit() else (1 << 30, text)
 
 
-def _renames(pairs: Sequence[Pair], universe: Sequence[str]) -> list[tuple[dict[str, str], float, int]]:
+def _renames(
+    pairs: Sequence[Pair], universe: Sequence[str]
+) -> list[tuple[dict[str, str], float, int]]:
     families: dict[Any, list[Pair]] = {}
     for pair in pairs:
         families.setdefault(_family_key(pair[0], pair[1]), []).append(pair)

@@ -21,11 +21,11 @@ from app.engine.meta import TensorInfo
 __all__ = [
     "LEAVES",
     "Tensor",
+    "Unit",
     "ancestors",
+    "build_units",
     "common_mass",
     "common_module",
-    "Unit",
-    "build_units",
     "idf_weights",
     "name_similarity",
     "path_evidence",

@@ -78,8 +78,10 @@ def _score(
         belief *= 0.3
     if not named:
         belief = min(belief, CAP_UNNAMED)
-    why = f"name {name:.2f}" + (" + layer" if same_layer else "") + (
-        " + parts named" if named else " + part order unproven"
+    why = (
+        f"name {name:.2f}"
+        + (" + layer" if same_layer else "")
+        + (" + parts named" if named else " + part order unproven")
     )
     return belief, why + " + fused shape"
 

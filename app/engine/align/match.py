@@ -33,7 +33,7 @@ from app.engine.align.score import (
     Evidence,
     combine,
     compatible,
-    gather,
+    numbers,
     why,
 )
 
@@ -45,9 +45,8 @@ MARGIN = 0.05
 DOUBT_RATIO = 3.0
 TIE = 0.1  # a rival this close is reported as a tie (``ambiguous``)
 _ROUNDS = 6
-ORDER_COVERAGE = 0.97
+ORDER_COVERAGE = 0.97  # share of units order must pin for it to count fully
 _DEPTH = 3  # how many enclosing modules take part in family evidence
-FAMILY_SHARE = 0.6  # an enclosing module's matches must mostly agree to count as evidence  # share of units order must pin for it to count fully
 _SHOWN = 3
 
 
@@ -131,6 +130,7 @@ class Context:
         if value is None:
             value = self.masses[id(unit)] = common_mass(unit.tokens, unit.tokens, self.idf)
         return value
+
     family: dict[str, list[str]] = field(default_factory=dict)  # module -> matched targets
 
     def learn(self, source_path: str, target_path: str) -> None:
@@ -202,7 +202,9 @@ def _fits(sources: Sequence[Unit], targets: Sequence[Unit]) -> dict[tuple[int, i
     # (``w2`` [d, 4d] is ``down_proj``, not ``up_proj`` [4d, d] turned over).
     as_is_s = {i for (i, _), t in fits.items() if not t}
     as_is_t = {j for (_, j), t in fits.items() if not t}
-    return {(i, j): t for (i, j), t in fits.items() if not t or (i not in as_is_s and j not in as_is_t)}
+    return {
+        (i, j): t for (i, j), t in fits.items() if not t or (i not in as_is_s and j not in as_is_t)
+    }
 
 
 def _layout(unit: Unit) -> tuple[tuple[str, tuple[int, ...], bool], ...]:
@@ -222,14 +224,15 @@ def context(sources: Sequence[Unit], targets: Sequence[Unit]) -> Context:
     strength = P_ORDER if coverage >= ORDER_COVERAGE else P_ORDER_WEAK
     order = {(id(sources[i]), id(targets[j])): strength for i, j in forced}
     ctx = Context(idf, {}, {})
-    votes: dict[int, Counter[tuple[int, ...]]] = {}
+    votes: dict[int, dict[tuple[int, ...], float]] = {}
     for i, j in fits:
         a, b = sources[i].numbers, targets[j].numbers
         if a and len(a) == len(b):
             diff = tuple(y - x for x, y in zip(a, b, strict=True))
             weight = ctx.name(sources[i], targets[j]) + 0.05
-            votes.setdefault(len(a), Counter())[diff] += weight
-    offsets = {depth: c.most_common(1)[0][0] for depth, c in votes.items()}
+            depth = votes.setdefault(len(a), {})
+            depth[diff] = depth.get(diff, 0.0) + weight
+    offsets = {depth: max(c, key=c.__getitem__) for depth, c in votes.items()}
     # the leading number's shift: that of the depth with the most evidence
     busiest = max(votes, key=lambda d: sum(votes[d].values()), default=None)
     ctx.order, ctx.offsets = order, offsets
@@ -253,17 +256,16 @@ def _score_matrix(
         local = bool(family) and _local_order(
             family, i, j, _signature(s, t), _signature(u, False), ranks_s[t], ranks_t
         )
-        e = gather(
-            s, u,
+        e = Evidence(
             name=ctx.name(s, u),
+            numbers=numbers(s.numbers, u.numbers, ctx.offsets.get(len(s.numbers)), ctx.first),
             order=ctx.order.get((id(s), id(u)), 0.0),
             unique=rows[i] == 1 and cols[j] == 1,
             transpose=t,
-            offset=ctx.offsets.get(len(s.numbers)),
-            first=ctx.first,
+            depth=len(s.numbers),
             family=bool(family),
             local=local,
-        )  # fmt: skip
+        )
         evidence[(i, j)] = e
         score[i, j] = combine(e)
     return score, evidence
@@ -309,12 +311,17 @@ def _round(sources: Sequence[Unit], targets: Sequence[Unit], ctx: Context) -> li
         sub = score[np.ix_(rows, cols)]
         for r, c in linear_sum_assignment(sub):
             i, j = rows[r], cols[c]
-            p = float(score[i, j])
-            row = [float(score[i, k]) for k in cols if k != j and np.isfinite(score[i, k])]
-            col = [(float(score[k, j]), k) for k in rows if k != i and np.isfinite(score[k, j])]
-            rival = max(row + [s for s, _ in col], default=0.0)
-            ranked = sorted([(p, i), *col], key=lambda x: -x[0])[:_SHOWN]
-            rivals = [(s, sources[k]) for s, k in ranked]
+            p = float(sub[r, c])
+            others_row = np.delete(sub[r], c)
+            others_col = np.delete(sub[:, c], r)
+            finite = np.concatenate([others_row, others_col])
+            finite = finite[np.isfinite(finite)]
+            rival = float(finite.max()) if finite.size else 0.0
+            order = np.argsort(-np.where(np.isfinite(sub[:, c]), sub[:, c], -1.0), kind="stable")[
+                :_SHOWN
+            ]
+            rivals = [(float(sub[k, c]), sources[rows[k]]) for k in order
+                      if np.isfinite(sub[k, c])]  # fmt: skip
             out.append(_Pair(sources[i], targets[j], evidence[(i, j)], p, rival, rivals))
     return out
 

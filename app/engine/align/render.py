@@ -16,7 +16,18 @@ from app.engine.align.match import Match
 
 __all__ = ["render_json", "render_yaml", "unresolved_document"]
 
-_LISTS = ("rename", "drop", "only", "split", "merge", "copy", "transform", "adapt", "init", "freeze")
+_LISTS = (
+    "rename",
+    "drop",
+    "only",
+    "split",
+    "merge",
+    "copy",
+    "transform",
+    "adapt",
+    "init",
+    "freeze",
+)
 
 
 def unresolved_document(matches: list[Match]) -> list[dict[str, Any]]:

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 from app.engine.align.evidence import Unit
 
-__all__ = ["P_ORDER", "P_ORDER_WEAK", "Evidence", "combine", "compatible", "gather", "numbers", "why"]
+__all__ = [
+    "P_ORDER",
+    "P_ORDER_WEAK",
+    "Evidence",
+    "combine",
+    "compatible",
+    "numbers",
+    "why",
+]
 
 # How much each piece of evidence alone makes a match believable.
 P_ORDER = 0.92  # the layouts list their modules in the same order (nearly all of them)
@@ -78,24 +86,6 @@ def numbers(
         return 1 if b[0] - a[0] == first else -1
     diff = tuple(y - x for x, y in zip(a, b, strict=True))
     return 1 if diff == (offset or tuple(0 for _ in a)) else -1
-
-
-def gather(
-    source: Unit,
-    target: Unit,
-    *,
-    name: float,
-    order: float,
-    unique: bool,
-    transpose: bool,
-    offset: tuple[int, ...] | None,
-    first: int,
-    family: bool,
-    local: bool,
-) -> Evidence:
-    """The evidence for one compatible pair (``name``: the names' similarity)."""
-    agree = numbers(source.numbers, target.numbers, offset, first)
-    return Evidence(name, agree, order, unique, transpose, len(source.numbers), family, local)
 
 
 def combine(e: Evidence) -> float:

@@ -129,8 +129,8 @@ def test_written_recipe_collapses_families_and_loads_back_from_yaml_and_json() -
 def test_user_rules_run_first_and_alignment_takes_the_rest() -> None:
     source = {k: _t(k, 4, 4) for k in ("enc.a.weight", "enc.b.weight")}
     source["stem.weight"] = _t("stem.weight", 8, 3)
-    target = {"body.a.weight": _t("body.a.weight", 4, 4), "body.b.weight": _t("body.b.weight", 4, 4),
-              "input.weight": _t("input.weight", 3, 8)}  # fmt: skip
+    target = {k: _t(k, 4, 4) for k in ("body.a.weight", "body.b.weight")}
+    target["input.weight"] = _t("input.weight", 3, 8)
 
     result = align(source, target, {"rename": [{"prefix": "enc.", "to": "body."}]})
 

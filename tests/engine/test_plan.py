@@ -418,7 +418,7 @@ def test_align_suggest_lists_one_to_one_matches(tmp_path: Path) -> None:
     suggestions = {s["source"]: s for s in report["suggestions"]}
     assert {s: x["target"] for s, x in suggestions.items()} == PAIRS
     conv, head = suggestions["backbone.conv.weight"], suggestions["classifier.weight"]
-    assert (conv["confidence"], conv["why"]) == (0.939, "name 0.50 + unique shape + shape")
+    assert (conv["confidence"], conv["why"]) == (0.958, "name 0.50 + unique shape + shape")
     assert (head["confidence"], head["why"]) == (0.92, "name 0.00 + unique shape + shape")
     assert not any(s["ambiguous"] or s["ops"] for s in report["suggestions"])
     assert len({s["target"] for s in report["suggestions"]}) == len(PAIRS)  # one-to-one

@@ -6,15 +6,18 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from app.engine.align import align, match_keys, render_json, render_yaml
 from app.engine.align.assign import forced_pairs, linear_sum_assignment
 from app.engine.meta import TensorInfo
+from app.engine.pipeline import convert
 from app.engine.recipe import load_recipe
 from app.engine.target import Target
 from bench.align import run_pair
@@ -148,3 +151,32 @@ def test_min_confidence_holds_back_what_is_below_it() -> None:
 
     assert all(m.confidence >= 0.99 for m in result.matches if m.applied)
     assert not result.complete and result.fed < result.total
+
+
+# --- align: apply inside a plan ------------------------------------------------------------
+
+
+def test_align_apply_in_a_recipe_loads_a_transposed_match(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weights = {
+        "encoder.attn.c_attn.weight": torch.randn(8, 24),  # Conv1D: [in, out]
+        "encoder.attn.c_attn.bias": torch.randn(24),
+        "encoder.ln.weight": torch.randn(8),
+    }
+    source = tmp_path / "src.pt"
+    torch.save(weights, source)
+    target = Target.from_skeleton({"schema": "graft.skeleton/v1", "tensors": {
+        "body.attention.qkv.weight": {"shape": [24, 8], "dtype": "float32"},
+        "body.attention.qkv.bias": {"shape": [24], "dtype": "float32"},
+        "body.norm.weight": {"shape": [8], "dtype": "float32"},
+    }})  # fmt: skip
+
+    result = convert(source, target, load_recipe({"align": "apply", "strict": True}),
+                     output=tmp_path / "out.safetensors")  # fmt: skip
+
+    assert result.ok, result.report.get("errors")
+    out = load_file(str(tmp_path / "out.safetensors"))
+    assert torch.equal(out["body.attention.qkv.weight"], weights["encoder.attn.c_attn.weight"].t())
+    assert torch.equal(out["body.norm.weight"], weights["encoder.ln.weight"])
+    entry = next(e for e in result.report["entries"] if e["target"] == "body.attention.qkv.weight")
+    assert (entry["rules"], entry["ops"][0]) == (["align"], "transpose(0,1)")

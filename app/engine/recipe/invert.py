@@ -28,6 +28,7 @@ from app.engine.recipe.patterns import cite, compile_re2, compile_regex, split_r
 from app.engine.recipe.rename import rename_keys
 from app.engine.recipe.tensor_rules import (
     MergeRule,
+    PermuteRotaryTransform,
     ReshapeTransform,
     SplitRule,
     TransformRule,
@@ -77,6 +78,10 @@ def invert_recipe(recipe: Recipe, *, source: dict[str, TensorInfo] | None = None
 
             by_key, note = invert_by_key(recipe, source)
             return Inversion({**by_key, **_settings(recipe)}, [note])
+        if renaming:  # the other rules, written through the inverted renames
+            from app.engine.recipe.invert_through import invert_through_renames
+
+            return Inversion(*invert_through_renames(recipe))
         raise InvalidRecipeError(
             "cannot be inverted rule by rule: a conversion renames first and transforms last, "
             "so the reverse would have to run them the other way round; give --source to "
@@ -129,7 +134,7 @@ def _refuse_the_rest(recipe: Recipe) -> None:
                 rule=cite(name, 0),
             )
     for i, rule in enumerate(recipe.transform):
-        if not isinstance(rule, TransposeTransform | ReshapeTransform):
+        if not isinstance(rule, TransposeTransform | ReshapeTransform | PermuteRotaryTransform):
             raise InvalidRecipeError(
                 f"a {rule.op} transform cannot be inverted (it keeps a subset)",
                 rule=cite("transform", i),
@@ -362,6 +367,8 @@ def _invert_transform(
     rule = rules[index]
     if isinstance(rule, TransposeTransform):
         return rule.model_dump(mode="json", exclude_none=True)
+    if isinstance(rule, PermuteRotaryTransform):
+        return _unpermute(rule, rule.match)
     if isinstance(rule, ReshapeTransform):
         if source is None:
             raise InvalidRecipeError(
@@ -382,6 +389,12 @@ def _invert_transform(
             )
         return {"match": rule.match, "op": "reshape", "shape": list(shapes.pop())}
     raise InvalidRecipeError(f"a {rule.op} transform cannot be inverted", rule=citation)
+
+
+def _unpermute(rule: PermuteRotaryTransform, match: str) -> dict[str, Any]:
+    """The permutation back to the other rotary layout."""
+    back = "interleaved" if rule.to == "halves" else "halves"
+    return {"match": match, "op": "permute_rotary", "heads": rule.heads, "to": back}
 
 
 def _shape_before(

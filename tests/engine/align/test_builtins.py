@@ -364,3 +364,25 @@ def test_meta_llama_to_transformers_and_back(
 def _saved(tensors: dict[str, torch.Tensor], path: Path) -> Path:
     save_file({k: torch.zeros_like(v) for k, v in tensors.items()}, str(path))
     return path
+
+
+def test_the_way_back_inverted_without_a_source_is_the_way_there(tmp_path: Path) -> None:
+    """``graft recipe invert`` of transformers -> Meta (renames + permute_rotary), with no
+    ``--source``, converts Meta's tensors into a model that computes what the original did."""
+    from app.engine.recipe.invert import invert_recipe
+
+    reference = _tiny_llama(8)
+    meta = {k: v for k, v in _as_meta(reference, 8).items() if k != "rope.freqs"}
+    inversion = invert_recipe(load_recipe("builtin:transformers-to-meta-llama3-8b"))
+    src = tmp_path / "meta.safetensors"
+    save_file(meta, str(src))
+    target = transformers.LlamaForCausalLM(reference.config).eval()
+
+    result = convert(src, Target.from_module(target, name="hf"), load_recipe(inversion.recipe),
+                     output=tmp_path / "hf.safetensors")  # fmt: skip
+
+    assert result.ok, result.report.get("errors")
+    target.load_state_dict(load_file(str(tmp_path / "hf.safetensors")), strict=True)
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(target(ids).logits, reference(ids).logits)

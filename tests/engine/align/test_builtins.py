@@ -51,6 +51,7 @@ def test_every_builtin_is_listed_named_and_versioned() -> None:
         "gpt2-to-nanogpt",
         "meta-llama2-7b-to-transformers",
         "meta-llama3-8b-to-transformers",
+        "openai-clip-to-transformers",
         "torchvision-mobilenetv2-to-timm",
         "torchvision-resnet-to-timm",
         "transformers-to-meta-llama2-7b",
@@ -386,3 +387,57 @@ def test_the_way_back_inverted_without_a_source_is_the_way_there(tmp_path: Path)
     ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(target(ids).logits, reference(ids).logits)
+
+
+def _as_openai_clip(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CLIPModel's weights under the names (and layouts) of OpenAI's ``clip`` package."""
+    sd = model.state_dict()
+    out = {
+        "logit_scale": sd["logit_scale"],
+        "visual.conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
+        "visual.class_embedding": sd["vision_model.embeddings.class_embedding"],
+        "visual.positional_embedding": sd["vision_model.embeddings.position_embedding.weight"],
+        "visual.proj": sd["visual_projection.weight"].t(),
+        "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+        "text_projection": sd["text_projection.weight"].t(),
+    }
+    for leaf in ("weight", "bias"):
+        out[f"visual.ln_pre.{leaf}"] = sd[f"vision_model.pre_layrnorm.{leaf}"]
+        out[f"visual.ln_post.{leaf}"] = sd[f"vision_model.post_layernorm.{leaf}"]
+        out[f"ln_final.{leaf}"] = sd[f"text_model.final_layer_norm.{leaf}"]
+    for tower, theirs in (("vision_model", "visual.transformer"), ("text_model", "transformer")):
+        for i in range(2):
+            mine, ours = f"{tower}.encoder.layers.{i}", f"{theirs}.resblocks.{i}"
+            for leaf in ("weight", "bias"):
+                qkv = [sd[f"{mine}.self_attn.{x}_proj.{leaf}"] for x in "qkv"]
+                out[f"{ours}.attn.in_proj_{leaf}"] = torch.cat(qkv)
+                out[f"{ours}.attn.out_proj.{leaf}"] = sd[f"{mine}.self_attn.out_proj.{leaf}"]
+                out[f"{ours}.ln_1.{leaf}"] = sd[f"{mine}.layer_norm1.{leaf}"]
+                out[f"{ours}.ln_2.{leaf}"] = sd[f"{mine}.layer_norm2.{leaf}"]
+                out[f"{ours}.mlp.c_fc.{leaf}"] = sd[f"{mine}.mlp.fc1.{leaf}"]
+                out[f"{ours}.mlp.c_proj.{leaf}"] = sd[f"{mine}.mlp.fc2.{leaf}"]
+    return {k: v.clone() for k, v in out.items()}
+
+
+def test_openai_clip_to_transformers(tmp_path: Path) -> None:
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": 99, "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "max_position_embeddings": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+        projection_dim=24,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = transformers.CLIPModel(config).eval()
+    source = _as_openai_clip(reference)
+    target = transformers.CLIPModel(config).eval()
+
+    _convert(source, "openai-clip-to-transformers", target, tmp_path)
+
+    ids = torch.randint(0, 99, (2, 9), generator=torch.Generator().manual_seed(1))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got, want = target(input_ids=ids, pixel_values=pixels), reference(ids, pixels)
+    assert torch.equal(got.logits_per_image, want.logits_per_image)

@@ -86,6 +86,14 @@ class Suggestion:
     candidates: list[dict[str, object]] = field(default_factory=list)
     applied: bool = False  # confident and one-to-one: `align: apply` loads it
 
+    def as_json(self) -> dict[str, object]:
+        """The report's ``suggestions`` entry (SPEC §2.2)."""
+        return {
+            "source": self.source, "target": self.target, "confidence": self.confidence,
+            "why": self.why, "ops": self.ops, "ambiguous": self.ambiguous,
+            "candidates": self.candidates,
+        }  # fmt: skip
+
 
 @dataclass
 class Plan:

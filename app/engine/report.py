@@ -141,18 +141,7 @@ def build_report(
         "summary": _summary(plan, target_elements),
         "entries": entries,
         "unused": unused,
-        "suggestions": [
-            {
-                "source": s.source,
-                "target": s.target,
-                "confidence": s.confidence,
-                "why": s.why,
-                "ops": s.ops,
-                "ambiguous": s.ambiguous,
-                "candidates": s.candidates,
-            }
-            for s in plan.suggestions
-        ],
+        "suggestions": [s.as_json() for s in plan.suggestions],
         "rules": [r.as_json() for r in plan.rules],
         "warnings": warnings,
         "verification": verification,

@@ -266,6 +266,8 @@ def _fused(
             splits.setdefault(m.sources[0], []).append(m)
         elif m.group:
             merges.append(m)
+    for ms in splits.values():  # the parts in the order the split cuts them, not file order
+        ms.sort(key=lambda m: m.group.index(m.target))
     split_rules = _split_rules(splits, renamed, universe)
     merge_rules = [
         ({"from": [renamed.get(s, s) for s in m.sources], "to": m.target, "dim": m.dim},

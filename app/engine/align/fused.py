@@ -46,6 +46,22 @@ def _windows(
     return [siblings[i : i + k] for i in range(len(siblings) - k + 1)] if k >= 2 else []
 
 
+def _spelled(whole: Tensor, siblings: list[Tensor]) -> list[list[Tensor]]:
+    """The siblings whose names, in some order, spell the fused name (``qkv``: q, k, v),
+    whatever the file order (a safetensors file lists keys sorted)."""
+    word = _last_token(whole.key)
+    by_token = {_last_token(t.key): t for t in siblings}
+    out: list[Tensor] = []
+    while word:
+        step = next((tok for tok in sorted(by_token, key=len, reverse=True)
+                     if tok and word.startswith(tok)), None)  # fmt: skip
+        if step is None:
+            return []
+        out.append(by_token.pop(step))
+        word = word[len(step) :]
+    return [out] if len(out) >= 2 else []
+
+
 def _fused_dim(whole: tuple[int, ...], part: tuple[int, ...], k: int) -> int | None:
     if len(whole) != len(part) or len(whole) > 2:  # only Linear weights and biases fuse
         return None
@@ -121,9 +137,12 @@ def _one_way(
             for (_, p_leaf, shape), siblings in groups.items():
                 if p_leaf != leaf or whole.kernel:
                     continue
-                for parts in _windows(siblings, whole.shape, shape):
+                seen: set[tuple[str, ...]] = set()
+                for parts in _windows(siblings, whole.shape, shape) + _spelled(whole, siblings):
                     dim = _fused_dim(whole.shape, shape, len(parts))
-                    if dim is not None:
+                    names = tuple(p.key for p in parts)
+                    if dim is not None and names not in seen:
+                        seen.add(names)
                         belief, why = _score(whole, unit, parts, idf)
                         fits.append((belief, why, dim, parts))
             if not fits:

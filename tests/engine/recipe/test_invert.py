@@ -66,8 +66,11 @@ def test_regex_groups_are_renumbered_in_the_order_to_uses_them() -> None:
             "--source",
         ),
         (
-            {**QKV_SPLIT, "rename": [{"prefix": "x.", "to": "blocks."}],
-             "transform": [{"match": "blocks.*.proj.weight", "op": "transpose"}]},
+            {
+                **QKV_SPLIT,
+                "rename": [{"prefix": "x.", "to": "blocks."}],
+                "transform": [{"match": "blocks.*.proj.weight", "op": "transpose"}],
+            },
             "transform[0]",
             "a glob with wildcards cannot be carried through the renames",
         ),

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from app.cli import convert, inspect, serve, submit
+from app.cli.align import register as register_align
 from app.cli.help_format import GraftCommand, GraftGroup
 from app.cli.keys import keys_cli
 from app.cli.recipe import recipe_cli
@@ -64,6 +65,7 @@ for _command in (
     cli.command(cls=GraftCommand)(_command)
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(recipe_cli, name="recipe")
+register_align(cli)
 
 
 def main() -> None:

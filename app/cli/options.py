@@ -27,7 +27,8 @@ def source_arg(paths: list[Path]) -> Path | list[Path]:
 
 
 RecipeOpt = Annotated[
-    Path | None, typer.Option("-r", "--recipe", help="Recipe file (YAML or JSON).")
+    Path | None,
+    typer.Option("-r", "--recipe", help="Recipe file (YAML or JSON), or builtin:NAME."),
 ]
 TargetKwargsOpt = Annotated[
     str | None, typer.Option("--target-kwargs", help="JSON kwargs for an arch: target.")

@@ -417,9 +417,10 @@ def test_align_suggest_lists_one_to_one_matches(tmp_path: Path) -> None:
     report = result.report
     suggestions = {s["source"]: s for s in report["suggestions"]}
     assert {s: x["target"] for s, x in suggestions.items()} == PAIRS
-    assert suggestions["backbone.conv.weight"]["confidence"] == 0.667
-    assert suggestions["classifier.weight"]["confidence"] == 0.5
-    assert {s["why"] for s in report["suggestions"]} == {"suffix+shape"}
+    conv, head = suggestions["backbone.conv.weight"], suggestions["classifier.weight"]
+    assert (conv["confidence"], conv["why"]) == (0.958, "name 0.50 + unique shape + shape")
+    assert (head["confidence"], head["why"]) == (0.92, "name 0.00 + unique shape + shape")
+    assert not any(s["ambiguous"] or s["ops"] for s in report["suggestions"])
     assert len({s["target"] for s in report["suggestions"]}) == len(PAIRS)  # one-to-one
     # suggest changes nothing
     assert _counts(report) == _summary(initialized=9, unexpected=9)

@@ -427,7 +427,7 @@ def test_explicit_init_rule_matching_nothing_is_unmatched(tmp_path: Path) -> Non
         ({"copy": [{"from": "a"}]}, "copy[0]: missing field 'to'"),
         (
             {"transform": [{"match": "a", "op": "flip"}]},
-            "transform[0]: unknown op 'flip' (expected transpose, slice, reshape)",
+            "transform[0]: unknown op 'flip' (expected transpose, slice, reshape, permute_rotary)",
         ),
         (
             {"transform": [{"match": "a", "op": "reshape", "shape": [-1, -1]}]},

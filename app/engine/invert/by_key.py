@@ -14,12 +14,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.engine.errors import InvalidRecipeError
+from app.engine.invert.rules import unpermute
 from app.engine.meta import TensorInfo
 from app.engine.ops.multi import describe_transform
 from app.engine.plan.feeds import Feed, plan_feeds
 from app.engine.recipe import Recipe, cite, compile_pattern
 from app.engine.recipe.rename import rename_keys
-from app.engine.recipe.tensor_rules import ReshapeTransform, TransformRule, TransposeTransform
+from app.engine.recipe.tensor_rules import (
+    PermuteRotaryTransform,
+    ReshapeTransform,
+    TransformRule,
+    TransposeTransform,
+)
 
 __all__ = ["invert_by_key"]
 
@@ -99,6 +105,8 @@ def _undo(rules: Sequence[TransformRule], hits: list[int], feed: Feed) -> list[d
             )
         elif isinstance(rule, ReshapeTransform):
             undo.append({"match": match, "op": "reshape", "shape": list(shapes[step])})
+        elif isinstance(rule, PermuteRotaryTransform):
+            undo.append(unpermute(rule, match))
         else:  # refused before: only transpose and reshape get here
             raise InvalidRecipeError(
                 f"a {rule.op} transform cannot be inverted", rule=cite("transform", i)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from app.engine._lazy import LazyModule
 from app.engine.errors import InvalidRecipeError
 from app.engine.recipe.tensor_rules import (
+    PermuteRotaryTransform,
     ReshapeTransform,
     SliceTransform,
     TransformRule,
@@ -140,7 +141,23 @@ def describe_transform(rule: TransformRule, shape: Shape, *, key: str) -> tuple[
         )
     if isinstance(rule, ReshapeTransform):
         return _reshaped(shape, rule.shape, key)
+    if isinstance(rule, PermuteRotaryTransform):
+        if not shape or len(shape) > 2 or shape[0] % (2 * rule.heads):
+            raise InvalidRecipeError(
+                f"permute_rotary needs a 1-D or 2-D tensor whose dim 0 splits into {rule.heads} "
+                f"heads of an even size; {key} is {list(shape)}"
+            )
+        return shape, f"permute_rotary(heads={rule.heads}, to={rule.to})"
     raise InvalidRecipeError(f"unknown transform op {rule!r}")
+
+
+def _permute_rotary(value: torch.Tensor, heads: int, to: str) -> torch.Tensor:
+    """Meta's interleaved rotary pairs <-> transformers' halves, per head, along dim 0."""
+    rest = tuple(value.shape[1:])
+    half = value.shape[0] // heads // 2
+    if to == "halves":  # [h, half, 2, ...] -> [h, 2, half, ...]
+        return value.reshape(heads, half, 2, *rest).transpose(1, 2).reshape(value.shape)
+    return value.reshape(heads, 2, half, *rest).transpose(1, 2).reshape(value.shape)
 
 
 def _reshaped(shape: Shape, wanted: Sequence[int], key: str) -> tuple[Shape, str]:
@@ -165,6 +182,8 @@ def apply_transform(rule: TransformRule, value: torch.Tensor) -> torch.Tensor:
     if isinstance(rule, TransposeTransform):
         a, b = (0, 1) if rule.dims is None else rule.dims
         out = value.transpose(a, b)
+    elif isinstance(rule, PermuteRotaryTransform):
+        out = _permute_rotary(value, rule.heads, rule.to)
     elif isinstance(rule, SliceTransform):
         d = rule.dim % value.dim()
         index = range(value.shape[d])[slice(rule.start, rule.stop, rule.step)]

@@ -24,7 +24,7 @@ from app.engine.plan.rule_matches import RuleMatch, count_rules, judge_rules
 from app.engine.readers import Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
 from app.engine.recipe.rename import filter_keys, rename_keys
-from app.engine.recipe.tensor_rules import TransformRule
+from app.engine.recipe.tensor_rules import TransformRule, TransposeTransform
 from app.engine.target import Target
 from app.engine.warning import Warning
 
@@ -35,7 +35,6 @@ UnusedReason = Literal["dropped", "unexpected", "mismatched"]
 
 # Below this share of target tensors fed by the source, a conversion is flagged loudly.
 LOW_COVERAGE = 0.5
-ALIGN_APPLY_CONFIDENCE = 0.5
 
 
 @dataclass
@@ -83,6 +82,18 @@ class Suggestion:
     target: str
     confidence: float
     why: str
+    ops: list[str] = field(default_factory=list)
+    ambiguous: bool = False
+    candidates: list[dict[str, object]] = field(default_factory=list)
+    applied: bool = False  # confident and one-to-one: `align: apply` loads it
+
+    def as_json(self) -> dict[str, object]:
+        """The report's ``suggestions`` entry (SPEC §2.2)."""
+        return {
+            "source": self.source, "target": self.target, "confidence": self.confidence,
+            "why": self.why, "ops": self.ops, "ambiguous": self.ambiguous,
+            "candidates": self.candidates,
+        }  # fmt: skip
 
 
 @dataclass
@@ -128,52 +139,19 @@ def _first_rule(matchers: Sequence[KeyMatcher], key: str) -> int:
     return next((i for i, m in enumerate(matchers) if m.matches(key)), -1)
 
 
-def _suffix_len(a: str, b: str) -> int:
-    pa, pb = a.split("."), b.split(".")
-    n = 0
-    while n < min(len(pa), len(pb)) and pa[-1 - n] == pb[-1 - n]:
-        n += 1
-    return n
-
-
 def suggest_alignment(
-    sources: dict[str, TensorInfo], targets: dict[str, TensorInfo]
+    sources: dict[str, TensorInfo], targets: dict[str, TensorInfo], *, min_confidence: float = 0.9
 ) -> list[Suggestion]:
-    """One-to-one matches between leftover keys of equal shape.
+    """Matches between leftover keys (SPEC §2.2), from :mod:`app.engine.align`."""
+    from app.engine.align import match_keys
 
-    First the longest dotted-suffix match (Detectron2's heuristic), scored by the share of
-    components that agree; then, among what is left, pairs of equal shape in file order when
-    the names say nothing.
-    """
-    candidates: list[tuple[float, int, int, str, str, str]] = []
-    src_order = {k: i for i, k in enumerate(sources)}
-    tgt_order = {k: i for i, k in enumerate(targets)}
-    for s, s_info in sources.items():
-        for t, t_info in targets.items():
-            if s_info.shape != t_info.shape:
-                continue
-            common = _suffix_len(s, t)
-            if common:
-                score = common / max(len(s.split(".")), len(t.split(".")))
-                candidates.append((score, src_order[s], tgt_order[t], s, t, "suffix+shape"))
-    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
-    used_s: set[str] = set()
-    used_t: set[str] = set()
-    out: list[Suggestion] = []
-    for score, _, _, s, t, why in candidates:
-        if s not in used_s and t not in used_t:
-            used_s.add(s)
-            used_t.add(t)
-            out.append(Suggestion(s, t, round(score, 3), why))
-    by_shape: dict[tuple[int, ...], list[str]] = {}
-    for t, info in targets.items():
-        if t not in used_t:
-            by_shape.setdefault(info.shape, []).append(t)
-    for s, info in sources.items():
-        pool = by_shape.get(info.shape)
-        if s not in used_s and pool:
-            out.append(Suggestion(s, pool.pop(0), 0.25, "shape+order"))
-    return out
+    matches = match_keys(sources, targets, min_confidence=min_confidence)
+    return [
+        Suggestion(", ".join(m.sources), m.target, m.confidence, m.why, list(m.ops), m.ambiguous,
+                   [{"source": c.source, "confidence": c.confidence} for c in m.candidates],
+                   m.applied and len(m.sources) == 1 and not m.group)
+        for m in matches if m.sources
+    ]  # fmt: skip
 
 
 def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | None = None) -> Plan:
@@ -349,10 +327,12 @@ def _align(plan: Plan, source: Source, target: Target, recipe: Recipe) -> None:
     # Benign keys (a num_batches_tracked the source lacks under this name) take part too: a
     # renamed BatchNorm's counter must be carried over, not left as an unexpected source key.
     leftover_targets = {e.target: target.tensors[e.target] for e in plan.entries if not e.fed}
-    plan.suggestions = suggest_alignment(leftover_sources, leftover_targets)
+    plan.suggestions = suggest_alignment(
+        leftover_sources, leftover_targets, min_confidence=recipe.align_min_confidence
+    )
     if recipe.align != "apply":
         return
-    applied = {s.target: s for s in plan.suggestions if s.confidence >= ALIGN_APPLY_CONFIDENCE}
+    applied = {s.target: s for s in plan.suggestions if s.applied}
     for entry in plan.entries:
         suggestion = applied.get(entry.target)
         if suggestion is None:
@@ -363,6 +343,9 @@ def _align(plan: Plan, source: Source, target: Target, recipe: Recipe) -> None:
         entry.source_shape, entry.source_dtype, entry.init = src.shape, src.dtype, None
         entry.dtype = _output_dtype(src.dtype, plan.dtype)
         entry.ops = [c] if (c := describe_cast(src.dtype, entry.dtype)) else []
+        if "transpose" in suggestion.ops:
+            entry.transforms = [TransposeTransform(match=entry.target, op="transpose")]
+            entry.ops.insert(0, "transpose(0,1)")
     used = {s.source for s in applied.values()}
     plan.unused = [u for u in plan.unused if u.source not in used]
     plan.suggestions = [s for s in plan.suggestions if s.target not in applied]

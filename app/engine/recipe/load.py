@@ -117,6 +117,8 @@ def load_recipe(obj: Recipe | Mapping[str, Any] | str | Path | None) -> Recipe:
         return Recipe()
     if isinstance(obj, Recipe):
         return obj
+    if isinstance(obj, str | Path) and str(obj).startswith("builtin:"):
+        obj = _builtin(str(obj))
     data = _read_recipe_file(Path(obj)) if isinstance(obj, str | Path) else obj
     if data is None:  # an empty file
         return Recipe()
@@ -126,9 +128,36 @@ def load_recipe(obj: Recipe | Mapping[str, Any] | str | Path | None) -> Recipe:
             f"got {type(data).__name__}"
         )
     try:
-        return Recipe.model_validate(dict(data))
+        return Recipe.model_validate(_without_extensions(data))
     except ValidationError as exc:
         raise _recipe_error(exc) from None
+
+
+def _builtin(name: str) -> Path:
+    from app.engine.align.builtins import builtin_path  # data files beside the aligner
+
+    try:
+        return builtin_path(name)
+    except LookupError as exc:
+        raise InvalidRecipeError(str(exc)) from None
+
+
+def _without_extensions(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe without ``x-`` fields (``x-confidence``, ``x-unresolved``: notes for people),
+    at the top level and in each rule."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(key, str) and key.startswith("x-"):
+            continue
+        if key in _LIST_SECTIONS and isinstance(value, list):
+            value = [
+                {k: v for k, v in rule.items() if not (isinstance(k, str) and k.startswith("x-"))}
+                if isinstance(rule, Mapping)
+                else rule
+                for rule in value
+            ]
+        out[key] = value
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -365,6 +365,7 @@ class Recipe(RecipeModel):
     freeze_bn: bool = False
     strict: bool = False
     align: Literal["off", "suggest", "apply"] = "off"
+    align_min_confidence: float = Field(default=0.9, ge=0.0, le=1.0)  # SPEC §2.2
     unmatched: Literal["error", "warn"] = "error"
     allow_empty: bool = False
     seed: int = Field(default=0, ge=0, lt=1 << 63)

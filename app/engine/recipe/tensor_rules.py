@@ -32,6 +32,7 @@ __all__ = [
     "CopyRule",
     "MergeRule",
     "NamePattern",
+    "PermuteRotaryTransform",
     "ReshapeTransform",
     "SliceTransform",
     "SplitRule",
@@ -171,12 +172,29 @@ class ReshapeTransform(RecipeModel):
         return self
 
 
+class PermuteRotaryTransform(RecipeModel):
+    """Reorder the rows of a q/k projection between the two rotary-embedding layouts.
+
+    Meta's LLaMA keeps each head's rotary pairs interleaved (``x0, x1`` side by side);
+    transformers' ``rotate_half`` wants them as two halves. ``to: halves`` (Meta ->
+    transformers) is ``convert_llama_weights_to_hf.py``'s ``permute``; ``to: interleaved``
+    undoes it. ``heads`` is the number of heads the tensor holds (key/value heads for ``k``).
+    """
+
+    match: _KeyPattern
+    op: Literal["permute_rotary"]
+    heads: int = Field(ge=1, le=1 << 16)
+    to: Literal["halves", "interleaved"] = "halves"
+
+
 TransformRule = Annotated[
-    TransposeTransform | SliceTransform | ReshapeTransform, Field(discriminator="op")
+    TransposeTransform | SliceTransform | ReshapeTransform | PermuteRotaryTransform,
+    Field(discriminator="op"),
 ]
 
 TRANSFORM_MODELS: dict[str, type[RecipeModel]] = {
     "transpose": TransposeTransform,
     "slice": SliceTransform,
     "reshape": ReshapeTransform,
+    "permute_rotary": PermuteRotaryTransform,
 }

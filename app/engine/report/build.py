@@ -155,10 +155,7 @@ def build_report(
         summary=_summary(plan, target_elements),
         entries=entries,
         unused=unused,
-        suggestions=[
-            AlignSuggestion(source=s.source, target=s.target, confidence=s.confidence, why=s.why)
-            for s in plan.suggestions
-        ],
+        suggestions=[AlignSuggestion.model_validate(s.as_json()) for s in plan.suggestions],
         rules=[RuleCount(rule=r.rule, matched=r.matched, pattern=r.pattern) for r in plan.rules],
         warnings=[*plan.warnings, *(execution.warnings if execution else [])],
         verification=verification,

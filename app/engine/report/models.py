@@ -179,12 +179,17 @@ class UnusedKey(_Document):
 
 
 class AlignSuggestion(_Document):
-    """A likely source -> target match (``align``)."""
+    """A likely source -> target match (``align``, SPEC §2.2): its evidence, the ops it
+    carries (``transpose``, ``split``, ``merge``), and, when ``ambiguous``, every candidate."""
 
+    _added_later = frozenset({"ops", "ambiguous", "candidates"})
     source: str
     target: str
     confidence: Fraction
     why: str
+    ops: list[str] = []
+    ambiguous: bool = False
+    candidates: list[dict[str, Any]] = []
 
 
 class RuleCount(_Document):

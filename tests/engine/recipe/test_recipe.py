@@ -85,6 +85,7 @@ def test_defaults_are_the_specs() -> None:
         "freeze_bn": False,
         "strict": False,
         "align": "off",
+        "align_min_confidence": 0.9,
         "unmatched": "error",
         "allow_empty": False,
         "seed": 0,

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli_parity import parity_spec
 from app.cli_recipe import recipe_cli
 from app.engine.options import WriteOptions
 
@@ -359,6 +360,37 @@ def convert(
     source_kwargs: Annotated[
         str | None, typer.Option("--source-kwargs", help="JSON kwargs for --source-arch.")
     ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="Parity: the source's model, arch:NAME or MODULE:FACTORY; both models run "
+            "and the first module that diverges is named.",
+        ),
+    ] = None,
+    reference_kwargs: Annotated[
+        str | None, typer.Option("--reference-kwargs", help="JSON kwargs for --reference.")
+    ] = None,
+    target_module: Annotated[
+        str | None,
+        typer.Option(
+            "--target-module",
+            help="Parity: the target's model for skeleton and template targets "
+            "(arch:NAME or MODULE:FACTORY).",
+        ),
+    ] = None,
+    target_module_kwargs: Annotated[
+        str | None,
+        typer.Option("--target-module-kwargs", help="JSON kwargs for --target-module."),
+    ] = None,
+    inputs: Annotated[
+        str | None,
+        typer.Option(
+            "--inputs",
+            help='Parity inputs, JSON or a JSON file: [{"shape": [2, 16], "dtype": "int64", '
+            '"high": 30522}]; default: derived from the first layer.',
+        ),
+    ] = None,
 ) -> None:
     """Convert SOURCE into TARGET's layout, verify it, and report every tensor."""
     from app.config import get_settings
@@ -385,7 +417,11 @@ def convert(
         # The cheapest honest identity: BLAKE3 runs on every core from the page cache the
         # copy just filled; --no-verify promises no pass over the data at all.
         source_digest="sha256" if sha256 else ("blake3" if verify else "none"),
-    )
+        parity=parity_spec(
+            reference, reference_kwargs, target_module, target_module_kwargs, inputs,
+            architectures=settings.architectures,
+        ),
+    )  # fmt: skip
     _run(
         [source],
         target,

@@ -30,6 +30,7 @@ from app.engine.write import Stamp, execute_plan
 
 if TYPE_CHECKING:
     from app.engine.architectures import BoundArchitecture
+    from app.engine.parity_models import ParitySpec
     from app.engine.verify import ModelCheck
 
 __all__ = ["ConversionResult", "convert"]
@@ -123,6 +124,8 @@ def convert(
         model = None
         if options.verify:
             model = _verify_on_model(Path(output), plan, producer, source_architecture, progress)
+        if options.parity is not None:
+            model = _parity(model, options.parity, Path(output), plan, producer, recipe, execution)
         kind = identity[0] if identity else None
         report = build_report(
             plan,
@@ -178,6 +181,31 @@ def _stamp(
         return final
 
     return Stamp(placeholder, finalize)
+
+
+def _parity(
+    model: ModelCheck | None,
+    spec: ParitySpec,
+    output: Path,
+    plan: Plan,
+    producer: Producer,
+    recipe: Recipe,
+    execution: Execution,
+) -> ModelCheck:
+    """Parity (``app.engine.parity_run``), added to the model checks as
+    ``verification.parity``; a divergence is a failure, or a warning with ``parity: warn``."""
+    from app.engine.parity_run import check_parity
+    from app.engine.verify import ModelCheck
+
+    check = check_parity(
+        spec, output=output, plan=plan, source=producer.source, target=producer.target,
+        recipe=recipe, device=producer.device.name,
+    )  # fmt: skip
+    model = model or ModelCheck()
+    model.sections["parity"] = check.section
+    model.failures += check.failures
+    execution.warnings += check.warnings
+    return model
 
 
 def _verify_on_model(

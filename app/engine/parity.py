@@ -176,7 +176,8 @@ def pair_modules(
     for source, targets in edges.items():
         for target in targets:
             feeders.setdefault(target, []).append(source)
-    source_modules = {name for name, _ in source_model.named_modules()}
+    source_chains = _chains(source_model, source_keys)
+    target_chains = _chains(target_model, target_keys)
     entries = {e.target: e for e in plan.entries}
     shapes = {k: tuple(v.shape) for k, v in source_model.state_dict().items()}
     pairs: list[ModulePair] = []
@@ -185,14 +186,27 @@ def pair_modules(
         keys = [k for k in target_keys if _under(k, name)]
         if not keys:
             continue
-        reason = _why_unpaired(name, keys, feeders, edges, source_keys, source_modules)
-        if isinstance(reason, str):
+        found = _why_unpaired(name, keys, feeders, edges, source_keys, source_chains)
+        if isinstance(found, str):
             if next(module.parameters(recurse=False), None) is not None:
-                unpaired.append({"target_module": name, "reason": reason})
+                unpaired.append({"target_module": name, "reason": found})
             continue
-        skip = _adapted(keys, entries, feeders, shapes)
-        pairs.append(ModulePair(target=name, source=reason[0], skip=skip))
+        # Modules holding the same tensors (a block and the Sequential inside it) pair
+        # in order, outermost first.
+        chain, mine = found[0], target_chains[frozenset(keys)]
+        source = chain[min(mine.index(name), len(chain) - 1)]
+        pairs.append(ModulePair(name, source, _adapted(keys, entries, feeders, shapes)))
     return pairs, unpaired
+
+
+def _chains(model: nn.Module, keys: Sequence[str]) -> dict[frozenset[str], list[str]]:
+    """The model's modules grouped by the tensors they hold, outermost first."""
+    chains: dict[frozenset[str], list[str]] = {}
+    for name, _ in model.named_modules():
+        held = frozenset(k for k in keys if _under(k, name))
+        if held:
+            chains.setdefault(held, []).append(name)
+    return chains
 
 
 def _why_unpaired(
@@ -201,20 +215,21 @@ def _why_unpaired(
     feeders: Mapping[str, list[str]],
     edges: Mapping[str, list[str]],
     source_keys: Sequence[str],
-    source_modules: set[str],
-) -> str | tuple[str]:
-    """The source module that feeds exactly ``keys`` (as a 1-tuple), or why there is none."""
+    source_chains: Mapping[frozenset[str], list[str]],
+) -> str | tuple[list[str]]:
+    """The source modules holding exactly what feeds ``keys`` (outermost first, as a
+    1-tuple), or why there are none."""
     orphan = next((k for k in keys if not feeders.get(k)), None)
     if orphan is not None:
         return f"{orphan} has no counterpart in the source model"
-    sources = {s for k in keys for s in feeders[k]}
-    module = _common_module(sources)
-    if module not in source_modules:
-        return f"its sources {sorted(sources)[:3]} share no module"
-    for key in source_keys:
-        if _under(key, module) and not all(_under(t, name) for t in edges[key] or [""]):
-            return f"source module {module or '(root)'} also feeds outside it ({key})"
-    return (module,)
+    sources = frozenset(s for k in keys for s in feeders[k])
+    chain = source_chains.get(sources)
+    if chain is None:
+        return f"no source module holds exactly its sources ({', '.join(sorted(sources)[:3])})"
+    for key in sources:
+        if not all(_under(t, name) for t in edges[key]):
+            return f"its source {key} also feeds outside it"
+    return (chain,)
 
 
 def _adapted(
@@ -351,6 +366,11 @@ def run_parity(
     src = _record(source_model, (p.source for p in compared), inputs)
     tgt = _record(target_model, (p.target for p in compared), inputs)
     by_target = {p.target: p for p in compared}
+    skipped += [
+        {"target_module": p.target, "reason": f"the target model did not run it ({p.source} ran)"}
+        for p in compared
+        if p.target not in tgt.outputs and p.source in src.outputs
+    ]
     diverged: dict[str, float] = {}
     origins: list[str] = []
     ran: list[str] = []
@@ -358,7 +378,7 @@ def run_parity(
     for name in tgt.order:
         pair = by_target[name]
         if pair.source not in src.outputs:
-            skipped.append({"target_module": name, "reason": f"{pair.source} did not run"})
+            skipped.append({"target_module": name, "reason": f"the source's {pair.source} did not run"})
             continue
         ran.append(name)
         diff = _diff(src.outputs[pair.source], tgt.outputs[name], atol, rtol)

@@ -21,6 +21,7 @@ from app.engine.devices import Device
 from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
+from app.engine.provenance import canonical_json, describe_target
 from app.engine.produce import Producer
 from app.engine.readers import Source, open_source
 from app.engine.recipe import Recipe
@@ -118,7 +119,9 @@ def convert(
                 producer,
                 Path(output),
                 options=options,
-                stamp=_stamp(plan, recipe, identity[0] if identity else None, digest),
+                stamp=_stamp(
+                    plan, recipe, identity[0] if identity else None, digest, describe_target(target)
+                ),
                 progress=progress,
             )
         model = None
@@ -154,13 +157,18 @@ def _identity(
 
 
 def _stamp(
-    plan: Plan, recipe: Recipe, identity: str | None, source_digest: Callable[[], str]
+    plan: Plan,
+    recipe: Recipe,
+    identity: str | None,
+    source_digest: Callable[[], str],
+    target: dict[str, Any],
 ) -> Stamp:
     """The output's metadata: the header comes before the data, so it is written with
     placeholders of the final lengths and completed once the digests are known.
 
     ``graft.source_sha256`` or ``graft.source_blake3`` names the source (both are 64 hex
-    digits); neither when the conversion took no source identity (``--no-verify``)."""
+    digits); neither when the conversion took no source identity (``--no-verify``).
+    ``graft.target`` describes the target, so the file alone can be replayed (SPEC §3.3)."""
     placeholder = {
         # What `transformers` (4.x) and `safetensors` loaders check: the file holds torch tensors.
         "format": "pt",
@@ -170,6 +178,7 @@ def _stamp(
         placeholder[f"graft.source_{identity}"] = DIGEST_PLACEHOLDER
     placeholder |= {
         "graft.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
+        "graft.target": canonical_json(target).decode(),
         "graft.report_sha256": DIGEST_PLACEHOLDER,
     }
 

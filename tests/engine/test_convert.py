@@ -26,7 +26,7 @@ from app.engine.options import WriteOptions
 from app.engine.readers import open_source
 from app.engine.recipe import load_recipe
 from app.engine.report import entries_digest
-from app.engine.target import Target
+from app.engine.target import Target, skeleton_from_module
 from tests.engine._models import (
     SmallNet,
     ViTStub,
@@ -416,9 +416,14 @@ def test_output_metadata_describes_the_conversion(tmp_path: Path) -> None:
         "format",
         "graft.source_sha256",
         "graft.recipe",
+        "graft.target",
         "graft.report_sha256",
         "graft.version",
     }
+    # The target, so the file alone can be replayed (SPEC §3.3): the skeleton itself.
+    assert json.loads(metadata["graft.target"]) == {
+        "kind": "skeleton", "skeleton": skeleton_from_module(SmallNet()),
+    }  # fmt: skip
     assert metadata["graft.source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert metadata["graft.source_sha256"] == report["source"]["sha256"]
     assert load_recipe(json.loads(metadata["graft.recipe"])) == load_recipe(recipe)

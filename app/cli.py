@@ -15,6 +15,7 @@ import typer
 
 from app.cli_parity import parity_spec
 from app.cli_recipe import recipe_cli
+from app.cli_verify import SignKeyOpt, attest, register
 from app.engine.options import WriteOptions
 
 __all__ = ["cli", "main"]
@@ -54,6 +55,7 @@ def _hide_flag_types() -> None:
 
 
 _hide_flag_types()
+register(cli)
 
 
 @cli.callback()
@@ -246,7 +248,7 @@ def _run(
     dry_run: bool,
     options: WriteOptions,
     source_architecture: Any = None,
-) -> None:
+) -> Any:
     from app.config import get_settings
     from app.engine.recipe import load_recipe
     from app.engine.report import render_text
@@ -282,6 +284,7 @@ def _run(
             typer.echo(f"graft: refused: {error}", err=True)
         typer.echo("graft: refused by the recipe's policy (see errors above)", err=True)
         raise typer.Exit(1)
+    return result
 
 
 @cli.command()
@@ -391,6 +394,7 @@ def convert(
             '"high": 30522}]; default: derived from the first layer.',
         ),
     ] = None,
+    sign_key: SignKeyOpt = None,
 ) -> None:
     """Convert SOURCE into TARGET's layout, verify it, and report every tensor."""
     from app.config import get_settings
@@ -422,7 +426,7 @@ def convert(
             architectures=settings.architectures,
         ),
     )  # fmt: skip
-    _run(
+    result = _run(
         [source],
         target,
         recipe,
@@ -434,6 +438,8 @@ def convert(
         options=options,
         source_architecture=source_architecture,
     )
+    if result.weights is not None:
+        attest(result.weights, result.report, sign_key)
 
 
 @cli.command()

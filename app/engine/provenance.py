@@ -86,8 +86,7 @@ def read_output_metadata(output: Path) -> OutputMetadata:
         meta = dict(out.metadata)
     if "graft.recipe" not in meta:
         raise UnreadableCheckpointError(
-            f"{output} carries no graft.recipe metadata: it was not written by Graft as "
-            "safetensors"
+            f"{output} carries no graft.recipe metadata: it was not written by Graft as safetensors"
         )
     try:
         recipe = json.loads(meta["graft.recipe"])

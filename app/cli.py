@@ -439,7 +439,7 @@ def convert(
         source_architecture=source_architecture,
     )
     if result.weights is not None:
-        attest(result.weights, result.report, sign_key)
+        attest(result.weights, result.report, recipe, sign_key)
 
 
 @cli.command()

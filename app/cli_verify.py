@@ -31,13 +31,16 @@ def _pem(value: str, option: str) -> bytes:
     return path.read_bytes()
 
 
-def attest(weights: Path, report: dict[str, Any], sign_key: str | None) -> None:
-    """Write the attestation of a finished conversion and say where it is."""
+def attest(
+    weights: Path, report: dict[str, Any], recipe: Path | None, sign_key: str | None
+) -> None:
+    """Write the attestation of a finished conversion beside it (``<output>.intoto.json``)."""
+    from app.engine.recipe import load_recipe
     from app.services.attestation import attest_output
 
     key = _pem(sign_key, "--sign-key") if sign_key else None
-    path = attest_output(weights, report, signing_key=key)
-    typer.echo(f"graft: attestation {path}{' (signed)' if key else ''}", err=True)
+    as_json = load_recipe(recipe).model_dump(mode="json", by_alias=True)
+    attest_output(weights, report, recipe=as_json, signing_key=key)
 
 
 def verify(

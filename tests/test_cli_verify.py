@@ -65,8 +65,8 @@ def test_every_conversion_writes_an_in_toto_statement(tmp_path: Path) -> None:
     assert statement["predicateType"] == "urn:graft:transplant:v1"
     import hashlib
 
-    assert statement["subject"] == [{"name": "out.safetensors",
-                                     "digest": {"sha256": hashlib.sha256(out.read_bytes()).hexdigest()}}]  # fmt: skip
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert statement["subject"] == [{"name": "out.safetensors", "digest": {"sha256": digest}}]
     predicate = statement["predicate"]
     assert predicate["target"]["kind"] == "skeleton"
     assert predicate["seed"] == 0 and predicate["recipe"]["seed"] == 0
@@ -132,7 +132,7 @@ def test_a_tampered_statement_is_named(tmp_path: Path) -> None:
 def test_a_flipped_byte_names_the_file_and_the_tensor(tmp_path: Path) -> None:
     out = _small(tmp_path)
     with open_source(out, strip_prefixes="none") as written:
-        path, offset, _ = written.byte_range("fc.weight")  # type: ignore[misc]
+        _, offset, _ = written.byte_range("fc.weight")  # type: ignore[misc]
     data = bytearray(out.read_bytes())
     data[offset + 3] ^= 0x01
     out.write_bytes(bytes(data))

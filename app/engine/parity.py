@@ -143,9 +143,7 @@ def _edges(
     for key in source_keys:
         renamed = apply_renames([key], renames)[key].key
         targets = fed.get(key, [])
-        if renamed in targets:
-            targets = [renamed]
-        elif not targets and renamed in target_keys:
+        if renamed in targets or (not targets and renamed in target_keys):
             targets = [renamed]
         edges[key] = targets
     return edges
@@ -244,9 +242,10 @@ def _adapted(
         if entry is not None and entry.status == "adapted":
             return f"{key} was adapted ({', '.join(entry.ops)})"
         sources = feeders.get(key, [])
-        if entry is not None and len(sources) == 1 and entry.part is None:
-            if shapes.get(sources[0]) not in (None, entry.shape) and entry.merge_dim is None:
-                return f"{key} has shape {list(entry.shape)}, its source {list(shapes[sources[0]])}"
+        if entry is None or len(sources) != 1 or entry.part is not None:
+            continue
+        if shapes.get(sources[0]) not in (None, entry.shape) and entry.merge_dim is None:
+            return f"{key} has shape {list(entry.shape)}, its source {list(shapes[sources[0]])}"
     return None
 
 
@@ -378,7 +377,9 @@ def run_parity(
     for name in tgt.order:
         pair = by_target[name]
         if pair.source not in src.outputs:
-            skipped.append({"target_module": name, "reason": f"the source's {pair.source} did not run"})
+            skipped.append(
+                {"target_module": name, "reason": f"the source's {pair.source} did not run"}
+            )
             continue
         ran.append(name)
         diff = _diff(src.outputs[pair.source], tgt.outputs[name], atol, rtol)

@@ -21,8 +21,8 @@ from app.engine.devices import Device
 from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
-from app.engine.provenance import describe_target
 from app.engine.produce import Producer
+from app.engine.provenance import describe_target
 from app.engine.readers import Source, open_source
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest, report_entries

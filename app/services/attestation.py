@@ -23,9 +23,9 @@ from app.engine.attest import (
     sign,
 )
 from app.engine.attest_check import check_files, check_statement, check_tensors
-from app.engine.errors import GraftError, InvalidTargetError
+from app.engine.errors import GraftError, InvalidTargetError, UnreadableCheckpointError
 from app.engine.options import WriteOptions
-from app.engine.provenance import read_output_metadata
+from app.engine.provenance import OutputMetadata, read_output_metadata
 from app.engine.recipe import load_recipe
 from app.engine.target_spec import parse_target_spec
 
@@ -40,13 +40,19 @@ def output_files(weights: Path) -> list[Path]:
 
 
 def attest_output(
-    weights: Path, report: dict[str, Any], *, signing_key: bytes | None = None
+    weights: Path,
+    report: dict[str, Any],
+    *,
+    recipe: dict[str, Any],
+    signing_key: bytes | None = None,
 ) -> Path:
     """Write ``<weights>.intoto.json``: the statement, or its DSSE envelope with a key.
 
     Args:
         weights: the written output (a file, or a folder of shards).
         report: the conversion's report.
+        recipe: the recipe as JSON, for outputs that cannot carry it (``--format torch``);
+            a safetensors output's own metadata is what is attested.
         signing_key: an unencrypted PEM private key (ECDSA P-256 or Ed25519), or ``None``.
 
     Returns:
@@ -54,17 +60,30 @@ def attest_output(
     """
     import torch
 
+    try:
+        metadata = read_output_metadata(weights)
+    except UnreadableCheckpointError:
+        metadata = _from_report(report, recipe)
     statement = build_statement(
         output_files(weights),
         base=weights if weights.is_dir() else weights.parent,
         report=report,
-        metadata=read_output_metadata(weights),
+        metadata=metadata,
         versions={"graft": __version__, "torch": torch.__version__},
     )
     document = sign(statement, signing_key) if signing_key is not None else statement
     path = attestation_path(weights)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def _from_report(report: dict[str, Any], recipe: dict[str, Any]) -> OutputMetadata:
+    """What a torch-format output would record, were there a place for it: the target is
+    only named (a replay needs a safetensors output)."""
+    source = {k: report["source"][k] for k in ("sha256", "blake3") if report["source"].get(k)}
+    target = {"kind": report["target"]["kind"], "name": report["target"].get("name")}
+    digest = (report.get("output") or {}).get("report_sha256")
+    return OutputMetadata(recipe, target, source, digest, __version__)
 
 
 @dataclass

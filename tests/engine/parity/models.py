@@ -24,8 +24,10 @@ def hf_llama(**kwargs: Any) -> nn.Module:
     """transformers' ``LlamaModel`` (eager attention), configured by ``LlamaConfig`` names."""
     import transformers
 
-    config = transformers.LlamaConfig(**{**LLAMA, **kwargs}, rms_norm_eps=EPS,
-                                      max_position_embeddings=64, attn_implementation="eager")  # fmt: skip
+    config = transformers.LlamaConfig(
+        **{**LLAMA, **kwargs}, rms_norm_eps=EPS, max_position_embeddings=64,
+        attn_implementation="eager",
+    )  # fmt: skip
     return transformers.LlamaModel(config)
 
 

@@ -14,7 +14,6 @@ import pytest
 
 from app.engine.options import WriteOptions
 from app.engine.parity_models import ParitySpec
-from app.engine.target import Target
 from tests.engine._models import run, skeleton_of
 from tests.engine.parity.models import RenamedMobileNet
 from tests.fixtures import REPO_ROOT, published_file
@@ -29,8 +28,10 @@ MINILM = {
 
 
 def _mobilenet(tmp_path: Path, recipe: dict[str, Any], classes: int) -> dict[str, Any]:
-    spec = ParitySpec(reference="arch:graft_mobilenet", target_module=f"{MODELS}:RenamedMobileNet",
-                      target_module_kwargs={"num_classes": classes}, allow_imports=True)  # fmt: skip
+    spec = ParitySpec(
+        reference="arch:graft_mobilenet", target_module=f"{MODELS}:RenamedMobileNet",
+        target_module_kwargs={"num_classes": classes}, allow_imports=True,
+    )  # fmt: skip
     target = skeleton_of(RenamedMobileNet(num_classes=classes))
     result, _ = run(published_file(*MOBILENET), target, recipe, tmp_path / "out.safetensors",
                     options=WriteOptions(parity=spec))  # fmt: skip
@@ -56,9 +57,10 @@ def test_a_new_head_is_skipped_and_the_rest_still_compared(tmp_path: Path) -> No
     report = _mobilenet(tmp_path, recipe, 10)
     parity = report["verification"]["parity"]
     assert report["ok"] is True, report.get("errors")
+    why = "fc.weight was adapted (resize([1000, 1280]->[10, 1280], fill=zeros))"
+    # The head, and the model whose output it is; every other module is still compared.
     assert parity["skipped"] == [
-        {"target_module": "", "reason": "fc.weight was adapted (resize([1000, 1280]->[10, 1280], fill=zeros))"},
-        {"target_module": "fc", "reason": "fc.weight was adapted (resize([1000, 1280]->[10, 1280], fill=zeros))"},
+        {"target_module": "", "reason": why}, {"target_module": "fc", "reason": why},
     ]  # fmt: skip
     assert (parity["equal"], parity["modules_compared"]) == (True, 174)
 
@@ -92,9 +94,11 @@ def test_a_transposed_kernel_refuses_the_conversion_with_exit_1(tmp_path: Path) 
     recipe = tmp_path / "recipe.json"
     # A depthwise 3x3 kernel read as (w, h) instead of (h, w): the shape still fits.
     depthwise = "features.2.conv.1.0"
-    recipe.write_text(json.dumps(
-        {"transform": [{"match": f"{depthwise}.weight", "op": "transpose", "dims": [2, 3]}]}
-    ))
+    recipe.write_text(
+        json.dumps(
+            {"transform": [{"match": f"{depthwise}.weight", "op": "transpose", "dims": [2, 3]}]}
+        )
+    )
     run_ = subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", "convert", str(path),
          "arch:graft_mobilenet", "-r", str(recipe), "-o", str(tmp_path / "out.safetensors"),

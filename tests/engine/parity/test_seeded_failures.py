@@ -97,9 +97,7 @@ def test_meta_to_transformers_with_the_rotary_permutation_passes(
     assert report["ok"] is True, report.get("errors")
     assert (parity["equal"], parity["first_divergence"], parity["skipped"]) == (True, None, [])
     # q and k compute the source's values in transformers' order; everything after agrees.
-    assert parity["permuted"] == [
-        f"layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qk"
-    ]
+    assert parity["permuted"] == [f"layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qk"]
     assert parity["modules_compared"] == 12 * 2 + 3  # per layer 12, embedding, norm, model
     assert parity["inputs"] == [{"shape": [2, 16], "dtype": "int64", "low": 0, "high": 64}]
 
@@ -128,9 +126,7 @@ def test_a_square_weight_transposed_is_named(
     assert _divergence(report) == ("layers.1.self_attn.o_proj", "layers.1.attention.wo")
 
 
-@pytest.mark.parametrize(
-    ("order", "ok"), [(["wq", "wk", "wv"], True), (["wk", "wq", "wv"], False)]
-)
+@pytest.mark.parametrize(("order", "ok"), [(["wq", "wk", "wv"], True), (["wk", "wq", "wv"], False)])
 def test_qkv_concatenated_in_the_wrong_order_is_named_at_the_attention(
     tmp_path: Path, meta_weights: dict[str, torch.Tensor], order: list[str], ok: bool
 ) -> None:

@@ -119,16 +119,13 @@ def convert(
                 producer,
                 Path(output),
                 options=options,
-                stamp=_stamp(
-                    plan, recipe, identity[0] if identity else None, digest, describe_target(target)
-                ),
+                stamp=_stamp(plan, recipe, target, identity[0] if identity else None, digest),
                 progress=progress,
             )
         model = None
         if options.verify:
             model = _verify_on_model(Path(output), plan, producer, source_architecture, progress)
-        if options.parity is not None:
-            model = _parity(model, options.parity, Path(output), plan, producer, recipe, execution)
+        model = _parity(model, options.parity, Path(output), plan, producer, recipe, execution)
         kind = identity[0] if identity else None
         report = build_report(
             plan,
@@ -159,9 +156,9 @@ def _identity(
 def _stamp(
     plan: Plan,
     recipe: Recipe,
+    target: Target,
     identity: str | None,
     source_digest: Callable[[], str],
-    target: dict[str, Any],
 ) -> Stamp:
     """The output's metadata: the header comes before the data, so it is written with
     placeholders of the final lengths and completed once the digests are known.
@@ -179,7 +176,7 @@ def _stamp(
     placeholder |= {
         "graft.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
         # Not canonical: a skeleton's key order is the output's tensor order.
-        "graft.target": json.dumps(target, separators=(",", ":")),
+        "graft.target": json.dumps(describe_target(target), separators=(",", ":")),
         "graft.report_sha256": DIGEST_PLACEHOLDER,
     }
 
@@ -195,15 +192,18 @@ def _stamp(
 
 def _parity(
     model: ModelCheck | None,
-    spec: ParitySpec,
+    spec: ParitySpec | None,
     output: Path,
     plan: Plan,
     producer: Producer,
     recipe: Recipe,
     execution: Execution,
-) -> ModelCheck:
-    """Parity (``app.engine.parity_run``), added to the model checks as
-    ``verification.parity``; a divergence is a failure, or a warning with ``parity: warn``."""
+) -> ModelCheck | None:
+    """Parity (``app.engine.parity_run``) when ``spec`` asks for it, added to the model
+    checks as ``verification.parity``; a divergence is a failure, or a warning with
+    ``parity: warn``."""
+    if spec is None:
+        return model
     from app.engine.parity_run import check_parity
     from app.engine.verify import ModelCheck
 

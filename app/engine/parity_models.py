@@ -14,6 +14,8 @@ first layer (token ids for an embedding, images for a conv stem, vectors for a l
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,10 +80,28 @@ class ParitySpec(BaseModel):
     architectures: str = ""
 
 
+@contextmanager
+def _no_init() -> Iterator[None]:
+    """Skip ``torch.nn.init``'s random fills while a model is built: every tensor is then
+    loaded (strictly, or checked for gaps), so drawing billions of numbers first is waste."""
+    from torch.nn import init
+
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for name in names:
+            setattr(init, name, lambda tensor, *_, **__: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
 def build_model(
     ref: str, kwargs: dict[str, Any], *, device: str, architectures: str, allow_imports: bool
 ) -> nn.Module:
-    """Build ``arch:NAME`` or ``MODULE:FACTORY`` on ``device``, in eval mode.
+    """Build ``arch:NAME`` or ``MODULE:FACTORY`` on ``device``, in eval mode, without the
+    random initialisation of its tensors (the caller loads every one of them).
 
     Args:
         ref: what to build.
@@ -103,10 +123,9 @@ def build_model(
     from app.engine.architectures import bind_architecture
 
     if ref.startswith("arch:"):
-        model = bind_architecture(ref.removeprefix("arch:"), kwargs, extra=architectures).build(
-            device
-        )
-        return model.eval()
+        bound = bind_architecture(ref.removeprefix("arch:"), kwargs, extra=architectures)
+        with _no_init():
+            return bound.build(device).eval()
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise InvalidTargetError(f"{ref!r}: write arch:NAME or MODULE:FACTORY")
@@ -116,7 +135,7 @@ def build_model(
         )
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-        with torch.device(device):
+        with torch.device(device), _no_init():
             model = factory(**kwargs)
     except (ImportError, AttributeError, TypeError, ValueError) as exc:
         raise InvalidTargetError(f"cannot build {ref}: {type(exc).__name__}: {exc}") from None

@@ -112,20 +112,33 @@ def load_reference(spec: ParitySpec, source: Source, device: str) -> nn.Module:
     own = model.state_dict(keep_vars=True)
     wanted = {k: v for k, v in state.items() if k in own}
     try:
-        missing, _ = model.load_state_dict(wanted, strict=False, assign=False)
+        missing, _ = model.load_state_dict(wanted, strict=False, assign=True)
     except RuntimeError as exc:
         raise InvalidTargetError(
             f"the source's weights do not fit the reference {spec.reference}: "
             f"{str(exc).strip().splitlines()[-1][:300]}"
         ) from None
-    loaded = {own[k].data_ptr() for k in wanted}
-    untied = [k for k in missing if own[k].data_ptr() not in loaded]
+    # assign=True keeps ties only where the model re-ties them; a tied alias the source
+    # never stored is filled from the tensor it shares (found by identity before loading).
+    shared = {id(v): k for k, v in own.items() if k in wanted}
+    untied = [k for k in missing if id(own[k]) not in shared]
+    if not untied:
+        _retie(model, {k: shared[id(own[k])] for k in missing})
     if untied:
         raise InvalidTargetError(
             f"the reference {spec.reference} holds tensors the source lacks: {untied[:5]}; "
             "check --reference and its kwargs"
         )
     return model.float().eval()
+
+
+def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Point each alias (``output.weight``) at the tensor now held under its twin's name."""
+    for alias, twin in aliases.items():
+        owner, _, leaf = alias.rpartition(".")
+        twin_owner, _, twin_leaf = twin.rpartition(".")
+        value = getattr(model.get_submodule(twin_owner), twin_leaf)
+        setattr(model.get_submodule(owner), leaf, value)
 
 
 def _target_model(spec: ParitySpec, target: Target, device: str) -> nn.Module:
@@ -148,7 +161,7 @@ def _read_all(path: Path, device: str) -> dict[str, torch.Tensor]:
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], *, what: str) -> None:
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise InvalidTargetError(
             f"{what} do not load into the target model: {str(exc).strip().splitlines()[-1][:300]}"

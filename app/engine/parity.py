@@ -366,7 +366,10 @@ def run_parity(
     tgt = _record(target_model, (p.target for p in compared), inputs)
     by_target = {p.target: p for p in compared}
     skipped += [
-        {"target_module": p.target, "reason": f"the target model did not run it ({p.source} ran)"}
+        {
+            "target_module": p.target,
+            "reason": f"the target model did not run it ({p.source or 'the source model'} ran)",
+        }  # fmt: skip
         for p in compared
         if p.target not in tgt.outputs and p.source in src.outputs
     ]

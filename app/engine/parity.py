@@ -369,7 +369,7 @@ def run_parity(
         {
             "target_module": p.target,
             "reason": f"the target model did not run it ({p.source or 'the source model'} ran)",
-        }  # fmt: skip
+        }
         for p in compared
         if p.target not in tgt.outputs and p.source in src.outputs
     ]

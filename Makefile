@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.graft-installed
 
-.PHONY: setup serve test lint format bench clean mlflow-venv chromium
+.PHONY: setup serve test lint format bench clean mlflow-venv model-signing-venv chromium
 
 setup: $(STAMP)
 
@@ -29,8 +29,9 @@ format: setup
 	$(BIN)/ruff format app tests bench
 	$(BIN)/ruff check --fix app tests bench
 
-test: lint mlflow-venv chromium
-	GRAFT_TEST_MLFLOW_VENV=$(MLFLOW_VENV) $(BIN)/python -m pytest -q
+test: lint mlflow-venv model-signing-venv chromium
+	GRAFT_TEST_MLFLOW_VENV=$(MLFLOW_VENV) GRAFT_TEST_MODEL_SIGNING_VENV=$(MODEL_SIGNING_VENV) \
+		$(BIN)/python -m pytest -q
 
 # The web app's browser tests drive Debian's Chromium (Playwright cannot download browsers
 # here). Installed once per machine when apt-get can; otherwise those tests skip, saying why.
@@ -65,3 +66,17 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# The OpenSSF model_signing CLI, in its own venv (its sigstore stack stays out of Graft's):
+# the tests check that it verifies what Graft signs. pyOpenSSL: its CLI imports it.
+MODEL_SIGNING_VERSION := 1.1.1
+MODEL_SIGNING_VENV ?= $(HOME)/.cache/graft/model-signing-$(MODEL_SIGNING_VERSION)
+
+model-signing-venv: $(MODEL_SIGNING_VENV)/.graft-installed
+
+$(MODEL_SIGNING_VENV)/.graft-installed:
+	@rm -rf $(MODEL_SIGNING_VENV)
+	@$(PYTHON) -m venv $(MODEL_SIGNING_VENV)
+	@if $(MODEL_SIGNING_VENV)/bin/python -m pip install -q model-signing==$(MODEL_SIGNING_VERSION) pyopenssl; then \
+		touch $@; \
+	else echo "model-signing-venv: could not install model-signing; its tests will skip"; fi

@@ -24,6 +24,7 @@ from app.engine.attest import (
 )
 from app.engine.attest_check import check_files, check_statement, check_tensors
 from app.engine.errors import GraftError, InvalidTargetError, UnreadableCheckpointError
+from app.engine.model_signature import model_signature, signature_path
 from app.engine.options import WriteOptions
 from app.engine.provenance import OutputMetadata, read_output_metadata
 from app.engine.recipe import load_recipe
@@ -74,7 +75,23 @@ def attest_output(
     document = sign(statement, signing_key) if signing_key is not None else statement
     path = attestation_path(weights)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    if signing_key is not None and _is_ec(signing_key):
+        # The OpenSSF format too (its key mode takes EC keys only; Ed25519 signs the DSSE
+        # attestation alone).
+        bundle = model_signature(weights, signing_key)
+        signature_path(weights).write_text(json.dumps(bundle, indent=2) + "\n")
     return path
+
+
+def _is_ec(private_key_pem: bytes) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(key, ec.EllipticCurvePrivateKey)
 
 
 def _from_report(report: dict[str, Any], recipe: dict[str, Any]) -> OutputMetadata:

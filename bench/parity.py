@@ -105,7 +105,8 @@ def main() -> None:
     plain, with_parity = statistics.median(plain_s), statistics.median(parity_s)
     print(f"convert            {plain:6.2f} s (median of {args.runs})")
     print(f"convert + parity   {with_parity:6.2f} s")
-    print(f"parity alone       {with_parity - plain:6.2f} s = {(with_parity - plain) / plain:.2f}x the conversion")
+    extra = with_parity - plain
+    print(f"parity alone       {extra:6.2f} s = {extra / plain:.2f}x the conversion")
 
 
 if __name__ == "__main__":

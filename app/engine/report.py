@@ -210,6 +210,10 @@ def _verification(execution: Execution, failures: list[str]) -> dict[str, Any] |
         failures.append(f"verification: {len(check.unequal)} tensors differ from the source")
     if check and check.strict_error:
         verification["strict_error"] = check.strict_error
+    if execution.rederived is not None and execution.rederived.how:
+        verification["rederived"] = execution.rederived.section()
+        if execution.rederived.unequal:
+            failures += [f"verification: {u}" for u in execution.rederived.unequal]
     return verification
 
 

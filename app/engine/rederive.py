@@ -110,7 +110,6 @@ def rederive(
     entry: PlanEntry, written: torch.Tensor, source: Source, target: Target
 ) -> tuple[str, str | None]:
     """How one tensor was checked, and what differs (``None``: it re-derives)."""
-    import torch
 
     if entry.status == "initialized" or (
         entry.adapt is not None and entry.adapt.op == "kernel_resize"
@@ -118,10 +117,10 @@ def rederive(
         return "digest_only", None
     if entry.status == "kept":
         expected = _as(target.read(entry.target), entry.dtype)
-        return "template", None if torch.equal(written, expected) else "differs from the template"
+        return "template", None if _bits_equal(written, expected) else "differs from the template"
     base, how = _base(entry, source)
     if entry.adapt is None:
-        ok = torch.equal(written, _as(base, entry.dtype))
+        ok = _bits_equal(written, _as(base, entry.dtype))
         return how, None if ok else "differs from the source after its declared ops"
     return _adapted(entry, written, base)
 
@@ -135,7 +134,7 @@ def _adapted(entry: PlanEntry, written: torch.Tensor, base: torch.Tensor) -> tup
     if rule.op == "interpolate":
         prefix = rule.prefix_tokens
         n = prefix if isinstance(prefix, int) else min(prefix.source, prefix.target)
-        ok = torch.equal(written[:, :n], _as(base[:, :n], entry.dtype))
+        ok = _bits_equal(written[:, :n], _as(base[:, :n], entry.dtype))
         return "prefix_tokens", None if ok else f"its {n} prefix tokens differ from the source's"
     if rule.op == "channels" and getattr(rule, "fill", None) == "repeat":
         src, dst = base.shape[1], written.shape[1]
@@ -145,11 +144,21 @@ def _adapted(entry: PlanEntry, written: torch.Tensor, base: torch.Tensor) -> tup
         else:
             tiles = [1, math.ceil(dst / src)] + [1] * (base.dim() - 2)
             expected = full.repeat(*tiles)[:, :dst] * (src / dst)
-        ok = torch.allclose(written.float(), expected, rtol=1e-6, atol=1e-7)
+        ok = torch.allclose(written.float(), expected, rtol=1e-6, atol=1e-7, equal_nan=True)
         return "recomputed", None if ok else "differs from timm's adapt_input_conv of the source"
     overlap = tuple(slice(0, min(a, b)) for a, b in zip(base.shape, written.shape, strict=True))
-    ok = torch.equal(written[overlap], _as(base[overlap], entry.dtype))
+    ok = _bits_equal(written[overlap], _as(base[overlap], entry.dtype))
     return "overlap", None if ok else "the block it shares with the source differs from it"
+
+
+def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (NaNs included; float8 has no ``torch.equal``)."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    as_bytes = [t.reshape(-1).contiguous().view(torch.uint8) for t in (a, b)]
+    return bool(torch.equal(*as_bytes))
 
 
 def _as(value: torch.Tensor, dtype: str) -> torch.Tensor:

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.graft-installed
 # CI=true (as CI services set it, and .ci/run does): a real part that cannot be installed fails.
 CI_STRICT := $(if $(filter true TRUE True 1 yes,$(CI)),yes,no)
 
-.PHONY: setup serve test lint format bench clean mlflow-venv chromium
+.PHONY: setup serve test lint format bench clean mlflow-venv model-signing-venv chromium
 
 setup: $(STAMP)
 
@@ -36,13 +36,14 @@ format: setup
 # servers (uvicorn, workers, MLflow, Celery, Chromium) on their own, one at a time, so their
 # timings are not fought over. Both always run; either failing fails the target.
 # A missing real part skips its tests with a reason; under CI=true it fails them (and the
-# mlflow-venv and chromium steps fail when they cannot install).
+# mlflow-venv, model-signing-venv and chromium steps fail when they cannot install).
 TEST_WORKERS ?= 2
 SERVER_TESTS := tests/e2e tests/web tests/executors/test_celery_e2e.py \
 	tests/registry/test_mlflow_server.py tests/test_readme_walkthrough.py
 
-test: lint mlflow-venv chromium
-	@export GRAFT_TEST_MLFLOW_VENV=$(MLFLOW_VENV); rc=0; \
+test: lint mlflow-venv model-signing-venv chromium
+	@export GRAFT_TEST_MLFLOW_VENV=$(MLFLOW_VENV) GRAFT_TEST_MODEL_SIGNING_VENV=$(MODEL_SIGNING_VENV); \
+	rc=0; \
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
 		$(foreach t,$(SERVER_TESTS),--ignore=$(t)) || rc=1; \
 	$(BIN)/python -m pytest -q $(SERVER_TESTS) || rc=1; \
@@ -86,3 +87,17 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# The OpenSSF model_signing CLI, in its own venv (its sigstore stack stays out of Graft's):
+# the tests check that it verifies what Graft signs. pyOpenSSL: its CLI imports it.
+MODEL_SIGNING_VERSION := 1.1.1
+MODEL_SIGNING_VENV ?= $(HOME)/.cache/graft/model-signing-$(MODEL_SIGNING_VERSION)
+
+model-signing-venv: $(MODEL_SIGNING_VENV)/.graft-installed
+
+$(MODEL_SIGNING_VENV)/.graft-installed:
+	@rm -rf $(MODEL_SIGNING_VENV)
+	@$(PYTHON) -m venv $(MODEL_SIGNING_VENV)
+	@if $(MODEL_SIGNING_VENV)/bin/python -m pip install -q model-signing==$(MODEL_SIGNING_VERSION) pyopenssl; then \
+		touch $@; \
+	else echo "model-signing-venv: could not install model-signing; its tests will skip"; fi

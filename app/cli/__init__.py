@@ -18,6 +18,7 @@ from app.cli.align import register as register_align
 from app.cli.help_format import GraftCommand, GraftGroup
 from app.cli.keys import keys_cli
 from app.cli.recipe import recipe_cli
+from app.cli.verify import register as register_verify
 
 __all__ = ["cli", "main"]
 
@@ -66,6 +67,7 @@ for _command in (
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(recipe_cli, name="recipe")
 register_align(cli)
+register_verify(cli)
 
 
 def main() -> None:

@@ -17,8 +17,17 @@ from app.cli.options import (
     json_object,
     target_spec,
 )
+from app.cli.parity import (
+    InputsOpt,
+    ReferenceKwargsOpt,
+    ReferenceOpt,
+    TargetModuleKwargsOpt,
+    TargetModuleOpt,
+    parity_spec,
+)
 from app.cli.progress import TerminalProgress
 from app.cli.sizes import parse_size
+from app.cli.verify import SignKeyOpt, attest
 from app.engine.options import WriteOptions
 
 __all__ = ["convert", "plan"]
@@ -53,7 +62,7 @@ class _RunOptions:
     source_architecture: Any = None
 
 
-def _run(run: _RunOptions) -> None:
+def _run(run: _RunOptions) -> Any:
     from app.config import get_settings
     from app.engine.recipe import load_recipe
     from app.engine.report import Report, render_text
@@ -89,6 +98,7 @@ def _run(run: _RunOptions) -> None:
             typer.echo(f"graft: refused: {error}", err=True)
         typer.echo("graft: refused by the recipe's policy (see errors above)", err=True)
         raise typer.Exit(1)
+    return result
 
 
 MaxShardOpt = Annotated[
@@ -185,6 +195,12 @@ def convert(
     source_kwargs: Annotated[
         str | None, typer.Option("--source-kwargs", help="JSON kwargs for --source-arch.")
     ] = None,
+    reference: ReferenceOpt = None,
+    reference_kwargs: ReferenceKwargsOpt = None,
+    target_module: TargetModuleOpt = None,
+    target_module_kwargs: TargetModuleKwargsOpt = None,
+    inputs: InputsOpt = None,
+    sign_key: SignKeyOpt = None,
 ) -> None:
     """Convert SOURCE into TARGET's layout, verify it, and report every tensor."""
     from app.config import get_settings
@@ -204,8 +220,12 @@ def convert(
         # The cheapest honest identity: BLAKE3 runs on every core from the page cache the
         # copy just filled; --no-verify promises no pass over the data at all.
         source_digest="sha256" if sha256 else ("blake3" if verify else "none"),
-    )
-    _run(
+        parity=parity_spec(
+            reference, reference_kwargs, target_module, target_module_kwargs, inputs,
+            architectures=settings.architectures,
+        ),
+    )  # fmt: skip
+    result = _run(
         _RunOptions(
             source=[source],
             target=target,
@@ -219,3 +239,5 @@ def convert(
             source_architecture=source_architecture,
         )
     )
+    if result.weights is not None:
+        attest(result.weights, result.report, recipe, sign_key)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from app.engine.parity_models import ParitySpec
+
 __all__ = ["CopyMethod", "OutputFormat", "SourceDigest", "WriteOptions"]
 
 OutputFormat = Literal["safetensors", "torch"]
@@ -34,6 +36,7 @@ class WriteOptions:
             ``sha256`` (default; one core, ~1.3 s for 2 GB), ``blake3`` (a parallel pass from
             the page cache, ~4x cheaper, ``b3sum``-checkable: the CLI's default), or ``none``
             (no identity, no pass: the CLI's ``--no-verify``).
+        parity: run the source's model and the converted one side by side (SPEC §3.2).
     """
 
     format: OutputFormat = "safetensors"
@@ -44,3 +47,4 @@ class WriteOptions:
     byte_copy: bool = True
     copy_methods: tuple[CopyMethod, ...] = ("reflink", "kernel", "buffered")
     source_digest: SourceDigest = "sha256"
+    parity: ParitySpec | None = None

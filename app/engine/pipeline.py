@@ -23,14 +23,17 @@ from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
 from app.engine.produce import Producer
 from app.engine.progress import Progress, ProgressEvent
+from app.engine.provenance import describe_target
 from app.engine.readers import Source, open_source
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest, report_entries
 from app.engine.target import Target
+from app.engine.warning import Warning
 from app.engine.write import Stamp, execute_plan
 
 if TYPE_CHECKING:
     from app.engine.architectures import BoundArchitecture
+    from app.engine.parity_models import ParitySpec
     from app.engine.verify import ModelCheck
 
 __all__ = ["ConversionResult", "KnownSource", "convert"]
@@ -130,12 +133,13 @@ def convert(
                 producer,
                 Path(output),
                 options=options,
-                stamp=_stamp(plan, recipe, identity[0] if identity else None, digest),
+                stamp=_stamp(plan, recipe, target, identity[0] if identity else None, digest),
                 progress=progress,
             )
         model = None
         if options.verify:
             model = _verify_on_model(Path(output), plan, producer, known.architecture, progress)
+        model = _parity(model, options.parity, Path(output), plan, producer, recipe, execution)
         kind = identity[0] if identity else None
         report = build_report(
             plan,
@@ -164,13 +168,18 @@ def _identity(
 
 
 def _stamp(
-    plan: Plan, recipe: Recipe, identity: str | None, source_digest: Callable[[], str]
+    plan: Plan,
+    recipe: Recipe,
+    target: Target,
+    identity: str | None,
+    source_digest: Callable[[], str],
 ) -> Stamp:
     """The output's metadata: the header comes before the data, so it is written with
     placeholders of the final lengths and completed once the digests are known.
 
     ``graft.source_sha256`` or ``graft.source_blake3`` names the source (both are 64 hex
-    digits); neither when the conversion took no source identity (``--no-verify``)."""
+    digits); neither when the conversion took no source identity (``--no-verify``).
+    ``graft.target`` describes the target, so the file alone can be replayed (SPEC §3.3)."""
     placeholder = {
         # What `transformers` (4.x) and `safetensors` loaders check: the file holds torch tensors.
         "format": "pt",
@@ -180,6 +189,8 @@ def _stamp(
         placeholder[f"graft.source_{identity}"] = DIGEST_PLACEHOLDER
     placeholder |= {
         "graft.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
+        # Not canonical: a skeleton's key order is the output's tensor order.
+        "graft.target": json.dumps(describe_target(target), separators=(",", ":")),
         "graft.report_sha256": DIGEST_PLACEHOLDER,
     }
 
@@ -191,6 +202,34 @@ def _stamp(
         return final
 
     return Stamp(placeholder, finalize)
+
+
+def _parity(
+    model: ModelCheck | None,
+    spec: ParitySpec | None,
+    output: Path,
+    plan: Plan,
+    producer: Producer,
+    recipe: Recipe,
+    execution: Execution,
+) -> ModelCheck | None:
+    """Parity (``app.engine.parity_run``) when ``spec`` asks for it, added to the model
+    checks as ``verification.parity``; a divergence is a failure, or a warning with
+    ``parity: warn``."""
+    if spec is None:
+        return model
+    from app.engine.parity_run import check_parity
+    from app.engine.verify import ModelCheck
+
+    check = check_parity(
+        spec, output=output, plan=plan, source=producer.source, target=producer.target,
+        recipe=recipe, device=producer.device.name,
+    )  # fmt: skip
+    model = model or ModelCheck()
+    model.sections["parity"] = check.section
+    model.failures += check.failures
+    execution.warnings += [Warning.model_validate(w) for w in check.warnings]
+    return model
 
 
 def _verify_on_model(

@@ -67,6 +67,11 @@ class Target:
     def has_values(self) -> bool:
         return self._template is not None
 
+    @property
+    def template(self) -> Source | None:
+        """A template target's checkpoint (its identity is the target's, SPEC §3.3)."""
+        return self._template
+
     def read(self, key: str) -> torch.Tensor:
         """The template's own value for ``key`` (only templates have values)."""
         if self._template is None:

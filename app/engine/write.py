@@ -20,6 +20,7 @@ from app.engine.output.torch_writer import write_torch
 from app.engine.plan import Plan
 from app.engine.produce import Producer
 from app.engine.progress import Progress
+from app.engine.rederive import rederive_all
 from app.engine.verify import verify_output
 from app.engine.warning import Warning
 
@@ -98,3 +99,7 @@ def _verify(
     result.digests.update(check.digests)
     result.warnings += [Warning(kind="nan_or_inf", message=key) for key in check.nonfinite]
     result.check = check
+    # What was not copied is rebuilt from the source by independent checks, not only
+    # re-digested (a wrong op would otherwise verify against its own output).
+    copied = set(result.copied_from)
+    result.rederived = rederive_all(written, plan, producer.source, producer.target, copied)

@@ -16,7 +16,10 @@ from torch import nn
 
 from app.engine.examples import example_ids
 
-__all__ = ["BertEmbeddings", "BertLayer", "BertModel", "BertPooler"]
+__all__ = ["EXAMPLE_LENGTH", "BertEmbeddings", "BertLayer", "BertModel", "BertPooler"]
+
+# Tokens in the example input, unless the config's position table is shorter.
+EXAMPLE_LENGTH = 16
 
 
 class BertSelfAttention(nn.Module):
@@ -148,7 +151,9 @@ class BertModel(nn.Module):
         max_position_embeddings: rows of the position embedding (the longest input).
         type_vocab_size: rows of the token-type embedding.
         layer_norm_eps: every LayerNorm's epsilon.
-        seq_len: length of the example input (Graft's, at most ``max_position_embeddings``).
+
+    The example input (Graft's forward check) is ``EXAMPLE_LENGTH`` tokens, or
+    ``max_position_embeddings`` when that is shorter: every valid config can be checked.
     """
 
     def __init__(
@@ -161,7 +166,6 @@ class BertModel(nn.Module):
         max_position_embeddings: int = 512,
         type_vocab_size: int = 2,
         layer_norm_eps: float = 1e-12,
-        seq_len: int = 16,
     ) -> None:
         super().__init__()
         sizes = (vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
@@ -173,9 +177,8 @@ class BertModel(nn.Module):
                 f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
                 f"{num_attention_heads}"
             )
-        if not 1 <= seq_len <= max_position_embeddings:
-            raise ValueError(f"seq_len {seq_len} must be in 1..{max_position_embeddings}")
-        self.vocab_size, self.hidden_size, self.seq_len = vocab_size, hidden_size, seq_len
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.seq_len = min(EXAMPLE_LENGTH, max_position_embeddings)
         self.embeddings = BertEmbeddings(
             vocab_size, max_position_embeddings, type_vocab_size, hidden_size, layer_norm_eps
         )

@@ -143,7 +143,6 @@ def test_builtins_are_listed_with_their_kwargs_defaults_and_types() -> None:
     assert set(listed["graft_bert"]["kwargs"]) == {
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
         "intermediate_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
-        "seq_len",
     }  # fmt: skip
     assert set(listed["graft_mobilenet"]["kwargs"]) == {
         "num_classes", "in_chans", "width_mult", "img_size",

@@ -26,7 +26,7 @@ from app.engine.options import WriteOptions
 from app.engine.readers import open_source
 from app.engine.recipe import load_recipe
 from app.engine.report import entries_digest
-from app.engine.target import Target
+from app.engine.target import Target, skeleton_from_module
 from tests.engine._models import (
     SmallNet,
     ViTStub,
@@ -80,7 +80,11 @@ def test_conv_channels_3_to_4_pads(tmp_path: Path, fill: str, new_channel: Any) 
     assert conv["rules"] == ["adapt[0]"]
     assert conv["ops"] == [f"channels(3->4, fill={fill})"]
     assert (conv["source_shape"], conv["shape"]) == ([4, 3, 3, 3], [4, 4, 3, 3])
-    assert report["verification"] == {"checked": N, "equal": N, "strict_load": True}
+    # The adapted stem is re-derived: its 3 source channels are the source's, afresh.
+    rederived = {"checked": 1, "how": {"overlap": 1}, "unequal": []}
+    assert report["verification"] == {
+        "checked": N, "equal": N, "strict_load": True, "rederived": rederived,
+    }  # fmt: skip
     assert out is not None
     assert torch.equal(out["conv1.weight"], torch.cat([w, new_channel(w)], dim=1))
     assert_same(out, {k: v for k, v in sd.items() if k != "conv1.weight"})
@@ -416,9 +420,14 @@ def test_output_metadata_describes_the_conversion(tmp_path: Path) -> None:
         "format",
         "graft.source_sha256",
         "graft.recipe",
+        "graft.target",
         "graft.report_sha256",
         "graft.version",
     }
+    # The target, so the file alone can be replayed (SPEC §3.3): the skeleton itself.
+    assert json.loads(metadata["graft.target"]) == {
+        "kind": "skeleton", "skeleton": skeleton_from_module(SmallNet()),
+    }  # fmt: skip
     assert metadata["graft.source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert metadata["graft.source_sha256"] == report["source"]["sha256"]
     assert load_recipe(json.loads(metadata["graft.recipe"])) == load_recipe(recipe)
@@ -574,7 +583,12 @@ def test_real_minilm_into_renamed_target_with_new_head(tmp_path: Path) -> None:
     summary = report["summary"]
     assert (summary["loaded"], summary["adapted"], summary["initialized"]) == (103, 1, 2)
     assert (summary["used"], summary["unexpected"], summary["mismatched"]) == (104, 0, 0)
-    assert report["verification"] == {"checked": 104, "equal": 104, "strict_load": True}
+    # The resized embedding's overlap is re-derived; the two initialised tensors are
+    # checked by digest only.
+    rederived = {"checked": 3, "how": {"digest_only": 2, "overlap": 1}, "unequal": []}
+    assert report["verification"] == {
+        "checked": 104, "equal": 104, "strict_load": True, "rederived": rederived,
+    }  # fmt: skip
     assert report["source"]["format"] == "safetensors"
     word = entry(report, "embeddings.word_embeddings.weight")
     assert word["ops"] == ["resize([30522, 384]->[1000, 384], fill=zeros)"]

@@ -99,7 +99,10 @@ def test_report_schema_and_counts(tmp_path: Path) -> None:
         ("backbone.aux.weight", "unexpected", None),
         ("backbone.bn1.running_var", "unexpected", None),
     }
-    assert report["verification"] == {"checked": N - 2, "equal": N - 2, "strict_load": True}
+    rederived = {"checked": 3, "how": {"overlap": 1, "template": 2}, "unequal": []}
+    assert report["verification"] == {
+        "checked": N - 2, "equal": N - 2, "strict_load": True, "rederived": rederived,
+    }  # fmt: skip
     assert sum(1 for e in report["entries"] if e["status"] in ("loaded", "adapted")) == N - 2
 
 

@@ -93,3 +93,22 @@ def test_vit_without_head_returns_the_class_token_features() -> None:
                               num_classes=0)  # fmt: skip
     assert not any(k.startswith("head.") for k in model.state_dict())
     assert model(model.example_input(2)).shape == model.example_output_shape(2) == (2, 16)
+
+
+@pytest.mark.parametrize("positions", [1, 2, 8, 16, 512])
+def test_graft_bert_builds_and_checks_every_position_table(positions: int) -> None:
+    from app.engine.architectures import bind_architecture
+    from app.zoo.bert import EXAMPLE_LENGTH
+
+    config = {"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 16,
+              "max_position_embeddings": positions}  # fmt: skip
+    bound = bind_architecture("graft_bert", config)
+    model = bound.build("cpu").eval()
+    example = bound.example(model, 2)
+    assert example is not None
+    ids, shape = example
+    length = min(EXAMPLE_LENGTH, positions)
+    assert (list(ids.shape), shape) == ([2, length], (2, length, 8))
+    with torch.no_grad():
+        assert tuple(model(ids).shape) == shape

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from app.engine.options import OutputFormat
+    from app.engine.rederive import Rederived
     from app.engine.verify import OutputCheck
     from app.engine.warning import Warning
 
@@ -34,6 +35,8 @@ class Execution:
             tensor came from, kept when verifying: verification digests the written range
             and compares it with this one.
         check: the re-read of the output, or ``None`` when verification was off.
+        rederived: the tensors not byte-copied, re-derived from the source (see
+            ``app.engine.rederive``), or ``None`` when verification was off.
     """
 
     format: OutputFormat
@@ -45,3 +48,4 @@ class Execution:
     copy_methods: dict[str, int] = field(default_factory=dict)
     copied_from: dict[str, tuple[Path, int, int]] = field(default_factory=dict)
     check: OutputCheck | None = None
+    rederived: Rederived | None = None

@@ -369,6 +369,11 @@ class Recipe(RecipeModel):
     unmatched: Literal["error", "warn"] = "error"
     allow_empty: bool = False
     seed: int = Field(default=0, ge=0, lt=1 << 63)
+    # Parity (SPEC §3.2), when a reference model is given: a divergence refuses the
+    # conversion (`error`) or is only reported (`warn`); tolerances are float32's.
+    parity: Literal["error", "warn"] = "error"
+    parity_atol: float = Field(default=1e-5, ge=0)
+    parity_rtol: float = Field(default=1e-4, ge=0)
 
     @model_validator(mode="before")
     @classmethod

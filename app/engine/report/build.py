@@ -217,6 +217,9 @@ def _verification(
     sections = model.sections if model is not None else {}
     if model is not None:
         failures += model.failures
+    rederived = execution.rederived
+    if rederived is not None and rederived.unequal:
+        failures += [f"verification: {u}" for u in rederived.unequal]
     return Verification(
         checked=check.checked,
         equal=check.equal,
@@ -225,6 +228,8 @@ def _verification(
         strict_error=check.strict_error or None,
         forward=sections.get("forward"),
         equivalence=sections.get("equivalence"),
+        parity=sections.get("parity"),
+        rederived=rederived.section() if rederived is not None and rederived.how else None,
     )
 
 

@@ -204,7 +204,9 @@ class RuleCount(_Document):
 class Verification(_Document):
     """The output check (and, for an architecture target, the model checks)."""
 
-    _omitted_when_none = frozenset({"unequal", "strict_error", "forward", "equivalence"})
+    _omitted_when_none = frozenset(
+        {"unequal", "strict_error", "forward", "equivalence", "parity", "rederived"}
+    )
     checked: Count
     equal: Count
     strict_load: bool | None
@@ -212,6 +214,8 @@ class Verification(_Document):
     strict_error: str | None = None
     forward: dict[str, Any] | None = None
     equivalence: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None
+    rederived: dict[str, Any] | None = None
 
 
 class OutputSummary(_Document):

@@ -161,4 +161,26 @@ def _model_checks(v: dict[str, Any]) -> list[str]:
         else:
             how = f"{'allclose' if eq['ok'] else 'DIFFERENT'} (max |diff| {eq['max_abs_diff']})"
         lines.append(f"equivalence   with source {eq['source_architecture']}: {how}")
+    return lines + _proof_lines(v)
+
+
+def _proof_lines(v: dict[str, Any]) -> list[str]:
+    """The parity line (SPEC §3.2) and the re-derivation line of ``verification``."""
+    lines: list[str] = []
+    parity = v.get("parity")
+    if parity:
+        first = parity["first_divergence"]
+        how = (
+            f"equal: {parity['modules_compared']} modules compared"
+            if first is None
+            else f"DIVERGES at {first['target_module'] or '(model)'} "
+            f"(source {first['source_module'] or '(model)'}, "
+            f"max |diff| {first['max_abs_diff']:.3g})"
+        )
+        skipped = f", {len(parity['skipped'])} skipped" if parity["skipped"] else ""
+        lines.append(f"parity        with {parity['reference']}: {how}{skipped}")
+    rederived = v.get("rederived")
+    if rederived:
+        how = ", ".join(f"{n} by {k}" for k, n in rederived["how"].items())
+        lines.append(f"re-derived    {rederived['checked']} from the source ({how})")
     return lines

@@ -76,7 +76,11 @@ def test_byte_copy_and_torch_paths_write_identical_files(
     assert fast.report["output"]["materialised"] == adapted
     assert slow.report["output"]["copied"] == 0
     assert slow.report["output"]["materialised"] == n
-    assert fast.report["verification"] == {"checked": n, "equal": n, "strict_load": True}
+    verification = {"checked": n, "equal": n, "strict_load": True}
+    if adapted:  # channels(fill=repeat): recomputed from the source as timm does it
+        rederived = {"checked": 1, "how": {"recomputed": 1}, "unequal": []}
+        verification["rederived"] = rederived  # type: ignore[assignment]
+    assert fast.report["verification"] == verification
 
 
 def test_non_contiguous_source_tensor_takes_the_torch_path(tmp_path: Path) -> None:

@@ -89,6 +89,9 @@ def test_defaults_are_the_specs() -> None:
         "unmatched": "error",
         "allow_empty": False,
         "seed": 0,
+        "parity": "error",  # SPEC §3.2: a divergence refuses the conversion
+        "parity_atol": 1e-5,
+        "parity_rtol": 1e-4,
     }
     assert load_recipe({}) == recipe
     assert load_recipe(recipe) is recipe

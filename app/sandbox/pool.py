@@ -129,7 +129,12 @@ class ChildPool:
         self._children.clear()
 
     async def call(
-        self, function: SandboxFunction | str, payload: dict[str, Any], *, budget: int = 0
+        self,
+        function: SandboxFunction | str,
+        payload: dict[str, Any],
+        *,
+        budget: int = 0,
+        timeout: float | None = None,
     ) -> Any:
         """Run ``function(payload, emit)`` in an idle child and return its result.
 
@@ -137,6 +142,7 @@ class ChildPool:
             function: a top-level function, or ``"package.module:name"``.
             payload: JSON-ready arguments.
             budget: address space the call may add to its child (0: only the limits).
+            timeout: seconds this call may take (default: the pool's).
 
         Returns:
             The function's JSON-ready return value.
@@ -153,10 +159,10 @@ class ChildPool:
         child = await self._idle.get()
         healthy = True
         try:
-            answer = await asyncio.wait_for(child.request(request), self.timeout)
+            answer = await asyncio.wait_for(child.request(request), timeout or self.timeout)
         except TimeoutError as exc:
             healthy = False
-            raise ChildTimeoutError(self.timeout) from exc
+            raise ChildTimeoutError(timeout or self.timeout) from exc
         except (EOFError, BrokenPipeError, ConnectionResetError, ValueError) as exc:
             healthy = False
             raise ChildLostError() from exc

@@ -47,13 +47,15 @@ class Source:
 
     Attributes:
         paths: the files making up the source (one, or index + shards).
-        format: ``torch-zip``, ``torch-legacy``, ``safetensors`` or ``hf-sharded``.
+        format: ``torch-zip``, ``torch-legacy``, ``safetensors``, ``hf-sharded`` or ``dcp``.
         entry: the chosen weights entry (``None`` when the file is a flat state dict).
         candidates: every dict of tensors found (for entry choice and the report).
         ignored: non-tensor entries next to the weights, described but never used.
         stripped_prefix: what was removed from every key (``module.``), if anything.
         tensors: key -> :class:`TensorInfo`, in file order.
         metadata: safetensors ``__metadata__`` (merged across shards).
+        layout: how a training checkpoint is laid out (DCP: world size, chunks per tensor,
+            what was left out), or None for a plain file or set.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Source:
         ignored: dict[str, str] | None = None,
         metadata: dict[str, str] | None = None,
         lightning: bool = False,
+        layout: dict[str, Any] | None = None,
     ) -> None:
         self.paths = paths
         self.format = fmt
@@ -80,6 +83,7 @@ class Source:
         self.ignored = ignored or {}
         self.metadata = metadata or {}
         self.lightning = lightning
+        self.layout = layout
         self.stripped_prefix: str | None = None
         self._sha256: str | None = None
         self._blake3: str | None = None
@@ -184,7 +188,7 @@ class Source:
             d["bytes"] += info.nbytes
             by_kind[info.kind]["tensors"] += 1
             by_kind[info.kind]["elements"] += info.numel
-        return {
+        described: dict[str, Any] = {
             "schema": "graft.inspect/v1",
             "paths": [str(p) for p in self.paths],
             "format": self.format,
@@ -208,3 +212,6 @@ class Source:
                 for i in self.tensors.values()
             ],
         }
+        if self.layout is not None:
+            described["layout"] = self.layout
+        return described

@@ -97,6 +97,6 @@ def _main(kind: str, path: str) -> None:
 
 
 if __name__ == "__main__":
-    import torch.distributed.checkpoint  # noqa: F401 - the submodule save() lives in
+    import torch.distributed.checkpoint  # the submodule save() lives in
 
     _main(sys.argv[1], sys.argv[2])

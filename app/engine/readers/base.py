@@ -89,7 +89,7 @@ def check_root(root: Any, file_size: int) -> None:
 class FileWindow(io.RawIOBase):
     """A byte range of a file seen as a whole file (a ``torch.save`` zip inside a DCP shard)."""
 
-    def __init__(self, file: BinaryIO, start: int, length: int) -> None:
+    def __init__(self, file: io.BufferedReader, start: int, length: int) -> None:
         super().__init__()
         self._file, self._start, self._length, self._pos = file, start, length, 0
 
@@ -130,7 +130,7 @@ class StorageFileReader:
 
     def __init__(self, path: Path, window: tuple[int, int] | None = None) -> None:
         self._path = path
-        raw: BinaryIO = path.open("rb")
+        raw = path.open("rb")
         self._start = window[0] if window else 0
         self._file: BinaryIO = FileWindow(raw, *window) if window else raw  # type: ignore[assignment]
         self._size = window[1] if window else os.fstat(raw.fileno()).st_size

@@ -125,7 +125,7 @@ def _read_into(dest: torch.Tensor, path: Path, offset: int, length: int) -> None
 
     if length != dest.numel() * dest.element_size():
         raise UnreadableCheckpointError("a DCP chunk's byte count disagrees with its shape")
-    view = memoryview(dest.view(torch.uint8).numpy()) if length else memoryview(b"")
+    view = dest.view(torch.uint8).numpy().data if length else memoryview(b"")
     with path.open("rb", buffering=0) as f:
         f.seek(offset)
         got = 0

@@ -251,7 +251,7 @@ def _check_cover(fqn: str, shape: tuple[int, ...], chunks: list[DcpChunk]) -> No
                 ao < bo + bs and bo < ao + as_
                 for ao, as_, bo, bs in zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True)
             )
-            if meets and math.prod(a.sizes) and math.prod(b.sizes):
+            if meets and 0 not in a.sizes and 0 not in b.sizes:
                 raise UnreadableCheckpointError(f"DCP chunks of {fqn!r:.80} overlap")
 
 

@@ -260,7 +260,10 @@ def test_a_class_build_on_an_allowed_record_is_refused() -> None:
     from app.engine.readers.dcp_metadata import parse_metadata
 
     # GLOBAL Metadata, then BUILD with (None, {"x": 1}): slot state set on the class itself.
-    payload = b"\x80\x02ctorch.distributed.checkpoint.metadata\nMetadata\nN}X\x01\x00\x00\x00xK\x01s\x86b."
+    payload = (
+        b"\x80\x02ctorch.distributed.checkpoint.metadata\nMetadata\n"
+        b"N}X\x01\x00\x00\x00xK\x01s\x86b."
+    )
     with pytest.raises((UnsafeCheckpointError, UnreadableCheckpointError)):
         parse_metadata(payload, {})
     from app.engine.readers import dcp_metadata

@@ -99,10 +99,9 @@ def main() -> None:
         p.read_bytes()
     graft = [*GRAFT, "convert", str(source), str(skeleton), "-r", str(recipe)]
     graft += ["-o", str(out / "hf"), "--max-shard-size", "1GB"]
+    durable = f'cp -r "{source}" "{out}/copy" && sync "{out}"/copy/* "{out}"/copy/.metadata'
     commands = {
-        "durable copy (cp -r + sync)": [
-            "sh", "-c", f'cp -r "{source}" "{out}/copy" && sync "{out}"/copy/* "{out}"/copy/.metadata'
-        ],
+        "durable copy (cp -r + sync)": ["sh", "-c", durable],
         "graft convert -> HF shards": graft,
         "graft convert --no-verify": [*graft, "--no-verify"],
         "naive (dcp_to_torch_save + load + save_file)": [

@@ -112,6 +112,27 @@ class DcpReader:
         with closing(ZipReader(self._files[chunk.file], (chunk.offset, chunk.length))) as inner:
             return inner.byte_range(self._chunk_ref(inner, handle, chunk.sizes))
 
+    def byte_ranges(self, handle: DcpTensor) -> list[tuple[Path, int, int]] | None:
+        """The chunks' bytes end to end, when the chunks split the first dim only (as FSDP
+        and ``Shard(0)`` save them) and each lies in C order: the tensor as ranges to copy."""
+        if len(handle.chunks) == 1:
+            span = self.byte_range(handle)
+            return [span] if span is not None else None
+        chunks = sorted((c for c in handle.chunks if 0 not in c.sizes), key=lambda c: c.offsets)
+        rows = 0
+        for chunk in chunks:
+            if not chunk.offsets or chunk.offsets[0] != rows or chunk.sizes[1:] != handle.shape[1:]:
+                return None
+            rows += chunk.sizes[0]
+        spans = []
+        for chunk in chunks:
+            with closing(ZipReader(self._files[chunk.file], (chunk.offset, chunk.length))) as inner:
+                span = inner.byte_range(self._chunk_ref(inner, handle, chunk.sizes))
+            if span is None:
+                return None
+            spans.append(span)
+        return spans
+
     def storage_id(self, handle: DcpTensor) -> tuple[str, ...]:
         return (handle.fqn,)
 
@@ -209,12 +230,14 @@ def open_dcp(files: Mapping[str, Path], entry: str = "auto") -> Source:
     for fqn, key in keys.items():
         t = meta.tensors[fqn]
         tensors[key] = TensorInfo(key, t.shape, t.dtype, guess_kind(key, t.dtype))
-    shards = sorted(n for n in files if _SHARD_NAME.fullmatch(n))
+    referenced = {c.file for t in meta.tensors.values() for c in t.chunks}
+    shards = sorted({n for n in files if _SHARD_NAME.fullmatch(n)} | referenced)
+    ranks = {m.group(1) for n in shards if (m := _SHARD_NAME.fullmatch(n))}
     others = _others(meta, keys)
     layout = {
         "format": "dcp",
         "version": meta.version,
-        "world_size": len({_SHARD_NAME.fullmatch(n).group(1) for n in shards}),  # type: ignore[union-attr]
+        "world_size": len(ranks),
         "files": len(shards),
         "chunks": {key: len(meta.tensors[fqn].chunks) for fqn, key in keys.items()},
         "left_out": others,

@@ -130,6 +130,17 @@ class Source:
         entry = self._entries[key]
         return entry.reader.byte_range(entry.handle)
 
+    def byte_ranges(self, key: str) -> list[tuple[Path, int, int]] | None:
+        """``key``'s bytes in C order as ranges to read end to end (a DCP tensor saved in
+        chunks along its first dim is one range per chunk), or None if not laid out so."""
+        entry = self._entries[key]
+        ranges = getattr(entry.reader, "byte_ranges", None)
+        if ranges is not None:
+            found: list[tuple[Path, int, int]] | None = ranges(entry.handle)
+            return found
+        span = entry.reader.byte_range(entry.handle)
+        return [span] if span is not None else None
+
     def storage_id(self, key: str) -> tuple[str, ...]:
         """Identity of the bytes behind ``key``: equal for tensors that share storage."""
         entry = self._entries[key]

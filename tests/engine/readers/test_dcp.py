@@ -178,6 +178,8 @@ def test_convert_a_sharded_run_to_safetensors_with_a_rename(fsdp2_ws2: Any, tmp_
         "  - {prefix: '1.', to: 'norm.'}\n"
         "  - {prefix: '2.', to: 'head.'}\n"
     )
+    planned = graft("plan", path, template, "-r", recipe)
+    assert planned.exit_code == 0, planned.output
     out = tmp_path / "model.safetensors"
     result = graft(
         "convert", path, template, "-o", out, "-r", recipe, "--report", tmp_path / "r.json"

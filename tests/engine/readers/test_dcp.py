@@ -192,6 +192,24 @@ def test_convert_a_sharded_run_to_safetensors_with_a_rename(fsdp2_ws2: Any, tmp_
     assert report["source"]["format"] == "dcp"
     assert report["source"]["entry"] == "model"
     assert report["verification"]["equal"] == 6
+    # every tensor split along its first dim: its chunks were copied end to end, in the kernel
+    assert (report["output"]["copied"], report["output"]["materialised"]) == (6, 0)
+
+
+def test_a_copy_from_chunks_is_compared_chunk_by_chunk(tmp_path: Path) -> None:
+    from app.engine.output.digests import compare_range, tensor_digest
+
+    parts = [torch.arange(6, dtype=torch.float32), torch.arange(6, 10, dtype=torch.float32)]
+    for i, part in enumerate(parts):
+        (tmp_path / f"src{i}").write_bytes(b"x" * 3 + part.numpy().tobytes())
+    whole = torch.cat(parts)
+    (tmp_path / "out").write_bytes(b"header" + whole.numpy().tobytes())
+    spans = [(tmp_path / "src0", 3, 24), (tmp_path / "src1", 3, 16)]
+    written = (tmp_path / "out", 6, 40)
+    assert compare_range(written, spans, "float32") == (tensor_digest(whole), True, True)
+    (tmp_path / "src1").write_bytes(b"x" * 3 + torch.zeros(4).numpy().tobytes())
+    assert compare_range(written, spans, "float32") == (tensor_digest(whole), True, False)
+    assert compare_range(written, spans[:1], "float32") == (tensor_digest(whole), True, False)
 
 
 def test_dcp_output_loads_into_the_target_with_dcp_load(fsdp2_ws2: Any, tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ state = {
     for i in range(count)
 }
 dcp.save(state, checkpoint_id=sys.argv[1])
+dist.barrier()  # no rank tears gloo down while another still talks to it
 dist.destroy_process_group()
 """
 

@@ -92,6 +92,7 @@ def _main(kind: str, path: str) -> None:
     torch.manual_seed(0)
     try:
         {"fsdp2": _fsdp2, "dtensor": _dtensor}[kind](path)
+        torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         torch.distributed.destroy_process_group()
 

@@ -88,7 +88,7 @@ class DcpReader:
             chunk = handle.chunks[0]
             with closing(ZipReader(self._files[chunk.file], (chunk.offset, chunk.length))) as inner:
                 return inner.read(self._chunk_ref(inner, handle, chunk.sizes))
-        out = torch.empty(handle.shape, dtype=getattr(torch, handle.dtype))
+        out = torch.zeros(handle.shape, dtype=getattr(torch, handle.dtype))
         for chunk in handle.chunks:
             if not math.prod(chunk.sizes):
                 continue

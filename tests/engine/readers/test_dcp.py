@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from app.engine.errors import UnreadableCheckpointError, UnsafeCheckpointError
 from app.engine.readers import inspect_source, open_source
 from tests.dcp_fixtures import dcp_reference, save_distributed, sequential_model
-from tests.fixtures import cli_inspect, reduce_pickle
+from tests.fixtures import cli_inspect, reduce_pickle, replace_zip_member
 from tests.schemas import assert_valid
 from tests.test_cli_convert import graft, graft_process
 
@@ -250,6 +250,36 @@ def _rewrite_metadata(path: Path, change: Any) -> None:
         metadata = pickle.load(f)  # our own fixture, written a line above by torch
     change(metadata)
     (path / ".metadata").write_bytes(pickle.dumps(metadata))
+
+
+def test_a_code_running_chunk_is_refused_when_read(single: Any, tmp_path: Path) -> None:
+    path, _ = single
+    canary = tmp_path / "canary"
+    torch.save(torch.ones(4, 3), tmp_path / "chunk.pt")
+    payload = reduce_pickle(os.system, f"touch {shlex.quote(str(canary))}")
+    replace_zip_member(tmp_path / "chunk.pt", tmp_path / "evil.pt", "/data.pkl", payload)
+    start = (path / "__0_0.distcp").stat().st_size
+    with (path / "__0_0.distcp").open("ab") as f:
+        f.write((tmp_path / "evil.pt").read_bytes())
+
+    def point_at_it(md: Any) -> None:
+        index = next(i for i in md.storage_data if i.fqn == "model.a.weight")
+        length = (tmp_path / "evil.pt").stat().st_size
+        md.storage_data[index] = dataclasses.replace(
+            md.storage_data[index], offset=start, length=length
+        )
+
+    _rewrite_metadata(path, point_at_it)
+    # the metadata is sound; the chunk is unpickled when its tensor is read
+    refused = pytest.raises(UnsafeCheckpointError, match=r"references '(posix|os)\.system'")
+    with open_source(path) as source, refused:
+        source.read("a.weight")
+    template = tmp_path / "target.pt"
+    torch.save({"a.weight": torch.zeros(4, 3), "a.bias": torch.zeros(4)}, template)
+    result = graft_process("convert", path, template, "-o", tmp_path / "out.safetensors")
+    assert result.returncode == 2
+    assert "unsafe checkpoint: the pickle references" in result.stderr
+    assert not canary.exists() and not (tmp_path / "out.safetensors").exists()
 
 
 def test_a_chunk_outside_the_folder_is_refused(single: Any) -> None:

@@ -81,9 +81,11 @@ $(MLFLOW_VENV)/.graft-installed:
 	fi
 
 # Whole-process conversion figures against cp (generates ~2.2 GB of checkpoints under data/bench
-# once). More: bench/inspect_header.py, bench/api_service.py, bench/load.py.
+# once, and a 2 GB DCP checkpoint saved by 4 ranks under data/bench-dcp). More:
+# bench/inspect_header.py, bench/api_service.py, bench/load.py.
 bench: setup
 	$(BIN)/python bench/convert.py
+	$(BIN)/python bench/dcp.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -181,7 +181,9 @@ def convert(
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the JSON report here.")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="safetensors or torch.")] = "safetensors",
+    fmt: Annotated[
+        str, typer.Option("--format", help="safetensors, torch or dcp (a folder).")
+    ] = "safetensors",
     json_: JsonOpt = False,
     target_kwargs: TargetKwargsOpt = None,
     max_shard_size: MaxShardOpt = None,
@@ -206,8 +208,8 @@ def convert(
     from app.config import get_settings
     from app.engine.devices import check_device
 
-    if fmt not in ("safetensors", "torch"):
-        raise typer.BadParameter("--format is safetensors or torch")
+    if fmt not in ("safetensors", "torch", "dcp"):
+        raise typer.BadParameter("--format is safetensors, torch or dcp")
     settings = get_settings()
     # Before any work: a missing GPU (--device or GRAFT_DEVICE) is bad input, exit 2.
     check_device(device or settings.device)

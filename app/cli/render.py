@@ -23,6 +23,19 @@ def _human_count(n: int) -> str:
     return str(n)
 
 
+def _render_layout(layout: dict[str, Any]) -> str:
+    """One line on a training checkpoint's layout: format, writers, chunks per tensor."""
+    counts: dict[int, int] = {}
+    for n in layout["chunks"].values():
+        counts[n] = counts.get(n, 0) + 1
+    chunks = ", ".join(f"{n} ({k} tensors)" for n, k in sorted(counts.items()))
+    version = f" v{layout['version']}" if layout.get("version") else ""
+    return (
+        f"layout    {layout['format']}{version}  world size {layout['world_size']} "
+        f"({layout['files']} files)  chunks per tensor: {chunks or '-'}"
+    )
+
+
 def render_inspect(summary: dict[str, Any]) -> str:
     """The grouped human view of ``graft inspect``."""
     from app.engine.keys import group_tensors
@@ -41,6 +54,8 @@ def render_inspect(summary: dict[str, Any]) -> str:
             else ""
         ),
     ]
+    if summary.get("layout"):
+        lines.append(_render_layout(summary["layout"]))
     if summary["ignored"]:
         ignored = ", ".join(f"{k} ({v})" for k, v in summary["ignored"].items())
         lines.append(f"ignored   {ignored}")

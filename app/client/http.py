@@ -68,9 +68,11 @@ def upload_digest(paths: Sequence[Path]) -> str:
 
 
 def _shard_files(path: Path) -> list[Path]:
-    """A file, or the files of a Hugging Face sharded set in a folder."""
+    """A file, or the files of a Hugging Face sharded set or a DCP checkpoint in a folder."""
     if not path.is_dir():
         return [path]
+    if (path / ".metadata").is_file():  # torch.distributed.checkpoint: .metadata + .distcp
+        return sorted(p for p in path.iterdir() if p.name == ".metadata" or p.suffix == ".distcp")
     files = sorted(
         p
         for p in path.iterdir()

@@ -9,7 +9,7 @@ from app.engine.parity_models import ParitySpec
 
 __all__ = ["CopyMethod", "OutputFormat", "SourceDigest", "WriteOptions"]
 
-OutputFormat = Literal["safetensors", "torch"]
+OutputFormat = Literal["safetensors", "torch", "dcp"]
 CopyMethod = Literal["reflink", "kernel", "buffered"]
 SourceDigest = Literal["blake3", "sha256", "none"]
 
@@ -19,7 +19,8 @@ class WriteOptions:
     """Options of the write and verify stages.
 
     Attributes:
-        format: ``safetensors`` (default, streamed) or ``torch``.
+        format: ``safetensors`` (default, streamed), ``torch``, or ``dcp`` (a
+            ``torch.distributed.checkpoint`` folder, one writer).
         dtype: cast every written tensor to this dtype; ``None`` keeps the recipe's ``dtype``.
         device: where shape ops and model verification run: ``auto`` (CUDA when present),
             ``cpu``, ``cuda``, ``cuda:N``. Resolved once, lazily, by the process doing the work,

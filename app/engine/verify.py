@@ -85,7 +85,7 @@ def verify_output(
     """Re-open what was written; every fed tensor must be the bytes the plan produced (see
     ``_same``), and the whole must load strictly into the target's layout.
 
-    A byte-copied tensor (``execution.copied_from``) is compared with the source range it
+    A byte-copied tensor (``execution.copied_from``) is compared with the source ranges it
     was copied from, in the same read that digests it; every other one is compared with the
     digest taken as it was written.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from app.engine.errors import GraftError
 from app.engine.options import WriteOptions
+from app.engine.output.dcp_writer import write_dcp
 from app.engine.output.execution import Execution
 from app.engine.output.files import atomic_output
 from app.engine.output.safetensors_writer import finalize_safetensors, write_safetensors
@@ -68,9 +69,15 @@ def execute_plan(
         GraftError: ``max_shard_size`` with the torch format, or a write that failed (the
             output path is then left as it was).
     """
+    if options.format != "safetensors" and options.max_shard_size is not None:
+        raise GraftError("max_shard_size applies to safetensors output only")
+    if options.format == "dcp":  # a folder: .metadata and one writer's .distcp
+        with atomic_output(output, folder=True) as tmp:
+            result = write_dcp(tmp, plan, producer, progress)
+            if options.verify:
+                _verify(tmp, plan, producer, result, progress)
+        return result
     if options.format == "torch":
-        if options.max_shard_size is not None:
-            raise GraftError("max_shard_size applies to safetensors output only")
         with atomic_output(output) as tmp:
             result = write_torch(tmp, plan, producer, options, progress)
             if options.verify:

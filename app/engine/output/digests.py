@@ -12,7 +12,7 @@ import mmap
 import queue
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,10 +145,11 @@ def _same_bytes(a: memoryview, b: memoryview) -> bool:
 
 
 def compare_range(
-    written: tuple[Path, int, int], source: tuple[Path, int, int], dtype: str
+    written: tuple[Path, int, int], sources: Sequence[tuple[Path, int, int]], dtype: str
 ) -> tuple[str, bool, bool]:
     """One pass over a byte-copied tensor's output range: its digest, whether its values are
-    finite, and whether it equals the source range it was copied from.
+    finite, and whether it equals the source ranges it was copied from, end to end (one
+    range, or one per chunk of a DCP tensor).
 
     The comparison is a ``memcmp`` of mapped windows from the page cache, several times
     cheaper than digesting the source range too: the output is read once and hashed, the
@@ -156,29 +157,34 @@ def compare_range(
 
     Args:
         written: (file, offset, length) of the tensor in the output.
-        source: (file, offset, length) of the range it was copied from.
+        sources: (file, offset, length) of the ranges it was copied from, in order.
         dtype: its dtype, for the NaN/Inf check.
 
     Returns:
         ``(blake3:<hex> of the written bytes, finite, equal)``.
     """
     out_path, out_offset, length = written
-    src_path, src_offset, src_length = source
     threads = blake3.blake3.AUTO if length >= PARALLEL_FROM else 1
     h = blake3.blake3(max_threads=threads)
-    finite, equal = True, src_length == length
-    with Path(out_path).open("rb", buffering=0) as out, Path(src_path).open("rb") as src:
-        done = 0
-        while done < length:
-            size = min(VERIFY_WINDOW, length - done)
-            with _window(out.fileno(), out_offset + done, size) as view:
-                h.update(view)
-                if finite:
-                    finite = all_finite(view, dtype)
-                if equal:
-                    with _window(src.fileno(), src_offset + done, size) as original:
-                        equal = _same_bytes(view, original)
-            done += size
+    finite, equal = True, sum(s[2] for s in sources) == length
+    # When the lengths disagree, the written range is still digested, against nothing.
+    parts = list(sources) if equal else [(Path(out_path), out_offset, length)]
+    done = 0
+    with Path(out_path).open("rb", buffering=0) as out:
+        for src_path, src_offset, src_length in parts:
+            with Path(src_path).open("rb") as src:
+                part = 0
+                while part < src_length:
+                    size = min(VERIFY_WINDOW, src_length - part)
+                    with _window(out.fileno(), out_offset + done, size) as view:
+                        h.update(view)
+                        if finite:
+                            finite = all_finite(view, dtype)
+                        if equal:
+                            with _window(src.fileno(), src_offset + part, size) as original:
+                                equal = _same_bytes(view, original)
+                    done += size
+                    part += size
     return hexdigest(h), finite, equal
 
 

@@ -31,9 +31,9 @@ class Execution:
         materialised: tensors that went through torch.
         files: output file names (one, or shards + index).
         copy_methods: bytes byte-copied per method (``reflink``, ``kernel``, ``buffered``).
-        copied_from: target key -> (file, offset, length) of the source range a byte-copied
-            tensor came from, kept when verifying: verification digests the written range
-            and compares it with this one.
+        copied_from: target key -> (file, offset, length) of the source ranges a byte-copied
+            tensor came from, in order (several for a DCP tensor saved in chunks), kept when
+            verifying: verification digests the written range and compares it with these.
         check: the re-read of the output, or ``None`` when verification was off.
         rederived: the tensors not byte-copied, re-derived from the source (see
             ``app.engine.rederive``), or ``None`` when verification was off.
@@ -46,6 +46,6 @@ class Execution:
     materialised: int = 0
     files: list[str] = field(default_factory=list)
     copy_methods: dict[str, int] = field(default_factory=dict)
-    copied_from: dict[str, tuple[Path, int, int]] = field(default_factory=dict)
+    copied_from: dict[str, list[tuple[Path, int, int]]] = field(default_factory=dict)
     check: OutputCheck | None = None
     rederived: Rederived | None = None

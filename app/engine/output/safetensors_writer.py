@@ -173,10 +173,11 @@ def _write_one(
 ) -> None:
     """Copy one tensor's bytes through, or produce it and take its digest (a byte copy's
     digest is taken by verification, from the written range)."""
-    span = producer.source.byte_range(entry.sources[0]) if entry.fed else None
-    if byte_copy and entry.status in ("loaded", "tied") and not entry.ops and span:
-        runs.add(out, *span)
-        result.copied_from[entry.target] = span
+    spans = producer.source.byte_ranges(entry.sources[0]) if entry.fed else None
+    if byte_copy and entry.status in ("loaded", "tied") and not entry.ops and spans:
+        for span in spans:  # one range, or a DCP tensor's chunks end to end
+            runs.add(out, *span)
+        result.copied_from[entry.target] = spans
         result.copied += 1
         return
     runs.flush(out)

@@ -65,7 +65,7 @@ def write_torch(
                 out.copy_from(copier, crcs.fd(path), offset, length)
                 crcs.ranges.submit(index, path, offset, length)
                 if options.verify:
-                    result.copied_from[entry.target] = span
+                    result.copied_from[entry.target] = [span]
                 result.copied += 1
             else:
                 crc = zlib.crc32(write_produced(entry, out, producer, result))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -17,6 +19,7 @@ __all__ = [
     "MAX_EXPANSION",
     "MAX_HEADER_BYTES",
     "MAX_ZIP_MEMBERS",
+    "FileWindow",
     "Parsed",
     "Reader",
     "StorageFileReader",
@@ -83,14 +86,54 @@ def check_root(root: Any, file_size: int) -> None:
     check_tree(root, max_tensor_bytes=max(file_size * MAX_EXPANSION, 1 << 20))
 
 
+class FileWindow(io.RawIOBase):
+    """A byte range of a file seen as a whole file (a ``torch.save`` zip inside a DCP shard)."""
+
+    def __init__(self, file: io.BufferedReader, start: int, length: int) -> None:
+        super().__init__()
+        self._file, self._start, self._length, self._pos = file, start, length, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), self._length - self._pos)
+        if n <= 0:
+            return 0
+        self._file.seek(self._start + self._pos)
+        got = self._file.readinto(view[:n]) or 0
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 class StorageFileReader:
-    """Shared by the zip and legacy readers: storages are byte ranges of one file."""
+    """Shared by the zip and legacy readers: storages are byte ranges of one file (or of a
+    window of one, ``(start, length)``)."""
 
     format = "torch"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, window: tuple[int, int] | None = None) -> None:
         self._path = path
-        self._file: BinaryIO = path.open("rb")
+        raw = path.open("rb")
+        self._start = window[0] if window else 0
+        self._file: BinaryIO = FileWindow(raw, *window) if window else raw  # type: ignore[assignment]
+        self._size = window[1] if window else os.fstat(raw.fileno()).st_size
         self._storage_offsets: dict[str, int] = {}  # storage key -> byte offset in the file
 
     def byte_range(self, handle: TensorRef) -> tuple[Path, int, int] | None:
@@ -101,7 +144,7 @@ class StorageFileReader:
                 return None
             expected *= size
         itemsize = DTYPE_SIZES[handle.dtype]
-        start = self._storage_offsets[handle.storage.key]
+        start = self._start + self._storage_offsets[handle.storage.key]
         start += (handle.storage.view_offset + handle.offset) * itemsize
         return self._path, start, expected * itemsize
 

@@ -11,11 +11,12 @@ from app.engine.readers.base import Reader
 from app.engine.readers.safetensors_file import SafetensorsReader
 from app.engine.readers.unpickler import TensorRef
 
-__all__ = ["choose_entry", "describe_value", "reader_tensors"]
+__all__ = ["ENTRY_ORDER", "choose_entry", "describe_value", "reader_tensors"]
 
 # Checked in this order by ``entry: auto`` (SPEC §1): EMA first, then the usual names.
 _EMA_ENTRIES = ("model_ema", "state_dict_ema", "ema_state_dict", "ema_model", "ema")
 _PLAIN_ENTRIES = ("state_dict", "model", "module", "net", "params")
+ENTRY_ORDER = (*_EMA_ENTRIES, *_PLAIN_ENTRIES)
 
 
 def _is_tensor_dict(node: Any) -> bool:
@@ -75,7 +76,7 @@ def choose_entry(root: Any, entry: str) -> tuple[str | None, dict[str, TensorRef
         if not _is_tensor_dict(node):
             raise UnreadableCheckpointError(f"entry {entry!r} is not a dict of tensors")
         return entry, node, sorted(candidates)
-    for name in (*_EMA_ENTRIES, *_PLAIN_ENTRIES):
+    for name in ENTRY_ORDER:
         if name in candidates:
             return name, candidates[name], sorted(candidates)
     if not candidates:

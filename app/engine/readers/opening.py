@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from app.engine.readers.dcp import dcp_files, open_dcp
 from app.engine.readers.entries import describe_value, reader_tensors
 from app.engine.readers.sharded import open_sharded, shard_files
 from app.engine.readers.sniff import open_reader
@@ -58,9 +59,11 @@ def open_source(
     """Open a checkpoint and describe its tensors without reading their data.
 
     Args:
-        path: a file; a directory or ``*.index.json`` of a sharded set; a list of the set's
-            files; or a mapping of file name -> path (for sets stored under other names).
-        entry: ``auto`` (SPEC §1 order) or a dotted path to the dict of weights.
+        path: a file; a directory or ``*.index.json`` of a sharded set; a DCP folder (or its
+            ``.metadata``); a list of the set's files; or a mapping of file name -> path (for
+            sets stored under other names).
+        entry: ``auto`` (SPEC §1 order) or a dotted path to the dict of weights (for DCP,
+            the entry's key prefix: ``optimizer`` takes the optimizer state).
         strip_prefixes: ``auto`` strips ``module.`` / ``_orig_mod.`` when every key has one;
             ``none`` strips nothing; a list strips each prefix from the keys that carry it.
 
@@ -72,10 +75,16 @@ def open_source(
         UnreadableCheckpointError: empty, truncated, inconsistent or not a checkpoint.
         TooLargeError: a header or archive exceeds the reader's limits.
     """
-    shards = shard_files(path)
+    dcp = dcp_files(path)
+    shards = shard_files(path) if dcp is None else None
     if shards is not None and "" in shards:  # a model folder holding a single weights file
         path, shards = shards[""], None
-    source = open_sharded(shards) if shards is not None else _open_file(Path(path), entry)  # type: ignore[arg-type]
+    if dcp is not None:
+        source = open_dcp(dcp, entry)
+    elif shards is not None:
+        source = open_sharded(shards)
+    else:
+        source = _open_file(Path(path), entry)  # type: ignore[arg-type]
     try:
         if strip_prefixes == "auto":
             source.strip_wrapper_prefixes()

@@ -52,6 +52,7 @@ class SourceExtras:
         ignored: non-tensor entries next to the weights, described but never used.
         metadata: safetensors ``__metadata__`` (merged across shards).
         lightning: the file is a PyTorch Lightning checkpoint.
+        layout: a training checkpoint's layout (format, world size, chunks), for ``inspect``.
     """
 
     entry: str | None = None
@@ -59,6 +60,7 @@ class SourceExtras:
     ignored: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     lightning: bool = False
+    layout: dict[str, Any] | None = None
 
 
 class Source:
@@ -66,13 +68,15 @@ class Source:
 
     Attributes:
         paths: the files making up the source (one, or index + shards).
-        format: ``torch-zip``, ``torch-legacy``, ``safetensors`` or ``hf-sharded``.
+        format: ``torch-zip``, ``torch-legacy``, ``safetensors``, ``hf-sharded`` or ``dcp``.
         entry: the chosen weights entry (``None`` when the file is a flat state dict).
         candidates: every dict of tensors found (for entry choice and the report).
         ignored: non-tensor entries next to the weights, described but never used.
         stripped_prefix: what was removed from every key (``module.``), if anything.
         tensors: key -> :class:`TensorInfo`, in file order.
         metadata: safetensors ``__metadata__`` (merged across shards).
+        layout: how a training checkpoint is laid out (DCP: world size, chunks per tensor,
+            what was left out), or None for a plain file or set.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class Source:
         self.ignored = extras.ignored
         self.metadata = extras.metadata
         self.lightning = extras.lightning
+        self.layout = extras.layout
         self.stripped_prefix: str | None = None
         self._sha256: str | None = None
         self._blake3: str | None = None
@@ -140,6 +145,17 @@ class Source:
         """(file, offset, length) of ``key``'s bytes in C order, or None if not laid out so."""
         entry = self._entries[key]
         return entry.reader.byte_range(entry.handle)
+
+    def byte_ranges(self, key: str) -> list[tuple[Path, int, int]] | None:
+        """``key``'s bytes in C order as ranges to read end to end (a DCP tensor saved in
+        chunks along its first dim is one range per chunk), or None if not laid out so."""
+        entry = self._entries[key]
+        ranges = getattr(entry.reader, "byte_ranges", None)
+        if ranges is not None:
+            found: list[tuple[Path, int, int]] | None = ranges(entry.handle)
+            return found
+        span = entry.reader.byte_range(entry.handle)
+        return [span] if span is not None else None
 
     def storage_id(self, key: str) -> tuple[str, ...]:
         """Identity of the bytes behind ``key``: equal for tensors that share storage."""
@@ -199,7 +215,7 @@ class Source:
             d["bytes"] += info.nbytes
             by_kind[info.kind]["tensors"] += 1
             by_kind[info.kind]["elements"] += info.numel
-        return {
+        described: dict[str, Any] = {
             "schema": "graft.inspect/v1",
             "paths": [str(p) for p in self.paths],
             "format": self.format,
@@ -223,3 +239,6 @@ class Source:
                 for i in self.tensors.values()
             ],
         }
+        if self.layout is not None:
+            described["layout"] = self.layout
+        return described

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zipfile
 from pathlib import Path
@@ -27,8 +26,8 @@ class ZipReader(StorageFileReader):
 
     format = "torch-zip"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, window: tuple[int, int] | None = None) -> None:
+        super().__init__(path, window)
         try:
             archive = zipfile.ZipFile(self._file)
         except zipfile.BadZipFile as exc:
@@ -61,7 +60,7 @@ class ZipReader(StorageFileReader):
         pkl_name = f"{prefix}/data.pkl"
         if pkl_name not in names:
             raise UnreadableCheckpointError("zip archive has no data.pkl: not a torch.save file")
-        file_size = os.fstat(self._file.fileno()).st_size
+        file_size = self._size
         by_name: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             if info.compress_type != zipfile.ZIP_STORED:

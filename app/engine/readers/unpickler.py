@@ -13,7 +13,7 @@ import io
 import math
 import pickle
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -23,6 +23,8 @@ from app.engine.meta import DTYPE_SIZES
 __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
+    "DtypeMarker",
+    "Global",
     "StorageRef",
     "TensorRef",
     "check_tree",
@@ -222,6 +224,10 @@ def _size(*args: Any) -> tuple[int, ...]:
     return tuple(args)
 
 
+# What other formats' allow-lists (DCP's metadata) build on: wrapped functions and dtypes.
+Global = _Global
+DtypeMarker = _Dtype
+
 # Every value is immutable (a type, or a frozen slotted object): see _TensorType.
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -280,14 +286,25 @@ class _RestrictedUnpickler(pickle._Unpickler):
         pickle.LONG_BINPUT[0]: _memo_put(5),
     }
 
-    def __init__(self, file: IO[bytes], *, storages: dict[str, StorageRef]) -> None:
+    def __init__(
+        self,
+        file: IO[bytes],
+        *,
+        storages: dict[str, StorageRef],
+        extra: Mapping[tuple[str, str], Any],
+    ) -> None:
         super().__init__(file, encoding="utf-8")
         self._storages = storages
         self._source = file
+        self._extra = extra
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return (
+                self._extra[(module, name)]
+                if (module, name) in self._extra
+                else _ALLOWED[(module, name)]
+            )
         except KeyError:
             if module.startswith("torch") and name.endswith("Storage"):
                 raise UnreadableCheckpointError(
@@ -330,13 +347,18 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
 
 def load_restricted(
-    data: bytes | IO[bytes], *, storages: dict[str, StorageRef] | None = None
+    data: bytes | IO[bytes],
+    *,
+    storages: dict[str, StorageRef] | None = None,
+    extra: Mapping[tuple[str, str], Any] | None = None,
 ) -> Any:
     """Unpickle one object with the allow-list above.
 
     Args:
         data: the pickle bytes, or a file positioned at its start (left just past its end).
         storages: collects every storage the pickle names, keyed by storage key.
+        extra: more allowed globals, (module, name) -> an inert value, for a format's own
+            plain records (DCP's metadata dataclasses); each must be immutable, as above.
 
     Returns:
         The object, with tensors replaced by :class:`TensorRef`.
@@ -346,7 +368,9 @@ def load_restricted(
         UnreadableCheckpointError: the pickle is truncated or malformed.
     """
     file = io.BytesIO(data) if isinstance(data, bytes) else data
-    unpickler = _RestrictedUnpickler(file, storages=storages if storages is not None else {})
+    unpickler = _RestrictedUnpickler(
+        file, storages=storages if storages is not None else {}, extra=extra or {}
+    )
     try:
         return unpickler.load()
     except (UnsafeCheckpointError, UnreadableCheckpointError):

@@ -72,6 +72,17 @@ class InspectTensor(_Part):
     kind: TensorKind
 
 
+class InspectLayout(_Part):
+    """How a training checkpoint is laid out (DCP): its writers, and each tensor's chunks."""
+
+    format: Literal["dcp"]
+    version: str | None = None
+    world_size: Count
+    files: Count
+    chunks: dict[str, Count]
+    left_out: dict[str, dict[str, Count]]
+
+
 class InspectDocument(_Part):
     """What `graft inspect --json` and GET /v1/checkpoints/{id}/inspect say about a source:
     format, chosen entry, every tensor, totals."""
@@ -88,3 +99,4 @@ class InspectDocument(_Part):
     metadata: dict[str, Any] | None = None
     totals: InspectTotals
     tensors: list[InspectTensor]
+    layout: InspectLayout | None = None

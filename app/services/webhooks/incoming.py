@@ -148,6 +148,11 @@ def handle_delivery(
             except GraftError as exc:
                 # One broken pipeline (its target checkpoint deleted…) must not block the rest.
                 logger.warning("pipeline %s/%s: no job: %s", pipeline.owner, pipeline.name, exc)
+            except Exception:
+                # Nor may a bug, or a row stored before creation checked it: log it, go on.
+                logger.exception(
+                    "pipeline %s/%s: no job (internal error)", pipeline.owner, pipeline.name
+                )
     try:
         with session.begin_nested():
             deliveries.add(MlflowDelivery(delivery_id=delivery_id, event=event[:64], jobs=jobs))
@@ -171,7 +176,7 @@ def _start(
 ) -> str:
     spec = PipelineSpec.model_validate(pipeline.spec)
     if hooks is not None:  # the pipeline's own callback, signed with its owner's secret
-        callback = spec.callback if spec.callback and spec.callback.get("url") else None
+        callback = spec.callback.model_dump() if spec.callback is not None else None
         hooks = dataclasses.replace(hooks, callback=callback)
     job = create_job(
         session,

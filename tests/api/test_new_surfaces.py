@@ -1,0 +1,146 @@
+"""Issue 23's Medium and Low items, each sent as the attack sent it (keys mode, in-process app
+over a migrated SQLite file, an MLflow tracking URI configured but never reached)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import time
+
+import pytest
+import torch
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.models import Job, Pipeline
+from app.db.session import Database
+from app.services.auth import create_key
+from tests.fixtures import tiny_state_dict
+
+HOOK_SECRET = "mlflow-hook-secret"
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("graft")
+    return Settings(
+        database_url=f"sqlite:///{root / 'graft.db'}",
+        storage_dir=root / "blobs",
+        max_upload_bytes=1_000_000,
+        inspectors=1,
+        workers=0,
+        auth="keys",
+        mlflow_tracking_uri="http://127.0.0.1:9",
+        outbound_allow="mlflow",
+        mlflow_webhook_secret=HOOK_SECRET,
+    )
+
+
+@pytest.fixture(scope="module")
+def keys(client, settings: Settings) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
+    database = Database(settings.database_url)
+    headers = {}
+    with database.transaction() as session:
+        for name, owner, scope in (
+            ("a", "team-a", "write"),
+            ("a-read", "team-a", "read"),
+            ("b", "team-b", "write"),
+        ):
+            _, token = create_key(session, owner=owner, scopes=[scope])
+            headers[name] = {"Authorization": f"Bearer {token}"}
+    database.dispose()
+    return headers
+
+
+def _checkpoint(client, headers: dict[str, str], seed: int) -> str:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    torch.save(tiny_state_dict(seed), buf)
+    r = client.post("/v1/checkpoints?filename=m.pt", content=buf.getvalue(), headers=headers)
+    assert r.status_code in (200, 201), r.text
+    return str(r.json()["id"])
+
+
+def _pipeline(name: str, model: str, checkpoint: str, **extra: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "trigger": {"registry": "mlflow", "model": model},
+        "target": {"checkpoint": checkpoint},
+        **extra,
+    }
+
+
+def _signed(body: bytes, delivery: str, stamp: str | None = None) -> dict[str, str]:
+    stamp = str(int(time.time())) if stamp is None else stamp
+    mac = hmac.new(HOOK_SECRET.encode(), f"{delivery}.{stamp}.".encode() + body, hashlib.sha256)
+    return {
+        "Content-Type": "application/json",
+        "X-MLflow-Delivery-Id": delivery,
+        "X-MLflow-Timestamp": stamp,
+        "X-MLflow-Signature": "v1," + base64.b64encode(mac.digest()).decode(),
+    }
+
+
+def _created(model: str, version: str) -> bytes:
+    data = {"name": model, "version": version, "source": "x", "run_id": "r", "tags": {}}
+    return json.dumps({"entity": "model_version", "action": "created", "data": data}).encode()
+
+
+def test_item4_a_broken_pipeline_is_refused_and_never_stops_the_others(  # type: ignore[no-untyped-def]
+    client, keys, settings: Settings
+) -> None:
+    a, b = keys["a"], keys["b"]
+    ca, cb = _checkpoint(client, a, 41), _checkpoint(client, b, 42)
+    bad = client.post(
+        "/v1/pipelines", json=_pipeline("bad", "m4", ca, callback={"url": 123}), headers=a
+    )
+    assert (bad.status_code, bad.json()["type"]) == (422, "validation-error")
+    # A row stored before creation checked callbacks: its event must not stop team-b's pipeline.
+    database = Database(settings.database_url)
+    with database.transaction() as session:
+        spec = _pipeline("old-bad", "m4", ca, callback={"url": 123})
+        session.add(
+            Pipeline(
+                owner="team-a",
+                name="old-bad",
+                spec=spec,
+                trigger_model="m4",
+                trigger_on="model_version_created",
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+    good = client.post("/v1/pipelines", json=_pipeline("good", "m4", cb), headers=b)
+    assert good.status_code == 201, good.text
+    body = _created("m4", "1")
+    fired = client.post("/v1/hooks/mlflow", content=body, headers=_signed(body, "d-item4"))
+    assert fired.status_code == 202, fired.text
+    [job_id] = fired.json()["jobs"]
+    with database.transaction() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert (job.owner, job.source_ref) == ("team-b", {"uri": "models:/m4/1"})
+    database.dispose()
+
+
+def test_item13_a_metadata_callback_is_refused_when_the_pipeline_is_created(  # type: ignore[no-untyped-def]
+    client, keys
+) -> None:
+    a = keys["a"]
+    ca = _checkpoint(client, a, 43)
+    url = "http://169.254.169.254/latest/meta-data/"
+    refused = client.post(
+        "/v1/pipelines", json=_pipeline("meta", "m13", ca, callback={"url": url}), headers=a
+    )
+    assert (refused.status_code, refused.json()["type"]) == (422, "outbound-refused")
+    assert "callback.url" in refused.json()["detail"]
+    assert client.get("/v1/pipelines/meta", headers=a).status_code == 404
+    # The same answer a job gets for the same URL.
+    job = client.post(
+        "/v1/jobs",
+        json={"source": ca, "target": {"checkpoint": ca}, "callback": {"url": url}},
+        headers=a,
+    )
+    assert (job.status_code, job.json()["type"]) == (422, "outbound-refused")

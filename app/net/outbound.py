@@ -212,7 +212,7 @@ class OutboundPolicy:
             OutboundRefusedError: not http(s), a host off the list, or ``http`` to a host that
                 is only admitted by a pattern.
         """
-        url = httpx.URL(url)
+        url = _parsed(url)
         if url.scheme not in _SCHEMES:
             raise OutboundRefusedError(
                 f"refused {url.scheme}: URL; only https (and http to hosts listed exactly in "
@@ -261,6 +261,18 @@ class OutboundPolicy:
                     url=f"{host}:{port}",
                 )
         return found
+
+
+def _parsed(url: httpx.URL | str) -> httpx.URL:
+    """``url`` as httpx parses it, or a refusal for what it cannot (``http://[::1``)."""
+    try:
+        parsed = httpx.URL(url)
+        _ = parsed.host  # decodes xn-- labels: a malformed one fails here, not later
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        # idna's IDNAError (a malformed xn-- label) is a UnicodeError.
+        text = str(url)[:200]
+        raise OutboundRefusedError(f"{text!r} is not a valid URL", url=text) from exc
+    return parsed
 
 
 def _unbracket(host: str) -> str:

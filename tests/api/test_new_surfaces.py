@@ -144,3 +144,36 @@ def test_item13_a_metadata_callback_is_refused_when_the_pipeline_is_created(  # 
         headers=a,
     )
     assert (job.status_code, job.json()["type"]) == (422, "outbound-refused")
+
+
+@pytest.mark.parametrize("uri", ["http://[::1", "https://xn--/x.safetensors"])
+def test_item10_unparseable_source_uris_are_refused(client, keys, uri: str) -> None:  # type: ignore[no-untyped-def]
+    a = keys["a"]
+    ca = _checkpoint(client, a, 44)
+    r = client.post(
+        "/v1/jobs", json={"source": {"uri": uri}, "target": {"checkpoint": ca}}, headers=a
+    )
+    assert (r.status_code, r.json()["type"]) == (422, "outbound-refused")
+    assert r.json()["detail"].startswith("source.uri")
+
+
+@pytest.mark.parametrize("stamp", [b"\xb2", b"9" * 5000, b"1" * 13])
+def test_item11_a_malformed_mlflow_timestamp_is_401(client, stamp: bytes) -> None:  # type: ignore[no-untyped-def]
+    body = _created("m11", "1")
+    # The byte 0xb2 reads as '²' (latin-1): str.isdigit() says yes, int() says no.
+    headers: dict[str, str | bytes] = {**_signed(body, "d-item11"), "X-MLflow-Timestamp": stamp}
+    r = client.post("/v1/hooks/mlflow", content=body, headers=headers)
+    assert (r.status_code, r.json()["type"]) == (401, "unauthorized")
+
+
+@pytest.mark.parametrize("last", [b"\xb2", b"9" * 5000, str(2**70).encode()])
+def test_item12_a_malformed_last_event_id_is_400(client, keys, last: bytes) -> None:  # type: ignore[no-untyped-def]
+    a = keys["a"]
+    ca = _checkpoint(client, a, 45)
+    job = client.post("/v1/jobs", json={"source": ca, "target": {"checkpoint": ca}}, headers=a)
+    assert job.status_code == 202, job.text
+    r = client.get(
+        f"/v1/jobs/{job.json()['id']}/events",
+        headers={**a, "Last-Event-ID": last},
+    )
+    assert (r.status_code, r.json()["type"]) == (400, "bad-request")

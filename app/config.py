@@ -211,6 +211,11 @@ class Settings(BaseSettings):
         description="Owner local's webhook signing secret (whsec_<base64>); POST "
         "/v1/webhooks/secret sets one per owner.",
     )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="The Fernet key stored secrets (webhook secrets) are encrypted with; unset, "
+        "one is generated once as secret.key in the storage folder (mode 0600).",
+    )
     webhook_max_age_seconds: float = Field(
         default=24 * 3600.0, gt=0, description="How long a webhook is retried before it fails."
     )

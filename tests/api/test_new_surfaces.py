@@ -8,17 +8,28 @@ import hashlib
 import hmac
 import io
 import json
+import stat
 import time
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import text
 
+from app.api.main import create_app
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job, Pipeline
+from app.db.secret_box import KEY_FILE_NAME, SecretBox
 from app.db.session import Database
 from app.services.auth import create_key
+from app.services.bootstrap import prepare
 from tests.fixtures import tiny_state_dict
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # as tests/api/conftest.py
+    from fastapi.testclient import TestClient
 
 HOOK_SECRET = "mlflow-hook-secret"
 
@@ -177,3 +188,89 @@ def test_item12_a_malformed_last_event_id_is_400(client, keys, last: bytes) -> N
         headers={**a, "Last-Event-ID": last},
     )
     assert (r.status_code, r.json()["type"]) == (400, "bad-request")
+
+
+def _rows(settings: Settings, sql: str) -> list[tuple[object, ...]]:
+    database = Database(settings.database_url)
+    try:
+        with database.transaction(write=False) as session:
+            return [tuple(row) for row in session.execute(text(sql))]
+    finally:
+        database.dispose()
+
+
+def test_item6_the_webhook_secret_is_sealed_and_never_replayed(  # type: ignore[no-untyped-def]
+    client, keys, settings: Settings
+) -> None:
+    a, a_read = keys["a"], keys["a-read"]
+    same = {"Idempotency-Key": "k6"}
+    first = client.post("/v1/webhooks/secret", headers={**a, **same})
+    assert (first.status_code, first.headers["cache-control"]) == (201, "no-store")
+    secret = first.json()["secret"]
+    assert secret.startswith("whsec_")
+    stolen = client.post("/v1/webhooks/secret", headers={**a_read, **same})
+    assert (stolen.status_code, stolen.json()["type"]) == (403, "forbidden")
+    assert "whsec_" not in stolen.text
+    # Not stored, so the write key's retry rotates again rather than replaying the secret.
+    again = client.post("/v1/webhooks/secret", headers={**a, **same})
+    assert again.status_code == 201 and "idempotent-replayed" not in again.headers
+    assert again.json()["secret"] not in (secret, "")
+    assert not [r for r in _rows(settings, "SELECT body FROM idempotency_keys")
+                if b"whsec_" in bytes(r[0] or b"")]  # fmt: skip
+    [(token,)] = _rows(settings, "SELECT secret FROM webhook_secrets WHERE owner = 'team-a'")
+    assert isinstance(token, str) and "whsec_" not in token
+    key_file = settings.storage_dir / KEY_FILE_NAME
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert SecretBox(key_file.read_bytes().strip()).open(token) == again.json()["secret"]
+
+
+def test_item6_a_replay_goes_only_to_a_key_with_the_original_scopes(  # type: ignore[no-untyped-def]
+    client, keys
+) -> None:
+    a, a_read = keys["a"], keys["a-read"]
+    ca = _checkpoint(client, a, 46)
+    body = {"source": ca, "target": {"checkpoint": ca}}
+    made = client.post("/v1/jobs", json=body, headers={**a, "Idempotency-Key": "k6b"})
+    assert made.status_code == 202
+    replay = client.post("/v1/jobs", json=body, headers={**a_read, "Idempotency-Key": "k6b"})
+    assert (replay.status_code, replay.json()["type"]) == (403, "forbidden")
+    assert made.json()["id"] not in replay.text
+    mine = client.post("/v1/jobs", json=body, headers={**a, "Idempotency-Key": "k6b"})
+    assert (mine.status_code, mine.headers["idempotent-replayed"]) == (202, "true")
+    assert mine.json()["id"] == made.json()["id"]
+
+
+def test_item8_a_read_keys_403_is_not_replayed_to_the_write_key(client, keys) -> None:  # type: ignore[no-untyped-def]
+    a, a_read = keys["a"], keys["a-read"]
+    ca = _checkpoint(client, a, 47)
+    body = {"source": ca, "target": {"checkpoint": ca}}
+    denied = client.post("/v1/jobs", json=body, headers={**a_read, "Idempotency-Key": "k8"})
+    assert (denied.status_code, denied.json()["type"]) == (403, "forbidden")
+    made = client.post("/v1/jobs", json=body, headers={**a, "Idempotency-Key": "k8"})
+    assert made.status_code == 202 and "idempotent-replayed" not in made.headers
+    assert made.json()["status"] == "queued"
+
+
+def test_item9_local_mode_honours_idempotency_keys_after_a_key_was_created(
+    tmp_path: Path,
+) -> None:
+    local = Settings(
+        database_url=f"sqlite:///{tmp_path / 'graft.db'}",
+        storage_dir=tmp_path / "blobs",
+        inspectors=1,
+        workers=0,
+        auth="local",
+    )
+    prepare(local)
+    database = Database(local.database_url)
+    with database.transaction() as session:
+        create_key(session, owner="someone", scopes=["write"])
+    database.dispose()
+    with TestClient(create_app(local)) as client:
+        ca = _checkpoint(client, {}, 48)
+        body = {"source": ca, "target": {"checkpoint": ca}}
+        first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k9"})
+        second = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k9"})
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.json()["id"] == first.json()["id"]

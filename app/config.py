@@ -147,6 +147,10 @@ class Settings(BaseSettings):
         description="Hosts Graft may connect to (comma-separated; 'mlflow' is the tracking "
         "server, '*.example.com' a domain, '*' any public host).",
     )
+    s3_source_allow: str = Field(
+        default="",
+        description="Comma-separated buckets s3:// sources may be read from (default: none).",
+    )
     mlflow_webhook_secret: SecretStr | None = Field(
         default=None, description="The secret incoming MLflow webhooks are signed with."
     )

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import io
 import json
+import re
 import stat
 import time
 import warnings
@@ -18,6 +19,7 @@ import torch
 from sqlalchemy import text
 
 from app.api.main import create_app
+from app.api.routes.web import APP_CSP
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job, Pipeline
@@ -274,3 +276,18 @@ def test_item9_local_mode_honours_idempotency_keys_after_a_key_was_created(
     assert (first.status_code, second.status_code) == (202, 202)
     assert second.headers["idempotent-replayed"] == "true"
     assert second.json()["id"] == first.json()["id"]
+
+
+def test_item14_the_pages_send_a_content_security_policy_and_refuse_framing(client) -> None:  # type: ignore[no-untyped-def]
+    index = client.get("/")
+    assert index.status_code == 200
+    assert index.headers["content-security-policy"] == APP_CSP
+    assert "default-src 'self'" in APP_CSP and "frame-ancestors 'none'" in APP_CSP
+    assert "unsafe" not in APP_CSP
+    assert index.headers["x-frame-options"] == "DENY"
+    docs = client.get("/docs")
+    policy = docs.headers["content-security-policy"]
+    [inline] = re.findall(r"<script>(.*?)</script>", docs.text, flags=re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+    assert f"script-src 'self' 'sha256-{digest}';" in policy
+    assert "frame-ancestors 'none'" in policy and docs.headers["x-frame-options"] == "DENY"

@@ -52,10 +52,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WEBHOOK_EVENTS = ("succeeded", "failed", "cancelled")
-_PREFIX = "whsec_"
-
 WebhookEvent = Literal["succeeded", "failed", "cancelled"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("succeeded", "failed", "cancelled")
+_PREFIX = "whsec_"
 
 
 class Callback(BaseModel):

@@ -145,7 +145,8 @@ class Settings(BaseSettings):
     outbound_allow: str = Field(
         default="",
         description="Hosts Graft may connect to (comma-separated; 'mlflow' is the tracking "
-        "server, '*.example.com' a domain, '*' any public host).",
+        "server, '*.example.com' a domain, '*' any public host), each with an optional ':port' "
+        "or ':*'; a bare host admits ports 80 and 443 only.",
     )
     s3_source_allow: str = Field(
         default="",

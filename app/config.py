@@ -145,7 +145,12 @@ class Settings(BaseSettings):
     outbound_allow: str = Field(
         default="",
         description="Hosts Graft may connect to (comma-separated; 'mlflow' is the tracking "
-        "server, '*.example.com' a domain, '*' any public host).",
+        "server, '*.example.com' a domain, '*' any public host), each with an optional ':port' "
+        "or ':*'; a bare host admits ports 80 and 443 only.",
+    )
+    s3_source_allow: str = Field(
+        default="",
+        description="Comma-separated buckets s3:// sources may be read from (default: none).",
     )
     mlflow_webhook_secret: SecretStr | None = Field(
         default=None, description="The secret incoming MLflow webhooks are signed with."
@@ -210,6 +215,11 @@ class Settings(BaseSettings):
         default=None,
         description="Owner local's webhook signing secret (whsec_<base64>); POST "
         "/v1/webhooks/secret sets one per owner.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="The Fernet key stored secrets (webhook secrets) are encrypted with; unset, "
+        "one is generated once as secret.key in the storage folder (mode 0600).",
     )
     webhook_max_age_seconds: float = Field(
         default=24 * 3600.0, gt=0, description="How long a webhook is retried before it fails."

@@ -15,6 +15,9 @@ from tests.parts import DEFAULT_POSTGRES_URL, postgres_url, require_part
 from tests.s3server import S3Server, serve_s3
 from tests.schemas import validate_everything
 
+# The Fernet key the fixtures' databases seal stored secrets with.
+TEST_SECRET_KEY = "9wQ0lqvXoNq1b3ZcY1z8m5dXH0u2x6v1iQ7yq9kXb0A="
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Default ``GRAFT_TEST_POSTGRES_URL`` to the local server when it answers, for this
@@ -32,9 +35,12 @@ def _documents_fit_their_schemas() -> Iterator[None]:
 
 def _sqlite_database(path: Path):
     from app.db.migrate import upgrade
+    from app.db.secret_box import SecretBox
     from app.db.session import Database
 
-    database = Database(f"sqlite:///{path}", busy_timeout_ms=10_000)
+    database = Database(
+        f"sqlite:///{path}", busy_timeout_ms=10_000, secret_box=SecretBox(TEST_SECRET_KEY)
+    )
     upgrade(database)
     return database
 
@@ -65,7 +71,13 @@ def postgres_database() -> Iterator[object]:
     admin = create_engine(url)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    database = Database(url, connect_args={"options": f"-csearch_path={schema}"})
+    from app.db.secret_box import SecretBox
+
+    database = Database(
+        url,
+        connect_args={"options": f"-csearch_path={schema}"},
+        secret_box=SecretBox(TEST_SECRET_KEY),
+    )
     try:
         upgrade(database)
         yield database

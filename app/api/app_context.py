@@ -17,6 +17,7 @@ from starlette.requests import HTTPConnection
 
 from app.api.uploads import UploadSlots
 from app.config import Settings
+from app.db.secret_box import secret_box_for
 from app.db.session import Database
 from app.net.outbound import OutboundPolicy
 from app.services.inspector import InspectorPool
@@ -85,7 +86,11 @@ async def open_context(
     Yields:
         The context, for the application's lifetime.
     """
-    database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
+    database = Database(
+        settings.database_url,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        secret_box=secret_box_for(settings),
+    )
     store = open_store(settings)
     store.ensure()
     inspector = InspectorPool(

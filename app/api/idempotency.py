@@ -1,10 +1,14 @@
 """``Idempotency-Key`` on every POST, as ASGI middleware (so routes added later get it too).
 
-The key is scoped to the caller's owner, found from the same ``Authorization`` header the
-routes check; a request whose key cannot be attributed (no or a bad key, in ``keys`` mode)
-passes straight through and gets the route's 401. The request body streams to the route
-while it is hashed, so uploads are not buffered; the response is captured as it is sent.
-See :mod:`app.services.idempotency` for the semantics.
+The key is scoped to the caller's owner: the principal the access middleware (which runs
+first, with the configured ``GRAFT_AUTH`` mode) put in the ASGI scope. A request without one
+(a public route) passes straight through. The request body streams to the route while it is
+hashed, so uploads are not buffered; the response is captured as it is sent.
+
+Not stored: 5xx; auth failures (401/403: another key of the owner may make the request); a
+response marked ``Cache-Control: no-store`` (it holds a secret, such as a new webhook
+secret). A stored response is replayed only to a key holding every scope of the key that made
+the original request. See :mod:`app.services.idempotency` for the semantics.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from collections.abc import Awaitable, Callable
 from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.access import PRINCIPAL_SCOPE_KEY
 from app.api.app_context import context_of
 from app.api.errors import problem_response
 from app.db.session import Database
 from app.services import idempotency as service
-from app.services.auth import authenticate
+from app.services.auth import Principal
 from app.services.errors import ServiceError
 
 __all__ = ["IdempotencyMiddleware"]
@@ -28,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 _MAX_STORED_BODY = 1 << 20
 _NOT_STORED = {"date", "server"}
+# Answers about the key, not the request: the owner's other key may well be allowed.
+_AUTH_FAILURES = frozenset({401, 403})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -35,14 +42,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return None
-
-
-def _owner(database: Database, authorization: str | None) -> str | None:
-    try:
-        with database.transaction(write=False) as session:
-            return authenticate(session, authorization).owner
-    except ServiceError:
-        return None
 
 
 class _Capture:
@@ -93,7 +92,9 @@ class _Capture:
     def storable(self) -> service.StoredResponse | None:
         if self.status is None or self.status >= 500 or self.size > _MAX_STORED_BODY:
             return None
-        if not self.body_complete:
+        if not self.body_complete or self.status in _AUTH_FAILURES:
+            return None
+        if any(k.lower() == "cache-control" and "no-store" in v.lower() for k, v in self.headers):
             return None
         return service.StoredResponse(self.status, self.headers, b"".join(self.chunks))
 
@@ -118,18 +119,21 @@ class IdempotencyMiddleware:
             detail = f"Idempotency-Key must be 1 to {service.MAX_KEY_LENGTH} characters"
             await problem_response(400, "bad-request", detail)(scope, receive, send)
             return
-        owner = await to_thread.run_sync(_owner, database, _header(scope, b"authorization"))
-        if owner is None:  # the route answers 401 (or 403) itself
+        principal: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY)
+        if principal is None:  # a public route: no owner to keep the key for
             await self.app(scope, receive, send)
             return
+        owner, scopes = principal.owner, principal.scopes
         print_ = service.fingerprint(
             scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1")
         )
         ttl = context.settings.idempotency_ttl_seconds
-        if await to_thread.run_sync(lambda: service.begin(database, owner, key, ttl_seconds=ttl)):
+        if await to_thread.run_sync(
+            lambda: service.begin(database, owner, key, scopes=scopes, ttl_seconds=ttl)
+        ):
             await self._first(scope, receive, send, database, owner, key, print_)
         else:
-            await self._again(scope, receive, send, database, owner, key, print_)
+            await self._again(scope, receive, send, database, principal, key, print_)
 
     async def _first(
         self,
@@ -171,14 +175,15 @@ class IdempotencyMiddleware:
         receive: Receive,
         send: Send,
         database: Database,
-        owner: str,
+        principal: Principal,
         key: str,
         print_: service.Fingerprint,
     ) -> None:
         try:
             stored_print, stored = await to_thread.run_sync(
-                service.stored_response, database, owner, key
+                service.stored_response, database, principal.owner, key
             )
+            service.check_may_replay(stored, principal.scopes, key)
             while True:  # the body decides between a replay and a conflict
                 message = await receive()
                 if message["type"] != "http.request":

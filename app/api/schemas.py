@@ -11,6 +11,7 @@ from app.db.models import Artifact, Checkpoint, Pipeline
 from app.engine.target_spec import TargetSpec
 from app.services.jobs.document import JobPublic, OutputOptions, job_document
 from app.services.sources.references import SourceRef
+from app.services.webhooks.outbox import Callback
 from app.services.webhooks.pipelines import PipelineSpec
 
 __all__ = [
@@ -93,18 +94,6 @@ class TensorPublic(BaseModel):
 class TensorsPublic(BaseModel):
     data: list[TensorPublic]
     count: int
-
-
-WebhookEvent = Literal["succeeded", "failed", "cancelled"]
-_ALL_EVENTS: tuple[WebhookEvent, ...] = ("succeeded", "failed", "cancelled")
-
-
-class Callback(BaseModel):
-    """Where to send the job's completion webhooks, and for which statuses."""
-
-    model_config = ConfigDict(extra="forbid")
-    url: str = Field(min_length=1, max_length=2000, description="https URL (allow-listed host)")
-    events: list[WebhookEvent] = Field(default_factory=lambda: list(_ALL_EVENTS), min_length=1)
 
 
 class JobCreate(BaseModel):

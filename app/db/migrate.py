@@ -26,4 +26,5 @@ def upgrade(database: Database, revision: str = "head") -> None:
     config = alembic_config()
     with database.engine.begin() as connection:
         config.attributes["connection"] = connection
+        config.attributes["secret_box"] = database.secret_box
         command.upgrade(config, revision)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from app.db.secret_box import SecretBox
 
 __all__ = ["Database"]
 
@@ -58,12 +61,20 @@ class Database:
         url: SQLAlchemy URL.
         busy_timeout_ms: how long SQLite waits for a lock before giving up.
         connect_args: extra DBAPI connect arguments (tests use it for a PostgreSQL schema).
+        secret_box: seals and opens the secrets its sessions store (``None``: a process that
+            never touches them; one that tries gets an error, never a plain secret).
     """
 
     def __init__(
-        self, url: str, *, busy_timeout_ms: int = 30_000, connect_args: dict[str, Any] | None = None
+        self,
+        url: str,
+        *,
+        busy_timeout_ms: int = 30_000,
+        connect_args: dict[str, Any] | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self.url = url
+        self.secret_box = secret_box
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         args = dict(connect_args or {})
         if self.is_sqlite:
@@ -76,8 +87,11 @@ class Database:
         if self.is_sqlite:
             _install_sqlite_hooks(self.engine, busy_timeout_ms)
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
-        self._reader = sessionmaker(self.engine, expire_on_commit=False)
-        self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
+        info: dict[object, object] = {}
+        if secret_box is not None:
+            secret_box.attach(info)
+        self._reader = sessionmaker(self.engine, expire_on_commit=False, info=info)
+        self._writer = sessionmaker(self._write_engine, expire_on_commit=False, info=info)
 
     def reader(self) -> Session:
         """A session for read-only work (deferred BEGIN)."""

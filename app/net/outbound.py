@@ -16,9 +16,12 @@ itself. Every outgoing request therefore goes through :func:`guarded_client` (or
 Redirects are sent through the same transport by httpx, so every hop is checked again.
 
 The allow list (``GRAFT_OUTBOUND_ALLOW``) holds host names, IP literals, ``*.example.com``
-domain patterns or ``*`` (any host). A host named *exactly* may resolve to any address (the
-operator vouched for it) and may use ``http``; a host admitted only by a pattern must resolve to
-global addresses and use ``https``. The token ``mlflow`` stands for the tracking server's host.
+domain patterns or ``*`` (any host), each with an optional port: ``host`` alone admits the
+default ports only (80 and 443), ``host:8080`` that port, ``host:*`` every port. Listing
+``127.0.0.1`` for a local service therefore opens no other loopback port. A host named
+*exactly* may resolve to any address (the operator vouched for it) and may use ``http``; a
+host admitted only by a pattern must resolve to global addresses and use ``https``. The token
+``mlflow`` stands for the tracking server's host and port.
 """
 
 from __future__ import annotations
@@ -138,72 +141,108 @@ def _system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+_DEFAULT_PORTS: tuple[int, ...] = (80, 443)
+_SCHEME_PORTS = {"http": 80, "https": 443}
+Allowed = frozenset[tuple[str, int | None]]
+"""``(host, port)`` pairs; a ``None`` port admits every port."""
+
+
+def _split_port(entry: str) -> tuple[str, tuple[int | None, ...]]:
+    """``host[:port]`` -> ``(host, ports)``: the default ports, one port, or ``(None,)``."""
+    host, port = entry, ""
+    if entry.startswith("["):  # [v6] or [v6]:port
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") else rest
+    elif entry.count(":") == 1:  # host:port (a bare IPv6 address has several colons)
+        host, port = entry.split(":")
+    if not port:
+        return host, _DEFAULT_PORTS
+    if port == "*":
+        return host, (None,)
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"GRAFT_OUTBOUND_ALLOW entry {entry!r}: {port!r} is not a port")
+    return host, (int(port),)
+
+
 @dataclass(frozen=True)
 class OutboundPolicy:
-    """Which hosts Graft may connect to.
+    """Which hosts, on which ports, Graft may connect to.
 
     Attributes:
-        exact: hosts named exactly (normalised): any address, ``http`` allowed.
-        suffixes: domains from ``*.example.com`` patterns (``"example.com"``): global
-            addresses and ``https`` only.
-        any_host: ``*`` was listed: any host, global addresses and ``https`` only.
+        exact: ``(host, port)`` named exactly (normalised; port ``None``: any): any address,
+            ``http`` allowed.
+        suffixes: ``(domain, port)`` from ``*.example.com`` patterns (``"example.com"``), and
+            ``("", port)`` for ``*``: global addresses and ``https`` only.
     """
 
-    exact: frozenset[str] = frozenset()
-    suffixes: frozenset[str] = frozenset()
-    any_host: bool = False
+    exact: Allowed = frozenset()
+    suffixes: Allowed = frozenset()
+
+    @property
+    def any_host(self) -> bool:
+        """Whether ``*`` was listed (any host, on global addresses)."""
+        return any(domain == "" for domain, _ in self.suffixes)
 
     @classmethod
     def from_setting(cls, value: str, *, mlflow_tracking_uri: str | None = None) -> OutboundPolicy:
         """Parse ``GRAFT_OUTBOUND_ALLOW``.
 
         Args:
-            value: comma-separated hosts, ``*.domain`` patterns, ``*``, and ``mlflow``.
-            mlflow_tracking_uri: what ``mlflow`` stands for (its host is listed exactly).
+            value: comma-separated hosts, ``*.domain`` patterns, ``*``, and ``mlflow``, each
+                with an optional ``:port`` or ``:*`` (without: ports 80 and 443).
+            mlflow_tracking_uri: what ``mlflow`` stands for (its host and port, exactly).
 
         Returns:
             The policy.
 
         Raises:
             ValueError: ``mlflow`` is listed but no tracking URI is configured, or an entry is
-                not a host (a URL, a path, a port).
+                not a host (a URL, a path, a bad port).
         """
-        exact: set[str] = set()
-        suffixes: set[str] = set()
-        any_host = False
+        exact: set[tuple[str, int | None]] = set()
+        suffixes: set[tuple[str, int | None]] = set()
         for raw in value.split(","):
             entry = raw.strip()
             if not entry:
                 continue
-            if entry == "*":
-                any_host = True
-            elif entry.lower() == "mlflow":
+            if entry.lower() == "mlflow":
                 if not mlflow_tracking_uri:
                     raise ValueError(
                         "GRAFT_OUTBOUND_ALLOW lists 'mlflow' but no MLflow tracking URI is set"
                     )
-                exact.add(_normalise_host(httpx.URL(mlflow_tracking_uri).host))
-            elif entry.startswith("*.") and len(entry) > 2:
-                suffixes.add(_normalise_host(entry[2:]))
-            elif any(c in entry for c in "/*@") or (entry.count(":") == 1):
+                url = httpx.URL(mlflow_tracking_uri)
+                port = url.port or _SCHEME_PORTS.get(url.scheme, 443)
+                exact.add((_normalise_host(url.host), port))
+                continue
+            host, ports = _split_port(entry) if not any(c in entry for c in "/@") else ("/", ())
+            if host == "*":
+                suffixes.update(("", p) for p in ports)
+            elif host.startswith("*.") and len(host) > 2 and "*" not in host[2:]:
+                suffixes.update((_normalise_host(host[2:]), p) for p in ports)
+            elif not host or any(c in host for c in "/*@[]"):
                 raise ValueError(
-                    f"GRAFT_OUTBOUND_ALLOW entry {entry!r} is not a host: list host names, "
-                    "IP addresses, '*.domain', '*' or 'mlflow' (no scheme, path or port)"
+                    f"GRAFT_OUTBOUND_ALLOW entry {entry!r} is not a host: list host names, IP "
+                    "addresses, '*.domain', '*' or 'mlflow', each with an optional ':port' "
+                    "(no scheme or path)"
                 )
             else:
-                exact.add(_normalise_host(entry))
-        return cls(exact=frozenset(exact), suffixes=frozenset(suffixes), any_host=any_host)
+                exact.update((_normalise_host(host), p) for p in ports)
+        return cls(exact=frozenset(exact), suffixes=frozenset(suffixes))
 
-    def is_exact(self, host: str) -> bool:
-        """Whether ``host`` is named exactly (so any address and ``http`` are allowed)."""
-        return _normalise_host(host) in self.exact
-
-    def admits(self, host: str) -> bool:
-        """Whether ``host`` is on the allow list at all (exactly or by a pattern)."""
+    def is_exact(self, host: str, port: int) -> bool:
+        """Whether ``host:port`` is named exactly (so any address and ``http`` are allowed)."""
         host = _normalise_host(host)
-        if host in self.exact or self.any_host:
+        return (host, port) in self.exact or (host, None) in self.exact
+
+    def admits(self, host: str, port: int) -> bool:
+        """Whether ``host:port`` is on the allow list at all (exactly or by a pattern)."""
+        if self.is_exact(host, port):
             return True
-        return any(host == s or host.endswith("." + s) for s in self.suffixes)
+        host = _normalise_host(host)
+        return any(
+            (p is None or p == port) and (s == "" or host == s or host.endswith("." + s))
+            for s, p in self.suffixes
+        )
 
     def check_url(self, url: httpx.URL | str) -> None:
         """Refuse a URL by scheme and host, before anything is resolved.
@@ -212,19 +251,22 @@ class OutboundPolicy:
             OutboundRefusedError: not http(s), a host off the list, or ``http`` to a host that
                 is only admitted by a pattern.
         """
-        url = httpx.URL(url)
+        url = _parsed(url)
         if url.scheme not in _SCHEMES:
             raise OutboundRefusedError(
                 f"refused {url.scheme}: URL; only https (and http to hosts listed exactly in "
                 "GRAFT_OUTBOUND_ALLOW) may be fetched",
                 url=str(url),
             )
-        if not url.host or not self.admits(url.host):
+        port = url.port or _SCHEME_PORTS[url.scheme]
+        if not url.host or not self.admits(url.host, port):
+            listed = f"{url.host}:{port}" if port not in _DEFAULT_PORTS else url.host
             raise OutboundRefusedError(
-                f"host {url.host!r} is not in GRAFT_OUTBOUND_ALLOW; add it there to allow it",
+                f"host {url.host!r} is not in GRAFT_OUTBOUND_ALLOW on port {port}; add "
+                f"{listed!r} there to allow it",
                 url=str(url),
             )
-        if url.scheme == "http" and not self.is_exact(url.host):
+        if url.scheme == "http" and not self.is_exact(url.host, port):
             raise OutboundRefusedError(
                 f"refused http://{url.host}: plain http is allowed only to hosts listed exactly "
                 "in GRAFT_OUTBOUND_ALLOW; use https",
@@ -250,7 +292,7 @@ class OutboundPolicy:
         found = list(addresses)
         if not found:
             raise OutboundRefusedError(f"{host} resolved to no address", url=f"{host}:{port}")
-        if self.is_exact(host):
+        if self.is_exact(host, port):
             return found
         for address in found:
             reason = address_refusal(address)
@@ -261,6 +303,18 @@ class OutboundPolicy:
                     url=f"{host}:{port}",
                 )
         return found
+
+
+def _parsed(url: httpx.URL | str) -> httpx.URL:
+    """``url`` as httpx parses it, or a refusal for what it cannot (``http://[::1``)."""
+    try:
+        parsed = httpx.URL(url)
+        _ = parsed.host  # decodes xn-- labels: a malformed one fails here, not later
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        # idna's IDNAError (a malformed xn-- label) is a UnicodeError.
+        text = str(url)[:200]
+        raise OutboundRefusedError(f"{text!r} is not a valid URL", url=text) from exc
+    return parsed
 
 
 def _unbracket(host: str) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from app.config import Settings
 from app.db.migrate import upgrade
 from app.db.models import Artifact, CheckpointFile
+from app.db.secret_box import secret_box_for
 from app.db.session import Database
 from app.services.auth import AuthMode, resolve_mode
 from app.storage import BlobStore, open_store
@@ -33,7 +34,11 @@ logger = logging.getLogger(__name__)
 def prepare(settings: Settings) -> None:
     """Apply Alembic migrations to head, remove temp files of dead processes and blobs no
     record references."""
-    database = Database(settings.database_url, busy_timeout_ms=settings.busy_timeout_ms)
+    database = Database(
+        settings.database_url,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        secret_box=secret_box_for(settings),  # the migrations seal secrets stored before
+    )
     try:
         upgrade(database)
         store = open_store(settings)

@@ -10,6 +10,9 @@ answers:
 
 4xx responses are stored (the same request would fail the same way); a 5xx is not, and
 neither is a response to a request whose body was not read to the end, so a retry runs again.
+Keys belong to an owner, who may hold keys of several scopes: the scopes of the key that made
+the first request are kept, and a replay goes only to a key that holds all of them (a
+read-only key never sees what a write key's request answered).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from datetime import timedelta
 from app.db.base import utcnow
 from app.db.repositories import IdempotencyRepository
 from app.db.session import Database
+from app.services.auth import ForbiddenError
 from app.services.errors import ServiceError
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
     "IdempotencyInProgressError",
     "StoredResponse",
     "begin",
+    "check_may_replay",
     "check_same",
     "fingerprint",
     "finish",
@@ -56,6 +61,7 @@ class StoredResponse:
     status_code: int
     headers: list[list[str]]
     body: bytes
+    scopes: frozenset[str] = frozenset()  # of the key that made the request
 
 
 class Fingerprint:
@@ -76,13 +82,20 @@ def fingerprint(method: str, path: str, query: str) -> Fingerprint:
     return Fingerprint(method, path, query)
 
 
-def begin(database: Database, owner: str, key: str, *, ttl_seconds: float) -> bool:
-    """Mark ``key`` in flight for ``owner``. Returns False if a live record already exists."""
+def begin(
+    database: Database, owner: str, key: str, *, scopes: frozenset[str], ttl_seconds: float
+) -> bool:
+    """Mark ``key`` in flight for ``owner``, made by a key with ``scopes``.
+
+    Returns:
+        False if a live record already exists.
+    """
     now = utcnow()
     with database.transaction() as session:
         return IdempotencyRepository(session).begin(
             owner,
             key,
+            scopes=sorted(scopes),
             now=now,
             expires_at=now + timedelta(seconds=ttl_seconds),
             stale_before=now - timedelta(seconds=_STALE_SECONDS),
@@ -102,8 +115,28 @@ def stored_response(database: Database, owner: str, key: str) -> tuple[str, Stor
                 f"a request with Idempotency-Key {key!r} is still in progress; retry once it "
                 "has finished"
             )
-        stored = StoredResponse(record.status_code, list(record.headers or []), record.body or b"")
+        stored = StoredResponse(
+            record.status_code,
+            list(record.headers or []),
+            record.body or b"",
+            # A record without scopes predates them: only a writer may see it.
+            frozenset(record.scopes if record.scopes is not None else ["read", "write"]),
+        )
         return record.fingerprint, stored
+
+
+def check_may_replay(stored: StoredResponse, scopes: frozenset[str], key: str) -> None:
+    """Refuse a replay to a key with fewer scopes than the one that made the request.
+
+    Raises:
+        ForbiddenError: a scope of the original key is missing.
+    """
+    missing = sorted(stored.scopes - scopes)
+    if missing:
+        raise ForbiddenError(
+            f"Idempotency-Key {key!r} was used by a key with the {missing[0]!r} scope, which "
+            "this key lacks; use a new Idempotency-Key"
+        )
 
 
 def check_same(stored_print: str, print_: str, key: str) -> None:

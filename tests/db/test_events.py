@@ -39,9 +39,15 @@ def test_idempotency_records_begin_once_expire_and_purge(any_database: Database)
     day = timedelta(hours=24)
     with db.transaction() as session:
         repo = IdempotencyRepository(session)
-        assert repo.begin("a", "k", now=now, expires_at=now + day, stale_before=now - day)
-        assert not repo.begin("a", "k", now=now, expires_at=now + day, stale_before=now - day)
-        assert repo.begin("b", "k", now=now, expires_at=now + day, stale_before=now - day)
+        assert repo.begin(
+            "a", "k", scopes=["read"], now=now, expires_at=now + day, stale_before=now - day
+        )
+        assert not repo.begin(
+            "a", "k", scopes=["read"], now=now, expires_at=now + day, stale_before=now - day
+        )
+        assert repo.begin(
+            "b", "k", scopes=["read"], now=now, expires_at=now + day, stale_before=now - day
+        )
         repo.complete(
             "a", "k", fingerprint="f" * 64, status_code=202, headers=[["x", "y"]], body=b"{}"
         )
@@ -52,7 +58,12 @@ def test_idempotency_records_begin_once_expire_and_purge(any_database: Database)
         later = now + day + timedelta(seconds=1)
         # b's request never finished and is now stale; a's answer expired: both start afresh.
         assert repo.begin(
-            "b", "k", now=now, expires_at=now + day, stale_before=now + timedelta(seconds=1)
+            "b",
+            "k",
+            scopes=["read"],
+            now=now,
+            expires_at=now + day,
+            stale_before=now + timedelta(seconds=1),
         )
         assert repo.purge(now=later) == 2
         assert repo.get("a", "k") is None

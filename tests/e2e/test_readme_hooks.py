@@ -28,7 +28,7 @@ def _example() -> str:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "srv", GRAFT_OUTBOUND_ALLOW="127.0.0.1")
+    srv = Server(tmp_path / "srv", GRAFT_OUTBOUND_ALLOW="127.0.0.1:*")
     srv.root.mkdir()
     srv.start()
     yield srv

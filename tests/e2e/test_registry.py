@@ -32,7 +32,7 @@ from tests.e2e.helpers import until
 from tests.mlflowserver import free_port, running_mlflow
 
 SECRET = "mlflow-hook-secret"
-POLICY = OutboundPolicy.from_setting("127.0.0.1")
+POLICY = OutboundPolicy.from_setting("127.0.0.1:*")
 
 
 @pytest.fixture(scope="module")

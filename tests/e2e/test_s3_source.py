@@ -32,6 +32,7 @@ def graft(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iter
         GRAFT_S3_ENDPOINT_URL=s3_server.endpoint_url,
         AWS_ACCESS_KEY_ID=s3_server.access_key,
         AWS_SECRET_ACCESS_KEY=s3_server.secret_key,
+        GRAFT_S3_SOURCE_ALLOW="models,graft-store",
         GRAFT_WORKERS="1",
     )
     srv.start()
@@ -62,6 +63,13 @@ def test_an_s3_source_is_fetched_recorded_and_converted(graft: Server, s3_server
         missing = graft.wait(client, created.json()["id"])
         assert missing["status"] == "failed"
         assert missing["error"]["type"] == "not-found"
+
+
+def test_a_bucket_off_the_allow_list_is_refused_at_creation(graft: Server) -> None:
+    with graft.client() as client:
+        answer = client.post("/v1/jobs", json=_job("s3://corp-private/secret/model.safetensors"))
+        assert (answer.status_code, answer.json()["type"]) == (422, "outbound-refused")
+        assert "GRAFT_S3_SOURCE_ALLOW" in answer.json()["detail"]
 
 
 def test_the_blob_store_itself_is_not_a_source(graft: Server) -> None:

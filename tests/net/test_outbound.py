@@ -49,7 +49,7 @@ def _resolver(table: dict[str, list[str]]):
 
 
 def test_listed_host_is_reached(server: Server) -> None:
-    with guarded_client(_policy("127.0.0.1")) as client:
+    with guarded_client(_policy("127.0.0.1:*")) as client:
         response = client.get(f"http://127.0.0.1:{server.port}/")
     assert response.status_code == 200
     assert response.text == "ok"
@@ -69,7 +69,7 @@ def test_unlisted_host_is_refused_before_any_connection(server: Server) -> None:
 def test_name_resolving_to_loopback_is_refused_unless_listed_exactly(server: Server) -> None:
     # "*" admits any host, but only on global addresses: localhost resolves to loopback.
     with (
-        guarded_client(_policy("*")) as client,
+        guarded_client(_policy("*:*")) as client,
         pytest.raises(OutboundRefusedError, match=r"127\.0\.0\.1, a loopback address"),
     ):
         client.get(f"https://localhost:{server.port}/")
@@ -89,7 +89,7 @@ def test_one_bad_address_among_good_ones_refuses_the_connection(server: Server) 
     # A rebinding resolver may hand out a public address and a loopback one together.
     resolver = _resolver({"cdn.example.com": ["93.184.216.34", "127.0.0.1"]})
     with (
-        guarded_client(_policy("*.example.com"), resolver=resolver) as client,
+        guarded_client(_policy("*.example.com:*"), resolver=resolver) as client,
         pytest.raises(OutboundRefusedError, match="loopback"),
     ):
         client.get(f"https://cdn.example.com:{server.port}/")
@@ -105,7 +105,7 @@ def test_connects_to_the_checked_address_and_keeps_the_host_header(server: Serve
         calls.append(host)
         return ["127.0.0.1"]
 
-    with guarded_client(_policy("registry.internal"), resolver=resolve) as client:
+    with guarded_client(_policy("registry.internal:*"), resolver=resolve) as client:
         first = client.get(f"http://registry.internal:{server.port}/a")
         second = client.get(f"http://registry.internal:{server.port}/b")
     assert (first.status_code, second.status_code) == (200, 200)
@@ -131,7 +131,7 @@ def test_schemes(url: str, match: str) -> None:
 def test_redirect_to_unlisted_host_is_refused(server: Server, other_server: Server) -> None:
     target = f"http://localhost:{other_server.port}/"
     with (
-        guarded_client(_policy("127.0.0.1"), follow_redirects=True) as client,
+        guarded_client(_policy("127.0.0.1:*"), follow_redirects=True) as client,
         pytest.raises(OutboundRefusedError, match="'localhost' is not in GRAFT_OUTBOUND_ALLOW"),
     ):
         client.get(f"http://127.0.0.1:{server.port}/redirect?to={target}")
@@ -141,14 +141,14 @@ def test_redirect_to_unlisted_host_is_refused(server: Server, other_server: Serv
 
 def test_redirect_to_listed_host_is_followed(server: Server, other_server: Server) -> None:
     target = f"http://localhost:{other_server.port}/"
-    with guarded_client(_policy("127.0.0.1,localhost"), follow_redirects=True) as client:
+    with guarded_client(_policy("127.0.0.1:*,localhost:*"), follow_redirects=True) as client:
         response = client.get(f"http://127.0.0.1:{server.port}/redirect?to={target}")
     assert response.status_code == 200
     assert other_server.hosts == [f"localhost:{other_server.port}"]
 
 
 def test_redirects_are_off_by_default(server: Server) -> None:
-    with guarded_client(_policy("127.0.0.1")) as client:
+    with guarded_client(_policy("127.0.0.1:*")) as client:
         response = client.get(f"http://127.0.0.1:{server.port}/redirect?to=http://x.test/")
     assert response.status_code == 302
 
@@ -157,15 +157,15 @@ def test_environment_proxy_is_not_used(server: Server, monkeypatch: pytest.Monke
     # A proxy from the environment would carry requests past the guard.
     monkeypatch.setenv("HTTP_PROXY", "http://10.9.9.9:3128")
     monkeypatch.setenv("ALL_PROXY", "http://10.9.9.9:3128")
-    with guarded_client(_policy("127.0.0.1"), timeout=5) as client:
+    with guarded_client(_policy("127.0.0.1:*"), timeout=5) as client:
         assert client.get(f"http://127.0.0.1:{server.port}/").status_code == 200
 
 
 def test_async_client(server: Server) -> None:
     async def run() -> tuple[int, str]:
-        async with guarded_async_client(_policy("127.0.0.1")) as client:
+        async with guarded_async_client(_policy("127.0.0.1:*")) as client:
             ok = await client.get(f"http://127.0.0.1:{server.port}/")
-        async with guarded_async_client(_policy("*")) as client:
+        async with guarded_async_client(_policy("*:*")) as client:
             with pytest.raises(OutboundRefusedError, match="loopback") as info:
                 await client.get(f"https://localhost:{server.port}/")
         return ok.status_code, info.value.type
@@ -193,7 +193,7 @@ def test_https_verifies_the_host_name_while_connecting_by_address(tmp_path: Path
     resolver = _resolver({"graft.test": ["127.0.0.1"]})
     with (
         serve(server_context) as tls,
-        guarded_client(_policy("graft.test"), resolver=resolver, verify=trust) as client,
+        guarded_client(_policy("graft.test:*"), resolver=resolver, verify=trust) as client,
     ):
         assert client.get(f"https://graft.test:{tls.port}/").text == "ok"
         assert tls.hosts == [f"graft.test:{tls.port}"]
@@ -243,20 +243,47 @@ def test_address_table(address: str, reason: str | None) -> None:
 
 def test_policy_parsing() -> None:
     policy = _policy(
-        " Models.Example.COM., [::1] , *.cdn.test, mlflow ",
+        " Models.Example.COM., [::1]:8080 , *.cdn.test, mlflow, 10.0.0.7:*, [fe80::1] ",
         mlflow_tracking_uri="https://mlflow.corp:5000/x",
     )
-    assert policy.exact == frozenset({"models.example.com", "::1", "mlflow.corp"})
-    assert policy.suffixes == frozenset({"cdn.test"})
-    assert policy.admits("a.b.cdn.test") and policy.admits("cdn.test")
-    assert not policy.admits("evilcdn.test")
+    assert policy.exact == frozenset(
+        {("models.example.com", 80), ("models.example.com", 443), ("::1", 8080),
+         ("mlflow.corp", 5000), ("10.0.0.7", None), ("fe80::1", 80), ("fe80::1", 443)}
+    )  # fmt: skip
+    assert policy.suffixes == frozenset({("cdn.test", 80), ("cdn.test", 443)})
+    assert policy.admits("a.b.cdn.test", 443) and policy.admits("cdn.test", 443)
+    assert not policy.admits("evilcdn.test", 443) and not policy.admits("cdn.test", 8443)
+    assert policy.admits("10.0.0.7", 6379) and not policy.admits("mlflow.corp", 443)
     assert not policy.any_host
-    assert OutboundPolicy.from_setting("").admits("example.com") is False
+    assert OutboundPolicy.from_setting("").admits("example.com", 443) is False
 
 
-@pytest.mark.parametrize("entry", ["https://x.test", "x.test:443", "x.test/path", "a*.test"])
+def test_a_bare_loopback_host_opens_its_default_ports_only() -> None:
+    # Issue 23 item 15: allowing 127.0.0.1 for one local service opened every loopback port.
+    policy = _policy("127.0.0.1")
+    policy.check_url("http://127.0.0.1/hook")
+    policy.check_url("https://127.0.0.1/hook")
+    for url in ("http://127.0.0.1:5432/", "http://127.0.0.1:8000/v1/jobs"):
+        with pytest.raises(OutboundRefusedError, match=r"add '127\.0\.0\.1:\d+' there"):
+            policy.check_url(url)
+    _policy("127.0.0.1:5000").check_url("http://127.0.0.1:5000/api")
+    with pytest.raises(OutboundRefusedError, match="port 5001"):
+        _policy("127.0.0.1:5000").check_url("http://127.0.0.1:5001/api")
+    mlflow = _policy("mlflow", mlflow_tracking_uri="http://127.0.0.1:5055")
+    mlflow.check_url("http://127.0.0.1:5055/api/2.0/mlflow/runs/get")
+    with pytest.raises(OutboundRefusedError, match="port 6379"):
+        mlflow.check_url("http://127.0.0.1:6379/")
+
+
+@pytest.mark.parametrize("entry", ["https://x.test", "x.test/path", "a*.test", "user@x.test"])
 def test_policy_refuses_entries_that_are_not_hosts(entry: str) -> None:
     with pytest.raises(ValueError, match="is not a host"):
+        OutboundPolicy.from_setting(entry)
+
+
+@pytest.mark.parametrize("entry", ["x.test:0", "x.test:65536", "x.test:http", "[::1]:x"])
+def test_policy_refuses_bad_ports(entry: str) -> None:
+    with pytest.raises(ValueError, match="is not a port"):
         OutboundPolicy.from_setting(entry)
 
 

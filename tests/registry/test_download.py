@@ -19,7 +19,7 @@ from app.registry.mlflow import MlflowClient
 from app.services.sources.http import fetch_url
 from tests.net.servers import Server, serve
 
-LOCAL = OutboundPolicy.from_setting("127.0.0.1")
+LOCAL = OutboundPolicy.from_setting("127.0.0.1:*")
 PAYLOAD = os.urandom(300_000)
 
 
@@ -70,7 +70,7 @@ def test_host_down_is_unavailable(tmp_path: Path) -> None:
 
 def test_refused_before_any_connection(server: Server, tmp_path: Path) -> None:
     for url, policy in [
-        (f"{server.url}/files/w.safetensors", OutboundPolicy.from_setting("*")),
+        (f"{server.url}/files/w.safetensors", OutboundPolicy.from_setting("*:*")),
         (f"http://localhost:{server.port}/files/w.safetensors", LOCAL),
         ("file:///etc/passwd", LOCAL),
     ]:
@@ -89,7 +89,7 @@ def test_redirect_off_the_list_is_refused(server: Server, tmp_path: Path) -> Non
 def test_token_goes_to_the_tracking_server_only(server: Server, tmp_path: Path) -> None:
     with serve() as elsewhere:
         elsewhere.files["w"] = b"abc"
-        policy = OutboundPolicy.from_setting("127.0.0.1,localhost")
+        policy = OutboundPolicy.from_setting("127.0.0.1:*,localhost:*")
         with MlflowClient(server.url, policy=policy, token="s3cret") as client:
             client.download_artifact(
                 f"{server.url}/files/w.safetensors", "", tmp_path / "a", max_bytes=10**6

@@ -30,7 +30,7 @@ from tests.mlflowserver import free_port, running_mlflow
 
 logger = logging.getLogger(__name__)
 
-POLICY = OutboundPolicy.from_setting("127.0.0.1")
+POLICY = OutboundPolicy.from_setting("127.0.0.1:*")
 SOURCE_SHA = "ab" * 32
 
 
@@ -222,6 +222,6 @@ def test_disallowed_host_is_refused_before_any_connection(mlflow_url: str) -> No
         MlflowClient(f"http://localhost:{port}", policy=POLICY)
     assert info.value.type == "outbound-refused"
     # Admitted by "*" but resolving to loopback: refused at connection time, before connecting.
-    anywhere = MlflowClient(f"https://localhost:{port}", policy=OutboundPolicy.from_setting("*"))
+    anywhere = MlflowClient(f"https://localhost:{port}", policy=OutboundPolicy.from_setting("*:*"))
     with anywhere, pytest.raises(OutboundRefusedError, match="loopback"):
         anywhere.resolve("models:/tiny/1")

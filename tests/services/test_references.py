@@ -26,7 +26,9 @@ from app.services.webhooks.incoming import verify_signature
 CONFIG = RegistryConfig(
     tracking_uri="http://127.0.0.1:5000",
     outbound_allow="mlflow,weights.example.com",
-    s3=S3SourceConfig(store_bucket="store", store_prefix="graft"),
+    s3=S3SourceConfig(
+        store_bucket="store", store_prefix="graft", allowed_buckets=frozenset({"store", "models"})
+    ),
 )
 
 
@@ -47,6 +49,12 @@ def test_usable_references_pass(uri: str) -> None:
         ("https://evil.example.net/a.pt", OutboundRefusedError, "evil.example.net"),
         ("http://169.254.169.254/latest", OutboundRefusedError, "169.254.169.254"),
         ("s3://store/graft/blobs/ab/cd", OutboundRefusedError, "own blob store"),
+        # Issue 23 item 5: a bucket the operator did not list.
+        (
+            "s3://corp-private/secret/model.safetensors",
+            OutboundRefusedError,
+            "'corp-private' is not in GRAFT_S3_SOURCE_ALLOW",
+        ),
         ("s3://bucket", InvalidJobError, "naming one object"),
     ],
 )

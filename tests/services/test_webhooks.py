@@ -32,7 +32,7 @@ from app.services.webhooks.outbox import (
 from tests.webhook_receiver import verify, webhook_receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-LOOPBACK = OutboundPolicy.from_setting("127.0.0.1")
+LOOPBACK = OutboundPolicy.from_setting("127.0.0.1:*")
 
 
 def test_signature_matches_the_standard_webhooks_reference_vector() -> None:

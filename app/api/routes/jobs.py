@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -203,7 +204,9 @@ def list_deliveries(
 def _event_id(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
-    if not value.strip().isdigit():
+    # ASCII digits only, and within SQLite's integers: str.isdigit() admits '²', which int()
+    # refuses, and 2**70 overflows the query's parameter.
+    if not re.fullmatch(r"[0-9]{1,18}", value.strip()):
         raise BadRequestError("Last-Event-ID must be an event id from this stream")
     return int(value)
 

@@ -15,6 +15,7 @@ from app.api.deps import (
     WriteSession,
     check_target_architecture,
     in_write_thread,
+    local_webhook_secret,
 )
 from app.api.errors import problem
 from app.api.schemas import PipelinePublic, PipelinesPublic
@@ -30,7 +31,10 @@ router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
     status_code=status.HTTP_201_CREATED,
     responses={
         409: problem("the owner has a pipeline of that name"),
-        422: problem("registers into its own trigger model, or an invalid target or recipe"),
+        422: problem(
+            "registers into its own trigger model, an invalid target or recipe, or a "
+            "callback host that is not allowed"
+        ),
     },
 )
 async def create_pipeline(
@@ -50,6 +54,7 @@ async def create_pipeline(
         owner=principal.owner,
         registry=RegistryConfig.from_settings(settings),
         checkpoint_owner=principal.scope_owner,
+        local_secret=local_webhook_secret(settings),
     )
     response.headers["Location"] = f"/v1/pipelines/{pipeline.name}"
     return PipelinePublic.of(pipeline)
@@ -92,6 +97,7 @@ async def replace_pipeline(
         owner=principal.owner,
         registry=RegistryConfig.from_settings(settings),
         checkpoint_owner=principal.scope_owner,
+        local_secret=local_webhook_secret(settings),
     )
     return PipelinePublic.of(pipeline)
 

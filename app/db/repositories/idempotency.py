@@ -23,7 +23,14 @@ class IdempotencyRepository:
         return self.session.get(IdempotencyRecord, (owner, key))
 
     def begin(
-        self, owner: str, key: str, *, now: datetime, expires_at: datetime, stale_before: datetime
+        self,
+        owner: str,
+        key: str,
+        *,
+        scopes: list[str],
+        now: datetime,
+        expires_at: datetime,
+        stale_before: datetime,
     ) -> bool:
         """Mark a key in flight. Returns False when a live record for it already exists.
 
@@ -47,7 +54,9 @@ class IdempotencyRepository:
         try:
             with self.session.begin_nested():
                 self.session.add(
-                    IdempotencyRecord(owner=owner, key=key, created_at=now, expires_at=expires_at)
+                    IdempotencyRecord(
+                        owner=owner, key=key, scopes=scopes, created_at=now, expires_at=expires_at
+                    )
                 )
         except IntegrityError:
             return False

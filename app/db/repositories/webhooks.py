@@ -12,6 +12,7 @@ from app.db.models import (
     WebhookDelivery,
     WebhookSecret,
 )
+from app.db.secret_box import session_box
 
 __all__ = ["WebhookRepository"]
 
@@ -21,10 +22,13 @@ class WebhookRepository:
         self.session = session
 
     def secret(self, owner: str) -> str | None:
+        """The owner's secret, opened (the row holds a Fernet token)."""
         row = self.session.get(WebhookSecret, owner)
-        return row.secret if row is not None else None
+        return session_box(self.session).open(row.secret) if row is not None else None
 
     def set_secret(self, owner: str, secret: str, *, now: datetime) -> None:
+        """Store the owner's secret, sealed."""
+        secret = session_box(self.session).seal(secret)
         row = self.session.get(WebhookSecret, owner)
         if row is None:
             self.session.add(WebhookSecret(owner=owner, secret=secret, created_at=now))

@@ -90,6 +90,9 @@ class RegistryConfig:
             secret_access_key=secret.get_secret_value() if secret else None,
             store_bucket=store.netloc if store.scheme == "s3" else None,
             store_prefix=unquote(store.path).strip("/"),
+            allowed_buckets=frozenset(
+                b.strip() for b in settings.s3_source_allow.split(",") if b.strip()
+            ),
         )
         return cls(
             tracking_uri=settings.mlflow_tracking_uri,

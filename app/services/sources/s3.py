@@ -1,9 +1,15 @@
 """``s3://bucket/key`` sources, read with the blob store's S3 settings (boto3).
 
-The endpoint and credentials are the operator's (``GRAFT_S3_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), so the outbound allow list does not apply
-to them; what a user may name is any object those credentials can read, except the blob
-store's own bucket and prefix, which hold every owner's uploads.
+Only buckets listed in ``GRAFT_S3_SOURCE_ALLOW`` may be named (none by default): the endpoint
+and credentials are the operator's, so what a key holder may read through them is the
+operator's choice, bucket by bucket. The blob store's own bucket and prefix, which hold every
+owner's uploads, are refused even when listed.
+
+Credentials are the configured ones only (``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``
+in Graft's settings): boto3's chain of ambient credentials (environment, shared files,
+profiles, the instance or container role) is never consulted for a source. Without configured
+credentials a source is read unsigned, as an anonymous client: a public bucket works, and
+nothing the machine's role may read is exposed.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from app.registry.errors import (
     SourceTooLargeError,
     SourceUnavailableError,
 )
-from app.storage import S3Config
 
 __all__ = ["S3SourceConfig", "fetch_s3", "parse_s3_uri"]
 
@@ -39,8 +44,9 @@ class S3SourceConfig:
     Attributes:
         endpoint_url: the S3-compatible server (``None``: AWS).
         region: the SigV4 signing region.
-        access_key_id, secret_access_key: credentials (``None``: boto3 looks further).
+        access_key_id, secret_access_key: credentials (``None``: requests go unsigned).
         store_bucket, store_prefix: the blob store's own location, refused as a source.
+        allowed_buckets: ``GRAFT_S3_SOURCE_ALLOW``: the only buckets a source may name.
     """
 
     endpoint_url: str | None = None
@@ -49,6 +55,7 @@ class S3SourceConfig:
     secret_access_key: str | None = None
     store_bucket: str | None = None
     store_prefix: str = ""
+    allowed_buckets: frozenset[str] = frozenset()
 
 
 def parse_s3_uri(uri: str, config: S3SourceConfig) -> tuple[str, str]:
@@ -56,12 +63,18 @@ def parse_s3_uri(uri: str, config: S3SourceConfig) -> tuple[str, str]:
 
     Raises:
         InvalidReferenceError: no bucket or key, or a key that names a folder.
-        PermissionError: the blob store's own bucket and prefix.
+        PermissionError: a bucket not in ``GRAFT_S3_SOURCE_ALLOW``, or the blob store's own
+            bucket and prefix.
     """
     parts = urlsplit(uri)
     bucket, key = parts.netloc, unquote(parts.path).lstrip("/")
     if parts.scheme != "s3" or not bucket or not key or key.endswith("/") or parts.query:
         raise InvalidReferenceError(f"{uri[:200]!r} is not s3://BUCKET/KEY naming one object")
+    if bucket not in config.allowed_buckets:
+        raise PermissionError(
+            f"bucket {bucket!r} is not in GRAFT_S3_SOURCE_ALLOW; the operator lists the buckets "
+            "sources may be read from"
+        )
     if bucket == config.store_bucket:
         prefix = config.store_prefix.strip("/")
         if not prefix or key == prefix or key.startswith(prefix + "/"):
@@ -69,14 +82,32 @@ def parse_s3_uri(uri: str, config: S3SourceConfig) -> tuple[str, str]:
     return bucket, key
 
 
-def _client(config: S3SourceConfig, bucket: str) -> Any:
-    return S3Config(
-        bucket=bucket,
+def _client(config: S3SourceConfig) -> Any:
+    """An S3 client that signs with the configured keys, or not at all: never ambient ones."""
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.credentials import CredentialResolver
+    from botocore.session import Session
+
+    session = Session()
+    # No provider at all: nothing from the environment, shared files or an instance role.
+    session.register_component("credential_provider", CredentialResolver(providers=[]))
+    signed = bool(config.access_key_id and config.secret_access_key)
+    options = Config(
+        signature_version="s3v4" if signed else UNSIGNED,
+        s3={"addressing_style": "path" if config.endpoint_url else "auto"},
+        retries={"max_attempts": 5, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return session.create_client(
+        "s3",
         endpoint_url=config.endpoint_url,
-        region=config.region,
-        access_key_id=config.access_key_id,
-        secret_access_key=config.secret_access_key,
-    ).client()
+        region_name=config.region,
+        aws_access_key_id=config.access_key_id if signed else None,
+        aws_secret_access_key=config.secret_access_key if signed else None,
+        config=options,
+    )
 
 
 def _failure(exc: Exception, uri: str) -> Exception:
@@ -97,7 +128,7 @@ def fetch_s3(uri: str, dest_dir: Path, *, config: S3SourceConfig, max_bytes: int
 
     Raises:
         InvalidReferenceError: not ``s3://BUCKET/KEY``.
-        PermissionError: the blob store's own location.
+        PermissionError: a bucket not allowed, or the blob store's own location.
         RegistryNotFoundError: no such bucket or key.
         SourceTooLargeError: over ``max_bytes``.
         SourceUnavailableError: S3 failed (``retryable`` says whether to try again).
@@ -114,7 +145,7 @@ def fetch_s3(uri: str, dest_dir: Path, *, config: S3SourceConfig, max_bytes: int
     part = dest.with_name(dest.name + ".part")
     digest, size = hashlib.sha256(), 0
     try:
-        answer = _client(config, bucket).get_object(Bucket=bucket, Key=key)
+        answer = _client(config).get_object(Bucket=bucket, Key=key)
         if int(answer.get("ContentLength") or 0) > max_bytes:
             raise SourceTooLargeError(f"{uri} is over the {max_bytes}-byte cap")
         with part.open("wb") as out:

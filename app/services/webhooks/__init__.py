@@ -12,6 +12,7 @@ itself uses the outbox (import :mod:`.incoming` and :mod:`.pipelines` by their f
 from app.services.webhooks.delivery import DeliveryLoop
 from app.services.webhooks.outbox import (
     WEBHOOK_EVENTS,
+    Callback,
     DeliveryPolicy,
     backoff_seconds,
     check_callback,
@@ -26,6 +27,7 @@ from app.services.webhooks.outbox import (
 
 __all__ = [
     "WEBHOOK_EVENTS",
+    "Callback",
     "DeliveryLoop",
     "DeliveryPolicy",
     "backoff_seconds",

@@ -25,8 +25,9 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -36,6 +37,7 @@ from app.net.outbound import OutboundPolicy, OutboundRefusedError
 
 __all__ = [
     "WEBHOOK_EVENTS",
+    "Callback",
     "DeliveryPolicy",
     "backoff_seconds",
     "check_callback",
@@ -50,8 +52,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WEBHOOK_EVENTS = ("succeeded", "failed", "cancelled")
+WebhookEvent = Literal["succeeded", "failed", "cancelled"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("succeeded", "failed", "cancelled")
 _PREFIX = "whsec_"
+
+
+class Callback(BaseModel):
+    """Where to send a job's completion webhooks, and for which statuses."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, max_length=2000, description="https URL (allow-listed host)")
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS), min_length=1)
 
 
 def new_secret() -> str:

@@ -21,6 +21,7 @@ from app.engine.target_spec import TargetSpec
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
 from app.services.jobs.service import check_target, validate_recipe
 from app.services.sources.references import RegisterSpec, RegistryConfig, check_register
+from app.services.webhooks.outbox import Callback, check_callback
 
 __all__ = [
     "PipelineOutput",
@@ -68,14 +69,20 @@ class PipelineSpec(BaseModel):
     target: TargetSpec
     recipe: dict[str, Any] | None = None
     output: PipelineOutput = Field(default_factory=PipelineOutput)
-    callback: dict[str, Any] | None = Field(
+    callback: Callback | None = Field(
         default=None,
         description="{url, events}: each job the pipeline starts sends its signed webhooks there",
     )
 
 
 def _check(
-    session: Session, spec: PipelineSpec, *, registry: RegistryConfig, checkpoint_owner: str | None
+    session: Session,
+    spec: PipelineSpec,
+    *,
+    owner: str,
+    registry: RegistryConfig,
+    checkpoint_owner: str | None,
+    local_secret: str | None,
 ) -> None:
     register = spec.output.registration
     if register is not None and register.name == spec.trigger.model:
@@ -88,6 +95,10 @@ def _check(
     if register is not None:
         check_register(register, registry, dry_run=False)
     registry.require_mlflow("a pipeline's trigger")
+    if spec.callback is not None:  # the same check a job's callback gets, now not at each event
+        check_callback(
+            session, spec.callback.url, owner, policy=registry.policy(), local_secret=local_secret
+        )
 
 
 def _store(pipeline: Pipeline, spec: PipelineSpec) -> None:
@@ -104,6 +115,7 @@ def create_pipeline(
     owner: str,
     registry: RegistryConfig,
     checkpoint_owner: str | None,
+    local_secret: str | None = None,
 ) -> Pipeline:
     """Store a new pipeline.
 
@@ -112,11 +124,20 @@ def create_pipeline(
         InvalidJobError: it registers into its own trigger model, names an unknown checkpoint,
             or needs a registry that is not configured.
         InvalidRecipeError, InvalidTargetError: from the engine.
+        OutboundRefusedError: a callback host the allow list refuses, or no signing secret
+            (``local_secret``: GRAFT_WEBHOOK_SECRET, owner ``local``'s fallback).
     """
     repo = PipelineRepository(session)
     if repo.get(spec.name, owner=owner) is not None:
         raise ConflictError(f"a pipeline named {spec.name!r} exists; PUT replaces it")
-    _check(session, spec, registry=registry, checkpoint_owner=checkpoint_owner)
+    _check(
+        session,
+        spec,
+        owner=owner,
+        registry=registry,
+        checkpoint_owner=checkpoint_owner,
+        local_secret=local_secret,
+    )
     pipeline = Pipeline(owner=owner, name=spec.name, created_at=utcnow())
     _store(pipeline, spec)
     try:
@@ -135,6 +156,7 @@ def replace_pipeline(
     owner: str,
     registry: RegistryConfig,
     checkpoint_owner: str | None,
+    local_secret: str | None = None,
 ) -> Pipeline:
     """Replace a pipeline's definition (its name stays).
 
@@ -146,7 +168,14 @@ def replace_pipeline(
     pipeline = get_pipeline(session, name, owner=owner)
     if spec.name != name:
         raise InvalidJobError(f"name {spec.name!r} differs from the pipeline replaced ({name!r})")
-    _check(session, spec, registry=registry, checkpoint_owner=checkpoint_owner)
+    _check(
+        session,
+        spec,
+        owner=owner,
+        registry=registry,
+        checkpoint_owner=checkpoint_owner,
+        local_secret=local_secret,
+    )
     _store(pipeline, spec)
     session.flush()
     return pipeline

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="Lease renewal period.")
     poll_seconds: float = Field(default=0.5, gt=0, description="Idle worker poll period.")
     max_attempts: int = Field(default=3, ge=1, description="Claims before a job is failed.")
+    max_active_jobs_per_owner: int = Field(
+        default=32,
+        ge=1,
+        description="Queued + running jobs one owner may have; beyond it POST /v1/jobs is 429.",
+    )
     inspect_timeout_seconds: float = Field(default=120.0, gt=0)
     inspectors: int = Field(default=2, ge=1, description="Pre-started inspection processes.")
     worker_nice: int = Field(

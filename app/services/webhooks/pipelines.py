@@ -19,13 +19,14 @@ from app.db.models import Pipeline
 from app.db.repositories import CheckpointRepository, PipelineRepository
 from app.engine.target_spec import TargetSpec
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
-from app.services.jobs.service import check_target, validate_recipe
+from app.services.jobs.service import find_target_checkpoints, validate_recipe
 from app.services.sources.references import RegisterSpec, RegistryConfig, check_register
 
 __all__ = [
     "PipelineOutput",
     "PipelineSpec",
     "PipelineTrigger",
+    "check_pipeline",
     "create_pipeline",
     "delete_pipeline",
     "get_pipeline",
@@ -74,9 +75,15 @@ class PipelineSpec(BaseModel):
     )
 
 
-def _check(
-    session: Session, spec: PipelineSpec, *, registry: RegistryConfig, checkpoint_owner: str | None
-) -> None:
+def check_pipeline(spec: PipelineSpec, *, registry: RegistryConfig) -> None:
+    """Everything about a pipeline that needs no database: call it outside any transaction,
+    in a worker thread (compiling its recipe is CPU work; SPEC §5.3).
+
+    Raises:
+        InvalidJobError: it registers into its own trigger model, or needs a registry that is
+            not configured.
+        InvalidRecipeError, InvalidTargetError: from the engine.
+    """
     register = spec.output.registration
     if register is not None and register.name == spec.trigger.model:
         raise InvalidJobError(
@@ -84,10 +91,14 @@ def _check(
             "each result would start the pipeline again; register into another model"
         )
     validate_recipe(spec.recipe)
-    check_target(CheckpointRepository(session), spec.target, owner=checkpoint_owner)
+    spec.target.check()
     if register is not None:
         check_register(register, registry, dry_run=False)
     registry.require_mlflow("a pipeline's trigger")
+
+
+def _find_checkpoints(session: Session, spec: PipelineSpec, checkpoint_owner: str | None) -> None:
+    find_target_checkpoints(CheckpointRepository(session), spec.target, owner=checkpoint_owner)
 
 
 def _store(pipeline: Pipeline, spec: PipelineSpec) -> None:
@@ -102,21 +113,18 @@ def create_pipeline(
     spec: PipelineSpec,
     *,
     owner: str,
-    registry: RegistryConfig,
     checkpoint_owner: str | None,
 ) -> Pipeline:
-    """Store a new pipeline.
+    """Store a new pipeline that passed :func:`check_pipeline`: lookups and writes only.
 
     Raises:
         ConflictError: the owner already has a pipeline of that name.
-        InvalidJobError: it registers into its own trigger model, names an unknown checkpoint,
-            or needs a registry that is not configured.
-        InvalidRecipeError, InvalidTargetError: from the engine.
+        InvalidJobError: it names an unknown checkpoint.
     """
     repo = PipelineRepository(session)
     if repo.get(spec.name, owner=owner) is not None:
         raise ConflictError(f"a pipeline named {spec.name!r} exists; PUT replaces it")
-    _check(session, spec, registry=registry, checkpoint_owner=checkpoint_owner)
+    _find_checkpoints(session, spec, checkpoint_owner)
     pipeline = Pipeline(owner=owner, name=spec.name, created_at=utcnow())
     _store(pipeline, spec)
     try:
@@ -133,20 +141,19 @@ def replace_pipeline(
     spec: PipelineSpec,
     *,
     owner: str,
-    registry: RegistryConfig,
     checkpoint_owner: str | None,
 ) -> Pipeline:
-    """Replace a pipeline's definition (its name stays).
+    """Replace a pipeline's definition (its name stays) with one that passed
+    :func:`check_pipeline`.
 
     Raises:
         NotFoundError: no such pipeline of this owner.
-        InvalidJobError: the body names another pipeline, or fails :func:`create_pipeline`'s
-            checks.
+        InvalidJobError: the body names another pipeline, or an unknown checkpoint.
     """
     pipeline = get_pipeline(session, name, owner=owner)
     if spec.name != name:
         raise InvalidJobError(f"name {spec.name!r} differs from the pipeline replaced ({name!r})")
-    _check(session, spec, registry=registry, checkpoint_owner=checkpoint_owner)
+    _find_checkpoints(session, spec, checkpoint_owner)
     _store(pipeline, spec)
     session.flush()
     return pipeline

@@ -197,7 +197,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Period of `graft serve`'s reaper (lapsed leases, unreferenced blobs); 0: off.",
     )
-    max_tensors: int = Field(default=1_000_000, gt=0, description="Tensors one upload may hold.")
+    # The largest public checkpoints hold about 10^5 tensors; twice that leaves room and
+    # keeps one upload's index (and its inspection) bounded.
+    max_tensors: int = Field(default=200_000, gt=0, description="Tensors one upload may hold.")
     upload_idle_timeout_seconds: float = Field(
         default=60.0, gt=0, description="An upload that sends nothing for this long gets 408."
     )

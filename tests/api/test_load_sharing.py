@@ -108,7 +108,9 @@ def test_heavy_recipe_costs_another_owner_nothing(client, keys) -> None:  # type
 
     def heavy() -> None:
         for _ in range(4):
-            r = client.post("/v1/jobs", json=_job_body(source, HEAVY_RECIPE), headers=keys["team-a"])
+            r = client.post(
+                "/v1/jobs", json=_job_body(source, HEAVY_RECIPE), headers=keys["team-a"]
+            )
             answers.append(r.status_code)
 
     thread = threading.Thread(target=heavy)

@@ -11,6 +11,7 @@ from app.db.base import utcnow
 from app.db.models import Checkpoint, CheckpointFile, Job, JobStatus
 from app.db.repositories import CheckpointRepository, JobEnd, JobRepository
 from app.db.session import Database
+from app.services.inspection import tensor_pages
 
 
 def _checkpoint(db: Database, sha: str = "a" * 64) -> str:
@@ -31,10 +32,12 @@ def _checkpoint(db: Database, sha: str = "a" * 64) -> str:
         )
         CheckpointRepository(session).add(
             checkpoint,
-            [
-                {"key": "w", "shape": [2, 2], "dtype": "float32", "kind": "parameter"},
-                {"key": "b", "shape": [2], "dtype": "float32", "kind": "parameter"},
-            ],
+            tensor_pages(
+                [
+                    {"key": "w", "shape": [2, 2], "dtype": "float32", "kind": "parameter"},
+                    {"key": "b", "shape": [2], "dtype": "float32", "kind": "parameter"},
+                ]
+            ),
         )
         return checkpoint.id
 
@@ -48,7 +51,8 @@ def _job(db: Database, source: str, *, max_attempts: int = 3) -> str:
 
 def test_schema_comes_from_migrations(any_database: Database) -> None:
     names = set(inspect(any_database.engine).get_table_names())
-    assert {"checkpoints", "checkpoint_files", "checkpoint_tensors", "jobs", "artifacts"} <= names
+    tables = {"checkpoints", "checkpoint_files", "checkpoint_tensor_pages", "jobs", "artifacts"}
+    assert tables <= names
     assert "alembic_version" in names
 
 

@@ -168,3 +168,39 @@ def test_cancel_queued_and_running(any_database: Database) -> None:
         assert repo.heartbeat(queued, owner="w", now=now, lease_seconds=30) == (True, True)
     with any_database.transaction(write=False) as session:
         assert JobRepository(session).get(running).status == "cancelled"  # type: ignore[union-attr]
+
+
+def _owned_job(db: Database, source: str, owner: str) -> str:
+    with db.transaction() as session:
+        job = Job(owner=owner, source_id=source, target={"checkpoint": source})
+        return JobRepository(session).add(job).id
+
+
+def test_claims_go_round_robin_across_owners(any_database: Database) -> None:
+    # Issue 23: one owner's burst queued first, another owner's single job behind it.
+    cid = _checkpoint(any_database)
+    burst = [_owned_job(any_database, cid, "team-a") for _ in range(4)]
+    single = _owned_job(any_database, cid, "team-b")
+    now = utcnow()
+
+    def claim(worker: str, at: timedelta) -> str | None:
+        with any_database.transaction() as session:
+            return JobRepository(session).claim(owner=worker, now=now + at, lease_seconds=30)
+
+    def finish(job_id: str, worker: str, at: timedelta) -> None:
+        with any_database.transaction() as session:
+            end = JobEnd(status=JobStatus.succeeded, ok=True)
+            assert JobRepository(session).finish(job_id, owner=worker, now=now + at, end=end)
+
+    # One worker: team-a's oldest job runs; when it ends, team-b (never served) goes next,
+    # not the rest of the burst.
+    assert claim("w1", timedelta(seconds=1)) == burst[0]
+    finish(burst[0], "w1", timedelta(seconds=2))
+    assert claim("w1", timedelta(seconds=3)) == single
+    # Two workers: the owner with fewer running jobs is served first.
+    assert claim("w2", timedelta(seconds=4)) == burst[1]
+    finish(single, "w1", timedelta(seconds=5))
+    assert claim("w1", timedelta(seconds=6)) == burst[2]
+    with any_database.transaction(write=False) as session:
+        assert JobRepository(session).count_active("team-a") == 3
+        assert JobRepository(session).count_active("team-b") == 0

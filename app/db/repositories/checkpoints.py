@@ -66,7 +66,7 @@ class CheckpointRepository:
                 {"checkpoint_id": checkpoint.id, "start": start, "tensors": tensors}
                 for start, tensors in pages
             ]
-            self.session.connection().execute(insert(CheckpointTensorPage.__table__), rows)
+            self.session.execute(insert(CheckpointTensorPage), rows)
         return checkpoint
 
     def page(

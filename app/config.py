@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="Lease renewal period.")
     poll_seconds: float = Field(default=0.5, gt=0, description="Idle worker poll period.")
     max_attempts: int = Field(default=3, ge=1, description="Claims before a job is failed.")
+    max_active_jobs_per_owner: int = Field(
+        default=32,
+        ge=1,
+        description="Queued + running jobs one owner may have; beyond it POST /v1/jobs is 429.",
+    )
     inspect_timeout_seconds: float = Field(default=120.0, gt=0)
     inspectors: int = Field(default=2, ge=1, description="Pre-started inspection processes.")
     worker_nice: int = Field(
@@ -197,7 +202,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Period of `graft serve`'s reaper (lapsed leases, unreferenced blobs); 0: off.",
     )
-    max_tensors: int = Field(default=1_000_000, gt=0, description="Tensors one upload may hold.")
+    # The largest public checkpoints hold about 10^5 tensors; twice that leaves room and
+    # keeps one upload's index (and its inspection) bounded.
+    max_tensors: int = Field(default=200_000, gt=0, description="Tensors one upload may hold.")
     upload_idle_timeout_seconds: float = Field(
         default=60.0, gt=0, description="An upload that sends nothing for this long gets 408."
     )

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from app.api.access import AccessMiddleware
 from app.api.app_context import open_context
 from app.api.app_loops import background_loops
+from app.api.body_deadline import BodyDeadlineMiddleware
 from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
 from app.api.idempotency import IdempotencyMiddleware
 from app.api.routes import (
@@ -26,6 +27,7 @@ from app.api.routes import (
     webhooks,
 )
 from app.api.routes.web import install_web
+from app.api.uploads import UploadPace
 from app.config import Settings, get_settings
 from app.net.outbound import OutboundPolicy
 
@@ -72,6 +74,8 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     # before the idempotency layer reads the owner and hashes the body.
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(AccessMiddleware, max_body_bytes=settings.max_json_bytes)
+    # Outermost: every body, read by whichever layer, has the uploads' deadline (SPEC §5.3).
+    app.add_middleware(BodyDeadlineMiddleware, pace=UploadPace.from_settings(settings))
     app.include_router(health.router)
     app.include_router(auth.router)
     for module in (checkpoints, jobs, plans, pipelines, hooks, webhooks):

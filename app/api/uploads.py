@@ -29,6 +29,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from app.config import Settings
 from app.services.errors import (
     BadRequestError,
     TooManyUploadsError,
@@ -114,7 +115,7 @@ class UploadSlots:
 
 @dataclass(frozen=True)
 class UploadPace:
-    """How slow an upload may be.
+    """How slow a request body may be: uploads, and every other body (``BodyDeadline``).
 
     Attributes:
         idle_timeout: seconds without a chunk before the upload is abandoned (None: wait).
@@ -125,6 +126,36 @@ class UploadPace:
     idle_timeout: float | None = None
     min_rate: float = 0.0
     grace: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadPace:
+        return cls(
+            idle_timeout=settings.upload_idle_timeout_seconds,
+            min_rate=settings.upload_min_bytes_per_second,
+            grace=settings.upload_rate_grace_seconds,
+        )
+
+    def wait(self, elapsed: float, received: int) -> float | None:
+        """How long to wait for the next chunk, ``elapsed`` seconds and ``received`` bytes
+        into the body (None: for ever)."""
+        wait = self.idle_timeout
+        if self.min_rate > 0:
+            # The moment the average would fall under the floor if nothing more arrived.
+            due = max(self.grace, received / self.min_rate) - elapsed
+            wait = max(due, 0.001) if wait is None else min(wait, max(due, 0.001))
+        return wait
+
+    def refusal(self, elapsed: float, received: int, waited: float | None) -> UploadTimeoutError:
+        """The 408 for a body whose wait of ``waited`` seconds ran out."""
+        if self.idle_timeout is not None and waited == self.idle_timeout:
+            return UploadTimeoutError(
+                f"no data received for {self.idle_timeout:g} s; the request body was abandoned"
+            )
+        return UploadTimeoutError(
+            f"the request body averaged {received / max(elapsed, 0.001):.0f} bytes/s after "
+            f"{elapsed:.0f} s; at least {self.min_rate:.0f} are needed "
+            "(GRAFT_UPLOAD_MIN_BYTES_PER_SECOND)"
+        )
 
 
 def _too_large(limit: int) -> UploadTooLargeError:
@@ -171,25 +202,13 @@ async def _chunks(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
     started = time.monotonic()
     received = 0
     while True:
-        wait = pace.idle_timeout
-        if pace.min_rate > 0:
-            # The moment the average would fall under the floor if nothing more arrived.
-            due = started + max(pace.grace, received / pace.min_rate) - time.monotonic()
-            wait = max(due, 0.001) if wait is None else min(wait, max(due, 0.001))
+        wait = pace.wait(time.monotonic() - started, received)
         try:
             chunk = await asyncio.wait_for(anext(stream), wait)
         except StopAsyncIteration:
             return
         except TimeoutError:
-            elapsed = time.monotonic() - started
-            if pace.idle_timeout is not None and wait == pace.idle_timeout:
-                raise UploadTimeoutError(
-                    f"no data received for {pace.idle_timeout:g} s; the upload was abandoned"
-                ) from None
-            raise UploadTimeoutError(
-                f"the upload averaged {received / elapsed:.0f} bytes/s after {elapsed:.0f} s; "
-                f"at least {pace.min_rate:.0f} are needed (GRAFT_UPLOAD_MIN_BYTES_PER_SECOND)"
-            ) from None
+            raise pace.refusal(time.monotonic() - started, received, wait) from None
         received += len(chunk)
         yield chunk
 

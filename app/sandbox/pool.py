@@ -53,6 +53,9 @@ class ChildLostError(InternalError):
         super().__init__("the sandbox process died during the call")
 
 
+_INLINE_ANSWER_BYTES = 256 * 1024
+
+
 class _Child:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -66,7 +69,12 @@ class _Child:
         line = await stdout.readline()
         if not line:
             raise EOFError("pooled child exited")
-        answer: dict[str, Any] = json.loads(line)
+        # A large answer (a 200,000-tensor header's summary is tens of MB) is decoded off the
+        # event loop, which would otherwise stall every other request for seconds.
+        if len(line) > _INLINE_ANSWER_BYTES:
+            answer: dict[str, Any] = await asyncio.to_thread(json.loads, line)
+        else:
+            answer = json.loads(line)
         return answer
 
     def kill(self) -> None:

@@ -11,9 +11,10 @@ from anyio import to_thread
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import LOCAL_OWNER, Checkpoint, CheckpointFile, CheckpointTensor
-from app.db.repositories import CheckpointRepository
+from app.db.models import LOCAL_OWNER, Checkpoint, CheckpointFile
+from app.db.repositories import CheckpointRepository, TensorRow
 from app.services.errors import ConflictError, NotFoundError
+from app.services.inspection import tensor_pages
 from app.services.inspector import InspectorPool
 from app.storage import BlobStore, StagedFile
 
@@ -87,6 +88,10 @@ def publish_checkpoint(
     # fsyncs, and content-addressed blobs are idempotent (a duplicate publishes nothing new).
     for staged in files:
         store.publish(staged.path, staged.sha256)
+    pages = summary.get("tensor_pages")
+    count = summary.get("tensor_count")
+    if pages is None:  # a summary inspected unpaged (a source fetched by a worker)
+        pages, count = tensor_pages(summary.get("tensors", [])), len(summary.get("tensors", []))
     repo = CheckpointRepository(session)
     named = [(f.name, f.sha256) for f in files]
     digest = checkpoint_digest(named)
@@ -102,7 +107,7 @@ def publish_checkpoint(
         format=summary["format"],
         entry=summary.get("entry"),
         stripped_prefix=summary.get("stripped_prefix"),
-        tensors=int(totals.get("tensors", len(summary.get("tensors", [])))),
+        tensors=int(totals.get("tensors", count)),
         elements=int(totals.get("elements", 0)),
         bytes=int(totals.get("bytes", 0)),
         by_dtype=totals.get("by_dtype", {}),
@@ -114,7 +119,7 @@ def publish_checkpoint(
     )
     try:
         with session.begin_nested():
-            repo.add(checkpoint, summary.get("tensors", []))
+            repo.add(checkpoint, pages)
     except IntegrityError:
         # A concurrent upload of the same bytes won (PostgreSQL; SQLite serialises writers).
         existing = repo.get_by_sha256(digest, owner=owner)
@@ -148,7 +153,7 @@ async def register_upload(
         GraftError: the engine refused the file; nothing is stored.
     """
     summary = await inspector.inspect(
-        [f.path for f in files], names=[f.name for f in files], entry=entry
+        [f.path for f in files], names=[f.name for f in files], entry=entry, paged=True
     )
     return await to_thread.run_sync(
         lambda: publish_checkpoint(session, store, files, summary, owner=owner)
@@ -174,7 +179,7 @@ def list_checkpoints(
 
 def list_tensors(
     session: Session, checkpoint_id: str, *, offset: int, limit: int, owner: str | None
-) -> tuple[list[CheckpointTensor], int]:
+) -> tuple[list[TensorRow], int]:
     get_checkpoint(session, checkpoint_id, owner=owner)
     return CheckpointRepository(session).tensors(checkpoint_id, offset=offset, limit=limit)
 

@@ -15,6 +15,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "ServiceError",
+    "TooManyJobsError",
     "TooManyRangesError",
     "TooManyUploadsError",
     "UploadTimeoutError",
@@ -62,6 +63,14 @@ class TooManyUploadsError(ServiceError):
     type = "too-many-uploads"
     status = 429
     title = "Too many uploads"
+
+
+class TooManyJobsError(ServiceError):
+    """The owner's cap on queued + running jobs (SPEC §5.3); carries ``Retry-After``."""
+
+    type = "too-many-jobs"
+    status = 429
+    title = "Too many active jobs"
 
 
 class UploadTimeoutError(ServiceError):

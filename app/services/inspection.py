@@ -8,6 +8,7 @@ source by reference). They import the engine alone, so a child pays no other imp
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,16 @@ from app.engine.errors import GraftError, UnreadableCheckpointError
 from app.errors import InternalError
 from app.sandbox.runner import describe_failure, failure_answer
 
-__all__ = ["architectures_in_child", "bind_in_child", "inspect_in_child"]
+__all__ = [
+    "TENSOR_PAGE",
+    "architectures_in_child",
+    "bind_in_child",
+    "inspect_in_child",
+    "tensor_pages",
+]
+
+# Tensors per stored page of a checkpoint's index (one compact record each).
+TENSOR_PAGE = 1000
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +82,30 @@ def _summary(payload: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def tensor_pages(tensors: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """A tensor list as the pages a checkpoint's index is stored in: ``(start, JSON of
+    [[key, shape, dtype, kind], ...])``. Serialised here, never under the write lock."""
+    return [
+        (
+            start,
+            json.dumps(
+                [
+                    [t["key"], list(t["shape"]), t["dtype"], t["kind"]]
+                    for t in tensors[start : start + TENSOR_PAGE]
+                ],
+                separators=(",", ":"),
+            ),
+        )
+        for start in range(0, len(tensors), TENSOR_PAGE)
+    ]
+
+
 def inspect_in_child(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
     """Inspect ``payload["files"]`` (``names``, ``entry``, ``max_tensors`` optional).
+
+    With ``payload["paged"]``, the summary's ``tensors`` come as ``tensor_pages`` (see
+    :func:`tensor_pages`) and their number as ``tensor_count``: a few hundred strings
+    decode in milliseconds in the API, 200,000 objects in seconds with the GIL held.
 
     Returns:
         ``{"ok": True, "result": summary}`` or ``{"ok": False, "type", "message"}``: a
@@ -101,4 +133,8 @@ def inspect_in_child(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
             "message": f"the checkpoint holds {len(summary['tensors'])} tensors; "
             f"this service accepts at most {cap} (GRAFT_MAX_TENSORS)",
         }
+    if payload.get("paged"):
+        tensors = summary.pop("tensors")
+        summary["tensor_count"] = len(tensors)
+        summary["tensor_pages"] = tensor_pages(tensors)
     return {"ok": True, "result": summary}

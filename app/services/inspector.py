@@ -95,7 +95,12 @@ class InspectorPool:
             raise UnreadableCheckpointError(f"cannot read: {exc.message}") from exc
 
     async def inspect(
-        self, files: list[Path], *, names: list[str] | None = None, entry: str = "auto"
+        self,
+        files: list[Path],
+        *,
+        names: list[str] | None = None,
+        entry: str = "auto",
+        paged: bool = False,
     ) -> dict[str, Any]:
         """Describe a checkpoint (one file, or the files of a sharded set).
 
@@ -104,6 +109,8 @@ class InspectorPool:
             names: the names they were uploaded with (default: their own), so a sharded
                 set's index can name its shards whatever they are staged as.
             entry: which dict holds the weights (SPEC §1).
+            paged: the tensors as stored pages (``tensor_pages``, ``tensor_count``), for a
+                record; not as a list.
 
         Returns:
             The engine's ``inspect_source`` summary.
@@ -116,6 +123,7 @@ class InspectorPool:
             "names": names or [p.name for p in files],
             "entry": entry,
             "max_tensors": self.max_tensors,
+            "paged": paged,
         }
         with self._refusing():
             answer = await self.pool.call(inspect_in_child, payload, budget=self.memory_budget)

@@ -11,6 +11,7 @@ from app.db.base import utcnow
 from app.db.models import Checkpoint, CheckpointFile, Job, JobStatus
 from app.db.repositories import CheckpointRepository, JobEnd, JobRepository
 from app.db.session import Database
+from app.services.inspection import tensor_pages
 
 
 def _checkpoint(db: Database, sha: str = "a" * 64) -> str:
@@ -31,10 +32,12 @@ def _checkpoint(db: Database, sha: str = "a" * 64) -> str:
         )
         CheckpointRepository(session).add(
             checkpoint,
-            [
-                {"key": "w", "shape": [2, 2], "dtype": "float32", "kind": "parameter"},
-                {"key": "b", "shape": [2], "dtype": "float32", "kind": "parameter"},
-            ],
+            tensor_pages(
+                [
+                    {"key": "w", "shape": [2, 2], "dtype": "float32", "kind": "parameter"},
+                    {"key": "b", "shape": [2], "dtype": "float32", "kind": "parameter"},
+                ]
+            ),
         )
         return checkpoint.id
 
@@ -48,7 +51,8 @@ def _job(db: Database, source: str, *, max_attempts: int = 3) -> str:
 
 def test_schema_comes_from_migrations(any_database: Database) -> None:
     names = set(inspect(any_database.engine).get_table_names())
-    assert {"checkpoints", "checkpoint_files", "checkpoint_tensors", "jobs", "artifacts"} <= names
+    tables = {"checkpoints", "checkpoint_files", "checkpoint_tensor_pages", "jobs", "artifacts"}
+    assert tables <= names
     assert "alembic_version" in names
 
 
@@ -164,3 +168,39 @@ def test_cancel_queued_and_running(any_database: Database) -> None:
         assert repo.heartbeat(queued, owner="w", now=now, lease_seconds=30) == (True, True)
     with any_database.transaction(write=False) as session:
         assert JobRepository(session).get(running).status == "cancelled"  # type: ignore[union-attr]
+
+
+def _owned_job(db: Database, source: str, owner: str) -> str:
+    with db.transaction() as session:
+        job = Job(owner=owner, source_id=source, target={"checkpoint": source})
+        return JobRepository(session).add(job).id
+
+
+def test_claims_go_round_robin_across_owners(any_database: Database) -> None:
+    # Issue 23: one owner's burst queued first, another owner's single job behind it.
+    cid = _checkpoint(any_database)
+    burst = [_owned_job(any_database, cid, "team-a") for _ in range(4)]
+    single = _owned_job(any_database, cid, "team-b")
+    now = utcnow()
+
+    def claim(worker: str, at: timedelta) -> str | None:
+        with any_database.transaction() as session:
+            return JobRepository(session).claim(owner=worker, now=now + at, lease_seconds=30)
+
+    def finish(job_id: str, worker: str, at: timedelta) -> None:
+        with any_database.transaction() as session:
+            end = JobEnd(status=JobStatus.succeeded, ok=True)
+            assert JobRepository(session).finish(job_id, owner=worker, now=now + at, end=end)
+
+    # One worker: team-a's oldest job runs; when it ends, team-b (never served) goes next,
+    # not the rest of the burst.
+    assert claim("w1", timedelta(seconds=1)) == burst[0]
+    finish(burst[0], "w1", timedelta(seconds=2))
+    assert claim("w1", timedelta(seconds=3)) == single
+    # Two workers: the owner with fewer running jobs is served first.
+    assert claim("w2", timedelta(seconds=4)) == burst[1]
+    finish(single, "w1", timedelta(seconds=5))
+    assert claim("w1", timedelta(seconds=6)) == burst[2]
+    with any_database.transaction(write=False) as session:
+        assert JobRepository(session).count_active("team-a") == 3
+        assert JobRepository(session).count_active("team-b") == 0

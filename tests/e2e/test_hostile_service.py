@@ -53,6 +53,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         GRAFT_SANDBOX_FILE_BYTES=str(FILE_LIMIT),
         GRAFT_SANDBOX_ADDRESS_SPACE_BYTES=str(4 * 1024**3),
         GRAFT_UPLOAD_IDLE_TIMEOUT_SECONDS="1",
+        GRAFT_UPLOAD_RATE_GRACE_SECONDS="2",
         GRAFT_ORPHAN_GRACE_SECONDS="0",
         # 20 stalled uploads of one owner below: each must reach its idle timeout, none 429.
         GRAFT_MAX_UPLOADS_PER_OWNER="32",
@@ -133,6 +134,40 @@ def test_slow_uploads_time_out_and_do_not_block_others(limited: Server) -> None:
         for sock in sockets:
             sock.close()
     settled(lambda: assert_consistent(limited.root))
+
+
+@pytest.mark.parametrize("path", ["/v1/hooks/mlflow", "/v1/jobs"])
+def test_a_trickled_body_gets_408_and_a_closed_connection(limited: Server, path: str) -> None:
+    # Issue 23: Content-Length 100000, then one byte at a time, never idle for the 1 s idle
+    # timeout; anonymous (the hook) or not (a job). Past the 2 s grace the average is far
+    # under GRAFT_UPLOAD_MIN_BYTES_PER_SECOND: 408, and the server closes the connection.
+    sock = socket.create_connection(("127.0.0.1", limited.port))
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+        + b"Content-Length: 100000\r\n\r\n{"
+    )
+    started = time.monotonic()
+    sock.settimeout(0.4)
+    answer = b""
+    try:
+        while time.monotonic() - started < 30:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                if not answer:
+                    sock.sendall(b" ")  # one byte every 0.4 s, until the server answers
+                continue
+            except ConnectionResetError:
+                chunk = b""  # our last byte crossed the server's close
+            if not chunk:
+                break  # closed by the server
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+        assert b'"type":"upload-timeout"' in answer
+        assert b"connection: close" in answer.lower()
+        assert time.monotonic() - started < 20  # the attack was still open after 21 s
+    finally:
+        sock.close()
 
 
 def test_kill_9_of_the_api_mid_upload(tmp_path: Path) -> None:

@@ -81,11 +81,7 @@ async def upload_checkpoint(
 ) -> CheckpointPublic:
     """Upload a checkpoint: multipart `file` part(s), or the raw body with `?filename=`."""
     slots = app_context(request).uploads
-    pace = UploadPace(
-        idle_timeout=settings.upload_idle_timeout_seconds,
-        min_rate=settings.upload_min_bytes_per_second,
-        grace=settings.upload_rate_grace_seconds,
-    )
+    pace = UploadPace.from_settings(settings)
     with store.workdir() as workdir:
         # The slot covers receiving the body only: inspection has its own queue.
         with slots.claim(principal.owner):

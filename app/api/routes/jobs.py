@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterator
@@ -53,6 +54,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         413: problem("a body over GRAFT_MAX_JSON_BYTES, too deep, or too large a skeleton"),
+        429: problem("the owner has GRAFT_MAX_ACTIVE_JOBS_PER_OWNER queued or running jobs"),
         422: problem(
             "invalid recipe (names the rule), unknown checkpoint, unusable reference or alias, "
             "or a source host not allowed (outbound-refused)"
@@ -77,23 +79,30 @@ async def create_job(
         getattr(body.target, "skeleton", None), max_tensors=settings.max_skeleton_tensors
     )
     await check_target_architecture(body.target, inspector, settings)  # before queueing
+    request = service.JobRequest(
+        source=body.source,
+        target=body.target,
+        recipe=body.recipe,
+        output_format=body.output.format,
+        output_dtype=body.output.dtype,
+        dry_run=body.dry_run,
+        owner=principal.owner,
+        checkpoint_owner=principal.scope_owner,
+        register=body.output.registration,
+        device=body.device,
+    )
+    # Compiled and checked before the write session's first statement (which takes the lock).
+    checked = await to_thread.run_sync(
+        functools.partial(
+            service.check_job, request, registry=RegistryConfig.from_settings(settings)
+        )
+    )
     job = await in_write_thread(
         service.create_job,
         session,
-        service.JobRequest(
-            source=body.source,
-            target=body.target,
-            recipe=body.recipe,
-            output_format=body.output.format,
-            output_dtype=body.output.dtype,
-            dry_run=body.dry_run,
-            owner=principal.owner,
-            checkpoint_owner=principal.scope_owner,
-            register=body.output.registration,
-            device=body.device,
-        ),
+        checked,
         max_attempts=settings.max_attempts,
-        registry=RegistryConfig.from_settings(settings),
+        max_active=settings.max_active_jobs_per_owner,
         hooks=service.JobHooks(
             outbound=outbound,
             local_secret=local_webhook_secret(settings),

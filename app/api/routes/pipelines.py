@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, Body, Query, Response, status
 
 from app.api.deps import (
@@ -19,6 +21,7 @@ from app.api.deps import (
 )
 from app.api.errors import problem
 from app.api.schemas import PipelinePublic, PipelinesPublic
+from app.config import Settings
 from app.services.sources.references import RegistryConfig
 from app.services.webhooks import pipelines as service
 from app.services.webhooks.pipelines import PipelineSpec
@@ -47,12 +50,12 @@ async def create_pipeline(
 ) -> PipelinePublic:
     """Store a pipeline: each matching MLflow event starts one job as its owner."""
     await check_target_architecture(body.target, inspector, settings)
+    await _check(body, settings)
     pipeline = await in_write_thread(
         service.create_pipeline,
         session,
         body,
         owner=principal.owner,
-        registry=RegistryConfig.from_settings(settings),
         checkpoint_owner=principal.scope_owner,
         local_secret=local_webhook_secret(settings),
     )
@@ -89,13 +92,13 @@ async def replace_pipeline(
 ) -> PipelinePublic:
     """Replace a pipeline's definition."""
     await check_target_architecture(body.target, inspector, settings)
+    await _check(body, settings)
     pipeline = await in_write_thread(
         service.replace_pipeline,
         session,
         name,
         body,
         owner=principal.owner,
-        registry=RegistryConfig.from_settings(settings),
         checkpoint_owner=principal.scope_owner,
         local_secret=local_webhook_secret(settings),
     )
@@ -106,3 +109,10 @@ async def replace_pipeline(
 async def delete_pipeline(name: str, principal: WritePrincipal, session: WriteSession) -> Response:
     await in_write_thread(service.delete_pipeline, session, name, owner=principal.owner)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _check(spec: PipelineSpec, settings: Settings) -> None:
+    """The pipeline's checks that need no database, in a thread, before the write session's
+    first statement takes the lock (SPEC §5.3)."""
+    registry = RegistryConfig.from_settings(settings)
+    await to_thread.run_sync(functools.partial(service.check_pipeline, spec, registry=registry))

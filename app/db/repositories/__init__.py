@@ -6,7 +6,7 @@ unit of work commits.
 
 from app.db.repositories.api_keys import ApiKeyRepository
 from app.db.repositories.artifacts import ArtifactRepository
-from app.db.repositories.checkpoints import CheckpointRepository
+from app.db.repositories.checkpoints import CheckpointRepository, TensorRow
 from app.db.repositories.events import JobEventRepository
 from app.db.repositories.idempotency import IdempotencyRepository
 from app.db.repositories.jobs import JobClaim, JobEnd, JobRepository
@@ -25,6 +25,7 @@ __all__ = [
     "JobEventRepository",
     "JobRepository",
     "PipelineRepository",
+    "TensorRow",
     "WebhookRepository",
     "WorkerRepository",
 ]

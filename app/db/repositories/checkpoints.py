@@ -5,10 +5,11 @@ Repositories flush; the caller's unit of work commits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -16,12 +17,22 @@ from app.db.models import (
     Artifact,
     Checkpoint,
     CheckpointFile,
-    CheckpointTensor,
+    CheckpointTensorPage,
     Job,
 )
 from app.db.repositories._page import page
 
-__all__ = ["CheckpointRepository"]
+__all__ = ["CheckpointRepository", "TensorRow"]
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    """One tensor of a checkpoint's index."""
+
+    key: str
+    shape: list[int]
+    dtype: str
+    kind: str
 
 
 class CheckpointRepository:
@@ -39,22 +50,23 @@ class CheckpointRepository:
             select(Checkpoint).where(Checkpoint.sha256 == sha256, Checkpoint.owner == owner)
         ).first()
 
-    def add(self, checkpoint: Checkpoint, tensors: Sequence[dict[str, Any]]) -> Checkpoint:
-        """Insert a checkpoint (with its files attached) and its tensor list."""
+    def add(self, checkpoint: Checkpoint, pages: Sequence[tuple[int, str]]) -> Checkpoint:
+        """Insert a checkpoint (with its files attached) and its tensor index.
+
+        Args:
+            checkpoint: the record, files attached.
+            pages: ``(start, JSON of [[key, shape, dtype, kind], ...])``, in order, built
+                before the transaction began
+                (:func:`app.services.inspection.tensor_pages`).
+        """
         self.session.add(checkpoint)
         self.session.flush()
-        self.session.add_all(
-            CheckpointTensor(
-                checkpoint_id=checkpoint.id,
-                position=i,
-                key=t["key"],
-                shape=list(t["shape"]),
-                dtype=t["dtype"],
-                kind=t["kind"],
-            )
-            for i, t in enumerate(tensors)
-        )
-        self.session.flush()
+        if pages:  # one executemany of compact pages, not an ORM object per tensor
+            rows = [
+                {"checkpoint_id": checkpoint.id, "start": start, "tensors": tensors}
+                for start, tensors in pages
+            ]
+            self.session.execute(insert(CheckpointTensorPage), rows)
         return checkpoint
 
     def page(
@@ -70,12 +82,33 @@ class CheckpointRepository:
 
     def tensors(
         self, checkpoint_id: str, *, offset: int, limit: int
-    ) -> tuple[list[CheckpointTensor], int]:
-        where = [CheckpointTensor.checkpoint_id == checkpoint_id]
-        order = (CheckpointTensor.position,)
-        return page(
-            self.session, CheckpointTensor, where=where, order_by=order, offset=offset, limit=limit
+    ) -> tuple[list[TensorRow], int]:
+        """One page of a checkpoint's tensors, in checkpoint order, and how many it holds."""
+        pages = CheckpointTensorPage
+        last = self.session.execute(
+            select(pages.start, pages.tensors)
+            .where(pages.checkpoint_id == checkpoint_id)
+            .order_by(pages.start.desc())
+            .limit(1)
+        ).first()
+        count = last.start + len(json.loads(last.tensors)) if last is not None else 0
+        first = (
+            select(func.max(pages.start))
+            .where(pages.checkpoint_id == checkpoint_id, pages.start <= offset)
+            .scalar_subquery()
         )
+        stored = self.session.execute(
+            select(pages.start, pages.tensors)
+            .where(pages.checkpoint_id == checkpoint_id, pages.start >= first)
+            .where(pages.start < offset + limit)
+            .order_by(pages.start)
+        )
+        rows: list[TensorRow] = []
+        for start, tensors in stored:
+            for i, (key, shape, dtype, kind) in enumerate(json.loads(tensors), start):
+                if offset <= i < offset + limit:
+                    rows.append(TensorRow(key, shape, dtype, kind))
+        return rows, count
 
     def in_use(self, checkpoint_id: str) -> bool:
         """Whether a queued or running job reads this checkpoint."""

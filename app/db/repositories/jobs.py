@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from app.db.models import (
     Job,
@@ -166,12 +166,12 @@ class JobRepository:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     @staticmethod
-    def _claimable(now: datetime) -> ColumnElement[bool]:
+    def _claimable(now: datetime, job: Any = Job) -> ColumnElement[bool]:
         return and_(
-            Job.attempts < Job.max_attempts,
+            job.attempts < job.max_attempts,
             or_(
-                Job.status == JobStatus.queued,
-                and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
+                job.status == JobStatus.queued,
+                and_(job.status == JobStatus.running, job.lease_expires_at < now),
             ),
         )
 
@@ -181,17 +181,33 @@ class JobRepository:
         lapsed = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
         return bool(self.session.scalar(select(exists().where(or_(self._claimable(now), lapsed)))))
 
+    def count_active(self, owner: str) -> int:
+        """The owner's queued and running jobs (the per-owner cap counts these)."""
+        active = (JobStatus.queued, JobStatus.running)
+        return int(
+            self.session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.owner == owner, Job.status.in_(active))
+            )
+            or 0
+        )
+
     def claim(self, *, owner: str, now: datetime, lease_seconds: float) -> str | None:
-        """Take the oldest claimable job in one UPDATE. Returns its id, or None.
+        """Take the next claimable job, round-robin across owners, in one UPDATE. Returns its
+        id, or None.
 
         Claimable: queued, or running with a lapsed lease (its worker died) and attempts
-        left. The condition is repeated in the outer WHERE so that, on PostgreSQL, a
-        concurrent claimer that lost the race updates nothing; SKIP LOCKED keeps them apart.
+        left. The next owner served is the one with the fewest running jobs, then the one
+        served longest ago (never served first); that owner's oldest claimable job is taken.
+        So one owner's burst never starves another's single job (SPEC §5.3). The condition
+        is repeated in the outer WHERE so that, on PostgreSQL, a concurrent claimer that lost
+        the race updates nothing; SKIP LOCKED keeps them apart.
         """
         claimable = self._claimable(now)
         candidate = (
             select(Job.id)
-            .where(claimable)
+            .where(claimable, Job.owner == _next_owner(now))
             .order_by(Job.created_at, Job.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -358,6 +374,33 @@ class JobClaim:
 
     kind: Literal["claimed", "busy", "gone"]
     retry_in: float = 0.0
+
+
+def _next_owner(now: datetime) -> Any:
+    """The owner whose turn it is among those with claimable jobs: fewest running jobs, then
+    least recently served (the latest start of any of its jobs; never served first)."""
+    waiting, other = aliased(Job), aliased(Job)
+    running = (
+        select(func.count())
+        .select_from(other)
+        .where(other.owner == waiting.owner, other.status == JobStatus.running)
+        .correlate(waiting)
+        .scalar_subquery()
+    )
+    served = (
+        select(func.max(other.started_at))
+        .where(other.owner == waiting.owner)
+        .correlate(waiting)
+        .scalar_subquery()
+    )
+    return (
+        select(waiting.owner)
+        .where(JobRepository._claimable(now, waiting))
+        .group_by(waiting.owner)
+        .order_by(running, served.is_not(None), served, func.min(waiting.created_at))
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def _claim_values(owner: str, now: datetime, lease_seconds: float) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from app.db.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
 from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
-from app.services.errors import ConflictError, InvalidJobError, NotFoundError
+from app.services.errors import ConflictError, InvalidJobError, NotFoundError, TooManyJobsError
 from app.services.jobs.events import record_status
 from app.services.sources.references import (
     RegisterSpec,
@@ -26,17 +26,25 @@ from app.services.webhooks.outbox import check_callback
 from app.storage import BlobStore
 
 __all__ = [
+    "ACTIVE_JOBS_RETRY_AFTER",
+    "CheckedJob",
     "JobHooks",
     "JobRequest",
     "cancel_job",
+    "check_active_jobs",
+    "check_job",
     "check_target",
     "create_job",
+    "find_target_checkpoints",
     "get_artifact",
     "get_job",
     "list_jobs",
     "read_report",
     "validate_recipe",
 ]
+
+# Seconds a client over its active-job cap is told to wait: about one small job's run.
+ACTIVE_JOBS_RETRY_AFTER = 30
 
 
 def validate_recipe(recipe: dict[str, Any] | None) -> None:
@@ -50,6 +58,23 @@ def validate_recipe(recipe: dict[str, Any] | None) -> None:
     load_recipe(recipe)
 
 
+def find_target_checkpoints(
+    checkpoints: CheckpointRepository, target: TargetSpec, *, owner: str | None
+) -> list[Checkpoint]:
+    """The checkpoints a (checked) target spec names (``owner``'s, unless None).
+
+    Raises:
+        InvalidJobError: an unknown (or another owner's) checkpoint.
+    """
+    found = []
+    for ref in target.checkpoint_refs():
+        checkpoint = checkpoints.get(ref, owner=owner)
+        if checkpoint is None:
+            raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
+        found.append(checkpoint)
+    return found
+
+
 def check_target(
     checkpoints: CheckpointRepository, target: TargetSpec, *, owner: str | None
 ) -> list[Checkpoint]:
@@ -60,13 +85,7 @@ def check_target(
         InvalidJobError: an unknown (or another owner's) checkpoint.
     """
     target.check()
-    found = []
-    for ref in target.checkpoint_refs():
-        checkpoint = checkpoints.get(ref, owner=owner)
-        if checkpoint is None:
-            raise InvalidJobError(f"target.checkpoint: no checkpoint with id {ref!r}")
-        found.append(checkpoint)
-    return found
+    return find_target_checkpoints(checkpoints, target, owner=owner)
 
 
 @dataclass(frozen=True)
@@ -100,46 +119,83 @@ class JobRequest:
     device: str = "auto"
 
 
+@dataclass(frozen=True)
+class CheckedJob:
+    """A :class:`JobRequest` whose recipe, target, source and register passed
+    :func:`check_job`; only this goes into :func:`create_job`'s transaction.
+
+    Attributes:
+        request: the request, unchanged.
+    """
+
+    request: JobRequest
+
+
+def check_job(request: JobRequest, *, registry: RegistryConfig | None = None) -> CheckedJob:
+    """Everything about a job that needs no database: call it outside any transaction, in a
+    worker thread (compiling a recipe's regexes is CPU work; SPEC §5.3, no work under the
+    write lock).
+
+    Args:
+        request: what to convert, for whom.
+        registry: the configured registry and outbound allow list (for references).
+
+    Raises:
+        InvalidJobError: a reference or register request that cannot work (reserved alias,
+            no registry configured).
+        OutboundRefusedError: a source host the allow list does not admit (nothing connected).
+        InvalidRecipeError: from the engine, naming the rule.
+        InvalidTargetError: from the engine, naming the skeleton entry.
+    """
+    registry = registry or RegistryConfig()
+    if isinstance(request.source, SourceRef):
+        check_source_ref(request.source, registry)
+    if request.register is not None:
+        check_register(request.register, registry, dry_run=request.dry_run)
+    validate_recipe(request.recipe)
+    request.target.check()
+    return CheckedJob(request)
+
+
 def create_job(
     session: Session,
-    request: JobRequest,
+    checked: CheckedJob,
     *,
     max_attempts: int,
-    registry: RegistryConfig | None = None,
+    max_active: int | None = None,
     hooks: JobHooks | None = None,
 ) -> Job:
-    """Validate and queue a conversion. Workers pick it up once the caller commits.
+    """Queue a checked conversion: only lookups and writes. Workers pick it up once the
+    caller commits.
 
     Args:
         session: the unit of work; the caller commits.
-        request: what to convert, for whom.
+        checked: what to convert, for whom, from :func:`check_job`.
         max_attempts: how many times a worker may claim it (GRAFT_MAX_ATTEMPTS).
-        registry: the configured registry and outbound allow list (for references).
+        max_active: the owner's cap on queued + running jobs (None: no cap).
         hooks: its callback and the allow list it must pass.
 
     Returns:
         The queued job.
 
     Raises:
-        InvalidJobError: an unknown (or another owner's) checkpoint; a reference or register
-            request that cannot work (reserved alias, no registry configured).
-        OutboundRefusedError: a source host the allow list does not admit (nothing connected).
-        InvalidRecipeError: from the engine, naming the rule.
-        InvalidTargetError: from the engine, naming the skeleton entry.
+        InvalidJobError: an unknown (or another owner's) checkpoint.
+        TooManyJobsError: the owner already has ``max_active`` queued or running jobs.
         OutboundRefusedError: a callback host off the allow list, or no signing secret.
     """
+    request = checked.request
     source, register, owner = request.source, request.register, request.owner
     checkpoint_owner = request.checkpoint_owner
     checkpoints = CheckpointRepository(session)
-    registry = registry or RegistryConfig()
-    if isinstance(source, SourceRef):
-        check_source_ref(source, registry)
-    elif checkpoints.get(source, owner=checkpoint_owner) is None:
+    jobs = JobRepository(session)
+    if max_active is not None:
+        check_active_jobs(jobs, owner, max_active=max_active)
+    if (
+        not isinstance(source, SourceRef)
+        and checkpoints.get(source, owner=checkpoint_owner) is None
+    ):
         raise InvalidJobError(f"source: no checkpoint with id {source!r}; upload it first")
-    if register is not None:
-        check_register(register, registry, dry_run=request.dry_run)
-    validate_recipe(request.recipe)
-    templates = check_target(checkpoints, request.target, owner=checkpoint_owner)
+    templates = find_target_checkpoints(checkpoints, request.target, owner=checkpoint_owner)
     job = Job(
         owner=owner,
         source_id=source if isinstance(source, str) else None,
@@ -164,9 +220,25 @@ def create_job(
             local_secret=hooks.local_secret,
         )
         job.callback = hooks.callback
-    JobRepository(session).add(job)
+    jobs.add(job)
     record_status(session, job)
     return job
+
+
+def check_active_jobs(jobs: JobRepository, owner: str, *, max_active: int) -> None:
+    """Refuse a job beyond the owner's cap on queued + running jobs (SPEC §5.3).
+
+    Raises:
+        TooManyJobsError: 429 with ``Retry-After``.
+    """
+    active = jobs.count_active(owner)
+    if active >= max_active:
+        raise TooManyJobsError(
+            f"owner {owner!r} has {active} queued or running jobs, the most allowed "
+            f"(GRAFT_MAX_ACTIVE_JOBS_PER_OWNER={max_active}); retry when some have finished",
+            headers={"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER)},
+            limit=max_active,
+        )
 
 
 @dataclass(frozen=True)

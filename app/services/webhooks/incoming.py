@@ -28,7 +28,7 @@ from app.db.repositories import DeliveryRepository, PipelineRepository
 from app.errors import GraftError
 from app.services.auth import UnauthorizedError
 from app.services.errors import BadRequestError
-from app.services.jobs.service import JobHooks, JobRequest, create_job
+from app.services.jobs.service import JobHooks, JobRequest, check_job, create_job
 from app.services.sources.references import RegistryConfig, SourceRef
 from app.services.webhooks.pipelines import PipelineSpec
 
@@ -194,5 +194,8 @@ def _start(
         register=spec.output.registration,
         pipeline_id=pipeline.id,
     )
-    job = create_job(session, request, max_attempts=max_attempts, registry=registry, hooks=hooks)
+    # The stored spec was checked when the pipeline was saved: its regexes compiled then
+    # (and are cached), so this is cheap under the lock.
+    checked = check_job(request, registry=registry)
+    job = create_job(session, checked, max_attempts=max_attempts, hooks=hooks)
     return job.id

@@ -18,15 +18,17 @@ from app.db.base import utcnow
 from app.db.models import Pipeline
 from app.db.repositories import CheckpointRepository, PipelineRepository
 from app.engine.target_spec import TargetSpec
+from app.net.outbound import OutboundRefusedError
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
-from app.services.jobs.service import check_target, validate_recipe
+from app.services.jobs.service import find_target_checkpoints, validate_recipe
 from app.services.sources.references import RegisterSpec, RegistryConfig, check_register
-from app.services.webhooks.outbox import Callback, check_callback
+from app.services.webhooks.outbox import Callback, owner_secret
 
 __all__ = [
     "PipelineOutput",
     "PipelineSpec",
     "PipelineTrigger",
+    "check_pipeline",
     "create_pipeline",
     "delete_pipeline",
     "get_pipeline",
@@ -75,15 +77,16 @@ class PipelineSpec(BaseModel):
     )
 
 
-def _check(
-    session: Session,
-    spec: PipelineSpec,
-    *,
-    owner: str,
-    registry: RegistryConfig,
-    checkpoint_owner: str | None,
-    local_secret: str | None,
-) -> None:
+def check_pipeline(spec: PipelineSpec, *, registry: RegistryConfig) -> None:
+    """Everything about a pipeline that needs no database: call it outside any transaction,
+    in a worker thread (compiling its recipe is CPU work; SPEC §5.3).
+
+    Raises:
+        InvalidJobError: it registers into its own trigger model, or needs a registry that is
+            not configured.
+        InvalidRecipeError, InvalidTargetError: from the engine.
+        OutboundRefusedError: a callback host the allow list refuses.
+    """
     register = spec.output.registration
     if register is not None and register.name == spec.trigger.model:
         raise InvalidJobError(
@@ -91,13 +94,36 @@ def _check(
             "each result would start the pipeline again; register into another model"
         )
     validate_recipe(spec.recipe)
-    check_target(CheckpointRepository(session), spec.target, owner=checkpoint_owner)
+    spec.target.check()
     if register is not None:
         check_register(register, registry, dry_run=False)
     registry.require_mlflow("a pipeline's trigger")
-    if spec.callback is not None:  # the same check a job's callback gets, now not at each event
-        check_callback(
-            session, spec.callback.url, owner, policy=registry.policy(), local_secret=local_secret
+    if spec.callback is not None:  # the same host check a job's callback gets, not at each event
+        try:
+            registry.policy().check_url(spec.callback.url)
+        except OutboundRefusedError as exc:
+            raise exc.prefixed("callback.url") from None
+
+
+def _check_stored(
+    session: Session,
+    spec: PipelineSpec,
+    *,
+    owner: str,
+    checkpoint_owner: str | None,
+    local_secret: str | None,
+) -> None:
+    """What a pipeline needs of the database: its checkpoints exist, and a callback has a
+    signing secret to be signed with."""
+    find_target_checkpoints(CheckpointRepository(session), spec.target, owner=checkpoint_owner)
+    if (
+        spec.callback is not None
+        and owner_secret(session, owner, local_secret=local_secret) is None
+    ):
+        raise OutboundRefusedError(
+            "callback: you have no webhook signing secret yet; create one with "
+            "POST /v1/webhooks/secret (owner local: or set GRAFT_WEBHOOK_SECRET)",
+            url=spec.callback.url,
         )
 
 
@@ -113,31 +139,22 @@ def create_pipeline(
     spec: PipelineSpec,
     *,
     owner: str,
-    registry: RegistryConfig,
     checkpoint_owner: str | None,
     local_secret: str | None = None,
 ) -> Pipeline:
-    """Store a new pipeline.
+    """Store a new pipeline that passed :func:`check_pipeline`: lookups and writes only.
 
     Raises:
         ConflictError: the owner already has a pipeline of that name.
-        InvalidJobError: it registers into its own trigger model, names an unknown checkpoint,
-            or needs a registry that is not configured.
-        InvalidRecipeError, InvalidTargetError: from the engine.
-        OutboundRefusedError: a callback host the allow list refuses, or no signing secret
-            (``local_secret``: GRAFT_WEBHOOK_SECRET, owner ``local``'s fallback).
+        InvalidJobError: it names an unknown checkpoint.
+        OutboundRefusedError: no signing secret for its callback (``local_secret``:
+            GRAFT_WEBHOOK_SECRET, owner ``local``'s fallback).
     """
     repo = PipelineRepository(session)
     if repo.get(spec.name, owner=owner) is not None:
         raise ConflictError(f"a pipeline named {spec.name!r} exists; PUT replaces it")
-    _check(
-        session,
-        spec,
-        owner=owner,
-        registry=registry,
-        checkpoint_owner=checkpoint_owner,
-        local_secret=local_secret,
-    )
+    _check_stored(session, spec, owner=owner, checkpoint_owner=checkpoint_owner,
+                  local_secret=local_secret)  # fmt: skip
     pipeline = Pipeline(owner=owner, name=spec.name, created_at=utcnow())
     _store(pipeline, spec)
     try:
@@ -154,28 +171,21 @@ def replace_pipeline(
     spec: PipelineSpec,
     *,
     owner: str,
-    registry: RegistryConfig,
     checkpoint_owner: str | None,
     local_secret: str | None = None,
 ) -> Pipeline:
-    """Replace a pipeline's definition (its name stays).
+    """Replace a pipeline's definition (its name stays) with one that passed
+    :func:`check_pipeline`.
 
     Raises:
         NotFoundError: no such pipeline of this owner.
-        InvalidJobError: the body names another pipeline, or fails :func:`create_pipeline`'s
-            checks.
+        InvalidJobError: the body names another pipeline, or an unknown checkpoint.
     """
     pipeline = get_pipeline(session, name, owner=owner)
     if spec.name != name:
         raise InvalidJobError(f"name {spec.name!r} differs from the pipeline replaced ({name!r})")
-    _check(
-        session,
-        spec,
-        owner=owner,
-        registry=registry,
-        checkpoint_owner=checkpoint_owner,
-        local_secret=local_secret,
-    )
+    _check_stored(session, spec, owner=owner, checkpoint_owner=checkpoint_owner,
+                  local_secret=local_secret)  # fmt: skip
     _store(pipeline, spec)
     session.flush()
     return pipeline

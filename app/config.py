@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="Lease renewal period.")
     poll_seconds: float = Field(default=0.5, gt=0, description="Idle worker poll period.")
     max_attempts: int = Field(default=3, ge=1, description="Claims before a job is failed.")
+    device_wait_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a job with device cuda waits for a GPU worker before it fails "
+        "device-unavailable (it never runs elsewhere).",
+    )
     inspect_timeout_seconds: float = Field(default=120.0, gt=0)
     inspectors: int = Field(default=2, ge=1, description="Pre-started inspection processes.")
     worker_nice: int = Field(

@@ -36,7 +36,7 @@ from app.services.sources.fetch import fetch_source
 from app.services.sources.references import RegisterSpec, RegistryConfig, SourceRef
 from app.storage import BlobStore
 
-__all__ = ["BlobSink", "JobControl", "JobOutcome", "JobSettings", "execute_job"]
+__all__ = ["BlobSink", "JobControl", "JobOutcome", "JobSettings", "execute_job", "job_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ class _Inputs:
     owner: str = ""
     source_ref: SourceRef | None = None
     register: RegisterSpec | None = None
+    requested_device: str = "auto"
 
 
 def execute_job(
@@ -297,6 +298,7 @@ def _load(database: Database, job_id: str) -> _Inputs:
             owner=job.owner,
             source_ref=source_ref,
             register=RegisterSpec.model_validate(job.register) if job.register else None,
+            requested_device=job.requested_device,
         )
 
 
@@ -311,6 +313,23 @@ def _checkpoint(repo: CheckpointRepository, checkpoint_id: str | None, what: str
     return checkpoint
 
 
+def job_device(requested: str, worker: str) -> str:
+    """The device a job runs on: the one it asked for, never another. ``cpu`` runs on the CPU
+    even on a GPU worker; ``cuda`` runs on this worker's GPU, and fails
+    ``device-unavailable`` where torch sees none (never quietly on the CPU); ``auto`` takes
+    the worker's device.
+
+    Args:
+        requested: the job's ``device``: ``auto``, ``cpu`` or ``cuda``.
+        worker: the worker's device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda":
+        return worker if worker.startswith("cuda") else "cuda"
+    return worker
+
+
 def _request(
     store: BlobStore, inputs: _Inputs, work: Path, settings: JobSettings
 ) -> ConversionRequest:
@@ -323,7 +342,7 @@ def _request(
         options=WriteOptions(
             format=inputs.options.format,
             dtype=inputs.options.dtype,
-            device=settings.device,
+            device=job_device(inputs.requested_device, settings.device),
         ),
         dry_run=inputs.dry_run,
         source_sha256=inputs.source_sha256,

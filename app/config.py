@@ -33,6 +33,13 @@ class Settings(BaseSettings):
         description="Content-addressed blobs; with S3 storage, only its tmp/ is used (local "
         "temp space for uploads and work folders).",
     )
+    scratch_dir: Path | None = Field(
+        default=None,
+        description="With S3 storage, the one local folder for uploads in flight and job work "
+        "folders (default storage_dir/tmp); every worker sweeps it of dead processes' entries "
+        "when it starts (and each Celery pool process when it starts). The file store keeps "
+        "its scratch in storage_dir/tmp: publishing a blob is a rename on that file system.",
+    )
     storage_url: str = Field(
         default="",
         pattern=r"^((file|s3)://.*)?$",

@@ -191,6 +191,9 @@ def _resources(task: Any) -> _Process:
             owner=worker_owner(),
             stop_event=threading.Event(),
         )
+        # A pool process that replaces one killed mid-job (OOM, kill -9) collects the scratch
+        # copy its predecessor left; the worker's own start-up sweep ran long before.
+        _process.runtime.store.scratch.cleanup_orphans()
     return _process
 
 

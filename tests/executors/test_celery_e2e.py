@@ -130,7 +130,7 @@ def test_auto_goes_to_gpu_while_a_gpu_worker_is_alive(
         WorkerRepository(session).record(gpu)
     try:
         job_id = _submit(client, checkpoints, 4, "auto")
-        assert _job(client, job_id)["queue"] == "gpu"
+        until(lambda: _job(client, job_id)["queue"] == "gpu", 30)  # sent after the 202
         # That worker is elsewhere: here nobody consumes `gpu`, so the job waits there.
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
         done = _finished(client, job_id)

@@ -210,15 +210,7 @@ def execute_job(
             outcome.warnings = [str(w) for w in report.warnings]
             if result.ok and inputs.register is not None:
                 control.stage("registering")
-                registry = register_result(
-                    inputs.register,
-                    job_id=inputs.job_id,
-                    artifacts=sink.artifacts,
-                    source_sha256=inputs.source_sha256,
-                    store=store,
-                    work=work,
-                    config=settings.registry,
-                )
+                registry = _register(inputs, sink, store, work, settings)
                 outcome.result = {**(outcome.result or {}), "registry": registry}
         if result.ok:
             outcome.status = JobStatus.succeeded
@@ -240,6 +232,29 @@ def execute_job(
         error = InternalError(f"{type(exc).__name__}: {exc}")
         outcome.error_type, outcome.error_message = error.type, error.message
     return outcome
+
+
+def _register(
+    inputs: _Inputs, sink: BlobSink, store: BlobStore, work: Path, settings: JobSettings
+) -> dict[str, Any]:
+    """Register the converted result. The conversion stands whatever the registry says: a
+    registry failure is recorded as ``{"error": {"type", "message"}}`` on a job that still
+    succeeded (its artifacts are published), and registering again is safe (the version is
+    found by its ``graft.job_id`` tag before another is created)."""
+    assert inputs.register is not None
+    try:
+        return register_result(
+            inputs.register,
+            job_id=inputs.job_id,
+            artifacts=sink.artifacts,
+            source_sha256=inputs.source_sha256,
+            store=store,
+            work=work,
+            config=settings.registry,
+        )
+    except GraftError as exc:
+        logger.warning("job %s: converted, but not registered: %s", inputs.job_id, exc.message)
+        return {"error": {"type": exc.type, "message": exc.message}}
 
 
 def _fetch(

@@ -3,11 +3,16 @@ scratch space left by a killed worker."""
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
+import time
 from pathlib import Path
 
 from app.api.schemas import JobPublic
 from app.config import Settings
+from app.db.base import utcnow
+from app.db.repositories import JobRepository
 from app.executors.local import JobRunner
 from app.executors.runtime import JobRuntime
 from app.sandbox.runner import Limits
@@ -82,3 +87,54 @@ def test_the_file_store_keeps_its_scratch_beside_its_blobs(tmp_path: Path) -> No
     store = open_store(Settings(storage_dir=tmp_path / "blobs", scratch_dir=tmp_path / "s"))
     assert isinstance(store, FileBlobStore)
     assert store.scratch.root == tmp_path / "blobs" / "tmp"
+
+
+class _Stalling(http.server.BaseHTTPRequestHandler):
+    """Answers with headers for a 1 MB body, then sends nothing until released."""
+
+    asked = threading.Event()
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        self.wfile.flush()
+        type(self).asked.set()
+        type(self).release.wait(60)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_cancel_takes_effect_during_the_fetch(setup: Setup) -> None:  # noqa: F811
+    db, store, _, target = setup
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}/m.safetensors"
+        job_id = _job(db, None, target, source_ref={"uri": uri})
+        registry = RegistryConfig(outbound_allow="127.0.0.1")
+        runtime = JobRuntime(
+            db,
+            store,
+            JobSettings(limits=Limits(), device="cpu", registry=registry),
+            lease_seconds=30,
+            heartbeat_seconds=0.1,
+        )
+        runner = JobRunner(runtime)
+        thread = threading.Thread(target=runner.run_once)
+        thread.start()
+        assert _Stalling.asked.wait(60)  # the download has begun, and stalls
+        with db.transaction() as session:
+            assert JobRepository(session).request_cancel(job_id, now=utcnow())
+        asked = time.monotonic()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert time.monotonic() - asked < 5  # not when the download would end
+        job = _get(db, job_id)
+        assert (job.status, job.source_id, job.artifacts) == ("cancelled", None, [])
+    finally:
+        _Stalling.release.set()
+        server.shutdown()
+        server.server_close()

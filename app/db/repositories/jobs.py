@@ -448,7 +448,7 @@ class JobRepository:
                 Job.status == JobStatus.running, Job.lease_owner.is_not(None)
             )
         )
-        return [Lease(job_id, owner, token) for job_id, owner, token in rows]
+        return [Lease(job_id, owner or "", token) for job_id, owner, token in rows]
 
     def expire(self, lease: Lease, *, now: datetime) -> bool:
         """End ``lease`` now (its holder is dead), so the next claim takes the job at once

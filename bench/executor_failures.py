@@ -9,6 +9,7 @@ child, which is what the kernel's OOM killer sends. Each scenario prints what a 
     .venv/bin/python bench/executor_failures.py
     .venv/bin/python bench/executor_failures.py --time-limit   # Celery's hard time limit
     .venv/bin/python bench/executor_failures.py --failover     # kill -9 mid-job, both executors
+    .venv/bin/python bench/executor_failures.py --failover-local   # (or --failover-celery)
 
 ``--failover`` kills the worker running a job with SIGKILL, under the production lease of
 30 s, and times how soon another worker resumes it: with Celery from the redelivery (the
@@ -22,6 +23,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -209,6 +211,16 @@ def failover_celery() -> None:
             victim.start()
 
 
+def _local_workers(database: Path) -> int:
+    """How many local workers heartbeated in the last 10 s."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        row = db.execute(
+            "SELECT count(*) FROM workers WHERE executor = 'local' "
+            "AND heartbeat_at > datetime('now', '-10 seconds')"
+        ).fetchone()
+    return int(row[0])
+
+
 def failover_local() -> None:
     """kill -9 of the local worker process running a job; another worker resumes it."""
     with tempfile.TemporaryDirectory(prefix="graft-failover-") as tmp_name:
@@ -219,11 +231,16 @@ def failover_local() -> None:
             with server.client() as client:
                 ids = _uploads(client)
                 for round_ in range(_FAILOVER_ROUNDS):
+                    # Both workers up (the one killed last round is replaced and warm): the
+                    # figure is the failover's, not a cold start's.
+                    _until(lambda: _local_workers(server.root / "graft.db") == 2, 120)
                     job_id, owner = _failover_job(client, ids)
                     t0 = time.monotonic()
                     os.kill(int(owner.split(":")[1]), signal.SIGKILL)
                     resumed = _resumed(client, job_id, owner)
                     _report(f"local kill -9 #{round_ + 1}", client, job_id, t0, resumed, t0)
+                ended = [ln for ln in server.log.read_text().splitlines() if "dead holders" in ln]
+                print(f"local: {len(ended)} takeover(s) logged as dead holders", flush=True)
         finally:
             server.stop()
 
@@ -232,9 +249,12 @@ def main() -> None:
     if sys.argv[1:] == ["--time-limit"]:
         time_limit()
         return
-    if sys.argv[1:] == ["--failover"]:
-        failover_local()
-        failover_celery()
+    if sys.argv[1:2] and sys.argv[1].startswith("--failover"):
+        which = sys.argv[1].removeprefix("--failover").lstrip("-")  # "", "local" or "celery"
+        if which in ("", "local"):
+            failover_local()
+        if which in ("", "celery"):
+            failover_celery()
         return
     proxies: dict[str, Proxy] = {}
 

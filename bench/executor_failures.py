@@ -211,14 +211,14 @@ def failover_celery() -> None:
             victim.start()
 
 
-def _local_workers(database: Path) -> int:
-    """How many local workers heartbeated in the last 10 s."""
+def _local_workers(database: Path, killed: set[str]) -> int:
+    """How many local workers, none of them killed, heartbeated in the last 5 s."""
     with contextlib.closing(sqlite3.connect(database)) as db:
-        row = db.execute(
-            "SELECT count(*) FROM workers WHERE executor = 'local' "
-            "AND heartbeat_at > datetime('now', '-10 seconds')"
-        ).fetchone()
-    return int(row[0])
+        rows = db.execute(
+            "SELECT id FROM workers WHERE executor = 'local' "
+            "AND heartbeat_at > datetime('now', '-5 seconds')"
+        ).fetchall()
+    return len({row[0] for row in rows} - killed)
 
 
 def failover_local() -> None:
@@ -230,11 +230,13 @@ def failover_local() -> None:
         try:
             with server.client() as client:
                 ids = _uploads(client)
+                killed: set[str] = set()
                 for round_ in range(_FAILOVER_ROUNDS):
                     # Both workers up (the one killed last round is replaced and warm): the
                     # figure is the failover's, not a cold start's.
-                    _until(lambda: _local_workers(server.root / "graft.db") == 2, 120)
+                    _until(lambda: _local_workers(server.root / "graft.db", killed) == 2, 180)
                     job_id, owner = _failover_job(client, ids)
+                    killed.add(owner)
                     t0 = time.monotonic()
                     os.kill(int(owner.split(":")[1]), signal.SIGKILL)
                     resumed = _resumed(client, job_id, owner)

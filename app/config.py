@@ -33,6 +33,13 @@ class Settings(BaseSettings):
         description="Content-addressed blobs; with S3 storage, only its tmp/ is used (local "
         "temp space for uploads and work folders).",
     )
+    scratch_dir: Path | None = Field(
+        default=None,
+        description="With S3 storage, the one local folder for uploads in flight and job work "
+        "folders (default storage_dir/tmp); every worker sweeps it of dead processes' entries "
+        "when it starts (and each Celery pool process when it starts). The file store keeps "
+        "its scratch in storage_dir/tmp: publishing a blob is a rename on that file system.",
+    )
     storage_url: str = Field(
         default="",
         pattern=r"^((file|s3)://.*)?$",
@@ -107,6 +114,12 @@ class Settings(BaseSettings):
         default=32,
         ge=1,
         description="Queued + running jobs one owner may have; beyond it POST /v1/jobs is 429.",
+    )
+    device_wait_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a job with device cuda waits for a GPU worker before it fails "
+        "device-unavailable (it never runs elsewhere).",
     )
     inspect_timeout_seconds: float = Field(default=120.0, gt=0)
     inspectors: int = Field(default=2, ge=1, description="Pre-started inspection processes.")

@@ -8,6 +8,13 @@ child, which is what the kernel's OOM killer sends. Each scenario prints what a 
 
     .venv/bin/python bench/executor_failures.py
     .venv/bin/python bench/executor_failures.py --time-limit   # Celery's hard time limit
+    .venv/bin/python bench/executor_failures.py --failover     # kill -9 mid-job, both executors
+    .venv/bin/python bench/executor_failures.py --failover-local   # (or --failover-celery)
+
+``--failover`` kills the worker running a job with SIGKILL, under the production lease of
+30 s, and times how soon another worker resumes it: with Celery from the redelivery (the
+survivor's log shows the task received again), with the local executor from the kill. Both
+must be under 5 s: the taker does not wait out the dead holder's lease (fencing tokens).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -28,6 +36,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.e2e.conftest import Server  # noqa: E402
 from tests.e2e.helpers import net, saved  # noqa: E402
 from tests.executors.celery_stack import _children, celery_stack  # noqa: E402
 from tests.s3server import serve_s3  # noqa: E402
@@ -102,7 +111,7 @@ def _until(predicate: Any, timeout: float) -> Any:
 def time_limit() -> None:
     """A job longer than GRAFT_TASK_TIME_LIMIT_SECONDS (3 s here; each job sleeps 4 s)."""
     with tempfile.TemporaryDirectory(prefix="graft-limit-") as tmp_name, celery_stack(
-        Path(tmp_name), None, queues=("gpu,cpu",), stage_delay="4",
+        Path(tmp_name), None, queues=("cpu",), stage_delay="4",
         GRAFT_TASK_TIME_LIMIT_SECONDS="3", GRAFT_MAX_ATTEMPTS="2",
     ) as stack, stack.server.client() as client:  # fmt: skip
         ids = []
@@ -124,9 +133,130 @@ def time_limit() -> None:
         )
 
 
+_FAILOVER_ROUNDS = 3
+_LEASE = "30"  # the production default: a taker that waited it out would show 30 s
+
+
+def _resumed(client: httpx.Client, job_id: str, dead: str) -> float | None:
+    """When (monotonic) a worker other than ``dead`` holds the job."""
+    found = _until(
+        lambda: (
+            (j := client.get(f"/v1/jobs/{job_id}").json())["worker"] not in (None, dead)
+            or j["status"] == "succeeded"
+        ),
+        60,
+    )
+    return time.monotonic() if found else None
+
+
+def _failover_job(client: httpx.Client, ids: list[str]) -> tuple[str, str]:
+    body = {"source": ids[0], "target": {"checkpoint": ids[1]}, "device": "cpu"}
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    running = _until(
+        lambda: (
+            (j := client.get(f"/v1/jobs/{job_id}").json())["status"] == "running"
+            and j["worker"]
+            and j
+        ),
+        60,
+    )
+    assert running, job_id
+    return job_id, str(running["worker"])
+
+
+def _uploads(client: httpx.Client) -> list[str]:
+    return [
+        client.post(f"/v1/checkpoints?filename=f{seed}.pth", content=saved(net(seed))).json()["id"]
+        for seed in (1, 2)
+    ]
+
+
+def _report(name: str, client: httpx.Client, job_id: str, t0: float, resumed: float | None,
+            since: float | None) -> None:  # fmt: skip
+    done = _until(
+        lambda: (
+            (j := client.get(f"/v1/jobs/{job_id}").json())["status"]
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        120,
+    )
+    status = f"{done['status']}, attempts {done['attempts']}" if done else "not finished"
+    gap = f"{resumed - since:.2f} s" if resumed is not None and since is not None else "n/a"
+    print(f"{name}: resumed {gap} after the {'redelivery' if since != t0 else 'kill'}; "
+          f"{status} {time.monotonic() - t0:.1f} s after the kill", flush=True)  # fmt: skip
+
+
+def _logged(log: Path, job_id: str) -> float | None:
+    """When (monotonic) ``log`` first shows ``job_id`` (the task received)."""
+    return _until(lambda: job_id in log.read_text() and time.monotonic(), 60)  # type: ignore[no-any-return]
+
+
+def failover_celery() -> None:
+    """kill -9 of the Celery worker running a job; another worker resumes it."""
+    with tempfile.TemporaryDirectory(prefix="graft-failover-") as tmp_name, celery_stack(
+        Path(tmp_name), None, queues=("cpu", "cpu"), stage_delay="2",
+        GRAFT_LEASE_SECONDS=_LEASE, GRAFT_HEARTBEAT_SECONDS="2",
+    ) as stack, stack.server.client() as client:  # fmt: skip
+        ids = _uploads(client)
+        for round_ in range(_FAILOVER_ROUNDS):
+            job_id, owner = _failover_job(client, ids)
+            victim = stack.worker_holding(owner)
+            survivor = stack.workers[1 - stack.workers.index(victim)]
+            t0 = time.monotonic()
+            victim.kill()
+            redelivered = _logged(survivor.log, job_id)
+            resumed = _resumed(client, job_id, owner)
+            _report(f"celery kill -9 #{round_ + 1}", client, job_id, t0, resumed, redelivered)
+            victim.start()
+
+
+def _local_workers(database: Path, killed: set[str]) -> int:
+    """How many local workers, none of them killed, heartbeated in the last 5 s."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        rows = db.execute(
+            "SELECT id FROM workers WHERE executor = 'local' "
+            "AND heartbeat_at > datetime('now', '-5 seconds')"
+        ).fetchall()
+    return len({row[0] for row in rows} - killed)
+
+
+def failover_local() -> None:
+    """kill -9 of the local worker process running a job; another worker resumes it."""
+    with tempfile.TemporaryDirectory(prefix="graft-failover-") as tmp_name:
+        server = Server(Path(tmp_name), GRAFT_WORKERS="2", GRAFT_TEST_STAGE_DELAY="2",
+                        GRAFT_LEASE_SECONDS=_LEASE, GRAFT_HEARTBEAT_SECONDS="2")  # fmt: skip
+        server.start()
+        try:
+            with server.client() as client:
+                ids = _uploads(client)
+                killed: set[str] = set()
+                for round_ in range(_FAILOVER_ROUNDS):
+                    # Both workers up (the one killed last round is replaced and warm): the
+                    # figure is the failover's, not a cold start's.
+                    _until(lambda: _local_workers(server.root / "graft.db", killed) == 2, 180)
+                    job_id, owner = _failover_job(client, ids)
+                    killed.add(owner)
+                    t0 = time.monotonic()
+                    os.kill(int(owner.split(":")[1]), signal.SIGKILL)
+                    resumed = _resumed(client, job_id, owner)
+                    _report(f"local kill -9 #{round_ + 1}", client, job_id, t0, resumed, t0)
+                ended = [ln for ln in server.log.read_text().splitlines() if "dead holders" in ln]
+                print(f"local: {len(ended)} takeover(s) logged as dead holders", flush=True)
+        finally:
+            server.stop()
+
+
 def main() -> None:
     if sys.argv[1:] == ["--time-limit"]:
         time_limit()
+        return
+    if sys.argv[1:2] and sys.argv[1].startswith("--failover"):
+        which = sys.argv[1].removeprefix("--failover").lstrip("-")  # "", "local" or "celery"
+        if which in ("", "local"):
+            failover_local()
+        if which in ("", "celery"):
+            failover_celery()
         return
     proxies: dict[str, Proxy] = {}
 
@@ -146,9 +276,7 @@ def main() -> None:
         (tmp / "s3").mkdir()
         with (
             serve_s3(tmp / "s3") as s3,
-            celery_stack(
-                tmp, s3, queues=("gpu,cpu", "gpu,cpu"), stage_delay="2", rewrite=rewrite
-            ) as stack,
+            celery_stack(tmp, s3, queues=("cpu", "cpu"), stage_delay="2", rewrite=rewrite) as stack,
             stack.server.client() as client,
         ):
             _scenarios(stack, client, proxies)

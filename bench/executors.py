@@ -159,7 +159,7 @@ def local(tmp: Path, workers: int) -> Iterator[str]:
 
 @contextmanager
 def celery(tmp: Path, workers: int) -> Iterator[str]:
-    queues = ("gpu,cpu",) * workers
+    queues = ("cpu",) * workers
     with celery_stack(tmp, None, queues=queues, stage_delay="0", **DEFAULTS) as stack:
         yield stack.server.url
 

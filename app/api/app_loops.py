@@ -57,7 +57,11 @@ async def _maintain(context: AppContext, period: float) -> None:
     while True:
         await asyncio.sleep(period)
         try:
-            await to_thread.run_sync(reap_leases, context.database)
+            await to_thread.run_sync(
+                lambda: reap_leases(
+                    context.database, device_wait_seconds=context.settings.device_wait_seconds
+                )
+            )
             await to_thread.run_sync(context.blob_collector.collect)
         except Exception:  # a locked database or a store hiccup: try again next tick
             logger.exception("maintenance pass failed; retrying next period")

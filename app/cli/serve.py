@@ -73,8 +73,12 @@ def worker(
         ),
     ] = None,
     queues: Annotated[
-        str, typer.Option(help="celery: the queues to consume, gpu and/or cpu.")
-    ] = "gpu,cpu",
+        str | None,
+        typer.Option(
+            help="celery: the queues to consume, gpu and/or cpu; default gpu,cpu on a host "
+            "with CUDA, else cpu (gpu without CUDA is refused)."
+        ),
+    ] = None,
     device: Annotated[
         str | None,
         typer.Option(help="celery: cpu, cuda or cuda:N (pins one GPU); default GRAFT_DEVICE."),
@@ -114,7 +118,7 @@ def _check_celery(settings: Any) -> None:
         raise typer.Exit(2) from exc
 
 
-def _celery_worker(settings: Any, queues: str, device: str | None) -> None:
+def _celery_worker(settings: Any, queues: str | None, device: str | None) -> None:
     try:
         from app.executors.celery import (
             ExecutorConfigError,
@@ -128,7 +132,8 @@ def _celery_worker(settings: Any, queues: str, device: str | None) -> None:
         typer.echo(f"graft: error: --device takes cpu, cuda or cuda:N, not {device!r}", err=True)
         raise typer.Exit(2)
     try:
-        run_celery_worker(settings, queues=parse_queues(queues), device=device)
+        chosen = None if queues is None else parse_queues(queues)
+        run_celery_worker(settings, queues=chosen, device=device)
     except ExecutorConfigError as exc:
         typer.echo(f"graft: error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -192,6 +192,10 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The fencing token: each claim increments it, and a holder's heartbeat, progress and
+    # finish carry it; the database refuses a stale one, so a holder taken over (thought dead,
+    # only paused) can no longer write.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     device: Mapped[str | None] = mapped_column(String(16))
     # Routing (the Celery executor): what the job asked for, the queue it was sent to (None

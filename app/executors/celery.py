@@ -9,12 +9,20 @@ that make a crash safe on RabbitMQ: a message is acknowledged only after the tas
 Queue and exchange names carry ``GRAFT_QUEUE_PREFIX`` so that deployments (and test runs)
 sharing a broker never see each other's jobs.
 
-The task is idempotent. It claims the row (attempts += 1, capped by ``GRAFT_MAX_ATTEMPTS``)
-with one UPDATE, so a duplicate or a redelivery of a finished job does nothing. A
-redelivery whose previous holder's lease is still live (the broker noticed a dead
-connection before the lease lapsed, or the holder is alive and the message was sent twice)
-retries with a countdown until that lease lapses, then takes over. It then holds the job
+The task is idempotent. It claims the row (attempts += 1, capped by ``GRAFT_MAX_ATTEMPTS``,
+and a new fencing token) with one UPDATE, so a duplicate or a redelivery of a finished job
+does nothing. A job still running under a live lease is taken over at once when its message
+was *redelivered*: RabbitMQ hands a message back only when the consumer that had it is gone
+(its connection or channel closed) or rejected it because its pool process died
+(``task_reject_on_worker_lost``), so the previous holder is dead or cut off. It is also taken
+over at once when its holder is known dead (same host and its process gone, see
+:mod:`app.executors.reaper`). Either way the fencing token makes a holder that was only
+cut off abort at its next heartbeat, its finish refused. Any other duplicate (a resend, a
+retry) waits, with a countdown, until the live holder's lease lapses. It then holds the job
 with :func:`app.executors.lease.run_held_job`, as the local executor does.
+
+A worker that consumes ``gpu`` must have CUDA: it refuses to start otherwise, so a job that
+asked for ``cuda`` never runs on a CPU.
 
 A worker records itself in the ``workers`` table (queues, devices, heartbeat), so the API
 can route ``auto`` jobs to ``gpu`` only while a GPU worker is alive. It runs one pool
@@ -45,6 +53,7 @@ from app.db.repositories import JobRepository, WorkerRepository
 from app.db.session import Database
 from app.errors import GraftError
 from app.executors.lease import Disposition, run_held_job, storage_reachable, sweep_lapsed
+from app.executors.reaper import expire_dead_holders
 from app.executors.runtime import JobRuntime, worker_owner
 from app.services.jobs.events import record_statuses
 from app.storage import open_store
@@ -182,6 +191,9 @@ def _resources(task: Any) -> _Process:
             owner=worker_owner(),
             stop_event=threading.Event(),
         )
+        # A pool process that replaces one killed mid-job (OOM, kill -9) collects the scratch
+        # copy its predecessor left; the worker's own start-up sweep ran long before.
+        _process.runtime.store.scratch.cleanup_orphans()
     return _process
 
 
@@ -210,10 +222,16 @@ def run_job(task: Any, job_id: str) -> str:
         # Claiming now would spend an attempt on a job that cannot read its inputs.
         logger.warning("job %s: the storage is unreachable; retrying later", job_id)
         raise task.retry(countdown=math.ceil(runtime.lease_seconds + _RETRY_MARGIN))
+    expire_dead_holders(runtime.database, beat_seconds=runtime.beat)
     sweep_lapsed(runtime.database)
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     with runtime.database.transaction() as session:
         claim = JobRepository(session).claim_job(
-            job_id, owner=res.owner, now=utcnow(), lease_seconds=runtime.lease_seconds
+            job_id,
+            owner=res.owner,
+            now=utcnow(),
+            lease_seconds=runtime.lease_seconds,
+            take_over=redelivered,
         )
         if claim.kind == "claimed":
             record_statuses(session, [job_id])
@@ -224,8 +242,9 @@ def run_job(task: Any, job_id: str) -> str:
     if claim.kind == "gone":
         logger.info("job %s: nothing to do (finished, cancelled or out of attempts)", job_id)
         return "gone"
-    logger.info("job %s claimed by %s", job_id, res.owner)
-    disposition = run_held_job(runtime, job_id, owner=res.owner, stop_event=res.stop_event)
+    assert claim.lease is not None
+    logger.info("job %s claimed by %s (redelivered: %s)", job_id, res.owner, redelivered)
+    disposition = run_held_job(runtime, claim.lease, stop_event=res.stop_event)
     if disposition is Disposition.storage_down:
         # Come back once the lease this attempt leaves behind has lapsed.
         raise task.retry(countdown=math.ceil(runtime.lease_seconds + _RETRY_MARGIN))
@@ -279,32 +298,40 @@ def pin_device(device: str | None, settings: Settings) -> str:
     return device
 
 
-def _devices(device: str) -> list[str]:
-    if device == "cpu":
-        return ["cpu"]
+def _devices(device: str, queues: list[str]) -> list[str]:
+    """The devices this worker offers; refuses ``gpu`` (or ``--device cuda``) without CUDA."""
     import torch
 
-    if torch.cuda.is_available():
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
         return [f"cuda:{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}", "cpu"]
-    if device == "cuda":
+    if device.startswith("cuda"):
         raise ExecutorConfigError("--device cuda: torch sees no CUDA device on this host")
+    if "gpu" in queues:
+        why = "--device cpu" if device == "cpu" else "torch sees no CUDA device on this host"
+        raise ExecutorConfigError(
+            f"--queues gpu needs a CUDA device ({why}); consume cpu only: --queues cpu"
+        )
     return ["cpu"]
 
 
-def run_celery_worker(settings: Settings, *, queues: list[str], device: str | None) -> None:
+def run_celery_worker(settings: Settings, *, queues: list[str] | None, device: str | None) -> None:
     """Consume ``queues`` until stopped (SIGTERM: finish the running job, then exit).
 
     Args:
         settings: broker, database, storage, limits.
-        queues: ``gpu`` and/or ``cpu``.
+        queues: ``gpu`` and/or ``cpu``; None: both with CUDA, else ``cpu``.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; default ``GRAFT_DEVICE``.
 
     Raises:
-        ExecutorConfigError: no broker, SQLite, or no CUDA device for ``--device cuda``.
+        ExecutorConfigError: no broker, SQLite, or no CUDA device for ``--device cuda``
+            or ``--queues gpu``.
     """
-    check_celery_settings(settings)
     device = pin_device(device, settings)
-    devices = _devices(device)
+    devices = _devices(device, queues or [])
+    if queues is None:
+        queues = ["gpu", "cpu"] if devices[0].startswith("cuda") else ["cpu"]
+    check_celery_settings(settings)
     database = Database(settings.database_url)
     store = open_store(settings)
     store.ensure()

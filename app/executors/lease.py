@@ -6,8 +6,15 @@ counts the attempt): it renews the lease from a heartbeat thread while
 beat. A cancel request or a lost lease is noticed there and stops the job at its next
 progress call or tick. The job is then completed, and its artifact rows written, in one
 transaction and only while this worker still holds the lease, so a job completes exactly
-once even if a worker thought dead comes back. How the job was claimed (the oldest claimable
-row, or the one a broker message named) is the executor's business.
+once even if a worker thought dead comes back.
+
+Holding is fenced: each claim increments the job's ``lease_token``, and every write of the
+holder (heartbeat, progress, release, finish) is an UPDATE that names the token it claimed
+with. Once another worker has taken the job over, those writes match no row: the old holder
+aborts at its next beat or progress call, and its finish is refused. That is what lets a
+taker start at once when the holder is known dead, rather than wait out its lease. How the
+job was claimed (the oldest claimable row, or the one a broker message named) is the
+executor's business.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass, field
 
 from app.db.base import utcnow
 from app.db.models import Artifact, JobStatus
-from app.db.repositories import ArtifactRepository, JobEnd, JobRepository
+from app.db.repositories import ArtifactRepository, JobEnd, JobRepository, Lease
 from app.db.session import Database
 from app.engine.progress import ProgressEvent
 from app.errors import InternalError
@@ -75,26 +82,24 @@ def sweep_lapsed(database: Database) -> None:
         logger.warning("failed %d job(s) that exhausted their attempts", len(failed))
 
 
-def run_held_job(
-    runtime: JobRuntime, job_id: str, *, owner: str, stop_event: threading.Event
-) -> Disposition:
-    """Run a job ``owner`` has just claimed, keep its lease, and record how it ended.
+def run_held_job(runtime: JobRuntime, lease: Lease, *, stop_event: threading.Event) -> Disposition:
+    """Run a job just claimed, keep its lease, and record how it ended.
 
     Args:
         runtime: the database, store, job settings and lease timing.
-        job_id: the claimed job.
-        owner: the lease holder's name (as written by the claim).
+        lease: the claim (job, holder, fencing token).
         stop_event: set when the worker is stopping; the job is then given back.
 
     Returns:
         How it ended (see :class:`Disposition`).
     """
     database = runtime.database
+    job_id = lease.job_id
     state = _State()
     done = threading.Event()
     beat = threading.Thread(
         target=_heartbeat,
-        args=(runtime, job_id, owner, state, done, stop_event),
+        args=(runtime, lease, state, done, stop_event),
         name=f"heartbeat-{job_id}",
         daemon=True,
     )
@@ -105,14 +110,14 @@ def run_held_job(
             runtime.store,
             job_id,
             settings=runtime.jobs,
-            control=_Control(state, runtime, job_id),
+            control=_Control(state, runtime, lease),
         )
     except _Abort as abort:
         if abort.reason == "lease-lost":
             logger.warning("job %s: lease lost; another worker owns it now", job_id)
             return Disposition.lease_lost
         if abort.reason == "stopping":
-            _release(database, job_id, owner)
+            _release(database, lease)
             return Disposition.released
         outcome = JobOutcome(status=JobStatus.cancelled)
     finally:
@@ -121,7 +126,7 @@ def run_held_job(
     if outcome.error_type == InternalError.type and not storage_reachable(runtime.store):
         logger.warning("job %s failed while the storage is unreachable; it will run again", job_id)
         return Disposition.storage_down
-    return _finish(database, job_id, owner, outcome)
+    return _finish(database, lease, outcome)
 
 
 def storage_reachable(store: BlobStore) -> bool:
@@ -133,11 +138,11 @@ def storage_reachable(store: BlobStore) -> bool:
     return True
 
 
-def _finish(database: Database, job_id: str, owner: str, outcome: JobOutcome) -> Disposition:
+def _finish(database: Database, lease: Lease, outcome: JobOutcome) -> Disposition:
+    job_id = lease.job_id
     with database.transaction() as session:
         held = JobRepository(session).finish(
-            job_id,
-            owner=owner,
+            lease,
             now=utcnow(),
             end=JobEnd(
                 status=outcome.status,
@@ -164,17 +169,16 @@ def _finish(database: Database, job_id: str, owner: str, outcome: JobOutcome) ->
     return Disposition.finished
 
 
-def _release(database: Database, job_id: str, owner: str) -> None:
+def _release(database: Database, lease: Lease) -> None:
     with database.transaction() as session:
-        if JobRepository(session).release(job_id, owner=owner, now=utcnow()):
-            record_statuses(session, [job_id])
-    logger.info("job %s released back to the queue", job_id)
+        if JobRepository(session).release(lease, now=utcnow()):
+            record_statuses(session, [lease.job_id])
+    logger.info("job %s released back to the queue", lease.job_id)
 
 
 def _heartbeat(
     runtime: JobRuntime,
-    job_id: str,
-    owner: str,
+    lease: Lease,
     state: _State,
     done: threading.Event,
     stop_event: threading.Event,
@@ -185,8 +189,7 @@ def _heartbeat(
         try:
             with runtime.database.transaction() as session:
                 held, cancel = JobRepository(session).heartbeat(
-                    job_id,
-                    owner=owner,
+                    lease,
                     now=utcnow(),
                     lease_seconds=runtime.lease_seconds,
                     stage=stage,
@@ -195,7 +198,7 @@ def _heartbeat(
         except Exception:
             # The database may come back before the lease lapses; if not, the finish is
             # refused and another worker runs the job again.
-            logger.exception("job %s: heartbeat failed; retrying", job_id)
+            logger.exception("job %s: heartbeat failed; retrying", lease.job_id)
         else:
             with state.lock:
                 if not held:
@@ -211,12 +214,13 @@ def _heartbeat(
 
 class _Control:
     """The job-execution service's hooks: record stage, progress and progress events (at each
-    new stage, else at most every ``progress_event_seconds``), stop on an abort."""
+    new stage, else at most every ``progress_event_seconds``), stop on an abort. A progress
+    event is written only under the lease (its token), with the stage it records."""
 
-    def __init__(self, state: _State, runtime: JobRuntime, job_id: str) -> None:
+    def __init__(self, state: _State, runtime: JobRuntime, lease: Lease) -> None:
         self.state = state
         self.runtime = runtime
-        self.job_id = job_id
+        self.lease = lease
 
     def tick(self) -> None:
         with self.state.lock:
@@ -261,6 +265,18 @@ class _Control:
         # Best effort: a lost progress event is harmless, a job failed because of one is not.
         try:
             with self.runtime.database.transaction() as session:
-                record_progress(session, self.job_id, event)
+                held, _ = JobRepository(session).heartbeat(
+                    self.lease,
+                    now=utcnow(),
+                    lease_seconds=self.runtime.lease_seconds,
+                    stage=event.stage,
+                    progress=event.progress,
+                )
+                if held:
+                    record_progress(session, self.lease.job_id, event)
         except Exception:
-            logger.exception("job %s: could not record a progress event", self.job_id)
+            logger.exception("job %s: could not record a progress event", self.lease.job_id)
+            return
+        if not held:
+            with self.state.lock:
+                self.state.abort = "lease-lost"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,11 +25,14 @@ from types import FrameType
 
 from app.config import Settings, get_settings
 from app.db.base import utcnow
-from app.db.repositories import JobRepository
+from app.db.models import Worker
+from app.db.repositories import JobRepository, Lease, WorkerRepository
 from app.executors.lease import run_held_job, sweep_lapsed
+from app.executors.reaper import expire_dead_holders
 from app.executors.runtime import JobRuntime, worker_owner
 from app.services.conversion import warm_up
 from app.services.jobs.events import record_statuses
+from app.services.jobs.maintenance import fail_device_waits
 from app.services.warmth import mark_warm, markers_dir
 
 __all__ = ["JobRunner", "WorkerPool", "run_worker"]
@@ -39,6 +43,11 @@ logger = logging.getLogger(__name__)
 class JobRunner:
     """Runs jobs from the database until told to stop.
 
+    It records itself in ``workers`` under its lease-holder name (queues and devices, so
+    ``auto`` routing and the ``cuda`` deadline know a GPU worker is alive) and beats there;
+    before each claim it ends the leases of dead holders (:mod:`app.executors.reaper`). A
+    worker without CUDA never claims a job that asked for ``cuda``.
+
     Args:
         runtime: the database, store, job settings and lease timing.
     """
@@ -47,40 +56,88 @@ class JobRunner:
         self.runtime = runtime
         self.owner = worker_owner()
         self.stop_event = threading.Event()
+        self.cuda = runtime.has_cuda()
+        # None: every job; without CUDA, not the ones that asked for it.
+        self.devices: tuple[str, ...] | None = None if self.cuda else ("auto", "cpu")
 
     def run(self) -> None:
         """Claim and run jobs until :attr:`stop_event` is set."""
         logger.info("worker %s started (device %s)", self.owner, self.runtime.jobs.device)
-        while not self.stop_event.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:
-                logger.exception("worker loop error; retrying")
-                worked = False
-            if not worked:
-                self.stop_event.wait(self.runtime.poll_seconds)
+        self.record()
+        beat = threading.Thread(target=self._beat, name="worker-beat", daemon=True)
+        beat.start()
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    worked = self.run_once()
+                except Exception:
+                    logger.exception("worker loop error; retrying")
+                    worked = False
+                if not worked:
+                    self.stop_event.wait(self.runtime.poll_seconds)
+        finally:
+            self.stop_event.set()
+            beat.join()
+            self.forget()
         logger.info("worker %s stopped", self.owner)
+
+    def record(self) -> None:
+        """Record this worker in ``workers`` (or refresh its row)."""
+        now = utcnow()
+        worker = Worker(
+            id=self.owner,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            executor="local",
+            queues=["gpu", "cpu"] if self.cuda else ["cpu"],
+            devices=["cuda", "cpu"] if self.cuda else ["cpu"],
+            started_at=now,
+            heartbeat_at=now,
+        )
+        with self.runtime.database.transaction() as session:
+            WorkerRepository(session).record(worker)
+
+    def forget(self) -> None:
+        """Remove this worker's row (a clean stop)."""
+        with self.runtime.database.transaction() as session:
+            WorkerRepository(session).remove(self.owner)
+
+    def _beat(self) -> None:
+        while not self.stop_event.wait(self.runtime.beat):
+            try:
+                with self.runtime.database.transaction() as session:
+                    beating = WorkerRepository(session).beat(self.owner, now=utcnow())
+                if not beating:
+                    self.record()  # pruned while this worker was away: come back
+            except Exception:
+                logger.exception("worker %s: heartbeat failed; retrying", self.owner)
 
     def run_once(self) -> bool:
         """Claim one job and run it. Returns whether there was one."""
-        job_id = self._claim()
-        if job_id is None:
+        lease = self._claim()
+        if lease is None:
             return False
-        run_held_job(self.runtime, job_id, owner=self.owner, stop_event=self.stop_event)
+        run_held_job(self.runtime, lease, stop_event=self.stop_event)
         return True
 
-    def _claim(self) -> str | None:
+    def _claim(self) -> Lease | None:
         database = self.runtime.database
+        expire_dead_holders(database, beat_seconds=self.runtime.beat)
+        if not self.cuda:
+            fail_device_waits(database, wait_seconds=self.runtime.device_wait_seconds)
         with database.transaction(write=False) as session:
-            if not JobRepository(session).has_work(now=utcnow()):
+            if not JobRepository(session).has_work(now=utcnow(), devices=self.devices):
                 return None
         sweep_lapsed(database)
         with database.transaction() as session:
             claimed = JobRepository(session).claim(
-                owner=self.owner, now=utcnow(), lease_seconds=self.runtime.lease_seconds
+                owner=self.owner,
+                now=utcnow(),
+                lease_seconds=self.runtime.lease_seconds,
+                devices=self.devices,
             )
             if claimed is not None:
-                record_statuses(session, [claimed])
+                record_statuses(session, [claimed.job_id])
             return claimed
 
 

@@ -41,6 +41,7 @@ class JobRuntime:
         poll_seconds: a local worker's idle wait between claims.
         progress_event_seconds: least time between two stored progress events of a job.
         stage_hooks: run at each stage of each job (see :mod:`app.executors.hooks`).
+        device_wait_seconds: how long a ``cuda`` job waits for a GPU worker, then fails.
     """
 
     database: Database
@@ -51,6 +52,16 @@ class JobRuntime:
     poll_seconds: float = 0.5
     progress_event_seconds: float = 0.5
     stage_hooks: tuple[StageHook, ...] = ()
+    device_wait_seconds: float = 300.0
+
+    def has_cuda(self) -> bool:
+        """Whether this worker's jobs can run on a GPU (its device is not ``cpu`` and torch
+        sees one)."""
+        if self.jobs.device == "cpu":
+            return False
+        import torch
+
+        return bool(torch.cuda.is_available())
 
     @property
     def beat(self) -> float:
@@ -84,4 +95,5 @@ class JobRuntime:
             heartbeat_seconds=settings.heartbeat_seconds,
             poll_seconds=settings.poll_seconds,
             stage_hooks=installed_stage_hooks(),
+            device_wait_seconds=settings.device_wait_seconds,
         )

@@ -46,8 +46,9 @@ def open_store(source: Settings | str) -> BlobStore:
             secret_access_key=secret.get_secret_value() if secret else None,
             part_size=settings.s3_part_size,
         )
-        # Local temp space where the file store keeps it, so one sweep serves both.
-        return S3BlobStore(config, scratch=settings.storage_dir / "tmp")
+        # One configured local folder (default where the file store keeps it), swept by
+        # every worker at start.
+        return S3BlobStore(config, scratch=settings.scratch_dir or settings.storage_dir / "tmp")
     raise ValueError(
         f"GRAFT_STORAGE_URL must be file:///absolute/path or s3://bucket/prefix, not {url!r}"
     )

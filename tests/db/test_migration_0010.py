@@ -21,7 +21,7 @@ def _downgrade(database: object, revision: str) -> None:
 @pytest.mark.parametrize("backend", ["sqlite_database", "postgres_database"])
 def test_tensor_rows_become_pages_and_back(backend: str, request: pytest.FixtureRequest) -> None:
     database = request.getfixturevalue(backend)
-    _downgrade(database, "0007")
+    _downgrade(database, "0009")
     with database.engine.begin() as conn:
         conn.execute(
             text(
@@ -46,7 +46,7 @@ def test_tensor_rows_become_pages_and_back(backend: str, request: pytest.Fixture
         ("k.999", [1, 2], "float32", "parameter"),
         ("k.1000", [1, 2], "float32", "parameter"),
     ]
-    _downgrade(database, "0007")
+    _downgrade(database, "0009")
     with database.engine.begin() as conn:
         keys = conn.execute(
             text("SELECT key FROM checkpoint_tensors WHERE position >= 999 ORDER BY position")

@@ -17,6 +17,7 @@ from app.db.repositories import (
     DeliveryRepository,
     JobEnd,
     JobRepository,
+    Lease,
     PipelineRepository,
 )
 from app.db.session import Database
@@ -77,8 +78,7 @@ def test_finish_records_the_fetched_source_and_the_registry_result(
     result = {"registry": {"uri": "models:/out/3", "version": "3"}, "source_version": "1"}
     with any_database.transaction() as session:
         assert JobRepository(session).finish(
-            job_id,
-            owner="w",
+            Lease(job_id, "w", 0),
             now=now,
             end=JobEnd(status=JobStatus.succeeded, ok=True, result=result),
         )

@@ -9,7 +9,7 @@ from sqlalchemy import inspect, text
 
 from app.db.base import utcnow
 from app.db.models import Checkpoint, CheckpointFile, Job, JobStatus
-from app.db.repositories import CheckpointRepository, JobEnd, JobRepository
+from app.db.repositories import CheckpointRepository, JobEnd, JobRepository, Lease
 from app.db.session import Database
 from app.services.inspection import tensor_pages
 
@@ -104,9 +104,13 @@ def test_claim_is_exclusive_and_ordered(any_database: Database) -> None:
     now = utcnow()
     with any_database.transaction() as session:
         assert JobRepository(session).has_work(now=now)
-        assert JobRepository(session).claim(owner="w1", now=now, lease_seconds=30) == first
+        assert JobRepository(session).claim(owner="w1", now=now, lease_seconds=30) == Lease(
+            first, "w1", 1
+        )
     with any_database.transaction() as session:
-        assert JobRepository(session).claim(owner="w2", now=now, lease_seconds=30) == second
+        assert JobRepository(session).claim(owner="w2", now=now, lease_seconds=30) == Lease(
+            second, "w2", 1
+        )
     with any_database.transaction() as session:
         assert JobRepository(session).claim(owner="w3", now=now, lease_seconds=30) is None
         assert not JobRepository(session).has_work(now=now)
@@ -118,22 +122,44 @@ def test_expired_lease_is_reclaimed_and_old_owner_cannot_finish(any_database: Da
     job_id = _job(any_database, cid)
     now = utcnow()
     with any_database.transaction() as session:
-        JobRepository(session).claim(owner="dead", now=now, lease_seconds=1)
+        dead = JobRepository(session).claim(owner="dead", now=now, lease_seconds=1)
     later = now + timedelta(seconds=5)
     with any_database.transaction() as session:
         repo = JobRepository(session)
-        assert repo.claim(owner="alive", now=later, lease_seconds=30) == job_id
-        assert repo.heartbeat(job_id, owner="dead", now=later, lease_seconds=30) == (False, False)
-        assert not repo.finish(
-            job_id, owner="dead", now=later, end=JobEnd(status=JobStatus.succeeded)
-        )
-        assert repo.finish(
-            job_id, owner="alive", now=later, end=JobEnd(status=JobStatus.succeeded, ok=True)
-        )
+        alive = repo.claim(owner="alive", now=later, lease_seconds=30)
+        assert alive == Lease(job_id, "alive", 2)
+        assert dead == Lease(job_id, "dead", 1)
+        assert repo.heartbeat(dead, now=later, lease_seconds=30) == (False, False)
+        assert not repo.finish(dead, now=later, end=JobEnd(status=JobStatus.succeeded))
+        assert repo.finish(alive, now=later, end=JobEnd(status=JobStatus.succeeded, ok=True))
     with any_database.transaction(write=False) as session:
         job = JobRepository(session).get(job_id)
         assert job is not None
         assert (job.status, job.attempts, job.progress) == ("succeeded", 2, 1.0)
+
+
+def test_a_stale_token_is_refused_even_to_the_same_holder(any_database: Database) -> None:
+    # The same holder name claiming again (a redelivery to the same process) fences its own
+    # first claim: only the newest token may beat, release or finish.
+    cid = _checkpoint(any_database)
+    job_id = _job(any_database, cid)
+    now = utcnow()
+    with any_database.transaction() as session:
+        first = JobRepository(session).claim(owner="w", now=now, lease_seconds=30)
+        assert first == Lease(job_id, "w", 1)
+    with any_database.transaction() as session:
+        repo = JobRepository(session)
+        second = repo.claim_job(job_id, owner="w", now=now, lease_seconds=30, take_over=True)
+        assert (second.kind, second.lease) == ("claimed", Lease(job_id, "w", 2))
+        assert repo.heartbeat(first, now=now, lease_seconds=30) == (False, False)
+        assert not repo.release(first, now=now)
+        assert not repo.expire(first, now=now)
+        assert not repo.finish(first, now=now, end=JobEnd(status=JobStatus.failed))
+        assert repo.finish(Lease(job_id, "w", 2), now=now, end=JobEnd(status=JobStatus.succeeded))
+    with any_database.transaction(write=False) as session:
+        job = JobRepository(session).get(job_id)
+        assert job is not None
+        assert (job.status, job.attempts, job.lease_token) == ("succeeded", 2, 2)
 
 
 def test_attempts_are_bounded(any_database: Database) -> None:
@@ -142,7 +168,8 @@ def test_attempts_are_bounded(any_database: Database) -> None:
     now = utcnow()
     for _ in range(2):
         with any_database.transaction() as session:
-            assert JobRepository(session).claim(owner="w", now=now, lease_seconds=1) == job_id
+            lease = JobRepository(session).claim(owner="w", now=now, lease_seconds=1)
+            assert lease is not None and lease.job_id == job_id
         now += timedelta(seconds=5)
     with any_database.transaction() as session:
         repo = JobRepository(session)
@@ -160,12 +187,13 @@ def test_cancel_queued_and_running(any_database: Database) -> None:
     now = utcnow()
     with any_database.transaction() as session:
         repo = JobRepository(session)
-        assert repo.claim(owner="w", now=now, lease_seconds=30) == queued
+        lease = repo.claim(owner="w", now=now, lease_seconds=30)
+        assert lease == Lease(queued, "w", 1)
         # `queued` is now running: cancel must be requested, not applied
         assert not repo.cancel_queued(queued, now=now)
         assert repo.request_cancel(queued, now=now)
         assert repo.cancel_queued(running, now=now)
-        assert repo.heartbeat(queued, owner="w", now=now, lease_seconds=30) == (True, True)
+        assert repo.heartbeat(lease, now=now, lease_seconds=30) == (True, True)
     with any_database.transaction(write=False) as session:
         assert JobRepository(session).get(running).status == "cancelled"  # type: ignore[union-attr]
 

@@ -196,15 +196,15 @@ def celery_stack(
     tmp: Path,
     s3: S3Server | None,
     *,
-    queues: tuple[str, ...] = ("gpu,cpu", "cpu"),
+    queues: tuple[str, ...] = ("cpu", "cpu"),
     stage_delay: str = "1",
     rewrite: Callable[[dict[str, str]], None] | None = None,
     **overrides: str,
 ) -> Iterator[Stack]:
-    """The whole deployment: the API, and one worker per entry of ``queues`` (default:
-    worker A on gpu,cpu and worker B on cpu). Without ``s3``, blobs go to a folder they all
-    share (the bench's like-for-like comparison with the local executor). ``rewrite`` may
-    change the environment before anything starts."""
+    """The whole deployment: the API, and one worker per entry of ``queues`` (default: two
+    workers on cpu; a worker may consume gpu only on a host with CUDA). Without ``s3``, blobs
+    go to a folder they all share (the bench's like-for-like comparison with the local
+    executor). ``rewrite`` may change the environment before anything starts."""
     prefix = f"graft-test-{secrets.token_hex(4)}"
     bucket = s3.create_bucket(f"celery-{secrets.token_hex(4)}") if s3 else ""
     if s3:

@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _worker(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", "worker", *args],
@@ -25,6 +31,8 @@ def _worker(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         (["--executor", "celery"], {"GRAFT_BROKER_URL": ""}, "needs GRAFT_BROKER_URL"),
         (["--executor", "celery", "--queues", "gpu,tpu"], {}, "--queues takes gpu and/or cpu"),
         (["--executor", "celery", "--device", "mps"], {}, "--device takes cpu, cuda or cuda:N"),
+        (["--executor", "celery", "--queues", "gpu", "--device", "cpu"], {},
+         "--queues gpu needs a CUDA device (--device cpu); consume cpu only: --queues cpu"),
         (["--executor", "dask"], {}, "--executor takes local or celery"),
     ],
 )  # fmt: skip
@@ -40,6 +48,20 @@ def test_refused_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("graft: error: "), result.stderr
     assert message in lines[0]
+
+
+@pytest.mark.skipif(_has_cuda(), reason="needs a host without CUDA")
+def test_a_gpu_worker_without_cuda_refuses_to_start(tmp_path: Path) -> None:
+    env = {
+        "GRAFT_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none",
+        "GRAFT_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//",
+    }
+    result = _worker(tmp_path, "--executor", "celery", "--queues", "gpu", **env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "graft: error: --queues gpu needs a CUDA device (torch sees no CUDA device on this "
+        "host); consume cpu only: --queues cpu"
+    ]
 
 
 def test_serve_with_celery_refuses_sqlite(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 from app.api.schemas import JobPublic
 from app.db.base import utcnow
 from app.db.models import Job
-from app.db.repositories import CheckpointRepository, JobRepository
+from app.db.repositories import CheckpointRepository, JobRepository, Lease
 from app.db.session import Database
 from app.engine.architectures import ArchitectureRef
 from app.engine.readers import inspect_source
@@ -203,9 +203,9 @@ def test_worker_that_lost_its_lease_cannot_complete(
     # worker takes the job over; when it wakes up its result must be discarded.
     real = lease._heartbeat
 
-    def stalled(database: Database, job: str, owner: str, *rest: Any) -> None:
-        if owner != slow.owner:
-            real(database, job, owner, *rest)
+    def stalled(runtime: JobRuntime, held: Lease, *rest: Any) -> None:
+        if held.owner != slow.owner:
+            real(runtime, held, *rest)
 
     monkeypatch.setattr(lease, "_heartbeat", stalled)
     thread = threading.Thread(target=slow.run_once)

@@ -225,3 +225,34 @@ def test_disallowed_host_is_refused_before_any_connection(mlflow_url: str) -> No
     anywhere = MlflowClient(f"https://localhost:{port}", policy=OutboundPolicy.from_setting("*:*"))
     with anywhere, pytest.raises(OutboundRefusedError, match="loopback"):
         anywhere.resolve("models:/tiny/1")
+
+
+def test_a_failure_between_the_version_and_the_alias_never_makes_a_second_version(
+    client: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _result(tmp_path / "out", "model.safetensors")
+    request = VersionRequest(
+        name="half-done",
+        job_id="job-h",
+        weights=[paths["model.safetensors"]],
+        report=tmp_path / "out" / "report.json",
+        manifest=tmp_path / "out" / "manifest.json",
+        source_sha256=SOURCE_SHA,
+        alias="champion",
+    )
+    real = client.call
+
+    def alias_call_fails(method: str, path: str, **kwargs: object) -> dict[str, object]:
+        if path == "registered-models/alias":  # the version exists; the alias never moves
+            raise RegistryUnavailableError("connection dropped (injected)")
+        return real(method, path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client, "call", alias_call_fails)
+    with pytest.raises(RegistryUnavailableError):
+        register_version(client, request)
+    monkeypatch.setattr(client, "call", real)
+    again = register_version(client, request)  # the retry
+    assert (again.version, again.created) == ("1", False)
+    listed = client.call("GET", "model-versions/search", params={"filter": "name='half-done'"})
+    assert len(listed["model_versions"]) == 1
+    assert client.resolve("models:/half-done@champion").version == "1"

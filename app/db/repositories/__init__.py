@@ -9,7 +9,7 @@ from app.db.repositories.artifacts import ArtifactRepository
 from app.db.repositories.checkpoints import CheckpointRepository, TensorRow
 from app.db.repositories.events import JobEventRepository
 from app.db.repositories.idempotency import IdempotencyRepository
-from app.db.repositories.jobs import JobClaim, JobEnd, JobRepository
+from app.db.repositories.jobs import JobClaim, JobEnd, JobRepository, Lease
 from app.db.repositories.pipelines import DeliveryRepository, PipelineRepository
 from app.db.repositories.webhooks import WebhookRepository
 from app.db.repositories.workers import WorkerRepository
@@ -24,6 +24,7 @@ __all__ = [
     "JobEnd",
     "JobEventRepository",
     "JobRepository",
+    "Lease",
     "PipelineRepository",
     "TensorRow",
     "WebhookRepository",

@@ -6,6 +6,7 @@ Repositories flush; the caller's unit of work commits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -18,8 +19,9 @@ from app.db.models import (
     JobStatus,
 )
 from app.db.repositories._page import page
+from app.engine.errors import DeviceUnavailableError
 
-__all__ = ["JobClaim", "JobEnd", "JobRepository"]
+__all__ = ["JobClaim", "JobEnd", "JobRepository", "Lease"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,24 @@ class JobEnd:
     source_id: str | None = None
     result: dict[str, Any] | None = None
     warnings: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claim of a job: who holds it, and the fencing token the claim set.
+
+    Every write the holder makes carries the token; once another claim has incremented it,
+    the database refuses them (the UPDATE matches no row).
+
+    Attributes:
+        job_id: The claimed job.
+        owner: The holder's name (``host:pid:random``).
+        token: The job's ``lease_token`` as this claim set it.
+    """
+
+    job_id: str
+    owner: str
+    token: int
 
 
 class JobRepository:
@@ -175,11 +195,14 @@ class JobRepository:
             ),
         )
 
-    def has_work(self, *, now: datetime) -> bool:
+    def has_work(self, *, now: datetime, devices: Sequence[str] | None = None) -> bool:
         """Whether a claim (or an expiry sweep) has anything to do; a cheap read that spares
-        idle workers a write transaction every poll."""
+        idle workers a write transaction every poll. ``devices`` as in :meth:`claim`."""
         lapsed = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
-        return bool(self.session.scalar(select(exists().where(or_(self._claimable(now), lapsed)))))
+        claimable = self._claimable(now)
+        if devices is not None:
+            claimable = and_(claimable, Job.requested_device.in_(list(devices)))
+        return bool(self.session.scalar(select(exists().where(or_(claimable, lapsed)))))
 
     def count_active(self, owner: str) -> int:
         """The owner's queued and running jobs (the per-owner cap counts these)."""
@@ -193,21 +216,31 @@ class JobRepository:
             or 0
         )
 
-    def claim(self, *, owner: str, now: datetime, lease_seconds: float) -> str | None:
-        """Take the next claimable job, round-robin across owners, in one UPDATE. Returns its
-        id, or None.
+    def claim(
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        lease_seconds: float,
+        devices: Sequence[str] | None = None,
+    ) -> Lease | None:
+        """Take the next claimable job, round-robin across owners, in one UPDATE. Returns the
+        lease, or None.
 
         Claimable: queued, or running with a lapsed lease (its worker died) and attempts
-        left. The next owner served is the one with the fewest running jobs, then the one
-        served longest ago (never served first); that owner's oldest claimable job is taken.
-        So one owner's burst never starves another's single job (SPEC §5.3). The condition
-        is repeated in the outer WHERE so that, on PostgreSQL, a concurrent claimer that lost
-        the race updates nothing; SKIP LOCKED keeps them apart.
+        left; with ``devices``, only jobs that asked for one of them (a worker without CUDA
+        passes ``("auto", "cpu")``). The next owner served is the one with the fewest running
+        jobs, then the one served longest ago (never served first); that owner's oldest
+        claimable job is taken. So one owner's burst never starves another's single job
+        (SPEC §5.3). The condition is repeated in the outer WHERE so that, on PostgreSQL, a
+        concurrent claimer that lost the race updates nothing; SKIP LOCKED keeps them apart.
         """
         claimable = self._claimable(now)
+        if devices is not None:
+            claimable = and_(claimable, Job.requested_device.in_(list(devices)))
         candidate = (
             select(Job.id)
-            .where(claimable, Job.owner == _next_owner(now))
+            .where(claimable, Job.owner == _next_owner(now, devices))
             .order_by(Job.created_at, Job.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -217,31 +250,53 @@ class JobRepository:
             update(Job)
             .where(Job.id == candidate, claimable)
             .values(_claim_values(owner, now, lease_seconds))
-            .returning(Job.id)
+            .returning(Job.id, Job.lease_token)
             .execution_options(synchronize_session=False)
         )
-        return result.scalar_one_or_none()
+        row = result.first()
+        return None if row is None else Lease(row[0], owner, row[1])
 
     def claim_job(
-        self, job_id: str, *, owner: str, now: datetime, lease_seconds: float
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        now: datetime,
+        lease_seconds: float,
+        take_over: bool = False,
     ) -> JobClaim:
         """Take one named job (a message from a broker named it), if it is claimable.
 
+        Args:
+            job_id: The job the message named.
+            owner: The claimer's name.
+            now: The claim time.
+            lease_seconds: How long the claim lasts without a heartbeat.
+            take_over: Take a running job even while its holder's lease is live (the
+                holder is known gone, or the broker redelivered its message): the new
+                fencing token makes whatever the old holder writes next refused.
+
         Returns:
-            ``claimed``; ``busy`` with the seconds until the holder's lease lapses (a
-            redelivery while the previous holder is alive); ``gone`` when there is nothing to
-            do (finished, cancelled, unknown, or out of attempts).
+            ``claimed`` with the lease; ``busy`` with the seconds until the holder's lease
+            lapses (a duplicate message while the holder is alive); ``gone`` when there is
+            nothing to do (finished, cancelled, unknown, or out of attempts).
         """
-        claimable = and_(Job.id == job_id, self._claimable(now))
+        claimable = self._claimable(now)
+        if take_over:
+            claimable = or_(
+                claimable,
+                and_(Job.status == JobStatus.running, Job.attempts < Job.max_attempts),
+            )
         result = self.session.execute(
             update(Job)
-            .where(claimable)
+            .where(Job.id == job_id, claimable)
             .values(_claim_values(owner, now, lease_seconds))
-            .returning(Job.id)
+            .returning(Job.lease_token)
             .execution_options(synchronize_session=False)
         )
-        if result.scalar_one_or_none() is not None:
-            return JobClaim("claimed")
+        token = result.scalar_one_or_none()
+        if token is not None:
+            return JobClaim("claimed", lease=Lease(job_id, owner, token))
         row = self.session.execute(
             select(Job.status, Job.lease_expires_at, Job.attempts, Job.max_attempts).where(
                 Job.id == job_id
@@ -252,6 +307,42 @@ class JobRepository:
         if row.lease_expires_at >= now:
             return JobClaim("busy", (row.lease_expires_at - now).total_seconds())
         return JobClaim("gone")  # lapsed with no attempts left: fail_exhausted's business
+
+    @staticmethod
+    def _device_waits(before: datetime) -> ColumnElement[bool]:
+        return and_(
+            Job.status == JobStatus.queued,
+            Job.requested_device == "cuda",
+            Job.created_at < before,
+        )
+
+    def has_device_waits(self, *, before: datetime) -> bool:
+        """Whether a queued ``cuda`` job was created before ``before`` (a cheap read)."""
+        return bool(self.session.scalar(select(exists().where(self._device_waits(before)))))
+
+    def fail_device_waits(self, *, now: datetime, before: datetime) -> list[str]:
+        """Fail the queued ``cuda`` jobs created before ``before``: no GPU worker took them
+        in time (the caller checks none is alive).
+
+        Returns:
+            Their ids (their status events and webhooks are recorded by the caller).
+        """
+        result = self.session.execute(
+            update(Job)
+            .where(self._device_waits(before))
+            .values(
+                status=JobStatus.failed,
+                error_type=DeviceUnavailableError.type,
+                error_message="the job asked for device cuda, and no GPU worker took it in "
+                "time (GRAFT_DEVICE_WAIT_SECONDS); start a worker with CUDA, or submit it "
+                "with device cpu or auto",
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        return list(result.scalars())
 
     def set_queue(self, job_id: str, queue: str) -> None:
         """Record the queue a job was sent to."""
@@ -277,15 +368,14 @@ class JobRepository:
 
     def heartbeat(
         self,
-        job_id: str,
+        lease: Lease,
         *,
-        owner: str,
         now: datetime,
         lease_seconds: float,
         stage: str | None = None,
         progress: float | None = None,
     ) -> tuple[bool, bool]:
-        """Renew the lease (and record progress) if ``owner`` still holds it.
+        """Renew the lease (and record progress) if ``lease`` is still the job's.
 
         Returns:
             ``(held, cancel_requested)``.
@@ -300,7 +390,7 @@ class JobRepository:
             values["progress"] = progress
         result = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.running)
+            .where(_held(lease))
             .values(**values)
             .returning(Job.cancel_requested)
             .execution_options(synchronize_session=False)
@@ -310,11 +400,11 @@ class JobRepository:
             return False, False
         return True, bool(row[0])
 
-    def release(self, job_id: str, *, owner: str, now: datetime) -> bool:
+    def release(self, lease: Lease, *, now: datetime) -> bool:
         """Give a job back to the queue (graceful shutdown); the attempt is not counted."""
         result = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.running)
+            .where(_held(lease))
             .values(
                 status=JobStatus.queued,
                 attempts=Job.attempts - 1,
@@ -328,12 +418,11 @@ class JobRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def finish(self, job_id: str, *, owner: str, now: datetime, end: JobEnd) -> bool:
-        """Complete a job, only while ``owner`` holds its lease.
+    def finish(self, lease: Lease, *, now: datetime, end: JobEnd) -> bool:
+        """Complete a job, only while ``lease`` is still the job's.
 
         Args:
-            job_id: The job.
-            owner: The lease holder finishing it; another owner finishes nothing.
+            lease: The holder's claim; a stale token (another claim since) finishes nothing.
             now: The finish time.
             end: How it ended; its ``source_id`` and ``result`` are written when given.
 
@@ -347,7 +436,7 @@ class JobRepository:
             extra["result"] = end.result
         done = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.running)
+            .where(_held(lease))
             .values(
                 status=end.status,
                 ok=end.ok,
@@ -367,6 +456,26 @@ class JobRepository:
         )
         return bool(done.rowcount)  # type: ignore[attr-defined]
 
+    def holders(self) -> list[Lease]:
+        """The leases of the running jobs (for the reaper's look at their holders)."""
+        rows = self.session.execute(
+            select(Job.id, Job.lease_owner, Job.lease_token).where(
+                Job.status == JobStatus.running, Job.lease_owner.is_not(None)
+            )
+        )
+        return [Lease(job_id, owner or "", token) for job_id, owner, token in rows]
+
+    def expire(self, lease: Lease, *, now: datetime) -> bool:
+        """End ``lease`` now (its holder is dead), so the next claim takes the job at once
+        rather than after the lease would have lapsed. Returns whether it was still held."""
+        result = self.session.execute(
+            update(Job)
+            .where(_held(lease))
+            .values(lease_expires_at=now - timedelta(seconds=1), updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class JobClaim:
@@ -374,12 +483,27 @@ class JobClaim:
 
     kind: Literal["claimed", "busy", "gone"]
     retry_in: float = 0.0
+    lease: Lease | None = None
 
 
-def _next_owner(now: datetime) -> Any:
-    """The owner whose turn it is among those with claimable jobs: fewest running jobs, then
-    least recently served (the latest start of any of its jobs; never served first)."""
+def _held(lease: Lease) -> ColumnElement[bool]:
+    """The fence: the job is running under this very claim (no claim since)."""
+    return and_(
+        Job.id == lease.job_id,
+        Job.lease_token == lease.token,
+        Job.lease_owner == lease.owner,
+        Job.status == JobStatus.running,
+    )
+
+
+def _next_owner(now: datetime, devices: Sequence[str] | None) -> Any:
+    """The owner whose turn it is among those with jobs this worker may claim: fewest running
+    jobs, then least recently served (the latest start of any of its jobs; never served
+    first)."""
     waiting, other = aliased(Job), aliased(Job)
+    claimable = JobRepository._claimable(now, waiting)
+    if devices is not None:
+        claimable = and_(claimable, waiting.requested_device.in_(list(devices)))
     running = (
         select(func.count())
         .select_from(other)
@@ -395,7 +519,7 @@ def _next_owner(now: datetime) -> Any:
     )
     return (
         select(waiting.owner)
-        .where(JobRepository._claimable(now, waiting))
+        .where(claimable)
         .group_by(waiting.owner)
         .order_by(running, served.is_not(None), served, func.min(waiting.created_at))
         .limit(1)
@@ -410,6 +534,7 @@ def _claim_values(owner: str, now: datetime, lease_seconds: float) -> dict[str, 
         "lease_owner": owner,
         "lease_expires_at": now + timedelta(seconds=lease_seconds),
         "attempts": Job.attempts + 1,
+        "lease_token": Job.lease_token + 1,
         "started_at": func.coalesce(Job.started_at, now),
         "updated_at": now,
         "stage": "claimed",

@@ -41,6 +41,14 @@ class WorkerRepository:
             )
         )
 
+    def stale(self, *, before: datetime) -> list[Worker]:
+        """Workers whose last heartbeat is older than ``before``."""
+        return list(
+            self.session.scalars(
+                select(Worker).where(Worker.heartbeat_at < before).order_by(Worker.id)
+            )
+        )
+
     def gpu_alive(self, *, since: datetime) -> bool:
         """Whether a worker with a CUDA device that consumes ``gpu`` heartbeated since."""
         return any(

@@ -35,9 +35,18 @@ class JobError(BaseModel):
     message: str | None
 
 
+class RegistryFailure(BaseModel):
+    type: str = Field(description="a problem type, e.g. registry-unavailable")
+    message: str
+
+
 class RegistryResult(BaseModel):
-    uri: str
-    version: str
+    """Where the result was registered; or, when the registry failed after the conversion
+    succeeded, ``error`` alone (the job still succeeded, its artifacts are published)."""
+
+    uri: str | None = None
+    version: str | None = None
+    error: RegistryFailure | None = None
 
 
 class JobResult(BaseModel):

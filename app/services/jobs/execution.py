@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from app.db.models import Checkpoint, Job, JobStatus
 from app.db.repositories import CheckpointRepository, JobRepository
@@ -36,9 +38,20 @@ from app.services.sources.fetch import fetch_source
 from app.services.sources.references import RegisterSpec, RegistryConfig, SourceRef
 from app.storage import BlobStore
 
-__all__ = ["BlobSink", "JobControl", "JobOutcome", "JobSettings", "execute_job"]
+__all__ = [
+    "BlobSink",
+    "JobControl",
+    "JobOutcome",
+    "JobSettings",
+    "execute_job",
+    "interruptible",
+    "job_device",
+]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_STEP_TICK_SECONDS = 0.1
 
 _MEDIA_JSON = "application/json"
 _MEDIA_TEXT = "text/plain; charset=utf-8"
@@ -167,6 +180,7 @@ class _Inputs:
     owner: str = ""
     source_ref: SourceRef | None = None
     register: RegisterSpec | None = None
+    requested_device: str = "auto"
 
 
 def execute_job(
@@ -209,15 +223,7 @@ def execute_job(
             outcome.warnings = [str(w) for w in report.warnings]
             if result.ok and inputs.register is not None:
                 control.stage("registering")
-                registry = register_result(
-                    inputs.register,
-                    job_id=inputs.job_id,
-                    artifacts=sink.artifacts,
-                    source_sha256=inputs.source_sha256,
-                    store=store,
-                    work=work,
-                    config=settings.registry,
-                )
+                registry = _register(inputs, sink, store, work, settings)
                 outcome.result = {**(outcome.result or {}), "registry": registry}
         if result.ok:
             outcome.status = JobStatus.succeeded
@@ -241,6 +247,65 @@ def execute_job(
     return outcome
 
 
+def interruptible(control: JobControl, call: Callable[[], T]) -> T:
+    """Run a blocking network step (fetch, registration) on a helper thread, calling
+    ``control.tick`` every 0.1 s meanwhile, so a cancel (or a lost lease) stops the job at
+    once rather than when the step ends. What ``tick`` raises propagates; the abandoned step
+    ends on its own (its work folder is removed under it, its result unused; registering
+    again is safe, see :func:`app.registry.mlflow_publish.register_version`).
+
+    Args:
+        control: the executor's hooks.
+        call: the step.
+
+    Returns:
+        What ``call`` returned; what it raised is raised here.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the job's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="job-step", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        control.tick()
+        thread.join(_STEP_TICK_SECONDS)
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["value"])
+
+
+def _register(
+    inputs: _Inputs, sink: BlobSink, store: BlobStore, work: Path, settings: JobSettings
+) -> dict[str, Any]:
+    """Register the converted result. The conversion stands whatever the registry says: a
+    registry failure is recorded as ``{"error": {"type", "message"}}`` on a job that still
+    succeeded (its artifacts are published), and registering again is safe (the version is
+    found by its ``graft.job_id`` tag before another is created)."""
+    spec = inputs.register
+    assert spec is not None
+    try:
+        return interruptible(
+            sink.control,
+            lambda: register_result(
+                spec,
+                job_id=inputs.job_id,
+                artifacts=sink.artifacts,
+                source_sha256=inputs.source_sha256,
+                store=store,
+                work=work,
+                config=settings.registry,
+            ),
+        )
+    except GraftError as exc:
+        logger.warning("job %s: converted, but not registered: %s", inputs.job_id, exc.message)
+        return {"error": {"type": exc.type, "message": exc.message}}
+
+
 def _fetch(
     inputs: _Inputs,
     database: Database,
@@ -254,15 +319,19 @@ def _fetch(
     if inputs.source_ref is None:
         return inputs
     control.stage("fetching")
-    fetched = fetch_source(
-        inputs.source_ref,
-        owner=inputs.owner,
-        work=work,
-        database=database,
-        store=store,
-        config=settings.registry,
-        inspect_limits=settings.inspect_limits,
-        max_tensors=settings.max_tensors,
+    ref = inputs.source_ref
+    fetched = interruptible(
+        control,
+        lambda: fetch_source(
+            ref,
+            owner=inputs.owner,
+            work=work,
+            database=database,
+            store=store,
+            config=settings.registry,
+            inspect_limits=settings.inspect_limits,
+            max_tensors=settings.max_tensors,
+        ),
     )
     outcome.source_id = fetched.checkpoint_id
     if fetched.version is not None:
@@ -297,6 +366,7 @@ def _load(database: Database, job_id: str) -> _Inputs:
             owner=job.owner,
             source_ref=source_ref,
             register=RegisterSpec.model_validate(job.register) if job.register else None,
+            requested_device=job.requested_device,
         )
 
 
@@ -311,6 +381,23 @@ def _checkpoint(repo: CheckpointRepository, checkpoint_id: str | None, what: str
     return checkpoint
 
 
+def job_device(requested: str, worker: str) -> str:
+    """The device a job runs on: the one it asked for, never another. ``cpu`` runs on the CPU
+    even on a GPU worker; ``cuda`` runs on this worker's GPU, and fails
+    ``device-unavailable`` where torch sees none (never quietly on the CPU); ``auto`` takes
+    the worker's device.
+
+    Args:
+        requested: the job's ``device``: ``auto``, ``cpu`` or ``cuda``.
+        worker: the worker's device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda":
+        return worker if worker.startswith("cuda") else "cuda"
+    return worker
+
+
 def _request(
     store: BlobStore, inputs: _Inputs, work: Path, settings: JobSettings
 ) -> ConversionRequest:
@@ -323,7 +410,7 @@ def _request(
         options=WriteOptions(
             format=inputs.options.format,
             dtype=inputs.options.dtype,
-            device=settings.device,
+            device=job_device(inputs.requested_device, settings.device),
         ),
         dry_run=inputs.dry_run,
         source_sha256=inputs.source_sha256,

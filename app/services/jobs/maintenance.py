@@ -20,17 +20,18 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.repositories import CheckpointRepository, JobRepository
+from app.db.repositories import CheckpointRepository, JobRepository, WorkerRepository
 from app.db.session import Database
+from app.services.jobs.dispatch import GPU_WORKER_WINDOW
 from app.services.jobs.events import record_statuses
 from app.storage import BlobStore
 
-__all__ = ["BlobCollector", "LeaseSweep", "finish_lapsed", "reap_leases"]
+__all__ = ["BlobCollector", "LeaseSweep", "fail_device_waits", "finish_lapsed", "reap_leases"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,33 @@ def finish_lapsed(session: Session, *, now: datetime) -> tuple[list[str], list[s
     return cancelled, failed
 
 
-def reap_leases(database: Database) -> LeaseSweep:
-    """Settle every running job whose lease has lapsed (see the module docstring)."""
+def fail_device_waits(database: Database, *, wait_seconds: float) -> list[str]:
+    """Fail (``device-unavailable``) the queued ``cuda`` jobs that waited ``wait_seconds``
+    while no GPU worker was alive; while one is, they keep waiting their turn.
+
+    Returns:
+        Their ids.
+    """
+    now = utcnow()
+    before = now - timedelta(seconds=wait_seconds)
+    with database.transaction(write=False) as session:
+        if not JobRepository(session).has_device_waits(before=before):
+            return []
+        if WorkerRepository(session).gpu_alive(since=now - GPU_WORKER_WINDOW):
+            return []
+    with database.transaction() as session:
+        failed = JobRepository(session).fail_device_waits(now=now, before=before)
+        record_statuses(session, failed)
+    if failed:
+        logger.warning("failed %d cuda job(s) that no GPU worker took in time", len(failed))
+    return failed
+
+
+def reap_leases(database: Database, *, device_wait_seconds: float | None = None) -> LeaseSweep:
+    """Settle every running job whose lease has lapsed (see the module docstring), and fail
+    the ``cuda`` jobs that waited past ``device_wait_seconds`` for a GPU worker."""
+    if device_wait_seconds is not None:
+        fail_device_waits(database, wait_seconds=device_wait_seconds)
     now = utcnow()
     with database.transaction(write=False) as session:
         if not JobRepository(session).has_work(now=now):

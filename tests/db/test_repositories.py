@@ -211,14 +211,21 @@ def test_claims_go_round_robin_across_owners(any_database: Database) -> None:
     single = _owned_job(any_database, cid, "team-b")
     now = utcnow()
 
+    leases: dict[str, Lease] = {}
+
     def claim(worker: str, at: timedelta) -> str | None:
         with any_database.transaction() as session:
-            return JobRepository(session).claim(owner=worker, now=now + at, lease_seconds=30)
+            lease = JobRepository(session).claim(owner=worker, now=now + at, lease_seconds=30)
+        if lease is None:
+            return None
+        leases[lease.job_id] = lease
+        return lease.job_id
 
     def finish(job_id: str, worker: str, at: timedelta) -> None:
         with any_database.transaction() as session:
             end = JobEnd(status=JobStatus.succeeded, ok=True)
-            assert JobRepository(session).finish(job_id, owner=worker, now=now + at, end=end)
+            assert leases[job_id].owner == worker
+            assert JobRepository(session).finish(leases[job_id], now=now + at, end=end)
 
     # One worker: team-a's oldest job runs; when it ends, team-b (never served) goes next,
     # not the rest of the burst.

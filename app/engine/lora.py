@@ -119,20 +119,15 @@ class LoraResult:
         return {
             "output": str(self.output),
             "mode": self.mode,
-            "modules": [
-                {
-                    "module": m.module,
-                    "key": m.base_key,
-                    "kind": m.kind,
-                    "rank": m.rank,
-                    "alpha": m.alpha,
-                    "scale": m.scale,
-                }
-                for m in self.modules
-            ],  # fmt: skip
+            "modules": [_module_json(m) for m in self.modules],
             "replaced": self.replaced,
             "copied": self.copied,
         }
+
+
+def _module_json(m: LoraModule) -> dict[str, Any]:
+    return {"module": m.module, "key": m.base_key, "kind": m.kind, "rank": m.rank,
+            "alpha": m.alpha, "scale": m.scale}  # fmt: skip
 
 
 def read_adapter(folder: Path, *, alpha: float | None = None) -> LoraAdapter:

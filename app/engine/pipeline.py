@@ -91,7 +91,7 @@ def convert(
         source: a checkpoint path, a sharded set (directory, index, files, name -> path).
         target: what the weights must fit.
         recipe: a validated recipe (see ``load_recipe``).
-        output: where to write the weights (the folder of shards when
+        output: where to write the weights (a model folder when ``options.folder`` or
             ``options.max_shard_size`` is set); ignored for a dry run.
         options: how to write and verify (format, dtype over ``recipe.dtype``, device,
             sharding, verification, byte copy); see :class:`WriteOptions`.
@@ -132,6 +132,7 @@ def convert(
                 options=options,
                 stamp=_stamp(plan, recipe, identity[0] if identity else None, digest),
                 progress=progress,
+                beside=_model_files(plan, target),
             )
         model = None
         if options.verify:
@@ -161,6 +162,18 @@ def _identity(
     if options.source_digest == "blake3":
         return "blake3", src.blake3
     return None
+
+
+def _model_files(plan: Plan, target: Target) -> dict[str, bytes]:
+    """``config.json`` for a folder output into an architecture that declares its transformers
+    config (``hf_config``), with the written dtype as ``torch_dtype``, as ``save_pretrained``."""
+    config = target.architecture.hf_config() if target.architecture is not None else None
+    if config is None:
+        return {}
+    dtypes = [e.dtype for e in plan.entries if e.dtype.startswith(("float", "bfloat"))]
+    if dtypes and "torch_dtype" not in config:
+        config = {**config, "torch_dtype": max(set(dtypes), key=dtypes.count)}
+    return {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
 
 
 def _stamp(

@@ -69,7 +69,8 @@ def write_safetensors(
     """Stream every target tensor into ``tmp`` (a file, or a folder of shards).
 
     Args:
-        tmp: the temp file, or the temp folder when ``options.max_shard_size`` is set.
+        tmp: the temp file, or the temp folder when ``options.max_shard_size`` or
+            ``options.folder`` is set.
         plan: an ok plan.
         producer: makes the tensors that cannot be byte-copied.
         options: ``max_shard_size``, ``byte_copy``, ``copy_methods`` and ``verify`` apply
@@ -82,7 +83,7 @@ def write_safetensors(
         What was written, and where the headers are.
     """
     result = Execution(format="safetensors")
-    sharded = options.max_shard_size is not None
+    sharded = options.max_shard_size is not None or options.folder  # tmp is a folder
     shards = _split(plan.entries, options.max_shard_size)
     # As `save_pretrained`: a set that fits in one shard is a lone `model.safetensors`.
     indexed = sharded and len(shards) > 1

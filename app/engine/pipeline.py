@@ -21,6 +21,7 @@ from app.engine.devices import Device
 from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
+from app.engine.plan.ties import store_ties_once
 from app.engine.produce import Producer
 from app.engine.progress import Progress, ProgressEvent
 from app.engine.readers import Source, open_source
@@ -111,6 +112,8 @@ def convert(
         if progress:
             progress(ProgressEvent("plan", 0.0))
         plan = build_plan(src, target, recipe, dtype=options.dtype)
+        if target.tied and options.format == "safetensors":
+            store_ties_once(plan, target.tied)  # as save_pretrained: transformers re-ties
         manifest = build_manifest(plan, target, recipe).to_json()
         if dry_run or not plan.ok or output is None:
             report = build_report(plan, src, target, source_sha256=known.sha256)
@@ -166,14 +169,22 @@ def _identity(
 
 def _model_files(plan: Plan, target: Target) -> dict[str, bytes]:
     """``config.json`` for a folder output into an architecture that declares its transformers
-    config (``hf_config``), with the written dtype as ``torch_dtype``, as ``save_pretrained``."""
-    config = target.architecture.hf_config() if target.architecture is not None else None
-    if config is None:
+    config (``hf_config``), with the written dtype as ``torch_dtype``, as ``save_pretrained``;
+    and ``generation_config.json`` when its factory also declares ``hf_generation_config``."""
+    bound = target.architecture
+    config = bound.hf_config() if bound is not None else None
+    if bound is None or config is None:
         return {}
     dtypes = [e.dtype for e in plan.entries if e.dtype.startswith(("float", "bfloat"))]
     if dtypes and "torch_dtype" not in config:
         config = {**config, "torch_dtype": max(set(dtypes), key=dtypes.count)}
-    return {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
+    files = {"config.json": config}
+    generation = getattr(bound.architecture.factory, "hf_generation_config", None)
+    if callable(generation):
+        files["generation_config.json"] = generation(bound.kwargs)
+    return {
+        name: (json.dumps(v, indent=2, sort_keys=True) + "\n").encode() for name, v in files.items()
+    }
 
 
 def _stamp(

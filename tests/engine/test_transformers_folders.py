@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from app.engine.architectures import bind_architecture
 from app.engine.options import WriteOptions
@@ -110,3 +110,71 @@ def test_a_file_output_writes_no_config(tmp_path: Path) -> None:
     )
     assert result.ok
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+# --- tied weights: transformers' own GPT2LMHeadModel registered as an architecture -----------
+
+GPT2 = {"n_embd": 16, "n_layer": 2, "n_head": 2, "vocab_size": 40, "n_positions": 8}
+GPT2_REF = [("tiny_gpt2_lm", __name__, "gpt2_lm")]
+
+
+def gpt2_lm(
+    n_embd: int = 16, n_layer: int = 2, n_head: int = 2, vocab_size: int = 40, n_positions: int = 8
+) -> Any:
+    """transformers' GPT2LMHeadModel: lm_head.weight is wte's parameter, declared tied."""
+    config = transformers.GPT2Config(
+        n_embd=n_embd, n_layer=n_layer, n_head=n_head, vocab_size=vocab_size,
+        n_positions=n_positions,
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _gpt2_config(kwargs: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = transformers.GPT2Config(**kwargs).to_dict()
+    return {**config, "architectures": ["GPT2LMHeadModel"]}
+
+
+gpt2_lm.hf_config = _gpt2_config  # type: ignore[attr-defined]
+gpt2_lm.hf_generation_config = lambda kwargs: {"bos_token_id": 50256, "eos_token_id": 50256}  # type: ignore[attr-defined]
+
+
+def test_tied_weights_are_stored_once_and_auto_model_reties_them(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = gpt2_lm(**GPT2).eval()
+    # As the Hub stores GPT-2: the tied lm_head.weight is not in the file; a copy rule ties it.
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "gpt2.safetensors")
+    recipe = load_recipe({"copy": [{"from": "transformer.wte.weight", "to": "lm_head.weight"}]})
+    target = Target.from_architecture("tiny_gpt2_lm", GPT2, extra=GPT2_REF)
+    assert target.tied == {"lm_head.weight": "transformer.wte.weight"}
+
+    result = convert(tmp_path / "gpt2.safetensors", target, recipe, output=tmp_path / "out",
+                     options=WriteOptions(folder=True))  # fmt: skip
+
+    assert result.ok, result.report["failures"]
+    head = next(e for e in result.report["entries"] if e["target"] == "lm_head.weight")
+    assert (head["status"], head["stored_as"]) == ("tied", "transformer.wte.weight")
+    written = load_file(tmp_path / "out" / "model.safetensors")
+    assert "lm_head.weight" not in written and sorted(written) == sorted(state)
+    assert result.report["verification"]["strict_load"] is True
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors",
+    ]  # fmt: skip
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    ids = torch.tensor([[1, 5, 7, 39, 2]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_a_tie_whose_sources_differ_is_written_twice(tmp_path: Path) -> None:
+    model = gpt2_lm(**GPT2).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "gpt2.safetensors")
+    target = Target.from_architecture("tiny_gpt2_lm", GPT2, extra=GPT2_REF)
+    result = convert(tmp_path / "gpt2.safetensors", target, load_recipe({}),
+                     output=tmp_path / "out", options=WriteOptions(folder=True))  # fmt: skip
+    assert result.ok
+    head = next(e for e in result.report["entries"] if e["target"] == "lm_head.weight")
+    assert head["status"] == "loaded" and "stored_as" not in head
+    assert "lm_head.weight" in load_file(tmp_path / "out" / "model.safetensors")

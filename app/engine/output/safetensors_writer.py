@@ -84,14 +84,15 @@ def write_safetensors(
     """
     result = Execution(format="safetensors")
     sharded = options.max_shard_size is not None or options.folder  # tmp is a folder
-    shards = _split(plan.entries, options.max_shard_size)
+    # A tied duplicate stored once is not written (``stored_as``: transformers re-ties it).
+    shards = _split([e for e in plan.entries if e.stored_as is None], options.max_shard_size)
     # As `save_pretrained`: a set that fits in one shard is a lone `model.safetensors`.
     indexed = sharded and len(shards) > 1
     names = shard_names(len(shards)) if indexed else [SINGLE_NAME if sharded else tmp.name]
     paths = [tmp / n for n in names] if sharded else [tmp]
     headers: list[bytes] = []
     runs = _Runs(KernelCopier(options.copy_methods))
-    total, done, previous_files = max(len(plan.entries), 1), 0, 0
+    total, done, previous_files = max(sum(map(len, shards)), 1), 0, 0
     try:
         for path, entries in zip(paths, shards, strict=True):
             header = _header(entries, metadata)

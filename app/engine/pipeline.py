@@ -135,7 +135,7 @@ def convert(
                 options=options,
                 stamp=_stamp(plan, recipe, identity[0] if identity else None, digest),
                 progress=progress,
-                beside=_model_files(plan, target),
+                beside=_model_files(plan, target) if _is_folder(options) else None,
             )
         model = None
         if options.verify:
@@ -165,6 +165,10 @@ def _identity(
     if options.source_digest == "blake3":
         return "blake3", src.blake3
     return None
+
+
+def _is_folder(options: WriteOptions) -> bool:
+    return options.folder or options.max_shard_size is not None
 
 
 def _model_files(plan: Plan, target: Target) -> dict[str, bytes]:

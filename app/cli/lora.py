@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -45,6 +46,14 @@ OutputOpt = Annotated[
         "folder's config and tokenizer files).",
     ),
 ]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-shard-size",
+        help="Write Hugging Face shards of at most this size (e.g. 5GB) into the folder -o "
+        "(replacing it).",
+    ),
+]
 AlphaOpt = Annotated[
     float | None,
     typer.Option("--alpha", help="Use this lora_alpha instead of adapter_config.json's."),
@@ -59,10 +68,11 @@ def merge(
     adapter: AdapterArg,
     output: OutputOpt,
     alpha: AlphaOpt = None,
+    max_shard_size: ShardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write BASE with ADAPTER merged in: W + (alpha/r)·B·A per target module."""
-    _run(base, adapter, output, alpha=alpha, mode="merge", as_json=as_json)
+    _run(base, adapter, output, _Options("merge", alpha, max_shard_size, as_json))
 
 
 @lora_cli.command(cls=GraftCommand)
@@ -71,30 +81,39 @@ def unmerge(
     adapter: AdapterArg,
     output: OutputOpt,
     alpha: AlphaOpt = None,
+    max_shard_size: ShardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write MERGED with ADAPTER taken out: W - (alpha/r)·B·A (float32: within one ulp)."""
-    _run(merged, adapter, output, alpha=alpha, mode="unmerge", as_json=as_json)
+    _run(merged, adapter, output, _Options("unmerge", alpha, max_shard_size, as_json))
 
 
-def _run(
-    base: Path,
-    adapter: Path,
-    output: Path,
-    *,
-    alpha: float | None,
-    mode: Literal["merge", "unmerge"],
-    as_json: bool,
-) -> None:
+@dataclass(frozen=True)
+class _Options:
+    mode: Literal["merge", "unmerge"]
+    alpha: float | None
+    max_shard_size: str | None
+    as_json: bool
+
+
+def _run(base: Path, adapter: Path, output: Path, options: _Options) -> None:
+    from app.cli.sizes import parse_size
     from app.engine.lora import apply_lora, read_adapter
 
-    folder = output.is_dir() or output.suffix != ".safetensors"
-    target = output / "model.safetensors" if folder else output
-    if folder:
+    mode, shards = options.mode, options.max_shard_size
+    folder = shards is not None or output.is_dir() or output.suffix != ".safetensors"
+    target = output / "model.safetensors" if folder and shards is None else output
+    if folder and shards is None:
         output.mkdir(parents=True, exist_ok=True)
-    result = apply_lora(base, read_adapter(adapter, alpha=alpha), target, mode=mode)
+    result = apply_lora(
+        base,
+        read_adapter(adapter, alpha=options.alpha),
+        target,
+        mode=mode,
+        max_shard_size=parse_size(shards) if shards is not None else None,
+    )
     copied = _copy_beside(base, output) if folder else []
-    if as_json:
+    if options.as_json:
         typer.echo(json.dumps({**result.as_json(), "files_copied": copied}, indent=2))
         return
     verb = "merged" if mode == "merge" else "unmerged"

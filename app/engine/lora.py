@@ -31,6 +31,7 @@ from app.engine.errors import InvalidTargetError, UnreadableCheckpointError
 from app.engine.meta import DTYPE_SIZES
 from app.engine.output.digests import tensor_bytes
 from app.engine.output.files import atomic_output
+from app.engine.output.safetensors_writer import INDEX_NAME, SINGLE_NAME, shard_names
 from app.engine.readers import SAFETENSORS_DTYPES, Source, open_source
 
 if TYPE_CHECKING:
@@ -205,55 +206,105 @@ def apply_lora(
     output: Path,
     *,
     mode: Literal["merge", "unmerge"] = "merge",
+    max_shard_size: int | None = None,
 ) -> LoraResult:
-    """Write ``base`` with ``adapter`` merged into it (or taken out of it) as one safetensors file.
+    """Write ``base`` with ``adapter`` merged into it (or taken out of it), streamed.
 
     Args:
         base: the base checkpoint (any format Graft reads: safetensors, a sharded folder,
             a torch file); for ``unmerge``, the merged one.
         adapter: from :func:`read_adapter`.
-        output: the safetensors file to write (atomically).
+        output: the safetensors file to write; with ``max_shard_size``, the folder of shards
+            (as ``save_pretrained`` names them, with their index). Written atomically.
         mode: ``merge`` adds ``scale·B·A``; ``unmerge`` subtracts it.
+        max_shard_size: shards of at most this many bytes (a tensor larger than that gets
+            a shard of its own).
 
     Raises:
         InvalidTargetError: a target module's weight is missing from the base or has another
             shape; ``unmerge`` of an adapter with ``modules_to_save``.
     """
-    import torch
-
     if mode == "unmerge" and adapter.saved:
         raise InvalidTargetError(
             f"cannot unmerge {sorted(adapter.saved)}: the adapter's modules_to_save replaced "
             "them on merge and it does not hold the originals; take them from the base model"
         )
-    sign = 1.0 if mode == "merge" else -1.0
     with (
         open_source(base, strip_prefixes="none") as src,
         open_source(adapter.path / ADAPTER_WEIGHTS, strip_prefixes="none") as factors,
     ):
         by_key = {m.base_key: m for m in adapter.modules.values()}
         _check_targets(src, factors, adapter, by_key)
-        keys = list(src.tensors)
         metadata = {**src.metadata, "format": "pt"}
-        with atomic_output(Path(output)) as tmp, tmp.open("wb") as f:
-            f.write(_header(src, keys, metadata))
-            for key in keys:
-                t = src.read(key)
-                if (m := by_key.get(key)) is not None:
-                    delta = lora_delta(
-                        factors.read(m.a_key), factors.read(m.b_key), kind=m.kind,
-                        scale=m.scale, fan_in_fan_out=adapter.fan_in_fan_out,
-                    )  # fmt: skip
-                    t = (t.to(torch.float64) + sign * delta).to(t.dtype)
-                    del delta
-                elif key in adapter.saved:
-                    t = factors.read(adapter.saved[key]).to(t.dtype)
-                f.write(tensor_bytes(t))
-                del t
+        shards = _shards(src, max_shard_size)
+        names = shard_names(len(shards)) if len(shards) > 1 else [SINGLE_NAME]
+        sign = 1.0 if mode == "merge" else -1.0
+        with atomic_output(Path(output), folder=max_shard_size is not None) as tmp:
+            for name, keys in zip(names, shards, strict=True):
+                path = tmp / name if max_shard_size is not None else tmp
+                with path.open("wb") as f:
+                    f.write(_header(src, keys, metadata))
+                    for key in keys:
+                        t = _tensor(key, (src, factors), adapter, by_key.get(key), sign)
+                        f.write(tensor_bytes(t))
+                        del t  # one module in memory at a time
+            if len(shards) > 1:
+                _write_index(tmp, src, dict(zip(names, shards, strict=True)), metadata)
     touched = len(by_key) + len(adapter.saved)
     return LoraResult(
-        Path(output), mode, list(by_key.values()), sorted(adapter.saved), len(keys) - touched
+        Path(output), mode, list(by_key.values()), sorted(adapter.saved), len(src.tensors) - touched
     )
+
+
+def _tensor(
+    key: str,
+    sources: tuple[Source, Source],
+    adapter: LoraAdapter,
+    m: LoraModule | None,
+    sign: float,
+) -> torch.Tensor:
+    """One output tensor: the base's, with its module's delta added (or subtracted)."""
+    import torch
+
+    src, factors = sources
+    t = src.read(key)
+    if m is not None:
+        delta = lora_delta(
+            factors.read(m.a_key), factors.read(m.b_key), kind=m.kind, scale=m.scale,
+            fan_in_fan_out=adapter.fan_in_fan_out,
+        )  # fmt: skip
+        return (t.to(torch.float64) + sign * delta).to(t.dtype)
+    if key in adapter.saved:
+        return factors.read(adapter.saved[key]).to(t.dtype)
+    return t
+
+
+def _shards(src: Source, max_shard_size: int | None) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for key, info in src.tensors.items():
+        n = math.prod(info.shape) * DTYPE_SIZES[info.dtype]
+        if max_shard_size is not None and shards[-1] and size + n > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(key)
+        size += n
+    return shards
+
+
+def _write_index(
+    folder: Path, src: Source, shards: dict[str, list[str]], metadata: dict[str, str]
+) -> None:
+    total = sum(
+        math.prod(src.tensors[k].shape) * DTYPE_SIZES[src.tensors[k].dtype]
+        for keys in shards.values()
+        for k in keys
+    )
+    index = {
+        "metadata": {"total_size": total, **metadata},
+        "weight_map": {k: name for name, keys in shards.items() for k in keys},
+    }
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

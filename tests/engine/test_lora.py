@@ -186,3 +186,24 @@ def test_refuses_dora_and_keys_of_another_model(tmp_path: Path) -> None:
         apply_lora(tmp_path / "other.safetensors", read_adapter(tmp_path / "adapter"),
                    tmp_path / "out")  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_sharded_output_holds_the_same_tensors(tmp_path: Path) -> None:
+    model = _tiny_bert()
+    _, base = _adapter(model, tmp_path / "adapter", r=2, lora_alpha=4, target_modules=["query"])
+    save_file(base, tmp_path / "base.safetensors")
+    adapter = read_adapter(tmp_path / "adapter")
+    apply_lora(tmp_path / "base.safetensors", adapter, tmp_path / "one.safetensors")
+
+    apply_lora(tmp_path / "base.safetensors", adapter, tmp_path / "shards", max_shard_size=4000)
+
+    index = json.loads((tmp_path / "shards" / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert files == sorted(p.name for p in (tmp_path / "shards").glob("model-*.safetensors"))
+    assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    merged: dict[str, torch.Tensor] = {}
+    for name in files:
+        merged |= load_file(tmp_path / "shards" / name)
+    one = load_file(tmp_path / "one.safetensors")
+    assert list(index["weight_map"]) == sorted(one)
+    assert all(torch.equal(merged[k], one[k]) for k in one)

@@ -1,8 +1,8 @@
 """The ``graft`` command. The only place that prints: the engine returns data, this renders it.
 
 One module per command group: ``inspect`` (inspect, skeleton, architectures), ``convert``
-(plan, convert), ``submit``, ``serve`` (serve, worker), ``keys`` and ``recipe``; the shared
-options in ``options``, the views in ``render``, the progress bar in ``progress``.
+(plan, convert), ``submit``, ``serve`` (serve, worker), ``keys``, ``recipe`` and ``lora``;
+the shared options in ``options``, the views in ``render``, the progress bar in ``progress``.
 Heavy imports (torch, the engine) happen inside commands so ``graft --help`` stays fast.
 """
 
@@ -17,6 +17,7 @@ from app.cli import convert, inspect, serve, submit
 from app.cli.align import register as register_align
 from app.cli.help_format import GraftCommand, GraftGroup
 from app.cli.keys import keys_cli
+from app.cli.lora import lora_cli
 from app.cli.recipe import recipe_cli
 from app.cli.verify import register as register_verify
 
@@ -68,6 +69,7 @@ cli.add_typer(keys_cli, name="keys")
 cli.add_typer(recipe_cli, name="recipe")
 register_align(cli)
 register_verify(cli)
+cli.add_typer(lora_cli, name="lora")
 
 
 def main() -> None:

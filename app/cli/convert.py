@@ -125,6 +125,15 @@ Sha256Opt = Annotated[
         "its BLAKE3 (b3sum), the default.",
     ),
 ]
+FolderOpt = Annotated[
+    bool,
+    typer.Option(
+        "--folder",
+        help="Write -o as a model folder, as save_pretrained does: model.safetensors (or "
+        "shards), and config.json when the target architecture declares one (the default "
+        "when -o is a folder).",
+    ),
+]
 SourceArchOpt = Annotated[
     str | None,
     typer.Option(
@@ -187,6 +196,7 @@ def convert(
     json_: JsonOpt = False,
     target_kwargs: TargetKwargsOpt = None,
     max_shard_size: MaxShardOpt = None,
+    folder: FolderOpt = False,
     verify: VerifyOpt = True,
     sha256: Sha256Opt = False,
     device: Annotated[
@@ -218,6 +228,7 @@ def convert(
         format=fmt,  # type: ignore[arg-type]
         device=device or settings.device,
         max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
+        folder=folder or output.is_dir(),
         verify=verify,
         # The cheapest honest identity: BLAKE3 runs on every core from the page cache the
         # copy just filled; --no-verify promises no pass over the data at all.

@@ -17,7 +17,8 @@ Four sources, later ones overriding earlier ones of the same name (with a warnin
 Clients only ever name an architecture and pass JSON kwargs; they never send code. Kwargs are
 checked against the factory's signature (names, and the JSON types its annotations allow)
 before it runs. A model may declare ``example_input(batch)`` and ``example_output_shape(batch)``
-so a conversion into it can be proven by a forward pass (``app.engine.verify``).
+so a conversion into it can be proven by a forward pass (``app.engine.verify``), and
+``hf_config(kwargs)`` (a class method) so a folder output carries its transformers ``config.json``.
 """
 
 from __future__ import annotations
@@ -231,6 +232,21 @@ class BoundArchitecture:
                 "not a torch.nn.Module"
             )
         return model
+
+    def hf_config(self) -> dict[str, Any] | None:
+        """The transformers ``config.json`` the factory declares through ``hf_config(kwargs)``
+        (a class method beside the model's constructor), or ``None`` when it declares none.
+
+        Raises:
+            InvalidTargetError: the hook returned something other than a dict with ``model_type``.
+        """
+        hook = getattr(self.architecture.factory, "hf_config", None)
+        if not callable(hook):
+            return None
+        config = hook({**self.architecture.fixed, **self.kwargs})
+        if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+            raise InvalidTargetError(f"architecture {self.name!r}: hf_config gave no model_type")
+        return config
 
     def example(self, model: nn.Module, batch: int = 2) -> tuple[Any, tuple[int, ...]] | None:
         """The model's declared example input and the output shape it must produce.

@@ -26,6 +26,10 @@ class WriteOptions:
             ``cpu``, ``cuda``, ``cuda:N``. Resolved once, lazily, by the process doing the work,
             so a byte-copy conversion never imports torch. The output is written from the CPU.
         max_shard_size: write Hugging Face shards of at most this many bytes into a folder.
+        folder: write a model folder as ``save_pretrained`` does (``model.safetensors``, or
+            shards and their index with ``max_shard_size``), with the ``config.json`` of a
+            target architecture that declares one (``hf_config``), so ``from_pretrained``
+            loads it as it is.
         verify: re-read the output and compare every fed tensor with its source; for an
             architecture target, also load it into the model and run a forward pass.
         byte_copy: copy unchanged tensors file to file without torch (``False`` forces the
@@ -44,6 +48,7 @@ class WriteOptions:
     dtype: str | None = None
     device: str = "cpu"
     max_shard_size: int | None = None
+    folder: bool = False
     verify: bool = True
     byte_copy: bool = True
     copy_methods: tuple[CopyMethod, ...] = ("reflink", "kernel", "buffered")

@@ -21,6 +21,7 @@ from app.engine.devices import Device
 from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
+from app.engine.plan.ties import store_ties_once
 from app.engine.produce import Producer
 from app.engine.progress import Progress, ProgressEvent
 from app.engine.provenance import describe_target
@@ -94,7 +95,7 @@ def convert(
         source: a checkpoint path, a sharded set (directory, index, files, name -> path).
         target: what the weights must fit.
         recipe: a validated recipe (see ``load_recipe``).
-        output: where to write the weights (the folder of shards when
+        output: where to write the weights (a model folder when ``options.folder`` or
             ``options.max_shard_size`` is set); ignored for a dry run.
         options: how to write and verify (format, dtype over ``recipe.dtype``, device,
             sharding, verification, byte copy); see :class:`WriteOptions`.
@@ -114,6 +115,8 @@ def convert(
         if progress:
             progress(ProgressEvent("plan", 0.0))
         plan = build_plan(src, target, recipe, dtype=options.dtype)
+        if target.tied and options.format == "safetensors":
+            store_ties_once(plan, target.tied)  # as save_pretrained: transformers re-ties
         manifest = build_manifest(plan, target, recipe).to_json()
         if dry_run or not plan.ok or output is None:
             report = build_report(plan, src, target, source_sha256=known.sha256)
@@ -135,6 +138,7 @@ def convert(
                 options=options,
                 stamp=_stamp(plan, recipe, target, identity[0] if identity else None, digest),
                 progress=progress,
+                beside=_model_files(plan, target) if _is_folder(options) else None,
             )
         model = None
         if options.verify:
@@ -165,6 +169,30 @@ def _identity(
     if options.source_digest == "blake3":
         return "blake3", src.blake3
     return None
+
+
+def _is_folder(options: WriteOptions) -> bool:
+    return options.folder or options.max_shard_size is not None
+
+
+def _model_files(plan: Plan, target: Target) -> dict[str, bytes]:
+    """``config.json`` for a folder output into an architecture that declares its transformers
+    config (``hf_config``), with the written dtype as ``torch_dtype``, as ``save_pretrained``;
+    and ``generation_config.json`` when its factory also declares ``hf_generation_config``."""
+    bound = target.architecture
+    config = bound.hf_config() if bound is not None else None
+    if bound is None or config is None:
+        return {}
+    dtypes = [e.dtype for e in plan.entries if e.dtype.startswith(("float", "bfloat"))]
+    if dtypes and "torch_dtype" not in config:
+        config = {**config, "torch_dtype": max(set(dtypes), key=dtypes.count)}
+    files = {"config.json": config}
+    generation = getattr(bound.architecture.factory, "hf_generation_config", None)
+    if callable(generation):
+        files["generation_config.json"] = generation(bound.kwargs)
+    return {
+        name: (json.dumps(v, indent=2, sort_keys=True) + "\n").encode() for name, v in files.items()
+    }
 
 
 def _stamp(

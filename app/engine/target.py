@@ -46,6 +46,8 @@ class Target:
         name: what to call it in reports (file name, ``skeleton``, ``arch:NAME``).
         architecture: for a registered architecture, the model it describes (with its
             kwargs): conversions into it are verified by running that model.
+        tied: ``{duplicate: kept}`` keys the architecture ties and declares in
+            ``_tied_weights_keys`` (see :mod:`app.engine.plan.ties`).
     """
 
     def __init__(
@@ -56,8 +58,10 @@ class Target:
         name: str,
         template: Source | None = None,
         architecture: BoundArchitecture | None = None,
+        tied: dict[str, str] | None = None,
     ) -> None:
         self.kind = kind
+        self.tied = tied or {}
         self.tensors = tensors
         self.name = name
         self.architecture = architecture
@@ -173,8 +177,13 @@ class Target:
         from app.engine.architectures import bind_architecture
 
         bound = bind_architecture(name, kwargs, extra=extra)
+        from app.engine.plan.ties import declared_ties
+
         model = bound.build("meta")
-        return cls("architecture", _module_tensors(model), name=f"arch:{name}", architecture=bound)
+        return cls(
+            "architecture", _module_tensors(model), name=f"arch:{name}", architecture=bound,
+            tied=declared_ties(model),
+        )  # fmt: skip
 
 
 def _module_tensors(module: nn.Module) -> dict[str, TensorInfo]:

@@ -101,7 +101,8 @@ def verify_output(
         The counts, the keys that differ, and the strict-load outcome.
     """
     check = OutputCheck()
-    fed = [e for e in plan.entries if e.fed]
+    fed = [e for e in plan.entries if e.fed and e.stored_as is None]
+    ties = {e.target: e.stored_as for e in plan.entries if e.stored_as is not None}
     with open_source(written, strip_prefixes="none") as out:
         for i, entry in enumerate(fed):
             check.checked += 1
@@ -111,7 +112,8 @@ def verify_output(
                 check.unequal.append(entry.target)
             if progress:
                 progress(ProgressEvent("verify", (i + 1) / max(len(fed), 1)))
-        check.strict_load, check.strict_error = strict_load_check(target, out.tensors)
+        tensors = {**out.tensors, **{dup: out.tensors[kept] for dup, kept in ties.items()}}
+        check.strict_load, check.strict_error = strict_load_check(target, tensors)
     return check
 
 
@@ -248,6 +250,8 @@ def verify_on_model(
     try:
         model = target.build(device)
         state = _read_all(output, device)
+        # A tied duplicate stored once is the same tensor, as transformers' re-tying makes it.
+        state |= {e.target: state[e.stored_as] for e in plan.entries if e.stored_as in state}
         compute_dtype = _load(model, state)
     except Exception as exc:  # the model is user code: whatever it raises is a finding
         forward.update(ok=False, strict_load=False, error=_one_line(exc))

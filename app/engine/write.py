@@ -7,7 +7,7 @@ then lets it appear at the output path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,17 +50,21 @@ def execute_plan(
     options: WriteOptions,
     stamp: Stamp,
     progress: Progress | None = None,
+    beside: Mapping[str, bytes] | None = None,
 ) -> Execution:
     """Write every target tensor to ``output`` atomically, then verify it.
 
     Args:
         plan: an ok plan.
         producer: the source, target, seed and device that produce each tensor.
-        output: the output file, or the output folder when ``options.max_shard_size`` is set.
+        output: the output file, or the output folder when ``options.folder`` or
+            ``options.max_shard_size`` is set.
         options: the format (both are streamed in bounded memory, unchanged tensors copied
             in the kernel), sharding, byte copy, and whether to verify.
         stamp: the safetensors metadata (the torch format carries none).
         progress: called with a ``ProgressEvent``.
+        beside: files written next to the weights in a folder output (``config.json``), by
+            name; they appear with the weights, atomically.
 
     Returns:
         The digests, counts, warnings, file names and the output check.
@@ -78,13 +82,16 @@ def execute_plan(
                 _verify(tmp, plan, producer, result, progress)
         return result
     if options.format == "torch":
+        if options.folder:
+            raise GraftError("folder applies to safetensors output only")
         with atomic_output(output) as tmp:
             result = write_torch(tmp, plan, producer, options, progress)
             if options.verify:
                 _verify(tmp, plan, producer, result, progress)
         result.files = [Path(output).name]
         return result
-    with atomic_output(output, folder=options.max_shard_size is not None) as tmp:
+    folder = options.folder or options.max_shard_size is not None
+    with atomic_output(output, folder=folder) as tmp:
         result, layout = write_safetensors(
             tmp, plan, producer, options, stamp.placeholder, progress
         )
@@ -93,7 +100,10 @@ def execute_plan(
         if options.verify:
             _verify(tmp, plan, producer, result, progress)
         finalize_safetensors(tmp, layout, stamp.finalize(result))
-    if options.max_shard_size is None:
+        for name, data in (beside or {}).items() if folder else ():
+            (tmp / name).write_bytes(data)
+            result.files.append(name)
+    if not folder:
         result.files = [Path(output).name]  # the final name, never the temp file's
     return result
 

@@ -4,11 +4,15 @@ Written in this project from the published architecture (Devlin et al., 2019) as
 lays it out: ``embeddings.{word,position,token_type}_embeddings`` + ``embeddings.LayerNorm``,
 ``encoder.layer.N.{attention.self.{query,key,value}, attention.output.{dense,LayerNorm},
 intermediate.dense, output.{dense,LayerNorm}}``, ``pooler.dense``; post-norm layers, exact GELU.
-The kwargs are ``BertConfig``'s names. ``forward`` returns the last hidden state; ``pooler``
-turns it into ``BertModel``'s ``pooler_output``.
+The kwargs are ``BertConfig``'s names, and ``hf_config`` writes them as its ``config.json``.
+``forward`` returns the last hidden state; ``pooler`` turns it into ``BertModel``'s
+``pooler_output``.
 """
 
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +214,26 @@ class BertModel(nn.Module):
             mask = attention_mask[:, None, None, :].to(torch.bool)
         out: torch.Tensor = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
         return out
+
+    @classmethod
+    def hf_config(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """transformers' ``config.json`` for these kwargs: a folder output loads with
+        ``AutoModel.from_pretrained`` as a ``BertModel`` computing the same function."""
+        bound = inspect.signature(cls).bind(**kwargs)
+        bound.apply_defaults()
+        config = {k: v for k, v in bound.arguments.items() if k != "seq_len"}
+        return {
+            "model_type": "bert",
+            "architectures": ["BertModel"],
+            **config,
+            # What this module computes: exact GELU, absolute positions, no dropout at eval.
+            "hidden_act": "gelu",
+            "position_embedding_type": "absolute",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "initializer_range": 0.02,
+            "pad_token_id": 0,
+        }
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         return example_ids(batch, self.seq_len, self.vocab_size)

@@ -69,7 +69,8 @@ def write_safetensors(
     """Stream every target tensor into ``tmp`` (a file, or a folder of shards).
 
     Args:
-        tmp: the temp file, or the temp folder when ``options.max_shard_size`` is set.
+        tmp: the temp file, or the temp folder when ``options.max_shard_size`` or
+            ``options.folder`` is set.
         plan: an ok plan.
         producer: makes the tensors that cannot be byte-copied.
         options: ``max_shard_size``, ``byte_copy``, ``copy_methods`` and ``verify`` apply
@@ -82,15 +83,16 @@ def write_safetensors(
         What was written, and where the headers are.
     """
     result = Execution(format="safetensors")
-    sharded = options.max_shard_size is not None
-    shards = _split(plan.entries, options.max_shard_size)
+    sharded = options.max_shard_size is not None or options.folder  # tmp is a folder
+    # A tied duplicate stored once is not written (``stored_as``: transformers re-ties it).
+    shards = _split([e for e in plan.entries if e.stored_as is None], options.max_shard_size)
     # As `save_pretrained`: a set that fits in one shard is a lone `model.safetensors`.
     indexed = sharded and len(shards) > 1
     names = shard_names(len(shards)) if indexed else [SINGLE_NAME if sharded else tmp.name]
     paths = [tmp / n for n in names] if sharded else [tmp]
     headers: list[bytes] = []
     runs = _Runs(KernelCopier(options.copy_methods))
-    total, done, previous_files = max(len(plan.entries), 1), 0, 0
+    total, done, previous_files = max(sum(map(len, shards)), 1), 0, 0
     try:
         for path, entries in zip(paths, shards, strict=True):
             header = _header(entries, metadata)

@@ -58,6 +58,7 @@ class PlanEntry:
     merge_dim: int | None = None  # merge: the sources are concatenated along this dim
     source_shapes: list[tuple[int, ...]] | None = None  # merge: each source's shape
     transforms: list[TransformRule] = field(default_factory=list)
+    stored_as: str | None = None  # a tied duplicate not written: the key that holds its bytes
 
     @property
     def fed(self) -> bool:

@@ -57,6 +57,7 @@ def _entry(entry: PlanEntry, digest: str | None) -> Entry:
         ),
         init=InitRecordJson(fn=init.fn, args=init.args, seed=init.seed) if init else None,
         benign=True if entry.benign else None,
+        stored_as=entry.stored_as,
     )
 
 
@@ -91,7 +92,7 @@ def report_entries(plan: Plan, digests: dict[str, str]) -> tuple[list[Entry], li
     Returns:
         ``(entries, unused)``, as the report holds them and :func:`entries_digest` hashes them.
     """
-    entries = [_entry(e, digests.get(e.target)) for e in plan.entries]
+    entries = [_entry(e, digests.get(e.stored_as or e.target)) for e in plan.entries]
     unused = [
         UnusedKey(
             source=u.source,

@@ -152,7 +152,7 @@ class Entry(_Document):
     """One target key: its status, what fed it, the rules and ops that ran, its digest."""
 
     _added_later = frozenset({"source_shape", "digest"})
-    _omitted_when_none = frozenset({"source_shapes", "init", "benign"})
+    _omitted_when_none = frozenset({"source_shapes", "init", "benign", "stored_as"})
     target: Annotated[str, Field(min_length=1)]
     status: EntryStatus
     sources: list[str]
@@ -165,6 +165,8 @@ class Entry(_Document):
     source_shapes: list[Shape] | None = None
     init: InitRecordJson | None = None
     benign: bool | None = None
+    # A tied duplicate stored once: not in the file; the key that holds its bytes.
+    stored_as: str | None = None
 
 
 class UnusedKey(_Document):

@@ -264,3 +264,39 @@ def test_skeleton_of_something_unimportable_exits_2() -> None:
         result.stderr
         == "graft: error: cannot import no_such_module:Net: No module named 'no_such_module'\n"
     )
+
+
+def test_the_output_name_sets_the_format_and_a_contradiction_is_refused(tmp_path: Path) -> None:
+    src, skeleton, recipe, sd = _files(tmp_path)
+
+    for name in ("m.pth", "m.bin"):
+        assert graft("convert", src, skeleton, "-r", recipe, "-o", tmp_path / name).exit_code == 0
+        assert (tmp_path / name).read_bytes()[:2] == b"PK"  # a torch zip, not safetensors
+        loaded = torch.load(tmp_path / name, weights_only=True)
+        assert set(loaded) == set(sd) and all(torch.equal(loaded[k], sd[k]) for k in sd)
+    assert (
+        graft("convert", src, skeleton, "-r", recipe, "-o", tmp_path / "m.safetensors").exit_code
+        == 0
+    )
+    assert set(load_file(str(tmp_path / "m.safetensors"))) == set(sd)
+
+    bad = graft(
+        "convert", src, skeleton, "-r", recipe, "-o", tmp_path / "x.pt", "--format", "safetensors"
+    )
+
+    assert bad.exit_code == 2
+    assert bad.stderr == (
+        "graft: error: --format safetensors contradicts -o x.pt (a torch name): "
+        "drop --format or rename the output\n"
+    )
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_one_rule_for_output_names() -> None:
+    """``graft convert`` and ``graft submit`` (app/client/submit.py) both ask this function."""
+    from app.engine.options import format_for_path
+
+    names = ("a.pt", "a.PTH", "a.bin", "a.safetensors", "folder", "a.st")
+    assert [format_for_path(Path(n)) for n in names] == [
+        "torch", "torch", "torch", "safetensors", None, None,
+    ]  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -18,7 +18,7 @@ from app.cli.options import (
 )
 from app.cli.progress import TerminalProgress
 from app.cli.sizes import parse_size
-from app.engine.options import WriteOptions
+from app.engine.options import OutputFormat, WriteOptions, format_for_path
 
 __all__ = ["convert", "plan"]
 
@@ -119,6 +119,21 @@ def _source_architecture(name: str | None, kwargs: str | None) -> Any:
     return None
 
 
+def _output_format(output: Path, fmt: str | None) -> OutputFormat:
+    """``--format``, or what ``-o``'s name asks for; a contradiction is refused (exit 2)."""
+    if fmt not in (None, "safetensors", "torch"):
+        raise typer.BadParameter("--format is safetensors or torch")
+    named = format_for_path(output)
+    if fmt is not None and named is not None and fmt != named:
+        typer.echo(
+            f"graft: error: --format {fmt} contradicts -o {output.name} (a {named} name): "
+            "drop --format or rename the output",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return cast(OutputFormat, fmt or named or "safetensors")
+
+
 def plan(
     source: Annotated[Path, typer.Argument(help="Source checkpoint or sharded set.")],
     target: TargetArg,
@@ -151,7 +166,14 @@ def convert(
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the JSON report here.")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="safetensors or torch.")] = "safetensors",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="safetensors or torch (default: from -o's name: .pt/.pth/.bin torch, "
+            "else safetensors).",
+        ),
+    ] = None,
     json_: JsonOpt = False,
     target_kwargs: TargetKwargsOpt = None,
     max_shard_size: MaxShardOpt = None,
@@ -170,14 +192,13 @@ def convert(
     from app.config import get_settings
     from app.engine.devices import check_device
 
-    if fmt not in ("safetensors", "torch"):
-        raise typer.BadParameter("--format is safetensors or torch")
+    out_format = _output_format(output, fmt)
     settings = get_settings()
     # Before any work: a missing GPU (--device or GRAFT_DEVICE) is bad input, exit 2.
     check_device(device or settings.device)
     source_architecture = _source_architecture(source_arch, source_kwargs)
     options = WriteOptions(
-        format=fmt,  # type: ignore[arg-type]
+        format=out_format,
         device=device or settings.device,
         max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
         verify=verify,

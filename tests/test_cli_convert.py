@@ -111,7 +111,8 @@ def test_convert_writes_weights_report_and_manifest(tmp_path: Path) -> None:
     assert result.stdout.splitlines()[-1] == (
         f"verification  {N}/{N} equal to the source, strict load ok"
     )
-    manifest = json.loads((tmp_path / "rep.manifest.json").read_text())
+    assert not (tmp_path / "rep.manifest.json").exists()  # the manifest goes beside OUT
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
     assert manifest["bn_eval"] == [
         "bn1",
         "layer1.0.bn1",
@@ -300,3 +301,27 @@ def test_the_one_rule_for_output_names() -> None:
     assert [format_for_path(Path(n)) for n in names] == [
         "torch", "torch", "torch", "safetensors", None, None,
     ]  # fmt: skip
+
+
+def test_the_manifest_is_written_beside_the_output_whenever_it_says_something(
+    tmp_path: Path,
+) -> None:
+    src, skeleton, recipe, _ = _files(tmp_path)  # freeze_bn: true
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("version: 1\nrename:\n  - {prefix: 'backbone.', to: ''}\n")
+
+    assert graft("convert", src, skeleton, "-r", recipe, "-o", tmp_path / "m.pth").exit_code == 0
+    assert graft("convert", src, skeleton, "-r", plain, "-o", tmp_path / "p.pth").exit_code == 0
+
+    manifest = json.loads((tmp_path / "m.manifest.json").read_text())
+    assert manifest["schema"] == "graft.manifest/v1" and len(manifest["bn_eval"]) == 5
+    assert not (tmp_path / "p.manifest.json").exists()  # nothing to say: no file
+
+
+def test_a_missing_output_folder_is_named_as_given(tmp_path: Path) -> None:
+    src, skeleton, recipe, _ = _files(tmp_path)
+
+    result = graft_process("convert", src, skeleton, "-r", recipe, "-o", "nodir/sub/x.safetensors")
+
+    assert result.returncode == 2
+    assert result.stderr == "graft: error: no such output folder: nodir/sub\n"

@@ -235,7 +235,8 @@ def test_recipe_errors_show_at_the_rule_they_name(watched: Watched) -> None:
     item.locator(".error").wait_for()
     assert "bad" in (item.get_attribute("class") or "")
     assert page.locator("#rule-outline li.bad").count() == 1
-    assert page.locator("#recipe-error").inner_text().startswith("rename[1]")
+    shown = page.locator("#recipe-error").inner_text()
+    assert shown.startswith("rename[1]: invalid regex '('") and shown.count("rename[1]") == 1
 
 
 def test_a_10000_entry_plan_stays_responsive(

@@ -382,26 +382,27 @@ def _judge(plan: Plan, recipe: Recipe, mismatched: list[str]) -> None:
             plan.failures.append(f"strict: target keys not loaded: {_few(not_fed)}")
         if stray:
             plan.failures.append(f"strict: source keys not used: {_few(stray)}")
-    counted = [e for e in plan.entries if not e.benign]
-    fed = sum(1 for e in counted if e.fed)
-    if not recipe.allow_empty and not any(e.fed for e in plan.entries):
+    # Counted as the report's header and coverage count: every target tensor.
+    total = len(plan.entries)
+    fed = sum(1 for e in plan.entries if e.fed)
+    if not recipe.allow_empty and fed == 0:
         plan.failures.append(
             "empty: nothing was loaded or adapted from the source (allow_empty: false); check "
             "renames, prefixes and only/drop, or set allow_empty: true to initialise on purpose"
         )
-    if counted and fed == 0:
+    if total and fed == 0:
         plan.warnings.append(
             Warning(
                 kind="nothing_loaded",
-                message=f"none of the {len(counted)} target tensors came from the source; "
+                message=f"none of the {total} target tensors came from the source; "
                 "check renames and prefixes (align: suggest lists likely matches)",
             )
         )
-    elif counted and fed / len(counted) < LOW_COVERAGE:
+    elif total and fed / total < LOW_COVERAGE:
         plan.warnings.append(
             Warning(
                 kind="low_coverage",
-                message=f"only {fed} of {len(counted)} target tensors came from the source",
+                message=f"only {fed} of {total} target tensors came from the source",
             )
         )
     for text in mismatched:

@@ -325,3 +325,37 @@ def test_a_missing_output_folder_is_named_as_given(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert result.stderr == "graft: error: no such output folder: nodir/sub\n"
+
+
+def test_each_rule_says_what_it_changed_and_an_idle_adapt_is_a_warning(tmp_path: Path) -> None:
+    src, skeleton, _, _ = _files(tmp_path)
+    recipe = tmp_path / "adapt.yaml"
+    recipe.write_text(
+        "version: 1\nrename:\n  - {prefix: 'backbone.', to: ''}\n"
+        "adapt:\n  - {match: 'conv1.weight', op: channels, fill: repeat}\n"
+    )
+
+    result = graft("plan", src, skeleton, "-r", recipe, "--json")
+    text = graft("plan", src, skeleton, "-r", recipe)
+
+    assert result.exit_code == 0 and text.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["rules"] == [
+        {"rule": "rename[0]", "matched": N, "applied": N, "pattern": "prefix 'backbone.'"},
+        {"rule": "adapt[0]", "matched": 1, "applied": 0, "pattern": "conv1.weight"},
+        {"rule": "init[0]", "matched": N, "applied": 0, "pattern": "*"},  # nothing initialised
+    ]
+    warning = (
+        "unapplied: adapt[0] (conv1.weight) matched 1 keys but changed none: shapes already "
+        "equal: did you forget `--target-kwargs`?"
+    )
+    assert report["warnings"] == [warning]
+    assert text.stderr == f"graft: WARNING: {warning}\n"
+    lines = text.stdout.splitlines()
+    start = lines.index("rules (3, 0 matched nothing, 1 changed nothing)")
+    assert lines[start + 1 : start + 5] == [
+        "  rule         matched applied  pattern",
+        f"  rename[0]         {N}      {N}  prefix 'backbone.'",
+        "  adapt[0]           1       0  conv1.weight  <- CHANGED NOTHING",
+        f"  init[0]           {N}       0  *",
+    ]

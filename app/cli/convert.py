@@ -61,8 +61,9 @@ def _run(
     text = json.dumps(result.report, indent=2) + "\n" if json_ else render_text(result.report)
     typer.echo(text, nl=False)
     warnings = Report.from_json(result.report).warnings
-    # The loud ones first: a conversion that fed little of the target, then rules that missed.
-    for kinds in (("nothing_loaded", "low_coverage"), ("unmatched",)):
+    # The loud ones first: a conversion that fed little of the target, then rules that missed
+    # or never acted.
+    for kinds in (("nothing_loaded", "low_coverage"), ("unmatched", "unapplied")):
         for warning in warnings:
             if warning.kind in kinds:
                 typer.echo(f"graft: WARNING: {warning}", err=True)

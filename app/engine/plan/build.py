@@ -20,7 +20,7 @@ from app.engine.ops.adapt import describe_adapt, describe_cast
 from app.engine.ops.initialize import InitRecord, resolve_init
 from app.engine.ops.multi import Part, describe_transform
 from app.engine.plan.feeds import Feed, plan_feeds
-from app.engine.plan.rule_matches import RuleMatch, count_rules, judge_rules
+from app.engine.plan.rule_matches import RuleMatch, count_applied, count_rules, judge_rules
 from app.engine.readers import Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
 from app.engine.recipe.rename import filter_keys, rename_keys
@@ -96,7 +96,7 @@ class Plan:
     failures: list[str]  # what the recipe's policy refuses; non-empty means not ok
     stripped_prefix: str | None
     dtype: str = "keep"  # the output dtype policy (recipe's, or the caller's override)
-    rules: list[RuleMatch] = field(default_factory=list)  # every recipe rule, with `matched`
+    rules: list[RuleMatch] = field(default_factory=list)  # every recipe rule: `matched`, `applied`
 
     @property
     def ok(self) -> bool:
@@ -241,6 +241,7 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
     plan = Plan(entries, unused, [], [], [], source.stripped_prefix, out_dtype)
     plan.rules = count_rules(recipe, renaming.matched, list(by_new), feeds.matched, target)
     _align(plan, source, target, recipe)
+    plan.rules = count_applied(plan.rules, (e.rules for e in plan.entries))
     _judge(plan, recipe, mismatched)
     judge_rules(plan.rules, recipe, plan.failures, plan.warnings)
     return plan

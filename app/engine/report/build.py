@@ -159,7 +159,10 @@ def build_report(
             AlignSuggestion(source=s.source, target=s.target, confidence=s.confidence, why=s.why)
             for s in plan.suggestions
         ],
-        rules=[RuleCount(rule=r.rule, matched=r.matched, pattern=r.pattern) for r in plan.rules],
+        rules=[
+            RuleCount(rule=r.rule, matched=r.matched, applied=r.applied, pattern=r.pattern)
+            for r in plan.rules
+        ],
         warnings=[*plan.warnings, *(execution.warnings if execution else [])],
         verification=verification,
         errors=failures or None,

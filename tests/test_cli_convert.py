@@ -359,3 +359,17 @@ def test_each_rule_says_what_it_changed_and_an_idle_adapt_is_a_warning(tmp_path:
         "  adapt[0]           1       0  conv1.weight  <- CHANGED NOTHING",
         f"  init[0]           {N}       0  *",
     ]
+
+
+def test_an_architecture_name_without_arch_gets_a_hint(tmp_path: Path) -> None:
+    src, _, _, _ = _files(tmp_path)
+
+    result = graft_process("plan", src, "graft_mobilenet")
+    unknown = graft_process("plan", src, "no_such_thing")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "graft: error: cannot read graft_mobilenet: no such file; "
+        "did you mean `arch:graft_mobilenet`?\n"
+    )
+    assert unknown.returncode == 2 and "arch:" not in unknown.stderr

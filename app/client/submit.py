@@ -114,6 +114,7 @@ def submit(
         The exit code, the job, the files written.
     """
     try:
+        client.check_server()  # before hashing a file that may take a while
         # The name says the format, as for ``graft convert``.
         out_format = (format_for_path(output) if output else None) or "safetensors"
         options: dict[str, Any] = {"format": out_format}

@@ -71,13 +71,18 @@ class JobRunner:
 
     def _claim(self) -> str | None:
         database = self.runtime.database
+        # Only jobs this worker can run: one without a registry leaves MLflow jobs to others.
+        mlflow = bool(self.runtime.jobs.registry.tracking_uri)
         with database.transaction(write=False) as session:
-            if not JobRepository(session).has_work(now=utcnow()):
+            if not JobRepository(session).has_work(now=utcnow(), mlflow=mlflow):
                 return None
         sweep_lapsed(database)
         with database.transaction() as session:
             claimed = JobRepository(session).claim(
-                owner=self.owner, now=utcnow(), lease_seconds=self.runtime.lease_seconds
+                owner=self.owner,
+                now=utcnow(),
+                lease_seconds=self.runtime.lease_seconds,
+                mlflow=mlflow,
             )
             if claimed is not None:
                 record_statuses(session, [claimed])

@@ -141,29 +141,35 @@ class JobRepository:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     @staticmethod
-    def _claimable(now: datetime) -> ColumnElement[bool]:
-        return and_(
+    def _claimable(now: datetime, *, mlflow: bool = True) -> ColumnElement[bool]:
+        claimable = and_(
             Job.attempts < Job.max_attempts,
             or_(
                 Job.status == JobStatus.queued,
                 and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
             ),
         )
+        return claimable if mlflow else and_(claimable, ~_needs_mlflow())
 
-    def has_work(self, *, now: datetime) -> bool:
+    def has_work(self, *, now: datetime, mlflow: bool = True) -> bool:
         """Whether a claim (or an expiry sweep) has anything to do; a cheap read that spares
         idle workers a write transaction every poll."""
         lapsed = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
-        return bool(self.session.scalar(select(exists().where(or_(self._claimable(now), lapsed)))))
+        claimable = self._claimable(now, mlflow=mlflow)
+        return bool(self.session.scalar(select(exists().where(or_(claimable, lapsed)))))
 
-    def claim(self, *, owner: str, now: datetime, lease_seconds: float) -> str | None:
+    def claim(
+        self, *, owner: str, now: datetime, lease_seconds: float, mlflow: bool = True
+    ) -> str | None:
         """Take the oldest claimable job in one UPDATE. Returns its id, or None.
 
         Claimable: queued, or running with a lapsed lease (its worker died) and attempts
-        left. The condition is repeated in the outer WHERE so that, on PostgreSQL, a
+        left; for a worker without MLflow (``mlflow=False``), not a job that needs it (a
+        ``models:/`` source or ``output.register``): another worker, configured for it, runs
+        that one. The condition is repeated in the outer WHERE so that, on PostgreSQL, a
         concurrent claimer that lost the race updates nothing; SKIP LOCKED keeps them apart.
         """
-        claimable = self._claimable(now)
+        claimable = self._claimable(now, mlflow=mlflow)
         candidate = (
             select(Job.id)
             .where(claimable)
@@ -340,6 +346,16 @@ class JobClaim:
 
     kind: Literal["claimed", "busy", "gone"]
     retry_in: float = 0.0
+
+
+def _needs_mlflow() -> ColumnElement[bool]:
+    """A job that only a worker with an MLflow registry can run: a ``models:/`` source, or
+    ``output.register`` (its ``name`` is always there). NULLs read as empty, so the negation
+    is true for every other job."""
+    return or_(
+        func.coalesce(Job.register["name"].as_string(), "") != "",
+        func.coalesce(Job.source_ref["uri"].as_string(), "").like("models:/%"),
+    )
 
 
 def _claim_values(owner: str, now: datetime, lease_seconds: float) -> dict[str, Any]:

@@ -3,23 +3,37 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.graft-installed
+# What serving needs: torch and Graft's runtime dependencies only (no dev toolchain).
+RUNTIME_STAMP := $(VENV)/.graft-runtime
 # CI=true (as CI services set it, and .ci/run does): a real part that cannot be installed fails.
 CI_STRICT := $(if $(filter true TRUE True 1 yes,$(CI)),yes,no)
 
-.PHONY: setup serve test lint format bench clean mlflow-venv model-signing-venv chromium
+.PHONY: setup setup-runtime serve test lint format bench clean mlflow-venv model-signing-venv chromium
 
 setup: $(STAMP)
 
-# torch is pinned and installed first, on its own, so nothing can resolve a CUDA build.
-$(STAMP): pyproject.toml requirements-fixtures.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==2.13.0
+setup-runtime: $(RUNTIME_STAMP)
+
+# The runtime: torch is pinned and installed first, on its own, so nothing can resolve a CUDA
+# build; then Graft with its main dependencies. A full (dev) set-up already holds all of it.
+$(RUNTIME_STAMP): pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch -r $(STAMP) $@; else \
+		set -e; \
+		$(PYTHON) -m venv $(VENV); \
+		$(BIN)/python -m pip install -q torch==2.13.0; \
+		$(BIN)/python -m pip install -q -e . torch==2.13.0; \
+		touch $@; \
+	fi
+
+# Everything `make test` needs on top: the dev extras and the published test fixtures.
+$(STAMP): $(RUNTIME_STAMP) pyproject.toml requirements-fixtures.txt
 	$(BIN)/python -m pip install -q -e '.[dev]' torch==2.13.0
 	$(BIN)/python -m pip install -q --no-deps -r requirements-fixtures.txt
 	touch $(STAMP)
 
 # `make serve PORT=8080` (or GRAFT_PORT=8080 make serve) picks the port; default 8000.
-serve: setup
+# It installs only the runtime (`make test` adds the dev toolchain).
+serve: setup-runtime
 	$(BIN)/graft serve $(if $(PORT),--port $(PORT))
 
 lint: setup

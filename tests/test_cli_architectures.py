@@ -71,6 +71,11 @@ def test_bad_kwargs_and_unknown_names_exit_2_with_one_line(tmp_path: Path) -> No
     assert text.returncode == 0 and "Traceback" not in text.stderr
     assert "gone  (setting: no_mod:f)  UNAVAILABLE\n" in text.stdout
     assert "    ModuleNotFoundError: No module named 'no_mod'\n" in text.stdout
+    # Docstrings' RST literals print plain.
+    assert "``" not in text.stdout
+    assert "    torchvision's mobilenet_v2: features (stem, 17 blocks, 1x1 conv), classifier." in (
+        text.stdout
+    )
     # A missing GPU is bad input: one line, exit 2, before any work.
     if not torch.cuda.is_available():
         cuda = graft("convert", str(src), "arch:graft_resnet", "--device", "cuda", "-o", "x")

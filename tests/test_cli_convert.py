@@ -111,7 +111,8 @@ def test_convert_writes_weights_report_and_manifest(tmp_path: Path) -> None:
     assert result.stdout.splitlines()[-1] == (
         f"verification  {N}/{N} equal to the source, strict load ok"
     )
-    manifest = json.loads((tmp_path / "rep.manifest.json").read_text())
+    assert not (tmp_path / "rep.manifest.json").exists()  # the manifest goes beside OUT
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
     assert manifest["bn_eval"] == [
         "bn1",
         "layer1.0.bn1",
@@ -264,3 +265,111 @@ def test_skeleton_of_something_unimportable_exits_2() -> None:
         result.stderr
         == "graft: error: cannot import no_such_module:Net: No module named 'no_such_module'\n"
     )
+
+
+def test_the_output_name_sets_the_format_and_a_contradiction_is_refused(tmp_path: Path) -> None:
+    src, skeleton, recipe, sd = _files(tmp_path)
+
+    for name in ("m.pth", "m.bin"):
+        assert graft("convert", src, skeleton, "-r", recipe, "-o", tmp_path / name).exit_code == 0
+        assert (tmp_path / name).read_bytes()[:2] == b"PK"  # a torch zip, not safetensors
+        loaded = torch.load(tmp_path / name, weights_only=True)
+        assert set(loaded) == set(sd) and all(torch.equal(loaded[k], sd[k]) for k in sd)
+    assert (
+        graft("convert", src, skeleton, "-r", recipe, "-o", tmp_path / "m.safetensors").exit_code
+        == 0
+    )
+    assert set(load_file(str(tmp_path / "m.safetensors"))) == set(sd)
+
+    bad = graft(
+        "convert", src, skeleton, "-r", recipe, "-o", tmp_path / "x.pt", "--format", "safetensors"
+    )
+
+    assert bad.exit_code == 2
+    assert bad.stderr == (
+        "graft: error: --format safetensors contradicts -o x.pt (a torch name): "
+        "drop --format or rename the output\n"
+    )
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_one_rule_for_output_names() -> None:
+    """``graft convert`` and ``graft submit`` (app/client/submit.py) both ask this function."""
+    from app.engine.options import format_for_path
+
+    names = ("a.pt", "a.PTH", "a.bin", "a.safetensors", "folder", "a.st")
+    assert [format_for_path(Path(n)) for n in names] == [
+        "torch", "torch", "torch", "safetensors", None, None,
+    ]  # fmt: skip
+
+
+def test_the_manifest_is_written_beside_the_output_whenever_it_says_something(
+    tmp_path: Path,
+) -> None:
+    src, skeleton, recipe, _ = _files(tmp_path)  # freeze_bn: true
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("version: 1\nrename:\n  - {prefix: 'backbone.', to: ''}\n")
+
+    assert graft("convert", src, skeleton, "-r", recipe, "-o", tmp_path / "m.pth").exit_code == 0
+    assert graft("convert", src, skeleton, "-r", plain, "-o", tmp_path / "p.pth").exit_code == 0
+
+    manifest = json.loads((tmp_path / "m.manifest.json").read_text())
+    assert manifest["schema"] == "graft.manifest/v1" and len(manifest["bn_eval"]) == 5
+    assert not (tmp_path / "p.manifest.json").exists()  # nothing to say: no file
+
+
+def test_a_missing_output_folder_is_named_as_given(tmp_path: Path) -> None:
+    src, skeleton, recipe, _ = _files(tmp_path)
+
+    result = graft_process("convert", src, skeleton, "-r", recipe, "-o", "nodir/sub/x.safetensors")
+
+    assert result.returncode == 2
+    assert result.stderr == "graft: error: no such output folder: nodir/sub\n"
+
+
+def test_each_rule_says_what_it_changed_and_an_idle_adapt_is_a_warning(tmp_path: Path) -> None:
+    src, skeleton, _, _ = _files(tmp_path)
+    recipe = tmp_path / "adapt.yaml"
+    recipe.write_text(
+        "version: 1\nrename:\n  - {prefix: 'backbone.', to: ''}\n"
+        "adapt:\n  - {match: 'conv1.weight', op: channels, fill: repeat}\n"
+    )
+
+    result = graft("plan", src, skeleton, "-r", recipe, "--json")
+    text = graft("plan", src, skeleton, "-r", recipe)
+
+    assert result.exit_code == 0 and text.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["rules"] == [
+        {"rule": "rename[0]", "matched": N, "applied": N, "pattern": "prefix 'backbone.'"},
+        {"rule": "adapt[0]", "matched": 1, "applied": 0, "pattern": "conv1.weight"},
+        {"rule": "init[0]", "matched": N, "applied": 0, "pattern": "*"},  # nothing initialised
+    ]
+    warning = (
+        "unapplied: adapt[0] (conv1.weight) matched 1 keys but changed none: shapes already "
+        "equal: did you forget `--target-kwargs`?"
+    )
+    assert report["warnings"] == [warning]
+    assert text.stderr == f"graft: WARNING: {warning}\n"
+    lines = text.stdout.splitlines()
+    start = lines.index("rules (3, 0 matched nothing, 1 changed nothing)")
+    assert lines[start + 1 : start + 5] == [
+        "  rule         matched applied  pattern",
+        f"  rename[0]         {N}      {N}  prefix 'backbone.'",
+        "  adapt[0]           1       0  conv1.weight  <- CHANGED NOTHING",
+        f"  init[0]           {N}       0  *",
+    ]
+
+
+def test_an_architecture_name_without_arch_gets_a_hint(tmp_path: Path) -> None:
+    src, _, _, _ = _files(tmp_path)
+
+    result = graft_process("plan", src, "graft_mobilenet")
+    unknown = graft_process("plan", src, "no_such_thing")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "graft: error: cannot read graft_mobilenet: no such file; "
+        "did you mean `arch:graft_mobilenet`?\n"
+    )
+    assert unknown.returncode == 2 and "arch:" not in unknown.stderr

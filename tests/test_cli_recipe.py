@@ -45,7 +45,8 @@ def test_typo_in_a_rule_on_the_real_minilm_is_refused_by_name(tmp_path: Path) ->
     assert report["ok"] is False and report["errors"] == [error]
     rules = {r["rule"]: r["matched"] for r in report["rules"]}
     assert rules == {"rename[0]": 96, "drop[0]": 0, "adapt[0]": 1, "init[0]": 106}
-    assert "  drop[0]           0  pooler.dense.wieght  <- MATCHED NOTHING" in result.stdout
+    shown = "  drop[0]            0       0  pooler.dense.wieght  <- MATCHED NOTHING"
+    assert shown in result.stdout
     assert f"  x {error}" in result.stdout
 
     recipe.write_text(json.dumps({**typo, "unmatched": "warn"}))

@@ -74,9 +74,13 @@ def make_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("make is not installed")
     root = tmp_path_factory.mktemp("readme-serve")
     port = free_port()
-    # `-o` (treat the install stamp as up to date): the set-up already ran; the test must not
-    # reinstall the venv under another Python when pyproject.toml is newer than the stamp.
-    process = _serve(["make", "-o", ".venv/.graft-installed", "serve", f"PORT={port}"], root, port)
+    # `-o` (treat the install stamps as up to date): the set-up already ran; the test must not
+    # reinstall the venv under another Python when pyproject.toml is newer than the stamps.
+    process = _serve(
+        ["make", "-o", ".venv/.graft-installed", "-o", ".venv/.graft-runtime", "serve",
+         f"PORT={port}"],
+        root, port,
+    )  # fmt: skip
     yield f"http://127.0.0.1:{port}"
     _stop(process)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -28,7 +28,7 @@ from app.cli.parity import (
 from app.cli.progress import TerminalProgress
 from app.cli.sizes import parse_size
 from app.cli.verify import SignKeyOpt, attest
-from app.engine.options import WriteOptions
+from app.engine.options import OutputFormat, WriteOptions, format_for_path
 
 __all__ = ["convert", "plan"]
 
@@ -88,8 +88,9 @@ def _run(run: _RunOptions) -> Any:
     text = json.dumps(result.report, indent=2) + "\n" if run.json_ else render_text(result.report)
     typer.echo(text, nl=False)
     warnings = Report.from_json(result.report).warnings
-    # The loud ones first: a conversion that fed little of the target, then rules that missed.
-    for kinds in (("nothing_loaded", "low_coverage"), ("unmatched",)):
+    # The loud ones first: a conversion that fed little of the target, then rules that missed
+    # or never acted.
+    for kinds in (("nothing_loaded", "low_coverage"), ("unmatched", "unapplied")):
         for warning in warnings:
             if warning.kind in kinds:
                 typer.echo(f"graft: WARNING: {warning}", err=True)
@@ -156,6 +157,21 @@ def _source_architecture(name: str | None, kwargs: str | None) -> Any:
     return None
 
 
+def _output_format(output: Path, fmt: str | None) -> OutputFormat:
+    """``--format``, or what ``-o``'s name asks for; a contradiction is refused (exit 2)."""
+    if fmt not in (None, "safetensors", "torch", "dcp"):
+        raise typer.BadParameter("--format is safetensors, torch or dcp")
+    named = format_for_path(output)
+    if fmt is not None and named is not None and fmt != named:
+        typer.echo(
+            f"graft: error: --format {fmt} contradicts -o {output.name} (a {named} name): "
+            "drop --format or rename the output",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return cast(OutputFormat, fmt or named or "safetensors")
+
+
 def plan(
     source: Annotated[Path, typer.Argument(help="Source checkpoint or sharded set.")],
     target: TargetArg,
@@ -191,8 +207,13 @@ def convert(
         Path | None, typer.Option("--report", help="Write the JSON report here.")
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="safetensors, torch or dcp (a folder).")
-    ] = "safetensors",
+        str | None,
+        typer.Option(
+            "--format",
+            help="safetensors, torch or dcp (a folder) (default: from -o's name: "
+            ".pt/.pth/.bin torch, else safetensors).",
+        ),
+    ] = None,
     json_: JsonOpt = False,
     target_kwargs: TargetKwargsOpt = None,
     max_shard_size: MaxShardOpt = None,
@@ -218,14 +239,13 @@ def convert(
     from app.config import get_settings
     from app.engine.devices import check_device
 
-    if fmt not in ("safetensors", "torch", "dcp"):
-        raise typer.BadParameter("--format is safetensors, torch or dcp")
+    out_format = _output_format(output, fmt)
     settings = get_settings()
     # Before any work: a missing GPU (--device or GRAFT_DEVICE) is bad input, exit 2.
     check_device(device or settings.device)
     source_architecture = _source_architecture(source_arch, source_kwargs)
     options = WriteOptions(
-        format=fmt,  # type: ignore[arg-type]
+        format=out_format,
         device=device or settings.device,
         max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
         folder=folder or output.is_dir(),

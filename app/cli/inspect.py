@@ -4,6 +4,7 @@ a module, or the architectures ``arch:NAME`` can name."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -61,6 +62,9 @@ def skeleton(
         output.write_text(text)
 
 
+_RST_LITERAL = re.compile(r"``([^`]+)``")
+
+
 def architectures(json_: JsonOpt = False) -> None:
     """List the architectures arch:NAME targets can name, with their kwargs."""
     from app.config import get_settings
@@ -82,4 +86,5 @@ def architectures(json_: JsonOpt = False) -> None:
         typer.echo(f"{arch['name']}  ({arch['origin']}: {arch['ref']})")
         typer.echo(f"    kwargs: {kwargs or '-'}")
         if arch["description"]:
-            typer.echo(f"    {arch['description']}")
+            # Docstrings are reStructuredText: ``name`` reads as plain name on a terminal.
+            typer.echo("    " + _RST_LITERAL.sub(r"\1", arch["description"]))

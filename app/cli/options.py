@@ -74,6 +74,22 @@ def target_spec(spec: str, kwargs: str | None) -> tuple[Any, list[Path]]:
         return parse_target_spec({"architecture": spec.removeprefix("arch:"), "kwargs": parsed}), []
     if kwargs is not None:
         raise InvalidTargetError("--target-kwargs applies only to arch: targets")
+    if not Path(spec).exists():
+        _suggest_architecture(spec)
     if spec.endswith(".json") and not spec.endswith(".index.json"):
         return parse_target_spec({"skeleton": read_skeleton(spec)}), []
     return parse_target_spec({"checkpoint": spec}), [Path(spec)]
+
+
+def _suggest_architecture(spec: str) -> None:
+    """A TARGET that is no file but names a registered architecture: the ``arch:`` it meant.
+
+    Raises:
+        InvalidTargetError: ``spec`` is a registered architecture's name.
+    """
+    from app.config import get_settings
+    from app.engine.architectures import load_registry
+    from app.engine.errors import InvalidTargetError
+
+    if spec in load_registry(get_settings().architectures):
+        raise InvalidTargetError(f"cannot read {spec}: no such file; did you mean `arch:{spec}`?")

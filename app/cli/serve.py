@@ -25,6 +25,7 @@ def serve(
     from app.config import get_settings
     from app.executors.local import WorkerPool
     from app.services.bootstrap import bind_host, prepare
+    from app.services.instance_lock import hold_instance_lock
     from app.services.warmth import clear_marks, markers_dir
 
     logging.basicConfig(
@@ -33,6 +34,8 @@ def serve(
     settings = get_settings()
     if settings.executor == "celery":
         _check_celery(settings)
+    # Before anything touches the database: one server per embedded data folder.
+    lock = hold_instance_lock(settings)
     prepare(settings)
     clear_marks(markers_dir(settings.storage_dir))
     # local mode: loopback only, and it says so; beyond loopback: keys, always.
@@ -54,6 +57,8 @@ def serve(
         )
     finally:
         pool.stop()
+        if lock is not None:
+            lock.close()
 
 
 def worker(

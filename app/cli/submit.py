@@ -31,7 +31,11 @@ def submit(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Where to write the weights (.pt/.pth: torch)."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Where to write the weights (.pt/.pth/.bin: torch, else safetensors).",
+        ),
     ] = None,
     register: Annotated[
         str | None,

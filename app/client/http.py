@@ -125,6 +125,21 @@ class GraftClient:
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def check_server(self) -> None:
+        """Fail fast, before any file is hashed, when no server answers at the base URL.
+
+        Raises:
+            GraftClientError: nothing answers ``GET /healthz`` (one try, 5 s at most); the
+                message names the URL and ``graft serve``.
+        """
+        try:
+            self.http.get("/healthz", timeout=5.0)
+        except httpx.TransportError as exc:
+            raise GraftClientError(
+                f"no Graft server answers at {self.http.base_url} ({exc}): start one with "
+                "`graft serve`, or point --server (GRAFT_SERVER) at yours"
+            ) from exc
+
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request; a connection that failed before any answer is retried (POSTs only
         when they carry an Idempotency-Key, which makes that safe)."""

@@ -19,12 +19,12 @@ import yaml
 
 from app.client.errors import GraftAPIError, GraftClientError
 from app.client.http import GraftClient
+from app.engine.options import format_for_path
 
 __all__ = ["SubmitResult", "parse_register", "submit"]
 
 _URI = re.compile(r"^(models:/|https?://|s3://)")
 _REGISTER = re.compile(r"^mlflow:([^@\s]+)(?:@([^@\s]+))?$")
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
 @dataclass
@@ -114,7 +114,9 @@ def submit(
         The exit code, the job, the files written.
     """
     try:
-        out_format = "torch" if output and output.suffix in _TORCH_SUFFIXES else "safetensors"
+        client.check_server()  # before hashing a file that may take a while
+        # The name says the format, as for ``graft convert``.
+        out_format = (format_for_path(output) if output else None) or "safetensors"
         options: dict[str, Any] = {"format": out_format}
         if register is not None:
             options["register"] = parse_register(register)

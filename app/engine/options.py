@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Literal
 
 from app.engine.parity_models import ParitySpec
 
-__all__ = ["CopyMethod", "OutputFormat", "SourceDigest", "WriteOptions"]
+__all__ = [
+    "TORCH_SUFFIXES", "CopyMethod", "OutputFormat", "SourceDigest", "WriteOptions",
+    "format_for_path",
+]  # fmt: skip
 
 OutputFormat = Literal["safetensors", "torch", "dcp"]
 CopyMethod = Literal["reflink", "kernel", "buffered"]
 SourceDigest = Literal["blake3", "sha256", "none"]
+
+#: Output names that ask for a torch zip; ``.safetensors`` asks for safetensors.
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def format_for_path(path: PurePath) -> OutputFormat | None:
+    """The format an output's name asks for, the one rule ``convert`` and ``submit`` share.
+
+    Args:
+        path: the output file (or a sharded set's folder).
+
+    Returns:
+        ``torch`` for ``.pt``/``.pth``/``.bin``, ``safetensors`` for ``.safetensors``, ``None``
+        for any other name (a folder, no suffix): the caller's default.
+    """
+    suffix = path.suffix.lower()
+    if suffix in TORCH_SUFFIXES:
+        return "torch"
+    if suffix == ".safetensors":
+        return "safetensors"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 __all__ = ["WARNING_KINDS", "Warning", "WarningKind"]
 
 WarningKind = Literal[
-    "nothing_loaded", "low_coverage", "shape_mismatch", "unmatched", "nan_or_inf", "parity"
+    "nothing_loaded",
+    "low_coverage",
+    "shape_mismatch",
+    "unmatched",
+    "unapplied",
+    "nan_or_inf",
+    "parity",
 ]
 WARNING_KINDS: tuple[WarningKind, ...] = get_args(WarningKind)
 

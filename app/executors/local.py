@@ -125,8 +125,12 @@ class JobRunner:
         expire_dead_holders(database, beat_seconds=self.runtime.beat)
         if not self.cuda:
             fail_device_waits(database, wait_seconds=self.runtime.device_wait_seconds)
+        # Only jobs this worker can run: one without a registry leaves MLflow jobs to others.
+        mlflow = bool(self.runtime.jobs.registry.tracking_uri)
         with database.transaction(write=False) as session:
-            if not JobRepository(session).has_work(now=utcnow(), devices=self.devices):
+            if not JobRepository(session).has_work(
+                now=utcnow(), devices=self.devices, mlflow=mlflow
+            ):
                 return None
         sweep_lapsed(database)
         with database.transaction() as session:
@@ -135,6 +139,7 @@ class JobRunner:
                 now=utcnow(),
                 lease_seconds=self.runtime.lease_seconds,
                 devices=self.devices,
+                mlflow=mlflow,
             )
             if claimed is not None:
                 record_statuses(session, [claimed.job_id])

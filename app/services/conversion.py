@@ -37,6 +37,7 @@ __all__ = [
     "PathSink",
     "Sink",
     "convert_in_child",
+    "manifest_path",
     "run_conversion",
     "run_conversion_pooled",
     "warm_up",
@@ -118,8 +119,9 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class PathSink:
-    """Local paths (the CLI): the weights at ``output``, the report and manifest beside
-    ``report`` when it is given (``REPORT`` and ``REPORT``'s stem + ``.manifest.json``)."""
+    """Local paths (the CLI): the weights at ``output``, the report at ``report`` when it is
+    given, and the manifest beside the weights (``OUT``'s stem + ``.manifest.json``) whenever
+    it asks for something (frozen keys or BatchNorm layers in eval mode)."""
 
     output: Path | None
     report: Path | None = None
@@ -131,11 +133,17 @@ class PathSink:
         return None
 
     def publish(self, outcome: ConversionOutcome) -> None:
-        if self.report is None:
-            return
-        self.report.write_bytes(_json(outcome.report))
-        manifest = self.report.with_name(self.report.stem + ".manifest.json")
-        manifest.write_bytes(_json(outcome.manifest))
+        if self.report is not None:
+            self.report.write_bytes(_json(outcome.report))
+        path = manifest_path(outcome.weights) if outcome.weights is not None else None
+        if path is not None and (outcome.manifest.get("frozen") or outcome.manifest.get("bn_eval")):
+            path.write_bytes(_json(outcome.manifest))
+
+
+def manifest_path(weights: Path) -> Path:
+    """Where a local conversion's manifest goes: beside the weights, ``OUT``'s stem +
+    ``.manifest.json`` (``graft submit``'s name too)."""
+    return weights.with_name(weights.stem + ".manifest.json")
 
 
 def run_conversion(

@@ -239,3 +239,33 @@ def test_claims_go_round_robin_across_owners(any_database: Database) -> None:
     with any_database.transaction(write=False) as session:
         assert JobRepository(session).count_active("team-a") == 3
         assert JobRepository(session).count_active("team-b") == 0
+
+
+def _job_id(lease: Lease | None) -> str | None:
+    return None if lease is None else lease.job_id
+
+
+def test_a_claim_without_mlflow_skips_the_jobs_that_need_it(any_database: Database) -> None:
+    source = _checkpoint(any_database)
+    with any_database.transaction() as session:
+        repo = JobRepository(session)
+        target = {"checkpoint": source}
+        needs = [
+            repo.add(Job(source_ref={"uri": "models:/m/1"}, target=target)).id,
+            repo.add(Job(source_id=source, target=target, register={"name": "r"})).id,
+        ]
+        others = [
+            repo.add(Job(source_ref={"uri": "https://example.com/a.pt"}, target=target)).id,
+            repo.add(Job(source_id=source, target=target)).id,
+        ]
+    now = utcnow()
+    with any_database.transaction() as session:
+        repo = JobRepository(session)
+        without = [_job_id(repo.claim(owner="w", now=now, lease_seconds=5, mlflow=False))
+                   for _ in range(3)]  # fmt: skip
+        assert not repo.has_work(now=now, mlflow=False)
+        assert repo.has_work(now=now, mlflow=True)
+        with_it = [_job_id(repo.claim(owner="m", now=now, lease_seconds=5, mlflow=True))
+                   for _ in range(3)]  # fmt: skip
+    assert (set(without[:2]), without[2]) == (set(others), None)
+    assert (set(with_it[:2]), with_it[2]) == (set(needs), None)

@@ -340,7 +340,11 @@ def test_nothing_loaded_is_flagged(tmp_path: Path) -> None:
     )
     assert not refused.ok and none is None
     assert [e.split(":")[0] for e in refused.report["errors"]] == ["empty"]
-    assert refused.report["warnings"][0].startswith("nothing_loaded")
+    assert refused.report["warnings"][0] == (
+        f"nothing_loaded: none of the {N} target tensors came from the source; check renames "
+        "and prefixes (align: suggest lists likely matches)"
+    )
+    assert refused.report["target"]["tensors"] == N  # the header's count, BatchNorm counters too
 
     result, out = run(
         src,

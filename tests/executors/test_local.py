@@ -46,7 +46,7 @@ def _register(db: Database, store: FileBlobStore, path: Path) -> str:
             return checkpoint.id
 
 
-def _job(db: Database, source: str, target: str, **fields: object) -> str:
+def _job(db: Database, source: str | None, target: str, **fields: object) -> str:
     with db.transaction() as session:
         job = Job(source_id=source, target={"checkpoint": target}, target_checkpoint_id=target)
         for name, value in fields.items():
@@ -101,7 +101,8 @@ def _runner(
 def test_job_succeeds_with_artifacts(setup: tuple[Database, FileBlobStore, str, str]) -> None:
     db, store, source, target = setup
     job_id = _job(db, source, target)
-    assert _runner(db, store).run_once()
+    runner = _runner(db, store)
+    assert runner.run_once()
     job = _get(db, job_id)
     assert (job.status, job.ok, job.progress, job.attempts, job.device) == (
         "succeeded",
@@ -110,6 +111,9 @@ def test_job_succeeds_with_artifacts(setup: tuple[Database, FileBlobStore, str, 
         1,
         "cpu",
     )
+    # Who ran it stays on the job once it finished (the lease is gone by then).
+    assert job.lease_owner is None
+    assert JobPublic.of(job).worker == job.last_worker == runner.owner
     names = {a.name: a for a in job.artifacts}
     assert set(names) == {"manifest", "report", "report-text", "weights"}
     report = json.loads(store.path(names["report"].sha256).read_bytes())
@@ -236,3 +240,25 @@ def test_bad_skeleton_fails_the_job(setup: tuple[Database, FileBlobStore, str, s
     assert _runner(db, store).run_once()
     job = _get(db, job_id)
     assert (job.status, job.error_type) == ("failed", "invalid-target")
+
+
+def test_a_worker_without_mlflow_leaves_mlflow_jobs_to_one_with_it(
+    setup: tuple[Database, FileBlobStore, str, str],
+) -> None:
+    db, store, source, target = setup
+    from_registry = _job(db, None, target, source_ref={"uri": "models:/resnet/3"})
+    registering = _job(db, source, target, register={"registry": "mlflow", "name": "r"})
+    plain = _job(db, source, target)
+    runner = _runner(db, store)  # no GRAFT_MLFLOW_TRACKING_URI
+
+    assert runner.run_once()  # the only job it can run
+    assert not runner.run_once()
+
+    assert _get(db, plain).status == "succeeded"
+    assert _get(db, from_registry).status == _get(db, registering).status == "queued"
+    with db.transaction() as session:
+        claims = [
+            JobRepository(session).claim(owner="w", now=utcnow(), lease_seconds=5, mlflow=True)
+            for _ in range(3)
+        ]
+    assert set(claims) == {from_registry, registering, None}  # a worker with MLflow takes them

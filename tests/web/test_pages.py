@@ -116,11 +116,15 @@ def test_job_page_matches_the_report(watched: Watched, seeded: dict[str, Any]) -
 
 def test_rules_with_no_match_are_highlighted(watched: Watched, seeded: dict[str, Any]) -> None:
     """The report's `rules` (SPEC 2.1, from the engine's rule accounting) as the page shows
-    them. This branch's engine does not write the field yet, so the browser is handed a report
-    with it, at the network boundary; everything else is the live server's."""
+    them: matched and applied. The browser is handed a report with every case at the network
+    boundary; everything else is the live server's."""
     page = watched.page
     job_id = seeded["job"]["id"]
-    rules = [{"rule": "drop[0]", "matched": 2}, {"rule": "rename[0]", "matched": 0}]
+    rules = [
+        {"rule": "drop[0]", "matched": 2, "applied": 2},
+        {"rule": "rename[0]", "matched": 0, "applied": 0},
+        {"rule": "init[0]", "matched": 314, "applied": 0},
+    ]
     report = {**seeded["report"], "rules": rules}
     page.route(
         re.compile(rf".*/v1/jobs/{job_id}/report$"),
@@ -131,11 +135,13 @@ def test_rules_with_no_match_are_highlighted(watched: Watched, seeded: dict[str,
     table = page.locator("#rules")
     table.wait_for()
     rows = table.locator("tbody tr")
-    assert rows.count() == 2
-    assert rows.nth(0).inner_text().split("\t")[:2] == ["drop[0]", "2"]
+    assert rows.count() == 3
+    assert rows.nth(0).inner_text().split("\t")[:3] == ["drop[0]", "2", "2"]
     assert "unmatched" not in (rows.nth(0).get_attribute("class") or "")
     assert rows.nth(1).get_attribute("class") == "unmatched"
     assert "unmatched: this rule selected no key" in rows.nth(1).inner_text()
+    assert rows.nth(2).inner_text().split("\t") == ["init[0]", "314", "0", "changed no key"]
+    assert rows.nth(2).get_attribute("class") == "unapplied"
 
 
 def test_checkpoint_page_is_the_grouped_inspect_view(
@@ -235,7 +241,8 @@ def test_recipe_errors_show_at_the_rule_they_name(watched: Watched) -> None:
     item.locator(".error").wait_for()
     assert "bad" in (item.get_attribute("class") or "")
     assert page.locator("#rule-outline li.bad").count() == 1
-    assert page.locator("#recipe-error").inner_text().startswith("rename[1]")
+    shown = page.locator("#recipe-error").inner_text()
+    assert shown.startswith("rename[1]: invalid regex '('") and shown.count("rename[1]") == 1
 
 
 def test_a_10000_entry_plan_stays_responsive(

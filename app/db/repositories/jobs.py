@@ -186,22 +186,33 @@ class JobRepository:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     @staticmethod
-    def _claimable(now: datetime, job: Any = Job) -> ColumnElement[bool]:
-        return and_(
+    def _claimable(
+        now: datetime,
+        job: Any = Job,
+        *,
+        devices: Sequence[str] | None = None,
+        mlflow: bool = True,
+    ) -> ColumnElement[bool]:
+        """Queued, or running with a lapsed lease, with attempts left; with ``devices``, only
+        jobs that asked for one of them; without ``mlflow``, not a job that needs a registry."""
+        claimable = and_(
             job.attempts < job.max_attempts,
             or_(
                 job.status == JobStatus.queued,
                 and_(job.status == JobStatus.running, job.lease_expires_at < now),
             ),
         )
+        if devices is not None:
+            claimable = and_(claimable, job.requested_device.in_(list(devices)))
+        return claimable if mlflow else and_(claimable, ~_needs_mlflow(job))
 
-    def has_work(self, *, now: datetime, devices: Sequence[str] | None = None) -> bool:
+    def has_work(
+        self, *, now: datetime, devices: Sequence[str] | None = None, mlflow: bool = True
+    ) -> bool:
         """Whether a claim (or an expiry sweep) has anything to do; a cheap read that spares
         idle workers a write transaction every poll. ``devices`` as in :meth:`claim`."""
         lapsed = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
-        claimable = self._claimable(now)
-        if devices is not None:
-            claimable = and_(claimable, Job.requested_device.in_(list(devices)))
+        claimable = self._claimable(now, devices=devices, mlflow=mlflow)
         return bool(self.session.scalar(select(exists().where(or_(claimable, lapsed)))))
 
     def count_active(self, owner: str) -> int:
@@ -223,24 +234,25 @@ class JobRepository:
         now: datetime,
         lease_seconds: float,
         devices: Sequence[str] | None = None,
+        mlflow: bool = True,
     ) -> Lease | None:
         """Take the next claimable job, round-robin across owners, in one UPDATE. Returns the
         lease, or None.
 
         Claimable: queued, or running with a lapsed lease (its worker died) and attempts
         left; with ``devices``, only jobs that asked for one of them (a worker without CUDA
-        passes ``("auto", "cpu")``). The next owner served is the one with the fewest running
-        jobs, then the one served longest ago (never served first); that owner's oldest
-        claimable job is taken. So one owner's burst never starves another's single job
-        (SPEC §5.3). The condition is repeated in the outer WHERE so that, on PostgreSQL, a
-        concurrent claimer that lost the race updates nothing; SKIP LOCKED keeps them apart.
+        passes ``("auto", "cpu")``); for a worker without MLflow (``mlflow=False``), not a job
+        that needs it (a ``models:/`` source or ``output.register``). The next owner served
+        is the one with the fewest running jobs, then the one served longest ago (never
+        served first); that owner's oldest claimable job is taken. So one owner's burst never
+        starves another's single job (SPEC §5.3). The condition is repeated in the outer
+        WHERE so that, on PostgreSQL, a concurrent claimer that lost the race updates
+        nothing; SKIP LOCKED keeps them apart.
         """
-        claimable = self._claimable(now)
-        if devices is not None:
-            claimable = and_(claimable, Job.requested_device.in_(list(devices)))
+        claimable = self._claimable(now, devices=devices, mlflow=mlflow)
         candidate = (
             select(Job.id)
-            .where(claimable, Job.owner == _next_owner(now, devices))
+            .where(claimable, Job.owner == _next_owner(now, devices, mlflow))
             .order_by(Job.created_at, Job.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -496,14 +508,12 @@ def _held(lease: Lease) -> ColumnElement[bool]:
     )
 
 
-def _next_owner(now: datetime, devices: Sequence[str] | None) -> Any:
+def _next_owner(now: datetime, devices: Sequence[str] | None, mlflow: bool) -> Any:
     """The owner whose turn it is among those with jobs this worker may claim: fewest running
     jobs, then least recently served (the latest start of any of its jobs; never served
     first)."""
     waiting, other = aliased(Job), aliased(Job)
-    claimable = JobRepository._claimable(now, waiting)
-    if devices is not None:
-        claimable = and_(claimable, waiting.requested_device.in_(list(devices)))
+    claimable = JobRepository._claimable(now, waiting, devices=devices, mlflow=mlflow)
     running = (
         select(func.count())
         .select_from(other)
@@ -524,6 +534,16 @@ def _next_owner(now: datetime, devices: Sequence[str] | None) -> Any:
         .order_by(running, served.is_not(None), served, func.min(waiting.created_at))
         .limit(1)
         .scalar_subquery()
+    )
+
+
+def _needs_mlflow(job: Any = Job) -> ColumnElement[bool]:
+    """A job that only a worker with an MLflow registry can run: a ``models:/`` source, or
+    ``output.register`` (its ``name`` is always there). NULLs read as empty, so the negation
+    is true for every other job."""
+    return or_(
+        func.coalesce(job.register["name"].as_string(), "") != "",
+        func.coalesce(job.source_ref["uri"].as_string(), "").like("models:/%"),
     )
 
 

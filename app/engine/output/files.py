@@ -7,6 +7,7 @@ any failure the temp is removed and nothing is left at the output path.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import sys
@@ -37,6 +38,9 @@ def atomic_output(path: Path, *, folder: bool = False) -> Iterator[Path]:
     writes; an existing folder at ``path`` is replaced only once the new one is complete.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        # Name the folder the user gave, not the temp file inside it.
+        raise FileNotFoundError(errno.ENOENT, "no such output folder", str(path.parent))
     tmp = path.with_name(f".{path.name}.graft-tmp-{os.getpid()}")
     try:
         if folder:

@@ -20,7 +20,7 @@ from app.engine.ops.adapt import describe_adapt, describe_cast
 from app.engine.ops.initialize import InitRecord, resolve_init
 from app.engine.ops.multi import Part, describe_transform
 from app.engine.plan.feeds import Feed, plan_feeds
-from app.engine.plan.rule_matches import RuleMatch, count_rules, judge_rules
+from app.engine.plan.rule_matches import RuleMatch, count_applied, count_rules, judge_rules
 from app.engine.readers import Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
 from app.engine.recipe.rename import filter_keys, rename_keys
@@ -108,7 +108,7 @@ class Plan:
     failures: list[str]  # what the recipe's policy refuses; non-empty means not ok
     stripped_prefix: str | None
     dtype: str = "keep"  # the output dtype policy (recipe's, or the caller's override)
-    rules: list[RuleMatch] = field(default_factory=list)  # every recipe rule, with `matched`
+    rules: list[RuleMatch] = field(default_factory=list)  # every recipe rule: `matched`, `applied`
 
     @property
     def ok(self) -> bool:
@@ -220,6 +220,7 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
     plan = Plan(entries, unused, [], [], [], source.stripped_prefix, out_dtype)
     plan.rules = count_rules(recipe, renaming.matched, list(by_new), feeds.matched, target)
     _align(plan, source, target, recipe)
+    plan.rules = count_applied(plan.rules, (e.rules for e in plan.entries))
     _judge(plan, recipe, mismatched)
     judge_rules(plan.rules, recipe, plan.failures, plan.warnings)
     return plan
@@ -366,26 +367,27 @@ def _judge(plan: Plan, recipe: Recipe, mismatched: list[str]) -> None:
             plan.failures.append(f"strict: target keys not loaded: {_few(not_fed)}")
         if stray:
             plan.failures.append(f"strict: source keys not used: {_few(stray)}")
-    counted = [e for e in plan.entries if not e.benign]
-    fed = sum(1 for e in counted if e.fed)
-    if not recipe.allow_empty and not any(e.fed for e in plan.entries):
+    # Counted as the report's header and coverage count: every target tensor.
+    total = len(plan.entries)
+    fed = sum(1 for e in plan.entries if e.fed)
+    if not recipe.allow_empty and fed == 0:
         plan.failures.append(
             "empty: nothing was loaded or adapted from the source (allow_empty: false); check "
             "renames, prefixes and only/drop, or set allow_empty: true to initialise on purpose"
         )
-    if counted and fed == 0:
+    if total and fed == 0:
         plan.warnings.append(
             Warning(
                 kind="nothing_loaded",
-                message=f"none of the {len(counted)} target tensors came from the source; "
+                message=f"none of the {total} target tensors came from the source; "
                 "check renames and prefixes (align: suggest lists likely matches)",
             )
         )
-    elif counted and fed / len(counted) < LOW_COVERAGE:
+    elif total and fed / total < LOW_COVERAGE:
         plan.warnings.append(
             Warning(
                 kind="low_coverage",
-                message=f"only {fed} of {len(counted)} target tensors came from the source",
+                message=f"only {fed} of {total} target tensors came from the source",
             )
         )
     for text in mismatched:

@@ -6,12 +6,18 @@ rule then changed them (SPEC §2.1): renames, ``drop`` and ``only`` count rename
 groups they formed, ``transform``/``adapt``/``init``/``freeze`` target keys. A rule that
 matched nothing is almost always a typo: with ``unmatched: error`` it refuses the conversion,
 with ``warn`` it is a warning. The default ``init`` the user did not write is never unmatched.
+
+``applied`` counts the keys a rule changed. Renames, ``drop``, ``only``, ``split``/``merge``/
+``copy`` and ``freeze`` act on everything they match; ``transform`` acts only on keys the source
+feeds, ``adapt`` only where the shapes differ, ``init`` only on keys nothing else fed. A rule of
+those that matched but never acted is a warning (``unapplied``) that says why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from app.engine.recipe import PrefixRule, Recipe, RegexRule, RenameRule, cite
@@ -22,7 +28,16 @@ from app.engine.warning import Warning
 if TYPE_CHECKING:
     from app.engine.target import Target
 
-__all__ = ["RuleMatch", "count_rules", "judge_rules"]
+__all__ = ["RuleMatch", "count_applied", "count_rules", "judge_rules"]
+
+# Sections whose rules act on every key (or group) they match.
+_ACT_ON_MATCH = frozenset({"rename", "drop", "only", "split", "merge", "copy", "freeze"})
+# Why a rule of the other sections matched keys but changed none.
+_NOT_APPLIED = {
+    "adapt": "shapes already equal: did you forget `--target-kwargs`?",
+    "transform": "the source fed none of the keys it matches",
+    "init": "the source fed every key it matches",
+}
 
 
 @dataclass(frozen=True)
@@ -34,15 +49,33 @@ class RuleMatch:
         matched: keys its pattern selected (groups for split, merge, copy).
         pattern: what it matches on, as written (for people reading the report).
         implicit: a default the user did not write (never unmatched).
+        applied: keys it changed (see :func:`count_applied`).
     """
 
     rule: str
     matched: int
     pattern: str
     implicit: bool = False
+    applied: int = 0
 
-    def as_json(self) -> dict[str, object]:
-        return {"rule": self.rule, "matched": self.matched, "pattern": self.pattern}
+    @property
+    def section(self) -> str:
+        """The recipe section the rule sits in: ``adapt`` for ``adapt[0]``."""
+        return self.rule.partition("[")[0]
+
+
+def count_applied(rules: Sequence[RuleMatch], fired: Iterable[Sequence[str]]) -> list[RuleMatch]:
+    """``rules`` with ``applied``: what each changed.
+
+    Args:
+        rules: every rule with its ``matched``.
+        fired: each target entry's rules, as planned (after ``align``).
+    """
+    counts = Counter(rule for entry in fired for rule in set(entry))
+    return [
+        replace(m, applied=m.matched if m.section in _ACT_ON_MATCH else counts[m.rule])
+        for m in rules
+    ]
 
 
 def count_rules(
@@ -103,9 +136,19 @@ def judge_rules(
     rules: Sequence[RuleMatch], recipe: Recipe, failures: list[str], warnings: list[Warning]
 ) -> None:
     """Apply ``unmatched``: a refusal (``error``) or a warning (``warn``) per rule that matched
-    nothing, naming the rule."""
+    nothing, naming the rule; and a warning per rule that matched keys but changed none."""
     for match in rules:
-        if match.matched or match.implicit:
+        if match.implicit:
+            continue
+        if match.matched:
+            if not match.applied and match.section in _NOT_APPLIED:
+                warnings.append(
+                    Warning(
+                        kind="unapplied",
+                        message=f"{match.rule} ({match.pattern}) matched {match.matched} keys "
+                        f"but changed none: {_NOT_APPLIED[match.section]}",
+                    )
+                )
             continue
         warning = Warning(
             kind="unmatched",

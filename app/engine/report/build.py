@@ -157,7 +157,10 @@ def build_report(
         entries=entries,
         unused=unused,
         suggestions=[AlignSuggestion.model_validate(s.as_json()) for s in plan.suggestions],
-        rules=[RuleCount(rule=r.rule, matched=r.matched, pattern=r.pattern) for r in plan.rules],
+        rules=[
+            RuleCount(rule=r.rule, matched=r.matched, applied=r.applied, pattern=r.pattern)
+            for r in plan.rules
+        ],
         warnings=[*plan.warnings, *(execution.warnings if execution else [])],
         verification=verification,
         errors=failures or None,

@@ -195,11 +195,12 @@ class AlignSuggestion(_Document):
 
 
 class RuleCount(_Document):
-    """One recipe rule, cited, with the keys (or groups) it matched."""
+    """One recipe rule, cited, with the keys (or groups) it matched and the keys it changed."""
 
-    _added_later = frozenset({"pattern"})
+    _added_later = frozenset({"pattern", "applied"})
     rule: Annotated[str, Field(pattern=r"^[a-z_]+\[[0-9]+\]$")]
     matched: Count
+    applied: Count = Field(description="the keys (or groups) it changed, at most `matched`")
     pattern: str
 
 

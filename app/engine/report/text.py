@@ -104,14 +104,8 @@ def render_text(report: dict[str, Any]) -> str:
             f"  {u['reason']:<10} {u['pattern']}" + (f"  [{u['rule']}]" if u["rule"] else "")
             for u in groups["unused"]
         ]
-    unmatched = [r for r in report.get("rules", []) if not r["matched"]]
     if report.get("rules"):
-        lines += ["", f"rules ({len(report['rules'])}, {len(unmatched)} matched nothing)"]
-        lines += [
-            f"  {r['rule']:<12} {r['matched']:>6}  {r['pattern']}"
-            + ("  <- MATCHED NOTHING" if not r["matched"] else "")
-            for r in report["rules"]
-        ]
+        lines += _rules(report)
     if report["suggestions"]:
         lines += ["", "suggestions (align)"]
         lines += [
@@ -183,4 +177,28 @@ def _proof_lines(v: dict[str, Any]) -> list[str]:
     if rederived:
         how = ", ".join(f"{n} by {k}" for k, n in rederived["how"].items())
         lines.append(f"re-derived    {rederived['checked']} from the source ({how})")
+    return lines
+
+
+def _rules(report: dict[str, Any]) -> list[str]:
+    """The rules section: each rule's matched and applied counts, flagging the idle ones."""
+    rules = report["rules"]
+    unmatched = sum(1 for r in rules if not r["matched"])
+    # The rules a warning says matched but changed nothing (``unapplied: adapt[0] (...) ...``).
+    idle = {
+        w.partition(": ")[2].partition(" ")[0]
+        for w in report["warnings"]
+        if w.startswith("unapplied: ")
+    }
+    lines = [
+        "",
+        f"rules ({len(rules)}, {unmatched} matched nothing, {len(idle)} changed nothing)",
+        f"  {'rule':<12} {'matched':>7} {'applied':>7}  pattern",
+    ]
+    for r in rules:
+        flag = "  <- MATCHED NOTHING" if not r["matched"] else ""
+        flag = flag or ("  <- CHANGED NOTHING" if r["rule"] in idle else "")
+        lines.append(
+            f"  {r['rule']:<12} {r['matched']:>7} {r.get('applied', '-'):>7}  {r['pattern']}{flag}"
+        )
     return lines

@@ -115,7 +115,7 @@ class JobPublic(BaseModel):
             ),
             dry_run=job.dry_run,
             attempts=job.attempts,
-            worker=job.lease_owner,
+            worker=job.lease_owner or job.last_worker,  # who runs it, or who ran it last
             device=job.device,
             warnings=list(job.warnings or []),
             requested_device=job.requested_device,

@@ -252,3 +252,26 @@ def test_dispatcher_refuses() -> None:
         apply_adapt("stretch", torch.zeros(2), (3,), key="x")
     with pytest.raises(InvalidRecipeError, match=r"resize needs a fill"):
         describe_adapt("resize", (2,), (3,))
+
+
+def test_channels_repeat_keeps_a_grey_response_only_for_one_channel_or_a_multiple(
+    conv: torch.Tensor,
+) -> None:
+    """What docs/recipe.md claims of ``repeat``, computed."""
+    from tests.fixtures import REPO_ROOT
+
+    def grey_response(weight: torch.Tensor) -> torch.Tensor:
+        grey = torch.full((1, weight.shape[1], 9, 9), 0.5)
+        return F.conv2d(grey, weight)
+
+    reference = grey_response(conv)
+    changes = {}
+    for channels in (1, 4, 6):
+        out, _ = adapt_channels(conv, (8, channels, 5, 5), fill="repeat")
+        diff = (grey_response(out) - reference).norm() / reference.norm()
+        changes[channels] = float(diff)
+    assert changes[1] < 1e-6 and changes[6] < 1e-6
+    assert changes[4] > 0.1  # 3 -> 4 is not grey-invariant
+    doc = " ".join((REPO_ROOT / "docs" / "recipe.md").read_text().split())
+    assert "response to a grey image is unchanged);" not in doc
+    assert "unchanged only when the target's count is 1 or a multiple of the source's" in doc

@@ -92,8 +92,8 @@ export function formPage(params) {
       return true;
     } catch (err) {
       const rule = err.problem && err.problem.rule;
-      recipeStatus.replaceChildren(h("span", { class: "error", id: "recipe-error" },
-        rule ? `${rule}: ` : "", err.message));
+      // The message already starts with the rule's name (``adapt[0]: unknown op``).
+      recipeStatus.replaceChildren(h("span", { class: "error", id: "recipe-error" }, err.message));
       drawOutline(outline, value, rule, err.message);
       return false;
     }

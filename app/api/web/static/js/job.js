@@ -135,10 +135,16 @@ function unused(groups) {
 function rules(list) {
   const rows = Array.isArray(list) ? list : Object.entries(list).map(([rule, v]) => ({ rule, ...v }));
   return h("table", { id: "rules", "aria-label": "Rules" },
-    h("thead", {}, h("tr", {}, ["Rule", "Matched", ""].map((c) => h("th", { scope: "col" }, c)))),
-    h("tbody", {}, rows.map((r) => h("tr", { class: r.matched === 0 ? "unmatched" : "" },
-      h("td", { class: "mono" }, r.rule || r.name || "?"), h("td", { class: "num" }, String(r.matched)),
-      h("td", {}, r.matched === 0 ? h("strong", { class: "error" }, "unmatched: this rule selected no key") : "")))));
+    h("thead", {}, h("tr", {}, ["Rule", "Matched", "Applied", ""].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, rows.map((r) => {
+      // `applied`: the keys the rule changed (reports before it had only `matched`).
+      const idle = r.matched > 0 && r.applied === 0;
+      return h("tr", { class: r.matched === 0 ? "unmatched" : idle ? "unapplied" : "" },
+        h("td", { class: "mono" }, r.rule || r.name || "?"), h("td", { class: "num" }, String(r.matched)),
+        h("td", { class: "num" }, r.applied === undefined ? "–" : String(r.applied)),
+        h("td", {}, r.matched === 0 ? h("strong", { class: "error" }, "unmatched: this rule selected no key")
+          : idle ? h("span", { class: "muted" }, "changed no key") : ""));
+    })));
 }
 
 function verification(v) {

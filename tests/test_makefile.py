@@ -1,0 +1,45 @@
+"""``make serve`` installs the runtime only; ``make test``'s set-up adds the dev toolchain."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import REPO_ROOT
+
+
+def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    return subprocess.run(
+        ["make", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+
+
+def test_serve_installs_only_the_runtime_and_test_adds_the_rest(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+
+    serve = _make("-n", "serve", f"VENV={venv}").stdout
+    setup = _make("-n", "setup", f"VENV={venv}").stdout
+
+    assert f"{venv}/bin/python -m pip install -q -e . torch==2.13.0" in serve
+    assert "[dev]" not in serve and "requirements-fixtures" not in serve
+    assert serve.rstrip().endswith(f"{venv}/bin/graft serve")
+    assert f"{venv}/bin/python -m pip install -q -e '.[dev]' torch==2.13.0" in setup
+    assert "requirements-fixtures.txt" in setup
+
+
+def test_a_full_set_up_serves_without_installing_anything(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".graft-installed").touch()  # newer than pyproject.toml: `make test`'s set-up ran
+
+    _make("setup-runtime", f"VENV={venv}")  # would fail here if it tried to install
+
+    runtime, full = venv / ".graft-runtime", venv / ".graft-installed"
+    assert runtime.stat().st_mtime_ns == full.stat().st_mtime_ns  # and setup stays up to date
+    assert _make("-q", "setup", f"VENV={venv}").returncode == 0
+    assert sorted(p.name for p in venv.iterdir()) == [".graft-installed", ".graft-runtime"]

@@ -28,10 +28,16 @@ def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
 
+BACK_LINK = (
+    '<p style="margin:8px 20px;font:15px system-ui,sans-serif">'
+    '<a id="back-to-app" href="/">&larr; Graft web app</a></p>'
+)
+
+
 @router.get("/docs")
 def docs() -> HTMLResponse:
-    """Swagger UI from the vendored files, never a CDN."""
-    return get_swagger_ui_html(
+    """Swagger UI from the vendored files, never a CDN, with a link back to the web app."""
+    page = get_swagger_ui_html(
         openapi_url="/openapi.json",
         title="Graft API",
         swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
@@ -40,6 +46,8 @@ def docs() -> HTMLResponse:
         # No online validator badge: it would ask a host on the internet.
         swagger_ui_parameters={"validatorUrl": None},
     )
+    html = bytes(page.body).decode("utf-8").replace("<body>", "<body>\n" + BACK_LINK, 1)
+    return HTMLResponse(html)
 
 
 def install_web(app: FastAPI) -> None:

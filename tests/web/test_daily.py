@@ -114,7 +114,7 @@ def test_jobs_show_names_and_downloads_are_named(
     disposition = weights.headers["content-disposition"]
     assert disposition in (f'attachment; filename="{expected}"', f"attachment; filename*=utf-8''{expected}")
     assert link["filename"] == "mobilenet_v2-b0353104.target.report.json"
-    assert report.headers["content-disposition"].endswith(link["filename"])
+    assert f'filename="{link["filename"]}"' in report.headers["content-disposition"]
 
 
 def test_job_page_shows_sources_recipe_and_grouped_frozen_keys(

@@ -54,4 +54,6 @@ def pick_recipe(recipe: dict[str, Any] | None, text: str | None) -> dict[str, An
 
 
 def _kind(value: Any) -> str:
-    return {list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+    if isinstance(value, list):
+        return "a list"
+    return "a string" if isinstance(value, str) else type(value).__name__

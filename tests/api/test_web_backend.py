@@ -201,9 +201,7 @@ def test_recipe_parse_is_yaml_safe_load_and_refuses_non_mappings(client: TestCli
     assert client.post("/v1/recipes/parse", json={"recipe_text": '{"version": 1}'}).json() == {
         "recipe": {"version": 1}
     }
-    assert client.post("/v1/recipes/parse", json={"recipe_text": "  \n"}).json() == {
-        "recipe": None
-    }
+    assert client.post("/v1/recipes/parse", json={"recipe_text": "  \n"}).json() == {"recipe": None}
     for text, detail in [
         ("- a\n- b\n", "a recipe is a mapping (version, rename, …), not a list"),
         ("!!python/object:os.system {}\n", "not YAML or JSON"),
@@ -226,8 +224,8 @@ def test_plans_are_grouped_on_request(client: TestClient, ids: dict[str, str]) -
 
 
 def test_deliveries_retry_needs_a_delivery(client: TestClient, ids: dict[str, str]) -> None:
-    job = client.post("/v1/jobs", json={"source": ids["source"], "dry_run": True,
-                                        "target": {"checkpoint": ids["target"]}}).json()  # fmt: skip
+    body = {"source": ids["source"], "dry_run": True, "target": {"checkpoint": ids["target"]}}
+    job = client.post("/v1/jobs", json=body).json()
     r = client.post(f"/v1/jobs/{job['id']}/deliveries/nope/retry")
     assert (r.status_code, r.json()["type"]) == (404, "not-found")
     assert r.json()["detail"] == f"job {job['id']} has no webhook delivery nope"

@@ -1,4 +1,4 @@
-"""The web app as a daily user sees it (issue 26, items 14–17): names instead of ids, the job
+"""The web app as a daily user sees it (issue 26, items 14 to 17): names instead of ids, the job
 page's recipe and sources, YAML recipes and grouped plans in the form, pipelines, webhook
 deliveries, the checkpoint page's jobs, and the layout on a phone and in dark mode."""
 
@@ -77,7 +77,10 @@ def seeded(web_server: Server) -> dict[str, Any]:
 def test_the_job_document_has_recipe_duration_and_coverage(seeded: dict[str, Any]) -> None:
     job = seeded["job"]
     assert job["recipe"] == RECIPE  # parsed from the YAML text, server-side
-    assert job["duration_seconds"] == pytest.approx(job["timings"]["run_s"]) and job["duration_seconds"] > 0
+    assert (
+        job["duration_seconds"] == pytest.approx(job["timings"]["run_s"])
+        and job["duration_seconds"] > 0
+    )
     assert job["coverage"]["tensors"] == 0.7778  # the report's 7 of 9, as it rounds
     assert 0 < job["coverage"]["elements"] < 1
 
@@ -112,7 +115,10 @@ def test_jobs_show_names_and_downloads_are_named(
         link = client.post("/v1/links", json={"job": job["id"], "artifact": "report"}).json()
         report = client.get(link["url"])
     disposition = weights.headers["content-disposition"]
-    assert disposition in (f'attachment; filename="{expected}"', f"attachment; filename*=utf-8''{expected}")
+    assert disposition in (
+        f'attachment; filename="{expected}"',
+        f"attachment; filename*=utf-8''{expected}",
+    )
     assert link["filename"] == "mobilenet_v2-b0353104.target.report.json"
     assert f'filename="{link["filename"]}"' in report.headers["content-disposition"]
 
@@ -135,7 +141,9 @@ def test_job_page_shows_sources_recipe_and_grouped_frozen_keys(
     frozen = page.locator("#frozen li")
     assert sorted(manifest["frozen"]) and frozen.count() < len(manifest["frozen"])
     patterns = [frozen.nth(i).inner_text().split(" (")[0] for i in range(frozen.count())]
-    assert patterns == [g["pattern"] for g in groups["entries"] if set(g["keys"]) <= set(manifest["frozen"])]
+    assert patterns == [
+        g["pattern"] for g in groups["entries"] if set(g["keys"]) <= set(manifest["frozen"])
+    ]
     page.locator("#recipe-used").scroll_into_view_if_needed()
     screenshot(page, "job-recipe")
 
@@ -170,7 +178,11 @@ def test_form_takes_yaml_keeps_it_and_plans_grouped(
         plan = client.post(
             "/v1/plans",
             params={"groups": "true"},
-            json={"source": src["id"], "target": {"checkpoint": tgt["id"]}, "recipe_text": RECIPE_YAML},
+            json={
+                "source": src["id"],
+                "target": {"checkpoint": tgt["id"]},
+                "recipe_text": RECIPE_YAML,
+            },
         ).json()
     rows = page.locator("#plan-groups tbody tr")
     assert rows.count() == len(plan["groups"]["entries"]) < len(plan["entries"])
@@ -273,7 +285,9 @@ def test_a_failed_webhook_is_retried_from_its_page(
     assert (got.status, got.headers["webhook-id"]) == (204, delivery["id"])
 
 
-def test_checkpoint_page_lists_the_jobs_that_used_it(watched: Watched, seeded: dict[str, Any]) -> None:
+def test_checkpoint_page_lists_the_jobs_that_used_it(
+    watched: Watched, seeded: dict[str, Any]
+) -> None:
     page = watched.page
     src = seeded["source"]
     page.goto(f"/#/checkpoints/{src['id']}")

@@ -261,7 +261,9 @@ def test_a_10000_entry_plan_stays_responsive(
     page.click("#plan-keys summary")
     rows = page.locator("#plan-keys tbody tr")
     assert rows.count() == 100  # paged: the DOM never holds 10,000 rows
-    assert page.locator("#plan-keys [data-testid='page']").inner_text() == "page 1 of 100 (10000 rows)"
+    assert (
+        page.locator("#plan-keys [data-testid='page']").inner_text() == "page 1 of 100 (10000 rows)"
+    )
     started = time.monotonic()
     page.click("#plan-keys .pager button:has-text('Next')")
     page.locator("#plan-keys [data-testid='page']", has_text="page 2 of 100").wait_for()

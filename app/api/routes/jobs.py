@@ -28,7 +28,6 @@ from app.api.deps import (
 )
 from app.api.downloads import blob_response, download_route
 from app.api.errors import problem
-from app.db.base import utcnow
 from app.api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
@@ -42,8 +41,8 @@ from app.services.errors import BadRequestError, TooManyRangesError
 from app.services.jobs import dispatch, service
 from app.services.jobs import events as events_service
 from app.services.jobs.naming import download_filename
-from app.services.recipe_text import pick_recipe
 from app.services.payloads import check_depth, check_skeleton_size
+from app.services.recipe_text import pick_recipe
 from app.services.sources.references import RegistryConfig
 from app.services.webhooks import outbox as webhooks_service
 
@@ -214,7 +213,7 @@ async def retry_delivery(
 
     def retry() -> DeliveryPublic:
         service.get_job(session, job_id, owner=principal.scope_owner)
-        webhooks_service.retry_delivery(session, job_id, delivery_id, now=utcnow())
+        webhooks_service.retry_delivery(session, job_id, delivery_id)
         found = webhooks_service.deliveries_for_job(session, job_id)
         return DeliveryPublic.model_validate(next(d for d in found if d["id"] == delivery_id))
 

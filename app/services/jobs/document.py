@@ -14,7 +14,15 @@ from app.db.models import Job
 from app.engine.target_spec import parse_target_spec
 from app.services.sources.references import RegisterSpec, SourceRef
 
-__all__ = ["JobCoverage", "JobError", "JobPublic", "JobResult", "JobTimings", "OutputOptions", "job_document"]
+__all__ = [
+    "JobCoverage",
+    "JobError",
+    "JobPublic",
+    "JobResult",
+    "JobTimings",
+    "OutputOptions",
+    "job_document",
+]
 
 
 class OutputOptions(BaseModel):

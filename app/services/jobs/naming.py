@@ -40,7 +40,7 @@ def _target_name(session: Session, job: Job) -> str:
     if "architecture" in target:
         return str(target["architecture"])
     if "checkpoint" in target:
-        return _stem(session, job.target_checkpoint_id) or "checkpoint"
+        return _stem(session, job.target_checkpoint_id or target["checkpoint"]) or "checkpoint"
     return "skeleton"
 
 

@@ -230,7 +230,9 @@ def deliveries_for_job(session: Session, job_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def retry_delivery(session: Session, job_id: str, delivery_id: str, *, now: datetime) -> None:
+def retry_delivery(
+    session: Session, job_id: str, delivery_id: str, *, now: datetime | None = None
+) -> None:
     """Send a job's webhook again, at once, under the same ``webhook-id`` (receivers dedupe).
 
     Raises:
@@ -243,6 +245,6 @@ def retry_delivery(session: Session, job_id: str, delivery_id: str, *, now: date
     if delivery.state == "delivered":
         raise ConflictError(f"webhook {delivery_id} was delivered already")
     delivery.state = "pending"
-    delivery.next_attempt_at = now
+    delivery.next_attempt_at = now or utcnow()
     delivery.finished_at = None
     session.flush()

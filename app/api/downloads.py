@@ -60,6 +60,7 @@ def blob_response(
     attachment: bool = False,
     presigned: bool = False,
     head: bool = False,
+    filename: str | None = None,
 ) -> Response:
     """The response that serves ``blob``.
 
@@ -70,14 +71,18 @@ def blob_response(
         attachment: download as ``blob.filename``, with the digest as ``ETag``.
         presigned: redirect (307) to a presigned URL when the store can make one.
         head: a ``HEAD`` request: the same status and headers, no body.
+        filename: the attachment's name, when not ``blob.filename`` (see
+            :func:`app.services.jobs.naming.download_filename`).
 
     Raises:
         HTTPException: 400 for a malformed ``bytes`` range, 416 for an unsatisfiable one.
     """
     headers = {"ETag": f'"{blob.sha256}"'} if attachment else {}
-    filename = blob.filename if attachment else None
+    filename = (filename or blob.filename) if attachment else None
     if presigned:
-        url = store.presigned_url(blob.sha256, filename=blob.filename, media_type=blob.media_type)
+        url = store.presigned_url(
+            blob.sha256, filename=filename or blob.filename, media_type=blob.media_type
+        )
         if url is not None:
             return RedirectResponse(url, status_code=307)
     ranges = parse_ranges(range_header, blob.size) if range_header else None

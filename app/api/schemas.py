@@ -124,6 +124,10 @@ class JobCreate(BaseModel):
     )
     target: TargetSpec
     recipe: dict[str, Any] | None = Field(default=None, description="a version 1 recipe (SPEC §2)")
+    recipe_text: str | None = Field(
+        default=None,
+        description="the recipe as YAML or JSON text instead of `recipe` (the web form sends it)",
+    )
     output: OutputOptions = Field(default_factory=OutputOptions)
     dry_run: bool = Field(default=False, description="produce the report only, no weights")
     device: Literal["auto", "cpu", "cuda"] = Field(

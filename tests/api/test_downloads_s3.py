@@ -73,7 +73,8 @@ def test_whole_download_streams_from_s3(client: TestClient, job_id: str) -> None
     assert (r.status_code, r.content) == (200, WEIGHTS)
     assert r.headers["etag"] == f'"{hashlib.sha256(WEIGHTS).hexdigest()}"'
     assert r.headers["accept-ranges"] == "bytes"
-    assert "w.safetensors" in r.headers["content-disposition"]
+    # Named after the source and the target (here the same upload), not the stored file.
+    assert r.headers["content-disposition"] == "attachment; filename*=utf-8''src.src.safetensors"
 
 
 @pytest.mark.parametrize(

@@ -166,3 +166,73 @@ def test_a_missing_content_type_gets_a_hint(client: TestClient, ids: dict[str, s
 
 def test_readyz_without_embedded_workers_needs_no_warm_worker(client: TestClient) -> None:
     assert client.get("/readyz").json()["checks"] == {"database": "ok", "storage": "ok"}
+
+
+YAML_RECIPE = "# the docs write recipes in YAML\nversion: 1\ndrop:\n  - '3.*'\n"
+
+
+def test_plans_and_jobs_take_the_recipe_as_yaml_text(
+    client: TestClient, ids: dict[str, str]
+) -> None:
+    body = {"source": ids["source"], "target": {"checkpoint": ids["target"]}}
+    by_text = client.post("/v1/plans", json={**body, "recipe_text": YAML_RECIPE})
+    by_json = client.post("/v1/plans", json={**body, "recipe": {"version": 1, "drop": ["3.*"]}})
+    assert by_text.status_code == by_json.status_code == 200, by_text.text
+    assert by_text.json()["summary"] == by_json.json()["summary"]
+    assert by_text.json()["summary"]["dropped"] == 2
+    job = client.post("/v1/jobs", json={**body, "recipe_text": YAML_RECIPE, "dry_run": True})
+    assert job.status_code == 202, job.text
+    doc = job.json()
+    assert doc["recipe"] == {"version": 1, "drop": ["3.*"]}  # what the job stores and shows
+    assert (doc["duration_seconds"], doc["coverage"]) == (None, None)  # not run yet
+    both = client.post(
+        "/v1/jobs", json={**body, "recipe": {"version": 1}, "recipe_text": YAML_RECIPE}
+    )
+    assert (both.status_code, both.json()["type"]) == (422, "invalid-recipe")
+    assert "not both" in both.json()["detail"]
+    bad = client.post("/v1/plans", json={**body, "recipe_text": "version: [1\n"})
+    assert (bad.status_code, bad.json()["type"]) == (422, "invalid-recipe")
+    assert bad.json()["detail"].startswith("not YAML or JSON at line 2")
+
+
+def test_recipe_parse_is_yaml_safe_load_and_refuses_non_mappings(client: TestClient) -> None:
+    r = client.post("/v1/recipes/parse", json={"recipe_text": YAML_RECIPE})
+    assert r.json() == {"recipe": {"version": 1, "drop": ["3.*"]}}
+    assert client.post("/v1/recipes/parse", json={"recipe_text": '{"version": 1}'}).json() == {
+        "recipe": {"version": 1}
+    }
+    assert client.post("/v1/recipes/parse", json={"recipe_text": "  \n"}).json() == {"recipe": None}
+    for text, detail in [
+        ("- a\n- b\n", "a recipe is a mapping (version, rename, …), not a list"),
+        ("!!python/object:os.system {}\n", "not YAML or JSON"),
+    ]:
+        r = client.post("/v1/recipes/parse", json={"recipe_text": text})
+        assert (r.status_code, r.json()["type"]) == (422, "invalid-recipe")
+        assert r.json()["detail"].startswith(detail)
+
+
+def test_plans_are_grouped_on_request(client: TestClient, ids: dict[str, str]) -> None:
+    body = {"source": ids["source"], "target": {"checkpoint": ids["target"]}}
+    plain = client.post("/v1/plans", json=body).json()
+    grouped = client.post("/v1/plans", params={"groups": "true"}, json=body).json()
+    assert "groups" not in plain
+    assert grouped.pop("groups")["entries"][0] == {
+        "status": "loaded", "pattern": "0.{weight,bias}", "sources": [], "how": [],
+        "keys": ["0.weight", "0.bias"],
+    }  # fmt: skip
+    assert grouped["entries"] == plain["entries"]
+
+
+def test_deliveries_retry_needs_a_delivery(client: TestClient, ids: dict[str, str]) -> None:
+    body = {"source": ids["source"], "dry_run": True, "target": {"checkpoint": ids["target"]}}
+    job = client.post("/v1/jobs", json=body).json()
+    r = client.post(f"/v1/jobs/{job['id']}/deliveries/nope/retry")
+    assert (r.status_code, r.json()["type"]) == (404, "not-found")
+    assert r.json()["detail"] == f"job {job['id']} has no webhook delivery nope"
+    r = client.post("/v1/jobs/nope/deliveries/nope/retry")
+    assert (r.status_code, r.json()["type"]) == (404, "not-found")
+
+
+def test_docs_link_back_to_the_web_app(client: TestClient) -> None:
+    docs = client.get("/docs").text
+    assert '<a id="back-to-app" href="/">' in docs

@@ -183,7 +183,8 @@ def test_form_plans_then_runs_a_conversion(
         for k in ("loaded", "kept", "dropped")
     }
     assert counts == {"loaded": "7", "kept": "2", "dropped": "2"}
-    assert page.locator("#plan tbody tr").count() == 9
+    page.click("#plan-keys summary")  # the plan is grouped; every key is one click away
+    assert page.locator("#plan-keys tbody tr").count() == 9
     assert "null" not in page.locator("#plan").inner_text()
     screenshot(page, "new-conversion")
     with web_server.client() as client:  # a dry run never clutters the job list
@@ -263,12 +264,16 @@ def test_a_10000_entry_plan_stays_responsive(
     page.click("#plan-button")
     page.locator("#plan-counts").wait_for()
     assert page.locator("#plan-counts [data-count='loaded'] .n").inner_text() == "10000"
-    rows = page.locator("#plan tbody tr")
+    assert page.locator("#plan-groups tbody tr").count() == 1  # k{0..9999}: one group
+    page.click("#plan-keys summary")
+    rows = page.locator("#plan-keys tbody tr")
     assert rows.count() == 100  # paged: the DOM never holds 10,000 rows
-    assert page.locator("#plan [data-testid='page']").inner_text() == "page 1 of 100 (10000 rows)"
+    assert (
+        page.locator("#plan-keys [data-testid='page']").inner_text() == "page 1 of 100 (10000 rows)"
+    )
     started = time.monotonic()
-    page.click("#plan .pager button:has-text('Next')")
-    page.locator("#plan [data-testid='page']", has_text="page 2 of 100").wait_for()
+    page.click("#plan-keys .pager button:has-text('Next')")
+    page.locator("#plan-keys [data-testid='page']", has_text="page 2 of 100").wait_for()
     assert time.monotonic() - started < 2.0
     with web_server.client() as client:
         plan = client.post(

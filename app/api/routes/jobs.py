@@ -42,7 +42,9 @@ from app.api.schemas import (
 from app.services.errors import BadRequestError, TooManyRangesError
 from app.services.jobs import dispatch, service
 from app.services.jobs import events as events_service
+from app.services.jobs.naming import download_filename
 from app.services.payloads import check_depth, check_skeleton_size
+from app.services.recipe_text import pick_recipe
 from app.services.sources.references import RegistryConfig
 from app.services.webhooks import outbox as webhooks_service
 
@@ -82,7 +84,7 @@ async def create_job(
     request = service.JobRequest(
         source=body.source,
         target=body.target,
-        recipe=body.recipe,
+        recipe=pick_recipe(body.recipe, body.recipe_text),
         output_format=body.output.format,
         output_dtype=body.output.dtype,
         dry_run=body.dry_run,
@@ -210,6 +212,24 @@ def list_deliveries(
     )
 
 
+@router.post(
+    "/{job_id}/deliveries/{delivery_id}/retry",
+    responses={404: problem("no such job or delivery"), 409: problem("delivered already")},
+)
+async def retry_delivery(
+    job_id: str, delivery_id: str, principal: WritePrincipal, session: WriteSession
+) -> DeliveryPublic:
+    """Send a failed (or still pending) webhook again now, under its same `webhook-id`."""
+
+    def retry() -> DeliveryPublic:
+        service.get_job(session, job_id, owner=principal.scope_owner)
+        webhooks_service.retry_delivery(session, job_id, delivery_id)
+        found = webhooks_service.deliveries_for_job(session, job_id)
+        return DeliveryPublic.model_validate(next(d for d in found if d["id"] == delivery_id))
+
+    return await in_write_thread(retry)
+
+
 def _event_id(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
@@ -311,4 +331,5 @@ def get_weights(
         attachment=True,
         presigned=settings.presigned_downloads,
         head=request.method == "HEAD",
+        filename=download_filename(session, artifact.job, artifact),
     )

@@ -13,6 +13,7 @@ from app.api.deps import ReadPrincipal, ReadSession, StoreDep
 from app.api.downloads import blob_response
 from app.api.errors import problem
 from app.services.jobs import service as jobs_service
+from app.services.jobs.naming import download_filename
 from app.services.links import sign_link, verify_link
 
 router = APIRouter(tags=["links"])
@@ -26,6 +27,7 @@ class LinkCreate(BaseModel):
 
 class LinkPublic(BaseModel):
     url: str = Field(description="a path on this server; GET it with no key")
+    filename: str = Field(description="the name it downloads as (source.target.suffix)")
     expires_at: datetime
 
 
@@ -41,10 +43,14 @@ def create_link(
     session: ReadSession,
 ) -> LinkPublic:
     """A signed URL for one artifact of a job you may read; it needs no key for 10 minutes."""
-    jobs_service.get_artifact(session, body.job, body.artifact, owner=principal.scope_owner)
+    artifact = jobs_service.get_artifact(
+        session, body.job, body.artifact, owner=principal.scope_owner
+    )
     link = sign_link(_secret(request), body.job, body.artifact)
     return LinkPublic(
-        url=f"/v1/links/{link.token}", expires_at=datetime.fromtimestamp(link.expires_at, UTC)
+        url=f"/v1/links/{link.token}",
+        filename=download_filename(session, artifact.job, artifact),
+        expires_at=datetime.fromtimestamp(link.expires_at, UTC),
     )
 
 
@@ -59,4 +65,5 @@ def follow_link(token: str, request: Request, session: ReadSession, store: Store
         artifact,
         range_header=request.headers.get("range"),
         attachment=True,
+        filename=download_filename(session, artifact.job, artifact),
     )

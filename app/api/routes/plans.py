@@ -1,16 +1,18 @@
-"""/v1/plans and /v1/recipes/validate: the web app's form asks these before it submits."""
+"""/v1/plans, /v1/recipes/parse and /v1/recipes/validate: what the web app's form asks
+before it submits."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import InspectorDep, ReadPrincipal, ReadSession, SettingsDep, StoreDep
 from app.api.errors import problem
 from app.engine.target_spec import TargetSpec
 from app.services import plans as service
+from app.services.recipe_text import parse_recipe_text, pick_recipe
 
 router = APIRouter(tags=["plans"])
 
@@ -23,6 +25,20 @@ class PlanCreate(BaseModel):
     source: str = Field(description="id of the uploaded source checkpoint")
     target: TargetSpec
     recipe: dict[str, Any] | None = Field(default=None, description="a version 1 recipe")
+    recipe_text: str | None = Field(
+        default=None, description="the recipe as YAML or JSON text, instead of `recipe`"
+    )
+
+
+class RecipeText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    recipe_text: str = Field(description="a recipe as YAML or JSON text")
+
+
+class RecipeParsed(BaseModel):
+    recipe: dict[str, Any] | None = Field(
+        description="the document the text holds, as written (null: empty, the defaults apply)"
+    )
 
 
 class RecipeValidated(BaseModel):
@@ -43,25 +59,33 @@ async def create_plan(
     store: StoreDep,
     inspector: InspectorDep,
     settings: SettingsDep,
+    groups: Annotated[bool, Query(description="add `groups`: the keys grouped")] = False,
 ) -> dict[str, Any]:
     """The dry-run report of a conversion, at once: header-only, in a sandboxed child with
-    the inspection time limit. Never a job."""
+    the inspection time limit. Never a job. With `?groups=true` it also carries `groups`, the
+    keys grouped as `GET /v1/jobs/{id}/report?format=groups` groups a job's."""
+    recipe = pick_recipe(body.recipe, body.recipe_text)
     source_files, target_files = service.resolve_plan_inputs(
         session,
         source=body.source,
         target=body.target,
-        recipe=body.recipe,
+        recipe=recipe,
         owner=principal.scope_owner,
     )
-    return await service.plan_conversion(
+    report = await service.plan_conversion(
         store,
         inspector,
         source_files=source_files,
         target=body.target,
         target_files=target_files,
-        recipe=body.recipe,
+        recipe=recipe,
         architectures=settings.architectures,
     )
+    if groups:
+        from app.engine.report import group_report  # the readers: only when asked
+
+        report["groups"] = group_report(report)
+    return report
 
 
 @router.post("/v1/recipes/validate", responses={422: problem("invalid recipe (names the rule)")})
@@ -73,3 +97,10 @@ def validate_recipe(
     from app.engine.recipe import load_recipe
 
     return RecipeValidated(recipe=load_recipe(recipe).model_dump(mode="json"))
+
+
+@router.post("/v1/recipes/parse", responses={422: problem("not YAML or JSON, or not a mapping")})
+def parse_recipe(body: Annotated[RecipeText, Body()], _principal: ReadPrincipal) -> RecipeParsed:
+    """YAML or JSON text to the recipe document it holds, unvalidated (the form draws its
+    rules from it, then asks `/v1/recipes/validate`)."""
+    return RecipeParsed(recipe=parse_recipe_text(body.recipe_text))

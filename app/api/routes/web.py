@@ -66,9 +66,15 @@ def index() -> FileResponse:
     )
 
 
+BACK_LINK = (
+    '<p style="margin:8px 20px;font:15px system-ui,sans-serif">'
+    '<a id="back-to-app" href="/">&larr; Graft web app</a></p>'
+)
+
+
 @router.get("/docs")
 def docs() -> HTMLResponse:
-    """Swagger UI from the vendored files, never a CDN."""
+    """Swagger UI from the vendored files, never a CDN, with a link back to the web app."""
     page = get_swagger_ui_html(
         openapi_url="/openapi.json",
         title="Graft API",
@@ -78,7 +84,7 @@ def docs() -> HTMLResponse:
         # No online validator badge: it would ask a host on the internet.
         swagger_ui_parameters={"validatorUrl": None},
     )
-    html = bytes(page.body).decode()
+    html = bytes(page.body).decode("utf-8").replace("<body>", "<body>\n" + BACK_LINK, 1)
     return HTMLResponse(html, headers=_page_headers(_docs_csp(html)))
 
 

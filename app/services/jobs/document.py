@@ -14,7 +14,15 @@ from app.db.models import Job
 from app.engine.target_spec import parse_target_spec
 from app.services.sources.references import RegisterSpec, SourceRef
 
-__all__ = ["JobError", "JobPublic", "JobResult", "JobTimings", "OutputOptions", "job_document"]
+__all__ = [
+    "JobCoverage",
+    "JobError",
+    "JobPublic",
+    "JobResult",
+    "JobTimings",
+    "OutputOptions",
+    "job_document",
+]
 
 
 class OutputOptions(BaseModel):
@@ -61,6 +69,13 @@ class JobTimings(BaseModel):
     run_s: float | None
 
 
+class JobCoverage(BaseModel):
+    """How much of the target the source fed (the report's ``summary.coverage``)."""
+
+    tensors: float
+    elements: float
+
+
 class JobPublic(BaseModel):
     id: str
     status: str
@@ -70,6 +85,7 @@ class JobPublic(BaseModel):
     source: str | None = Field(description="the source checkpoint's id (once fetched, for a uri)")
     source_ref: SourceRef | None = None
     target: dict[str, Any]
+    recipe: dict[str, Any] | None = Field(default=None, description="the recipe as submitted")
     output: OutputOptions
     dry_run: bool
     attempts: int
@@ -87,6 +103,12 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     timings: JobTimings
+    duration_seconds: float | None = Field(
+        default=None, description="from start to finish (null until it finished)"
+    )
+    coverage: JobCoverage | None = Field(
+        default=None, description="the report's coverage, once the job wrote a report"
+    )
     callback: dict[str, Any] | None = None
     links: dict[str, str]
 
@@ -99,6 +121,8 @@ class JobPublic(BaseModel):
             if job.finished_at is not None:
                 run_s = (job.finished_at - job.started_at).total_seconds()
         base = f"/v1/jobs/{job.id}"
+        stored = dict(job.result or {})
+        coverage = stored.pop("coverage", None)
         return cls(
             id=job.id,
             status=job.status,
@@ -108,6 +132,7 @@ class JobPublic(BaseModel):
             source=job.source_id,
             source_ref=SourceRef.model_validate(job.source_ref) if job.source_ref else None,
             target=target,
+            recipe=job.recipe,
             output=OutputOptions(
                 format=job.output_format,  # type: ignore[arg-type]
                 dtype=job.output_dtype,  # type: ignore[arg-type]
@@ -123,12 +148,14 @@ class JobPublic(BaseModel):
             error=JobError(type=job.error_type, message=job.error_message)
             if job.error_type
             else None,
-            result=JobResult.model_validate(job.result) if job.result else None,
+            result=JobResult.model_validate(stored) if stored else None,
             pipeline=job.pipeline_id,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
             timings=JobTimings(queued_s=queued_s, run_s=run_s),
+            duration_seconds=run_s,
+            coverage=JobCoverage.model_validate(coverage) if coverage else None,
             callback=job.callback,
             links={
                 "self": base,

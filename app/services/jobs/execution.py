@@ -221,6 +221,8 @@ def execute_job(
             outcome.ok, outcome.device, outcome.artifacts = result.ok, result.device, sink.artifacts
             report = Report.from_json(result.report)
             outcome.warnings = [str(w) for w in report.warnings]
+            coverage = report.summary.coverage.model_dump(mode="json")
+            outcome.result = {**(outcome.result or {}), "coverage": coverage}
             if result.ok and inputs.register is not None:
                 control.stage("registering")
                 registry = _register(inputs, sink, store, work, settings)

@@ -34,6 +34,7 @@ from app.db.base import utcnow
 from app.db.models import LOCAL_OWNER, Job, WebhookAttempt, WebhookDelivery
 from app.db.repositories import WebhookRepository
 from app.net.outbound import OutboundPolicy, OutboundRefusedError
+from app.services.errors import ConflictError, NotFoundError
 
 __all__ = [
     "WEBHOOK_EVENTS",
@@ -45,6 +46,7 @@ __all__ = [
     "enqueue_webhooks",
     "new_secret",
     "owner_secret",
+    "retry_delivery",
     "rotate_secret",
     "sign",
     "webhook_headers",
@@ -237,3 +239,23 @@ def deliveries_for_job(session: Session, job_id: str) -> list[dict[str, Any]]:
         }
         for d, attempts in WebhookRepository(session).for_job(job_id)
     ]
+
+
+def retry_delivery(
+    session: Session, job_id: str, delivery_id: str, *, now: datetime | None = None
+) -> None:
+    """Send a job's webhook again, at once, under the same ``webhook-id`` (receivers dedupe).
+
+    Raises:
+        NotFoundError: the job has no such delivery.
+        ConflictError: it was delivered already.
+    """
+    delivery = WebhookRepository(session).get(delivery_id)
+    if delivery is None or delivery.job_id != job_id:
+        raise NotFoundError(f"job {job_id} has no webhook delivery {delivery_id}")
+    if delivery.state == "delivered":
+        raise ConflictError(f"webhook {delivery_id} was delivered already")
+    delivery.state = "pending"
+    delivery.next_attempt_at = now or utcnow()
+    delivery.finished_at = None
+    session.flush()

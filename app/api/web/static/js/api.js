@@ -53,7 +53,7 @@ export async function download(job, artifact) {
   const link = await api("/v1/links", { method: "POST", json: { job, artifact } });
   const a = document.createElement("a");
   a.href = link.url;
-  a.download = "";
+  a.download = link.filename || "";  // named after the source and target, as the server names it
   document.body.appendChild(a);
   a.click();
   a.remove();

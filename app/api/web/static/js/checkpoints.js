@@ -1,6 +1,7 @@
 // Checkpoints: the list, and one checkpoint's grouped inspect view.
 import { api } from "./api.js";
-import { errorBox, h, mount, pagedTable, when } from "./util.js";
+import { jobsTable } from "./jobs.js";
+import { checkpointNames, copyId, errorBox, h, mount, pagedTable, when } from "./util.js";
 
 const human = (n) => (n >= 1e9 ? `${(n / 1e9).toFixed(1)}G` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M`
   : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : String(n));
@@ -9,20 +10,30 @@ export function checkpointsPage() {
   const body = h("div", {});
   mount(h("h1", {}, "Checkpoints"), body);
   api("/v1/checkpoints?limit=1000").then((list) => {
-    body.replaceChildren(pagedTable({ label: "Checkpoints", columns: ["Id", "File", "Format", "Tensors", "Elements", "Uploaded"],
+    body.replaceChildren(pagedTable({ label: "Checkpoints", columns: ["File", "Id", "Format", "Tensors", "Elements", "Uploaded"],
       rows: list.data, empty: "No checkpoints yet: upload one from the New conversion form.",
-      row: (c) => h("tr", {}, h("td", { class: "mono" }, h("a", { href: `#/checkpoints/${c.id}` }, c.id.slice(0, 12))),
-        h("td", {}, c.filename), h("td", {}, c.format), h("td", { class: "num" }, String(c.tensors)),
+      row: (c) => h("tr", { "data-checkpoint": c.id }, h("td", {}, h("a", { href: `#/checkpoints/${c.id}`, title: c.id }, c.filename)),
+        h("td", { class: "mono" }, c.id.slice(0, 8), " ", copyId(c.id)), h("td", {}, c.format), h("td", { class: "num" }, String(c.tensors)),
         h("td", { class: "num" }, human(c.elements)), h("td", {}, when(c.created_at))) }));
   }).catch((err) => body.replaceChildren(errorBox(err)));
 }
 
 export function checkpointPage(id) {
   const body = h("div", {}, h("p", { class: "muted" }, "Inspecting…"));
-  mount(h("h1", {}, "Checkpoint ", h("span", { class: "mono" }, id)), body);
+  const title = h("span", { class: "mono" }, id);
+  const jobs = h("section", { id: "checkpoint-jobs", "aria-label": "Jobs" });
+  mount(h("h1", {}, "Checkpoint ", title), body, jobs);
   Promise.all([api(`/v1/checkpoints/${id}`), api(`/v1/checkpoints/${id}/inspect?groups=true`)])
-    .then(([record, doc]) => body.replaceChildren(render(record, doc)))
+    .then(([record, doc]) => {
+      title.replaceChildren(record.filename, " ", copyId(record.id));
+      body.replaceChildren(render(record, doc));
+    })
     .catch((err) => body.replaceChildren(errorBox(err)));
+  Promise.all([api("/v1/jobs?limit=1000"), checkpointNames(true)]).then(([list, names]) => {
+    const using = list.data.filter((j) => j.source === id || j.target.checkpoint === id);
+    jobs.replaceChildren(h("h2", {}, `Jobs using it (${using.length})`),
+      jobsTable(using, names, { label: "Jobs using this checkpoint", empty: "No job has used this checkpoint yet." }));
+  }).catch((err) => jobs.replaceChildren(errorBox(err)));
 }
 
 function render(record, doc) {

@@ -1,10 +1,12 @@
 // A new conversion: source, target, recipe (validated at the rule it names), dry-run plan,
 // then the job.
 import { api } from "./api.js";
+import { entries } from "./job.js";
 import { badge, errorBox, h, mount, pagedTable, pct } from "./util.js";
 
 const LISTS = ["rename", "drop", "only", "split", "merge", "copy", "transform", "adapt", "init", "freeze"];
-const EXAMPLE = { version: 1, drop: [], missing: "auto" };
+const EXAMPLE = "version: 1\ndrop: []\nmissing: auto\n";
+const KEPT = "graft.form.recipe";  // what the user typed, kept for this tab
 
 export function formPage(params) {
   const sourceSelect = h("select", { id: "source", required: true });
@@ -12,9 +14,11 @@ export function formPage(params) {
   const targetCheckpoint = h("select", { id: "target-checkpoint" });
   const skeleton = h("textarea", { id: "target-skeleton", rows: 6, placeholder: '{"schema": "graft.skeleton/v1", "tensors": {…}}' });
   const arch = h("select", { id: "target-architecture" });
-  const kwargs = h("textarea", { id: "target-kwargs", rows: 2 }, "{}");
+  const kwargs = h("textarea", { id: "target-kwargs", rows: 2, "aria-describedby": "kwargs-help" }, "{}");
+  const kwargsHelp = h("div", { id: "kwargs-help", class: "muted" });
   const recipe = h("textarea", { id: "recipe", rows: 12, spellcheck: "false", "aria-describedby": "recipe-status" },
-    JSON.stringify(EXAMPLE, null, 2));
+    sessionStorage.getItem(KEPT) ?? EXAMPLE);
+  const suggestButton = h("button", { type: "button", id: "suggest-button", class: "secondary" }, "Suggest a recipe");
   const recipeStatus = h("p", { id: "recipe-status", role: "status" });
   const outline = h("ol", { class: "rule-list", id: "rule-outline", "aria-label": "Recipe rules" });
   const format = h("select", { id: "output-format" }, h("option", {}, "safetensors"), h("option", {}, "torch"));
@@ -27,7 +31,7 @@ export function formPage(params) {
     skeleton: h("div", { hidden: true }, h("label", { for: "target-skeleton" }, "Skeleton (graft.skeleton/v1 JSON)"), skeleton),
     architecture: h("div", { hidden: true }, h("div", { class: "row" },
       h("div", {}, h("label", { for: "target-architecture" }, "Architecture"), arch),
-      h("div", { style: "flex:1" }, h("label", { for: "target-kwargs" }, "kwargs (JSON)"), kwargs))),
+      h("div", { style: "flex:1" }, h("label", { for: "target-kwargs" }, "kwargs (JSON)"), kwargs, kwargsHelp))),
   };
   function showKind() {
     const k = document.querySelector("input[name=target-kind]:checked").value;
@@ -43,8 +47,8 @@ export function formPage(params) {
       h("div", { role: "radiogroup", "aria-label": "Target kind" }, kind("checkpoint", "checkpoint (template)", true),
         kind("skeleton", "skeleton"), kind("architecture", "architecture")),
       panes.checkpoint, panes.skeleton, panes.architecture),
-    h("fieldset", {}, h("legend", {}, "3. Recipe (JSON, version 1)"), h("label", { for: "recipe" }, "Recipe"), recipe,
-      recipeStatus, outline),
+    h("fieldset", {}, h("legend", {}, "3. Recipe (YAML or JSON, version 1)"), h("label", { for: "recipe" }, "Recipe"), recipe,
+      h("p", { class: "row" }, suggestButton), recipeStatus, outline),
     h("fieldset", {}, h("legend", {}, "4. Output"), h("label", { for: "output-format" }, "Format"), format),
     h("p", { class: "row" }, planButton, submitButton), message, planOut);
   mount(h("h1", {}, "New conversion"), form);
@@ -57,8 +61,14 @@ export function formPage(params) {
     targetCheckpoint.replaceChildren(h("option", { value: "" }, "choose…"), ...opts(null));
   };
   fillCheckpoints().catch((err) => message.replaceChildren(errorBox(err)));
-  api("/v1/architectures").then((list) => arch.replaceChildren(
-    ...list.data.map((a) => h("option", { value: a.name }, a.name)))).catch(() => {});
+  let architectures = [];
+  const showKwargs = () => kwargsHelp.replaceChildren(kwargsHints(architectures.find((a) => a.name === arch.value)));
+  arch.addEventListener("change", showKwargs);
+  api("/v1/architectures").then((list) => {
+    architectures = list.data;
+    arch.replaceChildren(...list.data.map((a) => h("option", { value: a.name }, a.name)));
+    showKwargs();
+  }).catch((err) => kwargsHelp.replaceChildren(errorBox(err)));
 
   upload.addEventListener("change", async () => {
     const file = upload.files[0];
@@ -72,16 +82,17 @@ export function formPage(params) {
     } catch (err) { message.replaceChildren(errorBox(err)); }
   });
 
-  // The recipe: parsed here, validated by the server; an error is shown at the rule it names.
+  // The recipe: YAML or JSON, parsed and validated by the server (one parser, PyYAML's
+  // safe_load); an error is shown at the rule it names. The text is never rewritten.
   let timer = null;
-  const parseRecipe = () => {
-    const text = recipe.value.trim();
-    return text ? JSON.parse(text) : null;
-  };
   const validate = async () => {
     let value;
-    try { value = parseRecipe(); } catch (err) {
-      recipeStatus.replaceChildren(h("span", { class: "error" }, `Not JSON: ${err.message}`));
+    try {
+      value = recipe.value.trim() ? (await api("/v1/recipes/parse", { method: "POST",
+        json: { recipe_text: recipe.value } })).recipe : null;
+    } catch (err) {
+      recipeStatus.replaceChildren(h("span", { class: "error", id: "recipe-error" }, err.message));
+      drawOutline(outline, null, null);
       return false;
     }
     drawOutline(outline, value, null);
@@ -98,7 +109,11 @@ export function formPage(params) {
       return false;
     }
   };
-  recipe.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(validate, 400); });
+  recipe.addEventListener("input", () => {
+    sessionStorage.setItem(KEPT, recipe.value);
+    clearTimeout(timer);
+    timer = setTimeout(validate, 400);
+  });
   validate();
 
   const body = () => {
@@ -107,7 +122,8 @@ export function formPage(params) {
     if (k === "checkpoint") target = { checkpoint: targetCheckpoint.value };
     else if (k === "skeleton") target = { skeleton: JSON.parse(skeleton.value || "{}") };
     else target = { architecture: arch.value, kwargs: JSON.parse(kwargs.value || "{}") };
-    return { source: sourceSelect.value, target, recipe: parseRecipe() };
+    const text = recipe.value.trim() ? recipe.value : null;
+    return { source: sourceSelect.value, target, ...(text === null ? {} : { recipe_text: text }) };
   };
   const check = () => {
     if (!sourceSelect.value) throw new Error("choose a source checkpoint, or upload one");
@@ -121,9 +137,30 @@ export function formPage(params) {
       const b = check();
       if (!(await validate())) return;
       planOut.replaceChildren(h("p", { class: "muted" }, "Planning…"));
-      const report = await api("/v1/plans", { method: "POST", json: b });
+      const report = await api("/v1/plans?groups=true", { method: "POST", json: b });
       planOut.replaceChildren(h("div", {}, planView(report)));
     } catch (err) { planOut.replaceChildren(errorBox(err)); }
+  });
+  // Alignment: the server proposes a recipe for this source and target (POST /v1/align).
+  suggestButton.addEventListener("click", async () => {
+    message.replaceChildren();
+    try {
+      const b = check();
+      const asked = { source: b.source, target: b.target };
+      if (b.recipe_text) {
+        const parsed = await api("/v1/recipes/parse", { method: "POST", json: { recipe_text: b.recipe_text } });
+        if (parsed.recipe) asked.recipe = parsed.recipe;
+      }
+      recipeStatus.replaceChildren(h("span", { class: "muted" }, "Aligning…"));
+      const answer = await api("/v1/align", { method: "POST", json: asked });
+      recipe.value = `${JSON.stringify(answer.recipe, null, 2)}\n`;
+      sessionStorage.setItem(KEPT, recipe.value);
+      const unresolved = answer.unresolved || [];
+      message.replaceChildren(h("p", { id: "suggest-result" }, `Suggested: ${(answer.matches || []).length} matches, `,
+        `${unresolved.length} unresolved`, unresolved.length ? h("span", { class: "muted" },
+          ` (${unresolved.slice(0, 5).map((u) => (typeof u === "string" ? u : u.target || u.key || JSON.stringify(u))).join(", ")}${unresolved.length > 5 ? ", …" : ""})`) : null));
+      await validate();
+    } catch (err) { message.replaceChildren(errorBox(err)); recipeStatus.replaceChildren(); }
   });
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -155,6 +192,15 @@ function drawOutline(outline, value, badRule, text) {
   outline.replaceChildren(...items);
 }
 
+export function kwargsHints(a) {
+  if (!a) return "";
+  const entries_ = Object.entries(a.kwargs || {});
+  if (!entries_.length) return h("span", {}, `${a.name} takes no kwargs.`);
+  return h("span", {}, "Valid keys: ", entries_.map(([k, v], i) => [i ? ", " : "", h("code", { "data-kwarg": k }, k),
+    v.required ? " (required" : ` (default ${JSON.stringify(v.default)}`, v.type ? `, ${v.type})` : ")"]),
+  a.description ? h("div", {}, a.description) : null);
+}
+
 function planView(report) {
   const s = report.summary;
   const counts = ["loaded", "adapted", "tied", "initialized", "kept", "missing", "used", "dropped", "unexpected", "mismatched"]
@@ -176,5 +222,8 @@ function planView(report) {
     h("p", {}, `coverage ${pct(s.coverage.tensors)} of tensors, ${pct(s.coverage.elements)} of elements`),
     report.errors && report.errors.length ? h("div", { class: "alert" }, report.errors.join("; ")) : null,
     report.warnings.length ? h("div", { class: "note" }, report.warnings.join("; ")) : null,
-    h("div", { class: "controls" }, h("div", {}, h("label", { for: "plan-status" }, "Status"), status)), table];
+    h("h3", {}, "Target keys, grouped"),
+    h("div", { id: "plan-groups" }, entries(report.groups ? report.groups.entries : [])),
+    h("details", { id: "plan-keys" }, h("summary", {}, `Every key (${report.entries.length})`),
+      h("div", { class: "controls" }, h("div", {}, h("label", { for: "plan-status" }, "Status"), status)), table)];
 }

@@ -1,6 +1,7 @@
 // One job: status, live progress, and its report drawn to be read at a glance.
 import { api, download, followJob, isTerminal } from "./api.js";
-import { badge, errorBox, h, mount, pagedTable, pct, when } from "./util.js";
+import { badge, checkpointLabel, checkpointNames, errorBox, h, mount, pagedTable, pct, seconds, targetLabel,
+  when } from "./util.js";
 
 const TARGET = ["loaded", "adapted", "tied", "initialized", "kept", "missing"];
 const SOURCE = ["used", "dropped", "unexpected", "mismatched"];
@@ -10,10 +11,11 @@ export function jobPage(id) {
   const report = h("section", { id: "report" });
   mount(h("h1", {}, "Job ", h("span", { class: "mono" }, id)), head, report);
   let shown = false;
+  const names = checkpointNames(true);
   const stop = followJob(id, async (job) => {
     if (job._error) { head.replaceChildren(errorBox(job._error)); return; }
     if (job._progress) { updateProgress(head, job._progress); return; }
-    head.replaceChildren(renderHead(job));
+    head.replaceChildren(renderHead(job, await names));
     if (isTerminal(job.status) && !shown) {
       shown = true;
       report.replaceChildren(h("p", { class: "muted" }, "Loading the report…"));
@@ -29,12 +31,8 @@ function updateProgress(head, p) {
   if (bar) bar.style.width = `${Math.round(100 * p.progress)}%`;
 }
 
-function renderHead(job) {
+function renderHead(job, names) {
   const pctDone = Math.round(100 * job.progress);
-  const t = job.target;
-  const target = t.checkpoint ? h("a", { href: `#/checkpoints/${t.checkpoint}` }, `checkpoint ${t.checkpoint}`)
-    : t.architecture ? `architecture ${t.architecture} ${JSON.stringify(t.kwargs || {})}`
-      : `skeleton, ${t.skeleton.tensors} tensors`;
   return h("div", {},
     h("p", {}, h("span", { id: "job-status" }, badge(job.status)), " ",
       h("span", { class: "progress", role: "progressbar", "aria-label": "progress",
@@ -42,12 +40,18 @@ function renderHead(job) {
       h("span", { style: `width:${pctDone}%` })), ` ${pctDone}% `, job.stage || ""),
     job.error ? h("div", { class: "alert", role: "alert" }, h("strong", {}, job.error.type), ": ", job.error.message || "") : null,
     h("dl", { class: "kv" },
-      h("dt", {}, "source"), h("dd", { class: "mono" }, job.source ? h("a", { href: `#/checkpoints/${job.source}` }, job.source) : "–"),
-      h("dt", {}, "target"), h("dd", {}, target),
+      h("dt", {}, "source"), h("dd", { id: "job-source" }, job.source ? checkpointLabel(job.source, names)
+        : job.source_ref ? h("span", { class: "mono" }, job.source_ref.uri) : "–"),
+      h("dt", {}, "target"), h("dd", { id: "job-target" }, job.target.architecture ? "architecture " : job.target.checkpoint
+        ? "checkpoint " : "", targetLabel(job.target, names)),
       h("dt", {}, "output"), h("dd", {}, `${job.output.format}${job.output.dtype ? ", " + job.output.dtype : ""}${job.dry_run ? " (dry run)" : ""}`),
       h("dt", {}, "created"), h("dd", {}, when(job.created_at)),
-      h("dt", {}, "ran"), h("dd", {}, job.timings.run_s != null ? `${job.timings.run_s.toFixed(2)} s` : "–"),
-      h("dt", {}, "attempts"), h("dd", {}, String(job.attempts))));
+      h("dt", {}, "ran"), h("dd", { id: "job-duration" }, seconds(job.duration_seconds)),
+      h("dt", {}, "attempts"), h("dd", {}, String(job.attempts)),
+      job.pipeline ? [h("dt", {}, "pipeline"), h("dd", {}, h("a", { href: `#/pipelines/${job.pipeline}` }, job.pipeline))] : null,
+      job.callback ? [h("dt", {}, "webhooks"), h("dd", {}, h("a", { id: "deliveries-link", href: `#/jobs/${job.id}/deliveries` },
+        "deliveries and retries"))] : null),
+    recipeView(job.recipe));
 }
 
 async function renderReport(job) {
@@ -67,7 +71,7 @@ async function renderReport(job) {
     report.warnings.length ? h("ul", { id: "warnings" }, report.warnings.map((w) => h("li", {}, w)))
       : h("p", { class: "muted" }, "None."),
     h("h2", {}, "Verification"), verification(report.verification),
-    h("h2", {}, "Manifest"), manifest ? manifestView(manifest) : h("p", { class: "muted" }, "None."),
+    h("h2", {}, "Manifest"), manifest ? manifestView(manifest, groups.entries) : h("p", { class: "muted" }, "None."),
   ];
 }
 
@@ -115,7 +119,7 @@ export function entries(groups) {
     out.replaceChildren(pagedTable({ label: "Target keys", columns: ["Status", "Keys", "n", "From", "Rules and ops"],
       rows, row: (g) => h("tr", { "data-status": g.status },
         h("td", {}, badge(g.status)), h("td", { class: "key" }, g.pattern), h("td", { class: "num" }, String(g.keys.length)),
-        h("td", { class: "key" }, g.sources.join(", ")), h("td", { class: "mono" }, g.how.join(", "))) }));
+        fromCell(g), h("td", { class: "mono" }, g.how.join(", "))) }));
   };
   status.addEventListener("change", update);
   search.addEventListener("input", update);
@@ -123,6 +127,22 @@ export function entries(groups) {
   return h("div", { id: "entries" }, h("div", { class: "controls" },
     h("div", {}, h("label", { for: "entry-status" }, "Status"), status),
     h("div", {}, h("label", { for: "entry-search" }, "Search"), search)), out);
+}
+
+// The grouped report leaves `sources` empty where every key came from the source key of the
+// same name: say so, rather than show nothing.
+const FED = new Set(["loaded", "adapted"]);
+function fromCell(g) {
+  if (g.sources.length) return h("td", { class: "key", "data-col": "from" }, g.sources.join(", "));
+  if (FED.has(g.status)) return h("td", { class: "key", "data-col": "from", title: "the source key of the same name" }, g.pattern);
+  return h("td", { class: "muted", "data-col": "from" }, "–");
+}
+
+// The recipe as the job was given it.
+export function recipeView(recipe) {
+  return h("section", { id: "recipe-used", "aria-label": "Recipe" }, h("h2", {}, "Recipe"),
+    recipe ? h("pre", { class: "recipe" }, JSON.stringify(recipe, null, 2))
+      : h("p", { class: "muted" }, "No recipe: the defaults applied."));
 }
 
 function unused(groups) {
@@ -155,8 +175,26 @@ function verification(v) {
     v.forward ? h("span", {}, `; forward pass ${v.forward.ok ? "ok" : v.forward.ok === null ? "skipped" : "FAILED"}`) : null);
 }
 
-function manifestView(m) {
+// Frozen keys grouped as the key table groups them: a group all frozen is one line.
+export function groupKeys(keys, groups) {
+  const left = new Set(keys);
+  const out = [];
+  for (const g of groups) {
+    const inside = g.keys.filter((k) => left.has(k));
+    if (!inside.length) continue;
+    if (inside.length === g.keys.length) out.push({ pattern: g.pattern, n: inside.length });
+    else inside.forEach((k) => out.push({ pattern: k, n: 1 }));
+    inside.forEach((k) => left.delete(k));
+  }
+  left.forEach((k) => out.push({ pattern: k, n: 1 }));
+  return out;
+}
+
+function manifestView(m, groups) {
+  const frozen = groupKeys(m.frozen, groups);
   return h("dl", { class: "kv", id: "manifest" },
-    h("dt", {}, "frozen keys"), h("dd", {}, m.frozen.length ? h("span", { class: "mono" }, m.frozen.join(", ")) : "none"),
+    h("dt", {}, `frozen keys (${m.frozen.length})`), h("dd", {}, frozen.length
+      ? h("ul", { id: "frozen", class: "plain" }, frozen.map((f) => h("li", { class: "key" }, f.pattern,
+        f.n > 1 ? h("span", { class: "muted" }, ` (${f.n})`) : null))) : "none"),
     h("dt", {}, "BatchNorm in eval"), h("dd", {}, m.bn_eval.length ? h("span", { class: "mono" }, m.bn_eval.join(", ")) : "none"));
 }

@@ -1,15 +1,8 @@
-// The job list: live status and progress, filtered by status.
+// The job list: live status and progress, filtered by status; sources and targets by name.
 import { api, isTerminal } from "./api.js";
-import { badge, errorBox, h, mount, when } from "./util.js";
+import { badge, checkpointLabel, checkpointNames, errorBox, h, mount, pct, seconds, targetLabel, when } from "./util.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
-
-function targetLabel(t) {
-  if (t.checkpoint) return `checkpoint ${t.checkpoint.slice(0, 8)}`;
-  if (t.architecture) return `architecture ${t.architecture}`;
-  if (t.skeleton) return `skeleton (${t.skeleton.tensors} tensors)`;
-  return "?";
-}
 
 export function jobsPage(params) {
   const status = params.get("status") || "";
@@ -28,8 +21,12 @@ export function jobsPage(params) {
     try {
       const q = status ? `&status=${status}` : "";
       const jobs = await api(`/v1/jobs?limit=200${q}`);
+      const known = await checkpointNames();
+      const unknown = jobs.data.some((j) => (j.source && !known.has(j.source)) ||
+        (j.target.checkpoint && !known.has(j.target.checkpoint)));
+      const names = unknown ? await checkpointNames(true) : known;
       if (!alive) return;
-      body.replaceChildren(render(jobs));
+      body.replaceChildren(jobsTable(jobs.data, names));
       // Live: every second while a job shown can still change, else every five (new jobs).
       timer = setTimeout(load, jobs.data.some((j) => !isTerminal(j.status)) ? 1000 : 5000);
     } catch (err) { body.replaceChildren(errorBox(err)); }
@@ -38,19 +35,23 @@ export function jobsPage(params) {
   return () => { alive = false; clearTimeout(timer); };
 }
 
-function render(jobs) {
-  if (!jobs.data.length) return h("p", { class: "muted" }, "No jobs yet. ", h("a", { href: "#/new" }, "Start a conversion."));
-  return h("table", { "aria-label": "Jobs", id: "jobs-table" },
-    h("thead", {}, h("tr", {}, ["Job", "Status", "Progress", "Source", "Target", "Created", "Result"]
-      .map((c) => h("th", { scope: "col" }, c)))),
-    h("tbody", {}, jobs.data.map((j) => h("tr", { "data-job": j.id },
-      h("td", { class: "mono" }, h("a", { href: `#/jobs/${j.id}` }, j.id.slice(0, 12))),
+// Also the pipeline page's runs and the checkpoint page's jobs.
+export function jobsTable(jobs, names, { label = "Jobs", empty = null } = {}) {
+  if (!jobs.length) return h("p", { class: "muted" }, empty || ["No jobs yet. ", h("a", { href: "#/new" }, "Start a conversion.")]);
+  const cols = ["Job", "Status", "Progress", "Source", "Target", "Duration", "Coverage", "Created", "Result"];
+  return h("div", { class: "scroll" }, h("table", { "aria-label": label, id: "jobs-table" },
+    h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, jobs.map((j) => h("tr", { "data-job": j.id },
+      h("td", { class: "mono" }, h("a", { href: `#/jobs/${j.id}`, title: j.id }, j.id.slice(0, 8))),
       h("td", {}, badge(j.status), j.dry_run ? h("span", { class: "muted" }, " dry run") : null),
       h("td", {}, h("span", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100,
         "aria-valuenow": Math.round(100 * j.progress), "aria-label": `progress of ${j.id}` },
       h("span", { style: `width:${Math.round(100 * j.progress)}%` })), " ", j.stage || ""),
-      h("td", { class: "mono" }, j.source ? h("a", { href: `#/checkpoints/${j.source}` }, j.source.slice(0, 8)) : "–"),
-      h("td", {}, targetLabel(j.target)),
+      h("td", { "data-col": "source" }, j.source ? checkpointLabel(j.source, names)
+        : j.source_ref ? h("span", { class: "mono" }, j.source_ref.uri) : "–"),
+      h("td", { "data-col": "target" }, targetLabel(j.target, names)),
+      h("td", { class: "num", "data-col": "duration" }, seconds(j.duration_seconds)),
+      h("td", { class: "num", "data-col": "coverage" }, j.coverage ? pct(j.coverage.tensors) : "–"),
       h("td", {}, when(j.created_at)),
-      h("td", {}, j.error ? h("span", { class: "error" }, j.error.type) : j.ok ? "ok" : "")))));
+      h("td", {}, j.error ? h("span", { class: "error" }, j.error.type) : j.ok ? "ok" : ""))))));
 }

@@ -1,9 +1,11 @@
 // The router: the URL's fragment names the page. Pages return an optional stop() for timers.
 import { loadServer, server, setKey, key } from "./api.js";
 import { checkpointPage, checkpointsPage } from "./checkpoints.js";
+import { deliveriesPage } from "./deliveries.js";
 import { formPage } from "./form.js";
 import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
+import { pipelinePage, pipelinesPage } from "./pipelines.js";
 import { h, mount } from "./util.js";
 
 let stopPage = null;
@@ -30,7 +32,10 @@ function route() {
   const params = new URLSearchParams(query || "");
   const parts = path.split("/").filter(Boolean);
   let stop;
-  if (parts[0] === "jobs" && parts[1]) stop = jobPage(parts[1]);
+  if (parts[0] === "jobs" && parts[1] && parts[2] === "deliveries") stop = deliveriesPage(parts[1]);
+  else if (parts[0] === "jobs" && parts[1]) stop = jobPage(parts[1]);
+  else if (parts[0] === "pipelines" && parts[1]) stop = pipelinePage(decodeURIComponent(parts[1]));
+  else if (parts[0] === "pipelines") stop = pipelinesPage();
   else if (parts[0] === "checkpoints" && parts[1]) stop = checkpointPage(parts[1]);
   else if (parts[0] === "checkpoints") stop = checkpointsPage();
   else if (parts[0] === "new") stop = formPage(params);

@@ -1,4 +1,5 @@
 // Small DOM helpers: build elements without innerHTML, so no key name is ever markup.
+import { api } from "./api.js";
 
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -56,3 +57,45 @@ export function pagedTable({ columns, rows, row, size = 100, empty = "Nothing to
   render();
   return wrap;
 }
+
+// Names, not hashes: a checkpoint's file name (its id in the tooltip and a copy button), an
+// architecture's name and kwargs.
+let namesCache = null;
+export function checkpointNames(refresh = false) {
+  if (!namesCache || refresh) {
+    namesCache = api("/v1/checkpoints?limit=1000").then((list) => new Map(list.data.map((c) => [c.id, c.filename])))
+      .catch(() => new Map());
+  }
+  return namesCache;
+}
+
+export function copyId(id) {
+  return h("button", { type: "button", class: "copy", title: `copy id ${id}`, "aria-label": `copy id ${id}`,
+    "data-copy": id, onclick: (e) => {
+      e.preventDefault();
+      if (navigator.clipboard) navigator.clipboard.writeText(id).catch(() => {});
+      e.currentTarget.textContent = "copied";
+    } }, "id");
+}
+
+export function checkpointLabel(id, names, { link = true } = {}) {
+  if (!id) return "–";
+  const name = names.get(id) || `${id.slice(0, 12)}…`;
+  const text = h("span", { class: "name", title: id, "data-id": id }, name);
+  return h("span", { class: "named" }, link ? h("a", { href: `#/checkpoints/${id}`, title: id }, text) : text, " ", copyId(id));
+}
+
+export function targetLabel(t, names) {
+  if (!t) return "–";
+  if (t.checkpoint) return checkpointLabel(t.checkpoint, names);
+  if (t.architecture) {
+    const kw = Object.entries(t.kwargs || {}).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", ");
+    return h("span", { class: "name", "data-architecture": t.architecture }, t.architecture,
+      kw ? h("span", { class: "muted" }, `(${kw})`) : null);
+  }
+  if (t.skeleton) return `skeleton (${t.skeleton.tensors} tensors)`;
+  return "?";
+}
+
+export const seconds = (s) => (s == null ? "–" : s < 60 ? `${s.toFixed(1)} s`
+  : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);

@@ -222,16 +222,9 @@ def execute_job(
         if result.ok:
             outcome.status = JobStatus.succeeded
         else:
-            # strict, shape_mismatch, missing, unmatched rules, allow_empty: all the policy's.
-            outcome.error_type = PolicyError.type
-            errors = report.errors or []
-            outcome.error_message = (
-                f"the recipe's policy refused the conversion: {errors[0]}"
-                + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
-                + "; see the report"
-                if errors
-                else "the recipe's policy refused the conversion; see the report"
-            )
+            # strict, shape_mismatch, missing, unmatched rules, allow_empty, parity.
+            refusal = PolicyError.of_report(result.report)
+            outcome.error_type, outcome.error_message = refusal.type, refusal.message
     except GraftError as exc:
         outcome.error_type, outcome.error_message = exc.type, exc.message
     except Exception as exc:

@@ -13,6 +13,7 @@ from app.api.app_loops import background_loops
 from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
 from app.api.idempotency import IdempotencyMiddleware
 from app.api.routes import (
+    align,
     architectures,
     auth,
     checkpoints,
@@ -74,7 +75,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(AccessMiddleware, max_body_bytes=settings.max_json_bytes)
     app.include_router(health.router)
     app.include_router(auth.router)
-    for module in (checkpoints, jobs, plans, pipelines, hooks, webhooks):
+    for module in (checkpoints, jobs, plans, align, pipelines, hooks, webhooks):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(architectures.router)
     app.include_router(schemas.router)

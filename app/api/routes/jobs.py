@@ -22,6 +22,7 @@ from app.api.deps import (
     StoreDep,
     WritePrincipal,
     WriteSession,
+    check_reference,
     check_target_architecture,
     in_write_thread,
     local_webhook_secret,
@@ -76,6 +77,7 @@ async def create_job(
         getattr(body.target, "skeleton", None), max_tensors=settings.max_skeleton_tensors
     )
     await check_target_architecture(body.target, inspector, settings)  # before queueing
+    await check_reference(body.reference, inspector, settings)
     job = await in_write_thread(
         service.create_job,
         session,
@@ -90,6 +92,7 @@ async def create_job(
             checkpoint_owner=principal.scope_owner,
             register=body.output.registration,
             device=body.device,
+            reference=body.reference,
         ),
         max_attempts=settings.max_attempts,
         registry=RegistryConfig.from_settings(settings),

@@ -30,6 +30,7 @@ from app.sandbox.runner import Limits
 from app.services.checkpoints import checkpoint_files
 from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
 from app.services.errors import NotFoundError
+from app.services.jobs.reference import ReferenceSpec, parity_spec
 from app.services.plans import link_blobs
 from app.services.registration import register_result
 from app.services.sources.fetch import fetch_source
@@ -167,6 +168,7 @@ class _Inputs:
     owner: str = ""
     source_ref: SourceRef | None = None
     register: RegisterSpec | None = None
+    reference: ReferenceSpec | None = None
 
 
 def execute_job(
@@ -290,6 +292,7 @@ def _load(database: Database, job_id: str) -> _Inputs:
             owner=job.owner,
             source_ref=source_ref,
             register=RegisterSpec.model_validate(job.register) if job.register else None,
+            reference=ReferenceSpec.model_validate(job.reference) if job.reference else None,
         )
 
 
@@ -317,6 +320,12 @@ def _request(
             format=inputs.options.format,
             dtype=inputs.options.dtype,
             device=settings.device,
+            # Parity runs in the job's child, on its device (SPEC §3.2); never an import.
+            parity=(
+                parity_spec(inputs.reference, architectures=settings.architectures)
+                if inputs.reference is not None
+                else None
+            ),
         ),
         dry_run=inputs.dry_run,
         source_sha256=inputs.source_sha256,

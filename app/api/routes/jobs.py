@@ -259,6 +259,31 @@ def get_report(
     return blob_response(store, artifact, head=request.method == "HEAD")
 
 
+@download_route(
+    router,
+    "/{job_id}/attestation",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {
+                "application/vnd.in-toto+json": {},
+                "application/vnd.dsse.envelope.v1+json": {},
+            },
+            "description": "the in-toto statement of the weights (a DSSE envelope when the "
+            "server signs: GRAFT_SIGNING_KEY)",
+        },
+        404: problem("no such job, or it has not succeeded (yet)"),
+    },
+)
+def get_attestation(
+    job_id: str, request: Request, principal: ReadPrincipal, session: ReadSession, store: StoreDep
+) -> Response:
+    """The weights' attestation (SPEC §3.3); `graft verify` checks the downloaded weights
+    against it (with `--public-key` for a signed one)."""
+    artifact = service.get_artifact(session, job_id, "attestation", owner=principal.scope_owner)
+    return blob_response(store, artifact, head=request.method == "HEAD")
+
+
 @download_route(router, "/{job_id}/manifest", response_class=FileResponse)
 def get_manifest(
     job_id: str, request: Request, principal: ReadPrincipal, session: ReadSession, store: StoreDep

@@ -44,6 +44,9 @@ def test_a_job_keeps_its_reference(client: TestClient, settings: Settings, linea
     reference = {**_ARCH, "inputs": [{"shape": [1, 3, 32, 32]}]}
     r = client.post("/v1/jobs", json={"source": linear_id, "target": _ARCH, "reference": reference})
     assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["links"]["attestation"] == f"/v1/jobs/{job['id']}/attestation"
+    assert job["reference"] == _stored_reference(settings, job["id"])
     assert _stored_reference(settings, r.json()["id"]) == {
         "architecture": "graft_resnet",
         "kwargs": {"depth": 18, "num_classes": 3},

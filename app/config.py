@@ -263,6 +263,11 @@ class Settings(BaseSettings):
     events_poll_seconds: float = Field(
         default=0.25, gt=0, description="How often an SSE stream looks for new events."
     )
+    signing_key: SecretStr | None = Field(
+        default=None,
+        description="A PEM private key (ECDSA P-256 or Ed25519), inline or its file's path: "
+        "every job's attestation is signed (a DSSE envelope, SPEC §3.3).",
+    )
     orphan_grace_seconds: float = Field(
         default=900.0,
         ge=0,
@@ -279,6 +284,28 @@ class Settings(BaseSettings):
             except InvalidTargetError as exc:
                 raise ValueError(str(exc)) from exc
         return value
+
+    def signing_key_pem(self) -> bytes | None:
+        """GRAFT_SIGNING_KEY as PEM bytes (read from its file when it is a path), or None.
+
+        Raises:
+            ValueError: a path that is no file.
+        """
+        if self.signing_key is None:
+            return None
+        value = self.signing_key.get_secret_value()
+        if value.lstrip().startswith("-----BEGIN"):
+            return value.encode()
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError("GRAFT_SIGNING_KEY is neither a PEM key nor a PEM file's path")
+        return path.read_bytes()
+
+    @model_validator(mode="after")
+    def _signing_key_reads(self) -> Settings:
+        # Refused at start: a key that cannot be read would fail every job's attestation.
+        self.signing_key_pem()
+        return self
 
     @model_validator(mode="after")
     def _outbound_allow_parses(self) -> Settings:

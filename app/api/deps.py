@@ -17,10 +17,12 @@ from app.api.app_context import AppContext, app_context
 from app.config import Settings
 from app.db.session import Database
 from app.engine.target_spec import TargetSpec
+from app.errors import GraftError
 from app.net.outbound import OutboundPolicy
 from app.services.auth import Principal, authenticate
 from app.services.inspector import InspectorPool
 from app.services.jobs.dispatch import Dispatcher
+from app.services.jobs.reference import ReferenceSpec
 from app.storage import BlobStore
 
 T = TypeVar("T")
@@ -37,6 +39,7 @@ __all__ = [
     "StoreDep",
     "WritePrincipal",
     "WriteSession",
+    "check_reference",
     "check_target_architecture",
     "in_write_thread",
     "local_webhook_secret",
@@ -105,6 +108,25 @@ async def check_target_architecture(
     if architecture is not None:
         name, kwargs = architecture
         await inspector.check_architecture(name, kwargs, extra=settings.architectures)
+
+
+async def check_reference(
+    reference: ReferenceSpec | None, inspector: InspectorPool, settings: Settings
+) -> None:
+    """Bind a job's parity reference (and its target model) in a child, as the worker will."""
+    if reference is None:
+        return
+    named = [("reference.architecture", reference.architecture, reference.kwargs)]
+    if reference.target_architecture is not None:
+        named.append(
+            ("reference.target_architecture", reference.target_architecture,
+             reference.target_kwargs)
+        )  # fmt: skip
+    for field, name, kwargs in named:
+        try:
+            await inspector.check_architecture(name, kwargs, extra=settings.architectures)
+        except GraftError as exc:
+            raise exc.prefixed(field) from None
 
 
 def local_webhook_secret(settings: Settings) -> str | None:

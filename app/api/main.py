@@ -14,6 +14,7 @@ from app.api.body_deadline import BodyDeadlineMiddleware
 from app.api.errors import PROBLEM_RESPONSES, install_error_handlers
 from app.api.idempotency import IdempotencyMiddleware
 from app.api.routes import (
+    align,
     architectures,
     auth,
     checkpoints,
@@ -78,7 +79,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodyDeadlineMiddleware, pace=UploadPace.from_settings(settings))
     app.include_router(health.router)
     app.include_router(auth.router)
-    for module in (checkpoints, jobs, plans, pipelines, hooks, webhooks):
+    for module in (checkpoints, jobs, plans, align, pipelines, hooks, webhooks):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(architectures.router)
     app.include_router(schemas.router)

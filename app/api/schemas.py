@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.models import Artifact, Checkpoint, Pipeline
 from app.engine.target_spec import TargetSpec
 from app.services.jobs.document import JobPublic, OutputOptions, job_document
+from app.services.jobs.reference import ReferenceSpec
 from app.services.sources.references import SourceRef
 from app.services.webhooks.outbox import Callback
 from app.services.webhooks.pipelines import PipelineSpec
@@ -96,6 +97,11 @@ class TensorsPublic(BaseModel):
     count: int
 
 
+BuiltinRecipeName = Annotated[
+    str, Field(pattern=r"^builtin:[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)
+]
+
+
 class JobCreate(BaseModel):
     """A conversion request (SPEC §5)."""
 
@@ -123,7 +129,16 @@ class JobCreate(BaseModel):
         '"models:/NAME@ALIAS" | "https://…"} fetched by the worker'
     )
     target: TargetSpec
-    recipe: dict[str, Any] | None = Field(default=None, description="a version 1 recipe (SPEC §2)")
+    recipe: dict[str, Any] | BuiltinRecipeName | None = Field(
+        default=None,
+        description='a version 1 recipe (SPEC §2), or a built-in one: "builtin:NAME" '
+        "(GET /v1/recipes); the job keeps the recipe itself",
+    )
+    reference: ReferenceSpec | None = Field(
+        default=None,
+        description="parity against the source's model (SPEC §3.2): registered architectures "
+        "only; `parity: warn` in the recipe reports a divergence instead of failing",
+    )
     recipe_text: str | None = Field(
         default=None,
         description="the recipe as YAML or JSON text instead of `recipe` (the web form sends it)",

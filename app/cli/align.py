@@ -52,7 +52,7 @@ def _align(
     """Write the recipe that feeds TARGET from SOURCE, saying how sure it is of each rule."""
     from app.cli.options import target_spec
     from app.config import get_settings
-    from app.engine.align import align, render_json, render_yaml
+    from app.engine.align import align, align_document, render_json, render_yaml
     from app.engine.readers import open_source
     from app.engine.recipe import load_recipe
     from app.engine.target import Target
@@ -73,35 +73,12 @@ def _align(
     if output is not None:
         output.write_text(text, encoding="utf-8")
     if json_:
-        typer.echo(json.dumps(_document(result), indent=2))
+        typer.echo(json.dumps(align_document(result), indent=2))
     elif output is None:
         typer.echo(text, nl=False)
     _summary(result.fed, result.total, result.unresolved, result.warnings)
     if not result.complete:
         raise typer.Exit(1)
-
-
-def _document(result: Any) -> dict[str, Any]:
-    from app.engine.align.render import unresolved_document
-
-    matches = [
-        {
-            "target": m.target,
-            "sources": list(m.sources),
-            "confidence": m.confidence,
-            "why": m.why,
-            "ops": list(m.ops),
-            "applied": m.applied,
-            "ambiguous": m.ambiguous,
-        }
-        for m in result.matches
-    ]
-    return {
-        "recipe": result.recipe,
-        "matches": matches,
-        "unresolved": unresolved_document(result.unresolved),
-        "rules": {k: {"confidence": c, "keys": n} for k, (c, n) in result.confidences.items()},
-    }
 
 
 def _summary(fed: int, total: int, unresolved: list[Any], warnings: list[str]) -> None:

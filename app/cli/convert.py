@@ -97,7 +97,12 @@ def _run(run: _RunOptions) -> Any:
     if not result.ok:
         for error in result.report.get("errors", []):
             typer.echo(f"graft: refused: {error}", err=True)
-        typer.echo("graft: refused by the recipe's policy (see errors above)", err=True)
+        from app.engine.errors import PolicyError
+
+        refusal = PolicyError.of_report(result.report)
+        typer.echo(
+            f"graft: refused by the recipe's policy ({refusal.type}; see errors above)", err=True
+        )
         raise typer.Exit(1)
     return result
 

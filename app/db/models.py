@@ -183,6 +183,8 @@ class Job(Base):
     # output.register as asked ({"registry", "name", "alias", "tags"}), and what came of it
     # ({"registry": {"uri", "version"}}, plus the fetched source's resolved version).
     register: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The parity reference (SPEC §3.2): {"architecture", "kwargs", ...}, registered only.
+    reference: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     pipeline_id: Mapped[str | None] = mapped_column(
         ForeignKey("pipelines.id", ondelete="SET NULL"), index=True

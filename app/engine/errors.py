@@ -8,6 +8,8 @@ faults), and so is ``TooLargeError``, whose slug other layers raise too.
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.errors import GraftError, TooLargeError
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "GraftError",
     "InvalidRecipeError",
     "InvalidTargetError",
+    "ParityFailedError",
     "PolicyError",
     "TooLargeError",
     "UnreadableCheckpointError",
@@ -71,3 +74,32 @@ class PolicyError(GraftError):
     type = "conversion-refused"
     status = 422
     exit_code = 1
+
+    @staticmethod
+    def of_report(report: dict[str, Any]) -> PolicyError:
+        """The refusal a report (``ok: false``) stands for: ``parity-failed`` when parity
+        refused it (SPEC §3.2), else ``conversion-refused``; the message names the first error.
+        """
+        parity = (report.get("verification") or {}).get("parity") or {}
+        failed = parity.get("equal") is False and parity.get("policy", "error") == "error"
+        cls = ParityFailedError if failed else PolicyError
+        errors = [str(e) for e in report.get("errors") or []]
+        if failed:
+            errors = [e for e in errors if e.startswith("parity:")] or errors
+        what = (
+            "parity refused the conversion"
+            if failed
+            else "the recipe's policy refused the conversion"
+        )
+        if not errors:
+            return cls(f"{what}; see the report")
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        return cls(f"{what}: {errors[0]}{more}; see the report")
+
+
+class ParityFailedError(PolicyError):
+    """The converted model computes something else than the source model (SPEC §3.2): the
+    report's ``verification.parity.first_divergence`` names where. The report is written."""
+
+    type = "parity-failed"
+    title = "Parity failed"

@@ -90,6 +90,7 @@ class JobRuntime:
                 registry=RegistryConfig.from_settings(settings),
                 inspect_limits=inspection_limits(settings),
                 max_tensors=settings.max_tensors,
+                signing_key=settings.signing_key_pem(),
             ),
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,

@@ -6,8 +6,9 @@ The steps, each safe to repeat:
    alias is set again, which is idempotent). A retried job never registers twice;
 2. experiment ``graft`` is fetched or created; the job's run (tagged ``graft.job_id``) is found
    or created, so a retry reuses it rather than leaving an orphan run;
-3. the weights (``model.safetensors``, or the shards and their index), ``report.json`` and
-   ``manifest.json`` are PUT under the run's ``graft/`` folder (a PUT overwrites: repeatable);
+3. the weights (``model.safetensors``, or the shards and their index), ``report.json``,
+   ``manifest.json`` and the attestation (``model.safetensors.intoto.json``) are PUT under
+   the run's ``graft/`` folder (a PUT overwrites: repeatable);
 4. the registered model is created unless it exists, the version created from that folder with
    tags ``graft.job_id``, ``graft.source_sha256``, ``graft.report_sha256`` and the caller's
    tags, and the alias moved to it.
@@ -152,6 +153,8 @@ class VersionRequest:
             under their own names.
         report: the report JSON; uploaded as ``report.json``.
         manifest: the manifest JSON; uploaded as ``manifest.json``.
+        attestation: the in-toto statement or DSSE envelope (SPEC §3.3), uploaded under
+            its own name next to the weights; None when there is none.
         source_sha256: the source checkpoint's digest (tag ``graft.source_sha256``).
         alias: moved to the version; ``latest`` and ``v<N>`` are refused.
         tags: more version tags; ``graft.*`` keys are Graft's and are refused here.
@@ -164,6 +167,7 @@ class VersionRequest:
     report: Path
     manifest: Path
     source_sha256: str
+    attestation: Path | None = None
     alias: str | None = None
     tags: Mapping[str, str] | None = None
     experiment: str = "graft"
@@ -198,6 +202,8 @@ def register_version(client: MlflowClient, request: VersionRequest) -> Registere
         ("report.json", request.report),
         ("manifest.json", request.manifest),
     ]
+    if request.attestation is not None:
+        uploads.append((request.attestation.name, request.attestation))
     run_id, folder = _log_finished_run(client, request.experiment, job_id, uploads)
     _ensure_registered_model(client, name)
     version_tags = {

@@ -16,6 +16,8 @@ from typing import Any
 
 from app import __version__
 from app.engine.attest import (
+    STATEMENT_TYPE,
+    AttestationError,
     attestation_path,
     build_statement,
     open_attestation,
@@ -30,7 +32,15 @@ from app.engine.provenance import OutputMetadata, read_output_metadata
 from app.engine.recipe import load_recipe
 from app.engine.target_spec import parse_target_spec
 
-__all__ = ["Verification", "attest_output", "output_files", "replay_output", "verify_output"]
+__all__ = [
+    "Verification",
+    "attest_output",
+    "output_files",
+    "output_statement",
+    "replay_output",
+    "sign_job_statement",
+    "verify_output",
+]
 
 
 def output_files(weights: Path) -> list[Path]:
@@ -59,19 +69,7 @@ def attest_output(
     Returns:
         The attestation's path.
     """
-    import torch
-
-    try:
-        metadata = read_output_metadata(weights)
-    except UnreadableCheckpointError:
-        metadata = _from_report(report, recipe)
-    statement = build_statement(
-        output_files(weights),
-        base=weights if weights.is_dir() else weights.parent,
-        report=report,
-        metadata=metadata,
-        versions={"graft": __version__, "torch": torch.__version__},
-    )
+    statement = output_statement(weights, report, recipe=recipe)
     document = sign(statement, signing_key) if signing_key is not None else statement
     path = attestation_path(weights)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -81,6 +79,55 @@ def attest_output(
         bundle = model_signature(weights, signing_key)
         signature_path(weights).write_text(json.dumps(bundle, indent=2) + "\n")
     return path
+
+
+def output_statement(
+    weights: Path, report: dict[str, Any], *, recipe: dict[str, Any]
+) -> dict[str, Any]:
+    """The in-toto statement of a written output (unsigned): :func:`attest_output`'s, and
+    what a job's sandbox child writes for the worker to sign.
+
+    Args:
+        weights: the written output (a file, or a folder of shards).
+        report: the conversion's report.
+        recipe: the recipe as JSON, for outputs that cannot carry it (``--format torch``).
+    """
+    import torch
+
+    try:
+        metadata = read_output_metadata(weights)
+    except UnreadableCheckpointError:
+        metadata = _from_report(report, recipe)
+    return build_statement(
+        output_files(weights),
+        base=weights if weights.is_dir() else weights.parent,
+        report=report,
+        metadata=metadata,
+        versions={"graft": __version__, "torch": torch.__version__},
+    )
+
+
+def sign_job_statement(
+    statement: dict[str, Any], *, weights: tuple[str, str], signing_key: bytes | None
+) -> dict[str, Any]:
+    """A job's attestation: the statement its sandbox child wrote, checked against the
+    weights the worker published, and signed (a DSSE envelope) when there is a key.
+
+    Args:
+        statement: what the child wrote (not trusted: it must attest exactly the weights).
+        weights: the published weights' ``(filename, sha256)``.
+        signing_key: the service's PEM key (``GRAFT_SIGNING_KEY``), or None.
+
+    Raises:
+        AttestationError: the statement does not attest exactly those weights.
+    """
+    name, sha256 = weights
+    subject = [{"name": name, "digest": {"sha256": sha256}}]
+    if statement.get("_type") != STATEMENT_TYPE or statement.get("subject") != subject:
+        raise AttestationError(
+            f"the conversion's statement does not attest the published weights {name}"
+        )
+    return sign(statement, signing_key) if signing_key is not None else statement
 
 
 def _is_ec(private_key_pem: bytes) -> bool:

@@ -109,7 +109,8 @@ class Sink(Protocol):
         ...
 
     def reports_dir(self) -> Path | None:
-        """A folder the child may write ``report.json``, ``report.txt``, ``manifest.json`` into."""
+        """A folder the child may write ``report.json``, ``report.txt``, ``manifest.json``
+        (and, for written weights, ``attestation.json``: their unsigned statement) into."""
         ...
 
     def publish(self, outcome: ConversionOutcome) -> None:
@@ -352,6 +353,13 @@ def _convert(
         (reports / "report.txt").write_bytes(render_text(result.report).encode())
         (reports / "manifest.json").write_bytes(_json(result.manifest))
     written = result.output if result.output is not None and not request.dry_run else None
+    if reports is not None and written is not None and result.ok:
+        # The statement is made where the output is (SPEC §3.3); the worker signs it.
+        from app.services.attestation import output_statement
+
+        recipe = request.recipe.model_dump(mode="json", by_alias=True)
+        statement = output_statement(written, result.report, recipe=recipe)
+        (reports / "attestation.json").write_bytes(_json(statement))
     return ConversionOutcome(result.ok, result.report, result.manifest, written)
 
 

@@ -1,4 +1,5 @@
-"""What an inspection child runs: read a checkpoint's headers, list or bind architectures.
+"""What an inspection child runs: read a checkpoint's headers, list or bind architectures,
+align two checkpoints' headers.
 
 These run in sandbox children only, never in the API process: pooled ones (the API's
 :class:`~app.services.inspector.InspectorPool`), or a one-shot one (a worker fetching a
@@ -21,6 +22,7 @@ from app.sandbox.runner import describe_failure, failure_answer
 
 __all__ = [
     "TENSOR_PAGE",
+    "align_in_child",
     "architectures_in_child",
     "bind_in_child",
     "inspect_in_child",
@@ -138,3 +140,46 @@ def inspect_in_child(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
         summary["tensor_count"] = len(tensors)
         summary["tensor_pages"] = tensor_pages(tensors)
     return {"ok": True, "result": summary}
+
+
+def _files(paths: list[str]) -> Path | list[Path]:
+    files = [Path(p) for p in paths]
+    return files[0] if len(files) == 1 else files
+
+
+def align_in_child(payload: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    """Align the source's headers to the target's (SPEC §2.2), from headers alone.
+
+    ``payload``: ``source`` (files), ``target`` (a target spec as JSON), ``target_files``
+    (a checkpoint target's files), ``recipe`` (validated, as JSON), ``min_confidence``
+    (or ``None``) and ``extra`` (architecture triples).
+
+    Returns:
+        ``{recipe, matches, unresolved, rules}`` (:func:`app.engine.align.align_document`).
+    """
+    del emit  # alignment reports no progress
+    from app.engine.align import align, align_document
+    from app.engine.readers import open_source
+    from app.engine.recipe import load_recipe
+    from app.engine.target import Target
+    from app.engine.target_spec import parse_target_spec
+
+    recipe = load_recipe(payload["recipe"])
+    spec = parse_target_spec(payload["target"])
+    target_files = payload.get("target_files") or []
+    strip = recipe.source.strip_prefixes
+    with (
+        _unexpected_is_unreadable(),
+        open_source(
+            _files(payload["source"]), entry=recipe.source.entry, strip_prefixes=strip
+        ) as src,
+        Target.from_spec(
+            spec,
+            files=_files(target_files) if target_files else None,
+            architectures=_extra(payload),
+        ) as target,
+    ):
+        result = align(
+            src.tensors, target.tensors, recipe, min_confidence=payload["min_confidence"]
+        )
+    return align_document(result)

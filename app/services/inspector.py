@@ -1,4 +1,5 @@
-"""Reading uploads in sandbox children, never in the API process: inspect, list, bind, plan.
+"""Reading uploads in sandbox children, never in the API process: inspect, list, bind, plan,
+align.
 
 An :class:`InspectorPool` is a :class:`~app.sandbox.pool.ChildPool` of warm children (the
 engine's readers imported once) under the inspection limits and timeout. It inspects a
@@ -27,7 +28,12 @@ from app.services.conversion import (
     PathSink,
     run_conversion_pooled,
 )
-from app.services.inspection import architectures_in_child, bind_in_child, inspect_in_child
+from app.services.inspection import (
+    align_in_child,
+    architectures_in_child,
+    bind_in_child,
+    inspect_in_child,
+)
 
 __all__ = ["InspectorPool"]
 
@@ -173,3 +179,36 @@ class InspectorPool:
         """
         with self._refusing():
             return await run_conversion_pooled(request, PathSink(None), pool=self.pool)
+
+    async def align(
+        self,
+        request: ConversionRequest,
+        *,
+        min_confidence: float | None = None,
+    ) -> dict[str, Any]:
+        """Align the source's headers to the target's in a child (SPEC §2.2).
+
+        Args:
+            request: the source, target and recipe (files staged where the child can read
+                them); its options are not used.
+            min_confidence: overrides the recipe's ``align_min_confidence``.
+
+        Returns:
+            ``{recipe, matches, unresolved, rules}``.
+
+        Raises:
+            GraftError: an invalid target or recipe, an unreadable or unsafe file, or an
+                alignment that ran past the timeout.
+        """
+        payload = {
+            "source": [str(p) for p in request.source],
+            "target": request.target.model_dump(mode="json"),
+            "target_files": [str(p) for p in request.target_files],
+            "recipe": request.recipe.model_dump(mode="json"),
+            "min_confidence": min_confidence,
+            "extra": request.architectures,
+        }
+        with self._refusing():
+            # Like a plan, no inspection budget: an architecture target builds its model.
+            result: dict[str, Any] = await self.pool.call(align_in_child, payload)
+        return result

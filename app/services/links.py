@@ -20,7 +20,7 @@ from app.services.errors import NotFoundError
 __all__ = ["ARTIFACTS", "LINK_SECONDS", "SignedLink", "sign_link", "verify_link"]
 
 LINK_SECONDS = 600
-ARTIFACTS = ("weights", "report", "manifest")
+ARTIFACTS = ("weights", "report", "manifest", "attestation")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Dry runs for the web app's form: the plan of a conversion, computed at once, never a job.
+"""Dry runs for the web app's form: the plan of a conversion, or the recipe alignment would
+write (SPEC §2.2), computed at once, never a job.
 
 A plan is a dry-run :class:`~app.services.conversion.ConversionRequest`. The source (and a
 checkpoint target) are uploads, so it runs where every upload is read: in an inspection
@@ -25,7 +26,13 @@ from app.services.inspector import InspectorPool
 from app.services.jobs.service import check_target, validate_recipe
 from app.storage import BlobStore
 
-__all__ = ["inspect_checkpoint", "link_blobs", "plan_conversion", "resolve_plan_inputs"]
+__all__ = [
+    "align_conversion",
+    "inspect_checkpoint",
+    "link_blobs",
+    "plan_conversion",
+    "resolve_plan_inputs",
+]
 
 
 def resolve_plan_inputs(
@@ -33,7 +40,7 @@ def resolve_plan_inputs(
     *,
     source: str,
     target: TargetSpec,
-    recipe: dict[str, Any] | None,
+    recipe: dict[str, Any] | str | None,
     owner: str | None,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Check what a plan names and return the ``(name, sha256)`` files of source and target.
@@ -71,7 +78,7 @@ async def plan_conversion(
     source_files: list[tuple[str, str]],
     target: TargetSpec,
     target_files: list[tuple[str, str]],
-    recipe: dict[str, Any] | None,
+    recipe: dict[str, Any] | str | None,
     architectures: Sequence[ArchitectureRef] = (),
 ) -> dict[str, Any]:
     """The dry-run report of converting the source into the target with the recipe.
@@ -98,6 +105,44 @@ async def plan_conversion(
         )
         outcome = await inspector.plan(request)
     return outcome.report
+
+
+async def align_conversion(
+    store: BlobStore,
+    inspector: InspectorPool,
+    *,
+    source_files: list[tuple[str, str]],
+    target: TargetSpec,
+    target_files: list[tuple[str, str]],
+    recipe: dict[str, Any] | None,
+    min_confidence: float | None = None,
+    architectures: Sequence[ArchitectureRef] = (),
+) -> dict[str, Any]:
+    """The recipe that feeds the target from the source (SPEC §2.2), from headers alone, in
+    an inspection child.
+
+    Args:
+        store: where the checkpoints' blobs are.
+        inspector: the pool of sandboxed inspection children that aligns.
+        source_files, target_files: from :func:`resolve_plan_inputs`.
+        target: the target spec.
+        recipe: the user's rules, applied first.
+        min_confidence: overrides the recipe's ``align_min_confidence``.
+        architectures: more architectures, (name, module, factory) triples.
+
+    Returns:
+        ``{recipe, matches, unresolved, rules}``.
+    """
+    with store.workdir() as work:
+        request = ConversionRequest(
+            source=link_blobs(store, source_files, work / "source"),
+            target=target,
+            target_files=link_blobs(store, target_files, work / "target"),
+            recipe=load_recipe(recipe),
+            dry_run=True,
+            architectures=tuple(architectures),
+        )
+        return await inspector.align(request, min_confidence=min_confidence)
 
 
 async def inspect_checkpoint(

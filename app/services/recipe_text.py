@@ -40,7 +40,9 @@ def parse_recipe_text(text: str) -> dict[str, Any] | None:
     return {str(k): v for k, v in value.items()}
 
 
-def pick_recipe(recipe: dict[str, Any] | None, text: str | None) -> dict[str, Any] | None:
+def pick_recipe(
+    recipe: dict[str, Any] | str | None, text: str | None
+) -> dict[str, Any] | str | None:
     """The recipe of a request that may give it as ``recipe`` or ``recipe_text``, not both.
 
     Raises:

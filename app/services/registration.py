@@ -63,6 +63,8 @@ def register_result(
     folder.mkdir()
     suffix = Path(by_name["weights"]["filename"]).suffix or ".safetensors"
     paths = {"weights": f"model{suffix}", "report": "report.json", "manifest": "manifest.json"}
+    if "attestation" in by_name:  # SPEC §3.3: logged next to the weights
+        paths["attestation"] = f"model{suffix}.intoto.json"
     for name, filename in paths.items():
         store.link_into(by_name[name]["sha256"], folder / filename)
     try:
@@ -78,6 +80,7 @@ def register_result(
                     weights=[folder / paths["weights"]],
                     report=folder / paths["report"],
                     manifest=folder / paths["manifest"],
+                    attestation=folder / paths["attestation"] if "attestation" in paths else None,
                     source_sha256=source_sha256,
                     alias=spec.alias,
                     tags=spec.tags,

@@ -115,7 +115,7 @@ def test_job_succeeds_with_artifacts(setup: tuple[Database, FileBlobStore, str, 
     assert job.lease_owner is None
     assert JobPublic.of(job).worker == job.last_worker == runner.owner
     names = {a.name: a for a in job.artifacts}
-    assert set(names) == {"manifest", "report", "report-text", "weights"}
+    assert set(names) == {"attestation", "manifest", "report", "report-text", "weights"}
     report = json.loads(store.path(names["report"].sha256).read_bytes())
     assert report["summary"]["loaded"] == 9
     with db.transaction(write=False) as session:  # the digest taken at upload, not recomputed

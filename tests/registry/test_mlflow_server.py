@@ -256,3 +256,35 @@ def test_a_failure_between_the_version_and_the_alias_never_makes_a_second_versio
     listed = client.call("GET", "model-versions/search", params={"filter": "name='half-done'"})
     assert len(listed["model_versions"]) == 1
     assert client.resolve("models:/half-done@champion").version == "1"
+
+
+def test_the_attestation_is_logged_beside_the_weights_and_never_fetched_as_one(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """SPEC §3.3: the job's attestation travels with the registered weights; a later
+    ``models:/`` source still fetches the weights alone."""
+    weights = _result(tmp_path / "out", "model.safetensors")["model.safetensors"]
+    attestation = tmp_path / "out" / "model.safetensors.intoto.json"
+    attestation.write_text(json.dumps({"_type": "https://in-toto.io/Statement/v1"}))
+    register_version(
+        client,
+        VersionRequest(
+            name="attested",
+            job_id="job-attested",
+            weights=[weights],
+            report=tmp_path / "out" / "report.json",
+            manifest=tmp_path / "out" / "manifest.json",
+            source_sha256=SOURCE_SHA,
+            attestation=attestation,
+        ),
+    )
+    artifacts = client.list_artifacts(client.get_download_uri("attested", "1"))
+    assert [f.path for f in artifacts] == [
+        "manifest.json",
+        "model.safetensors",
+        "model.safetensors.intoto.json",
+        "report.json",
+    ]
+    (tmp_path / "fetched").mkdir()
+    fetched = client.fetch_model("models:/attested/1", tmp_path / "fetched", max_bytes=10**6)
+    assert [f.path.name for f in fetched.files] == ["model.safetensors"]

@@ -24,6 +24,7 @@ from app.api.deps import (
     StoreDep,
     WritePrincipal,
     WriteSession,
+    check_reference,
     check_target_architecture,
     in_write_thread,
     local_webhook_secret,
@@ -81,6 +82,7 @@ async def create_job(
         getattr(body.target, "skeleton", None), max_tensors=settings.max_skeleton_tensors
     )
     await check_target_architecture(body.target, inspector, settings)  # before queueing
+    await check_reference(body.reference, inspector, settings)
     request = service.JobRequest(
         source=body.source,
         target=body.target,
@@ -92,6 +94,7 @@ async def create_job(
         checkpoint_owner=principal.scope_owner,
         register=body.output.registration,
         device=body.device,
+        reference=body.reference,
     )
     # Compiled and checked before the write session's first statement (which takes the lock).
     checked = await to_thread.run_sync(
@@ -285,6 +288,31 @@ def get_report(
         "report" if format == "json" else "report-text",
         owner=principal.scope_owner,
     )
+    return blob_response(store, artifact, head=request.method == "HEAD")
+
+
+@download_route(
+    router,
+    "/{job_id}/attestation",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {
+                "application/vnd.in-toto+json": {},
+                "application/vnd.dsse.envelope.v1+json": {},
+            },
+            "description": "the in-toto statement of the weights (a DSSE envelope when the "
+            "server signs: GRAFT_SIGNING_KEY)",
+        },
+        404: problem("no such job, or it has not succeeded (yet)"),
+    },
+)
+def get_attestation(
+    job_id: str, request: Request, principal: ReadPrincipal, session: ReadSession, store: StoreDep
+) -> Response:
+    """The weights' attestation (SPEC §3.3); `graft verify` checks the downloaded weights
+    against it (with `--public-key` for a signed one)."""
+    artifact = service.get_artifact(session, job_id, "attestation", owner=principal.scope_owner)
     return blob_response(store, artifact, head=request.method == "HEAD")
 
 

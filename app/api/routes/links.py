@@ -22,7 +22,7 @@ router = APIRouter(tags=["links"])
 class LinkCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     job: str = Field(description="a job id")
-    artifact: Literal["weights", "report", "manifest"]
+    artifact: Literal["weights", "report", "manifest", "attestation"]
 
 
 class LinkPublic(BaseModel):

@@ -8,7 +8,7 @@ and the recipe written compactly (:mod:`.compact`, :mod:`.render`). Nothing that
 from app.engine.align.builtins import BUILTIN_PREFIX, Builtin, builtin_path, list_builtins
 from app.engine.align.core import AlignResult, align, match_keys
 from app.engine.align.match import Candidate, Match
-from app.engine.align.render import render_json, render_yaml
+from app.engine.align.render import align_document, render_json, render_yaml
 
 __all__ = [
     "BUILTIN_PREFIX",
@@ -17,6 +17,7 @@ __all__ = [
     "Candidate",
     "Match",
     "align",
+    "align_document",
     "builtin_path",
     "list_builtins",
     "match_keys",

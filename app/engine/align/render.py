@@ -14,7 +14,7 @@ import yaml
 from app.engine.align.core import AlignResult
 from app.engine.align.match import Match
 
-__all__ = ["render_json", "render_yaml", "unresolved_document"]
+__all__ = ["align_document", "render_json", "render_yaml", "unresolved_document"]
 
 _LISTS = (
     "rename",
@@ -42,6 +42,29 @@ def unresolved_document(matches: list[Match]) -> list[dict[str, Any]]:
         }
         for m in matches
     ]
+
+
+def align_document(result: AlignResult) -> dict[str, Any]:
+    """The alignment as data: ``{recipe, matches, unresolved, rules}`` (``graft align --json``,
+    ``POST /v1/align``)."""
+    matches = [
+        {
+            "target": m.target,
+            "sources": list(m.sources),
+            "confidence": m.confidence,
+            "why": m.why,
+            "ops": list(m.ops),
+            "applied": m.applied,
+            "ambiguous": m.ambiguous,
+        }
+        for m in result.matches
+    ]
+    return {
+        "recipe": result.recipe,
+        "matches": matches,
+        "unresolved": unresolved_document(result.unresolved),
+        "rules": {k: {"confidence": c, "keys": n} for k, (c, n) in result.confidences.items()},
+    }
 
 
 def _flow(value: Any) -> str:

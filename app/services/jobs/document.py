@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.models import Job
 from app.engine.target_spec import parse_target_spec
+from app.services.jobs.reference import ReferenceSpec
 from app.services.sources.references import RegisterSpec, SourceRef
 
 __all__ = [
@@ -99,6 +100,9 @@ class JobPublic(BaseModel):
     error: JobError | None
     result: JobResult | None = None
     pipeline: str | None = Field(default=None, description="the pipeline that started it")
+    reference: ReferenceSpec | None = Field(
+        default=None, description="the parity reference (SPEC §3.2), when the job has one"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -150,6 +154,7 @@ class JobPublic(BaseModel):
             else None,
             result=JobResult.model_validate(stored) if stored else None,
             pipeline=job.pipeline_id,
+            reference=ReferenceSpec.model_validate(job.reference) if job.reference else None,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -162,6 +167,7 @@ class JobPublic(BaseModel):
                 "report": f"{base}/report",
                 "weights": f"{base}/weights",
                 "manifest": f"{base}/manifest",
+                "attestation": f"{base}/attestation",
                 "artifacts": f"{base}/artifacts",
                 "events": f"{base}/events",
                 "deliveries": f"{base}/deliveries",

@@ -10,6 +10,7 @@ the returned :class:`JobOutcome` (only while it still holds the lease).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from app.sandbox.runner import Limits
 from app.services.checkpoints import checkpoint_files
 from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
 from app.services.errors import NotFoundError
+from app.services.jobs.reference import ReferenceSpec, parity_spec
 from app.services.plans import link_blobs
 from app.services.registration import register_result
 from app.services.sources.fetch import fetch_source
@@ -55,6 +57,8 @@ _STEP_TICK_SECONDS = 0.1
 
 _MEDIA_JSON = "application/json"
 _MEDIA_TEXT = "text/plain; charset=utf-8"
+_MEDIA_INTOTO = "application/vnd.in-toto+json"
+_MEDIA_DSSE = "application/vnd.dsse.envelope.v1+json"
 # (artifact name, file suffix, media type, file the child writes in the reports folder)
 _REPORT_FILES = (
     ("report", "report.json", _MEDIA_JSON, "report.json"),
@@ -92,6 +96,7 @@ class JobSettings:
             ``output.register``).
         inspect_limits: the sandbox limits of a fetched source's inspection.
         max_tensors: most tensors a fetched source may hold.
+        signing_key: the PEM key attestations are signed with (``GRAFT_SIGNING_KEY``).
     """
 
     limits: Limits
@@ -101,6 +106,7 @@ class JobSettings:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     inspect_limits: Limits = field(default_factory=Limits)
     max_tensors: int | None = None
+    signing_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -132,7 +138,8 @@ class JobOutcome:
 @dataclass
 class BlobSink:
     """A job's results go to the blob store: the child writes into ``folder``, this
-    publishes what it wrote (only regular files in that folder) as the job's artifacts."""
+    publishes what it wrote (only regular files in that folder) as the job's artifacts,
+    and the weights' attestation, signed here with ``signing_key`` (SPEC §3.3)."""
 
     store: BlobStore
     folder: Path
@@ -140,6 +147,7 @@ class BlobSink:
     suffix: str
     control: JobControl
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    signing_key: bytes | None = field(default=None, repr=False)
 
     def weights_path(self, request: ConversionRequest) -> Path | None:
         return None if request.dry_run else self.folder / f"{self.job_id}.{self.suffix}"
@@ -153,18 +161,39 @@ class BlobSink:
             self._ingest(name, f"{self.job_id}.{suffix}", media, self.folder / file)
         if outcome.weights is not None:
             weights = outcome.weights
-            self._ingest("weights", weights.name, "application/octet-stream", weights)
+            sha256 = self._ingest("weights", weights.name, "application/octet-stream", weights)
+            if outcome.ok:
+                self._attest(weights.name, sha256)
 
-    def _ingest(self, name: str, filename: str, media_type: str, path: Path) -> None:
+    def _attest(self, weights: str, sha256: str) -> None:
+        """Publish the statement the child wrote of ``weights``, signed with the key."""
+        from app.services.attestation import sign_job_statement
+
+        statement = json.loads(
+            self._own("attestation", self.folder / "attestation.json").read_text()
+        )
+        document = sign_job_statement(
+            statement, weights=(weights, sha256), signing_key=self.signing_key
+        )
+        path = self.folder / f"{weights}.intoto.json"  # as graft convert names it
+        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        media = _MEDIA_DSSE if self.signing_key is not None else _MEDIA_INTOTO
+        self._ingest("attestation", path.name, media, path)
+
+    def _own(self, name: str, path: Path) -> Path:
         # The child's word is not trusted: publish only regular files in its own folder.
         folder = self.folder.resolve()
         if path.is_symlink() or path.resolve().parent != folder or not path.is_file():
             raise InternalError(f"the sandbox produced no usable {name} file")
-        sha, size = self.store.ingest(path)
+        return path
+
+    def _ingest(self, name: str, filename: str, media_type: str, path: Path) -> str:
+        sha, size = self.store.ingest(self._own(name, path))
         self.artifacts.append(
             {"name": name, "filename": filename, "media_type": media_type, "sha256": sha,
              "size": size}
         )  # fmt: skip
+        return sha
 
 
 @dataclass(frozen=True)
@@ -181,6 +210,7 @@ class _Inputs:
     source_ref: SourceRef | None = None
     register: RegisterSpec | None = None
     requested_device: str = "auto"
+    reference: ReferenceSpec | None = None
 
 
 def execute_job(
@@ -213,7 +243,10 @@ def execute_job(
             request = _request(store, inputs, work, settings)
             (work / "out").mkdir()
             suffix = "safetensors" if inputs.options.format == "safetensors" else "pt"
-            sink = BlobSink(store, work / "out", inputs.job_id, suffix, control)
+            sink = BlobSink(
+                store, work / "out", inputs.job_id, suffix, control,
+                signing_key=settings.signing_key,
+            )  # fmt: skip
             result = run_conversion(
                 request, sink, limits=settings.limits, progress=control.progress,
                 tick=control.tick,
@@ -230,16 +263,9 @@ def execute_job(
         if result.ok:
             outcome.status = JobStatus.succeeded
         else:
-            # strict, shape_mismatch, missing, unmatched rules, allow_empty: all the policy's.
-            outcome.error_type = PolicyError.type
-            errors = report.errors or []
-            outcome.error_message = (
-                f"the recipe's policy refused the conversion: {errors[0]}"
-                + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
-                + "; see the report"
-                if errors
-                else "the recipe's policy refused the conversion; see the report"
-            )
+            # strict, shape_mismatch, missing, unmatched rules, allow_empty, parity.
+            refusal = PolicyError.of_report(result.report)
+            outcome.error_type, outcome.error_message = refusal.type, refusal.message
     except GraftError as exc:
         outcome.error_type, outcome.error_message = exc.type, exc.message
     except Exception as exc:
@@ -369,6 +395,7 @@ def _load(database: Database, job_id: str) -> _Inputs:
             source_ref=source_ref,
             register=RegisterSpec.model_validate(job.register) if job.register else None,
             requested_device=job.requested_device,
+            reference=ReferenceSpec.model_validate(job.reference) if job.reference else None,
         )
 
 
@@ -413,6 +440,12 @@ def _request(
             format=inputs.options.format,
             dtype=inputs.options.dtype,
             device=job_device(inputs.requested_device, settings.device),
+            # Parity runs in the job's child, on its device (SPEC §3.2); never an import.
+            parity=(
+                parity_spec(inputs.reference, architectures=settings.architectures)
+                if inputs.reference is not None
+                else None
+            ),
         ),
         dry_run=inputs.dry_run,
         source_sha256=inputs.source_sha256,

@@ -11,10 +11,12 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job
 from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
+from app.engine.errors import InvalidRecipeError
 from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError, TooManyJobsError
 from app.services.jobs.events import record_status
+from app.services.jobs.reference import ReferenceSpec
 from app.services.sources.references import (
     RegisterSpec,
     RegistryConfig,
@@ -47,15 +49,24 @@ __all__ = [
 ACTIVE_JOBS_RETRY_AFTER = 30
 
 
-def validate_recipe(recipe: dict[str, Any] | None) -> None:
+def validate_recipe(recipe: dict[str, Any] | str | None) -> dict[str, Any] | None:
     """Check a recipe with the engine's own model (pure validation, no files, no torch).
 
+    Args:
+        recipe: the recipe document, ``builtin:NAME`` (a built-in recipe, SPEC §2.2), or None.
+
+    Returns:
+        The document to keep: the given one, or the built-in's, normalised.
+
     Raises:
-        InvalidRecipeError: naming the rule, e.g. ``rename[3]``.
+        InvalidRecipeError: naming the rule, e.g. ``rename[3]``; an unknown built-in.
     """
     from app.engine.recipe import load_recipe
 
-    load_recipe(recipe)
+    if isinstance(recipe, str) and not recipe.startswith("builtin:"):
+        raise InvalidRecipeError("a recipe is a mapping, or builtin:NAME (GET /v1/recipes)")
+    loaded = load_recipe(recipe)
+    return loaded.model_dump(mode="json") if isinstance(recipe, str) else recipe
 
 
 def find_target_checkpoints(
@@ -95,7 +106,7 @@ class JobRequest:
     Attributes:
         source: an uploaded checkpoint's id, or a reference the worker fetches.
         target: the target spec, stored whole on the job.
-        recipe: the recipe document (None: the default recipe).
+        recipe: the recipe document, or ``builtin:NAME`` (None: the default recipe).
         output_format: ``safetensors`` or ``torch``.
         output_dtype: the output dtype over the recipe's, if any.
         dry_run: plan and report only.
@@ -104,11 +115,12 @@ class JobRequest:
         register: register the result in MLflow after success.
         pipeline_id: the pipeline that started the job.
         device: ``auto``, ``cpu`` or ``cuda``: where it asks to run (routing).
+        reference: the parity reference (SPEC §3.2), registered architectures only.
     """
 
     source: str | SourceRef
     target: TargetSpec
-    recipe: dict[str, Any] | None
+    recipe: dict[str, Any] | str | None
     output_format: Literal["safetensors", "torch"]
     output_dtype: str | None
     dry_run: bool
@@ -117,6 +129,7 @@ class JobRequest:
     register: RegisterSpec | None = None
     pipeline_id: str | None = None
     device: str = "auto"
+    reference: ReferenceSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -126,9 +139,11 @@ class CheckedJob:
 
     Attributes:
         request: the request, unchanged.
+        recipe: the recipe document to keep (a ``builtin:NAME`` resolved to its document).
     """
 
     request: JobRequest
+    recipe: dict[str, Any] | None = None
 
 
 def check_job(request: JobRequest, *, registry: RegistryConfig | None = None) -> CheckedJob:
@@ -152,9 +167,19 @@ def check_job(request: JobRequest, *, registry: RegistryConfig | None = None) ->
         check_source_ref(request.source, registry)
     if request.register is not None:
         check_register(request.register, registry, dry_run=request.dry_run)
-    validate_recipe(request.recipe)
+    recipe = validate_recipe(request.recipe)
     request.target.check()
-    return CheckedJob(request)
+    reference = request.reference
+    if (
+        reference
+        and reference.target_architecture is None
+        and not request.target.architecture_ref()
+    ):
+        raise InvalidJobError(
+            "reference.target_architecture: a skeleton or checkpoint target has no model of "
+            "its own; name the registered architecture its weights load into"
+        )
+    return CheckedJob(request, recipe)
 
 
 def create_job(
@@ -204,7 +229,8 @@ def create_job(
         pipeline_id=request.pipeline_id,
         target=request.target.model_dump(mode="json"),
         target_checkpoint_id=templates[0].id if templates else None,
-        recipe=request.recipe,
+        recipe=checked.recipe,
+        reference=request.reference.model_dump(mode="json") if request.reference else None,
         output_format=request.output_format,
         output_dtype=request.output_dtype,
         dry_run=request.dry_run,

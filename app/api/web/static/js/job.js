@@ -1,5 +1,6 @@
 // One job: status, live progress, and its report drawn to be read at a glance.
 import { api, download, followJob, isTerminal } from "./api.js";
+import { attestationView } from "./attestation.js";
 import { badge, checkpointLabel, checkpointNames, errorBox, h, mount, pagedTable, pct, seconds, targetLabel,
   when } from "./util.js";
 
@@ -71,6 +72,7 @@ async function renderReport(job) {
     report.warnings.length ? h("ul", { id: "warnings" }, report.warnings.map((w) => h("li", {}, w)))
       : h("p", { class: "muted" }, "None."),
     h("h2", {}, "Verification"), verification(report.verification),
+    h("h2", {}, "Attestation"), await attestationView(job, artifacts.data),
     h("h2", {}, "Manifest"), manifest ? manifestView(manifest, groups.entries) : h("p", { class: "muted" }, "None."),
   ];
 }

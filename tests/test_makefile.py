@@ -15,7 +15,13 @@ def _make(*args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     return subprocess.run(
-        ["make", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True
+        # Under `make test` this make is a sub-make: no "Entering/Leaving directory" lines.
+        ["make", "--no-print-directory", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
 
 

@@ -52,9 +52,11 @@ def test_a_registry_failure_after_the_conversion_leaves_the_job_succeeded(
         None,
         None,
     )
-    assert {a.name for a in job.artifacts} == {"manifest", "report", "report-text", "weights"}
+    assert {a.name for a in job.artifacts} == {
+        "attestation", "manifest", "report", "report-text", "weights",
+    }  # fmt: skip
     assert job.result is not None
-    assert list(job.result) == ["registry"]
+    assert set(job.result) == {"coverage", "registry"}
     assert list(job.result["registry"]) == ["error"]
     assert job.result["registry"]["error"]["type"] == "registry-unavailable"
     public = JobPublic.of(job).model_dump()
@@ -114,7 +116,7 @@ def test_a_cancel_takes_effect_during_the_fetch(setup: Setup) -> None:  # noqa: 
     try:
         uri = f"http://127.0.0.1:{server.server_address[1]}/m.safetensors"
         job_id = _job(db, None, target, source_ref={"uri": uri})
-        registry = RegistryConfig(outbound_allow="127.0.0.1")
+        registry = RegistryConfig(outbound_allow="127.0.0.1:*")
         runtime = JobRuntime(
             db,
             store,

@@ -261,4 +261,5 @@ def test_a_worker_without_mlflow_leaves_mlflow_jobs_to_one_with_it(
             JobRepository(session).claim(owner="w", now=utcnow(), lease_seconds=5, mlflow=True)
             for _ in range(3)
         ]
-    assert set(claims) == {from_registry, registering, None}  # a worker with MLflow takes them
+    taken = {lease.job_id if lease is not None else None for lease in claims}
+    assert taken == {from_registry, registering, None}  # a worker with MLflow takes them

@@ -87,7 +87,7 @@ def test_sandboxed_and_in_process_write_the_same_bytes(tmp_path: Path) -> None:
     assert child.weights.read_bytes() == (tmp_path / "local.safetensors").read_bytes()
     assert child.report["summary"] == local.report["summary"]
     assert {p.name for p in (tmp_path / "child").iterdir()} == {
-        "out.safetensors", "report.json", "report.txt", "manifest.json",
+        "out.safetensors", "report.json", "report.txt", "manifest.json", "attestation.json",
     }  # fmt: skip
     assert (tmp_path / "r.json").exists()
     # The manifest goes beside the weights, and only when it asks for something (not here).

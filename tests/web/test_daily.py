@@ -33,7 +33,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(
         tmp_path_factory.mktemp("daily"),
         GRAFT_WORKERS="1",
-        GRAFT_OUTBOUND_ALLOW="127.0.0.1",
+        GRAFT_OUTBOUND_ALLOW="127.0.0.1:*",
         GRAFT_WEBHOOK_SECRET=SECRET,
         GRAFT_WEBHOOK_BACKOFF_SECONDS="0.2",
         GRAFT_WEBHOOK_POLL_SECONDS="0.1",

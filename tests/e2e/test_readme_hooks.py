@@ -42,6 +42,8 @@ def test_the_readme_example_works_as_written(server: Server, tmp_path: Path) -> 
     port = str(free_port())
     script = _example().replace("http://127.0.0.1:8000", server.url).replace("8099", port)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # The README calls `.venv/bin/graft` from the repository's root: the same venv here.
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
     run = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,

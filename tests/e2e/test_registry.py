@@ -131,7 +131,7 @@ def test_job_by_models_reference_registered_back_with_alias(
         elapsed = time.monotonic() - started
         assert job["status"] == "succeeded", job
         assert job["result"] == {
-            "registry": {"uri": "models:/resnet-graft/1", "version": "1"},
+            "registry": {"uri": "models:/resnet-graft/1", "version": "1", "error": None},
             "source_version": "1",
         }
         assert job["source_ref"] == {"uri": "models:/resnet-src@champion", "path": None}
@@ -346,7 +346,9 @@ def test_duplicate_delivery_starts_one_job(
         assert [j["id"] for j in jobs] == first.json()["jobs"]
         job = graft.wait(client, jobs[0]["id"])
         assert job["status"] == "succeeded", job
-        assert job["result"]["registry"] == {"uri": "models:/m-dup-out/1", "version": "1"}
+        assert job["result"]["registry"] == {
+            "uri": "models:/m-dup-out/1", "version": "1", "error": None,
+        }  # fmt: skip
 
 
 def test_pipeline_fires_on_a_real_mlflow_webhook(

@@ -173,7 +173,7 @@ def test_kill_9_of_the_worker_running_a_job(
         took_over = time.monotonic() - killed_at
         done = _finished(client, job_id)
         assert (done["status"], done["attempts"]) == ("succeeded", 2)
-        assert done["worker"] is None
+        assert done["worker"] not in (None, holder)  # who ran it: the taker
         _assert_bit_exact(client, job_id, 5)
         survivor = stack.workers[1 - stack.workers.index(victim)]
         assert job_id in survivor.log.read_text()

@@ -19,6 +19,7 @@ from app.engine.meta import TensorInfo, is_floating
 from app.engine.ops.adapt import describe_adapt, describe_cast
 from app.engine.ops.initialize import InitRecord, resolve_init
 from app.engine.ops.multi import Part, describe_transform
+from app.engine.plan.arch_defaults import ARCH_DEFAULT, ArchDefaults
 from app.engine.plan.feeds import Feed, plan_feeds
 from app.engine.plan.rule_matches import RuleMatch, count_applied, count_rules, judge_rules
 from app.engine.readers import Source
@@ -184,6 +185,7 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
     feeds = plan_feeds(available, dropped, source.tensors, recipe)
     pending = dict(feeds.by_target)
     adapt_matchers = _matchers(recipe.adapt, "adapt")
+    declared = ArchDefaults(target)
     init_matchers = _matchers(recipe.init, "init")
     transform_matchers = _matchers(recipe.transform, "transform")
     entries: list[PlanEntry] = []
@@ -197,18 +199,27 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
                 entry.status = "tied" if feed.tied else "loaded"
             else:
                 index = _first_rule(adapt_matchers, key)
-                if index < 0:
-                    unused += [Unused(s, "mismatched", None, key) for s in feed.sources]
-                    mismatched.append(f"{key}: source {list(shape)} vs target {list(info.shape)}")
-                    _unfeed(entry)
+                default = None if index >= 0 else declared.default(key, shape, info.shape)
+                if index >= 0:
+                    _adapt(entry, recipe.adapt[index], cite("adapt", index), shape, info.shape)
+                elif default is not None and default != "init":
+                    _adapt(entry, default, ARCH_DEFAULT, shape, info.shape)
                 else:
-                    _adapt(entry, recipe.adapt[index], index, shape, info.shape)
+                    why = ARCH_DEFAULT if default else None
+                    unused += [Unused(s, "mismatched", why, key) for s in feed.sources]
+                    if not default:
+                        mismatched.append(
+                            f"{key}: source {list(shape)} vs target {list(info.shape)}"
+                        )
+                    _unfeed(entry)
             if entry.fed:
                 entry.dtype = _output_dtype(feed.dtype, out_dtype)
                 if (cast := describe_cast(feed.dtype, entry.dtype, key=key)) is not None:
                     entry.ops.append(cast)
         if not entry.fed:
             _fill_missing(entry, info, target, recipe, out_dtype, init_matchers)
+            if feed is not None and entry.status == "initialized" and declared.reinit(key):
+                entry.rules.insert(0, ARCH_DEFAULT)
         entries.append(entry)
     fed_sources = {s for e in entries if e.fed for s in e.sources}
     reported = {u.source for u in unused}
@@ -220,7 +231,9 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
     plan = Plan(entries, unused, [], [], [], source.stripped_prefix, out_dtype)
     plan.rules = count_rules(recipe, renaming.matched, list(by_new), feeds.matched, target)
     _align(plan, source, target, recipe)
-    plan.rules = count_applied(plan.rules, (e.rules for e in plan.entries))
+    plan.rules = declared.listed(
+        count_applied([*plan.rules, declared.rule()], (e.rules for e in plan.entries))
+    )
     _judge(plan, recipe, mismatched)
     judge_rules(plan.rules, recipe, plan.failures, plan.warnings)
     return plan
@@ -262,16 +275,16 @@ def _unfeed(entry: PlanEntry) -> None:
 def _adapt(
     entry: PlanEntry,
     rule: AdaptRule,
-    index: int,
+    citation: str,
     shape: tuple[int, ...],
     target_shape: tuple[int, ...],
 ) -> None:
     try:
         op = describe_adapt(rule.op, shape, target_shape, key=entry.target, **rule.options())
     except InvalidRecipeError as exc:
-        raise InvalidRecipeError(exc.message, rule=cite("adapt", index)) from None
+        raise InvalidRecipeError(exc.message, rule=citation) from None
     entry.status, entry.adapt = "adapted", rule
-    entry.rules.append(cite("adapt", index))
+    entry.rules.append(citation)
     entry.ops.append(op or rule.op)
 
 

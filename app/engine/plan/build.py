@@ -21,6 +21,7 @@ from app.engine.ops.initialize import InitRecord, resolve_init
 from app.engine.ops.multi import Part, describe_transform
 from app.engine.plan.arch_defaults import ARCH_DEFAULT, ArchDefaults
 from app.engine.plan.feeds import Feed, plan_feeds
+from app.engine.plan.hints import Hint, add_hints
 from app.engine.plan.rule_matches import RuleMatch, count_applied, count_rules, judge_rules
 from app.engine.readers import Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
@@ -60,6 +61,7 @@ class PlanEntry:
     source_shapes: list[tuple[int, ...]] | None = None  # merge: each source's shape
     transforms: list[TransformRule] = field(default_factory=list)
     stored_as: str | None = None  # a tied duplicate not written: the key that holds its bytes
+    hint: Hint | None = None  # unfed: the best source candidate and the rule to paste
 
     @property
     def fed(self) -> bool:
@@ -74,6 +76,7 @@ class Unused:
     reason: UnusedReason
     rule: str | None = None
     renamed: str | None = None
+    hint: Hint | None = None  # the best target candidate and the rule to paste
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,9 @@ def suggest_alignment(
     ]  # fmt: skip
 
 
-def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | None = None) -> Plan:
+def build_plan(
+    source: Source, target: Target, recipe: Recipe, *, dtype: str | None = None, hints: bool = True
+) -> Plan:
     """Decide every target key's fate from headers alone.
 
     Args:
@@ -164,6 +169,7 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
         target: the target description.
         recipe: a validated recipe.
         dtype: an output dtype overriding ``recipe.dtype`` (``None`` keeps the recipe's).
+        hints: give leftover keys their best candidate (:mod:`app.engine.plan.hints`).
 
     Returns:
         The plan. Policy refusals (strict, ``shape_mismatch: error``, ``missing: error``) are
@@ -234,6 +240,8 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
     plan.rules = declared.listed(
         count_applied([*plan.rules, declared.rule()], (e.rules for e in plan.entries))
     )
+    if hints:
+        add_hints(plan, source, target, min_confidence=recipe.align_min_confidence)
     _judge(plan, recipe, mismatched)
     judge_rules(plan.rules, recipe, plan.failures, plan.warnings)
     return plan

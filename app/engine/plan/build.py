@@ -203,21 +203,9 @@ def build_plan(
             shape = _feed(entry, feed, recipe.transform, transform_matchers)
             if shape == info.shape:
                 entry.status = "tied" if feed.tied else "loaded"
-            else:
-                index = _first_rule(adapt_matchers, key)
-                default = None if index >= 0 else declared.default(key, shape, info.shape)
-                if index >= 0:
-                    _adapt(entry, recipe.adapt[index], cite("adapt", index), shape, info.shape)
-                elif default is not None and default != "init":
-                    _adapt(entry, default, ARCH_DEFAULT, shape, info.shape)
-                else:
-                    why = ARCH_DEFAULT if default else None
-                    unused += [Unused(s, "mismatched", why, key) for s in feed.sources]
-                    if not default:
-                        mismatched.append(
-                            f"{key}: source {list(shape)} vs target {list(info.shape)}"
-                        )
-                    _unfeed(entry)
+            elif (why := _fit(entry, shape, recipe, adapt_matchers, declared, mismatched)) != "":
+                unused += [Unused(s, "mismatched", why, key) for s in feed.sources]
+                _unfeed(entry)
             if entry.fed:
                 entry.dtype = _output_dtype(feed.dtype, out_dtype)
                 if (cast := describe_cast(feed.dtype, entry.dtype, key=key)) is not None:
@@ -272,6 +260,36 @@ def _feed(
         entry.rules.append(cite("transform", index))
         entry.ops.append(op)
     return shape
+
+
+def _fit(
+    entry: PlanEntry,
+    shape: tuple[int, ...],
+    recipe: Recipe,
+    adapt_matchers: Sequence[KeyMatcher],
+    declared: ArchDefaults,
+    mismatched: list[str],
+) -> str | None:
+    """Adapt ``entry`` from ``shape``: by the first ``adapt`` rule that matches it, else by the
+    architecture's declared default.
+
+    Returns:
+        ``""`` when adapted; else the rule that leaves it unfed: ``arch-default`` (a classifier
+        to re-initialise), or ``None`` (a shape mismatch, recorded in ``mismatched``).
+    """
+    key, target_shape = entry.target, entry.shape
+    index = _first_rule(adapt_matchers, key)
+    if index >= 0:
+        _adapt(entry, recipe.adapt[index], cite("adapt", index), shape, target_shape)
+        return ""
+    default = declared.default(key, shape, target_shape)
+    if default == "init":
+        return ARCH_DEFAULT
+    if default is not None:
+        _adapt(entry, default, ARCH_DEFAULT, shape, target_shape)
+        return ""
+    mismatched.append(f"{key}: source {list(shape)} vs target {list(target_shape)}")
+    return None
 
 
 def _unfeed(entry: PlanEntry) -> None:

@@ -96,3 +96,17 @@ def test_keys_yaml_cannot_take_bare_are_quoted() -> None:
     paste = paste_rename("block: 0.w", "layers.0.weight")
     assert paste == 'rename: [{key: "block: 0.w", to: layers.0.weight}]'
     assert yaml.safe_load(paste) == {"rename": [{"key": "block: 0.w", "to": "layers.0.weight"}]}
+
+
+def test_a_hint_names_the_key_as_the_earlier_renames_left_it(source: Path) -> None:
+    recipe: dict[str, Any] = {"rename": [{"prefix": "enc.", "to": "wrong."}], "drop": ["extra.*"]}
+    report = _convert(source, recipe).report
+    unused = {u["source"]: u for u in report["unused"]}
+    paste = "rename: [{key: wrong.weight, to: encoder.weight}]"
+    assert unused["enc.weight"]["renamed"] == "wrong.weight"
+    assert unused["enc.weight"]["hint"]["paste"] == paste
+    recipe["rename"] += yaml.safe_load(paste)["rename"]
+    fixed = _convert(source, recipe).report
+    assert next(e for e in fixed["entries"] if e["target"] == "encoder.weight")["sources"] == [
+        "enc.weight"
+    ]

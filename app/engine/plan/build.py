@@ -229,7 +229,8 @@ def build_plan(
         count_applied([*plan.rules, declared.rule()], (e.rules for e in plan.entries))
     )
     if hints:
-        add_hints(plan, source, target, min_confidence=recipe.align_min_confidence)
+        plain = {k for k, f in feeds.by_target.items() if f.plain}
+        add_hints(plan, source, target, plain=plain, min_confidence=recipe.align_min_confidence)
     _judge(plan, recipe, mismatched)
     judge_rules(plan.rules, recipe, plan.failures, plan.warnings)
     return plan

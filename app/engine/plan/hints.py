@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -53,13 +53,17 @@ def paste_rename(source: str, target: str) -> str:
     return f"rename: [{{key: {quote(source)}, to: {quote(target)}}}]"
 
 
-def add_hints(plan: Plan, source: Source, target: Target, *, min_confidence: float) -> None:
+def add_hints(
+    plan: Plan, source: Source, target: Target, *, plain: Collection[str], min_confidence: float
+) -> None:
     """Give each leftover key of ``plan`` its hint (entries' and unused keys' ``hint``).
 
     Args:
         plan: the plan, after alignment.
         source: the opened source (its keys' shapes and dtypes).
         target: the target.
+        plain: the renamed source keys that feed by name alone (a key a split, merge or copy
+            took gets no hint: one more rename is not what it needs).
         min_confidence: the recipe's ``align_min_confidence`` (what the aligner applies).
     """
     from app.engine.align import match_keys
@@ -67,7 +71,7 @@ def add_hints(plan: Plan, source: Source, target: Target, *, min_confidence: flo
     sources: dict[str, TensorInfo] = {}
     for u in plan.unused:
         name = u.renamed or u.source
-        if u.reason != "dropped" and name not in sources:
+        if u.reason != "dropped" and name in plain and name not in sources:
             info = source.tensors[u.source]
             sources[name] = TensorInfo(name, info.shape, info.dtype, info.kind)
     targets = {
@@ -87,7 +91,9 @@ def add_hints(plan: Plan, source: Source, target: Target, *, min_confidence: flo
         if not entry.fed:
             entry.hint = by_target.get(entry.target)
     plan.unused = [
-        replace(u, hint=by_source.get(u.renamed or u.source)) if u.reason != "dropped" else u
+        replace(u, hint=by_source[name])
+        if u.reason != "dropped" and (name := u.renamed or u.source) in by_source
+        else u
         for u in plan.unused
     ]
 

@@ -146,3 +146,23 @@ def test_equal_shapes_leave_the_report_as_it_was(tmp_path: Path) -> None:
     assert result.ok
     assert all(e["rules"] == [] for e in result.report["entries"])
     assert [r["rule"] for r in result.report["rules"]] == ["init[0]"]
+
+
+def test_a_timm_model_that_declares_nothing_is_read_from_its_pretrained_cfg() -> None:
+    class TimmLike(torch.nn.Module):
+        """What timm sets on its models: ``pretrained_cfg``, ``num_prefix_tokens``."""
+
+        def __init__(self, no_embed_class: bool) -> None:
+            super().__init__()
+            self.pretrained_cfg = {"first_conv": "patch_embed.proj", "classifier": "head"}
+            self.num_prefix_tokens, self.no_embed_class = 5, no_embed_class
+            self.pos_embed = torch.nn.Parameter(torch.zeros(1, 4, 2))
+
+    def create_model() -> None: ...
+
+    assert read_adaptations(create_model, {}, TimmLike(False)) == Adaptations(
+        ("patch_embed.proj",), ("head",), ("pos_embed",), 5
+    )
+    # timm's no_embed_class: the prefix tokens have no position of their own.
+    assert read_adaptations(create_model, {}, TimmLike(True)).num_prefix_tokens == 0  # type: ignore[union-attr]
+    assert read_adaptations(create_model, {}, torch.nn.Linear(1, 1)) is None

@@ -18,7 +18,8 @@ Clients only ever name an architecture and pass JSON kwargs; they never send cod
 checked against the factory's signature (names, and the JSON types its annotations allow)
 before it runs. A model may declare ``example_input(batch)`` and ``example_output_shape(batch)``
 so a conversion into it can be proven by a forward pass (``app.engine.verify``), and
-``hf_config(kwargs)`` (a class method) so a folder output carries its transformers ``config.json``.
+``hf_config(kwargs)`` (a class method) so a folder output carries its transformers ``config.json``,
+and ``adaptations`` (its stem, classifier and position embedding, :mod:`app.engine.adaptations`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from app.engine.errors import InvalidTargetError
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from app.engine.adaptations import Adaptations
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -71,14 +74,9 @@ _LIBRARY_REFUSED = frozenset(
      "pretrained_cfg_overlay", "cache_dir"}
 )  # fmt: skip
 _JSON_TYPES: dict[type, tuple[type, ...]] = {
-    int: (int,),
-    float: (int, float),
-    bool: (bool,),
-    str: (str,),
-    list: (list,),
-    tuple: (list,),
-    dict: (dict,),
-}
+    int: (int,), float: (int, float), bool: (bool,), str: (str,), list: (list,),
+    tuple: (list,), dict: (dict,),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -247,6 +245,14 @@ class BoundArchitecture:
         if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
             raise InvalidTargetError(f"architecture {self.name!r}: hf_config gave no model_type")
         return config
+
+    def adaptations(self, model: nn.Module | None = None) -> Adaptations | None:
+        """The stem, classifier and position embedding the factory declares (or ``model``'s
+        timm ``pretrained_cfg``), see :mod:`app.engine.adaptations`."""
+        from app.engine.adaptations import read_adaptations
+
+        kwargs = {**self.architecture.fixed, **self.kwargs}
+        return read_adaptations(self.architecture.factory, kwargs, model)
 
     def example(self, model: nn.Module, batch: int = 2) -> tuple[Any, tuple[int, ...]] | None:
         """The model's declared example input and the output shape it must produce.

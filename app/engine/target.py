@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from app.engine.adaptations import Adaptations
     from app.engine.architectures import ArchitectureRef, BoundArchitecture
     from app.engine.readers import Source
 
@@ -48,6 +49,8 @@ class Target:
             kwargs): conversions into it are verified by running that model.
         tied: ``{duplicate: kept}`` keys the architecture ties and declares in
             ``_tied_weights_keys`` (see :mod:`app.engine.plan.ties`).
+        adaptations: the stem, classifier and position embedding the architecture declares
+            (see :mod:`app.engine.adaptations`), adapted by default when shapes differ.
     """
 
     def __init__(
@@ -59,8 +62,10 @@ class Target:
         template: Source | None = None,
         architecture: BoundArchitecture | None = None,
         tied: dict[str, str] | None = None,
+        adaptations: Adaptations | None = None,
     ) -> None:
         self.kind = kind
+        self.adaptations = adaptations
         self.tied = tied or {}
         self.tensors = tensors
         self.name = name
@@ -182,7 +187,7 @@ class Target:
         model = bound.build("meta")
         return cls(
             "architecture", _module_tensors(model), name=f"arch:{name}", architecture=bound,
-            tied=declared_ties(model),
+            tied=declared_ties(model), adaptations=bound.adaptations(model),
         )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ The kwargs are ``BertConfig``'s names, and ``hf_config`` writes them as its ``co
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +159,10 @@ class BertModel(nn.Module):
     The example input (Graft's forward check) is ``EXAMPLE_LENGTH`` tokens, or
     ``max_position_embeddings`` when that is shorter: every valid config can be checked.
     """
+
+    # Adapted by default when a checkpoint's shapes differ (``app.engine.adaptations``):
+    # another ``max_position_embeddings`` crops the position table, or extends it.
+    adaptations: ClassVar[dict[str, Any]] = {"pos_embed": "embeddings.position_embeddings"}
 
     def __init__(
         self,

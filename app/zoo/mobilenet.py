@@ -8,6 +8,8 @@ torchvision's ImageNet checkpoint loads with no recipe and ``strict=True``.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -79,6 +81,12 @@ class MobileNet(nn.Module):
         width_mult: scales every layer's channels (rounded to multiples of 8).
         img_size: side of the example input.
     """
+
+    # Adapted by default when a checkpoint's shapes differ (``app.engine.adaptations``).
+    adaptations: ClassVar[dict[str, Any]] = {
+        "first_conv": "features.0.0",
+        "classifier": "classifier.1",
+    }
 
     def __init__(
         self,

@@ -7,6 +7,8 @@ checkpoints load with no recipe and ``strict=True`` and give the same outputs.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -88,6 +90,9 @@ class ResNet(nn.Module):
             extension: only ``conv1`` changes).
         img_size: side of the example input (the network itself takes any size >= 32).
     """
+
+    # Adapted by default when a checkpoint's shapes differ (``app.engine.adaptations``).
+    adaptations: ClassVar[dict[str, Any]] = {"first_conv": "conv1", "classifier": "fc"}
 
     def __init__(
         self, depth: int = 50, num_classes: int = 1000, in_chans: int = 3, img_size: int = 224

@@ -8,6 +8,8 @@ pre-norm blocks, LayerNorm eps 1e-6, exact GELU, the class token read by the hea
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,6 +94,13 @@ class VisionTransformer(nn.Module):
         num_classes: outputs of ``head``; 0 gives no head (the pooled features), as in timm.
         in_chans: input image channels.
     """
+
+    # Adapted by default when a checkpoint's shapes differ (``app.engine.adaptations``):
+    # another ``img_size`` interpolates ``pos_embed`` around its class token.
+    adaptations: ClassVar[dict[str, Any]] = {
+        "first_conv": "patch_embed.proj", "classifier": "head", "pos_embed": "pos_embed",
+        "num_prefix_tokens": 1,
+    }  # fmt: skip
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from app.engine.adaptations import Adaptations
 from app.engine.architectures import (
     bind_architecture,
     describe_architectures,
@@ -88,6 +89,25 @@ class TinyWrongShape(TinyB):
     def example_output_shape(self, batch: int = 2) -> tuple[int, ...]:
         return (batch, 99)
 
+
+class TinyChans(TinyA):
+    """:class:`TinyA` taking ``in_chans``; declares its stem and head by a class method."""
+
+    def __init__(self, num_classes: int = 4, in_chans: int = 3) -> None:
+        nn.Module.__init__(self)
+        self.in_chans = in_chans
+        self.features = nn.Sequential(nn.Conv2d(in_chans, 6, 3, padding=1), nn.BatchNorm2d(6))
+        self.head = nn.Linear(6, num_classes)
+
+    @classmethod
+    def adaptations(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"first_conv": "features.0", "classifier": ["head"]}
+
+    def example_input(self, batch: int = 2) -> torch.Tensor:
+        return torch.randn(batch, self.in_chans, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+CHANS = parse_architectures("tiny_chans=tests.engine.test_architectures:TinyChans")
 
 A_TO_B = [
     {"prefix": "features.0.", "to": "stem.conv."},
@@ -530,3 +550,21 @@ def test_init_auto_and_an_explicit_trunc_normal_cut_at_the_same_two_std(tmp_path
     auto = load_file(str(tmp_path / "auto.safetensors"))["head.weight"]
     explicit = load_file(str(tmp_path / "trunc_normal.safetensors"))["head.weight"]
     assert torch.equal(auto, explicit) and float(auto.abs().max()) <= 0.04
+
+
+def test_a_plugin_declares_its_stem_through_the_registry(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = _save(TinyA(), tmp_path / "a.safetensors")
+    bound = bind_architecture("tiny_chans", {"in_chans": 1}, extra=CHANS)
+    assert bound.adaptations() == Adaptations(("features.0",), ("head",))
+    target = Target.from_architecture("tiny_chans", {"in_chans": 1}, extra=CHANS)
+    result = _convert(src, target, {"strict": True}, tmp_path / "out.safetensors")
+    assert result.ok, result.report["errors"]
+    stem = next(e for e in result.report["entries"] if e["target"] == "features.0.weight")
+    assert (stem["status"], stem["rules"], stem["ops"]) == (
+        "adapted", ["arch-default"], ["channels(3->1, fill=repeat)"],
+    )  # fmt: skip
+    out = load_file(str(tmp_path / "out.safetensors"))["features.0.weight"]
+    source = load_file(str(src))["features.0.weight"]
+    assert torch.allclose(out, source.sum(dim=1, keepdim=True))
+    assert result.report["verification"]["forward"]["input_shape"] == [2, 1, 8, 8]

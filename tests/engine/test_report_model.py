@@ -77,3 +77,21 @@ def test_a_progress_event_crosses_a_process_as_json() -> None:
     }  # fmt: skip
     for event in (plain, counted):
         assert ProgressEvent.from_json({"event": "progress", **event.to_json()}) == event
+
+
+def test_hints_and_the_arch_default_rule_fit_the_schema(tmp_path: Path) -> None:
+    document = {
+        "source": "enc.weight", "reason": "unexpected", "rule": None,
+        "hint": {"candidate": "encoder.weight", "confidence": 0.92,
+                 "paste": "rename: [{key: enc.weight, to: encoder.weight}]"},
+    }  # fmt: skip
+    report = _report(tmp_path)
+    report["unused"] = [document]
+    report["entries"][0] = {**report["entries"][0], "hint": document["hint"] | {"candidate": "x"}}
+    report["rules"].append({"rule": "arch-default", "matched": 3, "applied": 1, "pattern": "p"})
+    assert_valid("report", report)
+    assert Report.from_json(report).to_json() == report
+    without = {k: v for k, v in document.items() if k != "hint"}
+    assert Report.from_json({**report, "unused": [without]}).to_json()["unused"] == [without]
+    with pytest.raises(ValueError, match="rule"):
+        Report.from_json({**report, "rules": [{**report["rules"][-1], "rule": "arch"}]})

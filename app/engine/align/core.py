@@ -221,7 +221,7 @@ def align(
         update={"align": "off", "strict": False, "unmatched": "warn", "allow_empty": True}
     )
     header = _header_source(source)
-    plan = build_plan(header, Target("skeleton", dict(target), name="target"), probe)
+    plan = build_plan(header, Target("skeleton", dict(target), name="target"), probe, hints=False)
     left_sources: dict[str, TensorInfo] = {}
     for u in plan.unused:
         if u.reason in ("unexpected", "mismatched") and u.renamed and u.renamed not in left_sources:

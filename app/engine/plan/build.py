@@ -19,7 +19,9 @@ from app.engine.meta import TensorInfo, is_floating
 from app.engine.ops.adapt import describe_adapt, describe_cast
 from app.engine.ops.initialize import InitRecord, resolve_init
 from app.engine.ops.multi import Part, describe_transform
+from app.engine.plan.arch_defaults import ARCH_DEFAULT, ArchDefaults
 from app.engine.plan.feeds import Feed, plan_feeds
+from app.engine.plan.hints import Hint, add_hints
 from app.engine.plan.rule_matches import RuleMatch, count_applied, count_rules, judge_rules
 from app.engine.readers import Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
@@ -59,6 +61,7 @@ class PlanEntry:
     source_shapes: list[tuple[int, ...]] | None = None  # merge: each source's shape
     transforms: list[TransformRule] = field(default_factory=list)
     stored_as: str | None = None  # a tied duplicate not written: the key that holds its bytes
+    hint: Hint | None = None  # unfed: the best source candidate and the rule to paste
 
     @property
     def fed(self) -> bool:
@@ -73,6 +76,7 @@ class Unused:
     reason: UnusedReason
     rule: str | None = None
     renamed: str | None = None
+    hint: Hint | None = None  # the best target candidate and the rule to paste
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,9 @@ def suggest_alignment(
     ]  # fmt: skip
 
 
-def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | None = None) -> Plan:
+def build_plan(
+    source: Source, target: Target, recipe: Recipe, *, dtype: str | None = None, hints: bool = True
+) -> Plan:
     """Decide every target key's fate from headers alone.
 
     Args:
@@ -163,6 +169,7 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
         target: the target description.
         recipe: a validated recipe.
         dtype: an output dtype overriding ``recipe.dtype`` (``None`` keeps the recipe's).
+        hints: give leftover keys their best candidate (:mod:`app.engine.plan.hints`).
 
     Returns:
         The plan. Policy refusals (strict, ``shape_mismatch: error``, ``missing: error``) are
@@ -184,6 +191,7 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
     feeds = plan_feeds(available, dropped, source.tensors, recipe)
     pending = dict(feeds.by_target)
     adapt_matchers = _matchers(recipe.adapt, "adapt")
+    declared = ArchDefaults(target)
     init_matchers = _matchers(recipe.init, "init")
     transform_matchers = _matchers(recipe.transform, "transform")
     entries: list[PlanEntry] = []
@@ -195,20 +203,17 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
             shape = _feed(entry, feed, recipe.transform, transform_matchers)
             if shape == info.shape:
                 entry.status = "tied" if feed.tied else "loaded"
-            else:
-                index = _first_rule(adapt_matchers, key)
-                if index < 0:
-                    unused += [Unused(s, "mismatched", None, key) for s in feed.sources]
-                    mismatched.append(f"{key}: source {list(shape)} vs target {list(info.shape)}")
-                    _unfeed(entry)
-                else:
-                    _adapt(entry, recipe.adapt[index], index, shape, info.shape)
+            elif (why := _fit(entry, shape, recipe, adapt_matchers, declared, mismatched)) != "":
+                unused += [Unused(s, "mismatched", why, key) for s in feed.sources]
+                _unfeed(entry)
             if entry.fed:
                 entry.dtype = _output_dtype(feed.dtype, out_dtype)
                 if (cast := describe_cast(feed.dtype, entry.dtype, key=key)) is not None:
                     entry.ops.append(cast)
         if not entry.fed:
             _fill_missing(entry, info, target, recipe, out_dtype, init_matchers)
+            if feed is not None and entry.status == "initialized" and declared.reinit(key):
+                entry.rules.insert(0, ARCH_DEFAULT)
         entries.append(entry)
     fed_sources = {s for e in entries if e.fed for s in e.sources}
     reported = {u.source for u in unused}
@@ -220,7 +225,12 @@ def build_plan(source: Source, target: Target, recipe: Recipe, *, dtype: str | N
     plan = Plan(entries, unused, [], [], [], source.stripped_prefix, out_dtype)
     plan.rules = count_rules(recipe, renaming.matched, list(by_new), feeds.matched, target)
     _align(plan, source, target, recipe)
-    plan.rules = count_applied(plan.rules, (e.rules for e in plan.entries))
+    plan.rules = declared.listed(
+        count_applied([*plan.rules, declared.rule()], (e.rules for e in plan.entries))
+    )
+    if hints:
+        plain = {k for k, f in feeds.by_target.items() if f.plain}
+        add_hints(plan, source, target, plain=plain, min_confidence=recipe.align_min_confidence)
     _judge(plan, recipe, mismatched)
     judge_rules(plan.rules, recipe, plan.failures, plan.warnings)
     return plan
@@ -253,6 +263,36 @@ def _feed(
     return shape
 
 
+def _fit(
+    entry: PlanEntry,
+    shape: tuple[int, ...],
+    recipe: Recipe,
+    adapt_matchers: Sequence[KeyMatcher],
+    declared: ArchDefaults,
+    mismatched: list[str],
+) -> str | None:
+    """Adapt ``entry`` from ``shape``: by the first ``adapt`` rule that matches it, else by the
+    architecture's declared default.
+
+    Returns:
+        ``""`` when adapted; else the rule that leaves it unfed: ``arch-default`` (a classifier
+        to re-initialise), or ``None`` (a shape mismatch, recorded in ``mismatched``).
+    """
+    key, target_shape = entry.target, entry.shape
+    index = _first_rule(adapt_matchers, key)
+    if index >= 0:
+        _adapt(entry, recipe.adapt[index], cite("adapt", index), shape, target_shape)
+        return ""
+    default = declared.default(key, shape, target_shape)
+    if default == "init":
+        return ARCH_DEFAULT
+    if default is not None:
+        _adapt(entry, default, ARCH_DEFAULT, shape, target_shape)
+        return ""
+    mismatched.append(f"{key}: source {list(shape)} vs target {list(target_shape)}")
+    return None
+
+
 def _unfeed(entry: PlanEntry) -> None:
     entry.sources, entry.rules, entry.ops, entry.transforms = [], [], [], []
     entry.source_shape = entry.source_dtype = None
@@ -262,16 +302,16 @@ def _unfeed(entry: PlanEntry) -> None:
 def _adapt(
     entry: PlanEntry,
     rule: AdaptRule,
-    index: int,
+    citation: str,
     shape: tuple[int, ...],
     target_shape: tuple[int, ...],
 ) -> None:
     try:
         op = describe_adapt(rule.op, shape, target_shape, key=entry.target, **rule.options())
     except InvalidRecipeError as exc:
-        raise InvalidRecipeError(exc.message, rule=cite("adapt", index)) from None
+        raise InvalidRecipeError(exc.message, rule=citation) from None
     entry.status, entry.adapt = "adapted", rule
-    entry.rules.append(cite("adapt", index))
+    entry.rules.append(citation)
     entry.ops.append(op or rule.op)
 
 

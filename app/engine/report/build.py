@@ -13,11 +13,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from app.engine.plan import Plan, PlanEntry
+from app.engine.plan.hints import Hint as PlanHint
 from app.engine.recipe import Recipe, compile_patterns
 from app.engine.report.models import (
     AlignSuggestion,
     Coverage,
     Entry,
+    Hint,
     InitRecordJson,
     Manifest,
     OutputSummary,
@@ -58,7 +60,14 @@ def _entry(entry: PlanEntry, digest: str | None) -> Entry:
         init=InitRecordJson(fn=init.fn, args=init.args, seed=init.seed) if init else None,
         benign=True if entry.benign else None,
         stored_as=entry.stored_as,
+        hint=_hint(entry.hint),
     )
+
+
+def _hint(hint: PlanHint | None) -> Hint | None:
+    if hint is None:
+        return None
+    return Hint(candidate=hint.candidate, confidence=hint.confidence, paste=hint.paste)
 
 
 def entries_digest(
@@ -99,6 +108,7 @@ def report_entries(plan: Plan, digests: dict[str, str]) -> tuple[list[Entry], li
             reason=u.reason,
             rule=u.rule,
             renamed=u.renamed if u.renamed and u.renamed != u.source else None,
+            hint=_hint(u.hint),
         )
         for u in plan.unused
     ]

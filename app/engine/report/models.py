@@ -31,6 +31,7 @@ __all__ = [
     "Entry",
     "EntryStatus",
     "Fraction",
+    "Hint",
     "InitRecordJson",
     "Manifest",
     "OutputSummary",
@@ -148,11 +149,21 @@ class InitRecordJson(_Document):
     seed: Count
 
 
-class Entry(_Document):
-    """One target key: its status, what fed it, the rules and ops that ran, its digest."""
+class Hint(_Document):
+    """A leftover key's best candidate on the other side, and the recipe line that would pair
+    them (``rename: [{key: A, to: B}]``), for the user to paste."""
 
-    _added_later = frozenset({"source_shape", "digest"})
-    _omitted_when_none = frozenset({"source_shapes", "init", "benign", "stored_as"})
+    candidate: str
+    confidence: Fraction
+    paste: str
+
+
+class Entry(_Document):
+    """One target key: its status, what fed it, the rules and ops that ran, its digest; when
+    nothing fed it, maybe a ``hint``."""
+
+    _added_later = frozenset({"source_shape", "digest", "hint"})
+    _omitted_when_none = frozenset({"source_shapes", "init", "benign", "stored_as", "hint"})
     target: Annotated[str, Field(min_length=1)]
     status: EntryStatus
     sources: list[str]
@@ -167,17 +178,19 @@ class Entry(_Document):
     benign: bool | None = None
     # A tied duplicate stored once: not in the file; the key that holds its bytes.
     stored_as: str | None = None
+    hint: Hint | None = None
 
 
 class UnusedKey(_Document):
-    """One source key that fed nothing, why, and the rule that decided it."""
+    """One source key that fed nothing, why, the rule that decided it, and maybe a ``hint``."""
 
-    _added_later = frozenset({"rule"})
-    _omitted_when_none = frozenset({"renamed"})
+    _added_later = frozenset({"rule", "hint"})
+    _omitted_when_none = frozenset({"renamed", "hint"})
     source: str
     reason: UnusedReason
     rule: str | None
     renamed: str | None = None
+    hint: Hint | None = None
 
 
 class AlignSuggestion(_Document):
@@ -198,7 +211,8 @@ class RuleCount(_Document):
     """One recipe rule, cited, with the keys (or groups) it matched and the keys it changed."""
 
     _added_later = frozenset({"pattern", "applied"})
-    rule: Annotated[str, Field(pattern=r"^[a-z_]+\[[0-9]+\]$")]
+    # A recipe rule (``adapt[0]``), or the target architecture's own (``arch-default``).
+    rule: Annotated[str, Field(pattern=r"^([a-z_]+\[[0-9]+\]|arch-default)$")]
     matched: Count
     applied: Count = Field(description="the keys (or groups) it changed, at most `matched`")
     pattern: str

@@ -104,6 +104,7 @@ def render_text(report: dict[str, Any]) -> str:
             f"  {u['reason']:<10} {u['pattern']}" + (f"  [{u['rule']}]" if u["rule"] else "")
             for u in groups["unused"]
         ]
+    lines += _hints(report)
     if report.get("rules"):
         lines += _rules(report)
     if report["suggestions"]:
@@ -202,3 +203,19 @@ def _rules(report: dict[str, Any]) -> list[str]:
             f"  {r['rule']:<12} {r['matched']:>7} {r.get('applied', '-'):>7}  {r['pattern']}{flag}"
         )
     return lines
+
+
+def _hints(report: dict[str, Any]) -> list[str]:
+    """Each leftover key's best candidate and the line to paste, once per pair."""
+    seen: set[str] = set()
+    lines: list[str] = []
+    leftovers = [(e["target"], "<-", e.get("hint")) for e in report["entries"]]
+    leftovers += [(u["source"], "->", u.get("hint")) for u in report["unused"]]
+    for key, arrow, hint in leftovers:
+        if hint and hint["paste"] not in seen:
+            seen.add(hint["paste"])
+            lines.append(
+                f"  {key} {arrow} {hint['candidate']} ({hint['confidence']:.2f})  "
+                f"paste: {hint['paste']}"
+            )
+    return ["", "hints (best candidates)", *lines] if lines else []

@@ -67,6 +67,7 @@ async function renderReport(job) {
     downloads(job, names),
     h("h2", {}, "Target keys"), entries(groups.entries),
     h("h2", {}, `Unused source keys (${report.unused.length})`), unused(groups.unused),
+    hints(report),
     report.rules ? [h("h2", {}, "Rules"), rules(report.rules)] : null,
     h("h2", {}, `Warnings (${report.warnings.length})`),
     report.warnings.length ? h("ul", { id: "warnings" }, report.warnings.map((w) => h("li", {}, w)))
@@ -152,6 +153,18 @@ function unused(groups) {
     rows: groups, empty: "Every source key was used.", row: (u) => h("tr", {},
       h("td", {}, badge(u.reason)), h("td", { class: "key" }, u.pattern), h("td", { class: "num" }, String(u.keys.length)),
       h("td", { class: "mono" }, u.rule || "–")) }));
+}
+
+// Each leftover key's best candidate and the recipe line to paste (one row per pair).
+function hints(report) {
+  const seen = new Set();
+  const rows = [...report.entries.map((e) => [e.target, "←", e.hint]),
+    ...report.unused.map((u) => [u.source, "→", u.hint])]
+    .filter(([, , x]) => x && !seen.has(x.paste) && seen.add(x.paste));
+  if (!rows.length) return null;
+  return [h("h2", {}, `Hints (${rows.length})`), h("ul", { id: "hints" }, rows.map(([key, arrow, x]) =>
+    h("li", {}, h("span", { class: "key" }, key), ` ${arrow} `, h("span", { class: "key" }, x.candidate),
+      ` (${x.confidence.toFixed(2)}) `, h("code", {}, x.paste))))];
 }
 
 function rules(list) {

@@ -31,7 +31,13 @@ from app.engine.errors import InvalidTargetError, UnreadableCheckpointError
 from app.engine.meta import DTYPE_SIZES
 from app.engine.output.digests import tensor_bytes
 from app.engine.output.files import atomic_output
-from app.engine.output.safetensors_writer import INDEX_NAME, SINGLE_NAME, shard_names
+from app.engine.output.safetensors_writer import (
+    SINGLE_NAME,
+    header_bytes,
+    shard_names,
+    split_shards,
+    write_index,
+)
 from app.engine.readers import SAFETENSORS_DTYPES, Source, open_source
 
 if TYPE_CHECKING:
@@ -62,7 +68,7 @@ _FACTOR = re.compile(
 # ``<module>.modules_to_save[.default].<param>``.
 _SAVED = re.compile(r"^(?:base_model\.model\.)?(?P<key>.+)$")
 _SAVED_INFIX = re.compile(r"\.modules_to_save\.(?:default\.)?")
-_ST_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+_ST_DTYPES = frozenset(SAFETENSORS_DTYPES.values())
 
 
 @dataclass(frozen=True)
@@ -236,7 +242,7 @@ def apply_lora(
         by_key = {m.base_key: m for m in adapter.modules.values()}
         _check_targets(src, factors, adapter, by_key)
         metadata = {**src.metadata, "format": "pt"}
-        shards = _shards(src, max_shard_size)
+        shards = split_shards(list(src.tensors), lambda k: _nbytes(src, k), max_shard_size)
         names = shard_names(len(shards)) if len(shards) > 1 else [SINGLE_NAME]
         sign = 1.0 if mode == "merge" else -1.0
         with atomic_output(Path(output), folder=max_shard_size is not None) as tmp:
@@ -249,7 +255,8 @@ def apply_lora(
                         f.write(tensor_bytes(t))
                         del t  # one module in memory at a time
             if len(shards) > 1:
-                _write_index(tmp, src, dict(zip(names, shards, strict=True)), metadata)
+                weight_map = {k: n for n, keys in zip(names, shards, strict=True) for k in keys}
+                write_index(tmp, weight_map, sum(_nbytes(src, k) for k in weight_map), metadata)
     touched = len(by_key) + len(adapter.saved)
     return LoraResult(
         Path(output), mode, list(by_key.values()), sorted(adapter.saved), len(src.tensors) - touched
@@ -279,32 +286,9 @@ def _tensor(
     return t
 
 
-def _shards(src: Source, max_shard_size: int | None) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for key, info in src.tensors.items():
-        n = math.prod(info.shape) * DTYPE_SIZES[info.dtype]
-        if max_shard_size is not None and shards[-1] and size + n > max_shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append(key)
-        size += n
-    return shards
-
-
-def _write_index(
-    folder: Path, src: Source, shards: dict[str, list[str]], metadata: dict[str, str]
-) -> None:
-    total = sum(
-        math.prod(src.tensors[k].shape) * DTYPE_SIZES[src.tensors[k].dtype]
-        for keys in shards.values()
-        for k in keys
-    )
-    index = {
-        "metadata": {"total_size": total, **metadata},
-        "weight_map": {k: name for name, keys in shards.items() for k in keys},
-    }
-    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+def _nbytes(src: Source, key: str) -> int:
+    info = src.tensors[key]
+    return math.prod(info.shape) * DTYPE_SIZES[info.dtype]
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -402,19 +386,10 @@ def _check_targets(
 
 def _header(src: Source, keys: list[str], metadata: dict[str, str]) -> bytes:
     """The output's safetensors header: the base's keys, shapes and dtypes, in its order."""
-    header: dict[str, object] = {"__metadata__": metadata}
-    offset = 0
     for key in keys:
-        info = src.tensors[key]
-        if info.dtype not in _ST_CODES:
-            raise InvalidTargetError(f"{key!r} is {info.dtype}, which safetensors cannot store")
-        size = math.prod(info.shape) * DTYPE_SIZES[info.dtype]
-        header[key] = {
-            "dtype": _ST_CODES[info.dtype],
-            "shape": list(info.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    raw += b" " * (-len(raw) % 8)
+        if src.tensors[key].dtype not in _ST_DTYPES:
+            raise InvalidTargetError(
+                f"{key!r} is {src.tensors[key].dtype}, which safetensors cannot store"
+            )
+    raw = header_bytes(((k, src.tensors[k].shape, src.tensors[k].dtype) for k in keys), metadata)
     return len(raw).to_bytes(8, "little") + raw

@@ -14,8 +14,10 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from app.engine.errors import GraftError
 from app.engine.meta import DTYPE_SIZES
@@ -33,14 +35,20 @@ __all__ = [
     "INDEX_NAME",
     "SINGLE_NAME",
     "Layout",
+    "TensorSpec",
     "finalize_safetensors",
+    "header_bytes",
     "shard_names",
+    "split_shards",
+    "write_index",
     "write_safetensors",
 ]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 _ST_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+T = TypeVar("T")
+TensorSpec = tuple[str, Sequence[int], str]  # key, shape, dtype
 
 
 @dataclass
@@ -201,14 +209,20 @@ def _nbytes(e: PlanEntry) -> int:
     return math.prod(e.shape) * DTYPE_SIZES[e.dtype]
 
 
-def _header(entries: list[PlanEntry], metadata: dict[str, str]) -> bytes:
+def header_bytes(tensors: Iterable[TensorSpec], metadata: dict[str, str]) -> bytes:
+    """A safetensors header's JSON, padded to 8 bytes, without its length prefix.
+
+    Args:
+        tensors: ``(key, shape, dtype)`` in the file's order; the offsets follow from them.
+        metadata: The ``__metadata__`` strings.
+    """
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
-    for e in entries:
-        size = _nbytes(e)
-        header[e.target] = {
-            "dtype": _ST_CODES[e.dtype],
-            "shape": list(e.shape),
+    for key, shape, dtype in tensors:
+        size = math.prod(shape) * DTYPE_SIZES[dtype]
+        header[key] = {
+            "dtype": _ST_CODES[dtype],
+            "shape": list(shape),
             "data_offsets": [offset, offset + size],
         }
         offset += size
@@ -216,19 +230,39 @@ def _header(entries: list[PlanEntry], metadata: dict[str, str]) -> bytes:
     return raw + b" " * (-len(raw) % 8)
 
 
-def _split(entries: list[PlanEntry], max_shard_size: int | None) -> list[list[PlanEntry]]:
-    if max_shard_size is None:
-        return [entries]
-    shards: list[list[PlanEntry]] = [[]]
+def split_shards(items: list[T], nbytes: Callable[[T], int], max_size: int | None) -> list[list[T]]:
+    """Split ``items`` in order into shards of at most ``max_size`` bytes (one if None).
+
+    A shard always takes at least one item, however large, as ``save_pretrained`` does.
+    """
+    if max_size is None:
+        return [items]
+    shards: list[list[T]] = [[]]
     size = 0
-    for e in entries:
-        n = _nbytes(e)
-        if shards[-1] and size + n > max_shard_size:
+    for item in items:
+        n = nbytes(item)
+        if shards[-1] and size + n > max_size:
             shards.append([])
             size = 0
-        shards[-1].append(e)
+        shards[-1].append(item)
         size += n
     return shards
+
+
+def write_index(
+    folder: Path, weight_map: dict[str, str], total_size: int, metadata: dict[str, str]
+) -> None:
+    """Write Hugging Face's ``model.safetensors.index.json`` into ``folder``."""
+    index = {"metadata": {"total_size": total_size, **metadata}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _header(entries: list[PlanEntry], metadata: dict[str, str]) -> bytes:
+    return header_bytes(((e.target, e.shape, e.dtype) for e in entries), metadata)
+
+
+def _split(entries: list[PlanEntry], max_shard_size: int | None) -> list[list[PlanEntry]]:
+    return split_shards(entries, _nbytes, max_shard_size)
 
 
 def _write_index(
@@ -238,5 +272,4 @@ def _write_index(
         e.target: name for name, entries in zip(names, shards, strict=True) for e in entries
     }
     total = sum(_nbytes(e) for entries in shards for e in entries)
-    index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
-    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    write_index(folder, weight_map, total, metadata)

@@ -25,6 +25,7 @@ from typing import Any
 
 from app.engine.errors import GraftError
 from app.engine.provenance import OutputMetadata, canonical_json
+from app.engine.readers import sha256_file
 
 __all__ = [
     "PAYLOAD_TYPE",
@@ -36,7 +37,6 @@ __all__ = [
     "key_id",
     "open_attestation",
     "pae",
-    "sha256_file",
     "sign",
 ]
 
@@ -55,14 +55,6 @@ class AttestationError(GraftError):
 def attestation_path(output: Path) -> Path:
     """``<output>.intoto.json``, beside a file output or beside a folder of shards."""
     return output.with_name(output.name + ".intoto.json")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_statement(

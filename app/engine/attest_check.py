@@ -11,11 +11,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from app.engine.attest import sha256_file
 from app.engine.errors import GraftError, UnreadableCheckpointError
 from app.engine.output.digests import digest_range, tensor_digest
 from app.engine.provenance import canonical_json, read_output_metadata
-from app.engine.readers import open_source
+from app.engine.readers import open_source, sha256_file
 
 __all__ = ["check_files", "check_statement", "check_tensors"]
 

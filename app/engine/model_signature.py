@@ -18,8 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.engine.attest import PAYLOAD_TYPE, STATEMENT_TYPE, pae, sha256_file
+from app.engine.attest import PAYLOAD_TYPE, STATEMENT_TYPE, pae
 from app.engine.errors import GraftError
+from app.engine.readers import sha256_file
 
 __all__ = ["BUNDLE_MEDIA_TYPE", "MODEL_SIG", "PREDICATE", "model_signature", "signature_path"]
 

@@ -21,7 +21,6 @@ from app.engine.attest import (
     attestation_path,
     build_statement,
     open_attestation,
-    sha256_file,
     sign,
 )
 from app.engine.attest_check import check_files, check_statement, check_tensors
@@ -29,6 +28,7 @@ from app.engine.errors import GraftError, InvalidTargetError, UnreadableCheckpoi
 from app.engine.model_signature import model_signature, signature_path
 from app.engine.options import WriteOptions
 from app.engine.provenance import OutputMetadata, read_output_metadata
+from app.engine.readers import sha256_file
 from app.engine.recipe import load_recipe
 from app.engine.target_spec import parse_target_spec
 

@@ -108,9 +108,8 @@ def load_reference(spec: ParitySpec, source: Source, device: str) -> nn.Module:
         spec.reference, spec.reference_kwargs, device=device,
         architectures=spec.architectures, allow_imports=spec.allow_imports,
     )  # fmt: skip
-    state = {k: source.read(k).to(device) for k in source.tensors}
     own = model.state_dict(keep_vars=True)
-    wanted = {k: v for k, v in state.items() if k in own}
+    wanted = {k: source.read(k).to(device) for k in source.tensors if k in own}
     try:
         missing, _ = model.load_state_dict(wanted, strict=False, assign=True)
     except RuntimeError as exc:

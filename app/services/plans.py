@@ -71,6 +71,27 @@ def link_blobs(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> 
     return [folder / name for name, _ in files]
 
 
+def _dry_run(
+    store: BlobStore,
+    work: Path,
+    source_files: list[tuple[str, str]],
+    target: TargetSpec,
+    target_files: list[tuple[str, str]],
+    recipe: dict[str, Any] | str | None,
+    architectures: Sequence[ArchitectureRef],
+) -> ConversionRequest:
+    """Link the blobs into ``work`` and describe the dry run over those files (what a plan
+    and an alignment both hand their inspection child)."""
+    return ConversionRequest(
+        source=link_blobs(store, source_files, work / "source"),
+        target=target,
+        target_files=link_blobs(store, target_files, work / "target"),
+        recipe=load_recipe(recipe),
+        dry_run=True,
+        architectures=tuple(architectures),
+    )
+
+
 async def plan_conversion(
     store: BlobStore,
     inspector: InspectorPool,
@@ -95,14 +116,7 @@ async def plan_conversion(
         The ``graft.report/v1`` document of the dry run.
     """
     with store.workdir() as work:
-        request = ConversionRequest(
-            source=link_blobs(store, source_files, work / "source"),
-            target=target,
-            target_files=link_blobs(store, target_files, work / "target"),
-            recipe=load_recipe(recipe),
-            dry_run=True,
-            architectures=tuple(architectures),
-        )
+        request = _dry_run(store, work, source_files, target, target_files, recipe, architectures)
         outcome = await inspector.plan(request)
     return outcome.report
 
@@ -134,14 +148,7 @@ async def align_conversion(
         ``{recipe, matches, unresolved, rules}``.
     """
     with store.workdir() as work:
-        request = ConversionRequest(
-            source=link_blobs(store, source_files, work / "source"),
-            target=target,
-            target_files=link_blobs(store, target_files, work / "target"),
-            recipe=load_recipe(recipe),
-            dry_run=True,
-            architectures=tuple(architectures),
-        )
+        request = _dry_run(store, work, source_files, target, target_files, recipe, architectures)
         return await inspector.align(request, min_confidence=min_confidence)
 
 

@@ -22,6 +22,7 @@ from app.api.deps import (
 from app.api.errors import problem
 from app.api.schemas import PipelinePublic, PipelinesPublic
 from app.config import Settings
+from app.services.inspector import InspectorPool
 from app.services.sources.references import RegistryConfig
 from app.services.webhooks import pipelines as service
 from app.services.webhooks.pipelines import PipelineSpec
@@ -49,8 +50,7 @@ async def create_pipeline(
     inspector: InspectorDep,
 ) -> PipelinePublic:
     """Store a pipeline: each matching MLflow event starts one job as its owner."""
-    await check_target_architecture(body.target, inspector, settings)
-    await _check(body, settings)
+    await _check(body, settings, inspector)
     pipeline = await in_write_thread(
         service.create_pipeline,
         session,
@@ -91,8 +91,7 @@ async def replace_pipeline(
     inspector: InspectorDep,
 ) -> PipelinePublic:
     """Replace a pipeline's definition."""
-    await check_target_architecture(body.target, inspector, settings)
-    await _check(body, settings)
+    await _check(body, settings, inspector)
     pipeline = await in_write_thread(
         service.replace_pipeline,
         session,
@@ -111,8 +110,10 @@ async def delete_pipeline(name: str, principal: WritePrincipal, session: WriteSe
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def _check(spec: PipelineSpec, settings: Settings) -> None:
-    """The pipeline's checks that need no database, in a thread, before the write session's
-    first statement takes the lock (SPEC §5.3)."""
+async def _check(spec: PipelineSpec, settings: Settings, inspector: InspectorPool) -> None:
+    """The pipeline's checks that need no database, before the write session's first
+    statement takes the lock (SPEC §5.3): its target's architecture bound in a child, then
+    the rest in a thread."""
+    await check_target_architecture(spec.target, inspector, settings)
     registry = RegistryConfig.from_settings(settings)
     await to_thread.run_sync(functools.partial(service.check_pipeline, spec, registry=registry))

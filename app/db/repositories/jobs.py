@@ -115,27 +115,14 @@ class JobRepository:
         Returns:
             Their ids (their status events and webhooks are recorded by the caller).
         """
-        result = self.session.execute(
-            update(Job)
-            .where(
-                Job.status == JobStatus.running,
-                Job.lease_expires_at < now,
-                Job.attempts >= Job.max_attempts,
-            )
-            .values(
-                status=JobStatus.failed,
-                error_type="worker-lost",
-                error_message="the worker running this job stopped (crashed or was killed) "
-                "on every attempt; check the input, then submit it again",
-                finished_at=now,
-                updated_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
+        return self._finish_lapsed(
+            now,
+            Job.attempts >= Job.max_attempts,
+            status=JobStatus.failed,
+            error_type="worker-lost",
+            error_message="the worker running this job stopped (crashed or was killed) "
+            "on every attempt; check the input, then submit it again",
         )
-        return list(result.scalars())
 
     def cancel_abandoned(self, *, now: datetime) -> list[str]:
         """Finish as cancelled the running jobs whose worker died after cancel was asked.
@@ -143,15 +130,18 @@ class JobRepository:
         Returns:
             Their ids.
         """
+        return self._finish_lapsed(now, Job.cancel_requested.is_(True), status=JobStatus.cancelled)
+
+    def _finish_lapsed(
+        self, now: datetime, condition: ColumnElement[bool], **values: Any
+    ) -> list[str]:
+        """Finish, with ``values``, the running jobs whose lease lapsed and that match
+        ``condition``; their ids."""
         result = self.session.execute(
             update(Job)
-            .where(
-                Job.status == JobStatus.running,
-                Job.lease_expires_at < now,
-                Job.cancel_requested.is_(True),
-            )
+            .where(Job.status == JobStatus.running, Job.lease_expires_at < now, condition)
             .values(
-                status=JobStatus.cancelled,
+                **values,
                 finished_at=now,
                 updated_at=now,
                 lease_owner=None,

@@ -42,6 +42,8 @@ __all__ = [
     "DeliveryPolicy",
     "backoff_seconds",
     "check_callback",
+    "check_callback_host",
+    "check_callback_secret",
     "deliveries_for_job",
     "enqueue_webhooks",
     "new_secret",
@@ -119,25 +121,47 @@ def rotate_secret(session: Session, owner: str) -> str:
     return secret
 
 
-def check_callback(
-    session: Session, url: str, owner: str, *, policy: OutboundPolicy, local_secret: str | None
-) -> None:
-    """Refuse, at job creation, a callback that could never be delivered.
+def check_callback_host(url: str, *, policy: OutboundPolicy) -> None:
+    """Refuse a callback host the allow list refuses (checked by scheme and name here; the
+    address is checked again on every connection).
 
     Raises:
-        OutboundRefusedError: the host is not allowed (checked by scheme and name here; the
-            address is checked again on every connection), or the owner has no secret.
+        OutboundRefusedError: the host is not allowed; the message names ``callback.url``.
     """
     try:
         policy.check_url(url)
     except OutboundRefusedError as exc:
         raise exc.prefixed("callback.url") from None
+
+
+def check_callback_secret(
+    session: Session, url: str, owner: str, *, local_secret: str | None
+) -> None:
+    """Refuse a callback whose owner has no signing secret to sign it with.
+
+    Raises:
+        OutboundRefusedError: the owner has no secret (``local_secret``: GRAFT_WEBHOOK_SECRET,
+            owner ``local``'s fallback).
+    """
     if owner_secret(session, owner, local_secret=local_secret) is None:
         raise OutboundRefusedError(
             "callback: you have no webhook signing secret yet; create one with "
             "POST /v1/webhooks/secret (owner local: or set GRAFT_WEBHOOK_SECRET)",
             url=url,
         )
+
+
+def check_callback(
+    session: Session, url: str, owner: str, *, policy: OutboundPolicy, local_secret: str | None
+) -> None:
+    """Refuse, at job creation, a callback that could never be delivered: both halves,
+    :func:`check_callback_host` then :func:`check_callback_secret`.
+
+    Raises:
+        OutboundRefusedError: the host is not allowed, or the owner has no secret.
+    """
+    check_callback_host(url, policy=policy)
+    check_callback_secret(session, url, owner, local_secret=local_secret)
 
 
 def enqueue_webhooks(session: Session, job: Job, document: dict[str, Any]) -> list[str]:

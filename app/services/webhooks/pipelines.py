@@ -18,11 +18,10 @@ from app.db.base import utcnow
 from app.db.models import Pipeline
 from app.db.repositories import CheckpointRepository, PipelineRepository
 from app.engine.target_spec import TargetSpec
-from app.net.outbound import OutboundRefusedError
 from app.services.errors import ConflictError, InvalidJobError, NotFoundError
 from app.services.jobs.service import find_target_checkpoints, validate_recipe
 from app.services.sources.references import RegisterSpec, RegistryConfig, check_register
-from app.services.webhooks.outbox import Callback, owner_secret
+from app.services.webhooks.outbox import Callback, check_callback_host, check_callback_secret
 
 __all__ = [
     "PipelineOutput",
@@ -99,10 +98,7 @@ def check_pipeline(spec: PipelineSpec, *, registry: RegistryConfig) -> None:
         check_register(register, registry, dry_run=False)
     registry.require_mlflow("a pipeline's trigger")
     if spec.callback is not None:  # the same host check a job's callback gets, not at each event
-        try:
-            registry.policy().check_url(spec.callback.url)
-        except OutboundRefusedError as exc:
-            raise exc.prefixed("callback.url") from None
+        check_callback_host(spec.callback.url, policy=registry.policy())
 
 
 def _check_stored(
@@ -116,15 +112,8 @@ def _check_stored(
     """What a pipeline needs of the database: its checkpoints exist, and a callback has a
     signing secret to be signed with."""
     find_target_checkpoints(CheckpointRepository(session), spec.target, owner=checkpoint_owner)
-    if (
-        spec.callback is not None
-        and owner_secret(session, owner, local_secret=local_secret) is None
-    ):
-        raise OutboundRefusedError(
-            "callback: you have no webhook signing secret yet; create one with "
-            "POST /v1/webhooks/secret (owner local: or set GRAFT_WEBHOOK_SECRET)",
-            url=spec.callback.url,
-        )
+    if spec.callback is not None:
+        check_callback_secret(session, spec.callback.url, owner, local_secret=local_secret)
 
 
 def _store(pipeline: Pipeline, spec: PipelineSpec) -> None:

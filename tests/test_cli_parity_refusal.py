@@ -45,3 +45,14 @@ def test_a_policy_refusal_stays_conversion_refused(tmp_path: Path) -> None:
     assert "graft: refused by the recipe's policy (conversion-refused; see errors above)" in (
         result.stderr.splitlines()
     )
+
+
+def test_parity_kwargs_that_are_not_a_json_object_are_a_usage_error(tmp_path: Path) -> None:
+    source = tmp_path / "tiny.pt"
+    torch.save(tiny_mlp().state_dict(), source)
+    args = ["convert", source, source, "-o", tmp_path / "out.safetensors",
+            "--reference", MODEL, "--reference-kwargs", "[1]"]  # fmt: skip
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 2, result.stderr
+    assert "--reference-kwargs must be a JSON object" in result.stderr
+    assert not (tmp_path / "out.safetensors").exists()

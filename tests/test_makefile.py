@@ -6,14 +6,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.fixtures import REPO_ROOT
+from tests.parts import require_part
 
 
 def _make(*args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("make") is None:
-        pytest.skip("make is not installed")
+        require_part("make", "not on PATH")
     return subprocess.run(
         # Under `make test` this make is a sub-make: no "Entering/Leaving directory" lines.
         ["make", "--no-print-directory", *args],

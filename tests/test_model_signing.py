@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine._models import SmallNet, save_sd, small_state_dict
+from tests.parts import require_part
 from tests.test_cli_verify import _keys, graft
 
 VENV = Path(
@@ -28,7 +29,7 @@ MODEL_SIGNING = VENV / "bin" / "model_signing"
 
 def _verify(model: Path, signature: Path, public: Path) -> subprocess.CompletedProcess[str]:
     if not MODEL_SIGNING.exists():
-        pytest.skip(f"no model_signing at {MODEL_SIGNING}: run `make model-signing-venv`")
+        require_part("model_signing", f"none at {MODEL_SIGNING}: run `make model-signing-venv`")
     argv = [str(MODEL_SIGNING), "verify", "key", str(model), "--signature", str(signature),
             "--public_key", str(public)]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)

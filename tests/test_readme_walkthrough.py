@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.conftest import REPO, free_port
 from tests.e2e.helpers import wait_ready
+from tests.parts import require_part
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +72,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def make_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if shutil.which("make") is None:
-        pytest.skip("make is not installed")
+        require_part("make", "not on PATH")
     root = tmp_path_factory.mktemp("readme-serve")
     port = free_port()
     # `-o` (treat the install stamps as up to date): the set-up already ran; the test must not

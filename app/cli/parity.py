@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from app.cli.options import json_object
+
 if TYPE_CHECKING:
     from app.engine.parity_models import ParitySpec
 
@@ -54,13 +56,13 @@ InputsOpt = Annotated[
 
 
 def _object(text: str | None, option: str) -> dict[str, Any]:
+    """``options.json_object``, refused as a usage error like the other parity options."""
+    from app.engine.errors import InvalidTargetError
+
     try:
-        parsed = json.loads(text) if text is not None else {}
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise typer.BadParameter(f"{option} must be a JSON object")
-    return parsed
+        return json_object(text, option)
+    except InvalidTargetError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _inputs(text: str) -> list[Any]:

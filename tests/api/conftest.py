@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,16 +19,23 @@ from app.config import Settings
 from app.services.bootstrap import prepare
 
 
+def api_settings(tmp_path_factory: pytest.TempPathFactory, **overrides: Any) -> Settings:
+    """The in-process app's settings over a fresh tmp dir; a module's ``settings`` fixture
+    passes what it changes as ``overrides``."""
+    root = tmp_path_factory.mktemp("graft")
+    fields: dict[str, Any] = {
+        "database_url": f"sqlite:///{root / 'graft.db'}",
+        "storage_dir": root / "blobs",
+        "max_upload_bytes": 1_000_000,
+        "inspectors": 1,
+        "workers": 0,
+    }
+    return Settings(**(fields | overrides))
+
+
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("graft")
-    return Settings(
-        database_url=f"sqlite:///{root / 'graft.db'}",
-        storage_dir=root / "blobs",
-        max_upload_bytes=1_000_000,
-        inspectors=1,
-        workers=0,
-    )
+    return api_settings(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

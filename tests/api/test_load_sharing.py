@@ -21,6 +21,7 @@ import torch
 from app.config import Settings
 from app.db.session import Database
 from app.services.auth import create_key
+from tests.api.conftest import api_settings
 from tests.fixtures import tiny_state_dict
 
 # The attack's recipe: 16 rules that took 8-11 s to compile, under the write lock.
@@ -29,13 +30,9 @@ HEAVY_RECIPE = {"rename": [{"regex": f"\\pL{{1,300}}k{n}", "to": "z"} for n in r
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("graft")
-    return Settings(
-        database_url=f"sqlite:///{root / 'graft.db'}",
-        storage_dir=root / "blobs",
+    return api_settings(
+        tmp_path_factory,
         max_upload_bytes=4_000_000,
-        inspectors=1,
-        workers=0,
         busy_timeout_ms=3_000,
         max_active_jobs_per_owner=3,
         maintenance_seconds=0,

@@ -27,6 +27,7 @@ from app.db.secret_box import KEY_FILE_NAME, SecretBox
 from app.db.session import Database
 from app.services.auth import create_key
 from app.services.bootstrap import prepare
+from tests.api.conftest import api_settings
 from tests.fixtures import tiny_state_dict
 
 with warnings.catch_warnings():
@@ -38,13 +39,8 @@ HOOK_SECRET = "mlflow-hook-secret"
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("graft")
-    return Settings(
-        database_url=f"sqlite:///{root / 'graft.db'}",
-        storage_dir=root / "blobs",
-        max_upload_bytes=1_000_000,
-        inspectors=1,
-        workers=0,
+    return api_settings(
+        tmp_path_factory,
         auth="keys",
         mlflow_tracking_uri="http://127.0.0.1:9",
         outbound_allow="mlflow",

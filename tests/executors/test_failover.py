@@ -31,24 +31,14 @@ from app.sandbox.runner import Limits
 from app.services.jobs.execution import JobSettings, job_device
 from app.storage import FileBlobStore
 from tests.e2e.helpers import until
-from tests.executors.test_local import _get, _job, _net, _register
+from tests.executors.test_local import _get, _job, source_and_target
 
 Setup = tuple[Database, FileBlobStore, str, str]
 
 
 @pytest.fixture
 def setup(sqlite_database: Database, tmp_path: Path) -> Setup:
-    store = FileBlobStore(tmp_path / "blobs")
-    store.ensure()
-    src, tgt = tmp_path / "src.pth", tmp_path / "tgt.pth"
-    torch.save(_net(0).state_dict(), src)
-    torch.save(_net(1).state_dict(), tgt)
-    return (
-        sqlite_database,
-        store,
-        _register(sqlite_database, store, src),
-        _register(sqlite_database, store, tgt),
-    )
+    return source_and_target(sqlite_database, tmp_path)
 
 
 def _runtime(

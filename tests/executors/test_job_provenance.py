@@ -16,14 +16,13 @@ from app.db.models import Job
 from app.db.repositories import JobRepository
 from app.db.session import Database
 from app.engine.attest import PREDICATE_TYPE, STATEMENT_TYPE, key_id, open_attestation
-from app.engine.readers import inspect_source
 from app.executors.local import JobRunner
 from app.executors.runtime import JobRuntime
 from app.sandbox.runner import Limits
-from app.services.checkpoints import publish_checkpoint
 from app.services.jobs.execution import JobSettings
-from app.storage import FileBlobStore, StagedFile
+from app.storage import FileBlobStore
 from tests.executors.parity_models import tiny_mlp
+from tests.executors.test_local import _register
 
 TINY = ("tiny_mlp", "tests.executors.parity_models", "tiny_mlp")
 TARGET = {"architecture": "tiny_mlp", "kwargs": {}}
@@ -37,15 +36,7 @@ def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, FileBlob
     torch.manual_seed(0)
     path = tmp_path / "tiny.pth"
     torch.save(tiny_mlp().state_dict(), path)
-    summary = inspect_source(path)  # trusted test file: inspecting in-process is fine here
-    with store.workdir() as work:
-        staged = StagedFile(work / path.name)
-        staged.write(path.read_bytes())
-        staged.close()
-        with sqlite_database.transaction() as session:
-            checkpoint, _ = publish_checkpoint(session, store, [staged], summary)
-            source = checkpoint.id
-    return sqlite_database, store, source
+    return sqlite_database, store, _register(sqlite_database, store, path)
 
 
 def _run(

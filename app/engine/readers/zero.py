@@ -229,7 +229,7 @@ def _merged(
         if isinstance(alias, str) and name in tensors:
             tensors[alias] = tensors[name]
             tied[alias] = name
-    facts = {"frozen": [t.name for t in frozen] + from_module, "tied": tied}
+    facts = {"frozen": [t.name for t in frozen] + from_module, "tied": tied, "buffers": names}
     return tensors, facts
 
 
@@ -252,18 +252,24 @@ def _open_all(files: Mapping[str, Path], names: list[str]) -> list[ZipReader]:
     return readers
 
 
+def _count(value: Any, default: int | None) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+    return value if ok else default
+
+
 def _layout(models: list[tuple[int, dict[str, Any]]], stage: int, world: int) -> dict[str, Any]:
     model = models[0][1]
     dims = model.get("checkpoint_parallel_dimensions")
     dims = dims if isinstance(dims, dict) else {}
+    version = model.get("ds_version")
     return {
         "format": "deepspeed",
-        "version": model.get("ds_version") if isinstance(model.get("ds_version"), str) else None,
+        "version": version[:40] if isinstance(version, str) else None,
         "zero_stage": stage,
         "world_size": world,
-        "tp_degree": dims.get("tp_degree", model.get("mp_world_size", 1)),
-        "pp_degree": dims.get("pp_degree", 1),
-        "global_steps": model.get("global_steps"),
+        "tp_degree": _count(dims.get("tp_degree", model.get("mp_world_size")), 1),
+        "pp_degree": _count(dims.get("pp_degree"), 1),
+        "global_steps": _count(model.get("global_steps"), None),
     }
 
 
@@ -280,10 +286,10 @@ def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
         UnreadableCheckpointError: files missing or disagreeing, a pipeline- or
             tensor-parallel checkpoint, or an entry this checkpoint does not hold.
     """
-    if entry not in ("auto", "", "module"):
+    if entry not in ("auto", "", "fp32", "module"):
         raise UnreadableCheckpointError(
-            f"entry {entry!r}: a DeepSpeed checkpoint offers 'auto' (fp32 master weights) "
-            "and 'module' (16-bit module weights)"
+            f"entry {entry!r}: a DeepSpeed checkpoint offers 'auto' or 'fp32' (the fp32 master "
+            "weights) and 'module' (the 16-bit module weights)"
         )
     if any(_PIPELINE.fullmatch(n) for n in files):
         raise UnreadableCheckpointError(
@@ -312,15 +318,21 @@ def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
         if entry == "module":
             module = _module(models[0][1], stage)
             entries = {k: Located(readers[0], ref) for k, ref in module.items()}
-            facts: dict[str, Any] = {}
+            names = models[0][1].get("buffer_names")
+            facts: dict[str, Any] = {"buffers": names if isinstance(names, list) else []}
             infos = {k: (ref.shape, ref.dtype) for k, ref in module.items()}
         else:
             merged, facts = _merged(models, optims, stage)
             zero = ZeroReader(readers)
             entries = {k: Located(zero, t) for k, t in merged.items()}
             infos = {k: (t.shape, t.cast or t.dtype) for k, t in merged.items()}
-        tensors = {k: TensorInfo(k, s, d, guess_kind(k, d)) for k, (s, d) in infos.items()}
-        layout = {**_layout(models, stage, len(optims)), "entry": entry or "auto", **facts}
+        buffers = set(facts.pop("buffers"))
+        tensors = {
+            k: TensorInfo(k, s, d, "buffer" if k in buffers else guess_kind(k, d))
+            for k, (s, d) in infos.items()
+        }
+        chosen = "module" if entry == "module" else "fp32"
+        layout = {**_layout(models, stage, len(optims)), "entry": chosen, **facts}
         left_out = sum(1 for _ in optims)
         return Source(
             [files[n] for n in model_names + optim_names],
@@ -329,8 +341,8 @@ def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
             entries,
             tensors,
             SourceExtras(
-                entry="module" if entry == "module" else None,
-                candidates=["module"],
+                entry=chosen,
+                candidates=["fp32", "module"],
                 ignored={"optimizer_state_dict": f"deepspeed: {left_out} ranks' optimizer state"},
                 layout=layout,
             ),

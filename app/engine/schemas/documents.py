@@ -83,6 +83,22 @@ class InspectLayout(_Part):
     left_out: dict[str, dict[str, Count]]
 
 
+class InspectZeroLayout(_Part):
+    """How a DeepSpeed ZeRO checkpoint is laid out: stage, ranks, parallel degrees, and the
+    names it keeps apart (frozen parameters, tied names)."""
+
+    format: Literal["deepspeed"]
+    version: str | None = None
+    zero_stage: Literal[1, 2, 3]
+    world_size: Count
+    tp_degree: Count
+    pp_degree: Count
+    global_steps: Count | None = None
+    entry: Literal["fp32", "module"]
+    frozen: list[str] | None = None
+    tied: dict[str, str] | None = None
+
+
 class InspectDocument(_Part):
     """What `graft inspect --json` and GET /v1/checkpoints/{id}/inspect say about a source:
     format, chosen entry, every tensor, totals."""
@@ -99,4 +115,4 @@ class InspectDocument(_Part):
     metadata: dict[str, Any] | None = None
     totals: InspectTotals
     tensors: list[InspectTensor]
-    layout: InspectLayout | None = None
+    layout: InspectLayout | InspectZeroLayout | None = None

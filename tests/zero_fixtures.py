@@ -5,35 +5,50 @@ by default ``~/.cache/graft/deepspeed-0.19.8``), never Graft's: DeepSpeed stays 
 dependencies. :func:`save_zero` runs this file as a script under ``torch.distributed.run``;
 each rank builds the same seeded model (a frozen Linear, an embedding tied to the output head,
 a persistent buffer, odd sizes so partitions are padded), ``deepspeed.initialize`` with bf16
-and ZeRO stage 1, 2 or 3, takes two optimizer steps and calls ``save_checkpoint``. Rank 0 then
-writes DeepSpeed's own ``get_fp32_state_dict_from_zero_checkpoint`` to ``reference.pt``
-beside the checkpoint folder (``<path>/ckpt``, holding ``latest`` and ``global_step2/``): the reference every conversion is compared with.
+and ZeRO stage 1, 2 or 3, takes two optimizer steps and calls ``save_checkpoint`` into
+``<path>/ckpt`` (``latest`` and ``global_step2/``). Rank 0 then writes DeepSpeed's own
+``get_fp32_state_dict_from_zero_checkpoint`` to ``<path>/reference.pt`` (the reference every
+conversion is compared with) and the model states' ``module`` to ``<path>/module.pt``.
 
 This file imports no DeepSpeed at module level, so the tests can import :func:`save_zero`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-__all__ = ["DEEPSPEED_PYTHON", "REFERENCE", "STAGES", "fixture_key", "save_zero"]
+__all__ = [
+    "DEEPSPEED_PYTHON",
+    "MODULE",
+    "REFERENCE",
+    "STAGES",
+    "fixture_key",
+    "save_zero",
+    "zero_checkpoint",
+]
 
 DEEPSPEED_VENV = Path(
     os.environ.get("GRAFT_TEST_DEEPSPEED_VENV", Path.home() / ".cache/graft/deepspeed-0.19.8")
 ).expanduser()
 DEEPSPEED_PYTHON = DEEPSPEED_VENV / "bin" / "python"
 REFERENCE = "reference.pt"  # DeepSpeed's own merged fp32 state dict, beside the checkpoint
+MODULE = "module.pt"  # the model states' "module" entry, as torch.load (with DeepSpeed) reads it
 STAGES = (1, 2, 3)
 
 
 def fixture_key() -> str:
-    """What the cached fixtures depend on: this script and the venv's DeepSpeed."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    """What the cached fixtures depend on: the code that writes them, and the venv."""
+    digest = hashlib.sha256(inspect.getsource(_model).encode())
+    digest.update(inspect.getsource(_train_and_save).encode())
     digest.update(str(DEEPSPEED_VENV.resolve()).encode())
     return digest.hexdigest()[:16]
 
@@ -53,6 +68,27 @@ def save_zero(path: Path, stage: int) -> None:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"DeepSpeed fixture failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+
+
+def zero_checkpoint(stage: int) -> Path:
+    """The cached fixture folder of ``stage`` (``ckpt/``, ``reference.pt``, ``module.pt``),
+    written once per machine and script version; skips (fails under CI) without DeepSpeed."""
+    from tests.parts import require_part
+
+    if not DEEPSPEED_PYTHON.exists():
+        require_part("DeepSpeed", f"no venv at {DEEPSPEED_VENV}: run `make deepspeed-venv`")
+    root = Path(tempfile.gettempdir()) / f"graft-zero-fixtures-{fixture_key()}"
+    root.mkdir(exist_ok=True)
+    done = root / f"stage{stage}"
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer per machine; the others wait, then reuse
+        if not (done / MODULE).exists():
+            building = root / f"building{stage}"
+            shutil.rmtree(building, ignore_errors=True)
+            save_zero(building, stage)
+            shutil.rmtree(done, ignore_errors=True)
+            building.rename(done)
+    return done
 
 
 def _model():  # type: ignore[no-untyped-def]
@@ -110,6 +146,13 @@ def _train_and_save(stage: int, out: str) -> None:
 
         reference = get_fp32_state_dict_from_zero_checkpoint(str(Path(out) / "ckpt"))
         torch.save(reference, Path(out) / REFERENCE)
+        states = Path(out) / "ckpt" / "global_step2"
+        states /= (
+            "zero_pp_rank_0_mp_rank_00_model_states.pt"
+            if stage == 3
+            else "mp_rank_00_model_states.pt"
+        )
+        torch.save(torch.load(states, weights_only=False)["module"], Path(out) / MODULE)
         (Path(out) / "fixture.json").write_text(json.dumps({"stage": stage}))
     torch.distributed.barrier()
 

@@ -67,12 +67,22 @@ def upload_digest(paths: Sequence[Path]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+_ZERO_SUFFIXES = ("_model_states.pt", "_optim_states.pt")
+
+
 def _shard_files(path: Path) -> list[Path]:
-    """A file, or the files of a Hugging Face sharded set or a DCP checkpoint in a folder."""
+    """A file, or the files of a Hugging Face sharded set, a DCP checkpoint or a DeepSpeed
+    checkpoint (its ``latest`` tag folder) in a folder."""
     if not path.is_dir():
         return [path]
     if (path / ".metadata").is_file():  # torch.distributed.checkpoint: .metadata + .distcp
         return sorted(p for p in path.iterdir() if p.name == ".metadata" or p.suffix == ".distcp")
+    latest = path / "latest"  # DeepSpeed: the tag folder it names holds the rank files
+    tag = latest.read_text(errors="replace").strip() if latest.is_file() else ""
+    folder = path / tag if tag and "/" not in tag and (path / tag).is_dir() else path
+    zero = sorted(p for p in folder.iterdir() if p.name.endswith(_ZERO_SUFFIXES))
+    if any(p.name.endswith("_optim_states.pt") for p in zero):
+        return zero
     files = sorted(
         p
         for p in path.iterdir()

@@ -151,9 +151,9 @@ def _stage12(
         parts = [(file, _flat(f[g], f"partition {g}")) for file, f in flats]  # type: ignore[index]
         pads = paddings[g] if isinstance(paddings, list) and len(paddings) > g else None
         if pads is not None and (
-            not isinstance(pads, list) or len(pads) != len(shapes) or not all(
-                isinstance(p, int) and p >= 0 for p in pads
-            )
+            not isinstance(pads, list)
+            or len(pads) != len(shapes)
+            or not all(isinstance(p, int) and p >= 0 for p in pads)
         ):
             raise UnreadableCheckpointError(
                 f"DeepSpeed checkpoint: alignment paddings of group {g} disagree with its params"

@@ -4,12 +4,13 @@ as ``deepspeed``, and the client's folder upload picks the tag folder's rank fil
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from app.client.http import _shard_files
 from tests.zero_fixtures import zero_checkpoint
 
 
-def test_a_zero_folder_uploads_as_a_set(client) -> None:
+def test_a_zero_folder_uploads_as_a_set(client: Any) -> None:
     ckpt = zero_checkpoint(3) / "ckpt"
     paths = _shard_files(ckpt)  # what `graft submit` uploads for the folder
     assert [p.name for p in paths] == sorted(p.name for p in (ckpt / "global_step2").glob("*.pt"))

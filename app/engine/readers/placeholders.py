@@ -92,5 +92,6 @@ def placeholder_globals(qualnames: Iterable[str]) -> dict[tuple[str, str], type[
         if not module or len(qualname) > _MAX_NAME:
             raise ValueError(f"not a dotted global name: {qualname!r}")
         namespace = {"__slots__": (), "__module__": __name__, "qualname": qualname}
-        out[(module, name)] = _Sealed(name, (Placeholder,), namespace)
+        made: type[Placeholder] = _Sealed(name, (Placeholder,), namespace)  # type: ignore[assignment]
+        out[(module, name)] = made
     return out

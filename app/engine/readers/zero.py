@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine.errors import UnreadableCheckpointError
 from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
-from app.engine.readers.base import Parsed, read_exact
+from app.engine.readers.base import Parsed
 from app.engine.readers.source import Located, Source, SourceExtras
 from app.engine.readers.torch_zip import ZipReader
 from app.engine.readers.unpickler import TensorRef
@@ -100,7 +100,9 @@ class ZeroReader:
         self._readers = list(readers)
         self.parsed = Parsed(root=None)
 
-    def _piece_range(self, file: int, ref: TensorRef, start: int, count: int) -> Any:
+    def _piece_range(
+        self, file: int, ref: TensorRef, start: int, count: int
+    ) -> tuple[Path, int, int] | None:
         span = self._readers[file].byte_range(ref)
         if span is None:
             return None
@@ -116,11 +118,9 @@ class ZeroReader:
         for piece in handle.pieces:
             dest = out.narrow(0, at, piece.count)
             span = self._piece_range(piece.file, piece.ref, piece.start, piece.count)
-            if span is not None:
+            if span is not None:  # straight into the result: no second copy of the piece
                 path, offset, length = span
-                with path.open("rb", buffering=0) as f:
-                    buf = read_exact(f, offset, length, f"a partition of {handle.name!r}")
-                dest.copy_(torch.frombuffer(buf, dtype=dest.dtype) if length else dest)
+                _read_into(dest, path, offset, length, handle.name)
             else:  # a fragment not in C order: read it whole (it is at most one tensor)
                 whole = self._readers[piece.file].read(piece.ref).reshape(-1)
                 dest.copy_(whole.narrow(0, piece.start, piece.count))
@@ -150,6 +150,25 @@ class ZeroReader:
     def close(self) -> None:
         for reader in self._readers:
             reader.close()
+
+
+def _read_into(dest: torch.Tensor, path: Path, offset: int, length: int, name: str) -> None:
+    """Read ``length`` bytes at ``offset`` of ``path`` into the contiguous ``dest``."""
+    import torch
+
+    if not length:
+        return
+    view = dest.view(torch.uint8).numpy().data
+    with path.open("rb", buffering=0) as f:
+        f.seek(offset)
+        got = 0
+        while got < length:
+            n = f.readinto(view[got:])
+            if not n:
+                raise UnreadableCheckpointError(
+                    f"truncated file: a partition of {name!r} ends early"
+                )
+            got += n
 
 
 def _ranked(files: Mapping[str, Path], pattern: re.Pattern[str]) -> list[tuple[int, str]]:

@@ -52,7 +52,7 @@ def test_convert_gives_deepspeeds_own_merge(
         assert written[key].dtype == want.dtype and torch.equal(written[key], want), key
     document = json.loads(report.read_text())
     assert (document["source"]["format"], document["source"]["entry"]) == ("deepspeed", "fp32")
-    assert document["verification"]["equal"] == 10
+    assert document["verification"]["equal"] == 11
 
 
 def test_convert_the_module_entry(zero: dict[int, Path], tmp_path: Path) -> None:

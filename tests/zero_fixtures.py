@@ -4,11 +4,12 @@ Run with the DeepSpeed venv's python (``make deepspeed-venv``: ``$GRAFT_TEST_DEE
 by default ``~/.cache/graft/deepspeed-0.19.8``), never Graft's: DeepSpeed stays out of Graft's
 dependencies. :func:`save_zero` runs this file as a script under ``torch.distributed.run``;
 each rank builds the same seeded model (a frozen Linear, an embedding tied to the output head,
-a persistent buffer, odd sizes so partitions are padded), ``deepspeed.initialize`` with bf16
-and ZeRO stage 1, 2 or 3, takes two optimizer steps and calls ``save_checkpoint`` into
-``<path>/ckpt`` (``latest`` and ``global_step2/``). Rank 0 then writes DeepSpeed's own
-``get_fp32_state_dict_from_zero_checkpoint`` to ``<path>/reference.pt`` (the reference every
-conversion is compared with) and the model states' ``module`` to ``<path>/module.pt``.
+a persistent buffer, two param groups, odd sizes so partitions are padded),
+``deepspeed.initialize`` with bf16 and ZeRO stage 1, 2 or 3, takes two optimizer steps and
+calls ``save_checkpoint`` into ``<path>/ckpt`` (``latest`` and ``global_step2/``). Rank 0
+then writes DeepSpeed's own ``get_fp32_state_dict_from_zero_checkpoint`` to
+``<path>/reference.pt`` (the reference every conversion is compared with) and the model
+states' ``module`` to ``<path>/module.pt``.
 
 This file imports no DeepSpeed at module level, so the tests can import :func:`save_zero`.
 """
@@ -102,7 +103,7 @@ def _model():  # type: ignore[no-untyped-def]
             self.frozen.requires_grad_(False)
             self.body = torch.nn.Linear(5, 7)
             self.norm = torch.nn.LayerNorm(7)
-            self.up = torch.nn.Linear(7, 6, bias=False)
+            self.up = torch.nn.Linear(7, 6)
             self.head = torch.nn.Linear(6, 13, bias=False)
             self.head.weight = self.embed.weight  # tied: one tensor, two names
             self.register_buffer("scale", torch.tensor([0.5, 2.0, 1.25]))
@@ -131,7 +132,11 @@ def _train_and_save(stage: int, out: str) -> None:
     }
     if stage == 1:  # bf16 accumulation keeps stage 1 on the ZeRO optimizer (not BF16_Optimizer)
         config["data_types"] = {"grad_accum_dtype": "bf16"}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    # Two param groups (the norm without weight decay): each is partitioned on its own.
+    norm = [model.norm.weight, model.norm.bias]
+    rest = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in norm)]
+    groups = [{"params": rest}, {"params": norm, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=0.05)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     torch.manual_seed(1 + torch.distributed.get_rank())
     for _ in range(2):

@@ -17,7 +17,7 @@ def test_a_zero_folder_uploads_as_a_set(client: Any) -> None:
     r = client.post("/v1/checkpoints", files=[("file", (p.name, p.read_bytes())) for p in paths])
     assert r.status_code == 201, r.text
     body = r.json()
-    assert (body["format"], body["entry"], body["tensors"]) == ("deepspeed", "fp32", 10)
+    assert (body["format"], body["entry"], body["tensors"]) == ("deepspeed", "fp32", 11)
     inspected = client.get(f"/v1/checkpoints/{body['id']}/inspect")
     assert inspected.status_code == 200, inspected.text
     document = inspected.json()

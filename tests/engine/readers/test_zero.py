@@ -132,7 +132,7 @@ def test_the_folder_its_latest_its_tag_folder_and_its_files_all_open(
     for way in ways:
         with open_source(way) as source:
             assert source.format == "deepspeed"
-            assert len(source.tensors) == 10
+            assert len(source.tensors) == 11
             assert sorted(p.name for p in source.paths) == [p.name for p in files]
 
 

@@ -48,3 +48,16 @@ def test_a_full_set_up_serves_without_installing_anything(tmp_path: Path) -> Non
     assert runtime.stat().st_mtime_ns == full.stat().st_mtime_ns  # and setup stays up to date
     assert _make("-q", "setup", f"VENV={venv}").returncode == 0
     assert sorted(p.name for p in venv.iterdir()) == [".graft-installed", ".graft-runtime"]
+
+
+def test_the_deepspeed_venv_pins_the_cpu_torch_and_builds_no_ops(tmp_path: Path) -> None:
+    venv = tmp_path / "ds"
+    steps = _make("-n", "deepspeed-venv", f"DEEPSPEED_VENV={venv}").stdout
+    assert f"{venv}/bin/python -m pip install -q torch==2.13.0" in steps
+    assert (
+        f"DS_BUILD_OPS=0 {venv}/bin/python -m pip install -q torch==2.13.0 deepspeed==0.19.8"
+        in steps
+    )
+    assert "torch.version.cuda is not None" in steps  # a CUDA torch is refused
+    test = _make("-n", "test", f"DEEPSPEED_VENV={venv}").stdout
+    assert f"GRAFT_TEST_DEEPSPEED_VENV={venv}" in test

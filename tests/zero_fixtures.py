@@ -69,6 +69,8 @@ def save_zero(path: Path, stage: int) -> None:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"DeepSpeed fixture failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    if "built successfully" in done.stdout:  # an op was compiled after all
+        raise RuntimeError(f"DeepSpeed compiled an op while saving the fixture:\n{done.stdout}")
 
 
 def zero_checkpoint(stage: int) -> Path:
@@ -119,8 +121,11 @@ def _model():  # type: ignore[no-untyped-def]
 
 def _train_and_save(stage: int, out: str) -> None:
     import deepspeed
+    import deepspeed.comm.torch
     import torch
 
+    # gloo alone: DeepSpeed's optional shared-memory allreduce would compile C++ (~100 s).
+    deepspeed.comm.torch.build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="gloo")
     model = _model()
     config = {

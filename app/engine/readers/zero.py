@@ -21,6 +21,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from app.engine.readers.torch_zip import ZipReader
 from app.engine.readers.unpickler import TensorRef
 from app.engine.readers.zero_layout import (
     DEEPSPEED_GLOBALS,
+    Piece,
     ZeroTensor,
     frozen_tensors,
     trainable_tensors,
@@ -96,9 +98,13 @@ class ZeroReader:
 
     format = "deepspeed"
 
-    def __init__(self, readers: Sequence[ZipReader]) -> None:
+    def __init__(self, readers: Sequence[ZipReader], paths: Sequence[Path]) -> None:
+        # Parsed, then closed: a piece's byte range needs no open file, so a run of any world
+        # size holds no descriptors between reads.
         self._readers = list(readers)
+        self._paths = list(paths)
         self.parsed = Parsed(root=None)
+        self.close()
 
     def _piece_range(
         self, file: int, ref: TensorRef, start: int, count: int
@@ -122,7 +128,9 @@ class ZeroReader:
                 path, offset, length = span
                 _read_into(dest, path, offset, length, handle.name)
             else:  # a fragment not in C order: read it whole (it is at most one tensor)
-                whole = self._readers[piece.file].read(piece.ref).reshape(-1)
+                path = self._paths[piece.file]
+                with closing(ZipReader(path, extra=DEEPSPEED_GLOBALS)) as reader:
+                    whole = reader.read(piece.ref).reshape(-1)
                 dest.copy_(whole.narrow(0, piece.start, piece.count))
             at += piece.count
         out = out.view(handle.shape)
@@ -223,14 +231,14 @@ def _merged(
     file0, model = models[0]
     module = _module(model, 0)
     names = model.get("buffer_names") or []
+    if not isinstance(names, list):
+        raise UnreadableCheckpointError("DeepSpeed checkpoint: buffer_names is malformed")
+    wanted = {n for n in names if isinstance(n, str)}
     tensors: dict[str, ZeroTensor] = {}
-    for name in names:
-        ref = module.get(name) if isinstance(name, str) else None
-        if ref is None:
-            raise UnreadableCheckpointError(f"buffer {name!r:.80} is not in the model states")
-        cast = "float32" if ref.dtype in ("float16", "bfloat16", "float64") else None
-        whole = ZeroTensor(name, ref.shape, ref.dtype, (), cast)
-        tensors[name] = _whole(whole, file0, ref)
+    for name, ref in module.items():  # in the module's order, floats as fp32 (as DeepSpeed)
+        if name in wanted:
+            floating = ref.dtype.startswith(("float", "bfloat")) and ref.dtype != "float32"
+            tensors[name] = _whole(name, file0, ref, "float32" if floating else None)
     frozen = frozen_tensors(models, stage)
     tensors.update((t.name, t) for t in frozen)
     tensors.update((t.name, t) for t in trainable_tensors(model, optims, stage))
@@ -238,25 +246,25 @@ def _merged(
     if stage == 1:  # ZeRO 1 saves no frozen_param_shapes: its frozen weights are the module's
         for name, ref in module.items():
             if name not in tensors and name not in (model.get("shared_params") or {}):
-                tensors[name] = _whole(ZeroTensor(name, ref.shape, ref.dtype, ()), file0, ref)
+                tensors[name] = _whole(name, file0, ref)
                 from_module.append(name)
     shared = model.get("shared_params") or {}
     if not isinstance(shared, dict):
         raise UnreadableCheckpointError("DeepSpeed checkpoint: shared_params is malformed")
     tied = {}
     for alias, name in shared.items():
-        if isinstance(alias, str) and name in tensors:
+        if isinstance(alias, str) and isinstance(name, str) and name in tensors:
             tensors[alias] = tensors[name]
             tied[alias] = name
-    facts = {"frozen": [t.name for t in frozen] + from_module, "tied": tied, "buffers": names}
+    facts = {"frozen": [t.name for t in frozen] + from_module, "tied": tied, "buffers": wanted}
     return tensors, facts
 
 
-def _whole(t: ZeroTensor, file: int, ref: TensorRef) -> ZeroTensor:
-    from app.engine.readers.zero_layout import Piece
-
-    piece = Piece(file, ref, 0, math.prod(ref.shape))
-    return ZeroTensor(t.name, t.shape, t.dtype, (piece,), t.cast)
+def _whole(name: str, file: int, ref: TensorRef, cast: str | None = None) -> ZeroTensor:
+    """A tensor saved whole in one file (a buffer, a ZeRO 1/2 frozen weight)."""
+    return ZeroTensor(
+        name, ref.shape, ref.dtype, (Piece(file, ref, 0, math.prod(ref.shape)),), cast
+    )
 
 
 def _open_all(files: Mapping[str, Path], names: list[str]) -> list[ZipReader]:
@@ -328,7 +336,13 @@ def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
             if not isinstance(optim, dict):
                 raise UnreadableCheckpointError(f"{name} holds no optimizer_state_dict")
             optims.append((i, optim))
-        stage = zero_stage(optims[0][1])
+        stages = {zero_stage(optim) for _, optim in optims}
+        if len(stages) != 1:
+            raise UnreadableCheckpointError(
+                f"the ranks' optimizer states record ZeRO stages {sorted(stages)}: the files do "
+                "not belong together"
+            )
+        stage = stages.pop()
         if (stage == 3) != (len(models) > 1) and len(optims) > 1:
             raise UnreadableCheckpointError(
                 f"ZeRO stage {stage} with {len(models)} model-states files: the files do not "
@@ -337,13 +351,17 @@ def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
         if entry == "module":
             module = _module(models[0][1], stage)
             entries = {k: Located(readers[0], ref) for k, ref in module.items()}
+            for reader in readers[1:]:  # only rank 0's model states are read
+                reader.close()
+            kept: list[Any] = [readers[0]]
             names = models[0][1].get("buffer_names")
             facts: dict[str, Any] = {"buffers": names if isinstance(names, list) else []}
             infos = {k: (ref.shape, ref.dtype) for k, ref in module.items()}
         else:
             merged, facts = _merged(models, optims, stage)
-            zero = ZeroReader(readers)
+            zero = ZeroReader(readers, [files[n] for n in model_names + optim_names])
             entries = {k: Located(zero, t) for k, t in merged.items()}
+            kept = [zero]
             infos = {k: (t.shape, t.cast or t.dtype) for k, t in merged.items()}
         buffers = set(facts.pop("buffers"))
         tensors = {
@@ -356,7 +374,7 @@ def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
         return Source(
             [files[n] for n in model_names + optim_names],
             "deepspeed",
-            list(readers),
+            kept,
             entries,
             tensors,
             SourceExtras(

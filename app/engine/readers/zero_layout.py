@@ -221,6 +221,13 @@ def trainable_tensors(
     world = len(optims)
     if not 0 < world <= _MAX_WORLD:
         raise UnreadableCheckpointError(f"DeepSpeed checkpoint: {world} ranks")
+    count = optims[0][1].get("partition_count")
+    counts = count if isinstance(count, list) else [count]
+    if not counts or not all(isinstance(c, int) for c in counts) or max(counts) != world:
+        raise UnreadableCheckpointError(
+            f"DeepSpeed checkpoint: partitioned over {count!r:.40} ranks, but {world} ranks' "
+            "optimizer states are here (a rank's file missing, or an old run's left over?)"
+        )
     groups = _param_groups(model)
     if stage == 3:
         return _stage3(groups, optims, world)

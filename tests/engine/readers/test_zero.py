@@ -38,6 +38,7 @@ def zero() -> dict[int, Path]:
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
+    tmp_path.mkdir(exist_ok=True)
     shutil.copytree(src / "ckpt", tmp_path / "ckpt")
     return tmp_path / "ckpt"
 
@@ -141,6 +142,12 @@ def test_a_missing_rank_is_refused(zero: dict[int, Path], tmp_path: Path) -> Non
     (ckpt / STEP / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
     with pytest.raises(UnreadableCheckpointError, match=r"ranks \[1\] are not 0\.\.0"):
         open_source(ckpt)
+    (ckpt / STEP / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    shutil.copy(
+        zero[2] / "ckpt" / STEP / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", ckpt / STEP
+    )
+    with pytest.raises(UnreadableCheckpointError, match=r"partitioned over \[2\] ranks, but 1"):
+        open_source(ckpt)
 
 
 def test_partitions_that_do_not_fit_the_shapes_are_refused(
@@ -149,7 +156,12 @@ def test_partitions_that_do_not_fit_the_shapes_are_refused(
     ckpt = _copy(zero[3], tmp_path)
     rank1 = sorted((ckpt / STEP).glob("*rank_1*optim_states.pt"))[0]
     shutil.copy(zero[2] / "ckpt" / STEP / rank1.name, rank1)  # a ZeRO 2 rank among ZeRO 3's
-    with pytest.raises(UnreadableCheckpointError):
+    with pytest.raises(UnreadableCheckpointError, match=r"ZeRO stages \[2, 3\]"):
+        open_source(ckpt)
+    ckpt = _copy(zero[2], tmp_path / "other")
+    rank0 = ckpt / STEP / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    shutil.copy(zero[1] / "ckpt" / STEP / rank0.name, rank0)  # same sizes, another run's stage
+    with pytest.raises(UnreadableCheckpointError, match=r"ZeRO stages \[1, 2\]"):
         open_source(ckpt)
 
 

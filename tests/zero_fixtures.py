@@ -120,12 +120,14 @@ def _model():  # type: ignore[no-untyped-def]
 
 
 def _train_and_save(stage: int, out: str) -> None:
+    import importlib
+
     import deepspeed
-    import deepspeed.comm.torch
     import torch
 
     # gloo alone: DeepSpeed's optional shared-memory allreduce would compile C++ (~100 s).
-    deepspeed.comm.torch.build_shm_op = lambda: None
+    # (``deepspeed.comm.torch`` as an attribute is the torch package: import the module.)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="gloo")
     model = _model()
     config = {

@@ -300,6 +300,36 @@ def _layout(models: list[tuple[int, dict[str, Any]]], stage: int, world: int) ->
     }
 
 
+def _optimizer_states(
+    readers: list[ZipReader], names: list[str], start: int
+) -> list[tuple[int, dict[str, Any]]]:
+    """(file index, ``optimizer_state_dict``) of every rank, in rank order."""
+    optims = []
+    for i, name in enumerate(names, start=start):
+        optim = _root(readers[i], name).get("optimizer_state_dict")
+        if not isinstance(optim, dict):
+            raise UnreadableCheckpointError(f"{name} holds no optimizer_state_dict")
+        optims.append((i, optim))
+    return optims
+
+
+def _stage(models: list[tuple[int, Any]], optims: list[tuple[int, dict[str, Any]]]) -> int:
+    """The one ZeRO stage every rank records, checked against the model-states files."""
+    stages = {zero_stage(optim) for _, optim in optims}
+    if len(stages) != 1:
+        raise UnreadableCheckpointError(
+            f"the ranks' optimizer states record ZeRO stages {sorted(stages)}: the files do "
+            "not belong together"
+        )
+    stage = stages.pop()
+    if (stage == 3) != (len(models) > 1) and len(optims) > 1:
+        raise UnreadableCheckpointError(
+            f"ZeRO stage {stage} with {len(models)} model-states files: the files do not "
+            "belong together"
+        )
+    return stage
+
+
 def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
     """Open a DeepSpeed ZeRO checkpoint's files as one :class:`Source`.
 
@@ -330,24 +360,8 @@ def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
     readers = _open_all(files, model_names + optim_names)
     try:
         models = [(i, _root(readers[i], n)) for i, n in enumerate(model_names)]
-        optims = []
-        for i, name in enumerate(optim_names, start=len(model_names)):
-            optim = _root(readers[i], name).get("optimizer_state_dict")
-            if not isinstance(optim, dict):
-                raise UnreadableCheckpointError(f"{name} holds no optimizer_state_dict")
-            optims.append((i, optim))
-        stages = {zero_stage(optim) for _, optim in optims}
-        if len(stages) != 1:
-            raise UnreadableCheckpointError(
-                f"the ranks' optimizer states record ZeRO stages {sorted(stages)}: the files do "
-                "not belong together"
-            )
-        stage = stages.pop()
-        if (stage == 3) != (len(models) > 1) and len(optims) > 1:
-            raise UnreadableCheckpointError(
-                f"ZeRO stage {stage} with {len(models)} model-states files: the files do not "
-                "belong together"
-            )
+        optims = _optimizer_states(readers, optim_names, start=len(model_names))
+        stage = _stage(models, optims)
         if entry == "module":
             module = _module(models[0][1], stage)
             entries = {k: Located(readers[0], ref) for k, ref in module.items()}
@@ -370,7 +384,6 @@ def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
         }
         chosen = "module" if entry == "module" else "fp32"
         layout = {**_layout(models, stage, len(optims)), "entry": chosen, **facts}
-        left_out = sum(1 for _ in optims)
         return Source(
             [files[n] for n in model_names + optim_names],
             "deepspeed",
@@ -380,7 +393,9 @@ def open_zero(files: Mapping[str, Path], entry: str = "auto") -> Source:
             SourceExtras(
                 entry=chosen,
                 candidates=["fp32", "module"],
-                ignored={"optimizer_state_dict": f"deepspeed: {left_out} ranks' optimizer state"},
+                ignored={
+                    "optimizer_state_dict": f"deepspeed: {len(optims)} ranks' optimizer state"
+                },
                 layout=layout,
             ),
         )

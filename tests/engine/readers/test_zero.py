@@ -216,3 +216,21 @@ def test_a_code_running_optim_states_pickle_is_refused_and_never_runs(
     with pytest.raises(UnsafeCheckpointError, match=r"references '(posix|os)\.system'"):
         open_source(ckpt)
     assert not canary.exists()
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    targets = (os.readlink(fds / fd) for fd in os.listdir(fds) if (fds / fd).exists())
+    return [t for t in targets if t.startswith(str(folder))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_no_rank_file_stays_open_between_reads(zero: dict[int, Path]) -> None:
+    ckpt = zero[3] / "ckpt"
+    with open_source(ckpt) as source:
+        assert _open_files_under(ckpt) == []  # any world size: no descriptor per rank file
+        source.read("body.weight")
+        assert _open_files_under(ckpt) == []
+    with open_source(zero[2] / "ckpt", entry="module") as source:
+        held = _open_files_under(zero[2] / "ckpt")
+        assert [Path(p).name for p in held] == ["mp_rank_00_model_states.pt"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from app.engine.readers.dcp import dcp_files, open_dcp
 from app.engine.readers.entries import describe_value, reader_tensors
+from app.engine.readers.megatron import megatron_folder, open_megatron
 from app.engine.readers.sharded import open_sharded, shard_files
 from app.engine.readers.sniff import open_reader
 from app.engine.readers.source import Located, Source, SourceExtras
@@ -60,7 +61,7 @@ def open_source(
 
     Args:
         path: a file; a directory or ``*.index.json`` of a sharded set; a DCP folder (or its
-            ``.metadata``); a list of the set's files; or a mapping of file name -> path (for
+            ``.metadata``); a Megatron-LM checkpoint folder (or its ``iter_N``); a list of the set's files; or a mapping of file name -> path (for
             sets stored under other names).
         entry: ``auto`` (SPEC §1 order) or a dotted path to the dict of weights (for DCP,
             the entry's key prefix: ``optimizer`` takes the optimizer state).
@@ -75,11 +76,14 @@ def open_source(
         UnreadableCheckpointError: empty, truncated, inconsistent or not a checkpoint.
         TooLargeError: a header or archive exceeds the reader's limits.
     """
-    dcp = dcp_files(path)
-    shards = shard_files(path) if dcp is None else None
+    megatron = megatron_folder(path)
+    dcp = dcp_files(path) if megatron is None else None
+    shards = shard_files(path) if dcp is None and megatron is None else None
     if shards is not None and "" in shards:  # a model folder holding a single weights file
         path, shards = shards[""], None
-    if dcp is not None:
+    if megatron is not None:
+        source = open_megatron(megatron)
+    elif dcp is not None:
         source = open_dcp(dcp, entry)
     elif shards is not None:
         source = open_sharded(shards)

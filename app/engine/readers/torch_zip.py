@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import struct
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from app.engine.errors import TooLargeError, UnreadableCheckpointError, UnsafeCheckpointError
 from app.engine.meta import DTYPE_SIZES
@@ -26,8 +28,14 @@ class ZipReader(StorageFileReader):
 
     format = "torch-zip"
 
-    def __init__(self, path: Path, window: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        window: tuple[int, int] | None = None,
+        extra: Mapping[tuple[str, str], Any] | None = None,
+    ) -> None:
         super().__init__(path, window)
+        self._extra = extra  # more inert globals for a format's own pickles (Megatron's args)
         try:
             archive = zipfile.ZipFile(self._file)
         except zipfile.BadZipFile as exc:
@@ -89,7 +97,7 @@ class ZipReader(StorageFileReader):
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise UnreadableCheckpointError(f"cannot read data.pkl ({exc})") from None
         storages: dict[str, StorageRef] = {}
-        root = load_restricted(pkl, storages=storages)
+        root = load_restricted(pkl, storages=storages, extra=self._extra)
         for key, storage in storages.items():
             member = by_name.get(f"{prefix}/data/{key}")
             if member is None:

@@ -62,7 +62,9 @@ def _iteration_dir(path: Path) -> Path | None:
     tracker = path / TRACKER
     if tracker.is_file():
         text = tracker.read_text(errors="replace").strip()[:64]
-        name = "release" if text == "release" else f"iter_{int(text):07d}" if text.isdigit() else None
+        name = (
+            "release" if text == "release" else f"iter_{int(text):07d}" if text.isdigit() else None
+        )
         if name is None or not (path / name).is_dir():
             raise UnreadableCheckpointError(
                 f"{TRACKER} names iteration {text!r}, which this folder does not hold"
@@ -71,7 +73,9 @@ def _iteration_dir(path: Path) -> Path | None:
     return path if _ITER_DIR.fullmatch(path.name) else None
 
 
-def megatron_folder(path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path]) -> MegatronFolder | None:
+def megatron_folder(
+    path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
+) -> MegatronFolder | None:
     """The checkpoint at ``path`` (a folder with the tracker file, or an ``iter_N``/``release``
     folder of ``mp_rank_*`` folders), or None when it is not a Megatron checkpoint.
 
@@ -187,9 +191,7 @@ class MegatronReader:
             reader.close()
 
 
-def _stage_keys(
-    model: Mapping[str, Any], offset: int
-) -> tuple[dict[str, str], int, list[str]]:
+def _stage_keys(model: Mapping[str, Any], offset: int) -> tuple[dict[str, str], int, list[str]]:
     """A stage's tensors, saved key -> merged key; its layer count; its non-tensor keys."""
     keys, layers, other = {}, set(), []
     for key, value in model.items():
@@ -209,7 +211,11 @@ def _model_of(reader: ZipReader, where: str) -> dict[str, Any]:
     root = reader.parsed.root
     model = root.get("model") if isinstance(root, dict) else None
     if not isinstance(model, dict):
-        hint = " (virtual pipeline stages: model0, model1…)" if isinstance(root, dict) and "model0" in root else ""
+        hint = (
+            " (virtual pipeline stages: model0, model1…)"
+            if isinstance(root, dict) and "model0" in root
+            else ""
+        )
         raise UnreadableCheckpointError(f"{where} holds no 'model' state dict{hint}; not read yet")
     return model
 
@@ -221,7 +227,10 @@ def _global_shape(
     if how == "replicated":
         return first
     dim = 1 if how == "row" else 0
-    if any(len(s) != len(first) or s[:dim] + s[dim + 1 :] != first[:dim] + first[dim + 1 :] for s in shapes):
+    if any(
+        len(s) != len(first) or s[:dim] + s[dim + 1 :] != first[:dim] + first[dim + 1 :]
+        for s in shapes
+    ):
         raise UnreadableCheckpointError(f"{key}: the TP shards' shapes do not join: {shapes}")
     total = sum(s[dim] for s in shapes)
     if how == "vocab" and args.vocab_size is not None and args.vocab_size <= total:
@@ -238,7 +247,10 @@ def _merge(
     layers: dict[str, int] = {}
     offset = 0
     for pp in range(args.pipeline_parallel):
-        models = [_model_of(readers[(tp, pp)], f"mp_rank_{tp:02d}_{pp:03d}") for tp in range(args.tensor_parallel)]
+        models = [
+            _model_of(readers[(tp, pp)], f"mp_rank_{tp:02d}_{pp:03d}")
+            for tp in range(args.tensor_parallel)
+        ]
         keys, count, extra = _stage_keys(models[0], offset)
         other += extra
         layers[str(pp)] = count
@@ -303,7 +315,9 @@ def _open_ranks(folder: MegatronFolder) -> tuple[dict[tuple[int, int], ZipReader
                 + (f" (missing (tp, pp) {missing[:4]})" if missing else "")
             )
         if args.virtual_pipeline:
-            raise UnreadableCheckpointError("virtual pipeline stages (interleaved) are not read yet")
+            raise UnreadableCheckpointError(
+                "virtual pipeline stages (interleaved) are not read yet"
+            )
         return readers, args
     except BaseException:
         for reader in readers.values():
@@ -335,7 +349,10 @@ def open_megatron(folder: MegatronFolder) -> Source:
             "tensor_parallel": args.tensor_parallel,
             "pipeline_parallel": args.pipeline_parallel,
             "layers_per_stage": layers,
-            "vocab": {"padded": args.padded_vocab_size or 0, "kept": args.vocab_size or args.padded_vocab_size or 0},
+            "vocab": {
+                "padded": args.padded_vocab_size or 0,
+                "kept": args.vocab_size or args.padded_vocab_size or 0,
+            },
             "chunks": {k: len(t.parts) for k, t in tensors.items()},
             "left_out": left_out,
         }
@@ -348,7 +365,10 @@ def open_megatron(folder: MegatronFolder) -> Source:
             "megatron",
             [reader],
             {k: Located(reader, t) for k, t in tensors.items()},
-            {k: TensorInfo(k, t.shape, t.dtype, guess_kind(k, t.dtype)) for k, t in tensors.items()},
+            {
+                k: TensorInfo(k, t.shape, t.dtype, guess_kind(k, t.dtype))
+                for k, t in tensors.items()
+            },
             SourceExtras(entry="model", candidates=["model"], ignored=ignored, layout=layout),
         )
     except BaseException:

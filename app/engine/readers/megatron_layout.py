@@ -55,7 +55,9 @@ class Inert:
     __slots__ = ("args", "cls", "state")
 
     def __init__(self, cls: str, args: tuple[Any, ...]) -> None:
-        self.cls, self.args, self.state = cls, args, None
+        self.cls: str = cls
+        self.args: tuple[Any, ...] = args
+        self.state: Any = None
 
     def __setstate__(self, state: Any) -> None:
         if self.state is not None:

@@ -61,8 +61,8 @@ def open_source(
 
     Args:
         path: a file; a directory or ``*.index.json`` of a sharded set; a DCP folder (or its
-            ``.metadata``); a Megatron-LM checkpoint folder (or its ``iter_N``); a list of the set's files; or a mapping of file name -> path (for
-            sets stored under other names).
+            ``.metadata``); a Megatron-LM checkpoint folder (or its ``iter_N``); a list of the
+            set's files; or a mapping of file name -> path (for sets stored under other names).
         entry: ``auto`` (SPEC §1 order) or a dotted path to the dict of weights (for DCP,
             the entry's key prefix: ``optimizer`` takes the optimizer state).
         strip_prefixes: ``auto`` strips ``module.`` / ``_orig_mod.`` when every key has one;

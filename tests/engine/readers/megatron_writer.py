@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ITERATION = 7
 TP, PP = 2, 2
@@ -48,30 +49,42 @@ def _argv(out: Path, tp: int, pp: int) -> list[str]:
         *("--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)),
         *("--distributed-backend", "gloo", "--use-cpu-initialization", "--no-save-optim"),
         *("--transformer-impl", "local"),
-        *("--ckpt-format", "torch", "--save", str(out / "legacy"), "--no-gradient-accumulation-fusion"),
+        *(
+            "--ckpt-format",
+            "torch",
+            "--save",
+            str(out / "legacy"),
+            "--no-gradient-accumulation-fusion",
+        ),
         *("--no-masked-softmax-fusion", "--no-bias-swiglu-fusion", "--no-rope-fusion"),
-        *("--no-persist-layer-norm", "--exit-signal-handler", "--save-interval", "1", "--train-iters", "1"),
+        *(
+            "--no-persist-layer-norm",
+            "--exit-signal-handler",
+            "--save-interval",
+            "1",
+            "--train-iters",
+            "1",
+        ),
     ]
 
 
-def _init(out: Path, tp: int, pp: int):  # noqa: ANN202 - Megatron's types
-    import torch
-
+def _init(out: Path, tp: int, pp: int) -> Any:
     import megatron.training.arguments as arguments
+    import torch
     from megatron.training.arguments import parse_args, validate_args
 
     # No GPU here. The CUDA RNG state Megatron stores beside the CPU ones is the CPU one, and
     # the GPU generation validate_args asks about is a pre-Blackwell one (it then wants
     # CUDA_DEVICE_MAX_CONNECTIONS=1, set in _env).
-    torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()  # type: ignore[assignment]
-    arguments.get_device_arch_version = lambda: 9  # type: ignore[attr-defined]
+    torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
+    arguments.get_device_arch_version = lambda: 9
     # dist_checkpointing waits on CUDA streams and all-reduces its status flags on the
     # current CUDA device: there are no streams, and the flags live on the CPU (gloo).
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment,return-value]
     sys.argv = _argv(out, tp, pp)
-    from megatron.training.global_vars import set_global_variables
     from megatron.core import parallel_state as mpu
+    from megatron.training.global_vars import set_global_variables
     from megatron.training.initialize import _set_random_seed, initialize_megatron
 
     args = parse_args()
@@ -86,7 +99,7 @@ def _init(out: Path, tp: int, pp: int):  # noqa: ANN202 - Megatron's types
     return args
 
 
-def _model(args):  # noqa: ANN001, ANN202
+def _model(args: Any) -> Any:
     from megatron.core import parallel_state as mpu
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -171,9 +184,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     me = [sys.executable, __file__, str(out)]
-    ranks = [
-        subprocess.Popen([*me, "rank"], env=_env(r, TP * PP, port)) for r in range(TP * PP)
-    ]
+    ranks = [subprocess.Popen([*me, "rank"], env=_env(r, TP * PP, port)) for r in range(TP * PP)]
     if any(p.wait(timeout=600) for p in ranks):
         sys.exit("a rank failed")
     subprocess.run([*me, "reference"], env=_env(0, 1, _free_port()), check=True, timeout=600)

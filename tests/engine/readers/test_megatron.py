@@ -32,9 +32,7 @@ from tests.schemas import assert_valid
 from tests.test_cli_convert import graft
 
 VENV = Path(
-    os.environ.get(
-        "GRAFT_TEST_MEGATRON_VENV", Path.home() / ".cache/graft/megatron-core-0.19.2"
-    )
+    os.environ.get("GRAFT_TEST_MEGATRON_VENV", Path.home() / ".cache/graft/megatron-core-0.19.2")
 ).expanduser()
 WRITER = Path(__file__).with_name("megatron_writer.py")
 VOCAB = 100
@@ -142,9 +140,15 @@ def test_builtin_recipe_to_transformers_llama_computes_megatrons_logits(
     # The split, checked by hand: group g of the fused qkv is [4 q heads, k, v] of 128 rows.
     qkv = _expected(reference)["decoder.layers.2.self_attention.linear_qkv.weight"]
     groups = qkv.view(8, 6, 128, 64)
-    assert torch.equal(written["model.layers.2.self_attn.q_proj.weight"], groups[:, :4].reshape(-1, 64))
-    assert torch.equal(written["model.layers.2.self_attn.k_proj.weight"], groups[:, 4].reshape(-1, 64))
-    assert torch.equal(written["model.layers.2.self_attn.v_proj.weight"], groups[:, 5].reshape(-1, 64))
+    assert torch.equal(
+        written["model.layers.2.self_attn.q_proj.weight"], groups[:, :4].reshape(-1, 64)
+    )
+    assert torch.equal(
+        written["model.layers.2.self_attn.k_proj.weight"], groups[:, 4].reshape(-1, 64)
+    )
+    assert torch.equal(
+        written["model.layers.2.self_attn.v_proj.weight"], groups[:, 5].reshape(-1, 64)
+    )
     fc1 = _expected(reference)["decoder.layers.1.mlp.linear_fc1.weight"]
     assert torch.equal(written["model.layers.1.mlp.gate_proj.weight"], fc1[:96])
     assert torch.equal(written["model.layers.1.mlp.up_proj.weight"], fc1[96:])
@@ -185,10 +189,14 @@ def test_megatron_args_are_read_as_inert_placeholders(megatron: Any) -> None:
         assert isinstance(signal, Inert) and (signal.cls, signal.args) == ("signal.Signals", (15,))
         assert args.state["attention_backend"].cls.startswith("megatron.core.")
         numbers = read_args(root, "rank 0")
-        assert (numbers.tensor_parallel, numbers.pipeline_parallel, numbers.query_groups) == (2, 2, 8)
+        assert (numbers.tensor_parallel, numbers.pipeline_parallel, numbers.query_groups) == (
+            2,
+            2,
+            8,
+        )
         assert (numbers.vocab_size, numbers.padded_vocab_size, numbers.gated) == (100, 128, True)
     finally:
         reader.close()
     # without the placeholders, the same file is refused, not loaded
-    with pytest.raises(UnsafeCheckpointError, match="argparse.Namespace"):
+    with pytest.raises(UnsafeCheckpointError, match=r"argparse\.Namespace"):
         ZipReader(path / "iter_0000007" / RANKS[0] / "model_optim_rng.pt")

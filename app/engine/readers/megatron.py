@@ -76,15 +76,21 @@ def _iteration_dir(path: Path) -> Path | None:
 def megatron_folder(
     path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
 ) -> MegatronFolder | None:
-    """The checkpoint at ``path`` (a folder with the tracker file, or an ``iter_N``/``release``
-    folder of ``mp_rank_*`` folders), or None when it is not a Megatron checkpoint.
+    """The checkpoint at ``path`` (a folder with the tracker file, an ``iter_N``/``release``
+    folder of ``mp_rank_*`` folders, or one rank's ``model_optim_rng.pt`` in one), or None
+    when it is not a Megatron checkpoint.
 
     Raises:
         UnreadableCheckpointError: it is one, but the tracker or the rank folders disagree.
     """
-    if not isinstance(path, str | os.PathLike) or not Path(path).is_dir():
+    if not isinstance(path, str | os.PathLike):
         return None
-    folder = _iteration_dir(Path(path))
+    path = Path(path)
+    if path.name == RANK_FILE and _RANK_DIR.fullmatch(path.parent.name):
+        path = path.parent.parent  # one rank's file: the whole iteration it belongs to
+    if not path.is_dir():
+        return None
+    folder = _iteration_dir(path)
     if folder is None:
         return None
     files: dict[tuple[int, int], Path] = {}
@@ -98,7 +104,7 @@ def megatron_folder(
             )
         files[(int(match.group(1)), int(match.group(2) or 0))] = child / RANK_FILE
     if not files:
-        if Path(path).joinpath(TRACKER).is_file():
+        if path.joinpath(TRACKER).is_file():
             raise UnreadableCheckpointError(f"{folder.name} holds no mp_rank_*/{RANK_FILE}")
         return None
     iteration: int | str = "release" if folder.name == "release" else int(folder.name[5:])

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from app.engine.errors import UnsafeCheckpointError
+from app.engine.errors import UnreadableCheckpointError, UnsafeCheckpointError
 from app.engine.pipeline import convert
 from app.engine.readers import inspect_source, open_source
 from app.engine.recipe import load_recipe
@@ -200,3 +200,23 @@ def test_megatron_args_are_read_as_inert_placeholders(megatron: Any) -> None:
     # without the placeholders, the same file is refused, not loaded
     with pytest.raises(UnsafeCheckpointError, match=r"argparse\.Namespace"):
         ZipReader(path / "iter_0000007" / RANKS[0] / "model_optim_rng.pt")
+
+
+def test_an_iteration_folder_or_one_rank_file_opens_the_whole_checkpoint(megatron: Any) -> None:
+    path, _ = megatron
+    whole = inspect_source(path)
+    assert inspect_source(path / "iter_0000007") == whole
+    one_rank = path / "iter_0000007" / RANKS[2] / "model_optim_rng.pt"
+    assert inspect_source(one_rank)["layout"] == whole["layout"]
+
+
+def test_a_missing_rank_is_named(megatron: Any, tmp_path: Path) -> None:
+    path, _ = megatron
+    copy = tmp_path / "ckpt"
+    shutil.copytree(path, copy)
+    shutil.rmtree(copy / "iter_0000007" / "mp_rank_01_000")
+    with pytest.raises(UnreadableCheckpointError, match=r"missing \(tp, pp\) \[\(1, 0\)\]"):
+        open_source(copy)
+    (copy / "latest_checkpointed_iteration.txt").write_text("9")
+    with pytest.raises(UnreadableCheckpointError, match="names iteration '9'"):
+        open_source(copy)

@@ -201,7 +201,8 @@ def _stage_keys(model: Mapping[str, Any], offset: int) -> tuple[dict[str, str], 
     """A stage's tensors, saved key -> merged key; its layer count; its non-tensor keys."""
     keys, layers, other = {}, set(), []
     for key, value in model.items():
-        if not isinstance(value, TensorRef):
+        # Transformer Engine's FP8 metadata: a byte tensor, a BytesIO or None per module
+        if not isinstance(value, TensorRef) or key.endswith("._extra_state"):
             other.append(key)
             continue
         found = layer_index(key)

@@ -43,6 +43,8 @@ _INERT_EXACT = frozenset(
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
         ("pathlib", "PosixPath"),
+        ("_io", "BytesIO"),  # Transformer Engine's _extra_state
+        ("io", "BytesIO"),
     }
 )
 _INERT_MODULES = ("megatron.",)  # Megatron's own enums and configs in args

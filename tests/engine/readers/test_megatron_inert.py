@@ -89,3 +89,28 @@ def test_partition_dims_by_name() -> None:
     assert partition("embedding.word_embeddings.weight", gated=True) == "vocab"
     with pytest.raises(UnreadableCheckpointError, match="does not know how Megatron splits"):
         partition(layer + "mlp.experts.weight1", gated=True)
+
+
+def test_layers_are_renumbered_and_extra_state_left_out() -> None:
+    from app.engine.readers.megatron import _stage_keys
+    from app.engine.readers.unpickler import StorageRef, TensorRef
+
+    ref = TensorRef(StorageRef("0", "uint8", 4), 0, (4,), (1,))
+    model = {
+        "decoder.layers.0.mlp.linear_fc1.weight": ref,
+        "decoder.layers.1.mlp.linear_fc1._extra_state": ref,  # TE's FP8 metadata, a tensor
+        "decoder.layers.1.mlp.linear_fc1.weight": ref,
+        "decoder.final_layernorm.weight": ref,
+        "decoder.layers.0.self_attention.linear_qkv._extra_state": None,
+    }
+    keys, layers, other = _stage_keys(model, 4)
+    assert keys == {
+        "decoder.layers.0.mlp.linear_fc1.weight": "decoder.layers.4.mlp.linear_fc1.weight",
+        "decoder.layers.1.mlp.linear_fc1.weight": "decoder.layers.5.mlp.linear_fc1.weight",
+        "decoder.final_layernorm.weight": "decoder.final_layernorm.weight",
+    }
+    assert layers == 2
+    assert sorted(other) == [
+        "decoder.layers.0.self_attention.linear_qkv._extra_state",
+        "decoder.layers.1.mlp.linear_fc1._extra_state",
+    ]

@@ -9,7 +9,7 @@ RUNTIME_STAMP := $(VENV)/.graft-runtime
 CI_STRICT := $(if $(filter true TRUE True 1 yes,$(CI)),yes,no)
 
 .PHONY: setup setup-runtime serve test lint format bench clean mlflow-venv model-signing-venv chromium
-.PHONY: deepspeed-venv
+.PHONY: deepspeed-venv megatron-venv
 
 setup: $(STAMP)
 
@@ -56,9 +56,9 @@ TEST_WORKERS ?= 2
 SERVER_TESTS := tests/e2e tests/web tests/executors/test_celery_e2e.py \
 	tests/registry/test_mlflow_server.py tests/test_readme_walkthrough.py
 
-test: lint mlflow-venv model-signing-venv chromium deepspeed-venv
+test: lint mlflow-venv model-signing-venv chromium deepspeed-venv megatron-venv
 	@export GRAFT_TEST_MLFLOW_VENV=$(MLFLOW_VENV) GRAFT_TEST_MODEL_SIGNING_VENV=$(MODEL_SIGNING_VENV); \
-	export GRAFT_TEST_DEEPSPEED_VENV=$(DEEPSPEED_VENV); \
+	export GRAFT_TEST_DEEPSPEED_VENV=$(DEEPSPEED_VENV) GRAFT_TEST_MEGATRON_VENV=$(MEGATRON_VENV); \
 	rc=0; \
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
 		$(foreach t,$(SERVER_TESTS),--ignore=$(t)) || rc=1; \
@@ -141,4 +141,25 @@ $(DEEPSPEED_VENV)/.graft-installed:
 		touch $@; \
 	else echo "deepspeed-venv: could not install deepspeed==$(DEEPSPEED_VERSION); ZeRO tests will skip"; \
 		if [ "$(CI_STRICT)" = yes ]; then echo "deepspeed-venv: CI=true, so this fails the run"; exit 1; fi; \
+	fi
+
+# Megatron-Core, to write real Megatron-LM checkpoints for tests/engine/readers/test_megatron.py
+# (Graft reads them without Megatron). It needs Python >= 3.12 (pyenv's here) and torch for
+# 3.12: PyPI has only the CUDA build of torch 2.13.0 for it (~4.8 GB with its nvidia-* wheels,
+# ~80 s here), used on the CPU. psutil: Megatron's dist_checkpointing imports it undeclared.
+# Cached across clones; if it cannot install, the tests skip (under CI=true this fails the run).
+MEGATRON_VERSION := 0.19.2
+MEGATRON_VENV ?= $(HOME)/.cache/graft/megatron-core-$(MEGATRON_VERSION)
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12))
+
+megatron-venv: $(MEGATRON_VENV)/.graft-installed
+
+$(MEGATRON_VENV)/.graft-installed:
+	@rm -rf $(MEGATRON_VENV)
+	@if [ -n "$(PYTHON312)" ] && $(PYTHON312) -m venv $(MEGATRON_VENV) && \
+		$(MEGATRON_VENV)/bin/python -m pip install -q torch==2.13.0 \
+			megatron-core==$(MEGATRON_VERSION) psutil; then \
+		touch $@; \
+	else echo "megatron-venv: could not install megatron-core==$(MEGATRON_VERSION) on Python 3.12; Megatron tests will skip"; \
+		if [ "$(CI_STRICT)" = yes ]; then echo "megatron-venv: CI=true, so this fails the run"; exit 1; fi; \
 	fi

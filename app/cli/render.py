@@ -38,9 +38,15 @@ def _render_layout(layout: dict[str, Any]) -> str:
         counts[n] = counts.get(n, 0) + 1
     chunks = ", ".join(f"{n} ({k} tensors)" for n, k in sorted(counts.items()))
     version = f" v{layout['version']}" if layout.get("version") else ""
+    parallel = (
+        f"  TP {layout['tensor_parallel']} x PP {layout['pipeline_parallel']}"
+        f"  iteration {layout.get('iteration')}"
+        if layout.get("tensor_parallel")
+        else ""
+    )
     return (
         f"layout    {layout['format']}{version}  world size {layout['world_size']} "
-        f"({layout['files']} files)  chunks per tensor: {chunks or '-'}"
+        f"({layout['files']} files){parallel}  chunks per tensor: {chunks or '-'}"
     )
 
 

@@ -90,8 +90,10 @@ def _base(entry: PlanEntry, source: Source) -> tuple[torch.Tensor, str]:
         value = source.read(entry.sources[0])
         how = "cast"
         if entry.part is not None:
-            dim, start, length = entry.part
-            value, how = value.narrow(dim, start, length), "split"
+            dim, start, length, groups = entry.part
+            block = value.shape[dim] // groups
+            rows = [g * block + start + i for g in range(groups) for i in range(length)]
+            value, how = value.index_select(dim, torch.tensor(rows, dtype=torch.long)), "split"
     for rule in entry.transforms:
         how = "transform" if how == "cast" else how
         if rule.op == "transpose":

@@ -417,7 +417,7 @@ def test_explicit_init_rule_matching_nothing_is_unmatched(tmp_path: Path) -> Non
         (
             {"split": [{"form": "a", "to": ["b", "c"]}]},
             "split[0]: missing field 'from'; split[0]: unknown field 'form'; did you mean 'from'? "
-            "split takes from, to, dim, sizes",
+            "split takes from, to, dim, sizes, groups",
         ),
         (
             {"split": [{"from": "a", "to": ["b", "c"], "sizes": [1]}]},

@@ -63,7 +63,12 @@ def invert_by_key(recipe: Recipe, source: Mapping[str, TensorInfo]) -> tuple[dic
                 rule=cite("transform", hits[0]),
             )
         if feed.part is not None:
-            dim, start, _ = feed.part
+            dim, start, _, groups = feed.part
+            if groups > 1:
+                raise InvalidRecipeError(
+                    f"{target!r} comes from a split with groups; its inverse (a merge that "
+                    "interleaves the groups) is not built yet"
+                )
             merges.setdefault(feed.sources[0], []).append((start, target, dim))
         elif feed.merge_dim is not None and feed.source_shapes is not None:
             splits.append(

@@ -214,6 +214,11 @@ def prove_renames(
 
 def split_to_merge(rule: SplitRule, index: int) -> dict[str, Any]:
     citation = cite("split", index)
+    if rule.groups > 1:
+        raise InvalidRecipeError(
+            "a split with groups has no inverse yet (a merge that interleaves the groups)",
+            rule=citation,
+        )
     if not rule.from_.startswith("re:"):
         return {"from": list(rule.to), "to": rule.from_, "dim": rule.dim}
     shape = regex_shape(rule.from_[3:], citation)

@@ -34,12 +34,14 @@ __all__ = [
     "describe_split",
     "describe_transform",
     "merge_parts",
+    "part_shape",
     "split_part",
 ]
 
 Shape = tuple[int, ...]
-# One part of a split: (dim, start, length) along the source tensor.
-Part = tuple[int, int, int]
+# One part of a split: (dim, start, length, groups) along the source tensor. With groups G
+# the dim is G equal blocks and the part is start:start+length of each block, in order.
+Part = tuple[int, int, int, int]
 
 
 def _dim(dim: int, ndim: int, what: str) -> int:
@@ -49,16 +51,29 @@ def _dim(dim: int, ndim: int, what: str) -> int:
 
 
 def describe_split(
-    shape: Shape, dim: int, count: int, sizes: Sequence[int] | None, *, key: str
+    shape: Shape,
+    dim: int,
+    count: int,
+    sizes: Sequence[int] | None,
+    *,
+    key: str,
+    groups: int = 1,
 ) -> list[Part]:
-    """The parts of a split of ``shape`` along ``dim`` into ``count`` (or ``sizes``) pieces.
+    """The parts of a split of ``shape`` along ``dim`` into ``count`` (or ``sizes``) pieces,
+    each block's when the dim holds ``groups`` equal blocks.
 
     Raises:
-        InvalidRecipeError: the dim is out of range, the dim does not divide into equal parts,
-            or the sizes do not add up to it.
+        InvalidRecipeError: the dim is out of range, does not divide into the groups or into
+            equal parts, or the sizes do not add up to it (to a block of it).
     """
     d = _dim(dim, len(shape), key)
     length = shape[d]
+    if groups > 1:
+        if length % groups:
+            raise InvalidRecipeError(
+                f"{key} has {length} along dim {dim}, which does not split into {groups} groups"
+            )
+        length //= groups
     if sizes is None:
         if length % count:
             raise InvalidRecipeError(
@@ -67,19 +82,31 @@ def describe_split(
             )
         sizes = [length // count] * count
     if sum(sizes) != length:
+        per = f" per group ({groups} groups)" if groups > 1 else ""
         raise InvalidRecipeError(
-            f"sizes {list(sizes)} add up to {sum(sizes)} but {key} has {length} along dim {dim}"
+            f"sizes {list(sizes)} add up to {sum(sizes)} but {key} has {length} along dim "
+            f"{dim}{per}"
         )
     parts, start = [], 0
     for size in sizes:
-        parts.append((d, start, size))
+        parts.append((d, start, size, groups))
         start += size
     return parts
 
 
+def part_shape(shape: Shape, part: Part) -> Shape:
+    """The shape of ``part`` of a tensor of ``shape``."""
+    dim, _, length, groups = part
+    return tuple(length * groups if d == dim else n for d, n in enumerate(shape))
+
+
 def split_part(value: torch.Tensor, part: Part) -> torch.Tensor:
     """One part of a split, as a new contiguous tensor."""
-    dim, start, length = part
+    dim, start, length, groups = part
+    if groups > 1:  # [.., G * B, ..] -> [.., G, B, ..]: the piece of every block
+        blocks = value.unflatten(dim, (groups, value.shape[dim] // groups))
+        value = blocks.narrow(dim + 1, start, length).flatten(dim, dim + 1)
+        return value.clone(memory_format=torch.contiguous_format)
     return value.narrow(dim, start, length).clone(memory_format=torch.contiguous_format)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from app.engine.errors import InvalidRecipeError
 from app.engine.meta import TensorInfo
-from app.engine.ops.multi import Part, describe_merge, describe_split
+from app.engine.ops.multi import Part, describe_merge, describe_split, part_shape
 from app.engine.recipe import Recipe, cite
 from app.engine.recipe.patterns import RuleError
 from app.engine.recipe.rename import Renamed
@@ -178,15 +178,17 @@ def _split_feeds(
         count += 1
         info = infos[renamed.source]
         try:
-            parts = describe_split(info.shape, split.dim, len(split.to), split.sizes, key=key)
+            parts = describe_split(
+                info.shape, split.dim, len(split.to), split.sizes, key=key, groups=split.groups
+            )
         except InvalidRecipeError as exc:
             raise InvalidRecipeError(exc.message, rule=rule) from None
+        grouped = f", groups={split.groups}" if split.groups > 1 else ""
         for i, part in enumerate(parts):
-            shape = tuple(part[2] if d == part[0] else s for d, s in enumerate(info.shape))
             feeds.add(
-                Feed(names.expand(i, match), [renamed.source], [*renamed.rules, rule], shape,
-                     info.dtype, rule, part=part, source_shape=info.shape,
-                     op=f"split({part[0]}, {i + 1}/{len(parts)})")
+                Feed(names.expand(i, match), [renamed.source], [*renamed.rules, rule],
+                     part_shape(info.shape, part), info.dtype, rule, part=part,
+                     source_shape=info.shape, op=f"split({part[0]}, {i + 1}/{len(parts)}{grouped})")
             )  # fmt: skip
     feeds.matched[rule] = count
 

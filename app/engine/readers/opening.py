@@ -10,6 +10,7 @@ from typing import Any
 
 from app.engine.readers.dcp import dcp_files, open_dcp
 from app.engine.readers.entries import describe_value, reader_tensors
+from app.engine.readers.megatron import megatron_folder, open_megatron
 from app.engine.readers.sharded import open_sharded, shard_files
 from app.engine.readers.sniff import open_reader
 from app.engine.readers.source import Located, Source, SourceExtras
@@ -62,8 +63,8 @@ def open_source(
     Args:
         path: a file; a directory or ``*.index.json`` of a sharded set; a DCP folder (or its
             ``.metadata``); a DeepSpeed checkpoint folder (holding ``latest``, or its
-            ``global_stepN``); a list of the set's files; or a mapping of file name -> path (for
-            sets stored under other names).
+            ``global_stepN``); a Megatron-LM checkpoint folder (or its ``iter_N``); a list of the
+            set's files; or a mapping of file name -> path (for sets stored under other names).
         entry: ``auto`` (SPEC §1 order) or a dotted path to the dict of weights (for DCP,
             the entry's key prefix: ``optimizer`` takes the optimizer state).
         strip_prefixes: ``auto`` strips ``module.`` / ``_orig_mod.`` when every key has one;
@@ -78,12 +79,15 @@ def open_source(
         TooLargeError: a header or archive exceeds the reader's limits.
     """
     zero = zero_files(path)
-    dcp = dcp_files(path) if zero is None else None
-    shards = shard_files(path) if dcp is None and zero is None else None
+    megatron = megatron_folder(path) if zero is None else None
+    dcp = dcp_files(path) if zero is None and megatron is None else None
+    shards = shard_files(path) if dcp is None and zero is None and megatron is None else None
     if shards is not None and "" in shards:  # a model folder holding a single weights file
         path, shards = shards[""], None
     if zero is not None:
         source = open_zero(zero, entry)
+    elif megatron is not None:
+        source = open_megatron(megatron)
     elif dcp is not None:
         source = open_dcp(dcp, entry)
     elif shards is not None:

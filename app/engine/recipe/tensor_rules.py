@@ -96,12 +96,19 @@ def compile_names(first: str, others: list[str]) -> NamePattern:
 
 
 class SplitRule(RecipeModel):
-    """One source key becomes several target keys, cut along ``dim``."""
+    """One source key becomes several target keys, cut along ``dim``.
+
+    With ``groups: G`` the source holds G equal blocks along ``dim``, each cut the same way
+    (``sizes`` are then a block's), and every target key takes its piece of each block in
+    order: a fused QKV stored per query group (Megatron's ``linear_qkv``, [q heads, k, v] of
+    group 0, then of group 1, …) splits into whole q, k and v.
+    """
 
     from_: _Name = Field(alias="from")
     to: list[_Name] = Field(min_length=2, max_length=MAX_PARTS)
     dim: _Dim = 0
     sizes: list[Annotated[int, Field(gt=0)]] | None = None
+    groups: int = Field(default=1, ge=1, le=1 << 20)
 
     @model_validator(mode="after")
     def _check(self) -> SplitRule:

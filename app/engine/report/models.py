@@ -56,7 +56,9 @@ Count = Annotated[int, Field(ge=0)]
 Fraction = Annotated[int | float, WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1})]
 Shape = list[Count]
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-SourceFormat = Literal["torch-zip", "torch-legacy", "safetensors", "hf-sharded", "dcp", "deepspeed"]
+SourceFormat = Literal[
+    "torch-zip", "torch-legacy", "safetensors", "hf-sharded", "dcp", "deepspeed", "megatron"
+]
 EntryStatus = Literal["loaded", "adapted", "tied", "initialized", "kept", "missing"]
 UnusedReason = Literal["dropped", "unexpected", "mismatched"]
 

@@ -73,14 +73,20 @@ class InspectTensor(_Part):
 
 
 class InspectLayout(_Part):
-    """How a training checkpoint is laid out (DCP): its writers, and each tensor's chunks."""
+    """How a training checkpoint is laid out (DCP, Megatron-LM): its writers, and each
+    tensor's chunks (Megatron: its tensor-parallel shards)."""
 
-    format: Literal["dcp"]
+    format: Literal["dcp", "megatron"]
     version: str | None = None
     world_size: Count
     files: Count
     chunks: dict[str, Count]
     left_out: dict[str, dict[str, Count]]
+    iteration: Count | Literal["release"] | None = None
+    tensor_parallel: Count | None = None
+    pipeline_parallel: Count | None = None
+    layers_per_stage: dict[str, Count] | None = None
+    vocab: dict[str, Count] | None = None
 
 
 class InspectZeroLayout(_Part):

@@ -4,9 +4,9 @@ The header is known from the plan, so it is written first and the bytes follow i
 memory stays bounded by the largest materialised tensor plus a constant. Tensors whose bytes
 pass through unchanged (loaded, same dtype, laid out in C order in the source) are copied file
 to file in the kernel, adjacent ones as one range, without torch (and, verified, checked on a
-second thread while the next range is copied: :mod:`app.engine.output.overlap`); the others are produced one
-at a time, then freed. The metadata is written with placeholders of the final lengths and
-rewritten once the digests are known.
+second thread while the next range is copied: :mod:`app.engine.output.overlap`); the others
+are produced one at a time, then freed. The metadata is written with placeholders of the
+final lengths and rewritten once the digests are known.
 """
 
 from __future__ import annotations

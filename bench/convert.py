@@ -240,7 +240,7 @@ def main() -> None:
     rows = RowFilter(args.rows.split(",") if args.rows else None, args.base)
     header = ("set", "command", "wall s", "CPU s", "x durable", "x cp", "x cp CPU", "x naive",
               "peak RSS MB", "anon MB")  # fmt: skip
-    table = [header]
+    table: list[tuple[str, ...]] = [header]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     for name, f in sets.items():
         if args.only and name != args.only:
@@ -468,7 +468,7 @@ def _rows(
 
     cp, cp_cpu, durable = med(CP, "wall"), med(CP, "cpu"), med(DURABLE, "wall")
     naive_wall = med(NAIVE, "wall") if naive and NAIVE in samples else math.nan  # shown as -
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for label in samples:
         wall, cpu = med(label, "wall"), med(label, "cpu")
         rows.append(

@@ -138,7 +138,7 @@ def api_roundtrips(server: Server, source: Path, skeleton: dict[str, Any], n: in
 def main() -> None:
     import tempfile
 
-    from convert import run_once  # type: ignore[import-not-found]
+    from convert import run_once
 
     with tempfile.TemporaryDirectory(dir=REPO / "data") as tmp:
         root = Path(tmp)

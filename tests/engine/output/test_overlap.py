@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 import app.engine.output.overlap as overlap
+import app.engine.verify as engine_verify
 from app.engine.options import WriteOptions
 from app.engine.pipeline import convert
 from app.engine.recipe import load_recipe
@@ -68,7 +69,16 @@ def test_overlapped_verification_gives_the_bytes_and_digests_computed_independen
     sd = _state_dict()
     src = (save_sd if kind == "zip" else save_st)(sd, tmp_path / f"src.{kind}")
     suffix = ".pt" if fmt == "torch" else ".safetensors"
+    reread: list[str] = []
+    real = engine_verify.compare_range
+
+    def counting(*args: Any) -> Any:
+        reread.append(str(args[0]))
+        return real(*args)
+
+    monkeypatch.setattr(engine_verify, "compare_range", counting)
     fast = _run(src, tmp_path / f"fast{suffix}", sd, format=fmt)
+    assert reread == []  # one read of the written bytes, during the copy; none after it
     slow = _run(src, tmp_path / f"slow{suffix}", sd, format=fmt, byte_copy=False)
     assert fast.ok and slow.ok
     assert fast.report["output"]["copied"] == len(sd)

@@ -13,7 +13,18 @@ ratios to a durable copy (``cp`` then ``sync FILE``: Graft fsyncs its output too
 the same run, peak RSS and peak anonymous RSS (RSS alone misleads on mmap paths: mapped file
 pages count in it). The page cache is warm: every file is read once before timing.
 
+CPU is counted one way for every row: ``ru_utime + ru_stime`` of ``wait4`` on the whole
+process (every thread of it, BLAKE3's and the verifier's included, and every child it waited
+for), the same for ``cp``; a ``getrusage(RUSAGE_CHILDREN)`` delta over all runs cross-checks
+it. Upload rows count the server's CPU (its process tree, from ``/proc``), not curl's.
+The machine line says the cores, the CPU model, the load average before and after, and
+whether the output folder's filesystem takes reflinks (``cp`` then clones: near zero cost).
+
     .venv/bin/python bench/convert.py [--runs 3] [--big] [--dir data/bench]
+        [--rows verified,no-verify,upload] [--base DIR]
+
+``--base DIR`` runs every Graft row a second time with the code under DIR (e.g. a
+``git archive`` of main), interleaved with this tree's, so before and after share one run.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,6 +44,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -169,7 +182,7 @@ class Sample:
 _FIELDS = {"VmHWM:": "rss", "RssAnon:": "anon"}
 
 
-def run_once(cmd: list[str]) -> Sample:
+def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> Sample:
     """Run ``cmd`` as a whole process; peaks are sampled from /proc every 2 ms, CPU time
     (user + sys) comes from ``wait4``'s rusage of that process alone.
 
@@ -177,7 +190,7 @@ def run_once(cmd: list[str]) -> Sample:
     """
     start = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         peak = {"rss": 0, "anon": 0}
         done = threading.Event()
 
@@ -206,6 +219,7 @@ def run_once(cmd: list[str]) -> Sample:
             raise SystemExit(
                 f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.read().decode()}"
             )
+    COUNTED[0] += usage.ru_utime + usage.ru_stime
     return Sample(wall, usage.ru_utime + usage.ru_stime, peak["rss"], peak["anon"])
 
 
@@ -216,35 +230,121 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=ROOT / "data" / "bench")
     parser.add_argument("--only", default=None, help="run only this checkpoint set (or `service`)")
     parser.add_argument("--no-service", action="store_true", help="skip the upload/API rows")
+    parser.add_argument("--rows", default=None, help="only rows whose label holds one of these")
+    parser.add_argument("--base", type=Path, default=None, help="baseline code to compare")
     args = parser.parse_args()
     sets = prepare(args.dir, args.big)
     out_dir = args.dir / "out"
     out_dir.mkdir(exist_ok=True)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
-        f"python {platform.python_version()}; warm page cache; {args.runs} runs, median"
-    )
+    print(machine_line(out_dir, args.runs))
+    rows = RowFilter(args.rows.split(",") if args.rows else None, args.base)
     header = ("set", "command", "wall s", "CPU s", "x durable", "x cp", "x cp CPU", "x naive",
               "peak RSS MB", "anon MB")  # fmt: skip
-    table = [header]
+    table: list[tuple[str, ...]] = [header]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     for name, f in sets.items():
         if args.only and name != args.only:
             continue
-        samples = _measure(f, out_dir, args.runs, full=not name.startswith("big"))
+        samples = _measure(f, out_dir, args.runs, rows, full=not name.startswith("big"))
         size = f["zip"].stat().st_size
         table += _rows(f"{name} ({size / 1e9:.2f} GB)", samples)
     if not args.no_service and args.only in (None, "service"):
-        table += _service_rows(args.dir, out_dir, args.runs)
+        table += _service_rows(args.dir, out_dir, args.runs, rows)
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     for i, row in enumerate(table):
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(
+        f"cross-check: RUSAGE_CHILDREN grew {_cpu(after) - _cpu(children):.2f} CPU-s over all "
+        f"runs, wait4 counted {COUNTED[0]:.2f} CPU-s; load average after: {_load()}"
+    )
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
+COUNTED = [0.0]  # wait4 CPU summed over every run, for the cross-check
+
+
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine_line(folder: Path, runs: int) -> str:
+    """Cores, CPU model, load, filesystem and whether it takes reflinks."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(folder)], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return (
+        f"machine: {os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {model}, "
+        f"{platform.machine()}, {platform.platform()}; python {platform.python_version()}; "
+        f"output on {fs or '?'}, reflinks {'available' if _reflinks(folder) else 'NOT available'}; "
+        f"load average {_load()}; warm page cache; {runs} runs, median; CPU = wait4 "
+        "ru_utime+ru_stime of the whole process (all threads, waited children)"
+    )
+
+
+def _reflinks(folder: Path) -> bool:
+    """Does ``FICLONE`` work between two files of ``folder``?"""
+    import fcntl
+
+    a, b = folder / ".reflink-probe-a", folder / ".reflink-probe-b"
+    try:
+        a.write_bytes(b"x" * 65536)
+        with a.open("rb") as src, b.open("wb") as dst:
+            fcntl.ioctl(dst.fileno(), 0x40049409, src.fileno())  # FICLONE
+        return True
+    except OSError:
+        return False
+    finally:
+        a.unlink(missing_ok=True)
+        b.unlink(missing_ok=True)
+
+
+@dataclass
+class RowFilter:
+    """Which rows run (label substrings; baselines always), and the baseline code's folder."""
+
+    only: list[str] | None
+    base: Path | None
+
+    def keep(self, label: str) -> bool:
+        return label in (CP, DURABLE) or self.only is None or any(k in label for k in self.only)
+
+    def expand(self, rows: dict[str, list[str]]) -> dict[str, Row]:
+        """The kept rows; each Graft row twice with ``--base`` (``[base]``, then this tree)."""
+        out: dict[str, Row] = {}
+        for label, cmd in rows.items():
+            if not self.keep(label):
+                continue
+            if self.base is not None and cmd[: len(GRAFT)] == GRAFT:
+                env = {**os.environ, "PYTHONPATH": str(self.base)}
+                out[f"{label} [base]"] = Row(cmd, self.base, env)
+            out[label] = Row(cmd, ROOT, {**os.environ, "PYTHONPATH": str(ROOT)})
+        return out
+
+
+@dataclass
+class Row:
+    cmd: list[str]
+    cwd: Path = ROOT
+    env: dict[str, str] | None = None
+
+
 def _measure(
-    f: dict[str, Path], out_dir: Path, runs: int, *, full: bool = True
+    f: dict[str, Path], out_dir: Path, runs: int, rows_filter: RowFilter, *, full: bool = True
 ) -> dict[str, list[Sample]]:
     """Every command of one checkpoint set, interleaved ``runs`` times (``full=False``: the
     baselines and the rename-only conversions only, for the 6 GB set)."""
@@ -277,65 +377,79 @@ def _measure(
     if not full:
         keep = (CP, DURABLE, "convert rename-only zip->st (verified)", "  same, --no-verify")
         rows = {k: v for k, v in rows.items() if k in keep}
+    expanded = rows_filter.expand(rows)
     for path in (f["zip"], f["safetensors"]):  # warm the page cache
         with path.open("rb") as fh:
             while fh.read(1 << 24):
                 pass
-    samples: dict[str, list[Sample]] = {k: [] for k in rows}
+    samples: dict[str, list[Sample]] = {k: [] for k in expanded}
     for _ in range(runs):
-        for label, cmd in rows.items():
-            samples[label].append(run_once(cmd))
+        for label, row in expanded.items():
+            samples[label].append(run_once(row.cmd, row.cwd, row.env))
             for leftover in (out, out_pt, copy):
                 leftover.unlink(missing_ok=True)
+                leftover.with_name(leftover.name + ".intoto.json").unlink(missing_ok=True)
     return samples
 
 
-def _service_rows(folder: Path, out_dir: Path, runs: int) -> list[tuple[str, ...]]:
+def _service_rows(
+    folder: Path, out_dir: Path, runs: int, rows_filter: RowFilter
+) -> list[tuple[str, ...]]:
     """Uploads of 1 GB (raw, multipart) against copies of the same file, and the API end to
-    end for a 10 MB conversion, on one warm ``graft serve``."""
-    from uploads import api_roundtrips, make_checkpoint, upload_commands
-
-    from tests.e2e.conftest import Server
+    end for a 10 MB conversion, on one warm ``graft serve`` (and one of the ``--base`` code,
+    its rows interleaved). Upload rows count the server's CPU, not curl's."""
+    from uploads import api_roundtrips, make_checkpoint, server_cpu, start_server, upload_commands
 
     source = folder / "upload-1g.safetensors"
     make_checkpoint(source, 1024)
     small = folder / "e2e-10m.safetensors"
     skeleton = make_checkpoint(small, 10)
     copy = out_dir / "copy"
-    srv = out_dir / "srv"
-    srv.mkdir(exist_ok=True)
-    server = Server(srv, GRAFT_WORKERS="1", GRAFT_MAX_UPLOAD_BYTES=str(2 << 30))
-    server.start()
+    servers = {"": start_server(out_dir / "srv", ROOT)}
     try:
-        rows = {
-            CP: ["cp", str(source), str(copy)],
-            DURABLE: ["sh", "-c", f'cp "{source}" "{copy}" && sync "{copy}"'],
-            **upload_commands(server.url, source),
+        if rows_filter.base is not None:
+            servers[" [base]"] = start_server(out_dir / "srv-base", rows_filter.base)
+        rows: dict[str, tuple[list[str], Any]] = {
+            CP: (["cp", str(source), str(copy)], None),
+            DURABLE: (["sh", "-c", f'cp "{source}" "{copy}" && sync "{copy}"'], None),
         }
+        for tag, server in servers.items():
+            for label, cmd in upload_commands(server.url, source).items():
+                if rows_filter.keep(label):
+                    rows[label + tag] = (cmd, server)
         with source.open("rb") as fh:  # warm the page cache
             while fh.read(1 << 24):
                 pass
         samples: dict[str, list[Sample]] = {k: [] for k in rows}
         for _ in range(runs):
-            for label, cmd in rows.items():
-                samples[label].append(run_once(cmd))
+            for label, (cmd, server) in rows.items():
+                before = server_cpu(server) if server is not None else 0.0
+                sample = run_once(cmd)
+                if server is not None:  # the server's CPU for this upload, not curl's
+                    sample.cpu = server_cpu(server) - before
+                samples[label].append(sample)
                 copy.unlink(missing_ok=True)
-        first = api_roundtrips(server, small, skeleton, 1)[0]  # the first job after /readyz
-        e2e = api_roundtrips(server, small, skeleton, 10 * runs)
+        e2e: list[float] = []
+        first = math.nan
+        if rows_filter.keep("API e2e"):
+            first = api_roundtrips(servers[""], small, skeleton, 1)[0]  # first job after /readyz
+            e2e = api_roundtrips(servers[""], small, skeleton, 10 * runs)
     finally:
-        server.stop()
-    # curl's CPU is not the server's: the upload rows carry wall-clock ratios only
+        for server in servers.values():
+            server.stop()
+    # Upload rows: the server's CPU against cp's; RSS is curl's, so it is not shown.
     table = [
-        (*r[:3], "-", r[4], r[5], "-", "-", "-", "-") if "upload" in r[1] else (*r[:7], "-", *r[8:])
+        (*r[:8], "-", "-") if "upload" in r[1] else (*r[:7], "-", *r[8:])
         for r in _rows("upload (1.07 GB)", samples, naive=False)
     ]
-    p50, p90 = statistics.median(e2e), sorted(e2e)[int(0.9 * len(e2e))]
-    table += [
-        ("API e2e (10 MB)", f"upload+job+download, warm p50 (p90 {p90:.2f} s)", f"{p50:.2f}",
-         "-", "-", "-", "-", "-", "-", "-"),
-        ("API e2e (10 MB)", "the first job after /readyz", f"{first:.2f}",
-         "-", "-", "-", "-", "-", "-", "-"),
-    ]  # fmt: skip
+    if e2e:
+        p50, p90 = statistics.median(e2e), sorted(e2e)[int(0.9 * len(e2e))]
+        table += [
+            ("API e2e (10 MB)", f"upload+job+download, warm p50 (p90 {p90:.2f} s)", f"{p50:.2f}",
+             "-", "-", "-", "-", "-", "-", "-"),
+            ("API e2e (10 MB)", "the first job after /readyz", f"{first:.2f}",
+             "-", "-", "-", "-", "-", "-", "-"),
+        ]  # fmt: skip
     return table
 
 
@@ -354,7 +468,7 @@ def _rows(
 
     cp, cp_cpu, durable = med(CP, "wall"), med(CP, "cpu"), med(DURABLE, "wall")
     naive_wall = med(NAIVE, "wall") if naive and NAIVE in samples else math.nan  # shown as -
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for label in samples:
         wall, cpu = med(label, "wall"), med(label, "cpu")
         rows.append(

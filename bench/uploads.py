@@ -22,9 +22,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.conftest import Server  # noqa: E402  (the e2e server harness)
+from tests.e2e.conftest import Server, wait_ready  # noqa: E402  (the e2e server harness)
 
-__all__ = ["api_roundtrips", "make_checkpoint", "upload_commands"]
+__all__ = ["api_roundtrips", "make_checkpoint", "server_cpu", "start_server", "upload_commands"]
 
 
 def make_checkpoint(path: Path, size_mb: int) -> dict[str, Any]:
@@ -46,6 +46,52 @@ def make_checkpoint(path: Path, size_mb: int) -> dict[str, Any]:
             for k, v in tensors.items()
         },
     }
+
+
+def start_server(root: Path, code: Path) -> Server:
+    """A warm ``graft serve`` on ``root`` running the code under ``code`` (this tree, or a
+    baseline's), one worker, uploads up to 2 GiB."""
+    import subprocess
+
+    root.mkdir(parents=True, exist_ok=True)
+    server = Server(root, GRAFT_WORKERS="1", GRAFT_MAX_UPLOAD_BYTES=str(2 << 30))
+    server.env["PYTHONPATH"] = str(code)
+    with server.log.open("ab") as log:
+        server.process = subprocess.Popen(
+            [sys.executable, "-c", "from app.cli import main; main()", "serve",
+             "--port", str(server.port)],
+            cwd=code, env=server.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    wait_ready(server.url, server.process, server.log)
+    return server
+
+
+def server_cpu(server: Server) -> float:
+    """CPU seconds (user + sys) of the server's process tree so far: every live process under
+    it (its threads included) and the children it has reaped."""
+    import os
+
+    assert server.process is not None
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue
+            stats[int(entry.name)] = raw.rsplit(")", 1)[1].split()
+    tree, grew = {server.process.pid}, True
+    while grew:
+        more = {pid for pid, f in stats.items() if int(f[1]) in tree} - tree
+        tree |= more
+        grew = bool(more)
+    total = 0
+    for pid in tree:
+        f = stats.get(pid)
+        if f is not None:  # fields 14-17: utime stime cutime cstime (index 11-14 here)
+            total += sum(int(x) for x in f[11:15])
+    return total / tick
 
 
 def upload_commands(url: str, source: Path) -> dict[str, list[str]]:
@@ -92,7 +138,7 @@ def api_roundtrips(server: Server, source: Path, skeleton: dict[str, Any], n: in
 def main() -> None:
     import tempfile
 
-    from convert import run_once  # type: ignore[import-not-found]
+    from convert import run_once
 
     with tempfile.TemporaryDirectory(dir=REPO / "data") as tmp:
         root = Path(tmp)

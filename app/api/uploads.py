@@ -20,7 +20,7 @@ import contextlib
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,10 @@ _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 # File systems limit a name to 255 bytes, not characters: 200 x "é" is 400 bytes.
 _MAX_NAME_BYTES = 255
 _RETRY_AFTER_SECONDS = 5
+# A safetensors header up to this size is collected to be inspected while the body arrives.
+_SNIFF_MAX = 16 << 20
+
+OnHeader = Callable[[bytes, int, str], None]  # header bytes, announced size, file name
 
 
 def safe_filename(name: str | None, default: str = "checkpoint") -> str:
@@ -204,7 +208,9 @@ async def _chunks(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
     while True:
         wait = pace.wait(time.monotonic() - started, received)
         try:
-            chunk = await asyncio.wait_for(anext(stream), wait)
+            # ``timeout`` arms one timer; ``wait_for`` made a task per chunk (9 us against 4).
+            async with asyncio.timeout(wait):
+                chunk = await anext(stream)
         except StopAsyncIteration:
             return
         except TimeoutError:
@@ -223,11 +229,11 @@ class _Pipe:
 
     def __init__(self, staged: StagedFile) -> None:
         self.staged = staged
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes | memoryview] = []
         self.size = 0
         self._pending: asyncio.Future[None] | None = None
 
-    async def add(self, data: bytes) -> None:
+    async def add(self, data: bytes | memoryview) -> None:
         self.chunks.append(data)
         self.size += len(data)
         if self.size >= _FLUSH_BYTES:
@@ -254,13 +260,50 @@ class _Pipe:
             await self.drain()
 
 
+class _HeaderSniffer:
+    """Collects a raw body's first ``8 + N`` bytes, where a safetensors file's header ends
+    (``N``: the little-endian u64 it starts with), and hands them on; only the length is
+    read here, the header itself is the sandbox's to parse."""
+
+    def __init__(self, total: int, filename: str, on_header: OnHeader) -> None:
+        self.total = total
+        self.filename = filename
+        self.on_header = on_header
+        self.head = bytearray()
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take a chunk; ``True`` once done (handed on, or not a header worth waiting for)."""
+        self.head += chunk[: _SNIFF_MAX + 8 - len(self.head)]
+        if len(self.head) < 8:
+            return False
+        end = 8 + int.from_bytes(self.head[:8], "little")
+        if end > min(self.total, _SNIFF_MAX + 8) or end <= 8:
+            return True  # not safetensors, or a header too large to hold here
+        if len(self.head) < end:
+            return False
+        self.on_header(bytes(self.head[:end]), self.total, self.filename)
+        return True
+
+
 async def _receive_raw(
-    request: Request, receiver: _Receiver, filename: str, pace: UploadPace
+    request: Request,
+    receiver: _Receiver,
+    filename: str,
+    pace: UploadPace,
+    on_header: OnHeader | None = None,
 ) -> None:
     pipe = _Pipe(receiver.open(filename))
+    declared = request.headers.get("content-length", "")
+    sniff = (
+        _HeaderSniffer(int(declared), filename, on_header)
+        if on_header is not None and declared.isdigit()
+        else None
+    )
     try:
         async for chunk in _chunks(request, pace):
             receiver.count(len(chunk))
+            if sniff is not None and sniff.feed(chunk):
+                sniff = None
             await pipe.add(chunk)
         await pipe.flush()
     except BaseException:
@@ -269,7 +312,9 @@ async def _receive_raw(
     await pipe.drain()
 
 
-def _multipart_parser(boundary: bytes, events: list[tuple[str, bytes]]) -> MultipartParser:
+def _multipart_parser(
+    boundary: bytes, events: list[tuple[str, bytes | memoryview]]
+) -> MultipartParser:
     """Build a parser whose callbacks only record `(kind, data)` events.
 
     Args:
@@ -298,7 +343,9 @@ def _multipart_parser(boundary: bytes, events: list[tuple[str, bytes]]) -> Multi
         headers.clear()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        events.append(("data", bytes(data[start:end])))
+        # A view, not a copy, of immutable bytes: written and hashed as they are.
+        view = memoryview(data)[start:end] if isinstance(data, bytes) else bytes(data[start:end])
+        events.append(("data", view))
 
     def on_part_end() -> None:
         events.append(("end", b""))
@@ -320,7 +367,7 @@ async def _receive_multipart(
     request: Request, receiver: _Receiver, boundary: bytes, pace: UploadPace
 ) -> None:
     # The parser's callbacks are synchronous: they only record; the loop below does the I/O.
-    events: list[tuple[str, bytes]] = []
+    events: list[tuple[str, bytes | memoryview]] = []
     parser = _multipart_parser(boundary, events)
     part = _Part()
     pipe: _Pipe | None = None
@@ -336,7 +383,7 @@ async def _receive_multipart(
                 raise BadRequestError(f"malformed multipart body: {exc}") from None
             for kind, data in events:
                 if kind == "begin":
-                    _, options = parse_options_header(data)
+                    _, options = parse_options_header(bytes(data))
                     part = _Part(
                         name=options.get(b"name", b"").decode("utf-8", "replace"),
                         filename=options.get(b"filename", b"").decode("utf-8", "replace") or None,
@@ -374,11 +421,15 @@ async def receive_upload(
     max_bytes: int,
     filename: str | None,
     pace: UploadPace | None = None,
+    on_header: OnHeader | None = None,
 ) -> list[StagedFile]:
     """Stream the request body into staged files in ``workdir``, closed and fsynced.
 
     Args:
         pace: how slow the client may be (default: no limit).
+        on_header: called with a raw body's first ``8 + N`` bytes (a safetensors header,
+            when it is one), its announced size and file name, as soon as they are in, so
+            inspection overlaps the rest of the upload.
 
     Returns:
         One staged file per uploaded file, in upload order, each with its sha256 and size.
@@ -404,7 +455,7 @@ async def receive_upload(
                 raise BadRequestError("multipart body without a boundary")
             await _receive_multipart(request, receiver, boundary, pace)
         else:
-            await _receive_raw(request, receiver, safe_filename(filename), pace)
+            await _receive_raw(request, receiver, safe_filename(filename), pace, on_header)
         for staged in receiver.files:
             await run_in_threadpool(staged.close)
     except BaseException:

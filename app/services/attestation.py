@@ -9,6 +9,7 @@ byte-identical.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "output_statement",
     "replay_output",
     "sign_job_statement",
+    "torch_version",
     "verify_output",
 ]
 
@@ -92,8 +94,6 @@ def output_statement(
         report: the conversion's report.
         recipe: the recipe as JSON, for outputs that cannot carry it (``--format torch``).
     """
-    import torch
-
     try:
         metadata = read_output_metadata(weights)
     except UnreadableCheckpointError:
@@ -103,8 +103,19 @@ def output_statement(
         base=weights if weights.is_dir() else weights.parent,
         report=report,
         metadata=metadata,
-        versions={"graft": __version__, "torch": torch.__version__},
+        versions={"graft": __version__, "torch": torch_version()},
     )
+
+
+def torch_version() -> str:
+    """``torch.__version__`` without importing torch when nothing has (a byte-copy conversion
+    never does: importing it only for its version cost more CPU than the copy)."""
+    loaded = sys.modules.get("torch")
+    if loaded is not None:
+        return str(loaded.__version__)
+    from importlib.metadata import version
+
+    return version("torch")
 
 
 def sign_job_statement(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from app.services.inspector import InspectorPool
 from app.storage import BlobStore, StagedFile
 
 __all__ = [
+    "EarlyInspection",
     "checkpoint_digest",
     "checkpoint_files",
     "delete_checkpoint",
@@ -129,6 +131,64 @@ def publish_checkpoint(
     return checkpoint, True
 
 
+class EarlyInspection:
+    """A safetensors upload's header inspected while the rest of its body still arrives.
+
+    A safetensors file is described by its header alone (names, dtypes, shapes, offsets),
+    and the header is the first ``8 + N`` bytes. Once they are in, :meth:`start` writes them
+    to a probe file sized like the announced upload (sparse: the data is a hole) and hands
+    it to the same sandboxed inspection as any upload, on its own task; :meth:`summary`
+    gives that answer when the upload that arrived is the one announced (one file, its
+    size), else ``None`` and the upload is inspected as usual. Nothing of the header is
+    parsed in this process beyond its length.
+
+    Args:
+        inspector: the sandboxed inspection pool.
+        workdir: the upload's private folder (the probe goes there).
+        entry: the weights entry to use (SPEC §1).
+    """
+
+    def __init__(self, inspector: InspectorPool, workdir: Path, *, entry: str = "auto") -> None:
+        self.inspector = inspector
+        self.workdir = workdir
+        self.entry = entry
+        self.total: int | None = None
+        self._task: asyncio.Task[dict[str, Any]] | None = None
+
+    def start(self, header: bytes, total: int, name: str) -> None:
+        """Inspect ``header`` as the start of a ``total``-byte file named ``name``."""
+        if self._task is not None:
+            return
+        probe = self.workdir / "header-probe"
+        with probe.open("xb") as fh:
+            fh.write(header)
+            fh.truncate(total)
+        self.total = total
+        self._task = asyncio.get_running_loop().create_task(
+            self.inspector.inspect([probe], names=[name], entry=self.entry, paged=True)
+        )
+        # A task cancelled or refused and never awaited must not log "never retrieved".
+        self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def summary(self, files: Sequence[StoredFile]) -> dict[str, Any] | None:
+        """The early answer, when ``files`` is the one upload it was taken for; ``None``
+        otherwise, or when it refused the probe (the real file then says why)."""
+        if self._task is None:
+            return None
+        if len(files) != 1 or files[0].size != self.total:
+            self.cancel()
+            return None
+        try:
+            return await self._task
+        except Exception:  # refused: the full inspection gives the real file's own answer
+            return None
+
+    def cancel(self) -> None:
+        """Stop an inspection still running (an upload that failed or changed)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
 async def register_upload(
     session: Session,
     store: BlobStore,
@@ -137,6 +197,7 @@ async def register_upload(
     *,
     owner: str,
     entry: str = "auto",
+    early: EarlyInspection | None = None,
 ) -> tuple[Checkpoint, bool]:
     """Inspect staged files in a child process, then publish blobs and the record.
 
@@ -144,6 +205,7 @@ async def register_upload(
         files: closed staged files (names as uploaded, sha256 and size known).
         owner: who the record belongs to.
         entry: the weights entry to use (SPEC §1).
+        early: the header inspected while the body arrived, used when it matches.
 
     Returns:
         ``(checkpoint, created)``; identical bytes from the same owner give back the
@@ -152,9 +214,11 @@ async def register_upload(
     Raises:
         GraftError: the engine refused the file; nothing is stored.
     """
-    summary = await inspector.inspect(
-        [f.path for f in files], names=[f.name for f in files], entry=entry, paged=True
-    )
+    summary = await early.summary(files) if early is not None else None
+    if summary is None:
+        summary = await inspector.inspect(
+            [f.path for f in files], names=[f.name for f in files], entry=entry, paged=True
+        )
     return await to_thread.run_sync(
         lambda: publish_checkpoint(session, store, files, summary, owner=owner)
     )

@@ -10,13 +10,17 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import secrets
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from app.engine.output.files import fsync_dir
+from app.engine.output.files import fsync_dir, start_writeback
+
+Buffer = bytes | bytearray | memoryview
 
 __all__ = ["Scratch", "StagedFile", "fsync_dir", "pid_alive"]
 
@@ -37,6 +41,12 @@ def pid_alive(pid: int) -> bool:
 class StagedFile:
     """A temp file being written, hashed in the same pass.
 
+    Batches (:meth:`write_many`) are written by the caller's thread (one ``writev``) while a
+    hashing thread digests the previous ones (``hashlib`` releases the GIL), so the sha256
+    costs no wall time beside the write; at most :data:`HASH_DEPTH` batches wait for it.
+    Writeback starts every :data:`WRITEBACK_EVERY` bytes, so the disk works while the
+    bytes arrive and :meth:`close`'s fsync finds little left to do.
+
     Attributes:
         path: where the bytes are staged.
         name: the file's name in its checkpoint (a client's name is only ever this, never a
@@ -44,43 +54,86 @@ class StagedFile:
         size: bytes written so far.
     """
 
+    WRITEBACK_EVERY = 64 << 20
+    HASH_DEPTH = 2
+
     def __init__(self, path: Path, *, name: str | None = None) -> None:
         self.path = path
         self.name = name or path.name
         self.size = 0
         self._hash = hashlib.sha256()
         self._fh: BinaryIO | None = path.open("xb")
+        self._flushed = 0
+        self._hashing: queue.Queue[Sequence[Buffer] | None] | None = None
+        self._hasher: threading.Thread | None = None
+        self._hash_error: BaseException | None = None
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` to the file and the running digest."""
         if self._fh is None:
             raise ValueError(f"staged file {self.path} is closed")
+        self._join_hasher()
         self._fh.write(data)
         self._hash.update(data)
         self.size += len(data)
 
-    def write_many(self, chunks: list[bytes]) -> None:
-        """Append ``chunks`` in one ``writev`` and hash them: no join into one buffer first
-        (the join was a seventh of an upload's CPU)."""
+    def write_many(self, chunks: Sequence[Buffer]) -> None:
+        """Append ``chunks`` in one ``writev`` (no join into one buffer first); the hashing
+        thread digests them while the next batch comes in, so they must not change
+        afterwards (``bytes``, or views of them)."""
         if self._fh is None:
             raise ValueError(f"staged file {self.path} is closed")
         self._fh.flush()
         fd = self._fh.fileno()
-        views = [memoryview(c) for c in chunks if c]
+        views = [memoryview(c) for c in chunks if len(c)]
+        size = sum(v.nbytes for v in views)
         while views:
             n = os.writev(fd, views[:1024])  # IOV_MAX
             while n and views:
-                if n >= len(views[0]):
-                    n -= len(views.pop(0))
+                if n >= views[0].nbytes:
+                    n -= views.pop(0).nbytes
                 else:
                     views[0] = views[0][n:]
                     n = 0
-        for chunk in chunks:
-            self._hash.update(chunk)
-            self.size += len(chunk)
+        self.size += size
+        self._hash_later(chunks)
+        if self.size - self._flushed >= self.WRITEBACK_EVERY:
+            start_writeback(fd, self._flushed, self.size - self._flushed)
+            self._flushed = self.size
+
+    def _hash_later(self, chunks: Sequence[Buffer]) -> None:
+        if self._hashing is None:
+            self._hashing = queue.Queue(maxsize=self.HASH_DEPTH)
+            self._hasher = threading.Thread(target=self._hash_run, name="graft-sha256", daemon=True)
+            self._hasher.start()
+        if self._hash_error is not None:
+            raise self._hash_error
+        self._hashing.put(chunks)  # waits while HASH_DEPTH batches are still being hashed
+
+    def _hash_run(self) -> None:
+        assert self._hashing is not None
+        while (chunks := self._hashing.get()) is not None:
+            if self._hash_error is not None:
+                continue
+            try:
+                for chunk in chunks:
+                    self._hash.update(chunk)
+            except BaseException as exc:  # raised to the writer by _join_hasher
+                self._hash_error = exc
+
+    def _join_hasher(self) -> None:
+        """Wait until every batch written is hashed (the thread ends; a later batch starts
+        another)."""
+        if self._hasher is not None and self._hashing is not None:
+            self._hashing.put(None)
+            self._hasher.join()
+            self._hasher = self._hashing = None
+        if self._hash_error is not None:
+            raise self._hash_error
 
     def close(self) -> str:
         """Flush and fsync the file; return its sha256 hex digest."""
+        self._join_hasher()
         if self._fh is not None:
             self._fh.flush()
             os.fsync(self._fh.fileno())
@@ -91,10 +144,13 @@ class StagedFile:
     @property
     def sha256(self) -> str:
         """The digest of the bytes written so far."""
+        self._join_hasher()
         return self._hash.hexdigest()
 
     def discard(self) -> None:
         """Close and delete the temp file (idempotent)."""
+        with contextlib.suppress(BaseException):
+            self._join_hasher()
         if self._fh is not None:
             self._fh.close()
             self._fh = None

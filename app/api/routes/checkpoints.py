@@ -83,14 +83,20 @@ async def upload_checkpoint(
     slots = app_context(request).uploads
     pace = UploadPace.from_settings(settings)
     with store.workdir() as workdir:
-        # The slot covers receiving the body only: inspection has its own queue.
-        with slots.claim(principal.owner):
-            files = await receive_upload(
-                request, workdir, max_bytes=settings.max_upload_bytes, filename=filename, pace=pace
+        # A raw safetensors body's header is inspected while the rest of it arrives.
+        early = service.EarlyInspection(inspector, workdir, entry=entry)
+        try:
+            # The slot covers receiving the body only: inspection has its own queue.
+            with slots.claim(principal.owner):
+                files = await receive_upload(
+                    request, workdir, max_bytes=settings.max_upload_bytes, filename=filename,
+                    pace=pace, on_header=early.start,
+                )  # fmt: skip
+            checkpoint, created = await service.register_upload(
+                session, store, inspector, files, owner=principal.owner, entry=entry, early=early
             )
-        checkpoint, created = await service.register_upload(
-            session, store, inspector, files, owner=principal.owner, entry=entry
-        )
+        finally:
+            early.cancel()
     if not created:
         response.status_code = status.HTTP_200_OK
     return CheckpointPublic.of(checkpoint)

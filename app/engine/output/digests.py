@@ -8,6 +8,7 @@ records get their CRC-32 from the source ranges on a second thread (:class:`Rang
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import queue
 import threading
@@ -31,9 +32,11 @@ __all__ = [
     "file_blake3",
     "hasher",
     "hexdigest",
+    "same_bytes",
     "scan_range",
     "tensor_bytes",
     "tensor_digest",
+    "window",
 ]
 
 VERIFY_WINDOW = 8 << 20  # mapped at a time when digesting a large range
@@ -108,7 +111,7 @@ def scan_range(
         done = 0
         while done < length:
             size = min(VERIFY_WINDOW, length - done)
-            with _window(f.fileno(), offset + done, size) as view:
+            with window(f.fileno(), offset + done, size) as view:
                 if h is not None:
                     h.update(view)
                 if dtype is not None and finite:
@@ -120,7 +123,7 @@ def scan_range(
 
 
 @contextmanager
-def _window(fd: int, offset: int, size: int) -> Iterator[memoryview]:
+def window(fd: int, offset: int, size: int) -> Iterator[memoryview]:
     """``size`` bytes of a file at ``offset``, mapped read-only, unmapped on exit."""
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     with mmap.mmap(fd, offset - start + size, access=mmap.ACCESS_READ, offset=start) as m:
@@ -131,17 +134,30 @@ def _window(fd: int, offset: int, size: int) -> Iterator[memoryview]:
             view.release()
 
 
-def _same_bytes(a: memoryview, b: memoryview) -> bool:
-    """``memcmp`` of two equal-length buffers, eight bytes a lane (numpy, no Python loop)."""
+def _memcmp() -> Any:
+    try:
+        fn = ctypes.CDLL(None).memcmp
+    except (OSError, AttributeError):  # pragma: no cover - every libc has it
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return fn
+
+
+_MEMCMP = _memcmp()
+
+
+def same_bytes(a: memoryview, b: memoryview) -> bool:
+    """``memcmp`` of two equal-length buffers (libc's, through ctypes: SIMD, GIL released)."""
     import numpy as np
 
-    whole = len(a) - len(a) % 8
-    lanes = whole // 8
-    if lanes and not np.array_equal(
-        np.frombuffer(a, "<u8", count=lanes), np.frombuffer(b, "<u8", count=lanes)
-    ):
+    if len(a) != len(b):
         return False
-    return a[whole:] == b[whole:]
+    if _MEMCMP is None or not len(a):
+        return bytes(a) == bytes(b)
+    pa = np.frombuffer(a, dtype=np.uint8).ctypes.data
+    pb = np.frombuffer(b, dtype=np.uint8).ctypes.data
+    return int(_MEMCMP(pa, pb, len(a))) == 0
 
 
 def compare_range(
@@ -176,13 +192,13 @@ def compare_range(
                 part = 0
                 while part < src_length:
                     size = min(VERIFY_WINDOW, src_length - part)
-                    with _window(out.fileno(), out_offset + done, size) as view:
+                    with window(out.fileno(), out_offset + done, size) as view:
                         h.update(view)
                         if finite:
                             finite = all_finite(view, dtype)
                         if equal:
-                            with _window(src.fileno(), src_offset + part, size) as original:
-                                equal = _same_bytes(view, original)
+                            with window(src.fileno(), src_offset + part, size) as original:
+                                equal = same_bytes(view, original)
                     done += size
                     part += size
     return hexdigest(h), finite, equal

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from app.engine.options import OutputFormat
+    from app.engine.output.overlap import CopiedTensor
     from app.engine.rederive import Rederived
     from app.engine.verify import OutputCheck
     from app.engine.warning import Warning
@@ -34,6 +35,9 @@ class Execution:
         copied_from: target key -> (file, offset, length) of the source ranges a byte-copied
             tensor came from, in order (several for a DCP tensor saved in chunks), kept when
             verifying: verification digests the written range and compares it with these.
+        verified_copies: byte-copied tensors checked while the copy went on (digest,
+            finiteness, equality with the source, see :mod:`app.engine.output.overlap`):
+            verification takes them instead of reading those ranges again.
         check: the re-read of the output, or ``None`` when verification was off.
         rederived: the tensors not byte-copied, re-derived from the source (see
             ``app.engine.rederive``), or ``None`` when verification was off.
@@ -47,5 +51,6 @@ class Execution:
     files: list[str] = field(default_factory=list)
     copy_methods: dict[str, int] = field(default_factory=dict)
     copied_from: dict[str, list[tuple[Path, int, int]]] = field(default_factory=dict)
+    verified_copies: dict[str, CopiedTensor] = field(default_factory=dict)
     check: OutputCheck | None = None
     rederived: Rederived | None = None

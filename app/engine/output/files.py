@@ -18,7 +18,7 @@ from typing import Any
 
 from app.engine.output.kernel_copy import KernelCopier
 
-__all__ = ["OutputFile", "atomic_output", "fsync_dir", "rewrite_at"]
+__all__ = ["OutputFile", "atomic_output", "fsync_dir", "rewrite_at", "start_writeback"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -111,7 +111,7 @@ class OutputFile:
     def _advance(self, n: int) -> None:
         self.position += n
         if self.position - self._flushed >= self.WRITEBACK_EVERY:
-            _start_writeback(self.fd, self._flushed, self.position - self._flushed)
+            start_writeback(self.fd, self._flushed, self.position - self._flushed)
             self._flushed = self.position
 
     @property
@@ -138,7 +138,8 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
 _sync_file_range = _load_sync_file_range()
 
 
-def _start_writeback(fd: int, offset: int, length: int) -> None:
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a file range back to disk without waiting (Linux; elsewhere nothing)."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length)
 

@@ -3,16 +3,16 @@
 The header is known from the plan, so it is written first and the bytes follow in order:
 memory stays bounded by the largest materialised tensor plus a constant. Tensors whose bytes
 pass through unchanged (loaded, same dtype, laid out in C order in the source) are copied file
-to file in the kernel, adjacent ones as one range, without torch; the others are produced one
-at a time, then freed. The metadata is written with placeholders of the final lengths and
-rewritten once the digests are known.
+to file in the kernel, adjacent ones as one range, without torch (and, verified, checked on a
+second thread while the next range is copied: :mod:`app.engine.output.overlap`); the others
+are produced one at a time, then freed. The metadata is written with placeholders of the
+final lengths and rewritten once the digests are known.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from app.engine.options import WriteOptions
 from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile, rewrite_at
 from app.engine.output.kernel_copy import KernelCopier
+from app.engine.output.overlap import CopyRuns, CopyVerifier
 from app.engine.output.produced import write_produced
 from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer
@@ -99,7 +100,9 @@ def write_safetensors(
     names = shard_names(len(shards)) if indexed else [SINGLE_NAME if sharded else tmp.name]
     paths = [tmp / n for n in names] if sharded else [tmp]
     headers: list[bytes] = []
-    runs = _Runs(KernelCopier(options.copy_methods))
+    # Verified, byte copies are checked on a second thread while the next bytes are copied.
+    verifier = CopyVerifier() if options.verify else None
+    runs = CopyRuns(KernelCopier(options.copy_methods), verifier)
     total, done, previous_files = max(sum(map(len, shards)), 1), 0, 0
     try:
         for path, entries in zip(paths, shards, strict=True):
@@ -122,8 +125,12 @@ def write_safetensors(
             finally:
                 previous_files += out.written
                 out.close()
+        if verifier is not None:
+            result.verified_copies = verifier.finish()
     finally:
         runs.close()
+        if verifier is not None:
+            verifier.close()
     if not options.verify:  # nothing will compare them
         result.copied_from.clear()
     result.copy_methods = {str(k): v for k, v in runs.copier.used.items()}
@@ -136,48 +143,11 @@ def write_safetensors(
     return result, layout
 
 
-class _Runs:
-    """Byte-copied tensors whose source ranges follow each other, copied as one range.
-
-    A safetensors source lays tensors end to end, so a rename-only conversion is a handful
-    of ``copy_file_range`` calls; a torch zip puts a record header between tensors, so each
-    is its own call (a few hundred, still all in the kernel).
-    """
-
-    def __init__(self, copier: KernelCopier) -> None:
-        self.copier = copier
-        self._fds: dict[Path, int] = {}
-        self._path: Path | None = None
-        self._start = 0
-        self._end = 0
-
-    def add(self, out: OutputFile, path: Path, offset: int, length: int) -> None:
-        if self._path != path or offset != self._end:
-            self.flush(out)
-            self._path, self._start = path, offset
-        self._end = offset + length
-
-    def flush(self, out: OutputFile) -> None:
-        """Copy the pending run (before anything else is appended to ``out``)."""
-        if self._path is not None and self._end > self._start:
-            fd = self._fds.get(self._path)
-            if fd is None:
-                fd = self._fds[self._path] = os.open(self._path, os.O_RDONLY)
-            out.copy_from(self.copier, fd, self._start, self._end - self._start)
-        self._path = None
-        self._start = self._end = 0
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-
 def _write_one(
     entry: PlanEntry,
     out: OutputFile,
     producer: Producer,
-    runs: _Runs,
+    runs: CopyRuns,
     result: Execution,
     byte_copy: bool,
 ) -> None:
@@ -185,8 +155,8 @@ def _write_one(
     digest is taken by verification, from the written range)."""
     spans = producer.source.byte_ranges(entry.sources[0]) if entry.fed else None
     if byte_copy and entry.status in ("loaded", "tied") and not entry.ops and spans:
-        for span in spans:  # one range, or a DCP tensor's chunks end to end
-            runs.add(out, *span)
+        # One range, or a DCP tensor's chunks end to end.
+        runs.add_tensor(out, entry.target, list(spans), entry.dtype)
         result.copied_from[entry.target] = spans
         result.copied += 1
         return

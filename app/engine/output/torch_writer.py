@@ -20,6 +20,7 @@ from app.engine.output.digests import RangeCrcs, tensor_digest
 from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile
 from app.engine.output.kernel_copy import KernelCopier
+from app.engine.output.overlap import CopyRuns, CopyVerifier
 from app.engine.output.produced import produce_checked, write_produced
 from app.engine.output.torch_zip_writer import STORAGE_TYPES, ZipRecords, state_dict_pickle
 from app.engine.plan import Plan
@@ -51,21 +52,30 @@ def write_torch(
         return _write_with_torch_save(tmp, plan, producer, progress)
     result = Execution(format="torch")
     copier = KernelCopier(options.copy_methods)
-    # The zip needs the CRC of every record, verified or not: those of copied records are
-    # taken from their source ranges on a second thread while the kernel copies.
+    # The zip needs the CRC of every record, verified or not. Verified, a copied record's CRC
+    # comes from the same read of the written bytes that checks them, on a second thread
+    # while the next record is copied; not verified, from its source range, on a second
+    # thread too (:class:`RangeCrcs`).
+    verifier = CopyVerifier(crc=True) if options.verify else None
+    runs = CopyRuns(copier, verifier)
     crcs = _Crcs()
     out = OutputFile(tmp)
     try:
         zip_ = ZipRecords(out)
+        records: dict[str, int] = {}
         for i, entry in enumerate(plan.entries):
             index = zip_.begin(f"data/{i}", math.prod(entry.shape) * DTYPE_SIZES[entry.dtype])
             span = producer.source.byte_range(entry.sources[0]) if entry.fed else None
             if options.byte_copy and entry.status == "loaded" and not entry.ops and span:
                 path, offset, length = span
-                out.copy_from(copier, crcs.fd(path), offset, length)
-                crcs.ranges.submit(index, path, offset, length)
-                if options.verify:
+                if verifier is None:
+                    out.copy_from(copier, crcs.fd(path), offset, length)
+                    crcs.ranges.submit(index, path, offset, length)
+                else:
+                    runs.add_tensor(out, entry.target, [span], entry.dtype)
+                    runs.flush(out)  # the next record's header follows
                     result.copied_from[entry.target] = [span]
+                    records[entry.target] = index
                 result.copied += 1
             else:
                 crc = zlib.crc32(write_produced(entry, out, producer, result))
@@ -74,6 +84,10 @@ def write_torch(
                 progress(ProgressEvent("write", (i + 1) / max(len(plan.entries), 1)))
         for index, crc in crcs.ranges.finish().items():
             zip_.set_crc(index, crc)
+        if verifier is not None:
+            result.verified_copies = verifier.finish()
+            for key, index in records.items():
+                zip_.set_crc(index, result.verified_copies[key].crc or 0)
         pkl = state_dict_pickle([(e.target, e.dtype, e.shape) for e in plan.entries])
         zip_.write("data.pkl", pkl)
         zip_.write(".format_version", b"1")
@@ -82,6 +96,9 @@ def write_torch(
         zip_.close()
     finally:
         crcs.close()
+        runs.close()
+        if verifier is not None:
+            verifier.close()
         out.close()
     result.copy_methods = {str(k): v for k, v in copier.used.items()}
     return result

@@ -112,38 +112,77 @@ def test_adjacent_tensors_are_copied_as_one_range(
     assert calls == [sum(i.nbytes for i in infos.values())]
 
 
+def _flip(path: Path, offset: int) -> None:
+    with path.open("rb+") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def _key_at(output: Path, offset: int) -> str:
+    with open_source(output, strip_prefixes="none") as out:
+        for key in out.tensors:
+            span = out.byte_range(key)
+            if span is not None and span[1] <= offset < span[1] + span[2]:
+                return key
+    raise AssertionError(f"no tensor holds byte {offset}")
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "torch"])
 @pytest.mark.parametrize("methods", ["kernel", "buffered"])
 @pytest.mark.parametrize("recipe", [RENAME, RENAME_AND_ADAPT], ids=["rename", "adapt"])
-def test_verification_catches_a_byte_flipped_between_write_and_verify(
+def test_verification_catches_a_byte_flipped_after_the_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, methods: str, recipe: Any
 ) -> None:
-    real_verify = engine_write.verify_output
-    flipped: list[str] = []
+    """A byte copy is checked while the next range is copied: a bit flipped in the written
+    file after the kernel copied it, as a disk or a stray writer would, is caught."""
+    flipped: list[int] = []
+    real = OutputFile.copy_from
 
-    def damage_then_verify(written: Path, plan: Any, *args: Any) -> Any:
-        # Flip one bit of a tensor's bytes in the written file, as a disk or a stray
-        # writer would, after writing and before the re-read.
-        with open_source(written, strip_prefixes="none") as out:
-            key = plan.entries[1].target
-            path, offset, length = out.byte_range(key)
-        with path.open("rb+") as f:
-            f.seek(offset + length // 2)
-            byte = f.read(1)[0]
-            f.seek(offset + length // 2)
-            f.write(bytes([byte ^ 0x10]))
-        flipped.append(key)
-        return real_verify(written, plan, *args)
+    def copy_then_damage(
+        self: OutputFile, copier: KernelCopier, src: int, offset: int, n: int
+    ) -> None:
+        real(self, copier, src, offset, n)
+        if not flipped and n > 1:
+            flipped.append(self.position - n // 2)
+            _flip(self.path, flipped[0])
 
-    monkeypatch.setattr(engine_write, "verify_output", damage_then_verify)
+    monkeypatch.setattr(OutputFile, "copy_from", copy_then_damage)
     src = _source(tmp_path, "zip")
     result = _convert(src, tmp_path / "out", recipe, format=fmt, copy_methods=METHODS[methods])
     n = len(result.report["entries"])
     assert result.ok is False
     assert result.report["verification"]["checked"] == n
     assert result.report["verification"]["equal"] == n - 1
-    assert result.report["verification"]["unequal"] == flipped
+    assert result.report["verification"]["unequal"] == [_key_at(tmp_path / "out", flipped[0])]
     assert result.report["errors"] == ["verification: 1 tensors differ from the source"]
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
+def test_verification_catches_a_byte_flipped_in_a_produced_tensor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """A tensor the ops produced is digested as it is written and its written range read
+    back after writing: a bit flipped in between is caught."""
+    real_verify = engine_write.verify_output
+    flipped: list[str] = []
+
+    def damage_then_verify(written: Path, plan: Any, *args: Any) -> Any:
+        key = "net.conv1.weight"  # the adapted one: produced by torch, not byte-copied
+        with open_source(written, strip_prefixes="none") as out:
+            path, offset, length = out.byte_range(key)
+        _flip(path, offset + length // 2)
+        flipped.append(key)
+        return real_verify(written, plan, *args)
+
+    monkeypatch.setattr(engine_write, "verify_output", damage_then_verify)
+    src = _source(tmp_path, "zip")
+    result = _convert(src, tmp_path / "out", RENAME_AND_ADAPT, format=fmt)
+    n = len(result.report["entries"])
+    assert result.ok is False
+    assert result.report["verification"]["equal"] == n - 1
+    assert result.report["verification"]["unequal"] == flipped
 
 
 def test_streamed_torch_output_loads_with_weights_only_and_is_reproducible(

@@ -1,0 +1,275 @@
+"""Byte copies verified while the next bytes are copied: the copy and its check on two cores.
+
+A byte-copied tensor never enters Python on the way out; verification reads its written
+range back, digests it (BLAKE3), scans it for NaN/Inf and compares it with the source range
+it came from. Run after the copy, that read doubles the wall time on a machine with two
+cores. Here the writer copies in steps of :data:`STEP` bytes and hands each copied step to
+a worker thread through a bounded queue: the worker checks step N (one read of the written
+bytes: digest, finiteness, ``memcmp`` with the source and, for a zip record, the CRC-32, all
+from the same mapped window) while the kernel copies step N+1. BLAKE3, ``memcmp`` (through
+ctypes), zlib and numpy's reductions all release the GIL, so both cores work.
+
+Nothing is held but one mapped window of each file (:data:`VERIFY_WINDOW`); the queue holds
+ranges, not bytes, so memory stays bounded whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from app.engine.output.digests import VERIFY_WINDOW, all_finite, hexdigest, same_bytes, window
+from app.engine.output.files import OutputFile
+from app.engine.output.kernel_copy import KernelCopier
+
+__all__ = ["STEP", "CopiedTensor", "CopyRuns", "CopyVerifier"]
+
+STEP = 32 << 20  # bytes copied between two hand-overs to the verifier
+_DEPTH = 4  # steps the verifier may lag behind the copy before the copy waits
+
+
+@dataclass
+class CopiedTensor:
+    """What the verifier found in one byte-copied tensor's written range.
+
+    Attributes:
+        span: ``(file, offset, length)`` of the written range (the file resolved).
+        digest: ``blake3:<hex>`` of the written bytes.
+        finite: no NaN or Inf among its values.
+        equal: the written bytes equal the source ranges, end to end.
+        crc: CRC-32 of the written bytes, when asked for (a zip record's).
+    """
+
+    span: tuple[Path, int, int]
+    digest: str
+    finite: bool
+    equal: bool
+    crc: int | None
+
+
+@dataclass
+class _Open:
+    """A tensor being verified: its running digest, checks, and the bytes still to come."""
+
+    span: tuple[Path, int, int]
+    dtype: str
+    hasher: Any
+    crc: int | None
+    left: int
+    finite: bool = True
+    equal: bool = True
+
+
+_Segment = tuple[str, int, Path, int, int]  # key, output offset, source file, offset, length
+
+
+class CopyVerifier:
+    """The worker thread that checks copied ranges while the writer copies the next ones.
+
+    Args:
+        crc: also take each tensor's CRC-32 from its written bytes (a torch zip's records).
+        threads: BLAKE3 threads per update (1: the other core is busy copying).
+    """
+
+    def __init__(self, *, crc: bool = False, threads: int = 1) -> None:
+        self._crc = crc
+        self._threads = threads
+        self._work: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=_DEPTH)
+        self._open: dict[str, _Open] = {}
+        self.done: dict[str, CopiedTensor] = {}
+        self._fds: dict[Path, int] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="graft-verify", daemon=True)
+        self._thread.start()
+
+    def begin(self, key: str, path: Path, offset: int, length: int, dtype: str) -> None:
+        """Announce tensor ``key``: ``length`` bytes of ``dtype`` at ``offset`` of ``path``,
+        whose segments follow in order."""
+        self._work.put(("begin", key, (Path(path).resolve(), offset, length), dtype))
+
+    def segments(self, out: Path, items: list[_Segment]) -> None:
+        """Hand over copied segments of the output file ``out`` (blocks while the worker is
+        :data:`_DEPTH` steps behind)."""
+        if items:
+            self._work.put(("check", out, items))
+
+    def finish(self) -> dict[str, CopiedTensor]:
+        """Wait for the worker; return every finished tensor's outcome by key.
+
+        Raises:
+            BaseException: whatever the worker raised.
+        """
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self.done
+
+    def close(self) -> None:
+        """Stop the worker and close its files (idempotent)."""
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining, so the writer never blocks on a dead worker
+            try:
+                if item[0] == "begin":
+                    _, key, span, dtype = item
+                    self._begin(key, span, dtype)
+                else:
+                    for segment in item[2]:
+                        self._check(item[1], *segment)
+            except BaseException as exc:  # re-raised in the writer by finish()
+                self._error = exc
+
+    def _begin(self, key: str, span: tuple[Path, int, int], dtype: str) -> None:
+        threads = self._threads if span[2] >= 1 << 20 else 1
+        state = _Open(
+            span, dtype, blake3.blake3(max_threads=threads), 0 if self._crc else None, span[2]
+        )
+        self._open[key] = state
+        if state.left == 0:
+            self._close(key, state)
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+    def _check(
+        self, out: Path, key: str, out_offset: int, src: Path, src_offset: int, n: int
+    ) -> None:
+        state = self._open[key]
+        out_fd, src_fd = self._fd(out), self._fd(src)
+        done = 0
+        while done < n:
+            size = min(VERIFY_WINDOW, n - done)
+            with window(out_fd, out_offset + done, size) as view:
+                state.hasher.update(view)
+                if state.finite:
+                    state.finite = all_finite(view, state.dtype)
+                if state.crc is not None:
+                    state.crc = zlib.crc32(view, state.crc)
+                if state.equal:
+                    with window(src_fd, src_offset + done, size) as original:
+                        state.equal = same_bytes(view, original)
+            done += size
+        state.left -= n
+        if state.left <= 0:
+            self._close(key, state)
+
+    def _close(self, key: str, state: _Open) -> None:
+        del self._open[key]
+        equal = state.equal and state.left == 0
+        digest = hexdigest(state.hasher)
+        self.done[key] = CopiedTensor(state.span, digest, state.finite, equal, state.crc)
+
+
+@dataclass
+class _Member:
+    key: str | None
+    start: int  # offset in the run
+    length: int
+
+
+@dataclass
+class CopyRuns:
+    """Byte-copied tensors whose source ranges follow each other, copied as one range.
+
+    A safetensors source lays tensors end to end, so a rename-only conversion is a handful
+    of ``copy_file_range`` calls; a torch zip puts a record header between tensors, so each
+    is its own run. With a :class:`CopyVerifier`, a run is copied in steps of about
+    :data:`STEP`, cut at tensor boundaries or whole steps from a tensor's start (so no value
+    straddles two windows), and each step is handed to the verifier once copied.
+
+    Attributes:
+        copier: the kernel copier (its ``used`` counts the bytes per method).
+        verifier: checks the copied steps, or ``None`` (``--no-verify``).
+    """
+
+    copier: KernelCopier
+    verifier: CopyVerifier | None = None
+    _fds: dict[Path, int] = field(default_factory=dict)
+    _path: Path | None = None
+    _start: int = 0
+    _end: int = 0
+    _members: list[_Member] = field(default_factory=list)
+
+    @property
+    def pending(self) -> int:
+        """Bytes added and not yet copied."""
+        return self._end - self._start
+
+    def add_tensor(
+        self, out: OutputFile, key: str, spans: list[tuple[Path, int, int]], dtype: str
+    ) -> None:
+        """Queue tensor ``key``'s source ranges (one, or a DCP tensor's chunks in order)."""
+        if self.verifier is not None:
+            length = sum(s[2] for s in spans)
+            self.verifier.begin(key, out.path, out.position + self.pending, length, dtype)
+        for span in spans:
+            self.add(out, *span, key=key)
+
+    def add(
+        self, out: OutputFile, path: Path, offset: int, length: int, *, key: str | None = None
+    ) -> None:
+        """Queue one source range (copied with the run it extends, or starting a new one)."""
+        if self._path != path or offset != self._end:
+            self.flush(out)
+            self._path, self._start, self._end = path, offset, offset
+        self._members.append(_Member(key, self._end - self._start, length))
+        self._end = offset + length
+
+    def flush(self, out: OutputFile) -> None:
+        """Copy the pending run (before anything else is appended to ``out``)."""
+        if self._path is not None and self._end > self._start:
+            fd = self._fds.get(self._path)
+            if fd is None:
+                fd = self._fds[self._path] = os.open(self._path, os.O_RDONLY)
+            if self.verifier is None:
+                out.copy_from(self.copier, fd, self._start, self._end - self._start)
+            else:
+                self._copy_in_steps(out, fd, self._path, self.verifier)
+        self._path = None
+        self._start = self._end = 0
+        self._members.clear()
+
+    def _copy_in_steps(self, out: OutputFile, fd: int, src: Path, verifier: CopyVerifier) -> None:
+        base, copied = out.position, 0  # the run's offset in the output; bytes copied of it
+        pending: list[_Segment] = []
+        for m in self._members:
+            done = 0
+            while done < m.length:
+                n = min(STEP, m.length - done)
+                if m.key is not None:
+                    at = m.start + done
+                    pending.append((m.key, base + at, src, self._start + at, n))
+                done += n
+                end = m.start + done
+                if end - copied >= STEP:
+                    out.copy_from(self.copier, fd, self._start + copied, end - copied)
+                    copied = end
+                    verifier.segments(out.path, pending)
+                    pending = []
+        if copied < self._end - self._start:
+            out.copy_from(self.copier, fd, self._start + copied, self._end - self._start - copied)
+        verifier.segments(out.path, pending)
+
+    def close(self) -> None:
+        """Close the source files."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

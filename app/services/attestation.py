@@ -92,8 +92,6 @@ def output_statement(
         report: the conversion's report.
         recipe: the recipe as JSON, for outputs that cannot carry it (``--format torch``).
     """
-    import torch
-
     try:
         metadata = read_output_metadata(weights)
     except UnreadableCheckpointError:
@@ -103,8 +101,23 @@ def output_statement(
         base=weights if weights.is_dir() else weights.parent,
         report=report,
         metadata=metadata,
-        versions={"graft": __version__, "torch": torch.__version__},
+        versions={"graft": __version__, "torch": _torch_version()},
     )
+
+
+def _torch_version() -> str:
+    """torch's version, without importing torch (seconds) when a byte copy never did."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    if "torch" in sys.modules:
+        return str(sys.modules["torch"].__version__)
+    try:
+        return version("torch")
+    except PackageNotFoundError:  # pragma: no cover - torch is a dependency
+        import torch
+
+        return str(torch.__version__)
 
 
 def sign_job_statement(

@@ -162,14 +162,16 @@ def _write_shards(
     one after the other. Returns the bytes copied per method."""
     tally = _Tally(progress, sum(len(j.entries) for j in jobs))
     workers = min(len(jobs), options.shard_workers or os.cpu_count() or 1)
+    spans: list[list[list[tuple[Path, int, int]] | None]] | None = None
     if workers > 1:
         spans = [[_copy_spans(e, producer, options.byte_copy) for e in j.entries] for j in jobs]
         if all(s for shard in spans for s in shard):
             return _write_parallel(jobs, spans, producer, options, result, tally, workers)
     runs = _Runs(KernelCopier(options.copy_methods))
     try:
-        for job in jobs:
-            _write_shard(job, None, producer, runs, result, options.byte_copy, tally)
+        for i, job in enumerate(jobs):
+            found = spans[i] if spans is not None else None
+            _write_shard(job, found, producer, runs, result, options.byte_copy, tally)
     finally:
         runs.close()
     return runs.copier.used

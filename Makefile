@@ -102,6 +102,7 @@ $(MLFLOW_VENV)/.graft-installed:
 bench: setup
 	$(BIN)/python bench/convert.py
 	$(BIN)/python bench/dcp.py
+	$(BIN)/python bench/shards.py  # a 10-shard 6 GB HF set under data/bench-shards
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

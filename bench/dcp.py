@@ -126,9 +126,11 @@ def _print(samples: dict[str, list[Sample]], size: int, largest: int, runs: int)
 
     durable = med("durable copy (cp -r + sync)", "wall")
     naive = med("naive (dcp_to_torch_save + load + save_file)", "wall")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"DCP checkpoint: {size / 1e9:.2f} GB saved by 4 ranks; largest tensor "
-        f"{largest / 1e6:.0f} MB; {os.cpu_count()} cores; warm page cache; {runs} run(s), median"
+        f"{largest / 1e6:.0f} MB; {os.cpu_count()} cores; load average {load}; warm page "
+        f"cache; {runs} run(s), median"
     )
     print(
         "| command | wall s | CPU s | x durable | x naive | peak RSS MB | RSS - largest tensor MB |"

@@ -140,6 +140,15 @@ FolderOpt = Annotated[
         "when -o is a folder).",
     ),
 ]
+ShardWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--shard-workers",
+        min=1,
+        help="Output shards written side by side in a rename-only conversion (default: "
+        "one per CPU; 1: one after the other). The files are the same.",
+    ),
+]
 SourceArchOpt = Annotated[
     str | None,
     typer.Option(
@@ -225,6 +234,7 @@ def convert(
     folder: FolderOpt = False,
     verify: VerifyOpt = True,
     sha256: Sha256Opt = False,
+    shard_workers: ShardWorkersOpt = None,
     device: Annotated[
         str | None,
         typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: GRAFT_DEVICE, auto)."),
@@ -255,6 +265,7 @@ def convert(
         max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
         folder=folder or output.is_dir(),
         verify=verify,
+        shard_workers=shard_workers,
         # The cheapest honest identity: BLAKE3 runs on every core from the page cache the
         # copy just filled; --no-verify promises no pass over the data at all.
         source_digest="sha256" if sha256 else ("blake3" if verify else "none"),

@@ -25,7 +25,7 @@ from typing import Any
 
 from app.engine.errors import GraftError
 from app.engine.provenance import OutputMetadata, canonical_json
-from app.engine.readers import sha256_file
+from app.engine.readers import sha256_files
 
 __all__ = [
     "PAYLOAD_TYPE",
@@ -78,8 +78,8 @@ def build_statement(
         The statement, as a JSON document.
     """
     subject = [
-        {"name": path.relative_to(base).as_posix(), "digest": {"sha256": sha256_file(path)}}
-        for path in files
+        {"name": path.relative_to(base).as_posix(), "digest": {"sha256": digest}}
+        for path, digest in zip(files, sha256_files(files), strict=True)
     ]
     output = report.get("output") or {}
     predicate = {

@@ -67,6 +67,9 @@ class WriteOptions:
             the page cache, ~4x cheaper, ``b3sum``-checkable: the CLI's default), or ``none``
             (no identity, no pass: the CLI's ``--no-verify``).
         parity: run the source's model and the converted one side by side (SPEC §3.2).
+        shard_workers: output shards written side by side, when every tensor is a byte copy
+            (a rename-only conversion: nothing is materialised, so memory stays flat);
+            ``None`` is one per CPU, ``1`` one after the other. The files are the same.
     """
 
     format: OutputFormat = "safetensors"
@@ -79,3 +82,4 @@ class WriteOptions:
     copy_methods: tuple[CopyMethod, ...] = ("reflink", "kernel", "buffered")
     source_digest: SourceDigest = "sha256"
     parity: ParitySpec | None = None
+    shard_workers: int | None = None

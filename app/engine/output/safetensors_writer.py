@@ -5,15 +5,18 @@ memory stays bounded by the largest materialised tensor plus a constant. Tensors
 pass through unchanged (loaded, same dtype, laid out in C order in the source) are copied file
 to file in the kernel, adjacent ones as one range, without torch (and, verified, checked on a
 second thread while the next range is copied: :mod:`app.engine.output.overlap`); the others
-are produced one at a time, then freed. The metadata is written with placeholders of the
-final lengths and rewritten once the digests are known.
+are produced one at a time, then freed. Shards whose tensors are all byte copies are written
+side by side, a thread each. The metadata is written with placeholders of the final lengths
+and rewritten once the digests are known.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import TypeVar
 
 from app.engine.errors import GraftError
 from app.engine.meta import DTYPE_SIZES
-from app.engine.options import WriteOptions
+from app.engine.options import CopyMethod, WriteOptions
 from app.engine.output.execution import Execution
 from app.engine.output.files import OutputFile, rewrite_at
 from app.engine.output.kernel_copy import KernelCopier
@@ -99,41 +102,15 @@ def write_safetensors(
     indexed = sharded and len(shards) > 1
     names = shard_names(len(shards)) if indexed else [SINGLE_NAME if sharded else tmp.name]
     paths = [tmp / n for n in names] if sharded else [tmp]
-    headers: list[bytes] = []
-    # Verified, byte copies are checked on a second thread while the next bytes are copied.
-    verifier = CopyVerifier() if options.verify else None
-    runs = CopyRuns(KernelCopier(options.copy_methods), verifier)
-    total, done, previous_files = max(sum(map(len, shards)), 1), 0, 0
-    try:
-        for path, entries in zip(paths, shards, strict=True):
-            header = _header(entries, metadata)
-            headers.append(header)
-            out = OutputFile(path)
-            try:
-                out.write_all(struct.pack("<Q", len(header)) + header)
-                for entry in entries:
-                    _write_one(entry, out, producer, runs, result, options.byte_copy)
-                    done += 1
-                    report_tensor(
-                        progress,
-                        "write",
-                        done=done,
-                        total=total,
-                        bytes_done=previous_files + out.written,
-                    )
-                runs.flush(out)
-            finally:
-                previous_files += out.written
-                out.close()
-        if verifier is not None:
-            result.verified_copies = verifier.finish()
-    finally:
-        runs.close()
-        if verifier is not None:
-            verifier.close()
+    headers = [_header(entries, metadata) for entries in shards]
+    jobs = [
+        _Shard(path, entries, header)
+        for path, entries, header in zip(paths, shards, headers, strict=True)
+    ]
+    used = _write_shards(jobs, producer, options, result, progress)
     if not options.verify:  # nothing will compare them
         result.copied_from.clear()
-    result.copy_methods = {str(k): v for k, v in runs.copier.used.items()}
+    result.copy_methods = {str(k): v for k, v in used.items()}
     layout = Layout(paths, shards, headers, names if indexed else None)
     if indexed:
         _write_index(tmp, names, shards, metadata)
@@ -143,18 +120,154 @@ def write_safetensors(
     return result, layout
 
 
+@dataclass
+class _Shard:
+    """One output file to write: its path, its tensors in order and its header."""
+
+    path: Path
+    entries: list[PlanEntry]
+    header: bytes
+
+
+class _Tally:
+    """Progress across shards written side by side (reported under a lock)."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total = progress, max(total, 1)
+        self.done = self.bytes_before = 0
+        self._lock = threading.Lock()
+
+    def tensor(self, out: OutputFile) -> None:
+        with self._lock:
+            self.done += 1
+            report_tensor(
+                self.progress,
+                "write",
+                done=self.done,
+                total=self.total,
+                bytes_done=self.bytes_before + out.written,
+            )
+
+    def file_done(self, out: OutputFile) -> None:
+        with self._lock:
+            self.bytes_before += out.written
+
+
+def _write_shards(
+    jobs: list[_Shard],
+    producer: Producer,
+    options: WriteOptions,
+    result: Execution,
+    progress: Progress | None,
+) -> dict[CopyMethod, int]:
+    """Write every shard: side by side when each of their tensors is a byte copy (the copies
+    run in the kernel, so the threads share no Python work and hold nothing in memory), else
+    one after the other. Returns the bytes copied per method."""
+    tally = _Tally(progress, sum(len(j.entries) for j in jobs))
+    workers = min(len(jobs), options.shard_workers or os.cpu_count() or 1)
+    spans: list[list[list[tuple[Path, int, int]] | None]] | None = None
+    if workers > 1:
+        spans = [[_copy_spans(e, producer, options.byte_copy) for e in j.entries] for j in jobs]
+        if all(s for shard in spans for s in shard):
+            return _write_parallel(jobs, spans, producer, options, result, tally, workers)
+    # Verified, byte copies are checked on a second thread while the next bytes are copied.
+    verifier = CopyVerifier() if options.verify else None
+    runs = CopyRuns(KernelCopier(options.copy_methods), verifier)
+    try:
+        for i, job in enumerate(jobs):
+            found = spans[i] if spans is not None else None
+            _write_shard(job, found, producer, runs, result, options.byte_copy, tally)
+        if verifier is not None:
+            result.verified_copies = verifier.finish()
+    finally:
+        runs.close()
+        if verifier is not None:
+            verifier.close()
+    return runs.copier.used
+
+
+def _write_parallel(
+    jobs: list[_Shard],
+    spans: list[list[list[tuple[Path, int, int]] | None]],
+    producer: Producer,
+    options: WriteOptions,
+    result: Execution,
+    tally: _Tally,
+    workers: int,
+) -> dict[CopyMethod, int]:
+    """:func:`_write_shards` with a thread per shard (``workers`` at a time); each shard's
+    record is merged into ``result`` in shard order, so the result is the sequential one's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> tuple[Execution, dict[CopyMethod, int]]:
+        part = Execution(format=result.format)
+        verifier = CopyVerifier() if options.verify else None
+        runs = CopyRuns(KernelCopier(options.copy_methods), verifier)
+        try:
+            _write_shard(jobs[i], spans[i], producer, runs, part, options.byte_copy, tally)
+            if verifier is not None:
+                part.verified_copies = verifier.finish()
+        finally:
+            runs.close()
+            if verifier is not None:
+                verifier.close()
+        return part, runs.copier.used
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-shard") as pool:
+        parts = list(pool.map(one, range(len(jobs))))
+    used: dict[CopyMethod, int] = {}
+    for part, part_used in parts:
+        result.copied += part.copied
+        result.copied_from.update(part.copied_from)
+        result.verified_copies.update(part.verified_copies)
+        for method, n in part_used.items():
+            used[method] = used.get(method, 0) + n
+    return used
+
+
+def _write_shard(
+    job: _Shard,
+    spans: list[list[tuple[Path, int, int]] | None] | None,
+    producer: Producer,
+    runs: CopyRuns,
+    result: Execution,
+    byte_copy: bool,
+    tally: _Tally,
+) -> None:
+    """Write one shard: its header, then each tensor copied through or produced."""
+    out = OutputFile(job.path)
+    try:
+        out.write_all(struct.pack("<Q", len(job.header)) + job.header)
+        for i, entry in enumerate(job.entries):
+            found = spans[i] if spans is not None else _copy_spans(entry, producer, byte_copy)
+            _write_one(entry, out, producer, runs, result, found)
+            tally.tensor(out)
+        runs.flush(out)
+    finally:
+        tally.file_done(out)
+        out.close()
+
+
+def _copy_spans(
+    entry: PlanEntry, producer: Producer, byte_copy: bool
+) -> list[tuple[Path, int, int]] | None:
+    """The source ranges to copy ``entry`` from byte for byte, or None when it is produced."""
+    if not (byte_copy and entry.fed and entry.status in ("loaded", "tied") and not entry.ops):
+        return None
+    return producer.source.byte_ranges(entry.sources[0]) or None
+
+
 def _write_one(
     entry: PlanEntry,
     out: OutputFile,
     producer: Producer,
     runs: CopyRuns,
     result: Execution,
-    byte_copy: bool,
+    spans: list[tuple[Path, int, int]] | None,
 ) -> None:
-    """Copy one tensor's bytes through, or produce it and take its digest (a byte copy's
-    digest is taken by verification, from the written range)."""
-    spans = producer.source.byte_ranges(entry.sources[0]) if entry.fed else None
-    if byte_copy and entry.status in ("loaded", "tied") and not entry.ops and spans:
+    """Copy one tensor's bytes through (``spans``), or produce it and take its digest (a byte
+    copy's digest is taken by verification, from the written range)."""
+    if spans:
         # One range, or a DCP tensor's chunks end to end.
         runs.add_tensor(out, entry.target, list(spans), entry.dtype)
         result.copied_from[entry.target] = spans

@@ -10,7 +10,7 @@ here imports torch until a tensor's data is read.
 
 from app.engine.readers.opening import inspect_source, open_source
 from app.engine.readers.safetensors_file import SAFETENSORS_DTYPES
-from app.engine.readers.source import WRAPPER_PREFIXES, Source, sha256_file
+from app.engine.readers.source import WRAPPER_PREFIXES, Source, sha256_file, sha256_files
 
 __all__ = [
     "SAFETENSORS_DTYPES",
@@ -19,4 +19,5 @@ __all__ = [
     "inspect_source",
     "open_source",
     "sha256_file",
+    "sha256_files",
 ]

@@ -196,6 +196,33 @@ def test_convert_a_sharded_run_to_safetensors_with_a_rename(fsdp2_ws2: Any, tmp_
     assert (report["output"]["copied"], report["output"]["materialised"]) == (6, 0)
 
 
+@pytest.mark.parametrize("workers", [2, 6])
+def test_dcp_to_shards_side_by_side_is_the_sequential_output(
+    fsdp2_ws2: Any, tmp_path: Path, workers: int
+) -> None:
+    """Every tensor's chunks copied end to end, one output shard per tensor: shards written
+    side by side are byte for byte the shards written one after the other."""
+    from app.engine.options import WriteOptions
+    from app.engine.pipeline import convert
+    from app.engine.recipe import load_recipe
+    from app.engine.target import Target
+
+    path, merged = fsdp2_ws2
+    template = tmp_path / "target.pt"
+    torch.save({"net." + k: torch.zeros_like(v) for k, v in merged["model"].items()}, template)
+    recipe = load_recipe({"rename": [{"prefix": "", "to": "net."}]})
+    files = {}
+    for n in (1, workers):
+        with Target.from_checkpoint(template) as target:
+            options = WriteOptions(max_shard_size=1, shard_workers=n)
+            result = convert(path, target, recipe, output=tmp_path / f"w{n}", options=options)
+        assert result.ok and result.report["output"]["copied"] == 6, result.report
+        assert result.report["verification"]["equal"] == 6
+        files[n] = {p.name: p.read_bytes() for p in sorted((tmp_path / f"w{n}").iterdir())}
+    assert len(files[1]) == 7  # 6 shards and the index
+    assert files[workers] == files[1]
+
+
 def test_a_copy_from_chunks_is_compared_chunk_by_chunk(tmp_path: Path) -> None:
     from app.engine.output.digests import compare_range, tensor_digest
 

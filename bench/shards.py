@@ -1,0 +1,142 @@
+"""Big sharded models across cores: a Hugging Face set of 10+ shards converted with renames.
+
+The set (``--shards`` files, ``--size-gb`` in all, default 10 and 6; fp16, 64 MiB tensors,
+distinct random bytes, the index as ``save_pretrained`` writes it) is generated once under
+``--dir``. Then, as whole processes, interleaved ``--runs`` times on a warm page cache:
+
+- a durable copy of the same bytes (``cp -r`` then ``sync`` of the copied files);
+- ``graft convert`` to HF shards of the same size with a rename recipe, verified (source
+  identity, re-read and compare, attestation), shards side by side (the default), and with
+  ``--shard-workers 1`` (one after the other, the previous behaviour);
+- the same with ``--no-verify``.
+
+CPU time is ``wait4``'s rusage of the whole child (every thread: kernel copies, BLAKE3,
+sha256). It prints median wall, CPU, CPU/wall (above 1 means more than one core was busy),
+the ratio to the durable copy (goal: at most 1.3x, with CPU/wall above 1.5) and peak RSS.
+
+    .venv/bin/python bench/shards.py [--size-gb 6] [--shards 10] [--runs 1] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import struct
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.convert import GRAFT, Sample, run_once  # noqa: E402
+
+TENSOR = 64 << 20  # bytes per tensor: 32 Mi fp16 values
+ROWS, COLS = 8192, 4096
+
+
+def _write_shard(path: Path, names: list[str], seed: int) -> None:
+    """A safetensors file of ``names``, each a distinct fp16 tensor of random bytes."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    for i, name in enumerate(names):
+        header[name] = {
+            "dtype": "F16",
+            "shape": [ROWS, COLS],
+            "data_offsets": [i * TENSOR, (i + 1) * TENSOR],
+        }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    block = bytearray(os.urandom(TENSOR))
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for i in range(len(names)):
+            block[:16] = struct.pack("<QQ", seed, i)  # every tensor's bytes differ
+            f.write(block)
+
+
+def prepare(folder: Path, size_gb: float, shards: int) -> tuple[Path, Path, Path, int]:
+    """The HF set (generated once), the target skeleton, the recipe, and the shard size."""
+    per_shard = max(1, round(size_gb * 1e9 / TENSOR / shards))
+    source = folder / f"hf-{shards}x{per_shard}"
+    count = shards * per_shard
+    names = [f"layers.{i}.weight" for i in range(count)]
+    index_path = source / "model.safetensors.index.json"
+    if not index_path.is_file():
+        source.mkdir(parents=True, exist_ok=True)
+        weight_map = {}
+        for s in range(shards):
+            shard = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = names[s * per_shard : (s + 1) * per_shard]
+            _write_shard(source / shard, part, s)
+            weight_map.update(dict.fromkeys(part, shard))
+        index = {"metadata": {"total_size": count * TENSOR}, "weight_map": weight_map}
+        index_path.write_text(json.dumps(index, indent=2))
+    skeleton = folder / f"target-{count}.json"
+    tensors = {f"model.{n}": {"shape": [ROWS, COLS], "dtype": "float16"} for n in names}
+    skeleton.write_text(json.dumps({"schema": "graft.skeleton/v1", "tensors": tensors}))
+    recipe = folder / "recipe.yaml"
+    recipe.write_text("version: 1\nrename:\n  - {prefix: 'layers.', to: 'model.layers.'}\n")
+    return source, skeleton, recipe, per_shard * TENSOR
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-gb", type=float, default=6.0)
+    parser.add_argument("--shards", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--dir", type=Path, default=ROOT / "data" / "bench-shards")
+    args = parser.parse_args()
+    source, skeleton, recipe, shard_bytes = prepare(args.dir, args.size_gb, args.shards)
+    out = args.dir / "out"
+    size = sum(p.stat().st_size for p in source.iterdir())
+    for p in source.iterdir():  # warm the page cache
+        with p.open("rb") as f:
+            while f.read(1 << 24):
+                pass
+    graft = [*GRAFT, "convert", str(source), str(skeleton), "-r", str(recipe)]
+    graft += ["-o", str(out / "hf"), "--max-shard-size", str(shard_bytes + (1 << 20))]
+    durable = f'cp -r "{source}" "{out}/copy" && sync "{out}"/copy/*'
+    commands = {
+        "durable copy (cp -r + sync)": ["sh", "-c", durable],
+        "graft convert (verified), shards side by side": graft,
+        "graft convert (verified), --shard-workers 1": [*graft, "--shard-workers", "1"],
+        "graft convert --no-verify, side by side": [*graft, "--no-verify"],
+        "graft convert --no-verify, --shard-workers 1": [
+            *graft, "--no-verify", "--shard-workers", "1"
+        ],
+    }  # fmt: skip
+    samples: dict[str, list[Sample]] = {k: [] for k in commands}
+    for _ in range(args.runs):
+        for label, cmd in commands.items():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            samples[label].append(run_once(cmd))
+    shutil.rmtree(out, ignore_errors=True)
+    _print(samples, size, args.shards, args.runs)
+
+
+def _print(samples: dict[str, list[Sample]], size: int, shards: int, runs: int) -> None:
+    def med(label: str, field: str) -> float:
+        return statistics.median(getattr(s, field) for s in samples[label])
+
+    durable = med("durable copy (cp -r + sync)", "wall")
+    load = os.getloadavg()
+    print(
+        f"HF set: {shards} shards, {size / 1e9:.2f} GB (fp16, 64 MiB tensors); "
+        f"{os.cpu_count()} cores; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+        f"warm page cache; {runs} run(s), median"
+    )
+    print("| command | wall s | CPU s | CPU / wall | x durable | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for label in samples:
+        wall, cpu, rss = med(label, "wall"), med(label, "cpu"), med(label, "rss")
+        print(
+            f"| {label} | {wall:.2f} | {cpu:.2f} | {cpu / wall:.2f} | {wall / durable:.2f} | "
+            f"{rss / 1e6:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,9 @@ has two flavors:
   ``.pt`` output).
 
 The signature comes from the architecture's example input and output shape (batch left
-free, ``-1``), so MLflow checks what ``predict`` is given.
+free, ``-1``), so MLflow checks what ``predict`` is given. Building the architecture runs its
+factory (a plug-in's code, library imports that hold the GIL for seconds), so it happens in a
+sandboxed child, as conversions do, never in the worker itself.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import platform
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,10 +38,11 @@ import yaml
 
 from app import __version__
 from app.engine.architectures import ArchitectureRef, bind_architecture
-from app.engine.errors import InvalidTargetError
+from app.errors import GraftError
+from app.sandbox.runner import Limits, run_sandboxed
 from app.services import mlflow_pyfunc
 
-__all__ = ["LOADER_MODULE", "ModelCard", "write_mlflow_model"]
+__all__ = ["LOADER_MODULE", "ModelCard", "signature_in_child", "write_mlflow_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,16 +178,39 @@ def _pyfunc_files(folder: Path) -> list[tuple[str, Path]]:
 def _signature(
     target: dict[str, Any], architectures: Sequence[ArchitectureRef]
 ) -> dict[str, Any] | None:
-    """MLflow's tensor signature from the architecture's example input and output shape."""
+    """MLflow's tensor signature, computed in a sandboxed child (``None`` when the
+    architecture declares no example input, or cannot be built)."""
+    payload = {
+        "architecture": str(target.get("architecture")),
+        "kwargs": target.get("kwargs") or {},
+        "extra": [list(ref) for ref in architectures],
+    }
     try:
-        bound = bind_architecture(
-            str(target.get("architecture")), target.get("kwargs") or {}, extra=architectures
+        answer = run_sandboxed(
+            "app.services.mlflow_model:signature_in_child", payload, limits=_LIMITS
         )
-        model = bound.build("meta")
-        example = bound.example(model, batch=1)
-    except InvalidTargetError as exc:
-        logger.warning("no signature for %s: %s", target.get("architecture"), exc.message)
+    except GraftError as exc:
+        logger.warning("no signature for %s: %s", payload["architecture"], exc.message)
         return None
+    return answer if isinstance(answer, dict) else None
+
+
+_LIMITS = Limits(cpu_seconds=120, open_files=256)
+
+
+def signature_in_child(
+    payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]
+) -> dict[str, Any] | None:
+    """Build the architecture on the meta device and read its example input and output
+    shape (a sandbox child's function; see :func:`_signature`)."""
+    del emit  # no progress to report
+    bound = bind_architecture(
+        payload["architecture"],
+        payload["kwargs"],
+        extra=[(str(n), str(m), str(f)) for n, m, f in payload["extra"]],
+    )
+    model = bound.build("meta")
+    example = bound.example(model, batch=1)
     if example is None or not hasattr(example[0], "dtype"):
         return None
     inputs, output_shape = example

@@ -40,9 +40,7 @@ MLFLOW = VENV / "bin" / "mlflow"
 # A consumer's environment: MLflow beside torch (the pinned CPU build) and Graft, to load
 # what Graft registered with mlflow.pyfunc (``make mlflow-torch-venv``).
 TORCH_VENV = Path(
-    os.environ.get(
-        "GRAFT_TEST_MLFLOW_TORCH_VENV", Path.home() / ".cache/graft/mlflow-torch-3.17.2"
-    )
+    os.environ.get("GRAFT_TEST_MLFLOW_TORCH_VENV", Path.home() / ".cache/graft/mlflow-torch-3.17.2")
 ).expanduser()
 MLFLOW_TORCH_PYTHON = TORCH_VENV / "bin" / "python"
 

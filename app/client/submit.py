@@ -100,7 +100,8 @@ def submit(
 
     Args:
         client: the server.
-        source: a file, a sharded set's folder, or a ``models:/``, ``runs:/``, ``https://`` or ``s3://`` URI.
+        source: a file, a sharded set's folder, or a ``models:/``, ``runs:/``, ``https://``
+            or ``s3://`` URI.
         target: a checkpoint file, a ``.json`` skeleton, or ``arch:NAME``.
         recipe: a recipe file (JSON or YAML).
         target_kwargs: an ``arch:`` target's kwargs.

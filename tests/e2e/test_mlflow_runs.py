@@ -194,7 +194,9 @@ def test_from_a_run_to_a_registered_version_that_mlflow_pyfunc_loads(
     ]  # fmt: skip
     assert version.tags["graft.job_id"] == results["champion"]["id"]
     (tmp_path / "out").mkdir()
-    [weights] = registry.fetch_model("models:/vit-out@run", tmp_path / "out", max_bytes=1 << 24).files
+    [weights] = registry.fetch_model(
+        "models:/vit-out@run", tmp_path / "out", max_bytes=1 << 24
+    ).files
     converted = load_file(weights.path)
     assert converted.keys() == trained["state"].keys()
     assert all(torch.equal(converted[k], v) for k, v in trained["state"].items())

@@ -29,7 +29,9 @@ from app.services.mlflow_pyfunc import load_weights
 
 KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
           "num_classes": 5}  # fmt: skip
-CARD = ModelCard(job_id="job-1", source_sha256="ab" * 32, attestation="model.safetensors.intoto.json")
+CARD = ModelCard(
+    job_id="job-1", source_sha256="ab" * 32, attestation="model.safetensors.intoto.json"
+)
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:

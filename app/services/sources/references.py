@@ -1,10 +1,11 @@
 """Sources by reference and results registered back: the request models and their checks.
 
 A job's source is an uploaded checkpoint's id, or a reference the worker fetches
-(``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN_ID/PATH``, ``https://…``). Its output may be
-registered back into MLflow. Everything here runs when a job is created, so a reference that
-can never work (a reserved alias, a host not allowed, no registry configured) is refused
-with a 422 before anything is queued, and before any connection is made.
+(``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN_ID/PATH``, ``https://…``).
+Its output may be registered back into MLflow. Everything here runs when a job is created,
+so a reference that can never work (a reserved alias, a host not allowed, no registry
+configured) is refused with a 422 before anything is queued, and before any connection is
+made.
 """
 
 from __future__ import annotations

@@ -9,10 +9,14 @@ is compared with the architecture's forward pass computed here.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ ARCH = "graft_vit"
 KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
           "num_classes": 10}  # fmt: skip
 MLFLOW_PYTHON = MLFLOW.parent / "python"
+SECRET = "mlflow-hook-secret"
 
 # A training script's last lines, as MLflow users write them: the state dict is logged as an
 # artifact of the run, and the version registered from ``runs:/<run>/model``. (MLflow 3's
@@ -98,6 +103,7 @@ def graft(tmp_path_factory: pytest.TempPathFactory, mlflow_url: str) -> Iterator
         tmp_path_factory.mktemp("graft"),
         GRAFT_MLFLOW_TRACKING_URI=mlflow_url,
         GRAFT_OUTBOUND_ALLOW="mlflow",
+        GRAFT_MLFLOW_WEBHOOK_SECRET=SECRET,
     )
     srv.start()
     yield srv
@@ -214,6 +220,7 @@ def test_from_a_run_to_a_registered_version_that_mlflow_pyfunc_loads(
     expected = _forward(trained["state"], x)
     assert loaded["type"] == "ndarray" and predicted.shape == expected.shape == (3, 10)
     # Same torch build, same CPU, same kernels: equal to within 1e-6 (stated tolerance).
+    print(f"\npyfunc predict vs forward: max |diff| {np.abs(predicted - expected).max():.3g}")
     np.testing.assert_allclose(predicted, expected, rtol=0, atol=1e-6)
     assert loaded["flavors"] == ["graft", "python_function"]
     assert loaded["graft"]["target"] == {"kind": "architecture", "architecture": ARCH,
@@ -242,3 +249,39 @@ def test_graft_submit_takes_a_runs_uri(
     converted = load_file(out)
     assert all(torch.equal(converted[k], v) for k, v in trained["state"].items())
     assert registry.get_model_version_by_alias("vit-cli", "cli").version == "1"
+
+
+def _signed(body: bytes, delivery: str) -> dict[str, str]:
+    stamp = str(int(time.time()))
+    mac = hmac.new(SECRET.encode(), f"{delivery}.{stamp}.".encode() + body, hashlib.sha256)
+    return {
+        "Content-Type": "application/json",
+        "X-MLflow-Delivery-Id": delivery,
+        "X-MLflow-Timestamp": stamp,
+        "X-MLflow-Signature": "v1," + base64.b64encode(mac.digest()).decode(),
+    }
+
+
+def test_a_pipeline_converts_a_version_registered_from_a_run(
+    graft: Server, registry: MlflowClient, trained: dict[str, Any]
+) -> None:
+    """The trigger version's source is ``runs:/…`` (as MLflow delivers it)."""
+    pipeline = {
+        "name": "from-run",
+        "trigger": {"registry": "mlflow", "model": "vit-train", "on": "model_version_created"},
+        "target": {"architecture": ARCH, "kwargs": KWARGS},
+        "output": {"register": {"registry": "mlflow", "name": "vit-auto", "alias": "auto"}},
+    }
+    data = {"name": "vit-train", "version": "1", "source": trained["source"],
+            "run_id": trained["run_id"], "tags": {}}  # fmt: skip
+    body = json.dumps({"entity": "model_version", "action": "created", "data": data}).encode()
+    with graft.client() as client:
+        assert client.post("/v1/pipelines", json=pipeline).status_code == 201
+        answer = client.post("/v1/hooks/mlflow", content=body, headers=_signed(body, "run-1"))
+        assert answer.status_code == 202, answer.text
+        [job_id] = answer.json()["jobs"]
+        job = graft.wait(client, job_id, timeout=180)
+    assert job["status"] == "succeeded", job
+    assert job["source_ref"]["uri"] == "models:/vit-train/1"
+    assert job["result"]["registry"]["uri"] == "models:/vit-auto/1"
+    assert registry.get_model_version_by_alias("vit-auto", "auto").version == "1"

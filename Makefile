@@ -9,7 +9,7 @@ RUNTIME_STAMP := $(VENV)/.graft-runtime
 CI_STRICT := $(if $(filter true TRUE True 1 yes,$(CI)),yes,no)
 
 .PHONY: setup setup-runtime serve test lint format bench clean mlflow-venv model-signing-venv chromium
-.PHONY: deepspeed-venv megatron-venv
+.PHONY: deepspeed-venv megatron-venv mlflow-torch-venv
 
 setup: $(STAMP)
 
@@ -56,9 +56,10 @@ TEST_WORKERS ?= 2
 SERVER_TESTS := tests/e2e tests/web tests/executors/test_celery_e2e.py \
 	tests/registry/test_mlflow_server.py tests/test_readme_walkthrough.py
 
-test: lint mlflow-venv model-signing-venv chromium deepspeed-venv megatron-venv
+test: lint mlflow-venv mlflow-torch-venv model-signing-venv chromium deepspeed-venv megatron-venv
 	@export GRAFT_TEST_MLFLOW_VENV=$(MLFLOW_VENV) GRAFT_TEST_MODEL_SIGNING_VENV=$(MODEL_SIGNING_VENV); \
 	export GRAFT_TEST_DEEPSPEED_VENV=$(DEEPSPEED_VENV) GRAFT_TEST_MEGATRON_VENV=$(MEGATRON_VENV); \
+	export GRAFT_TEST_MLFLOW_TORCH_VENV=$(MLFLOW_TORCH_VENV); \
 	rc=0; \
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
 		$(foreach t,$(SERVER_TESTS),--ignore=$(t)) || rc=1; \
@@ -94,6 +95,25 @@ $(MLFLOW_VENV)/.graft-installed:
 		touch $@; \
 	else echo "mlflow-venv: could not install mlflow==$(MLFLOW_VERSION); MLflow tests will skip"; \
 		if [ "$(CI_STRICT)" = yes ]; then echo "mlflow-venv: CI=true, so this fails the run"; exit 1; fi; \
+	fi
+
+# A consumer of what Graft registers: MLflow beside the pinned CPU torch and Graft itself
+# (editable), so tests load a registered version with mlflow.pyfunc.load_model. torch goes in
+# first, alone, so nothing resolves a CUDA build; a CUDA package found afterwards fails it.
+MLFLOW_TORCH_VENV ?= $(HOME)/.cache/graft/mlflow-torch-$(MLFLOW_VERSION)
+
+mlflow-torch-venv: $(MLFLOW_TORCH_VENV)/.graft-installed
+
+$(MLFLOW_TORCH_VENV)/.graft-installed:
+	@rm -rf $(MLFLOW_TORCH_VENV)
+	@$(PYTHON) -m venv $(MLFLOW_TORCH_VENV)
+	@if $(MLFLOW_TORCH_VENV)/bin/python -m pip install -q torch==2.13.0 && \
+		$(MLFLOW_TORCH_VENV)/bin/python -m pip install -q mlflow==$(MLFLOW_VERSION) torch==2.13.0 -e .; then \
+		if $(MLFLOW_TORCH_VENV)/bin/python -m pip list 2>/dev/null | grep -qiE '^(nvidia-|triton )'; then \
+			echo "mlflow-torch-venv: a CUDA package came in; refusing it"; exit 1; fi; \
+		touch $@; \
+	else echo "mlflow-torch-venv: could not install mlflow + torch; pyfunc tests will skip"; \
+		if [ "$(CI_STRICT)" = yes ]; then echo "mlflow-torch-venv: CI=true, so this fails the run"; exit 1; fi; \
 	fi
 
 # Whole-process conversion figures against cp (generates ~2.2 GB of checkpoints under data/bench

@@ -23,7 +23,13 @@ import pytest
 
 from tests.parts import require_part
 
-__all__ = ["MLFLOW", "free_port", "running_mlflow"]
+__all__ = [
+    "MLFLOW",
+    "MLFLOW_TORCH_PYTHON",
+    "free_port",
+    "mlflow_python",
+    "running_mlflow",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +37,12 @@ VENV = Path(
     os.environ.get("GRAFT_TEST_MLFLOW_VENV", Path.home() / ".cache/graft/mlflow-3.17.2")
 ).expanduser()
 MLFLOW = VENV / "bin" / "mlflow"
+# A consumer's environment: MLflow beside torch (the pinned CPU build) and Graft, to load
+# what Graft registered with mlflow.pyfunc (``make mlflow-torch-venv``).
+TORCH_VENV = Path(
+    os.environ.get("GRAFT_TEST_MLFLOW_TORCH_VENV", Path.home() / ".cache/graft/mlflow-torch-3.17.2")
+).expanduser()
+MLFLOW_TORCH_PYTHON = TORCH_VENV / "bin" / "python"
 
 _WEBHOOK_ENV = {
     "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
@@ -43,6 +55,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def mlflow_python(
+    python: Path, script: str, *args: str, tracking_uri: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with MLflow's own client (``python`` of one of the MLflow venvs),
+    against ``tracking_uri``; fail the test with its output when it fails."""
+    if not python.exists():
+        require_part("MLflow client", f"no {python}: run `make mlflow-venv mlflow-torch-venv`")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(cwd)}
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    done = subprocess.run(
+        [str(python), "-c", script, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"MLflow client script failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done
 
 
 @contextmanager

@@ -126,7 +126,7 @@ class JobCreate(BaseModel):
 
     source: str | SourceRef = Field(
         description='id of an uploaded checkpoint, or {"uri": "models:/NAME/VERSION" | '
-        '"models:/NAME@ALIAS" | "https://…"} fetched by the worker'
+        '"models:/NAME@ALIAS" | "runs:/RUN_ID/PATH" | "https://…"} fetched by the worker'
     )
     target: TargetSpec
     recipe: dict[str, Any] | BuiltinRecipeName | None = Field(

@@ -17,7 +17,7 @@ def submit(
     source: Annotated[
         str,
         typer.Argument(
-            help="A checkpoint file, a sharded set's folder, or a models:/, "
+            help="A checkpoint file, a sharded set's folder, or a models:/, runs:/, "
             "https:// or s3:// URI the server fetches."
         ),
     ],

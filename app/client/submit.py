@@ -23,7 +23,7 @@ from app.engine.options import format_for_path
 
 __all__ = ["SubmitResult", "parse_register", "submit"]
 
-_URI = re.compile(r"^(models:/|https?://|s3://)")
+_URI = re.compile(r"^(models:/|runs:/|https?://|s3://)")
 _REGISTER = re.compile(r"^mlflow:([^@\s]+)(?:@([^@\s]+))?$")
 
 
@@ -100,7 +100,8 @@ def submit(
 
     Args:
         client: the server.
-        source: a file, a sharded set's folder, or a ``models:/``, ``https://`` or ``s3://`` URI.
+        source: a file, a sharded set's folder, or a ``models:/``, ``runs:/``, ``https://``
+            or ``s3://`` URI.
         target: a checkpoint file, a ``.json`` skeleton, or ``arch:NAME``.
         recipe: a recipe file (JSON or YAML).
         target_kwargs: an ``arch:`` target's kwargs.

@@ -3,7 +3,9 @@
 Reading: ``models:/NAME/VERSION`` and ``models:/NAME@ALIAS`` are resolved with
 ``model-versions/get`` or ``registered-models/alias``, the artifacts located with
 ``model-versions/get-download-uri`` and listed and downloaded through the tracking server's
-artifact proxy (``mlflow-artifacts:``) or an http(s) artifact URI. Any other artifact URI
+artifact proxy (``mlflow-artifacts:``) or an http(s) artifact URI. ``runs:/RUN_ID/PATH`` (a
+source of its own, or the location of a version registered from a run) is resolved with
+``runs/get`` to the run's ``artifact_uri`` joined with ``PATH``. Any other artifact URI
 (``file:``, ``s3:``, ``dbfs:``…) is refused: Graft reads nothing the server merely points at.
 
 Writing (:mod:`app.registry.mlflow_publish`) uses the same client.
@@ -42,7 +44,9 @@ __all__ = [
     "MlflowClient",
     "ModelRef",
     "ModelVersion",
+    "RunRef",
     "parse_model_uri",
+    "parse_run_uri",
     "validate_alias",
 ]
 
@@ -114,6 +118,38 @@ class FetchedModel:
 
     version: ModelVersion
     files: list[DownloadedFile]
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A parsed ``runs:/RUN_ID[/PATH]`` URI (``path`` empty: the run's artifact root)."""
+
+    run_id: str
+    path: str = ""
+
+    @property
+    def uri(self) -> str:
+        return f"runs:/{self.run_id}/{self.path}" if self.path else f"runs:/{self.run_id}"
+
+
+def parse_run_uri(uri: str) -> RunRef:
+    """Parse ``runs:/RUN_ID/PATH`` (as ``mlflow.register_model`` and ``log_artifact`` name
+    a run's artifacts).
+
+    Raises:
+        InvalidReferenceError: another form: a host (``runs://profile@databricks/…``), no run
+            id, a ``..`` or ``.`` component.
+    """
+    usage = "use runs:/RUN_ID/PATH"
+    if not uri.startswith("runs:/") or uri.startswith("runs://"):
+        raise InvalidReferenceError(f"{uri!r} is not a runs:/ URI on this server; {usage}")
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+        raise InvalidReferenceError(f"{uri!r} names no run id; {usage}")
+    if any(p in (".", "..") for p in parts) or any(c in path for c in "?#\\"):
+        raise InvalidReferenceError(f"{uri!r}: the path must stay inside the run's artifacts")
+    return RunRef(run_id=run_id, path="/".join(parts))
 
 
 def validate_alias(alias: str) -> str:
@@ -420,6 +456,26 @@ class MlflowClient:
         with source.open("rb") as body:
             self._send("PUT", url, f"MLflow artifact upload {relpath}", content=_chunks(body))
 
+    def run_artifact_uri(self, ref: RunRef) -> str:
+        """``runs/get``: where a run's artifacts (under ``ref.path``) are.
+
+        Raises:
+            RegistryNotFoundError: no such run.
+            InvalidReferenceError: the run's own artifact location is a ``runs:/`` URI.
+        """
+        body = self.call("GET", "runs/get", params={"run_id": ref.run_id})
+        root = body.get("run", {}).get("info", {}).get("artifact_uri")
+        if not isinstance(root, str) or not root:
+            raise RegistryError(f"MLflow gave no artifact location for run {ref.run_id}")
+        if root.startswith("runs:"):
+            raise InvalidReferenceError(f"run {ref.run_id}'s artifact location is {root!r}")
+        return f"{root.rstrip('/')}/{ref.path}" if ref.path else root
+
+    def artifact_location(self, uri: str) -> str:
+        """An artifact URI with a ``runs:/`` URI (a version registered from a run with
+        ``source="runs:/…"``) resolved to the run's artifact location; others unchanged."""
+        return self.run_artifact_uri(parse_run_uri(uri)) if uri.startswith("runs:") else uri
+
     def fetch_model(
         self, uri: str, dest_dir: Path, *, max_bytes: int, path: str | None = None
     ) -> FetchedModel:
@@ -442,8 +498,41 @@ class MlflowClient:
             RegistryUnavailableError: MLflow failed; retryable.
         """
         version = self.resolve(uri)
-        artifact_uri = self.get_download_uri(version.name, version.version)
-        chosen = pick_checkpoint(self.list_artifacts(artifact_uri), path=path)
+        location = self.artifact_location(self.get_download_uri(version.name, version.version))
+        files = self._fetch_checkpoint(uri, location, dest_dir, max_bytes=max_bytes, path=path)
+        logger.info("fetched %s (version %s): %s", uri, version.version, [f.name for f in files])
+        return FetchedModel(version=version, files=files)
+
+    def fetch_run(
+        self, uri: str, dest_dir: Path, *, max_bytes: int, path: str | None = None
+    ) -> list[DownloadedFile]:
+        """Resolve a ``runs:/RUN_ID/PATH`` URI and download its one checkpoint.
+
+        ``PATH`` may name a folder (the checkpoint among its files, ``path`` choosing when
+        there are several) or the weights file itself. Arguments and errors are
+        :meth:`fetch_model`'s.
+        """
+        ref = parse_run_uri(uri)
+        location = self.run_artifact_uri(ref)
+        if ref.path and not self._listable(location):
+            # The URI names a file: list its folder and take that file.
+            parent = posixpath.dirname(ref.path)
+            location = self.run_artifact_uri(RunRef(ref.run_id, parent))
+            path = posixpath.basename(ref.path)
+        files = self._fetch_checkpoint(uri, location, dest_dir, max_bytes=max_bytes, path=path)
+        logger.info("fetched %s: %s", uri, [f.name for f in files])
+        return files
+
+    def _listable(self, artifact_uri: str) -> bool:
+        """Whether an artifact URI is a folder holding something (a file lists as nothing)."""
+        url = self.artifact_url(artifact_uri)
+        return _ARTIFACTS_MARK not in url or bool(self.list_artifacts(artifact_uri))
+
+    def _fetch_checkpoint(
+        self, uri: str, location: str, dest_dir: Path, *, max_bytes: int, path: str | None
+    ) -> list[DownloadedFile]:
+        """Download the one checkpoint under an artifact location (see :meth:`fetch_model`)."""
+        chosen = pick_checkpoint(self.list_artifacts(location), path=path)
         names = [f.name for f in chosen]
         if len(set(names)) != len(names):
             raise InvalidReferenceError(f"the checkpoint's files share names: {names}")
@@ -452,16 +541,15 @@ class MlflowClient:
             raise SourceTooLargeError(
                 f"{uri} holds {listed} bytes of weights, over the {max_bytes}-byte cap"
             )
-        single = _ARTIFACTS_MARK not in self.artifact_url(artifact_uri)
+        single = _ARTIFACTS_MARK not in self.artifact_url(location)
         files: list[DownloadedFile] = []
         for f in chosen:
             budget = max_bytes - sum(d.size for d in files)
             relpath = "" if single else f.path
             files.append(
-                self.download_artifact(artifact_uri, relpath, dest_dir / f.name, max_bytes=budget)
+                self.download_artifact(location, relpath, dest_dir / f.name, max_bytes=budget)
             )
-        logger.info("fetched %s (version %s): %s", uri, version.version, names)
-        return FetchedModel(version=version, files=files)
+        return files
 
 
 def _chunks(body: Any, size: int = 1024 * 1024) -> Iterator[bytes]:

@@ -7,8 +7,9 @@ The steps, each safe to repeat:
 2. experiment ``graft`` is fetched or created; the job's run (tagged ``graft.job_id``) is found
    or created, so a retry reuses it rather than leaving an orphan run;
 3. the weights (``model.safetensors``, or the shards and their index), ``report.json``,
-   ``manifest.json`` and the attestation (``model.safetensors.intoto.json``) are PUT under
-   the run's ``graft/`` folder (a PUT overwrites: repeatable);
+   ``manifest.json``, the attestation (``model.safetensors.intoto.json``) and the files that
+   make the folder an MLflow model (``MLmodel``, its loader under ``code/``, its requirements)
+   are PUT under the run's ``graft/`` folder (a PUT overwrites: repeatable);
 4. the registered model is created unless it exists, the version created from that folder with
    tags ``graft.job_id``, ``graft.source_sha256``, ``graft.report_sha256`` and the caller's
    tags, and the alias moved to it.
@@ -159,6 +160,8 @@ class VersionRequest:
         alias: moved to the version; ``latest`` and ``v<N>`` are refused.
         tags: more version tags; ``graft.*`` keys are Graft's and are refused here.
         experiment: where the run is logged (``GRAFT_MLFLOW_EXPERIMENT``).
+        model_files: ``(artifact path, local file)`` pairs logged beside the weights
+            (``MLmodel``, ``code/graft_pyfunc.py``…), see :mod:`app.services.mlflow_model`.
     """
 
     name: str
@@ -171,6 +174,7 @@ class VersionRequest:
     alias: str | None = None
     tags: Mapping[str, str] | None = None
     experiment: str = "graft"
+    model_files: Sequence[tuple[str, Path]] = ()
 
 
 def register_version(client: MlflowClient, request: VersionRequest) -> RegisteredVersion:
@@ -204,6 +208,10 @@ def register_version(client: MlflowClient, request: VersionRequest) -> Registere
     ]
     if request.attestation is not None:
         uploads.append((request.attestation.name, request.attestation))
+    uploads += list(request.model_files)
+    taken = [target for target, _ in uploads]
+    if len(set(taken)) != len(taken):
+        raise InvalidReferenceError(f"two artifacts would share a name: {sorted(taken)}")
     run_id, folder = _log_finished_run(client, request.experiment, job_id, uploads)
     _ensure_registered_model(client, name)
     version_tags = {

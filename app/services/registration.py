@@ -19,6 +19,7 @@ from app.registry.errors import RegistryError
 from app.registry.mlflow import MlflowClient
 from app.registry.mlflow_publish import VersionRequest, register_version
 from app.services.errors import InvalidJobError, ServiceError
+from app.services.mlflow_model import ModelCard, write_mlflow_model
 from app.services.sources.fetch import registry_failure
 from app.services.sources.references import RegisterSpec, RegistryConfig
 from app.storage import BlobStore
@@ -67,6 +68,9 @@ def register_result(
         paths["attestation"] = f"model{suffix}.intoto.json"
     for name, filename in paths.items():
         store.link_into(by_name[name]["sha256"], folder / filename)
+    # The MLmodel (and pyfunc loader) that make the version loadable by MLflow's clients.
+    card = ModelCard(job_id, source_sha256, attestation=paths.get("attestation"))
+    model_files = write_mlflow_model(work / "mlmodel", folder / paths["weights"], card)
     try:
         config.require_mlflow("output.register")
         with MlflowClient(
@@ -85,6 +89,7 @@ def register_result(
                     alias=spec.alias,
                     tags=spec.tags,
                     experiment=config.experiment,
+                    model_files=model_files,
                 ),
             )
     except (OutboundRefusedError, RegistryError, ServiceError, InvalidJobError) as exc:

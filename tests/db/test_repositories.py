@@ -252,6 +252,7 @@ def test_a_claim_without_mlflow_skips_the_jobs_that_need_it(any_database: Databa
         target = {"checkpoint": source}
         needs = [
             repo.add(Job(source_ref={"uri": "models:/m/1"}, target=target)).id,
+            repo.add(Job(source_ref={"uri": "runs:/abc/model"}, target=target)).id,
             repo.add(Job(source_id=source, target=target, register={"name": "r"})).id,
         ]
         others = [
@@ -266,6 +267,6 @@ def test_a_claim_without_mlflow_skips_the_jobs_that_need_it(any_database: Databa
         assert not repo.has_work(now=now, mlflow=False)
         assert repo.has_work(now=now, mlflow=True)
         with_it = [_job_id(repo.claim(owner="m", now=now, lease_seconds=5, mlflow=True))
-                   for _ in range(3)]  # fmt: skip
+                   for _ in range(4)]  # fmt: skip
     assert (set(without[:2]), without[2]) == (set(others), None)
-    assert (set(with_it[:2]), with_it[2]) == (set(needs), None)
+    assert (set(with_it[:3]), with_it[3]) == (set(needs), None)

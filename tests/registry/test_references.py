@@ -1,4 +1,5 @@
-"""Parsing ``models:/`` references, reserved aliases, and choosing the one checkpoint."""
+"""Parsing ``models:/`` and ``runs:/`` references, reserved aliases, and choosing the one
+checkpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from app.registry.artifacts import ArtifactFile, pick_checkpoint
 from app.registry.errors import InvalidReferenceError, RegistryNotFoundError
-from app.registry.mlflow import ModelRef, parse_model_uri, validate_alias
+from app.registry.mlflow import ModelRef, RunRef, parse_model_uri, parse_run_uri, validate_alias
 
 
 @pytest.mark.parametrize(
@@ -36,6 +37,38 @@ def test_parse(uri: str, ref: ModelRef) -> None:
 def test_parse_refuses(uri: str, match: str) -> None:
     with pytest.raises(InvalidReferenceError, match=match) as info:
         parse_model_uri(uri)
+    assert info.value.type == "invalid-job"
+
+
+@pytest.mark.parametrize(
+    ("uri", "ref"),
+    [
+        ("runs:/0a1b2c/model", RunRef("0a1b2c", "model")),
+        ("runs:/0a1b2c/model/weights.safetensors", RunRef("0a1b2c", "model/weights.safetensors")),
+        ("runs:/0a1b2c//model/", RunRef("0a1b2c", "model")),
+        ("runs:/0a1b2c", RunRef("0a1b2c", "")),
+    ],
+)
+def test_parse_run(uri: str, ref: RunRef) -> None:
+    assert parse_run_uri(uri) == ref
+    assert parse_run_uri(ref.uri) == ref
+
+
+@pytest.mark.parametrize(
+    ("uri", "match"),
+    [
+        ("models:/m/1", "not a runs:/ URI"),
+        ("runs://profile@databricks/abc/model", "not a runs:/ URI on this server"),
+        ("runs:/", "names no run id"),
+        ("runs:/a b/model", "names no run id"),
+        ("runs:/abc/../other/model", "must stay inside"),
+        ("runs:/abc/model/./x", "must stay inside"),
+        ("runs:/abc/model?x=1", "must stay inside"),
+    ],
+)
+def test_parse_run_refuses(uri: str, match: str) -> None:
+    with pytest.raises(InvalidReferenceError, match=match) as info:
+        parse_run_uri(uri)
     assert info.value.type == "invalid-job"
 
 

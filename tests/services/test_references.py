@@ -35,7 +35,7 @@ CONFIG = RegistryConfig(
 @pytest.mark.parametrize(
     "uri",
     ["models:/m/1", "models:/m@prod", "https://weights.example.com/a.pt", "s3://store/other/x.pt",
-     "s3://models/graft/x.pt"],
+     "s3://models/graft/x.pt", "runs:/0a1b/model", "runs:/0a1b/model/w.safetensors"],
 )  # fmt: skip
 def test_usable_references_pass(uri: str) -> None:
     check_source_ref(SourceRef(uri=uri), CONFIG)
@@ -45,6 +45,8 @@ def test_usable_references_pass(uri: str) -> None:
     ("uri", "error", "match"),
     [
         ("models:/m/Staging", InvalidJobError, "stages are not supported"),
+        ("runs:/0a1b/../x", InvalidJobError, "must stay inside"),
+        ("runs://host/0a1b/model", InvalidJobError, "not a runs:/ URI on this server"),
         ("file:///etc/passwd", InvalidJobError, "use models:/"),
         ("https://evil.example.net/a.pt", OutboundRefusedError, "evil.example.net"),
         ("http://169.254.169.254/latest", OutboundRefusedError, "169.254.169.254"),
@@ -66,6 +68,8 @@ def test_unusable_references_are_refused(uri: str, error: type[Exception], match
 def test_models_uri_needs_a_configured_registry() -> None:
     with pytest.raises(InvalidJobError, match="GRAFT_MLFLOW_TRACKING_URI"):
         check_source_ref(SourceRef(uri="models:/m/1"), RegistryConfig())
+    with pytest.raises(InvalidJobError, match="a runs:/ source needs an MLflow registry"):
+        check_source_ref(SourceRef(uri="runs:/0a1b/model"), RegistryConfig())
     with pytest.raises(OutboundRefusedError, match="add 'mlflow' to GRAFT_OUTBOUND_ALLOW"):
         check_source_ref(
             SourceRef(uri="models:/m/1"), RegistryConfig(tracking_uri="http://127.0.0.1:5000")

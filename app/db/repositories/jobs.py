@@ -528,12 +528,13 @@ def _next_owner(now: datetime, devices: Sequence[str] | None, mlflow: bool) -> A
 
 
 def _needs_mlflow(job: Any = Job) -> ColumnElement[bool]:
-    """A job that only a worker with an MLflow registry can run: a ``models:/`` source, or
-    ``output.register`` (its ``name`` is always there). NULLs read as empty, so the negation
-    is true for every other job."""
+    """A job that only a worker with an MLflow registry can run: a ``models:/`` or ``runs:/``
+    source, or ``output.register`` (its ``name`` is always there). NULLs read as empty, so
+    the negation is true for every other job."""
     return or_(
         func.coalesce(job.register["name"].as_string(), "") != "",
         func.coalesce(job.source_ref["uri"].as_string(), "").like("models:/%"),
+        func.coalesce(job.source_ref["uri"].as_string(), "").like("runs:/%"),
     )
 
 

@@ -69,6 +69,14 @@ def _download(ref: SourceRef, folder: Path, config: RegistryConfig) -> tuple[lis
         ) as client:
             fetched = client.fetch_model(ref.uri, folder, max_bytes=config.max_bytes, path=ref.path)
         return list(fetched.files), fetched.version.version
+    if ref.uri.startswith("runs:"):
+        config.require_mlflow("a runs:/ source")
+        with MlflowClient(
+            config.tracking_uri, policy=config.policy(), token=config.token
+        ) as client:
+            return client.fetch_run(
+                ref.uri, folder, max_bytes=config.max_bytes, path=ref.path
+            ), None
     if ref.uri.startswith("s3://"):
         try:
             return [fetch_s3(ref.uri, folder, config=config.s3, max_bytes=config.max_bytes)], None

@@ -1,10 +1,11 @@
 """Sources by reference and results registered back: the request models and their checks.
 
 A job's source is an uploaded checkpoint's id, or a reference the worker fetches
-(``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``https://…``). Its output may be
-registered back into MLflow. Everything here runs when a job is created, so a reference that
-can never work (a reserved alias, a host not allowed, no registry configured) is refused
-with a 422 before anything is queued, and before any connection is made.
+(``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN_ID/PATH``, ``https://…``).
+Its output may be registered back into MLflow. Everything here runs when a job is created,
+so a reference that can never work (a reserved alias, a host not allowed, no registry
+configured) is refused with a 422 before anything is queued, and before any connection is
+made.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.config import Settings
 from app.net.outbound import OutboundPolicy, OutboundRefusedError
 from app.registry.errors import InvalidReferenceError
-from app.registry.mlflow import parse_model_uri, validate_alias
+from app.registry.mlflow import parse_model_uri, parse_run_uri, validate_alias
 from app.services.errors import InvalidJobError
 from app.services.sources.s3 import S3SourceConfig, parse_s3_uri
 
@@ -39,12 +40,14 @@ class SourceRef(BaseModel):
     uri: str = Field(
         min_length=1,
         max_length=2048,
-        description="models:/NAME/VERSION, models:/NAME@ALIAS, an https:// URL or s3://BUCKET/KEY",
+        description="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH, an https:// "
+        "URL or s3://BUCKET/KEY",
     )
     path: str | None = Field(
         default=None,
         max_length=1024,
-        description="the checkpoint among a model version's artifacts, when it holds several",
+        description="the checkpoint among a model version's (or run path's) artifacts, when "
+        "they hold several",
     )
 
 
@@ -128,19 +131,21 @@ def check_source_ref(ref: SourceRef, config: RegistryConfig) -> None:
     """Refuse, before anything is queued or connected, a reference that cannot work.
 
     Raises:
-        InvalidJobError: a malformed ``models:/`` URI, an unsupported scheme, no registry.
+        InvalidJobError: a malformed ``models:/`` or ``runs:/`` URI, an unsupported scheme, no
+            registry.
         OutboundRefusedError: a host the allow list does not admit.
     """
     uri = ref.uri
-    if uri.startswith("models:"):
+    if uri.startswith(("models:", "runs:")):
+        scheme = uri.partition(":")[0]
         try:
-            parse_model_uri(uri)
+            parse_model_uri(uri) if scheme == "models" else parse_run_uri(uri)
         except InvalidReferenceError as exc:
             raise exc.prefixed("source.uri") from exc
-        config.require_mlflow("a models:/ source")
+        config.require_mlflow(f"a {scheme}:/ source")
         return
     if ref.path is not None:
-        raise InvalidJobError("source.path applies to models:/ sources only")
+        raise InvalidJobError("source.path applies to models:/ and runs:/ sources only")
     if uri.startswith("s3://"):
         try:
             parse_s3_uri(uri, config.s3)
@@ -151,8 +156,8 @@ def check_source_ref(ref: SourceRef, config: RegistryConfig) -> None:
         return
     if not uri.startswith(("https://", "http://")):
         raise InvalidJobError(
-            f"source.uri {uri[:100]!r}: use models:/NAME/VERSION, models:/NAME@ALIAS, https:// "
-            "or s3://"
+            f"source.uri {uri[:100]!r}: use models:/NAME/VERSION, models:/NAME@ALIAS, "
+            "runs:/RUN_ID/PATH, https:// or s3://"
         )
     try:
         config.policy().check_url(uri)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from app import __version__
 from app.engine.devices import Device
+from app.engine.errors import InvalidRecipeError
 from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
@@ -25,7 +26,7 @@ from app.engine.plan.ties import store_ties_once
 from app.engine.produce import Producer
 from app.engine.progress import Progress, ProgressEvent
 from app.engine.provenance import describe_target
-from app.engine.readers import Source, open_source
+from app.engine.readers import NamedSources, Source, open_several, open_source
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest, report_entries
 from app.engine.target import Target
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConversionResult", "KnownSource", "convert"]
 
-SourcePath = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path]
+SourcePath = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path] | NamedSources
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ def convert(
     """Convert ``source`` into ``target`` following ``recipe``.
 
     Args:
-        source: a checkpoint path, a sharded set (directory, index, files, name -> path).
+        source: a checkpoint path, a sharded set (directory, index, files, name -> path),
+            or several sources by name (:class:`NamedSources`: keys become ``NAME:KEY``).
         target: what the weights must fit.
         recipe: a validated recipe (see ``load_recipe``).
         output: where to write the weights (a model folder when ``options.folder`` or
@@ -110,8 +112,7 @@ def convert(
     Raises:
         GraftError: bad or unsafe input, an invalid recipe or target.
     """
-    strip = recipe.source.strip_prefixes
-    with open_source(source, entry=recipe.source.entry, strip_prefixes=strip) as src:
+    with _open(source, recipe) as src:
         if progress:
             progress(ProgressEvent("plan", 0.0))
         plan = build_plan(src, target, recipe, dtype=options.dtype)
@@ -155,6 +156,27 @@ def convert(
             source_blake3=digest() if kind == "blake3" else None,
         )
         return ConversionResult(report.ok, report.to_json(), manifest, Path(output))
+
+
+def _open(source: SourcePath, recipe: Recipe) -> Source:
+    """One source, or several by name (keys ``NAME:KEY``), each read as the recipe says."""
+    named = set(source.paths) if isinstance(source, NamedSources) else set()
+    if recipe.sources and named != set(recipe.sources):
+        lacking = ", ".join(sorted(set(recipe.sources) - named)) or "none"
+        extra = ", ".join(sorted(named - set(recipe.sources))) or "none"
+        raise InvalidRecipeError(
+            f"the recipe names sources {', '.join(recipe.sources)}: give each one "
+            f"(missing: {lacking}; not in the recipe: {extra})",
+            rule="sources",
+        )
+    if isinstance(source, NamedSources):
+        specs = {}
+        for name in source.paths:
+            spec = recipe.source_spec(name)
+            specs[name] = (spec.entry, spec.strip_prefixes)
+        return open_several(source.paths, specs)
+    spec = recipe.source
+    return open_source(source, entry=spec.entry, strip_prefixes=spec.strip_prefixes)
 
 
 def _identity(

@@ -144,7 +144,7 @@ def _is_ec(private_key_pem: bytes) -> bool:
 def _from_report(report: dict[str, Any], recipe: dict[str, Any]) -> OutputMetadata:
     """What a torch-format output would record, were there a place for it: the target is
     only named (a replay needs a safetensors output)."""
-    source = {k: report["source"][k] for k in ("sha256", "blake3") if report["source"].get(k)}
+    source = _source_identity(report["source"])
     target = {"kind": report["target"]["kind"], "name": report["target"].get("name")}
     digest = (report.get("output") or {}).get("report_sha256")
     return OutputMetadata(recipe, target, source, digest, __version__)
@@ -270,3 +270,22 @@ def _same_tensor(a: Any, b: Any) -> bool:
     import torch
 
     return bool(a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b))
+
+
+def _source_identity(source: dict[str, Any] | list[dict[str, Any]]) -> dict[str, str]:
+    """The source's digest; several sources' is that of their ``"<digest>  <name>"``
+    listing sorted by name (what the output's metadata records)."""
+    if not isinstance(source, list):
+        return {k: source[k] for k in ("sha256", "blake3") if source.get(k)}
+    import hashlib
+
+    for kind in ("sha256", "blake3"):
+        if source and all(part.get(kind) for part in source):
+            parts = sorted(source, key=lambda p: str(p["name"]))
+            listing = "".join(f"{p[kind]}  {p['name']}\n" for p in parts).encode()
+            if kind == "sha256":
+                return {kind: hashlib.sha256(listing).hexdigest()}
+            import blake3
+
+            return {kind: blake3.blake3(listing).hexdigest()}
+    return {}

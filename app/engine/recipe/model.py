@@ -29,6 +29,7 @@ from app.engine.recipe.patterns import (
     compile_re2,
     split_replacement,
 )
+from app.engine.recipe.several import NamedSource, SliceRule, check_names
 from app.engine.recipe.tensor_rules import CopyRule, MergeRule, SplitRule, TransformRule
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "RegexRule",
     "RenameRule",
     "ResizeRule",
+    "NamedSource",
+    "SliceRule",
     "SourceSpec",
     "TruncNormalInit",
     "XavierUniformInit",
@@ -348,6 +351,9 @@ class Recipe(RecipeModel):
 
     version: Literal[1] = 1
     source: SourceSpec = Field(default_factory=SourceSpec)
+    # Several sources (app.engine.recipe.several): their keys are written NAME:KEY.
+    sources: dict[str, NamedSource] = Field(default_factory=dict)
+    slices: list[SliceRule] = Field(default_factory=list, max_length=MAX_RULES)
     rename: list[RenameRule] = Field(default_factory=list, max_length=MAX_RULES)
     drop: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
     only: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
@@ -381,6 +387,36 @@ class Recipe(RecipeModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None}
         return data
+
+    @field_validator("sources")
+    @classmethod
+    def _check_sources(cls, sources: dict[str, NamedSource]) -> dict[str, NamedSource]:
+        return check_names(sources)
+
+    @model_validator(mode="after")
+    def _check_slices(self) -> Recipe:
+        for index, rule in enumerate(self.slices):
+            where = f"slices[{index}]"
+            if rule.from_ is None and len(self.sources) > 1:
+                raise RuleError(f"{where} needs `from`: one of {', '.join(self.sources)}")
+            if rule.from_ is not None and rule.from_ not in self.sources:
+                named = ", ".join(self.sources) or "none (the recipe has no `sources`)"
+                raise RuleError(f"{where} takes from {rule.from_!r}; the sources are {named}")
+        return self
+
+    def source_spec(self, name: str) -> SourceSpec:
+        """How to read source ``name``: its ``sources`` entry over ``source``."""
+        named = self.sources.get(name)
+        if named is None:
+            return self.source
+        return SourceSpec(
+            entry=named.entry or self.source.entry,
+            strip_prefixes=(
+                named.strip_prefixes
+                if named.strip_prefixes is not None
+                else self.source.strip_prefixes
+            ),
+        )
 
     @field_validator("version", mode="before")
     @classmethod

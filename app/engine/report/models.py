@@ -96,7 +96,9 @@ class ReportSource(_Document):
     """The source: its identity, format, chosen entry, and size."""
 
     _added_later = frozenset({"sha256", "stripped_prefix"})
-    _omitted_when_none = frozenset({"blake3"})
+    _omitted_when_none = frozenset({"name", "blake3"})
+    # With several sources (a list of these), the name its keys carry: `NAME:KEY`.
+    name: str | None = None
     sha256: Hex64 | None
     blake3: Hex64 | None = None
     format: SourceFormat
@@ -256,7 +258,8 @@ class Report(_Document):
     _omitted_when_none = frozenset({"errors", "output"})
     schema_: Literal["graft.report/v1"] = Field(default=REPORT_SCHEMA, alias="schema")
     ok: bool
-    source: ReportSource
+    # One source; several are a list, each with its `name` (their keys read `NAME:KEY`).
+    source: ReportSource | list[ReportSource]
     target: ReportTarget
     summary: Summary
     entries: list[Entry]

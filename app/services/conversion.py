@@ -54,6 +54,8 @@ class ConversionRequest(BaseModel):
 
     Attributes:
         source: the source's files (one file, or the files of a sharded set).
+        sources: several sources by name, each its files (their keys become ``NAME:KEY``);
+            used instead of ``source`` when given.
         target: the target as data.
         target_files: a checkpoint target's files, resolved by the caller; else empty.
         recipe: the validated recipe.
@@ -69,7 +71,8 @@ class ConversionRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: list[Path]
+    source: list[Path] = []
+    sources: dict[str, list[Path]] = {}
     target: TargetSpec
     target_files: list[Path] = []
     recipe: Recipe
@@ -337,7 +340,7 @@ def _convert(
     )
     with target:
         result = convert(
-            request.source[0] if len(request.source) == 1 else request.source,
+            _source_paths(request),
             target,
             request.recipe,
             output=weights,
@@ -361,6 +364,18 @@ def _convert(
         statement = output_statement(written, result.report, recipe=recipe)
         (reports / "attestation.json").write_bytes(_json(statement))
     return ConversionOutcome(result.ok, result.report, result.manifest, written)
+
+
+def _source_paths(request: ConversionRequest) -> Any:
+    """What the engine opens: one file, one set's files, or several sources by name."""
+    from app.engine.readers import NamedSources
+
+    def one(files: list[Path]) -> Path | list[Path]:
+        return files[0] if len(files) == 1 else files
+
+    if request.sources:
+        return NamedSources({name: one(files) for name, files in request.sources.items()})
+    return one(request.source)
 
 
 def _json(value: Any) -> bytes:

@@ -204,7 +204,7 @@ def _model_files(plan: Plan, target: Target) -> dict[str, bytes]:
     bound = target.architecture
     config = bound.hf_config() if bound is not None else None
     if bound is None or config is None:
-        return {}
+        return _template_files(target)
     dtypes = [e.dtype for e in plan.entries if e.dtype.startswith(("float", "bfloat"))]
     if dtypes and "torch_dtype" not in config:
         config = {**config, "torch_dtype": max(set(dtypes), key=dtypes.count)}
@@ -215,6 +215,21 @@ def _model_files(plan: Plan, target: Target) -> dict[str, bytes]:
     return {
         name: (json.dumps(v, indent=2, sort_keys=True) + "\n").encode() for name, v in files.items()
     }
+
+
+def _template_files(target: Target) -> dict[str, bytes]:
+    """A template target read from a model folder: its ``config.json`` and
+    ``generation_config.json``, so the output folder loads as the template's does."""
+    template = target.template
+    if template is None or len({p.parent for p in template.paths}) != 1:
+        return {}
+    folder = template.paths[0].parent
+    files = {}
+    for name in ("config.json", "generation_config.json"):
+        path = folder / name
+        if path.is_file() and path.stat().st_size <= 1 << 20:
+            files[name] = path.read_bytes()
+    return files
 
 
 def _stamp(

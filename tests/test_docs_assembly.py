@@ -37,9 +37,14 @@ def run_docs(text: str, folder: Path) -> list[subprocess.CompletedProcess[str]]:
         (folder / name.group(1)).write_text(block)
     for block in blocks(text, "python"):
         done = subprocess.run(
-            [sys.executable, "-c", block], cwd=folder, env=env, capture_output=True, text=True,
-            timeout=300, check=False,
-        )  # fmt: skip
+            [sys.executable, "-c", block],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
     runs = []
     for block in blocks(text, "sh"):
@@ -49,9 +54,14 @@ def run_docs(text: str, folder: Path) -> list[subprocess.CompletedProcess[str]]:
             argv = ["-c", "from app.cli import main; main()", *shlex.split(line)[1:]]
             runs.append(
                 subprocess.run(
-                    [sys.executable, *argv], cwd=folder, env=env, capture_output=True,
-                    text=True, timeout=300, check=False,
-                )  # fmt: skip
+                    [sys.executable, *argv],
+                    cwd=folder,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    check=False,
+                )
             )
             assert runs[-1].returncode == 0, (line, runs[-1].stderr[-2000:])
     return runs
@@ -81,7 +91,5 @@ def test_the_assembly_docs_run_and_give_the_models_assembled_by_hand(tmp_path: P
     assert set(ours) == set(theirs)
     for key, value in theirs.items():
         assert torch.equal(ours[key], value), key
-    model = transformers.VisionEncoderDecoderModel.from_pretrained(
-        tmp_path / "captioner-assembled"
-    )
+    model = transformers.VisionEncoderDecoderModel.from_pretrained(tmp_path / "captioner-assembled")
     assert model.config.decoder.add_cross_attention

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from app.client.errors import GraftAPIError, GraftClientError
+from app.client.folders import named_sources, recipe_for_server, unpack_folder
 from app.client.http import GraftClient
 from app.engine.options import format_for_path
 
@@ -87,7 +88,7 @@ def _source(client: GraftClient, source: str) -> str | dict[str, Any]:
 
 def submit(
     client: GraftClient,
-    source: str,
+    source: str | list[str],
     target: str,
     *,
     recipe: Path | None = None,
@@ -95,12 +96,16 @@ def submit(
     output: Path | None = None,
     register: str | None = None,
     progress: Callable[[str, float], None] | None = None,
+    output_format: str | None = None,
+    folder: bool = False,
 ) -> SubmitResult:
     """Run one conversion on the server and fetch its results.
 
     Args:
         client: the server.
-        source: a file, a sharded set's folder, or a ``models:/``, ``https://`` or ``s3://`` URI.
+        source: a file, a sharded set's folder, or a ``models:/``, ``https://`` or ``s3://`` URI;
+            or a list: one such, or several sources as ``NAME=PATH`` (none: the recipe's
+            ``sources``, relative to the recipe file).
         target: a checkpoint file, a ``.json`` skeleton, or ``arch:NAME``.
         recipe: a recipe file (JSON or YAML).
         target_kwargs: an ``arch:`` target's kwargs.
@@ -109,6 +114,10 @@ def submit(
             Default: ``<job id>.safetensors`` here.
         register: ``mlflow:NAME[@ALIAS]``: register the result as a new model version.
         progress: called with (stage, fraction) as the job's progress events arrive.
+        output_format: ``safetensors``, ``torch`` or ``dcp`` (a folder); default: from
+            ``output``'s name.
+        folder: write ``output`` as a model folder (``config.json`` beside the weights
+            where the target declares one); folders come zipped and are unpacked here.
 
     Returns:
         The exit code, the job, the files written.
@@ -116,14 +125,23 @@ def submit(
     try:
         client.check_server()  # before hashing a file that may take a while
         # The name says the format, as for ``graft convert``.
-        out_format = (format_for_path(output) if output else None) or "safetensors"
-        options: dict[str, Any] = {"format": out_format}
+        out_format = output_format or (format_for_path(output) if output else None)
+        options: dict[str, Any] = {"format": out_format or "safetensors"}
+        if folder:
+            options["folder"] = True
         if register is not None:
             options["register"] = parse_register(register)
         body_recipe = _read_recipe(recipe)
+        args = [source] if isinstance(source, str) else list(source)
+        named = named_sources(args, body_recipe, recipe)
         spec = _target(client, target, target_kwargs)
+        sources = {n: str(client.upload(Path(p))["id"]) for n, p in (named or {}).items()}
         created = client.create_job(
-            _source(client, source), spec, recipe=body_recipe, output=options
+            None if named else _source(client, args[0]),
+            spec,
+            recipe=recipe_for_server(body_recipe),
+            output=options,
+            sources=sources or None,
         )
         job = created
         for event in client.events(created["id"]):
@@ -137,14 +155,22 @@ def submit(
 
 
 def _fetch(client: GraftClient, job: dict[str, Any], output: Path | None) -> SubmitResult:
+    zipped = job["output"].get("folder") or job["output"]["format"] == "dcp"
     suffix = "safetensors" if job["output"]["format"] == "safetensors" else "pt"
-    weights = output or Path(f"{job['id']}.{suffix}")
+    weights = output or Path(job["id"] if zipped else f"{job['id']}.{suffix}")
     report = weights.with_name(weights.stem + ".report.json")
     manifest = weights.with_name(weights.stem + ".manifest.json")
     error = job.get("error") or {}
     if job["status"] == "succeeded":
+        if zipped:  # a folder: published as one zip, unpacked into -o
+            archive = client.download(
+                job["id"], "weights", weights.with_name(weights.name + ".zip")
+            )
+            unpack_folder(archive, weights)
+        else:
+            client.download(job["id"], "weights", weights)
         files = [
-            client.download(job["id"], "weights", weights),
+            weights,
             client.download(job["id"], "report", report),
             client.download(job["id"], "manifest", manifest),
         ]

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from app.engine.plan.ties import store_ties_once
 from app.engine.produce import Producer
 from app.engine.progress import Progress, ProgressEvent
 from app.engine.provenance import describe_target
-from app.engine.readers import NamedSources, Source, open_several, open_source
+from app.engine.readers import NamedSources, SeveralSources, Source, open_several, open_source
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest, report_entries
 from app.engine.target import Target
@@ -55,10 +55,13 @@ class KnownSource:
         architecture: the architecture the source checkpoint belongs to (see
             ``app.engine.architectures.bind_architecture``). With an architecture target and
             a recipe that only renamed keys, both models run and must agree (allclose).
+        parts_sha256: several sources' digests by name, when already known; their listing's
+            digest is then the source's sha256 (see ``SeveralSources``).
     """
 
     sha256: str | None = None
     architecture: BoundArchitecture | None = None
+    parts_sha256: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,6 +116,9 @@ def convert(
         GraftError: bad or unsafe input, an invalid recipe or target.
     """
     with _open(source, recipe) as src:
+        if isinstance(src, SeveralSources) and known.parts_sha256:
+            src.know_sha256(known.parts_sha256)
+            known = replace(known, sha256=src.sha256())
         if progress:
             progress(ProgressEvent("plan", 0.0))
         plan = build_plan(src, target, recipe, dtype=options.dtype)

@@ -108,24 +108,32 @@ def output_statement(
 
 
 def sign_job_statement(
-    statement: dict[str, Any], *, weights: tuple[str, str], signing_key: bytes | None
+    statement: dict[str, Any],
+    *,
+    weights: tuple[str, str] | list[tuple[str, str]],
+    signing_key: bytes | None,
 ) -> dict[str, Any]:
     """A job's attestation: the statement its sandbox child wrote, checked against the
     weights the worker published, and signed (a DSSE envelope) when there is a key.
 
     Args:
         statement: what the child wrote (not trusted: it must attest exactly the weights).
-        weights: the published weights' ``(filename, sha256)``.
+        weights: the published weights' ``(filename, sha256)``; a folder output's files,
+            each ``(relative name, sha256)``, sorted by name.
         signing_key: the service's PEM key (``GRAFT_SIGNING_KEY``), or None.
 
     Raises:
         AttestationError: the statement does not attest exactly those weights.
     """
-    name, sha256 = weights
-    subject = [{"name": name, "digest": {"sha256": sha256}}]
-    if statement.get("_type") != STATEMENT_TYPE or statement.get("subject") != subject:
+    files = [weights] if isinstance(weights, tuple) else weights
+    subject = [{"name": name, "digest": {"sha256": sha256}} for name, sha256 in files]
+    written = statement.get("subject")
+    if isinstance(written, list) and not isinstance(weights, tuple):
+        written = sorted(written, key=lambda s: str(s.get("name")) if isinstance(s, dict) else "")
+    if statement.get("_type") != STATEMENT_TYPE or written != subject:
         raise AttestationError(
-            f"the conversion's statement does not attest the published weights {name}"
+            "the conversion's statement does not attest the published weights "
+            + ", ".join(name for name, _ in files[:3])
         )
     return sign(statement, signing_key) if signing_key is not None else statement
 

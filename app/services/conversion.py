@@ -63,6 +63,7 @@ class ConversionRequest(BaseModel):
         dry_run: plan and report only.
         source_sha256: the source's digest when already known (uploads are hashed as they
             arrive), so the engine need not hash it again.
+        sources_sha256: the same for several sources, by name.
         source_architecture: the architecture the source belongs to (``--source-arch``).
         device_index: this worker's number on its host; ``auto``/``cuda`` pin worker ``i``
             to GPU ``i % count``.
@@ -79,6 +80,7 @@ class ConversionRequest(BaseModel):
     options: WriteOptions = WriteOptions()
     dry_run: bool = False
     source_sha256: str | None = None
+    sources_sha256: dict[str, str] = {}
     source_architecture: ArchitectureTarget | None = None
     device_index: int = 0
     architectures: tuple[ArchitectureRef, ...] = ()
@@ -347,7 +349,11 @@ def _convert(
             options=request.options,
             dry_run=request.dry_run,
             progress=progress,
-            known=KnownSource(sha256=request.source_sha256, architecture=source_arch),
+            known=KnownSource(
+                sha256=request.source_sha256,
+                architecture=source_arch,
+                parts_sha256=request.sources_sha256,
+            ),
         )
     if reports is not None:
         from app.engine.report import render_text

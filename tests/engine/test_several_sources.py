@@ -160,7 +160,10 @@ def test_a_recipe_naming_sources_needs_each_one(tmp_path: Path) -> None:
 def test_a_slice_past_the_last_layer_is_refused_by_name(tmp_path: Path) -> None:
     save_gpt2(1, tmp_path / "a")
     save_gpt2(2, tmp_path / "b")
-    recipe = {**SLICED, "slices": [{"from": "a", "layers": [0, 2]}, {"from": "b", "layers": [2, 6]}]}
+    recipe = {
+        **SLICED,
+        "slices": [{"from": "a", "layers": [0, 2]}, {"from": "b", "layers": [2, 6]}],
+    }
     with pytest.raises(InvalidRecipeError, match="no layer 4") as caught:
         convert(
             NamedSources({"a": tmp_path / "a", "b": tmp_path / "b"}),

@@ -26,7 +26,7 @@ from app.engine.plan.rule_matches import RuleMatch, count_applied, count_rules, 
 from app.engine.plan.slices import SLICES_RULE, Sliced, slice_keys
 from app.engine.readers import SeveralSources, Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
-from app.engine.recipe.rename import RenameOutcome, Renamed, filter_keys, rename_keys
+from app.engine.recipe.rename import Renamed, RenameOutcome, filter_keys, rename_keys
 from app.engine.recipe.tensor_rules import TransformRule, TransposeTransform
 from app.engine.target import Target
 from app.engine.warning import Warning

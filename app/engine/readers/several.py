@@ -62,6 +62,12 @@ class SeveralSources(Source):
         super().__init__(paths, fmt, readers, entries, tensors, SourceExtras())
         self.parts = parts
 
+    def know_sha256(self, digests: Mapping[str, str]) -> None:
+        """Take the parts' sha256 the caller already knows (uploads are hashed on arrival)."""
+        for name, digest in digests.items():
+            if name in self.parts:
+                self.parts[name]._sha256 = digest
+
     def sha256(self) -> str:
         if self._sha256 is None:
             self._sha256 = self._listing(lambda p: p.sha256(), hashlib.sha256)

@@ -166,7 +166,19 @@ def _without_extensions(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _LIST_SECTIONS = frozenset(
-    {"slices", "rename", "drop", "only", "split", "merge", "copy", "transform", "adapt", "init", "freeze"}
+    {
+        "slices",
+        "rename",
+        "drop",
+        "only",
+        "split",
+        "merge",
+        "copy",
+        "transform",
+        "adapt",
+        "init",
+        "freeze",
+    }
 )
 
 # Tagged sections: (what the tag is called, tag -> model, an example rule).

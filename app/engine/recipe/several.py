@@ -7,13 +7,13 @@ so every rule that names source keys (``rename``, ``drop``, ``only``, ``split``,
 A ``slices`` rule takes the layers ``[start, end)`` of one source (the end excluded, as mergekit's
 ``layer_range``) and renumbers them after the layers the slices before it took, dropping the
 source's ``NAME:`` prefix: ``{from: a, layers: [0, 6]}`` then ``{from: b, layers: [6, 12]}``
-gives ``h.0``–``h.5`` from ``a`` and ``h.6``–``h.11`` from ``b``. Layer keys of a sliced source
-that no slice takes are dropped (rule ``slices``).
+gives ``h.0`` to ``h.5`` from ``a`` and ``h.6`` to ``h.11`` from ``b``. Layer keys of a sliced
+source that no slice takes are dropped (rule ``slices``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
@@ -51,14 +51,14 @@ class NamedSource(RecipeModel):
 
     path: _Text | None = None
     entry: _Text | None = None
-    strip_prefixes: str | list[_Text] | None = None
+    strip_prefixes: Literal["auto", "none"] | list[_Text] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _path_alone(cls, data: Any) -> Any:
         return {"path": data} if isinstance(data, str) else data
 
-    @field_validator("strip_prefixes")
+    @field_validator("strip_prefixes", mode="before")
     @classmethod
     def _check_strip(cls, value: Any) -> Any:
         if isinstance(value, str) and value not in ("auto", "none"):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from app import __version__
 from app.engine.devices import Device
 from app.engine.errors import InvalidRecipeError
+from app.engine.lora_step import apply_lora_step
 from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
@@ -180,7 +181,18 @@ def _open(source: SourcePath, recipe: Recipe) -> Source:
         for name in source.paths:
             spec = recipe.source_spec(name)
             specs[name] = (spec.entry, spec.strip_prefixes)
-        return open_several(source.paths, specs)
+        several = open_several(source.paths, specs)
+        try:
+            apply_lora_step(several, recipe, source.paths)
+        except BaseException:
+            several.close()
+            raise
+        return several
+    if recipe.lora is not None:
+        raise InvalidRecipeError(
+            "lora merges one source into another: name both (sources: {base: …, adapter: …})",
+            rule="lora",
+        )
     spec = recipe.source
     return open_source(source, entry=spec.entry, strip_prefixes=spec.strip_prefixes)
 

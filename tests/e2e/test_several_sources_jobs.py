@@ -109,9 +109,10 @@ def test_graft_submit_uploads_each_named_source(
     root = gpt2s["root"]
     recipe = tmp_path / "stack.json"
     recipe.write_text(json.dumps(STACK))
+    a, b = root / "gpt2-a", root / "gpt2-b"
     run = _submit(
-        server, f"a={root / 'gpt2-a'}", f"b={root / 'gpt2-b'}", root / "gpt2-a" / "model.safetensors",
-        "-r", recipe, "-o", "stacked.safetensors", cwd=tmp_path,
+        server, f"a={a}", f"b={b}", a / "model.safetensors", "-r", recipe,
+        "-o", "stacked.safetensors", cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     got = load_file(tmp_path / "stacked.safetensors")

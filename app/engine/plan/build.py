@@ -227,6 +227,9 @@ def build_plan(
         RuleMatch(cite(SLICES_RULE, i), n, f"layers {r.layers} of {r.from_ or 'the source'}")
         for i, (n, r) in enumerate(zip(sliced.matched, recipe.slices, strict=True))
     ]
+    if isinstance(source, SeveralSources) and recipe.lora is not None:
+        merged = len(source.changed)
+        plan.rules.append(RuleMatch("lora", merged, f"merge {recipe.lora.merge}"))
     plan.rules += count_rules(recipe, renaming.matched, list(by_new), feeds.matched, target)
     _align(plan, source, target, recipe)
     plan.rules = declared.listed(
@@ -245,13 +248,15 @@ def _rename(source: Source, recipe: Recipe) -> tuple[Sliced, RenameOutcome]:
     names = list(source.parts) if isinstance(source, SeveralSources) else []
     sliced = slice_keys(list(source.tensors), recipe.slices, names=names)
     renaming = rename_keys(sliced.keys, recipe.rename)
-    if not sliced.origin:
+    changed = source.changed if isinstance(source, SeveralSources) else {}
+    if not sliced.origin and not changed:
         return sliced, renaming
     renamed: dict[str, Renamed] = {}
     for key, r in renaming.renamed.items():
         origin, citation = sliced.origin.get(key, (key, None))
         rules = (citation, *r.rules) if citation else r.rules
-        renamed[origin] = Renamed(origin, r.key, rules)
+        step = changed.get(origin)  # read through a step (`lora`) before any rule
+        renamed[origin] = Renamed(origin, r.key, (step, *rules) if step else rules)
     return sliced, RenameOutcome(renamed, renaming.matched)
 
 

@@ -61,6 +61,24 @@ class SeveralSources(Source):
         fmt = formats.pop() if len(formats) == 1 else "several"
         super().__init__(paths, fmt, readers, entries, tensors, SourceExtras())
         self.parts = parts
+        # Keys a recipe step changed as they are read (``lora``): key -> the step's name.
+        self.changed: dict[str, str] = {}
+
+    def located(self, key: str) -> Located:
+        """Where ``key``'s data is read from."""
+        return self._entries[key]
+
+    def replace(self, key: str, located: Located, step: str) -> None:
+        """Read ``key`` from ``located`` from now on (a value ``step`` computes)."""
+        self._entries[key] = located
+        self.changed[key] = step
+
+    def consume(self, name: str) -> None:
+        """Take part ``name``'s keys out of the key list (a step used them all)."""
+        prefix = f"{name}:"
+        for key in [k for k in self.tensors if k.startswith(prefix)]:
+            del self.tensors[key]
+            del self._entries[key]
 
     def know_sha256(self, digests: Mapping[str, str]) -> None:
         """Take the parts' sha256 the caller already knows (uploads are hashed on arrival)."""

@@ -29,7 +29,7 @@ from app.engine.recipe.patterns import (
     compile_re2,
     split_replacement,
 )
-from app.engine.recipe.several import NamedSource, SliceRule, check_names
+from app.engine.recipe.several import LoraStep, NamedSource, SliceRule, check_names
 from app.engine.recipe.tensor_rules import CopyRule, MergeRule, SplitRule, TransformRule
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "KaimingNormalInit",
     "KernelResizeRule",
     "KeyRule",
+    "LoraStep",
     "NamedSource",
     "NormalInit",
     "PrefixRule",
@@ -354,6 +355,7 @@ class Recipe(RecipeModel):
     # Several sources (app.engine.recipe.several): their keys are written NAME:KEY.
     sources: dict[str, NamedSource] = Field(default_factory=dict)
     slices: list[SliceRule] = Field(default_factory=list, max_length=MAX_RULES)
+    lora: LoraStep | None = None
     rename: list[RenameRule] = Field(default_factory=list, max_length=MAX_RULES)
     drop: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
     only: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
@@ -402,7 +404,24 @@ class Recipe(RecipeModel):
             if rule.from_ is not None and rule.from_ not in self.sources:
                 named = ", ".join(self.sources) or "none (the recipe has no `sources`)"
                 raise RuleError(f"{where} takes from {rule.from_!r}; the sources are {named}")
+        if self.lora is not None:
+            self.lora_base()
         return self
+
+    def lora_base(self) -> str:
+        """The source ``lora`` merges into: ``lora.into``, or the one other source."""
+        step = self.lora
+        if step is None:
+            raise RuleError("the recipe has no `lora` step")
+        others = [n for n in self.sources if n != step.merge]
+        if step.merge not in self.sources or (step.into and step.into not in others):
+            raise RuleError(
+                f"lora merges {step.merge!r} into {step.into or 'the other source'!r}: name "
+                f"both in `sources` (e.g. sources: {{base: …, adapter: …}})"
+            )
+        if step.into is None and len(others) != 1:
+            raise RuleError(f"lora: say which source to merge into (`into`: {', '.join(others)})")
+        return step.into or others[0]
 
     def source_spec(self, name: str) -> SourceSpec:
         """How to read source ``name``: its ``sources`` entry over ``source``."""

@@ -20,7 +20,16 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from app.engine.recipe.model_base import RecipeModel
 from app.engine.recipe.patterns import MAX_PATTERN_LENGTH, RuleError
 
-__all__ = ["MAX_LAYER", "MAX_SOURCES", "SOURCE_NAME", "NamedSource", "SliceRule", "qualify"]
+__all__ = [
+    "MAX_LAYER",
+    "MAX_SOURCES",
+    "SOURCE_NAME",
+    "LoraStep",
+    "NamedSource",
+    "SliceRule",
+    "check_names",
+    "qualify",
+]
 
 MAX_SOURCES = 64
 MAX_LAYER = 1 << 20
@@ -89,6 +98,24 @@ class SliceRule(RecipeModel):
                 "excluded, e.g. [0, 12] for layers 0 to 11"
             )
         return layers
+
+
+class LoraStep(RecipeModel):
+    """Merge a PEFT LoRA adapter (one source) into its base (another) as it is read:
+    ``W + (alpha / r) * B @ A`` per target module (app.engine.lora), before any rename.
+
+    Attributes:
+        merge: the adapter source's name (PEFT's ``adapter_model.safetensors``).
+        into: the base source's name; left out, the one other source.
+        alpha: ``lora_alpha`` for every module, over the config's.
+        config: ``adapter_config.json``'s content; left out, read from the adapter's folder
+            (``graft submit`` sends it from there).
+    """
+
+    merge: _Name
+    into: _Name | None = None
+    alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    config: dict[str, Any] | None = None
 
 
 def check_names(sources: dict[str, NamedSource]) -> dict[str, NamedSource]:

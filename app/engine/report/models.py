@@ -213,8 +213,9 @@ class RuleCount(_Document):
     """One recipe rule, cited, with the keys (or groups) it matched and the keys it changed."""
 
     _added_later = frozenset({"pattern", "applied"})
-    # A recipe rule (``adapt[0]``), or the target architecture's own (``arch-default``).
-    rule: Annotated[str, Field(pattern=r"^([a-z_]+\[[0-9]+\]|arch-default)$")]
+    # A recipe rule (``adapt[0]``), the target architecture's own (``arch-default``), or
+    # the recipe's ``lora`` step (one, so not indexed).
+    rule: Annotated[str, Field(pattern=r"^([a-z_]+\[[0-9]+\]|arch-default|lora)$")]
     matched: Count
     applied: Count = Field(description="the keys (or groups) it changed, at most `matched`")
     pattern: str

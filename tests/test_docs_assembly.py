@@ -28,14 +28,17 @@ def blocks(text: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
-def run_docs(text: str, folder: Path) -> list[subprocess.CompletedProcess[str]]:
-    """Write the recipes, run the Python blocks, then every ``graft`` command, in ``folder``."""
+def run_docs(
+    text: str, folder: Path, *, python: bool = True
+) -> list[subprocess.CompletedProcess[str]]:
+    """Write the recipes, run the Python blocks (unless not ``python``), then every ``graft``
+    command of the ``sh`` blocks, in ``folder``."""
     env = {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     for block in blocks(text, "yaml"):
         name = re.match(r"# (\S+\.yaml)\n", block)
         assert name, f"a YAML block in the docs names its file in its first line: {block[:40]}"
         (folder / name.group(1)).write_text(block)
-    for block in blocks(text, "python"):
+    for block in blocks(text, "python") if python else []:
         done = subprocess.run(
             [sys.executable, "-c", block],
             cwd=folder,

@@ -8,6 +8,7 @@ unpacked here into the folder ``-o`` names, refusing any member that would land 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import zipfile
@@ -58,15 +59,33 @@ def named_sources(
     return sources
 
 
-def recipe_for_server(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The recipe without the local paths of its ``sources`` (the job names uploads)."""
+def recipe_for_server(
+    recipe: dict[str, Any] | None, paths: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """The recipe without the local paths of its ``sources`` (the job names uploads), and
+    with a ``lora`` step's ``config`` read from the adapter's folder (``adapter_config.json``:
+    the upload holds the adapter's weights only).
+
+    Raises:
+        GraftClientError: the adapter's config is not JSON.
+    """
     if not recipe or not isinstance(recipe.get("sources"), dict):
         return recipe
     sources = {
         name: {k: v for k, v in spec.items() if k != "path"} if isinstance(spec, dict) else {}
         for name, spec in recipe["sources"].items()
     }
-    return {**recipe, "sources": sources}
+    out = {**recipe, "sources": sources}
+    step = recipe.get("lora")
+    if isinstance(step, dict) and "config" not in step and paths and step.get("merge") in paths:
+        folder = Path(paths[str(step["merge"])])
+        config = (folder if folder.is_dir() else folder.parent) / "adapter_config.json"
+        if config.is_file():
+            try:
+                out["lora"] = {**step, "config": json.loads(config.read_text())}
+            except ValueError as exc:
+                raise GraftClientError(f"{config} is not JSON: {exc}") from None
+    return out
 
 
 def unpack_folder(archive: Path, folder: Path) -> None:

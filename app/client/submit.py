@@ -139,7 +139,7 @@ def submit(
         created = client.create_job(
             None if named else _source(client, args[0]),
             spec,
-            recipe=recipe_for_server(body_recipe),
+            recipe=recipe_for_server(body_recipe, named),
             output=options,
             sources=sources or None,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -163,3 +164,25 @@ def test_folder_and_dcp_outputs_come_back_as_folders(server: Server, tmp_path: P
         dcp.load(state, checkpoint_id=str(tmp_path / "bert-dcp"))
     for key, value in expected.items():
         assert torch.equal(state[key], value), key
+
+
+def test_graft_submit_merges_a_lora_adapter_as_peft_does(server: Server, tmp_path: Path) -> None:
+    from tests.engine.test_lora import _assert_close_to_peft
+    from tests.engine.test_lora_step import bert_with_adapter
+
+    merged = bert_with_adapter(tmp_path)
+    # The recipe docs/lora.md shows, its paths as there.
+    (tmp_path / "bert").rename(tmp_path / "bert-base")
+    (tmp_path / "adapter").rename(tmp_path / "my-adapter")
+    text = (REPO / "docs" / "lora.md").read_text()
+    recipe = re.search(r"```yaml\n(# merge\.yaml\n.*?)```", text, flags=re.S)
+    assert recipe is not None
+    (tmp_path / "merge.yaml").write_text(recipe.group(1))
+    run = _submit(
+        server, "base=./bert-base", "adapter=./my-adapter", "./bert-base", "-r", "merge.yaml",
+        "-o", "bert-merged.safetensors", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    _assert_close_to_peft(load_file(tmp_path / "bert-merged.safetensors"), merged)
+    report = json.loads((tmp_path / "bert-merged.report.json").read_text())
+    assert any(r["rule"] == "lora" for r in report["rules"])

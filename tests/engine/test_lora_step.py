@@ -34,9 +34,9 @@ MERGE = {
 }
 
 
-def bert_with_adapter(folder: Path) -> dict[str, torch.Tensor]:
-    """A tiny BERT saved as transformers does, and a PEFT adapter (non-zero B) saved beside;
-    returns PEFT's merge_and_unload state dict."""
+def bert_with_adapter(folder: Path, *, saved: bool = True) -> dict[str, torch.Tensor]:
+    """A tiny BERT saved as transformers does, and a PEFT adapter (non-zero B; with ``saved``,
+    ``modules_to_save`` too) saved beside; returns PEFT's merge_and_unload state dict."""
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -46,12 +46,13 @@ def bert_with_adapter(folder: Path) -> dict[str, torch.Tensor]:
     model.save_pretrained(folder / "bert")
     lora = peft.LoraConfig(
         init_lora_weights=False, r=4, lora_alpha=8, target_modules=["query", "value", "dense"],
-        rank_pattern={"query": 2}, modules_to_save=["pooler.dense"],
+        rank_pattern={"query": 2}, modules_to_save=["pooler.dense"] if saved else None,
     )  # fmt: skip
     torch.manual_seed(1)
     wrapped = peft.get_peft_model(model, lora)
-    with torch.no_grad():
-        wrapped.base_model.model.pooler.dense.modules_to_save["default"].weight.add_(1.0)
+    if saved:
+        with torch.no_grad():
+            wrapped.base_model.model.pooler.dense.modules_to_save["default"].weight.add_(1.0)
     wrapped.save_pretrained(folder / "adapter")
     merged: dict[str, torch.Tensor] = wrapped.merge_and_unload().state_dict()
     return merged
@@ -92,7 +93,7 @@ def test_the_adapter_config_can_travel_in_the_recipe(tmp_path: Path) -> None:
     (tmp_path / "adapter" / "adapter_config.json").unlink()  # as an upload holds the weights
     sources = NamedSources({"base": tmp_path / "bert", "adapter": weights})
     target = tmp_path / "bert" / "model.safetensors"
-    with pytest.raises(InvalidRecipeError, match="lora.config"):
+    with pytest.raises(InvalidRecipeError, match=r"lora\.config"):
         convert(sources, Target.from_checkpoint(target), load_recipe(MERGE), output=None)
     import json
 

@@ -62,13 +62,14 @@ def submit(
     """Run the conversion on a Graft server: uploads only what it lacks, shows live progress,
     downloads the weights plus OUT's stem + .report.json and .manifest.json."""
     from app.client import GraftClient
+    from app.client.submit import SubmitOutput
     from app.client.submit import submit as run_submit
 
     kwargs = json_object(target_kwargs, f"--target-kwargs for {target}") if target_kwargs else None
     with GraftClient(server, api_key=key) as client, TerminalProgress() as progress:
         result = run_submit(
-            client, source or [], target, recipe=recipe, target_kwargs=kwargs, output=output,
-            register=register, progress=progress.show, output_format=fmt, folder=folder,
+            client, source or [], target, recipe=recipe, target_kwargs=kwargs,
+            output=SubmitOutput(output, fmt, folder), register=register, progress=progress.show,
         )  # fmt: skip
     job = result.job or {}
     if job:

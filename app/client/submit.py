@@ -22,7 +22,7 @@ from app.client.folders import named_sources, recipe_for_server, unpack_folder
 from app.client.http import GraftClient
 from app.engine.options import format_for_path
 
-__all__ = ["SubmitResult", "parse_register", "submit"]
+__all__ = ["SubmitOutput", "SubmitResult", "parse_register", "submit"]
 
 _URI = re.compile(r"^(models:/|https?://|s3://)")
 _REGISTER = re.compile(r"^mlflow:([^@\s]+)(?:@([^@\s]+))?$")
@@ -43,6 +43,23 @@ class SubmitResult:
     job: dict[str, Any] | None = None
     files: list[Path] = field(default_factory=list)
     message: str | None = None
+
+
+@dataclass(frozen=True)
+class SubmitOutput:
+    """Where and how the weights come back.
+
+    Attributes:
+        path: the file, or the folder a folder output is unpacked into (None: named after
+            the job, here).
+        format: ``safetensors``, ``torch`` or ``dcp`` (a folder); None: from ``path``'s name.
+        folder: a model folder (``config.json`` beside the weights where the target
+            declares one), published zipped and unpacked into ``path``.
+    """
+
+    path: Path | None = None
+    format: str | None = None
+    folder: bool = False
 
 
 def parse_register(value: str) -> dict[str, Any]:
@@ -93,11 +110,9 @@ def submit(
     *,
     recipe: Path | None = None,
     target_kwargs: dict[str, Any] | None = None,
-    output: Path | None = None,
+    output: Path | SubmitOutput | None = None,
     register: str | None = None,
     progress: Callable[[str, float], None] | None = None,
-    output_format: str | None = None,
-    folder: bool = False,
 ) -> SubmitResult:
     """Run one conversion on the server and fetch its results.
 
@@ -111,13 +126,10 @@ def submit(
         target_kwargs: an ``arch:`` target's kwargs.
         output: where the weights go (``.pt``/``.pth``/``.bin``: torch format); the report and
             manifest go beside it as ``<stem>.report.json`` and ``<stem>.manifest.json``.
-            Default: ``<job id>.safetensors`` here.
+            Default: ``<job id>.safetensors`` here. A :class:`SubmitOutput` also says the
+            format (``dcp``: a folder) or asks for a model folder.
         register: ``mlflow:NAME[@ALIAS]``: register the result as a new model version.
         progress: called with (stage, fraction) as the job's progress events arrive.
-        output_format: ``safetensors``, ``torch`` or ``dcp`` (a folder); default: from
-            ``output``'s name.
-        folder: write ``output`` as a model folder (``config.json`` beside the weights
-            where the target declares one); folders come zipped and are unpacked here.
 
     Returns:
         The exit code, the job, the files written.
@@ -125,9 +137,11 @@ def submit(
     try:
         client.check_server()  # before hashing a file that may take a while
         # The name says the format, as for ``graft convert``.
-        out_format = output_format or (format_for_path(output) if output else None)
+        asked = output if isinstance(output, SubmitOutput) else SubmitOutput(output)
+        output = asked.path
+        out_format = asked.format or (format_for_path(output) if output else None)
         options: dict[str, Any] = {"format": out_format or "safetensors"}
-        if folder:
+        if asked.folder:
             options["folder"] = True
         if register is not None:
             options["register"] = parse_register(register)

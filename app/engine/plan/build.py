@@ -223,13 +223,7 @@ def build_plan(
                 reported.add(src)
                 unused.append(Unused(src, "unexpected", None, key))
     plan = Plan(entries, unused, [], [], [], source.stripped_prefix, out_dtype)
-    plan.rules = [
-        RuleMatch(cite(SLICES_RULE, i), n, f"layers {r.layers} of {r.from_ or 'the source'}")
-        for i, (n, r) in enumerate(zip(sliced.matched, recipe.slices, strict=True))
-    ]
-    if isinstance(source, SeveralSources) and recipe.lora is not None:
-        merged = len(source.changed)
-        plan.rules.append(RuleMatch("lora", merged, f"merge {recipe.lora.merge}"))
+    plan.rules = _step_rules(source, recipe, sliced)
     plan.rules += count_rules(recipe, renaming.matched, list(by_new), feeds.matched, target)
     _align(plan, source, target, recipe)
     plan.rules = declared.listed(
@@ -258,6 +252,17 @@ def _rename(source: Source, recipe: Recipe) -> tuple[Sliced, RenameOutcome]:
         step = changed.get(origin)  # read through a step (`lora`) before any rule
         renamed[origin] = Renamed(origin, r.key, (step, *rules) if step else rules)
     return sliced, RenameOutcome(renamed, renaming.matched)
+
+
+def _step_rules(source: Source, recipe: Recipe, sliced: Sliced) -> list[RuleMatch]:
+    """``lora`` and ``slices``, which act before the renames, with what they took."""
+    rules = []
+    if isinstance(source, SeveralSources) and recipe.lora is not None:
+        rules.append(RuleMatch("lora", len(source.changed), f"merge {recipe.lora.merge}"))
+    return rules + [
+        RuleMatch(cite(SLICES_RULE, i), n, f"layers {r.layers} of {r.from_ or 'the source'}")
+        for i, (n, r) in enumerate(zip(sliced.matched, recipe.slices, strict=True))
+    ]
 
 
 def _feed(

@@ -14,9 +14,11 @@ from pydantic import (
     BaseModel,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     Tag,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -388,6 +390,16 @@ class Recipe(RecipeModel):
     def _null_is_default(cls, data: Any) -> Any:
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_steps(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Recipes with one source dump (and hash) as they did before these fields existed.
+        data = handler(self)
+        if isinstance(data, dict):
+            for name, empty in (("sources", {}), ("slices", []), ("lora", None)):
+                if data.get(name, empty) == empty:
+                    data.pop(name, None)
         return data
 
     @field_validator("sources")

@@ -223,11 +223,17 @@ def replay_output(output: Path, source: Path, *, out: Path, template: Path | Non
     if output.is_dir():
         raise GraftError("replaying a sharded output is not supported yet; convert a file")
     digest = next(iter(meta.source), "none")
+    recipe = load_recipe(meta.recipe)
+    if recipe.sources:
+        raise GraftError(
+            f"{output} was made from several sources ({', '.join(recipe.sources)}); replaying "
+            "it is not supported yet: run its recipe again with `graft convert NAME=PATH …`"
+        )
     request = ConversionRequest(
         source=[source],
         target=spec,
         target_files=files,
-        recipe=load_recipe(meta.recipe),
+        recipe=recipe,
         options=WriteOptions(source_digest=digest),  # type: ignore[arg-type]
     )
     outcome = run_conversion(request, PathSink(out), limits=None)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from app.db.models import Artifact, Checkpoint, Pipeline
+from app.engine.recipe.several import SOURCE_NAME
 from app.engine.target_spec import TargetSpec
 from app.services.jobs.document import JobPublic, OutputOptions, job_document
 from app.services.jobs.reference import ReferenceSpec
@@ -35,6 +36,10 @@ __all__ = [
     "WebhookSecretPublic",
     "job_document",
 ]
+
+
+SourceName = Annotated[str, StringConstraints(pattern=SOURCE_NAME)]
+CheckpointId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class FilePublic(BaseModel):
@@ -124,9 +129,16 @@ class JobCreate(BaseModel):
         },
     )
 
-    source: str | SourceRef = Field(
+    source: str | SourceRef | None = Field(
+        default=None,
         description='id of an uploaded checkpoint, or {"uri": "models:/NAME/VERSION" | '
-        '"models:/NAME@ALIAS" | "runs:/RUN_ID/PATH" | "https://…"} fetched by the worker'
+        '"models:/NAME@ALIAS" | "runs:/RUN_ID/PATH" | "https://…"} fetched by the worker',
+    )
+    sources: dict[SourceName, CheckpointId] | None = Field(
+        default=None,
+        max_length=64,
+        description="several uploaded checkpoints by name, in place of `source`: "
+        '{"a": ID, "b": ID}; their keys read "NAME:KEY" in the recipe (docs/assembly.md)',
     )
     target: TargetSpec
     recipe: dict[str, Any] | BuiltinRecipeName | None = Field(
@@ -153,6 +165,14 @@ class JobCreate(BaseModel):
     callback: Callback | None = Field(
         default=None, description="a signed webhook (Standard Webhooks) when the job finishes"
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobCreate:
+        if (self.source is None) == (self.sources is None):
+            raise ValueError("give `source` (one checkpoint) or `sources` (several by name)")
+        if self.sources is not None and not self.sources:
+            raise ValueError("`sources` names at least one checkpoint")
+        return self
 
 
 class JobsPublic(BaseModel):

@@ -12,7 +12,6 @@ import typer
 from app.cli.options import (
     JsonOpt,
     RecipeOpt,
-    TargetArg,
     TargetKwargsOpt,
     json_object,
     target_spec,
@@ -27,6 +26,7 @@ from app.cli.parity import (
 )
 from app.cli.progress import TerminalProgress
 from app.cli.sizes import parse_size
+from app.cli.sources import SOURCES, TARGET, resolve_sources
 from app.cli.verify import SignKeyOpt, attest
 from app.engine.options import OutputFormat, WriteOptions, format_for_path
 
@@ -38,7 +38,7 @@ class _RunOptions:
     """What one ``plan`` or ``convert`` invocation asks for, parsed from its options.
 
     Attributes:
-        source: The source checkpoint paths.
+        source: The sources as typed: one path, or NAME=PATH each (none: the recipe's).
         target: The target as typed (``arch:NAME``, a skeleton file, ...).
         recipe: The recipe file, or None for the default.
         output: Where to write the weights (None for a dry run).
@@ -50,7 +50,7 @@ class _RunOptions:
         source_architecture: The source's architecture spec, for a parity check.
     """
 
-    source: list[Path]
+    source: list[str] | None
     target: str
     recipe: Path | None
     output: Path | None
@@ -69,9 +69,11 @@ def _run(run: _RunOptions) -> Any:
     from app.services.conversion import ConversionRequest, PathSink, run_conversion
 
     parsed = load_recipe(run.recipe)
+    source, sources = resolve_sources(run.source, parsed, run.recipe)
     spec, files = target_spec(run.target, run.target_kwargs)
     request = ConversionRequest(
-        source=run.source,
+        source=source,
+        sources=sources,
         target=spec,
         target_files=files,
         recipe=parsed,
@@ -106,6 +108,9 @@ def _run(run: _RunOptions) -> Any:
         raise typer.Exit(1)
     return result
 
+
+# Old-style, as SOURCES: a required option after the optional SOURCE arguments.
+_OUTPUT: Any = typer.Option(..., "-o", "--output", help="Where to write the weights.")
 
 MaxShardOpt = Annotated[
     str | None,
@@ -187,8 +192,8 @@ def _output_format(output: Path, fmt: str | None) -> OutputFormat:
 
 
 def plan(
-    source: Annotated[Path, typer.Argument(help="Source checkpoint or sharded set.")],
-    target: TargetArg,
+    source: list[str] | None = SOURCES,
+    target: str = TARGET,
     recipe: RecipeOpt = None,
     json_: JsonOpt = False,
     target_kwargs: TargetKwargsOpt = None,
@@ -199,7 +204,7 @@ def plan(
     """Dry run: the report of what convert would do, from headers alone."""
     _run(
         _RunOptions(
-            source=[source],
+            source=source,
             target=target,
             recipe=recipe,
             output=None,
@@ -213,9 +218,9 @@ def plan(
 
 
 def convert(
-    source: Annotated[Path, typer.Argument(help="Source checkpoint or sharded set.")],
-    target: TargetArg,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the weights.")],
+    source: list[str] | None = SOURCES,
+    target: str = TARGET,
+    output: Path = _OUTPUT,
     recipe: RecipeOpt = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the JSON report here.")
@@ -276,7 +281,7 @@ def convert(
     )  # fmt: skip
     result = _run(
         _RunOptions(
-            source=[source],
+            source=source,
             target=target,
             recipe=recipe,
             output=output,

@@ -217,7 +217,7 @@ class GraftClient:
 
     def create_job(
         self,
-        source: str | dict[str, Any],
+        source: str | dict[str, Any] | None,
         target: dict[str, Any],
         *,
         recipe: dict[str, Any] | None = None,
@@ -225,11 +225,13 @@ class GraftClient:
         callback: dict[str, Any] | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        sources: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Queue a conversion (``POST /v1/jobs``) with an ``Idempotency-Key``.
 
         Args:
-            source: a checkpoint id, or ``{"uri": "models:/…" | "https://…"}``.
+            source: a checkpoint id, or ``{"uri": "models:/…" | "https://…"}``; None with
+                ``sources``.
             target: ``{"checkpoint": id}``, ``{"skeleton": {...}}`` or
                 ``{"architecture": name, "kwargs": {...}}``.
             recipe: a version 1 recipe.
@@ -237,11 +239,14 @@ class GraftClient:
             callback: ``{"url", "events"}``: a signed webhook when it finishes.
             dry_run: the report only.
             idempotency_key: reuse one to retry a creation safely; a fresh one by default.
+            sources: several checkpoint ids by name, in place of ``source`` (keys
+                ``NAME:KEY`` in the recipe).
 
         Returns:
             The job.
         """
-        body: dict[str, Any] = {"source": source, "target": target, "dry_run": dry_run}
+        body: dict[str, Any] = {"target": target, "dry_run": dry_run}
+        body |= {"sources": sources} if sources is not None else {"source": source}
         for name, value in (("recipe", recipe), ("output", output), ("callback", callback)):
             if value is not None:
                 body[name] = value

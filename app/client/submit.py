@@ -18,10 +18,11 @@ from typing import Any
 import yaml
 
 from app.client.errors import GraftAPIError, GraftClientError
+from app.client.folders import named_sources, recipe_for_server, unpack_folder
 from app.client.http import GraftClient
 from app.engine.options import format_for_path
 
-__all__ = ["SubmitResult", "parse_register", "submit"]
+__all__ = ["SubmitOutput", "SubmitResult", "parse_register", "submit"]
 
 _URI = re.compile(r"^(models:/|runs:/|https?://|s3://)")
 _REGISTER = re.compile(r"^mlflow:([^@\s]+)(?:@([^@\s]+))?$")
@@ -42,6 +43,23 @@ class SubmitResult:
     job: dict[str, Any] | None = None
     files: list[Path] = field(default_factory=list)
     message: str | None = None
+
+
+@dataclass(frozen=True)
+class SubmitOutput:
+    """Where and how the weights come back.
+
+    Attributes:
+        path: the file, or the folder a folder output is unpacked into (None: named after
+            the job, here).
+        format: ``safetensors``, ``torch`` or ``dcp`` (a folder); None: from ``path``'s name.
+        folder: a model folder (``config.json`` beside the weights where the target
+            declares one), published zipped and unpacked into ``path``.
+    """
+
+    path: Path | None = None
+    format: str | None = None
+    folder: bool = False
 
 
 def parse_register(value: str) -> dict[str, Any]:
@@ -87,12 +105,12 @@ def _source(client: GraftClient, source: str) -> str | dict[str, Any]:
 
 def submit(
     client: GraftClient,
-    source: str,
+    source: str | list[str],
     target: str,
     *,
     recipe: Path | None = None,
     target_kwargs: dict[str, Any] | None = None,
-    output: Path | None = None,
+    output: Path | SubmitOutput | None = None,
     register: str | None = None,
     progress: Callable[[str, float], None] | None = None,
 ) -> SubmitResult:
@@ -101,13 +119,15 @@ def submit(
     Args:
         client: the server.
         source: a file, a sharded set's folder, or a ``models:/``, ``runs:/``, ``https://``
-            or ``s3://`` URI.
+            or ``s3://`` URI; or a list: one such, or several sources as ``NAME=PATH`` (none:
+            the recipe's ``sources``, relative to the recipe file).
         target: a checkpoint file, a ``.json`` skeleton, or ``arch:NAME``.
         recipe: a recipe file (JSON or YAML).
         target_kwargs: an ``arch:`` target's kwargs.
         output: where the weights go (``.pt``/``.pth``/``.bin``: torch format); the report and
             manifest go beside it as ``<stem>.report.json`` and ``<stem>.manifest.json``.
-            Default: ``<job id>.safetensors`` here.
+            Default: ``<job id>.safetensors`` here. A :class:`SubmitOutput` also says the
+            format (``dcp``: a folder) or asks for a model folder.
         register: ``mlflow:NAME[@ALIAS]``: register the result as a new model version.
         progress: called with (stage, fraction) as the job's progress events arrive.
 
@@ -117,14 +137,25 @@ def submit(
     try:
         client.check_server()  # before hashing a file that may take a while
         # The name says the format, as for ``graft convert``.
-        out_format = (format_for_path(output) if output else None) or "safetensors"
-        options: dict[str, Any] = {"format": out_format}
+        asked = output if isinstance(output, SubmitOutput) else SubmitOutput(output)
+        output = asked.path
+        out_format = asked.format or (format_for_path(output) if output else None)
+        options: dict[str, Any] = {"format": out_format or "safetensors"}
+        if asked.folder:
+            options["folder"] = True
         if register is not None:
             options["register"] = parse_register(register)
         body_recipe = _read_recipe(recipe)
+        args = [source] if isinstance(source, str) else list(source)
+        named = named_sources(args, body_recipe, recipe)
         spec = _target(client, target, target_kwargs)
+        sources = {n: str(client.upload(Path(p))["id"]) for n, p in (named or {}).items()}
         created = client.create_job(
-            _source(client, source), spec, recipe=body_recipe, output=options
+            None if named else _source(client, args[0]),
+            spec,
+            recipe=recipe_for_server(body_recipe, named),
+            output=options,
+            sources=sources or None,
         )
         job = created
         for event in client.events(created["id"]):
@@ -138,14 +169,22 @@ def submit(
 
 
 def _fetch(client: GraftClient, job: dict[str, Any], output: Path | None) -> SubmitResult:
+    zipped = job["output"].get("folder") or job["output"]["format"] == "dcp"
     suffix = "safetensors" if job["output"]["format"] == "safetensors" else "pt"
-    weights = output or Path(f"{job['id']}.{suffix}")
+    weights = output or Path(job["id"] if zipped else f"{job['id']}.{suffix}")
     report = weights.with_name(weights.stem + ".report.json")
     manifest = weights.with_name(weights.stem + ".manifest.json")
     error = job.get("error") or {}
     if job["status"] == "succeeded":
+        if zipped:  # a folder: published as one zip, unpacked into -o
+            archive = client.download(
+                job["id"], "weights", weights.with_name(weights.name + ".zip")
+            )
+            unpack_folder(archive, weights)
+        else:
+            client.download(job["id"], "weights", weights)
         files = [
-            client.download(job["id"], "weights", weights),
+            weights,
             client.download(job["id"], "report", report),
             client.download(job["id"], "manifest", manifest),
         ]

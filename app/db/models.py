@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -185,6 +186,10 @@ class Job(Base):
     register: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The parity reference (SPEC §3.2): {"architecture", "kwargs", ...}, registered only.
     reference: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Several uploaded sources by name ({"a": checkpoint id, ...}), in place of source_id.
+    sources: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # output.folder: the weights as a model folder (config.json beside), published zipped.
+    output_folder: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     pipeline_id: Mapped[str | None] = mapped_column(
         ForeignKey("pipelines.id", ondelete="SET NULL"), index=True

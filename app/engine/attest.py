@@ -83,7 +83,7 @@ def build_statement(
     ]
     output = report.get("output") or {}
     predicate = {
-        "source": {**metadata.source, "format": report["source"]["format"]},
+        "source": {**metadata.source, "format": _formats(report["source"])},
         "target": metadata.target,
         "recipe": metadata.recipe,
         "recipe_sha256": metadata.recipe_sha256,
@@ -241,3 +241,10 @@ def _statement(value: Any) -> dict[str, Any]:
     ):
         raise GraftError(f"not an in-toto Statement v1 with predicate {PREDICATE_TYPE}")
     return value
+
+
+def _formats(source: dict[str, Any] | list[dict[str, Any]]) -> str | dict[str, str]:
+    """The source's format; several sources' by name."""
+    if isinstance(source, list):
+        return {str(part["name"]): str(part["format"]) for part in source}
+    return str(source["format"])

@@ -49,7 +49,10 @@ __all__ = [
     "LoraAdapter",
     "LoraModule",
     "LoraResult",
+    "adapter_from",
     "apply_lora",
+    "check_config",
+    "check_targets",
     "lora_delta",
     "read_adapter",
 ]
@@ -159,6 +162,24 @@ def read_adapter(folder: Path, *, alpha: float | None = None) -> LoraAdapter:
         )
     with open_source(weights, strip_prefixes="none") as src:
         tensors = {k: (tuple(t.shape), t.dtype) for k, t in src.tensors.items()}
+    return adapter_from(folder, config, tensors, alpha=alpha, where=str(weights))
+
+
+def adapter_from(
+    folder: Path,
+    config: dict[str, Any],
+    tensors: dict[str, tuple[tuple[int, ...], str]],
+    *,
+    alpha: float | None = None,
+    where: str = "the adapter",
+) -> LoraAdapter:
+    """An adapter from its config (``adapter_config.json``'s content) and its weights' header
+    (key -> (shape, dtype)), as :func:`read_adapter` reads them from a folder.
+
+    Raises:
+        UnreadableCheckpointError: as :func:`read_adapter`.
+    """
+    check_config(config, where)
     pairs: dict[str, dict[str, str]] = {}
     saved: dict[str, str] = {}
     for key in tensors:
@@ -168,7 +189,7 @@ def read_adapter(folder: Path, *, alpha: float | None = None) -> LoraAdapter:
             saved[_SAVED_INFIX.sub(".", m["key"])] = key
         else:
             raise UnreadableCheckpointError(
-                f"{weights}: key {key!r} is neither a LoRA factor nor a modules_to_save "
+                f"{where}: key {key!r} is neither a LoRA factor nor a modules_to_save "
                 "tensor (this merge handles PEFT's LoRA, without DoRA or LoRA biases)"
             )
     modules = {name: _module(name, ab, tensors, config, alpha) for name, ab in pairs.items()}
@@ -240,7 +261,7 @@ def apply_lora(
         open_source(adapter.path / ADAPTER_WEIGHTS, strip_prefixes="none") as factors,
     ):
         by_key = {m.base_key: m for m in adapter.modules.values()}
-        _check_targets(src, factors, adapter, by_key)
+        check_targets(src, factors, adapter, by_key)
         metadata = {**src.metadata, "format": "pt"}
         shards = split_shards(list(src.tensors), lambda k: _nbytes(src, k), max_shard_size)
         names = shard_names(len(shards)) if len(shards) > 1 else [SINGLE_NAME]
@@ -301,6 +322,15 @@ def _read_config(folder: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise UnreadableCheckpointError(f"{path} is not JSON: {exc}") from exc
+    return check_config(config, str(path))
+
+
+def check_config(config: Any, path: str) -> dict[str, Any]:
+    """A PEFT LoRA config a plain merge can carry out (no DoRA, no LoRA biases).
+
+    Raises:
+        UnreadableCheckpointError: naming ``path`` and what is wrong.
+    """
     if not isinstance(config, dict) or str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise UnreadableCheckpointError(f"{path}: peft_type must be LORA")
     if config.get("use_dora"):
@@ -354,10 +384,14 @@ def _module(
     return LoraModule(name, base_key, ab["A"], ab["B"], kind, rank, alpha, scale)
 
 
-def _check_targets(
+def check_targets(
     src: Source, factors: Source, adapter: LoraAdapter, by_key: dict[str, LoraModule]
 ) -> None:
-    """Every target weight is in the base with the shape its factors make, before any write."""
+    """Every target weight is in the base with the shape its factors make, before any write.
+
+    Raises:
+        InvalidTargetError: a weight missing from the base, or of another shape.
+    """
     for key in [*by_key, *adapter.saved]:
         if key not in src.tensors:
             raise InvalidTargetError(

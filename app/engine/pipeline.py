@@ -12,12 +12,14 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
 from app.engine.devices import Device
+from app.engine.errors import InvalidRecipeError
+from app.engine.lora_step import apply_lora_step
 from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
 from app.engine.plan import Plan, build_plan
@@ -25,7 +27,7 @@ from app.engine.plan.ties import store_ties_once
 from app.engine.produce import Producer
 from app.engine.progress import Progress, ProgressEvent
 from app.engine.provenance import describe_target
-from app.engine.readers import Source, open_source
+from app.engine.readers import NamedSources, SeveralSources, Source, open_several, open_source
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest, report_entries
 from app.engine.target import Target
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConversionResult", "KnownSource", "convert"]
 
-SourcePath = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path]
+SourcePath = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path] | NamedSources
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,13 @@ class KnownSource:
         architecture: the architecture the source checkpoint belongs to (see
             ``app.engine.architectures.bind_architecture``). With an architecture target and
             a recipe that only renamed keys, both models run and must agree (allclose).
+        parts_sha256: several sources' digests by name, when already known; their listing's
+            digest is then the source's sha256 (see ``SeveralSources``).
     """
 
     sha256: str | None = None
     architecture: BoundArchitecture | None = None
+    parts_sha256: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,7 +97,8 @@ def convert(
     """Convert ``source`` into ``target`` following ``recipe``.
 
     Args:
-        source: a checkpoint path, a sharded set (directory, index, files, name -> path).
+        source: a checkpoint path, a sharded set (directory, index, files, name -> path),
+            or several sources by name (:class:`NamedSources`: keys become ``NAME:KEY``).
         target: what the weights must fit.
         recipe: a validated recipe (see ``load_recipe``).
         output: where to write the weights (a model folder when ``options.folder`` or
@@ -110,8 +116,10 @@ def convert(
     Raises:
         GraftError: bad or unsafe input, an invalid recipe or target.
     """
-    strip = recipe.source.strip_prefixes
-    with open_source(source, entry=recipe.source.entry, strip_prefixes=strip) as src:
+    with _open(source, recipe) as src:
+        if isinstance(src, SeveralSources) and known.parts_sha256:
+            src.know_sha256(known.parts_sha256)
+            known = replace(known, sha256=src.sha256())
         if progress:
             progress(ProgressEvent("plan", 0.0))
         plan = build_plan(src, target, recipe, dtype=options.dtype)
@@ -157,6 +165,38 @@ def convert(
         return ConversionResult(report.ok, report.to_json(), manifest, Path(output))
 
 
+def _open(source: SourcePath, recipe: Recipe) -> Source:
+    """One source, or several by name (keys ``NAME:KEY``), each read as the recipe says."""
+    named = set(source.paths) if isinstance(source, NamedSources) else set()
+    if recipe.sources and named != set(recipe.sources):
+        lacking = ", ".join(sorted(set(recipe.sources) - named)) or "none"
+        extra = ", ".join(sorted(named - set(recipe.sources))) or "none"
+        raise InvalidRecipeError(
+            f"the recipe names sources {', '.join(recipe.sources)}: give each one "
+            f"(missing: {lacking}; not in the recipe: {extra})",
+            rule="sources",
+        )
+    if isinstance(source, NamedSources):
+        specs = {}
+        for name in source.paths:
+            spec = recipe.source_spec(name)
+            specs[name] = (spec.entry, spec.strip_prefixes)
+        several = open_several(source.paths, specs)
+        try:
+            apply_lora_step(several, recipe, source.paths)
+        except BaseException:
+            several.close()
+            raise
+        return several
+    if recipe.lora is not None:
+        raise InvalidRecipeError(
+            "lora merges one source into another: name both (sources: {base: …, adapter: …})",
+            rule="lora",
+        )
+    spec = recipe.source
+    return open_source(source, entry=spec.entry, strip_prefixes=spec.strip_prefixes)
+
+
 def _identity(
     src: Source, options: WriteOptions, known_sha256: str | None
 ) -> tuple[str, Callable[[], str]] | None:
@@ -182,7 +222,7 @@ def _model_files(plan: Plan, target: Target) -> dict[str, bytes]:
     bound = target.architecture
     config = bound.hf_config() if bound is not None else None
     if bound is None or config is None:
-        return {}
+        return _template_files(target)
     dtypes = [e.dtype for e in plan.entries if e.dtype.startswith(("float", "bfloat"))]
     if dtypes and "torch_dtype" not in config:
         config = {**config, "torch_dtype": max(set(dtypes), key=dtypes.count)}
@@ -193,6 +233,21 @@ def _model_files(plan: Plan, target: Target) -> dict[str, bytes]:
     return {
         name: (json.dumps(v, indent=2, sort_keys=True) + "\n").encode() for name, v in files.items()
     }
+
+
+def _template_files(target: Target) -> dict[str, bytes]:
+    """A template target read from a model folder: its ``config.json`` and
+    ``generation_config.json``, so the output folder loads as the template's does."""
+    template = target.template
+    if template is None or len({p.parent for p in template.paths}) != 1:
+        return {}
+    folder = template.paths[0].parent
+    files = {}
+    for name in ("config.json", "generation_config.json"):
+        path = folder / name
+        if path.is_file() and path.stat().st_size <= 1 << 20:
+            files[name] = path.read_bytes()
+    return files
 
 
 def _stamp(

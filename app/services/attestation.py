@@ -119,24 +119,32 @@ def torch_version() -> str:
 
 
 def sign_job_statement(
-    statement: dict[str, Any], *, weights: tuple[str, str], signing_key: bytes | None
+    statement: dict[str, Any],
+    *,
+    weights: tuple[str, str] | list[tuple[str, str]],
+    signing_key: bytes | None,
 ) -> dict[str, Any]:
     """A job's attestation: the statement its sandbox child wrote, checked against the
     weights the worker published, and signed (a DSSE envelope) when there is a key.
 
     Args:
         statement: what the child wrote (not trusted: it must attest exactly the weights).
-        weights: the published weights' ``(filename, sha256)``.
+        weights: the published weights' ``(filename, sha256)``; a folder output's files,
+            each ``(relative name, sha256)``, sorted by name.
         signing_key: the service's PEM key (``GRAFT_SIGNING_KEY``), or None.
 
     Raises:
         AttestationError: the statement does not attest exactly those weights.
     """
-    name, sha256 = weights
-    subject = [{"name": name, "digest": {"sha256": sha256}}]
-    if statement.get("_type") != STATEMENT_TYPE or statement.get("subject") != subject:
+    files = [weights] if isinstance(weights, tuple) else weights
+    subject = [{"name": name, "digest": {"sha256": sha256}} for name, sha256 in files]
+    written = statement.get("subject")
+    if isinstance(written, list) and not isinstance(weights, tuple):
+        written = sorted(written, key=lambda s: str(s.get("name")) if isinstance(s, dict) else "")
+    if statement.get("_type") != STATEMENT_TYPE or written != subject:
         raise AttestationError(
-            f"the conversion's statement does not attest the published weights {name}"
+            "the conversion's statement does not attest the published weights "
+            + ", ".join(name for name, _ in files[:3])
         )
     return sign(statement, signing_key) if signing_key is not None else statement
 
@@ -155,7 +163,7 @@ def _is_ec(private_key_pem: bytes) -> bool:
 def _from_report(report: dict[str, Any], recipe: dict[str, Any]) -> OutputMetadata:
     """What a torch-format output would record, were there a place for it: the target is
     only named (a replay needs a safetensors output)."""
-    source = {k: report["source"][k] for k in ("sha256", "blake3") if report["source"].get(k)}
+    source = _source_identity(report["source"])
     target = {"kind": report["target"]["kind"], "name": report["target"].get("name")}
     digest = (report.get("output") or {}).get("report_sha256")
     return OutputMetadata(recipe, target, source, digest, __version__)
@@ -226,11 +234,17 @@ def replay_output(output: Path, source: Path, *, out: Path, template: Path | Non
     if output.is_dir():
         raise GraftError("replaying a sharded output is not supported yet; convert a file")
     digest = next(iter(meta.source), "none")
+    recipe = load_recipe(meta.recipe)
+    if recipe.sources:
+        raise GraftError(
+            f"{output} was made from several sources ({', '.join(recipe.sources)}); replaying "
+            "it is not supported yet: run its recipe again with `graft convert NAME=PATH …`"
+        )
     request = ConversionRequest(
         source=[source],
         target=spec,
         target_files=files,
-        recipe=load_recipe(meta.recipe),
+        recipe=recipe,
         options=WriteOptions(source_digest=digest),  # type: ignore[arg-type]
     )
     outcome = run_conversion(request, PathSink(out), limits=None)
@@ -281,3 +295,22 @@ def _same_tensor(a: Any, b: Any) -> bool:
     import torch
 
     return bool(a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b))
+
+
+def _source_identity(source: dict[str, Any] | list[dict[str, Any]]) -> dict[str, str]:
+    """The source's digest; several sources' is that of their ``"<digest>  <name>"``
+    listing sorted by name (what the output's metadata records)."""
+    if not isinstance(source, list):
+        return {k: source[k] for k in ("sha256", "blake3") if source.get(k)}
+    import hashlib
+
+    for kind in ("sha256", "blake3"):
+        if source and all(part.get(kind) for part in source):
+            parts = sorted(source, key=lambda p: str(p["name"]))
+            listing = "".join(f"{p[kind]}  {p['name']}\n" for p in parts).encode()
+            if kind == "sha256":
+                return {kind: hashlib.sha256(listing).hexdigest()}
+            import blake3
+
+            return {kind: blake3.blake3(listing).hexdigest()}
+    return {}

@@ -54,6 +54,8 @@ class ConversionRequest(BaseModel):
 
     Attributes:
         source: the source's files (one file, or the files of a sharded set).
+        sources: several sources by name, each its files (their keys become ``NAME:KEY``);
+            used instead of ``source`` when given.
         target: the target as data.
         target_files: a checkpoint target's files, resolved by the caller; else empty.
         recipe: the validated recipe.
@@ -61,6 +63,7 @@ class ConversionRequest(BaseModel):
         dry_run: plan and report only.
         source_sha256: the source's digest when already known (uploads are hashed as they
             arrive), so the engine need not hash it again.
+        sources_sha256: the same for several sources, by name.
         source_architecture: the architecture the source belongs to (``--source-arch``).
         device_index: this worker's number on its host; ``auto``/``cuda`` pin worker ``i``
             to GPU ``i % count``.
@@ -69,13 +72,15 @@ class ConversionRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: list[Path]
+    source: list[Path] = []
+    sources: dict[str, list[Path]] = {}
     target: TargetSpec
     target_files: list[Path] = []
     recipe: Recipe
     options: WriteOptions = WriteOptions()
     dry_run: bool = False
     source_sha256: str | None = None
+    sources_sha256: dict[str, str] = {}
     source_architecture: ArchitectureTarget | None = None
     device_index: int = 0
     architectures: tuple[ArchitectureRef, ...] = ()
@@ -337,14 +342,18 @@ def _convert(
     )
     with target:
         result = convert(
-            request.source[0] if len(request.source) == 1 else request.source,
+            _source_paths(request),
             target,
             request.recipe,
             output=weights,
             options=request.options,
             dry_run=request.dry_run,
             progress=progress,
-            known=KnownSource(sha256=request.source_sha256, architecture=source_arch),
+            known=KnownSource(
+                sha256=request.source_sha256,
+                architecture=source_arch,
+                parts_sha256=request.sources_sha256,
+            ),
         )
     if reports is not None:
         from app.engine.report import render_text
@@ -361,6 +370,18 @@ def _convert(
         statement = output_statement(written, result.report, recipe=recipe)
         (reports / "attestation.json").write_bytes(_json(statement))
     return ConversionOutcome(result.ok, result.report, result.manifest, written)
+
+
+def _source_paths(request: ConversionRequest) -> Any:
+    """What the engine opens: one file, one set's files, or several sources by name."""
+    from app.engine.readers import NamedSources
+
+    def one(files: list[Path]) -> Path | list[Path]:
+        return files[0] if len(files) == 1 else files
+
+    if request.sources:
+        return NamedSources({name: one(files) for name, files in request.sources.items()})
+    return one(request.source)
 
 
 def _json(value: Any) -> bytes:

@@ -85,9 +85,11 @@ async def create_job(
     await check_reference(body.reference, inspector, settings)
     request = service.JobRequest(
         source=body.source,
+        sources=body.sources,
         target=body.target,
         recipe=pick_recipe(body.recipe, body.recipe_text),
         output_format=body.output.format,
+        output_folder=body.output.folder,
         output_dtype=body.output.dtype,
         dry_run=body.dry_run,
         owner=principal.owner,

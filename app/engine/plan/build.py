@@ -23,9 +23,10 @@ from app.engine.plan.arch_defaults import ARCH_DEFAULT, ArchDefaults
 from app.engine.plan.feeds import Feed, plan_feeds
 from app.engine.plan.hints import Hint, add_hints
 from app.engine.plan.rule_matches import RuleMatch, count_applied, count_rules, judge_rules
-from app.engine.readers import Source
+from app.engine.plan.slices import SLICES_RULE, Sliced, slice_keys
+from app.engine.readers import SeveralSources, Source
 from app.engine.recipe import AdaptRule, InitRule, KeyMatcher, Recipe, cite, compile_pattern
-from app.engine.recipe.rename import filter_keys, rename_keys
+from app.engine.recipe.rename import Renamed, RenameOutcome, filter_keys, rename_keys
 from app.engine.recipe.tensor_rules import TransformRule, TransposeTransform
 from app.engine.target import Target
 from app.engine.warning import Warning
@@ -181,12 +182,11 @@ def build_plan(
     """
     out_dtype = dtype or recipe.dtype
     _strip_helpful_prefix(source, target, recipe)
-    renaming = rename_keys(list(source.tensors), recipe.rename)
+    sliced, renaming = _rename(source, recipe)
     by_new = {r.key: r for r in renaming.renamed.values()}
     kept_keys, dropped = filter_keys(list(by_new), drop=recipe.drop, only=recipe.only)
-    unused: list[Unused] = [
-        Unused(by_new[k].source, "dropped", rule, k) for k, rule in dropped.items()
-    ]
+    unused: list[Unused] = [Unused(k, "dropped", SLICES_RULE) for k in sliced.dropped]
+    unused += [Unused(by_new[k].source, "dropped", rule, k) for k, rule in dropped.items()]
     available = {k: by_new[k] for k in kept_keys}
     feeds = plan_feeds(available, dropped, source.tensors, recipe)
     pending = dict(feeds.by_target)
@@ -223,7 +223,8 @@ def build_plan(
                 reported.add(src)
                 unused.append(Unused(src, "unexpected", None, key))
     plan = Plan(entries, unused, [], [], [], source.stripped_prefix, out_dtype)
-    plan.rules = count_rules(recipe, renaming.matched, list(by_new), feeds.matched, target)
+    plan.rules = _step_rules(source, recipe, sliced)
+    plan.rules += count_rules(recipe, renaming.matched, list(by_new), feeds.matched, target)
     _align(plan, source, target, recipe)
     plan.rules = declared.listed(
         count_applied([*plan.rules, declared.rule()], (e.rules for e in plan.entries))
@@ -234,6 +235,34 @@ def build_plan(
     _judge(plan, recipe, mismatched)
     judge_rules(plan.rules, recipe, plan.failures, plan.warnings)
     return plan
+
+
+def _rename(source: Source, recipe: Recipe) -> tuple[Sliced, RenameOutcome]:
+    """``slices``, then ``rename``: where each source key ends up, cited by both."""
+    names = list(source.parts) if isinstance(source, SeveralSources) else []
+    sliced = slice_keys(list(source.tensors), recipe.slices, names=names)
+    renaming = rename_keys(sliced.keys, recipe.rename)
+    changed = source.changed if isinstance(source, SeveralSources) else {}
+    if not sliced.origin and not changed:
+        return sliced, renaming
+    renamed: dict[str, Renamed] = {}
+    for key, r in renaming.renamed.items():
+        origin, citation = sliced.origin.get(key, (key, None))
+        rules = (citation, *r.rules) if citation else r.rules
+        step = changed.get(origin)  # read through a step (`lora`) before any rule
+        renamed[origin] = Renamed(origin, r.key, (step, *rules) if step else rules)
+    return sliced, RenameOutcome(renamed, renaming.matched)
+
+
+def _step_rules(source: Source, recipe: Recipe, sliced: Sliced) -> list[RuleMatch]:
+    """``lora`` and ``slices``, which act before the renames, with what they took."""
+    rules = []
+    if isinstance(source, SeveralSources) and recipe.lora is not None:
+        rules.append(RuleMatch("lora", len(source.changed), f"merge {recipe.lora.merge}"))
+    return rules + [
+        RuleMatch(cite(SLICES_RULE, i), n, f"layers {r.layers} of {r.from_ or 'the source'}")
+        for i, (n, r) in enumerate(zip(sliced.matched, recipe.slices, strict=True))
+    ]
 
 
 def _feed(

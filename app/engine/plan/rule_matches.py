@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["RuleMatch", "count_applied", "count_rules", "judge_rules"]
 
 # Sections whose rules act on every key (or group) they match.
-_ACT_ON_MATCH = frozenset({"rename", "drop", "only", "split", "merge", "copy", "freeze"})
+_ACT_ON_MATCH = frozenset(
+    {"lora", "slices", "rename", "drop", "only", "split", "merge", "copy", "freeze"}
+)
 # Why a rule of the other sections matched keys but changed none.
 _NOT_APPLIED = {
     "adapt": "shapes already equal: did you forget `--target-kwargs`?",

@@ -26,6 +26,7 @@ from app.engine.recipe.model import (
     SourceSpec,
 )
 from app.engine.recipe.patterns import cite
+from app.engine.recipe.several import SliceRule
 from app.engine.recipe.tensor_rules import TRANSFORM_MODELS, CopyRule, MergeRule, SplitRule
 
 __all__ = ["MAX_RECIPE_FILE_BYTES", "load_recipe"]
@@ -165,7 +166,19 @@ def _without_extensions(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _LIST_SECTIONS = frozenset(
-    {"rename", "drop", "only", "split", "merge", "copy", "transform", "adapt", "init", "freeze"}
+    {
+        "slices",
+        "rename",
+        "drop",
+        "only",
+        "split",
+        "merge",
+        "copy",
+        "transform",
+        "adapt",
+        "init",
+        "freeze",
+    }
 )
 
 # Tagged sections: (what the tag is called, tag -> model, an example rule).
@@ -177,7 +190,12 @@ _TAGGED: dict[str, tuple[str, dict[str, type[RecipeModel]], str]] = {
 }
 
 # Sections whose rules have one shape (no tag).
-_UNTAGGED: dict[str, type[RecipeModel]] = {"split": SplitRule, "merge": MergeRule, "copy": CopyRule}
+_UNTAGGED: dict[str, type[RecipeModel]] = {
+    "split": SplitRule,
+    "merge": MergeRule,
+    "copy": CopyRule,
+    "slices": SliceRule,
+}
 
 
 def _fields(model: type[RecipeModel]) -> list[str]:

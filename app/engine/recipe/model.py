@@ -14,9 +14,11 @@ from pydantic import (
     BaseModel,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     Tag,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -29,6 +31,7 @@ from app.engine.recipe.patterns import (
     compile_re2,
     split_replacement,
 )
+from app.engine.recipe.several import LoraStep, NamedSource, SliceRule, check_names
 from app.engine.recipe.tensor_rules import CopyRule, MergeRule, SplitRule, TransformRule
 
 __all__ = [
@@ -46,6 +49,8 @@ __all__ = [
     "KaimingNormalInit",
     "KernelResizeRule",
     "KeyRule",
+    "LoraStep",
+    "NamedSource",
     "NormalInit",
     "PrefixRule",
     "PrefixTokens",
@@ -54,6 +59,7 @@ __all__ = [
     "RegexRule",
     "RenameRule",
     "ResizeRule",
+    "SliceRule",
     "SourceSpec",
     "TruncNormalInit",
     "XavierUniformInit",
@@ -348,6 +354,10 @@ class Recipe(RecipeModel):
 
     version: Literal[1] = 1
     source: SourceSpec = Field(default_factory=SourceSpec)
+    # Several sources (app.engine.recipe.several): their keys are written NAME:KEY.
+    sources: dict[str, NamedSource] = Field(default_factory=dict)
+    slices: list[SliceRule] = Field(default_factory=list, max_length=MAX_RULES)
+    lora: LoraStep | None = None
     rename: list[RenameRule] = Field(default_factory=list, max_length=MAX_RULES)
     drop: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
     only: list[_KeyPattern] = Field(default_factory=list, max_length=MAX_RULES)
@@ -381,6 +391,63 @@ class Recipe(RecipeModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None}
         return data
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_steps(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Recipes with one source dump (and hash) as they did before these fields existed.
+        data = handler(self)
+        if isinstance(data, dict):
+            for name, empty in (("sources", {}), ("slices", []), ("lora", None)):
+                if data.get(name, empty) == empty:
+                    data.pop(name, None)
+        return data
+
+    @field_validator("sources")
+    @classmethod
+    def _check_sources(cls, sources: dict[str, NamedSource]) -> dict[str, NamedSource]:
+        return check_names(sources)
+
+    @model_validator(mode="after")
+    def _check_slices(self) -> Recipe:
+        for index, rule in enumerate(self.slices):
+            where = f"slices[{index}]"
+            if rule.from_ is None and len(self.sources) > 1:
+                raise RuleError(f"{where} needs `from`: one of {', '.join(self.sources)}")
+            if rule.from_ is not None and rule.from_ not in self.sources:
+                named = ", ".join(self.sources) or "none (the recipe has no `sources`)"
+                raise RuleError(f"{where} takes from {rule.from_!r}; the sources are {named}")
+        if self.lora is not None:
+            self.lora_base()
+        return self
+
+    def lora_base(self) -> str:
+        """The source ``lora`` merges into: ``lora.into``, or the one other source."""
+        step = self.lora
+        if step is None:
+            raise RuleError("the recipe has no `lora` step")
+        others = [n for n in self.sources if n != step.merge]
+        if step.merge not in self.sources or (step.into and step.into not in others):
+            raise RuleError(
+                f"lora merges {step.merge!r} into {step.into or 'the other source'!r}: name "
+                f"both in `sources` (e.g. sources: {{base: …, adapter: …}})"
+            )
+        if step.into is None and len(others) != 1:
+            raise RuleError(f"lora: say which source to merge into (`into`: {', '.join(others)})")
+        return step.into or others[0]
+
+    def source_spec(self, name: str) -> SourceSpec:
+        """How to read source ``name``: its ``sources`` entry over ``source``."""
+        named = self.sources.get(name)
+        if named is None:
+            return self.source
+        return SourceSpec(
+            entry=named.entry or self.source.entry,
+            strip_prefixes=(
+                named.strip_prefixes
+                if named.strip_prefixes is not None
+                else self.source.strip_prefixes
+            ),
+        )
 
     @field_validator("version", mode="before")
     @classmethod

@@ -32,7 +32,14 @@ from app.engine.recipe import (
     parse_replacement,
 )
 
-__all__ = ["Renamed", "apply_renames", "count_matches", "filter_keys", "rename_keys"]
+__all__ = [
+    "RenameOutcome",
+    "Renamed",
+    "apply_renames",
+    "count_matches",
+    "filter_keys",
+    "rename_keys",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from app.engine.plan import Plan, PlanEntry
 from app.engine.plan.hints import Hint as PlanHint
+from app.engine.readers.several import SeveralSources
 from app.engine.recipe import Recipe, compile_patterns
 from app.engine.report.models import (
     AlignSuggestion,
@@ -148,15 +149,7 @@ def build_report(
         verification = _verification(execution, model, failures)
     return Report(
         ok=not failures,
-        source=ReportSource(
-            sha256=source_sha256,
-            blake3=source_blake3 if source_blake3 and not source_sha256 else None,
-            format=cast(SourceFormat, source.format),
-            entry=source.entry,
-            stripped_prefix=source.stripped_prefix,
-            tensors=len(source.tensors),
-            elements=sum(i.numel for i in source.tensors.values()),
-        ),
+        source=_source(source, source_sha256, source_blake3),
         target=ReportTarget(
             kind=target.kind,
             name=target.name,
@@ -175,6 +168,39 @@ def build_report(
         verification=verification,
         errors=failures or None,
         output=_output(execution, entries, unused) if execution is not None else None,
+    )
+
+
+def _source(
+    source: Source, sha256: str | None, blake3: str | None
+) -> ReportSource | list[ReportSource]:
+    """One source as it is; several as a list, each part with its name and own digest
+    (computed when the listing's was)."""
+    if isinstance(source, SeveralSources):
+        return [
+            _one_source(
+                part,
+                part.sha256() if sha256 else None,  # cached: the listing's digest took it
+                part.blake3() if blake3 and not sha256 else None,
+                name,
+            )
+            for name, part in source.parts.items()
+        ]
+    return _one_source(source, sha256, blake3)
+
+
+def _one_source(
+    source: Source, sha256: str | None, blake3: str | None, name: str | None = None
+) -> ReportSource:
+    return ReportSource(
+        name=name,
+        sha256=sha256,
+        blake3=blake3 if blake3 and not sha256 else None,
+        format=cast(SourceFormat, source.format),
+        entry=source.entry,
+        stripped_prefix=source.stripped_prefix,
+        tensors=len(source.tensors),
+        elements=sum(i.numel for i in source.tensors.values()),
     )
 
 

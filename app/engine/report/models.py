@@ -98,7 +98,9 @@ class ReportSource(_Document):
     """The source: its identity, format, chosen entry, and size."""
 
     _added_later = frozenset({"sha256", "stripped_prefix"})
-    _omitted_when_none = frozenset({"blake3"})
+    _omitted_when_none = frozenset({"name", "blake3"})
+    # With several sources (a list of these), the name its keys carry: `NAME:KEY`.
+    name: str | None = None
     sha256: Hex64 | None
     blake3: Hex64 | None = None
     format: SourceFormat
@@ -213,8 +215,9 @@ class RuleCount(_Document):
     """One recipe rule, cited, with the keys (or groups) it matched and the keys it changed."""
 
     _added_later = frozenset({"pattern", "applied"})
-    # A recipe rule (``adapt[0]``), or the target architecture's own (``arch-default``).
-    rule: Annotated[str, Field(pattern=r"^([a-z_]+\[[0-9]+\]|arch-default)$")]
+    # A recipe rule (``adapt[0]``), the target architecture's own (``arch-default``), or
+    # the recipe's ``lora`` step (one, so not indexed).
+    rule: Annotated[str, Field(pattern=r"^([a-z_]+\[[0-9]+\]|arch-default|lora)$")]
     matched: Count
     applied: Count = Field(description="the keys (or groups) it changed, at most `matched`")
     pattern: str
@@ -258,7 +261,8 @@ class Report(_Document):
     _omitted_when_none = frozenset({"errors", "output"})
     schema_: Literal["graft.report/v1"] = Field(default=REPORT_SCHEMA, alias="schema")
     ok: bool
-    source: ReportSource
+    # One source; several are a list, each with its `name` (their keys read `NAME:KEY`).
+    source: ReportSource | list[ReportSource]
     target: ReportTarget
     summary: Summary
     entries: list[Entry]

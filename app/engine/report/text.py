@@ -64,6 +64,17 @@ def _target_line(target: dict[str, Any]) -> str:
     return f"target  {label}, {target['tensors']} tensors"
 
 
+def _source_line(src: dict[str, Any]) -> str:
+    # Several sources: one line each, named as their keys are (`NAME:KEY`).
+    label = f"source {src['name']}:" if src.get("name") else "source "
+    return (
+        f"{label} {src['format']}, entry {src['entry'] or '(root)'}, "
+        f"stripped {src['stripped_prefix'] or '-'}, {src['tensors']} tensors"
+        + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256") else "")
+        + (f", blake3 {src['blake3'][:12]}…" if src.get("blake3") else "")
+    )
+
+
 def render_text(report: dict[str, Any]) -> str:
     """The grouped human form: keys collapsed as ``layer1.{0..2}.conv{1,2}.weight``.
 
@@ -73,10 +84,7 @@ def render_text(report: dict[str, Any]) -> str:
     s, src = report["summary"], report["source"]
     lines = [
         f"graft report: {'OK' if report['ok'] else 'FAILED'}",
-        f"source  {src['format']}, entry {src['entry'] or '(root)'}, "
-        f"stripped {src['stripped_prefix'] or '-'}, {src['tensors']} tensors"
-        + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256") else "")
-        + (f", blake3 {src['blake3'][:12]}…" if src.get("blake3") else ""),
+        *[_source_line(part) for part in (src if isinstance(src, list) else [src])],
         _target_line(report["target"]),
         f"target keys  loaded {s['loaded']} · adapted {s['adapted']} · tied {s.get('tied', 0)} · "
         "initialized "

@@ -30,8 +30,16 @@ class OutputOptions(BaseModel):
     # ``register`` is spelled through an alias: as a field name it would shadow
     # ``BaseModel.register`` (the ABC method).
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
-    format: Literal["safetensors", "torch"] = "safetensors"
+    format: Literal["safetensors", "torch", "dcp"] = Field(
+        default="safetensors",
+        description="dcp: a torch.distributed.checkpoint folder (published zipped)",
+    )
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    folder: bool = Field(
+        default=False,
+        description="a model folder as save_pretrained writes it (model.safetensors and "
+        "config.json where the target declares one), published as a zip",
+    )
     registration: RegisterSpec | None = Field(
         default=None,
         alias="register",
@@ -85,6 +93,9 @@ class JobPublic(BaseModel):
     ok: bool | None
     source: str | None = Field(description="the source checkpoint's id (once fetched, for a uri)")
     source_ref: SourceRef | None = None
+    sources: dict[str, str] | None = Field(
+        default=None, description="several source checkpoints by name (keys `NAME:KEY`)"
+    )
     target: dict[str, Any]
     recipe: dict[str, Any] | None = Field(default=None, description="the recipe as submitted")
     output: OutputOptions
@@ -135,11 +146,13 @@ class JobPublic(BaseModel):
             ok=job.ok,
             source=job.source_id,
             source_ref=SourceRef.model_validate(job.source_ref) if job.source_ref else None,
+            sources=job.sources,
             target=target,
             recipe=job.recipe,
             output=OutputOptions(
                 format=job.output_format,  # type: ignore[arg-type]
                 dtype=job.output_dtype,  # type: ignore[arg-type]
+                folder=job.output_folder,
                 register=RegisterSpec.model_validate(job.register) if job.register else None,
             ),
             dry_run=job.dry_run,

@@ -150,7 +150,12 @@ class BlobSink:
     signing_key: bytes | None = field(default=None, repr=False)
 
     def weights_path(self, request: ConversionRequest) -> Path | None:
-        return None if request.dry_run else self.folder / f"{self.job_id}.{self.suffix}"
+        if request.dry_run:
+            return None
+        if self.suffix == "zip":  # a folder output: zipped when published
+            (self.folder / "weights").mkdir(exist_ok=True)
+            return self.folder / "weights" / self.job_id
+        return self.folder / f"{self.job_id}.{self.suffix}"
 
     def reports_dir(self) -> Path | None:
         return self.folder
@@ -159,22 +164,35 @@ class BlobSink:
         self.control.stage("publishing")
         for name, suffix, media, file in _REPORT_FILES:
             self._ingest(name, f"{self.job_id}.{suffix}", media, self.folder / file)
-        if outcome.weights is not None:
+        if outcome.weights is not None and outcome.weights.is_dir():
+            self._publish_folder(outcome.weights, outcome.ok)
+        elif outcome.weights is not None:
             weights = outcome.weights
             sha256 = self._ingest("weights", weights.name, "application/octet-stream", weights)
             if outcome.ok:
-                self._attest(weights.name, sha256)
+                self._attest(weights.name, [(weights.name, sha256)])
 
-    def _attest(self, weights: str, sha256: str) -> None:
+    def _publish_folder(self, weights: Path, ok: bool) -> None:
+        """A model folder or DCP checkpoint: published as ``<job>.zip``, its attestation
+        naming each file in it (as ``graft convert`` attests a folder)."""
+        from app.services.jobs.folders import zip_folder
+
+        if weights.parent.resolve() != (self.folder / "weights").resolve():
+            raise InternalError("the sandbox produced no usable weights folder")
+        archive = self.folder / f"{self.job_id}.zip"
+        subjects = zip_folder(weights, archive)
+        self._ingest("weights", archive.name, "application/zip", archive)
+        if ok:
+            self._attest(archive.name, subjects)
+
+    def _attest(self, weights: str, subjects: list[tuple[str, str]]) -> None:
         """Publish the statement the child wrote of ``weights``, signed with the key."""
         from app.services.attestation import sign_job_statement
 
         statement = json.loads(
             self._own("attestation", self.folder / "attestation.json").read_text()
         )
-        document = sign_job_statement(
-            statement, weights=(weights, sha256), signing_key=self.signing_key
-        )
+        document = sign_job_statement(statement, weights=subjects, signing_key=self.signing_key)
         path = self.folder / f"{weights}.intoto.json"  # as graft convert names it
         path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         media = _MEDIA_DSSE if self.signing_key is not None else _MEDIA_INTOTO
@@ -206,6 +224,7 @@ class _Inputs:
     options: WriteOptions
     dry_run: bool
     source_sha256: str
+    sources: dict[str, tuple[list[tuple[str, str]], str]] = field(default_factory=dict)
     owner: str = ""
     source_ref: SourceRef | None = None
     register: RegisterSpec | None = None
@@ -242,7 +261,7 @@ def execute_job(
                 inputs = _fetch(inputs, database, store, work, settings, control, outcome)
             request = _request(store, inputs, work, settings)
             (work / "out").mkdir()
-            suffix = "safetensors" if inputs.options.format == "safetensors" else "pt"
+            suffix = _suffix(inputs.options)
             sink = BlobSink(
                 store, work / "out", inputs.job_id, suffix, control,
                 signing_key=settings.signing_key,
@@ -375,14 +394,24 @@ def _load(database: Database, job_id: str) -> _Inputs:
             raise LookupError(job_id)
         checkpoints = CheckpointRepository(session)
         source_ref = SourceRef.model_validate(job.source_ref) if job.source_ref else None
-        source = None if source_ref else _checkpoint(checkpoints, job.source_id, "source")
+        source = (
+            None if source_ref or job.sources else _checkpoint(checkpoints, job.source_id, "source")
+        )
         target = parse_target_spec(job.target)
         target_files = [
             _checkpoint(checkpoints, job.target_checkpoint_id, "target")
             for _ in target.checkpoint_refs()
         ]
+        sources = {
+            name: (checkpoint_files(c), c.sha256)
+            for name, c in (
+                (n, _checkpoint(checkpoints, i, f"{n!r} source"))
+                for n, i in (job.sources or {}).items()
+            )
+        }
         return _Inputs(
             job_id=job.id,
+            sources=sources,
             source_files=checkpoint_files(source) if source else [],
             target=target,
             target_files=[f for c in target_files for f in checkpoint_files(c)],
@@ -400,7 +429,29 @@ def _load(database: Database, job_id: str) -> _Inputs:
 
 
 def _options(job: Job) -> WriteOptions:
-    return WriteOptions(format=job.output_format, dtype=job.output_dtype)  # type: ignore[arg-type]
+    return WriteOptions(
+        format=job.output_format,  # type: ignore[arg-type]
+        dtype=job.output_dtype,
+        folder=job.output_folder,
+    )
+
+
+def _link_sources(store: BlobStore, inputs: _Inputs, work: Path) -> dict[str, list[Path]]:
+    """Several sources' blobs, each linked into its own folder ``sources/NAME``."""
+    if not inputs.sources:
+        return {}
+    (work / "sources").mkdir()
+    return {
+        name: link_blobs(store, files, work / "sources" / name)
+        for name, (files, _) in inputs.sources.items()
+    }
+
+
+def _suffix(options: WriteOptions) -> str:
+    """The weights artifact's suffix: a folder (``folder``, ``dcp``) is published zipped."""
+    if options.folder or options.format == "dcp":
+        return "zip"
+    return "safetensors" if options.format == "safetensors" else "pt"
 
 
 def _checkpoint(repo: CheckpointRepository, checkpoint_id: str | None, what: str) -> Checkpoint:
@@ -433,12 +484,15 @@ def _request(
     """Link the job's blobs into ``work`` and describe the conversion over those files."""
     return ConversionRequest(
         source=link_blobs(store, inputs.source_files, work / "source"),
+        sources=_link_sources(store, inputs, work),
+        sources_sha256={name: sha for name, (_, sha) in inputs.sources.items()},
         target=inputs.target,
         target_files=link_blobs(store, inputs.target_files, work / "target"),
         recipe=load_recipe(inputs.recipe),
         options=WriteOptions(
             format=inputs.options.format,
             dtype=inputs.options.dtype,
+            folder=inputs.options.folder,
             device=job_device(inputs.requested_device, settings.device),
             # Parity runs in the job's child, on its device (SPEC §3.2); never an import.
             parity=(

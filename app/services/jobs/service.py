@@ -104,7 +104,8 @@ class JobRequest:
     """One conversion to queue, as the API or a pipeline asks for it.
 
     Attributes:
-        source: an uploaded checkpoint's id, or a reference the worker fetches.
+        source: an uploaded checkpoint's id, or a reference the worker fetches (None with
+            ``sources``).
         target: the target spec, stored whole on the job.
         recipe: the recipe document, or ``builtin:NAME`` (None: the default recipe).
         output_format: ``safetensors`` or ``torch``.
@@ -116,12 +117,14 @@ class JobRequest:
         pipeline_id: the pipeline that started the job.
         device: ``auto``, ``cpu`` or ``cuda``: where it asks to run (routing).
         reference: the parity reference (SPEC §3.2), registered architectures only.
+        sources: several uploaded checkpoints' ids by name, in place of ``source``.
+        output_folder: write the weights as a model folder (published zipped).
     """
 
-    source: str | SourceRef
+    source: str | SourceRef | None
     target: TargetSpec
     recipe: dict[str, Any] | str | None
-    output_format: Literal["safetensors", "torch"]
+    output_format: Literal["safetensors", "torch", "dcp"]
     output_dtype: str | None
     dry_run: bool
     owner: str
@@ -130,6 +133,8 @@ class JobRequest:
     pipeline_id: str | None = None
     device: str = "auto"
     reference: ReferenceSpec | None = None
+    sources: dict[str, str] | None = None
+    output_folder: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ def check_job(request: JobRequest, *, registry: RegistryConfig | None = None) ->
     if request.register is not None:
         check_register(request.register, registry, dry_run=request.dry_run)
     recipe = validate_recipe(request.recipe)
+    _check_sources(request, recipe)
     request.target.check()
     reference = request.reference
     if (
@@ -180,6 +186,19 @@ def check_job(request: JobRequest, *, registry: RegistryConfig | None = None) ->
             "its own; name the registered architecture its weights load into"
         )
     return CheckedJob(request, recipe)
+
+
+def _check_sources(request: JobRequest, recipe: dict[str, Any] | None) -> None:
+    """One source, or several by name; a recipe naming sources needs those names."""
+    if (request.source is None) == (request.sources is None):
+        raise InvalidJobError("give `source` (one checkpoint) or `sources` (several by name)")
+    named = set((recipe or {}).get("sources") or {})
+    given = set(request.sources or {})
+    if named and named != given:
+        raise InvalidJobError(
+            f"sources: the recipe names {', '.join(sorted(named))}; the job gives "
+            f"{', '.join(sorted(given)) or 'one unnamed source'}"
+        )
 
 
 def create_job(
@@ -215,11 +234,15 @@ def create_job(
     jobs = JobRepository(session)
     if max_active is not None:
         check_active_jobs(jobs, owner, max_active=max_active)
-    if (
-        not isinstance(source, SourceRef)
-        and checkpoints.get(source, owner=checkpoint_owner) is None
-    ):
-        raise InvalidJobError(f"source: no checkpoint with id {source!r}; upload it first")
+    named: list[tuple[str, Any]] = [(f"sources.{n}", i) for n, i in (request.sources or {}).items()]
+    for where, checkpoint_id in named or [("source", source)]:
+        if (
+            isinstance(checkpoint_id, str)
+            and checkpoints.get(checkpoint_id, owner=checkpoint_owner) is None
+        ):
+            raise InvalidJobError(
+                f"{where}: no checkpoint with id {checkpoint_id!r}; upload it first"
+            )
     templates = find_target_checkpoints(checkpoints, request.target, owner=checkpoint_owner)
     job = Job(
         owner=owner,
@@ -233,6 +256,8 @@ def create_job(
         reference=request.reference.model_dump(mode="json") if request.reference else None,
         output_format=request.output_format,
         output_dtype=request.output_dtype,
+        output_folder=request.output_folder,
+        sources=dict(request.sources) if request.sources else None,
         dry_run=request.dry_run,
         max_attempts=max_attempts,
         requested_device=request.device,

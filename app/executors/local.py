@@ -29,6 +29,11 @@ from app.db.models import Worker
 from app.db.repositories import JobRepository, Lease, WorkerRepository
 from app.executors.lease import run_held_job, sweep_lapsed
 from app.executors.reaper import expire_dead_holders
+from app.executors.registration import (
+    claim_registration,
+    has_registration,
+    run_held_registration,
+)
 from app.executors.runtime import JobRuntime, worker_owner
 from app.services.conversion import warm_up
 from app.services.jobs.events import record_statuses
@@ -116,8 +121,18 @@ class JobRunner:
         """Claim one job and run it. Returns whether there was one."""
         lease = self._claim()
         if lease is None:
-            return False
+            return self._run_registration()
         run_held_job(self.runtime, lease, stop_event=self.stop_event)
+        return True
+
+    def _run_registration(self) -> bool:
+        """With no job to run, a waiting registration retry (only with a registry)."""
+        if not self.runtime.jobs.registry.tracking_uri or not has_registration(self.runtime):
+            return False
+        lease = claim_registration(self.runtime, self.owner)
+        if lease is None:
+            return False
+        run_held_registration(self.runtime, lease, stop_event=self.stop_event)
         return True
 
     def _claim(self) -> Lease | None:

@@ -1,4 +1,5 @@
-"""/v1/jobs: create, list, read, cancel, and the artifacts a job publishes."""
+"""/v1/jobs: create, list, read, cancel, retry a registration, and the artifacts a job
+publishes."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from app.api.schemas import (
     JobsPublic,
 )
 from app.services.errors import BadRequestError, TooManyRangesError
-from app.services.jobs import dispatch, service
+from app.services.jobs import dispatch, registry_retry, service
 from app.services.jobs import events as events_service
 from app.services.jobs.naming import download_filename
 from app.services.payloads import check_depth, check_skeleton_size
@@ -158,6 +159,36 @@ async def cancel_job(
             _revoke_later, database, dispatcher, job_id, grace=3 * settings.heartbeat_seconds + 2
         )
     return JobPublic.of(job)
+
+
+@router.post(
+    "/{job_id}/registry-retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        200: {"description": "the job is registered already: nothing to retry"},
+        409: problem("the job has not succeeded, or registers nothing (no output.register)"),
+    },
+)
+async def retry_registration(
+    job_id: str,
+    response: Response,
+    principal: WritePrincipal,
+    session: WriteSession,
+    dispatcher: DispatcherDep,
+    background: BackgroundTasks,
+) -> JobPublic:
+    """Register a succeeded job's result again after `result.registry.error`: 202 while the
+    retry waits for or runs in a worker (`stage`: `registry-retry`, then `registering`; asking
+    again answers the same), 200 once registered. Never a second version: the job's version is
+    first looked up by its `graft.job_id` tag. `POST /cancel` stops a retry."""
+    answer = await in_write_thread(
+        registry_retry.request_registry_retry, session, job_id, owner=principal.scope_owner
+    )
+    if answer.state is registry_retry.RetryState.registered:
+        response.status_code = status.HTTP_200_OK
+    elif dispatcher is not None and answer.waiting:
+        background.add_task(dispatch.dispatch_registration, dispatcher, job_id)
+    return JobPublic.of(answer.job)
 
 
 async def _revoke_later(

@@ -10,7 +10,12 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job
-from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
+from app.db.repositories import (
+    ArtifactRepository,
+    CheckpointRepository,
+    JobRepository,
+    RegistrationRepository,
+)
 from app.engine.errors import InvalidRecipeError
 from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
@@ -300,13 +305,17 @@ def cancel_job(session: Session, job_id: str, *, owner: str | None) -> Job:
     """Cancel a queued job now, or ask the worker running it to stop.
 
     A queued job's ``cancelled`` status event (and webhook) is recorded here; a running
-    job's by its worker when it stops.
+    job's by its worker when it stops. A succeeded job with a registration retry in flight
+    has that retry cancelled (the job stays succeeded, ``result.registry`` as it was).
 
     Raises:
-        ConflictError: the job already finished.
+        ConflictError: the job already finished (and has no registration retry in flight).
     """
     repo = JobRepository(session)
     job = get_job(session, job_id, owner=owner)
+    if RegistrationRepository(session).cancel(job_id, now=utcnow()):
+        session.refresh(job)
+        return job
     if job.status in TERMINAL_STATUSES:
         raise ConflictError(f"job {job_id} already {job.status}; nothing to cancel")
     now = utcnow()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -109,9 +108,9 @@ def test_a_retry_registers_once_and_is_safe_to_repeat(
     # A registration that went through but was not recorded (the worker died before its
     # write): the retry finds the version by its graft.job_id tag, never a second one.
     with db.transaction() as session:
-        job = JobRepository(session).get(job_id)
-        assert job is not None
-        job.result = {**(job.result or {}), "registry": {"error": {"type": "x", "message": "x"}}}
+        row = JobRepository(session).get(job_id)
+        assert row is not None
+        row.result = {**(row.result or {}), "registry": {"error": {"type": "x", "message": "x"}}}
     assert _ask(db, job_id) is RetryState.queued
     assert JobRunner(up).run_once()
     assert _get(db, job_id).result["registry"]["version"] == "1"  # type: ignore[index]
@@ -121,7 +120,7 @@ def test_a_retry_registers_once_and_is_safe_to_repeat(
 def test_a_retry_refused_for_a_job_that_is_not_a_failed_registration(
     setup: Setup,  # noqa: F811
 ) -> None:
-    db, store, source, target = setup
+    db, _store, source, target = setup
     plain = _job(db, source, target)  # registers nothing
     queued = _job(db, source, target, register={"registry": "mlflow", "name": MODEL})
     for job_id, words in ((plain, "registers nothing"), (queued, "is queued")):

@@ -173,9 +173,9 @@ def run_worker(
             ``i % count`` (unless ``GRAFT_DEVICE`` names one).
     """
     settings = settings or get_settings()
-    if settings.worker_nice:
-        # Conversions are batch work: on a shared host the API must keep answering first.
-        os.nice(settings.worker_nice)
+    # Not niced itself: this process holds the database's write lock for its claims,
+    # heartbeats and results, and a niced lock holder on a busy host stalls every other
+    # writer (the API's included). Its conversion children are niced (GRAFT_WORKER_NICE).
     runtime = JobRuntime.from_settings(settings, device_index=index)
     # A worker that replaces a killed one collects the temp files its predecessor left.
     runtime.store.cleanup_orphans()

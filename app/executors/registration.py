@@ -17,7 +17,7 @@ from app.db.base import utcnow
 from app.db.repositories import Lease, RegistrationRepository
 from app.engine.progress import ProgressEvent
 from app.executors.runtime import JobRuntime
-from app.services.jobs.registry_retry import register_again
+from app.services.jobs.registry_retry_run import register_again
 
 __all__ = ["claim_registration", "has_registration", "run_held_registration"]
 

@@ -43,6 +43,7 @@ __all__ = [
     "renew_cpu_limit",
     "resolve_function",
     "run_sandboxed",
+    "start_fork_server",
 ]
 
 logger = logging.getLogger(__name__)
@@ -233,6 +234,16 @@ def _context(preload: tuple[str, ...]) -> Any:
         ctx.set_forkserver_preload(["app.sandbox.runner", *preload])
         _contexts[preload] = ctx
     return ctx
+
+
+def start_fork_server(preload: tuple[str, ...]) -> None:
+    """Start the fork server of ``preload`` now, without waiting: it imports its modules
+    (torch) in its own process while the caller goes on, and the first
+    :func:`run_sandboxed` with the same ``preload`` uses it."""
+    from multiprocessing import forkserver
+
+    _context(preload)
+    forkserver.ensure_running()
 
 
 def _child(

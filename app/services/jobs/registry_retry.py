@@ -3,44 +3,34 @@
 A job whose conversion succeeded but whose registration failed stays ``succeeded`` with
 ``result.registry.error`` (SPEC §5.1). ``POST /v1/jobs/{id}/registry-retry`` asks for the
 registration again (:func:`request_registry_retry`); a worker with an MLflow registry runs it
-(:func:`register_again`), never the request. Asking is safe to repeat: while a retry is
-waiting or running the same job is answered, and once the job is registered it is answered
-as it is. Registering is itself idempotent: the version is first looked up by its
-``graft.job_id`` tag (:func:`app.registry.mlflow_publish.register_version`), so neither a
-repeated retry nor a retry of a registration that in fact went through makes a second version.
+(:mod:`app.services.jobs.registry_retry_run`, which the API never imports), never the
+request. Asking is safe to repeat: while a retry is waiting or running the same job is
+answered, and once the job is registered it is answered as it is. Registering is itself
+idempotent: the version is first looked up by its ``graft.job_id`` tag
+(:func:`app.registry.mlflow_publish.register_version`), so neither a repeated retry nor a
+retry of a registration that in fact went through makes a second version.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import Job, JobStatus
-from app.db.repositories import CheckpointRepository, JobRepository, RegistrationRepository
+from app.db.repositories import RegistrationRepository
 from app.db.repositories.registrations import RETRY_QUEUED, RETRY_RUNNING
-from app.db.session import Database
-from app.errors import GraftError
 from app.services.errors import ConflictError
-from app.services.jobs.execution import JobControl, JobSettings, interruptible
 from app.services.jobs.service import get_job
-from app.services.registration import register_result
-from app.services.sources.references import RegisterSpec
-from app.storage import BlobStore
 
 __all__ = [
     "RetryAnswer",
     "RetryState",
-    "register_again",
     "registered",
     "request_registry_retry",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 class RetryState(enum.StrEnum):
@@ -102,55 +92,3 @@ def request_registry_retry(session: Session, job_id: str, *, owner: str | None) 
     queued = RegistrationRepository(session).request(job_id, now=utcnow())
     session.refresh(job)
     return RetryAnswer(job, RetryState.queued if queued else RetryState.in_flight)
-
-
-def register_again(
-    database: Database,
-    store: BlobStore,
-    job_id: str,
-    *,
-    settings: JobSettings,
-    control: JobControl,
-) -> dict[str, Any]:
-    """Register a succeeded job's published result (a worker holds the retry's lease).
-
-    Args:
-        database: where the job is read (never written here).
-        store: where its artifacts are.
-        job_id: the job.
-        settings: the worker's registry.
-        control: its ``tick`` runs every 0.1 s while the registry is called; what it raises
-            (a cancel, a lost lease) stops the retry.
-
-    Returns:
-        ``result.registry``: ``{"uri", "version"}``, or ``{"error": {"type", "message"}}``.
-    """
-    with database.transaction(write=False) as session:
-        job = JobRepository(session).get(job_id)
-        if job is None or not job.register:
-            return {"error": {"type": "not-found", "message": "the job is gone"}}
-        spec = RegisterSpec.model_validate(job.register)
-        artifacts = [
-            {"name": a.name, "filename": a.filename, "sha256": a.sha256, "size": a.size}
-            for a in job.artifacts
-        ]
-        source = CheckpointRepository(session).get(job.source_id) if job.source_id else None
-        source_sha256 = source.sha256 if source is not None else ""
-    control.stage(RETRY_RUNNING)
-    try:
-        with store.workdir() as work:
-            return interruptible(
-                control,
-                lambda: register_result(
-                    spec,
-                    job_id=job_id,
-                    artifacts=artifacts,
-                    source_sha256=source_sha256,
-                    store=store,
-                    work=work,
-                    config=settings.registry,
-                ),
-            )
-    except GraftError as exc:
-        logger.warning("job %s: registration retry failed: %s", job_id, exc.message)
-        return {"error": {"type": exc.type, "message": exc.message}}

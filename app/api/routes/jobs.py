@@ -103,17 +103,21 @@ async def create_job(
             service.check_job, request, registry=RegistryConfig.from_settings(settings)
         )
     )
+    # The callback's host too, before the write transaction.
+    hooks = service.check_job_callback(
+        service.JobHooks(
+            outbound=outbound,
+            local_secret=local_webhook_secret(settings),
+            callback=body.callback.model_dump() if body.callback else None,
+        )
+    )
     job = await in_write_thread(
         service.create_job,
         session,
         checked,
         max_attempts=settings.max_attempts,
         max_active=settings.max_active_jobs_per_owner,
-        hooks=service.JobHooks(
-            outbound=outbound,
-            local_secret=local_webhook_secret(settings),
-            callback=body.callback.model_dump() if body.callback else None,
-        ),
+        hooks=hooks,
     )
     if dispatcher is not None:  # sent once the job is committed (after the response)
         background.add_task(dispatch.dispatch_job, database, dispatcher, job.id)

@@ -377,10 +377,9 @@ def _load(database: Database, job_id: str) -> _Inputs:
         source_ref = SourceRef.model_validate(job.source_ref) if job.source_ref else None
         source = None if source_ref else _checkpoint(checkpoints, job.source_id, "source")
         target = parse_target_spec(job.target)
-        target_files = [
-            _checkpoint(checkpoints, job.target_checkpoint_id, "target")
-            for _ in target.checkpoint_refs()
-        ]
+        # Each checkpoint the target names, by its own id (the job's foreign key holds the
+        # first only, for deletion checks).
+        target_files = [_checkpoint(checkpoints, ref, "target") for ref in target.checkpoint_refs()]
         return _Inputs(
             job_id=job.id,
             source_files=checkpoint_files(source) if source else [],

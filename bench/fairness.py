@@ -14,6 +14,7 @@ job list, and a write: rotating its webhook secret). Prints:
     .venv/bin/python bench/fairness.py                     # the issue's scale
     .venv/bin/python bench/fairness.py --jobs 30 --tensors 40000   # a small run
     .venv/bin/python bench/fairness.py --against 0b90067 --rounds 2  # baseline, same session
+    .venv/bin/python bench/fairness.py --against 0b90067 --rev HEAD   # both committed
 
 With ``--against REV`` the same bench (this file) runs first against the code of git revision
 ``REV`` (exported to a temporary folder), then against this tree, ``--rounds`` times in
@@ -200,15 +201,23 @@ def _load() -> str:
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def compare(against: str, rounds: int, argv: list[str]) -> None:
-    """Run this bench against revision ``against``, then against this tree, in turn."""
-    base = Path(tempfile.mkdtemp(prefix="graft-fairness-base-"))
+def _export(rev: str) -> Path:
+    """Revision ``rev``'s code, with this bench (the same bench for every tree)."""
+    folder = Path(tempfile.mkdtemp(prefix="graft-fairness-tree-"))
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", against], check=True, capture_output=True
+        ["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True
     ).stdout
-    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-    shutil.copy(__file__, base / "bench" / "fairness.py")  # the same bench, the old code
-    trees = {f"baseline {against}": base, "this tree": REPO}
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    shutil.copy(__file__, folder / "bench" / "fairness.py")
+    return folder
+
+
+def compare(against: str, rounds: int, argv: list[str], rev: str | None = None) -> None:
+    """Run this bench against revision ``against``, then against this tree (or revision
+    ``rev``), in turn."""
+    base = _export(against)
+    this = _export(rev) if rev else REPO
+    trees = {f"baseline {against}": base, f"this tree{f' at {rev}' if rev else ''}": this}
     for n in range(rounds):
         for label, tree in trees.items():
             print(f"\n=== round {n + 1}: {label} ({_load()})", flush=True)
@@ -219,6 +228,8 @@ def compare(against: str, rounds: int, argv: list[str]) -> None:
                 check=False,
             )
     shutil.rmtree(base, ignore_errors=True)
+    if this != REPO:
+        shutil.rmtree(this, ignore_errors=True)
 
 
 def main() -> None:
@@ -228,10 +239,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--against", help="a git revision to measure first, as a baseline")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rev", help="with --against: measure this revision, not the tree")
     args = parser.parse_args()
     if args.against:
         argv = ["--jobs", str(args.jobs), "--tensors", str(args.tensors)]
-        compare(args.against, args.rounds, [*argv, "--workers", str(args.workers)])
+        compare(args.against, args.rounds, [*argv, "--workers", str(args.workers)], args.rev)
         return
     print(_load())
     run(args.jobs, args.tensors, args.workers)

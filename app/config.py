@@ -124,7 +124,12 @@ class Settings(BaseSettings):
     inspect_timeout_seconds: float = Field(default=120.0, gt=0)
     inspectors: int = Field(default=2, ge=1, description="Pre-started inspection processes.")
     worker_nice: int = Field(
-        default=10, ge=0, le=19, description="Niceness of worker processes: the API comes first."
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness of the sandbox children that do the heavy work (conversions, "
+        "inspections): the API and the workers' own processes, which hold the database's "
+        "write lock, come first.",
     )
     busy_timeout_ms: int = Field(default=30_000, ge=0, description="SQLite busy timeout.")
 

@@ -18,13 +18,11 @@ def serve(
 ) -> None:
     """Run the HTTP API with GRAFT_WORKERS embedded worker processes (migrates on start)."""
     import logging
+    import os
     import signal
 
-    from app.api.main import create_app
-    from app.api.server import run
     from app.config import get_settings
-    from app.executors.local import WorkerPool
-    from app.services.bootstrap import bind_host, prepare
+    from app.executors.pool import WorkerPool
     from app.services.instance_lock import hold_instance_lock
     from app.services.warmth import clear_marks, markers_dir
 
@@ -36,19 +34,27 @@ def serve(
         _check_celery(settings)
     # Before anything touches the database: one server per embedded data folder.
     lock = hold_instance_lock(settings)
-    prepare(settings)
-    clear_marks(markers_dir(settings.storage_dir))
-    # local mode: loopback only, and it says so; beyond loopback: keys, always.
-    host, auth = bind_host(settings, host)
-    settings = settings.model_copy(update={"auth": auth})
+    markers = markers_dir(settings.storage_dir)
+    clear_marks(markers)
     # With Celery the workers are `graft worker --executor celery` processes elsewhere.
     embedded = settings.workers if settings.executor == "local" else 0
-    pool = WorkerPool(embedded)
+    # The workers start first: their warm-up (torch, the engine) overlaps the migrations and
+    # this process's imports below; they touch the database once the gate is open.
+    pool = WorkerPool(embedded, gate=markers / f"migrated-{os.getpid()}")
     pool.start()
     # uvicorn re-raises the signal that stopped it once it has shut down; a handler of our
     # own makes that a no-op so the workers below are stopped (and release their jobs).
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
+        from app.api.main import create_app
+        from app.api.server import run
+        from app.services.bootstrap import bind_host, prepare
+
+        prepare(settings)
+        pool.open_gate()
+        # local mode: loopback only, and it says so; beyond loopback: keys, always.
+        host, auth = bind_host(settings, host)
+        settings = settings.model_copy(update={"auth": auth})
         run(
             create_app(settings, embedded_workers=embedded),
             host=host,

@@ -54,6 +54,7 @@ from app.db.session import Database
 from app.errors import GraftError
 from app.executors.lease import Disposition, run_held_job, storage_reachable, sweep_lapsed
 from app.executors.reaper import expire_dead_holders
+from app.executors.registration import claim_registration, run_held_registration
 from app.executors.runtime import JobRuntime, worker_owner
 from app.services.jobs.events import record_statuses
 from app.storage import open_store
@@ -240,6 +241,10 @@ def run_job(task: Any, job_id: str) -> str:
         logger.info("job %s: held by a live lease; retrying in %d s", job_id, countdown)
         raise task.retry(countdown=countdown)
     if claim.kind == "gone":
+        # A succeeded job's id comes again when its registration retry is asked.
+        retry = claim_registration(runtime, res.owner, job_id)
+        if retry is not None:
+            return run_held_registration(runtime, retry, stop_event=res.stop_event)
         logger.info("job %s: nothing to do (finished, cancelled or out of attempts)", job_id)
         return "gone"
     assert claim.lease is not None

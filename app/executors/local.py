@@ -18,9 +18,8 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from app.config import Settings, get_settings
@@ -28,14 +27,20 @@ from app.db.base import utcnow
 from app.db.models import Worker
 from app.db.repositories import JobRepository, Lease, WorkerRepository
 from app.executors.lease import run_held_job, sweep_lapsed
+from app.executors.pool import WorkerPool
 from app.executors.reaper import expire_dead_holders
+from app.executors.registration import (
+    claim_registration,
+    has_registration,
+    run_held_registration,
+)
 from app.executors.runtime import JobRuntime, worker_owner
 from app.services.conversion import warm_up
 from app.services.jobs.events import record_statuses
 from app.services.jobs.maintenance import fail_device_waits
 from app.services.warmth import mark_warm, markers_dir
 
-__all__ = ["JobRunner", "WorkerPool", "run_worker"]
+__all__ = ["JobRunner", "WorkerPool", "run_worker", "wait_for_gate"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +57,12 @@ class JobRunner:
         runtime: the database, store, job settings and lease timing.
     """
 
-    def __init__(self, runtime: JobRuntime) -> None:
+    def __init__(self, runtime: JobRuntime, *, cuda: bool | None = None) -> None:
         self.runtime = runtime
         self.owner = worker_owner()
         self.stop_event = threading.Event()
-        self.cuda = runtime.has_cuda()
+        # Known from the warm-up child (run_worker), else asked here.
+        self.cuda = runtime.has_cuda() if cuda is None else cuda and runtime.jobs.device != "cpu"
         # None: every job; without CUDA, not the ones that asked for it.
         self.devices: tuple[str, ...] | None = None if self.cuda else ("auto", "cpu")
 
@@ -116,8 +122,18 @@ class JobRunner:
         """Claim one job and run it. Returns whether there was one."""
         lease = self._claim()
         if lease is None:
-            return False
+            return self._run_registration()
         run_held_job(self.runtime, lease, stop_event=self.stop_event)
+        return True
+
+    def _run_registration(self) -> bool:
+        """With no job to run, a waiting registration retry (only with a registry)."""
+        if not self.runtime.jobs.registry.tracking_uri or not has_registration(self.runtime):
+            return False
+        lease = claim_registration(self.runtime, self.owner)
+        if lease is None:
+            return False
+        run_held_registration(self.runtime, lease, stop_event=self.stop_event)
         return True
 
     def _claim(self) -> Lease | None:
@@ -147,7 +163,11 @@ class JobRunner:
 
 
 def run_worker(
-    settings: Settings | None = None, *, watch_parent: bool = False, index: int = 0
+    settings: Settings | None = None,
+    *,
+    watch_parent: bool = False,
+    index: int = 0,
+    gate: Path | None = None,
 ) -> None:
     """Run jobs until SIGTERM/SIGINT (or, embedded, until the parent process goes away).
 
@@ -156,15 +176,21 @@ def run_worker(
         watch_parent: stop when the parent process (``graft serve``) goes away.
         index: this worker's number on the host: with several GPUs, worker ``i`` uses GPU
             ``i % count`` (unless ``GRAFT_DEVICE`` names one).
+        gate: a file to wait for, after warming up and before touching the database
+            (``graft serve`` writes it once the schema is migrated).
     """
     settings = settings or get_settings()
-    if settings.worker_nice:
-        # Conversions are batch work: on a shared host the API must keep answering first.
-        os.nice(settings.worker_nice)
+    # Not niced itself: this process holds the database's write lock for its claims,
+    # heartbeats and results, and a niced lock holder on a busy host stalls every other
+    # writer (the API's included). Its conversion children are niced (GRAFT_WORKER_NICE).
     runtime = JobRuntime.from_settings(settings, device_index=index)
     # A worker that replaces a killed one collects the temp files its predecessor left.
     runtime.store.cleanup_orphans()
-    runner = JobRunner(runtime)
+    parent = os.getppid()
+    # Warm before the first claim: the fork server imports torch once, here, not in job one
+    # (app.worker started it before importing this module, so the two overlap).
+    warmth = warm_up()
+    runner = JobRunner(runtime, cuda=warmth.cuda)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("worker %s: signal %d, stopping", runner.owner, signum)
@@ -173,11 +199,14 @@ def run_worker(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if watch_parent:
-        threading.Thread(target=_watch_parent, args=(runner, os.getppid()), daemon=True).start()
-    # Warm before the first claim: the fork server imports torch once, here, not in job one.
-    seconds = warm_up()
+        threading.Thread(target=_watch_parent, args=(runner, parent), daemon=True).start()
+    if gate is not None and not gate.exists():
+        logger.info("worker %s: warm; waiting for the schema (%s)", runner.owner, gate.name)
+        wait_for_gate(gate, runner.stop_event)
+    if runner.stop_event.is_set():  # stopped before the schema was ready: touch nothing
+        return
     mark_warm(markers_dir(settings.storage_dir))
-    logger.info("worker %s: warm in %.1f s", runner.owner, seconds)
+    logger.info("worker %s: warm in %.1f s", runner.owner, warmth.seconds)
     try:
         runner.run()
     finally:
@@ -191,57 +220,7 @@ def _watch_parent(runner: JobRunner, parent: int) -> None:
             runner.stop_event.set()
 
 
-class WorkerPool:
-    """Keeps ``size`` worker processes alive (a killed worker is replaced after ``backoff``).
-
-    The jobs of a dead worker are not its replacement's business: they come back through
-    lease expiry, to whichever worker claims them.
-    """
-
-    def __init__(self, size: int, *, backoff: float = 1.0) -> None:
-        self.size = size
-        self.backoff = backoff
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._supervise, name="worker-pool", daemon=True)
-
-    @staticmethod
-    def _spawn(index: int) -> subprocess.Popen[bytes]:
-        # The index pins each worker to one GPU when there are several (resolve_device).
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.worker", "--embedded", "--index", str(index)]
-        )
-
-    def start(self) -> None:
-        with self._lock:
-            self.processes = [self._spawn(i) for i in range(self.size)]
-        logger.info("started %d worker process(es): %s", self.size, self.pids())
-        self._thread.start()
-
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [p.pid for p in self.processes]
-
-    def _supervise(self) -> None:
-        while not self._stop.wait(self.backoff):
-            with self._lock:
-                for i, process in enumerate(self.processes):
-                    code = process.poll()
-                    if code is not None and not self._stop.is_set():
-                        logger.warning("worker %d exited with %s; restarting", process.pid, code)
-                        self.processes[i] = self._spawn(i)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM every worker (a running job goes back to the queue), then wait."""
-        self._stop.set()
-        with self._lock:
-            for process in self.processes:
-                if process.poll() is None:
-                    process.terminate()
-            for process in self.processes:
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+def wait_for_gate(gate: Path, stop: threading.Event, *, poll: float = 0.02) -> None:
+    """Wait until ``gate`` exists (or the worker is told to stop)."""
+    while not gate.exists() and not stop.wait(poll):
+        pass

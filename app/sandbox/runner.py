@@ -43,6 +43,7 @@ __all__ = [
     "renew_cpu_limit",
     "resolve_function",
     "run_sandboxed",
+    "start_fork_server",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,12 +61,17 @@ class Limits:
         cpu_seconds: RLIMIT_CPU, counted from when the limits are applied.
         file_size: RLIMIT_FSIZE in bytes (writes past it fail with EFBIG).
         open_files: RLIMIT_NOFILE.
+        nice: the child's niceness, at least (0: as its parent). A child does the heavy
+            work (parsing a header, converting); the processes that hold the database's
+            write lock (the API, a worker's own process) stay at theirs, so a child never
+            slows them and a niced lock holder never stalls everyone else's writes.
     """
 
     address_space: int = 0
     cpu_seconds: int = 0
     file_size: int = 0
     open_files: int = 0
+    nice: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -98,6 +104,9 @@ def apply_limits(limits: Limits, *, renewable_cpu: bool = False) -> None:
     _lower(resource.RLIMIT_AS, limits.address_space)
     _lower(resource.RLIMIT_FSIZE, limits.file_size)
     _lower(resource.RLIMIT_NOFILE, limits.open_files)
+    if limits.nice > 0:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, max(current, limits.nice)))
     if renewable_cpu:
         renew_cpu_limit(limits.cpu_seconds)
     elif limits.cpu_seconds > 0:
@@ -225,6 +234,16 @@ def _context(preload: tuple[str, ...]) -> Any:
         ctx.set_forkserver_preload(["app.sandbox.runner", *preload])
         _contexts[preload] = ctx
     return ctx
+
+
+def start_fork_server(preload: tuple[str, ...]) -> None:
+    """Start the fork server of ``preload`` now, without waiting: it imports its modules
+    (torch) in its own process while the caller goes on, and the first
+    :func:`run_sandboxed` with the same ``preload`` uses it."""
+    from multiprocessing import forkserver
+
+    _context(preload)
+    forkserver.ensure_running()
 
 
 def _child(

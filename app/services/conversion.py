@@ -30,12 +30,14 @@ from app.engine.target import Target
 from app.engine.target_spec import ArchitectureTarget, TargetSpec
 from app.sandbox.pool import ChildPool
 from app.sandbox.runner import Limits, apply_limits, run_sandboxed
+from app.services.warmth import CONVERSION_PRELOAD
 
 __all__ = [
     "ConversionOutcome",
     "ConversionRequest",
     "PathSink",
     "Sink",
+    "Warmth",
     "convert_in_child",
     "manifest_path",
     "run_conversion",
@@ -46,7 +48,7 @@ __all__ = [
 
 # What the fork server imports once, so each job's child starts with torch loaded. (The
 # engine imports torch lazily, so it is named here: a fresh import costs seconds.)
-_CHILD_PRELOAD = ("torch", "app.services.conversion", "app.engine.pipeline", "app.engine.target")
+_CHILD_PRELOAD = CONVERSION_PRELOAD
 
 
 class ConversionRequest(BaseModel):
@@ -250,23 +252,34 @@ def _convert_in_sandbox(
     return _child_outcome(result)
 
 
-def warm_up() -> float:
+@dataclass(frozen=True)
+class Warmth:
+    """What :func:`warm_up` found: how long it took, and whether torch sees a GPU (asked
+    in the child, so that the worker's own process never imports torch)."""
+
+    seconds: float
+    cuda: bool
+
+
+def warm_up() -> Warmth:
     """Start the conversion fork server (torch imported) and run one child through it, so
     the first job costs what the tenth does.
 
     Returns:
-        Seconds it took.
+        How long it took, and whether CUDA is available.
     """
     started = time.monotonic()
-    run_sandboxed(ready_in_child, {}, limits=Limits(), preload=_CHILD_PRELOAD)
-    return time.monotonic() - started
+    cuda = run_sandboxed(ready_in_child, {}, limits=Limits(), preload=_CHILD_PRELOAD)
+    return Warmth(seconds=time.monotonic() - started, cuda=bool(cuda))
 
 
 def ready_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
-    """A warm-up child's work: touch torch's tensor machinery once, return nothing."""
+    """A warm-up child's work: touch torch's tensor machinery once; say whether a GPU is
+    there (CUDA is initialised in this child only, never in the fork server)."""
     import torch
 
-    return int(torch.zeros(1).numel())
+    torch.zeros(1).numel()
+    return bool(torch.cuda.is_available())
 
 
 def _relay(progress: Progress, event: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ def inspection_limits(settings: Settings) -> Limits:
         cpu_seconds=math.ceil(settings.inspect_timeout_seconds),
         file_size=1024 * 1024,
         open_files=settings.sandbox_open_files,
+        nice=settings.worker_nice,
     )
 
 
@@ -27,6 +28,7 @@ def conversion_limits(settings: Settings) -> Limits:
         cpu_seconds=settings.sandbox_cpu_seconds,
         file_size=settings.sandbox_file_bytes,
         open_files=settings.sandbox_open_files,
+        nice=settings.worker_nice,
     )
 
 

@@ -12,7 +12,17 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["clear_marks", "mark_warm", "markers_dir", "warm_workers"]
+__all__ = ["CONVERSION_PRELOAD", "clear_marks", "mark_warm", "markers_dir", "warm_workers"]
+
+# What a conversion's fork server imports once (torch and the engine), so each job's child
+# starts warm. Here, in a module light to import, so that a worker can start its fork server
+# before it imports anything heavy itself (``app.worker``).
+CONVERSION_PRELOAD = (
+    "torch",
+    "app.services.conversion",
+    "app.engine.pipeline",
+    "app.engine.target",
+)
 
 
 def markers_dir(storage_dir: Path) -> Path:
@@ -47,8 +57,9 @@ def warm_workers(folder: Path) -> int:
 
 
 def clear_marks(folder: Path) -> None:
-    """Forget every marker (at start: the previous run's workers are gone)."""
+    """Forget every marker, and the gates of earlier starts (at start: the previous run's
+    workers are gone)."""
     if folder.is_dir():
-        for marker in folder.glob("warm-*"):
+        for marker in [*folder.glob("warm-*"), *folder.glob("migrated-*")]:
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()

@@ -181,6 +181,29 @@ def test_attempts_are_bounded(any_database: Database) -> None:
         assert (job.status, job.error_type) == ("failed", "worker-lost")
 
 
+def test_a_lapsed_job_whose_cancel_was_asked_is_cancelled_never_failed(
+    any_database: Database,
+) -> None:
+    # The race the reaper had: its failure of an exhausted job and a cancel of that job in
+    # flight at once. A cancel that lands first wins, whichever statement runs first.
+    cid = _checkpoint(any_database)
+    job_id = _job(any_database, cid, max_attempts=1)
+    now = utcnow()
+    with any_database.transaction() as session:
+        assert JobRepository(session).claim(owner="w", now=now, lease_seconds=1) is not None
+    with any_database.transaction() as session:
+        assert JobRepository(session).request_cancel(job_id, now=now)
+    now += timedelta(seconds=5)
+    with any_database.transaction() as session:
+        repo = JobRepository(session)
+        assert repo.fail_exhausted(now=now) == []
+        assert repo.cancel_abandoned(now=now) == [job_id]
+    with any_database.transaction(write=False) as session:
+        job = JobRepository(session).get(job_id)
+        assert job is not None
+        assert (job.status, job.error_type) == ("cancelled", None)
+
+
 def test_cancel_queued_and_running(any_database: Database) -> None:
     cid = _checkpoint(any_database)
     queued, running = _job(any_database, cid), _job(any_database, cid)

@@ -8,6 +8,7 @@ starts a pipeline.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 from app.net.outbound import OutboundPolicy
@@ -394,3 +395,101 @@ def test_pipeline_fires_on_a_real_mlflow_webhook(
         job = client.get(f"/v1/jobs/{version.tags['graft.job_id']}").json()
     assert job["source_ref"]["uri"] == "models:/m-live/1"
     assert job["pipeline"] == answer.json()["id"]
+
+
+# ---- a registration retried after the registry failed --------------------------------------
+
+
+class _Forwarder:
+    """A TCP forwarder from ``port`` to the MLflow server: until it starts, nothing listens
+    there, so the registry is unreachable (connection refused)."""
+
+    def __init__(self, port: int, upstream: str) -> None:
+        host, _, up_port = upstream.removeprefix("http://").partition(":")
+        self.upstream = (host, int(up_port))
+        self.sock = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_registry_retry_after_the_registry_was_down(
+    mlflow_url: str, registry: MlflowClient, tmp_path: Path
+) -> None:
+    port = free_port()  # MLflow's address as Graft knows it: refused until the forwarder runs
+    srv = Server(tmp_path, GRAFT_MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+                 GRAFT_OUTBOUND_ALLOW="mlflow", GRAFT_WORKERS="1")  # fmt: skip
+    srv.start()
+    forwarder: _Forwarder | None = None
+    try:
+        with srv.client() as client:
+            upload = client.post("/v1/checkpoints", files={"file": ("m.safetensors", _bytes(5))})
+            assert upload.status_code == 201, upload.text
+            body = _job(upload.json()["id"], _weights(5),
+                        register={"registry": "mlflow", "name": "retried-e2e"})  # fmt: skip
+            job = srv.wait(client, client.post("/v1/jobs", json=body).json()["id"])
+            assert job["status"] == "succeeded", job
+            assert job["result"]["registry"]["error"]["type"] == "registry-unavailable"
+            assert client.get(f"/v1/jobs/{job['id']}/weights").status_code == 200
+            plain = client.post("/v1/jobs", json=_job(upload.json()["id"], _weights(5)))
+            refused = client.post(f"/v1/jobs/{plain.json()['id']}/registry-retry")
+            assert (refused.status_code, refused.json()["type"]) == (409, "conflict")
+
+            forwarder = _Forwarder(port, mlflow_url)  # the registry is back
+            url = f"/v1/jobs/{job['id']}/registry-retry"
+            first, second = client.post(url), client.post(url)
+            assert first.status_code == 202, first.text
+            assert first.json()["status"] == "succeeded"
+            assert second.status_code in (200, 202), second.text  # in flight, or done already
+
+            def registered() -> dict[str, Any] | None:
+                got = client.get(f"/v1/jobs/{job['id']}").json()
+                return (
+                    got if got["stage"] is None and not got["result"]["registry"]["error"] else None
+                )
+
+            done = until(registered, timeout=60)
+            assert done["result"]["registry"] == {
+                "uri": "models:/retried-e2e/1", "version": "1", "error": None,
+            }  # fmt: skip
+            again = client.post(url)
+            assert again.status_code == 200
+            assert again.json()["result"]["registry"] == done["result"]["registry"]
+    finally:
+        if forwarder is not None:
+            forwarder.close()
+        srv.stop()
+    body = registry.call("GET", "model-versions/search", params={"filter": "name='retried-e2e'"})
+    versions = body.get("model_versions", [])
+    assert [(v["version"], _tag(v, "graft.job_id")) for v in versions] == [("1", job["id"])]
+
+
+def _bytes(seed: int) -> bytes:
+    return save(_weights(seed))
+
+
+def _tag(version: dict[str, Any], key: str) -> str | None:
+    return next((t["value"] for t in version.get("tags", []) if t["key"] == key), None)

@@ -113,3 +113,19 @@ def test_only_top_level_functions_cross() -> None:
 
     with pytest.raises(ValueError, match="top-level functions only"):
         _run(body)
+
+
+def niceness(payload: dict[str, Any], emit: Emit) -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_a_child_runs_niced_and_its_parent_does_not() -> None:
+    # The parent (the API, a worker's own process) holds the database's write lock: only the
+    # child doing the heavy work yields the CPU (issue 23: a niced lock holder stalled writes).
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def body(pool: ChildPool) -> list[int]:
+        return [await pool.call(niceness, {}), await pool.call(niceness, {})]
+
+    assert _run(body, limits=Limits(nice=ours + 5)) == [ours + 5, ours + 5]  # not cumulative
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours

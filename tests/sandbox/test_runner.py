@@ -94,3 +94,18 @@ def test_raising_from_tick_kills_the_child() -> None:
 
     with pytest.raises(Stop):
         run_sandboxed(f"{HERE}:spin", {}, limits=Limits(cpu_seconds=30), tick=tick)
+
+
+def niceness(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> int:
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_a_child_runs_at_the_niceness_its_limits_give() -> None:
+    import os
+
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert run_sandboxed(f"{HERE}:niceness", {}, limits=Limits(nice=ours + 3)) == ours + 3
+    assert run_sandboxed(f"{HERE}:niceness", {}, limits=Limits()) == ours
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours

@@ -204,3 +204,17 @@ def test_delivery_to_a_disallowed_address_never_connects(sqlite_database: Databa
     assert delivery["state"] == "pending"
     assert delivery["attempts"][0]["error"].startswith("outbound-refused:")
     assert OutboundRefusedError.type == "outbound-refused"
+
+
+def test_a_jobs_callback_host_is_checked_before_the_write_transaction() -> None:
+    # No session at all: the host is refused before the API opens its write transaction.
+    from app.services.jobs.service import JobHooks, check_job_callback
+
+    hooks = JobHooks(outbound=LOOPBACK, callback={"url": "https://example.com/h", "events": []})
+    with pytest.raises(OutboundRefusedError, match=r"'example\.com' is not in GRAFT_OUTBOUND"):
+        check_job_callback(hooks)
+    allowed = check_job_callback(
+        JobHooks(outbound=LOOPBACK, callback={"url": "http://127.0.0.1/h", "events": []})
+    )
+    assert allowed.host_checked
+    assert check_job_callback(JobHooks(outbound=LOOPBACK)).callback is None

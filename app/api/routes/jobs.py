@@ -1,4 +1,5 @@
-"""/v1/jobs: create, list, read, cancel, and the artifacts a job publishes."""
+"""/v1/jobs: create, list, read, cancel, retry a registration, and the artifacts a job
+publishes."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from app.api.schemas import (
     JobsPublic,
 )
 from app.services.errors import BadRequestError, TooManyRangesError
-from app.services.jobs import dispatch, service
+from app.services.jobs import dispatch, registry_retry, service
 from app.services.jobs import events as events_service
 from app.services.jobs.naming import download_filename
 from app.services.payloads import check_depth, check_skeleton_size
@@ -104,17 +105,21 @@ async def create_job(
             service.check_job, request, registry=RegistryConfig.from_settings(settings)
         )
     )
+    # The callback's host too, before the write transaction.
+    hooks = service.check_job_callback(
+        service.JobHooks(
+            outbound=outbound,
+            local_secret=local_webhook_secret(settings),
+            callback=body.callback.model_dump() if body.callback else None,
+        )
+    )
     job = await in_write_thread(
         service.create_job,
         session,
         checked,
         max_attempts=settings.max_attempts,
         max_active=settings.max_active_jobs_per_owner,
-        hooks=service.JobHooks(
-            outbound=outbound,
-            local_secret=local_webhook_secret(settings),
-            callback=body.callback.model_dump() if body.callback else None,
-        ),
+        hooks=hooks,
     )
     if dispatcher is not None:  # sent once the job is committed (after the response)
         background.add_task(dispatch.dispatch_job, database, dispatcher, job.id)
@@ -160,6 +165,36 @@ async def cancel_job(
             _revoke_later, database, dispatcher, job_id, grace=3 * settings.heartbeat_seconds + 2
         )
     return JobPublic.of(job)
+
+
+@router.post(
+    "/{job_id}/registry-retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        200: {"description": "the job is registered already: nothing to retry"},
+        409: problem("the job has not succeeded, or registers nothing (no output.register)"),
+    },
+)
+async def retry_registration(
+    job_id: str,
+    response: Response,
+    principal: WritePrincipal,
+    session: WriteSession,
+    dispatcher: DispatcherDep,
+    background: BackgroundTasks,
+) -> JobPublic:
+    """Register a succeeded job's result again after `result.registry.error`: 202 while the
+    retry waits for or runs in a worker (`stage`: `registry-retry`, then `registering`; asking
+    again answers the same), 200 once registered. Never a second version: the job's version is
+    first looked up by its `graft.job_id` tag. `POST /cancel` stops a retry."""
+    answer = await in_write_thread(
+        registry_retry.request_registry_retry, session, job_id, owner=principal.scope_owner
+    )
+    if answer.state is registry_retry.RetryState.registered:
+        response.status_code = status.HTTP_200_OK
+    elif dispatcher is not None and answer.waiting:
+        background.add_task(dispatch.dispatch_registration, dispatcher, job_id)
+    return JobPublic.of(answer.job)
 
 
 async def _revoke_later(

@@ -11,6 +11,7 @@ from app.db.repositories.events import JobEventRepository
 from app.db.repositories.idempotency import IdempotencyRepository
 from app.db.repositories.jobs import JobClaim, JobEnd, JobRepository, Lease
 from app.db.repositories.pipelines import DeliveryRepository, PipelineRepository
+from app.db.repositories.registrations import RegistrationRepository
 from app.db.repositories.webhooks import WebhookRepository
 from app.db.repositories.workers import WorkerRepository
 
@@ -26,6 +27,7 @@ __all__ = [
     "JobRepository",
     "Lease",
     "PipelineRepository",
+    "RegistrationRepository",
     "TensorRow",
     "WebhookRepository",
     "WorkerRepository",

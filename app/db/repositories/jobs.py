@@ -110,14 +110,16 @@ class JobRepository:
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def fail_exhausted(self, *, now: datetime) -> list[str]:
-        """Fail running jobs whose lease lapsed after their last allowed attempt.
+        """Fail running jobs whose lease lapsed after their last allowed attempt, unless a
+        cancel was asked: those are :meth:`cancel_abandoned`'s, even when the cancel lands
+        while this runs (the condition is evaluated per row, on its latest version).
 
         Returns:
             Their ids (their status events and webhooks are recorded by the caller).
         """
         return self._finish_lapsed(
             now,
-            Job.attempts >= Job.max_attempts,
+            and_(Job.attempts >= Job.max_attempts, Job.cancel_requested.is_(False)),
             status=JobStatus.failed,
             error_type="worker-lost",
             error_message="the worker running this job stopped (crashed or was killed) "

@@ -22,6 +22,7 @@ __all__ = [
     "GPU_WORKER_WINDOW",
     "Dispatcher",
     "dispatch_job",
+    "dispatch_registration",
     "redispatch_unsent",
     "revoke_if_still_running",
     "route",
@@ -115,3 +116,18 @@ def revoke_if_still_running(database: Database, dispatcher: Dispatcher, job_id: 
         logger.warning("job %s: cancel not honoured in time; revoking its task", job_id)
         dispatcher.revoke(job_id)
     return stuck
+
+
+def dispatch_registration(dispatcher: Dispatcher, job_id: str) -> bool:
+    """Send a succeeded job's waiting registration retry to a worker (queue ``cpu``: it needs
+    a registry, not a GPU). Never raises; a lost send is repaired by asking again.
+
+    Returns:
+        Whether it was sent.
+    """
+    try:
+        dispatcher.send(job_id, "cpu")
+    except Exception as exc:
+        logger.warning("job %s: registration retry not sent (%s); ask again", job_id, exc)
+        return False
+    return True

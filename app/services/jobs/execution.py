@@ -398,10 +398,9 @@ def _load(database: Database, job_id: str) -> _Inputs:
             None if source_ref or job.sources else _checkpoint(checkpoints, job.source_id, "source")
         )
         target = parse_target_spec(job.target)
-        target_files = [
-            _checkpoint(checkpoints, job.target_checkpoint_id, "target")
-            for _ in target.checkpoint_refs()
-        ]
+        # Each checkpoint the target names, by its own id (the job's foreign key holds the
+        # first only, for deletion checks).
+        target_files = [_checkpoint(checkpoints, ref, "target") for ref in target.checkpoint_refs()]
         sources = {
             name: (checkpoint_files(c), c.sha256)
             for name, c in (

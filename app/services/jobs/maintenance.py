@@ -50,8 +50,10 @@ def finish_lapsed(session: Session, *, now: datetime) -> tuple[list[str], list[s
     cancel was asked, failed (``worker-lost``) after their last attempt; each with its status
     event and webhooks. Returns ``(cancelled, failed)`` ids."""
     repo = JobRepository(session)
-    cancelled = repo.cancel_abandoned(now=now)
+    # Failed first, then cancelled: a cancel asked between the two is honoured in this pass,
+    # and a failed job is never one whose cancel was asked (fail_exhausted skips those).
     failed = repo.fail_exhausted(now=now)
+    cancelled = repo.cancel_abandoned(now=now)
     record_statuses(session, [*cancelled, *failed])
     return cancelled, failed
 

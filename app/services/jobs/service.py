@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -10,7 +11,12 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, Artifact, Checkpoint, Job
-from app.db.repositories import ArtifactRepository, CheckpointRepository, JobRepository
+from app.db.repositories import (
+    ArtifactRepository,
+    CheckpointRepository,
+    JobRepository,
+    RegistrationRepository,
+)
 from app.engine.errors import InvalidRecipeError
 from app.engine.target_spec import TargetSpec
 from app.net.outbound import OutboundPolicy
@@ -24,7 +30,7 @@ from app.services.sources.references import (
     check_register,
     check_source_ref,
 )
-from app.services.webhooks.outbox import check_callback
+from app.services.webhooks.outbox import check_callback_host, check_callback_secret
 from app.storage import BlobStore
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "cancel_job",
     "check_active_jobs",
     "check_job",
+    "check_job_callback",
     "check_target",
     "create_job",
     "find_target_checkpoints",
@@ -263,13 +270,10 @@ def create_job(
         requested_device=request.device,
     )
     if hooks is not None and hooks.callback is not None:
-        check_callback(
-            session,
-            hooks.callback["url"],
-            owner,
-            policy=hooks.outbound,
-            local_secret=hooks.local_secret,
-        )
+        url = hooks.callback["url"]
+        if not hooks.host_checked:
+            check_callback_host(url, policy=hooks.outbound)
+        check_callback_secret(session, url, owner, local_secret=hooks.local_secret)
         job.callback = hooks.callback
     jobs.add(job)
     record_status(session, job)
@@ -300,11 +304,29 @@ class JobHooks:
         outbound: the allow list the callback URL must pass.
         local_secret: GRAFT_WEBHOOK_SECRET (owner ``local``'s, unless one is stored).
         callback: ``{"url", "events"}``, or None.
+        host_checked: the callback's host was checked against ``outbound`` already, before
+            the write transaction (the API does; :func:`check_job_callback`).
     """
 
     outbound: OutboundPolicy
     local_secret: str | None = None
     callback: dict[str, Any] | None = None
+    host_checked: bool = False
+
+
+def check_job_callback(hooks: JobHooks) -> JobHooks:
+    """Check the callback's host before any transaction is open (SPEC §5.3: no work under
+    the write lock); the owner's signing secret is checked in :func:`create_job`.
+
+    Returns:
+        ``hooks``, marked checked.
+
+    Raises:
+        OutboundRefusedError: the host is not allowed.
+    """
+    if hooks.callback is not None:
+        check_callback_host(hooks.callback["url"], policy=hooks.outbound)
+    return dataclasses.replace(hooks, host_checked=True)
 
 
 def get_job(session: Session, job_id: str, *, owner: str | None) -> Job:
@@ -325,19 +347,24 @@ def cancel_job(session: Session, job_id: str, *, owner: str | None) -> Job:
     """Cancel a queued job now, or ask the worker running it to stop.
 
     A queued job's ``cancelled`` status event (and webhook) is recorded here; a running
-    job's by its worker when it stops.
+    job's by its worker when it stops. A succeeded job with a registration retry in flight
+    has that retry cancelled (the job stays succeeded, ``result.registry`` as it was).
 
     Raises:
-        ConflictError: the job already finished.
+        ConflictError: the job already finished (and has no registration retry in flight).
     """
     repo = JobRepository(session)
     job = get_job(session, job_id, owner=owner)
+    if RegistrationRepository(session).cancel(job_id, now=utcnow()):
+        session.refresh(job)
+        return job
     if job.status in TERMINAL_STATUSES:
         raise ConflictError(f"job {job_id} already {job.status}; nothing to cancel")
     now = utcnow()
     cancelled = repo.cancel_queued(job_id, now=now)
-    if not cancelled:
-        repo.request_cancel(job_id, now=now)
+    if not cancelled and not repo.request_cancel(job_id, now=now):
+        session.refresh(job)  # it finished meanwhile (a worker, or the reaper)
+        raise ConflictError(f"job {job_id} already {job.status}; nothing to cancel")
     session.refresh(job)
     if cancelled:
         record_status(session, job)

@@ -2,8 +2,9 @@
 
 :meth:`app.client.GraftClient.upload` sends a single file over :attr:`TusOptions.threshold`
 bytes (64 MiB) this way, in parts of :attr:`TusOptions.part_size`, each with its sha256
-``Upload-Checksum``. A dropped connection does not start over: the client asks the server
-how far it got (``HEAD``) and sends the rest, up to ``retries`` times in a row. The upload's
+``Upload-Checksum`` (so a part cut by a dropped connection is dropped whole by the server,
+never kept half-checked). A dropped connection does not start over: the client asks the
+server how far it got (``HEAD``) and sends the rest, up to ``retries`` times in a row. The upload's
 URL is kept in a small state file (``<cache>/graft/uploads/<sha256>-<server>.json``), so an
 upload cut by a crash or a Ctrl-C resumes from the server's offset the next time the same
 file is sent to the same server.
@@ -182,7 +183,8 @@ def _send(
         try:
             if failures:  # after a cut: where did the server get to?
                 offset = upload.offset()
-                continue
+                if offset >= upload.size:
+                    break
             offset = _next_offset(upload, offset)
             failures = 0
         except httpx.TransportError as exc:

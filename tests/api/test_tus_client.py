@@ -7,13 +7,15 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import torch
 
+from app.client import GraftClient, GraftClientError, TusOptions
 from tests.e2e.conftest import Server
 from tests.parts import import_part
 
@@ -33,9 +35,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.stop()
 
 
-def checkpoint_file(path: Path) -> bytes:
+def checkpoint_file(path: Path, seed: int = 7) -> bytes:
     """A real torch checkpoint of a few MB (several tus parts)."""
-    generator = torch.Generator().manual_seed(7)
+    generator = torch.Generator().manual_seed(seed)
     state = {
         "encoder.weight": torch.randn(512, 1024, generator=generator),
         "encoder.bias": torch.randn(512, generator=generator),
@@ -117,3 +119,88 @@ def resume(server: Server, data: bytes, uploader: Callable[[], Uploader]) -> Non
         # The stored blob is the file itself.
         blob = server.root / "blobs" / "sha256" / record["sha256"][:2] / record["sha256"]
         assert blob.read_bytes() == data
+
+
+# -- graft submit's client ------------------------------------------------------------------
+
+
+class _CutBody(httpx.SyncByteStream):
+    """A request body that stops half-way with a dropped connection."""
+
+    def __init__(self, inner: Iterable[bytes], keep: int) -> None:
+        self.inner = inner
+        self.keep = keep
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for chunk in self.inner:
+            if sent + len(chunk) >= self.keep:
+                yield chunk[: self.keep - sent]
+                raise httpx.WriteError("connection dropped (test)")
+            sent += len(chunk)
+            yield chunk
+
+
+class CuttingTransport(httpx.BaseTransport):
+    """Real HTTP, but the PATCHes numbered in ``cut`` (from 0) drop half-way through."""
+
+    def __init__(self, cut: Callable[[int], bool]) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.cut = cut
+        self.patches: list[int] = []  # each PATCH's Upload-Offset
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PATCH":
+            number = len(self.patches)
+            self.patches.append(int(request.headers["Upload-Offset"]))
+            if self.cut(number):
+                body = request.stream
+                assert isinstance(body, Iterable)
+                keep = int(request.headers["Content-Length"]) // 2
+                request.stream = _CutBody(body, keep)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_the_client_resumes_after_dropped_connections(server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "big.pt"
+    data = checkpoint_file(path, seed=11)
+    options = TusOptions(threshold=1024**2, part_size=CHUNK, state_dir=tmp_path / "state")
+    transport = CuttingTransport(cut=lambda n: n in (1, 4))
+    with GraftClient(server.url, transport=transport, tus=options) as graft:
+        record = graft.upload(path)
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert record["size"] == len(data) and record["filename"] == "big.pt"
+    offsets = transport.patches
+    # Parts went in order; a cut part (checksummed: dropped whole) went again from its
+    # start, never from zero.
+    assert offsets[0] == 0 and offsets == sorted(offsets)
+    for cut in (1, 4):
+        assert offsets[cut + 1] == offsets[cut] > 0
+    assert len(offsets) == -(-len(data) // CHUNK) + 2
+    assert list(options.state_dir.iterdir()) == []  # done: nothing left to resume
+    with server.client() as http:
+        assert http.get(f"/v1/checkpoints/{record['id']}").json() == record
+
+
+def test_the_next_run_resumes_an_upload_the_last_one_gave_up(
+    server: Server, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.pt"
+    data = checkpoint_file(path, seed=12)
+    options = TusOptions(threshold=1024**2, part_size=CHUNK, state_dir=tmp_path / "state")
+    broken = CuttingTransport(cut=lambda n: n >= 3)  # the network goes away after 3 parts
+    with (
+        GraftClient(server.url, transport=broken, tus=options, retries=1) as graft,
+        pytest.raises(GraftClientError, match="run again to resume"),
+    ):
+        graft.upload(path)
+    assert len(list(options.state_dir.iterdir())) == 1
+    healthy = CuttingTransport(cut=lambda n: False)
+    with GraftClient(server.url, transport=healthy, tus=options) as graft:
+        record = graft.upload(path)
+    assert healthy.patches[0] >= 3 * CHUNK  # not from zero
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert list(options.state_dir.iterdir()) == []

@@ -130,17 +130,15 @@ class _Cut(httpx.SyncByteStream):
             yield chunk
 
 
-def tus_once(url: str, source: Path, state: Path, *, cut: bool) -> float:
+def tus_once(url: str, source: Path, sha256: str, state: Path, *, cut: bool) -> float:
     """Seconds for one tus upload of ``source`` to its record (cut at 50 % and resumed)."""
-    import uuid
-
     from app.client.tus import TusOptions, tus_upload
 
     options = TusOptions(threshold=0, part_size=TUS_PART, state_dir=state)
     transport = _CutAt(source.stat().st_size // 2) if cut else httpx.HTTPTransport()
     start = time.perf_counter()
     with httpx.Client(base_url=url, timeout=600, transport=transport) as http:
-        tus_upload(http, source, sha256=uuid.uuid4().hex, entry="auto", options=options,
+        tus_upload(http, source, sha256=sha256, entry="auto", options=options,
                    retries=3, sleep=lambda _: None)  # fmt: skip
     return time.perf_counter() - start
 
@@ -153,14 +151,18 @@ def tus_rows(url: str, source: Path, copy: Path, runs: int) -> list[tuple[str, s
     """
     import subprocess
 
+    from app.client import file_sha256
+
+    sha256 = file_sha256(source)  # graft submit knows it before it uploads
     walls: dict[str, list[float]] = {"durable": [], "tus": [], "cut": []}
     for _ in range(runs):
         start = time.perf_counter()
         subprocess.run(["sh", "-c", f'cp "{source}" "{copy}" && sync "{copy}"'], check=True)
         walls["durable"].append(time.perf_counter() - start)
         copy.unlink(missing_ok=True)
-        walls["tus"].append(tus_once(url, source, copy.parent / "tus-state", cut=False))
-        walls["cut"].append(tus_once(url, source, copy.parent / "tus-state", cut=True))
+        state = copy.parent / "tus-state"
+        walls["tus"].append(tus_once(url, source, sha256, state, cut=False))
+        walls["cut"].append(tus_once(url, source, sha256, state, cut=True))
     durable, tus, cut = (statistics.median(walls[k]) for k in ("durable", "tus", "cut"))
     size = f"{source.stat().st_size / 1e9:.2f} GB"
     return [

@@ -1,13 +1,15 @@
 """Resumable uploads from the client: the tus 1.0 protocol against ``/v1/uploads``.
 
 :meth:`app.client.GraftClient.upload` sends a single file over :attr:`TusOptions.threshold`
-bytes (64 MiB) this way, in parts of :attr:`TusOptions.part_size`, each with its sha256
-``Upload-Checksum`` (so a part cut by a dropped connection is dropped whole by the server,
-never kept half-checked). A dropped connection does not start over: the client asks the
-server how far it got (``HEAD``) and sends the rest, up to ``retries`` times in a row. The upload's
-URL is kept in a small state file (``<cache>/graft/uploads/<sha256>-<server>.json``), so an
-upload cut by a crash or a Ctrl-C resumes from the server's offset the next time the same
-file is sent to the same server.
+bytes (64 MiB) this way, in parts of :attr:`TusOptions.part_size`. A dropped connection
+does not start over: the server keeps the bytes that arrived, the client asks how far it got
+(``HEAD``) and sends the rest, up to ``retries`` times in a row. The upload's URL is kept in
+a small state file (``<cache>/graft/uploads/<sha256>-<server>.json``), so an upload cut by a
+crash or a Ctrl-C resumes from the server's offset the next time the same file is sent to
+the same server. Integrity is checked end to end: the record's sha256 (computed by the
+server as the bytes arrived) must be the file's. Per-part ``Upload-Checksum`` headers
+(:attr:`TusOptions.checksum`) cost one more read and hash of every part on each side, so
+they are off by default.
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ class TusOptions:
         threshold: files larger than this go over tus (smaller ones in one POST).
         part_size: the bytes of one PATCH.
         state_dir: where upload URLs are remembered between runs.
+        checksum: send each part's sha256 (``Upload-Checksum``); a part cut on the way is
+            then dropped whole by the server instead of kept up to the cut.
     """
 
     threshold: int = 64 * 1024**2
     part_size: int = 64 * 1024**2
     state_dir: Path = field(default_factory=default_state_dir)
+    checksum: bool = False
 
 
 def _state_file(options: TusOptions, server: str, sha256: str) -> Path:
@@ -85,11 +90,12 @@ def _metadata(name: str, entry: str) -> str:
 class _Upload:
     """One file's tus upload, its URL remembered in a state file."""
 
-    def __init__(self, http: httpx.Client, path: Path, state: Path, *, part_size: int) -> None:
+    def __init__(self, http: httpx.Client, path: Path, state: Path, options: TusOptions) -> None:
         self.http = http
         self.path = path
         self.state = state
-        self.part_size = part_size
+        self.part_size = options.part_size
+        self.checksum = options.checksum
         self.size = path.stat().st_size
         self.url: str | None = None
 
@@ -127,15 +133,16 @@ class _Upload:
         return int(response.headers["Upload-Offset"])
 
     def send_part(self, offset: int) -> httpx.Response:
-        """PATCH the part at ``offset`` (streamed from the file, with its checksum)."""
+        """PATCH the part at ``offset`` (streamed from the file)."""
         size = min(self.part_size, self.size - offset)
         headers = {
             **_TUS,
             "Content-Type": "application/offset+octet-stream",
             "Upload-Offset": str(offset),
             "Content-Length": str(size),
-            "Upload-Checksum": _part_checksum(self.path, offset, size),
         }
+        if self.checksum:
+            headers["Upload-Checksum"] = _part_checksum(self.path, offset, size)
         return self.http.patch(
             self.url or "", content=_read_part(self.path, offset, size), headers=headers
         )
@@ -155,22 +162,26 @@ def tus_upload(
 
     Args:
         http: the client (base URL and key set).
-        sha256: the file's digest (names its state file).
+        sha256: the file's digest (names its state file; the record must have it).
         retries: dropped connections in a row before giving up (the state file stays, so
             the next run resumes).
 
     Returns:
         The checkpoint record (as ``POST /v1/checkpoints`` answers it).
     """
-    upload = _Upload(
-        http, path, _state_file(options, str(http.base_url), sha256), part_size=options.part_size
-    )
+    upload = _Upload(http, path, _state_file(options, str(http.base_url), sha256), options)
     offset = upload.resume_or_create(entry)
     try:
-        return _send(upload, offset, retries=retries, sleep=sleep)
+        record = _send(upload, offset, retries=retries, sleep=sleep)
     except GraftAPIError:
         upload.state.unlink(missing_ok=True)  # refused: the next run starts afresh
         raise
+    if record["sha256"] != sha256:
+        raise GraftClientError(
+            f"{path}: the server recorded sha256 {record['sha256']}, not the file's {sha256}; "
+            "the bytes changed on the way (or the file changed while it was sent)"
+        )
+    return record
 
 
 def _send(

@@ -61,7 +61,7 @@ class UploadPublic(BaseModel):
     checkpoint: CheckpointPublic | None = None
 
 
-@router.options("", status_code=status.HTTP_204_NO_CONTENT)
+@router.options("", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 def discover(settings: SettingsDep) -> Response:
     """The tus capabilities: version, extensions, checksum algorithm, largest upload."""
     return Response(
@@ -79,7 +79,9 @@ def discover(settings: SettingsDep) -> Response:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_class=Response,
     responses={
+        201: {"description": "created: its URL is in Location", "content": {}},
         400: problem("no Upload-Length, or bad Upload-Metadata"),
         412: problem("Tus-Resumable is not 1.0.0"),
         413: problem("Upload-Length over GRAFT_MAX_UPLOAD_BYTES"),
@@ -111,7 +113,15 @@ async def create(request: Request, principal: WritePrincipal, settings: Settings
     )
 
 
-@router.head("/{upload_id}", responses={404: problem("no such upload")})
+@router.head(
+    "/{upload_id}",
+    response_class=Response,
+    responses={
+        200: {"description": "Upload-Offset and Upload-Length in headers", "content": {}},
+        404: problem("no such upload"),
+        412: problem("Tus-Resumable is not 1.0.0"),
+    },
+)
 async def head(upload_id: str, request: Request, principal: ReadPrincipal) -> Response:
     """How many bytes the upload holds (``Upload-Offset``) of ``Upload-Length``."""
     check_tus_resumable(request)
@@ -134,6 +144,7 @@ async def head(upload_id: str, request: Request, principal: ReadPrincipal) -> Re
 @router.patch(
     "/{upload_id}",
     status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
     responses={
         404: problem("no such upload"),
         408: problem("the client stopped sending, or sends too slowly"),
@@ -186,7 +197,8 @@ async def append(
 @router.delete(
     "/{upload_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={404: problem("no such upload")},
+    response_class=Response,
+    responses={404: problem("no such upload"), 412: problem("Tus-Resumable is not 1.0.0")},
 )
 async def terminate(upload_id: str, request: Request, principal: WritePrincipal) -> Response:
     """Drop the upload and its bytes (tus termination); a checkpoint it made stays."""

@@ -226,6 +226,15 @@ class Settings(BaseSettings):
     upload_idle_timeout_seconds: float = Field(
         default=60.0, gt=0, description="An upload that sends nothing for this long gets 408."
     )
+    # Resumable uploads (tus 1.0, SPEC §5.3).
+    max_resumable_uploads_per_owner: int = Field(
+        default=32, ge=1, description="Unfinished resumable (tus) uploads one owner may hold."
+    )
+    resumable_upload_expiry_seconds: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="A resumable upload untouched this long is removed, with its bytes.",
+    )
     max_ranges: int = Field(
         default=16, ge=1, description="More ranges than this in one Range header: 416."
     )

@@ -4,9 +4,14 @@
   ``POST /v1/checkpoints``, timed to the response, alternated with a durable copy
   (``cp`` + ``sync FILE``) and a plain ``cp`` of the same file;
 - the API end to end for a 10 MB conversion: upload, job, poll until succeeded, download,
-  repeated on the warm server (p50 and p90).
+  repeated on the warm server (p50 and p90);
+- resumable (tus) uploads of the same file in 64 MiB parts with ``graft submit``'s client
+  (:func:`app.client.tus.tus_upload`, timed in this process after its imports, to the
+  record), uncut and cut by a dropped connection at 50 % then resumed, alternated with the
+  durable copy: ratios to it and cut / uncut (:func:`tus_rows`).
 
-Used by ``bench/convert.py``; alone: ``.venv/bin/python bench/uploads.py``.
+Used by ``bench/convert.py``; alone: ``.venv/bin/python bench/uploads.py`` (``tus``: the tus
+rows only).
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ sys.path.insert(0, str(REPO))
 
 from tests.e2e.conftest import Server, wait_ready  # noqa: E402  (the e2e server harness)
 
-__all__ = ["api_roundtrips", "make_checkpoint", "server_cpu", "start_server", "upload_commands"]
+__all__ = [
+    "api_roundtrips",
+    "make_checkpoint",
+    "server_cpu",
+    "start_server",
+    "tus_rows",
+    "upload_commands",
+]
+
+TUS_PART = 64 * 1024 * 1024
 
 
 def make_checkpoint(path: Path, size_mb: int) -> dict[str, Any]:
@@ -135,6 +149,103 @@ def api_roundtrips(server: Server, source: Path, skeleton: dict[str, Any], n: in
     return seconds
 
 
+class _CutAt(httpx.BaseTransport):
+    """Real HTTP; the PATCH that holds byte ``at`` drops its connection right there, once."""
+
+    def __init__(self, at: int) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.at = at
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PATCH" and self.at >= 0:
+            start = int(request.headers["Upload-Offset"])
+            length = int(request.headers["Content-Length"])
+            if start <= self.at < start + length:
+                request.stream = _Cut(request.stream, self.at - start)
+                self.at = -1
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _Cut(httpx.SyncByteStream):
+    def __init__(self, inner: Any, keep: int) -> None:
+        self.inner, self.keep = inner, keep
+
+    def __iter__(self) -> Any:
+        sent = 0
+        for chunk in self.inner:
+            if sent + len(chunk) >= self.keep:
+                yield chunk[: self.keep - sent]
+                raise httpx.WriteError("connection dropped (bench)")
+            sent += len(chunk)
+            yield chunk
+
+
+def tus_once(url: str, source: Path, sha256: str, state: Path, *, cut: bool) -> float:
+    """Seconds for one tus upload of ``source`` to its record (cut at 50 % and resumed)."""
+    from app.client.tus import TusOptions, tus_upload
+
+    options = TusOptions(threshold=0, part_size=TUS_PART, state_dir=state)
+    transport = _CutAt(source.stat().st_size // 2) if cut else httpx.HTTPTransport()
+    start = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=600, transport=transport) as http:
+        tus_upload(http, source, sha256=sha256, entry="auto", options=options,
+                   retries=3, sleep=lambda _: None)  # fmt: skip
+    return time.perf_counter() - start
+
+
+def tus_rows(url: str, source: Path, copy: Path, runs: int) -> list[tuple[str, str, str, str]]:
+    """The tus rows: medians of ``runs`` alternated with a durable copy of the same file.
+
+    Returns:
+        ``(row, wall s, x durable, x uncut tus)`` tuples.
+    """
+    import subprocess
+
+    from app.client import file_sha256
+
+    sha256 = file_sha256(source)  # graft submit knows it before it uploads
+    walls: dict[str, list[float]] = {"durable": [], "tus": [], "cut": []}
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(["sh", "-c", f'cp "{source}" "{copy}" && sync "{copy}"'], check=True)
+        walls["durable"].append(time.perf_counter() - start)
+        copy.unlink(missing_ok=True)
+        state = copy.parent / "tus-state"
+        walls["tus"].append(tus_once(url, source, sha256, state, cut=False))
+        walls["cut"].append(tus_once(url, source, sha256, state, cut=True))
+    durable, tus, cut = (statistics.median(walls[k]) for k in ("durable", "tus", "cut"))
+    size = f"{source.stat().st_size / 1e9:.2f} GB"
+    return [
+        (f"cp + sync FILE {size} (durable)", f"{durable:.2f}", "1.00", "-"),
+        (f"upload tus {size}, 64 MiB parts", f"{tus:.2f}", f"{tus / durable:.2f}", "1.00"),
+        (f"upload tus {size}, cut at 50 % + resumed", f"{cut:.2f}", f"{cut / durable:.2f}",
+         f"{cut / tus:.2f}"),
+    ]  # fmt: skip
+
+
+def tus_main(runs: int = 3) -> None:
+    """Only the tus rows, on a fresh server."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=REPO / "data") as tmp:
+        root = Path(tmp)
+        source = root / "upload.safetensors"
+        make_checkpoint(source, 1024)
+        server = Server(root / "srv", GRAFT_WORKERS="0", GRAFT_MAX_UPLOAD_BYTES=str(2 << 30))
+        (root / "srv").mkdir()
+        server.start()
+        try:
+            rows = tus_rows(server.url, source, root / "copy", runs)
+        finally:
+            server.stop()
+    print(f"{'row':<44} {'wall s':>7} {'x durable':>9} {'x uncut':>8}")
+    for row in rows:
+        print(f"{row[0]:<44} {row[1]:>7} {row[2]:>9} {row[3]:>8}")
+
+
 def main() -> None:
     import tempfile
 
@@ -159,4 +270,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["tus"]:
+        tus_main(int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+    else:
+        main()

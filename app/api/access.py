@@ -28,6 +28,7 @@ __all__ = [
     "PUBLIC_PATHS",
     "PUBLIC_PREFIXES",
     "PUBLIC_ROUTES",
+    "STREAMED_BODY_PREFIXES",
     "STREAMED_BODY_ROUTES",
     "AccessMiddleware",
     "is_public",
@@ -44,9 +45,16 @@ PUBLIC_PATHS = frozenset(
 )
 PUBLIC_PREFIXES = ("/web/", "/v1/schemas/", "/v1/links/")
 # Public by path and method: authenticated by something other than an API key.
-PUBLIC_ROUTES = frozenset({("POST", "/v1/hooks/mlflow")})  # X-MLflow-Signature
+PUBLIC_ROUTES = frozenset(
+    {
+        ("POST", "/v1/hooks/mlflow"),  # X-MLflow-Signature
+        ("OPTIONS", "/v1/uploads"),  # tus discovery: the protocol's capabilities only
+    }
+)
 # Bodies streamed to disk by their route, under GRAFT_MAX_UPLOAD_BYTES, never buffered here.
 STREAMED_BODY_ROUTES = frozenset({("POST", "/v1/checkpoints")})
+# The same, by path prefix: a tus PATCH (``/v1/uploads/{id}``) streams its part to disk.
+STREAMED_BODY_PREFIXES = (("PATCH", "/v1/uploads/"),)
 
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PROBLEM_JSON = b"application/problem+json"
@@ -58,6 +66,13 @@ def is_public(method: str, path: str) -> bool:
         path in PUBLIC_PATHS
         or path.startswith(PUBLIC_PREFIXES)
         or (method.upper(), path) in PUBLIC_ROUTES
+    )
+
+
+def _streamed(method: str, path: str) -> bool:
+    """Whether the route streams its own body (never buffered here)."""
+    return (method, path) in STREAMED_BODY_ROUTES or any(
+        method == m and path.startswith(prefix) for m, prefix in STREAMED_BODY_PREFIXES
     )
 
 
@@ -120,7 +135,7 @@ class AccessMiddleware:
                 await _problem(send, exc.status, exc.type, exc.message, path=path, headers=headers)
                 return
             scope[PRINCIPAL_SCOPE_KEY] = principal
-        if method in _NO_BODY_METHODS or (method, path) in STREAMED_BODY_ROUTES:
+        if method in _NO_BODY_METHODS or _streamed(method, path):
             await self.app(scope, receive, send)
             return
         await self._capped(scope, receive, send)

@@ -24,7 +24,9 @@ from app.services.inspector import InspectorPool
 from app.services.jobs.dispatch import Dispatcher
 from app.services.jobs.maintenance import BlobCollector
 from app.services.limits import inspection_limits, inspection_memory_budget
+from app.services.uploads import ResumableUploads
 from app.storage import BlobStore, open_store
+from app.storage.staging import RESUMABLE_DIR
 
 __all__ = ["AppContext", "AuthMemo", "app_context", "context_of", "open_context"]
 
@@ -54,6 +56,7 @@ class AppContext:
         blob_collector: frees blobs nothing references any more.
         link_secret: the key signed links are made with.
         finish_limiter: the threads that finish write sessions.
+        resumable: the resumable (tus) uploads in the staging area.
         embedded_workers: worker processes run beside the API (``graft serve``).
         auth: what the access check remembers between requests.
     """
@@ -68,6 +71,7 @@ class AppContext:
     blob_collector: BlobCollector
     link_secret: bytes
     finish_limiter: CapacityLimiter
+    resumable: ResumableUploads
     embedded_workers: int = 0
     auth: AuthMemo = field(default_factory=AuthMemo)
 
@@ -115,6 +119,11 @@ async def open_context(
         blob_collector=BlobCollector(database, store, claim_seconds=settings.blob_claim_seconds),
         link_secret=secret.get_secret_value().encode() if secret else secrets.token_bytes(32),
         finish_limiter=CapacityLimiter(_FINISH_THREADS),
+        resumable=ResumableUploads(
+            store.scratch.root / RESUMABLE_DIR,
+            max_per_owner=settings.max_resumable_uploads_per_owner,
+            expiry_seconds=settings.resumable_upload_expiry_seconds,
+        ),
         embedded_workers=embedded_workers,
     )
     try:

@@ -1,6 +1,7 @@
 """The API's background loops, started and stopped together by :func:`background_loops`.
 
-- maintenance: reaps lapsed leases and collects unreferenced blobs every period;
+- maintenance: reaps lapsed leases, collects unreferenced blobs and expires abandoned
+  resumable uploads every period;
 - the webhook outbox's sender (:class:`DeliveryLoop`);
 - with Celery, a sweep that sends again the jobs whose send failed.
 """
@@ -63,6 +64,7 @@ async def _maintain(context: AppContext, period: float) -> None:
                 )
             )
             await to_thread.run_sync(context.blob_collector.collect)
+            await to_thread.run_sync(context.resumable.expire)
         except Exception:  # a locked database or a store hiccup: try again next tick
             logger.exception("maintenance pass failed; retrying next period")
 

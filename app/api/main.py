@@ -25,6 +25,7 @@ from app.api.routes import (
     pipelines,
     plans,
     schemas,
+    uploads,
     webhooks,
 )
 from app.api.routes.web import install_web
@@ -79,7 +80,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodyDeadlineMiddleware, pace=UploadPace.from_settings(settings))
     app.include_router(health.router)
     app.include_router(auth.router)
-    for module in (checkpoints, jobs, plans, align, pipelines, hooks, webhooks):
+    for module in (checkpoints, uploads, jobs, plans, align, pipelines, hooks, webhooks):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(architectures.router)
     app.include_router(schemas.router)

@@ -27,6 +27,7 @@ from app.client.errors import (
 )
 from app.client.http import Event, GraftClient, file_sha256, upload_digest
 from app.client.manifest import MANIFEST_SCHEMA, apply_manifest, keeps_eval
+from app.client.tus import TusOptions
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -39,6 +40,7 @@ __all__ = [
     "IdempotencyInProgressError",
     "InvalidRequestError",
     "NotFoundError",
+    "TusOptions",
     "UnauthorizedError",
     "apply_manifest",
     "file_sha256",

@@ -1,7 +1,8 @@
 """``GraftClient``: the HTTP API from Python, with httpx (sync).
 
 - :meth:`GraftClient.upload` hashes the file(s) first and asks the server
-  (``GET /v1/checkpoints?sha256=``); only unknown content is sent.
+  (``GET /v1/checkpoints?sha256=``); only unknown content is sent, a file over 64 MiB as a
+  resumable tus upload that survives dropped connections (:mod:`app.client.tus`).
 - :meth:`GraftClient.create_job` sends an ``Idempotency-Key`` (a fresh one unless given) and
   retries a request that got no answer with the same key, so a retry never makes two jobs.
 - :meth:`GraftClient.events` follows ``GET /v1/jobs/{id}/events`` and reconnects with
@@ -25,6 +26,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from app.client.errors import GraftClientError, error_from_response
+from app.client.tus import TusOptions, tus_upload
 
 __all__ = ["Event", "GraftClient", "file_sha256", "upload_digest"]
 
@@ -102,6 +104,7 @@ class GraftClient:
         timeout: seconds for connecting and for each read.
         retries: how many times a request that got no answer is sent again.
         transport: an httpx transport (tests).
+        tus: when and how single files go as resumable (tus) uploads: over 64 MiB.
     """
 
     def __init__(
@@ -112,12 +115,14 @@ class GraftClient:
         timeout: float = 60.0,
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
+        tus: TusOptions | None = None,
     ) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
         )
         self.retries = retries
+        self.tus = tus or TusOptions()
 
     def __enter__(self) -> GraftClient:
         return self
@@ -194,10 +199,16 @@ class GraftClient:
             The checkpoint record (``id``, ``sha256``, ``format``, ``tensors``…).
         """
         files = _shard_files(Path(path))
-        existing = self.find_checkpoint(upload_digest(files))
+        digest = upload_digest(files)
+        existing = self.find_checkpoint(digest)
         if existing is not None:
             logger.info("%s: already on the server as %s", path, existing["id"])
             return existing
+        if len(files) == 1 and files[0].stat().st_size > self.tus.threshold:
+            return tus_upload(
+                self.http, files[0], sha256=digest, entry=entry, options=self.tus,
+                retries=self.retries,
+            )  # fmt: skip
         handles: list[BinaryIO] = [f.open("rb") for f in files]
         try:
             parts = [

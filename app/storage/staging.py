@@ -22,9 +22,13 @@ from app.engine.output.files import fsync_dir, start_writeback
 
 Buffer = bytes | bytearray | memoryview
 
-__all__ = ["Scratch", "StagedFile", "fsync_dir", "pid_alive"]
+__all__ = ["RESUMABLE_DIR", "Scratch", "StagedFile", "fsync_dir", "pid_alive"]
 
 logger = logging.getLogger(__name__)
+
+# Resumable (tus) uploads outlive the process that received them: their folder is never swept
+# as an orphan (``app.services.uploads`` expires them instead).
+RESUMABLE_DIR = "tus"
 
 
 def pid_alive(pid: int) -> bool:
@@ -202,6 +206,8 @@ class Scratch:
         self.ensure()
         removed = 0
         for entry in self.root.iterdir():
+            if entry.name == RESUMABLE_DIR:
+                continue
             pid_text = entry.name.split("-", 1)[0]
             if pid_text.isdigit() and pid_alive(int(pid_text)):
                 continue

@@ -2,6 +2,7 @@
 // then the job.
 import { api } from "./api.js";
 import { entries } from "./job.js";
+import { uploadResumable } from "./resumable.js";
 import { badge, errorBox, h, mount, pagedTable, pct } from "./util.js";
 
 const LISTS = ["rename", "drop", "only", "split", "merge", "copy", "transform", "adapt", "init", "freeze"];
@@ -75,10 +76,15 @@ export function formPage(params) {
     if (!file) return;
     message.replaceChildren(h("p", { class: "muted" }, `Uploading ${file.name}…`));
     try {
-      const record = await api(`/v1/checkpoints?filename=${encodeURIComponent(file.name)}`, {
-        method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
+      // Resumable (tus): choosing the same file again after a reload resumes it.
+      const record = await uploadResumable(file, (sent, total, resumedAt) => {
+        const from = resumedAt ? ` (resumed at ${pct(resumedAt / total)})` : "";
+        message.replaceChildren(h("p", { class: "muted", id: "upload-progress" },
+          `Uploading ${file.name}… ${pct(sent / total)}${from}`));
+      });
       await fillCheckpoints(record.id);
-      message.replaceChildren(h("p", {}, `Uploaded ${record.filename}: ${record.tensors} tensors.`));
+      const resumed = record.resumedAt ? ` Resumed at ${record.resumedAt} bytes.` : "";
+      message.replaceChildren(h("p", {}, `Uploaded ${record.filename}: ${record.tensors} tensors.${resumed}`));
     } catch (err) { message.replaceChildren(errorBox(err)); }
   });
 

@@ -1,0 +1,308 @@
+"""Where resumable uploads live between requests: a folder per upload in the staging area.
+
+``<scratch>/tus/<id>/`` holds ``data`` (the bytes received so far, appended in place) and
+``info.json`` (owner, length, offset, metadata, dates, and once complete the checkpoint id),
+rewritten atomically after each part is fsynced. Both are files on the store's own staging
+file system, so they survive a restart of the server (the per-process temp entries beside
+them are swept, this folder is not: see :data:`app.storage.staging.RESUMABLE_DIR`), and
+publishing the finished ``data`` file is a rename for the file store.
+
+The running sha256 of each upload is kept in this process, keyed by upload and offset, so
+no byte is hashed twice. ``hashlib`` state cannot be saved, so after a restart (or when
+another API process took the previous part) the bytes already received are hashed once, the
+first time the upload is appended to again.
+
+A PATCH holds an exclusive ``flock`` on the upload's ``lock`` file: two parts of one upload
+are never written at once, whichever process receives them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.services.errors import NotFoundError, TooManyUploadsError
+from app.services.uploads.errors import UploadBusyError
+from app.storage import StagedFile
+
+__all__ = ["PartWriter", "ResumableUploads", "UploadInfo"]
+
+logger = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_CHUNK = 8 << 20
+
+
+@dataclass
+class UploadInfo:
+    """One resumable upload's state (``info.json``).
+
+    Attributes:
+        id: the upload's id (32 hex digits).
+        owner: who created it; nobody else sees it.
+        length: the total size announced at creation (``Upload-Length``).
+        offset: bytes received and fsynced so far.
+        metadata: ``Upload-Metadata``, decoded (``filename``, ``entry``).
+        created: when it was created (seconds since the epoch).
+        updated: when a part last arrived.
+        checkpoint_id: once complete, the checkpoint record it made.
+        created_checkpoint: whether completing it created that record (else: same bytes
+            were uploaded before).
+    """
+
+    id: str
+    owner: str
+    length: int
+    offset: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    checkpoint_id: str | None = None
+    created_checkpoint: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.checkpoint_id is not None
+
+    @property
+    def filename(self) -> str:
+        return self.metadata.get("filename") or "checkpoint"
+
+
+class PartWriter(StagedFile):
+    """A staged file reopened for appending, its running sha256 carried over.
+
+    Args:
+        path: the upload's ``data`` file, already cut back to ``offset`` bytes.
+        name: the file's name in its checkpoint.
+        offset: the bytes already in it.
+        running: the sha256 of those bytes.
+        part_digest: also hash this part on its own (a PATCH with ``Upload-Checksum``).
+    """
+
+    def __init__(
+        self, path: Path, *, name: str, offset: int, running: Any, part_digest: bool
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.size = offset
+        self.start = offset
+        self._hash = running
+        self._fh = path.open("ab")
+        self.part = hashlib.sha256() if part_digest else None
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        """Append and hash ``chunks`` (and hash them for the part's checksum)."""
+        super().write_many(chunks)
+        if self.part is not None:
+            for chunk in chunks:
+                self.part.update(chunk)
+
+    def sync(self) -> None:
+        """Flush, fdatasync and close the file, keeping the running digest open."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fdatasync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+    def running(self) -> Any:
+        """The sha256 object of the bytes written so far (to carry to the next part)."""
+        return self._hash
+
+    def rollback(self) -> None:
+        """Drop this part's bytes: cut the file back to where the part began."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.path, self.start)
+
+
+class ResumableUploads:
+    """The resumable uploads of one host, in a folder of its staging area.
+
+    Args:
+        root: the folder (``<scratch>/tus``); created when the first upload is.
+        max_per_owner: most unfinished uploads one owner may hold.
+        expiry_seconds: an upload untouched this long is removed by :meth:`expire`.
+    """
+
+    def __init__(self, root: Path, *, max_per_owner: int, expiry_seconds: float) -> None:
+        self.root = Path(root)
+        self.max_per_owner = max_per_owner
+        self.expiry_seconds = expiry_seconds
+        self._hashes: dict[str, tuple[int, Any]] = {}
+        self._guard = threading.Lock()
+
+    # --- records --------------------------------------------------------------------------
+
+    def folder(self, upload_id: str) -> Path:
+        if not _ID.match(upload_id):
+            raise NotFoundError(f"no upload with id {upload_id!r:.80}")
+        return self.root / upload_id
+
+    def create(self, owner: str, length: int, metadata: dict[str, str]) -> UploadInfo:
+        """Create an empty upload.
+
+        Raises:
+            TooManyUploadsError: the owner already holds ``max_per_owner`` unfinished ones.
+        """
+        held = sum(1 for info in self.infos() if info.owner == owner and not info.complete)
+        if held >= self.max_per_owner:
+            raise TooManyUploadsError(
+                f"{held} unfinished resumable uploads of yours exist (at most "
+                f"{self.max_per_owner}: GRAFT_MAX_RESUMABLE_UPLOADS_PER_OWNER); finish or "
+                "DELETE one first",
+                headers={"Retry-After": "60"},
+            )
+        info = UploadInfo(id=secrets.token_hex(16), owner=owner, length=length, metadata=metadata)
+        folder = self.root / info.id
+        folder.mkdir(parents=True)
+        (folder / "data").touch()
+        self.save(info)
+        return info
+
+    def get(self, upload_id: str, *, owner: str | None) -> UploadInfo:
+        """One upload; another owner's (or an expired one) answers as if it did not exist."""
+        try:
+            raw = json.loads((self.folder(upload_id) / "info.json").read_text())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            raise NotFoundError(f"no upload with id {upload_id!r:.80}") from None
+        info = UploadInfo(**raw)
+        if owner is not None and info.owner != owner:
+            raise NotFoundError(f"no upload with id {upload_id!r:.80}")
+        return info
+
+    def save(self, info: UploadInfo) -> None:
+        """Write ``info.json`` atomically (temp file, fsync, rename)."""
+        folder = self.root / info.id
+        temp = folder / f"info.{secrets.token_hex(4)}.tmp"
+        with temp.open("w") as fh:
+            json.dump(asdict(info), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        temp.replace(folder / "info.json")
+
+    def infos(self) -> Iterator[UploadInfo]:
+        """Every upload on this host (unreadable folders skipped)."""
+        if not self.root.is_dir():
+            return
+        for folder in self.root.iterdir():
+            with contextlib.suppress(Exception):
+                yield self.get(folder.name, owner=None)
+
+    def data_path(self, info: UploadInfo) -> Path:
+        return self.root / info.id / "data"
+
+    # --- parts ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, upload_id: str) -> Iterator[None]:
+        """Hold the upload's lock while a part is received.
+
+        Raises:
+            UploadBusyError: another request holds it (409).
+        """
+        path = self.folder(upload_id) / "lock"
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        except FileNotFoundError:
+            raise NotFoundError(f"no upload with id {upload_id!r:.80}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                raise UploadBusyError(
+                    f"upload {upload_id} is receiving another PATCH; retry once it ends"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    def open_part(self, info: UploadInfo, *, part_digest: bool) -> PartWriter:
+        """Reopen the upload's data at its offset, with the running digest of what it holds
+        (kept from the last part, or hashed once from disk after a restart)."""
+        path = self.data_path(info)
+        if path.stat().st_size != info.offset:  # bytes of a part that never committed
+            os.truncate(path, info.offset)
+        with self._guard:
+            cached = self._hashes.pop(info.id, None)
+        if cached is not None and cached[0] == info.offset:
+            running = cached[1]
+        else:
+            running = _hash_prefix(path, info.offset)
+        return PartWriter(
+            path, name=info.filename, offset=info.offset, running=running, part_digest=part_digest
+        )
+
+    def commit_part(self, info: UploadInfo, writer: PartWriter) -> None:
+        """Make the bytes written durable and advance the offset; keep the running digest."""
+        writer.sync()
+        info.offset = writer.size
+        info.updated = time.time()
+        self.save(info)
+        with self._guard:
+            self._hashes[info.id] = (info.offset, writer.running())
+
+    def forget_hash(self, upload_id: str) -> None:
+        with self._guard:
+            self._hashes.pop(upload_id, None)
+
+    # --- ends -----------------------------------------------------------------------------
+
+    def remove(self, upload_id: str) -> None:
+        """Delete an upload's folder and bytes (termination, expiry, a refused file)."""
+        self.forget_hash(upload_id)
+        shutil.rmtree(self.folder(upload_id), ignore_errors=True)
+
+    def expires_at(self, info: UploadInfo) -> float:
+        return info.updated + self.expiry_seconds
+
+    def expire(self, now: float | None = None) -> int:
+        """Remove uploads (finished or not) untouched for ``expiry_seconds``; count them."""
+        now = time.time() if now is None else now
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for folder in self.root.iterdir():
+            try:
+                info = self.get(folder.name, owner=None)
+                stale = self.expires_at(info) <= now
+            except NotFoundError:  # a folder without its info: a create that crashed
+                stale = folder.stat().st_mtime + self.expiry_seconds <= now
+            if stale:
+                self.remove(folder.name)
+                removed += 1
+        if removed:
+            logger.info("expired %d abandoned resumable upload(s)", removed)
+        return removed
+
+
+def _hash_prefix(path: Path, length: int) -> Any:
+    """The sha256 of the first ``length`` bytes of ``path``."""
+    digest = hashlib.sha256()
+    if length:
+        logger.info("rehashing %d bytes of %s (the running digest was not in memory)", length, path)
+    left = length
+    with path.open("rb") as fh:
+        while left > 0 and (chunk := fh.read(min(_CHUNK, left))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest

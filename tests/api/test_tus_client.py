@@ -82,7 +82,7 @@ def test_tuspy_resumes_a_cut_upload(server: Server, tmp_path: Path) -> None:
 def resume(server: Server, data: bytes, uploader: Callable[[], Uploader]) -> None:
     first = uploader()
     first.upload(stop_at=len(data) // 2)  # the user stops it half-way
-    url = first.url
+    url = str(first.url)
     stopped_at = first.offset
     assert 0 < stopped_at < len(data)
     # Then a connection drops in the middle of a part: what arrived is kept.

@@ -397,8 +397,16 @@ def _service_rows(
 ) -> list[tuple[str, ...]]:
     """Uploads of 1 GB (raw, multipart) against copies of the same file, and the API end to
     end for a 10 MB conversion, on one warm ``graft serve`` (and one of the ``--base`` code,
-    its rows interleaved). Upload rows count the server's CPU, not curl's."""
-    from uploads import api_roundtrips, make_checkpoint, server_cpu, start_server, upload_commands
+    its rows interleaved), plus resumable (tus) uploads. Upload rows count the server's CPU,
+    not curl's."""
+    from uploads import (
+        api_roundtrips,
+        make_checkpoint,
+        server_cpu,
+        start_server,
+        tus_rows,
+        upload_commands,
+    )
 
     source = folder / "upload-1g.safetensors"
     make_checkpoint(source, 1024)
@@ -429,6 +437,9 @@ def _service_rows(
                     sample.cpu = server_cpu(server) - before
                 samples[label].append(sample)
                 copy.unlink(missing_ok=True)
+        tus: list[tuple[str, ...]] = []
+        if rows_filter.keep("tus"):  # resumable uploads, against their own durable copy
+            tus = tus_rows(servers[""].url, source, copy, runs)
         e2e: list[float] = []
         first = math.nan
         if rows_filter.keep("API e2e"):
@@ -442,6 +453,9 @@ def _service_rows(
         (*r[:8], "-", "-") if "upload" in r[1] else (*r[:7], "-", *r[8:])
         for r in _rows("upload (1.07 GB)", samples, naive=False)
     ]
+    # (row, wall, x durable, x uncut tus): wall-clock ratios only
+    table += [("upload (1.07 GB)", f"{r[0]} (x uncut {r[3]})", r[1], "-", r[2], "-", "-", "-",
+               "-", "-") for r in tus]  # fmt: skip
     if e2e:
         p50, p90 = statistics.median(e2e), sorted(e2e)[int(0.9 * len(e2e))]
         table += [

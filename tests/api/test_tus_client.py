@@ -29,7 +29,9 @@ CHUNK = 256 * 1024
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("tus"), GRAFT_WORKERS="0")
+    srv = Server(
+        tmp_path_factory.mktemp("tus"), GRAFT_WORKERS="0", GRAFT_UPLOAD_IDLE_TIMEOUT_SECONDS="1"
+    )
     srv.start()
     yield srv
     srv.stop()
@@ -82,7 +84,7 @@ def test_tuspy_resumes_a_cut_upload(server: Server, tmp_path: Path) -> None:
 def resume(server: Server, data: bytes, uploader: Callable[[], Uploader]) -> None:
     first = uploader()
     first.upload(stop_at=len(data) // 2)  # the user stops it half-way
-    url = first.url
+    url = str(first.url)
     stopped_at = first.offset
     assert 0 < stopped_at < len(data)
     # Then a connection drops in the middle of a part: what arrived is kept.
@@ -119,6 +121,26 @@ def resume(server: Server, data: bytes, uploader: Callable[[], Uploader]) -> Non
         # The stored blob is the file itself.
         blob = server.root / "blobs" / "sha256" / record["sha256"][:2] / record["sha256"]
         assert blob.read_bytes() == data
+
+
+def test_a_stalled_part_gets_408_and_keeps_what_arrived(server: Server) -> None:
+    with server.client() as http:
+        r = http.post("/v1/uploads", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1000"})
+        url = r.headers["Location"]
+        where = urlsplit(url)
+        head = (
+            f"PATCH {where.path} HTTP/1.1\r\nHost: {where.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+            "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+            "Content-Length: 1000\r\n\r\n"
+        ).encode()
+        with socket.create_connection((where.hostname, where.port)) as sock:
+            sock.sendall(head + b"x" * 300)  # then nothing: the body deadline answers
+            sock.settimeout(30)
+            answer = sock.recv(4096).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "upload-timeout" in answer
+        offset = http.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["Upload-Offset"]
+        assert offset == "300"
 
 
 # -- graft submit's client ------------------------------------------------------------------

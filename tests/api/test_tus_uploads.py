@@ -263,3 +263,22 @@ def test_caps_and_expiry(tmp_path: Path) -> None:
     assert uploads.expire(now=time.time() + 61) == 3
     assert not (tmp_path / "tus" / first.id).exists()
     assert list((tmp_path / "tus").iterdir()) == []
+
+
+def test_the_maintenance_loop_expires_abandoned_uploads(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    settings = api_settings(
+        tmp_path_factory, resumable_upload_expiry_seconds=0.5, maintenance_seconds=0.1
+    )
+    prepare(settings)
+    with TestClient(create_app(settings)) as client:
+        url = create(client, 100)
+        assert patch(client, url, 0, b"x" * 10).status_code == 204
+        folder = uploads_dir(settings) / url.rsplit("/", 1)[-1]
+        assert folder.is_dir()
+        deadline = time.monotonic() + 30
+        while folder.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not folder.exists()
+        assert client.head(url, headers=TUS).status_code == 404

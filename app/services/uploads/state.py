@@ -30,7 +30,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,9 @@ class UploadInfo:
 class PartWriter(StagedFile):
     """A staged file reopened for appending, its running sha256 carried over.
 
+    A :class:`StagedFile` to the code that registers uploads, but self-contained: it keeps
+    its own file and digest (none of the base class's state), so the two can change apart.
+
     Args:
         path: the upload's ``data`` file, already cut back to ``offset`` bytes.
         name: the file's name in its checkpoint.
@@ -101,36 +104,65 @@ class PartWriter(StagedFile):
         self.name = name
         self.size = offset
         self.start = offset
-        self._hash = running
-        self._fh = path.open("ab")
+        self._digest = running
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND)
         self.part = hashlib.sha256() if part_digest else None
 
-    def write_many(self, chunks: list[bytes]) -> None:
-        """Append and hash ``chunks`` (and hash them for the part's checksum)."""
-        super().write_many(chunks)
-        if self.part is not None:
-            for chunk in chunks:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.write_many([bytes(data)])
+
+    def write_many(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Append ``chunks`` in ``writev`` calls and hash them (and the part, if asked)."""
+        if self._fd is None:
+            raise ValueError(f"part writer for {self.path} is closed")
+        views = [memoryview(c) for c in chunks if c]
+        while views:
+            n = os.writev(self._fd, views[:1024])  # IOV_MAX
+            while n and views:
+                if n >= views[0].nbytes:
+                    n -= views.pop(0).nbytes
+                else:
+                    views[0] = views[0][n:]
+                    n = 0
+        for chunk in chunks:
+            self._digest.update(chunk)
+            if self.part is not None:
                 self.part.update(chunk)
+            self.size += memoryview(chunk).nbytes
 
     def sync(self) -> None:
-        """Flush, fdatasync and close the file, keeping the running digest open."""
-        if self._fh is not None:
-            self._fh.flush()
-            os.fdatasync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        """fdatasync and close the file, keeping the running digest open."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+    def close(self) -> str:
+        """Make the bytes durable and close; the sha256 of the whole file so far."""
+        self.sync()
+        return str(self._digest.hexdigest())
+
+    @property
+    def sha256(self) -> str:
+        return str(self._digest.hexdigest())
 
     def running(self) -> Any:
         """The sha256 object of the bytes written so far (to carry to the next part)."""
-        return self._hash
+        return self._digest
 
     def rollback(self) -> None:
         """Drop this part's bytes: cut the file back to where the part began."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.path, self.start)
+
+    def discard(self) -> None:
+        """Close without keeping anything of this part."""
+        self.rollback()
 
 
 class ResumableUploads:

@@ -39,6 +39,8 @@ def named_sources(
             names with no path anywhere.
     """
     declared = (recipe or {}).get("sources") or {}
+    if not args and not declared:
+        raise GraftClientError("missing SOURCE (or a recipe whose `sources` give paths)")
     named = [_named(a) for a in args]
     if len(args) == 1 and named[0] is None and not declared:
         return None

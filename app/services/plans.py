@@ -61,6 +61,26 @@ def resolve_plan_inputs(
     ]
 
 
+def resolve_named_sources(
+    session: Session, sources: dict[str, str], *, owner: str | None
+) -> dict[str, list[tuple[str, str]]]:
+    """Several sources' ``(name, sha256)`` files by name (a plan's ``sources``).
+
+    Raises:
+        InvalidJobError: an unknown (or another owner's) checkpoint, naming its source.
+    """
+    checkpoints = CheckpointRepository(session)
+    named = {}
+    for name, checkpoint_id in sources.items():
+        found = checkpoints.get(checkpoint_id, owner=owner)
+        if found is None:
+            raise InvalidJobError(
+                f"sources.{name}: no checkpoint with id {checkpoint_id!r}; upload it first"
+            )
+        named[name] = checkpoint_files(found)
+    return named
+
+
 def link_blobs(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
     """Link each ``(name, sha256)`` blob into a new ``folder`` under its name; its paths."""
     if not files:
@@ -79,11 +99,19 @@ def _dry_run(
     target_files: list[tuple[str, str]],
     recipe: dict[str, Any] | str | None,
     architectures: Sequence[ArchitectureRef],
+    named_files: dict[str, list[tuple[str, str]]] | None = None,
 ) -> ConversionRequest:
     """Link the blobs into ``work`` and describe the dry run over those files (what a plan
-    and an alignment both hand their inspection child)."""
+    and an alignment both hand their inspection child); several sources each in its own
+    folder ``sources/NAME``."""
+    if named_files:
+        (work / "sources").mkdir()
     return ConversionRequest(
         source=link_blobs(store, source_files, work / "source"),
+        sources={
+            name: link_blobs(store, files, work / "sources" / name)
+            for name, files in (named_files or {}).items()
+        },
         target=target,
         target_files=link_blobs(store, target_files, work / "target"),
         recipe=load_recipe(recipe),
@@ -101,8 +129,10 @@ async def plan_conversion(
     target_files: list[tuple[str, str]],
     recipe: dict[str, Any] | str | None,
     architectures: Sequence[ArchitectureRef] = (),
+    named_files: dict[str, list[tuple[str, str]]] | None = None,
 ) -> dict[str, Any]:
-    """The dry-run report of converting the source into the target with the recipe.
+    """The dry-run report of converting the source (or several, ``named_files``) into the
+    target with the recipe.
 
     Args:
         store: where the checkpoints' blobs are.
@@ -116,7 +146,9 @@ async def plan_conversion(
         The ``graft.report/v1`` document of the dry run.
     """
     with store.workdir() as work:
-        request = _dry_run(store, work, source_files, target, target_files, recipe, architectures)
+        request = _dry_run(
+            store, work, source_files, target, target_files, recipe, architectures, named_files
+        )
         outcome = await inspector.plan(request)
     return outcome.report
 

@@ -94,6 +94,19 @@ def test_a_job_takes_several_sources_by_name(
         assert job["sources"] == {"a": a, "b": b} and job["source"] is None
         weights = client.get(f"/v1/jobs/{job['id']}/weights").content
         report = client.get(f"/v1/jobs/{job['id']}/report").json()
+        plan = client.post(
+            "/v1/plans",
+            json={"sources": {"a": a, "b": b}, "target": {"checkpoint": a}, "recipe": STACK},
+        )
+        unplanned = client.post(
+            "/v1/plans", json={"sources": {"a": a}, "target": {"checkpoint": a}, "recipe": STACK}
+        )
+    assert plan.status_code == 200, plan.text
+    assert [s["name"] for s in plan.json()["source"]] == ["a", "b"]
+    planned = {e["target"]: e["sources"] for e in plan.json()["entries"]}
+    assert planned == {e["target"]: e["sources"] for e in report["entries"]}
+    assert planned["transformer.h.3.attn.c_attn.weight"] == ["b:transformer.h.3.attn.c_attn.weight"]
+    assert unplanned.status_code == 422 and "missing: b" in unplanned.text
     assert both.status_code == 422
     assert unnamed.status_code == 422 and "the recipe names a, b" in unnamed.text
     (tmp_path / "w.safetensors").write_bytes(weights)

@@ -10,8 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import InspectorDep, ReadPrincipal, ReadSession, SettingsDep, StoreDep
 from app.api.errors import problem
+from app.api.schemas import CheckpointId, SourceName
 from app.engine.target_spec import TargetSpec
 from app.services import plans as service
+from app.services.errors import InvalidJobError
 from app.services.recipe_text import parse_recipe_text, pick_recipe
 
 router = APIRouter(tags=["plans"])
@@ -22,7 +24,12 @@ class PlanCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(description="id of the uploaded source checkpoint")
+    source: str | None = Field(default=None, description="id of the uploaded source checkpoint")
+    sources: dict[SourceName, CheckpointId] | None = Field(
+        default=None,
+        max_length=64,
+        description="several uploaded checkpoints by name, in place of `source` (keys NAME:KEY)",
+    )
     target: TargetSpec
     recipe: dict[str, Any] | None = Field(default=None, description="a version 1 recipe")
     recipe_text: str | None = Field(
@@ -65,9 +72,14 @@ async def create_plan(
     the inspection time limit. Never a job. With `?groups=true` it also carries `groups`, the
     keys grouped as `GET /v1/jobs/{id}/report?format=groups` groups a job's."""
     recipe = pick_recipe(body.recipe, body.recipe_text)
+    if (body.source is None) == (body.sources is None):
+        raise InvalidJobError("give `source` (one checkpoint) or `sources` (several by name)")
+    named = None
+    if body.sources is not None:
+        named = service.resolve_named_sources(session, body.sources, owner=principal.scope_owner)
     source_files, target_files = service.resolve_plan_inputs(
         session,
-        source=body.source,
+        source=body.source or next(iter((body.sources or {}).values())),
         target=body.target,
         recipe=recipe,
         owner=principal.scope_owner,
@@ -75,11 +87,12 @@ async def create_plan(
     report = await service.plan_conversion(
         store,
         inspector,
-        source_files=source_files,
+        source_files=[] if named else source_files,
         target=body.target,
         target_files=target_files,
         recipe=recipe,
         architectures=settings.architectures,
+        named_files=named,
     )
     if groups:
         from app.engine.report import group_report  # the readers: only when asked

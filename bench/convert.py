@@ -248,6 +248,11 @@ def main() -> None:
         samples = _measure(f, out_dir, args.runs, rows, full=not name.startswith("big"))
         size = f["zip"].stat().st_size
         table += _rows(f"{name} ({size / 1e9:.2f} GB)", samples)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # before any server is reaped
+    check = (
+        f"cross-check (conversion rows): RUSAGE_CHILDREN grew {_cpu(after) - _cpu(children):.2f}"
+        f" CPU-s, wait4 counted {COUNTED[0]:.2f} CPU-s"
+    )
     if not args.no_service and args.only in (None, "service"):
         table += _service_rows(args.dir, out_dir, args.runs, rows)
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
@@ -255,11 +260,7 @@ def main() -> None:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(
-        f"cross-check: RUSAGE_CHILDREN grew {_cpu(after) - _cpu(children):.2f} CPU-s over all "
-        f"runs, wait4 counted {COUNTED[0]:.2f} CPU-s; load average after: {_load()}"
-    )
+    print(f"{check}; load average after: {_load()}")
     shutil.rmtree(out_dir, ignore_errors=True)
 
 

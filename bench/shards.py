@@ -6,9 +6,9 @@ distinct random bytes, the index as ``save_pretrained`` writes it) is generated 
 
 - a durable copy of the same bytes (``cp -r`` then ``sync`` of the copied files);
 - ``graft convert`` to HF shards of the same size with a rename recipe, verified (source
-  identity, re-read and compare, attestation), shards side by side (the default), and with
-  ``--shard-workers 1`` (one after the other, the previous behaviour);
-- the same with ``--no-verify``.
+  identity, re-read and compare, attestation), one shard at a time (the default: BLAKE3
+  of the source runs beside the copy on every core) and with ``--shard-workers 2``;
+- the same with ``--no-verify``: shards side by side (its default) and ``--shard-workers 1``.
 
 CPU time is ``wait4``'s rusage of the whole child (every thread: kernel copies, BLAKE3,
 sha256). It prints median wall, CPU, CPU/wall (above 1 means more than one core was busy),
@@ -100,9 +100,9 @@ def main() -> None:
     durable = f'cp -r "{source}" "{out}/copy" && sync "{out}"/copy/*'
     commands = {
         "durable copy (cp -r + sync)": ["sh", "-c", durable],
-        "graft convert (verified), shards side by side": graft,
-        "graft convert (verified), --shard-workers 1": [*graft, "--shard-workers", "1"],
-        "graft convert --no-verify, side by side": [*graft, "--no-verify"],
+        "graft convert (verified), one shard at a time (default)": graft,
+        "graft convert (verified), --shard-workers 2": [*graft, "--shard-workers", "2"],
+        "graft convert --no-verify, side by side (default)": [*graft, "--no-verify"],
         "graft convert --no-verify, --shard-workers 1": [
             *graft, "--no-verify", "--shard-workers", "1"
         ],

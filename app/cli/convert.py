@@ -151,7 +151,7 @@ ShardWorkersOpt = Annotated[
         "--shard-workers",
         min=1,
         help="Output shards written side by side in a rename-only conversion (default: "
-        "one per CPU; 1: one after the other). The files are the same.",
+        "one per CPU with --no-verify, else 1). The files are the same.",
     ),
 ]
 SourceArchOpt = Annotated[

@@ -69,7 +69,9 @@ class WriteOptions:
         parity: run the source's model and the converted one side by side (SPEC §3.2).
         shard_workers: output shards written side by side, when every tensor is a byte copy
             (a rename-only conversion: nothing is materialised, so memory stays flat);
-            ``None`` is one per CPU, ``1`` one after the other. The files are the same.
+            ``None`` is one per CPU when no source digest is taken beside the copy
+            (``source_digest="none"``), else 1; ``1`` is one after the other. The files are
+            the same.
     """
 
     format: OutputFormat = "safetensors"

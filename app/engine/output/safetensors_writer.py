@@ -164,7 +164,7 @@ def _write_shards(
     run in the kernel, so the threads share no Python work and hold nothing in memory), else
     one after the other. Returns the bytes copied per method."""
     tally = _Tally(progress, sum(len(j.entries) for j in jobs))
-    workers = min(len(jobs), options.shard_workers or os.cpu_count() or 1)
+    workers = min(len(jobs), options.shard_workers or _default_workers(options))
     spans: list[list[list[tuple[Path, int, int]] | None]] | None = None
     if workers > 1:
         spans = [[_copy_spans(e, producer, options.byte_copy) for e in j.entries] for j in jobs]
@@ -184,6 +184,12 @@ def _write_shards(
         if verifier is not None:
             verifier.close()
     return runs.copier.used
+
+
+def _default_workers(options: WriteOptions) -> int:
+    """One writer per CPU, unless the source's identity is hashed beside the copy: BLAKE3
+    then takes every core already, and shards side by side measured slower (bench/shards.py)."""
+    return 1 if options.source_digest != "none" else os.cpu_count() or 1
 
 
 def _write_parallel(

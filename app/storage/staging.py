@@ -22,13 +22,29 @@ from app.engine.output.files import fsync_dir, start_writeback
 
 Buffer = bytes | bytearray | memoryview
 
-__all__ = ["RESUMABLE_DIR", "Scratch", "StagedFile", "fsync_dir", "pid_alive"]
+__all__ = ["RESUMABLE_DIR", "Scratch", "StagedFile", "fsync_dir", "pid_alive", "writev_all"]
 
 logger = logging.getLogger(__name__)
 
 # Resumable (tus) uploads outlive the process that received them: their folder is never swept
 # as an orphan (``app.services.uploads`` expires them instead).
 RESUMABLE_DIR = "tus"
+
+
+def writev_all(fd: int, chunks: Sequence[Buffer]) -> int:
+    """Write every byte of ``chunks`` to ``fd`` with ``writev`` (no join into one buffer
+    first), however the kernel splits the writes; return how many bytes that was."""
+    views = [memoryview(c) for c in chunks if len(c)]
+    size = sum(v.nbytes for v in views)
+    while views:
+        n = os.writev(fd, views[:1024])  # IOV_MAX
+        while n and views:
+            if n >= views[0].nbytes:
+                n -= views.pop(0).nbytes
+            else:
+                views[0] = views[0][n:]
+                n = 0
+    return size
 
 
 def pid_alive(pid: int) -> bool:
@@ -89,17 +105,7 @@ class StagedFile:
             raise ValueError(f"staged file {self.path} is closed")
         self._fh.flush()
         fd = self._fh.fileno()
-        views = [memoryview(c) for c in chunks if len(c)]
-        size = sum(v.nbytes for v in views)
-        while views:
-            n = os.writev(fd, views[:1024])  # IOV_MAX
-            while n and views:
-                if n >= views[0].nbytes:
-                    n -= views.pop(0).nbytes
-                else:
-                    views[0] = views[0][n:]
-                    n = 0
-        self.size += size
+        self.size += writev_all(fd, chunks)
         self._hash_later(chunks)
         if self.size - self._flushed >= self.WRITEBACK_EVERY:
             start_writeback(fd, self._flushed, self.size - self._flushed)

@@ -26,6 +26,7 @@ from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
 from app.engine.readers.base import MAX_HEADER_BYTES, Parsed
 from app.engine.readers.dcp_metadata import DcpMetadata, DcpTensor, parse_metadata
 from app.engine.readers.entries import ENTRY_ORDER
+from app.engine.readers.ranges import read_into
 from app.engine.readers.source import Located, Source, SourceExtras
 from app.engine.readers.torch_zip import ZipReader
 from app.engine.readers.unpickler import TensorRef
@@ -141,20 +142,10 @@ class DcpReader:
 
 
 def _read_into(dest: torch.Tensor, path: Path, offset: int, length: int) -> None:
-    """Read ``length`` bytes at ``offset`` straight into a contiguous tensor's memory."""
-    import torch
-
+    """Read a chunk's ``length`` bytes at ``offset`` straight into a contiguous tensor."""
     if length != dest.numel() * dest.element_size():
         raise UnreadableCheckpointError("a DCP chunk's byte count disagrees with its shape")
-    view = dest.view(torch.uint8).numpy().data if length else memoryview(b"")
-    with path.open("rb", buffering=0) as f:
-        f.seek(offset)
-        got = 0
-        while got < length:
-            n = f.readinto(view[got:])
-            if not n:
-                raise UnreadableCheckpointError("truncated file: a DCP chunk ends early")
-            got += n
+    read_into(dest, path, offset, length, what="a DCP chunk")
 
 
 def _top(meta: DcpMetadata, fqn: str) -> str:

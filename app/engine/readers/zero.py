@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from app.engine.errors import UnreadableCheckpointError
 from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
 from app.engine.readers.base import Parsed
+from app.engine.readers.ranges import read_into
 from app.engine.readers.source import Located, Source, SourceExtras
 from app.engine.readers.torch_zip import ZipReader
 from app.engine.readers.unpickler import TensorRef
@@ -126,7 +127,7 @@ class ZeroReader:
             span = self._piece_range(piece.file, piece.ref, piece.start, piece.count)
             if span is not None:  # straight into the result: no second copy of the piece
                 path, offset, length = span
-                _read_into(dest, path, offset, length, handle.name)
+                read_into(dest, path, offset, length, what=f"a partition of {handle.name!r}")
             else:  # a fragment not in C order: read it whole (it is at most one tensor)
                 path = self._paths[piece.file]
                 with closing(ZipReader(path, extra=DEEPSPEED_GLOBALS)) as reader:
@@ -158,25 +159,6 @@ class ZeroReader:
     def close(self) -> None:
         for reader in self._readers:
             reader.close()
-
-
-def _read_into(dest: torch.Tensor, path: Path, offset: int, length: int, name: str) -> None:
-    """Read ``length`` bytes at ``offset`` of ``path`` into the contiguous ``dest``."""
-    import torch
-
-    if not length:
-        return
-    view = dest.view(torch.uint8).numpy().data
-    with path.open("rb", buffering=0) as f:
-        f.seek(offset)
-        got = 0
-        while got < length:
-            n = f.readinto(view[got:])
-            if not n:
-                raise UnreadableCheckpointError(
-                    f"truncated file: a partition of {name!r} ends early"
-                )
-            got += n
 
 
 def _ranked(files: Mapping[str, Path], pattern: re.Pattern[str]) -> list[tuple[int, str]]:

@@ -38,6 +38,7 @@ from typing import Any
 from app.services.errors import NotFoundError, TooManyUploadsError
 from app.services.uploads.errors import UploadBusyError
 from app.storage import StagedFile
+from app.storage.staging import writev_all
 
 __all__ = ["PartWriter", "ResumableUploads", "UploadInfo"]
 
@@ -115,20 +116,11 @@ class PartWriter(StagedFile):
         """Append ``chunks`` in ``writev`` calls and hash them (and the part, if asked)."""
         if self._fd is None:
             raise ValueError(f"part writer for {self.path} is closed")
-        views = [memoryview(c) for c in chunks if c]
-        while views:
-            n = os.writev(self._fd, views[:1024])  # IOV_MAX
-            while n and views:
-                if n >= views[0].nbytes:
-                    n -= views.pop(0).nbytes
-                else:
-                    views[0] = views[0][n:]
-                    n = 0
+        self.size += writev_all(self._fd, chunks)
         for chunk in chunks:
             self._digest.update(chunk)
             if self.part is not None:
                 self.part.update(chunk)
-            self.size += memoryview(chunk).nbytes
 
     def sync(self) -> None:
         """fdatasync and close the file, keeping the running digest open."""

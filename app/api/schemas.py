@@ -136,6 +136,7 @@ class JobCreate(BaseModel):
     )
     sources: dict[SourceName, CheckpointId] | None = Field(
         default=None,
+        min_length=1,
         max_length=64,
         description="several uploaded checkpoints by name, in place of `source`: "
         '{"a": ID, "b": ID}; their keys read "NAME:KEY" in the recipe (docs/assembly.md)',

@@ -79,6 +79,11 @@ def test_plan_refusals_are_problems(client: TestClient, ids: dict[str, str]) -> 
     )
     assert (r.status_code, r.json()["type"]) == (422, "invalid-target")
     assert r.json()["title"] == "Invalid target"
+    # The fuzzer's body: no `source` and an empty `sources` (was a 500).
+    empty = {"source": None, "sources": {}, "target": {"checkpoint": ids["target"]}}
+    for path in ("/v1/plans?groups=true", "/v1/jobs"):
+        r = client.post(path, json=empty)
+        assert (r.status_code, r.json()["type"]) == (422, "validation-error"), path
 
 
 def test_recipe_validate_normalises_or_names_the_rule(client: TestClient) -> None:

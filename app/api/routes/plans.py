@@ -27,6 +27,7 @@ class PlanCreate(BaseModel):
     source: str | None = Field(default=None, description="id of the uploaded source checkpoint")
     sources: dict[SourceName, CheckpointId] | None = Field(
         default=None,
+        min_length=1,
         max_length=64,
         description="several uploaded checkpoints by name, in place of `source` (keys NAME:KEY)",
     )

@@ -78,8 +78,13 @@ class _Child:
         return answer
 
     def kill(self) -> None:
+        """Kill the child and close its pipes now (not when the loop's garbage is collected,
+        which would leave their file objects for whichever test or request runs then)."""
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
+        transport = getattr(self.process, "_transport", None)  # asyncio's, no public handle
+        if transport is not None:
+            transport.close()
 
 
 class ChildPool:
@@ -131,9 +136,11 @@ class ChildPool:
     async def close(self) -> None:
         """Kill every child."""
         for child in list(self._children):
-            child.kill()
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
             with contextlib.suppress(Exception):
                 await child.process.wait()
+            child.kill()  # closes the pipes
         self._children.clear()
 
     async def call(
@@ -174,6 +181,11 @@ class ChildPool:
         except (EOFError, BrokenPipeError, ConnectionResetError, ValueError) as exc:
             healthy = False
             raise ChildLostError() from exc
+        except BaseException:
+            # Cancelled mid-call (a caller that stopped waiting): the answer may still come,
+            # and would be read as the next call's.
+            healthy = False
+            raise
         finally:
             if not healthy:
                 child.kill()

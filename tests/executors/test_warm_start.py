@@ -66,9 +66,10 @@ def test_a_worker_warms_before_the_schema_and_touches_the_database_after(
     worker = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
     seen: list[str] = []
     waiting = threading.Event()
-    threading.Thread(
+    reader = threading.Thread(
         target=_lines, args=(worker.stderr, seen, waiting, "waiting for the schema"), daemon=True
-    ).start()
+    )
+    reader.start()
     try:
         assert waiting.wait(180), "".join(seen)[-3000:]
         # Warm, and nothing in the database yet: it does not even exist.
@@ -95,3 +96,6 @@ def test_a_worker_warms_before_the_schema_and_touches_the_database_after(
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
+        reader.join(10)  # the pipe ends with the worker
+        assert worker.stderr is not None
+        worker.stderr.close()

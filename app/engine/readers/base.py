@@ -25,6 +25,7 @@ __all__ = [
     "StorageFileReader",
     "check_root",
     "read_exact",
+    "readinto_exact",
     "tensor_from_bytes",
 ]
 
@@ -70,15 +71,23 @@ def tensor_from_bytes(buf: bytearray, ref: TensorRef) -> torch.Tensor:
 
 def read_exact(f: Any, offset: int, size: int, what: str) -> bytearray:
     buf = bytearray(size)
+    readinto_exact(f, offset, memoryview(buf), what)
+    return buf
+
+
+def readinto_exact(f: Any, offset: int, view: memoryview, what: str) -> None:
+    """Fill ``view`` from ``offset`` of the open file ``f``, however the reads split.
+
+    Raises:
+        UnreadableCheckpointError: the file ends first (``what`` names the piece).
+    """
     f.seek(offset)
-    view = memoryview(buf)
-    got = 0
+    got, size = 0, len(view)
     while got < size:
         n = f.readinto(view[got:])
         if not n:
             raise UnreadableCheckpointError(f"truncated file: {what} ends early")
         got += n
-    return buf
 
 
 def check_root(root: Any, file_size: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.engine.errors import UnreadableCheckpointError
+from app.engine.readers.base import readinto_exact
 
 if TYPE_CHECKING:
     import torch
@@ -34,10 +34,4 @@ def read_into(dest: torch.Tensor, path: Path, offset: int, length: int, *, what:
         return
     view = dest.view(torch.uint8).numpy().data
     with path.open("rb", buffering=0) as f:
-        f.seek(offset)
-        got = 0
-        while got < length:
-            n = f.readinto(view[got:])
-            if not n:
-                raise UnreadableCheckpointError(f"truncated file: {what} ends early")
-            got += n
+        readinto_exact(f, offset, view[:length], what)

@@ -9,6 +9,7 @@ import typer
 
 from app.cli.options import RecipeOpt, TargetKwargsOpt, json_object
 from app.cli.progress import TerminalProgress
+from app.cli.sources import TARGET
 
 __all__ = ["submit"]
 
@@ -20,12 +21,11 @@ _SOURCES: Any = typer.Argument(
     "URI the server fetches; or several as NAME=PATH (none: the recipe's `sources`).",
     show_default=False,
 )
-_TARGET: Any = typer.Argument(..., help="Template checkpoint, .json skeleton, or arch:NAME.")
 
 
 def submit(
     source: list[str] | None = _SOURCES,
-    target: str = _TARGET,
+    target: str = TARGET,
     recipe: RecipeOpt = None,
     server: Annotated[
         str, typer.Option("--server", envvar="GRAFT_SERVER", help="The Graft server's URL.")

@@ -13,21 +13,9 @@ import yaml
 
 from app.engine.align.core import AlignResult
 from app.engine.align.match import Match
+from app.engine.recipe.load import RULE_LIST_SECTIONS
 
 __all__ = ["align_document", "render_json", "render_yaml", "unresolved_document"]
-
-_LISTS = (
-    "rename",
-    "drop",
-    "only",
-    "split",
-    "merge",
-    "copy",
-    "transform",
-    "adapt",
-    "init",
-    "freeze",
-)
 
 
 def unresolved_document(matches: list[Match]) -> list[dict[str, Any]]:
@@ -78,7 +66,7 @@ def render_yaml(result: AlignResult, *, header: str = "") -> str:
     lines.append(f"# {result.fed} of {result.total} target keys fed; "
                  f"{len(result.unresolved)} unresolved (x-unresolved lists them)")  # fmt: skip
     for field, value in result.recipe.items():
-        if field in _LISTS and isinstance(value, list):
+        if field in RULE_LIST_SECTIONS and isinstance(value, list):
             lines.append(f"{field}:")
             for i, rule in enumerate(value):
                 note = result.confidences.get(f"{field}[{i}]")
@@ -98,7 +86,7 @@ def render_json(result: AlignResult) -> str:
     """The recipe as JSON: ``x-confidence`` and ``x-keys`` on aligned rules, ``x-unresolved``."""
     doc: dict[str, Any] = {}
     for field, value in result.recipe.items():
-        if field in _LISTS and isinstance(value, list):
+        if field in RULE_LIST_SECTIONS and isinstance(value, list):
             rules = []
             for i, rule in enumerate(value):
                 note = result.confidences.get(f"{field}[{i}]")

@@ -29,7 +29,7 @@ from app.engine.recipe.patterns import cite
 from app.engine.recipe.several import SliceRule
 from app.engine.recipe.tensor_rules import TRANSFORM_MODELS, CopyRule, MergeRule, SplitRule
 
-__all__ = ["MAX_RECIPE_FILE_BYTES", "load_recipe"]
+__all__ = ["MAX_RECIPE_FILE_BYTES", "RULE_LIST_SECTIONS", "load_recipe"]
 
 MAX_RECIPE_FILE_BYTES = 1 << 20
 _MAX_ERRORS_SHOWN = 10
@@ -165,21 +165,12 @@ def _without_extensions(data: Mapping[str, Any]) -> dict[str, Any]:
 # Turning pydantic's errors into one message that cites rules
 
 
-_LIST_SECTIONS = frozenset(
-    {
-        "slices",
-        "rename",
-        "drop",
-        "only",
-        "split",
-        "merge",
-        "copy",
-        "transform",
-        "adapt",
-        "init",
-        "freeze",
-    }
+RULE_LIST_SECTIONS = frozenset(
+    {"rename", "drop", "only", "split", "merge", "copy", "transform", "adapt", "init", "freeze"}
 )
+"""The recipe's sections that are lists of rules (the aligner writes these, one rule a line)."""
+
+_LIST_SECTIONS = RULE_LIST_SECTIONS | {"slices"}
 
 # Tagged sections: (what the tag is called, tag -> model, an example rule).
 _TAGGED: dict[str, tuple[str, dict[str, type[RecipeModel]], str]] = {

@@ -4,6 +4,7 @@ other), each equal, tensor for tensor, to the same model assembled in plain torc
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,10 @@ def test_a_vision_tower_from_one_checkpoint_and_text_from_another(tmp_path: Path
         ("vision", "safetensors"),
         ("text", "safetensors"),
     ]
-    assert all(len(s["sha256"]) == 64 for s in sources)
+    # The single-file source's digest is its file's sha256, computed here independently.
+    vision_sha = hashlib.sha256((tmp_path / "vision.safetensors").read_bytes()).hexdigest()
+    assert sources[0]["sha256"] == vision_sha
+    assert len(sources[1]["sha256"]) == 64 and sources[1]["sha256"] != vision_sha
     statuses = {e["target"]: e["status"] for e in result.report["entries"]}
     assert statuses["projector.weight"] == "initialized"  # neither source has one
     assert result.report["unused"] == []  # every key of both sources fed the model

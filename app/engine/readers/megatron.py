@@ -34,6 +34,7 @@ from app.engine.readers.megatron_layout import (
     partition,
     read_args,
 )
+from app.engine.readers.ranges import read_into
 from app.engine.readers.source import Located, Source, SourceExtras
 from app.engine.readers.torch_zip import ZipReader
 from app.engine.readers.unpickler import TensorRef
@@ -154,6 +155,14 @@ class MegatronReader:
                 out.narrow(0, at, gate.shape[0]).copy_(gate)
                 out.narrow(0, half + at, up.shape[0]).copy_(up)
                 at += gate.shape[0]
+            return out
+        spans = self.byte_ranges(handle)
+        if spans is not None:  # a dim-0 join: each shard's rows straight into the result
+            flat, item, at = out.view(-1), DTYPE_SIZES[handle.dtype], 0
+            for path, offset, length in spans:
+                dest = flat.narrow(0, at, length // item)
+                read_into(dest, path, offset, length, what=f"a shard of {handle.key!r}")
+                at += length // item
             return out
         at = 0
         for reader, ref in handle.parts:

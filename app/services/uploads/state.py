@@ -110,7 +110,7 @@ class PartWriter(StagedFile):
         self.part = hashlib.sha256() if part_digest else None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.write_many([bytes(data)])
+        self.write_many([data])  # writev and sha256 take any buffer: no copy
 
     def write_many(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
         """Append ``chunks`` in ``writev`` calls and hash them (and the part, if asked)."""

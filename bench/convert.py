@@ -182,6 +182,11 @@ class Sample:
 _FIELDS = {"VmHWM:": "rss", "RssAnon:": "anon"}
 
 
+def median_of(samples: dict[str, list[Sample]], label: str, field: str) -> float:
+    """The median of one ``Sample`` field over the runs of the command ``label``."""
+    return statistics.median(getattr(s, field) for s in samples[label])
+
+
 def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> Sample:
     """Run ``cmd`` as a whole process; peaks are sampled from /proc every 2 ms, CPU time
     (user + sys) comes from ``wait4``'s rusage of that process alone.

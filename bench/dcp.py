@@ -19,10 +19,10 @@ most the largest tensor + 300 MB).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.convert import GRAFT, Sample, run_once  # noqa: E402
+from bench.convert import GRAFT, Sample, median_of, run_once  # noqa: E402
 
 TENSOR_ROWS, COLS = 16384, 1024  # 64 MiB of float32 per tensor
 
@@ -121,8 +121,7 @@ def main() -> None:
 
 
 def _print(samples: dict[str, list[Sample]], size: int, largest: int, runs: int) -> None:
-    def med(label: str, field: str) -> float:
-        return statistics.median(getattr(s, field) for s in samples[label])
+    med = functools.partial(median_of, samples)
 
     durable = med("durable copy (cp -r + sync)", "wall")
     naive = med("naive (dcp_to_torch_save + load + save_file)", "wall")

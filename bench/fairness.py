@@ -42,6 +42,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.trees import export_tree  # noqa: E402
+from bench.trees import load_average as _load  # noqa: E402
 from tests.e2e.conftest import TERMINAL, Server  # noqa: E402
 from tests.e2e.helpers import net, saved  # noqa: E402
 
@@ -197,18 +199,11 @@ def _report(  # type: ignore[no-untyped-def]
     print(f"heavy's upload: {upload}")
 
 
-def _load() -> str:
-    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def _export(rev: str) -> Path:
     """Revision ``rev``'s code, with this bench (the same bench for every tree)."""
-    folder = Path(tempfile.mkdtemp(prefix="graft-fairness-tree-"))
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    folder = export_tree(rev, "graft-fairness-tree-")
     shutil.copy(__file__, folder / "bench" / "fairness.py")
+    shutil.copy(REPO / "bench" / "trees.py", folder / "bench" / "trees.py")  # it imports it
     return folder
 
 

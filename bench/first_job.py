@@ -10,10 +10,8 @@ older commit) to measure a baseline in the same run::
 
 from __future__ import annotations
 
-import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,28 +19,16 @@ import time
 from pathlib import Path
 
 import httpx
-import torch
-from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _saved(classes: int) -> bytes:
-    torch.manual_seed(classes)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, classes))
-    buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
-    return buf.getvalue()
+from bench.trees import free_port, saved_net
 
 
 def measure(tree: Path, runs: int = 10) -> tuple[float, list[float]]:
     """Seconds from start to ready, and each job's seconds from submit to done."""
     root = Path(tempfile.mkdtemp(prefix="graft-first-job-"))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRAFT_DATABASE_URL": f"sqlite:///{root / 'graft.db'}",
            "GRAFT_STORAGE_DIR": str(root / "blobs"), "GRAFT_WORKERS": "1",
            "GRAFT_DEVICE": "cpu", "GRAFT_POLL_SECONDS": "0.05"}  # fmt: skip
@@ -68,8 +54,8 @@ def measure(tree: Path, runs: int = 10) -> tuple[float, list[float]]:
             time.sleep(0.05)
         ready = time.monotonic() - started
         with httpx.Client(base_url=url, timeout=120) as client:
-            src = client.post("/v1/checkpoints?filename=a.pth", content=_saved(10)).json()["id"]
-            tgt = client.post("/v1/checkpoints?filename=b.pth", content=_saved(5)).json()["id"]
+            src = client.post("/v1/checkpoints?filename=a.pth", content=saved_net(10)).json()["id"]
+            tgt = client.post("/v1/checkpoints?filename=b.pth", content=saved_net(5)).json()["id"]
             times = []
             for _ in range(runs):
                 t0 = time.monotonic()

@@ -15,11 +15,9 @@ git revision ``REV`` (exported to a temporary folder) in the same session::
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,24 +26,12 @@ import time
 from pathlib import Path
 
 import httpx
-import torch
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _saved(classes: int) -> bytes:
-    torch.manual_seed(classes)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, classes))
-    buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
-    return buf.getvalue()
+from bench.trees import export_tree, free_port, saved_net  # noqa: E402
+from bench.trees import load_average as _load  # noqa: E402
 
 
 class Tree:
@@ -59,7 +45,7 @@ class Tree:
         self.ids: tuple[str, str] | None = None
 
     def start(self) -> tuple[subprocess.Popen[bytes], str, float]:
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "PYTHONPATH": str(self.tree),
@@ -91,7 +77,7 @@ class Tree:
             with httpx.Client(base_url=url, timeout=120) as client:
                 if self.ids is None:
                     up = [
-                        client.post(f"/v1/checkpoints?filename={n}.pth", content=_saved(c))
+                        client.post(f"/v1/checkpoints?filename={n}.pth", content=saved_net(c))
                         for n, c in (("a", 10), ("b", 5))
                     ]
                     self.ids = (up[0].json()["id"], up[1].json()["id"])
@@ -113,18 +99,9 @@ class Tree:
             print(f"  {self.label}: ready {ready:.2f} s, first job {first:.2f} s", flush=True)
 
 
-def _load() -> str:
-    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def _export(rev: str) -> Path:
     """Revision ``rev`` of this repository, exported to a temporary folder."""
-    folder = Path(tempfile.mkdtemp(prefix="graft-serve-ready-tree-"))
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
+    return export_tree(rev, "graft-serve-ready-tree-")
 
 
 def main() -> None:

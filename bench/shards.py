@@ -20,10 +20,10 @@ the ratio to the durable copy (goal: at most 1.3x, with CPU/wall above 1.5) and 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
-import statistics
 import struct
 import sys
 from pathlib import Path
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.convert import GRAFT, Sample, run_once  # noqa: E402
+from bench.convert import GRAFT, Sample, median_of, run_once  # noqa: E402
 
 TENSOR = 64 << 20  # bytes per tensor: 32 Mi fp16 values
 ROWS, COLS = 8192, 4096
@@ -118,8 +118,7 @@ def main() -> None:
 
 
 def _print(samples: dict[str, list[Sample]], size: int, shards: int, runs: int) -> None:
-    def med(label: str, field: str) -> float:
-        return statistics.median(getattr(s, field) for s in samples[label])
+    med = functools.partial(median_of, samples)
 
     durable = med("durable copy (cp -r + sync)", "wall")
     load = os.getloadavg()

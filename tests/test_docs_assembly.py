@@ -28,6 +28,19 @@ def blocks(text: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
+def _python(argv: list[str], folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """This interpreter run with ``argv`` in ``folder``, its output captured."""
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def run_docs(
     text: str, folder: Path, *, python: bool = True
 ) -> list[subprocess.CompletedProcess[str]]:
@@ -39,15 +52,7 @@ def run_docs(
         assert name, f"a YAML block in the docs names its file in its first line: {block[:40]}"
         (folder / name.group(1)).write_text(block)
     for block in blocks(text, "python") if python else []:
-        done = subprocess.run(
-            [sys.executable, "-c", block],
-            cwd=folder,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = _python(["-c", block], folder, env)
         assert done.returncode == 0, done.stderr[-2000:]
     runs = []
     for block in blocks(text, "sh"):
@@ -55,17 +60,7 @@ def run_docs(
             if not line.startswith("graft "):
                 continue
             argv = ["-c", "from app.cli import main; main()", *shlex.split(line)[1:]]
-            runs.append(
-                subprocess.run(
-                    [sys.executable, *argv],
-                    cwd=folder,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                    check=False,
-                )
-            )
+            runs.append(_python(argv, folder, env))
             assert runs[-1].returncode == 0, (line, runs[-1].stderr[-2000:])
     return runs
 

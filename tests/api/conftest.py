@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,10 @@ with warnings.catch_warnings():
 
 from app.api.main import create_app
 from app.config import Settings
+from app.db.session import Database
+from app.services.auth import create_key
 from app.services.bootstrap import prepare
+from tests.s3server import S3Server
 
 
 def api_settings(tmp_path_factory: pytest.TempPathFactory, **overrides: Any) -> Settings:
@@ -33,6 +36,24 @@ def api_settings(tmp_path_factory: pytest.TempPathFactory, **overrides: Any) -> 
     return Settings(**(fields | overrides))
 
 
+def s3_api_settings(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, bucket: str
+) -> Settings:
+    """The in-process app's settings with its blobs in a new ``bucket`` of ``s3_server``
+    (uploads staged under a local tmp dir)."""
+    root = tmp_path_factory.mktemp(f"graft-{bucket}")
+    return Settings(
+        database_url=f"sqlite:///{root / 'graft.db'}",
+        storage_dir=root / "local",
+        storage_url=f"s3://{s3_server.create_bucket(bucket)}/graft",
+        s3_endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        inspectors=1,
+        workers=0,
+    )
+
+
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return api_settings(tmp_path_factory)
@@ -43,6 +64,21 @@ def client(settings: Settings) -> Iterator[TestClient]:
     prepare(settings)
     with TestClient(create_app(settings)) as client:
         yield client
+
+
+def bearer_keys(
+    settings: Settings, specs: Iterable[tuple[str, str, str]]
+) -> dict[str, dict[str, str]]:
+    """New API keys, one per ``(name, owner, scope)`` in ``specs``: their ``Authorization``
+    headers by name."""
+    database = Database(settings.database_url)
+    headers = {}
+    with database.transaction() as session:
+        for name, owner, scope in specs:
+            _, token = create_key(session, owner=owner, scopes=[scope])
+            headers[name] = {"Authorization": f"Bearer {token}"}
+    database.dispose()
+    return headers
 
 
 def stored_blobs(settings: Settings) -> list[Path]:

@@ -6,17 +6,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
 
 import httpx
 import pytest
 import torch
 
-from app.api.main import create_app
 from app.config import Settings
-from app.services.bootstrap import prepare
 from app.storage import S3BlobStore, open_store
-from tests.api.conftest import TestClient, published_job
+from tests.api.conftest import TestClient, published_job, s3_api_settings
 from tests.fixtures import tiny_state_dict
 from tests.s3server import S3Server
 
@@ -25,25 +22,7 @@ WEIGHTS = os.urandom(70_000)
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Settings:
-    root = tmp_path_factory.mktemp("graft-s3")
-    bucket = s3_server.create_bucket("api-downloads")
-    return Settings(
-        database_url=f"sqlite:///{root / 'graft.db'}",
-        storage_dir=root / "local",
-        storage_url=f"s3://{bucket}/graft",
-        s3_endpoint_url=s3_server.endpoint_url,
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-        inspectors=1,
-        workers=0,
-    )
-
-
-@pytest.fixture(scope="module")
-def client(settings: Settings) -> Iterator[TestClient]:
-    prepare(settings)
-    with TestClient(create_app(settings)) as client:
-        yield client
+    return s3_api_settings(tmp_path_factory, s3_server, "api-downloads")
 
 
 @pytest.fixture(scope="module")

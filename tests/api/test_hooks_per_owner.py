@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from app.config import Settings
-from app.db.session import Database
-from app.services.auth import create_key
+from tests.api.conftest import bearer_keys
 from tests.fixtures import tiny_state_dict
 
 
@@ -23,14 +22,7 @@ def _saved(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def keys(client, settings: Settings) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
-    database = Database(settings.database_url)
-    headers = {}
-    with database.transaction() as session:
-        for owner in ("team-a", "team-b"):
-            _, token = create_key(session, owner=owner, scopes=["write"])
-            headers[owner] = {"Authorization": f"Bearer {token}"}
-    database.dispose()
-    return headers
+    return bearer_keys(settings, [(owner, owner, "write") for owner in ("team-a", "team-b")])
 
 
 def _upload(client, headers: dict[str, str], seed: int) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -19,9 +19,7 @@ import pytest
 import torch
 
 from app.config import Settings
-from app.db.session import Database
-from app.services.auth import create_key
-from tests.api.conftest import api_settings
+from tests.api.conftest import api_settings, bearer_keys
 from tests.fixtures import tiny_state_dict
 
 # The attack's recipe: 16 rules that took 8-11 s to compile, under the write lock.
@@ -41,14 +39,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="module")
 def keys(client, settings: Settings) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
-    database = Database(settings.database_url)
-    headers = {}
-    with database.transaction() as session:
-        for owner in ("team-a", "team-b"):
-            _, token = create_key(session, owner=owner, scopes=["write"])
-            headers[owner] = {"Authorization": f"Bearer {token}"}
-    database.dispose()
-    return headers
+    return bearer_keys(settings, [(owner, owner, "write") for owner in ("team-a", "team-b")])
 
 
 @pytest.fixture

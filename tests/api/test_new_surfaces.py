@@ -27,7 +27,7 @@ from app.db.secret_box import KEY_FILE_NAME, SecretBox
 from app.db.session import Database
 from app.services.auth import create_key
 from app.services.bootstrap import prepare
-from tests.api.conftest import api_settings
+from tests.api.conftest import api_settings, bearer_keys
 from tests.fixtures import tiny_state_dict
 
 with warnings.catch_warnings():
@@ -50,18 +50,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="module")
 def keys(client, settings: Settings) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
-    database = Database(settings.database_url)
-    headers = {}
-    with database.transaction() as session:
-        for name, owner, scope in (
-            ("a", "team-a", "write"),
-            ("a-read", "team-a", "read"),
-            ("b", "team-b", "write"),
-        ):
-            _, token = create_key(session, owner=owner, scopes=[scope])
-            headers[name] = {"Authorization": f"Bearer {token}"}
-    database.dispose()
-    return headers
+    return bearer_keys(
+        settings, [("a", "team-a", "write"), ("a-read", "team-a", "read"), ("b", "team-b", "write")]
+    )
 
 
 def _checkpoint(client, headers: dict[str, str], seed: int) -> str:  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import wait_ready
+from tests.mlflowserver import running_mlflow
 from tests.plugins import pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,6 +109,30 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A plain server shared by a module's tests."""
     srv = Server(tmp_path_factory.mktemp("serve"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+MLFLOW_HOOK_SECRET = "mlflow-hook-secret"
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow server shared by a module's tests."""
+    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def graft(tmp_path_factory: pytest.TempPathFactory, mlflow_url: str) -> Iterator[Server]:
+    """A server that talks to ``mlflow_url``, its webhooks signed with ``MLFLOW_HOOK_SECRET``."""
+    srv = Server(
+        tmp_path_factory.mktemp("graft"),
+        GRAFT_MLFLOW_TRACKING_URI=mlflow_url,
+        GRAFT_OUTBOUND_ALLOW="mlflow",
+        GRAFT_MLFLOW_WEBHOOK_SECRET=MLFLOW_HOOK_SECRET,
+    )
     srv.start()
     yield srv
     srv.stop()

@@ -30,8 +30,8 @@ from app.engine.architectures import bind_architecture
 from app.net.outbound import OutboundPolicy
 from app.registry.errors import RegistryNotFoundError
 from app.registry.mlflow import MlflowClient
-from tests.e2e.conftest import REPO, Server
-from tests.mlflowserver import MLFLOW, MLFLOW_TORCH_PYTHON, mlflow_python, running_mlflow
+from tests.e2e.conftest import MLFLOW_HOOK_SECRET, REPO, Server
+from tests.mlflowserver import MLFLOW, MLFLOW_TORCH_PYTHON, mlflow_python
 from tests.plugins import pythonpath
 
 POLICY = OutboundPolicy.from_setting("127.0.0.1:*")
@@ -39,7 +39,7 @@ ARCH = "graft_vit"
 KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
           "num_classes": 10}  # fmt: skip
 MLFLOW_PYTHON = MLFLOW.parent / "python"
-SECRET = "mlflow-hook-secret"
+SECRET = MLFLOW_HOOK_SECRET
 
 # A training script's last lines, as MLflow users write them: the state dict is logged as an
 # artifact of the run, and the version registered from ``runs:/<run>/model``. (MLflow 3's
@@ -89,25 +89,6 @@ print(json.dumps({
     "type": type(out).__name__,
 }))
 """
-
-
-@pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def graft(tmp_path_factory: pytest.TempPathFactory, mlflow_url: str) -> Iterator[Server]:
-    srv = Server(
-        tmp_path_factory.mktemp("graft"),
-        GRAFT_MLFLOW_TRACKING_URI=mlflow_url,
-        GRAFT_OUTBOUND_ALLOW="mlflow",
-        GRAFT_MLFLOW_WEBHOOK_SECRET=SECRET,
-    )
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -28,31 +28,12 @@ from torch import nn
 from app.net.outbound import OutboundPolicy
 from app.registry.mlflow import MlflowClient
 from app.registry.mlflow_publish import VersionRequest, register_version
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import MLFLOW_HOOK_SECRET, Server
 from tests.e2e.helpers import until
-from tests.mlflowserver import free_port, running_mlflow
+from tests.mlflowserver import free_port
 
-SECRET = "mlflow-hook-secret"
+SECRET = MLFLOW_HOOK_SECRET
 POLICY = OutboundPolicy.from_setting("127.0.0.1:*")
-
-
-@pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def graft(tmp_path_factory: pytest.TempPathFactory, mlflow_url: str) -> Iterator[Server]:
-    srv = Server(
-        tmp_path_factory.mktemp("graft"),
-        GRAFT_MLFLOW_TRACKING_URI=mlflow_url,
-        GRAFT_OUTBOUND_ALLOW="mlflow",
-        GRAFT_MLFLOW_WEBHOOK_SECRET=SECRET,
-    )
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -33,6 +34,21 @@ def _register_set(db: Database, store: FileBlobStore, files: list[Path]) -> tupl
             return checkpoint.id, checkpoint.format
 
 
+def _converted_set(
+    db: Database, store: FileBlobStore, source: str, files: list[Path], target: Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Runs a job from the uploaded set ``source`` (``files``) onto ``target``; asserts it
+    succeeded on that set. Returns its report and its weights."""
+    job_id = _job(db, source, _register(db, store, target))
+    assert _runner(db, store).run_once()
+    job = _get(db, job_id)
+    assert (job.status, job.ok) == ("succeeded", True), job.error_message
+    names = {a.name: a for a in job.artifacts}
+    report = json.loads(store.path(names["report"].sha256).read_bytes())
+    assert report["source"]["sha256"] == upload_digest(files)
+    return report, load_file(store.path(names["weights"].sha256))
+
+
 def test_a_dcp_folder_converts_in_a_job(sqlite_database: Database, tmp_path: Path) -> None:
     store = FileBlobStore(tmp_path / "blobs")
     store.ensure()
@@ -51,14 +67,7 @@ def test_a_dcp_folder_converts_in_a_job(sqlite_database: Database, tmp_path: Pat
     assert fmt == "dcp"
     target = tmp_path / "target.pth"
     torch.save(sequential_model().state_dict(), target)
-    job_id = _job(sqlite_database, source, _register(sqlite_database, store, target))
-    assert _runner(sqlite_database, store).run_once()
-    job = _get(sqlite_database, job_id)
-    assert (job.status, job.ok) == ("succeeded", True), job.error_message
-    names = {a.name: a for a in job.artifacts}
-    report = json.loads(store.path(names["report"].sha256).read_bytes())
+    report, weights = _converted_set(sqlite_database, store, source, files, target)
     assert (report["source"]["format"], report["source"]["entry"]) == ("dcp", "model")
-    assert report["source"]["sha256"] == upload_digest(files)
-    weights = load_file(store.path(names["weights"].sha256))
     assert weights.keys() == model.state_dict().keys()
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())

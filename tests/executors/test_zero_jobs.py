@@ -3,17 +3,14 @@ real runner to DeepSpeed's own fp32 merge, bit for bit."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from app.client.http import _shard_files, upload_digest
+from app.client.http import _shard_files
 from app.db.session import Database
 from app.storage import FileBlobStore
-from tests.executors.test_dcp_jobs import _register_set
-from tests.executors.test_local import _get, _job, _register, _runner
+from tests.executors.test_dcp_jobs import _converted_set, _register_set
 from tests.zero_fixtures import REFERENCE, zero_checkpoint
 
 
@@ -28,15 +25,8 @@ def test_a_zero3_folder_converts_in_a_job(sqlite_database: Database, tmp_path: P
     reference = torch.load(fixture / REFERENCE, weights_only=True)
     target = tmp_path / "target.pth"
     torch.save({k: torch.zeros_like(v) for k, v in reference.items()}, target)
-    job_id = _job(sqlite_database, source, _register(sqlite_database, store, target))
-    assert _runner(sqlite_database, store).run_once()
-    job = _get(sqlite_database, job_id)
-    assert (job.status, job.ok) == ("succeeded", True), job.error_message
-    names = {a.name: a for a in job.artifacts}
-    report = json.loads(store.path(names["report"].sha256).read_bytes())
+    report, weights = _converted_set(sqlite_database, store, source, files, target)
     assert (report["source"]["format"], report["source"]["entry"]) == ("deepspeed", "fp32")
-    assert report["source"]["sha256"] == upload_digest(files)
-    weights = load_file(store.path(names["weights"].sha256))
     assert sorted(weights) == sorted(reference)
     assert all(
         torch.equal(weights[k], v) and weights[k].dtype == v.dtype for k, v in reference.items()

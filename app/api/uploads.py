@@ -8,16 +8,15 @@ client that stops sending for ``idle_timeout`` seconds gets 408 (a slow-loris up
 coroutine and one temp file, never a thread or an inspection process), and once a grace
 period is over the average rate must stay above a floor, so a trickle is refused too.
 :class:`UploadSlots` caps how many uploads are received at once, per owner and in all (429).
-A client's file name is checked (a plain base name of at most 255 bytes in UTF-8) and kept
-as the checkpoint's file name only: staged files are named ``part-<n>``, and stored blobs
-are addressed by sha256.
+A client's file name is checked (a relative path in its set, without ``..``, of at most 255
+bytes in UTF-8: :mod:`app.services.set_names`) and kept as the checkpoint's file name only:
+staged files are named ``part-<n>``, and stored blobs are addressed by sha256.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +35,7 @@ from app.services.errors import (
     UploadTimeoutError,
     UploadTooLargeError,
 )
+from app.services.set_names import SetNames, set_member_name
 from app.storage import StagedFile
 
 __all__ = ["UploadPace", "UploadSlots", "receive_upload", "safe_filename"]
@@ -44,9 +44,6 @@ __all__ = ["UploadPace", "UploadSlots", "receive_upload", "safe_filename"]
 _FLUSH_BYTES = 8 << 20
 # Slack for multipart framing when judging Content-Length against the cap.
 _MULTIPART_OVERHEAD = 64 * 1024
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
-# File systems limit a name to 255 bytes, not characters: 200 x "é" is 400 bytes.
-_MAX_NAME_BYTES = 255
 _RETRY_AFTER_SECONDS = 5
 # A safetensors header up to this size is collected to be inspected while the body arrives.
 _SNIFF_MAX = 16 << 20
@@ -55,21 +52,12 @@ OnHeader = Callable[[bytes, int, str], None]  # header bytes, announced size, fi
 
 
 def safe_filename(name: str | None, default: str = "checkpoint") -> str:
-    """The base name a client gave, checked; refuse odd ones (400)."""
+    """The name a client gave a file, checked: a relative path in its set, normalised
+    (``mp_rank_00_000/model_optim_rng.pt``); refuse ``..``, absolute paths, backslashes
+    and odd characters (400)."""
     if not name:
         return default
-    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if base in {"", ".", ".."} or _BAD_NAME.search(base):
-        raise BadRequestError(f"unusable file name {name!r:.80}: give a plain name like model.pth")
-    try:
-        encoded = base.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        raise BadRequestError("the file name is not valid UTF-8") from None
-    if len(encoded) > _MAX_NAME_BYTES:
-        raise BadRequestError(
-            f"the file name is {len(encoded)} bytes in UTF-8; at most {_MAX_NAME_BYTES} are allowed"
-        )
-    return base
+    return set_member_name(name)
 
 
 class UploadSlots:
@@ -183,11 +171,9 @@ class _Receiver:
         self.limit = limit
         self.received = 0
         self.files: list[StagedFile] = []
-        self._names: set[str] = set()
+        self._names = SetNames()
 
     def open(self, filename: str) -> StagedFile:
-        if filename in self._names:
-            raise BadRequestError(f"two files named {filename!r}: a sharded set needs unique names")
         self._names.add(filename)
         staged = StagedFile(self.workdir / f"part-{len(self.files)}", name=filename)
         self.files.append(staged)

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from app.client.errors import GraftClientError, error_from_response
+from app.client.sets import upload_files
 from app.client.tus import TusOptions, tus_upload
 
 __all__ = ["Event", "GraftClient", "file_sha256", "upload_digest"]
@@ -59,40 +60,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def upload_digest(paths: Sequence[Path]) -> str:
+def upload_digest(paths: Sequence[Path], names: Sequence[str] | None = None) -> str:
     """The sha256 the server records for an upload: a file's own, or for a sharded set the
-    sha256 of its sorted ``"<sha256>  <name>"`` lines (``sha256sum`` format)."""
-    files = sorted((p.name, file_sha256(p)) for p in paths)
+    sha256 of its sorted ``"<sha256>  <name>"`` lines (``sha256sum`` format); ``names``: the
+    files' names in the set, when not their own."""
+    named = zip(names or [p.name for p in paths], paths, strict=True)
+    files = sorted((name, file_sha256(p)) for name, p in named)
     if len(files) == 1:
         return files[0][1]
     lines = "".join(f"{sha}  {name}\n" for name, sha in files)
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-_ZERO_SUFFIXES = ("_model_states.pt", "_optim_states.pt")
-
-
 def _shard_files(path: Path) -> list[Path]:
-    """A file, or the files of a Hugging Face sharded set, a DCP checkpoint or a DeepSpeed
-    checkpoint (its ``latest`` tag folder) in a folder."""
-    if not path.is_dir():
-        return [path]
-    if (path / ".metadata").is_file():  # torch.distributed.checkpoint: .metadata + .distcp
-        return sorted(p for p in path.iterdir() if p.name == ".metadata" or p.suffix == ".distcp")
-    latest = path / "latest"  # DeepSpeed: the tag folder it names holds the rank files
-    tag = latest.read_text(errors="replace").strip() if latest.is_file() else ""
-    folder = path / tag if tag and "/" not in tag and (path / tag).is_dir() else path
-    zero = sorted(p for p in folder.iterdir() if p.name.endswith(_ZERO_SUFFIXES))
-    if any(p.name.endswith("_optim_states.pt") for p in zero):
-        return zero
-    files = sorted(
-        p
-        for p in path.iterdir()
-        if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json"))
-    )
-    if not files:
-        raise GraftClientError(f"{path}: no .safetensors, .bin or .index.json files to upload")
-    return files
+    """The files uploading ``path`` sends (:func:`app.client.sets.upload_files`)."""
+    return [p for _, p in upload_files(path)]
 
 
 class GraftClient:
@@ -198,8 +180,9 @@ class GraftClient:
         Returns:
             The checkpoint record (``id``, ``sha256``, ``format``, ``tensors``…).
         """
-        files = _shard_files(Path(path))
-        digest = upload_digest(files)
+        named = upload_files(Path(path))
+        files = [p for _, p in named]
+        digest = upload_digest(files, [n for n, _ in named])
         existing = self.find_checkpoint(digest)
         if existing is not None:
             logger.info("%s: already on the server as %s", path, existing["id"])
@@ -207,13 +190,13 @@ class GraftClient:
         if len(files) == 1 and files[0].stat().st_size > self.tus.threshold:
             return tus_upload(
                 self.http, files[0], sha256=digest, entry=entry, options=self.tus,
-                retries=self.retries,
+                retries=self.retries, name=named[0][0],
             )  # fmt: skip
         handles: list[BinaryIO] = [f.open("rb") for f in files]
         try:
             parts = [
-                ("file", (f.name, h, "application/octet-stream"))
-                for f, h in zip(files, handles, strict=True)
+                ("file", (name, h, "application/octet-stream"))
+                for (name, _), h in zip(named, handles, strict=True)
             ]
             # Same bytes again is the same record, so a resend is harmless.
             return self._json(

@@ -90,9 +90,12 @@ def _metadata(name: str, entry: str) -> str:
 class _Upload:
     """One file's tus upload, its URL remembered in a state file."""
 
-    def __init__(self, http: httpx.Client, path: Path, state: Path, options: TusOptions) -> None:
+    def __init__(
+        self, http: httpx.Client, path: Path, state: Path, options: TusOptions, name: str
+    ) -> None:
         self.http = http
         self.path = path
+        self.name = name
         self.state = state
         self.part_size = options.part_size
         self.checksum = options.checksum
@@ -115,7 +118,7 @@ class _Upload:
             headers={
                 **_TUS,
                 "Upload-Length": str(self.size),
-                "Upload-Metadata": _metadata(self.path.name, entry),
+                "Upload-Metadata": _metadata(self.name, entry),
             },
         )
         if response.status_code != 201:
@@ -157,19 +160,23 @@ def tus_upload(
     options: TusOptions,
     retries: int,
     sleep: Callable[[float], None] = time.sleep,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Upload ``path`` over tus, resuming a remembered upload of the same file.
 
     Args:
         http: the client (base URL and key set).
         sha256: the file's digest (names its state file; the record must have it).
+        name: its name on the server (default: its own; a Megatron rank file's
+            ``mp_rank_00_000/model_optim_rng.pt``).
         retries: dropped connections in a row before giving up (the state file stays, so
             the next run resumes).
 
     Returns:
         The checkpoint record (as ``POST /v1/checkpoints`` answers it).
     """
-    upload = _Upload(http, path, _state_file(options, str(http.base_url), sha256), options)
+    state = _state_file(options, str(http.base_url), sha256)
+    upload = _Upload(http, path, state, options, name or path.name)
     offset = upload.resume_or_create(entry)
     try:
         record = _send(upload, offset, retries=retries, sleep=sleep)

@@ -77,9 +77,10 @@ def _summary(payload: dict[str, Any]) -> dict[str, Any]:
 
     files = [Path(p) for p in payload["files"]]
     names = payload.get("names") or [p.name for p in files]
-    source: Path | dict[str, Path] = (
-        files[0] if len(files) == 1 else dict(zip(names, files, strict=True))
-    )
+    # One file is opened by its path; a set (or one file in a folder of the set, as a
+    # Megatron rank file's ``mp_rank_00_000/model_optim_rng.pt``) by its names.
+    one = len(files) == 1 and "/" not in names[0]
+    source: Path | dict[str, Path] = files[0] if one else dict(zip(names, files, strict=True))
     summary: dict[str, Any] = inspect_source(source, entry=payload.get("entry", "auto"))
     return summary
 

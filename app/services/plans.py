@@ -24,6 +24,7 @@ from app.services.conversion import ConversionRequest
 from app.services.errors import InvalidJobError, NotFoundError
 from app.services.inspector import InspectorPool
 from app.services.jobs.service import check_target, validate_recipe
+from app.services.set_names import member_path
 from app.storage import BlobStore
 
 __all__ = [
@@ -82,13 +83,17 @@ def resolve_named_sources(
 
 
 def link_blobs(store: BlobStore, files: list[tuple[str, str]], folder: Path) -> list[Path]:
-    """Link each ``(name, sha256)`` blob into a new ``folder`` under its name; its paths."""
+    """Link each ``(name, sha256)`` blob into a new ``folder`` under its name (a relative
+    path: a Megatron rank file's ``mp_rank_00_000/model_optim_rng.pt``); its paths."""
     if not files:
         return []
     folder.mkdir()
+    paths = []
     for name, sha in files:
-        store.link_into(sha, folder / name)
-    return [folder / name for name, _ in files]
+        path = member_path(folder, name)
+        store.link_into(sha, path)
+        paths.append(path)
+    return paths
 
 
 def _dry_run(

@@ -9,7 +9,6 @@ pickle's canary must stay absent.
 from __future__ import annotations
 
 import io
-import sqlite3
 import time
 import zipfile
 from pathlib import Path
@@ -215,23 +214,70 @@ def test_index_json_pointing_outside_the_set(client, shard: str, tmp_path: Path)
 
 
 @pytest.mark.parametrize("how", ["multipart", "raw"])
-def test_upload_named_like_the_database_is_only_a_name(
-    client, settings: Settings, how: str
+@pytest.mark.parametrize(
+    ("name", "detail"),
+    [
+        ("../../graft.db", "'..' may not climb out of the set"),
+        ("mp_rank_00/../../graft.db", "'..' may not climb out of the set"),
+        ("/etc/graft.db", "give a path relative to the set"),
+        ("..\\..\\graft.db", "use '/' between folders, not '\\'"),
+        ("./", "give a plain name like model.pth"),
+    ],
+)
+def test_a_name_that_climbs_out_is_refused(
+    client, settings: Settings, how: str, name: str, detail: str
 ) -> None:
-    db_path = settings.storage_dir.parent / "graft.db"
-    data = _saved({"w": torch.full((3,), float(len(how)))})
+    data = _saved({"w": torch.full((3,), float(len(how) + len(name)))})
+    before = stored_blobs(settings)
     if how == "multipart":
-        r = client.post("/v1/checkpoints", files={"file": ("../../graft.db", data)})
+        r = client.post("/v1/checkpoints", files={"file": (name, data)})
     else:
-        r = client.post("/v1/checkpoints", params={"filename": "../../graft.db"}, content=data)
-    assert r.status_code == 201, r.text
-    assert r.json()["filename"] == "graft.db"
-    assert r.json()["format"] == "torch-zip"
-    with sqlite3.connect(db_path) as conn:  # still the database, not the upload
-        assert conn.execute("select count(*) from checkpoints").fetchone()[0] >= 1
+        r = client.post("/v1/checkpoints", params={"filename": name}, content=data)
+    _assert_problem(r, 400, "bad-request", detail)
+    assert "\n" not in r.json()["detail"]
+    assert stored_blobs(settings) == before
     assert not (settings.storage_dir.parent.parent / "graft.db").exists()
+
+
+def test_a_name_with_a_control_character_is_refused(client) -> None:
+    # (raw: a multipart client percent-encodes it, and the name is then a plain one)
+    data = _saved({"w": torch.ones(2)})
+    r = client.post("/v1/checkpoints", params={"filename": "a/\x01/graft.db"}, content=data)
+    _assert_problem(r, 400, "bad-request", "it holds a control character")
+
+
+@pytest.mark.parametrize("how", ["multipart", "raw"])
+def test_a_relative_name_is_only_a_name(client, settings: Settings, how: str) -> None:
+    data = _saved({"w": torch.full((3,), float(len(how) + 100))})
+    name = "./sub//graft.db" if how == "multipart" else "sub/graft.db"
+    if how == "multipart":
+        r = client.post("/v1/checkpoints", files={"file": (name, data)})
+    else:
+        r = client.post("/v1/checkpoints", params={"filename": name}, content=data)
+    assert r.status_code == 201, r.text
+    assert r.json()["filename"] == "sub/graft.db"  # normalised, kept as the name only
+    assert r.json()["format"] == "torch-zip"
+    assert not (settings.storage_dir / "sub").exists()
     sha = r.json()["sha256"]
     assert (settings.storage_dir / "sha256" / sha[:2] / sha).read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("names", "detail"),
+    [
+        (["mp_rank_00/model_optim_rng.pt", "./mp_rank_00/model_optim_rng.pt"], "two files named"),
+        (["mp_rank_00", "mp_rank_00/model_optim_rng.pt"], "both a file and a folder"),
+        (["a/b/c.pt", "a/b"], "both a file and a folder"),
+    ],
+)
+def test_a_set_whose_names_collide_is_refused(
+    client, settings: Settings, names: list[str], detail: str
+) -> None:
+    before = stored_blobs(settings)
+    files = [("file", (n, _saved({"w": torch.full((2,), float(i))}))) for i, n in enumerate(names)]
+    r = client.post("/v1/checkpoints", files=files)
+    _assert_problem(r, 400, "bad-request", detail)
+    assert stored_blobs(settings) == before
 
 
 def test_too_many_tensors(client) -> None:

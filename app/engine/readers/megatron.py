@@ -52,11 +52,22 @@ _RANK_DIR = re.compile(r"mp_rank_(\d{2})(?:_(\d{3}))?(_\d{3})?")
 
 @dataclass(frozen=True)
 class MegatronFolder:
-    """One iteration of a Megatron checkpoint: its folder and rank files by (tp, pp)."""
+    """One iteration of a Megatron checkpoint: its rank files by (tp, pp).
 
-    root: Path
-    iteration: int | str
+    Attributes:
+        root: the iteration folder (None: a set of files, as an upload stores them).
+        iteration: the iteration its folder names (None: read from the rank files).
+        files: each rank's ``model_optim_rng.pt``, by (tp, pp).
+    """
+
+    root: Path | None
+    iteration: int | str | None
     files: dict[tuple[int, int], Path]
+
+    @staticmethod
+    def member(at: tuple[int, int]) -> str:
+        """A rank file's name in the set: ``mp_rank_TT_PPP/model_optim_rng.pt``."""
+        return f"mp_rank_{at[0]:02d}_{at[1]:03d}/{RANK_FILE}"
 
 
 def _iteration_dir(path: Path) -> Path | None:
@@ -74,18 +85,65 @@ def _iteration_dir(path: Path) -> Path | None:
     return path if _ITER_DIR.fullmatch(path.name) else None
 
 
+def _rank_at(folder: str, where: str) -> tuple[int, int] | None:
+    """(tp, pp) of a rank folder's name, or None when it is not one.
+
+    Raises:
+        UnreadableCheckpointError: an expert-parallel rank folder.
+    """
+    match = _RANK_DIR.fullmatch(folder)
+    if match is None:
+        return None
+    if match.group(3):
+        raise UnreadableCheckpointError(
+            f"{where}: expert-parallel Megatron checkpoints are not read yet"
+        )
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _rank_set(files: Mapping[str, Path]) -> MegatronFolder | None:
+    """The rank files among a set's ``relative name -> path`` (``mp_rank_TT_PPP/
+    model_optim_rng.pt``, perhaps under ``iter_N/``), or None when it holds none."""
+    found: dict[tuple[int, int], Path] = {}
+    iterations = set()
+    for name, path in files.items():
+        parts = name.split("/")
+        if len(parts) < 2 or parts[-1] != RANK_FILE:
+            continue
+        at = _rank_at(parts[-2], name)
+        if at is None:
+            continue
+        if at in found:
+            raise UnreadableCheckpointError(
+                f"the set holds rank {MegatronFolder.member(at)} twice (two iterations?)"
+            )
+        found[at] = path
+        if len(parts) > 2 and _ITER_DIR.fullmatch(parts[-3]):
+            iterations.add(parts[-3])
+    if not found:
+        return None
+    only = iterations.pop() if len(iterations) == 1 else None
+    iteration = None if only is None else "release" if only == "release" else int(only[5:])
+    return MegatronFolder(None, iteration, found)
+
+
 def megatron_folder(
     path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
 ) -> MegatronFolder | None:
     """The checkpoint at ``path`` (a folder with the tracker file, an ``iter_N``/``release``
-    folder of ``mp_rank_*`` folders, or one rank's ``model_optim_rng.pt`` in one), or None
-    when it is not a Megatron checkpoint.
+    folder of ``mp_rank_*`` folders, or one rank's ``model_optim_rng.pt`` in one; or a set of
+    rank files: name -> path, the names ``mp_rank_TT_PPP/model_optim_rng.pt`` as an upload
+    keeps them, or a list of paths, each in its ``mp_rank_TT_PPP`` folder), or None when it
+    is not a Megatron checkpoint.
 
     Raises:
         UnreadableCheckpointError: it is one, but the tracker or the rank folders disagree.
     """
+    if isinstance(path, Mapping):
+        return _rank_set({str(k): Path(v) for k, v in path.items()})
     if not isinstance(path, str | os.PathLike):
-        return None
+        paths = [Path(p) for p in path]
+        return _rank_set({f"{p.parent.name}/{p.name}": p for p in paths})
     path = Path(path)
     if path.name == RANK_FILE and _RANK_DIR.fullmatch(path.parent.name):
         path = path.parent.parent  # one rank's file: the whole iteration it belongs to
@@ -96,14 +154,11 @@ def megatron_folder(
         return None
     files: dict[tuple[int, int], Path] = {}
     for child in sorted(folder.iterdir()):
-        match = _RANK_DIR.fullmatch(child.name)
-        if match is None or not (child / RANK_FILE).is_file():
+        if not (child / RANK_FILE).is_file():
             continue
-        if match.group(3):
-            raise UnreadableCheckpointError(
-                f"{child.name}: expert-parallel Megatron checkpoints are not read yet"
-            )
-        files[(int(match.group(1)), int(match.group(2) or 0))] = child / RANK_FILE
+        at = _rank_at(child.name, child.name)
+        if at is not None:
+            files[at] = child / RANK_FILE
     if not files:
         if path.joinpath(TRACKER).is_file():
             raise UnreadableCheckpointError(f"{folder.name} holds no mp_rank_*/{RANK_FILE}")
@@ -321,7 +376,7 @@ def _open_ranks(folder: MegatronFolder) -> tuple[dict[tuple[int, int], ZipReader
         for at, path in sorted(folder.files.items()):
             readers[at] = ZipReader(path, extra=INERT_GLOBALS)
         first = readers[min(readers)]
-        args = read_args(first.parsed.root, folder.files[min(readers)].parent.name)
+        args = read_args(first.parsed.root, MegatronFolder.member(min(readers)))
         grid = {(t, p) for t in range(args.tensor_parallel) for p in range(args.pipeline_parallel)}
         if set(readers) != grid:
             missing = sorted(grid - set(readers))
@@ -339,6 +394,14 @@ def _open_ranks(folder: MegatronFolder) -> tuple[dict[tuple[int, int], ZipReader
         for reader in readers.values():
             reader.close()
         raise
+
+
+def _iteration(folder: MegatronFolder, root: Any) -> int | str | None:
+    """The iteration its folder names, else the one the first rank file saved."""
+    if folder.iteration is not None:
+        return folder.iteration
+    saved = root.get("iteration") if isinstance(root, dict) else None
+    return saved if isinstance(saved, int) and not isinstance(saved, bool) else None
 
 
 def open_megatron(folder: MegatronFolder) -> Source:
@@ -359,7 +422,7 @@ def open_megatron(folder: MegatronFolder) -> Source:
         layout = {
             "format": "megatron",
             "version": str(first.get("checkpoint_version")),
-            "iteration": folder.iteration,
+            "iteration": _iteration(folder, first),
             "world_size": len(readers),
             "files": len(readers),
             "tensor_parallel": args.tensor_parallel,
@@ -376,8 +439,9 @@ def open_megatron(folder: MegatronFolder) -> Source:
             top: "megatron: " + ", ".join(f"{n} {what}" for what, n in tally.items() if n)
             for top, tally in left_out.items()
         }
+        ranks = sorted(folder.files)
         return Source(
-            [p for _, p in sorted(folder.files.items())],
+            [folder.files[at] for at in ranks],
             "megatron",
             [reader],
             {k: Located(reader, t) for k, t in tensors.items()},
@@ -385,7 +449,13 @@ def open_megatron(folder: MegatronFolder) -> Source:
                 k: TensorInfo(k, t.shape, t.dtype, guess_kind(k, t.dtype))
                 for k, t in tensors.items()
             },
-            SourceExtras(entry="model", candidates=["model"], ignored=ignored, layout=layout),
+            SourceExtras(
+                entry="model",
+                candidates=["model"],
+                ignored=ignored,
+                layout=layout,
+                names=[MegatronFolder.member(at) for at in ranks],
+            ),
         )
     except BaseException:
         for r in readers.values():

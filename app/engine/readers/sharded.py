@@ -21,9 +21,13 @@ __all__ = ["open_sharded", "shard_files"]
 def shard_files(
     path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
 ) -> dict[str, Path] | None:
-    """Name -> path of a sharded set, or None when ``path`` is a single file."""
+    """Name -> path of a sharded set, or None when ``path`` is a single file (``{"": path}``
+    for one file named in a folder or a mapping)."""
     if isinstance(path, Mapping):
-        return {str(k): Path(v) for k, v in path.items()}
+        named = {str(k): Path(v) for k, v in path.items()}
+        if len(named) == 1 and not next(iter(named)).endswith(".index.json"):
+            return {"": next(iter(named.values()))}
+        return named
     if isinstance(path, str | os.PathLike):
         p = Path(path)
         if p.is_dir():

@@ -82,6 +82,9 @@ class SourceExtras:
         metadata: safetensors ``__metadata__`` (merged across shards).
         lightning: the file is a PyTorch Lightning checkpoint.
         layout: a training checkpoint's layout (format, world size, chunks), for ``inspect``.
+        names: the set's files' names when not their own (a Megatron checkpoint's
+            ``mp_rank_TT_PPP/model_optim_rng.pt``, relative to its iteration folder): what its
+            digest lists, as the service names an uploaded set's files.
     """
 
     entry: str | None = None
@@ -90,6 +93,7 @@ class SourceExtras:
     metadata: dict[str, str] = field(default_factory=dict)
     lightning: bool = False
     layout: dict[str, Any] | None = None
+    names: list[str] | None = None
 
 
 class Source:
@@ -129,6 +133,7 @@ class Source:
         self.metadata = extras.metadata
         self.lightning = extras.lightning
         self.layout = extras.layout
+        self.names = extras.names or [p.name for p in paths]
         self.stripped_prefix: str | None = None
         self._sha256: str | None = None
         self._blake3: str | None = None
@@ -218,8 +223,8 @@ class Source:
         ``"<digest>  <name>"`` lines sorted by name (what ``sha256sum``/``b3sum`` print)."""
         if len(self.paths) == 1:
             return of_file(self.paths[0])
-        paths = sorted(self.paths, key=lambda p: p.name)
-        return of_listing("".join(f"{of_file(p)}  {p.name}\n" for p in paths).encode())
+        named = sorted(zip(self.names, self.paths, strict=True), key=lambda n: n[0])
+        return of_listing("".join(f"{of_file(p)}  {name}\n" for name, p in named).encode())
 
     def close(self) -> None:
         for reader in self._readers:

@@ -1,24 +1,34 @@
 """Write a real Megatron-LM checkpoint for the tests: run by Megatron-Core's own venv's python.
 
-``python megatron_writer.py OUT`` (``make megatron-venv``: Megatron-Core 0.19.2 on Python 3.12)
-writes, with Megatron's own code and no GPU:
+``python megatron_writer.py OUT [KIND]`` (``make megatron-venv``: Megatron-Core 0.19.2 on
+Python 3.12; cached by ``tests/megatron_fixtures.py``) writes, with Megatron's own code and no
+GPU, one of two tiny ``GPTModel``s:
 
-- ``OUT/legacy``: a tiny ``GPTModel`` (4 layers, GQA: 32 heads in 8 query groups of head dim
-  128, SwiGLU, RMSNorm, RoPE, no biases, untied output layer, vocab 100 padded) saved with
-  tensor parallel 2 x pipeline parallel 2 (4 processes on gloo, CPU) by
-  ``megatron.training.checkpointing.save_checkpoint`` in the legacy ``torch`` format:
-  ``latest_checkpointed_iteration.txt`` and ``iter_0000007/mp_rank_TT_PPP/model_optim_rng.pt``,
-  each holding Megatron's ``args`` namespace, the rank's model shard and its RNG state.
-- ``OUT/dist``: the same 4 shards saved by ``megatron.core.dist_checkpointing.save``.
+- ``gpt`` (the default): 4 layers, GQA (32 heads in 8 query groups of head dim 128), SwiGLU,
+  RMSNorm, RoPE, no biases, untied output layer, vocab 100 padded;
+- ``gpt2``: GPT-2's layout with GPT-2 small's attention (12 heads of 64, hidden 768), 2
+  layers, learned absolute position embeddings, LayerNorm, GELU, biases everywhere, the output
+  layer tied to the word embeddings, vocab 100 padded.
+
+Into:
+
+- ``OUT/legacy``: the model saved with tensor parallel 2 x pipeline parallel 2 (4 processes on
+  gloo, CPU) by ``megatron.training.checkpointing.save_checkpoint`` in the legacy ``torch``
+  format: ``latest_checkpointed_iteration.txt`` and
+  ``iter_0000007/mp_rank_TT_PPP/model_optim_rng.pt``, each holding Megatron's ``args``
+  namespace, the rank's model shard and its RNG state.
+- ``OUT/dist``: the same 4 shards saved by ``megatron.core.dist_checkpointing.save`` (the
+  ``torch_dist`` backend).
 - ``OUT/reference.pt``: the reference. One process builds the same model unsplit (TP 1, PP 1)
   and loads ``OUT/dist`` into it with ``dist_checkpointing.load``: Megatron itself gathers the
   shards (its own resharding, SwiGLU's interleaved ``linear_fc1`` included). Saved as a plain
   ``{"state_dict", "tokens", "logits", "vocab_size"}``: the logits are the unsplit Megatron
   model's on fixed tokens.
 
-The one piece of Megatron's save path that needs a GPU is ``torch.cuda.get_rng_state`` (the CUDA
-RNG state it stores next to the CPU ones); with no GPU it is answered with the CPU RNG state's
-bytes, which lands in ``rng_state[0]["cuda_rng_state"]`` and nowhere else.
+The pieces of Megatron's save path that need a GPU are answered on the CPU: the CUDA RNG state
+it stores next to the CPU ones is the CPU RNG state's bytes (it lands in
+``rng_state[0]["cuda_rng_state"]`` and nowhere else), and the tied output layer's copy of the
+word embeddings is all-reduced on gloo where Megatron would move it to the GPU first.
 """
 
 from __future__ import annotations
@@ -35,40 +45,41 @@ VOCAB = 100
 SEED = 1234
 
 
-def _argv(out: Path, tp: int, pp: int) -> list[str]:
-    return [
-        "megatron",
+# Each kind's model, as Megatron's command line gives it.
+MODELS = {
+    "gpt": [
         *("--num-layers", "4", "--hidden-size", "64", "--ffn-hidden-size", "96"),
         *("--num-attention-heads", "32", "--group-query-attention", "--num-query-groups", "8"),
         *("--kv-channels", "128", "--swiglu", "--normalization", "RMSNorm"),
         *("--disable-bias-linear", "--untie-embeddings-and-output-weights"),
-        *("--position-embedding-type", "rope", "--seq-length", "16"),
-        *("--max-position-embeddings", "16", "--micro-batch-size", "1"),
+        *("--position-embedding-type", "rope", "--no-rope-fusion"),
+    ],
+    "gpt2": [
+        *("--num-layers", "2", "--hidden-size", "768", "--ffn-hidden-size", "256"),
+        *("--num-attention-heads", "12", "--normalization", "LayerNorm"),
+        *("--position-embedding-type", "learned_absolute"),
+        *("--no-bias-gelu-fusion", "--no-bias-dropout-fusion"),
+    ],
+}
+
+
+def _argv(out: Path, kind: str, tp: int, pp: int) -> list[str]:
+    return [
+        "megatron",
+        *MODELS[kind],
+        *("--seq-length", "16", "--max-position-embeddings", "16", "--micro-batch-size", "1"),
         *("--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB)),
         *("--make-vocab-size-divisible-by", "16", "--seed", str(SEED)),
         *("--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)),
         *("--distributed-backend", "gloo", "--use-cpu-initialization", "--no-save-optim"),
-        *("--transformer-impl", "local"),
-        *(
-            "--ckpt-format",
-            "torch",
-            "--save",
-            str(out / "legacy"),
-            "--no-gradient-accumulation-fusion",
-        ),
-        *("--no-masked-softmax-fusion", "--no-bias-swiglu-fusion", "--no-rope-fusion"),
-        *(
-            "--no-persist-layer-norm",
-            "--exit-signal-handler",
-            "--save-interval",
-            "1",
-            "--train-iters",
-            "1",
-        ),
+        *("--transformer-impl", "local", "--ckpt-format", "torch"),
+        *("--save", str(out / "legacy"), "--no-gradient-accumulation-fusion"),
+        *("--no-masked-softmax-fusion", "--no-bias-swiglu-fusion", "--no-persist-layer-norm"),
+        *("--exit-signal-handler", "--save-interval", "1", "--train-iters", "1"),
     ]
 
 
-def _init(out: Path, tp: int, pp: int) -> Any:
+def _init(out: Path, kind: str, tp: int, pp: int) -> Any:
     import megatron.training.arguments as arguments
     import torch
     from megatron.training.arguments import parse_args, validate_args
@@ -77,12 +88,15 @@ def _init(out: Path, tp: int, pp: int) -> Any:
     # the GPU generation validate_args asks about is a pre-Blackwell one (it then wants
     # CUDA_DEVICE_MAX_CONNECTIONS=1, set in _env).
     torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
+    # A tied output layer on the last pipeline stage starts as a copy of the word embeddings,
+    # all-reduced over the embedding group after ``.cuda()``: on gloo, it stays on the CPU.
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     arguments.get_device_arch_version = lambda: 9
     # dist_checkpointing waits on CUDA streams and all-reduces its status flags on the
     # current CUDA device: there are no streams, and the flags live on the CPU (gloo).
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment,return-value]
-    sys.argv = _argv(out, tp, pp)
+    sys.argv = _argv(out, kind, tp, pp)
     from megatron.core import parallel_state as mpu
     from megatron.training.global_vars import set_global_variables
     from megatron.training.initialize import _set_random_seed, initialize_megatron
@@ -106,7 +120,7 @@ def _model(args: Any) -> Any:
     from megatron.training.argument_utils import core_transformer_config_from_args
 
     config = core_transformer_config_from_args(args)
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(normalization=args.normalization)
     return GPTModel(
         config,
         spec,
@@ -114,17 +128,17 @@ def _model(args: Any) -> Any:
         max_sequence_length=args.max_position_embeddings,
         pre_process=mpu.is_pipeline_first_stage(),
         post_process=mpu.is_pipeline_last_stage(),
-        share_embeddings_and_output_weights=False,
-        position_embedding_type="rope",
+        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+        position_embedding_type=args.position_embedding_type,
     )
 
 
-def _rank(out: Path) -> None:
+def _rank(out: Path, kind: str) -> None:
     import torch
     from megatron.core import dist_checkpointing
     from megatron.training.checkpointing import save_checkpoint
 
-    args = _init(out, TP, PP)
+    args = _init(out, kind, TP, PP)
     model = _model(args)
     save_checkpoint(ITERATION, [model], None, None, 0)
     (out / "dist").mkdir(exist_ok=True)
@@ -132,11 +146,11 @@ def _rank(out: Path) -> None:
     torch.distributed.barrier()
 
 
-def _reference(out: Path) -> None:
+def _reference(out: Path, kind: str) -> None:
     import torch
     from megatron.core import dist_checkpointing
 
-    args = _init(out / "unused", 1, 1)
+    args = _init(out / "unused", kind, 1, 1)
     model = _model(args)
     loaded = dist_checkpointing.load(model.sharded_state_dict(), str(out / "dist"))
     model.load_state_dict(loaded)
@@ -174,16 +188,19 @@ def _free_port() -> str:
 
 def main() -> None:
     out = Path(sys.argv[1])
-    role = sys.argv[2] if len(sys.argv) > 2 else "all"
+    kind = sys.argv[2] if len(sys.argv) > 2 else "gpt"
+    role = sys.argv[3] if len(sys.argv) > 3 else "all"
+    if kind not in MODELS:
+        sys.exit(f"unknown kind {kind!r}: one of {', '.join(MODELS)}")
     if role == "rank":
-        _rank(out)
+        _rank(out, kind)
         return
     if role == "reference":
-        _reference(out)
+        _reference(out, kind)
         return
     out.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    me = [sys.executable, __file__, str(out)]
+    me = [sys.executable, __file__, str(out), kind]
     ranks = [subprocess.Popen([*me, "rank"], env=_env(r, TP * PP, port)) for r in range(TP * PP)]
     if any(p.wait(timeout=600) for p in ranks):
         sys.exit("a rank failed")

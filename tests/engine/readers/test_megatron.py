@@ -1,10 +1,11 @@
 """Megatron-LM checkpoints as sources (SPEC §2.3), written by Megatron-Core itself.
 
-The fixture is written once per module by ``megatron_writer.py`` in Megatron-Core 0.19.2's own
-venv (``make megatron-venv``; Python 3.12): a GQA ``GPTModel`` saved with TP 2 x PP 2 by 4 gloo
-processes through ``megatron.training.checkpointing.save_checkpoint``, and the reference: the
-same model unsplit (TP 1, PP 1), into which Megatron's ``dist_checkpointing`` loaded the 4
-shards, with its logits on fixed tokens. Graft reads the legacy folder without Megatron.
+The fixture is written once per machine (``tests/megatron_fixtures.py``) by
+``megatron_writer.py`` in Megatron-Core 0.19.2's own venv (``make megatron-venv``; Python
+3.12): a GQA ``GPTModel`` saved with TP 2 x PP 2 by 4 gloo processes through
+``megatron.training.checkpointing.save_checkpoint``, and the reference: the same model
+unsplit (TP 1, PP 1), into which Megatron's ``dist_checkpointing`` loaded the 4 shards, with
+its logits on fixed tokens. Graft reads the legacy folder without Megatron.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,38 +27,24 @@ from app.engine.readers import inspect_source, open_source
 from app.engine.recipe import load_recipe
 from app.engine.target import Target
 from tests.fixtures import cli_inspect, reduce_pickle, replace_zip_member
-from tests.parts import import_part, require_part
+from tests.megatron_fixtures import megatron_checkpoint, unsplit_state
+from tests.parts import import_part
 from tests.schemas import assert_valid
 from tests.test_cli_convert import graft
 
-VENV = Path(
-    os.environ.get("GRAFT_TEST_MEGATRON_VENV", Path.home() / ".cache/graft/megatron-core-0.19.2")
-).expanduser()
-WRITER = Path(__file__).with_name("megatron_writer.py")
 VOCAB = 100
 RANKS = ["mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
 
 
 @pytest.fixture(scope="module")
-def megatron(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        require_part("Megatron-Core", f"no venv at {VENV}: run `make megatron-venv`")
-    out = tmp_path_factory.mktemp("megatron")
-    done = subprocess.run(
-        [str(python), str(WRITER), str(out)], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+def megatron() -> tuple[Path, dict[str, Any]]:
+    out = megatron_checkpoint("gpt")
     reference = torch.load(out / "reference.pt", weights_only=True)
     return out / "legacy", reference
 
 
 def _expected(reference: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The unsplit model's tensors, its vocab rows cut to the true vocab (no padding)."""
-    state = dict(reference["state_dict"])
-    for key in ("embedding.word_embeddings.weight", "output_layer.weight"):
-        state[key] = state[key][:VOCAB]
-    return state
+    return unsplit_state(reference)
 
 
 def test_the_merged_view_equals_the_unsplit_model_bit_for_bit(megatron: Any) -> None:

@@ -208,7 +208,9 @@ async def inspect_checkpoint(
     files, entry = checkpoint_files(checkpoint), checkpoint.entry
     with store.workdir() as work:
         paths = link_blobs(store, files, work / "files")
-        summary = await inspector.inspect(paths, entry=entry or "auto")
+        summary = await inspector.inspect(
+            paths, names=[name for name, _ in files], entry=entry or "auto"
+        )
     # The child saw work-folder paths; the document names the files as they were uploaded.
     summary["paths"] = [name for name, _ in files]
     summary["id"] = checkpoint.id

@@ -51,6 +51,7 @@ def test_every_builtin_is_listed_named_and_versioned() -> None:
         "google-bert-tf-to-transformers",
         "gpt2-to-nanogpt",
         "megatron-gpt-llama3-8b-to-transformers",
+        "megatron-gpt2-to-transformers",
         "meta-llama2-7b-to-transformers",
         "meta-llama3-8b-to-transformers",
         "openai-clip-to-transformers",

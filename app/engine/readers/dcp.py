@@ -26,6 +26,7 @@ from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
 from app.engine.readers.base import MAX_HEADER_BYTES, Parsed
 from app.engine.readers.dcp_metadata import DcpMetadata, DcpTensor, parse_metadata
 from app.engine.readers.entries import ENTRY_ORDER
+from app.engine.readers.megatron_dist import is_megatron_dist, unstack_layers
 from app.engine.readers.ranges import read_into
 from app.engine.readers.source import Located, Source, SourceExtras
 from app.engine.readers.torch_zip import ZipReader
@@ -75,10 +76,11 @@ class DcpReader:
 
     def _chunk_ref(self, reader: ZipReader, tensor: DcpTensor, sizes: tuple[int, ...]) -> Any:
         ref = reader.parsed.root
-        if not isinstance(ref, TensorRef) or ref.shape != sizes or ref.dtype != tensor.dtype:
+        stored = (1,) * tensor.squeeze + sizes
+        if not isinstance(ref, TensorRef) or ref.shape != stored or ref.dtype != tensor.dtype:
             raise UnreadableCheckpointError(
                 f"a DCP chunk of {tensor.fqn!r} does not hold a {tensor.dtype} tensor of shape "
-                f"{list(sizes)} as its metadata says"
+                f"{list(stored)} as its metadata says"
             )
         return ref
 
@@ -88,7 +90,8 @@ class DcpReader:
         if len(handle.chunks) == 1:  # the whole tensor in one chunk
             chunk = handle.chunks[0]
             with closing(ZipReader(self._files[chunk.file], (chunk.offset, chunk.length))) as inner:
-                return inner.read(self._chunk_ref(inner, handle, chunk.sizes))
+                ref = self._chunk_ref(inner, handle, chunk.sizes)
+                return inner.read(ref).reshape(handle.shape)
         out = torch.zeros(handle.shape, dtype=getattr(torch, handle.dtype))
         for chunk in handle.chunks:
             if not math.prod(chunk.sizes):
@@ -102,7 +105,7 @@ class DcpReader:
                 if where is not None and dest.is_contiguous():
                     _read_into(dest, *where)
                 else:
-                    dest.copy_(inner.read(ref))
+                    dest.copy_(inner.read(ref).reshape(chunk.sizes))
         return out
 
     def byte_range(self, handle: DcpTensor) -> tuple[Path, int, int] | None:
@@ -214,6 +217,9 @@ def open_dcp(files: Mapping[str, Path], entry: str = "auto") -> Source:
         raise TooLargeError(f".metadata is larger than {MAX_HEADER_BYTES} bytes")
     sizes = {name: p.stat().st_size for name, p in files.items()}
     meta = parse_metadata(md_path.read_bytes(), sizes)
+    stacked = None
+    if is_megatron_dist(files):  # Megatron-Core's torch_dist: its decoder layers stacked
+        meta, stacked = unstack_layers(meta)
     chosen, keys = _choose(meta, entry)
     reader = DcpReader(files, meta)
     entries = {key: Located(reader, meta.tensors[fqn]) for fqn, key in keys.items()}
@@ -233,6 +239,8 @@ def open_dcp(files: Mapping[str, Path], entry: str = "auto") -> Source:
         "chunks": {key: len(meta.tensors[fqn].chunks) for fqn, key in keys.items()},
         "left_out": others,
     }
+    if stacked is not None:
+        layout["stacked_layers"] = stacked
     ignored = {top: _left_out(t) for top, t in others.items()}
     candidates = sorted({_top(meta, f) for f in meta.tensors if f != _top(meta, f)})
     return Source(

@@ -5,6 +5,7 @@ chunks, or an opaque bytes value), where each chunk lies (``MetadataIndex`` ->
 ``_StorageInfo``: file, offset, length) and the nested path of every flattened key. The
 restricted unpickler reads it with exactly those classes allowed, each resolved to an inert
 :class:`_Record` (fields only, no behaviour, sealed against changes); torch is never imported.
+The save plans Megatron-Core adds (``all_local_plans``) are read as inert placeholders.
 The records are then checked and copied into the frozen dataclasses below.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from app.engine.errors import UnreadableCheckpointError, UnsafeCheckpointError
 from app.engine.meta import DTYPE_SIZES
+from app.engine.readers.placeholders import placeholder_globals
 from app.engine.readers.unpickler import DtypeMarker, Global, load_restricted
 
 __all__ = ["DcpChunk", "DcpMetadata", "DcpTensor", "parse_metadata"]
@@ -133,6 +135,20 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("pathlib", "PurePosixPath"): Global(_path),
     ("pathlib", "WindowsPath"): Global(_path),
     ("pathlib", "PureWindowsPath"): Global(_path),
+    # Megatron-Core's torch_dist saver also pickles every rank's save plan into the metadata
+    # (``all_local_plans``); older versions name its own empty marker classes. Graft never
+    # uses them: inert placeholders, nothing imported.
+    **placeholder_globals(
+        [
+            "torch.distributed.checkpoint.planner.SavePlan",
+            "torch.distributed.checkpoint.planner.WriteItem",
+            "torch.distributed.checkpoint.planner.WriteItemType",
+            "torch.distributed.checkpoint.planner.TensorWriteData",
+            "torch.distributed.checkpoint.planner.BytesIOWriteData",
+            "megatron.core.dist_checkpointing.strategies.torch.MCoreSavePlan",
+            "megatron.core.dist_checkpointing.strategies.torch.MCoreMetadata",
+        ]
+    ),
 }
 
 
@@ -149,12 +165,17 @@ class DcpChunk:
 
 @dataclass(frozen=True)
 class DcpTensor:
-    """One tensor of the state dict at its global shape, with every chunk that makes it."""
+    """One tensor of the state dict at its global shape, with every chunk that makes it.
+
+    ``squeeze``: leading size-1 dims each stored chunk has and this tensor does not (one
+    layer of a tensor Megatron-Core saved stacked over its layers).
+    """
 
     fqn: str
     shape: tuple[int, ...]
     dtype: str
     chunks: tuple[DcpChunk, ...]
+    squeeze: int = 0
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ class InspectTensor(_Part):
 
 class InspectLayout(_Part):
     """How a training checkpoint is laid out (DCP, Megatron-LM): its writers, and each
-    tensor's chunks (Megatron: its tensor-parallel shards)."""
+    tensor's chunks (Megatron: its tensor-parallel shards; Megatron-Core's torch_dist DCP
+    folders: ``stacked_layers``, the decoder layers saved stacked and read one by one)."""
 
     format: Literal["dcp", "megatron"]
     version: str | None = None
@@ -87,6 +88,7 @@ class InspectLayout(_Part):
     pipeline_parallel: Count | None = None
     layers_per_stage: dict[str, Count] | None = None
     vocab: dict[str, Count] | None = None
+    stacked_layers: Count | None = None
 
 
 class InspectZeroLayout(_Part):

@@ -1,0 +1,145 @@
+"""Megatron-Core's ``torch_dist`` checkpoints (a DCP folder Megatron's own
+``dist_checkpointing.save`` wrote), read by the DCP reader without Megatron.
+
+The fixtures (``tests/megatron_fixtures.py``): the TP 2 x PP 2 models of ``test_megatron.py``
+(GQA/SwiGLU/RMSNorm) and ``test_megatron_gpt2.py`` (GPT-2 layout), each saved by 4 gloo
+processes with ``dist_checkpointing.save`` beside the legacy folder; the reference is the
+unsplit model Megatron itself loaded from that folder. Its ``.metadata`` pickles Megatron's
+save plans next to DCP's metadata: read as inert placeholders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from app.engine.errors import UnsafeCheckpointError
+from app.engine.pipeline import convert
+from app.engine.readers import inspect_source, open_source
+from app.engine.recipe import load_recipe
+from app.engine.target import Target
+from tests.fixtures import cli_inspect
+from tests.megatron_fixtures import VOCAB, megatron_checkpoint, unsplit_state
+from tests.schemas import assert_valid
+
+REPO = Path(__file__).resolve().parents[3]
+# How Megatron names the local spec's layer norms in its sharded state dict (TE's names).
+SHARDED_NAMES = {
+    "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+    "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
+}
+VOCAB_KEYS = ("embedding.word_embeddings.weight", "output_layer.weight")
+
+
+def _sharded_name(key: str) -> str:
+    for local, sharded in SHARDED_NAMES.items():
+        key = key.replace(local, sharded)
+    return key
+
+
+@pytest.mark.parametrize(("kind", "layers"), [("gpt", 4), ("gpt2", 2)])
+def test_each_layer_equals_the_unsplit_model_bit_for_bit(kind: str, layers: int) -> None:
+    folder = megatron_checkpoint(kind)
+    reference = torch.load(folder / "reference.pt", weights_only=True)
+    expected = {_sharded_name(k): v for k, v in unsplit_state(reference).items()}
+    with open_source(folder / "dist") as source:
+        assert source.format == "dcp"
+        assert source.layout is not None and source.layout["stacked_layers"] == layers
+        assert sorted(source.tensors) == sorted(expected)
+        for key, want in expected.items():
+            got = source.read(key)
+            if key in VOCAB_KEYS:  # the TP 2 padding (128 rows) is kept; the true rows match
+                assert got.shape == (128, *want.shape[1:]), key
+                got = got[:VOCAB]
+            assert got.dtype == want.dtype and torch.equal(got, want), key
+
+
+def test_inspect_names_layers_and_validates(tmp_path: Path) -> None:
+    dist = megatron_checkpoint("gpt") / "dist"
+    result = cli_inspect(dist)
+    assert result.returncode == 0, result.stderr
+    assert "decoder.layers.{0..3}.self_attention.linear_qkv.weight" in result.stdout
+    assert "[6144, 64]" in result.stdout
+    document = json.loads(cli_inspect(dist, "--json").stdout)
+    assert document == inspect_source(dist)
+    assert_valid("inspect", document)
+    assert document["layout"]["stacked_layers"] == 4
+    chunks = document["layout"]["chunks"]
+    assert chunks["decoder.layers.3.self_attention.linear_qkv.weight"] == 2  # its 2 TP shards
+    assert chunks["decoder.layers.3.self_attention.linear_qkv.layer_norm_weight"] == 1
+
+
+def test_the_llama_recipe_gives_what_the_legacy_folder_gives(tmp_path: Path) -> None:
+    transformers: Any = pytest.importorskip("transformers")
+    folder = megatron_checkpoint("gpt")
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+        max_position_embeddings=16, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+    )  # fmt: skip
+    target = transformers.LlamaForCausalLM(config).eval()
+    builtin = REPO / "app/engine/align/builtin/megatron-gpt-llama3-8b-to-transformers.yaml"
+    recipe = yaml.safe_load(builtin.read_text())
+    recipe = {k: v for k, v in recipe.items() if not k.startswith("x-")}
+    # the padding rows the folder keeps, sliced off
+    recipe["transform"] = [
+        {"match": key, "op": "slice", "dim": 0, "stop": VOCAB}
+        for key in ("model.embed_tokens.weight", "lm_head.weight")
+    ]
+    outputs = {}
+    for name in ("legacy", "dist"):
+        result = convert(
+            folder / name,
+            Target.from_module(target, name="llama"),
+            load_recipe(recipe),
+            output=tmp_path / f"{name}.safetensors",
+        )
+        assert result.ok, result.report.get("errors")
+        outputs[name] = load_file(str(tmp_path / f"{name}.safetensors"))
+    assert sorted(outputs["dist"]) == sorted(outputs["legacy"])
+    assert all(torch.equal(outputs["dist"][k], v) for k, v in outputs["legacy"].items())
+    target.load_state_dict(outputs["dist"], strict=True)
+    reference = torch.load(folder / "reference.pt", weights_only=True)
+    with torch.no_grad():
+        logits = target(reference["tokens"]).logits
+    want = reference["logits"][..., :VOCAB]
+    assert torch.allclose(logits, want, atol=1e-5, rtol=0), (logits - want).abs().max()
+
+
+class _Runs:
+    """Pickles as a call of ``os.system``."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.command,))
+
+
+def test_a_save_plan_that_runs_code_is_refused(tmp_path: Path) -> None:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    copy = tmp_path / "dist"
+    shutil.copytree(megatron_checkpoint("gpt") / "dist", copy)
+    canary = tmp_path / "canary"
+    metadata = FileSystemReader(str(copy)).read_metadata()
+    # Megatron's plans are read as placeholders: one that carries a call is still refused.
+    metadata.all_local_plans[0].items.append(_Runs(f"touch {shlex.quote(str(canary))}"))
+    (copy / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(UnsafeCheckpointError, match=r"references '(posix|os)\.system'"):
+        open_source(copy)
+    result = cli_inspect(copy)
+    assert result.returncode == 2
+    assert result.stderr.startswith("graft: error: unsafe checkpoint: the pickle references")
+    assert not canary.exists()

@@ -1,7 +1,8 @@
 """What ``graft submit`` uploads for a path: one file, or a checkpoint folder's files as one set.
 
 A set's files are named as the server will store them: their own names for a Hugging Face
-sharded set, a DCP folder or a DeepSpeed tag folder, whose files' names differ; paths relative
+sharded set, a DCP folder (a Megatron-Core ``torch_dist`` one with its ``metadata.json``) or a
+DeepSpeed tag folder, whose files' names differ; paths relative
 to the iteration folder for a Megatron-LM checkpoint, whose rank files are all named
 ``model_optim_rng.pt`` (``mp_rank_00_000/model_optim_rng.pt``, ``mp_rank_01_000/…``).
 """
@@ -42,10 +43,10 @@ def upload_files(path: Path) -> list[tuple[str, Path]]:
     if not path.is_dir():
         return [(path.name, path)]
     if (path / ".metadata").is_file():  # torch.distributed.checkpoint: .metadata + .distcp
-        return [
+        return [  # (and Megatron-Core's torch_dist mark, metadata.json)
             (p.name, p)
             for p in sorted(path.iterdir())
-            if p.name == ".metadata" or p.suffix == ".distcp"
+            if p.name in (".metadata", "metadata.json") or p.suffix == ".distcp"
         ]
     megatron = _megatron_files(path)
     if megatron is not None:

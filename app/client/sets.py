@@ -32,6 +32,19 @@ def _megatron_files(path: Path) -> list[tuple[str, Path]] | None:
     return [(MegatronFolder.member(at), found.files[at]) for at in sorted(found.files)]
 
 
+def _torch_dist_iteration(path: Path) -> Path:
+    """A Megatron checkpoint folder whose tracker names a ``torch_dist`` iteration: that
+    iteration's DCP folder; any other folder as it is."""
+    from app.engine.errors import UnreadableCheckpointError
+    from app.engine.readers.megatron import iteration_dir
+
+    try:
+        folder = iteration_dir(path)
+    except UnreadableCheckpointError as exc:
+        raise GraftClientError(f"{path}: {exc}") from None
+    return folder if folder is not None and (folder / ".metadata").is_file() else path
+
+
 def upload_files(path: Path) -> list[tuple[str, Path]]:
     """``(name, path)`` of what uploading ``path`` sends: a file, or the files of a Hugging
     Face sharded set, a DCP checkpoint, a DeepSpeed checkpoint (its ``latest`` tag folder) or
@@ -42,6 +55,7 @@ def upload_files(path: Path) -> list[tuple[str, Path]]:
     """
     if not path.is_dir():
         return [(path.name, path)]
+    path = _torch_dist_iteration(path)
     if (path / ".metadata").is_file():  # torch.distributed.checkpoint: .metadata + .distcp
         return [  # (and Megatron-Core's torch_dist mark, metadata.json)
             (p.name, p)

@@ -140,6 +140,7 @@ def test_graft_submit_of_a_folder_whose_tracker_lies_exits_2(
 
 
 def test_graft_submit_converts_a_torch_dist_folder(server: Server, tmp_path: Path) -> None:
+    """A training run's ``--ckpt-format torch_dist`` save, named by its tracker file."""
     folder = megatron_checkpoint("gpt")
     names = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
     names["pre_mlp_layernorm."] = "mlp.linear_fc1.layer_norm_"
@@ -148,22 +149,14 @@ def test_graft_submit_converts_a_torch_dist_folder(server: Server, tmp_path: Pat
         for local, sharded in names.items():  # Megatron's sharded names for the local spec
             key = key.replace(local, sharded)
         expected[key] = value
-    padded = {"embedding.word_embeddings.weight", "output_layer.weight"}  # 128 rows kept
     template = tmp_path / "target.pt"
-    torch.save(
-        {k: torch.zeros(128, *v.shape[1:]) if k in padded else v * 0 for k, v in expected.items()},
-        template,
-    )
-    run = _submit(server, folder / "dist", template, "-o", "dist.safetensors", cwd=tmp_path)
+    torch.save({k: torch.zeros_like(v) for k, v in expected.items()}, template)
+    run = _submit(server, folder / "training", template, "-o", "dist.safetensors", cwd=tmp_path)
     assert run.returncode == 0, run.stderr + server.log.read_text()[-3000:]
-    written = load_file(tmp_path / "dist.safetensors")
-    assert sorted(written) == sorted(expected)
-    for key, want in expected.items():
-        got = written[key][: want.shape[0]] if key in padded else written[key]
-        assert torch.equal(got, want), key
+    _assert_unsplit(load_file(tmp_path / "dist.safetensors"), expected)
     report = json.loads((tmp_path / "dist.report.json").read_text())
     assert report["source"]["format"] == "dcp"
     with server.client() as client:
         found = client.get("/v1/checkpoints", params={"sha256": report["source"]["sha256"]})
     files = [f["filename"] for f in found.json()["data"][0]["files"]]
-    assert files[:2] == [".metadata", "__0_0.distcp"] and "metadata.json" in files
+    assert files == [".metadata", *(f"__{r}_0.distcp" for r in range(4)), "metadata.json"]

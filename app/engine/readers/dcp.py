@@ -26,7 +26,12 @@ from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
 from app.engine.readers.base import MAX_HEADER_BYTES, Parsed
 from app.engine.readers.dcp_metadata import DcpMetadata, DcpTensor, parse_metadata
 from app.engine.readers.entries import ENTRY_ORDER
-from app.engine.readers.megatron_dist import is_megatron_dist, unstack_layers
+from app.engine.readers.megatron_dist import (
+    cut_vocab,
+    is_megatron_dist,
+    saved_args,
+    unstack_layers,
+)
 from app.engine.readers.ranges import read_into
 from app.engine.readers.source import Located, Source, SourceExtras
 from app.engine.readers.torch_zip import ZipReader
@@ -91,8 +96,9 @@ class DcpReader:
             chunk = handle.chunks[0]
             with closing(ZipReader(self._files[chunk.file], (chunk.offset, chunk.length))) as inner:
                 ref = self._chunk_ref(inner, handle, chunk.sizes)
-                return inner.read(ref).reshape(handle.shape)
-        out = torch.zeros(handle.shape, dtype=getattr(torch, handle.dtype))
+                whole = inner.read(ref).reshape(handle.stored_shape)
+                return whole.narrow(0, 0, handle.shape[0]) if handle.rows else whole
+        out = torch.zeros(handle.stored_shape, dtype=getattr(torch, handle.dtype))
         for chunk in handle.chunks:
             if not math.prod(chunk.sizes):
                 continue
@@ -106,11 +112,11 @@ class DcpReader:
                     _read_into(dest, *where)
                 else:
                     dest.copy_(inner.read(ref).reshape(chunk.sizes))
-        return out
+        return out.narrow(0, 0, handle.shape[0]) if handle.rows else out
 
     def byte_range(self, handle: DcpTensor) -> tuple[Path, int, int] | None:
         """The one chunk's bytes, when a single chunk holds the whole tensor in C order."""
-        if len(handle.chunks) != 1:
+        if len(handle.chunks) != 1 or handle.rows:
             return None
         chunk = handle.chunks[0]
         with closing(ZipReader(self._files[chunk.file], (chunk.offset, chunk.length))) as inner:
@@ -119,6 +125,8 @@ class DcpReader:
     def byte_ranges(self, handle: DcpTensor) -> list[tuple[Path, int, int]] | None:
         """The chunks' bytes end to end, when the chunks split the first dim only (as FSDP
         and ``Shard(0)`` save them) and each lies in C order: the tensor as ranges to copy."""
+        if handle.rows:  # padding rows cut: read, then narrowed
+            return None
         if len(handle.chunks) == 1:
             span = self.byte_range(handle)
             return [span] if span is not None else None
@@ -156,7 +164,8 @@ def _top(meta: DcpMetadata, fqn: str) -> str:
     path = meta.paths.get(fqn)
     if path:
         return path[0]
-    return fqn.split(".", 1)[0]
+    # (Megatron's sharded objects: ``rng_state/shard_0.1_2.2`` under ``rng_state``)
+    return fqn.split("/", 1)[0].split(".", 1)[0]
 
 
 def _choose(meta: DcpMetadata, entry: str) -> tuple[str | None, dict[str, str]]:
@@ -217,9 +226,12 @@ def open_dcp(files: Mapping[str, Path], entry: str = "auto") -> Source:
         raise TooLargeError(f".metadata is larger than {MAX_HEADER_BYTES} bytes")
     sizes = {name: p.stat().st_size for name, p in files.items()}
     meta = parse_metadata(md_path.read_bytes(), sizes)
-    stacked = None
+    stacked, common = None, None
     if is_megatron_dist(files):  # Megatron-Core's torch_dist: its decoder layers stacked
         meta, stacked = unstack_layers(meta)
+        common = saved_args(files, meta)
+        if common is not None:
+            meta = cut_vocab(meta, common[0])
     chosen, keys = _choose(meta, entry)
     reader = DcpReader(files, meta)
     entries = {key: Located(reader, meta.tensors[fqn]) for fqn, key in keys.items()}
@@ -241,6 +253,14 @@ def open_dcp(files: Mapping[str, Path], entry: str = "auto") -> Source:
     }
     if stacked is not None:
         layout["stacked_layers"] = stacked
+    if common is not None:
+        args, iteration = common
+        if iteration is not None:
+            layout["iteration"] = iteration
+        layout["tensor_parallel"] = args.tensor_parallel
+        layout["pipeline_parallel"] = args.pipeline_parallel
+        padded = args.padded_vocab_size or 0
+        layout["vocab"] = {"padded": padded, "kept": args.vocab_size or padded}
     ignored = {top: _left_out(t) for top, t in others.items()}
     candidates = sorted({_top(meta, f) for f in meta.tensors if f != _top(meta, f)})
     return Source(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.errors import UnreadableCheckpointError, UnsafeCheckpointError
@@ -168,7 +168,8 @@ class DcpTensor:
     """One tensor of the state dict at its global shape, with every chunk that makes it.
 
     ``squeeze``: leading size-1 dims each stored chunk has and this tensor does not (one
-    layer of a tensor Megatron-Core saved stacked over its layers).
+    layer of a tensor Megatron-Core saved stacked over its layers). ``rows``: the rows along
+    dim 0 the chunks cover when more than ``shape`` keeps (a vocabulary's padding, cut).
     """
 
     fqn: str
@@ -176,16 +177,24 @@ class DcpTensor:
     dtype: str
     chunks: tuple[DcpChunk, ...]
     squeeze: int = 0
+    rows: int = 0
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The shape the chunks tile (``shape`` unless padding rows are cut)."""
+        return (self.rows, *self.shape[1:]) if self.rows else self.shape
 
 
 @dataclass(frozen=True)
 class DcpMetadata:
-    """What the ``.metadata`` says: tensors, opaque values, and each key's nested path."""
+    """What the ``.metadata`` says: tensors, opaque values (and where each one's bytes lie:
+    file, offset, length), and each key's nested path."""
 
     tensors: dict[str, DcpTensor]
     values: list[str]
     paths: dict[str, tuple[str, ...]]
     version: str | None
+    value_at: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
@@ -325,4 +334,7 @@ def parse_metadata(data: bytes, files: Mapping[str, int]) -> DcpMetadata:
             if isinstance(fqn, str) and isinstance(path, tuple | list):
                 paths[fqn] = tuple(str(p) for p in path)
     version = _f(root, "version")
-    return DcpMetadata(tensors, values, paths, version if isinstance(version, str) else None)
+    value_at = {fqn: where[(fqn, ())] for fqn in values if (fqn, ()) in where}
+    return DcpMetadata(
+        tensors, values, paths, version if isinstance(version, str) else None, value_at
+    )

@@ -42,7 +42,14 @@ from app.engine.readers.unpickler import TensorRef
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TRACKER", "MegatronFolder", "MegatronReader", "megatron_folder", "open_megatron"]
+__all__ = [
+    "TRACKER",
+    "MegatronFolder",
+    "MegatronReader",
+    "iteration_dir",
+    "megatron_folder",
+    "open_megatron",
+]
 
 TRACKER = "latest_checkpointed_iteration.txt"
 RANK_FILE = "model_optim_rng.pt"
@@ -70,7 +77,13 @@ class MegatronFolder:
         return f"mp_rank_{at[0]:02d}_{at[1]:03d}/{RANK_FILE}"
 
 
-def _iteration_dir(path: Path) -> Path | None:
+def iteration_dir(path: Path) -> Path | None:
+    """The iteration folder the tracker file in ``path`` names, ``path`` itself when it is
+    an ``iter_N``/``release`` folder, else None.
+
+    Raises:
+        UnreadableCheckpointError: the tracker names an iteration the folder does not hold.
+    """
     tracker = path / TRACKER
     if tracker.is_file():
         text = tracker.read_text(errors="replace").strip()[:64]
@@ -149,8 +162,8 @@ def megatron_folder(
         path = path.parent.parent  # one rank's file: the whole iteration it belongs to
     if not path.is_dir():
         return None
-    folder = _iteration_dir(path)
-    if folder is None:
+    folder = iteration_dir(path)
+    if folder is None or (folder / ".metadata").is_file():  # None, or torch_dist: a DCP folder
         return None
     files: dict[tuple[int, int], Path] = {}
     for child in sorted(folder.iterdir()):

@@ -9,8 +9,11 @@ of shape ``[layers, …]``, one chunk per layer and shard. Graft reads each laye
 tensor, ``decoder.layers.N.self_attention.linear_qkv.weight``, from that layer's chunks alone.
 Names are Megatron's sharded ones: the local spec's ``input_layernorm`` and
 ``pre_mlp_layernorm`` are saved as Transformer Engine's ``linear_qkv.layer_norm_*`` and
-``linear_fc1.layer_norm_*``. The vocabulary keeps its padding rows (the folder does not say
-the true size): a recipe can ``slice`` them off.
+``linear_fc1.layer_norm_*``. A training run's save holds its ``args`` in the ``common_state``
+value (a ``torch.save`` pickle, read through the restricted unpickler with Megatron's objects
+as inert placeholders, as the legacy reader reads them): the vocabulary's padding rows are then
+cut to ``args.vocab_size``. Without it (``dist_checkpointing.save`` of a bare model) they are
+kept, and a recipe can ``slice`` them off.
 
 The ``.metadata`` pickle is read by the DCP reader (:mod:`dcp_metadata`); the save plans
 Megatron adds to it are inert placeholders. No Megatron code is imported or called.
@@ -27,12 +30,16 @@ from pathlib import Path
 
 from app.engine.errors import UnreadableCheckpointError
 from app.engine.readers.dcp_metadata import DcpChunk, DcpMetadata, DcpTensor
+from app.engine.readers.megatron_layout import INERT_GLOBALS, MegatronArgs, read_args
+from app.engine.readers.torch_zip import ZipReader
 
-__all__ = ["MEGATRON_DIST_MARK", "is_megatron_dist", "unstack_layers"]
+__all__ = ["MEGATRON_DIST_MARK", "cut_vocab", "is_megatron_dist", "saved_args", "unstack_layers"]
 
 MEGATRON_DIST_MARK = "metadata.json"
 _MAX_MARK_BYTES = 64 * 1024
 _STACKED = "decoder.layers."
+_COMMON = "common_state"
+_VOCAB = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias")
 _ONE_LAYER = re.compile(r"decoder\.layers\.\d+\.")
 
 
@@ -93,3 +100,49 @@ def unstack_layers(meta: DcpMetadata) -> tuple[DcpMetadata, int | None]:
                     key = f"{_STACKED}{index}.{name[len(_STACKED) :]}"
                     tensors[key] = _layer(whole, index, key)
     return dataclasses.replace(meta, tensors=tensors), layers
+
+
+def saved_args(
+    files: Mapping[str, Path], meta: DcpMetadata
+) -> tuple[MegatronArgs, int | None] | None:
+    """The ``args`` a training run saved in the ``common_state`` value, and its iteration;
+    None when there is no such value, or no ``args`` in it.
+
+    Raises:
+        UnsafeCheckpointError: its pickle names anything that could run code.
+    """
+    name = next((v for v in meta.values if v.split("/", 1)[0] == _COMMON), None)
+    where = meta.value_at.get(name) if name is not None else None
+    if where is None or where[0] not in files:
+        return None
+    file, offset, length = where
+    reader = ZipReader(files[file], (offset, length), extra=INERT_GLOBALS)
+    try:
+        root = reader.parsed.root
+    finally:
+        reader.close()
+    if isinstance(root, list) and len(root) == 1:  # saved as a one-element sharded object
+        root = root[0]
+    if not isinstance(root, dict):
+        return None
+    try:
+        args = read_args(root, _COMMON)
+    except UnreadableCheckpointError:
+        return None
+    iteration = root.get("iteration")
+    valid = isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0
+    return args, iteration if valid else None
+
+
+def cut_vocab(meta: DcpMetadata, args: MegatronArgs) -> DcpMetadata:
+    """``meta`` with the vocabulary's padding rows cut to ``args.vocab_size``."""
+    kept = args.vocab_size
+    tensors = dict(meta.tensors)
+    for key in _VOCAB:
+        tensor = tensors.get(key)
+        if tensor is None or kept is None or not tensor.shape or kept >= tensor.shape[0]:
+            continue
+        tensors[key] = dataclasses.replace(
+            tensor, shape=(kept, *tensor.shape[1:]), rows=tensor.shape[0]
+        )
+    return dataclasses.replace(meta, tensors=tensors)

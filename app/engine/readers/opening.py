@@ -10,7 +10,7 @@ from typing import Any
 
 from app.engine.readers.dcp import dcp_files, open_dcp
 from app.engine.readers.entries import describe_value, reader_tensors
-from app.engine.readers.megatron import megatron_folder, open_megatron
+from app.engine.readers.megatron import iteration_dir, megatron_folder, open_megatron
 from app.engine.readers.sharded import open_sharded, shard_files
 from app.engine.readers.sniff import open_reader
 from app.engine.readers.source import Located, Source, SourceExtras
@@ -52,6 +52,18 @@ def _open_file(path: Path, entry: str) -> Source:
         raise
 
 
+def _torch_dist_iteration(
+    path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
+) -> str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path]:
+    """A Megatron checkpoint folder whose tracker names a ``torch_dist`` iteration (a DCP
+    folder): that iteration's folder; anything else as it is."""
+    if isinstance(path, str | os.PathLike) and Path(path).is_dir():
+        folder = iteration_dir(Path(path))
+        if folder is not None and folder != Path(path) and (folder / ".metadata").is_file():
+            return folder
+    return path
+
+
 def open_source(
     path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
     *,
@@ -63,7 +75,8 @@ def open_source(
     Args:
         path: a file; a directory or ``*.index.json`` of a sharded set; a DCP folder (or its
             ``.metadata``); a DeepSpeed checkpoint folder (holding ``latest``, or its
-            ``global_stepN``); a Megatron-LM checkpoint folder (or its ``iter_N``); a list of the
+            ``global_stepN``); a Megatron-LM checkpoint folder (or its ``iter_N``; ``torch``
+            or ``torch_dist`` format); a list of the
             set's files; or a mapping of file name -> path (for sets stored under other names).
         entry: ``auto`` (SPEC §1 order) or a dotted path to the dict of weights (for DCP,
             the entry's key prefix: ``optimizer`` takes the optimizer state).
@@ -80,6 +93,8 @@ def open_source(
     """
     zero = zero_files(path)
     megatron = megatron_folder(path) if zero is None else None
+    if zero is None and megatron is None:
+        path = _torch_dist_iteration(path)
     dcp = dcp_files(path) if zero is None and megatron is None else None
     shards = shard_files(path) if dcp is None and zero is None and megatron is None else None
     if shards is not None and "" in shards:  # a model folder holding a single weights file

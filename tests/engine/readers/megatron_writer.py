@@ -19,6 +19,9 @@ Into:
   namespace, the rank's model shard and its RNG state.
 - ``OUT/dist``: the same 4 shards saved by ``megatron.core.dist_checkpointing.save`` (the
   ``torch_dist`` backend).
+- ``OUT/training``: the same again, saved by ``save_checkpoint`` with ``--ckpt-format
+  torch_dist`` as a training run saves it: ``latest_checkpointed_iteration.txt`` and
+  ``iter_0000007/`` holding the DCP files, ``metadata.json`` and ``common.pt`` (the args).
 - ``OUT/reference.pt``: the reference. One process builds the same model unsplit (TP 1, PP 1)
   and loads ``OUT/dist`` into it with ``dist_checkpointing.load``: Megatron itself gathers the
   shards (its own resharding, SwiGLU's interleaved ``linear_fc1`` included). Saved as a plain
@@ -143,6 +146,11 @@ def _rank(out: Path, kind: str) -> None:
     save_checkpoint(ITERATION, [model], None, None, 0)
     (out / "dist").mkdir(exist_ok=True)
     dist_checkpointing.save(model.sharded_state_dict(), str(out / "dist"))
+    torch.distributed.barrier()
+    # The same model as a training run saves it with --ckpt-format torch_dist: the tracker
+    # file, and iter_0000007/ holding the DCP files, metadata.json and common.pt (the args).
+    args.ckpt_format, args.use_dist_ckpt, args.save = "torch_dist", True, str(out / "training")
+    save_checkpoint(ITERATION, [model], None, None, 0)
     torch.distributed.barrier()
 
 

@@ -1,11 +1,13 @@
-"""Megatron-Core's ``torch_dist`` checkpoints (a DCP folder Megatron's own
-``dist_checkpointing.save`` wrote), read by the DCP reader without Megatron.
+"""Megatron-Core's ``torch_dist`` checkpoints (DCP folders Megatron's own code wrote), read by
+the DCP reader without Megatron.
 
 The fixtures (``tests/megatron_fixtures.py``): the TP 2 x PP 2 models of ``test_megatron.py``
 (GQA/SwiGLU/RMSNorm) and ``test_megatron_gpt2.py`` (GPT-2 layout), each saved by 4 gloo
-processes with ``dist_checkpointing.save`` beside the legacy folder; the reference is the
-unsplit model Megatron itself loaded from that folder. Its ``.metadata`` pickles Megatron's
-save plans next to DCP's metadata: read as inert placeholders.
+processes twice more: ``dist/`` by ``dist_checkpointing.save`` of the bare model, and
+``training/`` by ``save_checkpoint`` with ``--ckpt-format torch_dist`` (the tracker file, then
+``iter_0000007/`` with the args in its ``common_state``). The reference is the unsplit model
+Megatron itself loaded from ``dist/``. The ``.metadata`` pickles Megatron's save plans next to
+DCP's metadata: read as inert placeholders.
 """
 
 from __future__ import annotations
@@ -48,20 +50,29 @@ def _sharded_name(key: str) -> str:
 
 
 @pytest.mark.parametrize(("kind", "layers"), [("gpt", 4), ("gpt2", 2)])
-def test_each_layer_equals_the_unsplit_model_bit_for_bit(kind: str, layers: int) -> None:
+@pytest.mark.parametrize("saved", ["dist", "training"])
+def test_each_layer_equals_the_unsplit_model_bit_for_bit(
+    kind: str, layers: int, saved: str
+) -> None:
     folder = megatron_checkpoint(kind)
     reference = torch.load(folder / "reference.pt", weights_only=True)
     expected = {_sharded_name(k): v for k, v in unsplit_state(reference).items()}
-    with open_source(folder / "dist") as source:
+    # A training run's save (the tracker file, then its iteration) holds its args: the
+    # vocabulary's padding is cut. dist_checkpointing.save of the bare model keeps it.
+    with open_source(folder / saved) as source:
         assert source.format == "dcp"
         assert source.layout is not None and source.layout["stacked_layers"] == layers
         assert sorted(source.tensors) == sorted(expected)
         for key, want in expected.items():
             got = source.read(key)
-            if key in VOCAB_KEYS:  # the TP 2 padding (128 rows) is kept; the true rows match
+            if key in VOCAB_KEYS and saved == "dist":
                 assert got.shape == (128, *want.shape[1:]), key
                 got = got[:VOCAB]
             assert got.dtype == want.dtype and torch.equal(got, want), key
+        if saved == "training":
+            layout = source.layout
+            assert (layout["tensor_parallel"], layout["pipeline_parallel"]) == (2, 2)
+            assert (layout["iteration"], layout["vocab"]) == (7, {"padded": 128, "kept": 100})
 
 
 def test_inspect_names_layers_and_validates(tmp_path: Path) -> None:
@@ -79,7 +90,8 @@ def test_inspect_names_layers_and_validates(tmp_path: Path) -> None:
     assert chunks["decoder.layers.3.self_attention.linear_qkv.layer_norm_weight"] == 1
 
 
-def test_the_llama_recipe_gives_what_the_legacy_folder_gives(tmp_path: Path) -> None:
+@pytest.mark.parametrize("saved", ["dist", "training"])
+def test_the_llama_recipe_gives_what_the_legacy_folder_gives(saved: str, tmp_path: Path) -> None:
     transformers: Any = pytest.importorskip("transformers")
     folder = megatron_checkpoint("gpt")
     config = transformers.LlamaConfig(
@@ -89,27 +101,29 @@ def test_the_llama_recipe_gives_what_the_legacy_folder_gives(tmp_path: Path) -> 
         tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
     )  # fmt: skip
     target = transformers.LlamaForCausalLM(config).eval()
-    builtin = REPO / "app/engine/align/builtin/megatron-gpt-llama3-8b-to-transformers.yaml"
-    recipe = yaml.safe_load(builtin.read_text())
-    recipe = {k: v for k, v in recipe.items() if not k.startswith("x-")}
-    # the padding rows the folder keeps, sliced off
-    recipe["transform"] = [
-        {"match": key, "op": "slice", "dim": 0, "stop": VOCAB}
-        for key in ("model.embed_tokens.weight", "lm_head.weight")
-    ]
+    recipe: Any = "builtin:megatron-gpt-llama3-8b-to-transformers"
+    if saved == "dist":  # no args saved: the padding rows the folder keeps, sliced off
+        builtin = REPO / "app/engine/align/builtin/megatron-gpt-llama3-8b-to-transformers.yaml"
+        recipe = {k: v for k, v in yaml.safe_load(builtin.read_text()).items() if k[:2] != "x-"}
+        recipe["transform"] = [
+            {"match": key, "op": "slice", "dim": 0, "stop": VOCAB}
+            for key in ("model.embed_tokens.weight", "lm_head.weight")
+        ]
     outputs = {}
-    for name in ("legacy", "dist"):
+    for name in ("legacy", saved):
         result = convert(
             folder / name,
             Target.from_module(target, name="llama"),
-            load_recipe(recipe),
+            load_recipe(
+                recipe if name == saved else "builtin:megatron-gpt-llama3-8b-to-transformers"
+            ),
             output=tmp_path / f"{name}.safetensors",
         )
         assert result.ok, result.report.get("errors")
         outputs[name] = load_file(str(tmp_path / f"{name}.safetensors"))
-    assert sorted(outputs["dist"]) == sorted(outputs["legacy"])
-    assert all(torch.equal(outputs["dist"][k], v) for k, v in outputs["legacy"].items())
-    target.load_state_dict(outputs["dist"], strict=True)
+    assert sorted(outputs[saved]) == sorted(outputs["legacy"])
+    assert all(torch.equal(outputs[saved][k], v) for k, v in outputs["legacy"].items())
+    target.load_state_dict(outputs[saved], strict=True)
     reference = torch.load(folder / "reference.pt", weights_only=True)
     with torch.no_grad():
         logits = target(reference["tokens"]).logits
@@ -130,13 +144,13 @@ class _Runs:
 def test_a_save_plan_that_runs_code_is_refused(tmp_path: Path) -> None:
     from torch.distributed.checkpoint import FileSystemReader
 
-    copy = tmp_path / "dist"
-    shutil.copytree(megatron_checkpoint("gpt") / "dist", copy)
+    copy = tmp_path / "training"
+    shutil.copytree(megatron_checkpoint("gpt") / "training", copy)
     canary = tmp_path / "canary"
-    metadata = FileSystemReader(str(copy)).read_metadata()
+    metadata = FileSystemReader(str(copy / "iter_0000007")).read_metadata()
     # Megatron's plans are read as placeholders: one that carries a call is still refused.
     metadata.all_local_plans[0].items.append(_Runs(f"touch {shlex.quote(str(canary))}"))
-    (copy / ".metadata").write_bytes(pickle.dumps(metadata))
+    (copy / "iter_0000007" / ".metadata").write_bytes(pickle.dumps(metadata))
     with pytest.raises(UnsafeCheckpointError, match=r"references '(posix|os)\.system'"):
         open_source(copy)
     result = cli_inspect(copy)

@@ -12,6 +12,7 @@ DCP's metadata: read as inert placeholders.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -156,4 +157,29 @@ def test_a_save_plan_that_runs_code_is_refused(tmp_path: Path) -> None:
     result = cli_inspect(copy)
     assert result.returncode == 2
     assert result.stderr.startswith("graft: error: unsafe checkpoint: the pickle references")
+    assert not canary.exists()
+
+
+def test_a_common_state_that_runs_code_is_refused(tmp_path: Path) -> None:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    copy = tmp_path / "training"
+    shutil.copytree(megatron_checkpoint("gpt") / "training", copy)
+    iteration = copy / "iter_0000007"
+    canary = tmp_path / "canary"
+    # The args' pickle, swapped for one that calls os.system: appended to a .distcp file,
+    # and the metadata pointed at it.
+    evil = io.BytesIO()
+    torch.save({"args": _Runs(f"touch {shlex.quote(str(canary))}")}, evil)
+    shard = iteration / "__0_0.distcp"
+    offset = shard.stat().st_size
+    with shard.open("ab") as f:
+        f.write(evil.getvalue())
+    metadata = FileSystemReader(str(iteration)).read_metadata()
+    (index,) = [i for i in metadata.storage_data if i.fqn.startswith("common_state")]
+    info = metadata.storage_data[index]
+    info.relative_path, info.offset, info.length = shard.name, offset, len(evil.getvalue())
+    (iteration / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(UnsafeCheckpointError, match=r"references '(posix|os)\.system'"):
+        open_source(copy)
     assert not canary.exists()

@@ -126,6 +126,19 @@ def test_a_set_name_that_climbs_out_is_a_one_line_400(server: Server) -> None:
     assert r.json()["detail"].endswith("'..' may not climb out of the set")
 
 
+def test_one_rank_file_uploaded_alone_is_read_as_a_megatron_rank(
+    server: Server, megatron: dict[str, Any]
+) -> None:
+    """A single file named by its rank folder (as a TP 1 x PP 1 checkpoint is uploaded, over
+    tus when large) is opened as a Megatron set: here, one rank of four, so refused so."""
+    rank = megatron["legacy"] / "iter_0000007" / RANKS[2]
+    with server.client() as client:
+        r = client.post("/v1/checkpoints", params={"filename": RANKS[2]}, content=rank.read_bytes())
+    assert r.status_code == 422, r.text
+    assert r.json()["type"] == "unreadable-checkpoint"
+    assert "args say TP 2 x PP 2, but the folder holds 1 rank files" in r.json()["detail"]
+
+
 def test_graft_submit_of_a_folder_whose_tracker_lies_exits_2(
     server: Server, megatron: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -159,6 +159,9 @@ def megatron_folder(
         return _rank_set({f"{p.parent.name}/{p.name}": p for p in paths})
     path = Path(path)
     if path.name == RANK_FILE and _RANK_DIR.fullmatch(path.parent.name):
+        if not (path.parent.parent.is_dir() and iteration_dir(path.parent.parent)):
+            # one rank's file alone in its rank folder (as a job links a TP 1 x PP 1 upload)
+            return _rank_set({f"{path.parent.name}/{RANK_FILE}": path})
         path = path.parent.parent  # one rank's file: the whole iteration it belongs to
     if not path.is_dir():
         return None

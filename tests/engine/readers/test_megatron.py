@@ -196,6 +196,16 @@ def test_an_iteration_folder_or_one_rank_file_opens_the_whole_checkpoint(megatro
     assert inspect_source(one_rank)["layout"] == whole["layout"]
 
 
+def test_a_rank_file_alone_in_its_rank_folder_is_one_rank(megatron: Any, tmp_path: Path) -> None:
+    # (a TP 1 x PP 1 upload, as a job links it: source/mp_rank_00_000/model_optim_rng.pt)
+    path, _ = megatron
+    alone = tmp_path / "source" / RANKS[2] / "model_optim_rng.pt"
+    alone.parent.mkdir(parents=True)
+    shutil.copy(path / "iter_0000007" / RANKS[2] / "model_optim_rng.pt", alone)
+    with pytest.raises(UnreadableCheckpointError, match=r"TP 2 x PP 2, but the folder holds 1"):
+        open_source(alone)
+
+
 def test_a_missing_rank_is_named(megatron: Any, tmp_path: Path) -> None:
     path, _ = megatron
     copy = tmp_path / "ckpt"

@@ -19,8 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from app.client.http import upload_digest
+from app.client.http import GraftClient, upload_digest
 from app.client.sets import upload_files
+from app.client.tus import TusOptions
 from app.engine.readers import open_source
 from tests.e2e.conftest import REPO, Server
 from tests.megatron_fixtures import megatron_checkpoint, unsplit_state
@@ -113,6 +114,41 @@ def test_a_job_converts_an_uploaded_megatron_set(
             client.get(f"/v1/jobs/{job['id']}/weights").content
         )
     _assert_unsplit(load_file(tmp_path / "w.safetensors"), megatron["expected"])
+
+
+@pytest.mark.parametrize("how", ["graft submit", "tus"])
+def test_a_tp1_checkpoint_uploads_as_one_rank_file(
+    server: Server, how: str, tmp_path: Path
+) -> None:
+    """A TP 1 x PP 1 run's one rank file (``mp_rank_00/``), sent as one file that keeps its
+    rank folder in its name: in one POST by ``graft submit``, or resumable over tus."""
+    folder = megatron_checkpoint("gpt")
+    expected = unsplit_state(torch.load(folder / "reference.pt", weights_only=True))
+    template = tmp_path / "target.pt"
+    torch.save({k: torch.zeros_like(v) for k, v in expected.items()}, template)
+    out = tmp_path / "tp1.safetensors"
+    if how == "graft submit":
+        run = _submit(server, folder / "tp1", template, "-o", out, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr + server.log.read_text()[-3000:]
+    else:
+        named = upload_files(folder / "tp1")
+        digest = upload_digest([p for _, p in named], [n for n, _ in named])
+        with server.client() as http:  # sent again, not found: over tus this time
+            for found in http.get("/v1/checkpoints", params={"sha256": digest}).json()["data"]:
+                assert http.delete(f"/v1/checkpoints/{found['id']}").status_code == 204
+        tus = TusOptions(threshold=1024, part_size=1 << 20, state_dir=tmp_path / "tus")
+        with GraftClient(server.url, tus=tus) as client:
+            record = client.upload(folder / "tp1")
+            assert [f["filename"] for f in record["files"]] == ["mp_rank_00_000/model_optim_rng.pt"]
+            assert record["format"] == "megatron"
+            target = client.upload(template)
+            job = client.create_job(record["id"], {"checkpoint": target["id"]})
+            for event in client.events(job["id"]):
+                if event.terminal:
+                    job = event.data
+            assert job["status"] == "succeeded", (job["error"], server.log.read_text()[-3000:])
+            client.download(job["id"], "weights", out)
+    _assert_unsplit(load_file(out), expected)
 
 
 def test_a_set_name_that_climbs_out_is_a_one_line_400(server: Server) -> None:

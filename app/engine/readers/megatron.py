@@ -29,6 +29,7 @@ from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
 from app.engine.readers.base import Parsed
 from app.engine.readers.megatron_layout import (
     INERT_GLOBALS,
+    VOCAB_KEYS,
     MegatronArgs,
     layer_index,
     partition,
@@ -345,6 +346,8 @@ def _merge(
             if key in tensors:  # a non-layer key on two stages (tied embeddings): the first
                 continue
             how = partition(saved, args.gated) if args.tensor_parallel > 1 else "replicated"
+            if saved in VOCAB_KEYS:  # with TP 1 too: the padding rows are cut
+                how = "vocab"
             ranks = [0] if how == "replicated" else range(args.tensor_parallel)
             parts = []
             for tp in ranks:

@@ -30,7 +30,12 @@ from pathlib import Path
 
 from app.engine.errors import UnreadableCheckpointError
 from app.engine.readers.dcp_metadata import DcpChunk, DcpMetadata, DcpTensor
-from app.engine.readers.megatron_layout import INERT_GLOBALS, MegatronArgs, read_args
+from app.engine.readers.megatron_layout import (
+    INERT_GLOBALS,
+    VOCAB_KEYS,
+    MegatronArgs,
+    read_args,
+)
 from app.engine.readers.torch_zip import ZipReader
 
 __all__ = ["MEGATRON_DIST_MARK", "cut_vocab", "is_megatron_dist", "saved_args", "unstack_layers"]
@@ -39,7 +44,6 @@ MEGATRON_DIST_MARK = "metadata.json"
 _MAX_MARK_BYTES = 64 * 1024
 _STACKED = "decoder.layers."
 _COMMON = "common_state"
-_VOCAB = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias")
 _ONE_LAYER = re.compile(r"decoder\.layers\.\d+\.")
 
 
@@ -138,7 +142,7 @@ def cut_vocab(meta: DcpMetadata, args: MegatronArgs) -> DcpMetadata:
     """``meta`` with the vocabulary's padding rows cut to ``args.vocab_size``."""
     kept = args.vocab_size
     tensors = dict(meta.tensors)
-    for key in _VOCAB:
+    for key in VOCAB_KEYS:
         tensor = tensors.get(key)
         if tensor is None or kept is None or not tensor.shape or kept >= tensor.shape[0]:
             continue

@@ -23,6 +23,7 @@ from app.engine.errors import UnreadableCheckpointError, UnsafeCheckpointError
 
 __all__ = [
     "INERT_GLOBALS",
+    "VOCAB_KEYS",
     "Inert",
     "MegatronArgs",
     "layer_index",
@@ -183,7 +184,7 @@ def read_args(root: Mapping[str, Any], where: str) -> MegatronArgs:
 
 # How each parameter is split across TP ranks, by the end of its name (Megatron-Core's
 # ColumnParallelLinear / RowParallelLinear / VocabParallelEmbedding, local and TE specs).
-_VOCAB = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias")
+VOCAB_KEYS = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias")
 _COLUMN = re.compile(
     r".*\.(linear_qkv|linear_q|linear_kv|linear_q_proj|linear_q_down_proj|linear_q_up_proj"
     r"|linear_kv_down_proj|linear_kv_up_proj|linear_fc1)\.(weight|bias)"
@@ -208,7 +209,7 @@ def partition(key: str, gated: bool) -> str:
     Raises:
         UnreadableCheckpointError: Graft does not know how Megatron splits ``key``.
     """
-    if key in _VOCAB:
+    if key in VOCAB_KEYS:
         return "vocab"
     if _COLUMN.fullmatch(key):
         return "gated" if gated and ".linear_fc1." in key else "column"

@@ -22,6 +22,8 @@ Into:
 - ``OUT/training``: the same again, saved by ``save_checkpoint`` with ``--ckpt-format
   torch_dist`` as a training run saves it: ``latest_checkpointed_iteration.txt`` and
   ``iter_0000007/`` holding the DCP files, ``metadata.json`` and ``common.pt`` (the args).
+- ``OUT/tp1``: the unsplit model below, saved by ``save_checkpoint`` with TP 1 x PP 1 in the
+  legacy format: one rank file, ``iter_0000007/mp_rank_00/model_optim_rng.pt``.
 - ``OUT/reference.pt``: the reference. One process builds the same model unsplit (TP 1, PP 1)
   and loads ``OUT/dist`` into it with ``dist_checkpointing.load``: Megatron itself gathers the
   shards (its own resharding, SwiGLU's interleaved ``linear_fc1`` included). Saved as a plain
@@ -173,6 +175,11 @@ def _reference(out: Path, kind: str) -> None:
     with torch.no_grad():
         logits = model(tokens, positions, mask)
     state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    # The unsplit model saved as a TP 1 x PP 1 run saves it: one rank file, mp_rank_00/.
+    from megatron.training.checkpointing import save_checkpoint
+
+    args.save = str(out / "tp1")
+    save_checkpoint(ITERATION, [model], None, None, 0)
     torch.save(
         {"state_dict": state, "tokens": tokens, "logits": logits, "vocab_size": VOCAB},
         out / "reference.pt",

@@ -216,3 +216,13 @@ def test_a_missing_rank_is_named(megatron: Any, tmp_path: Path) -> None:
     (copy / "latest_checkpointed_iteration.txt").write_text("9")
     with pytest.raises(UnreadableCheckpointError, match="names iteration '9'"):
         open_source(copy)
+
+
+def test_a_tp1_checkpoint_is_the_unsplit_model_its_vocab_padding_cut() -> None:
+    folder = megatron_checkpoint("gpt")  # tp1/: saved by the unsplit model itself
+    expected = unsplit_state(torch.load(folder / "reference.pt", weights_only=True))
+    with open_source(folder / "tp1") as source:
+        assert source.layout is not None
+        assert source.layout["vocab"] == {"padded": 112, "kept": VOCAB}  # padded for TP 1
+        assert sorted(source.tensors) == sorted(expected)
+        assert all(torch.equal(source.read(k), v) for k, v in expected.items())

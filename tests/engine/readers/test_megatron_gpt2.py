@@ -56,9 +56,15 @@ def test_the_merged_view_equals_the_unsplit_model_and_its_tied_copy(megatron: An
         )
 
 
-def test_builtin_recipe_to_gpt2_computes_megatrons_logits(megatron: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("saved", ["legacy", "training"])
+def test_builtin_recipe_to_gpt2_computes_megatrons_logits(
+    megatron: Any, saved: str, tmp_path: Path
+) -> None:
+    """From the legacy folder, and from the torch_dist save of the same run (stacked layers,
+    Transformer Engine's layer-norm names, no copy of the tied output layer)."""
     transformers: Any = import_part("transformers", "transformers", "make setup installs it")
     path, reference = megatron
+    path = path.parent / saved
     config = transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=16, n_embd=HIDDEN, n_layer=2, n_head=HEADS, n_inner=256,
         activation_function="gelu", layer_norm_epsilon=1e-5, tie_word_embeddings=True,

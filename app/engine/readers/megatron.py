@@ -4,7 +4,9 @@ A checkpoint folder holds ``latest_checkpointed_iteration.txt`` and ``iter_NNNNN
 ``release/``) with one ``mp_rank_TT[_PPP]/model_optim_rng.pt`` per tensor-parallel rank TT and
 pipeline stage PPP: a ``torch.save`` zip of ``{"args", "iteration", "model", "rng_state",
 "optimizer", …}``. Every rank file is read by the zip reader through the restricted unpickler;
-Megatron's ``args`` and RNG states become inert placeholders (:mod:`megatron_layout`).
+Megatron's ``args`` and RNG states become inert placeholders (:mod:`megatron_layout`). An
+uploaded set names each rank file by its folder, ``mp_rank_TT_PPP/model_optim_rng.pt``; a
+``torch_dist`` iteration (a DCP folder) is :mod:`megatron_dist`'s.
 
 The merged view: each parameter's TP shards are joined along its partition dim (column-parallel
 dim 0, row-parallel dim 1; SwiGLU's ``linear_fc1`` as [gate; up] of the whole; vocab-parallel

@@ -171,7 +171,8 @@ async def finish_part(
 
 
 def _matches(writer: PartWriter, checksum: PartChecksum) -> bool:
-    return writer.part is not None and hmac.compare_digest(writer.part.digest(), checksum.digest)
+    digest = writer.part_digest()
+    return digest is not None and hmac.compare_digest(digest, checksum.digest)
 
 
 async def complete_upload(

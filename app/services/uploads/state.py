@@ -38,7 +38,8 @@ from typing import Any
 from app.services.errors import NotFoundError, TooManyUploadsError
 from app.services.uploads.errors import UploadBusyError
 from app.storage import StagedFile
-from app.storage.staging import writev_all
+from app.engine.output.files import start_writeback
+from app.storage.staging import BackgroundHash, writev_all
 
 __all__ = ["PartWriter", "ResumableUploads", "UploadInfo"]
 
@@ -89,6 +90,9 @@ class PartWriter(StagedFile):
 
     A :class:`StagedFile` to the code that registers uploads, but self-contained: it keeps
     its own file and digest (none of the base class's state), so the two can change apart.
+    Batches are written with ``writev`` by the caller's thread and hashed on a
+    :class:`BackgroundHash` thread meanwhile; writeback starts after every batch, so the
+    fdatasync that ends the part finds little left to write.
 
     Args:
         path: the upload's ``data`` file, already cut back to ``offset`` bytes.
@@ -97,6 +101,8 @@ class PartWriter(StagedFile):
         running: the sha256 of those bytes.
         part_digest: also hash this part on its own (a PATCH with ``Upload-Checksum``).
     """
+
+    WRITEBACK_EVERY = 8 << 20
 
     def __init__(
         self, path: Path, *, name: str, offset: int, running: Any, part_digest: bool
@@ -107,23 +113,28 @@ class PartWriter(StagedFile):
         self.start = offset
         self._digest = running
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._flushed = offset
         self.part = hashlib.sha256() if part_digest else None
+        digests = (running,) if self.part is None else (running, self.part)
+        self._hasher = BackgroundHash(*digests)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.write_many([data])  # writev and sha256 take any buffer: no copy
+        self.write_many([bytes(data)])  # hashed later: a buffer that may change is copied
 
     def write_many(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Append ``chunks`` in ``writev`` calls and hash them (and the part, if asked)."""
+        """Append ``chunks`` in ``writev`` calls; they are hashed (and the part, if asked)
+        on the hashing thread, so they must not change afterwards."""
         if self._fd is None:
             raise ValueError(f"part writer for {self.path} is closed")
         self.size += writev_all(self._fd, chunks)
-        for chunk in chunks:
-            self._digest.update(chunk)
-            if self.part is not None:
-                self.part.update(chunk)
+        self._hasher.feed(chunks)
+        if self.size - self._flushed >= self.WRITEBACK_EVERY:
+            start_writeback(self._fd, self._flushed, self.size - self._flushed)
+            self._flushed = self.size
 
     def sync(self) -> None:
         """fdatasync and close the file, keeping the running digest open."""
+        self._hasher.join()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
@@ -138,14 +149,23 @@ class PartWriter(StagedFile):
 
     @property
     def sha256(self) -> str:
+        self._hasher.join()
         return str(self._digest.hexdigest())
+
+    def part_digest(self) -> bytes | None:
+        """This part's own sha256 (when asked for at opening)."""
+        self._hasher.join()
+        return None if self.part is None else self.part.digest()
 
     def running(self) -> Any:
         """The sha256 object of the bytes written so far (to carry to the next part)."""
+        self._hasher.join()
         return self._digest
 
     def rollback(self) -> None:
         """Drop this part's bytes: cut the file back to where the part began."""
+        with contextlib.suppress(BaseException):
+            self._hasher.join()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)

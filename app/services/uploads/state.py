@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.engine.output.files import start_writeback
 from app.services.errors import NotFoundError, TooManyUploadsError
 from app.services.uploads.errors import UploadBusyError
 from app.storage import StagedFile
-from app.engine.output.files import start_writeback
 from app.storage.staging import BackgroundHash, writev_all
 
 __all__ = ["PartWriter", "ResumableUploads", "UploadInfo"]

@@ -38,7 +38,7 @@ from typing import Any
 from app.engine.output.files import start_writeback
 from app.services.errors import NotFoundError, TooManyUploadsError
 from app.services.uploads.errors import UploadBusyError
-from app.storage import StagedFile
+from app.storage import BlobStore, PartsUpload, StagedFile
 from app.storage.staging import BackgroundHash, writev_all
 
 __all__ = ["PartWriter", "ResumableUploads", "UploadInfo"]
@@ -64,6 +64,8 @@ class UploadInfo:
         checkpoint_id: once complete, the checkpoint record it made.
         created_checkpoint: whether completing it created that record (else: same bytes
             were uploaded before).
+        parts: where a store that assembles blobs from parts (S3) holds the bytes sent so
+            far (:class:`~app.storage.PartsUpload`, as a dict); ``None`` for the file store.
     """
 
     id: str
@@ -75,6 +77,7 @@ class UploadInfo:
     updated: float = field(default_factory=time.time)
     checkpoint_id: str | None = None
     created_checkpoint: bool = False
+    parts: dict[str, Any] | None = None
 
     @property
     def complete(self) -> bool:
@@ -100,9 +103,14 @@ class PartWriter(StagedFile):
         offset: the bytes already in it.
         running: the sha256 of those bytes.
         part_digest: also hash this part on its own (a PATCH with ``Upload-Checksum``).
+
+    Attributes:
+        assembled: once the upload is complete, its parts in the store when the store
+            assembles blobs from parts (publish them, not the file).
     """
 
     WRITEBACK_EVERY = 8 << 20
+    assembled: PartsUpload | None = None
 
     def __init__(
         self, path: Path, *, name: str, offset: int, running: Any, part_digest: bool
@@ -184,10 +192,21 @@ class ResumableUploads:
         root: the folder (``<scratch>/tus``); created when the first upload is.
         max_per_owner: most unfinished uploads one owner may hold.
         expiry_seconds: an upload untouched this long is removed by :meth:`expire`.
+        store: the blob store; when it assembles blobs from parts (S3), the bytes of each
+            part committed go to it at once (:meth:`commit_part`), so completing the upload
+            sends nothing more.
     """
 
-    def __init__(self, root: Path, *, max_per_owner: int, expiry_seconds: float) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_per_owner: int,
+        expiry_seconds: float,
+        store: BlobStore | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.store = store
         self.max_per_owner = max_per_owner
         self.expiry_seconds = expiry_seconds
         self._hashes: dict[str, tuple[int, Any]] = {}
@@ -297,13 +316,46 @@ class ResumableUploads:
         )
 
     def commit_part(self, info: UploadInfo, writer: PartWriter) -> None:
-        """Make the bytes written durable and advance the offset; keep the running digest."""
+        """Make the bytes written durable and advance the offset; keep the running digest.
+
+        With a store that assembles blobs from parts, the bytes not sent yet go to it as one
+        part (a PATCH's bytes, or several short PATCHes' together once they reach the
+        store's smallest part); a failure to send leaves them for the next part, or for
+        :meth:`finish_parts`.
+        """
         writer.sync()
         info.offset = writer.size
         info.updated = time.time()
+        try:
+            self._send_parts(info, final=False)
+        except Exception as exc:  # the bytes are durable here; sent with a later part
+            logger.warning("upload %s: part not sent to %r yet: %s", info.id, self.store, exc)
         self.save(info)
         with self._guard:
             self._hashes[info.id] = (info.offset, writer.running())
+
+    def finish_parts(self, info: UploadInfo) -> PartsUpload | None:
+        """Send what is left of a complete upload to a store that assembles blobs from
+        parts; its parts there (``None``: the store takes the file itself)."""
+        self._send_parts(info, final=True)
+        if info.parts is None:
+            return None
+        self.save(info)
+        return PartsUpload.of(info.parts)
+
+    def _send_parts(self, info: UploadInfo, *, final: bool) -> None:
+        if self.store is None:
+            return
+        parts = PartsUpload.of(info.parts) if info.parts else self.store.open_parts(info.id)
+        if parts is None:
+            return
+        pending = info.offset - parts.sent
+        if pending > 0 and (final or pending >= self.store.min_part_size):
+            try:
+                self.store.send_part(parts, self.data_path(info), parts.sent, info.offset)
+            finally:
+                info.parts = parts.as_dict()  # the parts that did go, whatever happened
+        info.parts = parts.as_dict()
 
     def forget_hash(self, upload_id: str) -> None:
         with self._guard:
@@ -312,8 +364,14 @@ class ResumableUploads:
     # --- ends -----------------------------------------------------------------------------
 
     def remove(self, upload_id: str) -> None:
-        """Delete an upload's folder and bytes (termination, expiry, a refused file)."""
+        """Delete an upload's folder and bytes, its parts in the store included
+        (termination, expiry, a refused file)."""
         self.forget_hash(upload_id)
+        if self.store is not None:
+            with contextlib.suppress(NotFoundError):
+                info = self.get(upload_id, owner=None)
+                if info.parts and not info.complete:
+                    self.store.abort_parts(PartsUpload.of(info.parts))
         shutil.rmtree(self.folder(upload_id), ignore_errors=True)
 
     def expires_at(self, info: UploadInfo) -> float:

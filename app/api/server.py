@@ -23,7 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 __all__ = ["BODY_BATCH", "BODY_LINGER", "header_deadline_protocol", "run"]
 
@@ -136,6 +137,19 @@ class _HeaderDeadlineProtocol(HttpToolsProtocol):
             self._wake()
         elif self._linger is None:
             self._linger = self.loop.call_later(BODY_LINGER, self._wake)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        async def app_sending_until_gone(scope: Any, receive: Any, send: Any) -> None:
+            async def send_unless_gone(message: Any) -> None:
+                # A hang-up whose last bytes the app has not taken yet leaves the cycle
+                # "connected" (see connection_lost); an answer then goes nowhere, quietly.
+                if cycle.transport.is_closing():
+                    cycle.disconnected = True
+                await send(message)
+
+            await app(scope, receive, send_unless_gone)
+
+        super()._start_asgi_task(cycle, app_sending_until_gone)
 
     def on_message_complete(self) -> None:
         self._stop_linger()

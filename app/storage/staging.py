@@ -81,11 +81,13 @@ class BackgroundHash:
         self.digests = digests
         self._queue: queue.Queue[Sequence[Buffer] | None] | None = None
         self._thread: threading.Thread | None = None
+        self._draining: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def feed(self, chunks: Sequence[Buffer]) -> None:
         """Hash ``chunks`` later; they must not change afterwards (``bytes``, or views)."""
         if self._queue is None:
+            self._wait_drained()  # one thread at a time updates the digests, in order
             self._queue = queue.Queue(maxsize=self.DEPTH)
             self._thread = threading.Thread(target=self._run, name="graft-sha256", daemon=True)
             self._thread.start()
@@ -95,7 +97,8 @@ class BackgroundHash:
 
     def _run(self) -> None:
         assert self._queue is not None
-        while (chunks := self._queue.get()) is not None:
+        batches = self._queue
+        while (chunks := batches.get()) is not None:
             if self._error is not None:
                 continue
             try:
@@ -105,15 +108,25 @@ class BackgroundHash:
             except BaseException as exc:  # raised to the writer by join
                 self._error = exc
 
+    def release(self) -> None:
+        """Let the thread end once it has hashed what it holds, without waiting for it (a
+        later :meth:`feed` or :meth:`join` waits, if it is not done by then)."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._draining, self._thread, self._queue = self._thread, None, None
+
     def join(self) -> None:
         """Wait until every batch fed is hashed (the thread ends; a later batch starts
         another)."""
-        if self._thread is not None and self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = self._queue = None
+        self.release()
+        self._wait_drained()
         if self._error is not None:
             raise self._error
+
+    def _wait_drained(self) -> None:
+        if self._draining is not None:
+            self._draining.join()
+            self._draining = None
 
 
 class StagedFile:

@@ -8,7 +8,9 @@ them are swept, this folder is not: see :data:`app.storage.staging.RESUMABLE_DIR
 publishing the finished ``data`` file is a rename for the file store.
 
 The running sha256 of each upload is kept in this process, keyed by upload and offset, so
-no byte is hashed twice. ``hashlib`` state cannot be saved, so after a restart (or when
+no byte is hashed twice. It is fed on its own thread (:class:`BackgroundHash`), and a part's
+answer waits for its bytes to be durable, not hashed: the thread finishes the part's tail
+while the client sends the next one (which, or the completion, waits for it). ``hashlib`` state cannot be saved, so after a restart (or when
 another API process took the previous part) the bytes already received are hashed once, the
 first time the upload is appended to again.
 
@@ -101,7 +103,8 @@ class PartWriter(StagedFile):
         path: the upload's ``data`` file, already cut back to ``offset`` bytes.
         name: the file's name in its checkpoint.
         offset: the bytes already in it.
-        running: the sha256 of those bytes.
+        hasher: the running sha256 of those bytes, on its thread (which may still be
+            hashing the last part's tail: the 204 of a part does not wait for it).
         part_digest: also hash this part on its own (a PATCH with ``Upload-Checksum``).
 
     Attributes:
@@ -113,18 +116,21 @@ class PartWriter(StagedFile):
     assembled: PartsUpload | None = None
 
     def __init__(
-        self, path: Path, *, name: str, offset: int, running: Any, part_digest: bool
+        self, path: Path, *, name: str, offset: int, hasher: BackgroundHash, part_digest: bool
     ) -> None:
         self.path = path
         self.name = name
         self.size = offset
         self.start = offset
-        self._digest = running
+        self._digest = hasher.digests[0]
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND)
         self._flushed = offset
         self.part = hashlib.sha256() if part_digest else None
-        digests = (running,) if self.part is None else (running, self.part)
-        self._hasher = BackgroundHash(*digests)
+        if self.part is None:
+            self._hasher = hasher  # it may still be hashing the previous part's tail
+        else:
+            hasher.join()
+            self._hasher = BackgroundHash(self._digest, self.part)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.write_many([bytes(data)])  # hashed later: a buffer that may change is copied
@@ -141,8 +147,8 @@ class PartWriter(StagedFile):
             self._flushed = self.size
 
     def sync(self) -> None:
-        """fdatasync and close the file, keeping the running digest open."""
-        self._hasher.join()
+        """fdatasync and close the file, keeping the running digest open (and, it may be,
+        still hashing)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
@@ -153,6 +159,7 @@ class PartWriter(StagedFile):
     def close(self) -> str:
         """Make the bytes durable and close; the sha256 of the whole file so far."""
         self.sync()
+        self._hasher.join()
         return str(self._digest.hexdigest())
 
     @property
@@ -165,10 +172,14 @@ class PartWriter(StagedFile):
         self._hasher.join()
         return None if self.part is None else self.part.digest()
 
-    def running(self) -> Any:
-        """The sha256 object of the bytes written so far (to carry to the next part)."""
+    def carry(self) -> BackgroundHash:
+        """The running sha256 for the next part, on a thread left to finish this part's
+        tail meanwhile (joined first when this part also had its own digest)."""
+        if self.part is None:
+            self._hasher.release()
+            return self._hasher
         self._hasher.join()
-        return self._digest
+        return BackgroundHash(self._digest)
 
     def rollback(self) -> None:
         """Drop this part's bytes: cut the file back to where the part began."""
@@ -209,7 +220,7 @@ class ResumableUploads:
         self.store = store
         self.max_per_owner = max_per_owner
         self.expiry_seconds = expiry_seconds
-        self._hashes: dict[str, tuple[int, Any]] = {}
+        self._hashes: dict[str, tuple[int, BackgroundHash]] = {}
         self._guard = threading.Lock()
 
     # --- records --------------------------------------------------------------------------
@@ -308,11 +319,11 @@ class ResumableUploads:
         with self._guard:
             cached = self._hashes.pop(info.id, None)
         if cached is not None and cached[0] == info.offset:
-            running = cached[1]
+            hasher = cached[1]
         else:
-            running = _hash_prefix(path, info.offset)
+            hasher = BackgroundHash(_hash_prefix(path, info.offset))
         return PartWriter(
-            path, name=info.filename, offset=info.offset, running=running, part_digest=part_digest
+            path, name=info.filename, offset=info.offset, hasher=hasher, part_digest=part_digest
         )
 
     def commit_part(self, info: UploadInfo, writer: PartWriter) -> None:
@@ -332,7 +343,7 @@ class ResumableUploads:
             logger.warning("upload %s: part not sent to %r yet: %s", info.id, self.store, exc)
         self.save(info)
         with self._guard:
-            self._hashes[info.id] = (info.offset, writer.running())
+            self._hashes[info.id] = (info.offset, writer.carry())
 
     def finish_parts(self, info: UploadInfo) -> PartsUpload | None:
         """Send what is left of a complete upload to a store that assembles blobs from
@@ -359,7 +370,10 @@ class ResumableUploads:
 
     def forget_hash(self, upload_id: str) -> None:
         with self._guard:
-            self._hashes.pop(upload_id, None)
+            cached = self._hashes.pop(upload_id, None)
+        if cached is not None:
+            with contextlib.suppress(BaseException):
+                cached[1].join()
 
     # --- ends -----------------------------------------------------------------------------
 

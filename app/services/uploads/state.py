@@ -10,9 +10,10 @@ publishing the finished ``data`` file is a rename for the file store.
 The running sha256 of each upload is kept in this process, keyed by upload and offset, so
 no byte is hashed twice. It is fed on its own thread (:class:`BackgroundHash`), and a part's
 answer waits for its bytes to be durable, not hashed: the thread finishes the part's tail
-while the client sends the next one (which, or the completion, waits for it). ``hashlib`` state cannot be saved, so after a restart (or when
-another API process took the previous part) the bytes already received are hashed once, the
-first time the upload is appended to again.
+while the client sends the next one (which, or the completion, waits for it). ``hashlib``
+state cannot be saved, so after a restart (or when another API process took the previous
+part) the bytes already received are hashed once, the first time the upload is appended to
+again.
 
 A PATCH holds an exclusive ``flock`` on the upload's ``lock`` file: two parts of one upload
 are never written at once, whichever process receives them.

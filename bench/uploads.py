@@ -5,22 +5,30 @@
   (``cp`` + ``sync FILE``) and a plain ``cp`` of the same file;
 - the API end to end for a 10 MB conversion: upload, job, poll until succeeded, download,
   repeated on the warm server (p50 and p90);
-- resumable (tus) uploads of the same file in 64 MiB parts with ``graft submit``'s client
-  (:func:`app.client.tus.tus_upload`, timed in this process after its imports, to the
-  record), uncut and cut by a dropped connection at 50 % then resumed, alternated with the
-  durable copy: ratios to it and cut / uncut (:func:`tus_rows`).
+- resumable (tus) uploads of the same file in 64 MiB parts by a lean client
+  (:func:`tus_lean`: ``sendfile``, so the client costs nothing to measure; to the record),
+  uncut and cut by a dropped connection at 50 % then resumed, alternated with the durable
+  copy: ratios to it and cut / uncut (:func:`tus_rows`);
+- ``compare --base DIR``: every upload row on this tree's server and on one running the
+  code under DIR (e.g. a worktree of main), interleaved with the durable copy, with each
+  server's CPU per upload (:func:`compare_main`).
 
 Used by ``bench/convert.py``; alone: ``.venv/bin/python bench/uploads.py`` (``tus``: the tus
-rows only).
+rows only; ``compare --base DIR [--runs 3] [--data DIR]``: this tree against another).
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
+import os
+import socket
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -31,9 +39,11 @@ from tests.e2e.conftest import Server, wait_ready  # noqa: E402  (the e2e server
 
 __all__ = [
     "api_roundtrips",
+    "compare_main",
     "make_checkpoint",
     "server_cpu",
     "start_server",
+    "tus_lean",
     "tus_rows",
     "upload_commands",
 ]
@@ -149,50 +159,83 @@ def api_roundtrips(server: Server, source: Path, skeleton: dict[str, Any], n: in
     return seconds
 
 
-class _CutAt(httpx.BaseTransport):
-    """Real HTTP; the PATCH that holds byte ``at`` drops its connection right there, once."""
-
-    def __init__(self, at: int) -> None:
-        self.inner = httpx.HTTPTransport()
-        self.at = at
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "PATCH" and self.at >= 0:
-            start = int(request.headers["Upload-Offset"])
-            length = int(request.headers["Content-Length"])
-            if start <= self.at < start + length:
-                request.stream = _Cut(request.stream, self.at - start)
-                self.at = -1
-        return self.inner.handle_request(request)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class _Cut(httpx.SyncByteStream):
-    def __init__(self, inner: Any, keep: int) -> None:
-        self.inner, self.keep = inner, keep
-
-    def __iter__(self) -> Any:
-        sent = 0
-        for chunk in self.inner:
-            if sent + len(chunk) >= self.keep:
-                yield chunk[: self.keep - sent]
-                raise httpx.WriteError("connection dropped (bench)")
-            sent += len(chunk)
-            yield chunk
+def _tus_request(
+    url: str, method: str, path: str, headers: dict[str, str], body: tuple[Path, int, int] | None
+) -> http.client.HTTPResponse | None:
+    """One request on a fresh connection; ``body``: ``(file, start, length)`` sent with
+    ``sendfile`` (no copy in this process), or, when ``length`` falls short of the
+    ``Content-Length`` header, that much and then the connection is dropped (``None``)."""
+    where = urlsplit(url)
+    sock = socket.create_connection((where.hostname, where.port))
+    head = [f"{method} {path} HTTP/1.1", f"Host: {where.netloc}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+    if body is not None:
+        source, start, length = body
+        with source.open("rb") as fh:
+            sent = 0
+            while sent < length:
+                sent += os.sendfile(sock.fileno(), fh.fileno(), start + sent, length - sent)
+        if length < int(headers["Content-Length"]):
+            sock.close()
+            return None
+    response = http.client.HTTPResponse(sock, method=method)
+    response.begin()
+    response.read()
+    sock.close()
+    return response
 
 
-def tus_once(url: str, source: Path, sha256: str, state: Path, *, cut: bool) -> float:
+def _offset(url: str, path: str) -> int:
+    head = _tus_request(url, "HEAD", path, {"Tus-Resumable": "1.0.0"}, None)
+    assert head is not None and head.status == 200, head and head.status
+    return int(head.getheader("Upload-Offset", "0"))
+
+
+def tus_lean(url: str, source: Path, *, part: int = TUS_PART, cut_at: int | None = None) -> str:
+    """A tus upload of ``source`` by a lean client (``sendfile``, one connection per
+    request), so the client is never what is measured; with ``cut_at``, the PATCH holding
+    that byte drops its connection there, and the upload is resumed from a HEAD.
+
+    Returns:
+        The checkpoint id the last PATCH answers.
+    """
+    size = source.stat().st_size
+    tus = {"Tus-Resumable": "1.0.0"}
+    name = base64.b64encode(source.name.encode()).decode()
+    created = _tus_request(
+        url, "POST", "/v1/uploads",
+        {**tus, "Upload-Length": str(size), "Upload-Metadata": f"filename {name}",
+         "Content-Length": "0"},
+        None,
+    )  # fmt: skip
+    assert created is not None and created.status == 201, created and created.status
+    path = urlsplit(created.getheader("Location", "")).path
+    offset, checkpoint = 0, ""
+    while offset < size:
+        length = min(part, size - offset)
+        headers = {**tus, "Content-Type": "application/offset+octet-stream",
+                   "Upload-Offset": str(offset), "Content-Length": str(length)}  # fmt: skip
+        if cut_at is not None and offset <= cut_at < offset + length:
+            _tus_request(url, "PATCH", path, headers, (source, offset, cut_at - offset))
+            cut_at = None
+            for _ in range(1000):  # the server keeps what arrived once it sees the hang-up
+                if (held := _offset(url, path)) > offset:
+                    break
+                time.sleep(0.005)
+            offset = held
+            continue
+        done = _tus_request(url, "PATCH", path, headers, (source, offset, length))
+        assert done is not None and done.status == 204, done and (done.status, done.read())
+        offset = int(done.getheader("Upload-Offset", "0"))
+        checkpoint = done.getheader("Graft-Checkpoint", "")
+    return checkpoint
+
+
+def tus_once(url: str, source: Path, *, cut: bool) -> float:
     """Seconds for one tus upload of ``source`` to its record (cut at 50 % and resumed)."""
-    from app.client.tus import TusOptions, tus_upload
-
-    options = TusOptions(threshold=0, part_size=TUS_PART, state_dir=state)
-    transport = _CutAt(source.stat().st_size // 2) if cut else httpx.HTTPTransport()
     start = time.perf_counter()
-    with httpx.Client(base_url=url, timeout=600, transport=transport) as http:
-        tus_upload(http, source, sha256=sha256, entry="auto", options=options,
-                   retries=3, sleep=lambda _: None)  # fmt: skip
+    tus_lean(url, source, cut_at=source.stat().st_size // 2 if cut else None)
     return time.perf_counter() - start
 
 
@@ -204,18 +247,14 @@ def tus_rows(url: str, source: Path, copy: Path, runs: int) -> list[tuple[str, s
     """
     import subprocess
 
-    from app.client import file_sha256
-
-    sha256 = file_sha256(source)  # graft submit knows it before it uploads
     walls: dict[str, list[float]] = {"durable": [], "tus": [], "cut": []}
     for _ in range(runs):
         start = time.perf_counter()
         subprocess.run(["sh", "-c", f'cp "{source}" "{copy}" && sync "{copy}"'], check=True)
         walls["durable"].append(time.perf_counter() - start)
         copy.unlink(missing_ok=True)
-        state = copy.parent / "tus-state"
-        walls["tus"].append(tus_once(url, source, sha256, state, cut=False))
-        walls["cut"].append(tus_once(url, source, sha256, state, cut=True))
+        walls["tus"].append(tus_once(url, source, cut=False))
+        walls["cut"].append(tus_once(url, source, cut=True))
     durable, tus, cut = (statistics.median(walls[k]) for k in ("durable", "tus", "cut"))
     size = f"{source.stat().st_size / 1e9:.2f} GB"
     return [
@@ -269,8 +308,78 @@ def main() -> None:
             server.stop()
 
 
+def _timed(server: Server, run: Any) -> tuple[float, float]:
+    """Wall seconds of ``run()`` and the server's CPU seconds meanwhile."""
+    cpu = server_cpu(server)
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start, server_cpu(server) - cpu
+
+
+def compare_main(base: Path, runs: int = 3, data: Path | None = None) -> None:
+    """Every upload row on this tree's server and on ``base``'s, interleaved ``runs``
+    times with a durable copy of the same 1 GB file; medians, ratios to the durable copy,
+    and each server's CPU per upload."""
+    import subprocess
+    import tempfile
+
+    folder = data or REPO / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        root = Path(tmp)
+        source = folder / "upload-1g.safetensors"
+        make_checkpoint(source, 1024)
+        copy = root / "copy"
+        servers = {
+            "": start_server(root / "srv", REPO),
+            " [base]": start_server(root / "base", base),
+        }
+        walls: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
+        try:
+            with source.open("rb") as fh:  # warm the page cache
+                while fh.read(1 << 24):
+                    pass
+            for _ in range(runs):
+                start = time.perf_counter()
+                subprocess.run(["sh", "-c", f'cp "{source}" "{copy}" && sync "{copy}"'], check=True)
+                walls.setdefault("cp + sync FILE (durable)", []).append(time.perf_counter() - start)
+                copy.unlink()
+                for tag, server in servers.items():
+                    rows: dict[str, Any] = {
+                        label.split(" (")[0]: (lambda c=cmd: subprocess.run(c, check=True))
+                        for label, cmd in upload_commands(server.url, source).items()
+                    }
+                    rows["upload tus 64 MiB parts"] = lambda u=server.url: tus_lean(u, source)
+                    rows["upload tus, cut at 50 % + resumed"] = lambda u=server.url: tus_lean(
+                        u, source, cut_at=source.stat().st_size // 2
+                    )
+                    for label, run in rows.items():
+                        wall, cpu = _timed(server, run)
+                        walls.setdefault(label + tag, []).append(wall)
+                        cpus.setdefault(label + tag, []).append(cpu)
+        finally:
+            for server in servers.values():
+                server.stop()
+    durable = statistics.median(walls["cp + sync FILE (durable)"])
+    print(f"{'row':<48} {'wall s':>7} {'x durable':>9} {'server cpu s':>12}   (medians of {runs})")
+    for label in sorted(walls, key=lambda k: (k.replace(" [base]", ""), k)):
+        wall = statistics.median(walls[label])
+        cpu_s = f"{statistics.median(cpus[label]):.2f}" if label in cpus else "-"
+        print(f"{label:<48} {wall:>7.2f} {wall / durable:>9.2f} {cpu_s:>12}")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["tus"]:
+    if sys.argv[1:2] == ["compare"]:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="bench/uploads.py compare")
+        parser.add_argument("--base", type=Path, required=True, help="baseline code to compare")
+        parser.add_argument("--runs", type=int, default=3)
+        parser.add_argument("--data", type=Path, default=None, help="where the 1 GB file goes")
+        args = parser.parse_args(sys.argv[2:])
+        compare_main(args.base.resolve(), args.runs, args.data)
+    elif sys.argv[1:2] == ["tus"]:
         tus_main(int(sys.argv[2]) if len(sys.argv) > 2 else 3)
     else:
         main()

@@ -123,6 +123,7 @@ async def open_context(
             store.scratch.root / RESUMABLE_DIR,
             max_per_owner=settings.max_resumable_uploads_per_owner,
             expiry_seconds=settings.resumable_upload_expiry_seconds,
+            store=store,
         ),
         embedded_workers=embedded_workers,
     )

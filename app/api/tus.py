@@ -1,9 +1,10 @@
 """The tus 1.0 protocol's HTTP side: its headers, and a PATCH body streamed into the upload.
 
-The part is written as it arrives: chunks are collected up to 8 MiB and handed to a worker
-thread (one ``writev`` and the running sha256, both outside the GIL) while the loop keeps
-receiving. A body that is cut (the client went away, or stalled past the body deadline)
-keeps the bytes that arrived, as tus core asks, unless the part carries a checksum.
+The part is written as it arrives: chunks (about 1 MiB each, see :mod:`app.api.server`) are
+collected up to 8 MiB and handed to a worker thread for one ``writev``, while the running
+sha256 is fed on a thread of its own and the loop keeps receiving (all outside the GIL). A
+body that is cut (the client went away, or stalled past the body deadline) keeps the bytes
+that arrived, as tus core asks, unless the part carries a checksum.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from app.storage import StagedFile
 
 __all__ = ["UploadPace", "UploadSlots", "receive_upload", "safe_filename"]
 
-# Bytes handed to the writer thread at a time: one hop per 8 MiB, not per chunk (~64 KiB).
+# Bytes handed to the writer thread at a time: one hop per 8 MiB, not per chunk (~1 MiB).
 _FLUSH_BYTES = 8 << 20
 # Slack for multipart framing when judging Content-Length against the cap.
 _MULTIPART_OVERHEAD = 64 * 1024

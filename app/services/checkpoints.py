@@ -17,7 +17,7 @@ from app.db.repositories import CheckpointRepository, TensorRow
 from app.services.errors import ConflictError, NotFoundError
 from app.services.inspection import tensor_pages
 from app.services.inspector import InspectorPool
-from app.storage import BlobStore, StagedFile
+from app.storage import BlobStore, PartsUpload, StagedFile
 
 __all__ = [
     "EarlyInspection",
@@ -71,6 +71,17 @@ def _display_name(names: list[str]) -> str:
     return names[0]
 
 
+def _publish_file(store: BlobStore, staged: StoredFile) -> None:
+    """Move one file into the store: the file itself, or, for a resumable upload whose
+    bytes the store already holds in parts (``assembled``), those parts."""
+    assembled = getattr(staged, "assembled", None)
+    if isinstance(assembled, PartsUpload):
+        store.publish_parts(assembled, staged.sha256, staged.size)
+        staged.path.unlink(missing_ok=True)
+    else:
+        store.publish(staged.path, staged.sha256)
+
+
 def publish_checkpoint(
     session: Session,
     store: BlobStore,
@@ -89,7 +100,7 @@ def publish_checkpoint(
     # Blobs first, before the transaction's first statement takes the write lock: publishing
     # fsyncs, and content-addressed blobs are idempotent (a duplicate publishes nothing new).
     for staged in files:
-        store.publish(staged.path, staged.sha256)
+        _publish_file(store, staged)
     pages = summary.get("tensor_pages")
     count = summary.get("tensor_count")
     if pages is None:  # a summary inspected unpaged (a source fetched by a worker)

@@ -7,7 +7,7 @@ or ``s3://bucket/prefix``.
 
 from __future__ import annotations
 
-from app.storage.base import BlobInfo, BlobIntegrityError, BlobStore, check_digest
+from app.storage.base import BlobInfo, BlobIntegrityError, BlobStore, PartsUpload, check_digest
 from app.storage.factory import open_store
 from app.storage.file import FileBlobStore
 from app.storage.s3 import S3BlobStore, S3Config
@@ -18,6 +18,7 @@ __all__ = [
     "BlobIntegrityError",
     "BlobStore",
     "FileBlobStore",
+    "PartsUpload",
     "S3BlobStore",
     "S3Config",
     "StagedFile",

@@ -16,13 +16,14 @@ import abc
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from app.errors import InternalError
 from app.storage.staging import Scratch, StagedFile
 
-__all__ = ["BlobInfo", "BlobIntegrityError", "BlobStore", "check_digest"]
+__all__ = ["BlobInfo", "BlobIntegrityError", "BlobStore", "PartsUpload", "check_digest"]
 
 _HEX = frozenset("0123456789abcdef")
 _CHUNK = 1024 * 1024
@@ -56,6 +57,38 @@ class BlobInfo:
     sha256: str
     size: int
     modified: float
+
+
+@dataclass
+class PartsUpload:
+    """A blob assembled in the store from parts sent as they arrive (an S3 multipart
+    upload), for uploads that come in pieces over several requests (tus).
+
+    Plain data, so it can be saved between requests (``as_dict`` / ``of``).
+
+    Attributes:
+        key: where the parts are assembled (never a content address).
+        upload_id: the store's id of the assembly.
+        parts: ``[number, etag, size]`` of each part sent, in order.
+        sent: bytes sent so far (the sum of the sizes).
+    """
+
+    key: str
+    upload_id: str
+    parts: list[list[Any]] = field(default_factory=list)
+    sent: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "upload_id": self.upload_id,
+            "parts": self.parts,
+            "sent": self.sent,
+        }
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> PartsUpload:
+        return cls(raw["key"], raw["upload_id"], [list(p) for p in raw["parts"]], raw["sent"])
 
 
 class BlobStore(abc.ABC):
@@ -108,6 +141,38 @@ class BlobStore(abc.ABC):
             staged: a local file (from :meth:`stage` or inside a :meth:`workdir`).
             sha256: its digest, as computed while it was written.
         """
+
+    # --- blobs sent in parts (resumable uploads) -----------------------------------------
+
+    #: The smallest part :meth:`send_part` takes, bar the last one.
+    min_part_size = 0
+
+    def open_parts(self, name: str) -> PartsUpload | None:
+        """Start assembling a blob from parts in the store, or ``None`` when the store has
+        no such thing (the file store: a staged file is renamed into place, nothing to send).
+
+        Args:
+            name: a unique name for the assembly (the resumable upload's id).
+        """
+        return None
+
+    def send_part(self, upload: PartsUpload, path: Path, start: int, stop: int) -> None:
+        """Send bytes ``[start, stop)`` of the local file ``path`` as the next part of
+        ``upload`` (which records it)."""
+        raise NotImplementedError(f"{self!r} does not assemble blobs from parts")
+
+    def publish_parts(self, upload: PartsUpload, sha256: str, size: int) -> None:
+        """Publish the assembled parts under ``sha256`` (its digest, computed as the bytes
+        arrived), atomically, as :meth:`publish` does a file.
+
+        Raises:
+            BlobIntegrityError: the store holds another size than ``size``; nothing is
+                published.
+        """
+        raise NotImplementedError(f"{self!r} does not assemble blobs from parts")
+
+    def abort_parts(self, upload: PartsUpload) -> None:  # noqa: B027 (optional: no parts)
+        """Drop an assembly and its parts (an upload terminated, expired or refused)."""
 
     def ingest(self, path: Path) -> tuple[str, int]:
         """Hash and publish a local file written elsewhere (e.g. engine output).

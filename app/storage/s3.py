@@ -1,9 +1,11 @@
 """The S3 blob store: any S3-compatible server (AWS, MinIO, ``rclone serve s3``), SigV4.
 
 Keys: blobs at ``<prefix>blobs/<ab>/<rest of the digest>``, uploads in flight at
-``<prefix>tmp/<host>-<pid>-<random>``. Publication uploads to a temp key (hashing the bytes as
-they are sent), checks the digest and the stored size, then copies server-side to the content
-key and deletes the temp key: a content key is only ever written whole, by one ``CopyObject``.
+``<prefix>tmp/<host>-<pid>-<random>``, resumable (tus) uploads assembled as multipart uploads
+at ``<prefix>parts/<upload id>`` (they outlive any one process; their expiry aborts them).
+Publication uploads to a temp key (hashing the bytes as they are sent), checks the digest
+and the stored size, then copies server-side to the content key and deletes the temp key:
+a content key is only ever written whole, by one ``CopyObject``.
 
 Nothing here needs a shared disk. Uploads and work folders live in local temp space; readers
 stream ranged GETs, and :meth:`S3BlobStore.link_into` downloads to a local file (a worker's
@@ -27,14 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.storage.base import BlobInfo, BlobIntegrityError, BlobStore, check_digest
-from app.storage.s3_upload import UploadTarget, upload_file
+from app.storage.base import BlobInfo, BlobIntegrityError, BlobStore, PartsUpload, check_digest
+from app.storage.s3_upload import MIN_PART_SIZE, FileRange, UploadTarget, send_range, upload_file
 from app.storage.staging import Scratch, pid_alive
 
 __all__ = ["S3BlobStore", "S3Config"]
 
 logger = logging.getLogger(__name__)
 
+# S3's largest part; a longer range is sent as several parts of equal size.
+_MAX_PART = 5 * 1024**3
 # CopyObject copies up to 5 GiB in one call; larger objects are copied in parts.
 _COPY_LIMIT = 5 * 1024**3
 _COPY_PART = 512 * 1024**2
@@ -242,6 +246,74 @@ class S3BlobStore(BlobStore):
             with contextlib.suppress(Exception):
                 self._client.delete_object(Bucket=self.bucket, Key=temp)
         staged.unlink(missing_ok=True)
+
+    # --- blobs sent in parts ---------------------------------------------------------------
+
+    min_part_size = MIN_PART_SIZE
+
+    def open_parts(self, name: str) -> PartsUpload | None:
+        """A multipart upload at ``<prefix>parts/<name>``."""
+        key = f"{self.prefix}parts/{name}"
+        upload_id = self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, Metadata={"mtime": f"{time.time():.3f}"}
+        )["UploadId"]
+        return PartsUpload(key, str(upload_id))
+
+    def send_part(self, upload: PartsUpload, path: Path, start: int, stop: int) -> None:
+        """``UploadPart`` straight from the staged file (one part, or equal parts of at most
+        5 GiB for a longer range)."""
+        count = -(-(stop - start) // _MAX_PART)
+        step = -(-(stop - start) // count)
+        for begin in range(start, stop, step):
+            end = min(begin + step, stop)
+            number = len(upload.parts) + 1
+            with FileRange(path, begin, end) as body:
+                etag = send_range(self._client, self.bucket, upload.key, upload.upload_id,
+                                  number, body)  # fmt: skip
+            upload.parts.append([number, etag, end - begin])
+            upload.sent += end - begin
+
+    def publish_parts(self, upload: PartsUpload, sha256: str, size: int) -> None:
+        """``CompleteMultipartUpload``, check the stored size, copy to the content key.
+
+        Raises:
+            BlobIntegrityError: the parts sent or stored do not add up to ``size``.
+        """
+        key = self.key(sha256)
+        if self._head(key) is not None:  # same digest, same bytes: refresh its date
+            self._copy(key, key, sha256)
+            self.abort_parts(upload)
+            return
+        if upload.sent != size:
+            self.abort_parts(upload)
+            raise BlobIntegrityError(f"{upload.sent} bytes were sent in parts, not {size}")
+        try:
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=upload.key,
+                UploadId=upload.upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": etag} for n, etag, _ in upload.parts]
+                },
+            )
+        except BaseException:
+            self.abort_parts(upload)
+            raise
+        try:
+            stored = (self._head(upload.key) or {}).get("ContentLength")
+            if stored != size:
+                raise BlobIntegrityError(f"{upload.key} holds {stored} bytes, {size} were sent")
+            self._copy(upload.key, key, sha256)
+        finally:
+            with contextlib.suppress(Exception):
+                self._client.delete_object(Bucket=self.bucket, Key=upload.key)
+
+    def abort_parts(self, upload: PartsUpload) -> None:
+        """``AbortMultipartUpload`` (an upload already completed or aborted: nothing)."""
+        with contextlib.suppress(Exception):
+            self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id
+            )
 
     def delete(self, sha256: str) -> None:
         """Remove a blob (callers make sure nothing references it)."""

@@ -3,12 +3,16 @@
 Files up to one part go up in a single ``PutObject``; larger ones as a multipart upload whose
 parts are read in order (so the sha256 needs no second pass) and sent by a few threads, with at
 most ``threads`` parts in memory. A failed upload is aborted, so no parts linger.
+
+:func:`send_range` sends one part of a multipart upload that outlives the request (a tus
+upload's part, straight from its staged file).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import math
 from collections import deque
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UploadTarget", "upload_file"]
+__all__ = ["MIN_PART_SIZE", "FileRange", "UploadTarget", "send_range", "upload_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,3 +115,61 @@ def _part(
         Bucket=target.bucket, Key=target.key, UploadId=upload_id, PartNumber=number, Body=data
     )
     return {"PartNumber": number, "ETag": response["ETag"]}
+
+
+class FileRange(io.RawIOBase):
+    """Bytes ``[start, stop)`` of a local file as a seekable stream: an ``UploadPart`` body
+    read from the file as it is sent, never all in memory."""
+
+    def __init__(self, path: Path, start: int, stop: int) -> None:
+        super().__init__()
+        self._fh = path.open("rb")
+        self.start, self.stop = start, stop
+        self._fh.seek(start)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._fh.tell() - self.start
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self.start, io.SEEK_CUR: self._fh.tell(), io.SEEK_END: self.stop}
+        self._fh.seek(min(max(base[whence] + offset, self.start), self.stop))
+        return self.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self.stop - self._fh.tell()
+        if size is None or size < 0 or size > left:
+            size = left
+        return self._fh.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def send_range(
+    client: Any, bucket: str, key: str, upload_id: str, number: int, body: FileRange
+) -> str:
+    """``UploadPart`` ``number`` of ``upload_id`` from ``body``; its ETag."""
+    response = client.upload_part(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        PartNumber=number,
+        Body=body,
+        ContentLength=len(body),
+    )
+    return str(response["ETag"])

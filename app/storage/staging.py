@@ -16,13 +16,21 @@ import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from app.engine.output.files import fsync_dir, start_writeback
 
 Buffer = bytes | bytearray | memoryview
 
-__all__ = ["RESUMABLE_DIR", "Scratch", "StagedFile", "fsync_dir", "pid_alive", "writev_all"]
+__all__ = [
+    "RESUMABLE_DIR",
+    "BackgroundHash",
+    "Scratch",
+    "StagedFile",
+    "fsync_dir",
+    "pid_alive",
+    "writev_all",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +66,76 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+class BackgroundHash:
+    """sha256 digests fed on their own thread, so hashing costs no wall time beside the
+    write: at most :data:`DEPTH` batches wait for it (``hashlib`` releases the GIL).
+
+    Args:
+        digests: the hash objects every batch updates (a file's running digest, and a
+            part's own when one is asked for).
+    """
+
+    DEPTH = 2
+
+    def __init__(self, *digests: Any) -> None:
+        self.digests = digests
+        self._queue: queue.Queue[Sequence[Buffer] | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._draining: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def feed(self, chunks: Sequence[Buffer]) -> None:
+        """Hash ``chunks`` later; they must not change afterwards (``bytes``, or views)."""
+        if self._queue is None:
+            self._wait_drained()  # one thread at a time updates the digests, in order
+            self._queue = queue.Queue(maxsize=self.DEPTH)
+            self._thread = threading.Thread(target=self._run, name="graft-sha256", daemon=True)
+            self._thread.start()
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunks)  # waits while DEPTH batches are still being hashed
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        batches = self._queue
+        while (chunks := batches.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                for chunk in chunks:
+                    for digest in self.digests:
+                        digest.update(chunk)
+            except BaseException as exc:  # raised to the writer by join
+                self._error = exc
+
+    def release(self) -> None:
+        """Let the thread end once it has hashed what it holds, without waiting for it (a
+        later :meth:`feed` or :meth:`join` waits, if it is not done by then)."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._draining, self._thread, self._queue = self._thread, None, None
+
+    def join(self) -> None:
+        """Wait until every batch fed is hashed (the thread ends; a later batch starts
+        another)."""
+        self.release()
+        self._wait_drained()
+        if self._error is not None:
+            raise self._error
+
+    def _wait_drained(self) -> None:
+        if self._draining is not None:
+            self._draining.join()
+            self._draining = None
+
+
 class StagedFile:
     """A temp file being written, hashed in the same pass.
 
     Batches (:meth:`write_many`) are written by the caller's thread (one ``writev``) while a
-    hashing thread digests the previous ones (``hashlib`` releases the GIL), so the sha256
-    costs no wall time beside the write; at most :data:`HASH_DEPTH` batches wait for it.
-    Writeback starts every :data:`WRITEBACK_EVERY` bytes, so the disk works while the
-    bytes arrive and :meth:`close`'s fsync finds little left to do.
+    :class:`BackgroundHash` digests the previous ones, so the sha256 costs no wall time
+    beside the write. Writeback starts every :data:`WRITEBACK_EVERY` bytes, so the disk
+    works while the bytes arrive and :meth:`close`'s fsync finds little left to do.
 
     Attributes:
         path: where the bytes are staged.
@@ -75,7 +145,6 @@ class StagedFile:
     """
 
     WRITEBACK_EVERY = 64 << 20
-    HASH_DEPTH = 2
 
     def __init__(self, path: Path, *, name: str | None = None) -> None:
         self.path = path
@@ -84,15 +153,13 @@ class StagedFile:
         self._hash = hashlib.sha256()
         self._fh: BinaryIO | None = path.open("xb")
         self._flushed = 0
-        self._hashing: queue.Queue[Sequence[Buffer] | None] | None = None
-        self._hasher: threading.Thread | None = None
-        self._hash_error: BaseException | None = None
+        self._hasher = BackgroundHash(self._hash)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` to the file and the running digest."""
         if self._fh is None:
             raise ValueError(f"staged file {self.path} is closed")
-        self._join_hasher()
+        self._hasher.join()
         self._fh.write(data)
         self._hash.update(data)
         self.size += len(data)
@@ -106,44 +173,14 @@ class StagedFile:
         self._fh.flush()
         fd = self._fh.fileno()
         self.size += writev_all(fd, chunks)
-        self._hash_later(chunks)
+        self._hasher.feed(chunks)
         if self.size - self._flushed >= self.WRITEBACK_EVERY:
             start_writeback(fd, self._flushed, self.size - self._flushed)
             self._flushed = self.size
 
-    def _hash_later(self, chunks: Sequence[Buffer]) -> None:
-        if self._hashing is None:
-            self._hashing = queue.Queue(maxsize=self.HASH_DEPTH)
-            self._hasher = threading.Thread(target=self._hash_run, name="graft-sha256", daemon=True)
-            self._hasher.start()
-        if self._hash_error is not None:
-            raise self._hash_error
-        self._hashing.put(chunks)  # waits while HASH_DEPTH batches are still being hashed
-
-    def _hash_run(self) -> None:
-        assert self._hashing is not None
-        while (chunks := self._hashing.get()) is not None:
-            if self._hash_error is not None:
-                continue
-            try:
-                for chunk in chunks:
-                    self._hash.update(chunk)
-            except BaseException as exc:  # raised to the writer by _join_hasher
-                self._hash_error = exc
-
-    def _join_hasher(self) -> None:
-        """Wait until every batch written is hashed (the thread ends; a later batch starts
-        another)."""
-        if self._hasher is not None and self._hashing is not None:
-            self._hashing.put(None)
-            self._hasher.join()
-            self._hasher = self._hashing = None
-        if self._hash_error is not None:
-            raise self._hash_error
-
     def close(self) -> str:
         """Flush and fsync the file; return its sha256 hex digest."""
-        self._join_hasher()
+        self._hasher.join()
         if self._fh is not None:
             self._fh.flush()
             os.fsync(self._fh.fileno())
@@ -154,13 +191,13 @@ class StagedFile:
     @property
     def sha256(self) -> str:
         """The digest of the bytes written so far."""
-        self._join_hasher()
+        self._hasher.join()
         return self._hash.hexdigest()
 
     def discard(self) -> None:
         """Close and delete the temp file (idempotent)."""
         with contextlib.suppress(BaseException):
-            self._join_hasher()
+            self._hasher.join()
         if self._fh is not None:
             self._fh.close()
             self._fh = None

@@ -171,7 +171,8 @@ async def finish_part(
 
 
 def _matches(writer: PartWriter, checksum: PartChecksum) -> bool:
-    return writer.part is not None and hmac.compare_digest(writer.part.digest(), checksum.digest)
+    digest = writer.part_digest()
+    return digest is not None and hmac.compare_digest(digest, checksum.digest)
 
 
 async def complete_upload(
@@ -185,13 +186,18 @@ async def complete_upload(
     """Make the checkpoint record of a complete upload, exactly as ``POST /v1/checkpoints``.
 
     The data file is inspected in a sandboxed child and published under the sha256 carried
-    across parts; the upload keeps the checkpoint's id (``GET /v1/uploads/{id}``) until it
-    expires. A file the engine refuses removes the upload (nothing is stored).
+    across parts (renamed into the file store; with S3, its parts, sent as they arrived,
+    are completed into the blob); the upload keeps the checkpoint's id
+    (``GET /v1/uploads/{id}``) until it expires. A file the engine refuses removes the
+    upload (nothing is stored).
 
     Returns:
         ``(checkpoint, created)``.
     """
     entry = info.metadata.get("entry") or "auto"
+    # A store that assembles blobs from parts (S3) holds every byte already but the last
+    # ones that could not go yet; the file itself is then published as those parts.
+    writer.assembled = await to_thread.run_sync(uploads.finish_parts, info)
     try:
         checkpoint, created = await checkpoints_service.register_upload(
             session, store, inspector, [writer], owner=info.owner, entry=entry
@@ -202,6 +208,7 @@ async def complete_upload(
         raise
     info.checkpoint_id = str(checkpoint.id)
     info.created_checkpoint = created
+    info.parts = None  # completed (or aborted, for bytes stored before)
     await to_thread.run_sync(uploads.save, info)
     uploads.forget_hash(info.id)
     return checkpoint, created

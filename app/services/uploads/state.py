@@ -8,9 +8,12 @@ them are swept, this folder is not: see :data:`app.storage.staging.RESUMABLE_DIR
 publishing the finished ``data`` file is a rename for the file store.
 
 The running sha256 of each upload is kept in this process, keyed by upload and offset, so
-no byte is hashed twice. ``hashlib`` state cannot be saved, so after a restart (or when
-another API process took the previous part) the bytes already received are hashed once, the
-first time the upload is appended to again.
+no byte is hashed twice. It is fed on its own thread (:class:`BackgroundHash`), and a part's
+answer waits for its bytes to be durable, not hashed: the thread finishes the part's tail
+while the client sends the next one (which, or the completion, waits for it). ``hashlib``
+state cannot be saved, so after a restart (or when another API process took the previous
+part) the bytes already received are hashed once, the first time the upload is appended to
+again.
 
 A PATCH holds an exclusive ``flock`` on the upload's ``lock`` file: two parts of one upload
 are never written at once, whichever process receives them.
@@ -35,10 +38,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.engine.output.files import start_writeback
 from app.services.errors import NotFoundError, TooManyUploadsError
 from app.services.uploads.errors import UploadBusyError
-from app.storage import StagedFile
-from app.storage.staging import writev_all
+from app.storage import BlobStore, PartsUpload, StagedFile
+from app.storage.staging import BackgroundHash, writev_all
 
 __all__ = ["PartWriter", "ResumableUploads", "UploadInfo"]
 
@@ -63,6 +67,8 @@ class UploadInfo:
         checkpoint_id: once complete, the checkpoint record it made.
         created_checkpoint: whether completing it created that record (else: same bytes
             were uploaded before).
+        parts: where a store that assembles blobs from parts (S3) holds the bytes sent so
+            far (:class:`~app.storage.PartsUpload`, as a dict); ``None`` for the file store.
     """
 
     id: str
@@ -74,6 +80,7 @@ class UploadInfo:
     updated: float = field(default_factory=time.time)
     checkpoint_id: str | None = None
     created_checkpoint: bool = False
+    parts: dict[str, Any] | None = None
 
     @property
     def complete(self) -> bool:
@@ -89,41 +96,60 @@ class PartWriter(StagedFile):
 
     A :class:`StagedFile` to the code that registers uploads, but self-contained: it keeps
     its own file and digest (none of the base class's state), so the two can change apart.
+    Batches are written with ``writev`` by the caller's thread and hashed on a
+    :class:`BackgroundHash` thread meanwhile; writeback starts after every batch, so the
+    fdatasync that ends the part finds little left to write.
 
     Args:
         path: the upload's ``data`` file, already cut back to ``offset`` bytes.
         name: the file's name in its checkpoint.
         offset: the bytes already in it.
-        running: the sha256 of those bytes.
+        hasher: the running sha256 of those bytes, on its thread (which may still be
+            hashing the last part's tail: the 204 of a part does not wait for it).
         part_digest: also hash this part on its own (a PATCH with ``Upload-Checksum``).
+
+    Attributes:
+        assembled: once the upload is complete, its parts in the store when the store
+            assembles blobs from parts (publish them, not the file).
     """
 
+    WRITEBACK_EVERY = 8 << 20
+    assembled: PartsUpload | None = None
+
     def __init__(
-        self, path: Path, *, name: str, offset: int, running: Any, part_digest: bool
+        self, path: Path, *, name: str, offset: int, hasher: BackgroundHash, part_digest: bool
     ) -> None:
         self.path = path
         self.name = name
         self.size = offset
         self.start = offset
-        self._digest = running
+        self._digest = hasher.digests[0]
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._flushed = offset
         self.part = hashlib.sha256() if part_digest else None
+        if self.part is None:
+            self._hasher = hasher  # it may still be hashing the previous part's tail
+        else:
+            hasher.join()
+            self._hasher = BackgroundHash(self._digest, self.part)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.write_many([data])  # writev and sha256 take any buffer: no copy
+        self.write_many([bytes(data)])  # hashed later: a buffer that may change is copied
 
     def write_many(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Append ``chunks`` in ``writev`` calls and hash them (and the part, if asked)."""
+        """Append ``chunks`` in ``writev`` calls; they are hashed (and the part, if asked)
+        on the hashing thread, so they must not change afterwards."""
         if self._fd is None:
             raise ValueError(f"part writer for {self.path} is closed")
         self.size += writev_all(self._fd, chunks)
-        for chunk in chunks:
-            self._digest.update(chunk)
-            if self.part is not None:
-                self.part.update(chunk)
+        self._hasher.feed(chunks)
+        if self.size - self._flushed >= self.WRITEBACK_EVERY:
+            start_writeback(self._fd, self._flushed, self.size - self._flushed)
+            self._flushed = self.size
 
     def sync(self) -> None:
-        """fdatasync and close the file, keeping the running digest open."""
+        """fdatasync and close the file, keeping the running digest open (and, it may be,
+        still hashing)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
@@ -134,18 +160,32 @@ class PartWriter(StagedFile):
     def close(self) -> str:
         """Make the bytes durable and close; the sha256 of the whole file so far."""
         self.sync()
+        self._hasher.join()
         return str(self._digest.hexdigest())
 
     @property
     def sha256(self) -> str:
+        self._hasher.join()
         return str(self._digest.hexdigest())
 
-    def running(self) -> Any:
-        """The sha256 object of the bytes written so far (to carry to the next part)."""
-        return self._digest
+    def part_digest(self) -> bytes | None:
+        """This part's own sha256 (when asked for at opening)."""
+        self._hasher.join()
+        return None if self.part is None else self.part.digest()
+
+    def carry(self) -> BackgroundHash:
+        """The running sha256 for the next part, on a thread left to finish this part's
+        tail meanwhile (joined first when this part also had its own digest)."""
+        if self.part is None:
+            self._hasher.release()
+            return self._hasher
+        self._hasher.join()
+        return BackgroundHash(self._digest)
 
     def rollback(self) -> None:
         """Drop this part's bytes: cut the file back to where the part began."""
+        with contextlib.suppress(BaseException):
+            self._hasher.join()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
@@ -164,13 +204,24 @@ class ResumableUploads:
         root: the folder (``<scratch>/tus``); created when the first upload is.
         max_per_owner: most unfinished uploads one owner may hold.
         expiry_seconds: an upload untouched this long is removed by :meth:`expire`.
+        store: the blob store; when it assembles blobs from parts (S3), the bytes of each
+            part committed go to it at once (:meth:`commit_part`), so completing the upload
+            sends nothing more.
     """
 
-    def __init__(self, root: Path, *, max_per_owner: int, expiry_seconds: float) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_per_owner: int,
+        expiry_seconds: float,
+        store: BlobStore | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.store = store
         self.max_per_owner = max_per_owner
         self.expiry_seconds = expiry_seconds
-        self._hashes: dict[str, tuple[int, Any]] = {}
+        self._hashes: dict[str, tuple[int, BackgroundHash]] = {}
         self._guard = threading.Lock()
 
     # --- records --------------------------------------------------------------------------
@@ -269,31 +320,73 @@ class ResumableUploads:
         with self._guard:
             cached = self._hashes.pop(info.id, None)
         if cached is not None and cached[0] == info.offset:
-            running = cached[1]
+            hasher = cached[1]
         else:
-            running = _hash_prefix(path, info.offset)
+            hasher = BackgroundHash(_hash_prefix(path, info.offset))
         return PartWriter(
-            path, name=info.filename, offset=info.offset, running=running, part_digest=part_digest
+            path, name=info.filename, offset=info.offset, hasher=hasher, part_digest=part_digest
         )
 
     def commit_part(self, info: UploadInfo, writer: PartWriter) -> None:
-        """Make the bytes written durable and advance the offset; keep the running digest."""
+        """Make the bytes written durable and advance the offset; keep the running digest.
+
+        With a store that assembles blobs from parts, the bytes not sent yet go to it as one
+        part (a PATCH's bytes, or several short PATCHes' together once they reach the
+        store's smallest part); a failure to send leaves them for the next part, or for
+        :meth:`finish_parts`.
+        """
         writer.sync()
         info.offset = writer.size
         info.updated = time.time()
+        try:
+            self._send_parts(info, final=False)
+        except Exception as exc:  # the bytes are durable here; sent with a later part
+            logger.warning("upload %s: part not sent to %r yet: %s", info.id, self.store, exc)
         self.save(info)
         with self._guard:
-            self._hashes[info.id] = (info.offset, writer.running())
+            self._hashes[info.id] = (info.offset, writer.carry())
+
+    def finish_parts(self, info: UploadInfo) -> PartsUpload | None:
+        """Send what is left of a complete upload to a store that assembles blobs from
+        parts; its parts there (``None``: the store takes the file itself)."""
+        self._send_parts(info, final=True)
+        if info.parts is None:
+            return None
+        self.save(info)
+        return PartsUpload.of(info.parts)
+
+    def _send_parts(self, info: UploadInfo, *, final: bool) -> None:
+        if self.store is None:
+            return
+        parts = PartsUpload.of(info.parts) if info.parts else self.store.open_parts(info.id)
+        if parts is None:
+            return
+        pending = info.offset - parts.sent
+        if pending > 0 and (final or pending >= self.store.min_part_size):
+            try:
+                self.store.send_part(parts, self.data_path(info), parts.sent, info.offset)
+            finally:
+                info.parts = parts.as_dict()  # the parts that did go, whatever happened
+        info.parts = parts.as_dict()
 
     def forget_hash(self, upload_id: str) -> None:
         with self._guard:
-            self._hashes.pop(upload_id, None)
+            cached = self._hashes.pop(upload_id, None)
+        if cached is not None:
+            with contextlib.suppress(BaseException):
+                cached[1].join()
 
     # --- ends -----------------------------------------------------------------------------
 
     def remove(self, upload_id: str) -> None:
-        """Delete an upload's folder and bytes (termination, expiry, a refused file)."""
+        """Delete an upload's folder and bytes, its parts in the store included
+        (termination, expiry, a refused file)."""
         self.forget_hash(upload_id)
+        if self.store is not None:
+            with contextlib.suppress(NotFoundError):
+                info = self.get(upload_id, owner=None)
+                if info.parts and not info.complete:
+                    self.store.abort_parts(PartsUpload.of(info.parts))
         shutil.rmtree(self.folder(upload_id), ignore_errors=True)
 
     def expires_at(self, info: UploadInfo) -> float:

@@ -125,11 +125,13 @@ def render(rows: list[BenchRow], missing: dict[str, str], runs: int) -> str:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines = []
     for i, row in enumerate(table):
-        lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        lines.append(
+            "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        )
         if i == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths))
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines.append(f"medians of {runs} run(s) per row; CPU = user + sys of the whole process")
-    return "\n".join(line.rstrip() + (" |" if "|" in line else "") for line in lines)
+    return "\n".join(lines)
 
 
 def machine_lines(data: Path) -> list[str]:
@@ -151,8 +153,12 @@ def machine_lines(data: Path) -> list[str]:
         0,
     )
     fs = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(data)],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip() or subprocess.run(
         ["stat", "-f", "-c", "%T", str(data)], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    ).stdout.strip()  # fmt: skip
+    fs = " ".join(fs.split())
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return [
         f"machine: {model}; {os.cpu_count()} cores (usable {len(os.sched_getaffinity(0))}); "

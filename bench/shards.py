@@ -14,7 +14,7 @@ distinct random bytes, the index as ``save_pretrained`` writes it) is generated 
 CPU time is ``wait4``'s rusage of the whole child (every thread: kernel copies, BLAKE3,
 sha256). It prints median wall, CPU, CPU/wall (above 1 means more than one core was busy),
 the ratio to the durable copy (goal: at most 1.3x, with CPU/wall above 1.5) and peak RSS.
-``--base DIR`` runs the two default rows a second time with the code under DIR (a worktree
+``--base DIR`` runs the verified default a second time with the code under DIR (a worktree
 of main), interleaved, so before and after share one run; ``--json FILE`` also writes the
 rows for ``bench/table.py``.
 
@@ -124,7 +124,6 @@ def main() -> None:
     if args.base is not None:  # main's code: the same command lines, its own defaults
         base = (args.base, {**os.environ, "PYTHONPATH": str(args.base)})
         commands[f"[base] {VERIFIED.split(',')[0]}, default"] = (graft, base)
-        commands[f"[base] {NO_VERIFY.split(',')[0]}, default"] = ([*graft, "--no-verify"], base)
     samples: dict[str, list[Sample]] = {k: [] for k in commands}
     for _ in range(args.runs):
         for label, (cmd, (cwd, env)) in commands.items():

@@ -99,7 +99,7 @@ def main() -> None:
                 continue
             rows += read_rows(out)
     print()
-    print("\n".join(machine))
+    print("\n".join(machine_lines(args.data)))  # the load average as it ends
     print(render(rows, missing, args.runs))
 
 

@@ -115,13 +115,14 @@ def server_cpu(server: Server) -> float:
 def upload_commands(url: str, source: Path) -> dict[str, list[str]]:
     """The curl command lines of the two upload rows."""
     endpoint = f"{url}/v1/checkpoints"
+    size = f"{source.stat().st_size / 1e9:.2f} GB"
     return {
-        "upload raw body 1 GB (curl -T, to the 201)": [
+        f"upload raw body {size} (curl -T, to the 201)": [
             "curl", "-sSf", "-o", "/dev/null", "-X", "POST", "-T", str(source),
             "-H", "Content-Type: application/octet-stream",
             f"{endpoint}?filename={source.name}",
         ],
-        "upload multipart 1 GB (curl -F, to the 201)": [
+        f"upload multipart {size} (curl -F, to the 201)": [
             "curl", "-sSf", "-o", "/dev/null", "-F", f"file=@{source}", endpoint,
         ],
     }  # fmt: skip

@@ -1,8 +1,9 @@
 """One row of ``make bench``'s table: what a bench script measured, beside its baseline.
 
 Each script (bench/convert.py, dcp.py, shards.py, uploads.py, zero.py, s3_stream.py) keeps
-printing its own table and, with ``--json FILE``, also writes its rows here as a JSON list of
-:class:`BenchRow` objects; ``bench/table.py`` runs them all and prints one table.
+printing its own table and, with ``--json FILE``, also writes its rows as a JSON list of
+:class:`BenchRow` objects; ``bench/table.py`` runs them all (``--runs N --json FILE``, and
+``--dir DIR`` for those that keep data) and prints one table.
 
 A row's ratio is its median wall time over its baseline's median wall time, both measured in
 the same run (interleaved); its goal is a largest ratio, and for some rows a smallest CPU/wall

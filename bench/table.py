@@ -8,7 +8,8 @@ Runs, one after the other, each writing its rows as JSON (``--json``, see bench/
 - bench/shards.py: a 10-shard HF set converted across both cores;
 - bench/uploads.py: raw, multipart and tus uploads (uncut, cut and resumed), the API end to end;
 - bench/zero.py: a ZeRO-3 checkpoint against DeepSpeed's own ``zero_to_fp32``;
-- bench/s3_stream.py: S3 to S3, when it exists ("not built" otherwise).
+- bench/s3_stream.py: S3 to S3, when it exists ("not built" otherwise; a script without
+  ``--json`` still runs and prints its own table).
 
 Every ratio is a row's median wall time over its baseline's (a durable copy of the same bytes
 unless the row says otherwise), both measured by the same script in the same run,
@@ -58,7 +59,7 @@ SCRIPTS = (
     Script("shards", "shards.py", (), ("--size-gb", "0.7"), "bench-shards"),
     Script("uploads", "uploads.py", (), ("--size-mb", "128"), None),
     Script("zero", "zero.py", (), ("--size-mb", "64"), "bench-zero"),
-    Script("s3", "s3_stream.py", (), (), None),
+    Script("s3", "s3_stream.py", (), ("--size-mb", "64"), "bench-s3"),
 )  # fmt: skip
 
 
@@ -85,7 +86,10 @@ def main() -> None:
                 continue
             out = Path(tmp) / f"{script.group}.json"
             cmd = [sys.executable, str(path), *(script.quick if args.quick else script.full)]
-            cmd += ["--runs", str(args.runs), "--json", str(out)]
+            cmd += ["--runs", str(args.runs)]
+            rows_out = _takes_json(path)
+            if rows_out:
+                cmd += ["--json", str(out)]
             if script.data is not None:
                 cmd += ["--dir", str(args.data / script.data)]
             elif script.group == "uploads":
@@ -94,13 +98,24 @@ def main() -> None:
             start = time.perf_counter()
             code = subprocess.run(cmd, cwd=ROOT, check=False).returncode
             took = time.perf_counter() - start
-            if code != 0 or not out.is_file():
+            if code != 0:
                 missing[script.group] = f"failed (exit {code} after {took:.0f} s)"
+                continue
+            if not rows_out or not out.is_file():
+                missing[script.group] = "ran, but writes no --json rows: see its own table above"
                 continue
             rows += read_rows(out)
     print()
     print("\n".join(machine_lines(args.data)))  # the load average as it ends
     print(render(rows, missing, args.runs))
+
+
+def _takes_json(script: Path) -> bool:
+    """Whether a script's ``--help`` offers ``--json``."""
+    done = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, check=False
+    )
+    return "--json" in done.stdout
 
 
 def render(rows: list[BenchRow], missing: dict[str, str], runs: int) -> str:

@@ -180,6 +180,9 @@ class Sample:
     cpu: float  # user + sys of the process and its children, seconds
     rss: int  # peak RSS (VmHWM), bytes
     anon: int  # peak anonymous RSS (RssAnon), bytes
+    # CPU seconds of its busiest thread (``run_once(threads=True)``): the wall time cannot
+    # fall below it however many cores are free, nor below CPU / cores.
+    longest_thread: float = 0.0
 
 
 _FIELDS = {"VmHWM:": "rss", "RssAnon:": "anon"}
@@ -190,9 +193,12 @@ def median_of(samples: dict[str, list[Sample]], label: str, field: str) -> float
     return statistics.median(getattr(s, field) for s in samples[label])
 
 
-def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> Sample:
+def run_once(
+    cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, *, threads: bool = False
+) -> Sample:
     """Run ``cmd`` as a whole process; peaks are sampled from /proc every 2 ms, CPU time
-    (user + sys) comes from ``wait4``'s rusage of that process alone.
+    (user + sys) comes from ``wait4``'s rusage of that process alone. With ``threads``, each
+    thread's CPU is also sampled (every ~50 ms, ``/proc/PID/task``) for ``longest_thread``.
 
     ``ru_maxrss`` is not used: it keeps the forking parent's high-water mark across exec.
     """
@@ -200,10 +206,12 @@ def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         peak = {"rss": 0, "anon": 0}
+        per_thread: dict[str, float] = {}
         done = threading.Event()
 
         def sample() -> None:
             status = Path(f"/proc/{proc.pid}/status")
+            tick = 0
             while not done.is_set():
                 try:
                     text = status.read_text()
@@ -213,6 +221,9 @@ def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
                     name = _FIELDS.get(line.split(":", 1)[0] + ":")
                     if name:
                         peak[name] = max(peak[name], int(line.split()[1]) * 1024)
+                tick += 1
+                if threads and tick % 25 == 0:
+                    _thread_cpu(proc.pid, per_thread)
                 done.wait(0.002)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -228,7 +239,25 @@ def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
                 f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.read().decode()}"
             )
     COUNTED[0] += usage.ru_utime + usage.ru_stime
-    return Sample(wall, usage.ru_utime + usage.ru_stime, peak["rss"], peak["anon"])
+    longest = max(per_thread.values(), default=0.0)
+    return Sample(wall, usage.ru_utime + usage.ru_stime, peak["rss"], peak["anon"], longest)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu(pid: int, seen: dict[str, float]) -> None:
+    """Update ``seen`` (thread id -> CPU seconds, user + sys) from ``/proc/PID/task``."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return
+    for task in tasks:
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seen[task.name] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
 def main() -> None:

@@ -116,13 +116,13 @@ $(MLFLOW_TORCH_VENV)/.graft-installed:
 		if [ "$(CI_STRICT)" = yes ]; then echo "mlflow-torch-venv: CI=true, so this fails the run"; exit 1; fi; \
 	fi
 
-# Whole-process conversion figures against cp (generates ~2.2 GB of checkpoints under data/bench
-# once, and a 2 GB DCP checkpoint saved by 4 ranks under data/bench-dcp). More:
-# bench/inspect_header.py, bench/api_service.py, bench/load.py.
+# Whole-process figures, one table (bench/table.py): conversions per output format against a
+# durable copy (~2.2 GB of checkpoints under data/bench, generated once), a 2 GB DCP checkpoint
+# saved by 4 ranks (data/bench-dcp), a 10-shard 6 GB HF set (data/bench-shards), uploads, a
+# ZeRO-3 checkpoint against DeepSpeed's zero_to_fp32 (data/bench-zero), S3 to S3. Each script
+# also runs alone. More: bench/inspect_header.py, bench/api_service.py, bench/load.py.
 bench: setup
-	$(BIN)/python bench/convert.py
-	$(BIN)/python bench/dcp.py
-	$(BIN)/python bench/shards.py  # a 10-shard 6 GB HF set under data/bench-shards
+	$(BIN)/python bench/table.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

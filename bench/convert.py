@@ -51,6 +51,9 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.rows import DURABLE as DURABLE_COPY  # noqa: E402
+from bench.rows import BenchRow, write_rows  # noqa: E402
+
 GRAFT = [sys.executable, "-c", "from app.cli import main; main()"]
 NAIVE_SCRIPT = """
 import sys, torch
@@ -177,6 +180,9 @@ class Sample:
     cpu: float  # user + sys of the process and its children, seconds
     rss: int  # peak RSS (VmHWM), bytes
     anon: int  # peak anonymous RSS (RssAnon), bytes
+    # CPU seconds of its busiest thread (``run_once(threads=True)``): the wall time cannot
+    # fall below it however many cores are free, nor below CPU / cores.
+    longest_thread: float = 0.0
 
 
 _FIELDS = {"VmHWM:": "rss", "RssAnon:": "anon"}
@@ -187,9 +193,12 @@ def median_of(samples: dict[str, list[Sample]], label: str, field: str) -> float
     return statistics.median(getattr(s, field) for s in samples[label])
 
 
-def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> Sample:
+def run_once(
+    cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, *, threads: bool = False
+) -> Sample:
     """Run ``cmd`` as a whole process; peaks are sampled from /proc every 2 ms, CPU time
-    (user + sys) comes from ``wait4``'s rusage of that process alone.
+    (user + sys) comes from ``wait4``'s rusage of that process alone. With ``threads``, each
+    thread's CPU is also sampled (every ~50 ms, ``/proc/PID/task``) for ``longest_thread``.
 
     ``ru_maxrss`` is not used: it keeps the forking parent's high-water mark across exec.
     """
@@ -197,10 +206,12 @@ def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         peak = {"rss": 0, "anon": 0}
+        per_thread: dict[str, float] = {}
         done = threading.Event()
 
         def sample() -> None:
             status = Path(f"/proc/{proc.pid}/status")
+            tick = 0
             while not done.is_set():
                 try:
                     text = status.read_text()
@@ -210,6 +221,9 @@ def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
                     name = _FIELDS.get(line.split(":", 1)[0] + ":")
                     if name:
                         peak[name] = max(peak[name], int(line.split()[1]) * 1024)
+                tick += 1
+                if threads and tick % 25 == 0:
+                    _thread_cpu(proc.pid, per_thread)
                 done.wait(0.002)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -225,7 +239,25 @@ def run_once(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
                 f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.read().decode()}"
             )
     COUNTED[0] += usage.ru_utime + usage.ru_stime
-    return Sample(wall, usage.ru_utime + usage.ru_stime, peak["rss"], peak["anon"])
+    longest = max(per_thread.values(), default=0.0)
+    return Sample(wall, usage.ru_utime + usage.ru_stime, peak["rss"], peak["anon"], longest)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu(pid: int, seen: dict[str, float]) -> None:
+    """Update ``seen`` (thread id -> CPU seconds, user + sys) from ``/proc/PID/task``."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return
+    for task in tasks:
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seen[task.name] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
 def main() -> None:
@@ -237,6 +269,7 @@ def main() -> None:
     parser.add_argument("--no-service", action="store_true", help="skip the upload/API rows")
     parser.add_argument("--rows", default=None, help="only rows whose label holds one of these")
     parser.add_argument("--base", type=Path, default=None, help="baseline code to compare")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     sets = prepare(args.dir, args.big)
     out_dir = args.dir / "out"
@@ -246,6 +279,7 @@ def main() -> None:
     header = ("set", "command", "wall s", "CPU s", "x durable", "x cp", "x cp CPU", "x naive",
               "peak RSS MB", "anon MB")  # fmt: skip
     table: list[tuple[str, ...]] = [header]
+    bench_rows: list[BenchRow] = []
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     for name, f in sets.items():
         if args.only and name != args.only:
@@ -253,6 +287,7 @@ def main() -> None:
         samples = _measure(f, out_dir, args.runs, rows, full=not name.startswith("big"))
         size = f["zip"].stat().st_size
         table += _rows(f"{name} ({size / 1e9:.2f} GB)", samples)
+        bench_rows += _bench_rows(f"{name} ({size / 1e9:.2f} GB)", samples, args.runs)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # before any server is reaped
     check = (
         f"cross-check (conversion rows): RUSAGE_CHILDREN grew {_cpu(after) - _cpu(children):.2f}"
@@ -267,6 +302,7 @@ def main() -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print(f"{check}; load average after: {_load()}")
     shutil.rmtree(out_dir, ignore_errors=True)
+    write_rows(args.json, bench_rows)
 
 
 COUNTED = [0.0]  # wait4 CPU summed over every run, for the cross-check
@@ -356,6 +392,7 @@ def _measure(
     baselines and the rename-only conversions only, for the 6 GB set)."""
     out = out_dir / "out.safetensors"
     out_pt = out_dir / "out.pt"
+    out_dcp = out_dir / "out.dcp"
     copy = out_dir / "copy"
 
     def graft(source: Path, *extra: str) -> list[str]:
@@ -373,6 +410,13 @@ def _measure(
         "convert rename-only zip->torch (verified)": graft(
             f["zip"], "-o", str(out_pt), "--format", "torch"
         ),
+        "  same, --no-verify  ": graft(f["zip"], "-o", str(out_pt), "--format", "torch",
+                                       "--no-verify"),
+        "convert rename-only st->dcp (verified)": graft(
+            f["safetensors"], "-o", str(out_dcp), "--format", "dcp"
+        ),
+        "  same, --no-verify   ": graft(f["safetensors"], "-o", str(out_dcp), "--format", "dcp",
+                                        "--no-verify"),
         "convert, one adapted tensor (verified)": [
             *GRAFT, "convert", str(f["zip"]), str(f["adapt_target"]), "-r",
             str(f["adapt_recipe"]), "-o", str(out),
@@ -392,7 +436,8 @@ def _measure(
     for _ in range(runs):
         for label, row in expanded.items():
             samples[label].append(run_once(row.cmd, row.cwd, row.env))
-            for leftover in (out, out_pt, copy):
+            shutil.rmtree(out_dcp, ignore_errors=True)
+            for leftover in (out, out_pt, out_dcp, copy):
                 leftover.unlink(missing_ok=True)
                 leftover.with_name(leftover.name + ".intoto.json").unlink(missing_ok=True)
     return samples
@@ -471,6 +516,35 @@ def _service_rows(
              "-", "-", "-", "-", "-", "-", "-"),
         ]  # fmt: skip
     return table
+
+
+def _bench_rows(name: str, samples: dict[str, list[Sample]], runs: int) -> list[BenchRow]:
+    """The rename-only rows for bench/table.py, each against the durable copy of the same run,
+    with the goals of issue 16: verified at most 1.5x (1.3x for the 6 GB set), ``--no-verify``
+    at most 1.15x. A ``same, …`` row is named after the row above it."""
+    durable = median_of(samples, DURABLE, "wall")
+    rows, above = [], ""
+    for label in samples:
+        plain = label.removesuffix(" [base]").strip()
+        if plain.startswith("convert"):
+            above = plain.removesuffix(" (verified)")
+        if "rename-only" not in above or not (plain.startswith(("convert", "same"))):
+            continue
+        full = plain if plain.startswith("convert") else f"{above}, {plain.removeprefix('same, ')}"
+        goal = None
+        if plain.endswith("(verified)"):
+            goal = 1.3 if name.startswith("big") else 1.5
+        elif plain.endswith("--no-verify"):
+            goal = 1.15
+        rows.append(
+            BenchRow(
+                group="convert", row=full + (" [base]" if label.endswith("[base]") else ""),
+                wall=median_of(samples, label, "wall"), baseline=DURABLE_COPY,
+                baseline_wall=durable, runs=runs, cpu=median_of(samples, label, "cpu"),
+                rss=int(median_of(samples, label, "rss")), goal_ratio=goal, note=name,
+            )
+        )  # fmt: skip
+    return rows
 
 
 CP = "cp (baseline)"

@@ -14,6 +14,7 @@ peak RSS against the largest tensor (goal: at most 1.5x the durable copy, and pe
 most the largest tensor + 300 MB).
 
     .venv/bin/python bench/dcp.py [--size-mb 2048] [--runs 1] [--dir data/bench-dcp]
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.convert import GRAFT, Sample, median_of, run_once  # noqa: E402
+from bench.rows import DURABLE, BenchRow, write_rows  # noqa: E402
 
+COPY = "durable copy (cp -r + sync)"
 TENSOR_ROWS, COLS = 16384, 1024  # 64 MiB of float32 per tensor
 
 SAVE_SCRIPT = """
@@ -92,6 +95,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=2048)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=ROOT / "data" / "bench-dcp")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     source, skeleton, recipe = prepare(args.dir, args.size_mb)
     out = args.dir / "out"
@@ -102,7 +106,7 @@ def main() -> None:
     graft += ["-o", str(out / "hf"), "--max-shard-size", "1GB"]
     durable = f'cp -r "{source}" "{out}/copy" && sync "{out}"/copy/* "{out}"/copy/.metadata'
     commands = {
-        "durable copy (cp -r + sync)": ["sh", "-c", durable],
+        COPY: ["sh", "-c", durable],
         "graft convert -> HF shards": graft,
         "graft convert --no-verify": [*graft, "--no-verify"],
         "naive (dcp_to_torch_save + load + save_file)": [
@@ -118,12 +122,34 @@ def main() -> None:
             samples[label].append(run_once(cmd))
     shutil.rmtree(out, ignore_errors=True)
     _print(samples, size, TENSOR_ROWS * COLS * 4, args.runs)
+    write_rows(args.json, _rows(samples, size, TENSOR_ROWS * COLS * 4, args.runs))
+
+
+def _rows(samples: dict[str, list[Sample]], size: int, largest: int, runs: int) -> list[BenchRow]:
+    """The rows for bench/table.py against the durable copy; the goal (at most 1.5x, peak RSS
+    at most the largest tensor + 300 MB) is the verified conversion's."""
+    med = functools.partial(median_of, samples)
+    rows = []
+    for label in samples:
+        if label == COPY:
+            continue
+        goal = label == "graft convert -> HF shards"
+        rows.append(
+            BenchRow(
+                group="dcp", row=label, wall=med(label, "wall"), baseline=DURABLE,
+                baseline_wall=med(COPY, "wall"), runs=runs, cpu=med(label, "cpu"),
+                rss=int(med(label, "rss")), goal_ratio=1.5 if goal else None,
+                goal_rss=largest + 300_000_000 if goal else None,
+                note=f"{size / 1e9:.2f} GB saved by 4 ranks",
+            )
+        )  # fmt: skip
+    return rows
 
 
 def _print(samples: dict[str, list[Sample]], size: int, largest: int, runs: int) -> None:
     med = functools.partial(median_of, samples)
 
-    durable = med("durable copy (cp -r + sync)", "wall")
+    durable = med(COPY, "wall")
     naive = med("naive (dcp_to_torch_save + load + save_file)", "wall")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(

@@ -13,8 +13,9 @@
   code under DIR (e.g. a worktree of main), interleaved with the durable copy, with each
   server's CPU per upload (:func:`compare_main`).
 
-Used by ``bench/convert.py``; alone: ``.venv/bin/python bench/uploads.py`` (``tus``: the tus
-rows only; ``compare --base DIR [--runs 3] [--data DIR]``: this tree against another).
+Used by ``bench/table.py``; alone: ``.venv/bin/python bench/uploads.py [--runs 3]
+[--size-mb 1024] [--json FILE]`` (every row against the durable copy of the same run; ``tus``:
+the tus rows only; ``compare --base DIR [--runs 3] [--data DIR]``: this tree against another).
 """
 
 from __future__ import annotations
@@ -35,16 +36,19 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.rows import DURABLE, BenchRow  # noqa: E402
 from tests.e2e.conftest import Server, wait_ready  # noqa: E402  (the e2e server harness)
 
 __all__ = [
     "api_roundtrips",
     "compare_main",
     "make_checkpoint",
+    "measure",
     "server_cpu",
     "start_server",
     "tus_lean",
     "tus_rows",
+    "tus_walls",
     "upload_commands",
 ]
 
@@ -121,13 +125,14 @@ def server_cpu(server: Server) -> float:
 def upload_commands(url: str, source: Path) -> dict[str, list[str]]:
     """The curl command lines of the two upload rows."""
     endpoint = f"{url}/v1/checkpoints"
+    size = f"{source.stat().st_size / 1e9:.2f} GB"
     return {
-        "upload raw body 1 GB (curl -T, to the 201)": [
+        f"upload raw body {size} (curl -T, to the 201)": [
             "curl", "-sSf", "-o", "/dev/null", "-X", "POST", "-T", str(source),
             "-H", "Content-Type: application/octet-stream",
             f"{endpoint}?filename={source.name}",
         ],
-        "upload multipart 1 GB (curl -F, to the 201)": [
+        f"upload multipart {size} (curl -F, to the 201)": [
             "curl", "-sSf", "-o", "/dev/null", "-F", f"file=@{source}", endpoint,
         ],
     }  # fmt: skip
@@ -239,12 +244,9 @@ def tus_once(url: str, source: Path, *, cut: bool) -> float:
     return time.perf_counter() - start
 
 
-def tus_rows(url: str, source: Path, copy: Path, runs: int) -> list[tuple[str, str, str, str]]:
-    """The tus rows: medians of ``runs`` alternated with a durable copy of the same file.
-
-    Returns:
-        ``(row, wall s, x durable, x uncut tus)`` tuples.
-    """
+def tus_walls(url: str, source: Path, copy: Path, runs: int) -> dict[str, float]:
+    """Median seconds of ``runs`` tus uploads, uncut (``tus``) and cut at 50 % then resumed
+    (``cut``), alternated with a durable copy of the same file (``durable``)."""
     import subprocess
 
     walls: dict[str, list[float]] = {"durable": [], "tus": [], "cut": []}
@@ -255,7 +257,17 @@ def tus_rows(url: str, source: Path, copy: Path, runs: int) -> list[tuple[str, s
         copy.unlink(missing_ok=True)
         walls["tus"].append(tus_once(url, source, cut=False))
         walls["cut"].append(tus_once(url, source, cut=True))
-    durable, tus, cut = (statistics.median(walls[k]) for k in ("durable", "tus", "cut"))
+    return {k: statistics.median(v) for k, v in walls.items()}
+
+
+def tus_rows(url: str, source: Path, copy: Path, runs: int) -> list[tuple[str, str, str, str]]:
+    """The tus rows: medians of ``runs`` alternated with a durable copy of the same file.
+
+    Returns:
+        ``(row, wall s, x durable, x uncut tus)`` tuples.
+    """
+    walls = tus_walls(url, source, copy, runs)
+    durable, tus, cut = walls["durable"], walls["tus"], walls["cut"]
     size = f"{source.stat().st_size / 1e9:.2f} GB"
     return [
         (f"cp + sync FILE {size} (durable)", f"{durable:.2f}", "1.00", "-"),
@@ -285,27 +297,86 @@ def tus_main(runs: int = 3) -> None:
         print(f"{row[0]:<44} {row[1]:>7} {row[2]:>9} {row[3]:>8}")
 
 
+def measure(root: Path, runs: int, size_mb: int) -> list[BenchRow]:
+    """The upload rows of ``make bench``: raw and multipart uploads of a ``size_mb`` file
+    interleaved with a durable copy of it (the server's CPU, not curl's), the tus rows
+    (uncut, cut and resumed) against their own durable copies, and the API end to end for a
+    10 MB conversion (warm p50, goal 1 s)."""
+    from bench.convert import Sample, median_of, run_once
+
+    source = root / "upload.safetensors"
+    make_checkpoint(source, size_mb)
+    small = root / "small.safetensors"
+    skeleton = make_checkpoint(small, 10)
+    copy = root / "copy"
+    server = start_server(root / "srv", REPO)
+    goals = {"raw": 2.0, "multipart": 2.5}
+    try:
+        rows: dict[str, list[str]] = {
+            DURABLE: ["sh", "-c", f'cp "{source}" "{copy}" && sync "{copy}"']
+        }
+        rows |= upload_commands(server.url, source)
+        with source.open("rb") as fh:  # warm the page cache
+            while fh.read(1 << 24):
+                pass
+        samples: dict[str, list[Sample]] = {k: [] for k in rows}
+        for _ in range(runs):
+            for label, cmd in rows.items():
+                before = server_cpu(server)
+                sample = run_once(cmd)
+                if label != DURABLE:  # the server's CPU for this upload, not curl's
+                    sample.cpu = server_cpu(server) - before
+                samples[label].append(sample)
+                copy.unlink(missing_ok=True)
+        tus = tus_walls(server.url, source, copy, runs)
+        e2e = api_roundtrips(server, small, skeleton, 10 * runs)
+    finally:
+        server.stop()
+    durable = median_of(samples, DURABLE, "wall")
+    size = f"{source.stat().st_size / 1e9:.2f} GB"
+    out = [
+        BenchRow(
+            group="uploads", row=label, wall=median_of(samples, label, "wall"), baseline=DURABLE,
+            baseline_wall=durable, runs=runs, cpu=median_of(samples, label, "cpu"),
+            goal_ratio=next((g for k, g in goals.items() if k in label), None),
+            note="CPU: the server's",
+        )
+        for label in rows
+        if label != DURABLE
+    ]  # fmt: skip
+    out += [
+        BenchRow(group="uploads", row=f"upload tus {size}, 64 MiB parts", wall=tus["tus"],
+                 baseline=DURABLE, baseline_wall=tus["durable"], runs=runs, goal_ratio=2.5),
+        BenchRow(group="uploads", row=f"upload tus {size}, cut at 50 % + resumed",
+                 wall=tus["cut"], baseline=DURABLE, baseline_wall=tus["durable"], runs=runs,
+                 note=f"x uncut tus {tus['cut'] / tus['tus']:.2f} (goal <= 1.10)"),
+        BenchRow(group="uploads", row="API e2e 10 MB: upload+job+download, warm p50",
+                 wall=statistics.median(e2e), baseline="-", baseline_wall=0.0, runs=10 * runs,
+                 goal_wall=1.0, note=f"p90 {sorted(e2e)[int(0.9 * len(e2e))]:.2f} s"),
+    ]  # fmt: skip
+    return out
+
+
 def main() -> None:
+    import argparse
     import tempfile
 
-    from convert import run_once
+    from bench.rows import write_rows
 
-    with tempfile.TemporaryDirectory(dir=REPO / "data") as tmp:
-        root = Path(tmp)
-        source = root / "upload.safetensors"
-        make_checkpoint(source, 1024)
-        small = root / "small.safetensors"
-        skeleton = make_checkpoint(small, 10)
-        server = Server(root / "srv", GRAFT_WORKERS="1", GRAFT_MAX_UPLOAD_BYTES=str(2 << 30))
-        (root / "srv").mkdir()
-        server.start()
-        try:
-            for label, cmd in upload_commands(server.url, source).items():
-                print(label, run_once(cmd))
-            times = api_roundtrips(server, small, skeleton, 10)
-            print("e2e 10 MB p50", statistics.median(times))
-        finally:
-            server.stop()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--dir", type=Path, default=REPO / "data")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        rows = measure(Path(tmp), args.runs, args.size_mb)
+    print(f"{'row':<52} {'wall s':>7} {'x durable':>9} {'CPU s':>6}  goal")
+    for r in rows:
+        cpu = f"{r.cpu:.2f}" if r.cpu is not None else "-"
+        print(f"{r.row:<52} {r.wall:>7.2f} {r.ratio:>9.2f} {cpu:>6}  {r.goal()} {r.note}")
+    write_rows(args.json, rows)
 
 
 def _timed(server: Server, run: Any) -> tuple[float, float]:

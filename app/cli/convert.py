@@ -150,8 +150,8 @@ ShardWorkersOpt = Annotated[
     typer.Option(
         "--shard-workers",
         min=1,
-        help="Output shards written side by side in a rename-only conversion (default: "
-        "one per CPU with --no-verify, else 1). The files are the same.",
+        help="Output shards written (and verified) side by side in a rename-only "
+        "conversion (default: one per CPU, at most 8). The files are the same.",
     ),
 ]
 SourceArchOpt = Annotated[

@@ -68,10 +68,9 @@ class WriteOptions:
             (no identity, no pass: the CLI's ``--no-verify``).
         parity: run the source's model and the converted one side by side (SPEC §3.2).
         shard_workers: output shards written side by side, when every tensor is a byte copy
-            (a rename-only conversion: nothing is materialised, so memory stays flat);
-            ``None`` is one per CPU when no source digest is taken beside the copy
-            (``source_digest="none"``), else 1; ``1`` is one after the other. The files are
-            the same.
+            (a rename-only conversion: nothing is materialised, so memory stays flat), each
+            verified by its own thread beside its copy; ``None`` is one per CPU (at most
+            8), ``1`` is one after the other. The files are the same.
     """
 
     format: OutputFormat = "safetensors"

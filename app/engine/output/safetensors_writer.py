@@ -6,7 +6,8 @@ pass through unchanged (loaded, same dtype, laid out in C order in the source) a
 to file in the kernel, adjacent ones as one range, without torch (and, verified, checked on a
 second thread while the next range is copied: :mod:`app.engine.output.overlap`); the others
 are produced one at a time, then freed. Shards whose tensors are all byte copies are written
-side by side, a thread each. The metadata is written with placeholders of the final lengths
+side by side, a thread each (verified, each with its own verifier: every core copies and
+checks). The metadata is written with placeholders of the final lengths
 and rewritten once the digests are known.
 """
 
@@ -37,6 +38,7 @@ from app.engine.readers import SAFETENSORS_DTYPES
 
 __all__ = [
     "INDEX_NAME",
+    "MAX_SHARD_WORKERS",
     "SINGLE_NAME",
     "Layout",
     "TensorSpec",
@@ -52,6 +54,9 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 _ST_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 T = TypeVar("T")
+# Shards written side by side by default, at most: each writer maps two 8 MiB windows (its
+# verifier's) and holds a file open, so memory stays bounded on a many-core machine.
+MAX_SHARD_WORKERS = 8
 TensorSpec = tuple[str, Sequence[int], str]  # key, shape, dtype
 
 
@@ -164,7 +169,7 @@ def _write_shards(
     run in the kernel, so the threads share no Python work and hold nothing in memory), else
     one after the other. Returns the bytes copied per method."""
     tally = _Tally(progress, sum(len(j.entries) for j in jobs))
-    workers = min(len(jobs), options.shard_workers or _default_workers(options))
+    workers = min(len(jobs), options.shard_workers or _default_workers())
     spans: list[list[list[tuple[Path, int, int]] | None]] | None = None
     if workers > 1:
         spans = [[_copy_spans(e, producer, options.byte_copy) for e in j.entries] for j in jobs]
@@ -186,10 +191,12 @@ def _write_shards(
     return runs.copier.used
 
 
-def _default_workers(options: WriteOptions) -> int:
-    """One writer per CPU, unless the source's identity is hashed beside the copy: BLAKE3
-    then takes every core already, and shards side by side measured slower (bench/shards.py)."""
-    return 1 if options.source_digest != "none" else os.cpu_count() or 1
+def _default_workers() -> int:
+    """One writer per CPU, at most :data:`MAX_SHARD_WORKERS`. Verified, each writer has its
+    own verifier beside its copy, so N shards are copied and checked on N cores at once; one
+    shard at a time leaves every shard's check to one verifier thread, the slowest step of
+    the pipeline (bench/shards.py measures both)."""
+    return min(os.cpu_count() or 1, MAX_SHARD_WORKERS)
 
 
 def _write_parallel(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def _skeleton(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _run(
-    src: Path, sd: dict[str, torch.Tensor], recipe: dict[str, Any], out: Path, workers: int
+    src: Path, sd: dict[str, torch.Tensor], recipe: dict[str, Any], out: Path, workers: int | None
 ) -> tuple[dict[str, Any], set[str]]:
     """Convert into ``out`` (13 KB shards: ~10 of them); the report and the names of the
     threads that reported writing progress."""
@@ -132,3 +133,19 @@ def test_sha256_files_matches_each_file(tmp_path: Path, workers: int) -> None:
         paths.append(p)
     assert sha256_files(paths, workers) == [sha256_file(p) for p in paths]
     assert sha256_files(paths[2:3], workers) == [hashlib.sha256(paths[2].read_bytes()).hexdigest()]
+
+
+def test_verified_shards_go_side_by_side_by_default(tmp_path: Path) -> None:
+    """Verified (the default), a rename-only set's shards are written side by side, one per
+    CPU, each checked by its own verifier: the files and the report are the one-at-a-time
+    path's, and every tensor was compared with its source."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: the default is one shard at a time")
+    sd = _hf_set(tmp_path / "src")
+    seq_report, _ = _run(tmp_path / "src", sd, RENAME, tmp_path / "seq", 1)
+    par_report, par_threads = _run(tmp_path / "src", sd, RENAME, tmp_path / "par", None)
+
+    assert _files(tmp_path / "par") == _files(tmp_path / "seq")
+    assert _comparable(par_report) == _comparable(seq_report)
+    assert par_report["verification"]["equal"] == len(sd)
+    assert len(par_threads) > 1 and all(t.startswith("graft-shard") for t in par_threads)

@@ -127,6 +127,12 @@ def convert(
     Raises:
         GraftError: bad or unsafe input, an invalid recipe or target.
     """
+    streamed = isinstance(output, StreamedOutput) and not dry_run
+    if streamed and (options.parity is not None or (options.verify and target.architecture)):
+        raise GraftError(
+            "a streamed output cannot be run in a model (parity, or verifying an "
+            "architecture target): write a local file"
+        )
     with _open(source, recipe) as src:
         if isinstance(src, SeveralSources) and known.parts_sha256:
             src.know_sha256(known.parts_sha256)
@@ -146,6 +152,11 @@ def convert(
         producer = Producer(src, target, recipe.seed, device)
         identity = _identity(src, options, known.sha256)
         if isinstance(output, StreamedOutput):
+            if identity is not None and not known.sha256:
+                raise GraftError(
+                    "a streamed source is identified by the sha256 its caller knows: pass "
+                    "it (or source_digest none)"
+                )
             return _streamed(plan, producer, output, src, options, recipe, identity, manifest,
                              progress)  # fmt: skip
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -192,11 +203,6 @@ def _streamed(
 ) -> ConversionResult:
     """:func:`convert`'s write, check and report for a streamed output (the source's
     identity is hashed first, not beside: a streamed source is known by its sha256)."""
-    if options.parity is not None or (options.verify and producer.target.architecture):
-        raise GraftError(
-            "a streamed output cannot be run in a model (parity, or verifying an "
-            "architecture target): write a local file"
-        )
     kind = identity[0] if identity else None
     digest = identity[1] if identity else str
     stamp = _stamp(plan, recipe, producer.target, kind, digest)

@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.errors import InternalError
 from app.storage.staging import Scratch, StagedFile
@@ -195,6 +196,17 @@ class BlobStore(abc.ABC):
     def local_path(self, sha256: str) -> Path | None:
         """A local file holding the blob, when the store has one (the API can then let the
         server send it directly); ``None`` for remote stores."""
+        return None
+
+    def source_url(self, sha256: str, *, expires_seconds: int) -> str | None:
+        """A URL that serves the blob (ranged GETs included) without credentials for a
+        while, for a sandbox child to read it from; ``None`` when the store has none."""
+        return None
+
+    def stream_upload(self, *, expires_seconds: int) -> Any | None:
+        """A new upload a sandbox child fills by presigned part URLs and this store
+        completes and publishes (an :class:`~app.storage.s3_stream.StreamUpload`); ``None``
+        when the store has none (local stores take a local file instead)."""
         return None
 
     def presigned_url(

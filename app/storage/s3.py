@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from app.storage.base import BlobInfo, BlobIntegrityError, BlobStore, check_digest
+from app.storage.s3_stream import StreamUpload
 from app.storage.s3_upload import UploadTarget, upload_file
 from app.storage.staging import Scratch, pid_alive
 
@@ -329,6 +330,19 @@ class S3BlobStore(BlobStore):
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
+
+    def source_url(self, sha256: str, *, expires_seconds: int) -> str | None:
+        """A presigned GET of the blob (ranged GETs work on it too)."""
+        url: str = self._client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self.key(sha256)},
+            ExpiresIn=expires_seconds,
+        )
+        return url
+
+    def stream_upload(self, *, expires_seconds: int) -> StreamUpload:
+        """A multipart upload to a new temp key, for parts sent by presigned URLs."""
+        return StreamUpload(self, self._temp_key(), expires_seconds=expires_seconds)
 
     def presigned_url(
         self, sha256: str, *, filename: str, media_type: str, expires_seconds: int = 600

@@ -18,6 +18,7 @@ check runs on the header. Whoever completes the upload hashes what was stored.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from app.engine.errors import GraftError
-from app.engine.meta import TensorInfo, guess_kind
+from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
 from app.engine.options import WriteOptions
 from app.engine.output.digests import all_finite, hasher, hexdigest, same_bytes, tensor_bytes
 from app.engine.output.execution import Execution
@@ -48,11 +49,14 @@ class PartSink(Protocol):
     """Where the parts of a streamed output go (a multipart upload, say).
 
     Attributes:
-        part_size: the size of every part but the last (the writer may choose a larger one
-            when the header needs it; every part but the last then has that size).
+        part_size: the size of every part but the last (the writer chooses a larger one
+            when the header needs it, or when the output would take more than
+            ``max_parts``; every part but the last then has that size).
+        max_parts: the most parts it takes.
     """
 
     part_size: int
+    max_parts: int
 
     def put(self, number: int, data: bytearray) -> None:
         """Take part ``number`` (from 1; the first comes last). May block while earlier
@@ -78,7 +82,7 @@ class _Parts:
         self.number = 1
         self.position = 0
 
-    def write_all(self, data: bytes | memoryview, *, compare: bool = False) -> bool:
+    def write_all(self, data: bytes | bytearray | memoryview, *, compare: bool = False) -> bool:
         """Append ``data``. With ``compare``, also check that the bytes now in the part
         buffer are ``data`` (``memcmp``); returns whether they are (``True`` otherwise)."""
         view = memoryview(data).cast("B")
@@ -151,7 +155,9 @@ def write_streamed(
     result = Execution(format="safetensors")
     entries = [e for e in plan.entries if e.stored_as is None]
     header = header_bytes(((e.target, e.shape, e.dtype) for e in entries), metadata)
-    parts = _Parts(output.sink, max(output.sink.part_size, 8 + len(header)))
+    total = 8 + len(header) + sum(math.prod(e.shape) * DTYPE_SIZES[e.dtype] for e in entries)
+    sink = output.sink
+    parts = _Parts(sink, max(sink.part_size, 8 + len(header), -(-total // sink.max_parts)))
     parts.write_all(struct.pack("<Q", len(header)) + header)
     check = OutputCheck() if options.verify else None
     rederived = Rederived()

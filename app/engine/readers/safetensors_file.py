@@ -57,7 +57,8 @@ class SafetensorsReader:
         self._path = path
         self._remote = ReadAhead(remote) if remote is not None else None
         if self._remote is not None:
-            infos, metadata, self._ranges = self._parse_header(self._remote, remote.size)
+            size = self._remote.blob.size
+            infos, metadata, self._ranges = self._parse_header(self._remote, size)
         else:
             with path.open("rb") as f:
                 infos, metadata, self._ranges = self._parse_header(f, path.stat().st_size)
@@ -171,10 +172,8 @@ class SafetensorsReader:
         info = self.parsed.root[handle]
         start, length = self._ranges[handle]
         flat = torch.empty(length, dtype=torch.uint8)
-        if length:
-            view = flat.numpy().data
-            assert self._remote is not None
-            readinto_exact(self._remote, start, view, f"tensor {handle!r}")
+        if length and self._remote is not None:
+            readinto_exact(self._remote, start, flat.numpy().data, f"tensor {handle!r}")
         return flat.view(getattr(torch, info.dtype)).reshape(info.shape)
 
     def close(self) -> None:

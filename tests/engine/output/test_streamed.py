@@ -98,7 +98,7 @@ def test_streamed_bytes_are_the_local_file(tmp_path: Path, dtype: str | None) ->
 
 def test_a_header_larger_than_a_part_makes_the_parts_larger(tmp_path: Path) -> None:
     sink = _Parts(part_size=1024)
-    _, streamed, written, _ = _both(tmp_path, WriteOptions(), sink)
+    _, _, written, _ = _both(tmp_path, WriteOptions(), sink)
     header = 8 + int.from_bytes(written[:8], "little")
     assert header > 1024
     assert sink.joined() == written

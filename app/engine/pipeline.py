@@ -152,7 +152,7 @@ def convert(
         producer = Producer(src, target, recipe.seed, device)
         identity = _identity(src, options, known.sha256)
         if isinstance(output, StreamedOutput):
-            if identity is not None and not known.sha256:
+            if identity is not None and not (known.sha256 or _known_remote(source)):
                 raise GraftError(
                     "a streamed source is identified by the sha256 its caller knows: pass "
                     "it (or source_digest none)"
@@ -188,6 +188,10 @@ def convert(
             source_blake3=digest() if kind == "blake3" else None,
         )
         return ConversionResult(report.ok, report.to_json(), manifest, Path(output))
+
+
+def _known_remote(source: SourcePath) -> bool:
+    return isinstance(source, RemoteBlob) and source.sha256 is not None
 
 
 def _streamed(

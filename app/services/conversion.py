@@ -409,16 +409,21 @@ def _convert_streamed(
     the source or the weights touches the disk."""
     from app.engine.pipeline import KnownSource, StreamedOutput, convert
     from app.engine.readers import RemoteBlob
-    from app.services.stream_io import PresignedParts, ranged_fetch
+    from app.services.stream_io import PresignedParts, RemoteFile, ranged_fetch
 
     if request.sources or request.dry_run or request.source_architecture is not None:
         raise InternalError("a streamed conversion reads one source and writes its weights")
-    source = RemoteBlob(spec.source_name, spec.source_size, ranged_fetch(spec), spec.read_block)
+
+    def remote(file: RemoteFile) -> RemoteBlob:
+        fetch = ranged_fetch(spec, file)
+        return RemoteBlob(file.name, file.size, fetch, spec.read_block, sha256=file.sha256)
+
+    source = remote(spec.source)
     sink = PresignedParts(spec)
     files = request.target_files or None
     target = Target.from_spec(
         request.target,
-        files=(files[0] if len(files) == 1 else files) if files else None,
+        files=remote(spec.target) if spec.target else _one(files) if files else None,
         architectures=request.architectures,
     )
     try:
@@ -426,7 +431,7 @@ def _convert_streamed(
             result = convert(
                 source, target, request.recipe,
                 output=StreamedOutput(spec.output_name, sink), options=request.options,
-                progress=progress, known=KnownSource(sha256=request.source_sha256),
+                progress=progress, known=KnownSource(sha256=spec.source.sha256),
             )  # fmt: skip
         parts = sink.finish() if sink.header else None
     finally:
@@ -443,6 +448,10 @@ def _convert_streamed(
             statement = streamed_statement(spec.output_name, sink.header, result.report)
             (reports / "attestation.json").write_bytes(_json(statement))
     return ConversionOutcome(result.ok, result.report, result.manifest, None, parts=parts)
+
+
+def _one(files: list[Path]) -> Path | list[Path]:
+    return files[0] if len(files) == 1 else files
 
 
 def _source_paths(request: ConversionRequest) -> Any:

@@ -21,18 +21,35 @@ from pydantic import BaseModel, ConfigDict
 
 from app.errors import InternalError
 
-__all__ = ["PresignedParts", "StreamSpec", "ranged_fetch"]
+__all__ = ["PresignedParts", "RemoteFile", "StreamSpec", "ranged_fetch"]
 
 _ATTEMPTS = 3
+
+
+class RemoteFile(BaseModel):
+    """One stored file the child reads by ranges.
+
+    Attributes:
+        name: its file name (the report names it so).
+        url: a presigned GET of its blob.
+        size: its length in bytes.
+        sha256: its digest (as recorded when it was uploaded).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    url: str
+    size: int
+    sha256: str
 
 
 class StreamSpec(BaseModel):
     """What a conversion child streams from and to (it crosses into the child as JSON).
 
     Attributes:
-        source_url: a presigned GET of the source blob.
-        source_name: the source's file name (the report names it so).
-        source_size: the source's length in bytes.
+        source: the source, one safetensors file.
+        target: a checkpoint target's template, one safetensors file, read the same way.
         output_name: the weights file's name.
         part_urls: presigned ``UploadPart`` URLs, part 1 first.
         part_size: every part's size but the last (the child may use a larger one when
@@ -43,9 +60,8 @@ class StreamSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source_url: str
-    source_name: str
-    source_size: int
+    source: RemoteFile
+    target: RemoteFile | None = None
     output_name: str
     part_urls: list[str]
     part_size: int
@@ -58,9 +74,9 @@ class StreamSpec(BaseModel):
         Raises:
             InternalError: a URL names another host, or a scheme that is not HTTP(S).
         """
-        source = urlsplit(self.source_url)
+        source = urlsplit(self.source.url)
         origin = (source.scheme, source.netloc)
-        for url in self.part_urls:
+        for url in [*self.part_urls, *([self.target.url] if self.target else [])]:
             parts = urlsplit(url)
             if (parts.scheme, parts.netloc) != origin:
                 raise InternalError("a streamed job's URLs must all name the store's endpoint")
@@ -105,8 +121,9 @@ class _Connections:
         raise AssertionError("unreachable")
 
 
-def ranged_fetch(spec: StreamSpec) -> Callable[[int, int], bytes]:
-    """``fetch(offset, length)``: that range of the source, by a ranged GET.
+def ranged_fetch(spec: StreamSpec, file: RemoteFile) -> Callable[[int, int], bytes]:
+    """``fetch(offset, length)``: that range of ``file`` (the source or the template), by a
+    ranged GET.
 
     Raises (from ``fetch``):
         OSError: the server answered anything but those bytes.
@@ -117,9 +134,11 @@ def ranged_fetch(spec: StreamSpec) -> Callable[[int, int], bytes]:
         if length == 0:
             return b""
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        status, _, data = connections.request("GET", spec.source_url, headers)
-        if status != 206 or len(data) != length:
-            raise OSError(f"ranged GET of the source: HTTP {status}, {len(data)} bytes")
+        status, _, data = connections.request("GET", file.url, headers)
+        # A range that covers the whole object may come back whole (200): the same bytes.
+        whole = status == 200 and offset == 0 and length == file.size
+        if (status != 206 and not whole) or len(data) != length:
+            raise OSError(f"ranged GET of {file.name}: HTTP {status}, {len(data)} bytes")
         return data
 
     return fetch

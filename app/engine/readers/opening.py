@@ -82,7 +82,9 @@ def open_source(
         TooLargeError: a header or archive exceeds the reader's limits.
     """
     if isinstance(path, RemoteBlob):
-        return _strip(_open_file(Path(path.name), entry, path), strip_prefixes)
+        source = _open_file(Path(path.name), entry, path)
+        source._sha256 = path.sha256  # known: never hashed by reading it all again
+        return _strip(source, strip_prefixes)
     zero = zero_files(path)
     megatron = megatron_folder(path) if zero is None else None
     dcp = dcp_files(path) if zero is None and megatron is None else None

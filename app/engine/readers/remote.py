@@ -33,12 +33,15 @@ class RemoteBlob:
         size: its length in bytes.
         fetch: ``fetch(offset, length)`` returns exactly those bytes (or raises ``OSError``).
         block: the read-ahead block size in bytes.
+        sha256: its digest, when the caller knows it (the source's identity is then never
+            hashed here: that would read the whole file once more).
     """
 
     name: str
     size: int
     fetch: Callable[[int, int], bytes]
     block: int = DEFAULT_BLOCK
+    sha256: str | None = None
 
 
 class ReadAhead(io.RawIOBase):

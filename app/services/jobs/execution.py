@@ -255,6 +255,7 @@ class _Inputs:
     source_sha256: str
     source_format: str | None = None
     source_size: int = 0
+    templates: list[tuple[str, int]] = field(default_factory=list)  # (format, size) each
     sources: dict[str, tuple[list[tuple[str, str]], str]] = field(default_factory=dict)
     owner: str = ""
     source_ref: SourceRef | None = None
@@ -434,7 +435,7 @@ def _load(database: Database, job_id: str) -> _Inputs:
         target = parse_target_spec(job.target)
         # Each checkpoint the target names, by its own id (the job's foreign key holds the
         # first only, for deletion checks).
-        target_files = [_checkpoint(checkpoints, ref, "target") for ref in target.checkpoint_refs()]
+        templates = [_checkpoint(checkpoints, ref, "target") for ref in target.checkpoint_refs()]
         sources = {
             name: (checkpoint_files(c), c.sha256)
             for name, c in (
@@ -447,7 +448,8 @@ def _load(database: Database, job_id: str) -> _Inputs:
             sources=sources,
             source_files=checkpoint_files(source) if source else [],
             target=target,
-            target_files=[f for c in target_files for f in checkpoint_files(c)],
+            target_files=[f for c in templates for f in checkpoint_files(c)],
+            templates=[(c.format, c.size) for c in templates],
             recipe=job.recipe,
             options=_options(job),
             dry_run=job.dry_run,
@@ -523,6 +525,8 @@ def _streamed(
     refusal = stream_refusal(
         source_files=inputs.source_files,
         source_format=inputs.source_format,
+        template_formats=[f for f, _ in inputs.templates]
+        + (["files"] if len(inputs.target_files) > len(inputs.templates) else []),
         several=bool(inputs.sources),
         target=inputs.target,
         options=inputs.options,
@@ -533,10 +537,11 @@ def _streamed(
     if refusal is not None:
         logger.debug("job %s takes the local path: %s", inputs.job_id, refusal)
         return None
+    template = (*inputs.target_files[0], inputs.templates[0][1]) if inputs.templates else None
     return streamed_upload(
         store,
-        source=inputs.source_files[0],
-        source_size=inputs.source_size,
+        source=(*inputs.source_files[0], inputs.source_size),
+        template=template,
         output_name=output_name,
         read_block=settings.stream_read_block,
     )
@@ -557,7 +562,7 @@ def _request(
         sources=_link_sources(store, inputs, work),
         sources_sha256={name: sha for name, (_, sha) in inputs.sources.items()},
         target=inputs.target,
-        target_files=link_blobs(store, inputs.target_files, work / "target"),
+        target_files=[] if stream else link_blobs(store, inputs.target_files, work / "target"),
         recipe=load_recipe(inputs.recipe),
         options=WriteOptions(
             format=inputs.options.format,

@@ -17,7 +17,7 @@ from typing import Any
 
 from app.engine.options import WriteOptions
 from app.engine.target_spec import TargetSpec
-from app.services.stream_io import StreamSpec
+from app.services.stream_io import RemoteFile, StreamSpec
 from app.storage import BlobStore
 
 __all__ = ["STREAM_URL_SECONDS", "part_count", "stream_refusal", "streamed_upload"]
@@ -34,6 +34,7 @@ def stream_refusal(
     *,
     source_files: list[tuple[str, str]],
     source_format: str | None,
+    template_formats: list[str],
     several: bool,
     target: TargetSpec,
     options: WriteOptions,
@@ -46,6 +47,7 @@ def stream_refusal(
         (dry_run, "a dry run writes no weights"),
         (several or len(source_files) != 1, "streaming reads one source file"),
         (source_format != "safetensors", "streaming reads safetensors sources"),
+        (template_formats not in ([], ["safetensors"]), "a template is read as one safetensors"),
         (options.format != "safetensors" or options.folder, "streaming writes one safetensors"),
         (device.startswith("cuda"), "streaming runs on the CPU"),
         (parity, "parity runs the output in a model"),
@@ -62,8 +64,8 @@ def part_count(source_size: int, part_size: int) -> int:
 def streamed_upload(
     store: BlobStore,
     *,
-    source: tuple[str, str],
-    source_size: int,
+    source: tuple[str, str, int],
+    template: tuple[str, str, int] | None,
     output_name: str,
     read_block: int = 32 << 20,
 ) -> tuple[StreamSpec, Any] | None:
@@ -71,28 +73,28 @@ def streamed_upload(
 
     Args:
         store: the blob store (S3 presigns; a local store returns ``None``).
-        source: the source blob's ``(name, sha256)``.
-        source_size: its size in bytes.
+        source: the source blob's ``(name, sha256, size)``.
+        template: a checkpoint target's one blob, the same way; ``None`` for other targets.
         output_name: the weights file's name.
         read_block: bytes per ranged GET.
 
     Returns:
         The child's :class:`StreamSpec` and the upload to complete (or close) afterwards.
     """
-    name, sha256 = source
-    url = store.source_url(sha256, expires_seconds=STREAM_URL_SECONDS)
-    if url is None:
+    source_file = _remote(store, *source)
+    template_file = _remote(store, *template) if template is not None else None
+    if source_file is None or (template is not None and template_file is None):
         return None
     upload = store.stream_upload(expires_seconds=STREAM_URL_SECONDS)
     if upload is None:
         return None
+    size = source[2]
     try:
         spec = StreamSpec(
-            source_url=url,
-            source_name=name,
-            source_size=source_size,
+            source=source_file,
+            target=template_file,
             output_name=output_name,
-            part_urls=upload.part_urls(part_count(source_size, upload.part_size)),
+            part_urls=upload.part_urls(part_count(size, upload.part_size)),
             part_size=upload.part_size,
             read_block=read_block,
         )
@@ -100,3 +102,8 @@ def streamed_upload(
         upload.close()
         raise
     return spec, upload
+
+
+def _remote(store: BlobStore, name: str, sha256: str, size: int) -> RemoteFile | None:
+    url = store.source_url(sha256, expires_seconds=STREAM_URL_SECONDS)
+    return RemoteFile(name=name, url=url, size=size, sha256=sha256) if url else None

@@ -127,12 +127,8 @@ def convert(
     Raises:
         GraftError: bad or unsafe input, an invalid recipe or target.
     """
-    streamed = isinstance(output, StreamedOutput) and not dry_run
-    if streamed and (options.parity is not None or (options.verify and target.architecture)):
-        raise GraftError(
-            "a streamed output cannot be run in a model (parity, or verifying an "
-            "architecture target): write a local file"
-        )
+    if isinstance(output, StreamedOutput) and not dry_run:
+        _check_streamable(source, target, options, known)
     with _open(source, recipe) as src:
         if isinstance(src, SeveralSources) and known.parts_sha256:
             src.know_sha256(known.parts_sha256)
@@ -152,12 +148,7 @@ def convert(
         producer = Producer(src, target, recipe.seed, device)
         identity = _identity(src, options, known.sha256)
         if isinstance(output, StreamedOutput):
-            if identity is not None and not (known.sha256 or _known_remote(source)):
-                raise GraftError(
-                    "a streamed source is identified by the sha256 its caller knows: pass "
-                    "it (or source_digest none)"
-                )
-            return _streamed(plan, producer, output, src, options, recipe, identity, manifest,
+            return _streamed(plan, producer, output, options, recipe, identity, manifest,
                              progress)  # fmt: skip
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The source's identity is hashed beside the copy (the copy runs in the kernel
@@ -165,40 +156,46 @@ def convert(
             hashing = pool.submit(identity[1]) if identity else None
             digest = hashing.result if hashing else str
             execution = execute_plan(
-                plan,
-                producer,
-                Path(output),
-                options=options,
+                plan, producer, Path(output), options=options,
                 stamp=_stamp(plan, recipe, target, identity[0] if identity else None, digest),
                 progress=progress,
                 beside=_model_files(plan, target) if _is_folder(options) else None,
-            )
+            )  # fmt: skip
         model = None
         if options.verify:
             model = _verify_on_model(Path(output), plan, producer, known.architecture, progress)
         model = _parity(model, options.parity, Path(output), plan, producer, recipe, execution)
         kind = identity[0] if identity else None
         report = build_report(
-            plan,
-            src,
-            target,
-            execution=execution,
-            model=model,
+            plan, src, target, execution=execution, model=model,
             source_sha256=digest() if kind == "sha256" else None,
             source_blake3=digest() if kind == "blake3" else None,
-        )
+        )  # fmt: skip
         return ConversionResult(report.ok, report.to_json(), manifest, Path(output))
 
 
-def _known_remote(source: SourcePath) -> bool:
-    return isinstance(source, RemoteBlob) and source.sha256 is not None
+def _check_streamable(
+    source: SourcePath, target: Target, options: WriteOptions, known: KnownSource
+) -> None:
+    """Refuse what a streamed output cannot do: run the output in a model (it is never
+    whole on this host), or hash the source again (it is known by its sha256)."""
+    if options.parity is not None or (options.verify and target.architecture):
+        raise GraftError(
+            "a streamed output cannot be run in a model (parity, or verifying an "
+            "architecture target): write a local file"
+        )
+    remote_sha256 = source.sha256 if isinstance(source, RemoteBlob) else None
+    if options.source_digest != "none" and not (known.sha256 or remote_sha256):
+        raise GraftError(
+            "a streamed source is identified by the sha256 its caller knows: pass it "
+            "(or source_digest none)"
+        )
 
 
 def _streamed(
     plan: Plan,
     producer: Producer,
     output: StreamedOutput,
-    src: Source,
     options: WriteOptions,
     recipe: Recipe,
     identity: tuple[str, Callable[[], str]] | None,
@@ -214,7 +211,7 @@ def _streamed(
         plan, producer, output, options=options, stamp=stamp, progress=progress
     )
     report = build_report(
-        plan, src, producer.target, execution=execution, model=None,
+        plan, producer.source, producer.target, execution=execution, model=None,
         source_sha256=digest() if kind == "sha256" else None,
         source_blake3=digest() if kind == "blake3" else None,
     )  # fmt: skip

@@ -520,7 +520,7 @@ def _streamed(
 ) -> tuple[StreamSpec, Any] | None:
     """The child's stream and the upload, when the job can stream (see
     :mod:`app.services.jobs.streamed`); ``None`` for the local path."""
-    if not settings.stream:
+    if not settings.stream or inputs.dry_run:
         return None
     refusal = stream_refusal(
         source_files=inputs.source_files,
@@ -530,7 +530,6 @@ def _streamed(
         several=bool(inputs.sources),
         target=inputs.target,
         options=inputs.options,
-        dry_run=inputs.dry_run,
         device=job_device(inputs.requested_device, settings.device),
         parity=inputs.reference is not None,
     )

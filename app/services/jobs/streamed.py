@@ -38,13 +38,12 @@ def stream_refusal(
     several: bool,
     target: TargetSpec,
     options: WriteOptions,
-    dry_run: bool,
     device: str,
     parity: bool,
 ) -> str | None:
-    """Why a job cannot stream (it then takes the local path), or ``None`` when it can."""
+    """Why a job that writes weights cannot stream (it then takes the local path), or
+    ``None`` when it can."""
     reasons = [
-        (dry_run, "a dry run writes no weights"),
         (several or len(source_files) != 1, "streaming reads one source file"),
         (source_format != "safetensors", "streaming reads safetensors sources"),
         (template_formats not in ([], ["safetensors"]), "a template is read as one safetensors"),

@@ -102,8 +102,16 @@ class _Connections:
         return conn
 
     def request(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | bytearray | None = None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | bytearray | None = None,
+        expect: Callable[[http.client.HTTPResponse], str | None] | None = None,
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """Send one request and read the whole answer; ``expect`` may refuse the answer
+        from its status and headers first (its one-line reason raised as ``OSError``, the
+        body never read: a server that ignored a range would send the whole object)."""
         parts = urlsplit(url)
         target = f"{parts.path}?{parts.query}" if parts.query else parts.path
         for attempt in range(_ATTEMPTS):
@@ -111,14 +119,25 @@ class _Connections:
             try:
                 conn.request(method, target, body=body, headers=headers)
                 response = conn.getresponse()
+                refusal = expect(response) if expect is not None else None
+                if refusal is not None:
+                    conn.close()
+                    self._local.conn = None
+                    raise _Refused(refusal)
                 data = response.read()
                 return response.status, response.headers, data
+            except _Refused as exc:
+                raise OSError(str(exc)) from None
             except (OSError, http.client.HTTPException):
                 conn.close()
                 self._local.conn = None
                 if attempt == _ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
+
+
+class _Refused(Exception):
+    """An answer ``expect`` refused (never retried)."""
 
 
 def ranged_fetch(spec: StreamSpec, file: RemoteFile) -> Callable[[int, int], bytes]:
@@ -133,12 +152,23 @@ def ranged_fetch(spec: StreamSpec, file: RemoteFile) -> Callable[[int, int], byt
     def fetch(offset: int, length: int) -> bytes:
         if length == 0:
             return b""
-        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        status, _, data = connections.request("GET", file.url, headers)
-        # A range that covers the whole object may come back whole (200): the same bytes.
-        whole = status == 200 and offset == 0 and length == file.size
-        if (status != 206 and not whole) or len(data) != length:
-            raise OSError(f"ranged GET of {file.name}: HTTP {status}, {len(data)} bytes")
+        end = offset + length - 1
+
+        def expect(response: http.client.HTTPResponse) -> str | None:
+            # 206, or a 200 naming the range (rclone's), or the whole object when asked for.
+            ranged = (response.getheader("Content-Range") or "").startswith(
+                f"bytes {offset}-{end}/"
+            )
+            whole = offset == 0 and length == file.size
+            size = response.getheader("Content-Length")
+            if response.status not in (200, 206) or not (ranged or whole) or size != str(length):
+                return f"ranged GET of {file.name}: HTTP {response.status}, {size} bytes"
+            return None
+
+        _, _, data = connections.request("GET", file.url, {"Range": f"bytes={offset}-{end}"},
+                                         expect=expect)  # fmt: skip
+        if len(data) != length:
+            raise OSError(f"ranged GET of {file.name}: {len(data)} bytes of {length}")
         return data
 
     return fetch

@@ -289,7 +289,7 @@ def main() -> None:
     (folder / "graft.db").unlink(missing_ok=True)
     (folder / "root" / BUCKET).mkdir(parents=True)
     print(machine_line(args.runs))
-    source = folder / "source.safetensors"
+    source = folder / f"source-{args.size_mb}mb.safetensors"
     skeleton = _checkpoint(source, args.size_mb)
     samples: dict[str, list[Sample]] = {}
     with serve_s3(folder / "root") as server:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,9 @@ from app.errors import InternalError
 
 __all__ = ["PresignedParts", "RemoteFile", "StreamSpec", "ranged_fetch"]
 
-_ATTEMPTS = 3
+_ATTEMPTS = 8  # transient errors, 500/502/503/504 (boto3 retries these too)
+_BACKOFF = 0.1  # seconds before the first retry, doubled each time
+_RETRY_STATUS = frozenset({500, 502, 503, 504})
 
 
 class RemoteFile(BaseModel):
@@ -56,6 +59,8 @@ class StreamSpec(BaseModel):
             the output would otherwise need more parts than URLs).
         read_block: bytes per ranged GET of the source (the read-ahead's block).
         in_flight: parts sent at once (each one part of memory).
+        in_order: the server takes parts in order only: the header's part cannot wait
+            for the end, so the engine takes the header's digests in a first pass.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -67,6 +72,7 @@ class StreamSpec(BaseModel):
     part_size: int
     read_block: int = 32 << 20
     in_flight: int = 2
+    in_order: bool = True
 
     def origin(self) -> tuple[str, str]:
         """The one ``(scheme, host:port)`` every URL must name.
@@ -87,7 +93,8 @@ class StreamSpec(BaseModel):
 
 class _Connections:
     """One kept-alive connection per thread to one origin; a request that fails on the
-    wire is retried on a new connection."""
+    wire is retried on a new connection, one the server answers 5xx (``SlowDown``) after a
+    backoff."""
 
     def __init__(self, origin: tuple[str, str]) -> None:
         self.origin = origin
@@ -119,6 +126,10 @@ class _Connections:
             try:
                 conn.request(method, target, body=body, headers=headers)
                 response = conn.getresponse()
+                if response.status in _RETRY_STATUS and attempt < _ATTEMPTS - 1:
+                    response.read()  # S3's SlowDown and friends: back off and try again
+                    time.sleep(_BACKOFF * 2**attempt)
+                    continue
                 refusal = expect(response) if expect is not None else None
                 if refusal is not None:
                     conn.close()
@@ -133,6 +144,7 @@ class _Connections:
                 self._local.conn = None
                 if attempt == _ATTEMPTS - 1:
                     raise
+                time.sleep(_BACKOFF * 2**attempt)
         raise AssertionError("unreachable")
 
 
@@ -181,6 +193,7 @@ class PresignedParts:
     Attributes:
         part_size: the part size the writer cuts at (at least).
         max_parts: how many parts there are URLs for.
+        in_order: send the parts in order (the engine's cue, see ``StreamSpec``).
         etags: ``(part number, ETag)`` of the parts sent.
     """
 
@@ -189,6 +202,7 @@ class PresignedParts:
         self._connections = _Connections(spec.origin())
         self.part_size = spec.part_size
         self.max_parts = len(spec.part_urls)
+        self.in_order = spec.in_order
         self.etags: list[tuple[int, str]] = []
         self.header: bytes = b""  # the start of part 1 (the output's header), once sent
         self._pending: deque[Future[tuple[int, str]]] = deque()

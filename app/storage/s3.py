@@ -55,6 +55,9 @@ class S3Config:
         secret_access_key: the secret that goes with ``access_key_id``.
         part_size: multipart upload part size in bytes (5 MiB at least).
         upload_threads: parts sent at once.
+        parts_in_order: the server takes a multipart upload's parts in order only
+            (``rclone serve s3`` streams each to its backend as it comes); AWS and MinIO
+            take any order, which saves a streamed job a pass (``app.services.jobs.streamed``).
         temp_grace_seconds: temp keys older than this are swept as abandoned.
     """
 
@@ -66,6 +69,7 @@ class S3Config:
     secret_access_key: str | None = None
     part_size: int = 16 * 1024**2
     upload_threads: int = 4
+    parts_in_order: bool = True
     temp_grace_seconds: float = 24 * 3600.0
 
     def client(self) -> Any:

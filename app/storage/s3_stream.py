@@ -39,6 +39,7 @@ class StreamUpload:
     Attributes:
         part_size: the store's part size (``S3Config.part_size``: S3 wants 5 MiB at least,
             bar the last part; ``rclone serve s3`` takes smaller ones).
+        in_order: the server takes the parts in order only (``S3Config.parts_in_order``).
     """
 
     def __init__(self, store: S3BlobStore, temp_key: str, *, expires_seconds: int) -> None:
@@ -47,6 +48,7 @@ class StreamUpload:
         self.expires_seconds = expires_seconds
         self._client = store._client
         self.part_size = store.config.part_size
+        self.in_order = store.config.parts_in_order
         self.upload_id: str = self._client.create_multipart_upload(
             Bucket=store.bucket, Key=temp_key
         )["UploadId"]

@@ -59,8 +59,9 @@ class PartSink(Protocol):
     max_parts: int
 
     def put(self, number: int, data: bytearray) -> None:
-        """Take part ``number`` (from 1; the first comes last). May block while earlier
-        parts are still in flight; ``data`` is not touched again by the writer."""
+        """Take part ``number`` (from 1; the first comes last unless the sink has a true
+        ``in_order`` attribute). May block while earlier parts are still in flight; ``data``
+        is not touched again by the writer."""
         ...
 
 
@@ -73,10 +74,11 @@ class StreamedOutput:
 
 
 class _Parts:
-    """An append-only byte stream cut into parts; the first is kept until :meth:`finish`."""
+    """An append-only byte stream cut into parts, each handed to the sink as it fills; with
+    ``hold_first``, the first is kept until :meth:`finish` (its header is rewritten then)."""
 
-    def __init__(self, sink: PartSink, part_size: int) -> None:
-        self.sink, self.part_size = sink, part_size
+    def __init__(self, sink: PartSink, part_size: int, *, hold_first: bool) -> None:
+        self.sink, self.part_size, self.hold_first = sink, part_size, hold_first
         self.first: bytearray | None = None
         self.buffer = bytearray()
         self.number = 1
@@ -101,28 +103,33 @@ class _Parts:
         return equal
 
     def _emit(self) -> None:
-        if self.number == 1:
+        if self.number == 1 and self.hold_first:
             self.first = self.buffer
         else:
             self.sink.put(self.number, self.buffer)
         self.buffer = bytearray()
         self.number += 1
 
-    def finish(self, head: bytes) -> int:
-        """Send the last part, then the first with ``head`` (length prefix and final header)
-        over its start. Returns the number of parts."""
-        if self.first is None:  # everything fits in one part
+    def finish(self, head: bytes) -> None:
+        """Send the last part; a held first part goes after it, ``head`` (length prefix and
+        final header) over its start."""
+        if self.first is None and self.hold_first:  # everything fits in one part
             self.buffer[: len(head)] = head
-            self.sink.put(1, self.buffer)
-            return 1
-        last = self.number - 1
-        if self.buffer:
+        if self.buffer or self.number == 1:
             self.sink.put(self.number, self.buffer)
-            last = self.number
-        self.first[: len(head)] = head
-        self.sink.put(1, self.first)
-        self.first = self.buffer = bytearray()
-        return last
+        if self.first is not None:
+            self.first[: len(head)] = head
+            self.sink.put(1, self.first)
+        self.first, self.buffer = None, bytearray()
+
+
+class _Discard:
+    """A sink that drops every part (the digest pass of an in-order upload)."""
+
+    part_size = max_parts = 0
+
+    def put(self, number: int, data: bytearray) -> None:
+        return None
 
 
 def write_streamed(
@@ -137,6 +144,11 @@ def write_streamed(
 ) -> Execution:
     """Stream every target tensor, as one safetensors file, into ``output``'s parts.
 
+    A sink that takes parts in any order (S3) gets the first part last, its header final.
+    One that takes them in order only (``in_order``: ``rclone serve s3`` streams each part
+    to its backend as it comes) gets them in order, after a first pass that only takes the
+    digests the final header needs (every tensor read or produced twice).
+
     Args:
         plan: an ok plan.
         producer: makes the tensors that are not byte copies.
@@ -150,43 +162,78 @@ def write_streamed(
         What was written: the same digests and counts as a local file's, the check.
 
     Raises:
-        GraftError: a source range to copy is not in the source's read-ahead file.
+        GraftError: a source range to copy is not in the source's read-ahead file, or the
+            two passes of an in-order upload disagree.
     """
-    result = Execution(format="safetensors")
     entries = [e for e in plan.entries if e.stored_as is None]
-    header = header_bytes(((e.target, e.shape, e.dtype) for e in entries), metadata)
+    header = _header(entries, metadata)
     total = 8 + len(header) + sum(math.prod(e.shape) * DTYPE_SIZES[e.dtype] for e in entries)
     sink = output.sink
-    parts = _Parts(sink, max(sink.part_size, 8 + len(header), -(-total // sink.max_parts)))
+    size = max(sink.part_size, 8 + len(header), -(-total // sink.max_parts))
+    in_order = bool(getattr(sink, "in_order", False))
+    first: Execution | None = None
+    if in_order:
+        digests_only = _Parts(_Discard(), size, hold_first=False)
+        first = _write(plan, entries, producer, digests_only, options, None, full=False)
+        header = _header(entries, finalize(first))
+    parts = _Parts(sink, size, hold_first=not in_order)
     parts.write_all(struct.pack("<Q", len(header)) + header)
+    result = _write(plan, entries, producer, parts, options, progress, full=True)
+    final = _header(entries, finalize(result))
+    if len(final) != len(header) or (first is not None and final != header):
+        raise GraftError(
+            "internal error: the output's header changed while finalising (an op that is "
+            "not deterministic, or a source that changed between two reads)"
+        )
+    parts.finish(struct.pack("<Q", len(final)) + final)
+    result.files = [output.name]
+    return result
+
+
+def _header(entries: list[PlanEntry], metadata: dict[str, str]) -> bytes:
+    return header_bytes(((e.target, e.shape, e.dtype) for e in entries), metadata)
+
+
+def _write(
+    plan: Plan,
+    entries: list[PlanEntry],
+    producer: Producer,
+    parts: _Parts,
+    options: WriteOptions,
+    progress: Progress | None,
+    *,
+    full: bool,
+) -> Execution:
+    """One pass over the tensors into ``parts``: digests always (as the local writer takes
+    them); with ``full``, the checks too (bytes compared, re-derivation, strict load)."""
+    result = Execution(format="safetensors")
     check = OutputCheck() if options.verify else None
-    rederived = Rederived()
+    rederived = Rederived() if full and check is not None else None
     nonfinite: list[str] = []
     for i, entry in enumerate(entries):
         spans = copy_spans(entry, producer, options.byte_copy)
         if spans:
-            equal = _copy(entry, spans, producer, parts, result, check, nonfinite)
+            equal = _copy(entry, spans, producer, parts, result, check, nonfinite, full)
         else:
-            equal = _produce(entry, producer, parts, result, rederived if check else None)
+            equal = _produce(entry, producer, parts, result, rederived)
         if check is not None and entry.fed:
             check.checked += 1
             if equal:
                 check.equal += 1
             else:
                 check.unequal.append(entry.target)
-        report_tensor(progress, "write", done=i + 1, total=len(entries), bytes_done=parts.position)
+        if full:
+            report_tensor(progress, "write", done=i + 1, total=len(entries),
+                          bytes_done=parts.position)  # fmt: skip
     if check is not None:
-        written = {e.target: TensorInfo(e.target, e.shape, e.dtype, guess_kind(e.target, e.dtype))
-                   for e in plan.entries}  # fmt: skip
-        check.strict_load, check.strict_error = strict_load_check(producer.target, written)
         result.digests.update(check.digests)
-        result.warnings += [Warning(kind="nan_or_inf", message=key) for key in nonfinite]
-        result.check, result.rederived = check, rederived
-    final = header_bytes(((e.target, e.shape, e.dtype) for e in entries), finalize(result))
-    if len(final) != len(header):
-        raise GraftError("internal error: output header changed size while finalising")
-    parts.finish(struct.pack("<Q", len(final)) + final)
-    result.files = [output.name]
+        if full:
+            written = {e.target: TensorInfo(e.target, e.shape, e.dtype,
+                                            guess_kind(e.target, e.dtype))
+                       for e in plan.entries}  # fmt: skip
+            check.strict_load, check.strict_error = strict_load_check(producer.target, written)
+            result.warnings += [Warning(kind="nan_or_inf", message=key) for key in nonfinite]
+            result.check, result.rederived = check, rederived
     return result
 
 
@@ -198,8 +245,10 @@ def _copy(
     result: Execution,
     check: OutputCheck | None,
     nonfinite: list[str],
+    compare: bool,
 ) -> bool:
-    """Append a byte-copied tensor's source ranges; digest and screen them when verifying.
+    """Append a byte-copied tensor's source ranges; digest and screen them when verifying
+    (and, with ``compare``, check the part buffer's bytes against them).
 
     Returns:
         Whether the part buffer holds exactly the source's bytes.
@@ -213,7 +262,7 @@ def _copy(
         while done < length:
             chunk = bytearray(min(_STEP, length - done))
             remote.read_at(offset + done, memoryview(chunk))
-            equal = parts.write_all(chunk, compare=check is not None) and equal
+            equal = parts.write_all(chunk, compare=compare and check is not None) and equal
             if check is not None:
                 digest.update(chunk)
                 finite = finite and all_finite(memoryview(chunk), entry.dtype)

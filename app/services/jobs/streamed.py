@@ -95,6 +95,7 @@ def streamed_upload(
             output_name=output_name,
             part_urls=upload.part_urls(part_count(size, upload.part_size)),
             part_size=upload.part_size,
+            in_order=upload.in_order,
             read_block=read_block,
         )
     except BaseException:

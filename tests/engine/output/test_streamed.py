@@ -24,8 +24,8 @@ from tests.engine._models import SmallNet, save_st, skeleton_of, small_state_dic
 class _Parts:
     """A sink that keeps every part it is given, by number."""
 
-    def __init__(self, part_size: int, max_parts: int = 10_000) -> None:
-        self.part_size, self.max_parts = part_size, max_parts
+    def __init__(self, part_size: int, max_parts: int = 10_000, in_order: bool = False) -> None:
+        self.part_size, self.max_parts, self.in_order = part_size, max_parts, in_order
         self.parts: dict[int, bytes] = {}
         self.order: list[int] = []
 
@@ -94,6 +94,17 @@ def test_streamed_bytes_are_the_local_file(tmp_path: Path, dtype: str | None) ->
     }
     assert streamed.report["output"]["report_sha256"] == local.report["output"]["report_sha256"]
     assert streamed.report["verification"]["checked"] == len(_weights(0))
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_parts_in_order_take_a_digest_pass_first(tmp_path: Path, dtype: str | None) -> None:
+    """For a server that takes parts in order only, the header is final in part 1."""
+    sink = _Parts(part_size=4096, in_order=True)
+    local, streamed, written, fetches = _both(tmp_path, WriteOptions(dtype=dtype), sink)
+    assert sink.order == list(range(1, len(sink.parts) + 1))
+    assert sink.joined() == written
+    assert streamed.report["verification"] == local.report["verification"]
+    assert sum(length for _, length in fetches.asked) >= 2 * (len(fetches.data) - 4096)
 
 
 def test_a_header_larger_than_a_part_makes_the_parts_larger(tmp_path: Path) -> None:

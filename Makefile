@@ -123,6 +123,7 @@ bench: setup
 	$(BIN)/python bench/convert.py
 	$(BIN)/python bench/dcp.py
 	$(BIN)/python bench/shards.py  # a 10-shard 6 GB HF set under data/bench-shards
+	$(BIN)/python bench/s3_stream.py  # a 2 GB S3 job against rclone copyto, under data/bench-s3
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

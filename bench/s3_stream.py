@@ -157,7 +157,10 @@ def run_job(job_id: str) -> None:
     from app.services.conversion import warm_up
 
     stages: dict[str, float] = {}
-    install_stage_hook(lambda stage, _tick: stages.setdefault(stage, time.perf_counter()))
+    def mark(stage: str, _tick: Any) -> None:
+        stages.setdefault(stage, time.perf_counter())
+
+    install_stage_hook(mark)
     runtime = JobRuntime.from_settings(Settings())
     warm_up()
     started = time.perf_counter()

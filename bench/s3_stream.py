@@ -327,7 +327,8 @@ def _print(samples: dict[str, list[Sample]], size: int) -> None:
     server_side = med("rclone copyto (server-side)", "wall")
     mb = 1 << 20
     header = ("row", "wall s", "job s", "x rclone (through)", "x rclone (server-side)",
-              "largest proc RSS MB", "tree RSS MB", "tree PSS MB", "largest local file MB")  # fmt: skip
+              "largest proc RSS MB", "tree RSS MB", "tree PSS MB",
+              "largest local file MB")  # fmt: skip
     table = [header]
     for label in samples:
         wall, job = med(label, "wall"), med(label, "job")

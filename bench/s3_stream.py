@@ -4,7 +4,7 @@
 A 2 GB safetensors source (float32, 64 MiB tensors) is stored in the service's blob store on
 ``rclone serve s3``; each run converts it (a skeleton target, every tensor renamed: a byte
 copy) into the same store with a job run by a worker process (``JobRunner.run_once``, the
-fork server warmed first, as a running worker is), alternated with:
+fork server warmed first, as a running worker is), each followed by:
 
 - ``rclone copyto`` of the same object to another key (rclone's default: a server-side
   ``CopyObject`` on one remote);
@@ -352,9 +352,13 @@ def _print(samples: dict[str, list[Sample]], size: int) -> None:
         for s in runs:
             if s.stages:
                 print(f"{label}: stages began at (s) {s.stages}, job {s.job:.2f}")
-    print("per run, job / rclone --disable Copy: "
-          + ", ".join(f"{a.job / b.wall:.2f}" for a, b in zip(samples["graft job, streamed"],
-                      samples["rclone copyto --disable Copy"], strict=True)))  # fmt: skip
+    # Each job is followed by its own rclone pair: job i's neighbour is rclone sample i.
+    through = samples["rclone copyto --disable Copy"]
+    for label, offset in (("graft job, streamed", 0), ("graft job, local path", 1)):
+        ratios = [s.job / through[2 * i + offset].wall for i, s in enumerate(samples[label])
+                  if s.job is not None]  # fmt: skip
+        print(f"{label}: job / the rclone --disable Copy run right after it, per run: "
+              + ", ".join(f"{r:.2f}" for r in ratios))  # fmt: skip
 
 
 if __name__ == "__main__":

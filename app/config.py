@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     s3_part_size: int = Field(
         default=16 * 1024**2, ge=5 * 1024**2, description="Multipart upload part size."
     )
+    s3_parts_in_order: bool = Field(
+        default=True,
+        description="The S3 server takes multipart parts in order only (rclone serve s3); "
+        "false (AWS, MinIO): a streamed job sends its header's part last, in one pass.",
+    )
+    s3_stream: bool = Field(
+        default=True,
+        description="Jobs on S3 storage that convert one safetensors file into one stream "
+        "it: ranged GETs of the source to a multipart upload, no local copy (off: every job "
+        "downloads its inputs and uploads its output file).",
+    )
     # The standard AWS names, unprefixed, so the credentials boto3 users already set apply.
     # Unset, boto3 looks further (shared profile, instance role).
     aws_access_key_id: str | None = Field(

@@ -18,30 +18,40 @@ from typing import TYPE_CHECKING, Any
 
 from app import __version__
 from app.engine.devices import Device
-from app.engine.errors import InvalidRecipeError
+from app.engine.errors import GraftError, InvalidRecipeError
 from app.engine.lora_step import apply_lora_step
 from app.engine.options import WriteOptions
 from app.engine.output.execution import DIGEST_PLACEHOLDER, Execution
+from app.engine.output.streamed import StreamedOutput
 from app.engine.plan import Plan, build_plan
 from app.engine.plan.ties import store_ties_once
 from app.engine.produce import Producer
 from app.engine.progress import Progress, ProgressEvent
 from app.engine.provenance import describe_target
-from app.engine.readers import NamedSources, SeveralSources, Source, open_several, open_source
+from app.engine.readers import (
+    NamedSources,
+    RemoteBlob,
+    SeveralSources,
+    Source,
+    open_several,
+    open_source,
+)
 from app.engine.recipe import Recipe
 from app.engine.report import build_manifest, build_report, entries_digest, report_entries
 from app.engine.target import Target
 from app.engine.warning import Warning
-from app.engine.write import Stamp, execute_plan
+from app.engine.write import Stamp, execute_plan, execute_streamed
 
 if TYPE_CHECKING:
     from app.engine.architectures import BoundArchitecture
     from app.engine.parity_models import ParitySpec
     from app.engine.verify import ModelCheck
 
-__all__ = ["ConversionResult", "KnownSource", "convert"]
+__all__ = ["ConversionResult", "KnownSource", "StreamedOutput", "convert"]
 
-SourcePath = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path] | NamedSources
+SourcePath = (
+    str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path] | NamedSources | RemoteBlob
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,7 @@ def convert(
     target: Target,
     recipe: Recipe,
     *,
-    output: Path | None,
+    output: Path | StreamedOutput | None,
     options: WriteOptions = WriteOptions(),  # noqa: B008 - frozen, so one shared default is safe
     dry_run: bool = False,
     progress: Progress | None = None,
@@ -102,7 +112,8 @@ def convert(
         target: what the weights must fit.
         recipe: a validated recipe (see ``load_recipe``).
         output: where to write the weights (a model folder when ``options.folder`` or
-            ``options.max_shard_size`` is set); ignored for a dry run.
+            ``options.max_shard_size`` is set), or a :class:`StreamedOutput` (one safetensors
+            file streamed in parts: no model run, no parity); ignored for a dry run.
         options: how to write and verify (format, dtype over ``recipe.dtype``, device,
             sharding, verification, byte copy); see :class:`WriteOptions`.
         dry_run: plan and report only; no tensor data is read.
@@ -116,6 +127,8 @@ def convert(
     Raises:
         GraftError: bad or unsafe input, an invalid recipe or target.
     """
+    if isinstance(output, StreamedOutput) and not dry_run:
+        _check_streamable(source, target, options, known)
     with _open(source, recipe) as src:
         if isinstance(src, SeveralSources) and known.parts_sha256:
             src.know_sha256(known.parts_sha256)
@@ -134,35 +147,75 @@ def convert(
         device = Device(options.device)
         producer = Producer(src, target, recipe.seed, device)
         identity = _identity(src, options, known.sha256)
+        if isinstance(output, StreamedOutput):
+            return _streamed(plan, producer, output, options, recipe, identity, manifest,
+                             progress)  # fmt: skip
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The source's identity is hashed beside the copy (the copy runs in the kernel
             # and BLAKE3 releases the GIL); the output's metadata waits for it.
             hashing = pool.submit(identity[1]) if identity else None
             digest = hashing.result if hashing else str
             execution = execute_plan(
-                plan,
-                producer,
-                Path(output),
-                options=options,
+                plan, producer, Path(output), options=options,
                 stamp=_stamp(plan, recipe, target, identity[0] if identity else None, digest),
                 progress=progress,
                 beside=_model_files(plan, target) if _is_folder(options) else None,
-            )
+            )  # fmt: skip
         model = None
         if options.verify:
             model = _verify_on_model(Path(output), plan, producer, known.architecture, progress)
         model = _parity(model, options.parity, Path(output), plan, producer, recipe, execution)
         kind = identity[0] if identity else None
         report = build_report(
-            plan,
-            src,
-            target,
-            execution=execution,
-            model=model,
+            plan, src, target, execution=execution, model=model,
             source_sha256=digest() if kind == "sha256" else None,
             source_blake3=digest() if kind == "blake3" else None,
-        )
+        )  # fmt: skip
         return ConversionResult(report.ok, report.to_json(), manifest, Path(output))
+
+
+def _check_streamable(
+    source: SourcePath, target: Target, options: WriteOptions, known: KnownSource
+) -> None:
+    """Refuse what a streamed output cannot do: run the output in a model (it is never
+    whole on this host), or hash the source again (it is known by its sha256)."""
+    if options.parity is not None or (options.verify and target.architecture):
+        raise GraftError(
+            "a streamed output cannot be run in a model (parity, or verifying an "
+            "architecture target): write a local file"
+        )
+    remote_sha256 = source.sha256 if isinstance(source, RemoteBlob) else None
+    if options.source_digest != "none" and not (known.sha256 or remote_sha256):
+        raise GraftError(
+            "a streamed source is identified by the sha256 its caller knows: pass it "
+            "(or source_digest none)"
+        )
+
+
+def _streamed(
+    plan: Plan,
+    producer: Producer,
+    output: StreamedOutput,
+    options: WriteOptions,
+    recipe: Recipe,
+    identity: tuple[str, Callable[[], str]] | None,
+    manifest: dict[str, Any],
+    progress: Progress | None,
+) -> ConversionResult:
+    """:func:`convert`'s write, check and report for a streamed output (the source's
+    identity is hashed first, not beside: a streamed source is known by its sha256)."""
+    kind = identity[0] if identity else None
+    digest = identity[1] if identity else str
+    stamp = _stamp(plan, recipe, producer.target, kind, digest)
+    execution = execute_streamed(
+        plan, producer, output, options=options, stamp=stamp, progress=progress
+    )
+    report = build_report(
+        plan, producer.source, producer.target, execution=execution, model=None,
+        source_sha256=digest() if kind == "sha256" else None,
+        source_blake3=digest() if kind == "blake3" else None,
+    )  # fmt: skip
+    return ConversionResult(report.ok, report.to_json(), manifest, None)
 
 
 def _open(source: SourcePath, recipe: Recipe) -> Source:

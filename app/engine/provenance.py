@@ -20,7 +20,13 @@ from app.engine.readers import open_source
 from app.engine.target import Target
 from app.engine.target_spec import SKELETON_SCHEMA
 
-__all__ = ["OutputMetadata", "canonical_json", "describe_target", "read_output_metadata"]
+__all__ = [
+    "OutputMetadata",
+    "canonical_json",
+    "describe_target",
+    "output_metadata",
+    "read_output_metadata",
+]
 
 
 def canonical_json(value: Any) -> bytes:
@@ -84,6 +90,16 @@ def read_output_metadata(output: Path) -> OutputMetadata:
     """
     with open_source(output, strip_prefixes="none") as out:
         meta = dict(out.metadata)
+    return output_metadata(meta, str(output))
+
+
+def output_metadata(meta: dict[str, str], output: str) -> OutputMetadata:
+    """An output's Graft metadata from its safetensors ``__metadata__`` (``output`` names it
+    in errors).
+
+    Raises:
+        UnreadableCheckpointError: not a Graft output (no ``graft.recipe``).
+    """
     if "graft.recipe" not in meta:
         raise UnreadableCheckpointError(
             f"{output} carries no graft.recipe metadata: it was not written by Graft as safetensors"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from app.engine.errors import InvalidTargetError
 from app.engine.meta import TensorInfo
+from app.engine.readers.remote import RemoteBlob
 from app.engine.target_spec import (
     SKELETON_SCHEMA,
     ArchitectureTarget,
@@ -35,7 +36,7 @@ __all__ = ["Target", "skeleton_from_module"]
 
 
 TargetKind = Literal["template", "skeleton", "architecture"]
-CheckpointFiles = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path]
+CheckpointFiles = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path] | RemoteBlob
 
 
 class Target:
@@ -139,11 +140,12 @@ class Target:
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
+        path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path] | RemoteBlob,
         *,
         entry: str = "auto",
     ) -> Target:
-        """A template: the target model's own checkpoint, in any source format."""
+        """A template: the target model's own checkpoint, in any source format (or one
+        safetensors file read by ranges, a :class:`~app.engine.readers.RemoteBlob`)."""
         from app.engine.readers import open_source
 
         source = open_source(path, entry=entry)

@@ -17,6 +17,7 @@ from app.engine.output.dcp_writer import write_dcp
 from app.engine.output.execution import Execution
 from app.engine.output.files import atomic_output
 from app.engine.output.safetensors_writer import finalize_safetensors, write_safetensors
+from app.engine.output.streamed import StreamedOutput, write_streamed
 from app.engine.output.torch_writer import write_torch
 from app.engine.plan import Plan
 from app.engine.produce import Producer
@@ -25,7 +26,7 @@ from app.engine.rederive import rederive_all
 from app.engine.verify import verify_output
 from app.engine.warning import Warning
 
-__all__ = ["Stamp", "execute_plan"]
+__all__ = ["Stamp", "execute_plan", "execute_streamed"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,30 @@ def execute_plan(
     if not folder:
         result.files = [Path(output).name]  # the final name, never the temp file's
     return result
+
+
+def execute_streamed(
+    plan: Plan,
+    producer: Producer,
+    output: StreamedOutput,
+    *,
+    options: WriteOptions,
+    stamp: Stamp,
+    progress: Progress | None = None,
+) -> Execution:
+    """Stream every target tensor into ``output``'s parts, one safetensors file, checking the
+    bytes as they go (see :mod:`app.engine.output.streamed`).
+
+    Raises:
+        GraftError: options a streamed output cannot honour (another format, a folder,
+            shards); the caller writes a local file for those.
+    """
+    if options.format != "safetensors" or options.folder or options.max_shard_size is not None:
+        raise GraftError("a streamed output is one safetensors file (no folder, no shards)")
+    return write_streamed(
+        plan, producer, output, options=options, metadata=stamp.placeholder,
+        finalize=stamp.finalize, progress=progress,
+    )  # fmt: skip
 
 
 def _verify(

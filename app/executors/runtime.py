@@ -91,6 +91,7 @@ class JobRuntime:
                 inspect_limits=inspection_limits(settings),
                 max_tensors=settings.max_tensors,
                 signing_key=settings.signing_key_pem(),
+                stream=settings.s3_stream,
             ),
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,

@@ -28,7 +28,7 @@ from app.engine.attest_check import check_files, check_statement, check_tensors
 from app.engine.errors import GraftError, InvalidTargetError, UnreadableCheckpointError
 from app.engine.model_signature import model_signature, signature_path
 from app.engine.options import WriteOptions
-from app.engine.provenance import OutputMetadata, read_output_metadata
+from app.engine.provenance import OutputMetadata, output_metadata, read_output_metadata
 from app.engine.readers import sha256_file
 from app.engine.recipe import load_recipe
 from app.engine.target_spec import parse_target_spec
@@ -40,6 +40,7 @@ __all__ = [
     "output_statement",
     "replay_output",
     "sign_job_statement",
+    "streamed_statement",
     "torch_version",
     "verify_output",
 ]
@@ -105,6 +106,30 @@ def output_statement(
         metadata=metadata,
         versions={"graft": __version__, "torch": torch_version()},
     )
+
+
+def streamed_statement(name: str, header: bytes, report: dict[str, Any]) -> dict[str, Any]:
+    """The statement of a streamed output (no local file), its subject's digest left empty:
+    the worker fills it in from the bytes it stored (:func:`sign_job_statement` then checks it).
+
+    Args:
+        name: the weights file's name.
+        header: the output's first bytes: the length prefix and the final header.
+        report: the conversion's report.
+    """
+    import struct
+
+    (length,) = struct.unpack("<Q", header[:8])
+    meta = json.loads(header[8 : 8 + length]).get("__metadata__") or {}
+    statement = build_statement(
+        [],
+        base=Path(),
+        report=report,
+        metadata=output_metadata(meta, name),
+        versions={"graft": __version__, "torch": torch_version()},
+    )
+    statement["subject"] = [{"name": name, "digest": {"sha256": ""}}]
+    return statement
 
 
 def torch_version() -> str:

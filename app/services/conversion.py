@@ -28,8 +28,10 @@ from app.engine.progress import Progress, ProgressEvent, TensorCounts
 from app.engine.recipe import Recipe
 from app.engine.target import Target
 from app.engine.target_spec import ArchitectureTarget, TargetSpec
+from app.errors import InternalError
 from app.sandbox.pool import ChildPool
 from app.sandbox.runner import Limits, apply_limits, run_sandboxed
+from app.services.stream_io import StreamSpec
 from app.services.warmth import CONVERSION_PRELOAD
 
 __all__ = [
@@ -70,6 +72,9 @@ class ConversionRequest(BaseModel):
         device_index: this worker's number on its host; ``auto``/``cuda`` pin worker ``i``
             to GPU ``i % count``.
         architectures: more architectures, (name, module, factory) triples.
+        stream: read the one safetensors source by ranged GETs and stream the weights, one
+            safetensors file, to a multipart upload (see :mod:`app.services.stream_io`),
+            instead of ``source`` and a local weights file.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -86,6 +91,7 @@ class ConversionRequest(BaseModel):
     source_architecture: ArchitectureTarget | None = None
     device_index: int = 0
     architectures: tuple[ArchitectureRef, ...] = ()
+    stream: StreamSpec | None = None
 
 
 @dataclass
@@ -99,6 +105,7 @@ class ConversionOutcome:
         weights: the written weights (a file, or a folder of shards); None for a dry run
             or a refusal.
         device: the device the work ran on, when it was resolved.
+        parts: a streamed output's ``(part number, ETag)`` pairs, when it was written.
     """
 
     ok: bool
@@ -106,6 +113,7 @@ class ConversionOutcome:
     manifest: dict[str, Any]
     weights: Path | None
     device: str | None = None
+    parts: list[tuple[int, str]] | None = None
 
 
 class Sink(Protocol):
@@ -230,6 +238,9 @@ def _child_outcome(result: dict[str, Any]) -> ConversionOutcome:
         manifest=result["manifest"],
         weights=Path(result["weights"]) if result["weights"] else None,
         device=result["device"],
+        parts=[(int(n), str(etag)) for n, etag in result["parts"]]
+        if result.get("parts") is not None
+        else None,
     )
 
 
@@ -330,6 +341,7 @@ def convert_in_child(payload: dict[str, Any], emit: Callable[[dict[str, Any]], N
         "manifest": outcome.manifest,
         "weights": str(outcome.weights) if outcome.weights is not None else None,
         "device": outcome.device,
+        "parts": outcome.parts,
     }
 
 
@@ -347,6 +359,8 @@ def _convert(
     if request.source_architecture is not None:
         spec = request.source_architecture
         source_arch = bind_architecture(spec.architecture, spec.kwargs, extra=request.architectures)
+    if request.stream is not None:
+        return _convert_streamed(request, request.stream, reports, progress)
     files = request.target_files or None
     target = Target.from_spec(
         request.target,
@@ -383,6 +397,61 @@ def _convert(
         statement = output_statement(written, result.report, recipe=recipe)
         (reports / "attestation.json").write_bytes(_json(statement))
     return ConversionOutcome(result.ok, result.report, result.manifest, written)
+
+
+def _convert_streamed(
+    request: ConversionRequest,
+    spec: StreamSpec,
+    reports: Path | None,
+    progress: Progress | None,
+) -> ConversionOutcome:
+    """:func:`_convert` from a ranged-GET source to a multipart upload's parts: nothing of
+    the source or the weights touches the disk."""
+    from app.engine.pipeline import KnownSource, StreamedOutput, convert
+    from app.engine.readers import RemoteBlob
+    from app.services.stream_io import PresignedParts, RemoteFile, ranged_fetch
+
+    if request.sources or request.dry_run or request.source_architecture is not None:
+        raise InternalError("a streamed conversion reads one source and writes its weights")
+
+    def remote(file: RemoteFile) -> RemoteBlob:
+        fetch = ranged_fetch(spec, file)
+        return RemoteBlob(file.name, file.size, fetch, spec.read_block, sha256=file.sha256)
+
+    source = remote(spec.source)
+    sink = PresignedParts(spec)
+    files = request.target_files or None
+    target = Target.from_spec(
+        request.target,
+        files=remote(spec.target) if spec.target else _one(files) if files else None,
+        architectures=request.architectures,
+    )
+    try:
+        with target:
+            result = convert(
+                source, target, request.recipe,
+                output=StreamedOutput(spec.output_name, sink), options=request.options,
+                progress=progress, known=KnownSource(sha256=spec.source.sha256),
+            )  # fmt: skip
+        parts = sink.finish() if sink.header else None
+    finally:
+        sink.close()
+    if reports is not None:
+        from app.engine.report import render_text
+
+        (reports / "report.json").write_bytes(_json(result.report))
+        (reports / "report.txt").write_bytes(render_text(result.report).encode())
+        (reports / "manifest.json").write_bytes(_json(result.manifest))
+        if parts is not None and result.ok:
+            from app.services.attestation import streamed_statement
+
+            statement = streamed_statement(spec.output_name, sink.header, result.report)
+            (reports / "attestation.json").write_bytes(_json(statement))
+    return ConversionOutcome(result.ok, result.report, result.manifest, None, parts=parts)
+
+
+def _one(files: list[Path]) -> Path | list[Path]:
+    return files[0] if len(files) == 1 else files
 
 
 def _source_paths(request: ConversionRequest) -> Any:

@@ -262,6 +262,17 @@ class BlobStore(abc.ABC):
         server send it directly); ``None`` for remote stores."""
         return None
 
+    def source_url(self, sha256: str, *, expires_seconds: int) -> str | None:
+        """A URL that serves the blob (ranged GETs included) without credentials for a
+        while, for a sandbox child to read it from; ``None`` when the store has none."""
+        return None
+
+    def stream_upload(self, *, expires_seconds: int) -> Any | None:
+        """A new upload a sandbox child fills by presigned part URLs and this store
+        completes and publishes (an :class:`~app.storage.s3_stream.StreamUpload`); ``None``
+        when the store has none (local stores take a local file instead)."""
+        return None
+
     def presigned_url(
         self, sha256: str, *, filename: str, media_type: str, expires_seconds: int = 600
     ) -> str | None:

@@ -45,6 +45,7 @@ def open_store(source: Settings | str) -> BlobStore:
             access_key_id=settings.aws_access_key_id,
             secret_access_key=secret.get_secret_value() if secret else None,
             part_size=settings.s3_part_size,
+            parts_in_order=settings.s3_parts_in_order,
         )
         # One configured local folder (default where the file store keeps it), swept by
         # every worker at start.

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from app.storage.base import BlobInfo, BlobIntegrityError, BlobStore, PartsUpload, check_digest
+from app.storage.s3_stream import StreamUpload
 from app.storage.s3_upload import MIN_PART_SIZE, FileRange, UploadTarget, send_range, upload_file
 from app.storage.staging import Scratch, pid_alive
 
@@ -58,6 +59,9 @@ class S3Config:
         secret_access_key: the secret that goes with ``access_key_id``.
         part_size: multipart upload part size in bytes (5 MiB at least).
         upload_threads: parts sent at once.
+        parts_in_order: the server takes a multipart upload's parts in order only
+            (``rclone serve s3`` streams each to its backend as it comes); AWS and MinIO
+            take any order, which saves a streamed job a pass (``app.services.jobs.streamed``).
         temp_grace_seconds: temp keys older than this are swept as abandoned.
     """
 
@@ -69,6 +73,7 @@ class S3Config:
     secret_access_key: str | None = None
     part_size: int = 16 * 1024**2
     upload_threads: int = 4
+    parts_in_order: bool = True
     temp_grace_seconds: float = 24 * 3600.0
 
     def client(self) -> Any:
@@ -401,6 +406,19 @@ class S3BlobStore(BlobStore):
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
+
+    def source_url(self, sha256: str, *, expires_seconds: int) -> str | None:
+        """A presigned GET of the blob (ranged GETs work on it too)."""
+        url: str = self._client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self.key(sha256)},
+            ExpiresIn=expires_seconds,
+        )
+        return url
+
+    def stream_upload(self, *, expires_seconds: int) -> StreamUpload:
+        """A multipart upload to a new temp key, for parts sent by presigned URLs."""
+        return StreamUpload(self, self._temp_key(), expires_seconds=expires_seconds)
 
     def presigned_url(
         self, sha256: str, *, filename: str, media_type: str, expires_seconds: int = 600

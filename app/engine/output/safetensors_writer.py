@@ -42,6 +42,7 @@ __all__ = [
     "SINGLE_NAME",
     "Layout",
     "TensorSpec",
+    "copy_spans",
     "finalize_safetensors",
     "header_bytes",
     "shard_names",
@@ -172,7 +173,7 @@ def _write_shards(
     workers = min(len(jobs), options.shard_workers or _default_workers())
     spans: list[list[list[tuple[Path, int, int]] | None]] | None = None
     if workers > 1:
-        spans = [[_copy_spans(e, producer, options.byte_copy) for e in j.entries] for j in jobs]
+        spans = [[copy_spans(e, producer, options.byte_copy) for e in j.entries] for j in jobs]
         if all(s for shard in spans for s in shard):
             return _write_parallel(jobs, spans, producer, options, result, tally, workers)
     # Verified, byte copies are checked on a second thread while the next bytes are copied.
@@ -252,7 +253,7 @@ def _write_shard(
     try:
         out.write_all(struct.pack("<Q", len(job.header)) + job.header)
         for i, entry in enumerate(job.entries):
-            found = spans[i] if spans is not None else _copy_spans(entry, producer, byte_copy)
+            found = spans[i] if spans is not None else copy_spans(entry, producer, byte_copy)
             _write_one(entry, out, producer, runs, result, found)
             tally.tensor(out)
         runs.flush(out)
@@ -261,7 +262,7 @@ def _write_shard(
         out.close()
 
 
-def _copy_spans(
+def copy_spans(
     entry: PlanEntry, producer: Producer, byte_copy: bool
 ) -> list[tuple[Path, int, int]] | None:
     """The source ranges to copy ``entry`` from byte for byte, or None when it is produced."""

@@ -9,6 +9,7 @@ here imports torch until a tensor's data is read.
 """
 
 from app.engine.readers.opening import inspect_source, open_source
+from app.engine.readers.remote import ReadAhead, RemoteBlob
 from app.engine.readers.safetensors_file import SAFETENSORS_DTYPES
 from app.engine.readers.several import NamedSources, SeveralSources, open_several
 from app.engine.readers.source import WRAPPER_PREFIXES, Source, sha256_file, sha256_files
@@ -17,6 +18,8 @@ __all__ = [
     "SAFETENSORS_DTYPES",
     "WRAPPER_PREFIXES",
     "NamedSources",
+    "ReadAhead",
+    "RemoteBlob",
     "SeveralSources",
     "Source",
     "inspect_source",

@@ -11,6 +11,8 @@ from typing import Any
 from app.engine.readers.dcp import dcp_files, open_dcp
 from app.engine.readers.entries import describe_value, reader_tensors
 from app.engine.readers.megatron import iteration_dir, megatron_folder, open_megatron
+from app.engine.readers.remote import RemoteBlob
+from app.engine.readers.safetensors_file import SafetensorsReader
 from app.engine.readers.sharded import open_sharded, shard_files
 from app.engine.readers.sniff import open_reader
 from app.engine.readers.source import Located, Source, SourceExtras
@@ -21,8 +23,8 @@ __all__ = ["inspect_source", "open_source"]
 logger = logging.getLogger(__name__)
 
 
-def _open_file(path: Path, entry: str) -> Source:
-    reader = open_reader(path)
+def _open_file(path: Path, entry: str, remote: RemoteBlob | None = None) -> Source:
+    reader = open_reader(path) if remote is None else SafetensorsReader(path, remote)
     try:
         chosen, found, candidates = reader_tensors(reader, entry)
         root = reader.parsed.root
@@ -65,7 +67,7 @@ def _torch_dist_iteration(
 
 
 def open_source(
-    path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path],
+    path: str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path] | RemoteBlob,
     *,
     entry: str = "auto",
     strip_prefixes: str | Sequence[str] = "auto",
@@ -76,8 +78,9 @@ def open_source(
         path: a file; a directory or ``*.index.json`` of a sharded set; a DCP folder (or its
             ``.metadata``); a DeepSpeed checkpoint folder (holding ``latest``, or its
             ``global_stepN``); a Megatron-LM checkpoint folder (or its ``iter_N``; ``torch``
-            or ``torch_dist`` format); a list of the
-            set's files; or a mapping of file name -> path (for sets stored under other names).
+            or ``torch_dist`` format); a list of the set's files; a mapping of file name ->
+            path (for sets stored under other names); or a :class:`RemoteBlob`, a safetensors
+            file read by ranges.
         entry: ``auto`` (SPEC §1 order) or a dotted path to the dict of weights (for DCP,
             the entry's key prefix: ``optimizer`` takes the optimizer state).
         strip_prefixes: ``auto`` strips ``module.`` / ``_orig_mod.`` when every key has one;
@@ -91,6 +94,10 @@ def open_source(
         UnreadableCheckpointError: empty, truncated, inconsistent or not a checkpoint.
         TooLargeError: a header or archive exceeds the reader's limits.
     """
+    if isinstance(path, RemoteBlob):
+        source = _open_file(Path(path.name), entry, path)
+        source._sha256 = path.sha256  # known: never hashed by reading it all again
+        return _strip(source, strip_prefixes)
     zero = zero_files(path)
     megatron = megatron_folder(path) if zero is None else None
     if zero is None and megatron is None:
@@ -109,6 +116,10 @@ def open_source(
         source = open_sharded(shards)
     else:
         source = _open_file(Path(path), entry)  # type: ignore[arg-type]
+    return _strip(source, strip_prefixes)
+
+
+def _strip(source: Source, strip_prefixes: str | Sequence[str]) -> Source:
     try:
         if strip_prefixes == "auto":
             source.strip_wrapper_prefixes()

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine.errors import TooLargeError, UnreadableCheckpointError
 from app.engine.meta import DTYPE_SIZES, TensorInfo, guess_kind
-from app.engine.readers.base import Parsed
+from app.engine.readers.base import Parsed, readinto_exact
+from app.engine.readers.remote import ReadAhead, RemoteBlob
 
 if TYPE_CHECKING:
     import torch
@@ -42,15 +43,32 @@ SAFETENSORS_DTYPES: dict[str, str] = {
 
 
 class SafetensorsReader:
-    """A safetensors file: every header entry checked against the file before use."""
+    """A safetensors file: every header entry checked against the file before use.
+
+    Args:
+        path: the file; for a :class:`RemoteBlob`, its name (what byte ranges are named by).
+        remote: the file's bytes when they are not on this host, read through a
+            :class:`ReadAhead` (tensors then come from its blocks, not ``safe_open``).
+    """
 
     format = "safetensors"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, remote: RemoteBlob | None = None) -> None:
         self._path = path
-        infos, metadata, self._ranges = self._parse_header(path)
+        self._remote = ReadAhead(remote) if remote is not None else None
+        if self._remote is not None:
+            size = self._remote.blob.size
+            infos, metadata, self._ranges = self._parse_header(self._remote, size)
+        else:
+            with path.open("rb") as f:
+                infos, metadata, self._ranges = self._parse_header(f, path.stat().st_size)
         self.parsed = Parsed(infos, metadata)
         self._handle: Any = None
+
+    @property
+    def remote(self) -> ReadAhead | None:
+        """The read-ahead file of a remote source (byte copies read through it), else None."""
+        return self._remote
 
     def byte_range(self, handle: str) -> tuple[Path, int, int] | None:
         start, length = self._ranges[handle]
@@ -58,24 +76,24 @@ class SafetensorsReader:
 
     @staticmethod
     def _parse_header(
-        path: Path,
+        f: Any, file_size: int
     ) -> tuple[dict[str, TensorInfo], dict[str, str], dict[str, tuple[int, int]]]:
-        file_size = path.stat().st_size
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise UnreadableCheckpointError("truncated safetensors file (no header length)")
-            (n,) = struct.unpack("<Q", head)
-            if n > SAFETENSORS_MAX_HEADER_BYTES:
-                raise TooLargeError(
-                    f"safetensors header claims {n} bytes (limit {SAFETENSORS_MAX_HEADER_BYTES}, "
-                    "as the safetensors library): corrupt"
-                )
-            if 8 + n > file_size:
-                raise UnreadableCheckpointError(
-                    f"safetensors header claims {n} bytes but the file has {file_size}"
-                )
-            raw = f.read(n)
+        if file_size < 8:
+            raise UnreadableCheckpointError("truncated safetensors file (no header length)")
+        head = bytearray(8)
+        readinto_exact(f, 0, memoryview(head), "the header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > SAFETENSORS_MAX_HEADER_BYTES:
+            raise TooLargeError(
+                f"safetensors header claims {n} bytes (limit {SAFETENSORS_MAX_HEADER_BYTES}, "
+                "as the safetensors library): corrupt"
+            )
+        if 8 + n > file_size:
+            raise UnreadableCheckpointError(
+                f"safetensors header claims {n} bytes but the file has {file_size}"
+            )
+        raw = bytearray(n)
+        readinto_exact(f, 8, memoryview(raw), "the header")
         try:
             header = json.loads(raw)
         except (UnicodeDecodeError, ValueError):
@@ -136,6 +154,8 @@ class SafetensorsReader:
         return infos, metadata, ranges
 
     def read(self, handle: str) -> torch.Tensor:
+        if self._remote is not None:
+            return self._read_remote(handle)
         if self._handle is None:
             from safetensors import safe_open
 
@@ -146,5 +166,17 @@ class SafetensorsReader:
     def storage_id(self, handle: str) -> tuple[str, ...]:
         return (handle,)
 
+    def _read_remote(self, handle: str) -> torch.Tensor:
+        import torch
+
+        info = self.parsed.root[handle]
+        start, length = self._ranges[handle]
+        flat = torch.empty(length, dtype=torch.uint8)
+        if length and self._remote is not None:
+            readinto_exact(self._remote, start, flat.numpy().data, f"tensor {handle!r}")
+        return flat.view(getattr(torch, info.dtype)).reshape(info.shape)
+
     def close(self) -> None:
         self._handle = None
+        if self._remote is not None:
+            self._remote.close()

@@ -191,6 +191,11 @@ class Source:
         span = entry.reader.byte_range(entry.handle)
         return [span] if span is not None else None
 
+    def remote_file(self, key: str) -> Any:
+        """The :class:`~app.engine.readers.ReadAhead` file ``key``'s byte ranges are in,
+        when the source is not on this host; ``None`` for local files."""
+        return getattr(self._entries[key].reader, "remote", None)
+
     def storage_id(self, key: str) -> tuple[str, ...]:
         """Identity of the bytes behind ``key``: equal for tensors that share storage."""
         entry = self._entries[key]

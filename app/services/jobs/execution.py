@@ -9,6 +9,7 @@ the returned :class:`JobOutcome` (only while it still holds the lease).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -34,10 +35,12 @@ from app.services.checkpoints import checkpoint_files
 from app.services.conversion import ConversionOutcome, ConversionRequest, run_conversion
 from app.services.errors import NotFoundError
 from app.services.jobs.reference import ReferenceSpec, parity_spec
+from app.services.jobs.streamed import stream_refusal, streamed_upload
 from app.services.plans import link_blobs
 from app.services.registration import register_result
 from app.services.sources.fetch import fetch_source
 from app.services.sources.references import RegisterSpec, RegistryConfig, SourceRef
+from app.services.stream_io import StreamSpec
 from app.storage import BlobStore
 
 __all__ = [
@@ -97,6 +100,9 @@ class JobSettings:
         inspect_limits: the sandbox limits of a fetched source's inspection.
         max_tensors: most tensors a fetched source may hold.
         signing_key: the PEM key attestations are signed with (``GRAFT_SIGNING_KEY``).
+        stream: stream jobs the store can stream (object store to object store, see
+            :mod:`app.services.jobs.streamed`); off, every job takes the local path.
+        stream_read_block: bytes per ranged GET of a streamed job's source.
     """
 
     limits: Limits
@@ -107,6 +113,8 @@ class JobSettings:
     inspect_limits: Limits = field(default_factory=Limits)
     max_tensors: int | None = None
     signing_key: bytes | None = field(default=None, repr=False)
+    stream: bool = True
+    stream_read_block: int = 32 << 20
 
 
 @dataclass
@@ -148,9 +156,10 @@ class BlobSink:
     control: JobControl
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     signing_key: bytes | None = field(default=None, repr=False)
+    upload: Any = None  # a streamed job's StreamUpload: the child sends the weights there
 
     def weights_path(self, request: ConversionRequest) -> Path | None:
-        if request.dry_run:
+        if request.dry_run or request.stream is not None:
             return None
         if self.suffix == "zip":  # a folder output: zipped when published
             (self.folder / "weights").mkdir(exist_ok=True)
@@ -164,7 +173,9 @@ class BlobSink:
         self.control.stage("publishing")
         for name, suffix, media, file in _REPORT_FILES:
             self._ingest(name, f"{self.job_id}.{suffix}", media, self.folder / file)
-        if outcome.weights is not None and outcome.weights.is_dir():
+        if outcome.parts is not None and self.upload is not None:
+            self._publish_streamed(outcome.parts, outcome.ok)
+        elif outcome.weights is not None and outcome.weights.is_dir():
             self._publish_folder(outcome.weights, outcome.ok)
         elif outcome.weights is not None:
             weights = outcome.weights
@@ -185,13 +196,31 @@ class BlobSink:
         if ok:
             self._attest(archive.name, subjects)
 
-    def _attest(self, weights: str, subjects: list[tuple[str, str]]) -> None:
-        """Publish the statement the child wrote of ``weights``, signed with the key."""
+    def _publish_streamed(self, parts: list[tuple[int, str]], ok: bool) -> None:
+        """Complete the child's upload; the stored bytes are hashed here and published under
+        their sha256, as a local file would be (same artifact row)."""
+        name = f"{self.job_id}.{self.suffix}"
+        sha256, size = self.upload.complete(parts)
+        self.artifacts.append(
+            {"name": "weights", "filename": name, "media_type": "application/octet-stream",
+             "sha256": sha256, "size": size}
+        )  # fmt: skip
+        if ok:
+            self._attest(name, [(name, sha256)], fill=True)
+
+    def _attest(self, weights: str, subjects: list[tuple[str, str]], *, fill: bool = False) -> None:
+        """Publish the statement the child wrote of ``weights``, signed with the key (with
+        ``fill``, its one subject's digest is the one computed here: a streamed child never
+        saw its whole output)."""
         from app.services.attestation import sign_job_statement
 
         statement = json.loads(
             self._own("attestation", self.folder / "attestation.json").read_text()
         )
+        if fill and statement.get("subject") == [
+            {"name": subjects[0][0], "digest": {"sha256": ""}}
+        ]:
+            statement["subject"] = [{"name": subjects[0][0], "digest": {"sha256": subjects[0][1]}}]
         document = sign_job_statement(statement, weights=subjects, signing_key=self.signing_key)
         path = self.folder / f"{weights}.intoto.json"  # as graft convert names it
         path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -224,6 +253,9 @@ class _Inputs:
     options: WriteOptions
     dry_run: bool
     source_sha256: str
+    source_format: str | None = None
+    source_size: int = 0
+    templates: list[tuple[str, int]] = field(default_factory=list)  # (format, size) each
     sources: dict[str, tuple[list[tuple[str, str]], str]] = field(default_factory=dict)
     owner: str = ""
     source_ref: SourceRef | None = None
@@ -256,15 +288,18 @@ def execute_job(
     try:
         inputs = _load(database, job_id)
         control.stage("preparing")
-        with store.workdir() as work:
+        with store.workdir() as work, contextlib.ExitStack() as cleanup:
             if inputs.source_ref is not None:
                 inputs = _fetch(inputs, database, store, work, settings, control, outcome)
-            request = _request(store, inputs, work, settings)
-            (work / "out").mkdir()
             suffix = _suffix(inputs.options)
+            streamed = _streamed(store, inputs, settings, f"{inputs.job_id}.{suffix}")
+            if streamed is not None:
+                cleanup.callback(streamed[1].close)  # aborts the upload unless completed
+            request = _request(store, inputs, work, settings, streamed[0] if streamed else None)
+            (work / "out").mkdir()
             sink = BlobSink(
                 store, work / "out", inputs.job_id, suffix, control,
-                signing_key=settings.signing_key,
+                signing_key=settings.signing_key, upload=streamed[1] if streamed else None,
             )  # fmt: skip
             result = run_conversion(
                 request, sink, limits=settings.limits, progress=control.progress,
@@ -400,7 +435,7 @@ def _load(database: Database, job_id: str) -> _Inputs:
         target = parse_target_spec(job.target)
         # Each checkpoint the target names, by its own id (the job's foreign key holds the
         # first only, for deletion checks).
-        target_files = [_checkpoint(checkpoints, ref, "target") for ref in target.checkpoint_refs()]
+        templates = [_checkpoint(checkpoints, ref, "target") for ref in target.checkpoint_refs()]
         sources = {
             name: (checkpoint_files(c), c.sha256)
             for name, c in (
@@ -413,12 +448,15 @@ def _load(database: Database, job_id: str) -> _Inputs:
             sources=sources,
             source_files=checkpoint_files(source) if source else [],
             target=target,
-            target_files=[f for c in target_files for f in checkpoint_files(c)],
+            target_files=[f for c in templates for f in checkpoint_files(c)],
+            templates=[(c.format, c.size) for c in templates],
             recipe=job.recipe,
             options=_options(job),
             dry_run=job.dry_run,
             # Hashed at upload (or when fetched): the engine need not hash again.
             source_sha256=source.sha256 if source else "",
+            source_format=source.format if source else None,
+            source_size=source.size if source else 0,
             owner=job.owner,
             source_ref=source_ref,
             register=RegisterSpec.model_validate(job.register) if job.register else None,
@@ -477,16 +515,53 @@ def job_device(requested: str, worker: str) -> str:
     return worker
 
 
+def _streamed(
+    store: BlobStore, inputs: _Inputs, settings: JobSettings, output_name: str
+) -> tuple[StreamSpec, Any] | None:
+    """The child's stream and the upload, when the job can stream (see
+    :mod:`app.services.jobs.streamed`); ``None`` for the local path."""
+    if not settings.stream or inputs.dry_run:
+        return None
+    refusal = stream_refusal(
+        source_files=inputs.source_files,
+        source_format=inputs.source_format,
+        template_formats=[f for f, _ in inputs.templates]
+        + (["files"] if len(inputs.target_files) > len(inputs.templates) else []),
+        several=bool(inputs.sources),
+        target=inputs.target,
+        options=inputs.options,
+        device=job_device(inputs.requested_device, settings.device),
+        parity=inputs.reference is not None,
+    )
+    if refusal is not None:
+        logger.debug("job %s takes the local path: %s", inputs.job_id, refusal)
+        return None
+    template = (*inputs.target_files[0], inputs.templates[0][1]) if inputs.templates else None
+    return streamed_upload(
+        store,
+        source=(*inputs.source_files[0], inputs.source_size),
+        template=template,
+        output_name=output_name,
+        read_block=settings.stream_read_block,
+    )
+
+
 def _request(
-    store: BlobStore, inputs: _Inputs, work: Path, settings: JobSettings
+    store: BlobStore,
+    inputs: _Inputs,
+    work: Path,
+    settings: JobSettings,
+    stream: StreamSpec | None = None,
 ) -> ConversionRequest:
-    """Link the job's blobs into ``work`` and describe the conversion over those files."""
+    """Link the job's blobs into ``work`` and describe the conversion over those files
+    (with ``stream``, the source is read by the child from the store, never linked)."""
     return ConversionRequest(
-        source=link_blobs(store, inputs.source_files, work / "source"),
+        source=[] if stream else link_blobs(store, inputs.source_files, work / "source"),
+        stream=stream,
         sources=_link_sources(store, inputs, work),
         sources_sha256={name: sha for name, (_, sha) in inputs.sources.items()},
         target=inputs.target,
-        target_files=link_blobs(store, inputs.target_files, work / "target"),
+        target_files=[] if stream else link_blobs(store, inputs.target_files, work / "target"),
         recipe=load_recipe(inputs.recipe),
         options=WriteOptions(
             format=inputs.options.format,

@@ -59,10 +59,11 @@ class Settings(BaseSettings):
         "false (AWS, MinIO): a streamed job sends its header's part last, in one pass.",
     )
     s3_stream: bool = Field(
-        default=True,
+        default=False,
         description="Jobs on S3 storage that convert one safetensors file into one stream "
-        "it: ranged GETs of the source to a multipart upload, no local copy (off: every job "
-        "downloads its inputs and uploads its output file).",
+        "it: ranged GETs of the source to a multipart upload, no local copy larger than a "
+        "part (for workers with little disk). Off (the default, faster today: see "
+        "bench/s3_stream.py): every job downloads its inputs and uploads its output file.",
     )
     # The standard AWS names, unprefixed, so the credentials boto3 users already set apply.
     # Unset, boto3 looks further (shared profile, instance role).

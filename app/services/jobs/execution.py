@@ -113,7 +113,7 @@ class JobSettings:
     inspect_limits: Limits = field(default_factory=Limits)
     max_tensors: int | None = None
     signing_key: bytes | None = field(default=None, repr=False)
-    stream: bool = True
+    stream: bool = False
     stream_read_block: int = 32 << 20
 
 

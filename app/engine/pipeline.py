@@ -75,12 +75,15 @@ class ConversionResult:
             typed, with :meth:`Report.from_json`).
         manifest: frozen keys and BatchNorm layers to keep in eval mode.
         output: the written file, or ``None`` for a dry run or a refusal.
+        file_sha256: output file -> its sha256, for the files hashed as they were written
+            (the attestation hashes the others).
     """
 
     ok: bool
     report: dict[str, Any]
     manifest: dict[str, Any]
     output: Path | None
+    file_sha256: dict[Path, str] = field(default_factory=dict)
 
 
 def convert(
@@ -162,7 +165,9 @@ def convert(
             source_sha256=digest() if kind == "sha256" else None,
             source_blake3=digest() if kind == "blake3" else None,
         )
-        return ConversionResult(report.ok, report.to_json(), manifest, Path(output))
+        return ConversionResult(
+            report.ok, report.to_json(), manifest, Path(output), execution.file_sha256
+        )
 
 
 def _open(source: SourcePath, recipe: Recipe) -> Source:

@@ -19,6 +19,7 @@ ranges, not bytes, so memory stays bounded whatever the model's size.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -34,10 +35,17 @@ from app.engine.output.file_sha256 import HASH_CHUNK, RunningSha256, SourceSha25
 from app.engine.output.files import OutputFile
 from app.engine.output.kernel_copy import KernelCopier
 
-__all__ = ["STEP", "CopiedTensor", "CopyRuns", "CopyVerifier"]
+__all__ = ["STEP", "CopiedTensor", "CopyRuns", "CopyVerifier", "resolved"]
 
 STEP = 32 << 20  # bytes copied between two hand-overs to the verifier
 _DEPTH = 4  # steps the verifier may lag behind the copy before the copy waits
+
+
+@functools.lru_cache(maxsize=256)
+def resolved(path: Path) -> Path:
+    """``path`` resolved, once per path (every tensor of a file names the same one, and each
+    resolution is a system call per path component)."""
+    return Path(path).resolve()
 
 
 @dataclass
@@ -115,7 +123,7 @@ class CopyVerifier:
         """Announce tensor ``key``: ``length`` bytes of ``dtype`` at ``offset`` of ``path``,
         whose segments follow in order. ``expected``: the digest already taken of its source
         ranges (then the written bytes are compared, not digested again)."""
-        self._work.put(("begin", key, (Path(path).resolve(), offset, length), dtype, expected))
+        self._work.put(("begin", key, (resolved(Path(path)), offset, length), dtype, expected))
 
     def header(self, out: Path, length: int) -> None:
         """Take the running sha256 of ``out``: its first ``length`` bytes (written, final)

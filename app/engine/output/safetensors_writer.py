@@ -172,7 +172,7 @@ def _write_shards(
     run in the kernel, so the threads share no Python work and hold nothing in memory), else
     one after the other. Returns the bytes copied per method."""
     tally = _Tally(progress, sum(len(j.entries) for j in jobs))
-    workers = min(len(jobs), options.shard_workers or _default_workers(options))
+    workers = min(len(jobs), options.shard_workers or _default_workers(options, upfront))
     spans: list[list[list[tuple[Path, int, int]] | None]] | None = None
     if upfront is not None:
         spans = [[upfront.spans[e.target] for e in j.entries] for j in jobs]
@@ -213,10 +213,14 @@ def _close(runs: CopyRuns) -> None:
         runs.verifier.close()
 
 
-def _default_workers(options: WriteOptions) -> int:
+def _default_workers(options: WriteOptions, upfront: UpFront | None = None) -> int:
     """One writer per CPU, unless the source's identity is hashed beside the copy: BLAKE3
-    then takes every core already, and shards side by side measured slower (bench/shards.py)."""
-    return 1 if options.source_digest != "none" else os.cpu_count() or 1
+    then takes every core already, and shards side by side measured slower (bench/shards.py).
+    With every digest taken before the copy (``upfront``) nothing runs beside the copies but
+    each file's verifier, whose sha256 cannot be split: one shard per core spreads them."""
+    if options.source_digest != "none" and upfront is None:
+        return 1
+    return os.cpu_count() or 1
 
 
 def _write_parallel(

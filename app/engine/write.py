@@ -90,6 +90,7 @@ def execute_plan(
             if options.verify:
                 _verify(tmp, plan, producer, result, progress)
         result.files = [Path(output).name]
+        result.file_sha256 = _published(result.file_sha256, Path(output), False)
         return result
     folder = options.folder or options.max_shard_size is not None
     # Only byte copies: their digests are taken from the source first, so the metadata is

@@ -130,6 +130,11 @@ class CopyVerifier:
         now, then every segment handed over, which must follow on in file order."""
         self._work.put(("header", out, length))
 
+    def written(self, out: Path, offset: int, length: int) -> None:
+        """Bytes of ``out`` the writer wrote itself (a zip record's header, the directory):
+        read back into its running sha256, in file order with the segments."""
+        self._work.put(("written", out, offset, length))
+
     def segments(self, out: Path, items: list[_Segment]) -> None:
         """Hand over copied segments of the output file ``out`` (blocks while the worker is
         :data:`_DEPTH` steps behind)."""
@@ -165,6 +170,8 @@ class CopyVerifier:
                     self._begin(*item[1:])
                 elif item[0] == "header":
                     self._header(item[1], item[2])
+                elif item[0] == "written":
+                    self._written(*item[1:])
                 else:
                     for segment in item[2]:
                         self._check(item[1], *segment)
@@ -183,6 +190,11 @@ class CopyVerifier:
 
     def _header(self, out: Path, length: int) -> None:
         self.files[out] = read_header(out, length)
+
+    def _written(self, out: Path, offset: int, length: int) -> None:
+        running = self.files.get(out)
+        if running is not None:
+            running.update(offset, os.pread(self._fd(out), length, offset))
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
@@ -279,6 +291,15 @@ class CopyRuns:
             self.verifier.header(out.path, out.position)
         elif self.hasher is not None:
             self.hasher.header(out.path, out.position)
+
+    def hash_written(self, out: OutputFile, offset: int) -> None:
+        """Hash what the writer wrote into ``out`` itself from ``offset`` to its end, in
+        file order with the copies (after :meth:`hash_file`; copies pending are flushed)."""
+        self.flush(out)
+        if self.verifier is not None:
+            self.verifier.written(out.path, offset, out.position - offset)
+        elif self.hasher is not None:
+            self.hasher.add(out.path, offset, out.path, offset, out.position - offset)
 
     def file_sha256(self) -> dict[Path, RunningSha256]:
         """The running digests of the files given to :meth:`hash_file` (once finished)."""

@@ -14,15 +14,20 @@ differ.
 
 from __future__ import annotations
 
+import os
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
+
 from app.engine.options import WriteOptions
-from app.engine.output.digests import ranges_digest
+from app.engine.output.digests import VERIFY_WINDOW, hexdigest, ranges_digest, window
 from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer
 
-__all__ = ["Span", "UpFront", "copy_spans", "up_front"]
+__all__ = ["Span", "UpFront", "copy_spans", "record_sums", "up_front"]
 
 Span = tuple[Path, int, int]  # file, offset, length
 
@@ -70,3 +75,36 @@ def up_front(plan: Plan, producer: Producer, options: WriteOptions) -> UpFront |
         spans[entry.target] = found
     digests = {key: ranges_digest(s) for key, s in spans.items()} if options.verify else {}
     return UpFront(spans, digests)
+
+
+def record_sums(spans: Mapping[str, Span], *, digests: bool) -> dict[str, tuple[int, str | None]]:
+    """Each torch zip record's CRC-32 (its local header, before its data, holds it) and,
+    when ``digests``, its ``blake3:<hex>``, from its source range: one read of each range,
+    the records side by side on every core (zlib and BLAKE3 release the GIL).
+
+    Args:
+        spans: target key -> the one source range its record is copied from.
+        digests: also take each range's BLAKE3 (verified conversions).
+
+    Returns:
+        target key -> ``(crc32, digest or None)``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(span: Span) -> tuple[int, str | None]:
+        path, offset, length = span
+        crc, h = 0, blake3.blake3() if digests else None
+        with Path(path).open("rb", buffering=0) as f:
+            done = 0
+            while done < length:
+                size = min(VERIFY_WINDOW, length - done)
+                with window(f.fileno(), offset + done, size) as view:
+                    crc = zlib.crc32(view, crc)
+                    if h is not None:
+                        h.update(view)
+                done += size
+        return crc, hexdigest(h) if h is not None else None
+
+    keys = list(spans)
+    with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="graft-sums") as pool:
+        return dict(zip(keys, pool.map(one, [spans[k] for k in keys]), strict=True))

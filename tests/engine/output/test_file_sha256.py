@@ -111,6 +111,34 @@ def test_a_file_of_byte_copies_is_hashed_as_it_is_written(
         assert all("digest" not in e or e["digest"] is None for e in result.report["entries"])
 
 
+@pytest.mark.parametrize("kind", ["zip", "safetensors"])
+def test_a_torch_zip_of_byte_copies_is_hashed_as_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Each record's CRC is taken from its source first, so the zip is final as it goes: the
+    same bytes verified or not, and as the path that patches CRCs afterwards writes them."""
+    sd = _state_dict()
+    src = (save_sd if kind == "zip" else save_st)(sd, tmp_path / f"src.{kind}")
+    files = {}
+    for name, options in [
+        ("verified", {}),
+        ("no-verify", {"verify": False}),
+        ("patched", {"byte_copy": False}),
+    ]:
+        out = tmp_path / f"{name}.pt"
+        result = _convert(src, out, sd, format="torch", **options)
+        assert result.ok
+        files[name] = out.read_bytes()
+        if name != "patched":
+            assert result.report["output"]["copied"] == len(sd)
+            assert result.file_sha256 == {out: _sha256(out)}
+            subjects, hashed = _attest(result, monkeypatch)
+            assert subjects == {out.name: _sha256(out)} and hashed == []
+    assert files["verified"] == files["no-verify"] == files["patched"]
+    loaded = torch.load(tmp_path / "verified.pt", weights_only=True)
+    assert all(torch.equal(loaded[f"m.{k}"], v) for k, v in sd.items())
+
+
 @pytest.mark.parametrize("verify", [True, False], ids=["verified", "no-verify"])
 @pytest.mark.parametrize("workers", [1, 3])
 def test_shards_are_hashed_as_they_are_written_and_the_index_after(

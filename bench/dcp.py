@@ -14,7 +14,10 @@ peak RSS against the largest tensor (goal: at most 1.5x the durable copy, and pe
 most the largest tensor + 300 MB).
 
     .venv/bin/python bench/dcp.py [--size-mb 2048] [--runs 1] [--dir data/bench-dcp]
-        [--json FILE]
+        [--json FILE] [--base DIR]
+
+``--base DIR`` runs both Graft rows a second time with the code under DIR (e.g. a worktree of
+main), interleaved with this tree's, so before and after share one run.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.convert import GRAFT, Sample, median_of, run_once  # noqa: E402
+from bench.convert import GRAFT, RowFilter, Sample, median_of, run_once  # noqa: E402
 from bench.rows import DURABLE, BenchRow, write_rows  # noqa: E402
 
 COPY = "durable copy (cp -r + sync)"
@@ -96,6 +99,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=ROOT / "data" / "bench-dcp")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--base", type=Path, default=None, help="baseline code to compare")
     args = parser.parse_args()
     source, skeleton, recipe = prepare(args.dir, args.size_mb)
     out = args.dir / "out"
@@ -114,12 +118,13 @@ def main() -> None:
             str(out / "naive.safetensors"),
         ],
     }  # fmt: skip
-    samples: dict[str, list[Sample]] = {k: [] for k in commands}
+    rows = RowFilter(None, args.base).expand(commands)
+    samples: dict[str, list[Sample]] = {k: [] for k in rows}
     for _ in range(args.runs):
-        for label, cmd in commands.items():
+        for label, row in rows.items():
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            samples[label].append(run_once(cmd))
+            samples[label].append(run_once(row.cmd, row.cwd, row.env))
     shutil.rmtree(out, ignore_errors=True)
     _print(samples, size, TENSOR_ROWS * COLS * 4, args.runs)
     write_rows(args.json, _rows(samples, size, TENSOR_ROWS * COLS * 4, args.runs))

@@ -294,4 +294,4 @@ def convert(
         )
     )
     if result.weights is not None:
-        attest(result.weights, result.report, recipe, sign_key)
+        attest(result.weights, result.report, recipe, sign_key, result.file_sha256)

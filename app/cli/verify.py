@@ -3,6 +3,7 @@ writes beside its output (``--sign-key`` / ``GRAFT_SIGNING_KEY``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,15 +33,20 @@ def _pem(value: str, option: str) -> bytes:
 
 
 def attest(
-    weights: Path, report: dict[str, Any], recipe: Path | None, sign_key: str | None
+    weights: Path,
+    report: dict[str, Any],
+    recipe: Path | None,
+    sign_key: str | None,
+    file_sha256: Mapping[Path, str] | None = None,
 ) -> None:
-    """Write the attestation of a finished conversion beside it (``<output>.intoto.json``)."""
+    """Write the attestation of a finished conversion beside it (``<output>.intoto.json``);
+    ``file_sha256``: the digests of files the conversion hashed as it wrote them."""
     from app.engine.recipe import load_recipe
     from app.services.attestation import attest_output
 
     key = _pem(sign_key, "--sign-key") if sign_key else None
     as_json = load_recipe(recipe).model_dump(mode="json", by_alias=True)
-    attest_output(weights, report, recipe=as_json, signing_key=key)
+    attest_output(weights, report, recipe=as_json, signing_key=key, file_sha256=file_sha256)
 
 
 def verify(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ def build_statement(
     report: dict[str, Any],
     metadata: OutputMetadata,
     versions: dict[str, str],
+    known_sha256: Mapping[Path, str] | None = None,
 ) -> dict[str, Any]:
     """The in-toto Statement v1 of one conversion.
 
@@ -73,13 +74,18 @@ def build_statement(
         report: the conversion's ``graft.report/v1``.
         metadata: what the output itself records (recipe, target, source identity).
         versions: ``{"graft": ..., "torch": ...}``.
+        known_sha256: the sha256 of files the conversion hashed as it wrote them (see
+            ``Execution.file_sha256``); the other files are read and hashed here.
 
     Returns:
         The statement, as a JSON document.
     """
+    known = dict(known_sha256 or {})
+    hashed = iter(sha256_files([p for p in files if p not in known]))
     subject = [
         {"name": path.relative_to(base).as_posix(), "digest": {"sha256": digest}}
-        for path, digest in zip(files, sha256_files(files), strict=True)
+        for path in files
+        for digest in [known[path] if path in known else next(hashed)]
     ]
     output = report.get("output") or {}
     predicate = {

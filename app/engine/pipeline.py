@@ -85,12 +85,15 @@ class ConversionResult:
             typed, with :meth:`Report.from_json`).
         manifest: frozen keys and BatchNorm layers to keep in eval mode.
         output: the written file, or ``None`` for a dry run or a refusal.
+        file_sha256: output file -> its sha256, for the files hashed as they were written
+            (the attestation hashes the others).
     """
 
     ok: bool
     report: dict[str, Any]
     manifest: dict[str, Any]
     output: Path | None
+    file_sha256: dict[Path, str] = field(default_factory=dict)
 
 
 def convert(
@@ -167,11 +170,17 @@ def convert(
         model = _parity(model, options.parity, Path(output), plan, producer, recipe, execution)
         kind = identity[0] if identity else None
         report = build_report(
-            plan, src, target, execution=execution, model=model,
+            plan,
+            src,
+            target,
+            execution=execution,
+            model=model,
             source_sha256=digest() if kind == "sha256" else None,
             source_blake3=digest() if kind == "blake3" else None,
-        )  # fmt: skip
-        return ConversionResult(report.ok, report.to_json(), manifest, Path(output))
+        )
+        return ConversionResult(
+            report.ok, report.to_json(), manifest, Path(output), execution.file_sha256
+        )
 
 
 def _check_streamable(

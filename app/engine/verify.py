@@ -27,6 +27,7 @@ from app.engine.errors import GraftError
 from app.engine.meta import TensorInfo
 from app.engine.output.digests import compare_range, digest_range, tensor_digest
 from app.engine.output.execution import Execution
+from app.engine.output.overlap import resolved
 from app.engine.plan import Plan, PlanEntry
 from app.engine.progress import Progress, ProgressEvent
 from app.engine.readers import Source, open_source
@@ -123,7 +124,8 @@ def _same(entry: PlanEntry, out: Source, execution: Execution, check: OutputChec
     A byte copy is compared with its source range directly (``memcmp`` of the page cache)
     while the written range is digested: one read of each, one BLAKE3 pass, taken while
     the copy went on (``execution.verified_copies``) when the written header puts the
-    tensor where the writer put it, else here. Every other
+    tensor where the writer put it, else here. When the writer digested the source ranges
+    before the copy, the comparison proves that digest is the written bytes' too. Every other
     tensor's digest was taken from the tensor the declared ops produced, as it was written;
     its written range is digested again and compared, so verification checks what is on
     disk without a second run of the ops (which would only re-check their determinism) and
@@ -133,10 +135,14 @@ def _same(entry: PlanEntry, out: Source, execution: Execution, check: OutputChec
     copied = execution.copied_from.get(entry.target)
     if copied is not None and span is not None:
         early = execution.verified_copies.get(entry.target)
-        if early is not None and early.span == (Path(span[0]).resolve(), *span[1:]):
+        if (
+            early is not None
+            and early.digest is not None
+            and early.span == (resolved(Path(span[0])), *span[1:])
+        ):
             # Checked while the copy went on, at the range the written header names.
             digest, finite, equal = early.digest, early.finite, early.equal
-        else:
+        else:  # (a written range that differs from its source is digested here, as it is)
             digest, finite, equal = compare_range(span, copied, entry.dtype)
         check.digests[entry.target] = digest
         if not finite:

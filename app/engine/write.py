@@ -19,6 +19,7 @@ from app.engine.output.files import atomic_output
 from app.engine.output.safetensors_writer import finalize_safetensors, write_safetensors
 from app.engine.output.streamed import StreamedOutput, write_streamed
 from app.engine.output.torch_writer import write_torch
+from app.engine.output.up_front import up_front
 from app.engine.plan import Plan
 from app.engine.produce import Producer
 from app.engine.progress import Progress
@@ -90,22 +91,31 @@ def execute_plan(
             if options.verify:
                 _verify(tmp, plan, producer, result, progress)
         result.files = [Path(output).name]
+        result.file_sha256 = _published(result.file_sha256, Path(output), False)
         return result
     folder = options.folder or options.max_shard_size is not None
+    # Only byte copies: their digests are taken from the source first, so the metadata is
+    # final before the data and each file's sha256 is taken as it is written.
+    upfront = up_front(plan, producer, options) if options.byte_copy else None
+    metadata = stamp.placeholder
+    if upfront is not None:
+        metadata = stamp.finalize(Execution(format="safetensors", digests=upfront.digests))
     with atomic_output(output, folder=folder) as tmp:
         result, layout = write_safetensors(
-            tmp, plan, producer, options, stamp.placeholder, progress
+            tmp, plan, producer, options, metadata, progress, upfront
         )
         # Verification reads tensor bytes only, so it runs before the headers get their final
         # metadata: it overlaps with the source's sha256, which that metadata waits for.
         if options.verify:
             _verify(tmp, plan, producer, result, progress)
-        finalize_safetensors(tmp, layout, stamp.finalize(result))
+        for path in finalize_safetensors(tmp, layout, stamp.finalize(result)):
+            result.file_sha256.pop(path, None)  # taken before its header was rewritten
         for name, data in (beside or {}).items() if folder else ():
             (tmp / name).write_bytes(data)
             result.files.append(name)
     if not folder:
         result.files = [Path(output).name]  # the final name, never the temp file's
+    result.file_sha256 = _published(result.file_sha256, Path(output), folder)
     return result
 
 
@@ -131,6 +141,13 @@ def execute_streamed(
         plan, producer, output, options=options, metadata=stamp.placeholder,
         finalize=stamp.finalize, progress=progress,
     )  # fmt: skip
+
+
+def _published(digests: dict[Path, str], output: Path, folder: bool) -> dict[Path, str]:
+    """Files' digests by their published paths (the temp file or folder was renamed)."""
+    if folder:
+        return {output / path.name: digest for path, digest in digests.items()}
+    return {output: next(iter(digests.values()))} if digests else {}
 
 
 def _verify(

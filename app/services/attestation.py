@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def attest_output(
     *,
     recipe: dict[str, Any],
     signing_key: bytes | None = None,
+    file_sha256: Mapping[Path, str] | None = None,
 ) -> Path:
     """Write ``<weights>.intoto.json``: the statement, or its DSSE envelope with a key.
 
@@ -68,11 +70,13 @@ def attest_output(
         recipe: the recipe as JSON, for outputs that cannot carry it (``--format torch``);
             a safetensors output's own metadata is what is attested.
         signing_key: an unencrypted PEM private key (ECDSA P-256 or Ed25519), or ``None``.
+        file_sha256: the digests of files hashed as they were written (the conversion's
+            ``file_sha256``), so they are not read again.
 
     Returns:
         The attestation's path.
     """
-    statement = output_statement(weights, report, recipe=recipe)
+    statement = output_statement(weights, report, recipe=recipe, file_sha256=file_sha256)
     document = sign(statement, signing_key) if signing_key is not None else statement
     path = attestation_path(weights)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -85,7 +89,11 @@ def attest_output(
 
 
 def output_statement(
-    weights: Path, report: dict[str, Any], *, recipe: dict[str, Any]
+    weights: Path,
+    report: dict[str, Any],
+    *,
+    recipe: dict[str, Any],
+    file_sha256: Mapping[Path, str] | None = None,
 ) -> dict[str, Any]:
     """The in-toto statement of a written output (unsigned): :func:`attest_output`'s, and
     what a job's sandbox child writes for the worker to sign.
@@ -94,6 +102,8 @@ def output_statement(
         weights: the written output (a file, or a folder of shards).
         report: the conversion's report.
         recipe: the recipe as JSON, for outputs that cannot carry it (``--format torch``).
+        file_sha256: the digests of files hashed as they were written; the others are
+            hashed here.
     """
     try:
         metadata = read_output_metadata(weights)
@@ -105,6 +115,7 @@ def output_statement(
         report=report,
         metadata=metadata,
         versions={"graft": __version__, "torch": torch_version()},
+        known_sha256=file_sha256,
     )
 
 

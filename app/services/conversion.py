@@ -106,6 +106,8 @@ class ConversionOutcome:
             or a refusal.
         device: the device the work ran on, when it was resolved.
         parts: a streamed output's ``(part number, ETag)`` pairs, when it was written.
+        file_sha256: output file -> sha256, for the files hashed as they were written
+            (in this process only; the attestation hashes the others).
     """
 
     ok: bool
@@ -114,6 +116,7 @@ class ConversionOutcome:
     weights: Path | None
     device: str | None = None
     parts: list[tuple[int, str]] | None = None
+    file_sha256: dict[Path, str] = dataclasses.field(default_factory=dict)
 
 
 class Sink(Protocol):
@@ -394,9 +397,13 @@ def _convert(
         from app.services.attestation import output_statement
 
         recipe = request.recipe.model_dump(mode="json", by_alias=True)
-        statement = output_statement(written, result.report, recipe=recipe)
+        statement = output_statement(
+            written, result.report, recipe=recipe, file_sha256=result.file_sha256
+        )
         (reports / "attestation.json").write_bytes(_json(statement))
-    return ConversionOutcome(result.ok, result.report, result.manifest, written)
+    return ConversionOutcome(
+        result.ok, result.report, result.manifest, written, file_sha256=result.file_sha256
+    )
 
 
 def _convert_streamed(

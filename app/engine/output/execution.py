@@ -38,6 +38,9 @@ class Execution:
         verified_copies: byte-copied tensors checked while the copy went on (digest,
             finiteness, equality with the source, see :mod:`app.engine.output.overlap`):
             verification takes them instead of reading those ranges again.
+        file_sha256: output file (its path as written) -> sha256 of the whole file, taken
+            while it was written (see :mod:`app.engine.output.file_sha256`); a file not
+            here is hashed by whoever needs its digest.
         check: the re-read of the output, or ``None`` when verification was off.
         rederived: the tensors not byte-copied, re-derived from the source (see
             ``app.engine.rederive``), or ``None`` when verification was off.
@@ -52,5 +55,6 @@ class Execution:
     copy_methods: dict[str, int] = field(default_factory=dict)
     copied_from: dict[str, list[tuple[Path, int, int]]] = field(default_factory=dict)
     verified_copies: dict[str, CopiedTensor] = field(default_factory=dict)
+    file_sha256: dict[Path, str] = field(default_factory=dict)
     check: OutputCheck | None = None
     rederived: Rederived | None = None

@@ -27,10 +27,12 @@ from app.engine.errors import GraftError
 from app.engine.meta import DTYPE_SIZES
 from app.engine.options import CopyMethod, WriteOptions
 from app.engine.output.execution import Execution
+from app.engine.output.file_sha256 import SourceSha256, complete_digests
 from app.engine.output.files import OutputFile, rewrite_at
 from app.engine.output.kernel_copy import KernelCopier
 from app.engine.output.overlap import CopyRuns, CopyVerifier
 from app.engine.output.produced import write_produced
+from app.engine.output.up_front import UpFront, copy_spans
 from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer
 from app.engine.progress import Progress, report_tensor
@@ -42,7 +44,6 @@ __all__ = [
     "SINGLE_NAME",
     "Layout",
     "TensorSpec",
-    "copy_spans",
     "finalize_safetensors",
     "header_bytes",
     "shard_names",
@@ -83,6 +84,7 @@ def write_safetensors(
     options: WriteOptions,
     metadata: dict[str, str],
     progress: Progress | None,
+    upfront: UpFront | None = None,
 ) -> tuple[Execution, Layout]:
     """Stream every target tensor into ``tmp`` (a file, or a folder of shards).
 
@@ -94,8 +96,12 @@ def write_safetensors(
         options: ``max_shard_size``, ``byte_copy``, ``copy_methods`` and ``verify`` apply
             here. Byte-copied tensors are digested and scanned for NaN by verification, in
             its one read of the output; without it, nothing passes over their bytes at all.
-        metadata: the ``__metadata__`` with placeholders (see :func:`finalize_safetensors`).
+        metadata: the ``__metadata__`` with placeholders (see :func:`finalize_safetensors`),
+            or final when ``upfront`` is given.
         progress: called with a ``ProgressEvent``.
+        upfront: every tensor's source ranges and digests, when all are byte copies and
+            ``metadata`` is final: each file's sha256 is then taken as it is written
+            (``Execution.file_sha256``) and the verifier compares instead of digesting.
 
     Returns:
         What was written, and where the headers are.
@@ -113,7 +119,7 @@ def write_safetensors(
         _Shard(path, entries, header)
         for path, entries, header in zip(paths, shards, headers, strict=True)
     ]
-    used = _write_shards(jobs, producer, options, result, progress)
+    used = _write_shards(jobs, producer, options, result, progress, upfront)
     if not options.verify:  # nothing will compare them
         result.copied_from.clear()
     result.copy_methods = {str(k): v for k, v in used.items()}
@@ -165,38 +171,60 @@ def _write_shards(
     options: WriteOptions,
     result: Execution,
     progress: Progress | None,
+    upfront: UpFront | None,
 ) -> dict[CopyMethod, int]:
     """Write every shard: side by side when each of their tensors is a byte copy (the copies
     run in the kernel, so the threads share no Python work and hold nothing in memory), else
     one after the other. Returns the bytes copied per method."""
     tally = _Tally(progress, sum(len(j.entries) for j in jobs))
-    workers = min(len(jobs), options.shard_workers or _default_workers())
+    workers = min(len(jobs), options.shard_workers or _default_workers(options, upfront))
     spans: list[list[list[tuple[Path, int, int]] | None]] | None = None
-    if workers > 1:
+    if upfront is not None:
+        spans = [[upfront.spans[e.target] for e in j.entries] for j in jobs]
+    elif workers > 1:
         spans = [[copy_spans(e, producer, options.byte_copy) for e in j.entries] for j in jobs]
-        if all(s for shard in spans for s in shard):
-            return _write_parallel(jobs, spans, producer, options, result, tally, workers)
+    if workers > 1 and spans is not None and all(s for shard in spans for s in shard):
+        return _write_parallel(jobs, spans, producer, options, result, tally, workers, upfront)
     # Verified, byte copies are checked on a second thread while the next bytes are copied.
-    verifier = CopyVerifier() if options.verify else None
-    runs = CopyRuns(KernelCopier(options.copy_methods), verifier)
+    runs = _copy_runs(options, upfront)
     try:
         for i, job in enumerate(jobs):
             found = spans[i] if spans is not None else None
-            _write_shard(job, found, producer, runs, result, options.byte_copy, tally)
-        if verifier is not None:
-            result.verified_copies = verifier.finish()
+            _write_shard(job, found, producer, runs, result, options.byte_copy, tally, upfront)
+        _finish(runs, result)
     finally:
-        runs.close()
-        if verifier is not None:
-            verifier.close()
+        _close(runs)
     return runs.copier.used
 
 
-def _default_workers() -> int:
-    """One writer per CPU, at most :data:`MAX_SHARD_WORKERS`. Verified, each writer has its
-    own verifier beside its copy, so N shards are copied and checked on N cores at once; one
-    shard at a time leaves every shard's check to one verifier thread, the slowest step of
-    the pipeline (bench/shards.py measures both)."""
+def _copy_runs(options: WriteOptions, upfront: UpFront | None) -> CopyRuns:
+    """One writer's copier: verified, with a verifier beside it; else, when the files'
+    sha256 is taken as they are written (``upfront``), with a hasher beside it."""
+    verifier = CopyVerifier() if options.verify else None
+    hasher = SourceSha256() if verifier is None and upfront is not None else None
+    return CopyRuns(KernelCopier(options.copy_methods), verifier, hasher)
+
+
+def _finish(runs: CopyRuns, result: Execution) -> None:
+    """Wait for the verifier or hasher; record what they found in ``result``."""
+    if runs.verifier is not None:
+        result.verified_copies = runs.verifier.finish()
+    result.file_sha256.update(complete_digests(runs.file_sha256()))
+
+
+def _close(runs: CopyRuns) -> None:
+    runs.close()
+    if runs.verifier is not None:
+        runs.verifier.close()
+
+
+def _default_workers(options: WriteOptions, upfront: UpFront | None = None) -> int:
+    """One writer per CPU, unless the source's identity is hashed beside the copy: BLAKE3
+    then takes every core already, and shards side by side measured slower (bench/shards.py).
+    With every digest taken before the copy (``upfront``) nothing runs beside the copies but
+    each file's verifier, whose sha256 cannot be split: one shard per core spreads them."""
+    if options.source_digest != "none" and upfront is None:
+        return 1
     return min(os.cpu_count() or 1, MAX_SHARD_WORKERS)
 
 
@@ -208,6 +236,7 @@ def _write_parallel(
     result: Execution,
     tally: _Tally,
     workers: int,
+    upfront: UpFront | None,
 ) -> dict[CopyMethod, int]:
     """:func:`_write_shards` with a thread per shard (``workers`` at a time); each shard's
     record is merged into ``result`` in shard order, so the result is the sequential one's."""
@@ -215,16 +244,13 @@ def _write_parallel(
 
     def one(i: int) -> tuple[Execution, dict[CopyMethod, int]]:
         part = Execution(format=result.format)
-        verifier = CopyVerifier() if options.verify else None
-        runs = CopyRuns(KernelCopier(options.copy_methods), verifier)
+        runs = _copy_runs(options, upfront)
         try:
-            _write_shard(jobs[i], spans[i], producer, runs, part, options.byte_copy, tally)
-            if verifier is not None:
-                part.verified_copies = verifier.finish()
+            job = jobs[i]
+            _write_shard(job, spans[i], producer, runs, part, options.byte_copy, tally, upfront)
+            _finish(runs, part)
         finally:
-            runs.close()
-            if verifier is not None:
-                verifier.close()
+            _close(runs)
         return part, runs.copier.used
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-shard") as pool:
@@ -234,6 +260,7 @@ def _write_parallel(
         result.copied += part.copied
         result.copied_from.update(part.copied_from)
         result.verified_copies.update(part.verified_copies)
+        result.file_sha256.update(part.file_sha256)
         for method, n in part_used.items():
             used[method] = used.get(method, 0) + n
     return used
@@ -247,28 +274,25 @@ def _write_shard(
     result: Execution,
     byte_copy: bool,
     tally: _Tally,
+    upfront: UpFront | None = None,
 ) -> None:
-    """Write one shard: its header, then each tensor copied through or produced."""
+    """Write one shard: its header, then each tensor copied through or produced (with
+    ``upfront``, the header is final and every tensor a copy: the file's sha256 is taken
+    as it is written)."""
     out = OutputFile(job.path)
+    digests = upfront.digests if upfront is not None else {}
     try:
         out.write_all(struct.pack("<Q", len(job.header)) + job.header)
+        if upfront is not None:
+            runs.hash_file(out)
         for i, entry in enumerate(job.entries):
             found = spans[i] if spans is not None else copy_spans(entry, producer, byte_copy)
-            _write_one(entry, out, producer, runs, result, found)
+            _write_one(entry, out, producer, runs, result, found, digests.get(entry.target))
             tally.tensor(out)
         runs.flush(out)
     finally:
         tally.file_done(out)
         out.close()
-
-
-def copy_spans(
-    entry: PlanEntry, producer: Producer, byte_copy: bool
-) -> list[tuple[Path, int, int]] | None:
-    """The source ranges to copy ``entry`` from byte for byte, or None when it is produced."""
-    if not (byte_copy and entry.fed and entry.status in ("loaded", "tied") and not entry.ops):
-        return None
-    return producer.source.byte_ranges(entry.sources[0]) or None
 
 
 def _write_one(
@@ -278,12 +302,14 @@ def _write_one(
     runs: CopyRuns,
     result: Execution,
     spans: list[tuple[Path, int, int]] | None,
+    expected: str | None = None,
 ) -> None:
     """Copy one tensor's bytes through (``spans``), or produce it and take its digest (a byte
-    copy's digest is taken by verification, from the written range)."""
+    copy's digest is taken by verification, from the written range, or given as
+    ``expected``, taken of its source ranges, for verification to prove)."""
     if spans:
         # One range, or a DCP tensor's chunks end to end.
-        runs.add_tensor(out, entry.target, list(spans), entry.dtype)
+        runs.add_tensor(out, entry.target, list(spans), entry.dtype, expected)
         result.copied_from[entry.target] = spans
         result.copied += 1
         return
@@ -291,15 +317,20 @@ def _write_one(
     write_produced(entry, out, producer, result)
 
 
-def finalize_safetensors(folder: Path, layout: Layout, final: dict[str, str]) -> None:
-    """Rewrite every header (same length) and the index with the final metadata."""
+def finalize_safetensors(folder: Path, layout: Layout, final: dict[str, str]) -> list[Path]:
+    """Rewrite every header that changed (same length) and the index with the final
+    metadata; returns the files rewritten."""
+    rewritten = []
     for path, entries, header in zip(layout.paths, layout.shards, layout.headers, strict=True):
         new = _header(entries, final)
         if len(new) != len(header):
             raise GraftError("internal error: output header changed size while finalising")
-        rewrite_at(path, 8, new)
+        if new != header:
+            rewrite_at(path, 8, new)
+            rewritten.append(path)
     if layout.names is not None:
         _write_index(folder, layout.names, layout.shards, final)
+    return rewritten
 
 
 def _nbytes(e: PlanEntry) -> int:

@@ -31,7 +31,8 @@ from app.engine.options import WriteOptions
 from app.engine.output.digests import all_finite, hasher, hexdigest, same_bytes, tensor_bytes
 from app.engine.output.execution import Execution
 from app.engine.output.produced import produce_checked
-from app.engine.output.safetensors_writer import copy_spans, header_bytes
+from app.engine.output.safetensors_writer import header_bytes
+from app.engine.output.up_front import copy_spans
 from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer
 from app.engine.progress import Progress, report_tensor

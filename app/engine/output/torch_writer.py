@@ -18,12 +18,14 @@ from app.engine.meta import DTYPE_SIZES
 from app.engine.options import WriteOptions
 from app.engine.output.digests import RangeCrcs, tensor_digest
 from app.engine.output.execution import Execution
+from app.engine.output.file_sha256 import SourceSha256, complete_digests
 from app.engine.output.files import OutputFile
 from app.engine.output.kernel_copy import KernelCopier
 from app.engine.output.overlap import CopyRuns, CopyVerifier
 from app.engine.output.produced import produce_checked, write_produced
 from app.engine.output.torch_zip_writer import STORAGE_TYPES, ZipRecords, state_dict_pickle
-from app.engine.plan import Plan
+from app.engine.output.up_front import Span, record_sums
+from app.engine.plan import Plan, PlanEntry
 from app.engine.produce import Producer
 from app.engine.progress import Progress, ProgressEvent, report_tensor
 
@@ -50,6 +52,9 @@ def write_torch(
     """
     if any(e.dtype not in STORAGE_TYPES for e in plan.entries):
         return _write_with_torch_save(tmp, plan, producer, progress)
+    copies = {e.target: _copy_span(e, producer, options.byte_copy) for e in plan.entries}
+    if all(copies.values()):
+        return _write_copies(tmp, plan, copies, options, progress)  # type: ignore[arg-type]
     result = Execution(format="torch")
     copier = KernelCopier(options.copy_methods)
     # The zip needs the CRC of every record, verified or not. Verified, a copied record's CRC
@@ -65,8 +70,8 @@ def write_torch(
         records: dict[str, int] = {}
         for i, entry in enumerate(plan.entries):
             index = zip_.begin(f"data/{i}", math.prod(entry.shape) * DTYPE_SIZES[entry.dtype])
-            span = producer.source.byte_range(entry.sources[0]) if entry.fed else None
-            if options.byte_copy and entry.status == "loaded" and not entry.ops and span:
+            span = copies[entry.target]
+            if span:
                 path, offset, length = span
                 if verifier is None:
                     out.copy_from(copier, crcs.fd(path), offset, length)
@@ -101,6 +106,66 @@ def write_torch(
             verifier.close()
         out.close()
     result.copy_methods = {str(k): v for k, v in copier.used.items()}
+    return result
+
+
+def _copy_span(entry: PlanEntry, producer: Producer, byte_copy: bool) -> Span | None:
+    """The one source range ``entry``'s record is copied from, or None when it is produced."""
+    if not (byte_copy and entry.fed and entry.status == "loaded" and not entry.ops):
+        return None
+    return producer.source.byte_range(entry.sources[0])
+
+
+def _write_copies(
+    tmp: Path,
+    plan: Plan,
+    spans: dict[str, Span],
+    options: WriteOptions,
+    progress: Progress | None,
+) -> Execution:
+    """:func:`write_torch` when every record is a byte copy: each record's CRC-32 (and,
+    verified, its digest) is taken from its source range first, so every byte is final as
+    it is written and the file's sha256 is taken on the way (``Execution.file_sha256``):
+    verified, from the verifier's read of the written bytes, which compares them with the
+    source instead of digesting them again; else from the source ranges beside the copy."""
+    result = Execution(format="torch")
+    sums = record_sums(spans, digests=options.verify)
+    verifier = CopyVerifier() if options.verify else None
+    hasher = SourceSha256() if verifier is None else None
+    runs = CopyRuns(KernelCopier(options.copy_methods), verifier, hasher)
+    out = OutputFile(tmp)
+    try:
+        zip_ = ZipRecords(out)
+        runs.hash_file(out)
+        for i, entry in enumerate(plan.entries):
+            span, (crc, digest) = spans[entry.target], sums[entry.target]
+            at = out.position
+            zip_.begin(f"data/{i}", math.prod(entry.shape) * DTYPE_SIZES[entry.dtype], crc)
+            runs.hash_written(out, at)
+            runs.add_tensor(out, entry.target, [span], entry.dtype, digest)
+            runs.flush(out)  # the next record's header follows
+            if options.verify:
+                result.copied_from[entry.target] = [span]
+            result.copied += 1
+            if progress:
+                progress(ProgressEvent("write", (i + 1) / max(len(plan.entries), 1)))
+        at = out.position
+        pkl = state_dict_pickle([(e.target, e.dtype, e.shape) for e in plan.entries])
+        zip_.write("data.pkl", pkl)
+        zip_.write(".format_version", b"1")
+        zip_.write("byteorder", b"little")
+        zip_.write("version", b"3\n")
+        zip_.close()
+        runs.hash_written(out, at)
+        if verifier is not None:
+            result.verified_copies = verifier.finish()
+        result.file_sha256.update(complete_digests(runs.file_sha256()))
+    finally:
+        runs.close()
+        if verifier is not None:
+            verifier.close()
+        out.close()
+    result.copy_methods = {str(k): v for k, v in runs.copier.used.items()}
     return result
 
 

@@ -55,7 +55,12 @@ class _Member:
     name: bytes
     header_at: int
     size: int
-    crc: int = 0
+    written_crc: int = 0  # what the local header holds
+    crc: int = -1  # the final CRC-32 (set_crc), when it differs
+
+    def __post_init__(self) -> None:
+        if self.crc == -1:
+            self.crc = self.written_crc
 
 
 @dataclass
@@ -70,9 +75,10 @@ class ZipRecords:
     out: OutputFile
     members: list[_Member] = field(default_factory=list)
 
-    def begin(self, name: str, size: int) -> int:
-        """Write the local header of member ``name`` (``size`` bytes of data to follow);
-        returns the member's index, for :meth:`set_crc`."""
+    def begin(self, name: str, size: int, crc: int = 0) -> int:
+        """Write the local header of member ``name`` (``size`` bytes of data to follow, whose
+        CRC-32 is ``crc`` when already known); returns the member's index, for
+        :meth:`set_crc`."""
         if size >= _U32:
             raise GraftError(
                 f"{name}: a record of {size} bytes is over the 4 GiB the torch format's "
@@ -83,11 +89,11 @@ class ZipRecords:
         pad = -(at + 30 + len(raw) + 4) % ALIGN
         extra = struct.pack("<HH", _PAD_ID, pad) + b"Z" * pad
         header = struct.pack(
-            "<IHHHHHIIIHH", 0x04034B50, 20, _UTF8, 0, 0, _DOS_DATE, 0, size, size, len(raw),
+            "<IHHHHHIIIHH", 0x04034B50, 20, _UTF8, 0, 0, _DOS_DATE, crc, size, size, len(raw),
             len(extra),
         )  # fmt: skip
         self.out.write_all(header + raw + extra)
-        self.members.append(_Member(raw, at, size))
+        self.members.append(_Member(raw, at, size, crc))
         return len(self.members) - 1
 
     def write(self, name: str, data: bytes) -> None:
@@ -106,7 +112,8 @@ class ZipRecords:
         import os
 
         for m in self.members:
-            os.pwrite(self.out.fd, struct.pack("<I", m.crc), m.header_at + 14)
+            if m.crc != m.written_crc:  # (a CRC known at begin() is in place already)
+                os.pwrite(self.out.fd, struct.pack("<I", m.crc), m.header_at + 14)
         start = self.out.position
         directory = io.BytesIO()
         for m in self.members:

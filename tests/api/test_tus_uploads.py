@@ -260,7 +260,11 @@ def test_caps_and_expiry(tmp_path: Path) -> None:
     assert getattr(refused.value, "type", None) == "too-many-uploads"
     uploads.create("bob", 10, {})  # another owner's cap is their own
     assert uploads.expire(now=time.time()) == 0
-    assert uploads.expire(now=time.time() + 61) == 3
+    with uploads.locked(first.id):  # a part still arriving: not abandoned, however late
+        assert uploads.expire(now=time.time() + 61) == 2
+    assert uploads.folder(first.id).is_dir()
+    assert uploads.expire(now=time.time() + 61) == 1
+    assert not uploads.folder(first.id).exists()
     assert not (tmp_path / "tus" / first.id).exists()
     assert list((tmp_path / "tus").iterdir()) == []
 
@@ -269,7 +273,7 @@ def test_the_maintenance_loop_expires_abandoned_uploads(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     settings = api_settings(
-        tmp_path_factory, resumable_upload_expiry_seconds=0.5, maintenance_seconds=0.1
+        tmp_path_factory, resumable_upload_expiry_seconds=2.0, maintenance_seconds=0.1
     )
     prepare(settings)
     with TestClient(create_app(settings)) as client:

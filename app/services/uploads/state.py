@@ -404,12 +404,21 @@ class ResumableUploads:
                 stale = self.expires_at(info) <= now
             except NotFoundError:  # a folder without its info: a create that crashed
                 stale = folder.stat().st_mtime + self.expiry_seconds <= now
-            if stale:
-                self.remove(folder.name)
+            if stale and self._remove_idle(folder.name):
                 removed += 1
         if removed:
             logger.info("expired %d abandoned resumable upload(s)", removed)
         return removed
+
+    def _remove_idle(self, upload_id: str) -> bool:
+        """Remove an upload unless a PATCH holds it (a part still arriving is not abandoned,
+        however long it takes); whether it was removed."""
+        try:
+            with self.locked(upload_id):
+                self.remove(upload_id)
+        except (UploadBusyError, NotFoundError):
+            return False
+        return True
 
 
 def _hash_prefix(path: Path, length: int) -> Any:

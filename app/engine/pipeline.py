@@ -114,11 +114,9 @@ def convert(
             or several sources by name (:class:`NamedSources`: keys become ``NAME:KEY``).
         target: what the weights must fit.
         recipe: a validated recipe (see ``load_recipe``).
-        output: where to write the weights (a model folder when ``options.folder`` or
-            ``options.max_shard_size`` is set), or a :class:`StreamedOutput` (one safetensors
-            file streamed in parts: no model run, no parity); ignored for a dry run.
-        options: how to write and verify (format, dtype over ``recipe.dtype``, device,
-            sharding, verification, byte copy); see :class:`WriteOptions`.
+        output: where the weights go (a folder with ``options.folder`` or shards), or a
+            :class:`StreamedOutput` (one safetensors file in parts); unused in a dry run.
+        options: how to write and verify; see :class:`WriteOptions`.
         dry_run: plan and report only; no tensor data is read.
         progress: called with a ``ProgressEvent`` as the conversion moves on.
         known: what the caller already knows of the source: its sha256 and the
@@ -170,16 +168,13 @@ def convert(
         model = _parity(model, options.parity, Path(output), plan, producer, recipe, execution)
         kind = identity[0] if identity else None
         report = build_report(
-            plan,
-            src,
-            target,
-            execution=execution,
-            model=model,
+            plan, src, target, execution=execution, model=model,
             source_sha256=digest() if kind == "sha256" else None,
             source_blake3=digest() if kind == "blake3" else None,
-        )
+        )  # fmt: skip
+        written = Path(output)
         return ConversionResult(
-            report.ok, report.to_json(), manifest, Path(output), execution.file_sha256
+            report.ok, report.to_json(), manifest, written, execution.file_sha256
         )
 
 

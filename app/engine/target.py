@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from app.engine.errors import InvalidTargetError
 from app.engine.meta import TensorInfo
-from app.engine.readers.remote import RemoteBlob
 from app.engine.target_spec import (
     SKELETON_SCHEMA,
     ArchitectureTarget,
@@ -31,12 +30,15 @@ if TYPE_CHECKING:
     from app.engine.adaptations import Adaptations
     from app.engine.architectures import ArchitectureRef, BoundArchitecture
     from app.engine.readers import Source
+    from app.engine.readers.remote import RemoteBlob
 
 __all__ = ["Target", "skeleton_from_module"]
 
 
 TargetKind = Literal["template", "skeleton", "architecture"]
-CheckpointFiles = str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path] | RemoteBlob
+CheckpointFiles: TypeAlias = (
+    "str | os.PathLike[str] | Sequence[Path] | Mapping[str, Path] | RemoteBlob"
+)
 
 
 class Target:

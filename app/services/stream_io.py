@@ -5,14 +5,11 @@ the source blob and presigned ``UploadPart`` URLs of a multipart upload, all on 
 own endpoint. The child holds no credentials and talks to no other host: it reads the source
 by ranged GETs (:func:`ranged_fetch`, behind the engine's read-ahead) and ``PUT``s the
 output's parts as they fill (:class:`PresignedParts`, a few in flight), then names their
-ETags. Plain ``http.client``, one kept-alive connection per thread.
+ETags, over :class:`app.net.origin.OriginConnections` (one origin, kept-alive connections).
 """
 
 from __future__ import annotations
 
-import http.client
-import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,12 +18,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict
 
 from app.errors import InternalError
+from app.net.origin import OriginConnections, Response
 
 __all__ = ["PresignedParts", "RemoteFile", "StreamSpec", "ranged_fetch"]
-
-_ATTEMPTS = 8  # transient errors, 500/502/503/504 (boto3 retries these too)
-_BACKOFF = 0.1  # seconds before the first retry, doubled each time
-_RETRY_STATUS = frozenset({500, 502, 503, 504})
 
 
 class RemoteFile(BaseModel):
@@ -91,67 +85,6 @@ class StreamSpec(BaseModel):
         return origin
 
 
-class _Connections:
-    """One kept-alive connection per thread to one origin; a request that fails on the
-    wire is retried on a new connection, one the server answers 5xx (``SlowDown``) after a
-    backoff."""
-
-    def __init__(self, origin: tuple[str, str]) -> None:
-        self.origin = origin
-        self._local = threading.local()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            scheme, netloc = self.origin
-            kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            conn = self._local.conn = kind(netloc, timeout=120)
-        return conn
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        body: bytes | bytearray | None = None,
-        expect: Callable[[http.client.HTTPResponse], str | None] | None = None,
-    ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """Send one request and read the whole answer; ``expect`` may refuse the answer
-        from its status and headers first (its one-line reason raised as ``OSError``, the
-        body never read: a server that ignored a range would send the whole object)."""
-        parts = urlsplit(url)
-        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
-        for attempt in range(_ATTEMPTS):
-            conn = self._connection()
-            try:
-                conn.request(method, target, body=body, headers=headers)
-                response = conn.getresponse()
-                if response.status in _RETRY_STATUS and attempt < _ATTEMPTS - 1:
-                    response.read()  # S3's SlowDown and friends: back off and try again
-                    time.sleep(_BACKOFF * 2**attempt)
-                    continue
-                refusal = expect(response) if expect is not None else None
-                if refusal is not None:
-                    conn.close()
-                    self._local.conn = None
-                    raise _Refused(refusal)
-                data = response.read()
-                return response.status, response.headers, data
-            except _Refused as exc:
-                raise OSError(str(exc)) from None
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                self._local.conn = None
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                time.sleep(_BACKOFF * 2**attempt)
-        raise AssertionError("unreachable")
-
-
-class _Refused(Exception):
-    """An answer ``expect`` refused (never retried)."""
-
-
 def ranged_fetch(spec: StreamSpec, file: RemoteFile) -> Callable[[int, int], bytes]:
     """``fetch(offset, length)``: that range of ``file`` (the source or the template), by a
     ranged GET.
@@ -159,14 +92,14 @@ def ranged_fetch(spec: StreamSpec, file: RemoteFile) -> Callable[[int, int], byt
     Raises (from ``fetch``):
         OSError: the server answered anything but those bytes.
     """
-    connections = _Connections(spec.origin())
+    connections = OriginConnections(spec.origin())
 
     def fetch(offset: int, length: int) -> bytes:
         if length == 0:
             return b""
         end = offset + length - 1
 
-        def expect(response: http.client.HTTPResponse) -> str | None:
+        def expect(response: Response) -> str | None:
             # 206, or a 200 naming the range (rclone's), or the whole object when asked for.
             ranged = (response.getheader("Content-Range") or "").startswith(
                 f"bytes {offset}-{end}/"
@@ -199,7 +132,7 @@ class PresignedParts:
 
     def __init__(self, spec: StreamSpec) -> None:
         self._spec = spec
-        self._connections = _Connections(spec.origin())
+        self._connections = OriginConnections(spec.origin())
         self.part_size = spec.part_size
         self.max_parts = len(spec.part_urls)
         self.in_order = spec.in_order

@@ -93,12 +93,7 @@ def write_torch(
             result.verified_copies = verifier.finish()
             for key, index in records.items():
                 zip_.set_crc(index, result.verified_copies[key].crc or 0)
-        pkl = state_dict_pickle([(e.target, e.dtype, e.shape) for e in plan.entries])
-        zip_.write("data.pkl", pkl)
-        zip_.write(".format_version", b"1")
-        zip_.write("byteorder", b"little")
-        zip_.write("version", b"3\n")
-        zip_.close()
+        _close_archive(zip_, plan)
     finally:
         crcs.close()
         runs.close()
@@ -150,12 +145,7 @@ def _write_copies(
             if progress:
                 progress(ProgressEvent("write", (i + 1) / max(len(plan.entries), 1)))
         at = out.position
-        pkl = state_dict_pickle([(e.target, e.dtype, e.shape) for e in plan.entries])
-        zip_.write("data.pkl", pkl)
-        zip_.write(".format_version", b"1")
-        zip_.write("byteorder", b"little")
-        zip_.write("version", b"3\n")
-        zip_.close()
+        _close_archive(zip_, plan)
         runs.hash_written(out, at)
         if verifier is not None:
             result.verified_copies = verifier.finish()
@@ -210,3 +200,14 @@ def _write_with_torch_save(
         report_tensor(progress, "write", done=i + 1, total=len(plan.entries), bytes_done=produced)
     torch.save(tensors, tmp)
     return result
+
+
+def _close_archive(zip_: ZipRecords, plan: Plan) -> None:
+    """Write the records after the tensors' (the state dict's pickle, the format's
+    markers, as ``torch.save`` writes them) and the zip's central directory."""
+    pkl = state_dict_pickle([(e.target, e.dtype, e.shape) for e in plan.entries])
+    zip_.write("data.pkl", pkl)
+    zip_.write(".format_version", b"1")
+    zip_.write("byteorder", b"little")
+    zip_.write("version", b"3\n")
+    zip_.close()

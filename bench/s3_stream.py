@@ -45,6 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.rows import BenchRow, write_rows  # noqa: E402
 from tests.s3server import S3Server, rclone_binary, serve_s3  # noqa: E402
 
 BUCKET = "graft"
@@ -284,6 +285,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=2048)
     parser.add_argument("--dir", type=Path, default=ROOT / "data" / "bench-s3")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
@@ -316,7 +318,29 @@ def main() -> None:
                     subprocess.run([*rclone[:1], "deletefile", copy], env=_rclone_env(server),
                                    check=True)  # fmt: skip
     _print(samples, source.stat().st_size)
+    write_rows(args.json, _rows(samples, source.stat().st_size, args.runs))
     shutil.rmtree(folder / "root", ignore_errors=True)
+
+
+def _rows(samples: dict[str, list[Sample]], size: int, runs: int) -> list[BenchRow]:
+    """The graft rows for bench/table.py, against ``rclone copyto`` through this host (the
+    job alone, in its warm worker); the streamed row carries the issue's goals: at most
+    1.5x, peak RSS of the largest process at most 200 MB, no local file over one part."""
+    through = "rclone copyto --disable Copy"
+    base = statistics.median(s.wall for s in samples[through])
+    rows = []
+    for label in ("graft job, streamed", "graft job, local path"):
+        runs_of = samples[label]
+        largest = max(s.largest_file for s in runs_of)
+        streamed = label.endswith("streamed")
+        rows.append(BenchRow(
+            group="s3", row=f"{label} ({size / 1e9:.2f} GB)", baseline=through,
+            wall=statistics.median((s.job or s.wall) for s in runs_of), baseline_wall=base,
+            runs=runs, rss=max(s.rss_max for s in runs_of),
+            goal_ratio=1.5 if streamed else None, goal_rss=200_000_000 if streamed else None,
+            note=f"largest local file {largest / (1 << 20):.1f} MB",
+        ))  # fmt: skip
+    return rows
 
 
 def _print(samples: dict[str, list[Sample]], size: int) -> None:

@@ -95,12 +95,15 @@ def check_root(root: Any, file_size: int) -> None:
     check_tree(root, max_tensor_bytes=max(file_size * MAX_EXPANSION, 1 << 20))
 
 
-class FileWindow(io.RawIOBase):
-    """A byte range of a file seen as a whole file (a ``torch.save`` zip inside a DCP shard)."""
+class RangedFile(io.RawIOBase):
+    """A seekable, read-only file whose bytes come from :meth:`read_at` (its length is
+    :attr:`length`): the position and ``readinto`` bookkeeping, once, for every such view."""
 
-    def __init__(self, file: io.BufferedReader, start: int, length: int) -> None:
+    length: int
+
+    def __init__(self) -> None:
         super().__init__()
-        self._file, self._start, self._length, self._pos = file, start, length, 0
+        self._pos = 0
 
     def seekable(self) -> bool:
         return True
@@ -109,7 +112,7 @@ class FileWindow(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.length}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
@@ -117,14 +120,28 @@ class FileWindow(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), self._length - self._pos)
+        n = self.read_at(self._pos, memoryview(buffer).cast("B"))
+        self._pos += n
+        return n
+
+    def read_at(self, offset: int, view: memoryview) -> int:
+        """Fill ``view`` from ``offset`` as far as the file goes; returns the bytes read."""
+        raise NotImplementedError
+
+
+class FileWindow(RangedFile):
+    """A byte range of a file seen as a whole file (a ``torch.save`` zip inside a DCP shard)."""
+
+    def __init__(self, file: io.BufferedReader, start: int, length: int) -> None:
+        super().__init__()
+        self._file, self._start, self.length = file, start, length
+
+    def read_at(self, offset: int, view: memoryview) -> int:
+        n = min(len(view), self.length - offset)
         if n <= 0:
             return 0
-        self._file.seek(self._start + self._pos)
-        got = self._file.readinto(view[:n]) or 0
-        self._pos += got
-        return got
+        self._file.seek(self._start + offset)
+        return self._file.readinto(view[:n]) or 0
 
     def close(self) -> None:
         self._file.close()

@@ -9,15 +9,13 @@ costs one request per block and holds at most two blocks in memory.
 
 from __future__ import annotations
 
-import io
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from app.engine.errors import UnreadableCheckpointError
+from app.engine.readers.base import RangedFile
 
 __all__ = ["DEFAULT_BLOCK", "ReadAhead", "RemoteBlob"]
 
@@ -44,7 +42,7 @@ class RemoteBlob:
     sha256: str | None = None
 
 
-class ReadAhead(io.RawIOBase):
+class ReadAhead(RangedFile):
     """A :class:`RemoteBlob` as a seekable, read-only file, fetched a block at a time.
 
     A read within the current block is served from memory; one past it takes the block
@@ -55,32 +53,12 @@ class ReadAhead(io.RawIOBase):
     def __init__(self, blob: RemoteBlob) -> None:
         super().__init__()
         self.blob = blob
-        self._pos = 0
+        self.length = blob.size
         self._start, self._data = 0, b""
         self._ahead: tuple[int, Future[bytes]] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-readahead")
         self._lock = threading.Lock()  # readers of several tensors may share the file
         self.fetches = 0  # blocks fetched, for tests and benchmarks
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.blob.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = self.read_at(self._pos, view)
-        self._pos += n
-        return n
 
     def read_at(self, offset: int, view: memoryview) -> int:
         """Fill ``view`` from ``offset`` as far as the file goes; returns the bytes read."""

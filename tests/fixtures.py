@@ -272,3 +272,19 @@ def cli_inspect(*args: str | Path) -> Any:
         timeout=60,
         check=False,
     )
+
+
+def assert_refuses_code(path: Path, canary: Path) -> None:
+    """A checkpoint planted with a pickle that would call ``os.system`` (touching ``canary``)
+    is refused by the reader and by ``graft inspect`` (exit 2, one line), and nothing ran."""
+    import pytest
+
+    from app.engine.errors import UnsafeCheckpointError
+    from app.engine.readers import open_source
+
+    with pytest.raises(UnsafeCheckpointError, match=r"references '(posix|os)\.system'"):
+        open_source(path)
+    result = cli_inspect(path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("graft: error: unsafe checkpoint: the pickle references")
+    assert not canary.exists()
